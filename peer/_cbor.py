@@ -1,0 +1,142 @@
+"""Strict CBOR for network input, canonical CBOR for output.
+
+Rules this module keeps (protocol-spec/README.md, "CBOR profile"):
+
+* Output is always canonical (RFC 8949 section 4.2.1 core deterministic
+  encoding: shortest forms, definite lengths, sorted map keys).
+* Input must be exactly what we would have written: one data item, no
+  trailing bytes, no semantic tags, no indefinite lengths, no duplicate map
+  keys, map keys that are text or byte strings only, nesting at most
+  ``MAX_DEPTH``, at most ``max_items`` data items, and canonical encoding
+  (decode, re-encode, compare bytes).
+* The only exception that leaves :func:`decode` is :class:`ProtocolError`.
+
+The item count is checked by a cheap header scan before cbor2 builds any
+object: a megabyte of empty arrays would otherwise cost tens of megabytes of
+Python objects. Byte and text string contents are skipped in O(1), so a large
+envelope carried as a byte string scans in a handful of steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import cbor2
+
+from ._errors import ErrorCode, ProtocolError
+
+MAX_DEPTH = 16
+DEFAULT_MAX_ITEMS = 4096
+
+
+def _reject_tag(tag: int) -> Any:
+    def reject(_decoder: object) -> NoReturn:
+        raise cbor2.CBORDecodeError(f"semantic tag {tag} is not allowed")
+
+    return reject
+
+
+class _RejectAllTags(dict[int, Any]):
+    """A ``semantic_decoders`` mapping that claims, and refuses, every tag.
+
+    cbor2 decodes its built-in tags (datetimes, bignums, decimals, shared
+    references, sets, ...) without consulting ``tag_hook``; only an override in
+    ``semantic_decoders`` stops it.
+    """
+
+    def __missing__(self, tag: int) -> Any:
+        return _reject_tag(tag)
+
+    def get(self, tag: int, default: Any = None) -> Any:  # type: ignore[override]
+        return self[tag]
+
+    def __contains__(self, tag: object) -> bool:
+        return True
+
+
+_REJECT_TAGS = _RejectAllTags()
+
+
+def _tag_hook(_decoder: object, tag: object) -> NoReturn:
+    raise cbor2.CBORDecodeError("semantic tags are not allowed")
+
+
+def encode(obj: object) -> bytes:
+    """Encode ``obj`` as canonical CBOR."""
+    return cbor2.dumps(obj, canonical=True)
+
+
+def count_items(data: bytes, max_items: int) -> int:
+    """Count the data items in ``data`` by walking CBOR headers only.
+
+    Raises ProtocolError as soon as the count exceeds ``max_items``, on
+    truncated input and on indefinite lengths. Does not check anything else:
+    the full decode that follows does.
+    """
+    pos = 0
+    end = len(data)
+    items = 0
+    pending = 1  # data items still to read at the current level, flattened
+    while pending:
+        if pos >= end:
+            raise ProtocolError(ErrorCode.MALFORMED, "truncated CBOR")
+        pending -= 1
+        items += 1
+        if items > max_items:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"more than {max_items} CBOR items")
+        initial = data[pos]
+        pos += 1
+        major = initial >> 5
+        info = initial & 0x1F
+        if info < 24:
+            arg = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            if pos + width > end:
+                raise ProtocolError(ErrorCode.MALFORMED, "truncated CBOR")
+            arg = int.from_bytes(data[pos : pos + width], "big")
+            pos += width
+        else:
+            raise ProtocolError(ErrorCode.MALFORMED, "indefinite length or reserved CBOR header")
+        if major in (2, 3):  # byte or text string: skip the contents
+            pos += arg
+            if pos > end:
+                raise ProtocolError(ErrorCode.MALFORMED, "truncated CBOR string")
+        elif major == 4:
+            pending += arg
+        elif major == 5:
+            pending += 2 * arg
+        elif major == 6:
+            raise ProtocolError(ErrorCode.MALFORMED, "semantic tags are not allowed")
+        # majors 0, 1 and 7 carry no children
+        if pending > max_items:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"more than {max_items} CBOR items")
+    if pos != end:
+        raise ProtocolError(ErrorCode.MALFORMED, "trailing bytes after CBOR item")
+    return items
+
+
+def decode(data: bytes, *, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
+    """Decode one strict, canonical CBOR data item from ``data``."""
+    count_items(data, max_items)
+    try:
+        obj = cbor2.loads(
+            data,
+            tag_hook=_tag_hook,
+            semantic_decoders=_REJECT_TAGS,
+            max_depth=MAX_DEPTH,
+            allow_indefinite=False,
+            allow_duplicate_keys=False,
+            strict_hashable_types=True,
+        )
+    except cbor2.CBORDecodeError as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"bad CBOR: {exc}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"bad CBOR: {exc!r}") from None
+    try:
+        again = encode(obj)
+    except (cbor2.CBOREncodeError, ValueError, TypeError) as exc:
+        raise ProtocolError(ErrorCode.MALFORMED, f"CBOR does not re-encode: {exc}") from None
+    if again != data:
+        raise ProtocolError(ErrorCode.NON_CANONICAL, "CBOR is not in canonical form")
+    return obj

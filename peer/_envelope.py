@@ -1,0 +1,282 @@
+"""Signed message envelopes, DM encryption and topic names.
+
+An envelope on the wire is the CBOR array ``[signed, sig]``: ``signed`` is the
+canonical CBOR map of the message (a byte string, so relays forward it without
+re-encoding) and ``sig`` is the sender's Ed25519 signature over
+``"clawmesh/envelope/v1" || signed``. The message id is
+SHA-256(``"clawmesh/msg-id/v1" || signed``): it cannot be forged, and a
+re-signed copy of the same message is recognised as a duplicate.
+
+A DM travels on the conversation topic derived from the two peer ids; its
+content is a NaCl ``crypto_box`` from the sender's X25519 key (converted from
+its Ed25519 key) to the recipient's, so only the recipient can read it and
+can tell that the sender wrote it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from nacl.bindings import crypto_box, crypto_box_open
+from nacl.exceptions import CryptoError
+
+from . import _cbor
+from ._errors import ErrorCode, ProtocolError
+from ._frames import Map, is_topic, need_bytes, need_text, need_uint
+from ._identity import (
+    Identity,
+    peer_id_of,
+    verify_signature,
+    x25519_public_of,
+)
+from ._limits import MAX_BODY_BYTES, MAX_ENVELOPE, MAX_FRAME_ITEMS, MAX_PAYLOAD
+
+ENVELOPE_TAG = b"clawmesh/envelope/v1"
+MSG_ID_TAG = b"clawmesh/msg-id/v1"
+DM_TOPIC_TAG = b"clawmesh/dm-topic/v1"
+PRESENCE_TOPIC = "sys/presence"
+KINDS = frozenset({"msg", "dm", "presence"})
+
+_SIGNED_KEYS = {
+    "msg": frozenset({"v", "kind", "topic", "from", "seq", "ts", "body", "payload", "reply_to", "thread"}),
+    "dm": frozenset({"v", "kind", "topic", "from", "seq", "ts", "to", "box"}),
+    "presence": frozenset({"v", "kind", "topic", "from", "seq", "ts", "payload"}),
+}
+_CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread"})
+
+
+def dm_topic(a: bytes, b: bytes) -> str:
+    """The conversation topic between two peer ids (order does not matter)."""
+    lo, hi = sorted((a, b))
+    return "dm/" + hashlib.sha256(DM_TOPIC_TAG + lo + hi).hexdigest()
+
+
+def inbox_topic(peer_id: bytes) -> str:
+    """The routing topic a peer subscribes to in order to receive its DMs."""
+    return "inbox/" + peer_id.hex()
+
+
+def message_id(signed: bytes) -> bytes:
+    return hashlib.sha256(MSG_ID_TAG + signed).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What a person or agent wrote: text, optional payload, threading."""
+
+    body: str = ""
+    payload: bytes | None = None  # canonical CBOR bytes of any value
+    reply_to: bytes | None = None  # message id
+    thread: bytes | None = None  # message id of the thread root
+
+    def to_map(self) -> Map:
+        m: Map = {"body": self.body}
+        if self.payload is not None:
+            m["payload"] = self.payload
+        if self.reply_to is not None:
+            m["reply_to"] = self.reply_to
+        if self.thread is not None:
+            m["thread"] = self.thread
+        return m
+
+
+def _check_content(m: Map) -> Content:
+    body = need_text(m, "body", MAX_BODY_BYTES)
+    payload = None
+    if "payload" in m:
+        payload = need_bytes(m, "payload", max_size=MAX_PAYLOAD)
+        _cbor.decode(payload, max_items=MAX_FRAME_ITEMS * 16)
+    reply_to = need_bytes(m, "reply_to", 32) if "reply_to" in m else None
+    thread = need_bytes(m, "thread", 32) if "thread" in m else None
+    return Content(body, payload, reply_to, thread)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A verified envelope: the decoded fields plus the exact wire bytes."""
+
+    id: bytes
+    kind: str
+    topic: str
+    sender_key: bytes
+    sender: bytes  # peer id
+    seq: int
+    ts: int  # sender's clock, milliseconds since the Unix epoch
+    fields: Map = field(repr=False)
+    wire: bytes = field(repr=False)
+
+    @property
+    def route(self) -> str:
+        """The topic the gossip layer routes this envelope on."""
+        if self.kind == "dm":
+            return inbox_topic(self.fields["to"])
+        return self.topic
+
+    def content(self) -> Content:
+        """The content of a channel message (not of a DM: see :func:`open_dm`)."""
+        return Content(
+            body=self.fields.get("body", ""),
+            payload=self.fields.get("payload"),
+            reply_to=self.fields.get("reply_to"),
+            thread=self.fields.get("thread"),
+        )
+
+
+def _sign(identity: Identity, fields: Map) -> tuple[bytes, bytes]:
+    signed = _cbor.encode(fields)
+    sig = identity.sign(ENVELOPE_TAG + signed)
+    wire = _cbor.encode([signed, sig])
+    if len(wire) > MAX_ENVELOPE:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"envelope of {len(wire)} bytes over {MAX_ENVELOPE}")
+    return signed, wire
+
+
+def seal_message(
+    identity: Identity, *, topic: str, content: Content, seq: int, ts: int
+) -> Envelope:
+    """Sign a channel message."""
+    if not is_topic(topic) or "/" in topic:
+        raise ValueError(f"not a channel name: {topic!r}")
+    fields: Map = {
+        "v": 1, "kind": "msg", "topic": topic, "from": identity.public_key, "seq": seq, "ts": ts,
+    }
+    fields.update(content.to_map())
+    _check_content(fields)
+    signed, wire = _sign(identity, fields)
+    return _envelope(signed, fields, wire)
+
+
+def seal_presence(identity: Identity, *, payload: bytes, seq: int, ts: int) -> Envelope:
+    fields: Map = {
+        "v": 1, "kind": "presence", "topic": PRESENCE_TOPIC, "from": identity.public_key,
+        "seq": seq, "ts": ts, "payload": payload,
+    }
+    signed, wire = _sign(identity, fields)
+    return _envelope(signed, fields, wire)
+
+
+def seal_dm(
+    identity: Identity,
+    *,
+    recipient_key: bytes,
+    content: Content,
+    seq: int,
+    ts: int,
+    nonce: bytes | None = None,
+) -> Envelope:
+    """Sign a DM whose content is encrypted to ``recipient_key`` (Ed25519)."""
+    _check_content(content.to_map())
+    recipient = peer_id_of(recipient_key)
+    nonce = os.urandom(24) if nonce is None else nonce
+    inner = _cbor.encode(content.to_map())
+    box = nonce + bytes(
+        crypto_box(inner, nonce, x25519_public_of(recipient_key), identity.x25519_private())
+    )
+    fields: Map = {
+        "v": 1, "kind": "dm", "topic": dm_topic(identity.peer_id, recipient),
+        "from": identity.public_key, "seq": seq, "ts": ts, "to": recipient, "box": box,
+    }
+    signed, wire = _sign(identity, fields)
+    return _envelope(signed, fields, wire)
+
+
+def open_dm(identity: Identity, env: Envelope) -> Content:
+    """Decrypt a DM addressed to ``identity``; ProtocolError if it is not readable."""
+    if env.kind != "dm" or env.fields["to"] != identity.peer_id:
+        raise ProtocolError(ErrorCode.DECRYPT, "not a DM to us")
+    box: bytes = env.fields["box"]
+    try:
+        inner = crypto_box_open(
+            box[24:], box[:24], x25519_public_of(env.sender_key), identity.x25519_private()
+        )
+    except (CryptoError, ValueError, TypeError):
+        raise ProtocolError(ErrorCode.DECRYPT, "DM does not decrypt") from None
+    m = _cbor.decode(bytes(inner), max_items=MAX_FRAME_ITEMS * 16)
+    if not isinstance(m, dict) or m.keys() - _CONTENT_KEYS:
+        raise ProtocolError(ErrorCode.MALFORMED, "DM content has unknown fields")
+    return _check_content(m)
+
+
+def _envelope(signed: bytes, fields: Map, wire: bytes) -> Envelope:
+    key = fields["from"]
+    return Envelope(
+        id=message_id(signed),
+        kind=fields["kind"],
+        topic=fields["topic"],
+        sender_key=key,
+        sender=peer_id_of(key),
+        seq=fields["seq"],
+        ts=fields["ts"],
+        fields=fields,
+        wire=wire,
+    )
+
+
+def split_wire(wire: bytes) -> tuple[bytes, bytes]:
+    """The ``(signed, sig)`` byte strings of an envelope, shape-checked only.
+
+    Cheap enough to run before the seen-cache lookup: no signature check, no
+    decoding of ``signed``.
+    """
+    if len(wire) > MAX_ENVELOPE:
+        raise ProtocolError(ErrorCode.TOO_LARGE, "envelope too large")
+    obj = _cbor.decode(wire, max_items=3)
+    if (
+        not isinstance(obj, list)
+        or len(obj) != 2
+        or not isinstance(obj[0], bytes)
+        or not isinstance(obj[1], bytes)
+        or len(obj[1]) != 64
+    ):
+        raise ProtocolError(ErrorCode.MALFORMED, "an envelope is [signed bytes, 64-byte sig]")
+    return obj[0], obj[1]
+
+
+def open_envelope(wire: bytes, *, signed: bytes | None = None, sig: bytes | None = None) -> Envelope:
+    """Decode, validate and verify an envelope; ProtocolError if anything is off."""
+    if signed is None or sig is None:
+        signed, sig = split_wire(wire)
+    fields = _cbor.decode(signed, max_items=MAX_FRAME_ITEMS)
+    if not isinstance(fields, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "signed part is a CBOR map")
+    kind = fields.get("kind")
+    if kind not in KINDS:
+        raise ProtocolError(ErrorCode.MALFORMED, f"unknown message kind {kind!r:.40}")
+    extra = fields.keys() - _SIGNED_KEYS[kind]
+    if extra:
+        raise ProtocolError(ErrorCode.MALFORMED, f"unknown envelope fields {sorted(extra)!r:.80}")
+    if fields.get("v") != 1:
+        raise ProtocolError(ErrorCode.VERSION, "unknown envelope version")
+    key = need_bytes(fields, "from", 32)
+    need_uint(fields, "seq")
+    need_uint(fields, "ts")
+    topic = fields.get("topic")
+    if not is_topic(topic):
+        raise ProtocolError(ErrorCode.MALFORMED, "bad topic")
+    assert isinstance(topic, str)
+    if kind == "msg":
+        if "/" in topic:
+            raise ProtocolError(ErrorCode.MALFORMED, "a message goes to a channel topic")
+        _check_content(fields)
+    elif kind == "dm":
+        to = need_bytes(fields, "to", 32)
+        box = need_bytes(fields, "box", max_size=MAX_ENVELOPE)
+        if len(box) < 24 + 16:
+            raise ProtocolError(ErrorCode.MALFORMED, "DM box too short")
+        if topic != dm_topic(peer_id_of(key), to):
+            raise ProtocolError(ErrorCode.MALFORMED, "DM topic does not match its peers")
+    else:
+        if topic != PRESENCE_TOPIC:
+            raise ProtocolError(ErrorCode.MALFORMED, "presence goes to sys/presence")
+        need_bytes(fields, "payload", max_size=4096)
+    if not verify_signature(key, ENVELOPE_TAG + signed, sig):
+        raise ProtocolError(ErrorCode.BAD_SIGNATURE, "envelope signature does not verify")
+    return _envelope(signed, fields, wire)
+
+
+def payload_value(payload: bytes) -> Any:
+    """Decode a payload that arrived in a verified envelope."""
+    return _cbor.decode(payload, max_items=MAX_FRAME_ITEMS * 16)

@@ -1,0 +1,490 @@
+"""The gossip pub/sub router, sans-IO: frames and time in, decisions out.
+
+Rules kept here (protocol-spec/gossip.md):
+
+* Interest. Each link tells us the topics it wants as ``[topic, hops]``:
+  hops 0 means the peer itself subscribes, hops n means a subscriber is n
+  relays beyond it. A relay advertises every topic it can reach within
+  ``MAX_INTEREST_HOPS``, with split horizon (never back over the link it
+  learned it from); a non-relay advertises only its own subscriptions. This
+  is what lets a relay-only seed in the middle of a line carry a channel.
+* Forwarding. A message is verified once. Its own author floods it to every
+  link with interest. A relay forwards the received bytes to its direct
+  subscribers (hops 0) and to its transit mesh for the topic: a bounded set
+  (``mesh_low``..``mesh_high``) of relays with interest, kept with GRAFT and
+  PRUNE at each heartbeat. Non-relays forward nothing.
+* Repair. Each heartbeat a peer sends IHAVE with recent message ids to a few
+  interested links outside the mesh; they ask with IWANT for what they miss.
+* Dedup. A message id is remembered (bounded count and age); a message older
+  than ``max_age`` by its author's clock is not relayed by gossip.
+* Budgets. Each link has a frame and byte budget; overrunning it, sending a
+  frame that does not parse, or an envelope that does not verify closes it.
+
+Nothing here performs I/O: every method returns a list of actions (``Send``,
+``Deliver``, ``Close``) for the Trio shell to carry out, in order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._envelope import Envelope, message_id, open_envelope, split_wire
+from ._errors import ErrorCode, ProtocolError
+from ._frames import Frame, encode_frame
+from ._limits import (
+    MAX_IDS_PER_FRAME,
+    MAX_INTEREST_HOPS,
+    MAX_TOPICS_PER_FRAME,
+    MAX_TOPICS_PER_PEER,
+    GossipParams,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer: bytes
+    frame: bytes  # plaintext frame; the shell encrypts it for the link
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    peer: bytes
+    code: ErrorCode
+    reason: str
+
+
+Action = Send | Deliver | Close
+
+
+@dataclass
+class GossipStats:
+    frames_in: int = 0
+    bytes_in: int = 0
+    published: int = 0
+    received: int = 0  # new, verified envelopes from links
+    delivered: int = 0
+    forwarded: int = 0  # frames sent on behalf of others
+    duplicates: int = 0
+    stale: int = 0
+    rejected: int = 0  # frames that closed their link
+    ihave_sent: int = 0
+    iwant_sent: int = 0
+    iwant_served: int = 0
+    grafts: int = 0
+    prunes: int = 0
+
+
+@dataclass
+class _Link:
+    relay: bool
+    opened: float
+    interest: dict[str, int] = field(default_factory=dict)  # what they want, with hops
+    told: dict[str, int] = field(default_factory=dict)  # what we told them
+    frame_tokens: float = 0.0
+    byte_tokens: float = 0.0
+    refilled: float = 0.0
+    iwant_budget: int = 0
+    last_heard: float = 0.0
+    ping_sent: float | None = None
+
+
+class GossipRouter:
+    """Routing state of one peer. ``now`` is monotonic seconds from the shell."""
+
+    def __init__(
+        self,
+        me: bytes,
+        *,
+        relay: bool = True,
+        params: GossipParams | None = None,
+        rng: random.Random | None = None,
+        keepalive: float = 15.0,
+        idle_timeout: float = 45.0,
+    ) -> None:
+        self.me = me
+        self.relay = relay
+        self.params = params or GossipParams()
+        self._rng = rng or random.Random()
+        self._keepalive = keepalive
+        self._idle_timeout = idle_timeout
+        self._links: dict[bytes, _Link] = {}
+        self._members: set[str] = set()
+        self._carriers: dict[str, set[bytes]] = {}  # topic -> links with interest
+        self._mesh: dict[str, set[bytes]] = {}
+        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._mcache: dict[bytes, tuple[str, bytes]] = {}
+        self._windows: deque[list[bytes]] = deque([[]])
+        self._ping_n = 0
+        self.stats = GossipStats()
+
+    # -- queries ---------------------------------------------------------------
+
+    @property
+    def subscriptions(self) -> frozenset[str]:
+        return frozenset(self._members)
+
+    def links(self) -> list[bytes]:
+        return list(self._links)
+
+    def interest_of(self, peer: bytes) -> dict[str, int]:
+        return dict(self._links[peer].interest)
+
+    def mesh_of(self, topic: str) -> frozenset[bytes]:
+        return frozenset(self._mesh.get(topic, ()))
+
+    def reachable(self, topic: str) -> bool:
+        """True if some link carries ``topic`` (a publish would go somewhere)."""
+        return bool(self._carriers.get(topic))
+
+    def seen(self, msg_id: bytes) -> bool:
+        return msg_id in self._seen
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            **self.stats.__dict__,
+            "links": len(self._links),
+            "subscriptions": len(self._members),
+            "topics_known": len(self._carriers),
+            "seen_cache": len(self._seen),
+            "message_cache": len(self._mcache),
+        }
+
+    # -- links -----------------------------------------------------------------
+
+    def add_link(self, peer: bytes, *, relay: bool, now: float) -> list[Action]:
+        """A link finished its handshake: tell it what we carry."""
+        if peer in self._links:
+            raise ValueError("link already open")
+        p = self.params
+        self._links[peer] = _Link(
+            relay=relay, opened=now, frame_tokens=p.frame_burst, byte_tokens=p.byte_burst,
+            refilled=now, iwant_budget=p.iwant_per_heartbeat, last_heard=now,
+        )
+        topics = set(self._members) | set(self._carriers)
+        return self._refresh(topics, only=peer)
+
+    def remove_link(self, peer: bytes) -> list[Action]:
+        link = self._links.pop(peer, None)
+        if link is None:
+            return []
+        for topic in link.interest:
+            self._drop_carrier(topic, peer)
+        for members in self._mesh.values():
+            members.discard(peer)
+        return self._refresh(set(link.interest))
+
+    # -- local API -------------------------------------------------------------
+
+    def subscribe(self, topic: str) -> list[Action]:
+        if topic in self._members:
+            return []
+        self._members.add(topic)
+        return self._refresh({topic})
+
+    def unsubscribe(self, topic: str) -> list[Action]:
+        if topic not in self._members:
+            return []
+        self._members.discard(topic)
+        return self._refresh({topic})
+
+    def publish(self, env: Envelope, now: float) -> list[Action]:
+        """Our own message: remember it, deliver it locally, flood it."""
+        if env.id in self._seen:
+            return []
+        self._remember(env.id, now)
+        frame = encode_frame("pub", e=env.wire)
+        self._cache(env.id, env.route, frame)
+        self.stats.published += 1
+        actions: list[Action] = []
+        if env.route in self._members:
+            actions.append(Deliver(env))
+        actions.extend(Send(p, frame) for p in self._carriers.get(env.route, ()))
+        return actions
+
+    # -- network ---------------------------------------------------------------
+
+    def handle_frame(
+        self, peer: bytes, frame: Frame, raw: bytes, now: float, wall_ms: int
+    ) -> list[Action]:
+        """One decoded frame from ``peer``. ``raw`` is its plaintext bytes."""
+        link = self._links.get(peer)
+        if link is None:
+            return []
+        try:
+            self._charge(link, len(raw), now)
+            link.last_heard = now
+            link.ping_sent = None
+            return self._dispatch(peer, link, frame, raw, now, wall_ms)
+        except ProtocolError as exc:
+            self.stats.rejected += 1
+            return [Close(peer, exc.code, exc.message)]
+
+    def _charge(self, link: _Link, size: int, now: float) -> None:
+        p = self.params
+        elapsed = max(0.0, now - link.refilled)
+        link.refilled = now
+        link.frame_tokens = min(p.frame_burst, link.frame_tokens + elapsed * p.frames_per_second)
+        link.byte_tokens = min(p.byte_burst, link.byte_tokens + elapsed * p.bytes_per_second)
+        link.frame_tokens -= 1
+        link.byte_tokens -= size
+        self.stats.frames_in += 1
+        self.stats.bytes_in += size
+        if link.frame_tokens < 0 or link.byte_tokens < 0:
+            raise ProtocolError(ErrorCode.RATE, "frame or byte budget exceeded")
+
+    def _dispatch(
+        self, peer: bytes, link: _Link, frame: Frame, raw: bytes, now: float, wall_ms: int
+    ) -> list[Action]:
+        f = frame.fields
+        match frame.type:
+            case "pub":
+                return self._on_pub(peer, f["e"], raw, now, wall_ms)
+            case "sub":
+                return self._on_sub(peer, link, f["topics"])
+            case "unsub":
+                return self._on_unsub(peer, link, f["topics"])
+            case "graft":
+                return self._on_graft(peer, f["topic"])
+            case "prune":
+                mesh = self._mesh.get(f["topic"])
+                if mesh is not None:
+                    mesh.discard(peer)
+                return []
+            case "ihave":
+                return self._on_ihave(peer, f["ids"])
+            case "iwant":
+                return self._on_iwant(peer, link, f["ids"])
+            case "ping":
+                return [Send(peer, encode_frame("pong", n=f["n"]))]
+            case "pong":
+                return []
+            case "error":
+                return [Close(peer, ErrorCode.SHUTDOWN, f"peer said {f['code']}: {f['msg']}")]
+        raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame after the handshake")
+
+    def _on_pub(
+        self, peer: bytes, wire: bytes, raw: bytes, now: float, wall_ms: int
+    ) -> list[Action]:
+        signed, sig = split_wire(wire)
+        mid = message_id(signed)
+        if mid in self._seen:
+            self.stats.duplicates += 1
+            return []
+        env = open_envelope(wire, signed=signed, sig=sig)
+        p = self.params
+        if env.ts < wall_ms - p.max_age * 1000 or env.ts > wall_ms + p.max_skew * 1000:
+            self.stats.stale += 1
+            return []
+        self._remember(mid, now)
+        self.stats.received += 1
+        route = env.route
+        self._cache(mid, route, raw)
+        actions: list[Action] = []
+        if route in self._members:
+            self.stats.delivered += 1
+            actions.append(Deliver(env))
+        if self.relay:
+            for target in self._forward_targets(route, exclude=(peer, env.sender)):
+                actions.append(Send(target, raw))
+            self.stats.forwarded += len(actions) - (1 if actions and isinstance(actions[0], Deliver) else 0)
+        return actions
+
+    def _forward_targets(self, route: str, exclude: tuple[bytes, ...]) -> Iterable[bytes]:
+        targets = set(self._mesh.get(route, ()))
+        for p in self._carriers.get(route, ()):
+            if self._links[p].interest.get(route) == 0:
+                targets.add(p)
+        targets.difference_update(exclude)
+        return targets
+
+    def _on_sub(self, peer: bytes, link: _Link, entries: list[list[Any]]) -> list[Action]:
+        changed: set[str] = set()
+        for topic, hops in entries:
+            if topic not in link.interest and len(link.interest) >= MAX_TOPICS_PER_PEER:
+                raise ProtocolError(ErrorCode.TOO_LARGE, "too many topics from one peer")
+            if link.interest.get(topic) != hops:
+                link.interest[topic] = hops
+                self._carriers.setdefault(topic, set()).add(peer)
+                changed.add(topic)
+        return self._refresh(changed)
+
+    def _on_unsub(self, peer: bytes, link: _Link, topics: list[str]) -> list[Action]:
+        changed: set[str] = set()
+        for topic in topics:
+            if link.interest.pop(topic, None) is not None:
+                self._drop_carrier(topic, peer)
+                changed.add(topic)
+        return self._refresh(changed)
+
+    def _on_graft(self, peer: bytes, topic: str) -> list[Action]:
+        mesh = self._mesh.setdefault(topic, set())
+        if peer in mesh:
+            return []
+        if len(mesh) >= self.params.mesh_high or not self.relay:
+            self.stats.prunes += 1
+            return [Send(peer, encode_frame("prune", topic=topic))]
+        mesh.add(peer)
+        return []
+
+    def _on_ihave(self, peer: bytes, ids: list[bytes]) -> list[Action]:
+        wanted = [i for i in ids if i not in self._seen]
+        if not wanted:
+            return []
+        self.stats.iwant_sent += 1
+        return [Send(peer, encode_frame("iwant", ids=wanted))]
+
+    def _on_iwant(self, peer: bytes, link: _Link, ids: list[bytes]) -> list[Action]:
+        actions: list[Action] = []
+        for i in ids:
+            if link.iwant_budget <= 0:
+                break
+            cached = self._mcache.get(i)
+            if cached is not None:
+                link.iwant_budget -= 1
+                actions.append(Send(peer, cached[1]))
+        self.stats.iwant_served += len(actions)
+        return actions
+
+    # -- interest --------------------------------------------------------------
+
+    def _drop_carrier(self, topic: str, peer: bytes) -> None:
+        carriers = self._carriers.get(topic)
+        if carriers is not None:
+            carriers.discard(peer)
+            if not carriers:
+                del self._carriers[topic]
+
+    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
+        if topic in self._members:
+            return 0
+        if not self.relay:
+            return None
+        best: int | None = None
+        for p in self._carriers.get(topic, ()):
+            if p == excluded:
+                continue
+            hops = self._links[p].interest[topic] + 1
+            if best is None or hops < best:
+                best = hops
+        if best is None or best > MAX_INTEREST_HOPS:
+            return None
+        return best
+
+    def _refresh(self, topics: Iterable[str], only: bytes | None = None) -> list[Action]:
+        """Re-advertise ``topics`` to every link (or one) where the answer changed."""
+        actions: list[Action] = []
+        peers = [only] if only is not None else list(self._links)
+        topics = sorted(topics)
+        for peer in peers:
+            link = self._links[peer]
+            subs: list[list[Any]] = []
+            unsubs: list[str] = []
+            for topic in topics:
+                hops = self._distance_excluding(topic, peer)
+                if link.told.get(topic) == hops:
+                    continue
+                if hops is None:
+                    del link.told[topic]
+                    unsubs.append(topic)
+                else:
+                    link.told[topic] = hops
+                    subs.append([topic, hops])
+            for i in range(0, len(subs), MAX_TOPICS_PER_FRAME):
+                actions.append(Send(peer, encode_frame("sub", topics=subs[i : i + MAX_TOPICS_PER_FRAME])))
+            for i in range(0, len(unsubs), MAX_TOPICS_PER_FRAME):
+                actions.append(Send(peer, encode_frame("unsub", topics=unsubs[i : i + MAX_TOPICS_PER_FRAME])))
+        return actions
+
+    # -- caches ----------------------------------------------------------------
+
+    def _remember(self, mid: bytes, now: float) -> None:
+        seen = self._seen
+        seen[mid] = now + self.params.seen_ttl
+        while seen:
+            oldest, expiry = next(iter(seen.items()))
+            if expiry > now and len(seen) <= self.params.seen_max:
+                break
+            del seen[oldest]
+
+    def _cache(self, mid: bytes, route: str, frame: bytes) -> None:
+        self._mcache[mid] = (route, frame)
+        self._windows[-1].append(mid)
+
+    # -- time ------------------------------------------------------------------
+
+    def heartbeat(self, now: float) -> list[Action]:
+        """Mesh maintenance, gossip, cache shift and keepalive; call every ``heartbeat`` s."""
+        actions: list[Action] = []
+        actions.extend(self._maintain_mesh())
+        actions.extend(self._gossip())
+        self._windows.append([])
+        while len(self._windows) > self.params.history_windows:
+            for mid in self._windows.popleft():
+                self._mcache.pop(mid, None)
+        for peer, link in self._links.items():
+            link.iwant_budget = self.params.iwant_per_heartbeat
+            silent = now - link.last_heard
+            if silent > self._idle_timeout:
+                actions.append(Close(peer, ErrorCode.TIMEOUT, f"silent for {silent:.0f}s"))
+            elif silent > self._keepalive and link.ping_sent is None:
+                self._ping_n += 1
+                link.ping_sent = now
+                actions.append(Send(peer, encode_frame("ping", n=self._ping_n)))
+        return actions
+
+    def _transit_candidates(self, topic: str) -> list[bytes]:
+        return sorted(
+            p for p in self._carriers.get(topic, ()) if self._links[p].interest[topic] > 0
+        )
+
+    def _maintain_mesh(self) -> list[Action]:
+        if not self.relay:
+            return []
+        p = self.params
+        actions: list[Action] = []
+        for topic in sorted(set(self._carriers) | set(self._mesh)):
+            mesh = self._mesh.setdefault(topic, set())
+            mesh.intersection_update(q for q in mesh if topic in self._links[q].interest)
+            candidates = [q for q in self._transit_candidates(topic) if q not in mesh]
+            if len(mesh) < p.mesh_low and candidates:
+                for q in self._rng.sample(candidates, min(len(candidates), p.mesh_degree - len(mesh))):
+                    mesh.add(q)
+                    self.stats.grafts += 1
+                    actions.append(Send(q, encode_frame("graft", topic=topic)))
+            elif len(mesh) > p.mesh_high:
+                for q in self._rng.sample(sorted(mesh), len(mesh) - p.mesh_degree):
+                    mesh.discard(q)
+                    self.stats.prunes += 1
+                    actions.append(Send(q, encode_frame("prune", topic=topic)))
+            if not mesh and topic not in self._carriers:
+                del self._mesh[topic]
+        return actions
+
+    def _gossip(self) -> list[Action]:
+        recent: dict[str, list[bytes]] = {}
+        for window in self._windows:
+            for mid in window:
+                cached = self._mcache.get(mid)
+                if cached is not None:
+                    recent.setdefault(cached[0], []).append(mid)
+        actions: list[Action] = []
+        for topic, ids in sorted(recent.items()):
+            mesh = self._mesh.get(topic, set())
+            candidates = [q for q in self._transit_candidates(topic) if q not in mesh]
+            if not candidates:
+                continue
+            chosen = self._rng.sample(candidates, min(len(candidates), self.params.gossip_degree))
+            frame = encode_frame("ihave", topic=topic, ids=ids[-MAX_IDS_PER_FRAME:])
+            for q in chosen:
+                self.stats.ihave_sent += 1
+                actions.append(Send(q, frame))
+        return actions

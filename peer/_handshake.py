@@ -1,0 +1,258 @@
+"""The link handshake as a sans-IO state machine, and the session cipher.
+
+Records in, records out; no sockets, no clock. The steps
+(protocol-spec/handshake.md):
+
+1. initiator -> responder: ``hello`` (versions it speaks, claimed id, Ed25519
+   key, fresh X25519 key, fresh nonce, capabilities, listen addresses)
+2. responder -> initiator: ``hello`` (the one version it chose, and its own
+   fields), then ``auth``: its Ed25519 signature over the transcript hash
+3. initiator -> responder: ``auth``, its signature over the same hash
+
+The transcript hash covers both hellos byte for byte, so both ephemeral keys
+and both nonces: a recorded ``auth`` is worthless on any other connection.
+Each signature is domain-separated by role, so a peer's proof cannot be
+reflected back to it. After step 3 every record is a ChaCha20-Poly1305
+ciphertext under per-direction keys derived from the X25519 secret and the
+transcript hash, with a 64-bit counter as nonce.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from nacl.bindings import (
+    crypto_aead_chacha20poly1305_ietf_decrypt,
+    crypto_aead_chacha20poly1305_ietf_encrypt,
+    crypto_scalarmult,
+    crypto_scalarmult_base,
+)
+from nacl.exceptions import CryptoError
+
+from ._errors import ErrorCode, ProtocolError
+from ._frames import Map, decode_frame, encode_frame
+from ._identity import Identity, peer_id_of, verify_signature
+from ._limits import MAX_HANDSHAKE_RECORD, PROTOCOL_VERSIONS
+
+TRANSCRIPT_TAG = b"clawmesh/handshake/v1"
+AUTH_TAG = {"initiator": b"clawmesh/auth/initiator/v1", "responder": b"clawmesh/auth/responder/v1"}
+AGENT = "clawmesh/0.1"
+
+Random = Callable[[int], bytes]
+
+
+class SelfConnection(ProtocolError):
+    """We dialled an address that turned out to be ourselves."""
+
+    def __init__(self) -> None:
+        super().__init__(ErrorCode.AUTH, "connected to ourselves")
+
+
+@dataclass(frozen=True)
+class HandshakeResult:
+    """What a completed handshake established about the other side."""
+
+    peer_id: bytes
+    public_key: bytes
+    version: int
+    caps: tuple[str, ...]
+    listen: tuple[str, ...]
+    agent: str
+    transcript_hash: bytes
+    cipher: LinkCipher
+
+
+class _State(Enum):
+    START = auto()
+    SENT_HELLO = auto()  # initiator: waiting for the responder's hello
+    WAIT_AUTH = auto()  # waiting for the other side's auth
+    DONE = auto()
+
+
+class Handshake:
+    """One side of a handshake. Feed it records; send what it returns."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        initiator: bool,
+        caps: tuple[str, ...] = ("relay",),
+        listen: tuple[str, ...] = (),
+        versions: tuple[int, ...] = PROTOCOL_VERSIONS,
+        expect_peer_id: bytes | None = None,
+        random: Random = os.urandom,
+    ) -> None:
+        self._identity = identity
+        self.initiator = initiator
+        self._caps = caps
+        self._listen = listen
+        self._versions = versions
+        self._expect = expect_peer_id
+        self._eph_secret = random(32)
+        self._eph_public = bytes(crypto_scalarmult_base(self._eph_secret))
+        self._nonce = random(32)
+        self._state = _State.START
+        self._my_hello = b""
+        self._their_hello: Map = {}
+        self._their_hello_bytes = b""
+        self._version = 0
+        self._transcript = b""
+        self.result: HandshakeResult | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._state is _State.DONE
+
+    def _hello(self, versions: tuple[int, ...]) -> bytes:
+        return encode_frame(
+            "hello",
+            versions=list(versions),
+            id=self._identity.peer_id,
+            pk=self._identity.public_key,
+            eph=self._eph_public,
+            nonce=self._nonce,
+            caps=list(self._caps),
+            listen=list(self._listen),
+            agent=AGENT,
+        )
+
+    def _auth(self) -> bytes:
+        role = "initiator" if self.initiator else "responder"
+        return encode_frame("auth", sig=self._identity.sign(AUTH_TAG[role] + self._transcript))
+
+    def start(self) -> list[bytes]:
+        """The initiator's first record."""
+        if not self.initiator or self._state is not _State.START:
+            raise RuntimeError("start() is for a fresh initiator")
+        self._my_hello = self._hello(self._versions)
+        self._state = _State.SENT_HELLO
+        return [self._my_hello]
+
+    def receive(self, record: bytes) -> list[bytes]:
+        """Process one record from the other side; return the records to send."""
+        if len(record) > MAX_HANDSHAKE_RECORD:
+            raise ProtocolError(ErrorCode.TOO_LARGE, "handshake record too large")
+        frame = decode_frame(record, MAX_HANDSHAKE_RECORD)
+        if frame.type == "error":
+            raise ProtocolError(
+                ErrorCode.UNEXPECTED,
+                f"peer refused: {frame.fields['code']}: {frame.fields['msg']}",
+            )
+        if self._state is _State.START and not self.initiator and frame.type == "hello":
+            return self._on_initiator_hello(frame.fields, record)
+        if self._state is _State.SENT_HELLO and frame.type == "hello":
+            self._on_responder_hello(frame.fields, record)
+            return []
+        if self._state is _State.WAIT_AUTH and frame.type == "auth":
+            return self._on_auth(frame.fields)
+        raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame during handshake")
+
+    def _check_identity(self, hello: Map) -> None:
+        if peer_id_of(hello["pk"]) != hello["id"]:
+            raise ProtocolError(ErrorCode.AUTH, "claimed peer id does not match the key")
+        if hello["id"] == self._identity.peer_id:
+            raise SelfConnection()
+        if self._expect is not None and hello["id"] != self._expect:
+            raise ProtocolError(ErrorCode.AUTH, "peer id is not the one we dialled")
+
+    def _on_initiator_hello(self, hello: Map, raw: bytes) -> list[bytes]:
+        self._check_identity(hello)
+        common = set(hello["versions"]) & set(self._versions)
+        if not common:
+            raise ProtocolError(ErrorCode.VERSION, f"no common version in {hello['versions']}")
+        self._version = max(common)
+        self._their_hello, self._their_hello_bytes = hello, raw
+        self._my_hello = self._hello((self._version,))
+        self._transcript = _transcript(raw, self._my_hello)
+        self._state = _State.WAIT_AUTH
+        return [self._my_hello, self._auth()]
+
+    def _on_responder_hello(self, hello: Map, raw: bytes) -> None:
+        self._check_identity(hello)
+        chosen = hello["versions"]
+        if len(chosen) != 1 or chosen[0] not in self._versions:
+            raise ProtocolError(ErrorCode.VERSION, f"responder chose {chosen}")
+        self._version = chosen[0]
+        self._their_hello, self._their_hello_bytes = hello, raw
+        self._transcript = _transcript(self._my_hello, raw)
+        self._state = _State.WAIT_AUTH
+
+    def _on_auth(self, auth: Map) -> list[bytes]:
+        their_role = "responder" if self.initiator else "initiator"
+        signed = AUTH_TAG[their_role] + self._transcript
+        if not verify_signature(self._their_hello["pk"], signed, auth["sig"]):
+            raise ProtocolError(ErrorCode.AUTH, "handshake signature does not verify")
+        out = [self._auth()] if self.initiator else []
+        self._finish()
+        return out
+
+    def _finish(self) -> None:
+        hello = self._their_hello
+        try:
+            shared = bytes(crypto_scalarmult(self._eph_secret, hello["eph"]))
+        except (CryptoError, RuntimeError, ValueError):
+            raise ProtocolError(ErrorCode.AUTH, "bad ephemeral key") from None
+        if shared == bytes(32):
+            raise ProtocolError(ErrorCode.AUTH, "bad ephemeral key")
+        i2r = _kdf(shared, self._transcript, b"i2r")
+        r2i = _kdf(shared, self._transcript, b"r2i")
+        send, recv = (i2r, r2i) if self.initiator else (r2i, i2r)
+        self.result = HandshakeResult(
+            peer_id=hello["id"],
+            public_key=hello["pk"],
+            version=self._version,
+            caps=tuple(hello["caps"]),
+            listen=tuple(hello["listen"]),
+            agent=hello["agent"],
+            transcript_hash=self._transcript,
+            cipher=LinkCipher(send, recv),
+        )
+        self._state = _State.DONE
+
+
+def _transcript(initiator_hello: bytes, responder_hello: bytes) -> bytes:
+    h = hashlib.sha256(TRANSCRIPT_TAG)
+    for part in (initiator_hello, responder_hello):
+        h.update(struct.pack(">I", len(part)))
+        h.update(part)
+    return h.digest()
+
+
+def _kdf(shared: bytes, transcript: bytes, label: bytes) -> bytes:
+    return hashlib.blake2b(label + transcript, key=shared, digest_size=32).digest()
+
+
+class LinkCipher:
+    """ChaCha20-Poly1305 for one link, a key and a counter per direction."""
+
+    __slots__ = ("_recv_key", "_recv_n", "_send_key", "_send_n")
+
+    def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        self._send_key = send_key
+        self._recv_key = recv_key
+        self._send_n = 0
+        self._recv_n = 0
+
+    def seal(self, plaintext: bytes) -> bytes:
+        nonce = b"\x00\x00\x00\x00" + self._send_n.to_bytes(8, "little")
+        self._send_n += 1
+        return bytes(
+            crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, None, nonce, self._send_key)
+        )
+
+    def open(self, ciphertext: bytes) -> bytes:
+        nonce = b"\x00\x00\x00\x00" + self._recv_n.to_bytes(8, "little")
+        try:
+            plaintext = crypto_aead_chacha20poly1305_ietf_decrypt(
+                ciphertext, None, nonce, self._recv_key
+            )
+        except (CryptoError, ValueError, TypeError):
+            raise ProtocolError(ErrorCode.DECRYPT, "record does not decrypt") from None
+        self._recv_n += 1
+        return bytes(plaintext)

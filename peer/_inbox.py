@@ -1,0 +1,190 @@
+"""What the local agent sees: received messages and the peers it knows.
+
+Plain data structures, no I/O. The inbox is bounded: past ``capacity`` the
+oldest read messages go first, then the oldest unread ones (counted in
+``dropped``). Each message gets a local, increasing ``cursor`` so an agent
+can ask for everything after the last one it saw.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class InboxMessage:
+    cursor: int
+    id: bytes
+    kind: str  # "msg" or "dm"
+    topic: str
+    channel: str | None  # channel name for "msg", None for DMs
+    sender: bytes  # peer id
+    peer: bytes | None  # the other side of a DM
+    body: str
+    payload: Any
+    has_payload: bool
+    reply_to: bytes | None
+    thread: bytes | None
+    ts: int  # sender's clock, ms
+    received_ms: int
+    outgoing: bool
+    read: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "cursor": self.cursor,
+            "id": self.id.hex(),
+            "kind": self.kind,
+            "topic": self.topic,
+            "from": self.sender.hex(),
+            "body": self.body,
+            "content": self.body,
+            "timestamp": self.ts,
+            "received": self.received_ms,
+            "read": self.read,
+            "outgoing": self.outgoing,
+        }
+        if self.channel is not None:
+            out["channel"] = self.channel
+        if self.peer is not None:
+            out["peer"] = self.peer.hex()
+        if self.has_payload:
+            out["payload"] = self.payload
+        if self.reply_to is not None:
+            out["reply_to"] = self.reply_to.hex()
+        if self.thread is not None:
+            out["thread"] = self.thread.hex()
+        return out
+
+
+class Inbox:
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._messages: OrderedDict[int, InboxMessage] = OrderedDict()
+        self._by_id: dict[bytes, int] = {}
+        self._capacity = capacity
+        self._next = 1
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    def __iter__(self) -> Iterator[InboxMessage]:
+        return iter(self._messages.values())
+
+    @property
+    def last_cursor(self) -> int:
+        return self._next - 1
+
+    def unread(self) -> int:
+        return sum(1 for m in self._messages.values() if not m.read)
+
+    def add(self, message: InboxMessage) -> InboxMessage | None:
+        """Store ``message`` (its cursor is assigned here); None if already held."""
+        if message.id in self._by_id:
+            return None
+        message.cursor = self._next
+        self._next += 1
+        self._messages[message.cursor] = message
+        self._by_id[message.id] = message.cursor
+        while len(self._messages) > self._capacity:
+            self._evict()
+        return message
+
+    def _evict(self) -> None:
+        victim = next((c for c, m in self._messages.items() if m.read), None)
+        if victim is None:
+            victim = next(iter(self._messages))
+            self.dropped += 1
+        message = self._messages.pop(victim)
+        del self._by_id[message.id]
+
+    def get(self, msg_id: bytes) -> InboxMessage | None:
+        cursor = self._by_id.get(msg_id)
+        return None if cursor is None else self._messages[cursor]
+
+    def query(
+        self,
+        *,
+        unread: bool | None = None,
+        topic: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[InboxMessage]:
+        out: list[InboxMessage] = []
+        for cursor, message in self._messages.items():
+            if cursor <= after:
+                continue
+            if unread is not None and message.read == unread:
+                continue
+            if topic is not None and message.topic != topic:
+                continue
+            out.append(message)
+            if len(out) >= limit:
+                break
+        return out
+
+    def mark_read(self, ids: list[bytes]) -> int:
+        count = 0
+        for msg_id in ids:
+            message = self.get(msg_id)
+            if message is not None and not message.read:
+                message.read = True
+                count += 1
+        return count
+
+    def mark_read_through(self, cursor: int) -> int:
+        count = 0
+        for c, message in self._messages.items():
+            if c > cursor:
+                break
+            if not message.read:
+                message.read = True
+                count += 1
+        return count
+
+
+@dataclass
+class PeerInfo:
+    peer_id: bytes
+    public_key: bytes
+    last_seen_ms: int
+    listen: tuple[str, ...] = ()
+    caps: tuple[str, ...] = ()
+    agent: str = ""
+    linked: bool = False
+    remote: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Directory:
+    """Peers we know of, from links, presence announcements and messages."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._peers: OrderedDict[bytes, PeerInfo] = OrderedDict()
+        self._capacity = capacity
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __iter__(self) -> Iterator[PeerInfo]:
+        return iter(self._peers.values())
+
+    def get(self, peer_id: bytes) -> PeerInfo | None:
+        return self._peers.get(peer_id)
+
+    def see(self, peer_id: bytes, public_key: bytes, now_ms: int) -> PeerInfo:
+        info = self._peers.get(peer_id)
+        if info is None:
+            info = PeerInfo(peer_id, public_key, now_ms)
+            self._peers[peer_id] = info
+            while len(self._peers) > self._capacity:
+                victim = next((p for p, i in self._peers.items() if not i.linked), None)
+                if victim is None:
+                    break
+                del self._peers[victim]
+        info.last_seen_ms = max(info.last_seen_ms, now_ms)
+        self._peers.move_to_end(peer_id)
+        return info

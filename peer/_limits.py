@@ -1,0 +1,48 @@
+"""Every bound clawmesh puts on network input, in one place.
+
+protocol-spec/README.md ("Limits") lists the same numbers; a peer may choose
+tighter ones but must accept anything within these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROTOCOL_VERSIONS = (1,)
+
+MAX_RECORD = 320 * 1024  # one link record (WebSocket message or stream record)
+MAX_HANDSHAKE_RECORD = 4 * 1024
+MAX_ENVELOPE = 288 * 1024  # a signed envelope, signature included
+MAX_BODY_BYTES = 64 * 1024  # UTF-8 bytes of a message's text body
+MAX_PAYLOAD = 256 * 1024  # CBOR bytes of a message's payload
+MAX_FRAME_ITEMS = 4096  # CBOR data items in one frame
+MAX_TOPIC_BYTES = 128
+MAX_TOPICS_PER_FRAME = 256
+MAX_TOPICS_PER_PEER = 4096
+MAX_IDS_PER_FRAME = 512
+MAX_LISTEN_ADDRS = 8
+MAX_ADDR_BYTES = 256
+MAX_CAPS = 16
+MAX_TEXT_FIELD = 256
+MAX_INTEREST_HOPS = 12
+
+
+@dataclass(frozen=True)
+class GossipParams:
+    """Tunables of the gossip router (protocol-spec/gossip.md)."""
+
+    mesh_degree: int = 6  # D: target transit mesh size per topic
+    mesh_low: int = 4  # D_lo: graft below this
+    mesh_high: int = 12  # D_hi: prune above this
+    gossip_degree: int = 6  # IHAVE targets per topic per heartbeat
+    heartbeat: float = 1.0  # seconds
+    history_windows: int = 3  # heartbeats a message stays in the IWANT cache
+    seen_ttl: float = 600.0  # seconds a message id is remembered
+    seen_max: int = 100_000  # ids remembered at most
+    max_age: float = 540.0  # gossip refuses envelopes older than this (seconds)
+    max_skew: float = 120.0  # ... or this far in the future
+    frames_per_second: float = 20_000.0  # per-link budget; exceeding it closes the link
+    frame_burst: float = 40_000.0
+    bytes_per_second: float = 32 * 1024 * 1024
+    byte_burst: float = 64 * 1024 * 1024
+    iwant_per_heartbeat: int = 1024  # envelopes served per peer per heartbeat
