@@ -47,7 +47,7 @@ class _RejectAllTags(dict[int, Any]):
     def __missing__(self, tag: int) -> Any:
         return _reject_tag(tag)
 
-    def get(self, tag: int, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, tag: int, default: Any = None) -> Any:
         return self[tag]
 
     def __contains__(self, tag: object) -> bool:

@@ -246,7 +246,7 @@ class RecordBuffer:
         self._buf = bytearray()
         self._max = max_record
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
         """Add bytes; return the complete records they finish, in order."""
         self._buf += data
         out: list[bytes] = []

@@ -13,6 +13,7 @@ peer's nursery.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -51,6 +52,8 @@ HANDSHAKE_TIMEOUT = 10.0
 PRESENCE_INTERVAL = 60.0
 PRESENCE_DEBOUNCE = 5.0
 ONLINE_WINDOW_MS = int(2.5 * PRESENCE_INTERVAL * 1000)
+_INTEREST_FRAMES = frozenset({"sub", "unsub"})
+_LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class UnknownPeer(Exception):
@@ -139,10 +142,8 @@ class Link:
             return
         self.close_code = code
         self.close_reason = reason
-        try:
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self.send_channel.send_nowait(encode_frame("error", code=code.value, msg=reason[:200]))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
         self.send_channel.close()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + 2.0)
 
@@ -175,6 +176,7 @@ class Peer:
         self._nursery: trio.Nursery | None = None
         self._inbox_changed = trio.Event()
         self._links_changed = trio.Event()
+        self._changed = trio.Event()
         self._last_presence = -math.inf
         self._presence_wanted = trio.Event()
         self.listen_urls: list[str] = list(self.options.listen_urls)
@@ -291,13 +293,13 @@ class Peer:
                         await transport.send(reply)
             except ProtocolError as exc:
                 if exc.code is not ErrorCode.UNEXPECTED or "peer refused" not in exc.message:
-                    with trio.move_on_after(1), _suppress_transport():
+                    with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                         await transport.send(encode_frame("error", code=exc.code.value, msg=exc.message[:200]))
                 raise
         assert hs.result is not None
         if len(self.links) >= self.options.max_links and hs.result.peer_id not in self.links:
             err = ProtocolError(ErrorCode.TOO_LARGE, "peer has no room for more links")
-            with trio.move_on_after(1), _suppress_transport():
+            with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                 await transport.send(hs.result.cipher.seal(encode_frame("error", code=err.code.value, msg=err.message)))
             raise err
         return hs.result
@@ -367,19 +369,21 @@ class Peer:
                 return
             except ProtocolError as exc:  # an oversize stream record
                 self._refuse(link, exc, log)
-                return
+                break  # let the writer flush the error frame
             try:
                 plain = link.cipher.open(record)
                 frame = decode_frame(plain)
                 actions = self.router.handle_frame(link.peer_id, frame, plain, self.now(), self.wall_ms())
+                if frame.type in _INTEREST_FRAMES:
+                    self._notify_changed()
             except ProtocolError as exc:
                 self._refuse(link, exc, log)
-                return
+                break  # let the writer flush the error frame
             except Exception as exc:  # a bug: drop this link, keep the peer
                 self.counters.link_errors += 1
                 log.exception("link handler crashed", error=repr(exc))
                 link.close(ErrorCode.UNEXPECTED, "internal error")
-                return
+                break  # let the writer flush the error frame
             self._perform(actions)
         # wait for the writer to flush the error frame (bounded by the link deadline)
         await link.closed.wait()
@@ -392,6 +396,15 @@ class Peer:
     def _notify_links(self) -> None:
         self._links_changed.set()
         self._links_changed = trio.Event()
+        self._notify_changed()
+
+    def _notify_changed(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Wait until a link, a link's interest, the inbox or the directory changes."""
+        await self._changed.wait()
 
     async def wait_links_changed(self) -> None:
         await self._links_changed.wait()
@@ -450,6 +463,7 @@ class Peer:
         if self.inbox.add(message) is not None:
             self._inbox_changed.set()
             self._inbox_changed = trio.Event()
+            self._notify_changed()
 
     async def wait_inbox_changed(self) -> None:
         await self._inbox_changed.wait()
@@ -471,6 +485,7 @@ class Peer:
         if info.extra.get("presence_seq", -1) < env.seq:
             first = "presence_seq" not in info.extra
             info.extra["presence_seq"] = env.seq
+            self._notify_changed()
             if first:
                 self._want_presence()  # let a newcomer learn of us soon
 
@@ -597,10 +612,8 @@ class Peer:
             return None
         return None if result is None else result.peer_id
 
-    async def serve_websocket(
-        self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Accept WebSocket links on ``host:port``; reports the bound port."""
+    async def serve_websocket(self, host: str, port: int) -> int:
+        """Accept WebSocket links on ``host:port`` in the peer's nursery; returns the bound port."""
 
         async def handler(request: trio_websocket.WebSocketRequest) -> None:
             remote = _describe_remote(request)
@@ -616,10 +629,8 @@ class Peer:
                 self.counters.link_errors += 1
                 self.log.exception("link crashed", remote=remote, error=repr(exc))
 
-        server = await self.nursery.start(
-            _serve_ws, handler, host, port, self.nursery
-        )
-        task_status.started(server)
+        bound: int = await self.nursery.start(_serve_ws, handler, host, port, self.nursery)
+        return bound
 
 
 async def _serve_ws(
@@ -646,19 +657,10 @@ async def _serve_ws(
 
 
 def _describe_remote(request: trio_websocket.WebSocketRequest) -> str:
-    try:
-        remote = request.remote
-        return f"{remote.address}:{remote.port}"
-    except Exception:
-        return "?"
-
-
-class _suppress_transport:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return isinstance(exc, TransportClosed | trio.BrokenResourceError | trio.ClosedResourceError)
+    remote = request.remote
+    if isinstance(remote, str):
+        return remote
+    return f"{remote.address}:{remote.port}"
 
 
 def memory_link_pair(remote_a: str = "mem-a", remote_b: str = "mem-b") -> tuple[StreamTransport, StreamTransport]:

@@ -9,6 +9,7 @@ streams the in-process tests use).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import trio
@@ -16,6 +17,8 @@ import trio_websocket
 
 from ._frames import RecordBuffer, frame_record
 from ._limits import MAX_RECORD
+
+_WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class TransportClosed(Exception):
@@ -40,24 +43,21 @@ class WebSocketTransport:
     async def send(self, record: bytes) -> None:
         try:
             await self._ws.send_message(record)
-        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except _WS_GONE as exc:
             raise TransportClosed(str(exc)) from None
 
     async def receive(self) -> bytes:
         while True:
             try:
                 message = await self._ws.get_message()
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except _WS_GONE as exc:
                 raise TransportClosed(str(exc)) from None
             if isinstance(message, bytes):
                 return message
 
     async def aclose(self) -> None:
-        with trio.move_on_after(2):
-            try:
-                await self._ws.aclose()
-            except (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        with trio.move_on_after(2), contextlib.suppress(*_WS_GONE):
+            await self._ws.aclose()
 
 
 class StreamTransport:

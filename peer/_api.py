@@ -1,0 +1,410 @@
+"""The local HTTP API (v1) that agents call on 127.0.0.1.
+
+ocmesh's endpoints with their semantics, extended: ``GET /status`` (open),
+``GET /peers``, ``POST /send``, ``GET /messages``, ``POST /ack``,
+``POST /subscribe``, ``POST /unsubscribe``, ``GET /channels``,
+``GET /bootstrap.json``. Everything but ``/status`` wants
+``Authorization: Bearer <token>`` (the token lives in the key directory).
+Errors are JSON: ``{"error": {"code": ..., "message": ...}}`` with 400 for bad
+input or an unknown recipient, 401 without the token, 413 for oversize.
+
+Payloads are JSON values, carried as CBOR in the envelope; an object
+``{"$b64": "..."}`` stands for raw bytes both ways, so files and images
+travel without base64 inside the CBOR.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import _cbor
+from ._bootstrap import bootstrap_entry
+from ._envelope import Content, dm_topic
+from ._errors import ProtocolError
+from ._frames import is_topic
+from ._identity import parse_peer_id
+from ._limits import MAX_BODY_BYTES, MAX_PAYLOAD
+from ._node import Peer, UnknownPeer
+
+API_VERSION = 1
+MAX_REQUEST = 1024 * 1024
+MAX_LIMIT = 1000
+MAX_WAIT = 60.0
+VERSION = "0.1.0"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def json_to_cbor_value(value: Any, depth: int = 0) -> Any:
+    """A JSON value as the CBOR value we put in a payload (bytes for {"$b64": ...})."""
+    if depth > 12:
+        raise ApiError(400, "invalid", "payload nests too deeply")
+    if isinstance(value, dict):
+        if set(value) == {"$b64"} and isinstance(value["$b64"], str):
+            try:
+                return base64.b64decode(value["$b64"], validate=True)
+            except (binascii.Error, ValueError):
+                raise ApiError(400, "invalid", "$b64 is not base64") from None
+        return {str(k): json_to_cbor_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_to_cbor_value(v, depth + 1) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str | float):
+        return value
+    if isinstance(value, int):
+        if not -(2**64) <= value < 2**64:
+            raise ApiError(400, "invalid", "payload integers must fit in 64 bits")
+        return value
+    raise ApiError(400, "invalid", f"unsupported payload value {type(value).__name__}")
+
+
+def cbor_to_json_value(value: Any) -> Any:
+    """The inverse of :func:`json_to_cbor_value` for what a peer received."""
+    if isinstance(value, bytes):
+        return {"$b64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {
+            (k if isinstance(k, str) else base64.b64encode(k).decode()): cbor_to_json_value(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [cbor_to_json_value(v) for v in value]
+    if isinstance(value, float) and value != value:  # NaN has no JSON form
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def _hex_id(value: Any, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid", f"{name} must be a 64-hex-digit id")
+    try:
+        return parse_peer_id(value)
+    except ValueError:
+        raise ApiError(400, "invalid", f"{name} must be a 64-hex-digit id") from None
+
+
+def _bool_param(request: Request, name: str) -> bool | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ApiError(400, "invalid", f"{name} must be true or false")
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) > maximum:
+        raise ApiError(400, "invalid", f"{name} must be an integer 0..{maximum}")
+    return int(raw)
+
+
+def _wait_param(request: Request) -> float:
+    """``wait=S``: long-poll for up to S seconds (at most MAX_WAIT)."""
+    raw = request.query_params.get("wait")
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ApiError(400, "invalid", "wait must be a number of seconds") from None
+    if not 0 <= seconds <= MAX_WAIT:
+        raise ApiError(400, "invalid", f"wait must be 0..{MAX_WAIT} seconds")
+    return seconds
+
+
+def _channel_name(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid", "channel must be a string")
+    name = value[1:] if value.startswith("#") else value
+    if not is_topic(name) or "/" in name:
+        raise ApiError(400, "invalid", f"not a channel name: {value!r} (letters, digits, . _ -; max 64)")
+    return name
+
+
+class LocalApi:
+    """Builds the Starlette app around one running :class:`Peer`."""
+
+    def __init__(self, peer: Peer, token: str, *, api_url: str = "") -> None:
+        self.peer = peer
+        self.token = token
+        self.api_url = api_url
+        routes = [
+            Route("/status", self.status, methods=["GET"]),
+            Route("/peers", self.peers, methods=["GET"]),
+            Route("/send", self.send, methods=["POST"]),
+            Route("/messages", self.messages, methods=["GET"]),
+            Route("/ack", self.ack, methods=["POST"]),
+            Route("/subscribe", self.subscribe, methods=["POST"]),
+            Route("/unsubscribe", self.unsubscribe, methods=["POST"]),
+            Route("/channels", self.channels, methods=["GET"]),
+            Route("/bootstrap.json", self.bootstrap, methods=["GET"]),
+        ]
+        self.app = Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        return _error(404, "not-found", f"no endpoint {request.url.path}")
+
+    async def _not_allowed(self, request: Request, exc: Exception) -> Response:
+        return _error(405, "method", f"{request.method} is not allowed on {request.url.path}")
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _authorised(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), self.token)
+
+    async def _json_body(self, request: Request) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_REQUEST:
+            raise ApiError(413, "too-large", f"request body over {MAX_REQUEST} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_REQUEST:
+                raise ApiError(413, "too-large", f"request body over {MAX_REQUEST} bytes")
+        try:
+            data = json.loads(body or b"{}")
+        except ValueError:
+            raise ApiError(400, "invalid", "request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid", "request body must be a JSON object")
+        return data
+
+    async def _guard(self, request: Request, handler: Any, *, open_: bool = False) -> Response:
+        if not open_ and not self._authorised(request):
+            return _error(401, "unauthorised", "send Authorization: Bearer <token from the key directory's api-token>")
+        try:
+            result: Response = await handler(request)
+            return result
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message)
+
+    # -- endpoints -------------------------------------------------------------------
+
+    async def status(self, request: Request) -> Response:
+        return await self._guard(request, self._status, open_=True)
+
+    async def _status(self, request: Request) -> Response:
+        peer = self.peer
+        return JSONResponse({
+            "daemon_version": VERSION,
+            "api_version": API_VERSION,
+            "protocol_version": 1,
+            "peer_id": peer.identity.peer_id_hex,
+            "pubkey": peer.identity.public_key.hex(),
+            "uptime_seconds": round(peer.uptime, 1),
+            "peer_count": len(peer.links),
+            "known_peers": len(peer.known_peers()),
+            "online_peers": len(peer.known_peers(online=True)),
+            "listen": peer.listen_urls,
+            "api": self.api_url,
+            "caps": list(peer.options.caps),
+            "relay_only": peer.options.relay_only,
+            "channels": sorted(peer.channels),
+            "unread": peer.inbox.unread(),
+            "counters": {
+                "links_opened": peer.counters.links_opened,
+                "links_closed": peer.counters.links_closed,
+                "handshakes_failed": peer.counters.handshakes_failed,
+                "refused": dict(peer.counters.refused),
+                "link_errors": peer.counters.link_errors,
+            },
+            "gossip": peer.router.statistics(),
+        })
+
+    async def peers(self, request: Request) -> Response:
+        return await self._guard(request, self._peers)
+
+    async def _peers(self, request: Request) -> Response:
+        online = _bool_param(request, "online")
+        wanted = _int_param(request, "min", 0, 100_000)
+        deadline = trio.current_time() + _wait_param(request)
+        found = self.peer.known_peers(online=online)
+        while len(found) < wanted and trio.current_time() < deadline:
+            with trio.move_on_at(deadline):
+                await self.peer.wait_changed()
+            found = self.peer.known_peers(online=online)
+        now_ms = self.peer.wall_ms()
+        out = []
+        for info in found:
+            out.append({
+                "peer_id": info.peer_id.hex(),
+                "pubkey": info.public_key.hex(),
+                "online": self.peer.is_online(info, now_ms),
+                "linked": info.linked,
+                "last_seen": _iso(info.last_seen_ms),
+                "listen": list(info.listen),
+                "features": list(info.caps),
+                "agent": info.agent or None,
+            })
+        return JSONResponse(out)
+
+    async def send(self, request: Request) -> Response:
+        return await self._guard(request, self._send)
+
+    async def _send(self, request: Request) -> Response:
+        peer = self.peer
+        data = await self._json_body(request)
+        if peer.options.relay_only:
+            raise ApiError(400, "relay-only", "a relay-only peer has no agent to send as")
+        body = data.get("body", data.get("content", ""))
+        if not isinstance(body, str):
+            raise ApiError(400, "invalid", "body must be a string")
+        if len(body.encode()) > MAX_BODY_BYTES:
+            raise ApiError(413, "too-large", f"body over {MAX_BODY_BYTES} bytes")
+        payload = None
+        if "payload" in data and data["payload"] is not None:
+            try:
+                payload = _cbor.encode(json_to_cbor_value(data["payload"]))
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise ApiError(400, "invalid", f"payload cannot be encoded: {exc}") from None
+            if len(payload) > MAX_PAYLOAD:
+                raise ApiError(413, "too-large", f"payload over {MAX_PAYLOAD} bytes as CBOR")
+        reply_to = _hex_id(data["reply_to"], "reply_to") if data.get("reply_to") else None
+        thread = _hex_id(data["thread"], "thread") if data.get("thread") else None
+        content = Content(body=body, payload=payload, reply_to=reply_to, thread=thread)
+        channel = data.get("channel")
+        to = data.get("to")
+        if channel is None and isinstance(to, str) and to.startswith("#"):
+            channel = to
+        try:
+            if channel is not None:
+                name = _channel_name(channel)
+                env = peer.publish(name, content)
+                target = {"channel": name}
+            elif to is not None:
+                recipient = _hex_id(to, "to")
+                try:
+                    env = peer.send_dm(recipient, content)
+                except UnknownPeer:
+                    raise ApiError(400, "unknown-peer", f"no key known for peer {to}: it has not been seen on the mesh") from None
+                target = {"to": recipient.hex()}
+            else:
+                raise ApiError(400, "invalid", "say where: \"channel\": name, or \"to\": peer id")
+        except ProtocolError as exc:
+            status = 413 if exc.code.value == "too-large" else 400
+            raise ApiError(status, exc.code.value, exc.message) from None
+        return JSONResponse({
+            "id": env.id.hex(),
+            **target,
+            "topic": env.topic,
+            "seq": env.seq,
+            "timestamp": _iso(env.ts),
+            "routed": peer.router.reachable(env.route),
+        })
+
+    async def messages(self, request: Request) -> Response:
+        return await self._guard(request, self._messages)
+
+    async def _messages(self, request: Request) -> Response:
+        peer = self.peer
+        unread = _bool_param(request, "unread")
+        peek = _bool_param(request, "peek") or False
+        after = _int_param(request, "after", 0, 2**63)
+        limit = _int_param(request, "limit", 100, MAX_LIMIT)
+        topic = None
+        if request.query_params.get("channel"):
+            topic = _channel_name(request.query_params["channel"])
+        elif request.query_params.get("peer"):
+            topic = dm_topic(peer.peer_id, _hex_id(request.query_params["peer"], "peer"))
+        deadline = trio.current_time() + _wait_param(request)
+        found = peer.inbox.query(unread=unread, topic=topic, after=after, limit=limit)
+        while not found and trio.current_time() < deadline:
+            with trio.move_on_at(deadline):
+                await peer.wait_inbox_changed()
+            found = peer.inbox.query(unread=unread, topic=topic, after=after, limit=limit)
+        out = []
+        for message in found:
+            item = message.to_json()
+            item["timestamp"] = _iso(message.ts)
+            item["received"] = _iso(message.received_ms)
+            if message.has_payload:
+                item["payload"] = cbor_to_json_value(message.payload)
+            out.append(item)
+        if unread and not peek:
+            peer.inbox.mark_read([m.id for m in found])
+        headers = {"X-Clawmesh-Cursor": str(found[-1].cursor if found else after)}
+        return JSONResponse(out, headers=headers)
+
+    async def ack(self, request: Request) -> Response:
+        return await self._guard(request, self._ack)
+
+    async def _ack(self, request: Request) -> Response:
+        data = await self._json_body(request)
+        marked = 0
+        if "ids" in data:
+            ids = data["ids"]
+            if not isinstance(ids, list) or len(ids) > 10_000:
+                raise ApiError(400, "invalid", "ids must be a list of message ids")
+            marked += self.peer.inbox.mark_read([_hex_id(i, "ids[]") for i in ids])
+        if "through" in data:
+            through = data["through"]
+            if type(through) is not int or through < 0:
+                raise ApiError(400, "invalid", "through must be a cursor (integer)")
+            marked += self.peer.inbox.mark_read_through(through)
+        return JSONResponse({"marked": marked, "unread": self.peer.inbox.unread()})
+
+    async def subscribe(self, request: Request) -> Response:
+        return await self._guard(request, self._subscribe)
+
+    async def _subscribe(self, request: Request) -> Response:
+        data = await self._json_body(request)
+        if self.peer.options.relay_only:
+            raise ApiError(400, "relay-only", "a relay-only peer subscribes to nothing")
+        name = _channel_name(data.get("channel"))
+        self.peer.subscribe(name)
+        return JSONResponse({"channel": name, "channels": sorted(self.peer.channels)})
+
+    async def unsubscribe(self, request: Request) -> Response:
+        return await self._guard(request, self._unsubscribe)
+
+    async def _unsubscribe(self, request: Request) -> Response:
+        data = await self._json_body(request)
+        name = _channel_name(data.get("channel"))
+        self.peer.unsubscribe(name)
+        return JSONResponse({"channel": name, "channels": sorted(self.peer.channels)})
+
+    async def channels(self, request: Request) -> Response:
+        return await self._guard(request, self._channels)
+
+    async def _channels(self, request: Request) -> Response:
+        return JSONResponse(sorted(self.peer.channels))
+
+    async def bootstrap(self, request: Request) -> Response:
+        return await self._guard(request, self._bootstrap, open_=True)
+
+    async def _bootstrap(self, request: Request) -> Response:
+        entry = bootstrap_entry(self.peer.identity, self.peer.listen_urls, self.peer.options.caps)
+        return JSONResponse({"version": 1, "peers": [entry]})

@@ -1,0 +1,249 @@
+"""``python -m peer``: flags and environment in, a running peer out.
+
+With no bootstrap the peer starts the first node of a new mesh and prints the
+command others run to join it. Flags win over environment variables
+(``MESH_BOOTSTRAP_URL``, ``PORT``/``MESH_PEER_PORT``, ``MESH_KEY_DIR``,
+``MESH_DATA_DIR``, ``MESH_API_PORT``), which win over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from ._api import LocalApi
+from ._bootstrap import BootstrapError, BootstrapPeer, bootstrap_entry, fetch_bootstrap
+from ._frames import is_topic
+from ._identity import Identity
+from ._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
+from ._logging import configure_logging
+from ._node import Peer, PeerOptions
+
+DEFAULT_PEER_PORT = 7433
+DEFAULT_API_PORT = 7432
+DEFAULT_HOME = Path.home() / ".clawmesh"
+
+
+def _env_port(*names: str, default: int) -> int:
+    for name in names:
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    peer_port = _env_port("MESH_PEER_PORT", "PORT", default=DEFAULT_PEER_PORT)
+    api_port = _env_port("MESH_API_PORT", default=DEFAULT_API_PORT)
+    env_bootstrap = os.environ.get("MESH_BOOTSTRAP_URL", "")
+    p = argparse.ArgumentParser(
+        prog="python -m peer",
+        description="Run a clawmesh peer. With no --bootstrap it starts a new mesh.",
+    )
+    p.add_argument(
+        "--bootstrap", "-b", action="append", default=None, metavar="SPEC",
+        help="where to join: ws://host:port[#peerid], host:port, an http(s) URL or file of a "
+        "bootstrap.json peer list; repeat or comma-separate for several (env MESH_BOOTSTRAP_URL)",
+    )
+    p.add_argument("--listen", default=f"0.0.0.0:{peer_port}", metavar="HOST:PORT",
+                   help="mesh WebSocket listener (env MESH_PEER_PORT or PORT; default %(default)s)")
+    p.add_argument("--no-listen", action="store_true", help="accept no links (client behind NAT)")
+    p.add_argument("--advertise", action="append", default=None, metavar="WS_URL",
+                   help="address(es) other peers should dial, if not the listener's")
+    p.add_argument("--api", default=f"127.0.0.1:{api_port}", metavar="HOST:PORT",
+                   help="local HTTP API (env MESH_API_PORT; default %(default)s)")
+    p.add_argument("--no-api", action="store_true", help="run without the local HTTP API")
+    p.add_argument("--key-dir", type=Path,
+                   default=Path(os.environ.get("MESH_KEY_DIR", DEFAULT_HOME / "keys")),
+                   help="Ed25519 key and API token (env MESH_KEY_DIR; default %(default)s)")
+    p.add_argument("--data-dir", type=Path,
+                   default=Path(os.environ.get("MESH_DATA_DIR", DEFAULT_HOME / "data")),
+                   help="runtime state: peer.json with this peer's addresses (env MESH_DATA_DIR)")
+    p.add_argument("--relay-only", action="store_true",
+                   help="seed node: route for others, no local agent, no subscriptions")
+    p.add_argument("--no-relay", action="store_true", help="never forward others' messages")
+    p.add_argument("--channel", "-c", action="append", default=[], metavar="NAME",
+                   help="subscribe to a channel on start (repeatable)")
+    p.add_argument("--print-bootstrap-entry", action="store_true",
+                   help="print this peer's bootstrap.json entry and exit")
+    p.add_argument("--log-json", action="store_true", help="log JSON lines instead of key=value")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(env_bootstrap=env_bootstrap)
+    return p
+
+
+def _split_hostport(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SystemExit(f"{flag} wants HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _local_address() -> str:
+    """A non-loopback address of this host, if it has one, for the join hint."""
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            address = str(info[4][0])
+            if not address.startswith("127."):
+                return address
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def _bootstrap_specs(args: argparse.Namespace) -> list[str]:
+    raw = args.bootstrap if args.bootstrap is not None else [args.env_bootstrap]
+    return [s.strip() for item in raw for s in item.split(",") if s.strip()]
+
+
+async def _join(peer: Peer, specs: list[str]) -> None:
+    """Resolve every bootstrap spec (retrying failures) and keep links to what it names."""
+    log = peer.log
+
+    async def resolve_and_dial(spec: str) -> None:
+        delay = 1.0
+        while True:
+            try:
+                targets: list[BootstrapPeer] = await fetch_bootstrap(spec)
+                break
+            except BootstrapError as exc:
+                log.warning("bootstrap failed", spec=spec, error=str(exc), retry_in=delay)
+                await trio.sleep(delay)
+                delay = min(60.0, delay * 2)
+        log.info("bootstrap resolved", spec=spec, peers=len(targets))
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                if target.peer_id == peer.peer_id:
+                    continue
+                nursery.start_soon(peer.dial_forever, target.url, target.peer_id)
+
+    async with trio.open_nursery() as nursery:
+        for spec in specs:
+            nursery.start_soon(resolve_and_dial, spec)
+
+
+def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: list[str]) -> str:
+    pid = peer.identity.peer_id_hex
+    role = "relay-only seed" if args.relay_only else ("peer" if not args.no_relay else "leaf peer")
+    lines = [f"clawmesh {role} {pid}"]
+    if peer.listen_urls:
+        lines.append(f"  mesh address: {peer.listen_urls[0]}   (listening on {args.listen})")
+    if api_url:
+        lines.append(f"  local API:    {api_url}   (token: {args.key_dir / 'api-token'})")
+    join = peer.listen_urls[0] + "#" + pid if peer.listen_urls else None
+    if specs:
+        lines.append(f"  joining via:  {', '.join(specs)}")
+        if join:
+            lines.append(f"  others can also join through this peer:  python -m peer --bootstrap {join}")
+    elif join:
+        lines.append("  This is the first node of a new mesh. Others join with:")
+        lines.append(f"    python -m peer --bootstrap {join}")
+    entry = bootstrap_entry(peer.identity, peer.listen_urls, peer.options.caps)
+    lines.append(f"  bootstrap.json entry: {json.dumps(entry)}")
+    return "\n".join(lines)
+
+
+async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> None:
+    specs = _bootstrap_specs(args)
+    channels = tuple(c.lstrip("#") for c in args.channel)
+    for channel in channels:
+        if not is_topic(channel) or "/" in channel:
+            raise SystemExit(f"--channel {channel!r} is not a channel name")
+    options = PeerOptions(
+        relay=not args.no_relay,
+        relay_only=args.relay_only,
+        channels=() if args.relay_only else channels,
+    )
+    peer = Peer(identity, options)
+    api_url: str | None = None
+
+    async def services(nursery: trio.Nursery) -> None:
+        nonlocal api_url
+        if not args.no_listen:
+            host, port = _split_hostport(args.listen, "--listen")
+            try:
+                bound = await peer.serve_websocket(host, port)
+            except OSError as exc:
+                raise SystemExit(f"cannot listen on {args.listen}: {exc.strerror or exc}"
+                                 " (is another peer running? pick another --listen port)") from None
+            if args.advertise:
+                peer.listen_urls[:] = args.advertise
+            else:
+                shown = _local_address() if host in ("0.0.0.0", "", "::") else host
+                peer.listen_urls[:] = [f"ws://{shown}:{bound}/"]
+        if not args.no_api:
+            host, port = _split_hostport(args.api, "--api")
+            config = HypercornConfig()
+            config.bind = [f"{host}:{port}"]
+            config.accesslog = None
+            config.errorlog = None
+            api = LocalApi(peer, token)
+            try:
+                binds: Any = await nursery.start(_serve_api, api, config)
+            except OSError as exc:
+                raise SystemExit(f"cannot serve the API on {args.api}: {exc.strerror or exc}"
+                                 " (pick another --api port)") from None
+            api_url = binds[0] if binds else f"http://{host}:{port}"
+            api.api_url = api_url
+        if specs:
+            nursery.start_soon(_join, peer, specs)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: peer.run(extra=services, task_status=task_status))
+        _write_peer_file(args.data_dir, peer, api_url)
+        print(_banner(peer, args, api_url, specs), flush=True)
+
+
+async def _serve_api(
+    api: LocalApi, config: HypercornConfig, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+) -> None:
+    await hypercorn_serve(api.app, config, task_status=task_status)  # type: ignore[arg-type]
+
+
+def _write_peer_file(data_dir: Path, peer: Peer, api_url: str | None) -> None:
+    info = {
+        "peer_id": peer.identity.peer_id_hex,
+        "ws_urls": peer.listen_urls,
+        "api_url": api_url,
+        "pid": os.getpid(),
+    }
+    (data_dir / "peer.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    configure_logging(json=args.log_json, level=args.log_level)
+    if args.print_bootstrap_entry:
+        try:
+            identity, _ = load_or_create_identity(args.key_dir)
+        except (KeyStoreError, OSError) as exc:
+            raise SystemExit(f"key directory {args.key_dir}: {exc}") from None
+        urls = args.advertise or []
+        caps = ("relay", "relay-only") if args.relay_only else (() if args.no_relay else ("relay",))
+        print(json.dumps(bootstrap_entry(identity, urls, caps), indent=2))
+        return
+    try:
+        identity, created = load_or_create_identity(args.key_dir)
+        token = load_or_create_token(args.key_dir)
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+    except (KeyStoreError, OSError) as exc:
+        raise SystemExit(f"key directory {args.key_dir}: {exc}") from None
+    if created:
+        structlog.get_logger("clawmesh").info(
+            "created a new identity", peer=identity.peer_id_hex[:16], key_dir=str(args.key_dir)
+        )
+    try:
+        trio.run(run_peer, args, identity, token)
+    except KeyboardInterrupt:
+        print("\nclawmesh: stopped", file=sys.stderr)
