@@ -6,7 +6,8 @@ Rules this module keeps (protocol-spec/README.md, "CBOR profile"):
   encoding: shortest forms, definite lengths, sorted map keys).
 * Input must be exactly what we would have written: one data item, no
   trailing bytes, no semantic tags, no indefinite lengths, no duplicate map
-  keys, map keys that are text or byte strings only, nesting at most
+  keys, map keys that are text or byte strings only, no simple values but
+  false, true and null, nesting at most
   ``MAX_DEPTH``, at most ``max_items`` data items, and canonical encoding
   (decode, re-encode, compare bytes).
 * The only exception that leaves :func:`decode` is :class:`ProtocolError`.
@@ -108,6 +109,8 @@ def count_items(data: bytes, max_items: int) -> int:
             pending += 2 * arg
         elif major == 6:
             raise ProtocolError(ErrorCode.MALFORMED, "semantic tags are not allowed")
+        elif major == 7 and (info < 20 or info in (23, 24)):
+            raise ProtocolError(ErrorCode.MALFORMED, "only false, true, null and floats are simple")
         # majors 0, 1 and 7 carry no children
         if pending > max_items:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"more than {max_items} CBOR items")

@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-only", action="store_true",
                    help="seed node: route for others, no local agent, no subscriptions")
     p.add_argument("--no-relay", action="store_true", help="never forward others' messages")
+    p.add_argument("--max-links", type=int, default=128, help="links at most (default %(default)s)")
+    p.add_argument("--max-links-per-ip", type=int, default=8, metavar="N",
+                   help="inbound connections per remote address, 0 for no limit; loopback is "
+                   "exempt (default %(default)s)")
     p.add_argument("--channel", "-c", action="append", default=[], metavar="NAME",
                    help="subscribe to a channel on start (repeatable)")
     p.add_argument("--print-bootstrap-entry", action="store_true",
@@ -164,6 +168,8 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
         relay=not args.no_relay,
         relay_only=args.relay_only,
         channels=() if args.relay_only else channels,
+        max_links=args.max_links,
+        max_links_per_ip=args.max_links_per_ip,
     )
     peer = Peer(identity, options)
     api_url: str | None = None

@@ -154,6 +154,7 @@ def seal_presence(identity: Identity, *, payload: bytes, seq: int, ts: int) -> E
         "v": 1, "kind": "presence", "topic": PRESENCE_TOPIC, "from": identity.public_key,
         "seq": seq, "ts": ts, "payload": payload,
     }
+    need_bytes(fields, "payload", max_size=4096)  # what open_envelope accepts
     signed, wire = _sign(identity, fields)
     return _envelope(signed, fields, wire)
 

@@ -326,7 +326,8 @@ class GossipRouter:
         return self._refresh(changed)
 
     def _on_graft(self, peer: bytes, topic: str) -> list[Action]:
-        mesh = self._mesh.setdefault(topic, set())
+        # a non-relay keeps no mesh: never create an entry it would not clean up
+        mesh = self._mesh.setdefault(topic, set()) if self.relay else set()
         if peer in mesh:
             return []
         if len(mesh) >= self.params.mesh_high or not self.relay:
@@ -479,7 +480,9 @@ class GossipRouter:
         actions: list[Action] = []
         for topic, ids in sorted(recent.items()):
             mesh = self._mesh.get(topic, set())
-            candidates = [q for q in self._transit_candidates(topic) if q not in mesh]
+            # every interested link outside the mesh may have missed something,
+            # direct subscribers included (e.g. a message that raced their sub)
+            candidates = sorted(q for q in self._carriers.get(topic, ()) if q not in mesh)
             if not candidates:
                 continue
             chosen = self._rng.sample(candidates, min(len(candidates), self.params.gossip_degree))

@@ -64,6 +64,7 @@ class Inbox:
     def __init__(self, capacity: int = 100_000) -> None:
         self._messages: OrderedDict[int, InboxMessage] = OrderedDict()
         self._by_id: dict[bytes, int] = {}
+        self._read: OrderedDict[int, None] = OrderedDict()  # cursors of read messages, oldest first
         self._capacity = capacity
         self._next = 1
         self.dropped = 0
@@ -79,7 +80,7 @@ class Inbox:
         return self._next - 1
 
     def unread(self) -> int:
-        return sum(1 for m in self._messages.values() if not m.read)
+        return len(self._messages) - len(self._read)
 
     def add(self, message: InboxMessage) -> InboxMessage | None:
         """Store ``message`` (its cursor is assigned here); None if already held."""
@@ -89,13 +90,16 @@ class Inbox:
         self._next += 1
         self._messages[message.cursor] = message
         self._by_id[message.id] = message.cursor
+        if message.read:
+            self._read[message.cursor] = None
         while len(self._messages) > self._capacity:
             self._evict()
         return message
 
     def _evict(self) -> None:
-        victim = next((c for c, m in self._messages.items() if m.read), None)
-        if victim is None:
+        if self._read:
+            victim, _ = self._read.popitem(last=False)
+        else:
             victim = next(iter(self._messages))
             self.dropped += 1
         message = self._messages.pop(victim)
@@ -114,6 +118,8 @@ class Inbox:
         limit: int = 100,
     ) -> list[InboxMessage]:
         out: list[InboxMessage] = []
+        if limit <= 0:
+            return out
         for cursor, message in self._messages.items():
             if cursor <= after:
                 continue
@@ -126,12 +132,18 @@ class Inbox:
                 break
         return out
 
+    def _mark(self, message: InboxMessage) -> bool:
+        if message.read:
+            return False
+        message.read = True
+        self._read[message.cursor] = None
+        return True
+
     def mark_read(self, ids: list[bytes]) -> int:
         count = 0
         for msg_id in ids:
             message = self.get(msg_id)
-            if message is not None and not message.read:
-                message.read = True
+            if message is not None and self._mark(message):
                 count += 1
         return count
 
@@ -140,8 +152,7 @@ class Inbox:
         for c, message in self._messages.items():
             if c > cursor:
                 break
-            if not message.read:
-                message.read = True
+            if self._mark(message):
                 count += 1
         return count
 

@@ -70,6 +70,7 @@ class PeerOptions:
     channels: tuple[str, ...] = ()
     gossip: GossipParams = field(default_factory=GossipParams)
     max_links: int = 128
+    max_links_per_ip: int = 8  # inbound connections per remote address; loopback is exempt
     inbox_capacity: int = 100_000
     keepalive: float = 15.0
     idle_timeout: float = 45.0
@@ -181,6 +182,7 @@ class Peer:
         self._presence_wanted = trio.Event()
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self._self_urls: set[str] = set()
+        self._inbound_per_ip: dict[str, int] = {}
 
     # -- time ------------------------------------------------------------------
 
@@ -334,7 +336,6 @@ class Peer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, link, nursery.cancel_scope)
                     self._perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
-                    self._want_presence()
                     await self._reader(link, log)
                     nursery.cancel_scope.cancel()
         finally:
@@ -385,6 +386,8 @@ class Peer:
                 link.close(ErrorCode.UNEXPECTED, "internal error")
                 break  # let the writer flush the error frame
             self._perform(actions)
+            if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
+                self._want_presence()  # the link now carries presence: announce ourselves
         # wait for the writer to flush the error frame (bounded by the link deadline)
         await link.closed.wait()
 
@@ -617,17 +620,30 @@ class Peer:
 
         async def handler(request: trio_websocket.WebSocketRequest) -> None:
             remote = _describe_remote(request)
-            try:
-                ws = await request.accept()
-            except Exception as exc:
-                self.counters.link_errors += 1
-                self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))
+            ip = remote.rsplit(":", 1)[0]
+            limit = self.options.max_links_per_ip
+            if limit and not _is_loopback(ip) and self._inbound_per_ip.get(ip, 0) >= limit:
+                self.counters.refuse(ErrorCode.TOO_LARGE)
+                self.log.warning("too many connections from one address", remote=remote)
+                with contextlib.suppress(Exception):
+                    await request.reject(503, body=b"too many connections from your address")
                 return
+            self._inbound_per_ip[ip] = self._inbound_per_ip.get(ip, 0) + 1
             try:
+                try:
+                    ws = await request.accept()
+                except Exception as exc:
+                    self.counters.link_errors += 1
+                    self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))
+                    return
                 await self.run_link(WebSocketTransport(ws, remote), False, None)
             except Exception as exc:  # never let one connection end the listener
                 self.counters.link_errors += 1
                 self.log.exception("link crashed", remote=remote, error=repr(exc))
+            finally:
+                self._inbound_per_ip[ip] -= 1
+                if not self._inbound_per_ip[ip]:
+                    del self._inbound_per_ip[ip]
 
         bound: int = await self.nursery.start(_serve_ws, handler, host, port, self.nursery)
         return bound
@@ -654,6 +670,10 @@ async def _serve_ws(
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
     await server.run()
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip in ("::1", "[::1]", "localhost")
 
 
 def _describe_remote(request: trio_websocket.WebSocketRequest) -> str:
