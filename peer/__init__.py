@@ -3,6 +3,8 @@
 Public names are re-exported here; modules starting with ``_`` are private.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._envelope import (
     Content,
     Envelope,
@@ -20,7 +22,21 @@ from ._gossip import Close, Deliver, GossipRouter, Send
 from ._handshake import Handshake, HandshakeResult, LinkCipher
 from ._identity import Identity, parse_peer_id, peer_id_of
 from ._limits import GossipParams
-from ._node import Peer, PeerOptions, UnknownPeer, memory_link_pair
+
+if TYPE_CHECKING:
+    from ._node import Peer, PeerOptions, UnknownPeer, memory_link_pair
+
+_LAZY = frozenset({"Peer", "PeerOptions", "UnknownPeer", "memory_link_pair"})
+
+
+def __getattr__(name: str) -> Any:
+    # The Trio shell imports the dht package, which imports this package's
+    # sans-IO modules: loading the shell lazily lets either package come first.
+    if name in _LAZY:
+        from . import _node
+
+        return getattr(_node, name)
+    raise AttributeError(f"module 'peer' has no attribute {name!r}")
 
 __all__ = [
     "Close",

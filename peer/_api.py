@@ -41,6 +41,7 @@ API_VERSION = 1
 MAX_REQUEST = 1024 * 1024
 MAX_LIMIT = 1000
 MAX_WAIT = 60.0
+RESOLVE_TIMEOUT = 10.0  # seconds a DM to an unseen peer id may spend in the DHT
 VERSION = "0.1.0"
 
 
@@ -169,6 +170,7 @@ class LocalApi:
             Route("/unsubscribe", self.unsubscribe, methods=["POST"]),
             Route("/channels", self.channels, methods=["GET"]),
             Route("/bootstrap.json", self.bootstrap, methods=["GET"]),
+            Route("/dht", self.dht, methods=["GET"]),
         ]
         self.app = Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
 
@@ -230,7 +232,7 @@ class LocalApi:
             "online_peers": len(peer.known_peers(online=True)),
             "listen": peer.listen_urls,
             "api": self.api_url,
-            "caps": list(peer.options.caps),
+            "caps": list(peer.caps),
             "relay_only": peer.options.relay_only,
             "channels": sorted(peer.channels),
             "unread": peer.inbox.unread(),
@@ -264,6 +266,7 @@ class LocalApi:
                 "pubkey": info.public_key.hex(),
                 "online": self.peer.is_online(info, now_ms),
                 "linked": info.linked,
+                "times_linked": info.times_linked,
                 "last_seen": _iso(info.last_seen_ms),
                 "listen": list(info.listen),
                 "features": list(info.caps),
@@ -306,10 +309,16 @@ class LocalApi:
                 target = {"channel": name}
             elif to is not None:
                 recipient = _hex_id(to, "to")
+                if peer.directory.get(recipient) is None:
+                    with trio.move_on_after(RESOLVE_TIMEOUT):
+                        await peer.resolve_peer(recipient)  # ask the DHT for its record
                 try:
                     env = peer.send_dm(recipient, content)
                 except UnknownPeer:
-                    raise ApiError(400, "unknown-peer", f"no key known for peer {to}: it has not been seen on the mesh") from None
+                    raise ApiError(
+                        400, "unknown-peer",
+                        f"no key known for peer {to}: not seen on the mesh nor found in the DHT",
+                    ) from None
                 target = {"to": recipient.hex()}
             else:
                 raise ApiError(400, "invalid", "say where: \"channel\": name, or \"to\": peer id")
@@ -402,9 +411,21 @@ class LocalApi:
     async def _channels(self, request: Request) -> Response:
         return JSONResponse(sorted(self.peer.channels))
 
+    async def dht(self, request: Request) -> Response:
+        return await self._guard(request, self._dht)
+
+    async def _dht(self, request: Request) -> Response:
+        service = self.peer.dht
+        if service is None:
+            return JSONResponse({"enabled": False})
+        stats = service.statistics()
+        return JSONResponse(
+            {"enabled": True, **stats, "buckets": service.node.table.buckets_summary()}
+        )
+
     async def bootstrap(self, request: Request) -> Response:
         return await self._guard(request, self._bootstrap, open_=True)
 
     async def _bootstrap(self, request: Request) -> Response:
-        entry = bootstrap_entry(self.peer.identity, self.peer.listen_urls, self.peer.options.caps)
+        entry = bootstrap_entry(self.peer.identity, self.peer.listen_urls, self.peer.caps)
         return JSONResponse({"version": 1, "peers": [entry]})

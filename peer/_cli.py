@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relay-only", action="store_true",
                    help="seed node: route for others, no local agent, no subscriptions")
     p.add_argument("--no-relay", action="store_true", help="never forward others' messages")
+    p.add_argument("--no-dht", action="store_true",
+                   help="no Kademlia DHT: links only to bootstrap peers (fixed topologies, tests)")
     p.add_argument("--max-links", type=int, default=128, help="links at most (default %(default)s)")
     p.add_argument("--max-links-per-ip", type=int, default=8, metavar="N",
                    help="inbound connections per remote address, 0 for no limit; loopback is "
@@ -153,7 +155,7 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
     elif join:
         lines.append("  This is the first node of a new mesh. Others join with:")
         lines.append(f"    python -m peer --bootstrap {join}")
-    entry = bootstrap_entry(peer.identity, peer.listen_urls, peer.options.caps)
+    entry = bootstrap_entry(peer.identity, peer.listen_urls, peer.caps)
     lines.append(f"  bootstrap.json entry: {json.dumps(entry)}")
     return "\n".join(lines)
 
@@ -169,6 +171,7 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
         relay_only=args.relay_only,
         channels=() if args.relay_only else channels,
         max_links=args.max_links,
+        dht=not args.no_dht,
         max_links_per_ip=args.max_links_per_ip,
     )
     peer = Peer(identity, options)
@@ -251,5 +254,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     try:
         trio.run(run_peer, args, identity, token)
-    except KeyboardInterrupt:
-        print("\nclawmesh: stopped", file=sys.stderr)
+    except (KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # Errors raised inside the peer's nurseries arrive wrapped in groups
+        leaf: BaseException = exc
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, KeyboardInterrupt):
+            print("\nclawmesh: stopped", file=sys.stderr)
+        elif isinstance(leaf, SystemExit):
+            raise SystemExit(leaf.code) from None
+        else:
+            raise

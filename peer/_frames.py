@@ -24,6 +24,7 @@ from ._errors import ErrorCode, ProtocolError
 from ._limits import (
     MAX_ADDR_BYTES,
     MAX_CAPS,
+    MAX_DHT_MESSAGE,
     MAX_ENVELOPE,
     MAX_FRAME_ITEMS,
     MAX_IDS_PER_FRAME,
@@ -182,6 +183,10 @@ def _check_iwant(m: Map) -> None:
     _check_ids(need_list(m, "ids", MAX_IDS_PER_FRAME))
 
 
+def _check_dht(m: Map) -> None:
+    need_bytes(m, "m", max_size=MAX_DHT_MESSAGE)
+
+
 def _check_ping(m: Map) -> None:
     need_uint(m, "n")
 
@@ -201,6 +206,7 @@ _SPEC: dict[str, tuple[frozenset[str], Callable[[Map], None]]] = {
     "ihave": (frozenset({"t", "topic", "ids"}), _check_ihave),
     "iwant": (frozenset({"t", "ids"}), _check_iwant),
     "ping": (frozenset({"t", "n"}), _check_ping),
+    "dht": (frozenset({"t", "m"}), _check_dht),
     "pong": (frozenset({"t", "n"}), _check_ping),
 }
 

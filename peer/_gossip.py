@@ -62,7 +62,15 @@ class Close:
     reason: str
 
 
-Action = Send | Deliver | Close
+@dataclass(frozen=True, slots=True)
+class Upcall:
+    """A frame for another protocol on the link (the DHT): the shell hands it on."""
+
+    peer: bytes
+    frame: Frame
+
+
+Action = Send | Deliver | Close | Upcall
 
 
 @dataclass
@@ -267,6 +275,8 @@ class GossipRouter:
                 return [Send(peer, encode_frame("pong", n=f["n"]))]
             case "pong":
                 return []
+            case "dht":
+                return [Upcall(peer, frame)]
             case "error":
                 return [Close(peer, ErrorCode.SHUTDOWN, f"peer said {f['code']}: {f['msg']}")]
         raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame after the handshake")
@@ -293,12 +303,15 @@ class GossipRouter:
             self.stats.delivered += 1
             actions.append(Deliver(env))
         if self.relay:
-            for target in self._forward_targets(route, exclude=(peer, env.sender)):
-                actions.append(Send(target, raw))
-            self.stats.forwarded += len(actions) - (1 if actions and isinstance(actions[0], Deliver) else 0)
+            # a message may arrive before the heartbeat built this topic's mesh:
+            # graft now rather than leave the first messages to gossip repair
+            actions.extend(self._fill_mesh(route))
+            targets = self._forward_targets(route, exclude=(peer, env.sender))
+            actions.extend(Send(target, raw) for target in targets)
+            self.stats.forwarded += len(targets)
         return actions
 
-    def _forward_targets(self, route: str, exclude: tuple[bytes, ...]) -> Iterable[bytes]:
+    def _forward_targets(self, route: str, exclude: tuple[bytes, ...]) -> set[bytes]:
         targets = set(self._mesh.get(route, ()))
         for p in self._carriers.get(route, ()):
             if self._links[p].interest.get(route) == 0:
@@ -455,19 +468,29 @@ class GossipRouter:
         for topic in sorted(set(self._carriers) | set(self._mesh)):
             mesh = self._mesh.setdefault(topic, set())
             mesh.intersection_update(q for q in mesh if topic in self._links[q].interest)
-            candidates = [q for q in self._transit_candidates(topic) if q not in mesh]
-            if len(mesh) < p.mesh_low and candidates:
-                for q in self._rng.sample(candidates, min(len(candidates), p.mesh_degree - len(mesh))):
-                    mesh.add(q)
-                    self.stats.grafts += 1
-                    actions.append(Send(q, encode_frame("graft", topic=topic)))
-            elif len(mesh) > p.mesh_high:
+            if len(mesh) > p.mesh_high:
                 for q in self._rng.sample(sorted(mesh), len(mesh) - p.mesh_degree):
                     mesh.discard(q)
                     self.stats.prunes += 1
                     actions.append(Send(q, encode_frame("prune", topic=topic)))
+            else:
+                actions.extend(self._fill_mesh(topic))
             if not mesh and topic not in self._carriers:
                 del self._mesh[topic]
+        return actions
+
+    def _fill_mesh(self, topic: str) -> list[Action]:
+        """Graft transit relays into ``topic``'s mesh while it is below ``mesh_low``."""
+        p = self.params
+        mesh = self._mesh.setdefault(topic, set())
+        if len(mesh) >= p.mesh_low:
+            return []
+        candidates = [q for q in self._transit_candidates(topic) if q not in mesh]
+        actions: list[Action] = []
+        for q in self._rng.sample(candidates, min(len(candidates), p.mesh_degree - len(mesh))):
+            mesh.add(q)
+            self.stats.grafts += 1
+            actions.append(Send(q, encode_frame("graft", topic=topic)))
         return actions
 
     def _gossip(self) -> list[Action]:

@@ -166,6 +166,7 @@ class PeerInfo:
     caps: tuple[str, ...] = ()
     agent: str = ""
     linked: bool = False
+    times_linked: int = 0  # links ever completed with this peer
     remote: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

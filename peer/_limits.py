@@ -25,6 +25,7 @@ MAX_ADDR_BYTES = 256
 MAX_CAPS = 16
 MAX_TEXT_FIELD = 256
 MAX_INTEREST_HOPS = 12
+MAX_DHT_MESSAGE = 96 * 1024  # one DHT RPC carried in a dht frame (dht/_config.py)
 
 
 @dataclass(frozen=True)

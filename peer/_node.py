@@ -15,18 +15,23 @@ from __future__ import annotations
 
 import contextlib
 import math
+import ssl
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 import trio
 import trio.testing
 import trio_websocket
 
+from dht import Contact, DhtConfig, DhtNode, DhtService, Mode, Relay
+
 from . import _cbor
+from ._bootstrap import BootstrapError, parse_peer_address
 from ._envelope import (
     PRESENCE_TOPIC,
     Content,
@@ -40,7 +45,7 @@ from ._envelope import (
 )
 from ._errors import ErrorCode, ProtocolError
 from ._frames import decode_frame, encode_frame, is_topic
-from ._gossip import Close, Deliver, GossipRouter, Send
+from ._gossip import Close, Deliver, GossipRouter, Send, Upcall
 from ._handshake import Handshake, HandshakeResult, LinkCipher, SelfConnection
 from ._identity import Identity
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
@@ -78,13 +83,21 @@ class PeerOptions:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     seed: int | None = None  # for reproducible simulations
+    dht: bool = True
+    dht_config: DhtConfig = field(default_factory=DhtConfig)
+    providers_to_link: int = 3  # carriers of a channel we link to when we subscribe
 
-    @property
-    def caps(self) -> tuple[str, ...]:
+    def caps_for(self, serving_dht: bool) -> tuple[str, ...]:
         caps = ["relay"] if self.relay else []
         if self.relay_only:
             caps.append("relay-only")
+        if serving_dht:
+            caps.append("dht")
         return tuple(caps)
+
+    @property
+    def caps(self) -> tuple[str, ...]:
+        return self.caps_for(False)
 
 
 @dataclass
@@ -183,6 +196,8 @@ class Peer:
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self._self_urls: set[str] = set()
         self._inbound_per_ip: dict[str, int] = {}
+        self._dialing: dict[bytes, trio.Event] = {}
+        self.dht: DhtService | None = None
 
     # -- time ------------------------------------------------------------------
 
@@ -209,6 +224,11 @@ class Peer:
         self._epoch = time.time() - self._started
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if extra is not None:
+                await extra(nursery)  # the listener: our addresses are known after it
+            if self.options.dht:
+                self.dht = self._make_dht()
+                nursery.start_soon(self.dht.run)
             self._perform(self.router.subscribe(PRESENCE_TOPIC))
             if not self.options.relay_only:
                 self._perform(self.router.subscribe(inbox_topic(self.peer_id)))
@@ -216,10 +236,139 @@ class Peer:
                     self.subscribe(channel)
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._presence_loop)
-            if extra is not None:
-                await extra(nursery)
-            self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.options.caps)
+            self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
             task_status.started()
+
+    @property
+    def serving_dht(self) -> bool:
+        return self.options.dht and bool(self.listen_urls)
+
+    @property
+    def caps(self) -> tuple[str, ...]:
+        return self.options.caps_for(self.serving_dht)
+
+    def _make_dht(self) -> DhtService:
+        node = DhtNode(
+            self.identity,
+            rng=random.Random(self._rng.random()),
+            now=self.wall_time(),
+            config=self.options.dht_config,
+            mode=Mode.SERVER if self.serving_dht else Mode.CLIENT,
+            addrs=self.listen_urls[:4],
+            caps=self.caps,
+        )
+        service = DhtService(node, self, self.log)
+        service.on_contact = self._on_dht_contact
+        return service
+
+    def _update_relays(self) -> None:
+        """A DHT client is reached through its linked relays; keep its record saying so."""
+        if self.dht is None or self.serving_dht:
+            return
+        relays = [
+            Relay(link.peer_id, link.result.listen[0])
+            for link in self.links.values()
+            if link.relay and link.result.listen
+        ][:4]
+        if tuple(relays) != self.dht.node.relays:
+            self.dht.node.set_relays(relays, self.wall_time())
+
+    def _on_dht_contact(self, contact: Contact) -> None:
+        if contact.id == self.peer_id:
+            return
+        info = self.directory.see(contact.id, contact.public_key, self.wall_ms())
+        if not info.linked and contact.addrs:
+            info.listen, info.caps = contact.addrs, contact.caps
+        self._notify_changed()
+
+    # -- what the DHT needs from us (dht.LinkHost) -------------------------------
+
+    def wall_time(self) -> float:
+        return self._epoch + trio.current_time()
+
+    def contact_of(self, peer_id: bytes) -> Contact | None:
+        link = self.links.get(peer_id)
+        if link is None:
+            return None
+        r = link.result
+        return Contact(r.peer_id, r.public_key, r.listen[:4], r.caps[:8])
+
+    def send_dht(self, peer_id: bytes, payload: bytes) -> bool:
+        link = self.links.get(peer_id)
+        return link is not None and link.enqueue(encode_frame("dht", m=payload))
+
+    async def connect(self, contact: Contact) -> bool:
+        """Link to ``contact`` (dialling its addresses) unless linked; True once linked.
+
+        Waits for the dial to succeed or fail; callers bound it with a cancel scope.
+        """
+        if contact.id in self.links:
+            return True
+        if contact.id == self.peer_id or not contact.addrs:
+            return False
+        if len(self.links) >= self.options.max_links:
+            return False  # no room: the DHT and gossip reach it through others
+        attempt = self._dialing.get(contact.id)
+        if attempt is None:
+            attempt = self._dialing[contact.id] = trio.Event()
+            self.nursery.start_soon(self._dial_contact, contact, attempt)
+        while contact.id not in self.links and not attempt.is_set():
+            await self.wait_links_changed()
+        return contact.id in self.links
+
+    async def _dial_contact(self, contact: Contact, attempt: trio.Event) -> None:
+        try:
+            for addr in contact.addrs[:2]:
+                if await self._dial_and_serve(addr, contact.id, attempt):
+                    return
+        finally:
+            attempt.set()
+            self._dialing.pop(contact.id, None)
+            self._notify_links()
+
+    async def _dial_and_serve(self, addr: str, expect: bytes, attempt: trio.Event) -> bool:
+        """Dial ``addr``; True if a link came up (it is served until it ends)."""
+        try:
+            parse_peer_address(addr)
+        except BootstrapError:
+            return False
+        linked = await self.dial_once(addr, expect, on_up=attempt.set)
+        return linked is not None
+
+    async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None:
+        """Find a peer's record in the DHT, learn its key, and link to it if we can.
+
+        Callers bound it in time; the key is learnt even if the link never comes.
+        """
+        info = self.directory.get(peer_id)
+        if info is not None or self.dht is None:
+            return info
+        record = await self.dht.find_peer(peer_id)
+        if record is None:
+            return None
+        info = self.directory.see(record.id, record.public_key, self.wall_ms())
+        info.listen, info.caps = record.addrs, record.caps
+        contact = record.contact()
+        if not contact.addrs and record.relays:  # a DHT client: reach it through its relay
+            contact = Contact(record.id, record.public_key, tuple(r.addr for r in record.relays))
+        with trio.move_on_after(5.0):
+            await self.connect(contact)
+        return info
+
+    async def _link_to_carriers(self, channel: str) -> None:
+        """Find who carries ``channel`` in the DHT and link to a few of them."""
+        if self.dht is None:
+            return
+        await self.dht.wait_joined()
+        providers = await self.dht.find_providers(channel)
+        wanted = [p for p in providers if p.id != self.peer_id and p.id not in self.links]
+        async def link(contact: Contact) -> None:
+            with trio.move_on_after(5.0):
+                await self.connect(contact)
+
+        async with trio.open_nursery() as nursery:
+            for record in wanted[: self.options.providers_to_link]:
+                nursery.start_soon(link, Contact(record.id, record.public_key, record.addrs))
 
     def cancel(self) -> None:
         if self._nursery is not None:
@@ -240,7 +389,11 @@ class Peer:
         self.nursery.start_soon(self.run_link, transport, initiator, expect)
 
     async def run_link(
-        self, transport: Transport, initiator: bool, expect: bytes | None = None
+        self,
+        transport: Transport,
+        initiator: bool,
+        expect: bytes | None = None,
+        on_up: Callable[[], None] | None = None,
     ) -> HandshakeResult | None:
         """Handshake, then serve the link until it closes. Never raises for link trouble.
 
@@ -269,7 +422,9 @@ class Peer:
             await transport.aclose()
             return None
         try:
-            await self._serve_link(result, transport, initiator, log.bind(link=result.peer_id.hex()[:16]))
+            await self._serve_link(
+                result, transport, initiator, log.bind(link=result.peer_id.hex()[:16]), on_up
+            )
         finally:
             await transport.aclose()
         return result
@@ -280,7 +435,7 @@ class Peer:
         hs = Handshake(
             self.identity,
             initiator=initiator,
-            caps=self.options.caps,
+            caps=self.caps,
             listen=tuple(self.listen_urls),
             expect_peer_id=expect,
         )
@@ -307,7 +462,12 @@ class Peer:
         return hs.result
 
     async def _serve_link(
-        self, result: HandshakeResult, transport: Transport, initiator: bool, log: Any
+        self,
+        result: HandshakeResult,
+        transport: Transport,
+        initiator: bool,
+        log: Any,
+        on_up: Callable[[], None] | None = None,
     ) -> None:
         link = Link(result, transport, initiator, self.now())
         existing = self.links.get(link.peer_id)
@@ -327,6 +487,7 @@ class Peer:
         self.counters.links_opened += 1
         info = self.directory.see(link.peer_id, result.public_key, self.wall_ms())
         info.linked = True
+        info.times_linked += 1
         info.listen, info.caps, info.agent = result.listen, result.caps, result.agent
         info.remote = transport.remote
         log.info("link up", caps=result.caps, links=len(self.links))
@@ -336,6 +497,13 @@ class Peer:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, link, nursery.cancel_scope)
                     self._perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
+                    if self.dht is not None:
+                        contact = self.contact_of(link.peer_id)
+                        assert contact is not None
+                        self.dht.link_up(contact)
+                        self._update_relays()
+                    if on_up is not None:
+                        on_up()
                     await self._reader(link, log)
                     nursery.cancel_scope.cancel()
         finally:
@@ -343,6 +511,9 @@ class Peer:
                 del self.links[link.peer_id]
                 info.linked = False
                 self._perform(self.router.remove_link(link.peer_id))
+                if self.dht is not None:
+                    self.dht.link_down(link.peer_id)
+                    self._update_relays()
             self.counters.links_closed += 1
             link.closed.set()
             self._notify_links()
@@ -414,7 +585,18 @@ class Peer:
 
     # -- performing router decisions ---------------------------------------------
 
-    def _perform(self, actions: list[Send | Deliver | Close]) -> None:
+    def _upcall(self, action: Upcall) -> None:
+        link = self.links.get(action.peer)
+        if link is None:
+            return
+        if self.dht is None:
+            return  # DHT off: requests go unanswered and time out at the asker
+        try:
+            self.dht.on_message(action.peer, action.frame.fields["m"])
+        except ProtocolError as exc:
+            self._refuse(link, exc, self.log.bind(link=action.peer.hex()[:16]))
+
+    def _perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 link = self.links.get(action.peer)
@@ -424,6 +606,8 @@ class Peer:
                     link.close(ErrorCode.SLOW, "not reading fast enough")
             elif isinstance(action, Deliver):
                 self._deliver(action.envelope)
+            elif isinstance(action, Upcall):
+                self._upcall(action)
             else:
                 link = self.links.get(action.peer)
                 if link is not None:
@@ -503,10 +687,16 @@ class Peer:
             raise ValueError(f"not a channel name: {channel!r}")
         self.channels.add(channel)
         self._perform(self.router.subscribe(channel))
+        if self.dht is not None and channel not in self.dht.node.providing:
+            with contextlib.suppress(ValueError):  # providing too many topics: gossip still works
+                self.dht.node.start_providing(channel, self.wall_time())
+            self.nursery.start_soon(self._link_to_carriers, channel)
 
     def unsubscribe(self, channel: str) -> None:
         self.channels.discard(channel)
         self._perform(self.router.unsubscribe(channel))
+        if self.dht is not None:
+            self.dht.node.stop_providing(channel)
 
     def publish(self, channel: str, content: Content) -> Envelope:
         """Sign and send a channel message (ValueError or ProtocolError if invalid)."""
@@ -567,7 +757,7 @@ class Peer:
 
     def _announce_presence(self) -> None:
         self._last_presence = self.now()
-        payload = _cbor.encode({"listen": self.listen_urls[:8], "caps": list(self.options.caps)})
+        payload = _cbor.encode({"listen": self.listen_urls[:8], "caps": list(self.caps)})
         env = seal_presence(self.identity, payload=payload, seq=self._next_seq(), ts=self.wall_ms())
         self._perform(self.router.publish(env, self.now()))
 
@@ -593,26 +783,48 @@ class Peer:
             await trio.sleep(delay)
             backoff = min(self.options.backoff_max, backoff * 2)
 
-    async def dial_once(self, url: str, expect: bytes | None = None) -> bytes | None:
-        """One connection attempt to a ``ws://`` URL; returns the peer id linked, if any."""
+    async def dial_once(
+        self, url: str, expect: bytes | None = None, on_up: Callable[[], None] | None = None
+    ) -> bytes | None:
+        """One connection attempt to a ``ws://`` URL; returns the peer id linked, if any.
+
+        The TCP stream is opened and closed here rather than by trio-websocket,
+        which skips closing it when the other side closed first.
+        """
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        secure = parts.scheme == "wss"
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        stream: trio.abc.Stream | None = None
+        result: HandshakeResult | None = None
         try:
-            async with trio_websocket.open_websocket_url(
-                url,
-                connect_timeout=HANDSHAKE_TIMEOUT,
-                disconnect_timeout=2,
-                max_message_size=MAX_RECORD + 1024,
-                message_queue_size=64,
-            ) as ws:
-                transport = WebSocketTransport(ws, url)
-                result = await self.run_link(transport, True, expect)
-        except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed,
-                trio_websocket.ConnectionTimeout, trio_websocket.DisconnectionTimeout,
-                trio.BrokenResourceError) as exc:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                stream = await trio.open_tcp_stream(host, parts.port or (443 if secure else 80))
+                if secure:
+                    stream = trio.SSLStream(
+                        stream, ssl.create_default_context(), server_hostname=host
+                    )
+            async with trio.open_nursery() as nursery:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery,
+                        stream,
+                        host,
+                        resource,
+                        max_message_size=MAX_RECORD + 1024,
+                        message_queue_size=64,
+                    )
+                result = await self.run_link(WebSocketTransport(ws, url), True, expect, on_up)
+                nursery.cancel_scope.cancel()
+        except (OSError, trio.TooSlowError, trio_websocket.HandshakeError,
+                trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
             self.log.debug("dial failed", dial=url, error=repr(exc))
-            return None
         except ExceptionGroup as group:  # trio-websocket may wrap close errors
             self.log.debug("dial failed", dial=url, error=repr(group))
-            return None
+        finally:
+            if stream is not None:
+                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await stream.aclose()
         return None if result is None else result.peer_id
 
     async def serve_websocket(self, host: str, port: int) -> int:

@@ -50,10 +50,22 @@ class PeerProcess:
         return {"Authorization": f"Bearer {self.token}"}
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return self.client.get(self.api + path, params=params, headers=self.headers())
+        try:
+            return self.client.get(self.api + path, params=params, headers=self.headers())
+        except httpx.TransportError as exc:
+            raise self._gone(exc) from exc
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return self.client.post(self.api + path, json=body, headers=self.headers())
+        try:
+            return self.client.post(self.api + path, json=body, headers=self.headers())
+        except httpx.TransportError as exc:
+            raise self._gone(exc) from exc
+
+    def _gone(self, exc: Exception) -> AssertionError:
+        return AssertionError(
+            f"{self.name} (api {self.api}, exit {self.proc.poll()}): {exc!r}\n"
+            + self.log_text()[-4000:]
+        )
 
     def log_text(self) -> str:
         path = self.home / "stderr.log"

@@ -82,7 +82,7 @@ class Net:
                 self.queue.append((owner, self.names[action.peer], action.frame))
             elif isinstance(action, Deliver):
                 self.delivered[owner].append(action.envelope)
-            else:
+            elif isinstance(action, Close):
                 self.closes.append((owner, action))
 
     def run(self, max_steps: int = 100_000) -> int:

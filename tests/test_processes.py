@@ -3,6 +3,8 @@
 Topology, a line:  A -- R -- B -- C  where R is a relay-only seed. A message
 from A reaches B across R (two hops) and C across R and B (three hops).
 Everything is waited for with the API's long-poll (``wait=``), never a sleep.
+The DHT is off (``--no-dht``) so that no peer links past its neighbours and the
+line holds.
 """
 
 from __future__ import annotations
@@ -26,18 +28,18 @@ def _bodies(p: PeerProcess, want: int, **params: str) -> list[dict[str, object]]
 
 
 def test_line_of_four_processes(tmp_path: Path) -> None:
-    relay = start_peer(tmp_path, "R", "--relay-only")
+    relay = start_peer(tmp_path, "R", "--relay-only", "--no-dht")
     wait_ready(relay)
     # the three forms of --bootstrap: a peer address, a bootstrap.json URL, a file
-    a = start_peer(tmp_path, "A", "--channel", "lobby", bootstrap=f"{relay.ws_url}#{relay.peer_id}")
-    b = start_peer(tmp_path, "B", "--channel", "lobby", bootstrap=f"{relay.api}/bootstrap.json")
+    a = start_peer(tmp_path, "A", "--channel", "lobby", "--no-dht", bootstrap=f"{relay.ws_url}#{relay.peer_id}")
+    b = start_peer(tmp_path, "B", "--channel", "lobby", "--no-dht", bootstrap=f"{relay.api}/bootstrap.json")
     with running(relay, a, b):
         wait_ready(a)
         wait_ready(b)
         listing = tmp_path / "bootstrap.json"
         listing.write_text(b.client.get(b.api + "/bootstrap.json").text)
         assert json.loads(listing.read_text())["peers"][0]["peer_id"] == b.peer_id
-        c = start_peer(tmp_path, "C", "--channel", "lobby", bootstrap=str(listing))
+        c = start_peer(tmp_path, "C", "--channel", "lobby", "--no-dht", bootstrap=str(listing))
         with running(c):
             wait_ready(c)
 

@@ -1,0 +1,444 @@
+"""One DHT node, sans-IO: answers requests, creates lookups, keeps its records.
+
+``DhtNode`` ties the routing table, the record store and the lookups together
+and is the only object the Trio service talks to. It never performs I/O: it
+answers a decoded request with a response object, builds the requests a
+lookup needs, and queues the pings the routing table asks for
+(``take_pings``). ``now`` is wall-clock seconds (Unix time; the shell adds a
+fixed offset to ``trio.current_time()``) because record expiries are
+compared across machines.
+
+Rules this module keeps:
+
+* A request is first charged to its sender's token bucket
+  (``requests_per_second``, ``request_burst``; at most ``max_rate_tracked``
+  senders remembered); over budget it is answered ``rate`` and counted.
+* Only a sender that says it serves the DHT (``srv: true``) is offered to the
+  routing table; clients never enter anyone's table.
+* Replies hold at most k contacts (never the requester, never contacts that
+  missed their last reply) and at most ``providers_per_reply`` records.
+* Records are accepted only from their owner and only if they validate
+  (``RecordStore``); refusals are answered with the reason and counted.
+* A node in client mode (``Mode.CLIENT``) serves nothing (every request is
+  answered ``not-serving``), sends ``srv: false``, and advertises relays in
+  its peer record instead of listen addresses.
+* A contact that answers a lookup is offered to the table; a timeout counts
+  a miss; a liar is removed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from peer._identity import Identity
+
+from ._config import DhtConfig
+from ._contact import Contact
+from ._lookup import Lookup, PeerLookup, ProviderLookup
+from ._records import (
+    PeerRecord,
+    ProviderRecord,
+    Reason,
+    RecordError,
+    RecordStore,
+    Relay,
+    sign_peer_record,
+    sign_provider_record,
+    topic_key,
+)
+from ._routing import Observation, ObserveKind, PingOutcome, RoutingTable
+from ._rpc import (
+    AddProvider,
+    ErrorReply,
+    FindNode,
+    FindPeer,
+    GetProviders,
+    Nodes,
+    Op,
+    PeerFound,
+    Ping,
+    Pong,
+    Providers,
+    PutPeer,
+    Request,
+    Response,
+    Stored,
+)
+
+
+class Mode(StrEnum):
+    SERVER = "server"  # reachable peers and seeds: serve the DHT
+    CLIENT = "client"  # cannot accept connections: use the DHT, reachable via relays
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A record to (re)publish: look up ``key``, then send ``op`` to the k closest."""
+
+    op: Op  # PUT_PEER or ADD_PROVIDER
+    key: bytes  # our id for a peer record, the topic key for a provider record
+    record: bytes
+
+
+class RateLimiter:
+    """Token buckets per peer id, bounded: the least recently active peer is forgotten."""
+
+    def __init__(self, rate: float, burst: float, max_tracked: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_tracked = max_tracked
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+
+    def allow(self, peer_id: bytes, now: float, cost: float = 1.0) -> bool:
+        tokens, stamp = self._buckets.pop(peer_id, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - stamp) * self.rate)
+        ok = tokens >= cost
+        if ok:
+            tokens -= cost
+        self._buckets[peer_id] = (tokens, now)
+        while len(self._buckets) > self.max_tracked:
+            self._buckets.popitem(last=False)
+        return ok
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class DhtNode:
+    """The sans-IO DHT of one peer."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        rng: random.Random,
+        now: float,
+        config: DhtConfig | None = None,
+        mode: Mode = Mode.SERVER,
+        addrs: Iterable[str] = (),
+        caps: Iterable[str] = (),
+        relays: Iterable[Relay] = (),
+    ) -> None:
+        self.identity = identity
+        self.id = identity.peer_id
+        self.config = cfg = config if config is not None else DhtConfig()
+        self.mode = mode
+        self.addrs = tuple(addrs) if mode is Mode.SERVER else ()
+        self.caps = tuple(caps)
+        self.relays = tuple(relays)
+        self.rng = rng
+        self.table = RoutingTable(
+            self.id,
+            cfg.k,
+            rng=rng,
+            failures_to_evict=cfg.failures_to_evict,
+            replacements=cfg.replacements_per_bucket,
+            max_per_range_bucket=cfg.max_per_range_bucket,
+            max_per_range_table=cfg.max_per_range_table,
+        )
+        self.store = RecordStore(cfg, self.id)
+        self.limiter = RateLimiter(cfg.requests_per_second, cfg.request_burst, cfg.max_rate_tracked)
+        self.counters: Counter[str] = Counter()
+        self._pings: list[Contact] = []
+        self._rid = rng.getrandbits(32)
+        self._seq = 0
+        self._own_record: PeerRecord | None = None
+        self._peer_due = now
+        self._providing: dict[str, float] = {}  # topic -> next (re)publication
+
+    # -- who we are --
+
+    @property
+    def serving(self) -> bool:
+        return self.mode is Mode.SERVER
+
+    def contact(self) -> Contact:
+        return Contact(self.id, self.identity.public_key, self.addrs, self.caps)
+
+    def set_relays(self, relays: Iterable[Relay], now: float) -> None:
+        """Change the relays we advertise; our peer record is republished at once."""
+        self.relays = tuple(relays)
+        self._own_record = None
+        self._peer_due = now
+
+    def next_rid(self) -> int:
+        self._rid = (self._rid + 1) % 2**64
+        return self._rid
+
+    # -- requests we answer --
+
+    def handle_request(self, sender: Contact, req: Request, now: float) -> Response:
+        """Answer a request ``sender`` (known from the authenticated link) sent us."""
+        self.counters["requests"] += 1
+        self.counters[f"requests_{req.op.value}"] += 1
+        if not self.serving:
+            return self._refuse(req, Reason.NOT_SERVING, "this node is a DHT client")
+        if not self.limiter.allow(sender.id, now):
+            return self._refuse(req, Reason.RATE, "too many DHT requests")
+        if req.serving:
+            self.add_contact(sender, now)
+        k = self.config.k
+        if isinstance(req, Ping):
+            return Pong(req.rid)
+        if isinstance(req, FindNode):
+            return Nodes(req.rid, self._closest_for(req.target, sender.id, k))
+        if isinstance(req, FindPeer):
+            return PeerFound(
+                req.rid,
+                self._closest_for(req.target, sender.id, k),
+                self._record_of(req.target, now),
+            )
+        if isinstance(req, GetProviders):
+            held = self.store.get_providers(req.key, now, self.config.providers_per_reply)
+            nodes = self._closest_for(req.key, sender.id, k)
+            return Providers(req.rid, tuple(r.wire for r in held), nodes)
+        try:
+            if isinstance(req, PutPeer):
+                self.store.put_peer(req.record, now, sender.id)
+            else:
+                self.store.add_provider(req.record, now, sender.id)
+        except RecordError as exc:
+            return self._refuse(req, exc.reason, exc.message)
+        self.counters[f"stored_{req.op.value}"] += 1
+        return Stored(req.rid, req.op)
+
+    def _refuse(self, req: Request, reason: Reason, message: str) -> ErrorReply:
+        self.counters[f"refused_{reason.value}"] += 1
+        return ErrorReply(req.rid, reason.value, message)
+
+    def _closest_for(self, target: bytes, requester: bytes, k: int) -> tuple[Contact, ...]:
+        found = self.table.closest(target, k + 1, healthy=True)
+        return tuple(c for c in found if c.id != requester)[:k]
+
+    def _record_of(self, node_id: bytes, now: float) -> bytes | None:
+        if node_id == self.id:
+            return self.own_record(now).wire
+        held = self.store.get_peer(node_id, now)
+        return None if held is None else held.wire
+
+    # -- the routing table's decisions --
+
+    def add_contact(self, contact: Contact, now: float) -> Observation:
+        """Offer a contact we heard from (a seed after its handshake, a server that asked us)."""
+        obs = self.table.observe(contact, now)
+        if obs.kind is ObserveKind.PING and obs.ping is not None:
+            self._pings.append(obs.ping)
+        return obs
+
+    def take_pings(self) -> list[Contact]:
+        """Contacts the table wants pinged; report with ``ping_result``."""
+        out, self._pings = self._pings, []
+        return out
+
+    def ping_result(self, contact_id: bytes, ok: bool, now: float) -> PingOutcome:
+        outcome = self.table.ping_result(contact_id, ok, now)
+        if outcome.retry is not None:
+            self._pings.append(outcome.retry)
+        if outcome.evicted is not None:
+            self.counters["evicted"] += 1
+        return outcome
+
+    # -- lookups we run --
+
+    def lookup_node(self, target: bytes, now: float) -> Lookup:
+        cfg = self.config
+        return Lookup(
+            target,
+            cfg.k,
+            cfg.alpha,
+            self.table.closest(target, cfg.k),
+            now,
+            cfg.rpc_timeout,
+            own_id=self.id,
+            max_queries=cfg.max_lookup_queries,
+        )
+
+    def lookup_peer(self, target: bytes, now: float, *, quorum: int = 1) -> PeerLookup:
+        cfg = self.config
+        return PeerLookup(
+            target,
+            cfg.k,
+            cfg.alpha,
+            self.table.closest(target, cfg.k),
+            now,
+            cfg.rpc_timeout,
+            own_id=self.id,
+            max_queries=cfg.max_lookup_queries,
+            quorum=quorum,
+            config=cfg,
+        )
+
+    def lookup_providers(
+        self, key: bytes, now: float, *, max_providers: int | None = None
+    ) -> ProviderLookup:
+        cfg = self.config
+        return ProviderLookup(
+            key,
+            cfg.k,
+            cfg.alpha,
+            self.table.closest(key, cfg.k),
+            now,
+            cfg.rpc_timeout,
+            own_id=self.id,
+            max_queries=cfg.max_lookup_queries,
+            max_providers=max_providers,
+            config=cfg,
+        )
+
+    def request_for(self, lookup: Lookup) -> Request:
+        """The request to send each contact ``lookup.next_requests`` names (fresh rid)."""
+        rid = self.next_rid()
+        if isinstance(lookup, PeerLookup):
+            return FindPeer(rid, lookup.target, self.serving)
+        if isinstance(lookup, ProviderLookup):
+            return GetProviders(rid, lookup.target, self.serving)
+        return FindNode(rid, lookup.target, self.serving)
+
+    def ping_request(self) -> Ping:
+        return Ping(self.next_rid(), self.serving)
+
+    def step(self, lookup: Lookup, now: float) -> list[Contact]:
+        """``lookup.next_requests(now)``, feeding its timeouts to the routing table."""
+        out = lookup.next_requests(now)
+        for contact_id in lookup.take_timed_out():
+            self.ping_result(contact_id, False, now)
+        if lookup.done:
+            self._finished(lookup, now)
+        return out
+
+    def on_reply(self, lookup: Lookup, contact: Contact, resp: Response, now: float) -> bool:
+        """Feed a lookup the reply ``contact`` sent; False if the reply was not used."""
+        if isinstance(resp, ErrorReply):
+            self.counters[f"error_reply_{resp.code}"] += 1
+            lookup.on_failure(contact.id, now)
+            self._finished(lookup, now)
+            return False
+        value: object = None
+        nodes: tuple[Contact, ...] = ()
+        if isinstance(lookup, PeerLookup) and isinstance(resp, PeerFound):
+            nodes, value = resp.nodes, resp.record
+        elif isinstance(lookup, ProviderLookup) and isinstance(resp, Providers):
+            nodes, value = resp.nodes, list(resp.providers)
+        elif type(lookup) is Lookup and isinstance(resp, Nodes):
+            nodes = resp.nodes
+        else:
+            self.counters["wrong_reply"] += 1
+            lookup.on_failure(contact.id, now)
+            self._finished(lookup, now)
+            return False
+        used = lookup.on_response(contact.id, nodes, now, value)
+        if used:
+            self.add_contact(contact, now)
+        elif contact.id in lookup.liars:
+            self.counters["liars"] += 1
+            self.table.remove(contact.id, now)
+        self._finished(lookup, now)
+        return used
+
+    def on_no_reply(self, lookup: Lookup, contact_id: bytes, now: float) -> None:
+        """The request to ``contact_id`` failed without a reply (link lost, ...)."""
+        lookup.on_failure(contact_id, now)
+        self.ping_result(contact_id, False, now)
+        self._finished(lookup, now)
+
+    def _finished(self, lookup: Lookup, now: float) -> None:
+        if lookup.done and type(lookup) is Lookup:
+            self.table.mark_refreshed(lookup.target, now)
+
+    def refresh_targets(self, now: float) -> list[bytes]:
+        """Random ids to look up so that no bucket goes unrefreshed for long."""
+        return self.table.stale_buckets(now, self.config.refresh_interval)
+
+    # -- our records --
+
+    def _next_seq(self, now: float) -> int:
+        self._seq = max(self._seq + 1, int(now * 1000))
+        return self._seq
+
+    def own_record(self, now: float) -> PeerRecord:
+        """Our current signed peer record, re-signed when it is half-way to expiry."""
+        rec = self._own_record
+        if rec is None or rec.expires - now < self.config.peer_record_ttl / 2:
+            rec = self._own_record = sign_peer_record(
+                self.identity,
+                addrs=self.addrs,
+                relays=self.relays,
+                caps=self.caps,
+                seq=self._next_seq(now),
+                expires=int(now + self.config.peer_record_ttl),
+            )
+        return rec
+
+    def provider_record(self, topic: str, now: float) -> ProviderRecord:
+        return sign_provider_record(
+            self.identity,
+            key=topic_key(topic),
+            addrs=self.addrs,
+            relays=self.relays,
+            seq=self._next_seq(now),
+            expires=int(now + self.config.provider_ttl),
+        )
+
+    def start_providing(self, topic: str, now: float) -> None:
+        """Announce that we carry ``topic``; ``due_publications`` yields it at once."""
+        if (
+            topic not in self._providing
+            and len(self._providing) >= self.config.max_keys_per_provider
+        ):
+            raise ValueError("providing too many topics")
+        self._providing[topic] = now
+
+    def stop_providing(self, topic: str) -> None:
+        """Stop republishing; the records held elsewhere expire after their TTL."""
+        self._providing.pop(topic, None)
+
+    @property
+    def providing(self) -> tuple[str, ...]:
+        return tuple(self._providing)
+
+    def due_publications(self, now: float) -> list[Publication]:
+        """Records whose (re)publication is due; each is re-signed with a higher seq."""
+        out: list[Publication] = []
+        every = self.config.republish_interval
+        if now >= self._peer_due:
+            self._own_record = None
+            rec = self.own_record(now)
+            out.append(Publication(Op.PUT_PEER, self.id, rec.wire))
+            self._peer_due = now + every
+        for topic, due in self._providing.items():
+            if now >= due:
+                prec = self.provider_record(topic, now)
+                if self.serving:
+                    try:
+                        self.store.add_provider(prec.wire, now)
+                    except RecordError:
+                        self.counters["own_provider_not_stored"] += 1
+                out.append(Publication(Op.ADD_PROVIDER, prec.key, prec.wire))
+                self._providing[topic] = now + every
+        return out
+
+    def publish_request(self, pub: Publication) -> PutPeer | AddProvider:
+        """The request that stores ``pub`` at one of the k closest nodes (fresh rid)."""
+        if pub.op is Op.PUT_PEER:
+            return PutPeer(self.next_rid(), pub.record, self.serving)
+        return AddProvider(self.next_rid(), pub.record, self.serving)
+
+    def housekeeping(self, now: float) -> int:
+        """Drop expired records; returns how many."""
+        return self.store.expire(now)
+
+    def statistics(self) -> dict[str, object]:
+        stats: dict[str, object] = {
+            "mode": self.mode.value,
+            "contacts": len(self.table),
+            "buckets": len(self.table.buckets_summary()),
+            "rate_tracked": len(self.limiter),
+        }
+        stats.update(self.counters)
+        stats.update(self.store.statistics())
+        stats.update({f"table_refused_{r.value}": n for r, n in self.table.refused.items()})
+        return stats

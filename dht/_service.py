@@ -1,0 +1,249 @@
+"""The Trio shell of the DHT: RPCs over the peer's links, lookups, upkeep.
+
+``DhtService`` performs what :class:`DhtNode` decides. Requests travel in the
+peer's ``dht`` frames over links that are already authenticated and
+encrypted, matched to their replies by request id, so many RPCs share one
+link; a lookup that needs a node we have no link to asks the host to dial it
+once (the link then stays up for gossip too, within the peer's link limit).
+
+The host (the peer) is reached only through :class:`LinkHost`, so this module
+knows nothing of WebSockets. Time: trio's clock for timeouts; for records the
+host's wall clock (``host.wall_time()``), which the peer derives from trio's
+clock so that ``MockClock`` drives both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeGuard
+
+import trio
+
+from ._contact import Contact
+from ._lookup import Lookup, PeerLookup, ProviderLookup
+from ._node import DhtNode, Publication
+from ._records import PeerRecord, ProviderRecord, topic_key
+from ._rpc import (
+    AddProvider,
+    ErrorReply,
+    FindNode,
+    FindPeer,
+    GetProviders,
+    Message,
+    Ping,
+    PutPeer,
+    Request,
+    Response,
+    decode_message,
+    encode_message,
+)
+
+TICK = 5.0  # seconds between upkeep rounds (publications, pings, refresh, expiry)
+MAX_PENDING = 1024  # requests in flight at once, all links together
+DIAL_TIMEOUT = 5.0
+
+
+_REQUESTS = (Ping, FindNode, FindPeer, PutPeer, AddProvider, GetProviders)
+
+
+def answers_any(msg: Message) -> TypeGuard[Response]:
+    return not isinstance(msg, _REQUESTS)
+
+
+class LinkHost(Protocol):
+    """What the DHT needs from the peer that carries it."""
+
+    def contact_of(self, peer_id: bytes) -> Contact | None: ...
+
+    def send_dht(self, peer_id: bytes, payload: bytes) -> bool: ...
+
+    async def connect(self, contact: Contact) -> bool:
+        """Link to ``contact`` unless linked; True once linked. Callers bound it in time."""
+        ...
+
+    def wall_time(self) -> float: ...
+
+
+class _Pending:
+    __slots__ = ("done", "response")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: Response | None = None
+
+
+class DhtService:
+    def __init__(self, node: DhtNode, host: LinkHost, log: Any) -> None:
+        self.node = node
+        self.host = host
+        self.log = log
+        self._pending: dict[tuple[bytes, int], _Pending] = {}
+        self._joined = trio.Event()
+        self._contacts_changed = trio.Event()
+        self.lookups_run = 0
+        self.on_contact: Callable[[Contact], None] | None = None
+
+    # -- events from the peer ----------------------------------------------------------
+
+    def link_up(self, contact: Contact) -> None:
+        """A link came up; a peer that serves the DHT becomes a contact."""
+        if "dht" in contact.caps:
+            self._observe(contact)
+
+    def link_down(self, peer_id: bytes) -> None:
+        for key in [k for k in self._pending if k[0] == peer_id]:
+            self._pending.pop(key).done.set()
+
+    def on_message(self, peer_id: bytes, payload: bytes) -> None:
+        """A ``dht`` frame from a link. ProtocolError propagates: the caller closes the link."""
+        msg = decode_message(payload)
+        if isinstance(msg, _REQUESTS):
+            sender = self.host.contact_of(peer_id)
+            if sender is None:
+                return
+            before = len(self.node.table)
+            response = self.node.handle_request(sender, msg, self.host.wall_time())
+            if len(self.node.table) != before:
+                self._changed(sender)
+            self.host.send_dht(peer_id, encode_message(response))
+            return
+        slot = self._pending.pop((peer_id, msg.rid), None)
+        if slot is not None and answers_any(msg):
+            slot.response = msg
+            slot.done.set()
+
+    def _observe(self, contact: Contact) -> None:
+        self.node.add_contact(contact, self.host.wall_time())
+        self._changed(contact)
+
+    def _changed(self, contact: Contact) -> None:
+        if self.on_contact is not None:
+            self.on_contact(contact)
+        self._contacts_changed.set()
+        self._contacts_changed = trio.Event()
+
+    # -- requests --------------------------------------------------------------------
+
+    async def request(self, contact: Contact, req: Request) -> Response | None:
+        """Send ``req`` to ``contact`` (dialling it if needed); None on no reply."""
+        if len(self._pending) >= MAX_PENDING:
+            return None
+        if self.host.contact_of(contact.id) is None:
+            linked = False
+            with trio.move_on_after(DIAL_TIMEOUT):
+                linked = await self.host.connect(contact)
+            if not linked:
+                return None
+        key = (contact.id, req.rid)
+        slot = self._pending[key] = _Pending()
+        if not self.host.send_dht(contact.id, encode_message(req)):
+            self._pending.pop(key, None)
+            return None
+        with trio.move_on_after(self.node.config.rpc_timeout):
+            await slot.done.wait()
+        self._pending.pop(key, None)
+        return slot.response
+
+    async def run_lookup(self, lookup: Lookup) -> Lookup:
+        """Drive ``lookup`` to its end: alpha requests in flight, replies fed back."""
+        self.lookups_run += 1
+        wake = trio.Event()
+
+        async def query(contact: Contact) -> None:
+            nonlocal wake
+            response = await self.request(contact, self.node.request_for(lookup))
+            now = self.host.wall_time()
+            if response is None:
+                if not lookup.done:
+                    self.node.on_no_reply(lookup, contact.id, now)
+            elif not lookup.done:
+                self.node.on_reply(lookup, contact, response, now)
+            wake.set()
+            wake = trio.Event()
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                for contact in self.node.step(lookup, self.host.wall_time()):
+                    nursery.start_soon(query, contact)
+                if lookup.done:
+                    break
+                deadline = lookup.next_deadline()
+                wait = 0.5 if deadline is None else max(0.01, deadline - self.host.wall_time())
+                with trio.move_on_after(wait):
+                    await wake.wait()
+            nursery.cancel_scope.cancel()
+        for contact in lookup.result():
+            self._changed(contact)
+        return lookup
+
+    async def join(self) -> None:
+        """Fill the table: look up our own id through whoever we know."""
+        await self.run_lookup(self.node.lookup_node(self.node.id, self.host.wall_time()))
+        self._joined.set()
+
+    async def find_peer(self, peer_id: bytes) -> PeerRecord | None:
+        lookup = await self.run_lookup(self.node.lookup_peer(peer_id, self.host.wall_time()))
+        assert isinstance(lookup, PeerLookup)
+        return lookup.record
+
+    async def find_providers(self, topic: str, max_providers: int = 20) -> list[ProviderRecord]:
+        lookup = await self.run_lookup(
+            self.node.lookup_providers(
+                topic_key(topic), self.host.wall_time(), max_providers=max_providers
+            )
+        )
+        assert isinstance(lookup, ProviderLookup)
+        return lookup.providers()
+
+    async def publish(self, pub: Publication) -> int:
+        """Store a record at the k closest nodes to its key; returns how many took it."""
+        lookup = await self.run_lookup(self.node.lookup_node(pub.key, self.host.wall_time()))
+        stored = 0
+
+        async def put(contact: Contact) -> None:
+            nonlocal stored
+            response = await self.request(contact, self.node.publish_request(pub))
+            if response is not None and not isinstance(response, ErrorReply):
+                stored += 1
+
+        async with trio.open_nursery() as nursery:
+            for contact in lookup.result():
+                nursery.start_soon(put, contact)
+        return stored
+
+    async def _ping(self, contact: Contact) -> None:
+        response = await self.request(contact, self.node.ping_request())
+        self.node.ping_result(contact.id, response is not None, self.host.wall_time())
+
+    # -- upkeep ----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Join once a contact is known, then publish, ping, refresh and expire forever."""
+        task_status.started()
+        while not len(self.node.table):
+            await self._contacts_changed.wait()
+        await self.join()
+        self.log.info("dht joined", contacts=len(self.node.table))
+        async with trio.open_nursery() as nursery:
+            while True:
+                now = self.host.wall_time()
+                for pub in self.node.due_publications(now):
+                    nursery.start_soon(self.publish, pub)
+                for contact in self.node.take_pings():
+                    nursery.start_soon(self._ping, contact)
+                for target in self.node.refresh_targets(now):
+                    nursery.start_soon(
+                        self.run_lookup, self.node.lookup_node(target, self.host.wall_time())
+                    )
+                self.node.housekeeping(now)
+                await trio.sleep(TICK)
+
+    async def wait_joined(self) -> None:
+        await self._joined.wait()
+
+    def statistics(self) -> dict[str, Any]:
+        stats = dict(self.node.statistics())
+        stats["pending_requests"] = len(self._pending)
+        stats["lookups_run"] = self.lookups_run
+        stats["joined"] = self._joined.is_set()
+        return stats
