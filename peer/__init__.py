@@ -38,6 +38,7 @@ def __getattr__(name: str) -> Any:
         return getattr(_node, name)
     raise AttributeError(f"module 'peer' has no attribute {name!r}")
 
+
 __all__ = [
     "Close",
     "Content",

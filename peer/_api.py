@@ -149,7 +149,9 @@ def _channel_name(value: Any) -> str:
         raise ApiError(400, "invalid", "channel must be a string")
     name = value[1:] if value.startswith("#") else value
     if not is_topic(name) or "/" in name:
-        raise ApiError(400, "invalid", f"not a channel name: {value!r} (letters, digits, . _ -; max 64)")
+        raise ApiError(
+            400, "invalid", f"not a channel name: {value!r} (letters, digits, . _ -; max 64)"
+        )
     return name
 
 
@@ -172,7 +174,9 @@ class LocalApi:
             Route("/bootstrap.json", self.bootstrap, methods=["GET"]),
             Route("/dht", self.dht, methods=["GET"]),
         ]
-        self.app = Starlette(routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed})
+        self.app = Starlette(
+            routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed}
+        )
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return _error(404, "not-found", f"no endpoint {request.url.path}")
@@ -206,7 +210,11 @@ class LocalApi:
 
     async def _guard(self, request: Request, handler: Any, *, open_: bool = False) -> Response:
         if not open_ and not self._authorised(request):
-            return _error(401, "unauthorised", "send Authorization: Bearer <token from the key directory's api-token>")
+            return _error(
+                401,
+                "unauthorised",
+                "send Authorization: Bearer <token from the key directory's api-token>",
+            )
         try:
             result: Response = await handler(request)
             return result
@@ -220,31 +228,33 @@ class LocalApi:
 
     async def _status(self, request: Request) -> Response:
         peer = self.peer
-        return JSONResponse({
-            "daemon_version": VERSION,
-            "api_version": API_VERSION,
-            "protocol_version": 1,
-            "peer_id": peer.identity.peer_id_hex,
-            "pubkey": peer.identity.public_key.hex(),
-            "uptime_seconds": round(peer.uptime, 1),
-            "peer_count": len(peer.links),
-            "known_peers": len(peer.known_peers()),
-            "online_peers": len(peer.known_peers(online=True)),
-            "listen": peer.listen_urls,
-            "api": self.api_url,
-            "caps": list(peer.caps),
-            "relay_only": peer.options.relay_only,
-            "channels": sorted(peer.channels),
-            "unread": peer.inbox.unread(),
-            "counters": {
-                "links_opened": peer.counters.links_opened,
-                "links_closed": peer.counters.links_closed,
-                "handshakes_failed": peer.counters.handshakes_failed,
-                "refused": dict(peer.counters.refused),
-                "link_errors": peer.counters.link_errors,
-            },
-            "gossip": peer.router.statistics(),
-        })
+        return JSONResponse(
+            {
+                "daemon_version": VERSION,
+                "api_version": API_VERSION,
+                "protocol_version": 1,
+                "peer_id": peer.identity.peer_id_hex,
+                "pubkey": peer.identity.public_key.hex(),
+                "uptime_seconds": round(peer.uptime, 1),
+                "peer_count": len(peer.links),
+                "known_peers": len(peer.known_peers()),
+                "online_peers": len(peer.known_peers(online=True)),
+                "listen": peer.listen_urls,
+                "api": self.api_url,
+                "caps": list(peer.caps),
+                "relay_only": peer.options.relay_only,
+                "channels": sorted(peer.channels),
+                "unread": peer.inbox.unread(),
+                "counters": {
+                    "links_opened": peer.counters.links_opened,
+                    "links_closed": peer.counters.links_closed,
+                    "handshakes_failed": peer.counters.handshakes_failed,
+                    "refused": dict(peer.counters.refused),
+                    "link_errors": peer.counters.link_errors,
+                },
+                "gossip": peer.router.statistics(),
+            }
+        )
 
     async def peers(self, request: Request) -> Response:
         return await self._guard(request, self._peers)
@@ -261,17 +271,19 @@ class LocalApi:
         now_ms = self.peer.wall_ms()
         out = []
         for info in found:
-            out.append({
-                "peer_id": info.peer_id.hex(),
-                "pubkey": info.public_key.hex(),
-                "online": self.peer.is_online(info, now_ms),
-                "linked": info.linked,
-                "times_linked": info.times_linked,
-                "last_seen": _iso(info.last_seen_ms),
-                "listen": list(info.listen),
-                "features": list(info.caps),
-                "agent": info.agent or None,
-            })
+            out.append(
+                {
+                    "peer_id": info.peer_id.hex(),
+                    "pubkey": info.public_key.hex(),
+                    "online": self.peer.is_online(info, now_ms),
+                    "linked": info.linked,
+                    "times_linked": info.times_linked,
+                    "last_seen": _iso(info.last_seen_ms),
+                    "listen": list(info.listen),
+                    "features": list(info.caps),
+                    "agent": info.agent or None,
+                }
+            )
         return JSONResponse(out)
 
     async def send(self, request: Request) -> Response:
@@ -316,23 +328,26 @@ class LocalApi:
                     env = peer.send_dm(recipient, content)
                 except UnknownPeer:
                     raise ApiError(
-                        400, "unknown-peer",
+                        400,
+                        "unknown-peer",
                         f"no key known for peer {to}: not seen on the mesh nor found in the DHT",
                     ) from None
                 target = {"to": recipient.hex()}
             else:
-                raise ApiError(400, "invalid", "say where: \"channel\": name, or \"to\": peer id")
+                raise ApiError(400, "invalid", 'say where: "channel": name, or "to": peer id')
         except ProtocolError as exc:
             status = 413 if exc.code.value == "too-large" else 400
             raise ApiError(status, exc.code.value, exc.message) from None
-        return JSONResponse({
-            "id": env.id.hex(),
-            **target,
-            "topic": env.topic,
-            "seq": env.seq,
-            "timestamp": _iso(env.ts),
-            "routed": peer.router.reachable(env.route),
-        })
+        return JSONResponse(
+            {
+                "id": env.id.hex(),
+                **target,
+                "topic": env.topic,
+                "seq": env.seq,
+                "timestamp": _iso(env.ts),
+                "routed": peer.router.reachable(env.route),
+            }
+        )
 
     async def messages(self, request: Request) -> Response:
         return await self._guard(request, self._messages)

@@ -73,7 +73,7 @@ def parse_peer_list(data: Any) -> list[BootstrapPeer]:
     """Peers from a bootstrap.json document (or a bare list of entries/addresses)."""
     entries = data.get("peers") if isinstance(data, dict) else data
     if not isinstance(entries, list):
-        raise BootstrapError("a bootstrap list is {\"version\": 1, \"peers\": [...]}")
+        raise BootstrapError('a bootstrap list is {"version": 1, "peers": [...]}')
     peers: list[BootstrapPeer] = []
     for entry in entries[:MAX_BOOTSTRAP_PEERS]:
         if isinstance(entry, str):
@@ -141,7 +141,9 @@ def _parse_json(raw: bytes, where: str) -> list[BootstrapPeer]:
     return parse_peer_list(data)
 
 
-def bootstrap_entry(identity: Identity, ws_urls: list[str], caps: tuple[str, ...]) -> dict[str, Any]:
+def bootstrap_entry(
+    identity: Identity, ws_urls: list[str], caps: tuple[str, ...]
+) -> dict[str, Any]:
     """This peer's entry for a bootstrap.json list."""
     return {
         "peer_id": identity.peer_id_hex,

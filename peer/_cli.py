@@ -52,37 +52,80 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a clawmesh peer. With no --bootstrap it starts a new mesh.",
     )
     p.add_argument(
-        "--bootstrap", "-b", action="append", default=None, metavar="SPEC",
+        "--bootstrap",
+        "-b",
+        action="append",
+        default=None,
+        metavar="SPEC",
         help="where to join: ws://host:port[#peerid], host:port, an http(s) URL or file of a "
         "bootstrap.json peer list; repeat or comma-separate for several (env MESH_BOOTSTRAP_URL)",
     )
-    p.add_argument("--listen", default=f"0.0.0.0:{peer_port}", metavar="HOST:PORT",
-                   help="mesh WebSocket listener (env MESH_PEER_PORT or PORT; default %(default)s)")
+    p.add_argument(
+        "--listen",
+        default=f"0.0.0.0:{peer_port}",
+        metavar="HOST:PORT",
+        help="mesh WebSocket listener (env MESH_PEER_PORT or PORT; default %(default)s)",
+    )
     p.add_argument("--no-listen", action="store_true", help="accept no links (client behind NAT)")
-    p.add_argument("--advertise", action="append", default=None, metavar="WS_URL",
-                   help="address(es) other peers should dial, if not the listener's")
-    p.add_argument("--api", default=f"127.0.0.1:{api_port}", metavar="HOST:PORT",
-                   help="local HTTP API (env MESH_API_PORT; default %(default)s)")
+    p.add_argument(
+        "--advertise",
+        action="append",
+        default=None,
+        metavar="WS_URL",
+        help="address(es) other peers should dial, if not the listener's",
+    )
+    p.add_argument(
+        "--api",
+        default=f"127.0.0.1:{api_port}",
+        metavar="HOST:PORT",
+        help="local HTTP API (env MESH_API_PORT; default %(default)s)",
+    )
     p.add_argument("--no-api", action="store_true", help="run without the local HTTP API")
-    p.add_argument("--key-dir", type=Path,
-                   default=Path(os.environ.get("MESH_KEY_DIR", DEFAULT_HOME / "keys")),
-                   help="Ed25519 key and API token (env MESH_KEY_DIR; default %(default)s)")
-    p.add_argument("--data-dir", type=Path,
-                   default=Path(os.environ.get("MESH_DATA_DIR", DEFAULT_HOME / "data")),
-                   help="runtime state: peer.json with this peer's addresses (env MESH_DATA_DIR)")
-    p.add_argument("--relay-only", action="store_true",
-                   help="seed node: route for others, no local agent, no subscriptions")
+    p.add_argument(
+        "--key-dir",
+        type=Path,
+        default=Path(os.environ.get("MESH_KEY_DIR", DEFAULT_HOME / "keys")),
+        help="Ed25519 key and API token (env MESH_KEY_DIR; default %(default)s)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("MESH_DATA_DIR", DEFAULT_HOME / "data")),
+        help="runtime state: peer.json with this peer's addresses (env MESH_DATA_DIR)",
+    )
+    p.add_argument(
+        "--relay-only",
+        action="store_true",
+        help="seed node: route for others, no local agent, no subscriptions",
+    )
     p.add_argument("--no-relay", action="store_true", help="never forward others' messages")
-    p.add_argument("--no-dht", action="store_true",
-                   help="no Kademlia DHT: links only to bootstrap peers (fixed topologies, tests)")
+    p.add_argument(
+        "--no-dht",
+        action="store_true",
+        help="no Kademlia DHT: links only to bootstrap peers (fixed topologies, tests)",
+    )
     p.add_argument("--max-links", type=int, default=128, help="links at most (default %(default)s)")
-    p.add_argument("--max-links-per-ip", type=int, default=8, metavar="N",
-                   help="inbound connections per remote address, 0 for no limit; loopback is "
-                   "exempt (default %(default)s)")
-    p.add_argument("--channel", "-c", action="append", default=[], metavar="NAME",
-                   help="subscribe to a channel on start (repeatable)")
-    p.add_argument("--print-bootstrap-entry", action="store_true",
-                   help="print this peer's bootstrap.json entry and exit")
+    p.add_argument(
+        "--max-links-per-ip",
+        type=int,
+        default=8,
+        metavar="N",
+        help="inbound connections per remote address, 0 for no limit; loopback is "
+        "exempt (default %(default)s)",
+    )
+    p.add_argument(
+        "--channel",
+        "-c",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="subscribe to a channel on start (repeatable)",
+    )
+    p.add_argument(
+        "--print-bootstrap-entry",
+        action="store_true",
+        help="print this peer's bootstrap.json entry and exit",
+    )
     p.add_argument("--log-json", action="store_true", help="log JSON lines instead of key=value")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(env_bootstrap=env_bootstrap)
@@ -151,7 +194,9 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
     if specs:
         lines.append(f"  joining via:  {', '.join(specs)}")
         if join:
-            lines.append(f"  others can also join through this peer:  python -m peer --bootstrap {join}")
+            lines.append(
+                f"  others can also join through this peer:  python -m peer --bootstrap {join}"
+            )
     elif join:
         lines.append("  This is the first node of a new mesh. Others join with:")
         lines.append(f"    python -m peer --bootstrap {join}")
@@ -184,8 +229,10 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
             try:
                 bound = await peer.serve_websocket(host, port)
             except OSError as exc:
-                raise SystemExit(f"cannot listen on {args.listen}: {exc.strerror or exc}"
-                                 " (is another peer running? pick another --listen port)") from None
+                raise SystemExit(
+                    f"cannot listen on {args.listen}: {exc.strerror or exc}"
+                    " (is another peer running? pick another --listen port)"
+                ) from None
             if args.advertise:
                 peer.listen_urls[:] = args.advertise
             else:
@@ -201,8 +248,10 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
             try:
                 binds: Any = await nursery.start(_serve_api, api, config)
             except OSError as exc:
-                raise SystemExit(f"cannot serve the API on {args.api}: {exc.strerror or exc}"
-                                 " (pick another --api port)") from None
+                raise SystemExit(
+                    f"cannot serve the API on {args.api}: {exc.strerror or exc}"
+                    " (pick another --api port)"
+                ) from None
             api_url = binds[0] if binds else f"http://{host}:{port}"
             api.api_url = api_url
         if specs:
@@ -215,7 +264,10 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
 
 
 async def _serve_api(
-    api: LocalApi, config: HypercornConfig, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED
+    api: LocalApi,
+    config: HypercornConfig,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     await hypercorn_serve(api.app, config, task_status=task_status)  # type: ignore[arg-type]
 

@@ -41,7 +41,9 @@ PRESENCE_TOPIC = "sys/presence"
 KINDS = frozenset({"msg", "dm", "presence"})
 
 _SIGNED_KEYS = {
-    "msg": frozenset({"v", "kind", "topic", "from", "seq", "ts", "body", "payload", "reply_to", "thread"}),
+    "msg": frozenset(
+        {"v", "kind", "topic", "from", "seq", "ts", "body", "payload", "reply_to", "thread"}
+    ),
     "dm": frozenset({"v", "kind", "topic", "from", "seq", "ts", "to", "box"}),
     "presence": frozenset({"v", "kind", "topic", "from", "seq", "ts", "payload"}),
 }
@@ -130,7 +132,9 @@ def _sign(identity: Identity, fields: Map) -> tuple[bytes, bytes]:
     sig = identity.sign(ENVELOPE_TAG + signed)
     wire = _cbor.encode([signed, sig])
     if len(wire) > MAX_ENVELOPE:
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"envelope of {len(wire)} bytes over {MAX_ENVELOPE}")
+        raise ProtocolError(
+            ErrorCode.TOO_LARGE, f"envelope of {len(wire)} bytes over {MAX_ENVELOPE}"
+        )
     return signed, wire
 
 
@@ -141,7 +145,12 @@ def seal_message(
     if not is_topic(topic) or "/" in topic:
         raise ValueError(f"not a channel name: {topic!r}")
     fields: Map = {
-        "v": 1, "kind": "msg", "topic": topic, "from": identity.public_key, "seq": seq, "ts": ts,
+        "v": 1,
+        "kind": "msg",
+        "topic": topic,
+        "from": identity.public_key,
+        "seq": seq,
+        "ts": ts,
     }
     fields.update(content.to_map())
     _check_content(fields)
@@ -151,8 +160,13 @@ def seal_message(
 
 def seal_presence(identity: Identity, *, payload: bytes, seq: int, ts: int) -> Envelope:
     fields: Map = {
-        "v": 1, "kind": "presence", "topic": PRESENCE_TOPIC, "from": identity.public_key,
-        "seq": seq, "ts": ts, "payload": payload,
+        "v": 1,
+        "kind": "presence",
+        "topic": PRESENCE_TOPIC,
+        "from": identity.public_key,
+        "seq": seq,
+        "ts": ts,
+        "payload": payload,
     }
     need_bytes(fields, "payload", max_size=4096)  # what open_envelope accepts
     signed, wire = _sign(identity, fields)
@@ -177,8 +191,14 @@ def seal_dm(
         crypto_box(inner, nonce, x25519_public_of(recipient_key), identity.x25519_private())
     )
     fields: Map = {
-        "v": 1, "kind": "dm", "topic": dm_topic(identity.peer_id, recipient),
-        "from": identity.public_key, "seq": seq, "ts": ts, "to": recipient, "box": box,
+        "v": 1,
+        "kind": "dm",
+        "topic": dm_topic(identity.peer_id, recipient),
+        "from": identity.public_key,
+        "seq": seq,
+        "ts": ts,
+        "to": recipient,
+        "box": box,
     }
     signed, wire = _sign(identity, fields)
     return _envelope(signed, fields, wire)
@@ -236,7 +256,9 @@ def split_wire(wire: bytes) -> tuple[bytes, bytes]:
     return obj[0], obj[1]
 
 
-def open_envelope(wire: bytes, *, signed: bytes | None = None, sig: bytes | None = None) -> Envelope:
+def open_envelope(
+    wire: bytes, *, signed: bytes | None = None, sig: bytes | None = None
+) -> Envelope:
     """Decode, validate and verify an envelope; ProtocolError if anything is off."""
     if signed is None or sig is None:
         signed, sig = split_wire(wire)

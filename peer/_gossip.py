@@ -174,8 +174,13 @@ class GossipRouter:
             raise ValueError("link already open")
         p = self.params
         self._links[peer] = _Link(
-            relay=relay, opened=now, frame_tokens=p.frame_burst, byte_tokens=p.byte_burst,
-            refilled=now, iwant_budget=p.iwant_per_heartbeat, last_heard=now,
+            relay=relay,
+            opened=now,
+            frame_tokens=p.frame_burst,
+            byte_tokens=p.byte_burst,
+            refilled=now,
+            iwant_budget=p.iwant_per_heartbeat,
+            last_heard=now,
         )
         topics = set(self._members) | set(self._carriers)
         return self._refresh(topics, only=peer)
@@ -413,9 +418,13 @@ class GossipRouter:
                     link.told[topic] = hops
                     subs.append([topic, hops])
             for i in range(0, len(subs), MAX_TOPICS_PER_FRAME):
-                actions.append(Send(peer, encode_frame("sub", topics=subs[i : i + MAX_TOPICS_PER_FRAME])))
+                actions.append(
+                    Send(peer, encode_frame("sub", topics=subs[i : i + MAX_TOPICS_PER_FRAME]))
+                )
             for i in range(0, len(unsubs), MAX_TOPICS_PER_FRAME):
-                actions.append(Send(peer, encode_frame("unsub", topics=unsubs[i : i + MAX_TOPICS_PER_FRAME])))
+                actions.append(
+                    Send(peer, encode_frame("unsub", topics=unsubs[i : i + MAX_TOPICS_PER_FRAME]))
+                )
         return actions
 
     # -- caches ----------------------------------------------------------------

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import ssl
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -156,7 +156,9 @@ class Link:
             return
         self.close_code = code
         self.close_reason = reason
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        with contextlib.suppress(
+            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
+        ):
             self.send_channel.send_nowait(encode_frame("error", code=code.value, msg=reason[:200]))
         self.send_channel.close()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + 2.0)
@@ -362,6 +364,7 @@ class Peer:
         await self.dht.wait_joined()
         providers = await self.dht.find_providers(channel)
         wanted = [p for p in providers if p.id != self.peer_id and p.id not in self.links]
+
         async def link(contact: Contact) -> None:
             with trio.move_on_after(5.0):
                 await self.connect(contact)
@@ -451,13 +454,19 @@ class Peer:
             except ProtocolError as exc:
                 if exc.code is not ErrorCode.UNEXPECTED or "peer refused" not in exc.message:
                     with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
-                        await transport.send(encode_frame("error", code=exc.code.value, msg=exc.message[:200]))
+                        await transport.send(
+                            encode_frame("error", code=exc.code.value, msg=exc.message[:200])
+                        )
                 raise
         assert hs.result is not None
         if len(self.links) >= self.options.max_links and hs.result.peer_id not in self.links:
             err = ProtocolError(ErrorCode.TOO_LARGE, "peer has no room for more links")
             with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
-                await transport.send(hs.result.cipher.seal(encode_frame("error", code=err.code.value, msg=err.message)))
+                await transport.send(
+                    hs.result.cipher.seal(
+                        encode_frame("error", code=err.code.value, msg=err.message)
+                    )
+                )
             raise err
         return hs.result
 
@@ -474,7 +483,7 @@ class Peer:
         if existing is not None:
             # Two links to one peer: keep the one dialled by the lower peer id,
             # which both sides compute alike.
-            keep_new = (link.initiator == (self.peer_id < link.peer_id))
+            keep_new = link.initiator == (self.peer_id < link.peer_id)
             loser = existing if keep_new else link
             loser.close(ErrorCode.DUPLICATE, "already linked")
             if not keep_new:
@@ -496,7 +505,9 @@ class Peer:
             with link.scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._writer, link, nursery.cancel_scope)
-                    self._perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
+                    self._perform(
+                        self.router.add_link(link.peer_id, relay=link.relay, now=self.now())
+                    )
                     if self.dht is not None:
                         contact = self.contact_of(link.peer_id)
                         assert contact is not None
@@ -517,8 +528,12 @@ class Peer:
             self.counters.links_closed += 1
             link.closed.set()
             self._notify_links()
-            log.info("link down", code=link.close_code.value if link.close_code else "eof",
-                     reason=link.close_reason, links=len(self.links))
+            log.info(
+                "link down",
+                code=link.close_code.value if link.close_code else "eof",
+                reason=link.close_reason,
+                links=len(self.links),
+            )
 
     async def _drain_writer(self, link: Link) -> None:
         async for frame in link.receive_channel:
@@ -545,7 +560,9 @@ class Peer:
             try:
                 plain = link.cipher.open(record)
                 frame = decode_frame(plain)
-                actions = self.router.handle_frame(link.peer_id, frame, plain, self.now(), self.wall_ms())
+                actions = self.router.handle_frame(
+                    link.peer_id, frame, plain, self.now(), self.wall_ms()
+                )
                 if frame.type in _INTEREST_FRAMES:
                     self._notify_changed()
             except ProtocolError as exc:
@@ -612,8 +629,12 @@ class Peer:
                 link = self.links.get(action.peer)
                 if link is not None:
                     self.counters.refuse(action.code)
-                    self.log.warning("closing link", link=action.peer.hex()[:16],
-                                     code=action.code.value, reason=action.reason)
+                    self.log.warning(
+                        "closing link",
+                        link=action.peer.hex()[:16],
+                        code=action.code.value,
+                        reason=action.reason,
+                    )
                     link.close(action.code, action.reason)
 
     def _deliver(self, env: Envelope) -> None:
@@ -628,23 +649,42 @@ class Peer:
                 content = open_dm(self.identity, env)
             except ProtocolError as exc:
                 self.counters.dm_undecryptable += 1
-                self.log.warning("DM does not open", sender=env.sender.hex()[:16], reason=exc.message)
+                self.log.warning(
+                    "DM does not open", sender=env.sender.hex()[:16], reason=exc.message
+                )
                 return
             self._add_to_inbox(env, content, channel=None, peer=env.sender, outgoing=outgoing)
         else:
             self._add_to_inbox(env, env.content(), channel=env.topic, peer=None, outgoing=outgoing)
 
     def _add_to_inbox(
-        self, env: Envelope, content: Content, *, channel: str | None, peer: bytes | None, outgoing: bool
+        self,
+        env: Envelope,
+        content: Content,
+        *,
+        channel: str | None,
+        peer: bytes | None,
+        outgoing: bool,
     ) -> None:
         payload: Any = None
         if content.payload is not None:
             payload = payload_value(content.payload)
         message = InboxMessage(
-            cursor=0, id=env.id, kind=env.kind, topic=env.topic, channel=channel,
-            sender=env.sender, peer=peer, body=content.body, payload=payload,
-            has_payload=content.payload is not None, reply_to=content.reply_to,
-            thread=content.thread, ts=env.ts, received_ms=self.wall_ms(), outgoing=outgoing,
+            cursor=0,
+            id=env.id,
+            kind=env.kind,
+            topic=env.topic,
+            channel=channel,
+            sender=env.sender,
+            peer=peer,
+            body=content.body,
+            payload=payload,
+            has_payload=content.payload is not None,
+            reply_to=content.reply_to,
+            thread=content.thread,
+            ts=env.ts,
+            received_ms=self.wall_ms(),
+            outgoing=outgoing,
             read=outgoing,
         )
         if self.inbox.add(message) is not None:
@@ -712,8 +752,11 @@ class Peer:
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
         env = seal_dm(
-            self.identity, recipient_key=info.public_key, content=content,
-            seq=self._next_seq(), ts=self.wall_ms(),
+            self.identity,
+            recipient_key=info.public_key,
+            content=content,
+            seq=self._next_seq(),
+            ts=self.wall_ms(),
         )
         self._perform(self.router.publish(env, self.now()))
         self._add_to_inbox(env, content, channel=None, peer=peer_id, outgoing=True)
@@ -816,8 +859,13 @@ class Peer:
                     )
                 result = await self.run_link(WebSocketTransport(ws, url), True, expect, on_up)
                 nursery.cancel_scope.cancel()
-        except (OSError, trio.TooSlowError, trio_websocket.HandshakeError,
-                trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
+        except (
+            OSError,
+            trio.TooSlowError,
+            trio_websocket.HandshakeError,
+            trio_websocket.ConnectionClosed,
+            trio.BrokenResourceError,
+        ) as exc:
             self.log.debug("dial failed", dial=url, error=repr(exc))
         except ExceptionGroup as group:  # trio-websocket may wrap close errors
             self.log.debug("dial failed", dial=url, error=repr(group))
@@ -895,7 +943,9 @@ def _describe_remote(request: trio_websocket.WebSocketRequest) -> str:
     return f"{remote.address}:{remote.port}"
 
 
-def memory_link_pair(remote_a: str = "mem-a", remote_b: str = "mem-b") -> tuple[StreamTransport, StreamTransport]:
+def memory_link_pair(
+    remote_a: str = "mem-a", remote_b: str = "mem-b"
+) -> tuple[StreamTransport, StreamTransport]:
     """Two transports joined by Trio memory streams, for in-process meshes."""
     a, b = trio.testing.memory_stream_pair()
     return StreamTransport(a, remote_b), StreamTransport(b, remote_a)

@@ -61,7 +61,9 @@ class WebSocketTransport:
 
 
 class StreamTransport:
-    def __init__(self, stream: trio.abc.Stream, remote: str = "stream", max_record: int = MAX_RECORD) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, remote: str = "stream", max_record: int = MAX_RECORD
+    ) -> None:
         self._stream = stream
         self._buffer = RecordBuffer(max_record)
         self._ready: list[bytes] = []

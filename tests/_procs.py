@@ -72,18 +72,22 @@ class PeerProcess:
         return path.read_text() if path.exists() else ""
 
 
-def start_peer(
-    tmp: Path, name: str, *extra: str, bootstrap: str | None = None
-) -> PeerProcess:
+def start_peer(tmp: Path, name: str, *extra: str, bootstrap: str | None = None) -> PeerProcess:
     home = tmp / name
     home.mkdir(parents=True, exist_ok=True)
     mesh_port, api_port = free_port(), free_port()
     cmd = [
-        sys.executable, "-m", "peer",
-        "--listen", f"127.0.0.1:{mesh_port}",
-        "--api", f"127.0.0.1:{api_port}",
-        "--key-dir", str(home / "keys"),
-        "--data-dir", str(home / "data"),
+        sys.executable,
+        "-m",
+        "peer",
+        "--listen",
+        f"127.0.0.1:{mesh_port}",
+        "--api",
+        f"127.0.0.1:{api_port}",
+        "--key-dir",
+        str(home / "keys"),
+        "--data-dir",
+        str(home / "data"),
         *extra,
     ]
     if bootstrap:

@@ -43,16 +43,22 @@ async def pair(nursery: trio.Nursery) -> AsyncIterator[Pair]:
     a.start_link(ta, initiator=True)
     b.start_link(tb, initiator=False)
     with trio.fail_after(10):
-        while not (a.links and b.links and b.directory.get(a.peer_id) and a.directory.get(b.peer_id)
-                   and a.router.reachable("lobby")):
+        while not (
+            a.links
+            and b.links
+            and b.directory.get(a.peer_id)
+            and a.directory.get(b.peer_id)
+            and a.router.reachable("lobby")
+        ):
             await a.wait_changed()
     async with _client(a) as api_a, _client(b) as api_b:
         yield Pair(a, b, api_a, api_b)
 
 
 async def test_status_is_open_and_the_rest_wants_the_token(pair: Pair) -> None:
-    bare = httpx.AsyncClient(transport=httpx.ASGITransport(app=LocalApi(pair.a, TOKEN).app),
-                             base_url="http://test")
+    bare = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=LocalApi(pair.a, TOKEN).app), base_url="http://test"
+    )
     async with bare:
         status = await bare.get("/status")
         assert status.status_code == 200
@@ -68,10 +74,17 @@ async def test_status_is_open_and_the_rest_wants_the_token(pair: Pair) -> None:
 
 async def test_channel_message_with_payload_round_trip(pair: Pair) -> None:
     blob = bytes(range(256))
-    sent = await pair.api_a.post("/send", json={
-        "channel": "#lobby", "body": "hi",
-        "payload": {"image": {"$b64": base64.b64encode(blob).decode()}, "n": [1, 2.5, None, True]},
-    })
+    sent = await pair.api_a.post(
+        "/send",
+        json={
+            "channel": "#lobby",
+            "body": "hi",
+            "payload": {
+                "image": {"$b64": base64.b64encode(blob).decode()},
+                "n": [1, 2.5, None, True],
+            },
+        },
+    )
     assert sent.status_code == 200, sent.text
     msg_id = sent.json()["id"]
     got = await pair.api_b.get("/messages", params={"unread": "true", "wait": "5"})
@@ -91,8 +104,9 @@ async def test_channel_message_with_payload_round_trip(pair: Pair) -> None:
 
 async def test_reply_threading_and_cursor(pair: Pair) -> None:
     first = (await pair.api_a.post("/send", json={"channel": "lobby", "body": "q"})).json()["id"]
-    second = await pair.api_a.post("/send", json={"channel": "lobby", "body": "a",
-                                                  "reply_to": first, "thread": first})
+    second = await pair.api_a.post(
+        "/send", json={"channel": "lobby", "body": "a", "reply_to": first, "thread": first}
+    )
     assert second.status_code == 200
     got = await pair.api_b.get("/messages", params={"wait": "5", "peek": "true"})
     items = got.json()
@@ -115,14 +129,21 @@ async def test_dm_and_its_errors(pair: Pair) -> None:
     b_id = pair.b.identity.peer_id_hex
     sent = await pair.api_a.post("/send", json={"to": b_id, "content": "psst"})
     assert sent.status_code == 200, sent.text
-    got = (await pair.api_b.get("/messages", params={"peer": pair.a.identity.peer_id_hex,
-                                                     "wait": "5"})).json()
+    got = (
+        await pair.api_b.get("/messages", params={"peer": pair.a.identity.peer_id_hex, "wait": "5"})
+    ).json()
     assert [(m["kind"], m["body"]) for m in got] == [("dm", "psst")]
     unknown = await pair.api_a.post("/send", json={"to": "cd" * 32, "content": "?"})
     assert (unknown.status_code, unknown.json()["error"]["code"]) == (400, "unknown-peer")
-    for bad in ({"to": "zz"}, {"body": "nowhere"}, {"channel": "no/slash"}, {"channel": 5},
-                {"channel": "lobby", "body": 7}, {"channel": "lobby", "payload": 2**70},
-                {"channel": "lobby", "reply_to": "xyz"}):
+    for bad in (
+        {"to": "zz"},
+        {"body": "nowhere"},
+        {"channel": "no/slash"},
+        {"channel": 5},
+        {"channel": "lobby", "body": 7},
+        {"channel": "lobby", "payload": 2**70},
+        {"channel": "lobby", "reply_to": "xyz"},
+    ):
         r = await pair.api_a.post("/send", json=bad)
         assert r.status_code == 400, bad
         assert set(r.json()["error"]) == {"code", "message"}
@@ -133,8 +154,10 @@ async def test_dm_and_its_errors(pair: Pair) -> None:
 async def test_oversize_is_413(pair: Pair) -> None:
     big_body = await pair.api_a.post("/send", json={"channel": "lobby", "body": "x" * 70_000})
     assert big_body.status_code == 413
-    big_payload = await pair.api_a.post("/send", json={
-        "channel": "lobby", "payload": {"$b64": base64.b64encode(b"\0" * 300_000).decode()}})
+    big_payload = await pair.api_a.post(
+        "/send",
+        json={"channel": "lobby", "payload": {"$b64": base64.b64encode(b"\0" * 300_000).decode()}},
+    )
     assert big_payload.status_code == 413
     huge = await pair.api_a.post("/send", content=b"[" + b"0," * 600_000 + b"0]")
     assert huge.status_code == 413

@@ -35,13 +35,16 @@ def test_peer_addresses() -> None:
 
 
 def test_bootstrap_json_shapes() -> None:
-    doc = {"version": 1, "peers": [
-        {"peer_id": PID, "ws_url": "ws://a:1"},
-        {"peer_id": "other-format-id", "ws_url": "ws://b:2"},
-        {"no_url": True},
-        "c:3",
-        7,
-    ]}
+    doc = {
+        "version": 1,
+        "peers": [
+            {"peer_id": PID, "ws_url": "ws://a:1"},
+            {"peer_id": "other-format-id", "ws_url": "ws://b:2"},
+            {"no_url": True},
+            "c:3",
+            7,
+        ],
+    }
     assert parse_peer_list(doc) == [
         BootstrapPeer("ws://a:1/", bytes.fromhex(PID)),
         BootstrapPeer("ws://b:2/"),

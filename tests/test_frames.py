@@ -23,6 +23,7 @@ from peer._frames import (
 from peer._limits import (
     MAX_ADDR_BYTES,
     MAX_CAPS,
+    MAX_DHT_MESSAGE,
     MAX_ENVELOPE,
     MAX_IDS_PER_FRAME,
     MAX_INTEREST_HOPS,
@@ -60,6 +61,7 @@ def valid_fields() -> dict[str, dict[str, Any]]:
         "iwant": {"ids": [b"\x06" * 32]},
         "ping": {"n": 0},
         "pong": {"n": 2**64 - 1},
+        "dht": {"m": b"\xa0"},
     }
 
 
@@ -194,6 +196,9 @@ BAD: list[tuple[str, str, object, ErrorCode]] = [
     ("ping", "n", True, ErrorCode.MALFORMED),
     ("ping", "n", 1.0, ErrorCode.MALFORMED),
     ("pong", "n", "1", ErrorCode.MALFORMED),
+    # dht (its content is checked by dht.decode_message)
+    ("dht", "m", "text", ErrorCode.MALFORMED),
+    ("dht", "m", b"\x00" * (MAX_DHT_MESSAGE + 1), ErrorCode.TOO_LARGE),
 ]
 
 

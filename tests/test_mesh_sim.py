@@ -437,7 +437,8 @@ def assert_dms_sealed(sim: Sim) -> None:
         reader = sim.peers[recipient].identity
         assert open_dm(reader, carried).body == body
         carriers = [
-            i for i in range(N_PEERS)
+            i
+            for i in range(N_PEERS)
             if i not in (sender, recipient) and sim.peers[i].router.seen(mid)
         ]
         for i in carriers[:3]:

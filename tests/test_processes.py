@@ -31,8 +31,12 @@ def test_line_of_four_processes(tmp_path: Path) -> None:
     relay = start_peer(tmp_path, "R", "--relay-only", "--no-dht")
     wait_ready(relay)
     # the three forms of --bootstrap: a peer address, a bootstrap.json URL, a file
-    a = start_peer(tmp_path, "A", "--channel", "lobby", "--no-dht", bootstrap=f"{relay.ws_url}#{relay.peer_id}")
-    b = start_peer(tmp_path, "B", "--channel", "lobby", "--no-dht", bootstrap=f"{relay.api}/bootstrap.json")
+    a = start_peer(
+        tmp_path, "A", "--channel", "lobby", "--no-dht", bootstrap=f"{relay.ws_url}#{relay.peer_id}"
+    )
+    b = start_peer(
+        tmp_path, "B", "--channel", "lobby", "--no-dht", bootstrap=f"{relay.api}/bootstrap.json"
+    )
     with running(relay, a, b):
         wait_ready(a)
         wait_ready(b)
@@ -53,8 +57,10 @@ def test_line_of_four_processes(tmp_path: Path) -> None:
             assert status["peer_count"] == 2  # A and B only: the line holds
 
             # a channel message crosses the relay-only seed, then B
-            sent = a.post("/send", {"channel": "lobby", "body": "hello from A",
-                                    "payload": {"kind": "note", "n": 1}})
+            sent = a.post(
+                "/send",
+                {"channel": "lobby", "body": "hello from A", "payload": {"kind": "note", "n": 1}},
+            )
             assert sent.status_code == 200, sent.text
             msg_id = sent.json()["id"]
             for p in (b, c):
@@ -78,7 +84,9 @@ def test_line_of_four_processes(tmp_path: Path) -> None:
             dm = a.post("/send", {"to": c.peer_id, "content": "just for C"})
             assert dm.status_code == 200, dm.text
             got = _bodies(c, 1, peer=a.peer_id)
-            assert [(m["kind"], m["body"], m["from"]) for m in got] == [("dm", "just for C", a.peer_id)]
+            assert [(m["kind"], m["body"], m["from"]) for m in got] == [
+                ("dm", "just for C", a.peer_id)
+            ]
             # B relayed it but has no copy it can read
             assert all(m["kind"] != "dm" for m in b.get("/messages").json())
 

@@ -287,8 +287,12 @@ async def raw_client(port: int) -> AsyncIterator[RawClient]:
     try:
         async with trio.open_nursery() as nursery:
             ws = await trio_websocket.wrap_client_stream(
-                nursery, stream, f"127.0.0.1:{port}", "/",
-                message_queue_size=64, max_message_size=2 * MAX_RECORD,
+                nursery,
+                stream,
+                f"127.0.0.1:{port}",
+                "/",
+                message_queue_size=64,
+                max_message_size=2 * MAX_RECORD,
             )
             try:
                 yield RawClient(ws)
