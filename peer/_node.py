@@ -404,6 +404,18 @@ class Peer:
         learns who answered.
         """
         log = self.log.bind(remote=transport.remote, initiator=initiator)
+        if not initiator and len(self.links) >= self.options.max_links:
+            # refuse before proving anything, so the dialler does not count a link
+            self.counters.refuse(ErrorCode.TOO_LARGE)
+            log.info("no room for another link")
+            with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
+                await transport.send(
+                    encode_frame(
+                        "error", code=ErrorCode.TOO_LARGE.value, msg="no room for more links"
+                    )
+                )
+            await transport.aclose()
+            return None
         try:
             result = await self._handshake(transport, initiator, expect, log)
         except ProtocolError as exc:
