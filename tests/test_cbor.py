@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from peer import _cbor
 from peer._cbor import DEFAULT_MAX_ITEMS, MAX_DEPTH, count_items, decode, encode
 from peer._errors import ErrorCode, ProtocolError
+from tests._fuzz import fuzz_scale
 
 
 def refused(data: bytes, **kwargs: Any) -> ErrorCode:
@@ -284,7 +285,7 @@ def cbor_values(depth: int) -> st.SearchStrategy[object]:
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=fuzz_scale(300), deadline=None)
 @given(cbor_values(4))
 def test_random_values_round_trip(value: object) -> None:
     data = encode(value)
@@ -303,13 +304,13 @@ def _only_protocol_errors(data: bytes) -> None:
         assert encode(value) == data
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=fuzz_scale(500), deadline=None)
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     _only_protocol_errors(data)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=fuzz_scale(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cbor_values(3), st.data())
 def test_mutated_encodings_decode_or_raise_protocol_error(
     value: object, data: st.DataObject

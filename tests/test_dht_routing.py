@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from dht import Contact, ObserveKind, Refusal, RoutingTable, distance
 from dht._contact import address_range
+from tests._fuzz import fuzz_scale
 
 K = 20
 
@@ -47,7 +48,7 @@ def brute_force(contacts: list[Contact], target: bytes, n: int) -> list[bytes]:
 # -- the oracle ------------------------------------------------------------------------
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=fuzz_scale(60), deadline=None)
 @given(
     seed=st.integers(0, 2**32), size=st.integers(0, 1500), n=st.sampled_from([1, 3, 20, 57, 400])
 )

@@ -37,6 +37,7 @@ from dht import (
 )
 from peer._cbor import decode, encode
 from peer._errors import ErrorCode, ProtocolError
+from tests._fuzz import fuzz_scale
 
 
 def contact(i: int) -> Contact:
@@ -184,7 +185,7 @@ def test_error_text_is_truncated_on_encode() -> None:
 # -- fuzz ---------------------------------------------------------------------------------------
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=fuzz_scale(400), deadline=None)
 @given(data=st.binary(max_size=600))
 def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     try:
@@ -194,7 +195,7 @@ def test_any_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
     assert encode_message(msg) == data
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=fuzz_scale(400), deadline=None)
 @given(
     index=st.integers(0, len(EXAMPLES) - 1),
     pos=st.integers(0, 10_000),
@@ -217,7 +218,7 @@ def test_mutated_messages_decode_or_raise_protocol_error(
     assert encode_message(msg) == bytes(data)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=fuzz_scale(100), deadline=None)
 @given(
     m=st.dictionaries(
         st.sampled_from(

@@ -30,6 +30,7 @@ from peer._envelope import (
 from peer._errors import ErrorCode, ProtocolError
 from peer._identity import Identity
 from peer._limits import MAX_BODY_BYTES, MAX_ENVELOPE, MAX_PAYLOAD
+from tests._fuzz import fuzz_scale
 
 ENVELOPE_TAG = b"clawmesh/envelope/v1"
 MSG_ID_TAG = b"clawmesh/msg-id/v1"
@@ -272,7 +273,7 @@ payloads = st.recursive(
 )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=fuzz_scale(50), deadline=None)
 @given(payloads, st.text(max_size=50))
 def test_payload_round_trip(value: object, body: str) -> None:
     env = message(body, payload=encode(value))

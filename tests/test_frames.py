@@ -32,6 +32,7 @@ from peer._limits import (
     MAX_TEXT_FIELD,
     MAX_TOPICS_PER_FRAME,
 )
+from tests._fuzz import fuzz_scale
 
 PEER = bytes(range(32))
 HEX_ID = "ab" * 32
@@ -294,7 +295,7 @@ def test_empty_record() -> None:
     assert RecordBuffer().feed(frame_record(b"") * 3) == [b"", b"", b""]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=fuzz_scale(200), deadline=None)
 @given(st.lists(valid_frames(), max_size=12), st.integers(0, 2**32 - 1))
 def test_any_split_of_a_record_stream_gives_the_same_frames(frames: list[bytes], seed: int) -> None:
     stream = b"".join(frame_record(f) for f in frames)
@@ -311,7 +312,7 @@ def test_any_split_of_a_record_stream_gives_the_same_frames(frames: list[bytes],
     assert [decode_frame(r) for r in out] == [decode_frame(f) for f in frames]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=fuzz_scale(100), deadline=None)
 @given(st.lists(valid_frames(), min_size=1, max_size=6))
 def test_byte_at_a_time(frames: list[bytes]) -> None:
     stream = b"".join(frame_record(f) for f in frames)
@@ -348,7 +349,7 @@ def test_oversize_record_after_good_ones_in_the_same_chunk() -> None:
 # -- fuzz -------------------------------------------------------------------------------
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=fuzz_scale(600), deadline=None)
 @given(valid_frames(), st.data())
 def test_mutated_frames_decode_or_raise_protocol_error(raw: bytes, data: st.DataObject) -> None:
     mutated = bytearray(raw)

@@ -27,6 +27,7 @@ from peer._frames import Frame, decode_frame, encode_frame
 from peer._gossip import Action, Close, Deliver, GossipRouter, Send
 from peer._identity import Identity
 from peer._limits import MAX_TOPICS_PER_FRAME, MAX_TOPICS_PER_PEER, GossipParams
+from tests._fuzz import fuzz_scale
 
 WALL0 = 1_700_000_000_000  # wall clock at the start of every test, ms
 TOPIC = "general"
@@ -724,7 +725,7 @@ def test_ping_is_answered_with_the_same_number() -> None:
 # -- a property over random meshes ------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=fuzz_scale(25), deadline=None)
 @given(st.integers(0, 2**32 - 1))
 def test_random_meshes_deliver_every_message_exactly_once(seed: int) -> None:
     rng = random.Random(seed)

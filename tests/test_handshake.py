@@ -22,6 +22,7 @@ from peer._errors import ErrorCode, ProtocolError
 from peer._frames import decode_frame, encode_frame
 from peer._handshake import Handshake, HandshakeResult, LinkCipher, SelfConnection
 from peer._identity import Identity
+from tests._fuzz import fuzz_scale
 
 TRANSCRIPT_TAG = b"clawmesh/handshake/v1"
 INITIATOR_TAG = b"clawmesh/auth/initiator/v1"
@@ -466,7 +467,7 @@ def mutate(record: bytes, data: st.DataObject) -> bytes:
     return bytes(out)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=fuzz_scale(300), deadline=None)
 @given(st.integers(0, 3), st.data())
 def test_mutated_handshake_records_raise_only_protocol_error(
     index: int, data: st.DataObject

@@ -1,0 +1,84 @@
+"""Smoke test of the benchmark harness: ``python -m bench --quick`` end to end.
+
+Runs the seconds-long version against every system this machine has (always
+the clawmesh relay and the raw WebSocket forwarder; NATS and Redis only if
+their binaries are installed) and checks what a run must leave behind: a
+results.json with every scenario, positive delivery counts, and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench._report import have_matplotlib
+from bench._systems import registry
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _available() -> list[str]:
+    names = []
+    for name, system in registry().items():
+        if name in ("clawmesh", "ws-raw") or system.unavailable() is None:
+            names.append(name)
+    return names
+
+
+def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
+    systems = _available()
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--systems", ",".join(systems),
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "1. relay fan-out" in proc.stdout
+    assert "deliveries/s" in proc.stdout
+
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["machine"]["cores"] >= 1
+    assert doc["machine"]["packages"]["trio"]
+    scenarios = doc["scenarios"]
+    assert set(scenarios) == {"fanout", "latency", "catchup", "dht", "footprint"}
+
+    fanout = scenarios["fanout"]
+    assert fanout["status"] == "ok"
+    rows = {r["system"]: r for r in fanout["results"]}
+    for name in systems:
+        row = rows[name]
+        assert "error" not in row, row
+        assert row["delivered"] > 0
+        assert row["delivered"] == row["expected"], row
+        assert row["deliveries_per_s"] > 0
+
+    latency = scenarios["latency"]
+    assert latency["status"] == "ok"
+    for row in latency["results"]:
+        assert "error" not in row, row
+        assert row["delivered"] > 0
+        assert row["latency_ms"]["p50"] > 0
+
+    footprint = scenarios["footprint"]
+    assert {r["system"] for r in footprint["results"]} == set(systems)
+    assert all(r["rss_with_links_kib"] > 0 for r in footprint["results"])
+
+    drawn = ["fanout", "latency", "footprint"]
+    for name in ("catchup", "dht"):
+        status = scenarios[name]["status"]
+        assert status in ("ok", "not-available"), scenarios[name]
+        if status == "not-available":
+            assert scenarios[name]["reason"]
+        else:
+            assert all(r["lookups"] > 0 and r["success"] > 0 for r in scenarios[name]["results"])
+            drawn.append(name)
+
+    if not have_matplotlib():  # plots need the bench extra; everything else ran
+        return
+    assert sorted(doc["plots"]) == sorted(drawn)
+    for name in drawn:
+        png = out / f"{name}.png"
+        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
