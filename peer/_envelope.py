@@ -270,8 +270,11 @@ def open_envelope(
         raise ProtocolError(ErrorCode.MALFORMED, f"unknown message kind {kind!r:.40}")
     extra = fields.keys() - _SIGNED_KEYS[kind]
     if extra:
-        raise ProtocolError(ErrorCode.MALFORMED, f"unknown envelope fields {sorted(extra)!r:.80}")
-    if fields.get("v") != 1:
+        raise ProtocolError(
+            ErrorCode.MALFORMED, f"unknown envelope fields {sorted(extra, key=repr)!r:.80}"
+        )
+    version = fields.get("v")
+    if type(version) is not int or version != 1:
         raise ProtocolError(ErrorCode.VERSION, "unknown envelope version")
     key = need_bytes(fields, "from", 32)
     need_uint(fields, "seq")

@@ -110,10 +110,15 @@ def need_topic(value: object) -> str:
     return value
 
 
+def clip_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, never inside a character."""
+    return text.encode()[:max_bytes].decode(errors="ignore")
+
+
 def _only_keys(m: Map, allowed: frozenset[str]) -> None:
     extra = m.keys() - allowed
     if extra:
-        raise _fail(f"unknown fields {sorted(extra)!r:.80}")
+        raise _fail(f"unknown fields {sorted(extra, key=repr)!r:.80}")
 
 
 # -- per-type validators -------------------------------------------------------

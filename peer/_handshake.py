@@ -49,8 +49,10 @@ Random = Callable[[int], bytes]
 class SelfConnection(ProtocolError):
     """We dialled an address that turned out to be ourselves."""
 
+    MESSAGE = "connected to ourselves"
+
     def __init__(self) -> None:
-        super().__init__(ErrorCode.AUTH, "connected to ourselves")
+        super().__init__(ErrorCode.AUTH, self.MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,11 @@ class Handshake:
             raise ProtocolError(ErrorCode.TOO_LARGE, "handshake record too large")
         frame = decode_frame(record, MAX_HANDSHAKE_RECORD)
         if frame.type == "error":
+            if (frame.fields["code"], frame.fields["msg"]) == (
+                ErrorCode.AUTH.value,
+                SelfConnection.MESSAGE,
+            ):
+                raise SelfConnection()  # we dialled our own address
             raise ProtocolError(
                 ErrorCode.UNEXPECTED,
                 f"peer refused: {frame.fields['code']}: {frame.fields['msg']}",

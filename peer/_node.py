@@ -44,7 +44,7 @@ from ._envelope import (
     seal_presence,
 )
 from ._errors import ErrorCode, ProtocolError
-from ._frames import decode_frame, encode_frame, is_topic
+from ._frames import clip_utf8, decode_frame, encode_frame, is_topic
 from ._gossip import Close, Deliver, GossipRouter, Send, Upcall
 from ._handshake import Handshake, HandshakeResult, LinkCipher, SelfConnection
 from ._identity import Identity
@@ -159,7 +159,9 @@ class Link:
         with contextlib.suppress(
             trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
         ):
-            self.send_channel.send_nowait(encode_frame("error", code=code.value, msg=reason[:200]))
+            self.send_channel.send_nowait(
+                encode_frame("error", code=code.value, msg=clip_utf8(reason, 200))
+            )
         self.send_channel.close()
         self.scope.deadline = min(self.scope.deadline, trio.current_time() + 2.0)
 
@@ -467,7 +469,9 @@ class Peer:
                 if exc.code is not ErrorCode.UNEXPECTED or "peer refused" not in exc.message:
                     with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                         await transport.send(
-                            encode_frame("error", code=exc.code.value, msg=exc.message[:200])
+                            encode_frame(
+                                "error", code=exc.code.value, msg=clip_utf8(exc.message, 200)
+                            )
                         )
                 raise
         assert hs.result is not None
