@@ -16,6 +16,10 @@ The item count is checked by a cheap header scan before cbor2 builds any
 object: a megabyte of empty arrays would otherwise cost tens of megabytes of
 Python objects. Byte and text string contents are skipped in O(1), so a large
 envelope carried as a byte string scans in a handful of steps.
+
+:func:`bstr_at` reads one canonical byte-string header in place: the fast
+paths for the hottest shapes (the ``pub`` frame, the envelope array) check
+their exact canonical bytes with it and hand anything else to :func:`decode`.
 """
 
 from __future__ import annotations
@@ -117,6 +121,39 @@ def count_items(data: bytes, max_items: int) -> int:
     if pos != end:
         raise ProtocolError(ErrorCode.MALFORMED, "trailing bytes after CBOR item")
     return items
+
+
+def bstr_at(data: bytes, pos: int) -> tuple[int, int] | None:
+    """The ``(start, end)`` of the byte string whose header is at ``data[pos]``.
+
+    None unless the header is a definite-length byte string in its shortest
+    (canonical) form and its contents fit in ``data``.
+    """
+    end = len(data)
+    if pos >= end:
+        return None
+    initial = data[pos]
+    if initial < 0x40 or initial > 0x5A:
+        return None
+    if initial < 0x58:
+        start, size = pos + 1, initial - 0x40
+    elif initial == 0x58:
+        start, size = pos + 2, data[pos + 1] if pos + 1 < end else 0
+        if size < 24:
+            return None
+    elif initial == 0x59:
+        start = pos + 3
+        size = int.from_bytes(data[pos + 1 : start], "big")
+        if size < 0x100 or start > end:
+            return None
+    else:  # 0x5A
+        start = pos + 5
+        size = int.from_bytes(data[pos + 1 : start], "big")
+        if size < 0x10000 or start > end:
+            return None
+    if start + size > end:
+        return None
+    return start, start + size
 
 
 def decode(data: bytes, *, max_items: int = DEFAULT_MAX_ITEMS) -> Any:

@@ -128,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-json", action="store_true", help="log JSON lines instead of key=value")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    bench = p.add_argument_group("benchmarks only (UNSAFE: never use these in production)")
+    bench.add_argument(
+        "--bench-no-verify",
+        action="store_true",
+        help="for benchmarks only, unsafe: do not check envelope signatures (forged "
+        "messages are relayed); shows what verification costs",
+    )
+    bench.add_argument(
+        "--bench-plaintext-links",
+        action="store_true",
+        help="for benchmarks only, unsafe: offer the bench-plaintext capability and send "
+        "links unencrypted when the other side offers it too",
+    )
     p.set_defaults(env_bootstrap=env_bootstrap)
     return p
 
@@ -218,6 +231,8 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
         max_links=args.max_links,
         dht=not args.no_dht,
         max_links_per_ip=args.max_links_per_ip,
+        bench_no_verify=args.bench_no_verify,
+        bench_plaintext_links=args.bench_plaintext_links,
     )
     peer = Peer(identity, options)
     api_url: str | None = None

@@ -117,8 +117,10 @@ class GossipRouter:
         rng: random.Random | None = None,
         keepalive: float = 15.0,
         idle_timeout: float = 45.0,
+        verify: bool = True,
     ) -> None:
         self.me = me
+        self.verify = verify  # False only for --bench-no-verify
         self.relay = relay
         self.params = params or GossipParams()
         self._rng = rng or random.Random()
@@ -294,7 +296,7 @@ class GossipRouter:
         if mid in self._seen:
             self.stats.duplicates += 1
             return []
-        env = open_envelope(wire, signed=signed, sig=sig)
+        env = open_envelope(wire, signed=signed, sig=sig, verify=self.verify)
         p = self.params
         if env.ts < wall_ms - p.max_age * 1000 or env.ts > wall_ms + p.max_skew * 1000:
             self.stats.stale += 1

@@ -15,6 +15,11 @@ Each signature is domain-separated by role, so a peer's proof cannot be
 reflected back to it. After step 3 every record is a ChaCha20-Poly1305
 ciphertext under per-direction keys derived from the X25519 secret and the
 transcript hash, with a 64-bit counter as nonce.
+
+For benchmarks only, a peer started with ``--bench-plaintext-links`` offers
+the ``bench-plaintext`` capability; when both hellos carry it, records after
+the handshake are sent unencrypted (:class:`PlaintextCipher`). A peer that
+does not offer it never agrees to that.
 """
 
 from __future__ import annotations
@@ -34,6 +39,12 @@ from nacl.bindings import (
 )
 from nacl.exceptions import CryptoError
 
+try:  # libsodium through PyNaCl's cffi module: the AEAD without its per-call checks
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - a PyNaCl without it: use the checked bindings
+    _ffi = _lib = None
+
 from ._errors import ErrorCode, ProtocolError
 from ._frames import Map, decode_frame, encode_frame
 from ._identity import Identity, peer_id_of, verify_signature
@@ -42,6 +53,7 @@ from ._limits import MAX_HANDSHAKE_RECORD, PROTOCOL_VERSIONS
 TRANSCRIPT_TAG = b"clawmesh/handshake/v1"
 AUTH_TAG = {"initiator": b"clawmesh/auth/initiator/v1", "responder": b"clawmesh/auth/responder/v1"}
 AGENT = "clawmesh/0.1"
+PLAINTEXT_CAP = "bench-plaintext"  # benchmarks only: see the module docstring
 
 Random = Callable[[int], bytes]
 
@@ -210,6 +222,7 @@ class Handshake:
         i2r = _kdf(shared, self._transcript, b"i2r")
         r2i = _kdf(shared, self._transcript, b"r2i")
         send, recv = (i2r, r2i) if self.initiator else (r2i, i2r)
+        plaintext = PLAINTEXT_CAP in self._caps and PLAINTEXT_CAP in hello["caps"]
         self.result = HandshakeResult(
             peer_id=hello["id"],
             public_key=hello["pk"],
@@ -218,7 +231,7 @@ class Handshake:
             listen=tuple(hello["listen"]),
             agent=hello["agent"],
             transcript_hash=self._transcript,
-            cipher=LinkCipher(send, recv),
+            cipher=PlaintextCipher() if plaintext else LinkCipher(send, recv),
         )
         self._state = _State.DONE
 
@@ -235,31 +248,85 @@ def _kdf(shared: bytes, transcript: bytes, label: bytes) -> bytes:
     return hashlib.blake2b(label + transcript, key=shared, digest_size=32).digest()
 
 
+_NONCE = struct.Struct("<4xQ")  # 4 zero bytes, then the record counter little-endian
+_TAG_BYTES = 16
+
+
 class LinkCipher:
     """ChaCha20-Poly1305 for one link, a key and a counter per direction."""
 
     __slots__ = ("_recv_key", "_recv_n", "_send_key", "_send_n")
 
     def __init__(self, send_key: bytes, recv_key: bytes) -> None:
+        if len(send_key) != 32 or len(recv_key) != 32:
+            raise ValueError("link keys are 32 bytes")
         self._send_key = send_key
         self._recv_key = recv_key
         self._send_n = 0
         self._recv_n = 0
 
     def seal(self, plaintext: bytes) -> bytes:
-        nonce = b"\x00\x00\x00\x00" + self._send_n.to_bytes(8, "little")
+        nonce = _NONCE.pack(self._send_n)
         self._send_n += 1
-        return bytes(
-            crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, None, nonce, self._send_key)
+        if _lib is None:  # pragma: no cover
+            return bytes(
+                crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, None, nonce, self._send_key)
+            )
+        size = len(plaintext) + _TAG_BYTES
+        out = _ffi.new("unsigned char[]", size)
+        _lib.crypto_aead_chacha20poly1305_ietf_encrypt(
+            out,
+            _ffi.NULL,
+            plaintext,
+            len(plaintext),
+            _ffi.NULL,
+            0,
+            _ffi.NULL,
+            nonce,
+            self._send_key,
         )
+        return bytes(_ffi.buffer(out, size))
 
     def open(self, ciphertext: bytes) -> bytes:
-        nonce = b"\x00\x00\x00\x00" + self._recv_n.to_bytes(8, "little")
-        try:
-            plaintext = crypto_aead_chacha20poly1305_ietf_decrypt(
-                ciphertext, None, nonce, self._recv_key
-            )
-        except (CryptoError, ValueError, TypeError):
-            raise ProtocolError(ErrorCode.DECRYPT, "record does not decrypt") from None
+        nonce = _NONCE.pack(self._recv_n)
+        if _lib is None or len(ciphertext) < _TAG_BYTES:  # pragma: no cover
+            try:
+                plaintext = crypto_aead_chacha20poly1305_ietf_decrypt(
+                    ciphertext, None, nonce, self._recv_key
+                )
+            except (CryptoError, ValueError, TypeError):
+                raise ProtocolError(ErrorCode.DECRYPT, "record does not decrypt") from None
+            self._recv_n += 1
+            return bytes(plaintext)
+        size = len(ciphertext) - _TAG_BYTES
+        out = _ffi.new("unsigned char[]", max(size, 1))
+        failed = _lib.crypto_aead_chacha20poly1305_ietf_decrypt(
+            out,
+            _ffi.NULL,
+            _ffi.NULL,
+            ciphertext,
+            len(ciphertext),
+            _ffi.NULL,
+            0,
+            nonce,
+            self._recv_key,
+        )
+        if failed:
+            raise ProtocolError(ErrorCode.DECRYPT, "record does not decrypt")
         self._recv_n += 1
-        return bytes(plaintext)
+        return bytes(_ffi.buffer(out, size))
+
+
+class PlaintextCipher(LinkCipher):
+    """Benchmarks only: records pass unencrypted (both sides offered ``bench-plaintext``)."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(bytes(32), bytes(32))
+
+    def seal(self, plaintext: bytes) -> bytes:
+        return plaintext
+
+    def open(self, ciphertext: bytes) -> bytes:
+        return ciphertext

@@ -46,17 +46,26 @@ from ._envelope import (
 from ._errors import ErrorCode, ProtocolError
 from ._frames import clip_utf8, decode_frame, encode_frame, is_topic
 from ._gossip import Close, Deliver, GossipRouter, Send, Upcall
-from ._handshake import Handshake, HandshakeResult, LinkCipher, SelfConnection
+from ._handshake import PLAINTEXT_CAP, Handshake, HandshakeResult, LinkCipher, SelfConnection
 from ._identity import Identity
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
 from ._limits import MAX_RECORD, GossipParams
-from ._transport import StreamTransport, Transport, TransportClosed, WebSocketTransport
+from ._transport import (
+    RECEIVE_BUFFER,
+    StreamTransport,
+    Transport,
+    TransportClosed,
+    WebSocketTransport,
+)
 
 SEND_QUEUE = 4096  # records waiting for a slow link before it is dropped
 HANDSHAKE_TIMEOUT = 10.0
 PRESENCE_INTERVAL = 60.0
 PRESENCE_DEBOUNCE = 5.0
 ONLINE_WINDOW_MS = int(2.5 * PRESENCE_INTERVAL * 1000)
+WRITE_BATCH = 256  # records a writer sends with one write, at most
+WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
+WRITE_YIELDS = 8  # scheduler turns a writer waits for more frames while they keep coming
 _INTEREST_FRAMES = frozenset({"sub", "unsub"})
 _LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -86,6 +95,10 @@ class PeerOptions:
     dht: bool = True
     dht_config: DhtConfig = field(default_factory=DhtConfig)
     providers_to_link: int = 3  # carriers of a channel we link to when we subscribe
+    # benchmarks only, unsafe: skip the relay's envelope signature checks, and
+    # offer unencrypted links (used only if the other side offers them too)
+    bench_no_verify: bool = False
+    bench_plaintext_links: bool = False
 
     def caps_for(self, serving_dht: bool) -> tuple[str, ...]:
         caps = ["relay"] if self.relay else []
@@ -93,6 +106,8 @@ class PeerOptions:
             caps.append("relay-only")
         if serving_dht:
             caps.append("dht")
+        if self.bench_plaintext_links:
+            caps.append(PLAINTEXT_CAP)
         return tuple(caps)
 
     @property
@@ -182,6 +197,7 @@ class Peer:
             rng=random.Random(self._rng.random()),
             keepalive=self.options.keepalive,
             idle_timeout=self.options.idle_timeout,
+            verify=not self.options.bench_no_verify,
         )
         self.inbox = Inbox(self.options.inbox_capacity)
         self.directory = Directory()
@@ -241,6 +257,12 @@ class Peer:
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._presence_loop)
             self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
+            if self.options.bench_no_verify or self.options.bench_plaintext_links:
+                self.log.warning(
+                    "benchmark-only flags on: UNSAFE, never use in production",
+                    no_verify=self.options.bench_no_verify,
+                    plaintext_links=self.options.bench_plaintext_links,
+                )
             task_status.started()
 
     @property
@@ -556,10 +578,39 @@ class Peer:
             await link.transport.send(link.cipher.seal(frame))
 
     async def _writer(self, link: Link, scope: trio.CancelScope) -> None:
+        """Send what is queued for ``link``: each wake-up drains a batch, one write."""
+        seal = link.cipher.seal
+        receive = link.receive_channel.receive
+        receive_nowait = link.receive_channel.receive_nowait
+        send_many = link.transport.send_many
         try:
-            async for frame in link.receive_channel:
-                await link.transport.send(link.cipher.seal(frame))
-                link.frames_out += 1
+            while True:
+                try:
+                    frame = await receive()
+                except trio.EndOfChannel:
+                    break
+                batch = [seal(frame)]
+                size = len(frame)
+                yields, got = 0, False
+                while len(batch) < WRITE_BATCH and size < WRITE_BATCH_BYTES:
+                    try:
+                        frame = receive_nowait()
+                    except trio.WouldBlock:
+                        # While frames keep coming (the reader is busy), give it
+                        # a few turns before writing: one write for many frames.
+                        if yields >= WRITE_YIELDS or (yields and not got):
+                            break
+                        yields += 1
+                        got = False
+                        await trio.lowlevel.checkpoint()
+                        continue
+                    except trio.EndOfChannel:
+                        break
+                    got = True
+                    batch.append(seal(frame))
+                    size += len(frame)
+                await send_many(batch)
+                link.frames_out += len(batch)
         except TransportClosed:
             pass
         scope.cancel()
@@ -872,6 +923,7 @@ class Peer:
                         resource,
                         max_message_size=MAX_RECORD + 1024,
                         message_queue_size=64,
+                        receive_buffer_size=RECEIVE_BUFFER,
                     )
                 result = await self.run_link(WebSocketTransport(ws, url), True, expect, on_up)
                 nursery.cancel_scope.cancel()
@@ -942,6 +994,7 @@ async def _serve_ws(
         max_message_size=MAX_RECORD + 1024,
         connect_timeout=HANDSHAKE_TIMEOUT,
         disconnect_timeout=2,
+        receive_buffer_size=RECEIVE_BUFFER,
     )
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
