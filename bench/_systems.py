@@ -177,6 +177,10 @@ class Clawmesh(System):
                     cmd += ["--max-links", str(env.max_links)]
                 if previous is not None:
                     cmd += ["--bootstrap", previous]
+                if relays > 1:
+                    # a line must stay a line: without this the relays find each
+                    # other through the DHT, link up, and every message arrives twice
+                    cmd += ["--no-dht"]
                 child = await Child.start(env.nursery, f"{self.name}-relay{i}", cmd, env.logs)
                 children.append(child)
                 await child.wait_line("clawmesh", START_TIMEOUT)

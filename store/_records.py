@@ -1,0 +1,348 @@
+"""What the message store keeps, and how it lays it out in LMDB.
+
+This module is pure data: the public value types, the limits on their sizes,
+the key and record encodings of every named database, and the range
+arithmetic on seen sender sequences. It opens no environment and runs no
+transaction (``_Head.load`` reads inside a transaction its caller owns).
+
+Layout (named databases; integers are unsigned 64-bit big-endian, so byte
+order is numeric order; ``topic`` and names are UTF-8 without NUL):
+
+``log``      ``topic 00 seq`` -> CBOR ``[msg_id, sender, sender_seq, ts, received_ms, wire]``
+``heads``    ``topic`` -> CBOR ``[next_seq, first_seq, count, bytes]``
+``ids``      ``msg_id`` -> log key
+``senders``  ``sender sender_seq msg_id`` -> log key
+``seen``     ``sender topic 00 start`` -> ``end``: sender sequences received (inclusive ranges)
+``seen_n``   ``sender topic`` -> number of ranges in ``seen`` for that pair
+``cursors``  ``name 00 topic`` -> seq
+``state``    ``key`` -> opaque bytes
+``outbox``   ``msg_id`` -> CBOR ``[recipient, wire, next_try_ms, deadline_ms, attempts]``
+``due``      ``next_try_ms msg_id`` -> empty
+``deadline`` ``deadline_ms msg_id`` -> empty
+``dead``     ``msg_id`` -> CBOR ``[recipient, wire, attempts, failed_ms, reason]``
+``meta``     ``b"schema"`` -> schema version
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import cbor2
+import lmdb
+
+from ._errors import StoreCorrupt
+
+MAX_TOPIC_BYTES = 255
+MAX_NAME_BYTES = 255
+MAX_ID_BYTES = 32
+DEFAULT_MAX_RECORD = 1024 * 1024
+MAX_STATE_VALUE = 256 * 1024
+MAX_REASON_CHARS = 200
+MAX_PAGE = 10_000
+DEFAULT_MAX_SEEN_RANGES = 256
+U64_MAX = (1 << 64) - 1
+
+_U64 = struct.Struct(">Q")
+_DB_NAMES = (
+    "log", "heads", "ids", "senders", "seen", "seen_n", "cursors", "state",
+    "outbox", "due", "deadline", "dead", "meta",
+)
+
+
+# -- values -------------------------------------------------------------------
+
+
+class EnvelopeLike(Protocol):
+    """What :meth:`AppendItem.from_envelope` needs of a verified envelope."""
+
+    @property
+    def id(self) -> bytes: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def sender(self) -> bytes: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def ts(self) -> int: ...
+    @property
+    def wire(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AppendItem:
+    """One message to append to ``topic``'s log."""
+
+    msg_id: bytes
+    topic: str
+    sender: bytes
+    sender_seq: int
+    ts: int
+    wire: bytes
+    received_ms: int
+
+    @classmethod
+    def from_envelope(
+        cls, env: EnvelopeLike, *, received_ms: int, topic: str | None = None
+    ) -> AppendItem:
+        return cls(
+            msg_id=env.id,
+            topic=env.topic if topic is None else topic,
+            sender=env.sender,
+            sender_seq=env.seq,
+            ts=env.ts,
+            wire=env.wire,
+            received_ms=received_ms,
+        )
+
+    def check(self, max_record: int = DEFAULT_MAX_RECORD) -> None:
+        """Raise ValueError unless this item can be stored."""
+        _check_id(self.msg_id, "msg_id")
+        _check_id(self.sender, "sender")
+        _topic_key(self.topic)
+        for name in ("sender_seq", "ts", "received_ms"):
+            _check_u64(getattr(self, name), name)
+        if not isinstance(self.wire, bytes):
+            raise ValueError("wire must be bytes")
+        if len(self.wire) > max_record:
+            raise ValueError(f"record of {len(self.wire)} bytes over {max_record}")
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where a message is stored; ``duplicate`` if it was stored before."""
+
+    msg_id: bytes
+    topic: str
+    seq: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    topic: str
+    seq: int
+    msg_id: bytes
+    sender: bytes
+    sender_seq: int
+    ts: int
+    received_ms: int
+    wire: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TopicHead:
+    """A topic's log: records ``first_seq .. next_seq - 1`` are stored."""
+
+    topic: str
+    next_seq: int = 1
+    first_seq: int = 1
+    count: int = 0
+    total_bytes: int = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self.next_seq - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionResult:
+    deleted: int
+    freed_bytes: int
+    done: bool  # False: more records are due; call again
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    msg_id: bytes
+    recipient: bytes
+    wire: bytes
+    next_try_ms: int
+    deadline_ms: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    msg_id: bytes
+    recipient: bytes
+    wire: bytes
+    attempts: int
+    failed_ms: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    path: str
+    map_size: int
+    max_map_size: int
+    used_bytes: int
+    topics: int
+    messages: int
+    message_bytes: int
+    outbox: int
+    dead_letters: int
+    commits: int
+    map_grows: int
+
+
+# -- keys and records -------------------------------------------------------------
+
+
+def _check_u64(value: object, name: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= U64_MAX:
+        raise ValueError(f"{name} must be an unsigned 64-bit integer")
+
+
+def _check_id(value: object, name: str) -> None:
+    if not isinstance(value, bytes) or len(value) != MAX_ID_BYTES:
+        raise ValueError(f"{name} must be {MAX_ID_BYTES} bytes")
+
+
+def _name_key(name: str, what: str, limit: int = MAX_NAME_BYTES) -> bytes:
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"{what} must be a non-empty string without NUL")
+    raw = name.encode("utf-8")
+    if len(raw) > limit:
+        raise ValueError(f"{what} of {len(raw)} bytes over {limit}")
+    return raw
+
+
+def _topic_key(topic: str) -> bytes:
+    return _name_key(topic, "topic", MAX_TOPIC_BYTES)
+
+
+def _u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def _log_key(topic_key: bytes, seq: int) -> bytes:
+    return topic_key + b"\x00" + _U64.pack(seq)
+
+
+def _split_log_key(key: bytes) -> tuple[str, int]:
+    if len(key) < 10 or key[-9] != 0:
+        raise StoreCorrupt(f"bad log key {key[:40]!r}")
+    return key[:-9].decode("utf-8"), _U64.unpack(key[-8:])[0]
+
+
+def _loads(data: bytes, size: int, what: str) -> list[Any]:
+    try:
+        obj = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several types on bad input
+        raise StoreCorrupt(f"{what} does not decode: {exc}") from None
+    if not isinstance(obj, list) or len(obj) != size:
+        raise StoreCorrupt(f"{what} is not a {size}-item array")
+    return obj
+
+
+def _need(obj: object, kind: type, what: str) -> Any:
+    if not isinstance(obj, kind) or isinstance(obj, bool):
+        raise StoreCorrupt(f"{what} has a field of type {type(obj).__name__}")
+    return obj
+
+
+def _encode_record(item: AppendItem) -> bytes:
+    return cbor2.dumps(
+        [item.msg_id, item.sender, item.sender_seq, item.ts, item.received_ms, item.wire]
+    )
+
+
+def _decode_record(key: bytes, value: bytes) -> StoredMessage:
+    topic, seq = _split_log_key(key)
+    f = _loads(value, 6, "log record")
+    msg = StoredMessage(
+        topic=topic,
+        seq=seq,
+        msg_id=_need(f[0], bytes, "log record"),
+        sender=_need(f[1], bytes, "log record"),
+        sender_seq=_need(f[2], int, "log record"),
+        ts=_need(f[3], int, "log record"),
+        received_ms=_need(f[4], int, "log record"),
+        wire=_need(f[5], bytes, "log record"),
+    )
+    if len(msg.msg_id) != MAX_ID_BYTES or len(msg.sender) != MAX_ID_BYTES:
+        raise StoreCorrupt("log record ids have the wrong length")
+    return msg
+
+
+@dataclass(slots=True)
+class _Head:
+    next_seq: int = 1
+    first_seq: int = 1
+    count: int = 0
+    total_bytes: int = 0
+
+    def encode(self) -> bytes:
+        return cbor2.dumps([self.next_seq, self.first_seq, self.count, self.total_bytes])
+
+    @classmethod
+    def decode(cls, value: bytes) -> _Head:
+        f = _loads(value, 4, "topic head")
+        return cls(*(_need(x, int, "topic head") for x in f))
+
+    @classmethod
+    def load(cls, txn: lmdb.Transaction[bytes], heads: lmdb._Database, tkey: bytes) -> _Head:
+        """The head of topic key ``tkey`` in the ``heads`` database (empty if none)."""
+        raw = txn.get(tkey, db=heads)
+        return cls() if raw is None else cls.decode(raw)
+
+    def public(self, topic: str) -> TopicHead:
+        return TopicHead(topic, self.next_seq, self.first_seq, self.count, self.total_bytes)
+
+
+def _decode_outbox(msg_id: bytes, value: bytes) -> OutboxEntry:
+    f = _loads(value, 5, "outbox entry")
+    return OutboxEntry(
+        msg_id=msg_id,
+        recipient=_need(f[0], bytes, "outbox entry"),
+        wire=_need(f[1], bytes, "outbox entry"),
+        next_try_ms=_need(f[2], int, "outbox entry"),
+        deadline_ms=_need(f[3], int, "outbox entry"),
+        attempts=_need(f[4], int, "outbox entry"),
+    )
+
+
+def _encode_outbox(e: OutboxEntry) -> bytes:
+    return cbor2.dumps([e.recipient, e.wire, e.next_try_ms, e.deadline_ms, e.attempts])
+
+
+def _decode_dead(msg_id: bytes, value: bytes) -> DeadLetter:
+    f = _loads(value, 5, "dead letter")
+    return DeadLetter(
+        msg_id=msg_id,
+        recipient=_need(f[0], bytes, "dead letter"),
+        wire=_need(f[1], bytes, "dead letter"),
+        attempts=_need(f[2], int, "dead letter"),
+        failed_ms=_need(f[3], int, "dead letter"),
+        reason=_need(f[4], str, "dead letter"),
+    )
+
+
+def _encode_dead(d: DeadLetter) -> bytes:
+    return cbor2.dumps([d.recipient, d.wire, d.attempts, d.failed_ms, d.reason])
+
+
+# -- seen ranges -------------------------------------------------------------------
+
+
+def merge_ranges(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sort inclusive ranges and merge the ones that overlap or touch."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def gaps_between(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The inclusive ranges missing between sorted, merged ``ranges``."""
+    return [(a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(ranges)]

@@ -1,0 +1,104 @@
+"""Retention: deleting the oldest records of a topic once it is over a limit.
+
+``_Retention`` is a part of :class:`~store._log.MessageStore`. It only ever
+removes a topic's oldest records, so the records left stay one contiguous
+range ``first_seq .. next_seq - 1``, and it writes with ``reserve=True`` so a
+full store can still be trimmed. Which topics to keep and for how long is
+decided in ``store._policy``.
+"""
+
+from __future__ import annotations
+
+import lmdb
+
+from ._env import _StoreEnv
+from ._errors import StoreCorrupt
+from ._records import (
+    RetentionResult,
+    StoredMessage,
+    _decode_record,
+    _Head,
+    _log_key,
+    _topic_key,
+    _u64,
+)
+
+
+class _Retention(_StoreEnv):
+    """``apply_retention``: bounded deletes from the old end of a topic's log."""
+
+    def apply_retention(
+        self,
+        topic: str,
+        *,
+        now_ms: int,
+        max_age_ms: int | None = None,
+        max_bytes: int | None = None,
+        max_count: int | None = None,
+        budget: int = 256,
+    ) -> RetentionResult:
+        """Delete at most ``budget`` of the oldest records of ``topic`` that are
+        over a limit: older than ``max_age_ms`` (by ``received_ms``), or while
+        the topic holds more than ``max_bytes`` of wire bytes or more than
+        ``max_count`` records. One short write transaction, and none at all when
+        nothing is due, so a sweep over many topics never stops the world.
+        """
+        tkey = _topic_key(topic)
+        if budget < 1:
+            raise ValueError("budget must be >= 1")
+        for name, limit in (("max_age_ms", max_age_ms), ("max_bytes", max_bytes),
+                            ("max_count", max_count)):
+            if limit is not None and limit < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+        def over(head: _Head, oldest: StoredMessage | None) -> bool:
+            if head.count == 0:
+                return False
+            if max_count is not None and head.count > max_count:
+                return True
+            if max_bytes is not None and head.total_bytes > max_bytes:
+                return True
+            return (
+                max_age_ms is not None
+                and oldest is not None
+                and now_ms - oldest.received_ms > max_age_ms
+            )
+
+        def oldest_of(txn: lmdb.Transaction[bytes], head: _Head) -> StoredMessage | None:
+            if head.count == 0:
+                return None
+            key = _log_key(tkey, head.first_seq)
+            value = txn.get(key, db=self._log)
+            if value is None:
+                raise StoreCorrupt(f"{topic}: first record {head.first_seq} is missing")
+            return _decode_record(key, value)
+
+        def due(txn: lmdb.Transaction[bytes]) -> bool:
+            head = _Head.load(txn, self._heads, tkey)
+            return over(head, oldest_of(txn, head))
+
+        if not self._read(due):
+            return RetentionResult(0, 0, True)
+
+        def op(txn: lmdb.Transaction[bytes]) -> RetentionResult:
+            head = _Head.load(txn, self._heads, tkey)
+            deleted = freed = 0
+            oldest = oldest_of(txn, head)
+            while deleted < budget and over(head, oldest):
+                assert oldest is not None
+                txn.delete(_log_key(tkey, oldest.seq), db=self._log)
+                txn.delete(oldest.msg_id, db=self._ids)
+                skey = oldest.sender + _u64(oldest.sender_seq) + oldest.msg_id
+                txn.delete(skey, db=self._senders)
+                head.count -= 1
+                head.total_bytes -= len(oldest.wire)
+                head.first_seq = oldest.seq + 1
+                deleted += 1
+                freed += len(oldest.wire)
+                oldest = oldest_of(txn, head)
+            if head.count == 0:
+                head.first_seq = head.next_seq
+            txn.put(tkey, head.encode(), db=self._heads)
+            return RetentionResult(deleted, freed, not over(head, oldest))
+
+        return self._write(op, reserve=True)
