@@ -1,14 +1,21 @@
-"""The Trio shell of a peer: links, listener, dialers, heartbeat, inbox.
+"""The Trio shell of a peer: lifecycle, router actions, inbox, agent operations.
 
-``Peer.run`` opens the nursery that owns every task of the peer. Each link
-runs in a child nursery of its own (a reader and a writer task); closing a
-link is cancelling that nursery. The protocol decisions come from the sans-IO
-``Handshake`` and ``GossipRouter``; this module only performs them: it moves
-records, encrypts them per link, reads the clock and logs.
+``Peer.run`` opens the nursery that owns every task of the peer. The protocol
+decisions come from the sans-IO ``Handshake`` and ``GossipRouter``; the shell
+only performs them: it moves records, encrypts them per link, reads the clock
+and logs. Rules kept here:
 
-A failure in one link (a bad upgrade, a bad frame, an exception while
-handling it) closes that link, is logged and counted, and never reaches the
-peer's nursery.
+* Every router decision goes through ``_perform``; a link that cannot keep up
+  with its send queue is closed as ``SLOW``, never waited for.
+* The inbox only grows by what the router delivers and the DMs we send; a DM
+  that does not open is counted and dropped.
+* Presence is announced every ``presence_interval`` and when wanted (a new
+  peer, a new presence link), debounced by ``PRESENCE_DEBOUNCE``.
+* Inbound connections are limited per remote address (loopback exempt).
+
+Serving a link lives in ``peer._linkhost``, the DHT host methods in
+``peer._dhthost``, WebSocket plumbing in ``peer._websocket``; ``Peer``
+inherits the first two as mixins.
 """
 
 from __future__ import annotations
@@ -16,22 +23,18 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 import trio
-import trio.testing
 import trio_websocket
 
-from dht import Contact, DhtConfig, DhtNode, DhtService, Mode, Relay
+from dht import DhtService
 
 from . import _cbor
-from ._bootstrap import BootstrapError, parse_peer_address
+from ._dhthost import DhtHost
 from ._envelope import (
     PRESENCE_TOPIC,
     Content,
@@ -44,144 +47,23 @@ from ._envelope import (
     seal_presence,
 )
 from ._errors import ErrorCode, ProtocolError
-from ._frames import clip_utf8, decode_frame, encode_frame, is_topic
+from ._frames import is_topic
 from ._gossip import Close, Deliver, GossipRouter, Send, Upcall
-from ._handshake import PLAINTEXT_CAP, Handshake, HandshakeResult, LinkCipher, SelfConnection
 from ._identity import Identity
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
-from ._limits import MAX_RECORD, GossipParams
-from ._transport import (
-    RECEIVE_BUFFER,
-    StreamTransport,
-    Transport,
-    TransportClosed,
-    WebSocketTransport,
-)
+from ._link import Link
+from ._linkhost import LinkHost
+from ._options import PRESENCE_INTERVAL, PeerCounters, PeerOptions, UnknownPeer
+from ._transport import WebSocketTransport
+from ._websocket import describe_remote, dial_websocket, is_loopback, memory_link_pair, serve_ws
 
-SEND_QUEUE = 4096  # records waiting for a slow link before it is dropped
-HANDSHAKE_TIMEOUT = 10.0
-PRESENCE_INTERVAL = 60.0
+__all__ = ["Peer", "PeerCounters", "PeerOptions", "UnknownPeer", "memory_link_pair"]
+
 PRESENCE_DEBOUNCE = 5.0
 ONLINE_WINDOW_MS = int(2.5 * PRESENCE_INTERVAL * 1000)
-WRITE_BATCH = 256  # records a writer sends with one write, at most
-WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
-WRITE_YIELDS = 8  # scheduler turns a writer waits for more frames while they keep coming
-_INTEREST_FRAMES = frozenset({"sub", "unsub"})
-_LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class UnknownPeer(Exception):
-    """A DM to a peer id whose public key we have never seen."""
-
-
-@dataclass
-class PeerOptions:
-    """How a peer behaves; the CLI builds one from flags and environment."""
-
-    listen_urls: tuple[str, ...] = ()  # what we advertise as our address(es)
-    relay: bool = True
-    relay_only: bool = False
-    channels: tuple[str, ...] = ()
-    gossip: GossipParams = field(default_factory=GossipParams)
-    max_links: int = 128
-    max_links_per_ip: int = 8  # inbound connections per remote address; loopback is exempt
-    inbox_capacity: int = 100_000
-    keepalive: float = 15.0
-    idle_timeout: float = 45.0
-    presence_interval: float = PRESENCE_INTERVAL
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    seed: int | None = None  # for reproducible simulations
-    dht: bool = True
-    dht_config: DhtConfig = field(default_factory=DhtConfig)
-    providers_to_link: int = 3  # carriers of a channel we link to when we subscribe
-    # benchmarks only, unsafe: skip the relay's envelope signature checks, and
-    # offer unencrypted links (used only if the other side offers them too)
-    bench_no_verify: bool = False
-    bench_plaintext_links: bool = False
-
-    def caps_for(self, serving_dht: bool) -> tuple[str, ...]:
-        caps = ["relay"] if self.relay else []
-        if self.relay_only:
-            caps.append("relay-only")
-        if serving_dht:
-            caps.append("dht")
-        if self.bench_plaintext_links:
-            caps.append(PLAINTEXT_CAP)
-        return tuple(caps)
-
-    @property
-    def caps(self) -> tuple[str, ...]:
-        return self.caps_for(False)
-
-
-@dataclass
-class PeerCounters:
-    links_opened: int = 0
-    links_closed: int = 0
-    handshakes_failed: int = 0
-    refused: dict[str, int] = field(default_factory=dict)
-    link_errors: int = 0
-    dm_undecryptable: int = 0
-
-    def refuse(self, code: ErrorCode) -> None:
-        self.refused[code.value] = self.refused.get(code.value, 0) + 1
-
-
-class Link:
-    """One authenticated, encrypted link to another peer."""
-
-    def __init__(
-        self,
-        result: HandshakeResult,
-        transport: Transport,
-        initiator: bool,
-        opened: float,
-    ) -> None:
-        self.result = result
-        self.peer_id = result.peer_id
-        self.transport = transport
-        self.initiator = initiator
-        self.opened = opened
-        self.cipher: LinkCipher = result.cipher
-        self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](SEND_QUEUE)
-        self.scope = trio.CancelScope()
-        self.closed = trio.Event()
-        self.close_code: ErrorCode | None = None
-        self.close_reason = ""
-        self.frames_out = 0
-
-    @property
-    def relay(self) -> bool:
-        return "relay" in self.result.caps
-
-    def enqueue(self, frame: bytes) -> bool:
-        """Queue a plaintext frame; False if the link is closing or too far behind."""
-        try:
-            self.send_channel.send_nowait(frame)
-        except trio.WouldBlock:
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return True  # closing already; nothing to do
-        return True
-
-    def close(self, code: ErrorCode, reason: str) -> None:
-        """Send an error frame if possible, then end the link within a deadline."""
-        if self.close_code is not None:
-            return
-        self.close_code = code
-        self.close_reason = reason
-        with contextlib.suppress(
-            trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError
-        ):
-            self.send_channel.send_nowait(
-                encode_frame("error", code=code.value, msg=clip_utf8(reason, 200))
-            )
-        self.send_channel.close()
-        self.scope.deadline = min(self.scope.deadline, trio.current_time() + 2.0)
-
-
-class Peer:
+class Peer(LinkHost, DhtHost):
     """A clawmesh peer. Create it, then ``await nursery.start(peer.run)``."""
 
     def __init__(self, identity: Identity, options: PeerOptions | None = None) -> None:
@@ -273,130 +155,6 @@ class Peer:
     def caps(self) -> tuple[str, ...]:
         return self.options.caps_for(self.serving_dht)
 
-    def _make_dht(self) -> DhtService:
-        node = DhtNode(
-            self.identity,
-            rng=random.Random(self._rng.random()),
-            now=self.wall_time(),
-            config=self.options.dht_config,
-            mode=Mode.SERVER if self.serving_dht else Mode.CLIENT,
-            addrs=self.listen_urls[:4],
-            caps=self.caps,
-        )
-        service = DhtService(node, self, self.log)
-        service.on_contact = self._on_dht_contact
-        return service
-
-    def _update_relays(self) -> None:
-        """A DHT client is reached through its linked relays; keep its record saying so."""
-        if self.dht is None or self.serving_dht:
-            return
-        relays = [
-            Relay(link.peer_id, link.result.listen[0])
-            for link in self.links.values()
-            if link.relay and link.result.listen
-        ][:4]
-        if tuple(relays) != self.dht.node.relays:
-            self.dht.node.set_relays(relays, self.wall_time())
-
-    def _on_dht_contact(self, contact: Contact) -> None:
-        if contact.id == self.peer_id:
-            return
-        info = self.directory.see(contact.id, contact.public_key, self.wall_ms())
-        if not info.linked and contact.addrs:
-            info.listen, info.caps = contact.addrs, contact.caps
-        self._notify_changed()
-
-    # -- what the DHT needs from us (dht.LinkHost) -------------------------------
-
-    def wall_time(self) -> float:
-        return self._epoch + trio.current_time()
-
-    def contact_of(self, peer_id: bytes) -> Contact | None:
-        link = self.links.get(peer_id)
-        if link is None:
-            return None
-        r = link.result
-        return Contact(r.peer_id, r.public_key, r.listen[:4], r.caps[:8])
-
-    def send_dht(self, peer_id: bytes, payload: bytes) -> bool:
-        link = self.links.get(peer_id)
-        return link is not None and link.enqueue(encode_frame("dht", m=payload))
-
-    async def connect(self, contact: Contact) -> bool:
-        """Link to ``contact`` (dialling its addresses) unless linked; True once linked.
-
-        Waits for the dial to succeed or fail; callers bound it with a cancel scope.
-        """
-        if contact.id in self.links:
-            return True
-        if contact.id == self.peer_id or not contact.addrs:
-            return False
-        if len(self.links) >= self.options.max_links:
-            return False  # no room: the DHT and gossip reach it through others
-        attempt = self._dialing.get(contact.id)
-        if attempt is None:
-            attempt = self._dialing[contact.id] = trio.Event()
-            self.nursery.start_soon(self._dial_contact, contact, attempt)
-        while contact.id not in self.links and not attempt.is_set():
-            await self.wait_links_changed()
-        return contact.id in self.links
-
-    async def _dial_contact(self, contact: Contact, attempt: trio.Event) -> None:
-        try:
-            for addr in contact.addrs[:2]:
-                if await self._dial_and_serve(addr, contact.id, attempt):
-                    return
-        finally:
-            attempt.set()
-            self._dialing.pop(contact.id, None)
-            self._notify_links()
-
-    async def _dial_and_serve(self, addr: str, expect: bytes, attempt: trio.Event) -> bool:
-        """Dial ``addr``; True if a link came up (it is served until it ends)."""
-        try:
-            parse_peer_address(addr)
-        except BootstrapError:
-            return False
-        linked = await self.dial_once(addr, expect, on_up=attempt.set)
-        return linked is not None
-
-    async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None:
-        """Find a peer's record in the DHT, learn its key, and link to it if we can.
-
-        Callers bound it in time; the key is learnt even if the link never comes.
-        """
-        info = self.directory.get(peer_id)
-        if info is not None or self.dht is None:
-            return info
-        record = await self.dht.find_peer(peer_id)
-        if record is None:
-            return None
-        info = self.directory.see(record.id, record.public_key, self.wall_ms())
-        info.listen, info.caps = record.addrs, record.caps
-        contact = record.contact()
-        if not contact.addrs and record.relays:  # a DHT client: reach it through its relay
-            contact = Contact(record.id, record.public_key, tuple(r.addr for r in record.relays))
-        with trio.move_on_after(5.0):
-            await self.connect(contact)
-        return info
-
-    async def _link_to_carriers(self, channel: str) -> None:
-        """Find who carries ``channel`` in the DHT and link to a few of them."""
-        if self.dht is None:
-            return
-        await self.dht.wait_joined()
-        providers = await self.dht.find_providers(channel)
-        wanted = [p for p in providers if p.id != self.peer_id and p.id not in self.links]
-
-        async def link(contact: Contact) -> None:
-            with trio.move_on_after(5.0):
-                await self.connect(contact)
-
-        async with trio.open_nursery() as nursery:
-            for record in wanted[: self.options.providers_to_link]:
-                nursery.start_soon(link, Contact(record.id, record.public_key, record.addrs))
-
     def cancel(self) -> None:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
@@ -407,249 +165,7 @@ class Peer:
             raise RuntimeError("peer is not running")
         return self._nursery
 
-    # -- links -----------------------------------------------------------------
-
-    def start_link(
-        self, transport: Transport, *, initiator: bool, expect: bytes | None = None
-    ) -> None:
-        """Run a link over ``transport`` in the peer's nursery (for tests and tools)."""
-        self.nursery.start_soon(self.run_link, transport, initiator, expect)
-
-    async def run_link(
-        self,
-        transport: Transport,
-        initiator: bool,
-        expect: bytes | None = None,
-        on_up: Callable[[], None] | None = None,
-    ) -> HandshakeResult | None:
-        """Handshake, then serve the link until it closes. Never raises for link trouble.
-
-        Returns the handshake result (None if the handshake failed), so a dialer
-        learns who answered.
-        """
-        log = self.log.bind(remote=transport.remote, initiator=initiator)
-        if not initiator and len(self.links) >= self.options.max_links:
-            # refuse before proving anything, so the dialler does not count a link
-            self.counters.refuse(ErrorCode.TOO_LARGE)
-            log.info("no room for another link")
-            with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
-                await transport.send(
-                    encode_frame(
-                        "error", code=ErrorCode.TOO_LARGE.value, msg="no room for more links"
-                    )
-                )
-            await transport.aclose()
-            return None
-        try:
-            result = await self._handshake(transport, initiator, expect, log)
-        except ProtocolError as exc:
-            self.counters.handshakes_failed += 1
-            self.counters.refuse(exc.code)
-            if isinstance(exc, SelfConnection):
-                self._self_urls.add(transport.remote)
-            log.warning("handshake refused", code=exc.code.value, reason=exc.message)
-            await transport.aclose()
-            return None
-        except (TransportClosed, trio.TooSlowError) as exc:
-            self.counters.handshakes_failed += 1
-            log.info("handshake did not finish", reason=str(exc) or type(exc).__name__)
-            await transport.aclose()
-            return None
-        except Exception as exc:  # a bug must not take the peer down
-            self.counters.handshakes_failed += 1
-            log.exception("handshake crashed", error=repr(exc))
-            await transport.aclose()
-            return None
-        try:
-            await self._serve_link(
-                result, transport, initiator, log.bind(link=result.peer_id.hex()[:16]), on_up
-            )
-        finally:
-            await transport.aclose()
-        return result
-
-    async def _handshake(
-        self, transport: Transport, initiator: bool, expect: bytes | None, log: Any
-    ) -> HandshakeResult:
-        hs = Handshake(
-            self.identity,
-            initiator=initiator,
-            caps=self.caps,
-            listen=tuple(self.listen_urls),
-            expect_peer_id=expect,
-        )
-        with trio.fail_after(HANDSHAKE_TIMEOUT):
-            try:
-                if initiator:
-                    for record in hs.start():
-                        await transport.send(record)
-                while not hs.done:
-                    record = await transport.receive()
-                    for reply in hs.receive(record):
-                        await transport.send(reply)
-            except ProtocolError as exc:
-                if exc.code is not ErrorCode.UNEXPECTED or "peer refused" not in exc.message:
-                    with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
-                        await transport.send(
-                            encode_frame(
-                                "error", code=exc.code.value, msg=clip_utf8(exc.message, 200)
-                            )
-                        )
-                raise
-        assert hs.result is not None
-        if len(self.links) >= self.options.max_links and hs.result.peer_id not in self.links:
-            err = ProtocolError(ErrorCode.TOO_LARGE, "peer has no room for more links")
-            with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
-                await transport.send(
-                    hs.result.cipher.seal(
-                        encode_frame("error", code=err.code.value, msg=err.message)
-                    )
-                )
-            raise err
-        return hs.result
-
-    async def _serve_link(
-        self,
-        result: HandshakeResult,
-        transport: Transport,
-        initiator: bool,
-        log: Any,
-        on_up: Callable[[], None] | None = None,
-    ) -> None:
-        link = Link(result, transport, initiator, self.now())
-        existing = self.links.get(link.peer_id)
-        if existing is not None:
-            # Two links to one peer: keep the one dialled by the lower peer id,
-            # which both sides compute alike.
-            keep_new = link.initiator == (self.peer_id < link.peer_id)
-            loser = existing if keep_new else link
-            loser.close(ErrorCode.DUPLICATE, "already linked")
-            if not keep_new:
-                with trio.move_on_after(1):
-                    await self._drain_writer(link)
-                return
-            with trio.move_on_after(3):
-                await existing.closed.wait()
-        self.links[link.peer_id] = link
-        self.counters.links_opened += 1
-        info = self.directory.see(link.peer_id, result.public_key, self.wall_ms())
-        info.linked = True
-        info.times_linked += 1
-        info.listen, info.caps, info.agent = result.listen, result.caps, result.agent
-        info.remote = transport.remote
-        log.info("link up", caps=result.caps, links=len(self.links))
-        self._notify_links()
-        try:
-            with link.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, link, nursery.cancel_scope)
-                    self._perform(
-                        self.router.add_link(link.peer_id, relay=link.relay, now=self.now())
-                    )
-                    if self.dht is not None:
-                        contact = self.contact_of(link.peer_id)
-                        assert contact is not None
-                        self.dht.link_up(contact)
-                        self._update_relays()
-                    if on_up is not None:
-                        on_up()
-                    await self._reader(link, log)
-                    nursery.cancel_scope.cancel()
-        finally:
-            if self.links.get(link.peer_id) is link:
-                del self.links[link.peer_id]
-                info.linked = False
-                self._perform(self.router.remove_link(link.peer_id))
-                if self.dht is not None:
-                    self.dht.link_down(link.peer_id)
-                    self._update_relays()
-            self.counters.links_closed += 1
-            link.closed.set()
-            self._notify_links()
-            log.info(
-                "link down",
-                code=link.close_code.value if link.close_code else "eof",
-                reason=link.close_reason,
-                links=len(self.links),
-            )
-
-    async def _drain_writer(self, link: Link) -> None:
-        async for frame in link.receive_channel:
-            await link.transport.send(link.cipher.seal(frame))
-
-    async def _writer(self, link: Link, scope: trio.CancelScope) -> None:
-        """Send what is queued for ``link``: each wake-up drains a batch, one write."""
-        seal = link.cipher.seal
-        receive = link.receive_channel.receive
-        receive_nowait = link.receive_channel.receive_nowait
-        send_many = link.transport.send_many
-        try:
-            while True:
-                try:
-                    frame = await receive()
-                except trio.EndOfChannel:
-                    break
-                batch = [seal(frame)]
-                size = len(frame)
-                yields, got = 0, False
-                while len(batch) < WRITE_BATCH and size < WRITE_BATCH_BYTES:
-                    try:
-                        frame = receive_nowait()
-                    except trio.WouldBlock:
-                        # While frames keep coming (the reader is busy), give it
-                        # a few turns before writing: one write for many frames.
-                        if yields >= WRITE_YIELDS or (yields and not got):
-                            break
-                        yields += 1
-                        got = False
-                        await trio.lowlevel.checkpoint()
-                        continue
-                    except trio.EndOfChannel:
-                        break
-                    got = True
-                    batch.append(seal(frame))
-                    size += len(frame)
-                await send_many(batch)
-                link.frames_out += len(batch)
-        except TransportClosed:
-            pass
-        scope.cancel()
-
-    async def _reader(self, link: Link, log: Any) -> None:
-        while link.close_code is None:
-            try:
-                record = await link.transport.receive()
-            except TransportClosed:
-                return
-            except ProtocolError as exc:  # an oversize stream record
-                self._refuse(link, exc, log)
-                break  # let the writer flush the error frame
-            try:
-                plain = link.cipher.open(record)
-                frame = decode_frame(plain)
-                actions = self.router.handle_frame(
-                    link.peer_id, frame, plain, self.now(), self.wall_ms()
-                )
-                if frame.type in _INTEREST_FRAMES:
-                    self._notify_changed()
-            except ProtocolError as exc:
-                self._refuse(link, exc, log)
-                break  # let the writer flush the error frame
-            except Exception as exc:  # a bug: drop this link, keep the peer
-                self.counters.link_errors += 1
-                log.exception("link handler crashed", error=repr(exc))
-                link.close(ErrorCode.UNEXPECTED, "internal error")
-                break  # let the writer flush the error frame
-            self._perform(actions)
-            if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
-                self._want_presence()  # the link now carries presence: announce ourselves
-        # wait for the writer to flush the error frame (bounded by the link deadline)
-        await link.closed.wait()
-
-    def _refuse(self, link: Link, exc: ProtocolError, log: Any) -> None:
-        self.counters.refuse(exc.code)
-        log.warning("frame refused", code=exc.code.value, reason=exc.message)
-        link.close(exc.code, exc.message)
+    # -- change notifications ----------------------------------------------------
 
     def _notify_links(self) -> None:
         self._links_changed.set()
@@ -898,59 +414,22 @@ class Peer:
     ) -> bytes | None:
         """One connection attempt to a ``ws://`` URL; returns the peer id linked, if any.
 
-        The TCP stream is opened and closed here rather than by trio-websocket,
-        which skips closing it when the other side closed first.
+        The TCP stream is opened and closed by ``dial_websocket`` rather than by
+        trio-websocket, which skips closing it when the other side closed first.
         """
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        secure = parts.scheme == "wss"
-        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        stream: trio.abc.Stream | None = None
-        result: HandshakeResult | None = None
-        try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT):
-                stream = await trio.open_tcp_stream(host, parts.port or (443 if secure else 80))
-                if secure:
-                    stream = trio.SSLStream(
-                        stream, ssl.create_default_context(), server_hostname=host
-                    )
-            async with trio.open_nursery() as nursery:
-                with trio.fail_after(HANDSHAKE_TIMEOUT):
-                    ws = await trio_websocket.wrap_client_stream(
-                        nursery,
-                        stream,
-                        host,
-                        resource,
-                        max_message_size=MAX_RECORD + 1024,
-                        message_queue_size=64,
-                        receive_buffer_size=RECEIVE_BUFFER,
-                    )
-                result = await self.run_link(WebSocketTransport(ws, url), True, expect, on_up)
-                nursery.cancel_scope.cancel()
-        except (
-            OSError,
-            trio.TooSlowError,
-            trio_websocket.HandshakeError,
-            trio_websocket.ConnectionClosed,
-            trio.BrokenResourceError,
-        ) as exc:
-            self.log.debug("dial failed", dial=url, error=repr(exc))
-        except ExceptionGroup as group:  # trio-websocket may wrap close errors
-            self.log.debug("dial failed", dial=url, error=repr(group))
-        finally:
-            if stream is not None:
-                with trio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await stream.aclose()
+        result = await dial_websocket(
+            url, lambda transport: self.run_link(transport, True, expect, on_up), self.log
+        )
         return None if result is None else result.peer_id
 
     async def serve_websocket(self, host: str, port: int) -> int:
         """Accept WebSocket links on ``host:port`` in the peer's nursery; returns the bound port."""
 
         async def handler(request: trio_websocket.WebSocketRequest) -> None:
-            remote = _describe_remote(request)
+            remote = describe_remote(request)
             ip = remote.rsplit(":", 1)[0]
             limit = self.options.max_links_per_ip
-            if limit and not _is_loopback(ip) and self._inbound_per_ip.get(ip, 0) >= limit:
+            if limit and not is_loopback(ip) and self._inbound_per_ip.get(ip, 0) >= limit:
                 self.counters.refuse(ErrorCode.TOO_LARGE)
                 self.log.warning("too many connections from one address", remote=remote)
                 with contextlib.suppress(Exception):
@@ -973,48 +452,5 @@ class Peer:
                 if not self._inbound_per_ip[ip]:
                     del self._inbound_per_ip[ip]
 
-        bound: int = await self.nursery.start(_serve_ws, handler, host, port, self.nursery)
+        bound: int = await self.nursery.start(serve_ws, handler, host, port, self.nursery)
         return bound
-
-
-async def _serve_ws(
-    handler: Callable[[trio_websocket.WebSocketRequest], Awaitable[None]],
-    host: str,
-    port: int,
-    handler_nursery: trio.Nursery,
-    *,
-    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    server = trio_websocket.WebSocketServer(
-        handler,
-        listeners,
-        handler_nursery=handler_nursery,
-        message_queue_size=64,
-        max_message_size=MAX_RECORD + 1024,
-        connect_timeout=HANDSHAKE_TIMEOUT,
-        disconnect_timeout=2,
-        receive_buffer_size=RECEIVE_BUFFER,
-    )
-    bound = listeners[0].socket.getsockname()[1]
-    task_status.started(bound)
-    await server.run()
-
-
-def _is_loopback(ip: str) -> bool:
-    return ip.startswith("127.") or ip in ("::1", "[::1]", "localhost")
-
-
-def _describe_remote(request: trio_websocket.WebSocketRequest) -> str:
-    remote = request.remote
-    if isinstance(remote, str):
-        return remote
-    return f"{remote.address}:{remote.port}"
-
-
-def memory_link_pair(
-    remote_a: str = "mem-a", remote_b: str = "mem-b"
-) -> tuple[StreamTransport, StreamTransport]:
-    """Two transports joined by Trio memory streams, for in-process meshes."""
-    a, b = trio.testing.memory_stream_pair()
-    return StreamTransport(a, remote_b), StreamTransport(b, remote_a)

@@ -1,0 +1,77 @@
+"""What a peer is told and what it counts: ``PeerOptions``, ``PeerCounters``.
+
+Plain data, no I/O: the CLI builds a ``PeerOptions`` from flags and
+environment, and the peer never changes it once running. ``PeerCounters``
+only ever grows (each refusal is counted under its error code).
+``UnknownPeer`` is what sending a DM to a never-seen peer id raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dht import DhtConfig
+
+from ._errors import ErrorCode
+from ._handshake import PLAINTEXT_CAP
+from ._limits import GossipParams
+
+PRESENCE_INTERVAL = 60.0
+
+
+class UnknownPeer(Exception):
+    """A DM to a peer id whose public key we have never seen."""
+
+
+@dataclass
+class PeerOptions:
+    """How a peer behaves; the CLI builds one from flags and environment."""
+
+    listen_urls: tuple[str, ...] = ()  # what we advertise as our address(es)
+    relay: bool = True
+    relay_only: bool = False
+    channels: tuple[str, ...] = ()
+    gossip: GossipParams = field(default_factory=GossipParams)
+    max_links: int = 128
+    max_links_per_ip: int = 8  # inbound connections per remote address; loopback is exempt
+    inbox_capacity: int = 100_000
+    keepalive: float = 15.0
+    idle_timeout: float = 45.0
+    presence_interval: float = PRESENCE_INTERVAL
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    seed: int | None = None  # for reproducible simulations
+    dht: bool = True
+    dht_config: DhtConfig = field(default_factory=DhtConfig)
+    providers_to_link: int = 3  # carriers of a channel we link to when we subscribe
+    # benchmarks only, unsafe: skip the relay's envelope signature checks, and
+    # offer unencrypted links (used only if the other side offers them too)
+    bench_no_verify: bool = False
+    bench_plaintext_links: bool = False
+
+    def caps_for(self, serving_dht: bool) -> tuple[str, ...]:
+        caps = ["relay"] if self.relay else []
+        if self.relay_only:
+            caps.append("relay-only")
+        if serving_dht:
+            caps.append("dht")
+        if self.bench_plaintext_links:
+            caps.append(PLAINTEXT_CAP)
+        return tuple(caps)
+
+    @property
+    def caps(self) -> tuple[str, ...]:
+        return self.caps_for(False)
+
+
+@dataclass
+class PeerCounters:
+    links_opened: int = 0
+    links_closed: int = 0
+    handshakes_failed: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    link_errors: int = 0
+    dm_undecryptable: int = 0
+
+    def refuse(self, code: ErrorCode) -> None:
+        self.refused[code.value] = self.refused.get(code.value, 0) + 1

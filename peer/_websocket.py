@@ -1,0 +1,118 @@
+"""WebSocket plumbing: dialling a ``ws://``/``wss://`` URL, the listener, memory links.
+
+Rules kept here:
+
+* ``dial_websocket`` opens and closes the TCP (or TLS) stream itself, rather
+  than leaving it to trio-websocket, which skips closing it when the other
+  side closed first; it never raises for a failed dial (it logs and returns
+  None) and bounds connecting and the upgrade by ``HANDSHAKE_TIMEOUT``.
+* ``serve_ws`` runs a listener whose connection handlers live in the nursery
+  the caller gives (the peer's), and reports the bound port when started.
+* Nothing here knows the protocol: it hands a ``Transport`` to a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import trio
+import trio.testing
+import trio_websocket
+
+from ._limits import MAX_RECORD
+from ._link import HANDSHAKE_TIMEOUT
+from ._transport import RECEIVE_BUFFER, StreamTransport, WebSocketTransport
+
+T = TypeVar("T")
+
+
+async def dial_websocket(
+    url: str, run: Callable[[WebSocketTransport], Awaitable[T | None]], log: Any
+) -> T | None:
+    """Connect to ``url`` and ``await run(transport)``; None if the dial failed."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    secure = parts.scheme == "wss"
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    stream: trio.abc.Stream | None = None
+    result: T | None = None
+    try:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            stream = await trio.open_tcp_stream(host, parts.port or (443 if secure else 80))
+            if secure:
+                stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,
+                    host,
+                    resource,
+                    max_message_size=MAX_RECORD + 1024,
+                    message_queue_size=64,
+                    receive_buffer_size=RECEIVE_BUFFER,
+                )
+            result = await run(WebSocketTransport(ws, url))
+            nursery.cancel_scope.cancel()
+    except (
+        OSError,
+        trio.TooSlowError,
+        trio_websocket.HandshakeError,
+        trio_websocket.ConnectionClosed,
+        trio.BrokenResourceError,
+    ) as exc:
+        log.debug("dial failed", dial=url, error=repr(exc))
+    except ExceptionGroup as group:  # trio-websocket may wrap close errors
+        log.debug("dial failed", dial=url, error=repr(group))
+    finally:
+        if stream is not None:
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await stream.aclose()
+    return result
+
+
+async def serve_ws(
+    handler: Callable[[trio_websocket.WebSocketRequest], Awaitable[None]],
+    host: str,
+    port: int,
+    handler_nursery: trio.Nursery,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    server = trio_websocket.WebSocketServer(
+        handler,
+        listeners,
+        handler_nursery=handler_nursery,
+        message_queue_size=64,
+        max_message_size=MAX_RECORD + 1024,
+        connect_timeout=HANDSHAKE_TIMEOUT,
+        disconnect_timeout=2,
+        receive_buffer_size=RECEIVE_BUFFER,
+    )
+    bound = listeners[0].socket.getsockname()[1]
+    task_status.started(bound)
+    await server.run()
+
+
+def is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip in ("::1", "[::1]", "localhost")
+
+
+def describe_remote(request: trio_websocket.WebSocketRequest) -> str:
+    remote = request.remote
+    if isinstance(remote, str):
+        return remote
+    return f"{remote.address}:{remote.port}"
+
+
+def memory_link_pair(
+    remote_a: str = "mem-a", remote_b: str = "mem-b"
+) -> tuple[StreamTransport, StreamTransport]:
+    """Two transports joined by Trio memory streams, for in-process meshes."""
+    a, b = trio.testing.memory_stream_pair()
+    return StreamTransport(a, remote_b), StreamTransport(b, remote_a)
