@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer._api import LocalApi
@@ -176,7 +177,8 @@ async def test_subscribe_peers_and_long_poll(pair: Pair) -> None:
             await pair.a.wait_changed()
 
     async def publish_later() -> None:
-        await trio.sleep(0.2)
+        # publish once the long-poll below is parked waiting for the inbox
+        await trio.testing.wait_all_tasks_blocked()
         await pair.api_a.post("/send", json={"channel": "news", "body": "late"})
 
     async with trio.open_nursery() as nursery:
