@@ -33,6 +33,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from peer._identity import Identity
 
@@ -244,49 +245,31 @@ class DhtNode:
 
     # -- lookups we run --
 
-    def lookup_node(self, target: bytes, now: float) -> Lookup:
+    def _lookup_args(self, target: bytes, now: float) -> dict[str, Any]:
+        """What every lookup starts from: our table's closest contacts and the config."""
         cfg = self.config
-        return Lookup(
-            target,
-            cfg.k,
-            cfg.alpha,
-            self.table.closest(target, cfg.k),
-            now,
-            cfg.rpc_timeout,
-            own_id=self.id,
-            max_queries=cfg.max_lookup_queries,
-        )
+        return {
+            "target": target,
+            "k": cfg.k,
+            "alpha": cfg.alpha,
+            "seeds": self.table.closest(target, cfg.k),
+            "now": now,
+            "rpc_timeout": cfg.rpc_timeout,
+            "own_id": self.id,
+            "max_queries": cfg.max_lookup_queries,
+        }
+
+    def lookup_node(self, target: bytes, now: float) -> Lookup:
+        return Lookup(**self._lookup_args(target, now))
 
     def lookup_peer(self, target: bytes, now: float, *, quorum: int = 1) -> PeerLookup:
-        cfg = self.config
-        return PeerLookup(
-            target,
-            cfg.k,
-            cfg.alpha,
-            self.table.closest(target, cfg.k),
-            now,
-            cfg.rpc_timeout,
-            own_id=self.id,
-            max_queries=cfg.max_lookup_queries,
-            quorum=quorum,
-            config=cfg,
-        )
+        return PeerLookup(**self._lookup_args(target, now), quorum=quorum, config=self.config)
 
     def lookup_providers(
         self, key: bytes, now: float, *, max_providers: int | None = None
     ) -> ProviderLookup:
-        cfg = self.config
         return ProviderLookup(
-            key,
-            cfg.k,
-            cfg.alpha,
-            self.table.closest(key, cfg.k),
-            now,
-            cfg.rpc_timeout,
-            own_id=self.id,
-            max_queries=cfg.max_lookup_queries,
-            max_providers=max_providers,
-            config=cfg,
+            **self._lookup_args(key, now), max_providers=max_providers, config=self.config
         )
 
     def request_for(self, lookup: Lookup) -> Request:
