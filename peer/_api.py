@@ -19,6 +19,7 @@ import base64
 import binascii
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +44,9 @@ MAX_LIMIT = 1000
 MAX_WAIT = 60.0
 RESOLVE_TIMEOUT = 10.0  # seconds a DM to an unseen peer id may spend in the DHT
 VERSION = "0.1.0"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class ApiError(Exception):
@@ -163,16 +167,16 @@ class LocalApi:
         self.token = token
         self.api_url = api_url
         routes = [
-            Route("/status", self.status, methods=["GET"]),
-            Route("/peers", self.peers, methods=["GET"]),
-            Route("/send", self.send, methods=["POST"]),
-            Route("/messages", self.messages, methods=["GET"]),
-            Route("/ack", self.ack, methods=["POST"]),
-            Route("/subscribe", self.subscribe, methods=["POST"]),
-            Route("/unsubscribe", self.unsubscribe, methods=["POST"]),
-            Route("/channels", self.channels, methods=["GET"]),
-            Route("/bootstrap.json", self.bootstrap, methods=["GET"]),
-            Route("/dht", self.dht, methods=["GET"]),
+            Route("/status", self._guarded(self._status, open_=True), methods=["GET"]),
+            Route("/peers", self._guarded(self._peers), methods=["GET"]),
+            Route("/send", self._guarded(self._send), methods=["POST"]),
+            Route("/messages", self._guarded(self._messages), methods=["GET"]),
+            Route("/ack", self._guarded(self._ack), methods=["POST"]),
+            Route("/subscribe", self._guarded(self._subscribe), methods=["POST"]),
+            Route("/unsubscribe", self._guarded(self._unsubscribe), methods=["POST"]),
+            Route("/channels", self._guarded(self._channels), methods=["GET"]),
+            Route("/bootstrap.json", self._guarded(self._bootstrap, open_=True), methods=["GET"]),
+            Route("/dht", self._guarded(self._dht), methods=["GET"]),
         ]
         self.app = Starlette(
             routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed}
@@ -208,23 +212,24 @@ class LocalApi:
             raise ApiError(400, "invalid", "request body must be a JSON object")
         return data
 
-    async def _guard(self, request: Request, handler: Any, *, open_: bool = False) -> Response:
-        if not open_ and not self._authorised(request):
-            return _error(
-                401,
-                "unauthorised",
-                "send Authorization: Bearer <token from the key directory's api-token>",
-            )
-        try:
-            result: Response = await handler(request)
-            return result
-        except ApiError as exc:
-            return _error(exc.status, exc.code, exc.message)
+    def _guarded(self, handler: Handler, *, open_: bool = False) -> Handler:
+        """``handler`` behind the token check (unless ``open_``), ApiError as JSON."""
+
+        async def endpoint(request: Request) -> Response:
+            if not open_ and not self._authorised(request):
+                return _error(
+                    401,
+                    "unauthorised",
+                    "send Authorization: Bearer <token from the key directory's api-token>",
+                )
+            try:
+                return await handler(request)
+            except ApiError as exc:
+                return _error(exc.status, exc.code, exc.message)
+
+        return endpoint
 
     # -- endpoints -------------------------------------------------------------------
-
-    async def status(self, request: Request) -> Response:
-        return await self._guard(request, self._status, open_=True)
 
     async def _status(self, request: Request) -> Response:
         peer = self.peer
@@ -256,9 +261,6 @@ class LocalApi:
             }
         )
 
-    async def peers(self, request: Request) -> Response:
-        return await self._guard(request, self._peers)
-
     async def _peers(self, request: Request) -> Response:
         online = _bool_param(request, "online")
         wanted = _int_param(request, "min", 0, 100_000)
@@ -285,9 +287,6 @@ class LocalApi:
                 }
             )
         return JSONResponse(out)
-
-    async def send(self, request: Request) -> Response:
-        return await self._guard(request, self._send)
 
     async def _send(self, request: Request) -> Response:
         peer = self.peer
@@ -349,9 +348,6 @@ class LocalApi:
             }
         )
 
-    async def messages(self, request: Request) -> Response:
-        return await self._guard(request, self._messages)
-
     async def _messages(self, request: Request) -> Response:
         peer = self.peer
         unread = _bool_param(request, "unread")
@@ -382,9 +378,6 @@ class LocalApi:
         headers = {"X-Clawmesh-Cursor": str(found[-1].cursor if found else after)}
         return JSONResponse(out, headers=headers)
 
-    async def ack(self, request: Request) -> Response:
-        return await self._guard(request, self._ack)
-
     async def _ack(self, request: Request) -> Response:
         data = await self._json_body(request)
         marked = 0
@@ -400,9 +393,6 @@ class LocalApi:
             marked += self.peer.inbox.mark_read_through(through)
         return JSONResponse({"marked": marked, "unread": self.peer.inbox.unread()})
 
-    async def subscribe(self, request: Request) -> Response:
-        return await self._guard(request, self._subscribe)
-
     async def _subscribe(self, request: Request) -> Response:
         data = await self._json_body(request)
         if self.peer.options.relay_only:
@@ -411,23 +401,14 @@ class LocalApi:
         self.peer.subscribe(name)
         return JSONResponse({"channel": name, "channels": sorted(self.peer.channels)})
 
-    async def unsubscribe(self, request: Request) -> Response:
-        return await self._guard(request, self._unsubscribe)
-
     async def _unsubscribe(self, request: Request) -> Response:
         data = await self._json_body(request)
         name = _channel_name(data.get("channel"))
         self.peer.unsubscribe(name)
         return JSONResponse({"channel": name, "channels": sorted(self.peer.channels)})
 
-    async def channels(self, request: Request) -> Response:
-        return await self._guard(request, self._channels)
-
     async def _channels(self, request: Request) -> Response:
         return JSONResponse(sorted(self.peer.channels))
-
-    async def dht(self, request: Request) -> Response:
-        return await self._guard(request, self._dht)
 
     async def _dht(self, request: Request) -> Response:
         service = self.peer.dht
@@ -437,9 +418,6 @@ class LocalApi:
         return JSONResponse(
             {"enabled": True, **stats, "buckets": service.node.table.buckets_summary()}
         )
-
-    async def bootstrap(self, request: Request) -> Response:
-        return await self._guard(request, self._bootstrap, open_=True)
 
     async def _bootstrap(self, request: Request) -> Response:
         entry = bootstrap_entry(self.peer.identity, self.peer.listen_urls, self.peer.caps)
