@@ -298,8 +298,12 @@ class GossipRouter:
             return []
         env = open_envelope(wire, signed=signed, sig=sig, verify=self.verify)
         p = self.params
-        if env.ts < wall_ms - p.max_age * 1000 or env.ts > wall_ms + p.max_skew * 1000:
+        if env.ts < wall_ms - p.max_age * 1000:
             self.stats.stale += 1
+            self._remember(mid, now)  # it can only get older: skip verifying its copies
+            return []
+        if env.ts > wall_ms + p.max_skew * 1000:
+            self.stats.stale += 1  # from the future: not remembered, it may be in time later
             return []
         self._remember(mid, now)
         self.stats.received += 1
