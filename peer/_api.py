@@ -29,6 +29,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from store import StoreError
+
 from . import _cbor
 from ._bootstrap import bootstrap_entry
 from ._envelope import Content, dm_topic
@@ -177,6 +179,8 @@ class LocalApi:
             Route("/channels", self._guarded(self._channels), methods=["GET"]),
             Route("/bootstrap.json", self._guarded(self._bootstrap, open_=True), methods=["GET"]),
             Route("/dht", self._guarded(self._dht), methods=["GET"]),
+            Route("/outbox", self._guarded(self._outbox), methods=["GET"]),
+            Route("/dead-letters", self._guarded(self._dead_letters), methods=["GET"]),
         ]
         self.app = Starlette(
             routes=routes, exception_handlers={404: self._not_found, 405: self._not_allowed}
@@ -258,6 +262,7 @@ class LocalApi:
                     "link_errors": peer.counters.link_errors,
                 },
                 "gossip": peer.router.statistics(),
+                "store": None if peer.storage is None else peer.storage.statistics(),
             }
         )
 
@@ -316,7 +321,7 @@ class LocalApi:
         try:
             if channel is not None:
                 name = _channel_name(channel)
-                env = peer.publish(name, content)
+                env = await peer.send_message(name, content)
                 target = {"channel": name}
             elif to is not None:
                 recipient = _hex_id(to, "to")
@@ -324,7 +329,7 @@ class LocalApi:
                     with trio.move_on_after(RESOLVE_TIMEOUT):
                         await peer.resolve_peer(recipient)  # ask the DHT for its record
                 try:
-                    env = peer.send_dm(recipient, content)
+                    env = await peer.send_direct(recipient, content)
                 except UnknownPeer:
                     raise ApiError(
                         400,
@@ -337,9 +342,12 @@ class LocalApi:
         except ProtocolError as exc:
             status = 413 if exc.code.value == "too-large" else 400
             raise ApiError(status, exc.code.value, exc.message) from None
+        except StoreError as exc:
+            raise ApiError(507, "store", f"not stored, not sent: {exc}") from None
         return JSONResponse(
             {
                 "id": env.id.hex(),
+                "stored": peer.storage is not None,
                 **target,
                 "topic": env.topic,
                 "seq": env.seq,
@@ -374,7 +382,7 @@ class LocalApi:
                 item["payload"] = cbor_to_json_value(message.payload)
             out.append(item)
         if unread and not peek:
-            peer.inbox.mark_read([m.id for m in found])
+            await peer.mark_read([m.id for m in found])
         headers = {"X-Clawmesh-Cursor": str(found[-1].cursor if found else after)}
         return JSONResponse(out, headers=headers)
 
@@ -385,12 +393,12 @@ class LocalApi:
             ids = data["ids"]
             if not isinstance(ids, list) or len(ids) > 10_000:
                 raise ApiError(400, "invalid", "ids must be a list of message ids")
-            marked += self.peer.inbox.mark_read([_hex_id(i, "ids[]") for i in ids])
+            marked += await self.peer.mark_read([_hex_id(i, "ids[]") for i in ids])
         if "through" in data:
             through = data["through"]
             if type(through) is not int or through < 0:
                 raise ApiError(400, "invalid", "through must be a cursor (integer)")
-            marked += self.peer.inbox.mark_read_through(through)
+            marked += await self.peer.mark_read_through(through)
         return JSONResponse({"marked": marked, "unread": self.peer.inbox.unread()})
 
     async def _subscribe(self, request: Request) -> Response:
@@ -399,12 +407,16 @@ class LocalApi:
             raise ApiError(400, "relay-only", "a relay-only peer subscribes to nothing")
         name = _channel_name(data.get("channel"))
         self.peer.subscribe(name)
+        if self.peer.storage is not None:
+            await self.peer.storage.save_channels()
         return JSONResponse({"channel": name, "channels": sorted(self.peer.channels)})
 
     async def _unsubscribe(self, request: Request) -> Response:
         data = await self._json_body(request)
         name = _channel_name(data.get("channel"))
         self.peer.unsubscribe(name)
+        if self.peer.storage is not None:
+            await self.peer.storage.save_channels()
         return JSONResponse({"channel": name, "channels": sorted(self.peer.channels)})
 
     async def _channels(self, request: Request) -> Response:
@@ -418,6 +430,48 @@ class LocalApi:
         return JSONResponse(
             {"enabled": True, **stats, "buckets": service.node.table.buckets_summary()}
         )
+
+    async def _outbox(self, request: Request) -> Response:
+        """DMs waiting for their recipient's receipt."""
+        storage = self.peer.storage
+        if storage is None:
+            return JSONResponse([])
+        limit = _int_param(request, "limit", 100, MAX_LIMIT)
+        entries = await storage.service.read(lambda s: s.outbox(limit=limit))
+        return JSONResponse(
+            [
+                {
+                    "id": e.msg_id.hex(),
+                    "to": e.recipient.hex(),
+                    "attempts": e.attempts,
+                    "next_try": _iso(e.next_try_ms),
+                    "deadline": _iso(e.deadline_ms),
+                }
+                for e in entries
+            ]
+        )
+
+    async def _dead_letters(self, request: Request) -> Response:
+        """DMs no receipt came for before their deadline."""
+        storage = self.peer.storage
+        if storage is None:
+            return JSONResponse([])
+        limit = _int_param(request, "limit", 100, MAX_LIMIT)
+        letters = await storage.service.read(lambda s: s.dead_letters(limit=limit))
+        out = []
+        for letter in letters:
+            message = self.peer.inbox.get(letter.msg_id)
+            out.append(
+                {
+                    "id": letter.msg_id.hex(),
+                    "to": letter.recipient.hex(),
+                    "attempts": letter.attempts,
+                    "failed": _iso(letter.failed_ms),
+                    "reason": letter.reason,
+                    "body": None if message is None else message.body,
+                }
+            )
+        return JSONResponse(out)
 
     async def _bootstrap(self, request: Request) -> Response:
         entry = bootstrap_entry(self.peer.identity, self.peer.listen_urls, self.peer.caps)

@@ -22,6 +22,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from store import KeepRules, RetentionPolicy
+
 from ._api import LocalApi
 from ._bootstrap import BootstrapError, BootstrapPeer, bootstrap_entry, fetch_bootstrap
 from ._frames import is_topic
@@ -29,6 +31,7 @@ from ._identity import Identity
 from ._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
 from ._logging import configure_logging
 from ._node import Peer, PeerOptions
+from ._options import DAY_MS, default_keep_rules
 
 DEFAULT_PEER_PORT = 7433
 DEFAULT_API_PORT = 7432
@@ -91,7 +94,52 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("MESH_DATA_DIR", DEFAULT_HOME / "data")),
-        help="runtime state: peer.json with this peer's addresses (env MESH_DATA_DIR)",
+        help="runtime state: the message store (store/) and peer.json with this peer's "
+        "addresses (env MESH_DATA_DIR; default %(default)s)",
+    )
+    p.add_argument(
+        "--no-store",
+        action="store_true",
+        help="keep nothing on disk: no offline catch-up, no outbox, the inbox is lost "
+        "on exit (benchmarks, throwaway peers)",
+    )
+    p.add_argument(
+        "--keep-days",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="how long stored messages are kept (default 30, relay-only seeds 7)",
+    )
+    p.add_argument(
+        "--keep-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="stored bytes kept per topic (default 1024, relay-only seeds 256)",
+    )
+    p.add_argument(
+        "--keep-topic",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="relay-only seeds: store only topics starting with PREFIX (repeatable; "
+        "default: every topic relayed, channels, DMs and receipts)",
+    )
+    p.add_argument(
+        "--dm-deadline",
+        type=float,
+        default=7 * 24 * 3600.0,
+        metavar="SECONDS",
+        help="how long an unreceipted DM is retried before it becomes a dead letter "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--outbox-retry",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="first retry of an unreceipted DM; later ones back off to 5 minutes "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--relay-only",
@@ -218,6 +266,26 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
     return "\n".join(lines)
 
 
+def _keep_rules(args: argparse.Namespace) -> KeepRules:
+    base = default_keep_rules(args.relay_only).default
+    assert base is not None
+    if args.keep_days is not None and args.keep_days <= 0:
+        raise SystemExit("--keep-days must be positive")
+    if args.keep_mb is not None and args.keep_mb <= 0:
+        raise SystemExit("--keep-mb must be positive")
+    if args.dm_deadline <= 0 or args.outbox_retry <= 0:
+        raise SystemExit("--dm-deadline and --outbox-retry must be positive")
+    policy = RetentionPolicy(
+        max_age_ms=base.max_age_ms if args.keep_days is None else int(args.keep_days * DAY_MS),
+        max_bytes=base.max_bytes if args.keep_mb is None else int(args.keep_mb * (1 << 20)),
+    )
+    if args.keep_topic:
+        if not args.relay_only:
+            raise SystemExit("--keep-topic is for --relay-only seeds (a peer keeps its channels)")
+        return KeepRules(default=None, prefixes={prefix: policy for prefix in args.keep_topic})
+    return KeepRules(default=policy)
+
+
 async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> None:
     specs = _bootstrap_specs(args)
     channels = tuple(c.lstrip("#") for c in args.channel)
@@ -233,6 +301,10 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
         max_links_per_ip=args.max_links_per_ip,
         bench_no_verify=args.bench_no_verify,
         bench_plaintext_links=args.bench_plaintext_links,
+        store_path=None if args.no_store else str(args.data_dir / "store"),
+        keep_rules=_keep_rules(args),
+        dm_deadline=args.dm_deadline,
+        outbox_retry_initial=args.outbox_retry,
     )
     peer = Peer(identity, options)
     api_url: str | None = None

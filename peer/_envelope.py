@@ -11,6 +11,11 @@ A DM travels on the conversation topic derived from the two peer ids; its
 content is a NaCl ``crypto_box`` from the sender's X25519 key (converted from
 its Ed25519 key) to the recipient's, so only the recipient can read it and
 can tell that the sender wrote it.
+
+A receipt is the recipient's signed statement that DMs (named by id) are
+stored on its side; it travels like a DM, to the DM's sender, in clear (ids
+are hashes). Stores keep DMs and receipts in the recipient's inbox log
+(:attr:`Envelope.log_topic`), channel messages in the channel's log.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ ENVELOPE_TAG = b"clawmesh/envelope/v1"
 MSG_ID_TAG = b"clawmesh/msg-id/v1"
 DM_TOPIC_TAG = b"clawmesh/dm-topic/v1"
 PRESENCE_TOPIC = "sys/presence"
-KINDS = frozenset({"msg", "dm", "presence"})
+KINDS = frozenset({"msg", "dm", "presence", "receipt"})
+MAX_RECEIPT_IDS = 64
 
 _SIGNED_KEYS = {
     "msg": frozenset(
@@ -46,6 +52,7 @@ _SIGNED_KEYS = {
     ),
     "dm": frozenset({"v", "kind", "topic", "from", "seq", "ts", "to", "box"}),
     "presence": frozenset({"v", "kind", "topic", "from", "seq", "ts", "payload"}),
+    "receipt": frozenset({"v", "kind", "topic", "from", "seq", "ts", "to", "ids"}),
 }
 _CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread"})
 
@@ -112,10 +119,18 @@ class Envelope:
 
     @property
     def route(self) -> str:
-        """The topic the gossip layer routes this envelope on."""
-        if self.kind == "dm":
+        """The topic the gossip layer routes this envelope on, and stores log it under."""
+        if self.kind == "dm" or self.kind == "receipt":
             return inbox_topic(self.fields["to"])
         return self.topic
+
+    log_topic = route
+
+    @property
+    def recipient(self) -> bytes | None:
+        """The peer id a DM or receipt is addressed to."""
+        to: bytes | None = self.fields.get("to")
+        return to
 
     def content(self) -> Content:
         """The content of a channel message (not of a DM: see :func:`open_dm`)."""
@@ -199,6 +214,26 @@ def seal_dm(
         "ts": ts,
         "to": recipient,
         "box": box,
+    }
+    signed, wire = _sign(identity, fields)
+    return _envelope(signed, fields, wire)
+
+
+def seal_receipt(
+    identity: Identity, *, recipient: bytes, ids: list[bytes], seq: int, ts: int
+) -> Envelope:
+    """Sign a receipt telling ``recipient`` that its DMs ``ids`` are stored here."""
+    if not 1 <= len(ids) <= MAX_RECEIPT_IDS or any(len(i) != 32 for i in ids):
+        raise ValueError(f"a receipt names 1..{MAX_RECEIPT_IDS} message ids")
+    fields: Map = {
+        "v": 1,
+        "kind": "receipt",
+        "topic": dm_topic(identity.peer_id, recipient),
+        "from": identity.public_key,
+        "seq": seq,
+        "ts": ts,
+        "to": recipient,
+        "ids": list(ids),
     }
     signed, wire = _sign(identity, fields)
     return _envelope(signed, fields, wire)
@@ -309,6 +344,19 @@ def open_envelope(
             raise ProtocolError(ErrorCode.MALFORMED, "DM box too short")
         if topic != dm_topic(peer_id_of(key), to):
             raise ProtocolError(ErrorCode.MALFORMED, "DM topic does not match its peers")
+    elif kind == "receipt":
+        to = need_bytes(fields, "to", 32)
+        if topic != dm_topic(peer_id_of(key), to):
+            raise ProtocolError(ErrorCode.MALFORMED, "receipt topic does not match its peers")
+        ids = fields.get("ids")
+        if (
+            not isinstance(ids, list)
+            or not 1 <= len(ids) <= MAX_RECEIPT_IDS
+            or not all(isinstance(i, bytes) and len(i) == 32 for i in ids)
+        ):
+            raise ProtocolError(
+                ErrorCode.MALFORMED, f"receipt ids: 1..{MAX_RECEIPT_IDS} 32-byte ids"
+            )
     else:
         if topic != PRESENCE_TOPIC:
             raise ProtocolError(ErrorCode.MALFORMED, "presence goes to sys/presence")

@@ -35,7 +35,10 @@ from ._limits import (
     MAX_IDS_PER_FRAME,
     MAX_INTEREST_HOPS,
     MAX_LISTEN_ADDRS,
+    MAX_PAGE_HEADS,
+    MAX_PAGE_MESSAGES,
     MAX_RECORD,
+    MAX_REQUEST_ID,
     MAX_TEXT_FIELD,
     MAX_TOPIC_BYTES,
     MAX_TOPICS_PER_FRAME,
@@ -197,6 +200,47 @@ def _check_dht(m: Map) -> None:
     need_bytes(m, "m", max_size=MAX_DHT_MESSAGE)
 
 
+def _check_cureq(m: Map) -> None:
+    need_uint(m, "r", MAX_REQUEST_ID)
+    need_topic(m.get("topic"))
+    need_uint(m, "after")
+    need_uint(m, "since")
+    limit = need_uint(m, "limit", MAX_PAGE_MESSAGES)
+    if limit < 1:
+        raise _fail("limit must be at least 1")
+    ranged = [k in m for k in ("sender", "first", "last")]
+    if any(ranged) and not all(ranged):
+        raise _fail("sender, first and last come together")
+    if all(ranged):
+        need_bytes(m, "sender", 32)
+        if need_uint(m, "first") > need_uint(m, "last"):
+            raise _fail("first is after last")
+
+
+def _check_cupage(m: Map) -> None:
+    need_uint(m, "r", MAX_REQUEST_ID)
+    need_topic(m.get("topic"))
+    msgs = need_list(m, "m", MAX_PAGE_MESSAGES)
+    if not all(isinstance(e, bytes) and len(e) <= MAX_ENVELOPE for e in msgs):
+        raise _fail("m holds envelopes (byte strings)")
+    need_uint(m, "next")
+    if not isinstance(m.get("more"), bool):
+        raise _fail("more must be a boolean")
+    heads = need_list(m, "heads", MAX_PAGE_HEADS)
+    for entry in heads:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], bytes)
+            or len(entry[0]) != 32
+            or type(entry[1]) is not int
+            or not 0 <= entry[1] < 2**64
+        ):
+            raise _fail("heads entries are [peer id, sequence]")
+    if "err" in m:
+        need_text(m, "err", 32)
+
+
 def _check_ping(m: Map) -> None:
     need_uint(m, "n")
 
@@ -218,6 +262,15 @@ _SPEC: dict[str, tuple[frozenset[str], Callable[[Map], None]]] = {
     "ping": (frozenset({"t", "n"}), _check_ping),
     "dht": (frozenset({"t", "m"}), _check_dht),
     "pong": (frozenset({"t", "n"}), _check_ping),
+    "cureq": (
+        frozenset({"t", "r", "topic", "after", "since", "limit", "sender", "first", "last"}),
+        _check_cureq,
+    ),
+    "cupage": (
+        frozenset({"t", "r", "topic", "m", "next", "more", "heads", "err"}),
+        _check_cupage,
+    ),
+    "push": (frozenset({"t", "e"}), _check_pub),
 }
 
 FRAME_TYPES = frozenset(_SPEC)

@@ -52,7 +52,11 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Deliver:
+    """A new, verified envelope; ``member`` is False for one we only relay
+    (reported when the router was made with ``observe_all``, for a store)."""
+
     envelope: Envelope
+    member: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,7 @@ class Close:
 
 @dataclass(frozen=True, slots=True)
 class Upcall:
-    """A frame for another protocol on the link (the DHT): the shell hands it on."""
+    """A frame for another protocol on the link (DHT, catch-up): the shell hands it on."""
 
     peer: bytes
     frame: Frame
@@ -118,9 +122,11 @@ class GossipRouter:
         keepalive: float = 15.0,
         idle_timeout: float = 45.0,
         verify: bool = True,
+        observe_all: bool = False,
     ) -> None:
         self.me = me
         self.verify = verify  # False only for --bench-no-verify
+        self.observe_all = observe_all  # report relayed envelopes too (a storing seed)
         self.relay = relay
         self.params = params or GossipParams()
         self._rng = rng or random.Random()
@@ -157,6 +163,10 @@ class GossipRouter:
 
     def seen(self, msg_id: bytes) -> bool:
         return msg_id in self._seen
+
+    def note_seen(self, msg_id: bytes, now: float) -> None:
+        """A message that reached us another way (catch-up, a push): drop its gossip copies."""
+        self._remember(msg_id, now)
 
     def statistics(self) -> dict[str, Any]:
         return {
@@ -282,7 +292,7 @@ class GossipRouter:
                 return [Send(peer, encode_frame("pong", n=f["n"]))]
             case "pong":
                 return []
-            case "dht":
+            case "dht" | "cureq" | "cupage" | "push":
                 return [Upcall(peer, frame)]
             case "error":
                 return [Close(peer, ErrorCode.SHUTDOWN, f"peer said {f['code']}: {f['msg']}")]
@@ -313,6 +323,8 @@ class GossipRouter:
         if route in self._members:
             self.stats.delivered += 1
             actions.append(Deliver(env))
+        elif self.observe_all and env.kind != "presence":
+            actions.append(Deliver(env, member=False))
         if self.relay:
             # a message may arrive before the heartbeat built this topic's mesh:
             # graft now rather than leave the first messages to gossip repair

@@ -32,6 +32,7 @@ class InboxMessage:
     received_ms: int
     outgoing: bool
     read: bool = False
+    status: str | None = None  # an outgoing DM: "pending", "delivered" or "undeliverable"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -57,6 +58,8 @@ class InboxMessage:
             out["reply_to"] = self.reply_to.hex()
         if self.thread is not None:
             out["thread"] = self.thread.hex()
+        if self.status is not None:
+            out["status"] = self.status
         return out
 
 
@@ -83,11 +86,18 @@ class Inbox:
         return len(self._messages) - len(self._read)
 
     def add(self, message: InboxMessage) -> InboxMessage | None:
-        """Store ``message`` (its cursor is assigned here); None if already held."""
+        """Hold ``message``; None if already held.
+
+        Its cursor is assigned here unless it has one (a persistent inbox
+        gives the store's position); cursors must be added in increasing order.
+        """
         if message.id in self._by_id:
             return None
-        message.cursor = self._next
-        self._next += 1
+        if message.cursor <= 0:
+            message.cursor = self._next
+        elif message.cursor < self._next:
+            raise ValueError(f"cursor {message.cursor} is not after {self._next - 1}")
+        self._next = message.cursor + 1
         self._messages[message.cursor] = message
         self._by_id[message.id] = message.cursor
         if message.read:

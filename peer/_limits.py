@@ -25,6 +25,10 @@ MAX_ADDR_BYTES = 256
 MAX_CAPS = 16
 MAX_TEXT_FIELD = 256
 MAX_INTEREST_HOPS = 12
+MAX_PAGE_MESSAGES = 512  # envelopes in one catch-up page
+MAX_PAGE_BYTES = 256 * 1024  # envelope bytes in one page (one larger envelope goes alone)
+MAX_PAGE_HEADS = 256  # [sender, seq] pairs in one page
+MAX_REQUEST_ID = 2**32 - 1
 MAX_DHT_MESSAGE = 96 * 1024  # one DHT RPC carried in a dht frame (dht/_config.py)
 
 

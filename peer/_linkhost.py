@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ._identity import Identity
     from ._inbox import Directory
     from ._options import PeerCounters, PeerOptions
+    from ._storage import Storage
 
 WRITE_BATCH = 256  # records a writer sends with one write, at most
 WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
@@ -58,6 +59,7 @@ class LinkHost:
         links: dict[bytes, Link]
         counters: PeerCounters
         listen_urls: list[str]
+        storage: Storage | None
         dht: DhtService | None
         _self_urls: set[str]
 
@@ -216,6 +218,8 @@ class LinkHost:
                         assert contact is not None
                         self.dht.link_up(contact)
                         self._update_relays()
+                    if self.storage is not None:
+                        self.storage.on_link_up(link.peer_id, result.caps)
                     if on_up is not None:
                         on_up()
                     await self._reader(link, log)

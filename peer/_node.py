@@ -15,7 +15,9 @@ and logs. Rules kept here:
 
 Serving a link lives in ``peer._linkhost``, the DHT host methods in
 ``peer._dhthost``, WebSocket plumbing in ``peer._websocket``; ``Peer``
-inherits the first two as mixins.
+inherits the first two as mixins. With a ``store_path`` the peer's log,
+persistent inbox, outbox and catch-up live in ``peer._storage``; without one
+(simulations, benchmarks) nothing persists and the inbox is memory only.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import trio
 import trio_websocket
 
 from dht import DhtService
+from store import open_store_service
 
 from . import _cbor
 from ._dhthost import DhtHost
@@ -41,19 +44,21 @@ from ._envelope import (
     Envelope,
     inbox_topic,
     open_dm,
+    open_envelope,
     payload_value,
     seal_dm,
     seal_message,
     seal_presence,
 )
 from ._errors import ErrorCode, ProtocolError
-from ._frames import is_topic
+from ._frames import encode_frame, is_topic
 from ._gossip import Close, Deliver, GossipRouter, Send, Upcall
 from ._identity import Identity
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
 from ._link import Link
 from ._linkhost import LinkHost
 from ._options import PRESENCE_INTERVAL, PeerCounters, PeerOptions, UnknownPeer
+from ._storage import Storage
 from ._transport import WebSocketTransport
 from ._websocket import describe_remote, dial_websocket, is_loopback, memory_link_pair, serve_ws
 
@@ -80,13 +85,15 @@ class Peer(LinkHost, DhtHost):
             keepalive=self.options.keepalive,
             idle_timeout=self.options.idle_timeout,
             verify=not self.options.bench_no_verify,
+            observe_all=self.options.relay_only and self.options.store_path is not None,
         )
         self.inbox = Inbox(self.options.inbox_capacity)
         self.directory = Directory()
         self.links: dict[bytes, Link] = {}
         self.counters = PeerCounters()
         self.channels: set[str] = set()
-        self._seq = 0
+        self._seqs: dict[str, int] = {}
+        self.storage: Storage | None = None
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
@@ -124,28 +131,46 @@ class Peer(LinkHost, DhtHost):
         """Run the peer until cancelled. ``extra`` starts more services in its nursery."""
         self._started = trio.current_time()
         self._epoch = time.time() - self._started
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            if extra is not None:
-                await extra(nursery)  # the listener: our addresses are known after it
-            if self.options.dht:
-                self.dht = self._make_dht()
-                nursery.start_soon(self.dht.run)
-            self._perform(self.router.subscribe(PRESENCE_TOPIC))
-            if not self.options.relay_only:
-                self._perform(self.router.subscribe(inbox_topic(self.peer_id)))
-                for channel in self.options.channels:
-                    self.subscribe(channel)
-            nursery.start_soon(self._heartbeat_loop)
-            nursery.start_soon(self._presence_loop)
-            self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
-            if self.options.bench_no_verify or self.options.bench_plaintext_links:
-                self.log.warning(
-                    "benchmark-only flags on: UNSAFE, never use in production",
-                    no_verify=self.options.bench_no_verify,
-                    plaintext_links=self.options.bench_plaintext_links,
+        async with contextlib.AsyncExitStack() as stack:
+            channels = list(self.options.channels)
+            if self.options.store_path is not None:
+                service = await stack.enter_async_context(
+                    open_store_service(self.options.store_path, log=self.log.bind(part="store"))
                 )
-            task_status.started()
+                self.storage = Storage(self, service)
+                channels = [*await self.storage.load(), *channels]
+            async with trio.open_nursery() as nursery:
+                await self._start(nursery, channels, extra)
+                task_status.started()
+
+    async def _start(
+        self,
+        nursery: trio.Nursery,
+        channels: list[str],
+        extra: Callable[[trio.Nursery], Awaitable[None]] | None,
+    ) -> None:
+        self._nursery = nursery
+        if self.storage is not None:
+            nursery.start_soon(self.storage.run)
+        if extra is not None:
+            await extra(nursery)  # the listener: our addresses are known after it
+        if self.options.dht:
+            self.dht = self._make_dht()
+            nursery.start_soon(self.dht.run)
+        self._perform(self.router.subscribe(PRESENCE_TOPIC))
+        if not self.options.relay_only:
+            self._perform(self.router.subscribe(inbox_topic(self.peer_id)))
+            for channel in dict.fromkeys(channels):
+                self.subscribe(channel)
+        nursery.start_soon(self._heartbeat_loop)
+        nursery.start_soon(self._presence_loop)
+        self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
+        if self.options.bench_no_verify or self.options.bench_plaintext_links:
+            self.log.warning(
+                "benchmark-only flags on: UNSAFE, never use in production",
+                no_verify=self.options.bench_no_verify,
+                plaintext_links=self.options.bench_plaintext_links,
+            )
 
     @property
     def serving_dht(self) -> bool:
@@ -189,12 +214,32 @@ class Peer(LinkHost, DhtHost):
         link = self.links.get(action.peer)
         if link is None:
             return
-        if self.dht is None:
-            return  # DHT off: requests go unanswered and time out at the asker
-        try:
-            self.dht.on_message(action.peer, action.frame.fields["m"])
-        except ProtocolError as exc:
-            self._refuse(link, exc, self.log.bind(link=action.peer.hex()[:16]))
+        fields = action.frame.fields
+        storage = self.storage
+        match action.frame.type:
+            case "dht":
+                if self.dht is None:
+                    return  # DHT off: requests go unanswered and time out at the asker
+                try:
+                    self.dht.on_message(action.peer, fields["m"])
+                except ProtocolError as exc:
+                    self._refuse(link, exc, self.log.bind(link=action.peer.hex()[:16]))
+            case "cureq":
+                if storage is not None:
+                    storage.on_request(action.peer, fields)
+                else:
+                    link.enqueue(encode_frame(
+                        "cupage", r=fields["r"], topic=fields["topic"], m=[],
+                        next=fields["after"], more=False, heads=[], err="not-carried",
+                    ))
+            case "cupage":
+                if storage is not None:
+                    storage.on_page(action.peer, fields)
+            case "push":
+                if storage is not None:
+                    storage.on_push(action.peer, fields["e"])
+                else:
+                    self._on_push_memory(action.peer, fields["e"])
 
     def _perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None:
         for action in actions:
@@ -205,7 +250,7 @@ class Peer(LinkHost, DhtHost):
                     self.log.warning("link too slow", link=link.peer_id.hex()[:16])
                     link.close(ErrorCode.SLOW, "not reading fast enough")
             elif isinstance(action, Deliver):
-                self._deliver(action.envelope)
+                self._deliver(action.envelope, action.member)
             elif isinstance(action, Upcall):
                 self._upcall(action)
             else:
@@ -220,11 +265,16 @@ class Peer(LinkHost, DhtHost):
                     )
                     link.close(action.code, action.reason)
 
-    def _deliver(self, env: Envelope) -> None:
+    def _deliver(self, env: Envelope, member: bool = True) -> None:
         now_ms = self.wall_ms()
         info = self.directory.see(env.sender, env.sender_key, now_ms)
         if env.kind == "presence":
             self._on_presence(env, info)
+            return
+        if self.storage is not None:
+            self.storage.accept(env, member=member)
+            return
+        if env.kind == "receipt" or not member:
             return
         outgoing = env.sender == self.peer_id
         if env.kind == "dm":
@@ -249,6 +299,19 @@ class Peer(LinkHost, DhtHost):
         peer: bytes | None,
         outgoing: bool,
     ) -> None:
+        message, _ = self._inbox_message(env, content, channel, peer, outgoing, self.wall_ms())
+        self._add_inbox_message(message)
+
+    def _inbox_message(
+        self,
+        env: Envelope,
+        content: Content,
+        channel: str | None,
+        peer: bytes | None,
+        outgoing: bool,
+        now_ms: int,
+    ) -> tuple[InboxMessage, bytes | None]:
+        """The inbox entry of a message, and its payload's CBOR bytes."""
         payload: Any = None
         if content.payload is not None:
             payload = payload_value(content.payload)
@@ -266,14 +329,34 @@ class Peer(LinkHost, DhtHost):
             reply_to=content.reply_to,
             thread=content.thread,
             ts=env.ts,
-            received_ms=self.wall_ms(),
+            received_ms=now_ms,
             outgoing=outgoing,
             read=outgoing,
+            status="pending" if outgoing and env.kind == "dm" else None,
         )
+        return message, content.payload
+
+    def _add_inbox_message(self, message: InboxMessage) -> None:
         if self.inbox.add(message) is not None:
-            self._inbox_changed.set()
-            self._inbox_changed = trio.Event()
-            self._notify_changed()
+            self._notify_inbox()
+
+    def _notify_inbox(self) -> None:
+        self._inbox_changed.set()
+        self._inbox_changed = trio.Event()
+        self._notify_changed()
+
+    def _on_push_memory(self, link_peer: bytes, wire: bytes) -> None:
+        """A pushed DM without a store: deliver it once, like one from gossip."""
+        try:
+            env = open_envelope(wire, verify=not self.options.bench_no_verify)
+        except ProtocolError as exc:
+            link = self.links.get(link_peer)
+            if link is not None:
+                self._refuse(link, exc, self.log.bind(link=link_peer.hex()[:16]))
+            return
+        if env.kind == "dm" and env.recipient == self.peer_id and not self.router.seen(env.id):
+            self.router.note_seen(env.id, self.now())
+            self._deliver(env)
 
     async def wait_inbox_changed(self) -> None:
         await self._inbox_changed.wait()
@@ -292,6 +375,8 @@ class Peer(LinkHost, DhtHost):
                 info.listen = tuple(listen[:8])
             if isinstance(caps, list) and all(isinstance(c, str) for c in caps):
                 info.caps = tuple(caps[:16])
+        if self.storage is not None:
+            self.storage.wake_outbox(env.sender)
         if info.extra.get("presence_seq", -1) < env.seq:
             first = "presence_seq" not in info.extra
             info.extra["presence_seq"] = env.seq
@@ -301,21 +386,39 @@ class Peer(LinkHost, DhtHost):
 
     # -- agent-facing operations -------------------------------------------------
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    def _next_seq(self, topic: str) -> int:
+        """A sequence number in memory (no store: it restarts with the process)."""
+        seq = self._seqs.get(topic, 0) + 1
+        self._seqs[topic] = seq
+        return seq
+
+    async def _own_seq(self, log_topic: str) -> int:
+        if self.storage is None:
+            return self._next_seq(log_topic)
+        return await self.storage.next_seq(log_topic)
 
     def subscribe(self, channel: str) -> None:
         if not is_topic(channel) or "/" in channel:
             raise ValueError(f"not a channel name: {channel!r}")
+        new = channel not in self.channels
         self.channels.add(channel)
         self._perform(self.router.subscribe(channel))
+        if self.storage is not None and new:
+            self.nursery.start_soon(self._subscribed, channel)
         if self.dht is not None and channel not in self.dht.node.providing:
             with contextlib.suppress(ValueError):  # providing too many topics: gossip still works
                 self.dht.node.start_providing(channel, self.wall_time())
             self.nursery.start_soon(self._link_to_carriers, channel)
 
+    async def _subscribed(self, channel: str) -> None:
+        assert self.storage is not None
+        await self.storage.note_subscribed(channel)
+        await self.storage.save_channels()
+        await self.storage.catch_up_all([channel])
+
     def unsubscribe(self, channel: str) -> None:
+        if self.storage is not None and channel in self.channels:
+            self.nursery.start_soon(self.storage.save_channels)
         self.channels.discard(channel)
         self._perform(self.router.unsubscribe(channel))
         if self.dht is not None:
@@ -324,9 +427,48 @@ class Peer(LinkHost, DhtHost):
     def publish(self, channel: str, content: Content) -> Envelope:
         """Sign and send a channel message (ValueError or ProtocolError if invalid)."""
         env = seal_message(
-            self.identity, topic=channel, content=content, seq=self._next_seq(), ts=self.wall_ms()
+            self.identity, topic=channel, content=content, seq=self._next_seq(channel),
+            ts=self.wall_ms(),
         )
         self._perform(self.router.publish(env, self.now()))
+        return env
+
+    async def send_message(self, channel: str, content: Content) -> Envelope:
+        """Sign, store (durably, with a store) and send a channel message."""
+        env = seal_message(
+            self.identity, topic=channel, content=content, seq=await self._own_seq(channel),
+            ts=self.wall_ms(),
+        )
+        if self.storage is not None:
+            message = payload = None
+            if channel in self.channels:
+                message, payload = self._inbox_message(
+                    env, content, channel, None, True, self.wall_ms()
+                )
+            await self.storage.store_own(env, message, payload)
+        self._perform(self.router.publish(env, self.now()))
+        return env
+
+    async def send_direct(self, peer_id: bytes, content: Content) -> Envelope:
+        """Encrypt, sign, store and send a DM; it waits in the outbox for its receipt."""
+        if self.storage is None:
+            return self.send_dm(peer_id, content)
+        info = self.directory.get(peer_id)
+        if info is None or peer_id == self.peer_id:
+            raise UnknownPeer(peer_id.hex())
+        env = seal_dm(
+            self.identity,
+            recipient_key=info.public_key,
+            content=content,
+            seq=await self._own_seq(inbox_topic(peer_id)),
+            ts=self.wall_ms(),
+        )
+        message, payload = self._inbox_message(env, content, None, peer_id, True, self.wall_ms())
+        await self.storage.store_own(env, message, payload)
+        self._perform(self.router.publish(env, self.now()))
+        link = self.links.get(peer_id)
+        if link is not None and env.route not in self.router.interest_of(peer_id):
+            link.enqueue(encode_frame("push", e=env.wire))
         return env
 
     def send_dm(self, peer_id: bytes, content: Content) -> Envelope:
@@ -338,12 +480,26 @@ class Peer(LinkHost, DhtHost):
             self.identity,
             recipient_key=info.public_key,
             content=content,
-            seq=self._next_seq(),
+            seq=self._next_seq(inbox_topic(peer_id)),
             ts=self.wall_ms(),
         )
         self._perform(self.router.publish(env, self.now()))
         self._add_to_inbox(env, content, channel=None, peer=peer_id, outgoing=True)
         return env
+
+    async def mark_read(self, ids: list[bytes]) -> int:
+        """Mark inbox messages read; with a store, returns after it is durable."""
+        cursors = [m.cursor for i in ids if (m := self.inbox.get(i)) is not None and not m.read]
+        marked = self.inbox.mark_read(ids)
+        if self.storage is not None:
+            await self.storage.mark_read(cursors)
+        return marked
+
+    async def mark_read_through(self, cursor: int) -> int:
+        marked = self.inbox.mark_read_through(cursor)
+        if self.storage is not None:
+            await self.storage.mark_read_through(cursor)
+        return marked
 
     def known_peers(self, *, online: bool | None = None) -> list[PeerInfo]:
         now_ms = self.wall_ms()
@@ -384,7 +540,9 @@ class Peer(LinkHost, DhtHost):
     def _announce_presence(self) -> None:
         self._last_presence = self.now()
         payload = _cbor.encode({"listen": self.listen_urls[:8], "caps": list(self.caps)})
-        env = seal_presence(self.identity, payload=payload, seq=self._next_seq(), ts=self.wall_ms())
+        # presence is not stored: its sequence is the clock, which outlives restarts
+        now_ms = self.wall_ms()
+        env = seal_presence(self.identity, payload=payload, seq=now_ms, ts=now_ms)
         self._perform(self.router.publish(env, self.now()))
 
     # -- dialling ------------------------------------------------------------------

@@ -11,12 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dht import DhtConfig
+from store import KeepRules, RetentionPolicy
 
 from ._errors import ErrorCode
 from ._handshake import PLAINTEXT_CAP
 from ._limits import GossipParams
 
 PRESENCE_INTERVAL = 60.0
+DAY_MS = 24 * 3600 * 1000
+
+
+def default_keep_rules(relay_only: bool) -> KeepRules:
+    """A peer keeps what it subscribes to for 30 days; a seed what it relays for 7."""
+    if relay_only:
+        return KeepRules(default=RetentionPolicy(max_age_ms=7 * DAY_MS, max_bytes=256 << 20))
+    return KeepRules(default=RetentionPolicy(max_age_ms=30 * DAY_MS, max_bytes=1 << 30))
 
 
 class UnknownPeer(Exception):
@@ -44,15 +53,31 @@ class PeerOptions:
     dht: bool = True
     dht_config: DhtConfig = field(default_factory=DhtConfig)
     providers_to_link: int = 3  # carriers of a channel we link to when we subscribe
+    store_path: str | None = None  # LMDB directory; None: nothing persists (tests, benchmarks)
+    keep_rules: KeepRules | None = None  # None: default_keep_rules(relay_only)
+    max_kept_topics: int = 4096  # topics a relay-only seed keeps receiving to store them
+    dm_deadline: float = 7 * 24 * 3600.0  # seconds a DM waits for its receipt
+    outbox_retry_initial: float = 2.0  # first retry of an unreceipted DM, then backoff
     # benchmarks only, unsafe: skip the relay's envelope signature checks, and
     # offer unencrypted links (used only if the other side offers them too)
     bench_no_verify: bool = False
     bench_plaintext_links: bool = False
 
+    def __post_init__(self) -> None:
+        if self.keep_rules is None:
+            self.keep_rules = default_keep_rules(self.relay_only)
+
+    @property
+    def rules(self) -> KeepRules:
+        assert self.keep_rules is not None
+        return self.keep_rules
+
     def caps_for(self, serving_dht: bool) -> tuple[str, ...]:
         caps = ["relay"] if self.relay else []
         if self.relay_only:
             caps.append("relay-only")
+        if self.store_path is not None:
+            caps.append("store")
         if serving_dht:
             caps.append("dht")
         if self.bench_plaintext_links:

@@ -28,6 +28,8 @@ from peer._limits import (
     MAX_IDS_PER_FRAME,
     MAX_INTEREST_HOPS,
     MAX_LISTEN_ADDRS,
+    MAX_PAGE_HEADS,
+    MAX_PAGE_MESSAGES,
     MAX_RECORD,
     MAX_TEXT_FIELD,
     MAX_TOPICS_PER_FRAME,
@@ -63,6 +65,25 @@ def valid_fields() -> dict[str, dict[str, Any]]:
         "ping": {"n": 0},
         "pong": {"n": 2**64 - 1},
         "dht": {"m": b"\xa0"},
+        "cureq": {
+            "r": 7,
+            "topic": "general",
+            "after": 0,
+            "since": 1_700_000_000_000,
+            "limit": MAX_PAGE_MESSAGES,
+            "sender": PEER,
+            "first": 3,
+            "last": 9,
+        },
+        "cupage": {
+            "r": 7,
+            "topic": "inbox/" + HEX_ID,
+            "m": [b"\x82\x41\x00\x58\x40" + b"\x00" * 64],
+            "next": 12,
+            "more": False,
+            "heads": [[PEER, 12]],
+        },
+        "push": {"e": b"\x82\x41\x00\x58\x40" + b"\x00" * 64},
     }
 
 
@@ -200,6 +221,25 @@ BAD: list[tuple[str, str, object, ErrorCode]] = [
     # dht (its content is checked by dht.decode_message)
     ("dht", "m", "text", ErrorCode.MALFORMED),
     ("dht", "m", b"\x00" * (MAX_DHT_MESSAGE + 1), ErrorCode.TOO_LARGE),
+    # catch-up
+    ("cureq", "r", 2**32, ErrorCode.MALFORMED),
+    ("cureq", "topic", "~inbox", ErrorCode.MALFORMED),
+    ("cureq", "limit", 0, ErrorCode.MALFORMED),
+    ("cureq", "limit", MAX_PAGE_MESSAGES + 1, ErrorCode.MALFORMED),
+    ("cureq", "since", -1, ErrorCode.MALFORMED),
+    ("cureq", "sender", b"\x00" * 31, ErrorCode.MALFORMED),
+    ("cureq", "first", 10, ErrorCode.MALFORMED),
+    ("cupage", "m", [b"x"] * (MAX_PAGE_MESSAGES + 1), ErrorCode.TOO_LARGE),
+    ("cupage", "m", ["text"], ErrorCode.MALFORMED),
+    ("cupage", "m", [b"\x00" * (MAX_ENVELOPE + 1)], ErrorCode.MALFORMED),
+    ("cupage", "more", 1, ErrorCode.MALFORMED),
+    ("cupage", "heads", [[PEER]], ErrorCode.MALFORMED),
+    ("cupage", "heads", [[PEER, -1]], ErrorCode.MALFORMED),
+    ("cupage", "heads", [[b"\x00", 1]], ErrorCode.MALFORMED),
+    ("cupage", "heads", [[PEER, 1]] * (MAX_PAGE_HEADS + 1), ErrorCode.TOO_LARGE),
+    ("cupage", "err", "e" * 33, ErrorCode.TOO_LARGE),
+    ("push", "e", "envelope", ErrorCode.MALFORMED),
+    ("push", "e", b"\x00" * (MAX_ENVELOPE + 1), ErrorCode.TOO_LARGE),
 ]
 
 

@@ -1,0 +1,242 @@
+"""Catch-up, sans-IO: what a carrier answers, and how a returning peer checks it.
+
+protocol-spec/catchup.md is the contract. A returning peer sends ``cureq``
+for one topic to a carrier: "what follows ``after`` in your log, or what you
+received since ``since``" (or, to fill a gap, "sender X's sequence numbers
+``first..last``"). The carrier answers with one ``cupage`` of envelopes in its
+log order; ``next`` is the cursor to ask from for the following page and
+``more`` says whether there is one. The last page of a log walk carries the
+carrier's highest sequence number per sender (``heads``), which is how the
+returning peer finds what it is still missing and asks elsewhere.
+
+Rules kept here:
+
+* No trio, no sockets, no lmdb: :func:`build_page` runs on anything with the
+  ``PageSource`` reads (a ``store.MessageStore`` in a reader thread), and
+  :func:`check_page` and :func:`missing_ranges` are pure.
+* A page is bounded in envelopes and bytes; one envelope larger than the byte
+  bound still goes, alone, so a log walk always advances.
+* A peer's inbox log (``inbox/<id>``, its DMs and receipts) is served to that
+  peer only.
+* Every envelope in a page is checked like one from gossip (signature,
+  fields) and must belong to the requested topic (and sender range), or the
+  whole page is refused; the envelope's age is not checked, catch-up is for
+  old messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ._envelope import Envelope, inbox_topic, open_envelope
+from ._errors import ErrorCode, ProtocolError
+from ._frames import Map
+from ._limits import MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
+
+NOT_CARRIED = "not-carried"
+FORBIDDEN = "forbidden"
+BUSY = "busy"
+ERRORS = frozenset({NOT_CARRIED, FORBIDDEN, BUSY})
+
+
+class _Head(Protocol):
+    @property
+    def next_seq(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+
+class _Stored(Protocol):
+    @property
+    def seq(self) -> int: ...
+    @property
+    def sender_seq(self) -> int: ...
+    @property
+    def wire(self) -> bytes: ...
+
+
+class PageSource(Protocol):
+    """The store reads a carrier needs (``store.MessageStore`` has them)."""
+
+    def head(self, topic: str) -> _Head: ...
+    def seq_at(self, topic: str, received_ms: int) -> int: ...
+    def read(self, topic: str, after: int = 0, limit: int = 100) -> Sequence[_Stored]: ...
+    def read_sender(
+        self, topic: str, sender: bytes, first: int, last: int, limit: int = 100
+    ) -> Sequence[_Stored]: ...
+    def sender_heads(self, topic: str, limit: int = 256) -> list[tuple[bytes, int]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """The fields of a ``cureq`` frame."""
+
+    r: int
+    topic: str
+    after: int = 0
+    since: int = 0  # ms on the carrier's clock; 0: from the start of its log
+    limit: int = MAX_PAGE_MESSAGES
+    sender: bytes | None = None  # with first/last: one sender's range only
+    first: int = 0
+    last: int = 0
+
+    @classmethod
+    def from_fields(cls, f: Map) -> PageRequest:
+        return cls(
+            r=f["r"],
+            topic=f["topic"],
+            after=f["after"],
+            since=f["since"],
+            limit=f["limit"],
+            sender=f.get("sender"),
+            first=f.get("first", 0),
+            last=f.get("last", 0),
+        )
+
+    def fields(self) -> Map:
+        out: Map = {
+            "r": self.r,
+            "topic": self.topic,
+            "after": self.after,
+            "since": self.since,
+            "limit": self.limit,
+        }
+        if self.sender is not None:
+            out.update(sender=self.sender, first=self.first, last=self.last)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """The fields of a ``cupage`` frame."""
+
+    r: int
+    topic: str
+    messages: list[bytes]
+    next: int
+    more: bool
+    heads: list[tuple[bytes, int]]
+    err: str | None = None
+
+    @classmethod
+    def from_fields(cls, f: Map) -> Page:
+        return cls(
+            r=f["r"],
+            topic=f["topic"],
+            messages=f["m"],
+            next=f["next"],
+            more=f["more"],
+            heads=[(s, n) for s, n in f["heads"]],
+            err=f.get("err"),
+        )
+
+    def fields(self) -> Map:
+        out: Map = {
+            "r": self.r,
+            "topic": self.topic,
+            "m": self.messages,
+            "next": self.next,
+            "more": self.more,
+            "heads": [[s, n] for s, n in self.heads],
+        }
+        if self.err is not None:
+            out["err"] = self.err
+        return out
+
+
+def refusal(request: PageRequest, err: str) -> Page:
+    return Page(request.r, request.topic, [], request.after, False, [], err)
+
+
+def may_serve(topic: str, requester: bytes) -> bool:
+    """Inbox logs go to their owner only; system topics are never stored."""
+    if topic.startswith("inbox/"):
+        return topic == inbox_topic(requester)
+    return not topic.startswith("sys/")
+
+
+def _fill(records: Sequence[_Stored]) -> list[_Stored]:
+    """The longest prefix of ``records`` within the page's byte bound (at least one)."""
+    out: list[_Stored] = []
+    size = 0
+    for record in records:
+        size += len(record.wire)
+        if out and size > MAX_PAGE_BYTES:
+            break
+        out.append(record)
+    return out
+
+
+def build_page(source: PageSource, request: PageRequest, requester: bytes) -> Page:
+    """The carrier's answer to ``request`` from ``requester``."""
+    topic = request.topic
+    if not may_serve(topic, requester):
+        return refusal(request, FORBIDDEN)
+    head = source.head(topic)
+    if head.next_seq <= 1:
+        return refusal(request, NOT_CARRIED)
+    limit = min(request.limit, MAX_PAGE_MESSAGES)
+    if request.sender is not None:
+        records = _fill(
+            source.read_sender(topic, request.sender, request.first, request.last, limit)
+        )
+        nxt = records[-1].sender_seq if records else request.last
+        more = len(records) == limit and nxt < request.last
+        return Page(request.r, topic, [r.wire for r in records], nxt, more, [])
+    start = request.after
+    if request.since:
+        start = max(start, source.seq_at(topic, request.since))
+    last = head.next_seq - 1
+    records = _fill(source.read(topic, after=start, limit=limit)) if start < last else []
+    nxt = records[-1].seq if records else max(start, last)
+    more = nxt < last
+    heads = [] if more else source.sender_heads(topic, MAX_PAGE_HEADS)
+    return Page(request.r, topic, [r.wire for r in records], nxt, more, heads)
+
+
+def check_page(request: PageRequest, page: Page, *, verify: bool = True) -> list[Envelope]:
+    """The envelopes of ``page``, each verified and inside what was asked.
+
+    Raises ProtocolError (and nothing else) for a page that does not answer
+    ``request`` or holds anything that does not belong to it.
+    """
+    if page.r != request.r or page.topic != request.topic:
+        raise ProtocolError(ErrorCode.UNEXPECTED, "page does not answer the request")
+    if page.err is not None:
+        if page.messages or page.more:
+            raise ProtocolError(ErrorCode.MALFORMED, "a refusal carries no messages")
+        return []
+    if len(page.messages) > request.limit:
+        raise ProtocolError(ErrorCode.TOO_LARGE, "page over the requested limit")
+    if request.sender is None and page.messages and page.next <= request.after:
+        raise ProtocolError(ErrorCode.MALFORMED, "page cursor does not advance")
+    out: list[Envelope] = []
+    for wire in page.messages:
+        env = open_envelope(wire, verify=verify)
+        if env.kind == "presence" or env.log_topic != request.topic:
+            raise ProtocolError(ErrorCode.MALFORMED, "page holds a message of another topic")
+        if request.sender is not None and (
+            env.sender != request.sender or not request.first <= env.seq <= request.last
+        ):
+            raise ProtocolError(ErrorCode.MALFORMED, "page holds a message outside the range")
+        out.append(env)
+    return out
+
+
+def missing_ranges(have: Sequence[tuple[int, int]], head: int) -> list[tuple[int, int]]:
+    """Sequence ranges of one sender missing from ``have`` (sorted inclusive ranges)
+    up to ``head``. Nothing before the first range counts: that is before we
+    followed the sender."""
+    if not have:
+        return []
+    out: list[tuple[int, int]] = []
+    prev_end = have[0][1]
+    for start, end in have[1:]:
+        if start > prev_end + 1:
+            out.append((prev_end + 1, min(start - 1, head)))
+        prev_end = max(prev_end, end)
+    if head > prev_end:
+        out.append((prev_end + 1, head))
+    return [(a, b) for a, b in out if a <= b]
