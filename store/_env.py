@@ -42,12 +42,18 @@ from ._records import (
     _DB_NAMES,
     DEFAULT_MAX_RECORD,
     DEFAULT_MAX_SEEN_RANGES,
+    _latest_from_seen,
     _u64,
 )
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# 2: added ``latest`` and ``flags``. A schema 1 store is upgraded on open (one
+# write: the new databases are created and ``latest`` is filled from ``seen``);
+# code that knows only schema 1 refuses a schema 2 store instead of leaving
+# those two databases stale.
+SCHEMA_VERSION = 2
+_UPGRADABLE = frozenset({_u64(1)})
 DEFAULT_MAP_SIZE = 64 * 1024 * 1024
 DEFAULT_MAX_MAP_SIZE = 4 * 1024 * 1024 * 1024
 
@@ -219,6 +225,8 @@ class _StoreEnv:
         self._deadline = dbs["deadline"]
         self._dead = dbs["dead"]
         self._meta = dbs["meta"]
+        self._latest = dbs["latest"]
+        self._flags = dbs["flags"]
 
     def _open_existing_dbs(self) -> dict[str, lmdb._Database] | None:
         """The databases of an existing store, opened without a write (and its fsync)."""
@@ -230,6 +238,8 @@ class _StoreEnv:
                 return None
             with env.begin() as txn:
                 version = txn.get(b"schema", db=dbs["meta"])
+        if version in _UPGRADABLE:
+            return None  # upgraded by _create_dbs, in a write
         if version != _u64(SCHEMA_VERSION):
             raise StoreError(f"{self.path}: unknown store schema {version!r}")
         return dbs
@@ -238,7 +248,9 @@ class _StoreEnv:
         env = self._require_env()
         dbs = {name: env.open_db(name.encode(), txn=txn) for name in _DB_NAMES}
         version = txn.get(b"schema", db=dbs["meta"])
-        if version is None:
+        if version in _UPGRADABLE:
+            _latest_from_seen(txn, dbs["seen"], dbs["latest"])
+        if version is None or version in _UPGRADABLE:
             txn.put(b"schema", _u64(SCHEMA_VERSION), db=dbs["meta"])
         elif version != _u64(SCHEMA_VERSION):
             raise StoreError(f"{self.path}: unknown store schema {version.hex()}")

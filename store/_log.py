@@ -1,14 +1,16 @@
 """The message store: per-topic append logs, composed with the rest of the store.
 
 :class:`MessageStore` is the store's synchronous interface. This module holds
-the log itself (appends, the id and sender indexes, seen-sequence ranges,
-reads, statistics and the consistency check) and composes the other parts:
+the log itself (appends, the id and sender indexes, seen-sequence ranges and
+per-topic sender heads, reads including the carrier side of catch-up,
+statistics and the consistency check) and composes the other parts:
 
 * ``store._env``: the LMDB environment, transactions and map growth (the base
   class); every LMDB transaction begins and ends inside one function call,
   and a write returns only after its commit.
 * ``store._retention``: deleting a topic's oldest records.
 * ``store._state``: reader cursors and opaque peer state.
+* ``store._readflags``: which records of a local inbox log have been read.
 * ``store._outbox``: the DM outbox and dead letters.
 * ``store._records``: the value types, limits and the database layout.
 
@@ -29,6 +31,7 @@ The names ``store`` exports are re-exported from here.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 
 import lmdb
@@ -36,8 +39,10 @@ import lmdb
 from ._env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
 from ._errors import StoreClosed, StoreCorrupt, StoreError, StoreFull
 from ._outbox import _Outbox
+from ._readflags import _ReadFlags
 from ._records import (
     _U64,
+    MAX_ID_BYTES,
     MAX_PAGE,
     U64_MAX,
     AppendItem,
@@ -56,7 +61,10 @@ from ._records import (
     _decode_record,
     _encode_record,
     _Head,
+    _latest_key,
     _log_key,
+    _read_mark_key,
+    _seq_in,
     _split_log_key,
     _topic_key,
     _u64,
@@ -89,13 +97,14 @@ __all__ = [
 ]
 
 
-class MessageStore(_Retention, _State, _Outbox):
-    """Per-topic append logs, indexes, cursors, peer state and a DM outbox.
+class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
+    """Per-topic append logs, indexes, cursors, peer state, read flags and a DM outbox.
 
     Thread-safe: reads may run concurrently in any threads; writes serialize
     on LMDB's writer lock (the Trio shell uses a single writer thread).
     Opening, closing and the transaction plumbing come from ``store._env``;
-    retention, cursors and state, and the outbox from their own modules.
+    retention, cursors and state, read flags and the outbox from their own
+    modules.
     """
 
     # -- appends -------------------------------------------------------------------
@@ -135,6 +144,7 @@ class MessageStore(_Retention, _State, _Outbox):
             txn.put(item.msg_id, key, db=self._ids)
             txn.put(item.sender + _u64(item.sender_seq) + item.msg_id, key, db=self._senders)
             self._mark_seen(txn, item.sender, tkey, item.sender_seq)
+            self._raise_latest(txn, tkey, item.sender, item.sender_seq)
             if head.count == 0:
                 head.first_seq = seq
             head.next_seq = seq + 1
@@ -184,6 +194,15 @@ class MessageStore(_Retention, _State, _Outbox):
             if self._add_ranges(txn, count_key, 1) > self._max_seen_ranges:
                 self._fill_lowest_gap(txn, prefix)
                 self._add_ranges(txn, count_key, -1)
+
+    def _raise_latest(
+        self, txn: lmdb.Transaction[bytes], tkey: bytes, sender: bytes, s: int
+    ) -> None:
+        """Raise the head of ``sender`` in topic key ``tkey`` to ``s`` (never lower it)."""
+        key = _latest_key(tkey, sender)
+        raw = txn.get(key, db=self._latest)
+        if raw is None or _U64.unpack(raw)[0] < s:
+            txn.put(key, _u64(s), db=self._latest)
 
     def _add_ranges(self, txn: lmdb.Transaction[bytes], count_key: bytes, delta: int) -> int:
         raw = txn.get(count_key, db=self._seen_n)
@@ -324,6 +343,115 @@ class MessageStore(_Retention, _State, _Outbox):
         received ("missed N from X": N is the total length of these ranges)."""
         return gaps_between(self.sender_ranges(sender, topic))
 
+    # -- catch-up, carrier side ------------------------------------------------------
+
+    def seq_at(self, topic: str, received_ms: int) -> int:
+        """The log seq a catch-up "since ``received_ms``" starts after.
+
+        Returns the largest ``s`` such that every stored record of ``topic``
+        with seq <= ``s`` was received before ``received_ms``; read from
+        ``after=s`` to get what arrived since. Records are appended in
+        receipt order, so ``received_ms`` is non-decreasing along the log
+        unless the clock stepped back; the search treats it as sorted and is
+        exact when it is. Either way record ``s`` (if stored) was received
+        before ``received_ms`` and record ``s + 1`` (if stored) was not.
+
+        An empty topic gives ``head.next_seq - 1`` (0 for a topic never
+        appended to); if the oldest stored record is already not older,
+        ``first_seq - 1``. A binary search over ``first_seq .. next_seq - 1``:
+        O(log n) record reads in one read transaction.
+        """
+        tkey = _topic_key(topic)
+        _check_u64(received_ms, "received_ms")
+
+        def op(txn: lmdb.Transaction[bytes]) -> int:
+            head = _Head.load(txn, self._heads, tkey)
+            if head.count == 0:
+                return head.next_seq - 1
+
+            def received(seq: int) -> int:
+                key = _log_key(tkey, seq)
+                value = txn.get(key, db=self._log)
+                if value is None:
+                    raise StoreCorrupt(f"{topic}: stored record {seq} is missing")
+                return _decode_record(key, value).received_ms
+
+            seqs = range(head.first_seq, head.next_seq)
+            return head.first_seq - 1 + bisect_left(seqs, received_ms, key=received)
+
+        return self._read(op)
+
+    def read_sender(
+        self, topic: str, sender: bytes, first: int, last: int, limit: int = 100
+    ) -> list[StoredMessage]:
+        """Up to ``limit`` stored messages of ``topic`` from ``sender`` with a
+        sender sequence in ``first .. last`` (inclusive), by ascending sender
+        sequence (a sequence the sender reused: by message id).
+
+        Records removed by retention are not returned (retention deletes
+        their ``senders`` index entries with them). An empty range
+        (``first > last``) gives ``[]``. The ``senders`` index has no topic,
+        so the sender's records in other topics within the range are read
+        past, not returned.
+        """
+        tkey = _topic_key(topic)
+        _check_id(sender, "sender")
+        _check_u64(first, "first")
+        _check_u64(last, "last")
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be in 1..{MAX_PAGE}")
+        if first > last:
+            return []
+        in_topic = tkey + b"\x00"
+        seq_end = len(sender) + 8
+
+        def op(txn: lmdb.Transaction[bytes]) -> list[StoredMessage]:
+            out: list[StoredMessage] = []
+            cur = txn.cursor(db=self._senders)
+            if not cur.set_range(sender + _u64(first)):
+                return out
+            for key, log_key in cur.iternext():
+                if not key.startswith(sender) or _U64.unpack(key[len(sender):seq_end])[0] > last:
+                    break
+                if _seq_in(log_key, in_topic) is None:
+                    continue  # another topic
+                value = txn.get(log_key, db=self._log)
+                if value is None:
+                    raise StoreCorrupt("sender index points to a missing record")
+                out.append(_decode_record(log_key, value))
+                if len(out) >= limit:
+                    break
+            return out
+
+        return self._read(op)
+
+    def sender_heads(self, topic: str, limit: int = 256) -> list[tuple[bytes, int]]:
+        """``(sender, highest sender_seq)`` of each sender ever stored in ``topic``.
+
+        In ascending order of sender; with more than ``limit`` (1..MAX_PAGE)
+        senders, the first ``limit`` of that order. Retention does not lower
+        these: they say what this carrier has received, not what it still
+        stores (compare ``read_sender``).
+        """
+        tkey = _topic_key(topic)
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValueError(f"limit must be in 1..{MAX_PAGE}")
+        prefix = tkey + b"\x00"
+
+        def op(txn: lmdb.Transaction[bytes]) -> list[tuple[bytes, int]]:
+            out: list[tuple[bytes, int]] = []
+            cur = txn.cursor(db=self._latest)
+            if not cur.set_range(prefix):
+                return out
+            for key, value in cur.iternext():
+                if not key.startswith(prefix):
+                    break
+                out.append((key[len(prefix):], int(_U64.unpack(value)[0])))
+                if len(out) >= limit:
+                    break
+            return out
+
+        return self._read(op)
 
     # -- statistics and checking -------------------------------------------------------------
 
@@ -367,6 +495,8 @@ class MessageStore(_Retention, _State, _Outbox):
         Every record decodes, each topic's records are exactly
         ``first_seq .. next_seq - 1`` with the counts and bytes its head says,
         and the id, sender and outbox indexes match the records both ways.
+        The sender heads (``latest``) equal the ends of the seen ranges, and
+        read flags name stored records above their topic's watermark.
         """
         return self._read(self._check_in)
 
@@ -416,6 +546,8 @@ class MessageStore(_Retention, _State, _Outbox):
             problems.append(f"id index has {txn.stat(self._ids)['entries']} entries, log {records}")
         if txn.stat(self._senders)["entries"] != records:
             problems.append("sender index and log differ in size")
+        problems += self._check_latest(txn)
+        problems += self._check_flags(txn, heads)
         outbox = 0
         for key, value in txn.cursor(db=self._outbox).iternext():
             outbox += 1
@@ -436,4 +568,37 @@ class MessageStore(_Retention, _State, _Outbox):
                 _decode_dead(key, value)
             except StoreCorrupt as exc:
                 problems.append(f"dead letter {key.hex()}: {exc}")
+        return problems
+
+    def _check_latest(self, txn: lmdb.Transaction[bytes]) -> list[str]:
+        """``latest`` holds, for every (topic, sender) with seen ranges, the end
+        of the last range (both only ever rise, on the same appends)."""
+        want: dict[bytes, int] = {}
+        for key, value in txn.cursor(db=self._seen).iternext():
+            lkey = _latest_key(key[MAX_ID_BYTES:-9], key[:MAX_ID_BYTES])
+            want[lkey] = max(want.get(lkey, 0), _U64.unpack(value)[0])
+        problems: list[str] = []
+        for lkey, raw in txn.cursor(db=self._latest).iternext():
+            got = _U64.unpack(raw)[0] if len(raw) == 8 else None
+            if want.pop(lkey, None) != got:
+                problems.append(f"sender head {lkey!r} is {got}, seen ranges disagree")
+        problems.extend(f"sender head {lkey!r} is missing" for lkey in want)
+        return problems
+
+    def _check_flags(self, txn: lmdb.Transaction[bytes], heads: dict[str, _Head]) -> list[str]:
+        """Every read flag names a stored record above its topic's watermark."""
+        problems: list[str] = []
+        for key in txn.cursor(db=self._flags).iternext(values=False):
+            try:
+                topic, seq = _split_log_key(key)
+            except (StoreCorrupt, UnicodeDecodeError) as exc:
+                problems.append(f"read flag {key!r}: {exc}")
+                continue
+            head = heads.get(topic, _Head())
+            raw = txn.get(_read_mark_key(key[:-9]), db=self._cursors)
+            watermark = 0 if raw is None else _U64.unpack(raw)[0]
+            if not (head.count and head.first_seq <= seq < head.next_seq):
+                problems.append(f"{topic}/{seq}: read flag of a record not stored")
+            elif seq <= watermark:
+                problems.append(f"{topic}/{seq}: read flag at or below the watermark")
         return problems

@@ -3,7 +3,8 @@
 This module is pure data: the public value types, the limits on their sizes,
 the key and record encodings of every named database, and the range
 arithmetic on seen sender sequences. It opens no environment and runs no
-transaction (``_Head.load`` reads inside a transaction its caller owns).
+transaction (``_Head.load`` and ``_latest_from_seen`` work inside a
+transaction their caller owns).
 
 Layout (named databases; integers are unsigned 64-bit big-endian, so byte
 order is numeric order; ``topic`` and names are UTF-8 without NUL):
@@ -14,13 +15,24 @@ order is numeric order; ``topic`` and names are UTF-8 without NUL):
 ``senders``  ``sender sender_seq msg_id`` -> log key
 ``seen``     ``sender topic 00 start`` -> ``end``: sender sequences received (inclusive ranges)
 ``seen_n``   ``sender topic`` -> number of ranges in ``seen`` for that pair
-``cursors``  ``name 00 topic`` -> seq
+``latest``   ``topic 00 sender`` -> highest ``sender_seq`` stored from that sender in that topic
+``flags``    ``topic 00 seq`` -> empty: that record of the local inbox has been read
+``cursors``  ``name 00 topic`` -> seq; the reserved name ``00 "read"`` (user names have
+             no NUL) holds each topic's read watermark: every seq <= it is read
 ``state``    ``key`` -> opaque bytes
 ``outbox``   ``msg_id`` -> CBOR ``[recipient, wire, next_try_ms, deadline_ms, attempts]``
 ``due``      ``next_try_ms msg_id`` -> empty
 ``deadline`` ``deadline_ms msg_id`` -> empty
 ``dead``     ``msg_id`` -> CBOR ``[recipient, wire, attempts, failed_ms, reason]``
 ``meta``     ``b"schema"`` -> schema version
+
+``latest`` only ever rises: retention does not lower it (it records what the
+carrier has seen, like ``seen``), so its value for (topic, sender) is the end
+of the last ``seen`` range of (sender, topic). Schema 1 had no ``latest`` or
+``flags``; opening such a store creates them and fills ``latest`` from
+``seen`` (``_latest_from_seen``). ``flags`` holds only seqs of stored records
+above the topic's watermark: retention deletes the flags of the records it
+deletes, and raising the watermark deletes the flags at or below it.
 """
 
 from __future__ import annotations
@@ -49,8 +61,9 @@ U64_MAX = (1 << 64) - 1
 _U64 = struct.Struct(">Q")
 _DB_NAMES = (
     "log", "heads", "ids", "senders", "seen", "seen_n", "cursors", "state",
-    "outbox", "due", "deadline", "dead", "meta",
+    "outbox", "due", "deadline", "dead", "meta", "latest", "flags",
 )
+_READ_MARK = b"\x00read\x00"  # prefix of the read watermarks in ``cursors``
 
 
 # -- values -------------------------------------------------------------------
@@ -229,6 +242,39 @@ def _split_log_key(key: bytes) -> tuple[str, int]:
     if len(key) < 10 or key[-9] != 0:
         raise StoreCorrupt(f"bad log key {key[:40]!r}")
     return key[:-9].decode("utf-8"), _U64.unpack(key[-8:])[0]
+
+
+def _latest_key(topic_key: bytes, sender: bytes) -> bytes:
+    return topic_key + b"\x00" + sender
+
+
+def _read_mark_key(topic_key: bytes) -> bytes:
+    return _READ_MARK + topic_key
+
+
+def _seq_in(key: bytes, prefix: bytes) -> int | None:
+    """The seq of ``key`` if it is ``prefix`` followed by a u64, else None."""
+    if len(key) != len(prefix) + 8 or not key.startswith(prefix):
+        return None
+    return int(_U64.unpack(key[-8:])[0])
+
+
+def _latest_from_seen(
+    txn: lmdb.Transaction[bytes], seen: lmdb._Database, latest: lmdb._Database
+) -> int:
+    """Fill ``latest`` from the ``seen`` ranges (upgrading a schema 1 store);
+    returns the number of (topic, sender) entries written."""
+    highest: dict[bytes, int] = {}
+    for key, value in txn.cursor(db=seen).iternext():
+        if len(key) < MAX_ID_BYTES + 10 or key[-9] != 0:
+            raise StoreCorrupt(f"bad seen key {key[:40]!r}")
+        lkey = _latest_key(key[MAX_ID_BYTES:-9], key[:MAX_ID_BYTES])
+        end = int(_U64.unpack(value)[0])
+        if end > highest.get(lkey, -1):
+            highest[lkey] = end
+    for lkey, end in highest.items():
+        txn.put(lkey, _u64(end), db=latest)
+    return len(highest)
 
 
 def _loads(data: bytes, size: int, what: str) -> list[Any]:

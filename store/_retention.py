@@ -3,8 +3,11 @@
 ``_Retention`` is a part of :class:`~store._log.MessageStore`. It only ever
 removes a topic's oldest records, so the records left stay one contiguous
 range ``first_seq .. next_seq - 1``, and it writes with ``reserve=True`` so a
-full store can still be trimmed. Which topics to keep and for how long is
-decided in ``store._policy``.
+full store can still be trimmed. With each record it deletes its id and
+sender index entries and its read flag, in the same transaction; it leaves
+the ``seen`` ranges, the ``latest`` sender heads and the read watermark alone
+(they record what arrived and what was read, not what is still stored).
+Which topics to keep and for how long is decided in ``store._policy``.
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ class _Retention(_StoreEnv):
             while deleted < budget and over(head, oldest):
                 assert oldest is not None
                 txn.delete(_log_key(tkey, oldest.seq), db=self._log)
+                txn.delete(_log_key(tkey, oldest.seq), db=self._flags)  # same key layout
                 txn.delete(oldest.msg_id, db=self._ids)
                 skey = oldest.sender + _u64(oldest.sender_seq) + oldest.msg_id
                 txn.delete(skey, db=self._senders)

@@ -4,7 +4,9 @@ A Hypothesis state machine drives ``MessageStore`` and a dict-based model
 with the same operations and compares every answer: appends (with duplicates,
 within and across batches), reads from any cursor with any limit, lookups by
 id and by (sender, sender seq), sender gaps, retention steps by age, bytes and
-count, cursors, peer state, the DM outbox and dead letters, and restarts
+count, cursors, peer state, the DM outbox and dead letters, the catch-up
+reads (``seq_at``, ``read_sender``, ``sender_heads``), read flags and the read
+watermark, and restarts
 (close and reopen the store at the same path). The store starts with a map
 far too small for its data, so map growth happens in every run. After each
 step, every topic's head and whole log must equal the model's and
@@ -123,6 +125,9 @@ class StoreMachine(RuleBasedStateMachine):
         self.state: dict[str, bytes] = {}
         self.outbox: dict[bytes, OutboxEntry] = {}
         self.dead: dict[bytes, DeadLetter] = {}
+        self.latest: dict[tuple[str, bytes], int] = {}
+        self.read_mark: dict[str, int] = {}
+        self.flags: dict[str, set[int]] = {}
 
     def _open(self) -> MessageStore:
         return MessageStore(
@@ -169,6 +174,8 @@ class StoreMachine(RuleBasedStateMachine):
             self.where[i] = (m.topic, t.next_seq)
             t.next_seq += 1
             self._mark_seen(m.sender, m.topic, m.sender_seq)
+            key = (m.topic, m.sender)
+            self.latest[key] = max(self.latest.get(key, 0), m.sender_seq)
 
     @rule(ms=st.sampled_from((0, 1, 100, 250, 400)))
     def tick(self, ms: int) -> None:
@@ -239,6 +246,7 @@ class StoreMachine(RuleBasedStateMachine):
         deleted = freed = 0
         while deleted < budget and over():
             i, _ = t.log.pop(t.first_seq)
+            self.flags.get(topic, set()).discard(t.first_seq)
             del self.where[i]
             freed += len(msg(i).wire)
             t.first_seq += 1
@@ -259,6 +267,54 @@ class StoreMachine(RuleBasedStateMachine):
         t = self.topics[topic]
         age = self.now - t.log[t.first_seq][1]
         self.retention(topic, max(0, age + delta), None, None, budget)
+
+    @rule(topic=st.sampled_from(TOPICS), data=st.data())
+    def seq_at(self, topic: str, data: st.DataObject) -> None:
+        t = self.topics.get(topic, TopicModel())
+        times = [r for _, r in t.log.values()]
+        q = data.draw(st.sampled_from([0, self.now + 1, *times]) | st.integers(0, self.now))
+        q = max(0, q + data.draw(st.sampled_from((-1, 0, 1))))
+        want = t.first_seq - 1 if t.log else t.next_seq - 1
+        for seq, (_, received) in sorted(t.log.items()):
+            if received >= q:
+                break
+            want = seq
+        assert self.store.seq_at(topic, q) == want
+
+    @rule(
+        topic=st.sampled_from(TOPICS), sender=st.sampled_from(SENDERS),
+        first=st.integers(1, 24), width=st.integers(-1, 24), limit=st.integers(1, 6),
+    )
+    def read_sender(self, topic: str, sender: bytes, first: int, width: int, limit: int) -> None:
+        t = self.topics.get(topic, TopicModel())
+        found = [
+            stored(topic, seq, i, r) for seq, (i, r) in t.log.items()
+            if msg(i).sender == sender and first <= msg(i).sender_seq <= first + width
+        ]
+        found.sort(key=lambda m: (m.sender_seq, m.msg_id))
+        assert self.store.read_sender(topic, sender, first, first + width, limit) == found[:limit]
+
+    @rule(topic=st.sampled_from(TOPICS),
+          seqs=st.lists(st.integers(0, 30), max_size=6))
+    def mark_read(self, topic: str, seqs: list[int]) -> None:
+        t = self.topics.get(topic, TopicModel())
+        flags = self.flags.setdefault(topic, set())
+        new = {s for s in seqs if s in t.log and s > self.read_mark.get(topic, 0)} - flags
+        assert self.store.mark_read(topic, seqs) == len(new)
+        flags |= new
+
+    @rule(topic=st.sampled_from(TOPICS), seq=st.integers(0, 40) | st.just(2**64 - 1))
+    def mark_read_through(self, topic: str, seq: int) -> None:
+        t = self.topics.get(topic, TopicModel())
+        old = self.read_mark.get(topic, 0)
+        new = min(seq, t.next_seq - 1)
+        flags = self.flags.setdefault(topic, set())
+        newly = 0
+        if new > old:
+            newly = sum(1 for s in t.log if old < s <= new and s not in flags)
+            flags -= set(range(old + 1, new + 1))
+            self.read_mark[topic] = new
+        assert self.store.mark_read_through(topic, seq) == newly
 
     @rule(name=st.sampled_from(NAMES), topic=st.sampled_from(TOPICS), seq=st.integers(0, 40))
     def set_cursor(self, name: str, topic: str, seq: int) -> None:
@@ -412,6 +468,19 @@ class StoreMachine(RuleBasedStateMachine):
                 t: seq for (n, t), seq in self.cursors.items() if n == name
             }
         assert self.store.state_items() == self.state
+
+    @invariant()
+    def sender_heads_and_read_state_match(self) -> None:
+        for topic in TOPICS:
+            assert self.store.sender_heads(topic) == sorted(
+                (sender, seq) for (t, sender), seq in self.latest.items() if t == topic
+            )
+            mark, flags = self.read_mark.get(topic, 0), self.flags.get(topic, set())
+            assert self.store.read_state(topic) == (mark, flags)
+            log = self.topics.get(topic, TopicModel()).log
+            assert self.store.unread_count(topic) == sum(
+                1 for s in log if s > mark and s not in flags
+            )
 
     @invariant()
     def consistent(self) -> None:
