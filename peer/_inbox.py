@@ -9,7 +9,7 @@ can ask for everything after the last one it saw.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +187,7 @@ class Directory:
     def __init__(self, capacity: int = 10_000) -> None:
         self._peers: OrderedDict[bytes, PeerInfo] = OrderedDict()
         self._capacity = capacity
+        self.on_new: Callable[[PeerInfo], None] | None = None  # a persistent peer keeps keys
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -202,6 +203,8 @@ class Directory:
         if info is None:
             info = PeerInfo(peer_id, public_key, now_ms)
             self._peers[peer_id] = info
+            if self.on_new is not None:
+                self.on_new(info)
             while len(self._peers) > self._capacity:
                 victim = next((p for p, i in self._peers.items() if not i.linked), None)
                 if victim is None:

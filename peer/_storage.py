@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from store import (
+    MAX_PAGE,
     AppendItem,
     AppendResult,
     Backoff,
-    MAX_PAGE,
     KeepRules,
     MessageStore,
     RetentionPolicy,
@@ -72,7 +72,7 @@ from ._envelope import (
 )
 from ._errors import ErrorCode, ProtocolError
 from ._frames import encode_frame
-from ._inbox import InboxMessage
+from ._inbox import InboxMessage, PeerInfo
 from ._limits import MAX_PAGE_MESSAGES, MAX_REQUEST_ID
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ INBOX_LOG = "~inbox"  # the local agent's messages in arrival order (not a netwo
 _INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
 _NOBODY = bytes(32)
 CHANNELS_KEY = "channels"
+PEER_KEY_PREFIX = "peer/"
 STORE_CAP = "store"
 ACCEPT_QUEUE = 65_536
 ACCEPT_BATCH = 2_048
@@ -217,8 +218,10 @@ class Storage:
         self._requests: dict[int, tuple[bytes, trio.MemorySendChannel[Page]]] = {}
         self._next_request = 1
         self._serving: dict[bytes, trio.MemorySendChannel[PageRequest]] = {}
-        self._walking: set[tuple[bytes, str]] = set()
+        self._walking: dict[tuple[bytes, str], bool] = {}  # running walks: wanted again?
         self._pinned: set[str] = set()
+        self._new_peers: dict[bytes, bytes] = {}
+        self._new_peers_wanted = trio.Event()
         self.backoff = Backoff(
             base_ms=int(self.options.outbox_retry_initial * 1000),
             cap_ms=max(int(self.options.outbox_retry_initial * 1000), 300_000),
@@ -262,6 +265,12 @@ class Storage:
                 peer.inbox.add(message)
                 loaded += 1
             start = records[-1].seq
+        keys = await self.service.read(lambda s: s.state_items(PEER_KEY_PREFIX))
+        for name, public_key in keys.items():
+            peer_id = bytes.fromhex(name[len(PEER_KEY_PREFIX) :])
+            if peer_id != peer.peer_id and len(public_key) == 32:
+                peer.directory.see(peer_id, public_key, 0)
+        peer.directory.on_new = self._note_peer
         raw = await self.service.read(lambda s: s.get_state(CHANNELS_KEY))
         channels = [] if raw is None else [c for c in _cbor.decode(raw) if isinstance(c, str)]
         self.log.info(
@@ -274,8 +283,29 @@ class Storage:
         )
         return channels
 
+    def _note_peer(self, info: PeerInfo) -> None:
+        """Remember a new peer's key, so DMs to it work after a restart."""
+        self._new_peers[info.peer_id] = info.public_key
+        self._new_peers_wanted.set()
+
+    async def _peer_key_loop(self) -> None:
+        while True:
+            await self._new_peers_wanted.wait()
+            self._new_peers_wanted = trio.Event()
+            batch, self._new_peers = self._new_peers, {}
+
+            def write(s: MessageStore, batch: dict[bytes, bytes] = batch) -> None:
+                for peer_id, key in batch.items():
+                    s.put_state(PEER_KEY_PREFIX + peer_id.hex(), key)
+
+            try:
+                await self.service.write(write)
+            except StoreError as exc:
+                self.log.error("peer keys not stored", error=str(exc))
+
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._peer_key_loop)
             nursery.start_soon(self._accept_loop)
             nursery.start_soon(self._receipt_loop)
             nursery.start_soon(self._outbox_loop)
@@ -449,8 +479,11 @@ class Storage:
     # -- read state ----------------------------------------------------------------------
 
     async def mark_read(self, cursors: list[int]) -> None:
-        if cursors:
-            await self.service.write(lambda s: s.mark_read(INBOX_LOG, cursors))
+        for i in range(0, len(cursors), MAX_PAGE):
+            chunk = cursors[i : i + MAX_PAGE]
+            await self.service.write(
+                functools.partial(MessageStore.mark_read, topic=INBOX_LOG, seqs=chunk)
+            )
 
     async def mark_read_through(self, cursor: int) -> None:
         await self.service.write(lambda s: s.mark_read_through(INBOX_LOG, cursor))
@@ -670,11 +703,18 @@ class Storage:
         try:
             if not link.enqueue(encode_frame("cureq", **request.fields())):
                 return None
+            page: Page | None = None
             with trio.move_on_after(PAGE_TIMEOUT):
-                while carrier in self.peer.links:
-                    with trio.move_on_after(1):
-                        return await recv.receive()
-            return None
+                async with trio.open_nursery() as nursery:
+
+                    async def link_gone() -> None:  # the request went with the link
+                        await link.closed.wait()
+                        nursery.cancel_scope.cancel()
+
+                    nursery.start_soon(link_gone)
+                    page = await recv.receive()
+                    nursery.cancel_scope.cancel()
+            return page
         finally:
             del self._requests[request.r]
 
@@ -706,14 +746,19 @@ class Storage:
         for topic in topics:
             key = (carrier, topic)
             if key in self._walking:
+                self._walking[key] = True  # walk again when the running one ends
                 continue
-            self._walking.add(key)
+            self._walking[key] = False
             try:
-                await self._walk(carrier, topic)
+                while True:
+                    await self._walk(carrier, topic)
+                    if not self._walking[key] or carrier not in self.peer.links:
+                        break
+                    self._walking[key] = False
             except (StoreError, ValueError) as exc:
                 self.log.warning("catch-up failed", topic=topic, error=str(exc))
             finally:
-                self._walking.discard(key)
+                del self._walking[key]
 
     async def _since(self, topic: str) -> int:
         """From when, on our clock, we may lack messages of ``topic``."""
@@ -798,7 +843,6 @@ class Storage:
         if not gaps:
             return
         carriers = [p for p, link in self.peer.links.items() if STORE_CAP in link.result.caps]
-        stats = self.catchup[topic]
         for sender, first, last in gaps[:MAX_GAP_SENDERS]:
             for carrier in carriers:
                 todo = await self._lacking(topic, sender, first, last)
@@ -806,11 +850,17 @@ class Storage:
                     break
                 for a, b in todo[:16]:
                     await self._fetch_range(carrier, topic, sender, a, b)
-            still = sum(b - a + 1 for a, b in await self._lacking(topic, sender, first, last))
+        stats = self.catchup[topic]
+        for sender, head in heads:
+            key = sender.hex()
+            if sender == me or not any(g[0] == sender for g in gaps):
+                continue
+            still = sum(b - a + 1 for a, b in await self._lacking(topic, sender, 0, head))
             if still:
-                key = sender.hex()
-                stats.missed[key] = stats.missed.get(key, 0) + still
+                stats.missed[key] = still
                 self.log.warning("missed messages", topic=topic, sender=key[:16], missed=still)
+            else:
+                stats.missed.pop(key, None)
 
     async def _lacking(
         self, topic: str, sender: bytes, first: int, last: int

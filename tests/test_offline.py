@@ -15,6 +15,7 @@ import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer._envelope import Content
+from peer._errors import ErrorCode
 
 
 def _options(tmp: Path, name: str, **extra: object) -> PeerOptions:
@@ -40,8 +41,8 @@ def link(a: Peer, b: Peer) -> None:
     b.start_link(tb, initiator=False)
 
 
-async def until(peer: Peer, condition: Callable[[], bool], timeout: float = 15) -> None:
-    with trio.fail_after(timeout):
+async def until(peer: Peer, condition: Callable[[], bool]) -> None:
+    with trio.fail_after(15):
         while not condition():
             with trio.move_on_after(0.5):  # some conditions change inside the store thread
                 await peer.wait_changed()
@@ -97,3 +98,115 @@ async def test_a_restarted_peer_catches_up_channels_and_dms(tmp_path: Path) -> N
             await until(a, lambda: all(a.inbox.get(d.id).status == "delivered" for d in dms))  # type: ignore[union-attr]
             assert a.storage is not None
             assert a.storage.counters.receipts_received == 5
+
+
+async def test_two_carriers_missing_different_parts_give_the_union(tmp_path: Path) -> None:
+    """Carrier 1 lacks the middle of a sender's run, carrier 2 has only that middle."""
+    publisher = Identity.generate()
+    from peer._envelope import seal_message
+
+    async with running(Identity.generate(), _options(tmp_path, "c1", channels=("lobby",))) as c1:
+        start = c1.wall_ms()
+        envs = [
+            seal_message(publisher, topic="lobby", content=Content(body=f"m{i}"), seq=i, ts=start)
+            for i in range(1, 101)
+        ]
+        assert c1.storage is not None
+        await c1.storage.accept_many(envs[:30] + envs[60:])
+        opts_c2 = _options(tmp_path, "c2", channels=("lobby",))
+        async with running(Identity.generate(), opts_c2) as c2:
+            assert c2.storage is not None
+            await c2.storage.accept_many(envs[30:60])
+            opts = _options(tmp_path, "r", channels=("lobby",))
+            async with running(Identity.generate(), opts) as r:
+                await linked(c2, r)  # c2 first: its walk may finish before c1's
+                await linked(c1, r)
+                await until(r, lambda: len(bodies(r, topic="lobby")) == 100)
+                assert sorted(bodies(r, topic="lobby")) == sorted(f"m{i}" for i in range(1, 101))
+                assert r.storage is not None
+                ranges = await r.storage.service.read(
+                    lambda s: s.sender_ranges(publisher.peer_id, "lobby")
+                )
+                assert ranges == [(1, 100)]
+                assert r.storage.catchup["lobby"].missed == {}
+
+
+async def test_what_no_carrier_has_is_reported_missed(tmp_path: Path) -> None:
+    publisher = Identity.generate()
+    from peer._envelope import seal_message
+
+    async with running(Identity.generate(), _options(tmp_path, "c", channels=("lobby",))) as c:
+        now = c.wall_ms()
+        envs = [
+            seal_message(publisher, topic="lobby", content=Content(body=f"m{i}"), seq=i, ts=now)
+            for i in range(1, 21)
+        ]
+        assert c.storage is not None
+        await c.storage.accept_many(envs[:5] + envs[12:])  # 6..12 were never stored anywhere
+        async with running(Identity.generate(), _options(tmp_path, "r", channels=("lobby",))) as r:
+            await linked(c, r)
+            assert r.storage is not None
+            await until(r, lambda: r.storage.catchup["lobby"].missed != {})  # type: ignore[union-attr]
+            assert r.storage.catchup["lobby"].missed == {publisher.peer_id_hex: 7}
+            assert len(bodies(r, topic="lobby")) == 13
+
+
+async def test_dead_letter_for_the_absent_and_one_receipt_for_the_returning(
+    tmp_path: Path,
+) -> None:
+    ia, ib, ic = Identity.generate(), Identity.generate(), Identity.generate()
+    async with (
+        running(ib, _options(tmp_path, "b")) as b,
+        running(ic, _options(tmp_path, "c")) as c,
+        running(ia, _options(tmp_path, "a", dm_deadline=1.5)) as a,
+    ):
+        await linked(a, b)
+        await linked(a, c)
+        await until(a, lambda: None not in (a.directory.get(i.peer_id) for i in (ib, ic)))
+        for link in (a.links[ib.peer_id], a.links[ic.peer_id]):
+            link.close(ErrorCode.SHUTDOWN, "going offline")
+        await until(a, lambda: not a.links)
+        to_b = await a.send_direct(ib.peer_id, Content(body="for b, who stays away"))
+        to_c = await a.send_direct(ic.peer_id, Content(body="for c, who returns"))
+        await linked(a, c)  # c returns within the deadline
+        assert a.storage is not None
+        await until(a, lambda: a.inbox.get(to_c.id).status == "delivered")  # type: ignore[union-attr]
+        await until(a, lambda: a.inbox.get(to_b.id).status == "undeliverable")  # type: ignore[union-attr]
+        letters = await a.storage.service.read(lambda s: s.dead_letters())
+        assert [d.msg_id for d in letters] == [to_b.id]
+        assert await a.storage.service.read(lambda s: s.outbox()) == []
+        # c links again and a pushes nothing twice; c holds the DM once
+        a.links[ic.peer_id].close(ErrorCode.SHUTDOWN, "again")
+        await until(a, lambda: ic.peer_id not in a.links)
+        await linked(a, c)
+        assert c.storage is not None
+        await until(c, lambda: c.storage.catchup[f"inbox/{ic.peer_id_hex}"].pages >= 2)  # type: ignore[union-attr]
+        assert bodies(c) == ["for c, who returns"]
+        assert a.storage.counters.receipts_received == 1
+        assert bodies(b) == []
+
+
+async def test_a_seed_keeps_dms_for_an_offline_recipient(tmp_path: Path) -> None:
+    """A relay-only seed with a store carries the DM topic; the sender may go away too."""
+    ia, ib, iseed = Identity.generate(), Identity.generate(), Identity.generate()
+    async with running(iseed, _options(tmp_path, "seed", relay_only=True)) as seed:
+        async with running(ib, _options(tmp_path, "b")) as b:
+            await linked(seed, b)
+            await until(seed, lambda: seed.router.reachable(f"inbox/{ib.peer_id_hex}"))
+            async with running(ia, _options(tmp_path, "a")) as a:
+                await linked(a, seed)
+                await until(a, lambda: a.router.reachable(f"inbox/{ib.peer_id_hex}"))
+                await until(a, lambda: a.directory.get(ib.peer_id) is not None)  # b's presence
+                first = await a.send_direct(ib.peer_id, Content(body="one"))
+                await until(b, lambda: bodies(b) == ["one"])
+                await until(a, lambda: a.inbox.get(first.id).status == "delivered")  # type: ignore[union-attr]
+        # b is gone: the seed still wants b's inbox (it pinned it), so the DM reaches it
+        async with running(ia, _options(tmp_path, "a")) as a:
+            await linked(a, seed)
+            await until(a, lambda: a.router.reachable(f"inbox/{ib.peer_id_hex}"))
+            await a.send_direct(ib.peer_id, Content(body="two"))
+            assert seed.storage is not None
+            await until(seed, lambda: seed.storage.counters.stored == 3)  # type: ignore[union-attr]
+        async with running(ib, _options(tmp_path, "b")) as b:  # a is offline now
+            await linked(seed, b)
+            await until(b, lambda: bodies(b) == ["one", "two"])
