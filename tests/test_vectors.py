@@ -6,6 +6,8 @@ recomputed here with hashlib and libsodium directly (domain tags, length
 prefixes, key derivation, nonces), so the prose in protocol-spec/ and the code
 cannot drift apart silently. Every refused vector must raise ``ProtocolError``
 with exactly the listed code (or close the link with it, for session frames).
+Catch-up pages are rebuilt by ``build_page`` from the carrier log the vectors
+list, read through a small in-memory source written here from catchup.md.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib.util
 import json
 import re
 import struct
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -52,7 +55,8 @@ from peer import (
     seal_dm,
     seal_message,
 )
-from peer._envelope import seal_presence
+from peer._catchup import Page, PageRequest, build_page, check_page
+from peer._envelope import MAX_RECEIPT_IDS, seal_presence, seal_receipt
 from peer._gossip import Close
 from peer._identity import x25519_public_of
 
@@ -414,6 +418,190 @@ def test_direct_message() -> None:
     assert info.value.code is ErrorCode.DECRYPT
 
 
+# -- catch-up and DM delivery ---------------------------------------------------------------
+
+
+def test_receipt() -> None:
+    doc = load("catchup.json")
+    entry = doc["receipt"]
+    dm = load("dm.json")
+    signer = Identity.from_seed(h(entry["signer"]["seed"]))
+    alice = Identity.from_seed(h(doc["identities"]["alice"]["seed"]))
+    assert signer.peer_id == h(dm["recipient"]["peer_id"])  # bob receipts the DM he received
+    assert h(entry["to"]) == alice.peer_id == h(dm["sender"]["peer_id"])
+    assert entry["ids"] == [dm["message_id"]]
+    ids = [h(i) for i in entry["ids"]]
+    env = seal_receipt(signer, recipient=alice.peer_id, ids=ids, seq=entry["seq"],
+                       ts=entry["ts"])
+    assert env.wire == h(entry["wire"])
+    # the topic is the DMs' conversation topic; route and log topic are alice's inbox
+    lo, hi = sorted((signer.peer_id, alice.peer_id))
+    assert entry["topic"] == "dm/" + hashlib.sha256(DM_TOPIC_TAG + lo + hi).hexdigest()
+    assert entry["topic"] == dm["dm_topic"]
+    assert entry["route"] == entry["log_topic"] == "inbox/" + alice.peer_id.hex()
+    assert env.log_topic == env.route == entry["route"]
+    assert env.fields == {"v": 1, "kind": "receipt", "topic": entry["topic"],
+                          "from": signer.public_key, "seq": entry["seq"], "ts": entry["ts"],
+                          "to": alice.peer_id, "ids": ids}
+    # the signed map's keys in the canonical order envelope.md gives
+    signed = h(entry["signed"])
+    assert list(_cbor.decode(signed)) == ["v", "to", "ts", "ids", "seq", "from", "kind", "topic"]
+    _check_envelope_bytes({**entry, "kind": "receipt"}, signer.public_key)
+    assert h(entry["push_frame"]) == encode_frame("push", e=env.wire)
+    assert decode_frame(h(entry["push_frame"])).fields == {"t": "push", "e": env.wire}
+
+
+def test_push_frames() -> None:
+    doc = load("catchup.json")
+    names = [p["name"] for p in doc["push"]]
+    assert names == ["dm", "receipt"]
+    for push in doc["push"]:
+        frame = decode_frame(h(push["hex"]))
+        assert frame.type == "push" and set(frame.fields) == {"t", "e"}
+        env = open_envelope(frame.fields["e"])
+        assert env.kind == push["name"]
+        assert env.id == h(push["message_id"])
+        assert env.sender == h(push["from"]) and env.recipient == h(push["to"])
+        assert env.route == "inbox/" + push["to"]
+    assert decode_frame(h(doc["push"][0]["hex"])).fields["e"] == h(load("dm.json")["wire"])
+
+
+@dataclass(frozen=True)
+class _Record:
+    seq: int
+    sender: bytes
+    sender_seq: int
+    received_ms: int
+    wire: bytes
+    msg_id: bytes
+
+
+@dataclass(frozen=True)
+class _Head:
+    next_seq: int
+    count: int
+
+
+class _Carrier:
+    """The carrier of catchup.json: its logs, read the way catchup.md section 5 says."""
+
+    def __init__(self, doc: Json) -> None:
+        self.logs: dict[str, list[_Record]] = {}
+        for log in doc["carrier"]:
+            records = [
+                _Record(r["seq"], h(r["sender"]), r["sender_seq"], r["received_ms"],
+                        h(r["wire"]), h(r["message_id"]))
+                for r in log["records"]
+            ]
+            assert [r.seq for r in records] == list(range(1, len(records) + 1))
+            times = [r.received_ms for r in records]
+            assert times == sorted(times)  # stored in receive order
+            for record in records:  # each record is what it says it is
+                env = open_envelope(record.wire)
+                assert env.id == record.msg_id == message_id(_cbor.decode(record.wire)[0])
+                assert env.log_topic == log["topic"]
+                assert (env.sender, env.seq) == (record.sender, record.sender_seq)
+            self.logs[log["topic"]] = records
+
+    def head(self, topic: str) -> _Head:
+        log = self.logs.get(topic, [])
+        return _Head(len(log) + 1, len(log))
+
+    def seq_at(self, topic: str, received_ms: int) -> int:
+        before = [r.seq for r in self.logs.get(topic, []) if r.received_ms < received_ms]
+        return max(before, default=0)
+
+    def read(self, topic: str, after: int = 0, limit: int = 100) -> list[_Record]:
+        return [r for r in self.logs.get(topic, []) if r.seq > after][:limit]
+
+    def read_sender(
+        self, topic: str, sender: bytes, first: int, last: int, limit: int = 100
+    ) -> list[_Record]:
+        mine = [r for r in self.logs.get(topic, [])
+                if r.sender == sender and first <= r.sender_seq <= last]
+        return sorted(mine, key=lambda r: (r.sender_seq, r.msg_id))[:limit]
+
+    def sender_heads(self, topic: str, limit: int = 256) -> list[tuple[bytes, int]]:
+        heads: dict[bytes, int] = {}
+        for r in self.logs.get(topic, []):
+            heads[r.sender] = max(heads.get(r.sender, 0), r.sender_seq)
+        return sorted(heads.items())[:limit]
+
+
+def test_catchup_limits() -> None:
+    limits = load("catchup.json")["limits"]
+    assert limits == {
+        "MAX_PAGE_MESSAGES": _limits.MAX_PAGE_MESSAGES,
+        "MAX_PAGE_BYTES": _limits.MAX_PAGE_BYTES,
+        "MAX_PAGE_HEADS": _limits.MAX_PAGE_HEADS,
+        "MAX_REQUEST_ID": _limits.MAX_REQUEST_ID,
+        "MAX_RECEIPT_IDS": MAX_RECEIPT_IDS,
+    }
+
+
+@pytest.mark.parametrize("exchange", load("catchup.json")["exchanges"], ids=lambda e: e["name"])
+def test_catchup_exchange(exchange: Json) -> None:
+    carrier = _Carrier(load("catchup.json"))
+    by_name = {r["name"]: h(r["wire"]) for log in load("catchup.json")["carrier"]
+               for r in log["records"]}
+    # the request, field by field, and as the code reads and writes it
+    cureq = decode_frame(h(exchange["cureq"]))
+    assert cureq.type == "cureq"
+    want = dict(exchange["request"])
+    if "sender" in want:
+        want["sender"] = h(want["sender"])
+    assert cureq.fields == {"t": "cureq", **want}
+    request = PageRequest.from_fields(cureq.fields)
+    assert encode_frame("cureq", **request.fields()) == h(exchange["cureq"])
+    # the page, field by field
+    spec = exchange["page"]
+    cupage = decode_frame(h(exchange["cupage"]))
+    assert cupage.type == "cupage"
+    fields: Json = {"t": "cupage", "r": spec["r"], "topic": spec["topic"],
+                    "m": [by_name[n] for n in spec["m"]], "next": spec["next"],
+                    "more": spec["more"], "heads": [[h(s), n] for s, n in spec["heads"]]}
+    if spec["err"] is not None:
+        fields["err"] = spec["err"]
+    assert cupage.fields == fields
+    # build_page over the listed log answers with exactly these bytes
+    page = build_page(carrier, request, h(exchange["requester"]))
+    assert encode_frame("cupage", **page.fields()) == h(exchange["cupage"])
+    # and the requester accepts it (the reference hands the envelopes on in
+    # (sender, seq) order, so compare them as a set)
+    assert [message_id(_cbor.decode(w)[0]).hex() for w in fields["m"]] == spec["message_ids"]
+    envs = check_page(request, Page.from_fields(cupage.fields))
+    assert sorted(e.id.hex() for e in envs) == sorted(spec["message_ids"])
+    # the rules of catchup.md section 5, recomputed from the log
+    log = carrier.logs.get(request.topic, [])
+    assert (spec["r"], spec["topic"]) == (request.r, request.topic)
+    if spec["err"] is not None:
+        assert spec["err"] in {"not-carried", "forbidden", "busy"}
+        assert (spec["m"], spec["next"], spec["more"], spec["heads"]) == (
+            [], request.after, False, [])
+        return
+    seq_of = {r.wire: r.seq for r in log}
+    if request.sender is None:
+        start = request.after
+        if request.since:
+            start = max(start, max((r.seq for r in log if r.received_ms < request.since),
+                                   default=0))
+        expected = [r.wire for r in log if r.seq > start][: request.limit]
+        assert fields["m"] == expected
+        assert spec["next"] == (seq_of[expected[-1]] if expected else max(start, len(log)))
+        assert spec["more"] == (spec["next"] < len(log))
+        heads = sorted({(r.sender, max(x.sender_seq for x in log if x.sender == r.sender))
+                        for r in log})
+        assert [(h(s), n) for s, n in spec["heads"]] == ([] if spec["more"] else heads)
+    else:
+        for env in envs:
+            assert env.sender == request.sender
+            assert request.first <= env.seq <= request.last
+        seqs = [open_envelope(w).seq for w in fields["m"]]
+        assert seqs == sorted(seqs)
+        assert spec["heads"] == []
+        assert spec["next"] == (seqs[-1] if seqs else request.last)
+
+
 # -- the CBOR profile and refused input --------------------------------------------------
 
 
@@ -467,6 +655,11 @@ def _refuse(vec: Json) -> None:
         assert len(closes) == 1 and closes[0].peer == them
         assert router.stats.rejected == 1
         raise ProtocolError(closes[0].code, closes[0].reason)
+    elif layer == "page":
+        request = decode_frame(h(vec["request"]))  # both frames are well formed
+        page = decode_frame(data)
+        assert (request.type, page.type) == ("cureq", "cupage")
+        check_page(PageRequest.from_fields(request.fields), Page.from_fields(page.fields))
     elif layer == "handshake-record":
         hs = Handshake(
             Identity.from_seed(h(vec["seed"])),
@@ -512,6 +705,19 @@ def test_rejected_covers_the_required_cases() -> None:
         ("envelope", "bad-signature"),
         ("envelope", "dm-topic-mismatch"),
         ("handshake-record", "hello-id-does-not-match-pk"),
+        ("envelope", "receipt-no-ids"),
+        ("envelope", "receipt-65-ids"),
+        ("envelope", "receipt-id-31-bytes"),
+        ("envelope", "receipt-wrong-topic"),
+        ("frame", "cureq-limit-513"),
+        ("frame", "cureq-first-after-last"),
+        ("frame", "cupage-513-messages"),
+        ("frame", "cupage-257-heads"),
+        ("frame", "push-envelope-text"),
+        ("page", "page-for-another-request"),
+        ("page", "page-foreign-topic-envelope"),
+        ("page", "page-bad-signature"),
+        ("page", "page-outside-sender-range"),
     }
     assert required <= names
     codes = {v["code"] for v in load("rejected.json")["vectors"]}
@@ -542,6 +748,7 @@ def test_readme_limits_match_the_code() -> None:
     assert names and set(names) <= set(rows)
     for name in names:
         assert int(rows[name].replace("_", "")) == getattr(_limits, name), name
+    assert int(rows["MAX_RECEIPT_IDS"]) == MAX_RECEIPT_IDS  # kept in peer/_envelope.py
     params = _limits.GossipParams()
     grows = dict(re.findall(r"^\| `([a-z_]+)` \| ([0-9_.]+) \|", text, flags=re.MULTILINE))
     for name, value in vars(params).items():

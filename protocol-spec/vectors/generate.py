@@ -8,7 +8,8 @@ Run from the repository root:
 
 Every value comes from fixed seeds and from an injected deterministic random
 source (``Handshake(random=...)``, ``seal_dm(nonce=...)``); Ed25519 signatures
-are deterministic, so two runs write identical files. The reference code in
+are deterministic, so two runs write identical files. The catch-up pages come
+from ``build_page`` over a small in-memory carrier log defined here. The reference code in
 ``peer/`` produces the bytes; the generator asserts a few cross-checks on the
 way (both handshake sides agree, every refused vector is refused), and
 ``tests/test_vectors.py`` checks the files against the code independently.
@@ -22,7 +23,7 @@ import json
 import struct
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -55,7 +56,15 @@ from peer import (  # noqa: E402
     seal_dm,
     seal_message,
 )
-from peer._envelope import ENVELOPE_TAG, MSG_ID_TAG, PRESENCE_TOPIC, seal_presence  # noqa: E402
+from peer._catchup import Page, PageRequest, build_page, check_page  # noqa: E402
+from peer._envelope import (  # noqa: E402
+    ENVELOPE_TAG,
+    MAX_RECEIPT_IDS,
+    MSG_ID_TAG,
+    PRESENCE_TOPIC,
+    seal_presence,
+    seal_receipt,
+)
 from peer._gossip import Close  # noqa: E402
 from peer._handshake import AGENT, AUTH_TAG, TRANSCRIPT_TAG, LinkCipher  # noqa: E402
 from peer._identity import PEER_ID_TAG, x25519_public_of  # noqa: E402
@@ -63,12 +72,16 @@ from peer._limits import (  # noqa: E402
     MAX_BODY_BYTES,
     MAX_HANDSHAKE_RECORD,
     MAX_IDS_PER_FRAME,
+    MAX_PAGE_BYTES,
+    MAX_PAGE_HEADS,
+    MAX_PAGE_MESSAGES,
     MAX_RECORD,
+    MAX_REQUEST_ID,
     MAX_TEXT_FIELD,
     MAX_TOPICS_PER_FRAME,
 )
 
-SPEC_REVISION = "1.0"
+SPEC_REVISION = "1.1"
 PROTOCOL_VERSION = 1
 TS0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in milliseconds
 
@@ -494,6 +507,211 @@ def build_dm(ids: dict[str, Identity], root_id: bytes) -> tuple[Json, Any]:
         "thread": None,
     }
     return doc, env
+
+
+# -- catch-up and DM delivery ----------------------------------------------------------
+
+
+class LogRecord(NamedTuple):
+    """One record of a carrier's log (catchup.md section 2.2)."""
+
+    name: str
+    seq: int
+    sender: bytes
+    sender_seq: int
+    received_ms: int
+    wire: bytes
+    msg_id: bytes
+
+
+class LogHead:
+    """What ``PageSource.head`` returns: the next log number and the records held."""
+
+    def __init__(self, next_seq: int, count: int) -> None:
+        self.next_seq = next_seq
+        self.count = count
+
+
+class CarrierLog:
+    """A carrier's logs in memory, with the reads ``build_page`` uses."""
+
+    def __init__(self) -> None:
+        self.logs: dict[str, list[LogRecord]] = {}
+
+    def add(self, name: str, env: Any, received_ms: int) -> None:
+        log = self.logs.setdefault(env.log_topic, [])
+        log.append(LogRecord(name, len(log) + 1, env.sender, env.seq, received_ms, env.wire,
+                             env.id))
+
+    def head(self, topic: str) -> LogHead:
+        log = self.logs.get(topic, [])
+        return LogHead(len(log) + 1, len(log))
+
+    def seq_at(self, topic: str, received_ms: int) -> int:
+        s = 0
+        for record in self.logs.get(topic, []):
+            if record.received_ms >= received_ms:
+                break
+            s = record.seq
+        return s
+
+    def read(self, topic: str, after: int = 0, limit: int = 100) -> list[LogRecord]:
+        return [r for r in self.logs.get(topic, []) if r.seq > after][:limit]
+
+    def read_sender(self, topic: str, sender: bytes, first: int, last: int,
+                    limit: int = 100) -> list[LogRecord]:
+        mine = [r for r in self.logs.get(topic, [])
+                if r.sender == sender and first <= r.sender_seq <= last]
+        return sorted(mine, key=lambda r: (r.sender_seq, r.msg_id))[:limit]
+
+    def sender_heads(self, topic: str, limit: int = 256) -> list[tuple[bytes, int]]:
+        heads: dict[bytes, int] = {}
+        for r in self.logs.get(topic, []):
+            heads[r.sender] = max(heads.get(r.sender, 0), r.sender_seq)
+        return sorted(heads.items())[:limit]
+
+    def name_of(self, wire: bytes) -> str:
+        return next(r.name for log in self.logs.values() for r in log if r.wire == wire)
+
+
+def receipt_for(ids: dict[str, Identity], dm_env: Any) -> Any:
+    """bob's receipt for alice's DM of dm.json."""
+    return seal_receipt(ids["bob"], recipient=ids["alice"].peer_id, ids=[dm_env.id], seq=1,
+                        ts=TS0 + 4000)
+
+
+def carrier_messages(ids: dict[str, Identity], msgs: dict[str, Any]) -> dict[str, Any]:
+    """The channel messages of the carrier's log that envelope.json does not have."""
+    alice, carol = ids["alice"], ids["carol"]
+    return {
+        "carol-1": seal_message(carol, topic="general", content=Content(body="hi alice"), seq=1,
+                                ts=TS0 + 1000),
+        "alice-4": seal_message(alice, topic="general", content=Content(body="anyone there?"),
+                                seq=4, ts=TS0 + 5000),
+        "carol-random": seal_message(carol, topic="random", content=Content(body="elsewhere"),
+                                     seq=1, ts=TS0 + 1200),
+        **msgs,
+    }
+
+
+def build_carrier(ids: dict[str, Identity], msgs: dict[str, Any], receipt: Any) -> CarrierLog:
+    every = carrier_messages(ids, msgs)
+    log = CarrierLog()
+    log.add("root", every["root"], TS0 + 40)
+    log.add("carol-1", every["carol-1"], TS0 + 1040)
+    log.add("reply", every["reply"], TS0 + 1540)
+    log.add("alice-4", every["alice-4"], TS0 + 5040)  # alice's number 3 never arrived here
+    log.add("receipt", receipt, TS0 + 4040)
+    return log
+
+
+def request_fields(request: PageRequest) -> Json:
+    out: Json = dict(request.fields())
+    if request.sender is not None:
+        out["sender"] = hx(request.sender)
+    return out
+
+
+def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -> Json:
+    alice, bob, carol = ids["alice"], ids["bob"], ids["carol"]
+    receipt = receipt_for(ids, dm_env)
+    opened = open_envelope(receipt.wire)
+    assert opened.fields == receipt.fields and opened.log_topic == inbox_topic(alice.peer_id)
+    carrier = build_carrier(ids, msgs, receipt)
+    alice_inbox = inbox_topic(alice.peer_id)
+    plan: list[tuple[str, Identity, PageRequest, str]] = [
+        ("walk-page-1", bob, PageRequest(1, "general", 0, 0, 2),
+         "the first page of a walk of general from the start, 2 envelopes a page: more follows"),
+        ("walk-page-2", bob, PageRequest(2, "general", 2, 0, 2),
+         "the next page, after the cursor 2: the last one, so it carries the heads"),
+        ("since", bob, PageRequest(3, "general", 0, TS0 + 1500, MAX_PAGE_MESSAGES),
+         "no cursor, since = TS0 + 1500: seq_at gives 2 (records 1 and 2 were received before)"),
+        ("sender-range", bob,
+         PageRequest(4, "general", 0, 0, MAX_PAGE_MESSAGES, alice.peer_id, 2, 3),
+         "alice's numbers 2..3: the carrier has 2 only; a sender range has no heads"),
+        ("sender-range-empty", bob,
+         PageRequest(5, "general", 0, 0, MAX_PAGE_MESSAGES, alice.peer_id, 3, 3),
+         "alice's number 3, which this carrier never received: an empty page, next = last"),
+        ("inbox", alice, PageRequest(6, alice_inbox, 0, 0, MAX_PAGE_MESSAGES),
+         "alice reads her inbox log: bob's receipt"),
+        ("inbox-forbidden", carol, PageRequest(7, alice_inbox, 0, 0, MAX_PAGE_MESSAGES),
+         "carol asks for alice's inbox: refused"),
+        ("sys-forbidden", bob, PageRequest(8, PRESENCE_TOPIC, 0, 0, MAX_PAGE_MESSAGES),
+         "system topics are never served"),
+        ("not-carried", bob, PageRequest(9, "random", 5, 0, MAX_PAGE_MESSAGES),
+         "a topic this carrier never stored: refused, next is the request's after"),
+    ]
+    exchanges: list[Json] = []
+    for name, requester, request, note in plan:
+        cureq = encode_frame("cureq", **request.fields())
+        assert PageRequest.from_fields(decode_frame(cureq).fields) == request
+        page = build_page(carrier, request, requester.peer_id)
+        cupage = encode_frame("cupage", **page.fields())
+        decoded = Page.from_fields(decode_frame(cupage).fields)
+        assert decoded == page
+        envs = check_page(request, decoded)
+        assert sorted(e.wire for e in envs) == sorted(page.messages)
+        exchanges.append({
+            "name": name,
+            "note": note,
+            "requester": requester.peer_id_hex,
+            "request": request_fields(request),
+            "cureq": hx(cureq),
+            "page": {
+                "r": page.r,
+                "topic": page.topic,
+                "m": [carrier.name_of(w) for w in page.messages],
+                "message_ids": [hx(open_envelope(w).id) for w in page.messages],
+                "next": page.next,
+                "more": page.more,
+                "heads": [[hx(sender), seq] for sender, seq in page.heads],
+                "err": page.err,
+            },
+            "cupage": hx(cupage),
+        })
+    receipt_entry = envelope_entry("receipt", receipt, None)
+    receipt_entry.update({
+        "to": hx(alice.peer_id),
+        "ids": [hx(dm_env.id)],
+        "log_topic": receipt.log_topic,
+        "push_frame": hx(encode_frame("push", e=receipt.wire)),
+    })
+    return {
+        "description": (
+            "Catch-up and DM delivery. receipt: bob tells alice that her DM of dm.json is "
+            "stored on his side (topic = the DM's conversation topic, route and log topic = "
+            "inbox/<alice>). push: the frames that hand the DM to bob and the receipt to "
+            "alice. carrier: one carrier's logs, each record with its log number (seq), "
+            "sender, sender sequence number, receive time on the carrier's clock and wire "
+            "bytes. exchanges: a cureq frame from the requester (a peer id), the fields of "
+            "the page build_page answers with (m by record name) and the cupage frame."
+        ),
+        "spec": "catchup.md",
+        "identities": {name: identity_json(ident) for name, ident in ids.items()},
+        "receipt": {"signer": identity_json(bob), **receipt_entry},
+        "push": [
+            {"name": "dm", "from": alice.peer_id_hex, "to": bob.peer_id_hex,
+             "message_id": hx(dm_env.id), "hex": hx(encode_frame("push", e=dm_env.wire))},
+            {"name": "receipt", "from": bob.peer_id_hex, "to": alice.peer_id_hex,
+             "message_id": hx(receipt.id), "hex": receipt_entry["push_frame"]},
+        ],
+        "carrier": [
+            {
+                "topic": topic,
+                "records": [
+                    {"name": r.name, "seq": r.seq, "sender": hx(r.sender),
+                     "sender_seq": r.sender_seq, "received_ms": r.received_ms,
+                     "message_id": hx(r.msg_id), "wire": hx(r.wire)}
+                    for r in records
+                ],
+            }
+            for topic, records in carrier.logs.items()
+        ],
+        "limits": {"MAX_PAGE_MESSAGES": MAX_PAGE_MESSAGES, "MAX_PAGE_BYTES": MAX_PAGE_BYTES,
+                   "MAX_PAGE_HEADS": MAX_PAGE_HEADS, "MAX_REQUEST_ID": MAX_REQUEST_ID,
+                   "MAX_RECEIPT_IDS": MAX_RECEIPT_IDS},
+        "exchanges": exchanges,
+    }
 
 
 # -- the bare CBOR profile -------------------------------------------------------------
@@ -968,6 +1186,188 @@ def session_frame_vectors(ids: dict[str, Identity], run: HandshakeRun,
     ]
 
 
+def receipt_fields(sender: Identity, recipient: Identity, **extra: Any) -> Json:
+    fields: Json = {"v": 1, "kind": "receipt",
+                    "topic": dm_topic(sender.peer_id, recipient.peer_id),
+                    "from": sender.public_key, "seq": 9, "ts": TS0, "to": recipient.peer_id,
+                    "ids": [det("clawmesh/test-vector/receipt-id", 32)]}
+    fields.update(extra)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def receipt_vectors(ids: dict[str, Identity]) -> list[Json]:
+    alice, bob, carol = ids["alice"], ids["bob"], ids["carol"]
+    v: list[Json] = []
+
+    def add(name: str, data: bytes, code: str, note: str) -> None:
+        v.append({"name": name, "layer": "envelope", "hex": hx(data), "code": code,
+                  "note": note})
+
+    some_ids = [det(f"clawmesh/test-vector/receipt-id/{i}", 32) for i in range(65)]
+    add("receipt-no-ids", sign_fields(bob, receipt_fields(bob, alice, ids=[])), "malformed",
+        "a receipt names at least one message id")
+    add("receipt-65-ids", sign_fields(bob, receipt_fields(bob, alice, ids=some_ids)),
+        "malformed", f"at most MAX_RECEIPT_IDS = {MAX_RECEIPT_IDS} ids (malformed, not too-large)")
+    add("receipt-id-31-bytes",
+        sign_fields(bob, receipt_fields(bob, alice, ids=[some_ids[0], bytes(31)])), "malformed",
+        "every id is a 32-byte message id")
+    add("receipt-ids-not-array", sign_fields(bob, receipt_fields(bob, alice, ids=some_ids[0])),
+        "malformed", "ids is an array, even for one id")
+    add("receipt-ids-missing", sign_fields(bob, receipt_fields(bob, alice, ids=None)),
+        "malformed", "ids is required")
+    add("receipt-wrong-topic",
+        sign_fields(bob, receipt_fields(bob, alice, topic=dm_topic(bob.peer_id, carol.peer_id))),
+        "malformed", "a receipt to alice on the bob/carol conversation topic, validly signed")
+    add("receipt-inbox-topic",
+        sign_fields(bob, receipt_fields(bob, alice, topic=inbox_topic(alice.peer_id))),
+        "malformed", "the inbox is the route, not the topic: topic = dm_topic(from, to)")
+    add("receipt-channel-topic", sign_fields(bob, receipt_fields(bob, alice, topic="general")),
+        "malformed", "a receipt belongs to a DM conversation topic")
+    add("receipt-without-to", sign_fields(bob, receipt_fields(bob, alice, to=None)),
+        "malformed", "to is required")
+    add("receipt-to-31-bytes", sign_fields(bob, receipt_fields(bob, alice, to=bytes(31))),
+        "malformed", "to is a 32-byte peer id")
+    add("receipt-with-box", sign_fields(bob, receipt_fields(bob, alice, box=bytes(40))),
+        "malformed", "box is a dm field, not a receipt field")
+    add("receipt-with-body", sign_fields(bob, receipt_fields(bob, alice, body="ok")),
+        "malformed", "a receipt has no content fields")
+    add("receipt-signed-by-someone-else",
+        sign_signed(carol, c(receipt_fields(bob, alice))), "bad-signature",
+        "bob's receipt signed by carol")
+    return v
+
+
+def catchup_frame_vectors(ids: dict[str, Identity]) -> list[Json]:
+    alice = ids["alice"]
+    v: list[Json] = []
+
+    def add(name: str, data: bytes, code: str, note: str) -> None:
+        v.append({"name": name, "layer": "frame", "hex": hx(data), "code": code, "note": note})
+
+    req: Json = {"r": 1, "topic": "general", "after": 0, "since": 0, "limit": 10}
+    ranged: Json = {**req, "sender": alice.peer_id, "first": 2, "last": 5}
+    page: Json = {"r": 1, "topic": "general", "m": [], "next": 0, "more": False, "heads": []}
+    head = [alice.peer_id, 3]
+
+    def drop(fields: Json, key: str) -> Json:
+        return {k: val for k, val in fields.items() if k != key}
+
+    add("cureq-limit-0", encode_frame("cureq", **{**req, "limit": 0}), "malformed",
+        "a page holds at least one envelope")
+    add("cureq-limit-513", encode_frame("cureq", **{**req, "limit": MAX_PAGE_MESSAGES + 1}),
+        "malformed", f"limit is at most MAX_PAGE_MESSAGES = {MAX_PAGE_MESSAGES} "
+        "(malformed, not too-large)")
+    add("cureq-r-2-32", encode_frame("cureq", **{**req, "r": MAX_REQUEST_ID + 1}), "malformed",
+        f"r is at most MAX_REQUEST_ID = {MAX_REQUEST_ID}")
+    add("cureq-after-negative", encode_frame("cureq", **{**req, "after": -1}), "malformed",
+        "after is an unsigned integer")
+    add("cureq-since-missing", encode_frame("cureq", **drop(req, "since")), "malformed",
+        "since is required (0 for no time bound)")
+    add("cureq-sys-like-topic", encode_frame("cureq", **{**req, "topic": "~inbox"}),
+        "malformed", "not a topic")
+    add("cureq-sender-without-range", encode_frame("cureq", **{**req, "sender": alice.peer_id}),
+        "malformed", "sender, first and last come together")
+    add("cureq-range-without-sender", encode_frame("cureq", **drop(ranged, "sender")),
+        "malformed", "sender, first and last come together")
+    add("cureq-first-after-last", encode_frame("cureq", **{**ranged, "first": 6}), "malformed",
+        "first <= last")
+    add("cureq-sender-31-bytes", encode_frame("cureq", **{**ranged, "sender": bytes(31)}),
+        "malformed", "sender is a 32-byte peer id")
+    add("cureq-unknown-field", encode_frame("cureq", **{**req, "until": 9}), "malformed",
+        "no field until")
+    add("cupage-513-messages",
+        encode_frame("cupage", **{**page, "m": [b""] * (MAX_PAGE_MESSAGES + 1)}), "too-large",
+        f"m has at most MAX_PAGE_MESSAGES = {MAX_PAGE_MESSAGES} entries")
+    add("cupage-message-text", encode_frame("cupage", **{**page, "m": ["82"]}), "malformed",
+        "m holds envelopes as byte strings")
+    add("cupage-more-integer", encode_frame("cupage", **{**page, "more": 1}), "malformed",
+        "more is true or false")
+    add("cupage-heads-missing", encode_frame("cupage", **drop(page, "heads")), "malformed",
+        "heads is required (empty but on the last page of a walk)")
+    add("cupage-head-not-pair", encode_frame("cupage", **{**page, "heads": [[alice.peer_id]]}),
+        "malformed", "a head is [peer id, seq]")
+    add("cupage-head-short-id",
+        encode_frame("cupage", **{**page, "heads": [[alice.peer_id[:31], 3]]}), "malformed",
+        "a head's sender is a 32-byte peer id")
+    add("cupage-head-negative", encode_frame("cupage", **{**page, "heads": [[alice.peer_id, -1]]}),
+        "malformed", "a head's seq is an unsigned integer")
+    add("cupage-257-heads",
+        encode_frame("cupage", **{**page, "heads": [head] * (MAX_PAGE_HEADS + 1)}), "too-large",
+        f"at most MAX_PAGE_HEADS = {MAX_PAGE_HEADS} heads")
+    add("cupage-err-33-bytes", encode_frame("cupage", **{**page, "err": "e" * 33}), "too-large",
+        "err is at most 32 UTF-8 bytes")
+    add("cupage-err-not-text", encode_frame("cupage", **{**page, "err": 1}), "malformed",
+        "err is text")
+    add("cupage-r-2-32", encode_frame("cupage", **{**page, "r": MAX_REQUEST_ID + 1}),
+        "malformed", f"r is at most MAX_REQUEST_ID = {MAX_REQUEST_ID}")
+    add("push-envelope-text", c({"t": "push", "e": "00"}), "malformed",
+        "e must be a byte string")
+    add("push-unknown-field", c({"t": "push", "e": b"", "to": alice.peer_id}), "malformed",
+        "push has the fields t and e only")
+    return v
+
+
+def page_vectors(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -> list[Json]:
+    alice, carol = ids["alice"], ids["carol"]
+    every = carrier_messages(ids, msgs)
+    root, carol1, reply = every["root"], every["carol-1"], every["reply"]
+    signed, sig = cbor2.loads(root.wire)
+    flipped = bytearray(sig)
+    flipped[5] ^= 0x10
+    forged = c([signed, bytes(flipped)])
+    walk = PageRequest(1, "general", 0, 0, 2)
+    resume = PageRequest(2, "general", 2, 0, 2)
+    ranged = PageRequest(4, "general", 0, 0, MAX_PAGE_MESSAGES, alice.peer_id, 2, 3)
+    inbox = PageRequest(6, inbox_topic(alice.peer_id), 0, 0, MAX_PAGE_MESSAGES)
+    presence = PageRequest(8, PRESENCE_TOPIC, 0, 0, MAX_PAGE_MESSAGES)
+    v: list[Json] = []
+
+    def add(name: str, request: PageRequest, page: Page, code: str, note: str) -> None:
+        v.append({"name": name, "layer": "page",
+                  "request": hx(encode_frame("cureq", **request.fields())),
+                  "hex": hx(encode_frame("cupage", **page.fields())), "code": code,
+                  "note": note})
+
+    def good(request: PageRequest, wires: list[bytes], nxt: int, **kw: Any) -> Page:
+        fields: Json = {"r": request.r, "topic": request.topic, "messages": wires,
+                        "next": nxt, "more": False, "heads": []}
+        fields.update(kw)
+        return Page(**fields)
+
+    add("page-for-another-request", walk, good(walk, [root.wire, carol1.wire], 2, r=2),
+        "unexpected", "the page of catchup.json's walk-page-1 with r = 2")
+    add("page-for-another-topic", walk, good(walk, [], 0, topic="random"), "unexpected",
+        "a page whose topic is not the request's")
+    add("page-foreign-topic-envelope", walk,
+        good(walk, [root.wire, every["carol-random"].wire], 2), "malformed",
+        "a message of the channel random in a page of general")
+    add("page-dm-in-channel", walk, good(walk, [dm_env.wire], 1), "malformed",
+        "a DM's log topic is its recipient's inbox, not a channel")
+    add("page-dm-of-another-inbox", inbox, good(inbox, [dm_env.wire], 1), "malformed",
+        "alice asked for her inbox; the DM of dm.json is in bob's")
+    add("page-presence", presence, good(presence, [msgs["presence"].wire], 1), "malformed",
+        "presence is never stored, so never served")
+    add("page-bad-signature", walk, good(walk, [forged], 1), "bad-signature",
+        "alice's root message with one signature bit flipped")
+    add("page-envelope-not-cbor", walk, good(walk, [b"\xff"], 1), "malformed",
+        "an element of m that is not an envelope")
+    add("page-outside-sender-range", ranged, good(ranged, [root.wire], 1), "malformed",
+        "alice's number 1 in answer to a request for her numbers 2..3")
+    add("page-other-sender", ranged, good(ranged, [reply.wire, carol1.wire], 2), "malformed",
+        "carol's message in answer to a request for alice's numbers")
+    add("page-over-limit", walk, good(walk, [root.wire, carol1.wire, reply.wire], 3, more=True),
+        "too-large", "three envelopes for a request with limit 2")
+    add("page-cursor-does-not-advance", resume, good(resume, [reply.wire], 2), "malformed",
+        "envelopes, but next is not after the request's after (2)")
+    add("page-refusal-with-messages", walk,
+        good(walk, [root.wire], 0, err="not-carried"), "malformed",
+        "a refusal carries no envelopes")
+    add("page-refusal-with-more", walk, good(walk, [], 0, more=True, err="busy"), "malformed",
+        "a refusal has more = false")
+    del carol
+    return v
+
+
 def check_rejected(ids: dict[str, Identity], vectors: list[Json]) -> None:
     """Make sure the reference code refuses every vector with its code (or has a known bug)."""
     problems: list[str] = []
@@ -1011,6 +1411,9 @@ def refuse(vec: Json, data: bytes) -> None:
         closes = [a for a in actions if isinstance(a, Close)]
         if closes:
             raise ProtocolError(closes[0].code, closes[0].reason)
+    elif layer == "page":
+        request = PageRequest.from_fields(decode_frame(bytes.fromhex(vec["request"])).fields)
+        check_page(request, Page.from_fields(decode_frame(data).fields))
     elif layer == "handshake-record":
         hs = Handshake(
             Identity.from_seed(bytes.fromhex(vec["seed"])),
@@ -1031,14 +1434,18 @@ def refuse(vec: Json, data: bytes) -> None:
         raise AssertionError(layer)
 
 
-def build_rejected(ids: dict[str, Identity], run: HandshakeRun, msgs: dict[str, Any]) -> Json:
+def build_rejected(ids: dict[str, Identity], run: HandshakeRun, msgs: dict[str, Any],
+                   dm_env: Any) -> Json:
     vectors = (
         frame_vectors(ids, msgs)[:-1]
+        + catchup_frame_vectors(ids)
         + envelope_vectors(ids, msgs)
+        + receipt_vectors(ids)
         + handshake_vectors(ids, run)
         + stream_vectors()
         + session_vectors(run)
         + session_frame_vectors(ids, run, msgs)
+        + page_vectors(ids, msgs, dm_env)
         + frame_vectors(ids, msgs)[-1:]  # the big one last
     )
     names = [(v["layer"], v["name"]) for v in vectors]
@@ -1054,14 +1461,18 @@ def build_rejected(ids: dict[str, Identity], run: HandshakeRun, msgs: dict[str, 
             "seed, random source, caps and listen; 'stream-record' = bytes arriving on a "
             "length-prefixed byte stream; 'session-record' = an encrypted record opened with "
             "'key' after the records in 'before'; 'session-frame' = a decodable frame received "
-            "on an established link, which closes the link with 'code'. A vector with "
-            "'known_deviation' states what the spec requires; the reference implementation "
-            "does something else there (see the note)."
+            "on an established link, which closes the link with 'code'; 'page' = a cupage "
+            "frame answering the cureq frame in 'request', which the requester refuses with "
+            "'code' (catchup.md section 6.3). A vector with 'known_deviation' states what "
+            "the spec requires; the reference implementation does something else there (see "
+            "the note)."
         ),
         "spec": "README.md#6-error-codes",
         "limits": {"MAX_RECORD": MAX_RECORD, "MAX_HANDSHAKE_RECORD": MAX_HANDSHAKE_RECORD,
                    "MAX_TOPICS_PER_FRAME": MAX_TOPICS_PER_FRAME,
-                   "MAX_IDS_PER_FRAME": MAX_IDS_PER_FRAME},
+                   "MAX_IDS_PER_FRAME": MAX_IDS_PER_FRAME,
+                   "MAX_PAGE_MESSAGES": MAX_PAGE_MESSAGES, "MAX_PAGE_HEADS": MAX_PAGE_HEADS,
+                   "MAX_REQUEST_ID": MAX_REQUEST_ID, "MAX_RECEIPT_IDS": MAX_RECEIPT_IDS},
         "vectors": vectors,
     }
 
@@ -1078,14 +1489,15 @@ def build() -> dict[str, str]:
     ids = identities()
     run = HandshakeRun(ids)
     envelope, msgs = build_envelope(ids)
-    dm, _dm_env = build_dm(ids, msgs["root"].id)
+    dm, dm_env = build_dm(ids, msgs["root"].id)
     docs: dict[str, Json] = {
         "identity.json": build_identity(),
         "handshake.json": build_handshake(ids, run),
         "envelope.json": envelope,
         "dm.json": dm,
+        "catchup.json": build_catchup(ids, msgs, dm_env),
         "cbor.json": build_cbor(),
-        "rejected.json": build_rejected(ids, run, msgs),
+        "rejected.json": build_rejected(ids, run, msgs, dm_env),
     }
     for doc in docs.values():
         doc["spec_revision"] = SPEC_REVISION
