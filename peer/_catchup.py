@@ -26,11 +26,11 @@ Rules kept here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._envelope import Envelope, inbox_topic, open_envelope
+from ._envelope import Envelope, inbox_topic, message_id, open_envelope, split_wire
 from ._errors import ErrorCode, ProtocolError
 from ._frames import Map
 from ._limits import MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
@@ -196,11 +196,20 @@ def build_page(source: PageSource, request: PageRequest, requester: bytes) -> Pa
     return Page(request.r, topic, [r.wire for r in records], nxt, more, heads)
 
 
-def check_page(request: PageRequest, page: Page, *, verify: bool = True) -> list[Envelope]:
-    """The envelopes of ``page``, each verified and inside what was asked.
+def check_page(
+    request: PageRequest,
+    page: Page,
+    *,
+    verify: bool = True,
+    known: Callable[[bytes], bool] | None = None,
+) -> list[Envelope]:
+    """The envelopes of ``page``, each verified and inside what was asked, in
+    (sender, sequence) order within the page.
 
     Raises ProtocolError (and nothing else) for a page that does not answer
-    ``request`` or holds anything that does not belong to it.
+    ``request`` or holds anything that does not belong to it. Envelopes whose
+    id ``known`` recognises (already stored) are left out unverified: a
+    message is verified once.
     """
     if page.r != request.r or page.topic != request.topic:
         raise ProtocolError(ErrorCode.UNEXPECTED, "page does not answer the request")
@@ -214,7 +223,10 @@ def check_page(request: PageRequest, page: Page, *, verify: bool = True) -> list
         raise ProtocolError(ErrorCode.MALFORMED, "page cursor does not advance")
     out: list[Envelope] = []
     for wire in page.messages:
-        env = open_envelope(wire, verify=verify)
+        signed, sig = split_wire(wire)
+        if known is not None and known(message_id(signed)):
+            continue
+        env = open_envelope(wire, signed=signed, sig=sig, verify=verify)
         if env.kind == "presence" or env.log_topic != request.topic:
             raise ProtocolError(ErrorCode.MALFORMED, "page holds a message of another topic")
         if request.sender is not None and (
@@ -222,6 +234,7 @@ def check_page(request: PageRequest, page: Page, *, verify: bool = True) -> list
         ):
             raise ProtocolError(ErrorCode.MALFORMED, "page holds a message outside the range")
         out.append(env)
+    out.sort(key=lambda e: (e.sender, e.seq))  # undo reordering on the carrier's way in
     return out
 
 

@@ -33,6 +33,7 @@ class InboxMessage:
     outgoing: bool
     read: bool = False
     status: str | None = None  # an outgoing DM: "pending", "delivered" or "undeliverable"
+    seq: int = 0  # the sender's sequence number in this conversation or channel
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -47,6 +48,7 @@ class InboxMessage:
             "received": self.received_ms,
             "read": self.read,
             "outgoing": self.outgoing,
+            "seq": self.seq,
         }
         if self.channel is not None:
             out["channel"] = self.channel
@@ -89,15 +91,13 @@ class Inbox:
         """Hold ``message``; None if already held.
 
         Its cursor is assigned here unless it has one (a persistent inbox
-        gives the store's position); cursors must be added in increasing order.
+        gives the store's position, in increasing order).
         """
         if message.id in self._by_id:
             return None
         if message.cursor <= 0:
             message.cursor = self._next
-        elif message.cursor < self._next:
-            raise ValueError(f"cursor {message.cursor} is not after {self._next - 1}")
-        self._next = message.cursor + 1
+        self._next = max(self._next, message.cursor + 1)
         self._messages[message.cursor] = message
         self._by_id[message.id] = message.cursor
         if message.read:

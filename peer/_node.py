@@ -138,7 +138,10 @@ class Peer(LinkHost, DhtHost):
                     open_store_service(self.options.store_path, log=self.log.bind(part="store"))
                 )
                 self.storage = Storage(self, service)
-                channels = [*await self.storage.load(), *channels]
+                stored = await self.storage.load()
+                if not self.options.relay_only:  # what we kept: catch up before live
+                    self.storage.hold_live([inbox_topic(self.peer_id), *stored])
+                channels = [*stored, *channels]
             async with trio.open_nursery() as nursery:
                 await self._start(nursery, channels, extra)
                 task_status.started()
@@ -333,6 +336,7 @@ class Peer(LinkHost, DhtHost):
             outgoing=outgoing,
             read=outgoing,
             status="pending" if outgoing and env.kind == "dm" else None,
+            seq=env.seq,
         )
         return message, content.payload
 
@@ -445,8 +449,9 @@ class Peer(LinkHost, DhtHost):
                 message, payload = self._inbox_message(
                     env, content, channel, None, True, self.wall_ms()
                 )
-            await self.storage.store_own(env, message, payload)
-        self._perform(self.router.publish(env, self.now()))
+            await self.storage.store_own(env, message, payload)  # and publishes it
+        else:
+            self._perform(self.router.publish(env, self.now()))
         return env
 
     async def send_direct(self, peer_id: bytes, content: Content) -> Envelope:
@@ -464,8 +469,7 @@ class Peer(LinkHost, DhtHost):
             ts=self.wall_ms(),
         )
         message, payload = self._inbox_message(env, content, None, peer_id, True, self.wall_ms())
-        await self.storage.store_own(env, message, payload)
-        self._perform(self.router.publish(env, self.now()))
+        await self.storage.store_own(env, message, payload)  # and publishes it
         link = self.links.get(peer_id)
         if link is not None and env.route not in self.router.interest_of(peer_id):
             link.enqueue(encode_frame("push", e=env.wire))

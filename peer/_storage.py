@@ -89,6 +89,8 @@ ACCEPT_BATCH = 2_048
 PAGE_TIMEOUT = 20.0
 SINCE_MARGIN_MS = 120_000  # clocks of carriers and ours differ; duplicates are cheap
 MAX_GAP_SENDERS = 64
+MAX_HELD = 200_000  # live messages held per topic while its first walk runs
+HOLD_AT_MOST = 30.0  # seconds after start
 RECEIPT_DELAY = 0.05
 OUTBOX_TICK = 1.0
 RETENTION_INTERVAL = 60.0
@@ -96,9 +98,14 @@ RETENTION_INTERVAL = 60.0
 
 @dataclass
 class _Accept:
+    """Work for the accept loop, which alone appends to the log (so the
+    ``~inbox`` positions reach the inbox in order)."""
+
     envelopes: list[tuple[Envelope, bool, bool]]  # (envelope, member, pushed)
     done: trio.Event | None = None
+    own: list[tuple[Envelope, InboxMessage | None, bytes | None]] = field(default_factory=list)
     new: int = 0
+    error: Exception | None = None
 
 
 @dataclass
@@ -148,6 +155,7 @@ def inbox_record(message: InboxMessage, payload: bytes | None) -> bytes:
         "body": message.body,
         "ts": message.ts,
         "out": message.outgoing,
+        "seq": message.seq,
     }
     if message.channel is not None:
         m["ch"] = message.channel
@@ -182,6 +190,7 @@ def inbox_message(cursor: int, received_ms: int, record: bytes) -> InboxMessage:
         received_ms=received_ms,
         outgoing=m["out"],
         read=m["out"],
+        seq=m.get("seq", 0),
     )
 
 
@@ -221,6 +230,8 @@ class Storage:
         self._walking: dict[tuple[bytes, str], bool] = {}  # running walks: wanted again?
         self._pinned: set[str] = set()
         self._new_peers: dict[bytes, bytes] = {}
+        self._topic_locks: dict[str, trio.Lock] = {}
+        self._held: dict[str, list[tuple[Envelope, bool]]] = {}  # topic -> live, waiting
         self._new_peers_wanted = trio.Event()
         self.backoff = Backoff(
             base_ms=int(self.options.outbox_retry_initial * 1000),
@@ -305,6 +316,8 @@ class Storage:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
+            if self._held:
+                nursery.start_soon(self._release_all_after, HOLD_AT_MOST)
             nursery.start_soon(self._peer_key_loop)
             nursery.start_soon(self._accept_loop)
             nursery.start_soon(self._receipt_loop)
@@ -334,7 +347,16 @@ class Storage:
     # -- accepting ---------------------------------------------------------------------
 
     def accept(self, env: Envelope, *, member: bool = True, pushed: bool = False) -> None:
-        """Queue a verified envelope for the log (never blocks; see ``dropped``)."""
+        """Queue a verified envelope for the log (never blocks; see ``dropped``).
+
+        Until the first catch-up walk of a kept topic ends, its live messages
+        wait in memory (bounded; a carrier has them too), so a sender's older
+        messages from the walk come before its newer live ones.
+        """
+        held = self._held.get(env.log_topic)
+        if held is not None and member and len(held) < MAX_HELD:
+            held.append((env, pushed))
+            return
         try:
             self._accept_send.send_nowait(_Accept([(env, member, pushed)]))
         except trio.WouldBlock:
@@ -343,6 +365,24 @@ class Storage:
                 self.log.warning(
                     "store queue full: left to catch-up", dropped=self.counters.dropped
                 )
+
+    def hold_live(self, topics: Iterable[str]) -> None:
+        for topic in topics:
+            self._held.setdefault(topic, [])
+
+    def release(self, topic: str) -> None:
+        """The first walk of ``topic`` ended: accept what waited, in arrival order."""
+        held = self._held.pop(topic, None)
+        if held:
+            with contextlib.suppress(trio.WouldBlock):
+                self._accept_send.send_nowait(
+                    _Accept([(env, True, pushed) for env, pushed in held])
+                )
+
+    async def _release_all_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)  # no carrier answered in time: stop holding
+        for topic in list(self._held):
+            self.release(topic)
 
     async def accept_many(self, envelopes: Iterable[Envelope]) -> int:
         """Store envelopes (from catch-up); returns after their commit, with the new ones."""
@@ -355,16 +395,21 @@ class Storage:
     async def _accept_loop(self) -> None:
         while True:
             batch = [await self._accept_recv.receive()]
-            size = len(batch[0].envelopes)
+            size = len(batch[0].envelopes) + len(batch[0].own)
             while size < ACCEPT_BATCH:
                 try:
                     more = self._accept_recv.receive_nowait()
                 except trio.WouldBlock:
                     break
                 batch.append(more)
-                size += len(more.envelopes)
+                size += len(more.envelopes) + len(more.own)
             try:
                 await self._commit(batch)
+            except Exception as exc:  # a bug here must not end the peer: log, count, go on
+                self.counters.store_errors += 1
+                self.log.exception("accepting messages failed", error=repr(exc))
+                for request in batch:
+                    request.error = request.error or exc
             finally:
                 for request in batch:
                     if request.done is not None:
@@ -375,7 +420,15 @@ class Storage:
         now_ms = peer.wall_ms()
         items: list[AppendItem] = []
         plan: list[tuple[_Accept, Envelope, bool, int, InboxMessage | None]] = []
+        outbox: list[tuple[bytes, bytes, bytes]] = []  # (id, recipient, wire)
         for request in batch:
+            for env, message, payload in request.own:
+                plan.append((request, env, False, len(items), message))
+                items.append(AppendItem.from_envelope(env, received_ms=now_ms, topic=env.log_topic))
+                if message is not None:
+                    items.append(_inbox_item(message, payload))
+                if env.kind == "dm" and env.recipient is not None:
+                    outbox.append((env.id, env.recipient, env.wire))
             for env, member, pushed in request.envelopes:
                 topic = env.log_topic
                 if not member:
@@ -394,15 +447,32 @@ class Storage:
                     items.append(_inbox_item(message, payload))
         if not items:
             return
+        first_try = now_ms + self.backoff.base_ms
+        deadline = now_ms + int(self.options.dm_deadline * 1000)
+
+        def write(s: MessageStore) -> list[AppendResult]:
+            results = s.append_batch(items)
+            for msg_id, recipient, wire in outbox:
+                s.outbox_add(msg_id, recipient, wire, first_try, deadline)
+            return results
+
         try:
-            results = await self.service.append_many(items)
+            results = await self.service.write(write)
         except (StoreError, ValueError) as exc:
             self.counters.store_errors += 1
             self.log.error("store append failed", error=str(exc), messages=len(plan))
-            for *_, message in plan:  # the agent still sees them; catch-up may repair
-                if message is not None:
-                    peer._add_inbox_message(message)
+            for request, _, _, _, message in plan:
+                if request.own:
+                    request.error = exc  # not stored: the API says so, nothing is sent
+                elif message is not None:
+                    peer._add_inbox_message(message)  # the agent still sees it
             return
+        for _, recipient, _ in outbox:
+            self._pending_to[recipient] = self._pending_to.get(recipient, 0) + 1
+        now = peer.now()
+        for request in batch:  # publish what we signed in commit order, which is seq order
+            for env, _, _ in request.own:
+                peer._perform(peer.router.publish(env, now))
         for request, env, pushed, index, message in plan:
             result: AppendResult = results[index]
             if result.duplicate:
@@ -415,6 +485,8 @@ class Storage:
             if message is not None:
                 message.cursor = results[index + 1].seq
                 peer._add_inbox_message(message)
+            if env.sender == peer.peer_id:
+                continue
             if env.kind == "dm" and env.recipient == peer.peer_id:
                 self._want_receipt(env)
             elif env.kind == "receipt" and env.recipient == peer.peer_id:
@@ -454,27 +526,19 @@ class Storage:
     async def store_own(
         self, env: Envelope, message: InboxMessage | None, payload: bytes | None
     ) -> None:
-        """Keep a message we signed (and, for a DM, its outbox entry); after the commit."""
-        peer = self.peer
-        now_ms = peer.wall_ms()
-        items = [AppendItem.from_envelope(env, received_ms=now_ms, topic=env.log_topic)]
-        if message is not None:
-            items.append(_inbox_item(message, payload))
-        recipient = env.recipient if env.kind == "dm" else None
-        deadline = now_ms + int(self.options.dm_deadline * 1000)
+        """Keep a message we signed (and, for a DM, its outbox entry), then publish it.
 
-        def write(s: MessageStore) -> list[AppendResult]:
-            results = s.append_batch(items)
-            if recipient is not None:
-                s.outbox_add(env.id, recipient, env.wire, now_ms + self.backoff.base_ms, deadline)
-            return results
-
-        results = await self.service.write(write)
-        if recipient is not None:
-            self._pending_to[recipient] = self._pending_to.get(recipient, 0) + 1
-        if message is not None and not results[1].duplicate:
-            message.cursor = results[1].seq
-            peer._add_inbox_message(message)
+        Returns after the commit; raises StoreError (nothing published) when it
+        could not be stored.
+        """
+        request = _Accept([], trio.Event(), own=[(env, message, payload)])
+        await self._accept_send.send(request)
+        assert request.done is not None
+        await request.done.wait()
+        if isinstance(request.error, StoreError):
+            raise request.error
+        if request.error is not None:
+            raise StoreError(f"not stored: {request.error!r}")
 
     # -- read state ----------------------------------------------------------------------
 
@@ -518,7 +582,6 @@ class Storage:
             await self.store_own(env, None, None)
         except StoreError as exc:
             self.log.error("receipt not stored", error=str(exc))
-        peer._perform(peer.router.publish(env, peer.now()))
         link = peer.links.get(sender)
         if link is not None:
             link.enqueue(encode_frame("push", e=env.wire))
@@ -593,19 +656,20 @@ class Storage:
                 attempts=letter.attempts,
             )
             peer._notify_inbox()
-        if woken:
-            linked = {p for p in self._pending_to if self._pending_to[p] and p in peer.links}
-            if linked:
-                entries = await self.service.read(lambda s: s.outbox(limit=10_000))
-                for entry in entries:
-                    if entry.recipient in linked:
-                        self._push(entry.recipient, entry.wire)
         due = await self.service.read(lambda s: s.outbox_due(now_ms, 256))
-        for entry in due:
-            if entry.recipient in peer.links:
+        push_to = {e.recipient for e in due if e.recipient in peer.links}
+        if woken:
+            push_to |= {p for p, n in self._pending_to.items() if n and p in peer.links}
+        if push_to:  # everything waiting for them, in their sequence order
+            entries = await self.service.read(lambda s: s.outbox(limit=MAX_PAGE))
+            waiting = [e for e in entries if e.recipient in push_to]
+            waiting.sort(key=lambda e: (e.recipient, open_envelope(e.wire, verify=False).seq))
+            for entry in waiting:
                 self._push(entry.recipient, entry.wire)
-            else:
-                peer.nursery.start_soon(self._reach, entry.recipient)
+        reach = {e.recipient for e in due} - push_to
+        for recipient in reach:
+            peer.nursery.start_soon(self._reach, recipient)
+        for entry in due:
             next_try = self.backoff.next_try_ms(now_ms, entry.attempts, self._rng)
             await self.service.write(
                 functools.partial(
@@ -783,6 +847,15 @@ class Storage:
         await self.service.write(write)
 
     async def _walk(self, carrier: bytes, topic: str) -> None:
+        """One carrier at a time per topic: each walk yields a sender's messages in order."""
+        lock = self._topic_locks.setdefault(topic, trio.Lock())
+        async with lock:
+            try:
+                await self._walk_locked(carrier, topic)
+            finally:
+                self.release(topic)
+
+    async def _walk_locked(self, carrier: bytes, topic: str) -> None:
         """Page through ``carrier``'s log of ``topic`` from our cursor, then fill gaps."""
         name = "cu:" + carrier.hex()
         after = await self.service.read(lambda s: s.get_cursor(name, topic))
@@ -819,7 +892,14 @@ class Storage:
     ) -> list[Envelope] | None:
         verify = not self.options.bench_no_verify
         try:
-            return await trio.to_thread.run_sync(lambda: check_page(request, page, verify=verify))
+            store = self.store
+
+            def known(msg_id: bytes) -> bool:
+                return store.position(msg_id) is not None
+
+            return await trio.to_thread.run_sync(
+                lambda: check_page(request, page, verify=verify, known=known)
+            )
         except ProtocolError as exc:
             self.counters.bad_pages += 1
             self.log.warning("bad catch-up page", carrier=carrier.hex()[:16], reason=exc.message)
