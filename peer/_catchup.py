@@ -179,11 +179,10 @@ def build_page(source: PageSource, request: PageRequest, requester: bytes) -> Pa
         return refusal(request, NOT_CARRIED)
     limit = min(request.limit, MAX_PAGE_MESSAGES)
     if request.sender is not None:
-        records = _fill(
-            source.read_sender(topic, request.sender, request.first, request.last, limit)
-        )
+        read = source.read_sender(topic, request.sender, request.first, request.last, limit)
+        records = _fill(read)
         nxt = records[-1].sender_seq if records else request.last
-        more = len(records) == limit and nxt < request.last
+        more = nxt < request.last and (len(records) < len(read) or len(read) == limit)
         return Page(request.r, topic, [r.wire for r in records], nxt, more, [])
     start = request.after
     if request.since:

@@ -82,6 +82,8 @@ INBOX_LOG = "~inbox"  # the local agent's messages in arrival order (not a netwo
 _INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
 _NOBODY = bytes(32)
 CHANNELS_KEY = "channels"
+ALIVE_KEY = "alive"
+ALIVE_INTERVAL = 10.0
 PEER_KEY_PREFIX = "peer/"
 STORE_CAP = "store"
 ACCEPT_QUEUE = 65_536
@@ -232,6 +234,8 @@ class Storage:
         self._new_peers: dict[bytes, bytes] = {}
         self._topic_locks: dict[str, trio.Lock] = {}
         self._held: dict[str, list[tuple[Envelope, bool]]] = {}  # topic -> live, waiting
+        self._prev_alive = 0  # wall ms our previous run last noted it was running
+        self._started_ms = 0
         self._new_peers_wanted = trio.Event()
         self.backoff = Backoff(
             base_ms=int(self.options.outbox_retry_initial * 1000),
@@ -282,6 +286,9 @@ class Storage:
             if peer_id != peer.peer_id and len(public_key) == 32:
                 peer.directory.see(peer_id, public_key, 0)
         peer.directory.on_new = self._note_peer
+        alive = await self.service.read(lambda s: s.get_state(ALIVE_KEY))
+        self._prev_alive = int(alive.decode()) if alive else 0
+        self._started_ms = peer.wall_ms()
         raw = await self.service.read(lambda s: s.get_state(CHANNELS_KEY))
         channels = [] if raw is None else [c for c in _cbor.decode(raw) if isinstance(c, str)]
         self.log.info(
@@ -319,6 +326,7 @@ class Storage:
             if self._held:
                 nursery.start_soon(self._release_all_after, HOLD_AT_MOST)
             nursery.start_soon(self._peer_key_loop)
+            nursery.start_soon(self._alive_loop)
             nursery.start_soon(self._accept_loop)
             nursery.start_soon(self._receipt_loop)
             nursery.start_soon(self._outbox_loop)
@@ -591,28 +599,31 @@ class Storage:
         sender = env.sender
         ids: list[bytes] = list(env.fields["ids"])
 
-        def settle(s: MessageStore) -> list[bytes]:
-            done = []
+        def settle(s: MessageStore) -> tuple[list[bytes], list[bytes]]:
+            done, late = [], []
+            dead: dict[bytes, bytes] | None = None
             for msg_id in ids:
                 entry = s.outbox_get(msg_id)
-                if entry is not None and entry.recipient == sender and s.outbox_done(msg_id):
-                    done.append(msg_id)
-                elif any(
-                    d.msg_id == msg_id and d.recipient == sender
-                    for d in s.dead_letters(limit=1_000)
-                ):
+                if entry is not None:
+                    if entry.recipient == sender and s.outbox_done(msg_id):
+                        done.append(msg_id)
+                    continue
+                if dead is None:
+                    dead = {d.msg_id: d.recipient for d in s.dead_letters(limit=MAX_PAGE)}
+                if dead.get(msg_id) == sender:
                     s.dead_letter_remove(msg_id)  # it made it after all
-                    done.append(msg_id)
-            return done
+                    late.append(msg_id)
+            return done, late
 
         try:
-            done = await self.service.write(settle)
+            done, late = await self.service.write(settle)
         except StoreError as exc:
             self.log.error("receipt not recorded", error=str(exc))
             return
+        self._pending_to[sender] = max(0, self._pending_to.get(sender, 0) - len(done))
+        done += late
         for msg_id in done:
             self.counters.receipts_received += 1
-            self._pending_to[sender] = max(0, self._pending_to.get(sender, 0) - 1)
             message = self.peer.inbox.get(msg_id)
             if message is not None:
                 message.status = "delivered"
@@ -825,16 +836,24 @@ class Storage:
                 del self._walking[key]
 
     async def _since(self, topic: str) -> int:
-        """From when, on our clock, we may lack messages of ``topic``."""
-        head = await self.service.head(topic)
-        if head.count:
-            last = await self.service.read_log(topic, after=head.next_seq - 2, limit=1)
-            if last:
-                return max(1, last[-1].received_ms - SINCE_MARGIN_MS)
+        """From when, on our clock, a carrier we have no cursor with should send ``topic``:
+        when we last ran (or subscribed, if later), less a margin for clock skew."""
         if topic.startswith("inbox/"):
             return 0  # everything a carrier holds for us
         raw = await self.service.read(lambda s: s.get_state("since/" + topic))
-        return max(1, int(raw.decode()) - SINCE_MARGIN_MS) if raw else 0
+        subscribed = int(raw.decode()) if raw else self.peer.wall_ms()
+        base = subscribed if subscribed >= self._started_ms else self._prev_alive or subscribed
+        return max(1, base - SINCE_MARGIN_MS)
+
+    async def _alive_loop(self) -> None:
+        """Note every few seconds that we are running: a restart catches up from there."""
+        while True:
+            now = str(self.peer.wall_ms()).encode()
+            with contextlib.suppress(StoreError):
+                await self.service.write(
+                    functools.partial(MessageStore.put_state, key=ALIVE_KEY, value=now)
+                )
+            await trio.sleep(ALIVE_INTERVAL)
 
     async def note_subscribed(self, topic: str) -> None:
         value = str(self.peer.wall_ms()).encode()
@@ -859,7 +878,7 @@ class Storage:
         """Page through ``carrier``'s log of ``topic`` from our cursor, then fill gaps."""
         name = "cu:" + carrier.hex()
         after = await self.service.read(lambda s: s.get_cursor(name, topic))
-        since = await self._since(topic)
+        since = 0 if after else await self._since(topic)  # a cursor is exact
         stats = self.catchup[topic]
         heads: list[tuple[bytes, int]] = []
         while True:

@@ -300,11 +300,6 @@ def test_sender_range_pages(busy_channel: tuple[LogSource, list[Envelope]]) -> N
     assert (page.messages, page.next, page.more, page.heads) == ([], 60, False, [])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="peer/_catchup.py build_page: a sender-range page cut by MAX_PAGE_BYTES says "
-    "more=False (more needs len(records) == limit), so the rest of the range is not asked for",
-)
 def test_sender_range_cut_by_the_byte_bound_says_more() -> None:
     source = LogSource()
     for seq in (1, 2, 3):
