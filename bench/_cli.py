@@ -37,12 +37,15 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "links": (100, 2),
     "sink_procs": (4, 2),
     "window": (4000, 4000),
-    "settle": (1.0, 0.3),
+    "settle": (1.0, 0.1),
     "dht_nodes": (500, 30),
     "dht_lookups": (200, 6),
     "dht_latency_ms": ("10,100", "10,100"),
     "dht_dead": (0.0, 0.0),
     "store_messages": (20_000, 1000),
+    "catchup_messages": (100_000, 300),
+    "catchup_size": (300, 300),
+    "fill_rate": (15_000.0, 15_000.0),
 }
 ALWAYS = ("clawmesh", BASELINE)
 
@@ -87,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench",
         description="Benchmark clawmesh relays against raw forwarders, NATS and Redis. "
         "Every peer under test is a real `python -m peer` process with signatures, link "
-        "encryption (and storage, once it exists) on. Writes a table, results.json and one "
+        "encryption and the message store on. Writes a table, results.json and one "
         "PNG per scenario; see bench/README.md for how to read them.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -99,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="the seconds-long smoke version (small N, few messages), as CI runs it")
     p.add_argument("--profile-relay", action="store_true",
-                   help="run the clawmesh relays under cProfile (slower!) and keep the profiles "
-                   "in OUT/profiles/ (read them with python -m pstats)")
+                   help="run the clawmesh relays (and catch-up's returning peer) under cProfile "
+                   "(slower!) and keep the profiles in OUT/profiles/ (python -m pstats)")
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default: bench/results/<UTC timestamp>)")
     g = p.add_argument_group("fan-out (scenario 1)")
@@ -132,14 +135,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"body size in bytes (default {DEFAULTS['latency_size'][0]})")
     g.add_argument("--latency-n", type=int, default=None,
                    help=f"subscribers (default {DEFAULTS['latency_n'][0]})")
+    g = p.add_argument_group("catch-up (scenario 3)")
+    g.add_argument("--catchup-messages", type=int, default=None,
+                   help="messages the returning peer missed (default "
+                   f"{DEFAULTS['catchup_messages'][0]:,}; quick {DEFAULTS['catchup_messages'][1]})")
+    g.add_argument("--catchup-size", type=int, default=None,
+                   help=f"their body size in bytes (default {DEFAULTS['catchup_size'][0]})")
+    g.add_argument("--fill-rate", type=float, default=None,
+                   help="messages/s at most when filling a relay's store (catch-up and "
+                   "footprint): below the relay's per-link budget of 20,000 frames/s "
+                   f"(default {DEFAULTS['fill_rate'][0]:g})")
     g = p.add_argument_group("footprint (scenario 5)")
     g.add_argument("--links", type=int, default=None,
                    help=f"idle subscribed links (default {DEFAULTS['links'][0]})")
     g.add_argument("--settle", type=float, default=None,
                    help=f"seconds to wait before reading RSS (default {DEFAULTS['settle'][0]})")
     g.add_argument("--store-messages", type=int, default=None,
-                   help="messages appended to store/ alone for the per-1,000 figures (default "
-                   f"{DEFAULTS['store_messages'][0]})")
+                   help="messages the relay stores (or relays, --no-store) for the per-1,000 "
+                   f"figures, and store/ alone the same (default {DEFAULTS['store_messages'][0]})")
     g = p.add_argument_group("DHT (scenario 4)")
     g.add_argument("--dht-nodes", type=int, default=None,
                    help=f"simulated nodes (default {DEFAULTS['dht_nodes'][0]})")
@@ -179,7 +192,9 @@ def resolve(args: argparse.Namespace) -> Params:
         sink_procs=get("sink_procs"), window=get("window"), settle=get("settle"),
         dht_nodes=get("dht_nodes"), dht_lookups=get("dht_lookups"),
         dht_latency_ms=get("dht_latency_ms"), dht_dead=get("dht_dead"),
-        store_messages=get("store_messages"), profile=args.profile_relay, quick=args.quick,
+        store_messages=get("store_messages"), catchup_messages=get("catchup_messages"),
+        catchup_size=get("catchup_size"), fill_rate=get("fill_rate"),
+        profile=args.profile_relay, quick=args.quick,
     )
 
 

@@ -227,12 +227,15 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
 
 
 async def _relay_counters(host: str, port: int) -> dict[str, Any] | None:
-    """What a clawmesh relay's /status says about refusals and gossip."""
+    """What a clawmesh relay's /status says about refusals, gossip and its store."""
     status = await http_get_json(host, port, "/status")
     if not isinstance(status, dict):
         return None
+    store = status.get("store")
+    if isinstance(store, dict):  # the counters, not the per-topic catch-up details
+        store = {k: v for k, v in store.items() if k != "catchup"}
     return {"links": status.get("peer_count"), "counters": status.get("counters"),
-            "gossip": status.get("gossip")}
+            "gossip": status.get("gossip"), "store": store}
 
 
 def _merge_latency(done: list[dict[str, Any]]) -> dict[str, Any]:

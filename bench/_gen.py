@@ -9,8 +9,9 @@ one per line:
   through the system under test is open before anything is measured. A sink
   says ``warm`` once every one of its connections has seen one.
 * ``go``: the publisher stops warming up and sends its measured messages:
-  ``fanout`` mode as fast as the credit allows (messages prepared, and for
-  clawmesh signed, before the clock starts); ``latency`` mode at a fixed rate,
+  ``fanout`` mode as fast as the credit allows, or at most ``--rate`` per
+  second if that is given (messages prepared, and for clawmesh signed, before
+  the clock starts); ``latency`` mode at a fixed rate,
   each stamped with CLOCK_MONOTONIC just before it is prepared and sent.
 * ``credit N``: the publisher may send messages up to number N. The harness
   sets it to what the slowest sink connection has received plus a window, so
@@ -50,6 +51,7 @@ from ._clients import (
 )
 
 PROGRESS_INTERVAL = 0.02
+PACE_EVERY = 64
 WARMUP_INTERVAL = 0.05
 CONNECT_CONCURRENCY = 16
 
@@ -303,9 +305,14 @@ async def pub_main(args: argparse.Namespace) -> None:
             deadline = start + args.duration
             try:
                 if args.mode == "fanout":
+                    # --rate > 0 caps the pace (checked every PACE_EVERY messages), e.g.
+                    # below a clawmesh relay's per-link frame budget for a long fill
+                    interval = 1.0 / args.rate if args.rate > 0 else 0.0
                     for i, message in enumerate(prepared):
                         if trio.current_time() >= deadline or not await wait_credit(i, deadline):
                             break
+                        if interval and i % PACE_EVERY == 0:
+                            await trio.sleep_until(start + i * interval)
                         await conn.send(message)
                         sent += 1
                 else:

@@ -114,19 +114,57 @@ def _footprint_table(res: ScenarioResult) -> str:
     base = next((r["per_link_kib"] for r in res.rows if r["system"] == BASELINE and _ok(r)),
                 None)
     headers = ["system", "links", "RSS idle MiB", "RSS with links MiB", "KiB per link",
-               "vs ws-raw", "RSS after close MiB"]
+               "vs ws-raw", "RSS after close MiB", "messages", "RSS KiB/1k msgs",
+               "disk KiB/1k msgs"]
     rows = []
     for r in res.rows:
         if not _ok(r):
             rows.append([r["system"], str(r.get("links", "")), "FAILED", "", "", "",
-                         r["error"][:70]])
+                         r["error"][:70], "", "", ""])
             continue
+        if "messages_error" in r:
+            messages, per_k = "FAILED", [r["messages_error"][:40], ""]
+        elif "relayed_messages" in r:
+            stored = r["stored_messages"]
+            messages = f"{stored:,} stored" if stored else f"{r['relayed_messages']:,} relayed"
+            per_k = [_num(r["rss_per_1000_messages_kib"], 1),
+                     _num(r["disk_per_1000_messages_kib"], 1) if stored else DASH]
+        else:
+            messages, per_k = DASH, [DASH, DASH]
         rows.append([
             r["system"], str(r["links"]), _num(r["rss_idle_kib"] / 1024, 1),
             _num(r["rss_with_links_kib"] / 1024, 1), _num(r["per_link_kib"], 1),
             _ratio(r["per_link_kib"], base), _num(r["rss_after_close_kib"] / 1024, 1),
+            messages, *per_k,
         ])
     return _table(headers, rows)
+
+
+def _catchup_table(res: ScenarioResult) -> str:
+    headers = ["system", "missed", "caught up", "seconds", "msg/s", "vs store replay",
+               "vs verify", "vs 50k target", "from start s", "peer CPU", "CPU us/msg", "pages",
+               "seed took/s"]
+    rows = []
+    for r in res.rows:
+        if not _ok(r):
+            rows.append([r["system"], _num(r.get("messages")), "FAILED", "", "", "", "", "",
+                         "", "", "", "", r["error"][:70]])
+            continue
+        cpu = r.get("peer_cpu_pct")
+        rows.append([
+            r["system"], _num(r["seed_stored"]), _num(r["received"]), _num(r["catchup_s"], 2),
+            _num(r["catchup_per_s"]), _times(r.get("vs_replay")), _times(r.get("vs_verify")),
+            _times(r.get("vs_target")), _num(r["from_start_s"], 2),
+            DASH if cpu is None else f"{cpu:.0f}%", _num(r["peer_cpu_us_per_msg"], 1),
+            _num(r["pages"]), _num(r["fill"]["relay_per_s"]),
+        ])
+    return _table(headers, rows)
+
+
+def _times(value: float | None) -> str:
+    if value is None:
+        return DASH
+    return f"{value:.3f}x" if value < 0.1 else f"{value:.2f}x"
 
 
 def _dht_table(res: ScenarioResult) -> str:
@@ -145,8 +183,8 @@ def _dht_table(res: ScenarioResult) -> str:
     return _table(headers, rows)
 
 
-TABLES = {"fanout": _fanout_table, "latency": _latency_table, "footprint": _footprint_table,
-          "dht": _dht_table}
+TABLES = {"fanout": _fanout_table, "latency": _latency_table, "catchup": _catchup_table,
+          "footprint": _footprint_table, "dht": _dht_table}
 
 
 def render(results: list[ScenarioResult]) -> str:
@@ -165,9 +203,12 @@ def render(results: list[ScenarioResult]) -> str:
         parts.append(f"({params}; {res.seconds:g} s)")
         if res.rows and res.name in TABLES:
             parts.append(TABLES[res.name](res))
+        grouped: dict[str, list[str]] = {}  # one line per reason
         for skip in res.skipped:
             where = f" (line of {skip['relays']})" if "relays" in skip else ""
-            parts.append(f"skipped {skip['system']}{where}: {skip['reason']}")
+            grouped.setdefault(skip["reason"], []).append(skip["system"] + where)
+        for reason, names in grouped.items():
+            parts.append(f"skipped {', '.join(names)}: {reason}")
         for note in res.notes:
             parts.append(note)
         parts.append("")
@@ -291,13 +332,70 @@ def _plot_footprint(plt: Any, rows: list[dict[str, Any]]) -> Any:
     names = [r["system"] for r in rows]
     values = [max(0.0, float(r["per_link_kib"] or 0)) for r in rows]
     colors = _colors(names)
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 2.2))
+    stored = [r for r in rows if "rss_per_1000_messages_kib" in r]
+    fig, axes = plt.subplots(1, 2 if stored else 1, figsize=(13 if stored else 9,
+                             0.5 * len(rows) + 2.2), squeeze=False)
+    ax = axes[0][0]
     ax.barh(names, values, color=[colors[n] for n in names])
     for i, v in enumerate(values):
         ax.text(v, i, f" {v:,.1f}", va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"server RSS per idle subscribed link, KiB ({rows[0]['links']} links)")
     ax.grid(True, axis="x", alpha=0.3)
+    if stored:
+        ax = axes[0][1]
+        labels: list[str] = []
+        bars: list[float] = []
+        shades: list[Any] = []
+        for r in stored:
+            what = "stored" if r["stored_messages"] else "relayed"
+            labels.append(f"{r['system']}: RSS ({what})")
+            bars.append(max(0.0, float(r["rss_per_1000_messages_kib"])))
+            shades.append(colors[r["system"]])
+            if r["stored_messages"]:
+                labels.append(f"{r['system']}: disk")
+                bars.append(max(0.0, float(r["disk_per_1000_messages_kib"])))
+                shades.append("#7f7f7f")
+        ax.barh(labels, bars, color=shades)
+        for i, v in enumerate(bars):
+            ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"KiB per 1,000 messages ({stored[0]['relayed_messages']:,} through "
+                      "the relay)")
+        ax.grid(True, axis="x", alpha=0.3)
+    return fig
+
+
+def _plot_catchup(plt: Any, rows: list[dict[str, Any]]) -> Any:
+    """Catch-up next to its baselines (the same run) and the target: one bar each, msg/s."""
+    fig, ax = plt.subplots(figsize=(9, 0.45 * (len(rows) + 5) + 2))
+    labels: list[str] = []
+    values: list[float] = []
+    colors: list[str] = []
+    for r in rows:
+        if r.get("catchup_per_s"):
+            labels.append(f"catch-up, {r['system']}")
+            values.append(float(r["catchup_per_s"]))
+            colors.append("#d62728" if r["system"] == "clawmesh" else "#ff9896")
+    base = rows[0].get("baseline") or {}
+    for key, label in (("read_per_s", "store replay (read pages)"),
+                       ("append_per_s", "LMDB append (group commit)"),
+                       ("verify_per_s", "envelope check with signature"),
+                       ("parse_per_s", "envelope check without signature")):
+        if base.get(key):
+            labels.append(label)
+            values.append(float(base[key]))
+            colors.append("#7f7f7f")
+    labels.append("target")
+    values.append(50_000.0)
+    colors.append("#2ca02c")
+    ax.barh(labels, values, color=colors)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:,.0f}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"messages per second ({rows[0]['received']:,} missed messages of "
+                  f"{rows[0]['size']} B)")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
     return fig
 
 
@@ -326,5 +424,5 @@ def _plot_dht(plt: Any, rows: list[dict[str, Any]]) -> Any:
     return fig
 
 
-PLOTS = {"fanout": _plot_fanout, "latency": _plot_latency, "footprint": _plot_footprint,
-         "dht": _plot_dht}
+PLOTS = {"fanout": _plot_fanout, "latency": _plot_latency, "catchup": _plot_catchup,
+         "footprint": _plot_footprint, "dht": _plot_dht}

@@ -17,9 +17,12 @@ from typing import Any
 
 import trio
 
+from peer._limits import MAX_PAGE_MESSAGES  # envelopes per catch-up page: the append batch
+
+from ._catchup import FILL_WINDOW, disk_bytes, fill, run_catchup, store_dir
 from ._drive import Load, run_footprint, run_load
-from ._procs import REPO, Child, ChildFailed, python_cmd
-from ._systems import Env, System, registry
+from ._procs import REPO, Child, ChildFailed, cpu_pressure, python_cmd, rss_bytes
+from ._systems import Clawmesh, Deployment, Env, System, peer_help, registry
 
 SIM_TIMEOUT = 900.0
 
@@ -46,6 +49,9 @@ class Params:
     dht_latency_ms: str
     dht_dead: float
     store_messages: int
+    catchup_messages: int
+    catchup_size: int
+    fill_rate: float
     profile: bool
     quick: bool
 
@@ -108,6 +114,10 @@ def _warnings(row: dict[str, Any]) -> str:
         refused = ((status or {}).get("counters") or {}).get("refused")
         if refused:
             out += f", relay refused {refused}"
+        store = (status or {}).get("store") or {}
+        if store.get("dropped") or store.get("errors"):
+            out += (f", relay store dropped {store.get('dropped')} "
+                    f"(errors {store.get('errors')})")
     pressure = row.get("cpu_pressure_avg10")
     if pressure is not None and pressure >= 30:
         out += f"  [machine busy: CPU pressure {pressure:.0f}%]"
@@ -122,6 +132,24 @@ def pressure_note(rows: list[dict[str, Any]]) -> str | None:
             f"of the cells: {min(values):.0f}% to {max(values):.0f}%"
             + ("; other processes were competing: wall-clock figures are low, compare ratios"
                if max(values) >= 30 else ""))
+
+
+def store_cost_note(rows: list[dict[str, Any]], keys: tuple[str, ...], metric: str,
+                    label: str) -> str | None:
+    """What the store costs: ``metric`` of clawmesh over clawmesh-nostore, per cell."""
+    cells: dict[tuple[Any, ...], dict[str, float]] = {}
+    for r in rows:
+        if r["system"] in ("clawmesh", "clawmesh-nostore") and r.get(metric):
+            cells.setdefault(tuple(r.get(k) for k in keys), {})[r["system"]] = float(r[metric])
+    parts = []
+    for cell, values in cells.items():
+        if len(values) == 2:
+            where = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                              for k, v in zip(keys, cell, strict=True))
+            parts.append(f"{where}: {values['clawmesh'] / values['clawmesh-nostore']:.2f}x")
+    if not parts:
+        return None
+    return f"the store's cost, clawmesh / clawmesh-nostore {label}: " + "; ".join(parts)
 
 
 def _error_row(system: System, exc: BaseException, **fields: Any) -> dict[str, Any]:
@@ -169,6 +197,10 @@ class Fanout(Scenario):
                     if not any(r["system"] == system.name and r.get("n") == n
                                and r.get("size") == size for r in result.rows):
                         result.rows.append(_error_row(system, exc, n=n, size=size))
+        note = store_cost_note(result.rows, ("n", "size"), "server_cpu_us_per_delivery",
+                               "in relay CPU per delivery (same run)")
+        if note:
+            result.notes.append(note)
         note = pressure_note(result.rows)
         if note:
             result.notes.append(note)
@@ -222,6 +254,10 @@ class Latency(Scenario):
                     ctx.progress(f"latency {system.name} relays={relays}: could not start: {exc}")
                     for rate in p.rates:
                         result.rows.append(_error_row(system, exc, relays=relays, rate=rate))
+        note = store_cost_note(result.rows, ("relays", "rate"), "server_cpu_s",
+                               "in relay CPU at the same offered rate (same run)")
+        if note:
+            result.notes.append(note)
         note = pressure_note(result.rows)
         if note:
             result.notes.append(note)
@@ -237,14 +273,19 @@ def _package_missing(package: str, what: str) -> str | None:
     return None
 
 
+# per 1,000 stored messages: with the store and without (the other variants store the same)
+STORED_FOOTPRINT = ("clawmesh", "clawmesh-nostore")
+
+
 class Footprint(Scenario):
     name = "footprint"
-    title = "5. footprint: relay RSS per idle link (and per 1,000 stored messages)"
+    title = "5. footprint: relay RSS per idle link and per 1,000 stored messages"
 
     async def run(self, ctx: Context) -> ScenarioResult:
         p = ctx.params
-        result = ScenarioResult(self.name, self.title, "ok",
-                                params={"links": p.links, "settle_s": p.settle})
+        result = ScenarioResult(self.name, self.title, "ok", params={
+            "links": p.links, "settle_s": p.settle, "stored_messages": p.store_messages,
+            "size": p.latency_size})
         systems = ctx.systems(result)
         for i, system in enumerate(systems, 1):
             label = f"footprint {i}/{len(systems)} {system.name} links={p.links}"
@@ -253,55 +294,164 @@ class Footprint(Scenario):
                 async with system.deploy(ctx.env(p.links + 8), 1) as dep:
                     row = await run_footprint(ctx.nursery, system, dep, p.links, p.sink_procs,
                                               ctx.logs, p.settle)
+                    ctx.progress(f"{label}: {row['per_link_kib']} KiB per idle link")
+                    if system.name in STORED_FOOTPRINT:
+                        assert isinstance(system, Clawmesh)
+                        try:
+                            row.update(await self._messages(ctx, system, dep))
+                        except ChildFailed as exc:
+                            row["messages_error"] = str(exc)[:500]
+                            ctx.progress(f"{label}: stored messages FAILED {exc}")
             except ChildFailed as exc:
                 row = _error_row(system, exc, links=p.links)
                 ctx.progress(f"{label}: FAILED {exc}")
-            else:
-                ctx.progress(f"{label}: {row['per_link_kib']} KiB per idle link")
             result.rows.append(row)
-        await self._stored(ctx, result)
+        await self._store_alone(ctx, result)
         return result
 
-    async def _stored(self, ctx: Context, result: ScenarioResult) -> None:
-        """Per 1,000 stored messages: the relay does not store yet, so the store alone."""
+    async def _messages(self, ctx: Context, system: Clawmesh,
+                        dep: Deployment) -> dict[str, Any]:
+        """RSS and disk of the relay before and after it took ``--store-messages`` messages."""
+        p = ctx.params
+        n = p.store_messages
+        what = "stored" if system.stores else "relayed (no store)"
+        ctx.progress(f"footprint {system.name}: {n} messages {what} ...")
+        pid, home = dep.pids[0], dep.homes[0]
+        disk0 = disk_bytes(store_dir(home))
+        rss0 = rss_bytes(pid)
+        filled = await fill(ctx.nursery, system, dep, ctx.logs, n, p.latency_size, p.fill_rate,
+                            FILL_WINDOW)
+        await trio.sleep(p.settle)
+        rss1 = rss_bytes(pid)
+        disk1 = disk_bytes(store_dir(home))
+        taken = filled["taken"] or 1
+        out = {
+            "stored_messages": taken if system.stores else 0,
+            "relayed_messages": taken,
+            "rss_before_messages_kib": rss0 // 1024,
+            "rss_after_messages_kib": rss1 // 1024,
+            "rss_per_1000_messages_kib": round((rss1 - rss0) / 1024 * 1000 / taken, 1),
+            "disk_per_1000_messages_kib": round((disk1 - disk0) / 1024 * 1000 / taken, 1),
+            "store_disk_kib": disk1 // 1024,
+            "fill": filled,
+        }
+        ctx.progress(f"footprint {system.name}: RSS +{out['rss_per_1000_messages_kib']} KiB, "
+                     f"disk +{out['disk_per_1000_messages_kib']} KiB per 1,000 {what}")
+        return out
+
+    async def _store_alone(self, ctx: Context, result: ScenarioResult) -> None:
+        """The same per-1,000 figures for store/ on its own, for reference."""
         p = ctx.params
         missing = _package_missing("store", "the LMDB store")
         if missing is not None:
-            result.notes.append(f"per 1,000 stored messages: not yet available: {missing}")
+            result.notes.append(f"store/ alone: not available: {missing}")
             return
         ctx.progress(f"footprint: store/ alone, {p.store_messages} messages ...")
-        cmd = python_cmd("-m", "bench._store", "--messages", str(p.store_messages),
-                         "--size", str(p.latency_size))
-        child = await Child.start(ctx.nursery, "store", cmd, ctx.logs)
         try:
-            done = await child.wait_for("done", SIM_TIMEOUT)
+            done = await store_baseline(ctx, p.store_messages, p.latency_size, 256)
         except ChildFailed as exc:
-            result.notes.append(f"per 1,000 stored messages: store/ failed: {exc}")
+            result.notes.append(f"store/ alone: failed: {exc}")
             return
-        finally:
-            await child.stop(grace=5)
-        done.pop("ev", None)
-        result.params["store"] = done
+        result.params["store_alone"] = done
         result.notes.append(
-            "per 1,000 stored messages: the relay does not store messages yet; store/ alone "
-            f"(MessageStore, LMDB, sync on, {done['messages']} messages of "
-            f"{done['wire_bytes_per_message']} B on the wire): "
-            f"RSS +{done['rss_per_1000_written_kib']} KiB written, "
-            f"+{done['rss_per_1000_after_read_kib']} KiB after reading back; "
-            f"LMDB {done['lmdb_used_per_1000_kib']} KiB; "
-            f"append {done['append_per_s']:,}/s, read back {done['read_per_s']:,}/s")
+            "store/ alone, for reference (MessageStore in one process, LMDB, sync on, "
+            f"batches of 256, {done['messages']} messages of {done['wire_bytes_per_message']} B "
+            f"on the wire): RSS +{done['rss_per_1000_written_kib']} KiB per 1,000 written "
+            f"(+{done['rss_per_1000_after_read_kib']} KiB after reading back), LMDB "
+            f"{done['lmdb_used_per_1000_kib']} KiB per 1,000; append {done['append_per_s']:,}/s, "
+            f"read back {done['read_per_s']:,}/s")
+
+
+async def store_baseline(ctx: Context, messages: int, size: int, batch: int) -> dict[str, Any]:
+    """Run ``bench._store`` (the store and envelope checks alone); its JSON result."""
+    cmd = python_cmd("-m", "bench._store", "--messages", str(messages), "--size", str(size),
+                     "--batch", str(batch))
+    child = await Child.start(ctx.nursery, f"store-{messages}-{batch}", cmd, ctx.logs)
+    try:
+        done = dict(await child.wait_for("done", SIM_TIMEOUT))
+    finally:
+        await child.stop(grace=5)
+    done.pop("ev", None)
+    return done
+
+
+CATCHUP_TARGET = 50_000  # msg/s, the issue's target
 
 
 class CatchUp(Scenario):
     name = "catchup"
-    title = "3. catch-up: a peer returns after missing 100,000 messages"
+    title = "3. catch-up: a peer returns after missing N messages"
 
     def unavailable(self) -> str | None:
-        return _package_missing("store", "the LMDB store and catch-up") or (
-            "store/ has the LMDB log, but the peer neither stores messages nor serves "
-            "catch-up yet, so there is nothing to time (the driver goes in "
-            "bench/_scenarios.py, see bench/README.md)"
-        )
+        if "--no-store" not in peer_help():
+            return "the peer has no message store (no --no-store flag in python -m peer)"
+        return None
+
+    async def run(self, ctx: Context) -> ScenarioResult:
+        p = ctx.params
+        n, size = p.catchup_messages, p.catchup_size
+        result = ScenarioResult(self.name, self.title, "ok", params={
+            "messages": n, "size": size, "fill_rate": p.fill_rate, "fill_window": FILL_WINDOW,
+            "target_per_s": CATCHUP_TARGET})
+        systems: list[Clawmesh] = []
+        for system in ctx.systems(result):
+            if not isinstance(system, Clawmesh):
+                result.skipped.append({"system": system.name,
+                                       "reason": "pub/sub without a store: nothing to catch up"})
+            elif not system.stores:
+                result.skipped.append({"system": system.name,
+                                       "reason": "stores nothing: nothing to catch up from"})
+            else:
+                systems.append(system)
+        if p.quick and len(systems) > 1:  # the smoke run checks that it works, once
+            result.notes.append("--quick: only " + systems[0].name + "; not run: "
+                                + ", ".join(s.name for s in systems[1:]))
+            systems = systems[:1]
+        if not systems:
+            return result
+        ctx.progress(f"catchup: baselines, store/ and envelope checks alone, {n} messages ...")
+        try:
+            base = await store_baseline(ctx, n, size, MAX_PAGE_MESSAGES)
+        except ChildFailed as exc:
+            base = {}
+            result.notes.append(f"baselines failed: {exc}")
+        result.params["baseline"] = base
+        for i, system in enumerate(systems, 1):
+            label = f"catchup {i}/{len(systems)} {system.name}"
+            ctx.progress(f"{label}: seed, {n} messages while the peer is away ...")
+            try:
+                row = await run_catchup(ctx.env(), system, n, size, p.fill_rate, FILL_WINDOW,
+                                        f"cu{i}")
+            except ChildFailed as exc:
+                row = _error_row(system, exc, messages=n, size=size)
+                ctx.progress(f"{label}: FAILED {exc}")
+            else:
+                rate = row["catchup_per_s"]
+                for key, base_key in (("vs_replay", "read_per_s"),
+                                      ("vs_append", "append_per_s"),
+                                      ("vs_verify", "verify_per_s")):
+                    row[key] = round(rate / base[base_key], 3) \
+                        if rate and base.get(base_key) else None
+                row["vs_target"] = round(rate / CATCHUP_TARGET, 3) if rate else None
+                ctx.progress(
+                    f"{label}: {row['received']:,} messages in {row['catchup_s']} s = "
+                    f"{rate or 0:,} msg/s ({row['vs_replay']}x store replay); the seed took "
+                    f"them at {row['fill']['relay_per_s']:,}/s")
+            row["cpu_pressure_avg10"] = cpu_pressure()
+            row["baseline"] = base
+            result.rows.append(row)
+        if base:
+            result.notes.append(
+                f"baselines in this run, one process, the same {base['messages']:,} envelopes "
+                f"({base['wire_bytes_per_message']} B): store replay (MessageStore.read, pages "
+                f"of {MAX_PAGE_MESSAGES}) {base['read_per_s']:,}/s; LMDB append (group commit, "
+                f"{MAX_PAGE_MESSAGES} per commit, fsync) {base['append_per_s']:,}/s; envelope "
+                f"check with signature {base['verify_per_s']:,}/s, without "
+                f"{base['parse_per_s']:,}/s (one core)")
+        note = pressure_note(result.rows)
+        if note:
+            result.notes.append(note)
+        return result
 
 
 class Dht(Scenario):

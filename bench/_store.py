@@ -1,11 +1,15 @@
-"""The store's share of scenario 5, ``python -m bench._store``: cost per 1,000 stored messages.
+"""The store and envelope checks alone, ``python -m bench._store``: the in-run baselines.
 
-The relay does not store messages yet, so this measures the component on
-its own: ``store.MessageStore`` (LMDB, ``sync=True`` as in production) in a
-fresh directory, fed real signed envelopes in batches (group commit, the way
-its Trio service writes), then read back page by page as a catch-up would.
-Prints one JSON line: RSS and LMDB bytes per 1,000 messages, append and
-read-back rates.
+Measures the components a catch-up is made of, on their own, in one
+process: ``store.MessageStore`` (LMDB, ``sync=True`` as in production) in a
+fresh directory fed real signed envelopes in batches (group commit, the way
+its Trio service writes; ``--batch 512`` is one catch-up page), read back
+page by page as a carrier serves them (the "store replay" rate), and
+``peer.open_envelope`` over the same envelopes with and without the
+signature check (what the returning peer does to each one). Scenario 3 uses
+the rates as the baselines of its catch-up figure, scenario 5 the RSS and
+LMDB bytes per 1,000 messages as the reference for the peer's own. Prints
+one JSON line.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from ._procs import rss_bytes
 
 
 def measure(messages: int, size: int, batch: int) -> dict[str, object]:
-    from peer import Content, Identity, seal_message
+    from peer import Content, Identity, open_envelope, seal_message
     from store import MAX_PAGE, AppendItem, MessageStore
 
     identity = Identity.generate()
@@ -34,6 +38,15 @@ def measure(messages: int, size: int, batch: int) -> dict[str, object]:
                            content=Content(body=make_body(b"M", i, 0, size).decode()))
         items.append(AppendItem.from_envelope(env, received_ms=now_ms))
     wire_bytes = sum(len(item.wire) for item in items)
+    wires = [item.wire for item in items]
+    t = time.perf_counter()
+    for wire in wires:
+        open_envelope(wire)  # parse and check the signature, as catch-up does per envelope
+    verify_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for wire in wires:
+        open_envelope(wire, verify=False)
+    parse_s = time.perf_counter() - t
     pid = os.getpid()
     directory = tempfile.mkdtemp(prefix="clawmesh-bench-store-")
     try:
@@ -72,6 +85,8 @@ def measure(messages: int, size: int, batch: int) -> dict[str, object]:
         "append_per_s": round(messages / append_s),
         "read_back": read,
         "read_per_s": round(read / read_s) if read_s else None,
+        "verify_per_s": round(messages / verify_s) if verify_s else None,
+        "parse_per_s": round(messages / parse_s) if parse_s else None,
     }
 
 

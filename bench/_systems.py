@@ -49,6 +49,8 @@ class Deployment:
     sink: tuple[str, int]
     servers: list[Child]
     status: list[tuple[str, int]] = field(default_factory=list)  # clawmesh: the relays' APIs
+    homes: list[Path] = field(default_factory=list)  # clawmesh: each relay's key and data dirs
+    specs: list[str] = field(default_factory=list)  # clawmesh: ws://host:port/#peerid per relay
 
     @property
     def pids(self) -> list[int]:
@@ -152,15 +154,25 @@ class Clawmesh(System):
         except PackageNotFoundError:
             return "checkout"
 
+    @property
+    def stores(self) -> bool:
+        """Whether this variant's peers keep a message store (production: yes)."""
+        return "--no-store" not in self.flags
+
     @contextlib.asynccontextmanager
-    async def deploy(self, env: Env, relays: int = 1) -> AsyncIterator[Deployment]:
+    async def deploy(self, env: Env, relays: int = 1,
+                     no_dht: bool = False) -> AsyncIterator[Deployment]:
         children: list[Child] = []
         ports: list[int] = []
         apis: list[tuple[str, int]] = []
+        homes: list[Path] = []
+        specs: list[str] = []
         try:
             previous: str | None = None
             for i in range(relays):
+                # a fresh home per relay started: its own keys and its own (empty) store
                 home = env.work / f"{self.name}-{next(_homes)}-r{i}"
+                homes.append(home)
                 api_port = free_port()
                 profile: list[str] = []
                 if env.profile_dir is not None:
@@ -177,7 +189,7 @@ class Clawmesh(System):
                     cmd += ["--max-links", str(env.max_links)]
                 if previous is not None:
                     cmd += ["--bootstrap", previous]
-                if relays > 1:
+                if relays > 1 or no_dht:
                     # a line must stay a line: without this the relays find each
                     # other through the DHT, link up, and every message arrives twice
                     cmd += ["--no-dht"]
@@ -190,11 +202,39 @@ class Clawmesh(System):
                 ports.append(port)
                 apis.append((HOST, api_port))
                 previous = f"ws://{HOST}:{port}/#{info['peer_id']}"
+                specs.append(previous)
             yield Deployment(pub=(HOST, ports[0]), sink=(HOST, ports[-1]), servers=children,
-                             status=apis)
+                             status=apis, homes=homes, specs=specs)
         finally:
             with trio.CancelScope(shield=True):
                 await _stop_all(children)
+
+    async def start_member(self, env: Env, name: str, home: Path, bootstrap: str,
+                           channel: str) -> tuple[Child, tuple[str, int]]:
+        """A full peer (not relay-only) in ``channel``, as an agent's host runs it.
+
+        ``home`` holds its keys and data: start it again with the same home and
+        it is the same peer coming back, with its store and cursors. Logs JSON
+        lines (the catch-up scenario reads the time of its "link up").
+        """
+        api_port = free_port()
+        profile: list[str] = []
+        if env.profile_dir is not None:
+            env.profile_dir.mkdir(parents=True, exist_ok=True)
+            out = env.profile_dir / f"{self.name}-{name}.prof"
+            profile = ["-m", "cProfile", "-o", str(out)]
+        cmd = python_cmd(
+            *profile, "-m", "peer", "--no-dht", "--channel", channel, "--bootstrap", bootstrap,
+            "--listen", f"{HOST}:0", "--api", f"{HOST}:{api_port}", "--log-json",
+            "--key-dir", str(home / "keys"), "--data-dir", str(home / "data"), *self.flags,
+        )
+        child = await Child.start(env.nursery, f"{self.name}-{name}", cmd, env.logs)
+        try:
+            await child.wait_line("clawmesh", START_TIMEOUT)
+        except ChildFailed:
+            await child.stop(grace=5)
+            raise
+        return child, (HOST, api_port)
 
 
 # -- forwarders (the ceilings) --------------------------------------------------------------
@@ -332,7 +372,8 @@ class Redis(System):
                 data.mkdir(parents=True, exist_ok=True)
                 cmd = ["redis-server", "--port", str(port), "--bind", HOST,
                        "--save", "", "--appendonly", "no", "--dir", str(data),
-                       "--daemonize", "no", "--loglevel", "warning"]
+                       "--daemonize", "no", "--loglevel", "warning",
+                       "--repl-diskless-sync-delay", "0"]  # a replica syncs at once, not 5 s later
                 if ports:  # a line is a chain of replicas: PUBLISH is replicated
                     cmd += ["--replicaof", HOST, str(ports[-1])]
                 child = await Child.start(env.nursery, f"redis{i}", cmd, env.logs)

@@ -3,7 +3,9 @@
 Runs the seconds-long version against every system this machine has (always
 the clawmesh relay and the raw WebSocket forwarder; NATS and Redis only if
 their binaries are installed) and checks what a run must leave behind: a
-results.json with every scenario, positive delivery counts, and the plots.
+results.json with every scenario, positive delivery counts, a returning peer
+that caught up on every message it missed, the relay's stored-message
+footprint, and the plots.
 """
 
 from __future__ import annotations
@@ -65,16 +67,31 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     footprint = scenarios["footprint"]
     assert {r["system"] for r in footprint["results"]} == set(systems)
     assert all(r["rss_with_links_kib"] > 0 for r in footprint["results"])
+    stored = {r["system"]: r for r in footprint["results"]}["clawmesh"]
+    assert stored["stored_messages"] == 1000, stored  # the relay keeps what it relays
+    assert stored["disk_per_1000_messages_kib"] > 0
 
-    drawn = ["fanout", "latency", "footprint"]
-    for name in ("catchup", "dht"):
-        status = scenarios[name]["status"]
-        assert status in ("ok", "not-available"), scenarios[name]
-        if status == "not-available":
-            assert scenarios[name]["reason"]
-        else:
-            assert all(r["lookups"] > 0 and r["success"] > 0 for r in scenarios[name]["results"])
-            drawn.append(name)
+    # a peer away while 300 messages went by comes back and gets every one of them
+    catchup = scenarios["catchup"]
+    assert catchup["status"] == "ok", catchup
+    rows = {r["system"]: r for r in catchup["results"]}
+    assert "clawmesh" in rows
+    for row in rows.values():
+        assert "error" not in row, row
+        assert row["seed_stored"] == row["received"] == 300, row
+        assert row["via_catchup"] > 0 and row["pages"] >= 1 and not row["missed"], row
+        assert row["catchup_per_s"] > 0 and row["vs_replay"] > 0, row
+    assert catchup["params"]["baseline"]["read_per_s"] > 0
+    assert "msg/s" in proc.stdout and "vs store replay" in proc.stdout
+
+    drawn = ["fanout", "latency", "catchup", "footprint"]
+    dht = scenarios["dht"]
+    assert dht["status"] in ("ok", "not-available"), dht
+    if dht["status"] == "not-available":
+        assert dht["reason"]
+    else:
+        assert all(r["lookups"] > 0 and r["success"] > 0 for r in dht["results"])
+        drawn.append("dht")
 
     if not have_matplotlib():  # plots need the bench extra; everything else ran
         return
