@@ -432,12 +432,17 @@ class LocalApi:
         )
 
     async def _outbox(self, request: Request) -> Response:
-        """DMs waiting for their recipient's receipt."""
+        """DMs waiting for their recipient's receipt; ``wait=S`` waits up to S s for none."""
         storage = self.peer.storage
         if storage is None:
             return JSONResponse([])
         limit = _int_param(request, "limit", 100, MAX_LIMIT)
+        deadline = trio.current_time() + _wait_param(request)
         entries = await storage.service.read(lambda s: s.outbox(limit=limit))
+        while entries and trio.current_time() < deadline:  # wait=S: until it empties
+            with trio.move_on_at(deadline):
+                await self.peer.wait_changed()
+            entries = await storage.service.read(lambda s: s.outbox(limit=limit))
         return JSONResponse(
             [
                 {

@@ -139,7 +139,8 @@ class Peer(LinkHost, DhtHost):
                 )
                 self.storage = Storage(self, service)
                 stored = await self.storage.load()
-                if not self.options.relay_only:  # what we kept: catch up before live
+                if self.storage.returning and not self.options.relay_only:
+                    # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
                 channels = [*stored, *channels]
             async with trio.open_nursery() as nursery:

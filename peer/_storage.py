@@ -11,16 +11,10 @@ performs, with a ``store.StoreService``, what the protocol modules decide:
 * Own messages are stored before they are published, so the API answers
   ``/send`` after a durable commit, sequence numbers per (sender, topic)
   survive restarts, and the sender carries its own messages.
-* DMs wait in the outbox until the recipient's signed receipt arrives; they
-  are pushed to the recipient whenever it is linked, retried with backoff,
-  and become dead letters after their deadline.
-* Catch-up (``peer._catchup``): when a link to a storing peer comes up, every
-  topic we keep is asked for, page by page, from a cursor kept per
-  (carrier, topic), so a broken walk resumes where it stopped. The last page
-  names the carrier's highest sequence per sender; what we still lack is asked
-  for from every other carrier, and what nobody has is reported as missed.
-* Carrying: ``cureq`` frames are answered from the log in a reader thread,
-  one at a time per link.
+* DM delivery (outbox, receipts, pushes) is ``peer._delivery``'s part,
+  catch-up (carrying and walking) ``peer._catchuphost``'s.
+* Until the first catch-up walk of a kept topic ends, its live messages wait
+  in memory, so a sender's older messages come before its newer ones.
 
 Transactions stay inside the store's functions; nothing here holds one across
 an ``await``.
@@ -31,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import random
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,7 +35,6 @@ from store import (
     MAX_PAGE,
     AppendItem,
     AppendResult,
-    Backoff,
     KeepRules,
     MessageStore,
     RetentionPolicy,
@@ -52,28 +43,16 @@ from store import (
 )
 
 from . import _cbor
-from ._catchup import (
-    NOT_CARRIED,
-    Page,
-    PageRequest,
-    build_page,
-    check_page,
-    missing_ranges,
-)
+from ._catchuphost import ALIVE_KEY, STORE_CAP, CatchUpHost
+from ._delivery import DeliveryHost
 from ._envelope import (
-    MAX_RECEIPT_IDS,
     PRESENCE_TOPIC,
     Envelope,
-    inbox_topic,
     open_dm,
-    open_envelope,
     payload_value,
-    seal_receipt,
 )
-from ._errors import ErrorCode, ProtocolError
-from ._frames import encode_frame
+from ._errors import ProtocolError
 from ._inbox import InboxMessage, PeerInfo
-from ._limits import MAX_PAGE_MESSAGES, MAX_REQUEST_ID
 
 if TYPE_CHECKING:
     from ._node import Peer
@@ -82,19 +61,11 @@ INBOX_LOG = "~inbox"  # the local agent's messages in arrival order (not a netwo
 _INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
 _NOBODY = bytes(32)
 CHANNELS_KEY = "channels"
-ALIVE_KEY = "alive"
-ALIVE_INTERVAL = 10.0
 PEER_KEY_PREFIX = "peer/"
-STORE_CAP = "store"
 ACCEPT_QUEUE = 65_536
 ACCEPT_BATCH = 2_048
-PAGE_TIMEOUT = 20.0
-SINCE_MARGIN_MS = 120_000  # clocks of carriers and ours differ; duplicates are cheap
-MAX_GAP_SENDERS = 64
 MAX_HELD = 200_000  # live messages held per topic while its first walk runs
-HOLD_AT_MOST = 30.0  # seconds after start
-RECEIPT_DELAY = 0.05
-OUTBOX_TICK = 1.0
+HOLD_AT_MOST = 10.0  # seconds after start, when no carrier's log was read to its end
 RETENTION_INTERVAL = 60.0
 
 
@@ -108,28 +79,6 @@ class _Accept:
     own: list[tuple[Envelope, InboxMessage | None, bytes | None]] = field(default_factory=list)
     new: int = 0
     error: Exception | None = None
-
-
-@dataclass
-class TopicCatchUp:
-    """What catching up on one topic has found, for ``/status``."""
-
-    received: int = 0
-    duplicates: int = 0
-    pages: int = 0
-    carriers: set[str] = field(default_factory=set)
-    missed: dict[str, int] = field(default_factory=dict)  # sender hex -> messages no one had
-    last_ms: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "received": self.received,
-            "duplicates": self.duplicates,
-            "pages": self.pages,
-            "carriers": sorted(self.carriers),
-            "missed": dict(self.missed),
-            "last": self.last_ms,
-        }
 
 
 @dataclass
@@ -208,7 +157,7 @@ def _inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:
     )
 
 
-class Storage:
+class Storage(DeliveryHost, CatchUpHost):
     """The persistent half of a ``Peer``; see the module docstring."""
 
     def __init__(self, peer: Peer, service: StoreService) -> None:
@@ -217,30 +166,15 @@ class Storage:
         self.options = peer.options
         self.log = peer.log.bind(part="store")
         self.counters = StorageCounters()
-        self.catchup: dict[str, TopicCatchUp] = defaultdict(TopicCatchUp)
-        self._rng = random.Random(peer._rng.random())
         self._accept_send, self._accept_recv = trio.open_memory_channel[_Accept](ACCEPT_QUEUE)
         self._seqs: dict[str, int] = {}
         self._seq_lock = trio.Lock()
-        self._receipts: dict[bytes, list[bytes]] = {}
-        self._receipts_wanted = trio.Event()
-        self._pending_to: dict[bytes, int] = {}  # recipient -> DMs in the outbox
-        self._outbox_wake = trio.Event()
-        self._requests: dict[int, tuple[bytes, trio.MemorySendChannel[Page]]] = {}
-        self._next_request = 1
-        self._serving: dict[bytes, trio.MemorySendChannel[PageRequest]] = {}
-        self._walking: dict[tuple[bytes, str], bool] = {}  # running walks: wanted again?
         self._pinned: set[str] = set()
         self._new_peers: dict[bytes, bytes] = {}
-        self._topic_locks: dict[str, trio.Lock] = {}
-        self._held: dict[str, list[tuple[Envelope, bool]]] = {}  # topic -> live, waiting
-        self._prev_alive = 0  # wall ms our previous run last noted it was running
-        self._started_ms = 0
         self._new_peers_wanted = trio.Event()
-        self.backoff = Backoff(
-            base_ms=int(self.options.outbox_retry_initial * 1000),
-            cap_ms=max(int(self.options.outbox_retry_initial * 1000), 300_000),
-        )
+        self._held: dict[str, list[tuple[Envelope, bool]]] = {}  # topic -> live, waiting
+        self._init_delivery()
+        self._init_catch_up()
 
     @property
     def store(self) -> MessageStore:
@@ -374,12 +308,18 @@ class Storage:
                     "store queue full: left to catch-up", dropped=self.counters.dropped
                 )
 
+    @property
+    def returning(self) -> bool:
+        """This store has run before: there may be something to catch up."""
+        return self._prev_alive > 0
+
     def hold_live(self, topics: Iterable[str]) -> None:
         for topic in topics:
             self._held.setdefault(topic, [])
 
     def release(self, topic: str) -> None:
-        """The first walk of ``topic`` ended: accept what waited, in arrival order."""
+        """A walk of ``topic`` reached a carrier's end (or we stop waiting for one):
+        accept what waited, in arrival order."""
         held = self._held.pop(topic, None)
         if held:
             with contextlib.suppress(trio.WouldBlock):
@@ -560,458 +500,6 @@ class Storage:
     async def mark_read_through(self, cursor: int) -> None:
         await self.service.write(lambda s: s.mark_read_through(INBOX_LOG, cursor))
 
-    # -- receipts ------------------------------------------------------------------------
-
-    def _want_receipt(self, env: Envelope) -> None:
-        self._receipts.setdefault(env.sender, []).append(env.id)
-        self._receipts_wanted.set()
-
-    async def _receipt_loop(self) -> None:
-        while True:
-            await self._receipts_wanted.wait()
-            await trio.sleep(RECEIPT_DELAY)  # gather the DMs of one burst into few receipts
-            self._receipts_wanted = trio.Event()
-            wanted, self._receipts = self._receipts, {}
-            for sender, ids in wanted.items():
-                for i in range(0, len(ids), MAX_RECEIPT_IDS):
-                    await self._send_receipt(sender, ids[i : i + MAX_RECEIPT_IDS])
-
-    async def _send_receipt(self, sender: bytes, ids: list[bytes]) -> None:
-        peer = self.peer
-        topic = inbox_topic(sender)
-        env = seal_receipt(
-            peer.identity,
-            recipient=sender,
-            ids=ids,
-            seq=await self.next_seq(topic),
-            ts=peer.wall_ms(),
-        )
-        try:
-            await self.store_own(env, None, None)
-        except StoreError as exc:
-            self.log.error("receipt not stored", error=str(exc))
-        link = peer.links.get(sender)
-        if link is not None:
-            link.enqueue(encode_frame("push", e=env.wire))
-        self.counters.receipts_sent += 1
-
-    async def _on_receipt(self, env: Envelope) -> None:
-        sender = env.sender
-        ids: list[bytes] = list(env.fields["ids"])
-
-        def settle(s: MessageStore) -> tuple[list[bytes], list[bytes]]:
-            done, late = [], []
-            dead: dict[bytes, bytes] | None = None
-            for msg_id in ids:
-                entry = s.outbox_get(msg_id)
-                if entry is not None:
-                    if entry.recipient == sender and s.outbox_done(msg_id):
-                        done.append(msg_id)
-                    continue
-                if dead is None:
-                    dead = {d.msg_id: d.recipient for d in s.dead_letters(limit=MAX_PAGE)}
-                if dead.get(msg_id) == sender:
-                    s.dead_letter_remove(msg_id)  # it made it after all
-                    late.append(msg_id)
-            return done, late
-
-        try:
-            done, late = await self.service.write(settle)
-        except StoreError as exc:
-            self.log.error("receipt not recorded", error=str(exc))
-            return
-        self._pending_to[sender] = max(0, self._pending_to.get(sender, 0) - len(done))
-        done += late
-        for msg_id in done:
-            self.counters.receipts_received += 1
-            message = self.peer.inbox.get(msg_id)
-            if message is not None:
-                message.status = "delivered"
-        if done:
-            self.log.info("DMs receipted", peer=sender.hex()[:16], count=len(done))
-            self.peer._notify_inbox()
-
-    # -- outbox --------------------------------------------------------------------------
-
-    def wake_outbox(self, peer_id: bytes) -> None:
-        """``peer_id`` is back (a link, a presence): push what waits for it now."""
-        if self._pending_to.get(peer_id):
-            self._outbox_wake.set()
-
-    async def _outbox_loop(self) -> None:
-        while True:
-            with trio.move_on_after(OUTBOX_TICK):
-                await self._outbox_wake.wait()
-            woken = self._outbox_wake.is_set()
-            self._outbox_wake = trio.Event()
-            try:
-                await self._outbox_step(woken)
-            except StoreError as exc:
-                self.log.error("outbox step failed", error=str(exc))
-
-    async def _outbox_step(self, woken: bool) -> None:
-        peer = self.peer
-        now_ms = peer.wall_ms()
-        for letter in await self.service.write(lambda s: s.outbox_expire(now_ms)):
-            self.counters.dead_letters += 1
-            self._pending_to[letter.recipient] = max(
-                0, self._pending_to.get(letter.recipient, 0) - 1
-            )
-            message = peer.inbox.get(letter.msg_id)
-            if message is not None:
-                message.status = "undeliverable"
-            self.log.warning(
-                "DM undeliverable",
-                id=letter.msg_id.hex()[:16],
-                peer=letter.recipient.hex()[:16],
-                attempts=letter.attempts,
-            )
-            peer._notify_inbox()
-        due = await self.service.read(lambda s: s.outbox_due(now_ms, 256))
-        push_to = {e.recipient for e in due if e.recipient in peer.links}
-        if woken:
-            push_to |= {p for p, n in self._pending_to.items() if n and p in peer.links}
-        if push_to:  # everything waiting for them, in their sequence order
-            entries = await self.service.read(lambda s: s.outbox(limit=MAX_PAGE))
-            waiting = [e for e in entries if e.recipient in push_to]
-            waiting.sort(key=lambda e: (e.recipient, open_envelope(e.wire, verify=False).seq))
-            for entry in waiting:
-                self._push(entry.recipient, entry.wire)
-        reach = {e.recipient for e in due} - push_to
-        for recipient in reach:
-            peer.nursery.start_soon(self._reach, recipient)
-        for entry in due:
-            next_try = self.backoff.next_try_ms(now_ms, entry.attempts, self._rng)
-            await self.service.write(
-                functools.partial(
-                    MessageStore.outbox_retry, msg_id=entry.msg_id, next_try_ms=next_try
-                )
-            )
-
-    def _push(self, recipient: bytes, wire: bytes) -> None:
-        link = self.peer.links.get(recipient)
-        if link is not None and link.enqueue(encode_frame("push", e=wire)):
-            self.counters.pushes_sent += 1
-
-    async def _reach(self, recipient: bytes) -> None:
-        """Try to link to a recipient we hold DMs for (its address, or the DHT)."""
-        peer = self.peer
-        with trio.move_on_after(10):
-            info = peer.directory.get(recipient)
-            if info is not None and info.listen and peer.is_online(info):
-                from dht import Contact
-
-                await peer.connect(Contact(recipient, info.public_key, info.listen[:4]))
-            elif peer.dht is not None:
-                await peer.resolve_peer(recipient)
-        if recipient in peer.links:
-            self.wake_outbox(recipient)
-
-    # -- carrying: answering cureq ---------------------------------------------------------
-
-    def on_request(self, link_peer: bytes, fields: dict[str, Any]) -> None:
-        request = PageRequest.from_fields(fields)
-        queue = self._serving.get(link_peer)
-        if queue is None:
-            send, recv = trio.open_memory_channel[PageRequest](4)
-            self._serving[link_peer] = send
-            self.peer.nursery.start_soon(self._serve, link_peer, recv)
-            queue = send
-        try:
-            queue.send_nowait(request)
-        except trio.WouldBlock:
-            self._answer(
-                link_peer, Page(request.r, request.topic, [], request.after, False, [], "busy")
-            )
-
-    async def _serve(
-        self, link_peer: bytes, requests: trio.MemoryReceiveChannel[PageRequest]
-    ) -> None:
-        try:
-            while link_peer in self.peer.links:
-                with trio.move_on_after(30):
-                    request = await requests.receive()
-                    try:
-                        page = await self.service.read(
-                            functools.partial(build_page, request=request, requester=link_peer)
-                        )
-                    except (StoreError, ValueError) as exc:
-                        self.log.warning("catch-up request failed", error=str(exc))
-                        page = Page(
-                            request.r, request.topic, [], request.after, False, [], NOT_CARRIED
-                        )
-                    self._answer(link_peer, page)
-                    continue
-                break  # idle: the task ends, a later request starts another
-        finally:
-            del self._serving[link_peer]
-
-    def _answer(self, link_peer: bytes, page: Page) -> None:
-        if page.err is None:
-            self.counters.pages_served += 1
-        else:
-            self.counters.pages_refused += 1
-        link = self.peer.links.get(link_peer)
-        if link is not None and not link.enqueue(encode_frame("cupage", **page.fields())):
-            link.close(ErrorCode.SLOW, "not reading catch-up pages")
-
-    # -- catching up: asking carriers ----------------------------------------------------------
-
-    def on_page(self, link_peer: bytes, fields: dict[str, Any]) -> None:
-        page = Page.from_fields(fields)
-        waiting = self._requests.get(page.r)
-        if waiting is None or waiting[0] != link_peer:
-            self.counters.bad_pages += 1
-            return  # unsolicited or late: ignored
-        try:
-            waiting[1].send_nowait(page)
-        except (trio.WouldBlock, trio.BrokenResourceError):
-            self.counters.bad_pages += 1
-
-    async def _ask(self, carrier: bytes, request: PageRequest) -> Page | None:
-        """One request/page round; None if the link went or the carrier did not answer."""
-        link = self.peer.links.get(carrier)
-        if link is None:
-            return None
-        send, recv = trio.open_memory_channel[Page](1)
-        self._requests[request.r] = (carrier, send)
-        try:
-            if not link.enqueue(encode_frame("cureq", **request.fields())):
-                return None
-            page: Page | None = None
-            with trio.move_on_after(PAGE_TIMEOUT):
-                async with trio.open_nursery() as nursery:
-
-                    async def link_gone() -> None:  # the request went with the link
-                        await link.closed.wait()
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(link_gone)
-                    page = await recv.receive()
-                    nursery.cancel_scope.cancel()
-            return page
-        finally:
-            del self._requests[request.r]
-
-    def _request_id(self) -> int:
-        r = self._next_request
-        self._next_request = r % MAX_REQUEST_ID + 1
-        return r
-
-    def kept_topics(self) -> list[str]:
-        if self.options.relay_only:
-            return []
-        return [inbox_topic(self.peer.peer_id), *sorted(self.peer.channels)]
-
-    def on_link_up(self, peer_id: bytes, caps: tuple[str, ...]) -> None:
-        self.wake_outbox(peer_id)
-        if STORE_CAP in caps:
-            topics = self.kept_topics()
-            if topics:
-                self.peer.nursery.start_soon(self.catch_up_with, peer_id, topics)
-
-    async def catch_up_all(self, topics: list[str]) -> None:
-        """Catch up ``topics`` from every linked carrier (on subscribe)."""
-        carriers = [p for p, link in self.peer.links.items() if STORE_CAP in link.result.caps]
-        async with trio.open_nursery() as nursery:
-            for carrier in carriers:
-                nursery.start_soon(self.catch_up_with, carrier, topics)
-
-    async def catch_up_with(self, carrier: bytes, topics: list[str]) -> None:
-        for topic in topics:
-            key = (carrier, topic)
-            if key in self._walking:
-                self._walking[key] = True  # walk again when the running one ends
-                continue
-            self._walking[key] = False
-            try:
-                while True:
-                    await self._walk(carrier, topic)
-                    if not self._walking[key] or carrier not in self.peer.links:
-                        break
-                    self._walking[key] = False
-            except (StoreError, ValueError) as exc:
-                self.log.warning("catch-up failed", topic=topic, error=str(exc))
-            finally:
-                del self._walking[key]
-
-    async def _since(self, topic: str) -> int:
-        """From when, on our clock, a carrier we have no cursor with should send ``topic``:
-        when we last ran (or subscribed, if later), less a margin for clock skew."""
-        if topic.startswith("inbox/"):
-            return 0  # everything a carrier holds for us
-        raw = await self.service.read(lambda s: s.get_state("since/" + topic))
-        subscribed = int(raw.decode()) if raw else self.peer.wall_ms()
-        base = subscribed if subscribed >= self._started_ms else self._prev_alive or subscribed
-        return max(1, base - SINCE_MARGIN_MS)
-
-    async def _alive_loop(self) -> None:
-        """Note every few seconds that we are running: a restart catches up from there."""
-        while True:
-            now = str(self.peer.wall_ms()).encode()
-            with contextlib.suppress(StoreError):
-                await self.service.write(
-                    functools.partial(MessageStore.put_state, key=ALIVE_KEY, value=now)
-                )
-            await trio.sleep(ALIVE_INTERVAL)
-
-    async def note_subscribed(self, topic: str) -> None:
-        value = str(self.peer.wall_ms()).encode()
-        key = "since/" + topic
-
-        def write(s: MessageStore) -> None:
-            if s.get_state(key) is None:
-                s.put_state(key, value)
-
-        await self.service.write(write)
-
-    async def _walk(self, carrier: bytes, topic: str) -> None:
-        """One carrier at a time per topic: each walk yields a sender's messages in order."""
-        lock = self._topic_locks.setdefault(topic, trio.Lock())
-        async with lock:
-            try:
-                await self._walk_locked(carrier, topic)
-            finally:
-                self.release(topic)
-
-    async def _walk_locked(self, carrier: bytes, topic: str) -> None:
-        """Page through ``carrier``'s log of ``topic`` from our cursor, then fill gaps."""
-        name = "cu:" + carrier.hex()
-        after = await self.service.read(lambda s: s.get_cursor(name, topic))
-        since = 0 if after else await self._since(topic)  # a cursor is exact
-        stats = self.catchup[topic]
-        heads: list[tuple[bytes, int]] = []
-        while True:
-            request = PageRequest(self._request_id(), topic, after, since, MAX_PAGE_MESSAGES)
-            page = await self._ask(carrier, request)
-            if page is None:
-                return  # resumes from the cursor on the next link
-            if page.err is not None:
-                return
-            envelopes = await self._check(carrier, request, page)
-            if envelopes is None:
-                return
-            new = await self.accept_many(envelopes)
-            stats.pages += 1
-            stats.received += new
-            stats.duplicates += len(envelopes) - new
-            stats.carriers.add(carrier.hex())
-            stats.last_ms = self.peer.wall_ms()
-            after = page.next
-            await self.service.write(
-                functools.partial(MessageStore.set_cursor, name=name, topic=topic, seq=after)
-            )
-            if not page.more:
-                heads = page.heads
-                break
-        await self._fill_gaps(topic, heads)
-
-    async def _check(
-        self, carrier: bytes, request: PageRequest, page: Page
-    ) -> list[Envelope] | None:
-        verify = not self.options.bench_no_verify
-        try:
-            store = self.store
-
-            def known(msg_id: bytes) -> bool:
-                return store.position(msg_id) is not None
-
-            return await trio.to_thread.run_sync(
-                lambda: check_page(request, page, verify=verify, known=known)
-            )
-        except ProtocolError as exc:
-            self.counters.bad_pages += 1
-            self.log.warning("bad catch-up page", carrier=carrier.hex()[:16], reason=exc.message)
-            link = self.peer.links.get(carrier)
-            if link is not None:
-                self.peer.counters.refuse(exc.code)
-                link.close(exc.code, exc.message)
-            return None
-
-    async def _fill_gaps(self, topic: str, heads: list[tuple[bytes, int]]) -> None:
-        """Ask every carrier for sender ranges we lack; count what nobody has."""
-        me = self.peer.peer_id
-        gaps: list[tuple[bytes, int, int]] = []
-        for sender, head in heads:
-            if sender == me:
-                continue
-            for first, last in await self._lacking(topic, sender, 0, head):
-                gaps.append((sender, first, last))
-            if len(gaps) >= MAX_GAP_SENDERS:
-                break
-        if not gaps:
-            return
-        carriers = [p for p, link in self.peer.links.items() if STORE_CAP in link.result.caps]
-        for sender, first, last in gaps[:MAX_GAP_SENDERS]:
-            for carrier in carriers:
-                todo = await self._lacking(topic, sender, first, last)
-                if not todo:
-                    break
-                for a, b in todo[:16]:
-                    await self._fetch_range(carrier, topic, sender, a, b)
-        stats = self.catchup[topic]
-        for sender, head in heads:
-            key = sender.hex()
-            if sender == me or not any(g[0] == sender for g in gaps):
-                continue
-            still = sum(b - a + 1 for a, b in await self._lacking(topic, sender, 0, head))
-            if still:
-                stats.missed[key] = still
-                self.log.warning("missed messages", topic=topic, sender=key[:16], missed=still)
-            else:
-                stats.missed.pop(key, None)
-
-    async def _lacking(
-        self, topic: str, sender: bytes, first: int, last: int
-    ) -> list[tuple[int, int]]:
-        """The ranges of sender's ``first..last`` in ``topic`` that we do not hold."""
-        have = await self.service.read(lambda s: s.sender_ranges(sender, topic))
-        out = []
-        for a, b in missing_ranges(have, last):
-            a = max(a, first)
-            if a <= b:
-                out.append((a, b))
-        return out
-
-    async def _fetch_range(
-        self, carrier: bytes, topic: str, sender: bytes, first: int, last: int
-    ) -> None:
-        """Ask one carrier for sender's ``first..last`` of ``topic``, page by page."""
-        while first <= last:
-            request = PageRequest(
-                self._request_id(), topic, 0, 0, MAX_PAGE_MESSAGES, sender, first, last
-            )
-            page = await self._ask(carrier, request)
-            if page is None or page.err is not None:
-                return
-            envelopes = await self._check(carrier, request, page)
-            if envelopes is None:
-                return
-            if envelopes:
-                self.catchup[topic].received += await self.accept_many(envelopes)
-            if not page.more:
-                return
-            first = page.next + 1
-
-    # -- pushes ------------------------------------------------------------------------
-
-    def on_push(self, link_peer: bytes, wire: bytes) -> None:
-        """A DM or receipt handed to us directly by its sender."""
-        try:
-            env = open_envelope(wire, verify=not self.options.bench_no_verify)
-        except ProtocolError as exc:
-            link = self.peer.links.get(link_peer)
-            self.peer.counters.refuse(exc.code)
-            if link is not None:
-                link.close(exc.code, exc.message)
-            return
-        if env.kind not in ("dm", "receipt") or env.recipient != self.peer.peer_id:
-            self.peer.counters.refuse(ErrorCode.UNEXPECTED)
-            return  # not ours to take
-        self.peer.router.note_seen(env.id, self.peer.now())
-        self.peer.directory.see(env.sender, env.sender_key, self.peer.wall_ms())
-        self.accept(env, pushed=True)
-
     # -- retention ---------------------------------------------------------------------
 
     async def _retention_loop(self) -> None:
@@ -1051,4 +539,4 @@ class Storage:
         }
 
 
-__all__ = ["INBOX_LOG", "STORE_CAP", "Storage", "TopicCatchUp"]
+__all__ = ["INBOX_LOG", "STORE_CAP", "Storage"]
