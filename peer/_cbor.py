@@ -156,19 +156,70 @@ def bstr_at(data: bytes, pos: int) -> tuple[int, int] | None:
     return start, start + size
 
 
+_PLAIN = frozenset({int, bytes, str, bool, float, type(None)})
+
+
+def _loads(data: bytes) -> Any:
+    return cbor2.loads(
+        data,
+        tag_hook=_tag_hook,
+        semantic_decoders=_REJECT_TAGS,
+        max_depth=MAX_DEPTH,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+        strict_hashable_types=True,
+    )
+
+
+def _plain(obj: Any) -> bool:
+    """No simple values but false, true and null (cbor2 decodes the others to
+    ``CBORSimpleValue`` or ``undefined`` and re-encodes them unchanged)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind not in _PLAIN:
+            return False
+    return True
+
+
+def _decode_short(data: bytes) -> Any:
+    """The fast way for input no longer than its item bound (every item takes at
+    least a byte, so the count cannot be over): cbor2 refuses tags, indefinite
+    lengths, duplicate keys, depth and truncation, the re-encoding trailing
+    bytes and non-canonical forms, and the walk other simple values. None if
+    anything is off; :func:`decode` then takes the full way for the exact error.
+    """
+    try:
+        obj = _loads(data)
+        if encode(obj) == data and _plain(obj):
+            return obj
+    except Exception:  # the full way says what is wrong
+        pass
+    return _NOT_SHORT
+
+
+_NOT_SHORT: Any = object()
+
+
 def decode(data: bytes, *, max_items: int = DEFAULT_MAX_ITEMS) -> Any:
     """Decode one strict, canonical CBOR data item from ``data``."""
+    if len(data) <= max_items:
+        obj = _decode_short(data)
+        if obj is not _NOT_SHORT:
+            return obj
+    return _decode_scanned(data, max_items)
+
+
+def _decode_scanned(data: bytes, max_items: int) -> Any:
+    """The reference way: bound the items by a header scan, then decode and compare."""
     count_items(data, max_items)
     try:
-        obj = cbor2.loads(
-            data,
-            tag_hook=_tag_hook,
-            semantic_decoders=_REJECT_TAGS,
-            max_depth=MAX_DEPTH,
-            allow_indefinite=False,
-            allow_duplicate_keys=False,
-            strict_hashable_types=True,
-        )
+        obj = _loads(data)
     except cbor2.CBORDecodeError as exc:
         raise ProtocolError(ErrorCode.MALFORMED, f"bad CBOR: {exc}") from None
     except (ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:

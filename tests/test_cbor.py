@@ -343,3 +343,27 @@ def test_simple_values_other_than_false_true_null_are_refused(hex_bytes: str) ->
 def test_false_true_null_and_floats_are_accepted() -> None:
     assert decode(bytes.fromhex("83f4f5f6")) == [False, True, None]
     assert decode(encode(1.5)) == 1.5
+
+
+
+@settings(max_examples=fuzz_scale(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cbor_values(3), st.data())
+def test_the_short_way_accepts_exactly_what_the_scanned_way_does(
+    value: object, data: st.DataObject
+) -> None:
+    """Input no longer than its item bound skips the header scan; what it
+    accepts, the reference way (scan, decode, compare) accepts too, with the
+    same value, and what it refuses goes the reference way for the error."""
+    raw = bytearray(encode(value))
+    for _ in range(data.draw(st.integers(0, 3))):
+        pos = data.draw(st.integers(0, len(raw)))
+        raw[pos:pos] = bytes([data.draw(st.sampled_from([0xF7, 0xE5, 0xF8, 0xC1, 0x9F, 0xFF, 0]))])
+    blob = bytes(raw)
+    short = _cbor._decode_short(blob)
+    try:
+        reference = _cbor._decode_scanned(blob, len(blob) + 1)
+    except ProtocolError:
+        assert short is _cbor._NOT_SHORT
+    else:
+        assert short is not _cbor._NOT_SHORT
+        assert encode(short) == encode(reference) == blob
