@@ -263,6 +263,7 @@ class ClawmeshConn(WsConn):
         self._decipher: Callable[[bytes], bytes] | None = None
         self._topic = ""
         self._seq = 0
+        self._prev: bytes | None = None  # the id of our last message: envelopes chain, as a peer's do
         self._ping_wanted: int | None = None
         self._pong_seen = False
         self.peer_caps: tuple[str, ...] = ()
@@ -350,7 +351,9 @@ class ClawmeshConn(WsConn):
             content=Content(body=body.decode("ascii")),
             seq=self._seq,
             ts=time.time_ns() // 1_000_000,
+            prev=self._prev,
         )
+        self._prev = env.id
         frame: bytes = encode_frame("pub", e=env.wire)
         return frame
 

@@ -18,10 +18,11 @@ Rules kept here:
   bound still goes, alone, so a log walk always advances.
 * A peer's inbox log (``inbox/<id>``, its DMs and receipts) is served to that
   peer only.
-* Every envelope in a page is checked like one from gossip (signature,
-  fields) and must belong to the requested topic (and sender range), or the
-  whole page is refused; the envelope's age is not checked, catch-up is for
-  old messages.
+* Every envelope in a page is checked like one from gossip (fields, and
+  authorship: its signature, or a later envelope of its author in the page
+  whose ``prev`` names it) and must belong to the requested topic (and
+  sender range), or the whole page is refused; the envelope's age is not
+  checked, catch-up is for old messages.
 """
 
 from __future__ import annotations
@@ -30,7 +31,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._envelope import Envelope, inbox_topic, message_id, open_envelope, split_wire
+from ._envelope import (
+    Envelope,
+    check_signature,
+    inbox_topic,
+    message_id,
+    open_envelope,
+    split_wire,
+)
 from ._errors import ErrorCode, ProtocolError
 from ._frames import Map
 from ._limits import MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
@@ -220,21 +228,49 @@ def check_page(
         raise ProtocolError(ErrorCode.TOO_LARGE, "page over the requested limit")
     if request.sender is None and page.messages and page.next <= request.after:
         raise ProtocolError(ErrorCode.MALFORMED, "page cursor does not advance")
-    out: list[Envelope] = []
+    opened: list[tuple[Envelope, bytes, bytes]] = []
     for wire in page.messages:
         signed, sig = split_wire(wire)
         if known is not None and known(message_id(signed)):
             continue
-        env = open_envelope(wire, signed=signed, sig=sig, verify=verify)
+        env = open_envelope(wire, signed=signed, sig=sig, verify=False)
         if env.kind == "presence" or env.log_topic != request.topic:
             raise ProtocolError(ErrorCode.MALFORMED, "page holds a message of another topic")
         if request.sender is not None and (
             env.sender != request.sender or not request.first <= env.seq <= request.last
         ):
             raise ProtocolError(ErrorCode.MALFORMED, "page holds a message outside the range")
-        out.append(env)
+        opened.append((env, signed, sig))
+    if verify:
+        authenticate(opened)
+    out = [env for env, _, _ in opened]
     out.sort(key=lambda e: (e.sender, e.seq))  # undo reordering on the carrier's way in
     return out
+
+
+def authenticate(opened: Sequence[tuple[Envelope, bytes, bytes]]) -> int:
+    """Check that every ``(envelope, signed, sig)`` is its author's; returns the
+    number of signatures verified.
+
+    An author's envelope names the id of its previous one in the log topic
+    (``prev``). When an authentic envelope of the same author in the page
+    names an envelope's id, that envelope is authentic too: the author's
+    signature covers ``prev``, and the id is a hash of the signed bytes,
+    ``from`` included. So a run of an author's envelopes costs one signature
+    (the newest), checked first by going from the highest ``seq`` down; any
+    envelope nothing vouches for has its signature verified. Raises
+    ProtocolError ``bad-signature``.
+    """
+    vouched: set[tuple[bytes, bytes]] = set()
+    verified = 0
+    for env, signed, sig in sorted(opened, key=lambda o: o[0].seq, reverse=True):
+        if (env.sender_key, env.id) not in vouched:
+            check_signature(env.sender_key, signed, sig)
+            verified += 1
+        prev = env.prev
+        if prev is not None:
+            vouched.add((env.sender_key, prev))
+    return verified
 
 
 def missing_ranges(have: Sequence[tuple[int, int]], head: int) -> list[tuple[int, int]]:

@@ -48,7 +48,6 @@ class DeliveryHost:
         log: Any
         counters: StorageCounters
 
-        async def next_seq(self, log_topic: str) -> int: ...
         async def store_own(
             self, env: Envelope, message: InboxMessage | None, payload: bytes | None
         ) -> None: ...
@@ -82,12 +81,11 @@ class DeliveryHost:
     async def _send_receipt(self, sender: bytes, ids: list[bytes]) -> None:
         peer = self.peer
         topic = inbox_topic(sender)
-        env = seal_receipt(
-            peer.identity,
-            recipient=sender,
-            ids=ids,
-            seq=await self.next_seq(topic),
-            ts=peer.wall_ms(),
+        env = await peer._seal_own(
+            topic,
+            lambda seq, prev: seal_receipt(
+                peer.identity, recipient=sender, ids=ids, seq=seq, ts=peer.wall_ms(), prev=prev
+            ),
         )
         try:
             await self.store_own(env, None, None)

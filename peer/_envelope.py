@@ -48,11 +48,12 @@ MAX_RECEIPT_IDS = 64
 
 _SIGNED_KEYS = {
     "msg": frozenset(
-        {"v", "kind", "topic", "from", "seq", "ts", "body", "payload", "reply_to", "thread"}
+        {"v", "kind", "topic", "from", "seq", "ts", "prev", "body", "payload", "reply_to",
+         "thread"}
     ),
-    "dm": frozenset({"v", "kind", "topic", "from", "seq", "ts", "to", "box"}),
+    "dm": frozenset({"v", "kind", "topic", "from", "seq", "ts", "prev", "to", "box"}),
     "presence": frozenset({"v", "kind", "topic", "from", "seq", "ts", "payload"}),
-    "receipt": frozenset({"v", "kind", "topic", "from", "seq", "ts", "to", "ids"}),
+    "receipt": frozenset({"v", "kind", "topic", "from", "seq", "ts", "prev", "to", "ids"}),
 }
 _CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread"})
 
@@ -127,6 +128,12 @@ class Envelope:
     log_topic = route
 
     @property
+    def prev(self) -> bytes | None:
+        """The id of the author's envelope before this one in the same log topic."""
+        prev: bytes | None = self.fields.get("prev")
+        return prev
+
+    @property
     def recipient(self) -> bytes | None:
         """The peer id a DM or receipt is addressed to."""
         to: bytes | None = self.fields.get("to")
@@ -142,7 +149,11 @@ class Envelope:
         )
 
 
-def _sign(identity: Identity, fields: Map) -> tuple[bytes, bytes]:
+def _sign(identity: Identity, fields: Map, prev: bytes | None = None) -> tuple[bytes, bytes]:
+    if prev is not None:
+        if len(prev) != 32 or fields["seq"] < 2:
+            raise ValueError("prev is the 32-byte id of the envelope with seq - 1")
+        fields["prev"] = prev
     signed = _cbor.encode(fields)
     sig = identity.sign(ENVELOPE_TAG + signed)
     wire = _cbor.encode([signed, sig])
@@ -154,7 +165,13 @@ def _sign(identity: Identity, fields: Map) -> tuple[bytes, bytes]:
 
 
 def seal_message(
-    identity: Identity, *, topic: str, content: Content, seq: int, ts: int
+    identity: Identity,
+    *,
+    topic: str,
+    content: Content,
+    seq: int,
+    ts: int,
+    prev: bytes | None = None,
 ) -> Envelope:
     """Sign a channel message."""
     if not is_topic(topic) or "/" in topic:
@@ -169,7 +186,7 @@ def seal_message(
     }
     fields.update(content.to_map())
     _check_content(fields)
-    signed, wire = _sign(identity, fields)
+    signed, wire = _sign(identity, fields, prev)
     return _envelope(signed, fields, wire)
 
 
@@ -196,6 +213,7 @@ def seal_dm(
     seq: int,
     ts: int,
     nonce: bytes | None = None,
+    prev: bytes | None = None,
 ) -> Envelope:
     """Sign a DM whose content is encrypted to ``recipient_key`` (Ed25519)."""
     _check_content(content.to_map())
@@ -215,12 +233,18 @@ def seal_dm(
         "to": recipient,
         "box": box,
     }
-    signed, wire = _sign(identity, fields)
+    signed, wire = _sign(identity, fields, prev)
     return _envelope(signed, fields, wire)
 
 
 def seal_receipt(
-    identity: Identity, *, recipient: bytes, ids: list[bytes], seq: int, ts: int
+    identity: Identity,
+    *,
+    recipient: bytes,
+    ids: list[bytes],
+    seq: int,
+    ts: int,
+    prev: bytes | None = None,
 ) -> Envelope:
     """Sign a receipt telling ``recipient`` that its DMs ``ids`` are stored here."""
     if not 1 <= len(ids) <= MAX_RECEIPT_IDS or any(len(i) != 32 for i in ids):
@@ -235,7 +259,7 @@ def seal_receipt(
         "to": recipient,
         "ids": list(ids),
     }
-    signed, wire = _sign(identity, fields)
+    signed, wire = _sign(identity, fields, prev)
     return _envelope(signed, fields, wire)
 
 
@@ -327,8 +351,12 @@ def open_envelope(
     if type(version) is not int or version != 1:
         raise ProtocolError(ErrorCode.VERSION, "unknown envelope version")
     key = need_bytes(fields, "from", 32)
-    need_uint(fields, "seq")
+    seq = need_uint(fields, "seq")
     need_uint(fields, "ts")
+    if "prev" in fields:
+        need_bytes(fields, "prev", 32)
+        if seq < 2:
+            raise ProtocolError(ErrorCode.MALFORMED, "the first envelope of a log has no prev")
     topic = fields.get("topic")
     if not is_topic(topic):
         raise ProtocolError(ErrorCode.MALFORMED, "bad topic")
@@ -361,9 +389,15 @@ def open_envelope(
         if topic != PRESENCE_TOPIC:
             raise ProtocolError(ErrorCode.MALFORMED, "presence goes to sys/presence")
         need_bytes(fields, "payload", max_size=4096)
-    if verify and not verify_signature(key, ENVELOPE_TAG + signed, sig):
-        raise ProtocolError(ErrorCode.BAD_SIGNATURE, "envelope signature does not verify")
+    if verify:
+        check_signature(key, signed, sig)
     return _envelope(signed, fields, wire)
+
+
+def check_signature(key: bytes, signed: bytes, sig: bytes) -> None:
+    """ProtocolError ``bad-signature`` unless ``sig`` is ``key``'s over ``signed``."""
+    if not verify_signature(key, ENVELOPE_TAG + signed, sig):
+        raise ProtocolError(ErrorCode.BAD_SIGNATURE, "envelope signature does not verify")
 
 
 def payload_value(payload: bytes) -> Any:

@@ -92,7 +92,7 @@ class Peer(LinkHost, DhtHost):
         self.links: dict[bytes, Link] = {}
         self.counters = PeerCounters()
         self.channels: set[str] = set()
-        self._seqs: dict[str, int] = {}
+        self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
         self.storage: Storage | None = None
         self._epoch = 0.0
         self._started = 0.0
@@ -391,16 +391,24 @@ class Peer(LinkHost, DhtHost):
 
     # -- agent-facing operations -------------------------------------------------
 
-    def _next_seq(self, topic: str) -> int:
-        """A sequence number in memory (no store: it restarts with the process)."""
-        seq = self._seqs.get(topic, 0) + 1
-        self._seqs[topic] = seq
-        return seq
+    def _seal_next(self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]) -> Envelope:
+        """Sign our next envelope of ``log_topic`` with ``seal(seq, prev)``: ``seq``
+        one more than our last one there, ``prev`` that one's id. Synchronous,
+        so no other envelope of ours can come between; without a store the
+        chain starts again with the process."""
+        seq, prev = self._chains.get(log_topic, (0, None))
+        env = seal(seq + 1, prev)
+        self._chains[log_topic] = (seq + 1, env.id)
+        return env
 
-    async def _own_seq(self, log_topic: str) -> int:
-        if self.storage is None:
-            return self._next_seq(log_topic)
-        return await self.storage.next_seq(log_topic)
+    async def _seal_own(
+        self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]
+    ) -> Envelope:
+        """:meth:`_seal_next`, the chain continued from what the store holds of ours."""
+        if self.storage is not None and log_topic not in self._chains:
+            head = await self.storage.chain_head(log_topic)
+            self._chains.setdefault(log_topic, head)  # another task may have sealed meanwhile
+        return self._seal_next(log_topic, seal)
 
     def subscribe(self, channel: str) -> None:
         if not is_topic(channel) or "/" in channel:
@@ -431,18 +439,24 @@ class Peer(LinkHost, DhtHost):
 
     def publish(self, channel: str, content: Content) -> Envelope:
         """Sign and send a channel message (ValueError or ProtocolError if invalid)."""
-        env = seal_message(
-            self.identity, topic=channel, content=content, seq=self._next_seq(channel),
-            ts=self.wall_ms(),
+        env = self._seal_next(
+            channel,
+            lambda seq, prev: seal_message(
+                self.identity, topic=channel, content=content, seq=seq, ts=self.wall_ms(),
+                prev=prev,
+            ),
         )
         self._perform(self.router.publish(env, self.now()))
         return env
 
     async def send_message(self, channel: str, content: Content) -> Envelope:
         """Sign, store (durably, with a store) and send a channel message."""
-        env = seal_message(
-            self.identity, topic=channel, content=content, seq=await self._own_seq(channel),
-            ts=self.wall_ms(),
+        env = await self._seal_own(
+            channel,
+            lambda seq, prev: seal_message(
+                self.identity, topic=channel, content=content, seq=seq, ts=self.wall_ms(),
+                prev=prev,
+            ),
         )
         if self.storage is not None:
             message = payload = None
@@ -462,12 +476,13 @@ class Peer(LinkHost, DhtHost):
         info = self.directory.get(peer_id)
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
-        env = seal_dm(
-            self.identity,
-            recipient_key=info.public_key,
-            content=content,
-            seq=await self._own_seq(inbox_topic(peer_id)),
-            ts=self.wall_ms(),
+        key = info.public_key
+        env = await self._seal_own(
+            inbox_topic(peer_id),
+            lambda seq, prev: seal_dm(
+                self.identity, recipient_key=key, content=content, seq=seq, ts=self.wall_ms(),
+                prev=prev,
+            ),
         )
         message, payload = self._inbox_message(env, content, None, peer_id, True, self.wall_ms())
         await self.storage.store_own(env, message, payload)  # and publishes it
@@ -481,12 +496,13 @@ class Peer(LinkHost, DhtHost):
         info = self.directory.get(peer_id)
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
-        env = seal_dm(
-            self.identity,
-            recipient_key=info.public_key,
-            content=content,
-            seq=self._next_seq(inbox_topic(peer_id)),
-            ts=self.wall_ms(),
+        key = info.public_key
+        env = self._seal_next(
+            inbox_topic(peer_id),
+            lambda seq, prev: seal_dm(
+                self.identity, recipient_key=key, content=content, seq=seq, ts=self.wall_ms(),
+                prev=prev,
+            ),
         )
         self._perform(self.router.publish(env, self.now()))
         self._add_to_inbox(env, content, channel=None, peer=peer_id, outgoing=True)

@@ -48,8 +48,10 @@ from ._delivery import DeliveryHost
 from ._envelope import (
     PRESENCE_TOPIC,
     Envelope,
+    message_id,
     open_dm,
     payload_value,
+    split_wire,
 )
 from ._errors import ProtocolError
 from ._inbox import InboxMessage, PeerInfo
@@ -167,8 +169,6 @@ class Storage(DeliveryHost, CatchUpHost):
         self.log = peer.log.bind(part="store")
         self.counters = StorageCounters()
         self._accept_send, self._accept_recv = trio.open_memory_channel[_Accept](ACCEPT_QUEUE)
-        self._seqs: dict[str, int] = {}
-        self._seq_lock = trio.Lock()
         self._pinned: set[str] = set()
         self._new_peers: dict[bytes, bytes] = {}
         self._new_peers_wanted = trio.Event()
@@ -460,16 +460,17 @@ class Storage(DeliveryHost, CatchUpHost):
 
     # -- own messages ------------------------------------------------------------------
 
-    async def next_seq(self, log_topic: str) -> int:
-        """Our next sequence number in ``log_topic``: one more than any we stored."""
-        if log_topic not in self._seqs:
-            async with self._seq_lock:
-                if log_topic not in self._seqs:
-                    me = self.peer.peer_id
-                    ranges = await self.service.read(lambda s: s.sender_ranges(me, log_topic))
-                    self._seqs[log_topic] = max((end for _, end in ranges), default=0)
-        self._seqs[log_topic] += 1
-        return self._seqs[log_topic]
+    async def chain_head(self, log_topic: str) -> tuple[int, bytes | None]:
+        """Our last ``seq`` in ``log_topic`` and that envelope's id (None if the
+        store no longer has it): where our chain of envelopes goes on."""
+        me = self.peer.peer_id
+
+        def read(s: MessageStore) -> tuple[int, bytes | None]:
+            seq = max((end for _, end in s.sender_ranges(me, log_topic)), default=0)
+            last = s.read_sender(log_topic, me, seq, seq, 1) if seq else []
+            return seq, message_id(split_wire(last[0].wire)[0]) if last else None
+
+        return await self.service.read(read)
 
     async def store_own(
         self, env: Envelope, message: InboxMessage | None, payload: bytes | None

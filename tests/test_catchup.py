@@ -26,6 +26,7 @@ from peer._catchup import (
     NOT_CARRIED,
     Page,
     PageRequest,
+    authenticate,
     build_page,
     check_page,
     may_serve,
@@ -42,6 +43,7 @@ from peer._envelope import (
     seal_message,
     seal_presence,
     seal_receipt,
+    split_wire,
 )
 from peer._errors import ErrorCode, ProtocolError
 from peer._frames import decode_frame, encode_frame
@@ -433,6 +435,76 @@ def test_check_page_refuses_a_forged_signature() -> None:
     assert refused_with(request, page) is ErrorCode.BAD_SIGNATURE
     page = Page(1, "general", [b"\xa0"], 1, False, [])
     assert refused_with(request, page) is ErrorCode.MALFORMED
+
+
+def chain(ident: Identity, count: int, topic: str = "general", first: int = 1) -> list[Envelope]:
+    """``ident``'s messages ``first..`` in ``topic``, each naming the one before (prev)."""
+    out: list[Envelope] = []
+    prev = None
+    for seq in range(first, first + count):
+        env = seal_message(ident, topic=topic, content=Content(body=f"m{seq}"), seq=seq,
+                           ts=TS + seq, prev=prev)
+        out.append(env)
+        prev = env.id
+    return out
+
+
+def unsigned(env: Envelope) -> bytes:
+    """``env`` on the wire with 64 zero bytes for a signature."""
+    signed, _ = split_wire(env.wire)
+    return encode([signed, bytes(64)])
+
+
+def opened(wires: list[bytes]) -> list[tuple[Envelope, bytes, bytes]]:
+    out = []
+    for wire in wires:
+        signed, sig = split_wire(wire)
+        out.append((open_envelope(wire, verify=False), signed, sig))
+    return out
+
+
+def test_a_run_of_one_author_costs_one_signature() -> None:
+    alice, carol = chain(ALICE, 50), chain(CAROL, 20)
+    mixed = [e.wire for pair in zip(alice, carol, strict=False) for e in pair] + [
+        e.wire for e in alice[20:]
+    ]
+    assert authenticate(opened(mixed)) == 2  # the newest of each author
+    # a hole in a run breaks the chain: the part below it is verified on its own
+    holed = [e.wire for e in alice[:10] + alice[11:]]
+    assert authenticate(opened(holed)) == 2
+
+
+def test_vouched_envelopes_need_no_signature_of_their_own() -> None:
+    run = chain(ALICE, 3)
+    request = PageRequest(1, "general", 0, 0, 512)
+    page = Page(1, "general", [unsigned(run[0]), unsigned(run[1]), run[2].wire], 3, False, [])
+    assert [e.id for e in check_page(request, page)] == [e.id for e in run]
+    # ... but the newest has nobody to vouch for it
+    page = Page(1, "general", [run[0].wire, run[1].wire, unsigned(run[2])], 3, False, [])
+    assert refused_with(request, page) is ErrorCode.BAD_SIGNATURE
+
+
+def test_a_vouch_counts_only_within_one_author() -> None:
+    """carol signs a message naming the id of bytes that claim to be alice's:
+    the id fits, but only alice's own chain may vouch for alice's envelopes."""
+    alice_1 = chain(ALICE, 1)[0]
+    carols = seal_message(CAROL, topic="general", content=Content(body="trust me"), seq=2,
+                          ts=TS, prev=alice_1.id)
+    request = PageRequest(1, "general", 0, 0, 512)
+    page = Page(1, "general", [unsigned(alice_1), carols.wire], 2, False, [])
+    assert refused_with(request, page) is ErrorCode.BAD_SIGNATURE
+
+
+def test_prev_is_refused_where_it_cannot_be() -> None:
+    with pytest.raises(ValueError):
+        seal_message(ALICE, topic="general", content=Content(body="x"), seq=1, ts=TS,
+                     prev=bytes(32))
+    with pytest.raises(ValueError):
+        seal_message(ALICE, topic="general", content=Content(body="x"), seq=2, ts=TS,
+                     prev=bytes(31))
+    run = chain(ALICE, 2)
+    assert open_envelope(run[0].wire).prev is None
+    assert open_envelope(run[1].wire).prev == run[0].id
 
 
 def test_check_page_refuses_what_is_outside_the_sender_range() -> None:

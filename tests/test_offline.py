@@ -72,6 +72,25 @@ async def test_dm_is_receipted_and_the_outbox_empties(tmp_path: Path) -> None:
         assert await a.storage.service.read(lambda s: s.outbox()) == []
 
 
+async def test_own_envelopes_chain_across_a_restart(tmp_path: Path) -> None:
+    """Each of our envelopes names the one before in its log topic, and the
+    chain goes on from the store after a restart (catchup.md section 3)."""
+    ia, ib = Identity.generate(), Identity.generate()
+    async with running(ia, _options(tmp_path, "a", channels=("lobby",))) as a:
+        a.directory.see(ib.peer_id, ib.public_key, 0)
+        first = [await a.send_message("lobby", Content(body=f"m{i}")) for i in range(3)]
+        dms = [await a.send_direct(ib.peer_id, Content(body=f"d{i}")) for i in range(2)]
+    assert [e.seq for e in first] == [1, 2, 3] and first[0].prev is None
+    assert [e.prev for e in first[1:]] == [e.id for e in first[:-1]]
+    assert dms[0].seq == 1 and dms[0].prev is None and dms[1].prev == dms[0].id
+    async with running(ia, _options(tmp_path, "a")) as a2:
+        a2.directory.see(ib.peer_id, ib.public_key, 0)
+        again = await a2.send_message("lobby", Content(body="after"))
+        dm = await a2.send_direct(ib.peer_id, Content(body="d2"))
+    assert (again.seq, again.prev) == (4, first[-1].id)
+    assert (dm.seq, dm.prev) == (3, dms[-1].id)
+
+
 async def test_a_restarted_peer_catches_up_channels_and_dms(tmp_path: Path) -> None:
     ia, ib = Identity.generate(), Identity.generate()
     opts_a = _options(tmp_path, "a", channels=("lobby",))

@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from nacl.bindings import (
     crypto_aead_chacha20poly1305_ietf_decrypt,
@@ -55,7 +56,7 @@ from peer import (
     seal_dm,
     seal_message,
 )
-from peer._catchup import Page, PageRequest, build_page, check_page
+from peer._catchup import Page, PageRequest, authenticate, build_page, check_page
 from peer._envelope import MAX_RECEIPT_IDS, seal_presence, seal_receipt
 from peer._gossip import Close
 from peer._identity import x25519_public_of
@@ -600,6 +601,32 @@ def test_catchup_exchange(exchange: Json) -> None:
         assert seqs == sorted(seqs)
         assert spec["heads"] == []
         assert spec["next"] == (seqs[-1] if seqs else request.last)
+
+
+def test_catchup_chain() -> None:
+    """catchup.md 6.3: each message names the one before; a page of the run is
+    accepted with the newest signature alone (the others are zeroed)."""
+    doc = load("catchup.json")["chain"]
+    author = h(doc["author"])
+    prev = None
+    for i, entry in enumerate(doc["messages"], start=1):
+        wire = h(entry["wire"])
+        signed, sig = cbor2.loads(wire)
+        fields = cbor2.loads(signed)
+        assert fields["seq"] == entry["seq"] == i
+        assert hashlib.sha256(MSG_ID_TAG + signed).digest() == h(entry["message_id"])
+        assert fields.get("prev") == prev == (h(entry["prev"]) if entry["prev"] else None)
+        verify(fields["from"], ENVELOPE_TAG + signed, sig)
+        assert hashlib.sha256(PEER_ID_TAG + fields["from"]).digest() == author
+        prev = h(entry["message_id"])
+    cupage = decode_frame(h(doc["cupage"]))
+    sigs = [cbor2.loads(w)[1] for w in cupage.fields["m"]]
+    assert sigs[:-1] == [bytes(64)] * (len(sigs) - 1) and sigs[-1] != bytes(64)
+    request = PageRequest.from_fields(decode_frame(h(doc["cureq"])).fields)
+    envs = check_page(request, Page.from_fields(cupage.fields))
+    assert [e.id.hex() for e in envs] == doc["accepted_ids"]
+    opened = [(open_envelope(w, verify=False), *cbor2.loads(w)) for w in cupage.fields["m"]]
+    assert authenticate(opened) == doc["signatures_verified"] == 1
 
 
 # -- the CBOR profile and refused input --------------------------------------------------

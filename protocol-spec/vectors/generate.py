@@ -669,6 +669,7 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
             },
             "cupage": hx(cupage),
         })
+    chain_doc = build_chain(ids)
     receipt_entry = envelope_entry("receipt", receipt, None)
     receipt_entry.update({
         "to": hx(alice.peer_id),
@@ -711,6 +712,58 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
                    "MAX_PAGE_HEADS": MAX_PAGE_HEADS, "MAX_REQUEST_ID": MAX_REQUEST_ID,
                    "MAX_RECEIPT_IDS": MAX_RECEIPT_IDS},
         "exchanges": exchanges,
+        "chain": chain_doc,
+    }
+
+
+def chained_messages(ident: Identity, topic: str, count: int) -> list[Any]:
+    """``count`` messages of ``ident`` in ``topic``, seq 1.., each naming the one before."""
+    out: list[Any] = []
+    prev: bytes | None = None
+    for seq in range(1, count + 1):
+        env = seal_message(ident, topic=topic, content=Content(body=f"link {seq}"), seq=seq,
+                           ts=TS0 + 10_000 + seq, prev=prev)
+        out.append(env)
+        prev = env.id
+    return out
+
+
+def unsigned(wire: bytes) -> bytes:
+    """An envelope with its signature replaced by 64 zero bytes."""
+    signed, _ = cbor2.loads(wire)
+    return c([signed, bytes(64)])
+
+
+def build_chain(ids: dict[str, Identity]) -> Json:
+    """catchup.md section 6.3: a run of one author's envelopes costs one signature."""
+    alice = ids["alice"]
+    run = chained_messages(alice, "chained", 3)
+    request = PageRequest(20, "chained", 0, 0, MAX_PAGE_MESSAGES)
+    wires = [unsigned(run[0].wire), unsigned(run[1].wire), run[2].wire]
+    page = Page(request.r, request.topic, wires, 3, False, [(alice.peer_id, 3)])
+    envs = check_page(request, page)
+    assert [e.id for e in envs] == [e.id for e in run]
+    for env in run:
+        assert open_envelope(env.wire).prev == (None if env.seq == 1 else run[env.seq - 2].id)
+    return {
+        "note": (
+            "alice's messages 1..3 of the channel chained, each naming the one before in "
+            "prev. In the page, messages 1 and 2 carry 64 zero bytes as signature: 3 is "
+            "verified, its prev vouches for 2, and 2's for 1, so the page is accepted with "
+            "one signature checked. A vouch counts only between envelopes of the same "
+            "author (rejected.json: page-chain-other-author)."
+        ),
+        "author": alice.peer_id_hex,
+        "messages": [
+            {"seq": env.seq, "message_id": hx(env.id), "prev": hx(env.prev) if env.prev else None,
+             "wire": hx(env.wire)}
+            for env in run
+        ],
+        "request": request_fields(request),
+        "cureq": hx(encode_frame("cureq", **request.fields())),
+        "cupage": hx(encode_frame("cupage", **page.fields())),
+        "accepted_ids": [hx(e.id) for e in envs],
+        "signatures_verified": 1,
     }
 
 
@@ -985,6 +1038,15 @@ def envelope_vectors(ids: dict[str, Identity], msgs: dict[str, Any]) -> list[Jso
     add("unknown-fields-of-both-key-types",
         sign_fields(alice, msg_fields(alice, x=0) | {b"y": 0}), "malformed",
         "a msg with a text and a byte-string unknown key")
+    add("prev-on-first", sign_fields(alice, msg_fields(alice, seq=1, prev=bytes(32))),
+        "malformed", "seq 1 opens a log: there is no envelope before it to name")
+    add("prev-31-bytes", sign_fields(alice, msg_fields(alice, prev=bytes(31))), "malformed",
+        "prev is a 32-byte message id")
+    add("prev-on-presence",
+        sign_fields(alice, {"v": 1, "kind": "presence", "topic": PRESENCE_TOPIC,
+                            "from": alice.public_key, "seq": 9, "ts": TS0, "payload": b"",
+                            "prev": bytes(32)}),
+        "malformed", "presence is not chained")
     add("version-2", sign_fields(alice, msg_fields(alice, v=2)), "version", "v must be 1")
     add("version-missing", sign_fields(alice, msg_fields(alice, v=None)), "version",
         "v is required")
@@ -1359,12 +1421,23 @@ def page_vectors(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) ->
         "too-large", "three envelopes for a request with limit 2")
     add("page-cursor-does-not-advance", resume, good(resume, [reply.wire], 2), "malformed",
         "envelopes, but next is not after the request's after (2)")
+    run = chained_messages(alice, "chained", 2)
+    chained = PageRequest(21, "chained", 0, 0, MAX_PAGE_MESSAGES)
+    add("page-chain-head-forged", chained,
+        good(chained, [run[0].wire, unsigned(run[1].wire)], 2), "bad-signature",
+        "alice's chained 1 and 2 (catchup.json chain) with 2's signature zeroed: "
+        "nothing vouches for the newest")
+    carols = seal_message(carol, topic="chained", content=Content(body="vouching"), seq=2,
+                          ts=TS0 + 10_100, prev=run[0].id)
+    add("page-chain-other-author", chained,
+        good(chained, [unsigned(run[0].wire), carols.wire], 2), "bad-signature",
+        "carol's valid message 2 names alice's message 1 as prev; a vouch counts only "
+        "within one author, so alice's 1 (signature zeroed) must verify, and does not")
     add("page-refusal-with-messages", walk,
         good(walk, [root.wire], 0, err="not-carried"), "malformed",
         "a refusal carries no envelopes")
     add("page-refusal-with-more", walk, good(walk, [], 0, more=True, err="busy"), "malformed",
         "a refusal has more = false")
-    del carol
     return v
 
 
