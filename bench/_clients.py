@@ -263,7 +263,7 @@ class ClawmeshConn(WsConn):
         self._decipher: Callable[[bytes], bytes] | None = None
         self._topic = ""
         self._seq = 0
-        self._prev: bytes | None = None  # the id of our last message: envelopes chain, as a peer's do
+        self._prev: bytes | None = None  # our last message's id: we chain, as peers do
         self._ping_wanted: int | None = None
         self._pong_seen = False
         self.peer_caps: tuple[str, ...] = ()

@@ -27,7 +27,7 @@ Rules kept here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -208,15 +208,15 @@ def check_page(
     page: Page,
     *,
     verify: bool = True,
-    known: Callable[[bytes], bool] | None = None,
+    known: Callable[[list[bytes]], Collection[bytes]] | None = None,
 ) -> list[Envelope]:
     """The envelopes of ``page``, each verified and inside what was asked, in
     (sender, sequence) order within the page.
 
     Raises ProtocolError (and nothing else) for a page that does not answer
-    ``request`` or holds anything that does not belong to it. Envelopes whose
-    id ``known`` recognises (already stored) are left out unverified: a
-    message is verified once.
+    ``request`` or holds anything that does not belong to it. ``known`` is
+    given the ids of the page at once and returns those already stored;
+    their envelopes are left out unverified: a message is verified once.
     """
     if page.r != request.r or page.topic != request.topic:
         raise ProtocolError(ErrorCode.UNEXPECTED, "page does not answer the request")
@@ -228,11 +228,14 @@ def check_page(
         raise ProtocolError(ErrorCode.TOO_LARGE, "page over the requested limit")
     if request.sender is None and page.messages and page.next <= request.after:
         raise ProtocolError(ErrorCode.MALFORMED, "page cursor does not advance")
+    split = [split_wire(wire) for wire in page.messages]
+    ids = [message_id(signed) for signed, _ in split] if known is not None else []
+    held = known(ids) if known is not None and ids else ()
     opened: list[tuple[Envelope, bytes, bytes]] = []
-    for wire in page.messages:
-        signed, sig = split_wire(wire)
-        if known is not None and known(message_id(signed)):
+    for i, (signed, sig) in enumerate(split):
+        if held and ids[i] in held:
             continue
+        wire = page.messages[i]
         env = open_envelope(wire, signed=signed, sig=sig, verify=False)
         if env.kind == "presence" or env.log_topic != request.topic:
             raise ProtocolError(ErrorCode.MALFORMED, "page holds a message of another topic")

@@ -7,8 +7,9 @@
   one at a time per link; more than a few queued get ``busy``.
 * Walking: when a link to a storing peer comes up, every topic we keep is
   asked for, page by page, from a cursor kept per (carrier, topic), so a
-  broken walk resumes where it stopped; the cursor moves only after the
-  page's messages are durably stored. Walks of one topic run one at a time.
+  broken walk resumes where it stopped; the cursor moves in the commit that
+  stores the page's messages. The next pages are asked for while one is
+  checked and stored (``PAGES_AHEAD``). Walks of one topic run one at a time.
 * The last page names the carrier's highest sequence per sender; what we
   still lack is asked for from every other carrier, and what nobody has is
   reported as missed.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ ALIVE_INTERVAL = 10.0
 PAGE_TIMEOUT = 20.0
 SINCE_MARGIN_MS = 120_000  # clocks of carriers and ours differ; duplicates are cheap
 MAX_GAP_SENDERS = 64
+PAGES_AHEAD = 2  # pages of a walk asked for before the one being checked and stored
 
 
 @dataclass
@@ -84,7 +86,11 @@ class CatchUpHost:
         def store(self) -> MessageStore: ...
         def release(self, topic: str) -> None: ...
         def wake_outbox(self, peer_id: bytes) -> None: ...
-        async def accept_many(self, envelopes: Iterable[Envelope]) -> int: ...
+        async def accept_many(
+            self,
+            envelopes: Iterable[Envelope],
+            then: Callable[[MessageStore], None] | None = None,
+        ) -> int: ...
 
     def _init_catch_up(self) -> None:
         self.catchup: defaultdict[str, TopicCatchUp] = defaultdict(TopicCatchUp)
@@ -270,32 +276,50 @@ class CatchUpHost:
         after = await self.service.read(lambda s: s.get_cursor(name, topic))
         since = 0 if after else await self._since(topic)  # a cursor is exact
         stats = self.catchup[topic]
-        heads: list[tuple[bytes, int]] = []
-        while True:
-            request = PageRequest(self._request_id(), topic, after, since, MAX_PAGE_MESSAGES)
-            page = await self._ask(carrier, request)
-            if page is None:
-                return False  # resumes from the cursor on the next link
-            if page.err is not None:
-                return False  # not carried there (or busy): ask the others
-            envelopes = await self._check(carrier, request, page)
-            if envelopes is None:
-                return False
-            stats.carriers.add(carrier.hex())
-            new = await self.accept_many(envelopes)
-            stats.pages += 1
-            stats.received += new
-            stats.duplicates += len(envelopes) - new
-            stats.last_ms = self.peer.wall_ms()
-            after = page.next
-            await self.service.write(
-                functools.partial(MessageStore.set_cursor, name=name, topic=topic, seq=after)
-            )
-            if not page.more:
-                heads = page.heads
-                break
-        await self._fill_gaps(topic, heads)
-        return True
+        send, pages = trio.open_memory_channel[tuple[PageRequest, Page]](PAGES_AHEAD - 1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetch_pages, carrier, topic, after, since, send)
+            async with pages:
+                async for request, page in pages:
+                    envelopes = await self._check(carrier, request, page)
+                    if envelopes is None:
+                        nursery.cancel_scope.cancel()
+                        return False  # the link is closed; resumes from the cursor
+                    stats.carriers.add(carrier.hex())
+                    move = functools.partial(
+                        MessageStore.set_cursor, name=name, topic=topic, seq=page.next
+                    )
+                    new = await self.accept_many(envelopes, then=move)  # one commit for both
+                    stats.pages += 1
+                    stats.received += new
+                    stats.duplicates += len(envelopes) - new
+                    stats.last_ms = self.peer.wall_ms()
+                    if not page.more:
+                        await self._fill_gaps(topic, page.heads)
+                        return True
+        return False  # cut or refused: resumes from the cursor, or other carriers have it
+
+    async def _fetch_pages(
+        self,
+        carrier: bytes,
+        topic: str,
+        after: int,
+        since: int,
+        out: trio.MemorySendChannel[tuple[PageRequest, Page]],
+    ) -> None:
+        """Ask for page after page of a walk, each as soon as the one before
+        arrives: the carrier reads and sends the next pages while we check and
+        store this one. Ends at the last page, a refusal or a lost link."""
+        async with out:
+            while True:
+                request = PageRequest(self._request_id(), topic, after, since, MAX_PAGE_MESSAGES)
+                page = await self._ask(carrier, request)
+                if page is None or page.err is not None:
+                    return
+                await out.send((request, page))
+                if not page.more:
+                    return
+                after = page.next
 
     async def _check(
         self, carrier: bytes, request: PageRequest, page: Page
@@ -304,11 +328,8 @@ class CatchUpHost:
         try:
             store = self.store
 
-            def known(msg_id: bytes) -> bool:
-                return store.position(msg_id) is not None
-
             return await trio.to_thread.run_sync(
-                lambda: check_page(request, page, verify=verify, known=known)
+                lambda: check_page(request, page, verify=verify, known=store.held)
             )
         except ProtocolError as exc:
             self.counters.bad_pages += 1

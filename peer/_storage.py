@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,7 @@ class _Accept:
     envelopes: list[tuple[Envelope, bool, bool]]  # (envelope, member, pushed)
     done: trio.Event | None = None
     own: list[tuple[Envelope, InboxMessage | None, bytes | None]] = field(default_factory=list)
+    then: Callable[[MessageStore], None] | None = None  # a write in the same commit
     new: int = 0
     error: Exception | None = None
 
@@ -332,9 +333,12 @@ class Storage(DeliveryHost, CatchUpHost):
         for topic in list(self._held):
             self.release(topic)
 
-    async def accept_many(self, envelopes: Iterable[Envelope]) -> int:
-        """Store envelopes (from catch-up); returns after their commit, with the new ones."""
-        request = _Accept([(e, True, False) for e in envelopes], trio.Event())
+    async def accept_many(
+        self, envelopes: Iterable[Envelope], then: Callable[[MessageStore], None] | None = None
+    ) -> int:
+        """Store envelopes (from catch-up); returns after their commit, with the number
+        of new ones. ``then`` (moving a catch-up cursor) is written in the same commit."""
+        request = _Accept([(e, True, False) for e in envelopes], trio.Event(), then=then)
         await self._accept_send.send(request)
         assert request.done is not None
         await request.done.wait()
@@ -393,16 +397,22 @@ class Storage(DeliveryHost, CatchUpHost):
                 items.append(AppendItem.from_envelope(env, received_ms=now_ms, topic=topic))
                 if message is not None:
                     items.append(_inbox_item(message, payload))
-        if not items:
+        thens = [request.then for request in batch if request.then is not None]
+        if not items and not thens:
             return
         first_try = now_ms + self.backoff.base_ms
         deadline = now_ms + int(self.options.dm_deadline * 1000)
 
-        def write(s: MessageStore) -> list[AppendResult]:
+        def write_all(s: MessageStore) -> list[AppendResult]:
             results = s.append_batch(items)
             for msg_id, recipient, wire in outbox:
                 s.outbox_add(msg_id, recipient, wire, first_try, deadline)
+            for then in thens:
+                then(s)
             return results
+
+        def write(s: MessageStore) -> list[AppendResult]:
+            return s.atomically(write_all)  # one commit: messages, outbox, cursors
 
         try:
             results = await self.service.write(write)

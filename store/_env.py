@@ -189,6 +189,7 @@ class _StoreEnv:
         self._max_seen_ranges = max_seen_ranges
         self._gate = _Gate()
         self._write_lock = threading.Lock()  # one write transaction at a time
+        self._local = threading.local()  # .txn: the write transaction this thread is in
         self._counter_lock = threading.Lock()
         self._commits = 0
         self._grows = 0
@@ -292,6 +293,9 @@ class _StoreEnv:
         txn.commit()
 
     def _read(self, op: Callable[[lmdb.Transaction[bytes]], T]) -> T:
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            return op(txn)  # inside atomically(): read what this write has done
         while True:
             with self._gate.shared():
                 env = self._require_env()
@@ -316,8 +320,11 @@ class _StoreEnv:
         ``op`` must not change anything outside the transaction: after a
         map-full abort it runs again from scratch. ``reserve`` lets the write
         use the space above ``max_map_size`` kept for freeing space and for
-        small state.
+        small state. Inside :meth:`atomically`, ``op`` joins the open transaction.
         """
+        txn = getattr(self._local, "txn", None)
+        if txn is not None:
+            return op(txn)  # the outer write commits (or runs everything again)
         ceiling = self._hard_max if reserve else self._max_map_size
         while True:
             outcome = self._try_write(op)
@@ -340,7 +347,11 @@ class _StoreEnv:
                 raise _translate(exc) from exc
             else:
                 try:
-                    result = op(txn)
+                    self._local.txn = txn
+                    try:
+                        result = op(txn)
+                    finally:
+                        self._local.txn = None
                     self._commit(txn)
                 except lmdb.MapFullError:
                     _abort_write(self._gate, txn)
@@ -362,6 +373,13 @@ class _StoreEnv:
         assert resized
         self._adopt_map_size()
         return _MapFull(-1)  # not full: retry (_grow sees the size changed and returns)
+
+    def atomically(self, fn: Callable[[Self], T]) -> T:
+        """Run ``fn(self)`` in one write transaction: every write (and read) of the
+        store's methods that ``fn`` calls is part of it, and one commit makes them
+        durable together. ``fn`` must not change anything outside the store: when
+        the map has to grow it runs again from the start."""
+        return self._write(lambda txn: fn(self))
 
     def _grow(self, seen_size: int, ceiling: int) -> None:
         with self._gate.exclusive():

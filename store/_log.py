@@ -274,6 +274,17 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
         key = self._read(lambda txn: txn.get(msg_id, db=self._ids))
         return None if key is None else _split_log_key(key)
 
+    def held(self, msg_ids: Sequence[bytes]) -> set[bytes]:
+        """Which of ``msg_ids`` are stored (one read transaction for all)."""
+        for msg_id in msg_ids:
+            _check_id(msg_id, "msg_id")
+
+        def read(txn: lmdb.Transaction[bytes]) -> set[bytes]:
+            cur = txn.cursor(db=self._ids)
+            return {m for m in msg_ids if cur.set_key(m)}
+
+        return self._read(read)
+
     def by_sender(self, sender: bytes, sender_seq: int) -> list[StoredMessage]:
         """Stored messages with this (sender, sender sequence); more than one
         means the sender reused a sequence number."""

@@ -333,3 +333,39 @@ def test_reader_cursors_do_not_see_the_watermark(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         s.get_cursor("\x00read", "inbox")  # the reserved name cannot be spelled
     s.close()
+
+
+# -- several writes, one commit ------------------------------------------------------
+
+
+def test_atomically_commits_appends_and_state_together(tmp_path: Path) -> None:
+    s = MessageStore(tmp_path / "s", map_size=64 * 1024, max_map_size=64 * 1024 * 1024,
+                     sync=False)
+    runs = 0
+    batch = [item("lobby", ALICE, n, 10, tag=b"x" * 2000) for n in range(1, 201)]
+
+    def page(store: MessageStore) -> int:
+        nonlocal runs
+        runs += 1
+        store.append_batch(batch)  # 400 KB: the 64 KiB map grows on the way
+        store.set_cursor("cu:carrier", "lobby", 200)
+        assert store.held([batch[0].msg_id]) == {batch[0].msg_id}  # reads see the write
+        return store.head("lobby").count
+
+    assert s.atomically(page) == 200
+    assert runs > 1  # the map grew: everything ran again from the start, once stored
+    assert s.get_cursor("cu:carrier", "lobby") == 200
+    assert [m.sender_seq for m in s.read("lobby", limit=500)] == list(range(1, 201))
+    assert s.check() == []
+
+    def half_then_fail(store: MessageStore) -> None:
+        store.append_batch([item("lobby", BOB, 1, 20)])
+        store.set_cursor("cu:carrier", "lobby", 999)
+        raise RuntimeError("the page turned out bad")
+
+    with pytest.raises(RuntimeError):
+        s.atomically(half_then_fail)
+    assert s.get_cursor("cu:carrier", "lobby") == 200  # nothing of it was kept
+    assert s.held([item("lobby", BOB, 1, 20).msg_id]) == set()
+    assert s.head("lobby").count == 200
+    s.close()
