@@ -207,23 +207,21 @@ class LinkHost:
         log.info("link up", caps=result.caps, links=len(self.links))
         self._notify_links()
         try:
-            with link.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, link, nursery.cancel_scope)
-                    self._perform(
-                        self.router.add_link(link.peer_id, relay=link.relay, now=self.now())
-                    )
-                    if self.dht is not None:
-                        contact = self.contact_of(link.peer_id)
-                        assert contact is not None
-                        self.dht.link_up(contact)
-                        self._update_relays()
-                    if self.storage is not None:
-                        self.storage.on_link_up(link.peer_id, result.caps)
-                    if on_up is not None:
-                        on_up()
-                    await self._reader(link, log)
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                link.scope = nursery.cancel_scope
+                nursery.start_soon(self._writer, link)
+                self._perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
+                if self.dht is not None:
+                    contact = self.contact_of(link.peer_id)
+                    assert contact is not None
+                    self.dht.link_up(contact)
+                    self._update_relays()
+                if self.storage is not None:
+                    self.storage.on_link_up(link.peer_id, result.caps)
+                if on_up is not None:
+                    on_up()
+                await self._reader(link, log)
+                nursery.cancel_scope.cancel()
         finally:
             if self.links.get(link.peer_id) is link:
                 del self.links[link.peer_id]
@@ -243,38 +241,34 @@ class LinkHost:
             )
 
     async def _drain_writer(self, link: Link) -> None:
-        async for frame in link.receive_channel:
+        while (frame := await link.queue.get()) is not None:
             await link.transport.send(link.cipher.seal(frame))
 
-    async def _writer(self, link: Link, scope: trio.CancelScope) -> None:
-        """Send what is queued for ``link``: each wake-up drains a batch, one write."""
+    async def _writer(self, link: Link) -> None:
+        """Send what is queued for ``link``: each wake-up drains a batch, one write.
+
+        When the queue has ended (the link is closing) and is flushed, it
+        cancels the link's nursery.
+        """
         seal = link.cipher.seal
-        receive = link.receive_channel.receive
-        receive_nowait = link.receive_channel.receive_nowait
+        queue = link.queue
         send_many = link.transport.send_many
         try:
-            while True:
-                try:
-                    frame = await receive()
-                except trio.EndOfChannel:
-                    break
+            while (frame := await queue.get()) is not None:
                 batch = [seal(frame)]
                 size = len(frame)
                 yields, got = 0, False
                 while len(batch) < WRITE_BATCH and size < WRITE_BATCH_BYTES:
-                    try:
-                        frame = receive_nowait()
-                    except trio.WouldBlock:
+                    frame = queue.get_nowait()
+                    if frame is None:
                         # While frames keep coming (the reader is busy), give it
                         # a few turns before writing: one write for many frames.
-                        if yields >= WRITE_YIELDS or (yields and not got):
+                        if queue.closed or yields >= WRITE_YIELDS or (yields and not got):
                             break
                         yields += 1
                         got = False
                         await trio.lowlevel.checkpoint()
                         continue
-                    except trio.EndOfChannel:
-                        break
                     got = True
                     batch.append(seal(frame))
                     size += len(frame)
@@ -282,7 +276,8 @@ class LinkHost:
                 link.frames_out += len(batch)
         except TransportClosed:
             pass
-        scope.cancel()
+        assert link.scope is not None
+        link.scope.cancel()
 
     async def _reader(self, link: Link, log: Any) -> None:
         while link.close_code is None:
