@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from ._gossip import Close, Deliver, GossipRouter, Send, Upcall
     from ._identity import Identity
-    from ._inbox import Directory
+    from ._inbox import Directory, PeerInfo
     from ._options import PeerCounters, PeerOptions
     from ._storage import Storage
 
@@ -92,8 +92,46 @@ class LinkHost:
         """Handshake, then serve the link until it closes. Never raises for link trouble.
 
         Returns the handshake result (None if the handshake failed), so a dialer
-        learns who answered.
+        learns who answered. While the link is up, this task is its reader.
         """
+        try:
+            result = await self._open_link(transport, initiator, expect)
+            if result is None:
+                return None
+            link = Link(result, transport, initiator, self.now())
+            if not await self._take_place(link):
+                return result
+            info = self._register(link)
+            try:
+                async with trio.open_nursery() as nursery:
+                    link.scope = nursery.cancel_scope
+                    nursery.start_soon(self._writer, link)
+                    self._start_serving(link, on_up)
+                    # This task reads the link (inline: one coroutine less per idle link).
+                    while link.close_code is None:
+                        try:
+                            record = await transport.receive()
+                        except TransportClosed:
+                            nursery.cancel_scope.cancel()  # nothing more to read or to flush
+                            break
+                        except ProtocolError as exc:  # an oversize stream record
+                            self._refuse(link, exc, self._link_log(link))
+                            break
+                        self._on_record(link, record)
+                        del record  # not kept while this task waits: records reach 320 KiB
+                    # Closing: the writer flushes the error frame, then ends the
+                    # nursery (or the link's deadline does).
+                    await trio.sleep_forever()
+            finally:
+                self._unregister(link, info)
+            return result
+        finally:
+            await transport.aclose()
+
+    async def _open_link(
+        self, transport: Transport, initiator: bool, expect: bytes | None
+    ) -> HandshakeResult | None:
+        """The handshake, or None if there is no room or it failed (logged and counted)."""
         log = self.log.bind(remote=transport.remote, initiator=initiator)
         if not initiator and len(self.links) >= self.options.max_links:
             # refuse before proving anything, so the dialler does not count a link
@@ -105,38 +143,25 @@ class LinkHost:
                         "error", code=ErrorCode.TOO_LARGE.value, msg="no room for more links"
                     )
                 )
-            await transport.aclose()
             return None
         try:
-            result = await self._handshake(transport, initiator, expect, log)
+            return await self._handshake(transport, initiator, expect)
         except ProtocolError as exc:
             self.counters.handshakes_failed += 1
             self.counters.refuse(exc.code)
             if isinstance(exc, SelfConnection):
                 self._self_urls.add(transport.remote)
             log.warning("handshake refused", code=exc.code.value, reason=exc.message)
-            await transport.aclose()
-            return None
         except (TransportClosed, trio.TooSlowError) as exc:
             self.counters.handshakes_failed += 1
             log.info("handshake did not finish", reason=str(exc) or type(exc).__name__)
-            await transport.aclose()
-            return None
         except Exception as exc:  # a bug must not take the peer down
             self.counters.handshakes_failed += 1
             log.exception("handshake crashed", error=repr(exc))
-            await transport.aclose()
-            return None
-        try:
-            await self._serve_link(
-                result, transport, initiator, log.bind(link=result.peer_id.hex()[:16]), on_up
-            )
-        finally:
-            await transport.aclose()
-        return result
+        return None
 
     async def _handshake(
-        self, transport: Transport, initiator: bool, expect: bytes | None, log: Any
+        self, transport: Transport, initiator: bool, expect: bytes | None
     ) -> HandshakeResult:
         hs = Handshake(
             self.identity,
@@ -175,70 +200,74 @@ class LinkHost:
             raise err
         return hs.result
 
-    async def _serve_link(
-        self,
-        result: HandshakeResult,
-        transport: Transport,
-        initiator: bool,
-        log: Any,
-        on_up: Callable[[], None] | None = None,
-    ) -> None:
-        link = Link(result, transport, initiator, self.now())
+    async def _take_place(self, link: Link) -> bool:
+        """Settle two links to one peer; False if ``link`` is the one to drop.
+
+        Both sides keep the link dialled by the lower peer id, which they compute alike.
+        """
         existing = self.links.get(link.peer_id)
-        if existing is not None:
-            # Two links to one peer: keep the one dialled by the lower peer id,
-            # which both sides compute alike.
-            keep_new = link.initiator == (self.peer_id < link.peer_id)
-            loser = existing if keep_new else link
-            loser.close(ErrorCode.DUPLICATE, "already linked")
-            if not keep_new:
-                with trio.move_on_after(1):
-                    await self._drain_writer(link)
-                return
-            with trio.move_on_after(3):
-                await existing.closed.wait()
+        if existing is None:
+            return True
+        keep_new = link.initiator == (self.peer_id < link.peer_id)
+        loser = existing if keep_new else link
+        loser.close(ErrorCode.DUPLICATE, "already linked")
+        if not keep_new:
+            with trio.move_on_after(1):
+                await self._drain_writer(link)
+            return False
+        with trio.move_on_after(3):
+            await existing.closed.wait()
+        return True
+
+    def _register(self, link: Link) -> PeerInfo:
+        result = link.result
         self.links[link.peer_id] = link
         self.counters.links_opened += 1
         info = self.directory.see(link.peer_id, result.public_key, self.wall_ms())
         info.linked = True
         info.times_linked += 1
         info.listen, info.caps, info.agent = result.listen, result.caps, result.agent
-        info.remote = transport.remote
-        log.info("link up", caps=result.caps, links=len(self.links))
+        info.remote = link.transport.remote
+        self._link_log(link).info("link up", caps=result.caps, links=len(self.links))
         self._notify_links()
-        try:
-            async with trio.open_nursery() as nursery:
-                link.scope = nursery.cancel_scope
-                nursery.start_soon(self._writer, link)
-                self._perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
-                if self.dht is not None:
-                    contact = self.contact_of(link.peer_id)
-                    assert contact is not None
-                    self.dht.link_up(contact)
-                    self._update_relays()
-                if self.storage is not None:
-                    self.storage.on_link_up(link.peer_id, result.caps)
-                if on_up is not None:
-                    on_up()
-                await self._reader(link, log)
-                nursery.cancel_scope.cancel()
-        finally:
-            if self.links.get(link.peer_id) is link:
-                del self.links[link.peer_id]
-                info.linked = False
-                self._perform(self.router.remove_link(link.peer_id))
-                if self.dht is not None:
-                    self.dht.link_down(link.peer_id)
-                    self._update_relays()
-            self.counters.links_closed += 1
-            link.closed.set()
-            self._notify_links()
-            log.info(
-                "link down",
-                code=link.close_code.value if link.close_code else "eof",
-                reason=link.close_reason,
-                links=len(self.links),
-            )
+        return info
+
+    def _start_serving(self, link: Link, on_up: Callable[[], None] | None) -> None:
+        """Tell the router, the DHT and the store that ``link`` is up."""
+        self._perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
+        if self.dht is not None:
+            contact = self.contact_of(link.peer_id)
+            assert contact is not None
+            self.dht.link_up(contact)
+            self._update_relays()
+        if self.storage is not None:
+            self.storage.on_link_up(link.peer_id, link.result.caps)
+        if on_up is not None:
+            on_up()
+
+    def _unregister(self, link: Link, info: PeerInfo) -> None:
+        if self.links.get(link.peer_id) is link:
+            del self.links[link.peer_id]
+            info.linked = False
+            self._perform(self.router.remove_link(link.peer_id))
+            if self.dht is not None:
+                self.dht.link_down(link.peer_id)
+                self._update_relays()
+        self.counters.links_closed += 1
+        link.closed.set()
+        self._notify_links()
+        self._link_log(link).info(
+            "link down",
+            code=link.close_code.value if link.close_code else "eof",
+            reason=link.close_reason,
+            links=len(self.links),
+        )
+
+    def _link_log(self, link: Link) -> Any:
+        """The link's logger, bound when something is logged rather than kept per link."""
+        return self.log.bind(
+            remote=link.transport.remote, initiator=link.initiator, link=link.peer_id.hex()[:16]
+        )
 
     async def _drain_writer(self, link: Link) -> None:
         while (frame := await link.queue.get()) is not None:
@@ -274,41 +303,37 @@ class LinkHost:
                     size += len(frame)
                 await send_many(batch)
                 link.frames_out += len(batch)
+                del frame, batch  # not kept while the writer waits: a batch may be a MiB
         except TransportClosed:
             pass
         assert link.scope is not None
         link.scope.cancel()
 
-    async def _reader(self, link: Link, log: Any) -> None:
-        while link.close_code is None:
-            try:
-                record = await link.transport.receive()
-            except TransportClosed:
-                return
-            except ProtocolError as exc:  # an oversize stream record
-                self._refuse(link, exc, log)
-                break  # let the writer flush the error frame
-            try:
-                plain = link.cipher.open(record)
-                frame = decode_frame(plain)
-                actions = self.router.handle_frame(
-                    link.peer_id, frame, plain, self.now(), self.wall_ms()
-                )
-                if frame.type in _INTEREST_FRAMES:
-                    self._notify_changed()
-            except ProtocolError as exc:
-                self._refuse(link, exc, log)
-                break  # let the writer flush the error frame
-            except Exception as exc:  # a bug: drop this link, keep the peer
-                self.counters.link_errors += 1
-                log.exception("link handler crashed", error=repr(exc))
-                link.close(ErrorCode.UNEXPECTED, "internal error")
-                break  # let the writer flush the error frame
-            self._perform(actions)
-            if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
-                self._want_presence()  # the link now carries presence: announce ourselves
-        # wait for the writer to flush the error frame (bounded by the link deadline)
-        await link.closed.wait()
+    def _on_record(self, link: Link, record: bytes) -> None:
+        """Open, decode and route one record; one that is refused closes the link.
+
+        Its own function so that nothing of a record outlives it while the
+        reader waits for the next one.
+        """
+        try:
+            plain = link.cipher.open(record)
+            frame = decode_frame(plain)
+            actions = self.router.handle_frame(
+                link.peer_id, frame, plain, self.now(), self.wall_ms()
+            )
+            if frame.type in _INTEREST_FRAMES:
+                self._notify_changed()
+        except ProtocolError as exc:
+            self._refuse(link, exc, self._link_log(link))
+            return
+        except Exception as exc:  # a bug: drop this link, keep the peer
+            self.counters.link_errors += 1
+            self._link_log(link).exception("link handler crashed", error=repr(exc))
+            link.close(ErrorCode.UNEXPECTED, "internal error")
+            return
+        self._perform(actions)
+        if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
+            self._want_presence()  # the link now carries presence: announce ourselves
 
     def _refuse(self, link: Link, exc: ProtocolError, log: Any) -> None:
         self.counters.refuse(exc.code)
