@@ -95,7 +95,7 @@ class GossipStats:
     prunes: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Link:
     relay: bool
     opened: float

@@ -67,7 +67,7 @@ class SelfConnection(ProtocolError):
         super().__init__(ErrorCode.AUTH, self.MESSAGE)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HandshakeResult:
     """What a completed handshake established about the other side."""
 

@@ -167,7 +167,7 @@ class Inbox:
         return count
 
 
-@dataclass
+@dataclass(slots=True)
 class PeerInfo:
     peer_id: bytes
     public_key: bytes

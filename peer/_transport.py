@@ -62,6 +62,8 @@ class Transport(Protocol):
 
 
 class WebSocketTransport:
+    __slots__ = ("_batching", "_server", "_ws", "remote")
+
     def __init__(self, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
         self._ws = ws
         self.remote = remote
@@ -133,6 +135,8 @@ def _server_frame(record: bytes) -> bytes:
 
 
 class StreamTransport:
+    __slots__ = ("_buffer", "_ready", "_stream", "remote")
+
     def __init__(
         self, stream: trio.abc.Stream, remote: str = "stream", max_record: int = MAX_RECORD
     ) -> None:
