@@ -10,6 +10,8 @@ Rules kept here:
 * Two links to one peer: the one dialled by the lower peer id is kept, which
   both sides compute alike.
 * The writer seals and sends queued frames in batches, one write per batch.
+* A relay holds many idle links, so an idle link keeps only its state: no
+  bound logger, and neither the last record read nor the last batch written.
 
 ``LinkHost`` is a mixin of ``peer._node.Peer``; what it needs from the peer is
 declared under ``TYPE_CHECKING``.
