@@ -116,24 +116,31 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
         batch) is not stored again: its result carries the existing position
         and ``duplicate=True``. Returns after the commit.
         """
+        tkeys: dict[str, bytes] = {}
         for item in items:
-            item.check(self._max_record)
+            item.check_fields(self._max_record)
+            if type(item.topic) is not str or item.topic not in tkeys:
+                tkeys[item.topic] = _topic_key(item.topic)
         if not items:
             return []
-        return self._write(lambda txn: self._append_in(txn, items))
+        return self._write(lambda txn: self._append_in(txn, items, tkeys))
 
     def _append_in(
-        self, txn: lmdb.Transaction[bytes], items: Sequence[AppendItem]
+        self,
+        txn: lmdb.Transaction[bytes],
+        items: Sequence[AppendItem],
+        tkeys: dict[str, bytes],
     ) -> list[AppendResult]:
         heads: dict[bytes, _Head] = {}
         results: list[AppendResult] = []
+        runs = _Runs()
         for item in items:
             existing = txn.get(item.msg_id, db=self._ids)
             if existing is not None:
                 topic, seq = _split_log_key(existing)
                 results.append(AppendResult(item.msg_id, topic, seq, duplicate=True))
                 continue
-            tkey = _topic_key(item.topic)
+            tkey = tkeys[item.topic]
             head = heads.get(tkey)
             if head is None:
                 head = heads[tkey] = _Head.load(txn, self._heads, tkey)
@@ -142,56 +149,57 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
             if not txn.put(key, _encode_record(item), overwrite=False, db=self._log):
                 raise StoreCorrupt(f"log position {item.topic}/{seq} is already taken")
             txn.put(item.msg_id, key, db=self._ids)
-            txn.put(item.sender + _u64(item.sender_seq) + item.msg_id, key, db=self._senders)
-            self._mark_seen(txn, item.sender, tkey, item.sender_seq)
-            self._raise_latest(txn, tkey, item.sender, item.sender_seq)
+            if item.sender_seq:  # 0: not sequenced (our inbox copies), no sender indexes
+                txn.put(item.sender + _u64(item.sender_seq) + item.msg_id, key, db=self._senders)
+                runs.add(item.sender, tkey, item.sender_seq)
             if head.count == 0:
                 head.first_seq = seq
             head.next_seq = seq + 1
             head.count += 1
             head.total_bytes += len(item.wire)
             results.append(AppendResult(item.msg_id, item.topic, seq, duplicate=False))
+        for sender, tkey, lo, hi in runs.done():
+            self._mark_seen(txn, sender, tkey, lo, hi)
+        for (sender, tkey), top in runs.highest.items():
+            self._raise_latest(txn, tkey, sender, top)
         for tkey, head in heads.items():
             txn.put(tkey, head.encode(), db=self._heads)
         return results
 
-    def _mark_seen(self, txn: lmdb.Transaction[bytes], sender: bytes, tkey: bytes, s: int) -> None:
-        """Add sender sequence ``s`` to the seen ranges of (sender, topic)."""
+    def _mark_seen(
+        self, txn: lmdb.Transaction[bytes], sender: bytes, tkey: bytes, lo: int, hi: int
+    ) -> None:
+        """Add sender sequences ``lo..hi`` to the seen ranges of (sender, topic),
+        merging every range they touch or adjoin."""
         prefix = sender + tkey + b"\x00"
         cur = txn.cursor(db=self._seen)
-        nxt: tuple[int, int] | None = None
-        prev: tuple[int, int] | None = None
-        if cur.set_range(prefix + _u64(s)):
-            if cur.key().startswith(prefix):
-                start = _U64.unpack(cur.key()[-8:])[0]
-                if start == s:
-                    return  # s opens a range: already seen
-                nxt = (start, _U64.unpack(cur.value())[0])
-            positioned = cur.prev()
+        start, end = lo, hi
+        merged = 0
+        positioned = cur.prev() if cur.set_range(prefix + _u64(lo)) else cur.last()
+        if positioned and cur.key().startswith(prefix):  # the range starting below lo
+            p_start, p_end = _U64.unpack(cur.key()[-8:])[0], _U64.unpack(cur.value())[0]
+            if p_end >= hi:
+                return  # already seen
+            if p_end + 1 >= lo:
+                start, end = p_start, hi
+                merged += 1
+            positioned = cur.next()
         else:
-            positioned = cur.last()
-        if positioned and cur.key().startswith(prefix):
-            prev = (_U64.unpack(cur.key()[-8:])[0], _U64.unpack(cur.value())[0])
-        if prev is not None and prev[1] >= s:
-            return  # inside a range
-        join_prev = prev is not None and prev[1] + 1 == s
-        join_next = nxt is not None and nxt[0] == s + 1
-        count_key = sender + tkey
-        if join_prev and join_next:
-            assert prev is not None and nxt is not None
-            txn.delete(prefix + _u64(nxt[0]), db=self._seen)
-            txn.put(prefix + _u64(prev[0]), _u64(nxt[1]), db=self._seen)
-            self._add_ranges(txn, count_key, -1)
-        elif join_prev:
-            assert prev is not None
-            txn.put(prefix + _u64(prev[0]), _u64(s), db=self._seen)
-        elif join_next:
-            assert nxt is not None
-            txn.delete(prefix + _u64(nxt[0]), db=self._seen)
-            txn.put(prefix + _u64(s), _u64(nxt[1]), db=self._seen)
-        else:
-            txn.put(prefix + _u64(s), _u64(s), db=self._seen)
-            if self._add_ranges(txn, count_key, 1) > self._max_seen_ranges:
+            positioned = cur.set_range(prefix + _u64(lo))
+        while positioned and cur.key().startswith(prefix):  # ranges starting in lo..hi+1
+            n_start = _U64.unpack(cur.key()[-8:])[0]
+            if n_start > hi + 1:
+                break
+            end = max(end, _U64.unpack(cur.value())[0])
+            merged += 1
+            if n_start == start:
+                positioned = cur.next()  # rewritten below
+                continue
+            positioned = cur.delete()  # moves to the next range
+        txn.put(prefix + _u64(start), _u64(end), db=self._seen)
+        if merged != 1:
+            count_key = sender + tkey
+            if self._add_ranges(txn, count_key, 1 - merged) > self._max_seen_ranges:
                 self._fill_lowest_gap(txn, prefix)
                 self._add_ranges(txn, count_key, -1)
 
@@ -521,7 +529,7 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
                 problems.append(f"head {key!r}: {exc}")
         seen_topics: dict[str, list[int]] = {}
         n_bytes: dict[str, int] = {}
-        records = 0
+        records = sender_entries = 0
         for key, value in txn.cursor(db=self._log).iternext():
             records += 1
             try:
@@ -534,8 +542,13 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
             if txn.get(msg.msg_id, db=self._ids) != key:
                 problems.append(f"{msg.topic}/{msg.seq}: id index does not point back")
             skey = msg.sender + _u64(msg.sender_seq) + msg.msg_id
-            if txn.get(skey, db=self._senders) != key:
+            indexed = txn.get(skey, db=self._senders)
+            if msg.sender_seq == 0:  # not sequenced: no entry (older stores have one)
+                sender_entries += indexed is not None
+            elif indexed != key:
                 problems.append(f"{msg.topic}/{msg.seq}: sender index does not point back")
+            else:
+                sender_entries += 1
         for topic, head in heads.items():
             seqs = seen_topics.pop(topic, [])
             want = list(range(head.first_seq, head.next_seq)) if head.count else []
@@ -555,7 +568,7 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
             problems.append(f"{topic}: records without a head")
         if txn.stat(self._ids)["entries"] != records:
             problems.append(f"id index has {txn.stat(self._ids)['entries']} entries, log {records}")
-        if txn.stat(self._senders)["entries"] != records:
+        if txn.stat(self._senders)["entries"] != sender_entries:
             problems.append("sender index and log differ in size")
         problems += self._check_latest(txn)
         problems += self._check_flags(txn, heads)
@@ -613,3 +626,36 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
             elif seq <= watermark:
                 problems.append(f"{topic}/{seq}: read flag at or below the watermark")
         return problems
+
+
+class _Runs:
+    """The sender sequences an append batch stores, as runs of consecutive
+    sequences of one (sender, topic) in batch order, and the highest of each
+    pair: a page from one author updates its seen range and head once."""
+
+    __slots__ = ("_done", "_hi", "_key", "_lo", "highest")
+
+    def __init__(self) -> None:
+        self._key: tuple[bytes, bytes] | None = None
+        self._lo = self._hi = 0
+        self._done: list[tuple[bytes, bytes, int, int]] = []
+        self.highest: dict[tuple[bytes, bytes], int] = {}
+
+    def add(self, sender: bytes, tkey: bytes, s: int) -> None:
+        key = (sender, tkey)
+        if key == self._key and s == self._hi + 1:
+            self._hi = s
+        else:
+            self._flush()
+            self._key, self._lo, self._hi = key, s, s
+        if s > self.highest.get(key, 0):
+            self.highest[key] = s
+
+    def done(self) -> list[tuple[bytes, bytes, int, int]]:
+        self._flush()
+        return self._done
+
+    def _flush(self) -> None:
+        if self._key is not None:
+            self._done.append((*self._key, self._lo, self._hi))
+            self._key = None

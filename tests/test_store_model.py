@@ -52,6 +52,7 @@ from store import (
 )
 
 N_MSGS = 40
+N_RUN = 24
 TOPICS = ("alpha", "beta", "dm/gamma")
 SENDERS = (b"\x01" * 32, b"\x02" * 32)
 NAMES = ("api", "sync")
@@ -73,14 +74,23 @@ class Msg:
 
 
 def msg(i: int) -> Msg:
-    """Message ``i`` of a fixed pool: the same id always has the same content."""
+    """Message ``i`` of a fixed pool: the same id always has the same content.
+
+    Below ``N_MSGS``: scattered senders, topics and sequences, every 13th one
+    not sequenced (0). From ``N_MSGS``: one author's sequences 1..``N_RUN`` in
+    one topic, which ``append_run`` stores as runs."""
     size = 6000 if i % 10 == 0 else 1 + (i * 37) % 700  # a few need overflow pages
     wire = (hashlib.sha256(b"wire%d" % i).digest() * (size // 32 + 1))[:size]
+    if i >= N_MSGS:
+        topic, sender, sender_seq = "beta", SENDERS[1], i - N_MSGS + 1
+    else:
+        topic, sender = TOPICS[i % 3], SENDERS[(i // 3) % 2]
+        sender_seq = 0 if i % 13 == 12 else (i * 7) % 23 + 1  # gaps, and reuse
     return Msg(
         msg_id=hashlib.sha256(b"id" + wire).digest(),
-        topic=TOPICS[i % 3],
-        sender=SENDERS[(i // 3) % 2],
-        sender_seq=(i * 7) % 23 + 1,  # gaps, and reuse by different messages
+        topic=topic,
+        sender=sender,
+        sender_seq=sender_seq,
         ts=10_000 + i,
         wire=wire,
     )
@@ -141,17 +151,40 @@ class StoreMachine(RuleBasedStateMachine):
 
     # -- the model's own rules ---------------------------------------------------
 
-    def _mark_seen(self, sender: bytes, topic: str, s: int) -> None:
-        seqs = self.seen.setdefault((sender, topic), set())
-        seqs.add(s)
-        ranges = ranges_of(seqs)
-        if len(ranges) > MAX_SEEN:  # the store gives up on the oldest gap
-            seqs.update(range(ranges[0][1] + 1, ranges[1][0]))
+    def _mark_seen(self, appended: list[Msg]) -> None:
+        """Seen ranges grow by each run of consecutive sequences of one
+        (sender, topic) in batch order; past the bound, the oldest gap goes."""
+        runs: list[tuple[bytes, str, int, int]] = []
+        for m in appended:
+            if m.sender_seq == 0:
+                continue
+            last = runs[-1] if runs else None
+            if last is not None and last[:2] == (m.sender, m.topic) and last[3] + 1 == m.sender_seq:
+                runs[-1] = (*last[:3], m.sender_seq)
+            else:
+                runs.append((m.sender, m.topic, m.sender_seq, m.sender_seq))
+        for sender, topic, lo, hi in runs:
+            seqs = self.seen.setdefault((sender, topic), set())
+            seqs.update(range(lo, hi + 1))
+            ranges = ranges_of(seqs)
+            if len(ranges) > MAX_SEEN:  # the store gives up on the oldest gap
+                seqs.update(range(ranges[0][1] + 1, ranges[1][0]))
 
     # -- rules ---------------------------------------------------------------------
 
-    @rule(batch=st.lists(st.integers(0, N_MSGS - 1), min_size=1, max_size=10))
+    @rule(batch=st.lists(st.integers(0, N_MSGS + N_RUN - 1), min_size=1, max_size=10))
     def append(self, batch: list[int]) -> None:
+        self._append(batch)
+
+    @rule(first=st.integers(0, N_RUN - 1), length=st.integers(1, 8), skip=st.integers(0, 8))
+    def append_run(self, first: int, length: int, skip: int) -> None:
+        """A page of one author's consecutive sequences (maybe with one left out)."""
+        batch = [N_MSGS + j for j in range(first, min(first + length, N_RUN)) if j != first + skip]
+        if batch:
+            self._append(batch)
+
+    def _append(self, batch: list[int]) -> None:
+        stored_now: list[Msg] = []
         items = [
             AppendItem(m.msg_id, m.topic, m.sender, m.sender_seq, m.ts, m.wire, self.now)
             for m in map(msg, batch)
@@ -173,9 +206,11 @@ class StoreMachine(RuleBasedStateMachine):
             t.log[t.next_seq] = (i, self.now)
             self.where[i] = (m.topic, t.next_seq)
             t.next_seq += 1
-            self._mark_seen(m.sender, m.topic, m.sender_seq)
-            key = (m.topic, m.sender)
-            self.latest[key] = max(self.latest.get(key, 0), m.sender_seq)
+            stored_now.append(m)
+            if m.sender_seq:
+                key = (m.topic, m.sender)
+                self.latest[key] = max(self.latest.get(key, 0), m.sender_seq)
+        self._mark_seen(stored_now)
 
     @rule(ms=st.sampled_from((0, 1, 100, 250, 400)))
     def tick(self, ms: int) -> None:
@@ -187,7 +222,7 @@ class StoreMachine(RuleBasedStateMachine):
         want = [stored(topic, seq, i, r) for seq, (i, r) in sorted(t.log.items()) if seq > after]
         assert self.store.read(topic, after, limit) == want[:limit]
 
-    @rule(i=st.integers(0, N_MSGS - 1))
+    @rule(i=st.integers(0, N_MSGS + N_RUN - 1))
     def get(self, i: int) -> None:
         m = msg(i)
         got = self.store.get(m.msg_id)
