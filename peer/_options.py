@@ -58,6 +58,9 @@ class PeerOptions:
     max_kept_topics: int = 4096  # topics a relay-only seed keeps receiving to store them
     dm_deadline: float = 7 * 24 * 3600.0  # seconds a DM waits for its receipt
     outbox_retry_initial: float = 2.0  # first retry of an unreceipted DM, then backoff
+    # a relay-only seed acknowledges nothing it relays and has no inbox: its live
+    # traffic waits up to this many seconds to share a commit (fewer fsyncs)
+    relay_commit_delay: float = 0.025
     # benchmarks only, unsafe: skip the relay's envelope signature checks, and
     # offer unencrypted links (used only if the other side offers them too)
     bench_no_verify: bool = False

@@ -88,6 +88,7 @@ class _Accept:
 @dataclass
 class StorageCounters:
     stored: int = 0
+    commits: int = 0  # store transactions that appended messages
     duplicates: int = 0
     dropped: int = 0  # accept queue full: left to catch-up
     store_errors: int = 0
@@ -346,16 +347,25 @@ class Storage(DeliveryHost, CatchUpHost):
         return request.new
 
     async def _accept_loop(self) -> None:
+        linger = self.options.relay_commit_delay if self.options.relay_only else 0.0
         while True:
             batch = [await self._accept_recv.receive()]
             size = len(batch[0].envelopes) + len(batch[0].own)
+            waited_for = batch[0].done is not None  # someone waits for this commit
+            until = trio.current_time() + linger
             while size < ACCEPT_BATCH:
                 try:
                     more = self._accept_recv.receive_nowait()
                 except trio.WouldBlock:
-                    break
+                    if waited_for or not linger:
+                        break
+                    with trio.move_on_at(until) as waited:
+                        more = await self._accept_recv.receive()
+                    if waited.cancelled_caught:
+                        break
                 batch.append(more)
                 size += len(more.envelopes) + len(more.own)
+                waited_for = waited_for or more.done is not None
             try:
                 await self._commit(batch)
             except Exception as exc:  # a bug here must not end the peer: log, count, go on
@@ -426,6 +436,7 @@ class Storage(DeliveryHost, CatchUpHost):
                 elif message is not None:
                     peer._add_inbox_message(message)  # the agent still sees it
             return
+        self.counters.commits += 1
         for _, recipient, _ in outbox:
             self._pending_to[recipient] = self._pending_to.get(recipient, 0) + 1
         now = peer.now()

@@ -229,3 +229,24 @@ async def test_a_seed_keeps_dms_for_an_offline_recipient(tmp_path: Path) -> None
         async with running(ib, _options(tmp_path, "b")) as b:  # a is offline now
             await linked(seed, b)
             await until(b, lambda: bodies(b) == ["one", "two"])
+
+
+async def test_a_relay_only_seed_shares_one_commit_among_live_messages(tmp_path: Path) -> None:
+    """What a seed relays waits up to ``relay_commit_delay`` for company: one
+    commit, nothing lost. (A member peer commits at once: its agent is waiting.)"""
+    ia, ib, iseed = Identity.generate(), Identity.generate(), Identity.generate()
+    seed_options = _options(tmp_path, "seed", relay_only=True, relay_commit_delay=3.0)
+    async with running(iseed, seed_options) as seed, running(
+        ia, _options(tmp_path, "a", channels=("general",))
+    ) as a, running(ib, _options(tmp_path, "b", channels=("general",))) as b:
+        await linked(seed, b)
+        await linked(a, seed)
+        await until(a, lambda: a.router.reachable("general"))
+        assert seed.storage is not None and b.storage is not None
+        for i in range(5):
+            env = await a.send_message("general", Content(body=f"m{i}"))
+            await until(b, lambda env=env: b.inbox.get(env.id) is not None)  # type: ignore[misc]
+        assert seed.storage.counters.stored == 0  # relayed at once, stored later, together
+        await until(seed, lambda: seed.storage.counters.stored == 5)  # type: ignore[union-attr]
+        assert seed.storage.counters.commits == 1
+        assert b.storage.counters.stored == 5 and b.storage.counters.commits >= 1
