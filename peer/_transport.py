@@ -86,7 +86,7 @@ class WebSocketTransport:
             raise TransportClosed(str(exc)) from None
 
     async def send_many(self, records: list[bytes]) -> None:
-        if len(records) == 1 or not self._batching:
+        if not self._batching:
             for record in records:
                 await self.send(record)
             return
