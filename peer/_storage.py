@@ -443,24 +443,29 @@ class Storage(DeliveryHost, CatchUpHost):
         for request in batch:  # publish what we signed in commit order, which is seq order
             for env, _, _ in request.own:
                 peer._perform(peer.router.publish(env, now))
-        for request, env, pushed, index, message in plan:
-            result: AppendResult = results[index]
-            if result.duplicate:
-                self.counters.duplicates += 1
-                if pushed and env.kind == "dm":
-                    self._want_receipt(env)  # the sender retries: our receipt was lost
-                continue
-            self.counters.stored += 1
-            request.new += 1
-            if message is not None:
-                message.cursor = results[index + 1].seq
-                peer._add_inbox_message(message)
-            if env.sender == peer.peer_id:
-                continue
-            if env.kind == "dm" and env.recipient == peer.peer_id:
-                self._want_receipt(env)
-            elif env.kind == "receipt" and env.recipient == peer.peer_id:
-                await self._on_receipt(env)
+        added = 0
+        try:
+            for request, env, pushed, index, message in plan:
+                result: AppendResult = results[index]
+                if result.duplicate:
+                    self.counters.duplicates += 1
+                    if pushed and env.kind == "dm":
+                        self._want_receipt(env)  # the sender retries: our receipt was lost
+                    continue
+                self.counters.stored += 1
+                request.new += 1
+                if message is not None:
+                    message.cursor = results[index + 1].seq
+                    added += peer.inbox.add(message) is not None
+                if env.sender == peer.peer_id:
+                    continue
+                if env.kind == "dm" and env.recipient == peer.peer_id:
+                    self._want_receipt(env)
+                elif env.kind == "receipt" and env.recipient == peer.peer_id:
+                    await self._on_receipt(env)
+        finally:
+            if added:
+                peer._notify_inbox()  # once per commit: a page is 512 messages
 
     def _inbox_entry(self, env: Envelope, now_ms: int) -> tuple[InboxMessage, bytes | None] | None:
         peer = self.peer

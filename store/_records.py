@@ -46,7 +46,7 @@ import itertools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import cbor2
 import lmdb
@@ -91,9 +91,12 @@ class EnvelopeLike(Protocol):
     def wire(self) -> bytes: ...
 
 
-@dataclass(frozen=True, slots=True)
-class AppendItem:
-    """One message to append to ``topic``'s log."""
+class AppendItem(NamedTuple):
+    """One message to append to ``topic``'s log.
+
+    A named tuple rather than a frozen dataclass: two are made per message
+    on catch-up's path, and a frozen dataclass costs several times more to
+    build."""
 
     msg_id: bytes
     topic: str
@@ -107,14 +110,14 @@ class AppendItem:
     def from_envelope(
         cls, env: EnvelopeLike, *, received_ms: int, topic: str | None = None
     ) -> AppendItem:
-        return cls(
-            msg_id=env.id,
-            topic=env.topic if topic is None else topic,
-            sender=env.sender,
-            sender_seq=env.seq,
-            ts=env.ts,
-            wire=env.wire,
-            received_ms=received_ms,
+        return cls(  # in field order: positional arguments build a named tuple faster
+            env.id,
+            env.topic if topic is None else topic,
+            env.sender,
+            env.seq,
+            env.ts,
+            env.wire,
+            received_ms,
         )
 
     def check(self, max_record: int = DEFAULT_MAX_RECORD) -> None:
@@ -149,8 +152,7 @@ class AppendItem:
             raise ValueError(f"record of {len(self.wire)} bytes over {max_record}")
 
 
-@dataclass(frozen=True, slots=True)
-class AppendResult:
+class AppendResult(NamedTuple):
     """Where a message is stored; ``duplicate`` if it was stored before."""
 
     msg_id: bytes
