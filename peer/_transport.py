@@ -17,6 +17,13 @@ extensions) it writes the frame headers itself instead of calling wsproto
 once per record. That reaches into trio-websocket's private attributes (the version is pinned
 in constraints.txt); if they are missing it falls back to one
 ``send_message`` per record.
+
+A relay holds many idle WebSocket links, so once the upgrade is done
+``WebSocketTransport`` lets the connection keep only wsproto's frame-level
+``Connection``: the HTTP/1.1 upgrade state (an h11 connection, the parsed
+request) is no longer needed and is dropped. ``Connection`` answers every
+call trio-websocket makes on it (``client``, ``state``, ``send``,
+``receive_data``, ``events``); if the attribute is missing, nothing is dropped.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Any, Protocol
 
 import trio
 import trio_websocket
-from wsproto.connection import ConnectionState
+from wsproto import WSConnection
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage
 from wsproto.utilities import LocalProtocolError
 
@@ -78,6 +86,7 @@ class WebSocketTransport:
             )
         )
         self._server = self._batching and not ws.is_client
+        _drop_upgrade_state(ws)
 
     async def send(self, record: bytes) -> None:
         try:
@@ -122,6 +131,19 @@ class WebSocketTransport:
     async def aclose(self) -> None:
         with trio.move_on_after(2), contextlib.suppress(*_WS_GONE):
             await self._ws.aclose()
+
+
+def _drop_upgrade_state(ws: trio_websocket.WebSocketConnection) -> None:
+    """Let an upgraded connection keep wsproto's ``Connection`` alone (see the module header).
+
+    The upgrade's ``WSConnection`` holds the h11 handshake until the link ends;
+    past the upgrade it only passes calls on to its ``connection``, which
+    queues the events of everything received since.
+    """
+    wrapper = getattr(ws, "_wsproto", None)
+    if isinstance(wrapper, WSConnection) and isinstance(wrapper.connection, Connection):
+        any_ws: Any = ws
+        any_ws._wsproto = wrapper.connection
 
 
 def _server_frame(record: bytes) -> bytes:
