@@ -618,6 +618,7 @@ class Peer(LinkHost, DhtHost):
             try:
                 try:
                     ws = await request.accept()
+                    request.headers.clear()  # kept by trio-websocket for the link's life, unused
                 except Exception as exc:
                     self.counters.link_errors += 1
                     self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))

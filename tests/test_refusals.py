@@ -17,6 +17,7 @@ nothing sleeps to wait.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import random
@@ -440,6 +441,15 @@ async def test_oversize_handshake_record() -> None:
         async with raw_client(pair.port) as client:
             await client.send(b"\xa0" * (MAX_HANDSHAKE_RECORD + 1))
             await expect_refused_handshake(pair, client, before, ErrorCode.TOO_LARGE)
+        await assert_still_serving(pair)
+
+
+async def test_a_served_link_keeps_no_upgrade_headers() -> None:
+    """trio-websocket keeps each upgrade request for the link's life; the peer empties it."""
+    async with serving() as pair:
+        requests = [o for o in gc.get_objects() if isinstance(o, trio_websocket.WebSocketRequest)]
+        assert requests, "the served link's request is gone: nothing to check"
+        assert [r.headers for r in requests] == [[] for _ in requests]
         await assert_still_serving(pair)
 
 
