@@ -24,6 +24,7 @@ their exact canonical bytes with it and hand anything else to :func:`decode`.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, NoReturn
 
 import cbor2
@@ -171,32 +172,74 @@ def _loads(data: bytes) -> Any:
     )
 
 
-def _plain(obj: Any) -> bool:
-    """No simple values but false, true and null (cbor2 decodes the others to
-    ``CBORSimpleValue`` or ``undefined`` and re-encodes them unchanged)."""
+_REFUSED: Any = object()
+_PLAIN_SORTED: Any = object()  # no floats, and every map's keys are text in canonical order
+_PLAIN_OTHER: Any = object()  # plain, but only a canonical re-encoding can tell the rest
+
+_KEY_ORDER: dict[tuple[Any, ...], bool] = {}  # a map's keys, in order -> canonical?
+_KEY_ORDER_MAX = 1024
+
+
+def _shape(obj: Any) -> Any:
+    """What a decoded value needs to be checked as canonical.
+
+    ``_REFUSED`` if it holds a simple value other than false, true and null
+    (cbor2 decodes the others to ``CBORSimpleValue`` or ``undefined`` and
+    re-encodes them unchanged). ``_PLAIN_SORTED`` if cbor2's plain encoding
+    gives the canonical bytes (it writes shortest integers and lengths in any
+    mode): no float needs shortening and no map needs sorting.
+    """
+    shape = _PLAIN_SORTED
     stack = [obj]
     while stack:
         item = stack.pop()
         kind = type(item)
         if kind is dict:
+            if shape is _PLAIN_SORTED and not _text_keys_in_order(tuple(item)):
+                shape = _PLAIN_OTHER
             stack.extend(item.values())
         elif kind is list:
             stack.extend(item)
+        elif kind is float:
+            shape = _PLAIN_OTHER
         elif kind not in _PLAIN:
-            return False
-    return True
+            return _REFUSED
+    return shape
+
+
+def _text_keys_in_order(keys: tuple[Any, ...]) -> bool:
+    """Text keys only, in canonical order. For text keys alone, bytewise order of
+    the encoded keys (RFC 8949) and shorter-first order (RFC 7049) agree: the
+    header grows with the length, and UTF-8 sorts as code points do. Answers are
+    remembered per key tuple: maps of one kind share their keys."""
+    ok = _KEY_ORDER.get(keys)
+    if ok is None:
+        if all(type(k) is str for k in keys):
+            encoded = [k.encode("utf-8") for k in keys]
+            ok = all((len(a), a) < (len(b), b) for a, b in itertools.pairwise(encoded))
+        else:
+            ok = False
+        if len(_KEY_ORDER) >= _KEY_ORDER_MAX:
+            _KEY_ORDER.clear()
+        _KEY_ORDER[keys] = ok
+    return ok
 
 
 def _decode_short(data: bytes) -> Any:
     """The fast way for input no longer than its item bound (every item takes at
     least a byte, so the count cannot be over): cbor2 refuses tags, indefinite
     lengths, duplicate keys, depth and truncation, the re-encoding trailing
-    bytes and non-canonical forms, and the walk other simple values. None if
-    anything is off; :func:`decode` then takes the full way for the exact error.
+    bytes and non-canonical forms, and :func:`_shape` other simple values.
+    ``_NOT_SHORT`` if anything is off: :func:`decode` then takes the full way
+    for the exact error.
     """
     try:
         obj = _loads(data)
-        if encode(obj) == data and _plain(obj):
+        shape = _shape(obj)
+        if shape is _PLAIN_SORTED:
+            if cbor2.dumps(obj) == data:  # about 2.5 times faster than sorting maps again
+                return obj
+        elif shape is _PLAIN_OTHER and encode(obj) == data:
             return obj
     except Exception:  # the full way says what is wrong
         pass

@@ -367,3 +367,43 @@ def test_the_short_way_accepts_exactly_what_the_scanned_way_does(
     else:
         assert short is not _cbor._NOT_SHORT
         assert encode(short) == encode(reference) == blob
+
+
+def _reordered(value: object, data: st.DataObject) -> object:
+    """``value`` with the keys of each map in an order drawn by Hypothesis."""
+    if isinstance(value, list):
+        return [_reordered(v, data) for v in value]
+    if isinstance(value, dict):
+        order = data.draw(st.permutations(list(value)))
+        return {k: _reordered(value[k], data) for k in order}
+    return value
+
+
+@settings(max_examples=fuzz_scale(400), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cbor_values(3), st.data())
+def test_the_short_way_refuses_maps_out_of_order_as_the_scanned_way_does(
+    value: object, data: st.DataObject
+) -> None:
+    """The short way checks text-keyed maps without sorting them again; any key
+    order but the canonical one must still be refused, exactly as the reference
+    way refuses it."""
+    blob = cbor2.dumps(_reordered(value, data))  # plain encoding: keys as drawn
+    short = _cbor._decode_short(blob)
+    try:
+        reference = _cbor._decode_scanned(blob, len(blob) + 1)
+    except ProtocolError as exc:
+        assert short is _cbor._NOT_SHORT
+        assert exc.code is ErrorCode.NON_CANONICAL
+    else:
+        assert short is not _cbor._NOT_SHORT
+        assert encode(short) == encode(reference) == blob
+
+
+@settings(max_examples=fuzz_scale(300), deadline=None)
+@given(st.lists(st.text(max_size=30), min_size=2, max_size=6, unique=True), st.data())
+def test_text_key_order_agrees_with_cbor2_canonical_order(
+    names: list[str], data: st.DataObject
+) -> None:
+    canonical = tuple(_cbor._loads(encode(dict.fromkeys(names, 0))))  # decoding keeps order
+    order = tuple(data.draw(st.permutations(names)))
+    assert _cbor._text_keys_in_order(order) is (order == canonical)
