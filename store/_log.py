@@ -133,7 +133,7 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
     ) -> list[AppendResult]:
         heads: dict[bytes, _Head] = {}
         results: list[AppendResult] = []
-        runs = _Runs()
+        sequenced: list[tuple[bytes, bytes, int]] = []  # (sender, topic key, sender_seq)
         for item in items:
             existing = txn.get(item.msg_id, db=self._ids)
             if existing is not None:
@@ -151,17 +151,16 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
             txn.put(item.msg_id, key, db=self._ids)
             if item.sender_seq:  # 0: not sequenced (our inbox copies), no sender indexes
                 txn.put(item.sender + _u64(item.sender_seq) + item.msg_id, key, db=self._senders)
-                runs.add(item.sender, tkey, item.sender_seq)
+                sequenced.append((item.sender, tkey, item.sender_seq))
             if head.count == 0:
                 head.first_seq = seq
             head.next_seq = seq + 1
             head.count += 1
             head.total_bytes += len(item.wire)
             results.append(AppendResult(item.msg_id, item.topic, seq, duplicate=False))
-        for sender, tkey, lo, hi in runs.done():
+        for sender, tkey, lo, hi in _runs(sequenced):  # a page from one author: one run
             self._mark_seen(txn, sender, tkey, lo, hi)
-        for (sender, tkey), top in runs.highest.items():
-            self._raise_latest(txn, tkey, sender, top)
+            self._raise_latest(txn, tkey, sender, hi)
         for tkey, head in heads.items():
             txn.put(tkey, head.encode(), db=self._heads)
         return results
@@ -628,34 +627,13 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
         return problems
 
 
-class _Runs:
-    """The sender sequences an append batch stores, as runs of consecutive
-    sequences of one (sender, topic) in batch order, and the highest of each
-    pair: a page from one author updates its seen range and head once."""
-
-    __slots__ = ("_done", "_hi", "_key", "_lo", "highest")
-
-    def __init__(self) -> None:
-        self._key: tuple[bytes, bytes] | None = None
-        self._lo = self._hi = 0
-        self._done: list[tuple[bytes, bytes, int, int]] = []
-        self.highest: dict[tuple[bytes, bytes], int] = {}
-
-    def add(self, sender: bytes, tkey: bytes, s: int) -> None:
-        key = (sender, tkey)
-        if key == self._key and s == self._hi + 1:
-            self._hi = s
+def _runs(sequenced: list[tuple[bytes, bytes, int]]) -> list[tuple[bytes, bytes, int, int]]:
+    """``(sender, topic key, sender_seq)`` in batch order, as runs of consecutive
+    sequences of one (sender, topic): ``(sender, topic key, first, last)``."""
+    out: list[tuple[bytes, bytes, int, int]] = []
+    for sender, tkey, s in sequenced:
+        if out and out[-1][3] + 1 == s and out[-1][:2] == (sender, tkey):
+            out[-1] = (sender, tkey, out[-1][2], s)
         else:
-            self._flush()
-            self._key, self._lo, self._hi = key, s, s
-        if s > self.highest.get(key, 0):
-            self.highest[key] = s
-
-    def done(self) -> list[tuple[bytes, bytes, int, int]]:
-        self._flush()
-        return self._done
-
-    def _flush(self) -> None:
-        if self._key is not None:
-            self._done.append((*self._key, self._lo, self._hi))
-            self._key = None
+            out.append((sender, tkey, s, s))
+    return out
