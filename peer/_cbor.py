@@ -177,7 +177,8 @@ _PLAIN_SORTED: Any = object()  # no floats, and every map's keys are text in can
 _PLAIN_OTHER: Any = object()  # plain, but only a canonical re-encoding can tell the rest
 
 _KEY_ORDER: dict[tuple[Any, ...], bool] = {}  # a map's keys, in order -> canonical?
-_KEY_ORDER_MAX = 1024
+_KEY_ORDER_MAX = 1024  # key tuples remembered, each ...
+_KEY_ORDER_BYTES = 256  # ... of at most this many key bytes: a few MiB at worst
 
 
 def _shape(obj: Any) -> Any:
@@ -210,15 +211,16 @@ def _shape(obj: Any) -> Any:
 def _text_keys_in_order(keys: tuple[Any, ...]) -> bool:
     """Text keys only, in canonical order. For text keys alone, bytewise order of
     the encoded keys (RFC 8949) and shorter-first order (RFC 7049) agree: the
-    header grows with the length, and UTF-8 sorts as code points do. Answers are
-    remembered per key tuple: maps of one kind share their keys."""
+    header grows with the length, and UTF-8 sorts as code points do. Answers
+    for small key sets are remembered: maps of one kind share their keys."""
     ok = _KEY_ORDER.get(keys)
-    if ok is None:
-        if all(type(k) is str for k in keys):
-            encoded = [k.encode("utf-8") for k in keys]
-            ok = all((len(a), a) < (len(b), b) for a, b in itertools.pairwise(encoded))
-        else:
-            ok = False
+    if ok is not None:
+        return ok
+    if not all(type(k) is str for k in keys):
+        return False
+    encoded = [k.encode("utf-8") for k in keys]
+    ok = all((len(a), a) < (len(b), b) for a, b in itertools.pairwise(encoded))
+    if sum(map(len, encoded)) <= _KEY_ORDER_BYTES:  # maps of the protocol's own kinds
         if len(_KEY_ORDER) >= _KEY_ORDER_MAX:
             _KEY_ORDER.clear()
         _KEY_ORDER[keys] = ok

@@ -407,3 +407,15 @@ def test_text_key_order_agrees_with_cbor2_canonical_order(
     canonical = tuple(_cbor._loads(encode(dict.fromkeys(names, 0))))  # decoding keeps order
     order = tuple(data.draw(st.permutations(names)))
     assert _cbor._text_keys_in_order(order) is (order == canonical)
+
+
+def test_key_order_memo_is_bounded() -> None:
+    """Network input chooses map keys: only small key sets are remembered, and
+    only so many of them."""
+    big = {("k" * 200) + str(i): i for i in range(3)}
+    assert decode(encode(big)) == big
+    assert tuple(big) not in _cbor._KEY_ORDER
+    for i in range(_cbor._KEY_ORDER_MAX + 10):
+        decode(encode({f"a{i}": 0, f"b{i}": 1}))
+    assert 0 < len(_cbor._KEY_ORDER) <= _cbor._KEY_ORDER_MAX
+    assert ("a0", "b0") not in _cbor._KEY_ORDER  # forgotten when the memo filled up
