@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from peer._limits import MAX_PAGE_MESSAGES  # envelopes per catch-up page: the append batch
+from peer.wire._limits import MAX_PAGE_MESSAGES  # envelopes per catch-up page: the append batch
 
 from ._catchup import FILL_WINDOW, disk_bytes, fill, run_catchup, store_dir
 from ._drive import Load, run_footprint, run_load

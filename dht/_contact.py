@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from peer._errors import ErrorCode, ProtocolError
-from peer._identity import peer_id_of
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._identity import peer_id_of
 
 from ._config import ID_LEN, MAX_ADDR_BYTES, MAX_ADDRS, MAX_CAP_BYTES, MAX_CAPS
 

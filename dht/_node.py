@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from peer._identity import Identity
+from peer.wire._identity import Identity
 
 from ._config import DhtConfig
 from ._contact import Contact

@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from peer._cbor import decode as cbor_decode
-from peer._cbor import encode
-from peer._errors import ErrorCode, ProtocolError
-from peer._frames import need_bytes, need_list, need_uint
-from peer._identity import Identity, peer_id_of, verify_signature
+from peer.wire._cbor import decode as cbor_decode
+from peer.wire._cbor import encode
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import need_bytes, need_list, need_uint
+from peer.wire._identity import Identity, peer_id_of, verify_signature
 
 from ._config import (
     ID_LEN,

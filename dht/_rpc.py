@@ -14,7 +14,7 @@ Rules this module keeps:
 
 * :func:`decode_message` returns one of the message classes below or raises
   :class:`peer.ProtocolError`; nothing else escapes it. It checks the size
-  (``MAX_MESSAGE``), CBOR strictness (via ``peer._cbor``), the exact set of
+  (``MAX_MESSAGE``), CBOR strictness (via ``peer.wire._cbor``), the exact set of
   fields for the message's kind and operation, every field's type and size,
   and the number of results per reply (contacts <= k, providers <= 20).
 * It does not check that a contact's id matches its key or that a record
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from peer._cbor import decode, encode
-from peer._errors import ErrorCode, ProtocolError
-from peer._frames import need_bytes, need_list, need_text, need_uint
+from peer.wire._cbor import decode, encode
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import need_bytes, need_list, need_text, need_uint
 
 from ._config import (
     ID_LEN,

@@ -5,7 +5,8 @@ Public names are re-exported here; modules starting with ``_`` are private.
 
 from typing import TYPE_CHECKING, Any
 
-from ._envelope import (
+from .protocols._gossip import Close, Deliver, GossipRouter, Send
+from .wire._envelope import (
     Content,
     Envelope,
     dm_topic,
@@ -16,15 +17,14 @@ from ._envelope import (
     seal_dm,
     seal_message,
 )
-from ._errors import ErrorCode, ProtocolError
-from ._frames import Frame, RecordBuffer, decode_frame, encode_frame, frame_record
-from ._gossip import Close, Deliver, GossipRouter, Send
-from ._handshake import Handshake, HandshakeResult, LinkCipher
-from ._identity import Identity, parse_peer_id, peer_id_of
-from ._limits import GossipParams
+from .wire._errors import ErrorCode, ProtocolError
+from .wire._frames import Frame, RecordBuffer, decode_frame, encode_frame, frame_record
+from .wire._handshake import Handshake, HandshakeResult, LinkCipher
+from .wire._identity import Identity, parse_peer_id, peer_id_of
+from .wire._limits import GossipParams
 
 if TYPE_CHECKING:
-    from ._node import Peer, PeerOptions, UnknownPeer, memory_link_pair
+    from .node._node import Peer, PeerOptions, UnknownPeer, memory_link_pair
 
 _LAZY = frozenset({"Peer", "PeerOptions", "UnknownPeer", "memory_link_pair"})
 
@@ -33,7 +33,7 @@ def __getattr__(name: str) -> Any:
     # The Trio shell imports the dht package, which imports this package's
     # sans-IO modules: loading the shell lazily lets either package come first.
     if name in _LAZY:
-        from . import _node
+        from peer.node import _node
 
         return getattr(_node, name)
     raise AttributeError(f"module 'peer' has no attribute {name!r}")

@@ -1,6 +1,6 @@
-"""Entry point: ``python -m peer`` (see ``peer._cli`` for the flags)."""
+"""Entry point: ``python -m peer`` (see ``peer.cli._cli`` for the flags)."""
 
-from ._cli import main
+from .cli._cli import main
 
 if __name__ == "__main__":
     main()

@@ -33,7 +33,7 @@ from dht import (
     encode_request,
     encode_response,
 )
-from peer._identity import Identity
+from peer.wire._identity import Identity
 
 T0 = 1_700_000_000.0  # virtual wall clock at the start (record expiries are Unix times)
 

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
-from peer._api import LocalApi
+from peer.api._api import LocalApi
 
 TOKEN = "test-token-0123456789"
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from peer._cli import build_parser
-from peer._envelope import Content, open_envelope, seal_message, split_wire
-from peer._errors import ErrorCode, ProtocolError
-from peer._handshake import PLAINTEXT_CAP, Handshake, LinkCipher, PlaintextCipher
-from peer._identity import Identity
-from peer._node import PeerOptions
+from peer.cli._cli import build_parser
+from peer.node._node import PeerOptions
+from peer.wire._envelope import Content, open_envelope, seal_message, split_wire
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._handshake import PLAINTEXT_CAP, Handshake, LinkCipher, PlaintextCipher
+from peer.wire._identity import Identity
 from tests.test_handshake import results, shuttle
 
 ALICE = Identity.from_seed(b"\x01" * 32)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from peer import Identity
-from peer._bootstrap import (
+from peer.node._bootstrap import (
     BootstrapError,
     BootstrapPeer,
     bootstrap_entry,
@@ -18,7 +18,7 @@ from peer._bootstrap import (
     parse_peer_address,
     parse_peer_list,
 )
-from peer._keystore import KEY_FILE, TOKEN_FILE, load_or_create_identity, load_or_create_token
+from peer.node._keystore import KEY_FILE, TOKEN_FILE, load_or_create_identity, load_or_create_token
 
 PID = "ab" * 32
 

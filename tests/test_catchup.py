@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer._catchup import (
+from peer.protocols._catchup import (
     BUSY,
     ERRORS,
     FORBIDDEN,
@@ -33,8 +33,8 @@ from peer._catchup import (
     missing_ranges,
     refusal,
 )
-from peer._cbor import encode
-from peer._envelope import (
+from peer.wire._cbor import encode
+from peer.wire._envelope import (
     Content,
     Envelope,
     inbox_topic,
@@ -45,10 +45,10 @@ from peer._envelope import (
     seal_receipt,
     split_wire,
 )
-from peer._errors import ErrorCode, ProtocolError
-from peer._frames import decode_frame, encode_frame
-from peer._identity import Identity
-from peer._limits import MAX_ENVELOPE, MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import decode_frame, encode_frame
+from peer.wire._identity import Identity
+from peer.wire._limits import MAX_ENVELOPE, MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
 
 ALICE = Identity.from_seed(b"\x21" * 32)
 BOB = Identity.from_seed(b"\x22" * 32)

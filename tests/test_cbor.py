@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from peer import _cbor
-from peer._cbor import DEFAULT_MAX_ITEMS, MAX_DEPTH, count_items, decode, encode
-from peer._errors import ErrorCode, ProtocolError
+from peer.wire import _cbor
+from peer.wire._cbor import DEFAULT_MAX_ITEMS, MAX_DEPTH, count_items, decode, encode
+from peer.wire._errors import ErrorCode, ProtocolError
 from tests._fuzz import fuzz_scale
 
 

@@ -17,7 +17,7 @@ from dht import (
     sign_provider_record,
     topic_key,
 )
-from peer._identity import Identity
+from peer.wire._identity import Identity
 
 K = 20
 ALPHA = 3

@@ -34,7 +34,7 @@ from dht import (
     topic_key,
     verify_peer_record,
 )
-from peer._identity import Identity
+from peer.wire._identity import Identity
 
 from ._dht_harness import T0, SimNet
 

@@ -39,9 +39,9 @@ from dht import (
     verify_peer_record,
     verify_provider_record,
 )
-from peer._cbor import decode, encode
-from peer._errors import ErrorCode, ProtocolError
-from peer._identity import Identity, peer_id_of, verify_signature
+from peer.wire._cbor import decode, encode
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._identity import Identity, peer_id_of, verify_signature
 
 NOW = 1_700_000_000.0
 EXP = int(NOW) + 3600

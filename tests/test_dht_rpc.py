@@ -35,8 +35,8 @@ from dht import (
     decode_response,
     encode_message,
 )
-from peer._cbor import decode, encode
-from peer._errors import ErrorCode, ProtocolError
+from peer.wire._cbor import decode, encode
+from peer.wire._errors import ErrorCode, ProtocolError
 from tests._fuzz import fuzz_scale
 
 

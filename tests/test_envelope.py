@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer._cbor import encode
-from peer._envelope import (
+from peer.wire._cbor import encode
+from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Content,
     Envelope,
@@ -27,9 +27,9 @@ from peer._envelope import (
     seal_presence,
     split_wire,
 )
-from peer._errors import ErrorCode, ProtocolError
-from peer._identity import Identity
-from peer._limits import MAX_BODY_BYTES, MAX_ENVELOPE, MAX_PAYLOAD
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._identity import Identity
+from peer.wire._limits import MAX_BODY_BYTES, MAX_ENVELOPE, MAX_PAYLOAD
 from tests._fuzz import fuzz_scale
 
 ENVELOPE_TAG = b"clawmesh/envelope/v1"

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer._cbor import bstr_at, encode
-from peer._envelope import split_wire, split_wire_general
-from peer._errors import ProtocolError
-from peer._frames import decode_frame, decode_frame_general, encode_frame
-from peer._limits import MAX_ENVELOPE
+from peer.wire._cbor import bstr_at, encode
+from peer.wire._envelope import split_wire, split_wire_general
+from peer.wire._errors import ProtocolError
+from peer.wire._frames import decode_frame, decode_frame_general, encode_frame
+from peer.wire._limits import MAX_ENVELOPE
 from tests._fuzz import fuzz_scale
 
 # byte-string lengths around every header-width boundary, and the size limit

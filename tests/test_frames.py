@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer._cbor import encode
-from peer._errors import ErrorCode, ProtocolError
-from peer._frames import (
+from peer.wire._cbor import encode
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import (
     FRAME_TYPES,
     Frame,
     RecordBuffer,
@@ -20,7 +20,7 @@ from peer._frames import (
     frame_record,
     is_topic,
 )
-from peer._limits import (
+from peer.wire._limits import (
     MAX_ADDR_BYTES,
     MAX_CAPS,
     MAX_DHT_MESSAGE,

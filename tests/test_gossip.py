@@ -20,13 +20,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer._cbor import encode
-from peer._envelope import Content, Envelope, inbox_topic, seal_dm, seal_message
-from peer._errors import ErrorCode
-from peer._frames import Frame, decode_frame, encode_frame
-from peer._gossip import Action, Close, Deliver, GossipRouter, Send
-from peer._identity import Identity
-from peer._limits import MAX_TOPICS_PER_FRAME, MAX_TOPICS_PER_PEER, GossipParams
+from peer.protocols._gossip import Action, Close, Deliver, GossipRouter, Send
+from peer.wire._cbor import encode
+from peer.wire._envelope import Content, Envelope, inbox_topic, seal_dm, seal_message
+from peer.wire._errors import ErrorCode
+from peer.wire._frames import Frame, decode_frame, encode_frame
+from peer.wire._identity import Identity
+from peer.wire._limits import MAX_TOPICS_PER_FRAME, MAX_TOPICS_PER_PEER, GossipParams
 from tests._fuzz import fuzz_scale
 
 WALL0 = 1_700_000_000_000  # wall clock at the start of every test, ms

@@ -17,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer._cbor import decode
-from peer._errors import ErrorCode, ProtocolError
-from peer._frames import decode_frame, encode_frame
-from peer._handshake import Handshake, HandshakeResult, LinkCipher, SelfConnection
-from peer._identity import Identity
+from peer.wire._cbor import decode
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import decode_frame, encode_frame
+from peer.wire._handshake import Handshake, HandshakeResult, LinkCipher, SelfConnection
+from peer.wire._identity import Identity
 from tests._fuzz import fuzz_scale
 
 TRANSCRIPT_TAG = b"clawmesh/handshake/v1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from peer._inbox import Directory, Inbox, InboxMessage
+from peer.node._inbox import Directory, Inbox, InboxMessage
 
 
 def msg(i: int, *, topic: str = "general", read: bool = False) -> InboxMessage:

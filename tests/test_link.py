@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from peer import ErrorCode, Handshake, Identity, decode_frame, memory_link_pair
-from peer._link import SEND_QUEUE, Link, SendQueue
+from peer.node._link import SEND_QUEUE, Link, SendQueue
 
 
 async def test_frames_come_out_in_order_and_the_queue_is_bounded() -> None:

@@ -54,8 +54,8 @@ from peer import (
     open_dm,
     open_envelope,
 )
-from peer._gossip import Action
-from peer._transport import StreamTransport
+from peer.node._transport import StreamTransport
+from peer.protocols._gossip import Action
 
 N_PEERS = 50
 N_RELAY_ONLY = 8

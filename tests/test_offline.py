@@ -14,8 +14,8 @@ from pathlib import Path
 import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
-from peer._envelope import Content
-from peer._errors import ErrorCode
+from peer.wire._envelope import Content
+from peer.wire._errors import ErrorCode
 
 
 def _options(tmp: Path, name: str, **extra: object) -> PeerOptions:
@@ -122,7 +122,7 @@ async def test_a_restarted_peer_catches_up_channels_and_dms(tmp_path: Path) -> N
 async def test_two_carriers_missing_different_parts_give_the_union(tmp_path: Path) -> None:
     """Carrier 1 lacks the middle of a sender's run, carrier 2 has only that middle."""
     publisher = Identity.generate()
-    from peer._envelope import seal_message
+    from peer.wire._envelope import seal_message
 
     async with running(Identity.generate(), _options(tmp_path, "c1", channels=("lobby",))) as c1:
         start = c1.wall_ms()
@@ -152,7 +152,7 @@ async def test_two_carriers_missing_different_parts_give_the_union(tmp_path: Pat
 
 async def test_what_no_carrier_has_is_reported_missed(tmp_path: Path) -> None:
     publisher = Identity.generate()
-    from peer._envelope import seal_message
+    from peer.wire._envelope import seal_message
 
     async with running(Identity.generate(), _options(tmp_path, "c", channels=("lobby",))) as c:
         now = c.wall_ms()

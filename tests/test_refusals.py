@@ -48,8 +48,8 @@ from peer import (
     encode_frame,
     seal_message,
 )
-from peer._gossip import Action
-from peer._limits import (
+from peer.protocols._gossip import Action
+from peer.wire._limits import (
     MAX_ENVELOPE,
     MAX_FRAME_ITEMS,
     MAX_HANDSHAKE_RECORD,

@@ -11,8 +11,8 @@ import trio
 import trio_websocket
 from wsproto.connection import Connection
 
-from peer._transport import TransportClosed, WebSocketTransport
-from peer._websocket import serve_ws
+from peer.node._transport import TransportClosed, WebSocketTransport
+from peer.node._websocket import serve_ws
 
 DEADLINE = 10
 

@@ -43,8 +43,6 @@ from peer import (
     LinkCipher,
     ProtocolError,
     RecordBuffer,
-    _cbor,
-    _limits,
     decode_frame,
     dm_topic,
     encode_frame,
@@ -56,10 +54,11 @@ from peer import (
     seal_dm,
     seal_message,
 )
-from peer._catchup import Page, PageRequest, authenticate, build_page, check_page
-from peer._envelope import MAX_RECEIPT_IDS, seal_presence, seal_receipt
-from peer._gossip import Close
-from peer._identity import x25519_public_of
+from peer.protocols._catchup import Page, PageRequest, authenticate, build_page, check_page
+from peer.protocols._gossip import Close
+from peer.wire import _cbor, _limits
+from peer.wire._envelope import MAX_RECEIPT_IDS, seal_presence, seal_receipt
+from peer.wire._identity import x25519_public_of
 
 SPEC = Path(__file__).resolve().parent.parent / "protocol-spec"
 VECTORS = SPEC / "vectors"

@@ -45,7 +45,6 @@ from peer import (  # noqa: E402
     Identity,
     ProtocolError,
     RecordBuffer,
-    _cbor,
     decode_frame,
     dm_topic,
     encode_frame,
@@ -56,8 +55,10 @@ from peer import (  # noqa: E402
     seal_dm,
     seal_message,
 )
-from peer._catchup import Page, PageRequest, build_page, check_page  # noqa: E402
-from peer._envelope import (  # noqa: E402
+from peer.protocols._catchup import Page, PageRequest, build_page, check_page  # noqa: E402
+from peer.protocols._gossip import Close  # noqa: E402
+from peer.wire import _cbor  # noqa: E402
+from peer.wire._envelope import (  # noqa: E402
     ENVELOPE_TAG,
     MAX_RECEIPT_IDS,
     MSG_ID_TAG,
@@ -65,10 +66,9 @@ from peer._envelope import (  # noqa: E402
     seal_presence,
     seal_receipt,
 )
-from peer._gossip import Close  # noqa: E402
-from peer._handshake import AGENT, AUTH_TAG, TRANSCRIPT_TAG, LinkCipher  # noqa: E402
-from peer._identity import PEER_ID_TAG, x25519_public_of  # noqa: E402
-from peer._limits import (  # noqa: E402
+from peer.wire._handshake import AGENT, AUTH_TAG, TRANSCRIPT_TAG, LinkCipher  # noqa: E402
+from peer.wire._identity import PEER_ID_TAG, x25519_public_of  # noqa: E402
+from peer.wire._limits import (  # noqa: E402
     MAX_BODY_BYTES,
     MAX_HANDSHAKE_RECORD,
     MAX_IDS_PER_FRAME,

@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ._envelope import (
+from peer.wire._envelope import (
     Envelope,
     check_signature,
     inbox_topic,
@@ -39,9 +39,9 @@ from ._envelope import (
     open_envelope,
     split_wire,
 )
-from ._errors import ErrorCode, ProtocolError
-from ._frames import Map
-from ._limits import MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import Map
+from peer.wire._limits import MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
 
 NOT_CARRIED = "not-carried"
 FORBIDDEN = "forbidden"

@@ -11,7 +11,7 @@ Rules kept here:
 * Callers bound every wait here in time; nothing here raises for a peer that
   cannot be reached.
 
-``DhtHost`` is a mixin of ``peer._node.Peer``; what it needs from the peer is
+``DhtHost`` is a mixin of ``peer.node._node.Peer``; what it needs from the peer is
 declared under ``TYPE_CHECKING``.
 """
 
@@ -24,13 +24,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dht import Contact, DhtNode, DhtService, Mode, Relay
+from peer.wire._frames import encode_frame
 
 from ._bootstrap import BootstrapError, parse_peer_address
-from ._frames import encode_frame
 from ._inbox import PeerInfo
 
 if TYPE_CHECKING:
-    from ._identity import Identity
+    from peer.wire._identity import Identity
+
     from ._inbox import Directory
     from ._link import Link
     from ._options import PeerOptions

@@ -11,8 +11,8 @@ performs, with a ``store.StoreService``, what the protocol modules decide:
 * Own messages are stored before they are published, so the API answers
   ``/send`` after a durable commit, sequence numbers per (sender, topic)
   survive restarts, and the sender carries its own messages.
-* DM delivery (outbox, receipts, pushes) is ``peer._delivery``'s part,
-  catch-up (carrying and walking) ``peer._catchuphost``'s.
+* DM delivery (outbox, receipts, pushes) is ``peer.node._delivery``'s part,
+  catch-up (carrying and walking) ``peer.node._catchuphost``'s.
 * Until the first catch-up walk of a kept topic ends, its live messages wait
   in memory, so a sender's older messages come before its newer ones.
 
@@ -32,6 +32,16 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import trio
 
+from peer.wire import _cbor
+from peer.wire._envelope import (
+    PRESENCE_TOPIC,
+    Envelope,
+    message_id,
+    open_dm,
+    payload_value,
+    split_wire,
+)
+from peer.wire._errors import ProtocolError
 from store import (
     MAX_PAGE,
     AppendItem,
@@ -43,18 +53,8 @@ from store import (
     StoreService,
 )
 
-from . import _cbor
 from ._catchuphost import ALIVE_KEY, STORE_CAP, CatchUpHost
 from ._delivery import DeliveryHost
-from ._envelope import (
-    PRESENCE_TOPIC,
-    Envelope,
-    message_id,
-    open_dm,
-    payload_value,
-    split_wire,
-)
-from ._errors import ProtocolError
 from ._inbox import InboxMessage, PeerInfo
 
 if TYPE_CHECKING:

@@ -29,16 +29,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from peer.node._bootstrap import bootstrap_entry
+from peer.node._node import Peer, UnknownPeer
+from peer.wire import _cbor
+from peer.wire._envelope import Content, dm_topic
+from peer.wire._errors import ProtocolError
+from peer.wire._frames import is_topic
+from peer.wire._identity import parse_peer_id
+from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
-
-from . import _cbor
-from ._bootstrap import bootstrap_entry
-from ._envelope import Content, dm_topic
-from ._errors import ProtocolError
-from ._frames import is_topic
-from ._identity import parse_peer_id
-from ._limits import MAX_BODY_BYTES, MAX_PAYLOAD
-from ._node import Peer, UnknownPeer
 
 API_VERSION = 1
 MAX_REQUEST = 1024 * 1024

@@ -32,10 +32,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._envelope import Envelope, message_id, open_envelope, split_wire
-from ._errors import ErrorCode, ProtocolError
-from ._frames import Frame, encode_frame
-from ._limits import (
+from peer.wire._envelope import Envelope, message_id, open_envelope, split_wire
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import Frame, encode_frame
+from peer.wire._limits import (
     MAX_IDS_PER_FRAME,
     MAX_INTEREST_HOPS,
     MAX_TOPICS_PER_FRAME,

@@ -13,10 +13,10 @@ and logs. Rules kept here:
   peer, a new presence link), debounced by ``PRESENCE_DEBOUNCE``.
 * Inbound connections are limited per remote address (loopback exempt).
 
-Serving a link lives in ``peer._linkhost``, the DHT host methods in
-``peer._dhthost``, WebSocket plumbing in ``peer._websocket``; ``Peer``
+Serving a link lives in ``peer.node._linkhost``, the DHT host methods in
+``peer.node._dhthost``, WebSocket plumbing in ``peer.node._websocket``; ``Peer``
 inherits the first two as mixins. With a ``store_path`` the peer's log,
-persistent inbox, outbox and catch-up live in ``peer._storage``; without one
+persistent inbox, outbox and catch-up live in ``peer.node._storage``; without one
 (simulations, benchmarks) nothing persists and the inbox is memory only.
 """
 
@@ -34,11 +34,9 @@ import trio
 import trio_websocket
 
 from dht import DhtService
-from store import open_store_service
-
-from . import _cbor
-from ._dhthost import DhtHost
-from ._envelope import (
+from peer.protocols._gossip import Close, Deliver, GossipRouter, Send, Upcall
+from peer.wire import _cbor
+from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Content,
     Envelope,
@@ -50,10 +48,12 @@ from ._envelope import (
     seal_message,
     seal_presence,
 )
-from ._errors import ErrorCode, ProtocolError
-from ._frames import encode_frame, is_topic
-from ._gossip import Close, Deliver, GossipRouter, Send, Upcall
-from ._identity import Identity
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import encode_frame, is_topic
+from peer.wire._identity import Identity
+from store import open_store_service
+
+from ._dhthost import DhtHost
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
 from ._link import Link
 from ._linkhost import LinkHost

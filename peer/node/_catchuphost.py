@@ -1,7 +1,7 @@
 """Catch-up in the peer's Trio shell: answering ``cureq`` and walking carriers' logs.
 
-``CatchUpHost`` is a part of ``peer._storage.Storage``; the protocol decisions
-(pages, their checks, gaps) are ``peer._catchup``'s. Rules kept here:
+``CatchUpHost`` is a part of ``peer.node._storage.Storage``; the protocol decisions
+(pages, their checks, gaps) are ``peer.protocols._catchup``'s. Rules kept here:
 
 * Carrying: ``cureq`` frames are answered from the log in a reader thread,
   one at a time per link; more than a few queued get ``busy``.
@@ -26,13 +26,19 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from peer.protocols._catchup import (
+    NOT_CARRIED,
+    Page,
+    PageRequest,
+    build_page,
+    check_page,
+    missing_ranges,
+)
+from peer.wire._envelope import Envelope, inbox_topic
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import encode_frame
+from peer.wire._limits import MAX_PAGE_MESSAGES, MAX_REQUEST_ID
 from store import MessageStore, StoreError
-
-from ._catchup import NOT_CARRIED, Page, PageRequest, build_page, check_page, missing_ranges
-from ._envelope import Envelope, inbox_topic
-from ._errors import ErrorCode, ProtocolError
-from ._frames import encode_frame
-from ._limits import MAX_PAGE_MESSAGES, MAX_REQUEST_ID
 
 if TYPE_CHECKING:
     from store import StoreService

@@ -1,6 +1,6 @@
 """DM delivery in the peer's Trio shell: receipts, the outbox and pushes.
 
-``DeliveryHost`` is a part of ``peer._storage.Storage``. Rules kept here:
+``DeliveryHost`` is a part of ``peer.node._storage.Storage``. Rules kept here:
 
 * A DM we send waits in the outbox until the recipient's signed receipt
   arrives. Whenever the recipient is linked (or comes back: a link, a
@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from peer.wire._envelope import MAX_RECEIPT_IDS, Envelope, inbox_topic, open_envelope, seal_receipt
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import encode_frame
 from store import MAX_PAGE, Backoff, MessageStore, StoreError
-
-from ._envelope import MAX_RECEIPT_IDS, Envelope, inbox_topic, open_envelope, seal_receipt
-from ._errors import ErrorCode, ProtocolError
-from ._frames import encode_frame
 
 if TYPE_CHECKING:
     from store import StoreService

@@ -22,16 +22,15 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from peer.api._api import LocalApi
+from peer.node._bootstrap import BootstrapError, BootstrapPeer, bootstrap_entry, fetch_bootstrap
+from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
+from peer.node._logging import configure_logging
+from peer.node._node import Peer, PeerOptions
+from peer.node._options import DAY_MS, default_keep_rules
+from peer.wire._frames import is_topic
+from peer.wire._identity import Identity
 from store import KeepRules, RetentionPolicy
-
-from ._api import LocalApi
-from ._bootstrap import BootstrapError, BootstrapPeer, bootstrap_entry, fetch_bootstrap
-from ._frames import is_topic
-from ._identity import Identity
-from ._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
-from ._logging import configure_logging
-from ._node import Peer, PeerOptions
-from ._options import DAY_MS, default_keep_rules
 
 DEFAULT_PEER_PORT = 7433
 DEFAULT_API_PORT = 7432

@@ -5,7 +5,7 @@ A ``Link`` owns a bounded queue of plaintext frames (``SEND_QUEUE``);
 must be closed by its owner. ``close`` is idempotent: the first call records
 the reason, queues an error frame if there is room, ends the queue and puts a
 short deadline on the link's cancel scope. Sealing and writing happen in the
-link's writer task (``peer._linkhost``), never here.
+link's writer task (``peer.node._linkhost``), never here.
 
 A relay holds one ``Link`` per idle peer for hours, so what an idle link
 keeps is kept small: ``__slots__``, and a ``SendQueue`` that holds no buffer
@@ -18,9 +18,10 @@ from collections import deque
 
 import trio
 
-from ._errors import ErrorCode
-from ._frames import clip_utf8, encode_frame
-from ._handshake import HandshakeResult, LinkCipher
+from peer.wire._errors import ErrorCode
+from peer.wire._frames import clip_utf8, encode_frame
+from peer.wire._handshake import HandshakeResult, LinkCipher
+
 from ._transport import Transport
 
 SEND_QUEUE = 4096  # records waiting for a slow link before it is dropped

@@ -23,7 +23,8 @@ import trio
 import trio.testing
 import trio_websocket
 
-from ._limits import MAX_RECORD
+from peer.wire._limits import MAX_RECORD
+
 from ._link import HANDSHAKE_TIMEOUT
 from ._transport import RECEIVE_BUFFER, StreamTransport, WebSocketTransport
 

@@ -39,8 +39,8 @@ from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage
 from wsproto.utilities import LocalProtocolError
 
-from ._frames import RecordBuffer, frame_record
-from ._limits import MAX_RECORD
+from peer.wire._frames import RecordBuffer, frame_record
+from peer.wire._limits import MAX_RECORD
 
 # trio-websocket reads 4 KiB per receive by default: a busy link then costs a
 # system call and a parse pass per few records. Links read up to this much.

@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from ._identity import Identity
+from peer.wire._identity import Identity
 
 KEY_FILE = "ed25519.seed"
 TOKEN_FILE = "api-token"

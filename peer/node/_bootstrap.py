@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import trio
 
-from ._identity import Identity, parse_peer_id
+from peer.wire._identity import Identity, parse_peer_id
 
 MAX_BOOTSTRAP_BYTES = 1024 * 1024
 MAX_BOOTSTRAP_PEERS = 256

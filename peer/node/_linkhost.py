@@ -13,7 +13,7 @@ Rules kept here:
 * A relay holds many idle links, so an idle link keeps only its state: no
   bound logger, and neither the last record read nor the last batch written.
 
-``LinkHost`` is a mixin of ``peer._node.Peer``; what it needs from the peer is
+``LinkHost`` is a mixin of ``peer.node._node.Peer``; what it needs from the peer is
 declared under ``TYPE_CHECKING``.
 """
 
@@ -25,18 +25,19 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._envelope import PRESENCE_TOPIC
-from ._errors import ErrorCode, ProtocolError
-from ._frames import clip_utf8, decode_frame, encode_frame
-from ._handshake import Handshake, HandshakeResult, SelfConnection
+from peer.wire._envelope import PRESENCE_TOPIC
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import clip_utf8, decode_frame, encode_frame
+from peer.wire._handshake import Handshake, HandshakeResult, SelfConnection
+
 from ._link import HANDSHAKE_TIMEOUT, Link
 from ._transport import Transport, TransportClosed
 
 if TYPE_CHECKING:
     from dht import Contact, DhtService
+    from peer.protocols._gossip import Close, Deliver, GossipRouter, Send, Upcall
+    from peer.wire._identity import Identity
 
-    from ._gossip import Close, Deliver, GossipRouter, Send, Upcall
-    from ._identity import Identity
     from ._inbox import Directory, PeerInfo
     from ._options import PeerCounters, PeerOptions
     from ._storage import Storage

@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dht import DhtConfig
+from peer.wire._errors import ErrorCode
+from peer.wire._handshake import PLAINTEXT_CAP
+from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy
-
-from ._errors import ErrorCode
-from ._handshake import PLAINTEXT_CAP
-from ._limits import GossipParams
 
 PRESENCE_INTERVAL = 60.0
 DAY_MS = 24 * 3600 * 1000
