@@ -53,7 +53,7 @@ class DeliveryHost:
         def accept(self, env: Envelope, *, member: bool = True, pushed: bool = False) -> None: ...
 
     def _init_delivery(self) -> None:
-        self._rng = random.Random(self.peer._rng.random())
+        self._rng = random.Random(self.peer.rng.random())
         self._receipts: dict[bytes, list[bytes]] = {}
         self._receipts_wanted = trio.Event()
         self._pending_to: dict[bytes, int] = {}  # recipient -> DMs in the outbox
@@ -80,7 +80,7 @@ class DeliveryHost:
     async def _send_receipt(self, sender: bytes, ids: list[bytes]) -> None:
         peer = self.peer
         topic = inbox_topic(sender)
-        env = await peer._seal_own(
+        env = await peer.seal_own(
             topic,
             lambda seq, prev: seal_receipt(
                 peer.identity, recipient=sender, ids=ids, seq=seq, ts=peer.wall_ms(), prev=prev
@@ -129,7 +129,7 @@ class DeliveryHost:
                 message.status = "delivered"
         if done:
             self.log.info("DMs receipted", peer=sender.hex()[:16], count=len(done))
-            self.peer._notify_inbox()
+            self.peer.notify_inbox()
 
     # -- outbox --------------------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class DeliveryHost:
                 peer=letter.recipient.hex()[:16],
                 attempts=letter.attempts,
             )
-            peer._notify_inbox()
+            peer.notify_inbox()
         due = await self.service.read(lambda s: s.outbox_due(now_ms, 256))
         push_to = {e.recipient for e in due if e.recipient in peer.links}
         if woken:

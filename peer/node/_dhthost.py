@@ -49,7 +49,7 @@ class DhtHost:
         links: dict[bytes, Link]
         listen_urls: list[str]
         dht: DhtService | None
-        _rng: random.Random
+        rng: random.Random
         _epoch: float
         _dialing: dict[bytes, trio.Event]
 
@@ -70,7 +70,7 @@ class DhtHost:
     def _make_dht(self) -> DhtService:
         node = DhtNode(
             self.identity,
-            rng=random.Random(self._rng.random()),
+            rng=random.Random(self.rng.random()),
             now=self.wall_time(),
             config=self.options.dht_config,
             mode=Mode.SERVER if self.serving_dht else Mode.CLIENT,

@@ -74,7 +74,7 @@ class LinkHost:
         def wall_ms(self) -> int: ...
         def contact_of(self, peer_id: bytes) -> Contact | None: ...
         def _update_relays(self) -> None: ...
-        def _perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None: ...
+        def perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None: ...
         def _notify_links(self) -> None: ...
         def _notify_changed(self) -> None: ...
         def _want_presence(self) -> None: ...
@@ -237,7 +237,7 @@ class LinkHost:
 
     def _start_serving(self, link: Link, on_up: Callable[[], None] | None) -> None:
         """Tell the router, the DHT and the store that ``link`` is up."""
-        self._perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
+        self.perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
         if self.dht is not None:
             contact = self.contact_of(link.peer_id)
             assert contact is not None
@@ -252,7 +252,7 @@ class LinkHost:
         if self.links.get(link.peer_id) is link:
             del self.links[link.peer_id]
             info.linked = False
-            self._perform(self.router.remove_link(link.peer_id))
+            self.perform(self.router.remove_link(link.peer_id))
             if self.dht is not None:
                 self.dht.link_down(link.peer_id)
                 self._update_relays()
@@ -334,7 +334,7 @@ class LinkHost:
             self._link_log(link).exception("link handler crashed", error=repr(exc))
             link.close(ErrorCode.UNEXPECTED, "internal error")
             return
-        self._perform(actions)
+        self.perform(actions)
         if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
             self._want_presence()  # the link now carries presence: announce ourselves
 

@@ -76,12 +76,12 @@ class Peer(LinkHost, DhtHost):
         self.options = options or PeerOptions()
         self.peer_id = identity.peer_id
         self.log = structlog.get_logger("clawmesh").bind(peer=identity.peer_id_hex[:16])
-        self._rng = random.Random(self.options.seed)
+        self.rng = random.Random(self.options.seed)
         self.router = GossipRouter(
             identity.peer_id,
             relay=self.options.relay,
             params=self.options.gossip,
-            rng=random.Random(self._rng.random()),
+            rng=random.Random(self.rng.random()),
             keepalive=self.options.keepalive,
             idle_timeout=self.options.idle_timeout,
             verify=not self.options.bench_no_verify,
@@ -161,9 +161,9 @@ class Peer(LinkHost, DhtHost):
         if self.options.dht:
             self.dht = self._make_dht()
             nursery.start_soon(self.dht.run)
-        self._perform(self.router.subscribe(PRESENCE_TOPIC))
+        self.perform(self.router.subscribe(PRESENCE_TOPIC))
         if not self.options.relay_only:
-            self._perform(self.router.subscribe(inbox_topic(self.peer_id)))
+            self.perform(self.router.subscribe(inbox_topic(self.peer_id)))
             for channel in dict.fromkeys(channels):
                 self.subscribe(channel)
         nursery.start_soon(self._heartbeat_loop)
@@ -232,10 +232,18 @@ class Peer(LinkHost, DhtHost):
                 if storage is not None:
                     storage.on_request(action.peer, fields)
                 else:
-                    link.enqueue(encode_frame(
-                        "cupage", r=fields["r"], topic=fields["topic"], m=[],
-                        next=fields["after"], more=False, heads=[], err="not-carried",
-                    ))
+                    link.enqueue(
+                        encode_frame(
+                            "cupage",
+                            r=fields["r"],
+                            topic=fields["topic"],
+                            m=[],
+                            next=fields["after"],
+                            more=False,
+                            heads=[],
+                            err="not-carried",
+                        )
+                    )
             case "cupage":
                 if storage is not None:
                     storage.on_page(action.peer, fields)
@@ -245,7 +253,7 @@ class Peer(LinkHost, DhtHost):
                 else:
                     self._on_push_memory(action.peer, fields["e"])
 
-    def _perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None:
+    def perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 link = self.links.get(action.peer)
@@ -303,10 +311,10 @@ class Peer(LinkHost, DhtHost):
         peer: bytes | None,
         outgoing: bool,
     ) -> None:
-        message, _ = self._inbox_message(env, content, channel, peer, outgoing, self.wall_ms())
-        self._add_inbox_message(message)
+        message, _ = self.make_inbox_message(env, content, channel, peer, outgoing, self.wall_ms())
+        self.add_inbox_message(message)
 
-    def _inbox_message(
+    def make_inbox_message(
         self,
         env: Envelope,
         content: Content,
@@ -341,11 +349,11 @@ class Peer(LinkHost, DhtHost):
         )
         return message, content.payload
 
-    def _add_inbox_message(self, message: InboxMessage) -> None:
+    def add_inbox_message(self, message: InboxMessage) -> None:
         if self.inbox.add(message) is not None:
-            self._notify_inbox()
+            self.notify_inbox()
 
-    def _notify_inbox(self) -> None:
+    def notify_inbox(self) -> None:
         self._inbox_changed.set()
         self._inbox_changed = trio.Event()
         self._notify_changed()
@@ -401,7 +409,7 @@ class Peer(LinkHost, DhtHost):
         self._chains[log_topic] = (seq + 1, env.id)
         return env
 
-    async def _seal_own(
+    async def seal_own(
         self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]
     ) -> Envelope:
         """:meth:`_seal_next`, the chain continued from what the store holds of ours."""
@@ -415,7 +423,7 @@ class Peer(LinkHost, DhtHost):
             raise ValueError(f"not a channel name: {channel!r}")
         new = channel not in self.channels
         self.channels.add(channel)
-        self._perform(self.router.subscribe(channel))
+        self.perform(self.router.subscribe(channel))
         if self.storage is not None and new:
             self.nursery.start_soon(self._subscribed, channel)
         if self.dht is not None and channel not in self.dht.node.providing:
@@ -433,7 +441,7 @@ class Peer(LinkHost, DhtHost):
         if self.storage is not None and channel in self.channels:
             self.nursery.start_soon(self.storage.save_channels)
         self.channels.discard(channel)
-        self._perform(self.router.unsubscribe(channel))
+        self.perform(self.router.unsubscribe(channel))
         if self.dht is not None:
             self.dht.node.stop_providing(channel)
 
@@ -442,31 +450,39 @@ class Peer(LinkHost, DhtHost):
         env = self._seal_next(
             channel,
             lambda seq, prev: seal_message(
-                self.identity, topic=channel, content=content, seq=seq, ts=self.wall_ms(),
+                self.identity,
+                topic=channel,
+                content=content,
+                seq=seq,
+                ts=self.wall_ms(),
                 prev=prev,
             ),
         )
-        self._perform(self.router.publish(env, self.now()))
+        self.perform(self.router.publish(env, self.now()))
         return env
 
     async def send_message(self, channel: str, content: Content) -> Envelope:
         """Sign, store (durably, with a store) and send a channel message."""
-        env = await self._seal_own(
+        env = await self.seal_own(
             channel,
             lambda seq, prev: seal_message(
-                self.identity, topic=channel, content=content, seq=seq, ts=self.wall_ms(),
+                self.identity,
+                topic=channel,
+                content=content,
+                seq=seq,
+                ts=self.wall_ms(),
                 prev=prev,
             ),
         )
         if self.storage is not None:
             message = payload = None
             if channel in self.channels:
-                message, payload = self._inbox_message(
+                message, payload = self.make_inbox_message(
                     env, content, channel, None, True, self.wall_ms()
                 )
             await self.storage.store_own(env, message, payload)  # and publishes it
         else:
-            self._perform(self.router.publish(env, self.now()))
+            self.perform(self.router.publish(env, self.now()))
         return env
 
     async def send_direct(self, peer_id: bytes, content: Content) -> Envelope:
@@ -477,14 +493,20 @@ class Peer(LinkHost, DhtHost):
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
         key = info.public_key
-        env = await self._seal_own(
+        env = await self.seal_own(
             inbox_topic(peer_id),
             lambda seq, prev: seal_dm(
-                self.identity, recipient_key=key, content=content, seq=seq, ts=self.wall_ms(),
+                self.identity,
+                recipient_key=key,
+                content=content,
+                seq=seq,
+                ts=self.wall_ms(),
                 prev=prev,
             ),
         )
-        message, payload = self._inbox_message(env, content, None, peer_id, True, self.wall_ms())
+        message, payload = self.make_inbox_message(
+            env, content, None, peer_id, True, self.wall_ms()
+        )
         await self.storage.store_own(env, message, payload)  # and publishes it
         link = self.links.get(peer_id)
         if link is not None and env.route not in self.router.interest_of(peer_id):
@@ -500,11 +522,15 @@ class Peer(LinkHost, DhtHost):
         env = self._seal_next(
             inbox_topic(peer_id),
             lambda seq, prev: seal_dm(
-                self.identity, recipient_key=key, content=content, seq=seq, ts=self.wall_ms(),
+                self.identity,
+                recipient_key=key,
+                content=content,
+                seq=seq,
+                ts=self.wall_ms(),
                 prev=prev,
             ),
         )
-        self._perform(self.router.publish(env, self.now()))
+        self.perform(self.router.publish(env, self.now()))
         self._add_to_inbox(env, content, channel=None, peer=peer_id, outgoing=True)
         return env
 
@@ -543,7 +569,7 @@ class Peer(LinkHost, DhtHost):
         interval = self.options.gossip.heartbeat
         while True:
             await trio.sleep(interval)
-            self._perform(self.router.heartbeat(self.now()))
+            self.perform(self.router.heartbeat(self.now()))
 
     def _want_presence(self) -> None:
         self._presence_wanted.set()
@@ -564,7 +590,7 @@ class Peer(LinkHost, DhtHost):
         # presence is not stored: its sequence is the clock, which outlives restarts
         now_ms = self.wall_ms()
         env = seal_presence(self.identity, payload=payload, seq=now_ms, ts=now_ms)
-        self._perform(self.router.publish(env, self.now()))
+        self.perform(self.router.publish(env, self.now()))
 
     # -- dialling ------------------------------------------------------------------
 
@@ -583,7 +609,7 @@ class Peer(LinkHost, DhtHost):
                 await self.links[linked_to].closed.wait()
             if self.now() - started > 30:
                 backoff = self.options.backoff_initial
-            delay = self._rng.uniform(0, backoff)
+            delay = self.rng.uniform(0, backoff)
             log.debug("redial", after=round(delay, 2))
             await trio.sleep(delay)
             backoff = min(self.options.backoff_max, backoff * 2)

@@ -284,7 +284,7 @@ class Storage(DeliveryHost, CatchUpHost):
             return
         self._pinned.add(topic)
         peer = self.peer
-        peer._perform(peer.router.subscribe(topic))
+        peer.perform(peer.router.subscribe(topic))
         if peer.dht is not None and topic not in peer.dht.node.providing:
             with contextlib.suppress(ValueError):  # providing as many as the DHT lets us
                 peer.dht.node.start_providing(topic, peer.wall_time())
@@ -434,7 +434,7 @@ class Storage(DeliveryHost, CatchUpHost):
                 if request.own:
                     request.error = exc  # not stored: the API says so, nothing is sent
                 elif message is not None:
-                    peer._add_inbox_message(message)  # the agent still sees it
+                    peer.add_inbox_message(message)  # the agent still sees it
             return
         self.counters.commits += 1
         for _, recipient, _ in outbox:
@@ -442,7 +442,7 @@ class Storage(DeliveryHost, CatchUpHost):
         now = peer.now()
         for request in batch:  # publish what we signed in commit order, which is seq order
             for env, _, _ in request.own:
-                peer._perform(peer.router.publish(env, now))
+                peer.perform(peer.router.publish(env, now))
         added = 0
         try:
             for request, env, pushed, index, message in plan:
@@ -465,7 +465,7 @@ class Storage(DeliveryHost, CatchUpHost):
                     await self._on_receipt(env)
         finally:
             if added:
-                peer._notify_inbox()  # once per commit: a page is 512 messages
+                peer.notify_inbox()  # once per commit: a page is 512 messages
 
     def _inbox_entry(self, env: Envelope, now_ms: int) -> tuple[InboxMessage, bytes | None] | None:
         peer = self.peer
@@ -481,9 +481,9 @@ class Storage(DeliveryHost, CatchUpHost):
                     "DM does not open", sender=env.sender.hex()[:16], reason=exc.message
                 )
                 return None
-            return peer._inbox_message(env, content, None, env.sender, outgoing, now_ms)
+            return peer.make_inbox_message(env, content, None, env.sender, outgoing, now_ms)
         content = env.content()
-        return peer._inbox_message(env, content, env.topic, None, outgoing, now_ms)
+        return peer.make_inbox_message(env, content, env.topic, None, outgoing, now_ms)
 
     # -- own messages ------------------------------------------------------------------
 
