@@ -11,100 +11,125 @@ Rules kept here:
 * Callers bound every wait here in time; nothing here raises for a peer that
   cannot be reached.
 
-``DhtHost`` is a mixin of ``peer.node._node.Peer``; what it needs from the peer is
-declared under ``TYPE_CHECKING``.
+``DhtBridge`` is a part of ``peer.node._node.Peer``, which it reaches only
+through the ``DhtPeer`` protocol (checked by mypy where the peer makes it).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 
 from dht import Contact, DhtNode, DhtService, Mode, Relay
 from peer.wire._frames import encode_frame
+from peer.wire._identity import Identity
 
 from ._bootstrap import BootstrapError, parse_peer_address
-from ._inbox import PeerInfo
-
-if TYPE_CHECKING:
-    from peer.wire._identity import Identity
-
-    from ._inbox import Directory
-    from ._link import Link
-    from ._options import PeerOptions
+from ._inbox import Directory, PeerInfo
+from ._linkhost import LinkManager
+from ._options import PeerOptions
 
 
-class DhtHost:
-    """The DHT-facing half of a ``Peer``."""
+class DhtPeer(Protocol):
+    """What the DHT bridge needs from its peer."""
 
-    if TYPE_CHECKING:
-        identity: Identity
-        options: PeerOptions
-        peer_id: bytes
-        log: Any
-        directory: Directory
-        links: dict[bytes, Link]
-        listen_urls: list[str]
-        dht: DhtService | None
-        rng: random.Random
-        _epoch: float
-        _dialing: dict[bytes, trio.Event]
+    @property
+    def identity(self) -> Identity: ...
+    @property
+    def options(self) -> PeerOptions: ...
+    @property
+    def log(self) -> Any: ...
+    @property
+    def directory(self) -> Directory: ...
+    @property
+    def link_manager(self) -> LinkManager: ...
+    @property
+    def listen_urls(self) -> list[str]: ...
+    @property
+    def serving_dht(self) -> bool: ...
+    @property
+    def caps(self) -> tuple[str, ...]: ...
+    @property
+    def nursery(self) -> trio.Nursery: ...
+    @property
+    def rng(self) -> random.Random: ...
+    def wall_ms(self) -> int: ...
+    def wall_time(self) -> float: ...
+    def notify_changed(self) -> None: ...
+    async def dial_once(
+        self, url: str, expect: bytes | None = None, on_up: Callable[[], None] | None = None
+    ) -> bytes | None: ...
 
-        @property
-        def serving_dht(self) -> bool: ...
-        @property
-        def caps(self) -> tuple[str, ...]: ...
-        @property
-        def nursery(self) -> trio.Nursery: ...
-        def wall_ms(self) -> int: ...
-        def _notify_links(self) -> None: ...
-        def _notify_changed(self) -> None: ...
-        async def wait_links_changed(self) -> None: ...
-        async def dial_once(
-            self, url: str, expect: bytes | None = None, on_up: Callable[[], None] | None = None
-        ) -> bytes | None: ...
+
+class DhtBridge:
+    """The peer's side of the DHT: ``dht.LinkHost`` over the peer's links."""
+
+    def __init__(self, peer: DhtPeer) -> None:
+        self.peer = peer
+        self.peer_id = peer.identity.peer_id
+        self.links = peer.link_manager.links
+        self.directory = peer.directory
+        self.options = peer.options
+        self._dialing: dict[bytes, trio.Event] = {}
+        self.service = self._make_dht()
 
     def _make_dht(self) -> DhtService:
         node = DhtNode(
-            self.identity,
-            rng=random.Random(self.rng.random()),
+            self.peer.identity,
+            rng=random.Random(self.peer.rng.random()),
             now=self.wall_time(),
             config=self.options.dht_config,
-            mode=Mode.SERVER if self.serving_dht else Mode.CLIENT,
-            addrs=self.listen_urls[:4],
-            caps=self.caps,
+            mode=Mode.SERVER if self.peer.serving_dht else Mode.CLIENT,
+            addrs=self.peer.listen_urls[:4],
+            caps=self.peer.caps,
         )
-        service = DhtService(node, self, self.log)
+        service = DhtService(node, self, self.peer.log)
         service.on_contact = self._on_dht_contact
         return service
 
-    def _update_relays(self) -> None:
+    # -- events from the peer ------------------------------------------------------
+
+    def link_up(self, peer_id: bytes) -> None:
+        contact = self.contact_of(peer_id)
+        if contact is not None:
+            self.service.link_up(contact)
+        self.update_relays()
+
+    def link_down(self, peer_id: bytes) -> None:
+        self.service.link_down(peer_id)
+        self.update_relays()
+
+    def on_message(self, peer_id: bytes, payload: bytes) -> None:
+        """A ``dht`` frame's message; raises ProtocolError if it is malformed."""
+        self.service.on_message(peer_id, payload)
+
+    def update_relays(self) -> None:
         """A DHT client is reached through its linked relays; keep its record saying so."""
-        if self.dht is None or self.serving_dht:
+        if self.peer.serving_dht:
             return
         relays = [
             Relay(link.peer_id, link.result.listen[0])
             for link in self.links.values()
             if link.relay and link.result.listen
         ][:4]
-        if tuple(relays) != self.dht.node.relays:
-            self.dht.node.set_relays(relays, self.wall_time())
+        if tuple(relays) != self.service.node.relays:
+            self.service.node.set_relays(relays, self.wall_time())
 
     def _on_dht_contact(self, contact: Contact) -> None:
         if contact.id == self.peer_id:
             return
-        info = self.directory.see(contact.id, contact.public_key, self.wall_ms())
+        info = self.directory.see(contact.id, contact.public_key, self.peer.wall_ms())
         if not info.linked and contact.addrs:
             info.listen, info.caps = contact.addrs, contact.caps
-        self._notify_changed()
+        self.peer.notify_changed()
 
     # -- what the DHT needs from us (dht.LinkHost) -------------------------------
 
     def wall_time(self) -> float:
-        return self._epoch + trio.current_time()
+        return self.peer.wall_time()
 
     def contact_of(self, peer_id: bytes) -> Contact | None:
         link = self.links.get(peer_id)
@@ -131,9 +156,9 @@ class DhtHost:
         attempt = self._dialing.get(contact.id)
         if attempt is None:
             attempt = self._dialing[contact.id] = trio.Event()
-            self.nursery.start_soon(self._dial_contact, contact, attempt)
+            self.peer.nursery.start_soon(self._dial_contact, contact, attempt)
         while contact.id not in self.links and not attempt.is_set():
-            await self.wait_links_changed()
+            await self.peer.link_manager.wait_changed()
         return contact.id in self.links
 
     async def _dial_contact(self, contact: Contact, attempt: trio.Event) -> None:
@@ -144,7 +169,7 @@ class DhtHost:
         finally:
             attempt.set()
             self._dialing.pop(contact.id, None)
-            self._notify_links()
+            self.peer.link_manager.wake()
 
     async def _dial_and_serve(self, addr: str, expect: bytes, attempt: trio.Event) -> bool:
         """Dial ``addr``; True if a link came up (it is served until it ends)."""
@@ -152,7 +177,7 @@ class DhtHost:
             parse_peer_address(addr)
         except BootstrapError:
             return False
-        linked = await self.dial_once(addr, expect, on_up=attempt.set)
+        linked = await self.peer.dial_once(addr, expect, on_up=attempt.set)
         return linked is not None
 
     async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None:
@@ -161,12 +186,12 @@ class DhtHost:
         Callers bound it in time; the key is learnt even if the link never comes.
         """
         info = self.directory.get(peer_id)
-        if info is not None or self.dht is None:
+        if info is not None:
             return info
-        record = await self.dht.find_peer(peer_id)
+        record = await self.service.find_peer(peer_id)
         if record is None:
             return None
-        info = self.directory.see(record.id, record.public_key, self.wall_ms())
+        info = self.directory.see(record.id, record.public_key, self.peer.wall_ms())
         info.listen, info.caps = record.addrs, record.caps
         contact = record.contact()
         if not contact.addrs and record.relays:  # a DHT client: reach it through its relay
@@ -175,12 +200,10 @@ class DhtHost:
             await self.connect(contact)
         return info
 
-    async def _link_to_carriers(self, channel: str) -> None:
+    async def link_to_carriers(self, channel: str) -> None:
         """Find who carries ``channel`` in the DHT and link to a few of them."""
-        if self.dht is None:
-            return
-        await self.dht.wait_joined()
-        providers = await self.dht.find_providers(channel)
+        await self.service.wait_joined()
+        providers = await self.service.find_providers(channel)
         wanted = [p for p in providers if p.id != self.peer_id and p.id not in self.links]
 
         async def link(contact: Contact) -> None:

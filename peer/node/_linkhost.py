@@ -12,78 +12,95 @@ Rules kept here:
 * The writer seals and sends queued frames in batches, one write per batch.
 * A relay holds many idle links, so an idle link keeps only its state: no
   bound logger, and neither the last record read nor the last batch written.
-
-``LinkHost`` is a mixin of ``peer.node._node.Peer``; what it needs from the peer is
-declared under ``TYPE_CHECKING``.
+* The manager knows no protocol past the handshake: a link coming up, going
+  down and each decoded frame are handed to its ``LinkEvents`` (the peer's
+  router), which decides what to send. A ``ProtocolError`` raised there
+  refuses the frame and closes the link; any other exception is a bug, which
+  closes only that link, is logged at error level and counted.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 
-from peer.wire._envelope import PRESENCE_TOPIC
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import clip_utf8, decode_frame, encode_frame
+from peer.wire._frames import Frame, clip_utf8, decode_frame, encode_frame
 from peer.wire._handshake import Handshake, HandshakeResult, SelfConnection
+from peer.wire._identity import Identity
 
 from ._link import HANDSHAKE_TIMEOUT, Link
+from ._options import PeerCounters, PeerOptions
 from ._transport import Transport, TransportClosed
-
-if TYPE_CHECKING:
-    from dht import Contact, DhtService
-    from peer.protocols._gossip import Close, Deliver, GossipRouter, Send, Upcall
-    from peer.wire._identity import Identity
-
-    from ._inbox import Directory, PeerInfo
-    from ._options import PeerCounters, PeerOptions
-    from ._storage import Storage
 
 WRITE_BATCH = 256  # records a writer sends with one write, at most
 WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
 WRITE_YIELDS = 8  # scheduler turns a writer waits for more frames while they keep coming
-_INTEREST_FRAMES = frozenset({"sub", "unsub"})
 _LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
-class LinkHost:
-    """The link-serving half of a ``Peer``."""
+class LinkEvents(Protocol):
+    """What a ``LinkManager`` tells its owner (the peer's router)."""
 
-    if TYPE_CHECKING:
-        identity: Identity
-        options: PeerOptions
-        peer_id: bytes
-        log: Any
-        router: GossipRouter
-        directory: Directory
-        links: dict[bytes, Link]
-        counters: PeerCounters
-        listen_urls: list[str]
-        storage: Storage | None
-        dht: DhtService | None
-        _self_urls: set[str]
+    def link_up(self, link: Link) -> None:
+        """``link`` finished its handshake and is registered."""
 
-        @property
-        def caps(self) -> tuple[str, ...]: ...
-        @property
-        def nursery(self) -> trio.Nursery: ...
-        def now(self) -> float: ...
-        def wall_ms(self) -> int: ...
-        def contact_of(self, peer_id: bytes) -> Contact | None: ...
-        def _update_relays(self) -> None: ...
-        def perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None: ...
-        def _notify_links(self) -> None: ...
-        def _notify_changed(self) -> None: ...
-        def _want_presence(self) -> None: ...
+    def link_down(self, link: Link) -> None:
+        """``link`` is closed and unregistered."""
 
-    def start_link(
-        self, transport: Transport, *, initiator: bool, expect: bytes | None = None
+    def frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        """A decoded frame; raising ``ProtocolError`` refuses it and closes the link."""
+
+
+@dataclass
+class LinkConfig:
+    """What a handshake says about us; ``caps`` and ``listen`` change as the peer starts."""
+
+    identity: Identity
+    options: PeerOptions
+    caps: Callable[[], tuple[str, ...]]
+    listen: Callable[[], list[str]]
+
+
+class LinkManager:
+    """Every link of one peer: the handshake, then its reader and writer.
+
+    ``links`` maps peer id to the one link kept with it; ``self_urls`` are
+    addresses that turned out to be our own.
+    """
+
+    def __init__(
+        self, config: LinkConfig, events: LinkEvents, counters: PeerCounters, log: Any
     ) -> None:
-        """Run a link over ``transport`` in the peer's nursery (for tests and tools)."""
-        self.nursery.start_soon(self.run_link, transport, initiator, expect)
+        self.identity = config.identity
+        self.peer_id = config.identity.peer_id
+        self.options = config.options
+        self._config = config
+        self.events = events
+        self.counters = counters
+        self.log = log
+        self.links: dict[bytes, Link] = {}
+        self.self_urls: set[str] = set()
+        self._changed = trio.Event()
+
+    def now(self) -> float:
+        return trio.current_time()
+
+    def wake(self) -> None:
+        """Wake what waits in ``wait_changed`` (a dial attempt ended)."""
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_changed(self) -> None:
+        """Wait until a link comes up or goes down."""
+        await self._changed.wait()
 
     async def run_link(
         self,
@@ -104,32 +121,44 @@ class LinkHost:
             link = Link(result, transport, initiator, self.now())
             if not await self._take_place(link):
                 return result
-            info = self._register(link)
+            self._register(link)
             try:
-                async with trio.open_nursery() as nursery:
-                    link.scope = nursery.cancel_scope
-                    nursery.start_soon(self._writer, link)
-                    self._start_serving(link, on_up)
-                    # This task reads the link (inline: one coroutine less per idle link).
-                    while link.close_code is None:
-                        try:
-                            record = await transport.receive()
-                        except TransportClosed:
-                            nursery.cancel_scope.cancel()  # nothing more to read or to flush
-                            break
-                        except ProtocolError as exc:  # an oversize stream record
-                            self._refuse(link, exc, self._link_log(link))
-                            break
-                        self._on_record(link, record)
-                        del record  # not kept while this task waits: records reach 320 KiB
-                    # Closing: the writer flushes the error frame, then ends the
-                    # nursery (or the link's deadline does).
-                    await trio.sleep_forever()
+                await self._serve(link, on_up)
+            except Exception as exc:  # a bug in this link's tasks: drop the link, keep the peer
+                self._crashed(link, exc)
             finally:
-                self._unregister(link, info)
+                self._unregister(link)
             return result
         finally:
             await transport.aclose()
+
+    async def _serve(self, link: Link, on_up: Callable[[], None] | None) -> None:
+        async with trio.open_nursery() as nursery:
+            link.scope = nursery.cancel_scope
+            nursery.start_soon(self._writer, link)
+            self.events.link_up(link)
+            if on_up is not None:
+                on_up()
+            # This task reads the link (inline: one coroutine less per idle link).
+            while link.close_code is None:
+                try:
+                    record = await link.transport.receive()
+                except TransportClosed:
+                    nursery.cancel_scope.cancel()  # nothing more to read or to flush
+                    break
+                except ProtocolError as exc:  # an oversize stream record
+                    self._refuse(link, exc, self._link_log(link))
+                    break
+                self._on_record(link, record)
+                del record  # not kept while this task waits: records reach 320 KiB
+            # Closing: the writer flushes the error frame, then ends the
+            # nursery (or the link's deadline does).
+            await trio.sleep_forever()
+
+    def _crashed(self, link: Link, exc: BaseException) -> None:
+        self.counters.link_errors += 1
+        self._link_log(link).error("link crashed", error=repr(exc), exc_info=exc)
+        link.close(ErrorCode.UNEXPECTED, "internal error")
 
     async def _open_link(
         self, transport: Transport, initiator: bool, expect: bytes | None
@@ -153,7 +182,7 @@ class LinkHost:
             self.counters.handshakes_failed += 1
             self.counters.refuse(exc.code)
             if isinstance(exc, SelfConnection):
-                self._self_urls.add(transport.remote)
+                self.self_urls.add(transport.remote)
             log.warning("handshake refused", code=exc.code.value, reason=exc.message)
         except (TransportClosed, trio.TooSlowError) as exc:
             self.counters.handshakes_failed += 1
@@ -169,8 +198,8 @@ class LinkHost:
         hs = Handshake(
             self.identity,
             initiator=initiator,
-            caps=self.caps,
-            listen=tuple(self.listen_urls),
+            caps=self._config.caps(),
+            listen=tuple(self._config.listen()),
             expect_peer_id=expect,
         )
         with trio.fail_after(HANDSHAKE_TIMEOUT):
@@ -222,43 +251,23 @@ class LinkHost:
             await existing.closed.wait()
         return True
 
-    def _register(self, link: Link) -> PeerInfo:
-        result = link.result
+    def _register(self, link: Link) -> None:
         self.links[link.peer_id] = link
         self.counters.links_opened += 1
-        info = self.directory.see(link.peer_id, result.public_key, self.wall_ms())
-        info.linked = True
-        info.times_linked += 1
-        info.listen, info.caps, info.agent = result.listen, result.caps, result.agent
-        info.remote = link.transport.remote
-        self._link_log(link).info("link up", caps=result.caps, links=len(self.links))
-        self._notify_links()
-        return info
+        self._link_log(link).info("link up", caps=link.result.caps, links=len(self.links))
+        self._notify()
 
-    def _start_serving(self, link: Link, on_up: Callable[[], None] | None) -> None:
-        """Tell the router, the DHT and the store that ``link`` is up."""
-        self.perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
-        if self.dht is not None:
-            contact = self.contact_of(link.peer_id)
-            assert contact is not None
-            self.dht.link_up(contact)
-            self._update_relays()
-        if self.storage is not None:
-            self.storage.on_link_up(link.peer_id, link.result.caps)
-        if on_up is not None:
-            on_up()
-
-    def _unregister(self, link: Link, info: PeerInfo) -> None:
+    def _unregister(self, link: Link) -> None:
         if self.links.get(link.peer_id) is link:
             del self.links[link.peer_id]
-            info.linked = False
-            self.perform(self.router.remove_link(link.peer_id))
-            if self.dht is not None:
-                self.dht.link_down(link.peer_id)
-                self._update_relays()
+            try:
+                self.events.link_down(link)
+            except Exception as exc:  # a bug: logged and counted; the link is gone anyway
+                self.counters.link_errors += 1
+                self._link_log(link).error("link-down handler crashed", error=repr(exc))
         self.counters.links_closed += 1
         link.closed.set()
-        self._notify_links()
+        self._notify()
         self._link_log(link).info(
             "link down",
             code=link.close_code.value if link.close_code else "eof",
@@ -313,30 +322,18 @@ class LinkHost:
         link.scope.cancel()
 
     def _on_record(self, link: Link, record: bytes) -> None:
-        """Open, decode and route one record; one that is refused closes the link.
+        """Open, decode and hand on one record; one that is refused closes the link.
 
         Its own function so that nothing of a record outlives it while the
         reader waits for the next one.
         """
         try:
             plain = link.cipher.open(record)
-            frame = decode_frame(plain)
-            actions = self.router.handle_frame(
-                link.peer_id, frame, plain, self.now(), self.wall_ms()
-            )
-            if frame.type in _INTEREST_FRAMES:
-                self._notify_changed()
+            self.events.frame(link, decode_frame(plain), plain)
         except ProtocolError as exc:
             self._refuse(link, exc, self._link_log(link))
-            return
         except Exception as exc:  # a bug: drop this link, keep the peer
-            self.counters.link_errors += 1
-            self._link_log(link).exception("link handler crashed", error=repr(exc))
-            link.close(ErrorCode.UNEXPECTED, "internal error")
-            return
-        self.perform(actions)
-        if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
-            self._want_presence()  # the link now carries presence: announce ourselves
+            self._crashed(link, exc)
 
     def _refuse(self, link: Link, exc: ProtocolError, log: Any) -> None:
         self.counters.refuse(exc.code)

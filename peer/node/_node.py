@@ -1,29 +1,37 @@
-"""The Trio shell of a peer: lifecycle, router actions, inbox, agent operations.
+"""The Trio shell of a peer: lifecycle, the router between links and protocols, timers.
 
-``Peer.run`` opens the nursery that owns every task of the peer. The protocol
-decisions come from the sans-IO ``Handshake`` and ``GossipRouter``; the shell
-only performs them: it moves records, encrypts them per link, reads the clock
-and logs. Rules kept here:
+``Peer.run`` opens the nursery that owns every task of the peer. The
+protocol decisions come from sans-IO behaviours (``GossipRouter``,
+``Presence``, the DHT node, and the storage's delivery and catch-up cores);
+the shell only routes events to them and performs what they return: it moves
+records, encrypts them per link, reads the clock and logs. Rules kept here:
 
-* Every router decision goes through ``_perform``; a link that cannot keep up
-  with its send queue is closed as ``SLOW``, never waited for.
+* One router: ``LinkManager`` hands every decoded frame to ``Peer.frame``,
+  which charges the link's budget and gives the frame to the one behaviour
+  that owns its type (``_frame_owners``). A ``ProtocolError`` there refuses
+  the frame and closes the link; a bug closes only that link (the manager
+  counts it).
+* Every decision goes through ``perform``; a link that cannot keep up with
+  its send queue is closed as ``SLOW``, never waited for.
+* One timer task serves every behaviour's ``next_deadline()``; nothing
+  sleeps a fixed heartbeat.
+* Tasks start in nurseries the peer owns, from its own loops, never from a
+  sync callback: a subscription is queued and taken up by ``_subscriptions``.
+* Every envelope we sign gets its sequence number from ``_seal``: one chain
+  per log topic, continued from the store after a restart.
 * The inbox only grows by what the router delivers and the DMs we send; a DM
   that does not open is counted and dropped.
-* Presence is announced every ``presence_interval`` and when wanted (a new
-  peer, a new presence link), debounced by ``PRESENCE_DEBOUNCE``.
-* Inbound connections are limited per remote address (loopback exempt).
 
-Serving a link lives in ``peer.node._linkhost``, the DHT host methods in
-``peer.node._dhthost``, WebSocket plumbing in ``peer.node._websocket``; ``Peer``
-inherits the first two as mixins. With a ``store_path`` the peer's log,
-persistent inbox, outbox and catch-up live in ``peer.node._storage``; without one
-(simulations, benchmarks) nothing persists and the inbox is memory only.
+Links are ``peer.node._linkhost``'s, dialling and listening
+``peer.node._dialer``'s, the DHT's side ``peer.node._dhthost``'s. With a
+``store_path`` the log, persistent inbox, outbox and catch-up live in
+``peer.node._storage``; without one (simulations, benchmarks) nothing persists
+and the inbox is memory only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -31,10 +39,10 @@ from typing import Any
 
 import structlog
 import trio
-import trio_websocket
 
-from dht import DhtService
-from peer.protocols._gossip import Close, Deliver, GossipRouter, Send, Upcall
+from dht import Contact, DhtService
+from peer.protocols._gossip import Close, Deliver, GossipRouter, Send
+from peer.protocols._presence import Presence, parse_presence, presence_payload
 from peer.wire import _cbor
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
@@ -49,26 +57,33 @@ from peer.wire._envelope import (
     seal_presence,
 )
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import encode_frame, is_topic
+from peer.wire._frames import Frame, encode_frame, is_topic
 from peer.wire._identity import Identity
 from store import open_store_service
 
-from ._dhthost import DhtHost
+from ._dhthost import DhtBridge
+from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
 from ._link import Link
-from ._linkhost import LinkHost
+from ._linkhost import LinkConfig, LinkManager
 from ._options import PRESENCE_INTERVAL, PeerCounters, PeerOptions, UnknownPeer
 from ._storage import Storage
-from ._transport import WebSocketTransport
-from ._websocket import describe_remote, dial_websocket, is_loopback, memory_link_pair, serve_ws
+from ._transport import Transport
+from ._websocket import memory_link_pair
 
 __all__ = ["Peer", "PeerCounters", "PeerOptions", "UnknownPeer", "memory_link_pair"]
 
 PRESENCE_DEBOUNCE = 5.0
 ONLINE_WINDOW_MS = int(2.5 * PRESENCE_INTERVAL * 1000)
+GOSSIP_FRAMES = frozenset(
+    {"pub", "sub", "unsub", "graft", "prune", "ihave", "iwant", "ping", "pong", "error"}
+)
+_INTEREST_FRAMES = frozenset({"sub", "unsub"})
+
+FrameHandler = Callable[[Link, Frame, bytes], None]
 
 
-class Peer(LinkHost, DhtHost):
+class Peer:
     """A clawmesh peer. Create it, then ``await nursery.start(peer.run)``."""
 
     def __init__(self, identity: Identity, options: PeerOptions | None = None) -> None:
@@ -87,26 +102,41 @@ class Peer(LinkHost, DhtHost):
             verify=not self.options.bench_no_verify,
             observe_all=self.options.relay_only and self.options.store_path is not None,
         )
+        self.presence = Presence(self.options.presence_interval, PRESENCE_DEBOUNCE)
         self.inbox = Inbox(self.options.inbox_capacity)
         self.directory = Directory()
-        self.links: dict[bytes, Link] = {}
         self.counters = PeerCounters()
         self.channels: set[str] = set()
         self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
         self.storage: Storage | None = None
+        self.listen_urls: list[str] = list(self.options.listen_urls)
+        config = LinkConfig(identity, self.options, lambda: self.caps, lambda: self.listen_urls)
+        self.link_manager = LinkManager(config, self, self.counters, self.log)
+        self.links: dict[bytes, Link] = self.link_manager.links
+        self.dialer = Dialer(
+            self.link_manager,
+            self.options,
+            self.counters,
+            random.Random(self.rng.random()),
+            self.log,
+        )
+        self._bridge: DhtBridge | None = None
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
         self._inbox_changed = trio.Event()
-        self._links_changed = trio.Event()
         self._changed = trio.Event()
-        self._last_presence = -math.inf
-        self._presence_wanted = trio.Event()
-        self.listen_urls: list[str] = list(self.options.listen_urls)
-        self._self_urls: set[str] = set()
-        self._inbound_per_ip: dict[str, int] = {}
-        self._dialing: dict[bytes, trio.Event] = {}
-        self.dht: DhtService | None = None
+        self._timers_changed = trio.Event()
+        self._new_channels: dict[str, None] = {}  # subscribed, not yet taken up
+        self._channels_saved = True
+        self._channels_wanted = trio.Event()
+        self._frame_owners: dict[str, FrameHandler] = {
+            **dict.fromkeys(GOSSIP_FRAMES, self._on_gossip_frame),
+            "dht": self._on_dht_frame,
+            "cureq": self._on_cureq_frame,
+            "cupage": self._on_cupage_frame,
+            "push": self._on_push_frame,
+        }
 
     # -- time ------------------------------------------------------------------
 
@@ -115,6 +145,9 @@ class Peer(LinkHost, DhtHost):
 
     def wall_ms(self) -> int:
         return int((self._epoch + trio.current_time()) * 1000)
+
+    def wall_time(self) -> float:
+        return self._epoch + trio.current_time()
 
     @property
     def uptime(self) -> float:
@@ -128,7 +161,8 @@ class Peer(LinkHost, DhtHost):
         extra: Callable[[trio.Nursery], Awaitable[None]] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run the peer until cancelled. ``extra`` starts more services in its nursery."""
+        """Run the peer until cancelled. ``extra`` starts more services in its nursery
+        (the listener: our addresses are known after it, before the DHT starts)."""
         self._started = trio.current_time()
         self._epoch = time.time() - self._started
         async with contextlib.AsyncExitStack() as stack:
@@ -139,6 +173,7 @@ class Peer(LinkHost, DhtHost):
                 )
                 self.storage = Storage(self, service)
                 stored = await self.storage.load()
+                self._chains = await self.storage.own_chains()
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
@@ -157,17 +192,20 @@ class Peer(LinkHost, DhtHost):
         if self.storage is not None:
             nursery.start_soon(self.storage.run)
         if extra is not None:
-            await extra(nursery)  # the listener: our addresses are known after it
+            await extra(nursery)
         if self.options.dht:
-            self.dht = self._make_dht()
-            nursery.start_soon(self.dht.run)
+            self._bridge = DhtBridge(self)
+            nursery.start_soon(self._bridge.service.run)
+        now = self.now()
+        self.router.start(now)
+        self.presence.start(now)
         self.perform(self.router.subscribe(PRESENCE_TOPIC))
         if not self.options.relay_only:
             self.perform(self.router.subscribe(inbox_topic(self.peer_id)))
             for channel in dict.fromkeys(channels):
                 self.subscribe(channel)
-        nursery.start_soon(self._heartbeat_loop)
-        nursery.start_soon(self._presence_loop)
+        nursery.start_soon(self._timers)
+        nursery.start_soon(self._subscriptions)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.options.bench_no_verify or self.options.bench_plaintext_links:
             self.log.warning(
@@ -175,6 +213,10 @@ class Peer(LinkHost, DhtHost):
                 no_verify=self.options.bench_no_verify,
                 plaintext_links=self.options.bench_plaintext_links,
             )
+
+    @property
+    def dht(self) -> DhtService | None:
+        return None if self._bridge is None else self._bridge.service
 
     @property
     def serving_dht(self) -> bool:
@@ -197,11 +239,9 @@ class Peer(LinkHost, DhtHost):
     # -- change notifications ----------------------------------------------------
 
     def _notify_links(self) -> None:
-        self._links_changed.set()
-        self._links_changed = trio.Event()
-        self._notify_changed()
+        self.notify_changed()
 
-    def _notify_changed(self) -> None:
+    def notify_changed(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
@@ -210,50 +250,87 @@ class Peer(LinkHost, DhtHost):
         await self._changed.wait()
 
     async def wait_links_changed(self) -> None:
-        await self._links_changed.wait()
+        await self.link_manager.wait_changed()
 
-    # -- performing router decisions ---------------------------------------------
+    # -- links: what the link manager tells us (LinkEvents) ------------------------
 
-    def _upcall(self, action: Upcall) -> None:
-        link = self.links.get(action.peer)
-        if link is None:
-            return
-        fields = action.frame.fields
-        storage = self.storage
-        match action.frame.type:
-            case "dht":
-                if self.dht is None:
-                    return  # DHT off: requests go unanswered and time out at the asker
-                try:
-                    self.dht.on_message(action.peer, fields["m"])
-                except ProtocolError as exc:
-                    self._refuse(link, exc, self.log.bind(link=action.peer.hex()[:16]))
-            case "cureq":
-                if storage is not None:
-                    storage.on_request(action.peer, fields)
-                else:
-                    link.enqueue(
-                        encode_frame(
-                            "cupage",
-                            r=fields["r"],
-                            topic=fields["topic"],
-                            m=[],
-                            next=fields["after"],
-                            more=False,
-                            heads=[],
-                            err="not-carried",
-                        )
-                    )
-            case "cupage":
-                if storage is not None:
-                    storage.on_page(action.peer, fields)
-            case "push":
-                if storage is not None:
-                    storage.on_push(action.peer, fields["e"])
-                else:
-                    self._on_push_memory(action.peer, fields["e"])
+    def link_up(self, link: Link) -> None:
+        result = link.result
+        info = self.directory.see(link.peer_id, result.public_key, self.wall_ms())
+        info.linked = True
+        info.times_linked += 1
+        info.listen, info.caps, info.agent = result.listen, result.caps, result.agent
+        info.remote = link.transport.remote
+        self.perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
+        if self._bridge is not None:
+            self._bridge.link_up(link.peer_id)
+        if self.storage is not None:
+            self.storage.on_link_up(link.peer_id, result.caps)
+        self._notify_links()
 
-    def perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None:
+    def link_down(self, link: Link) -> None:
+        info = self.directory.get(link.peer_id)
+        if info is not None:
+            info.linked = False
+        self.perform(self.router.remove_link(link.peer_id))
+        if self._bridge is not None:
+            self._bridge.link_down(link.peer_id)
+        self._notify_links()
+
+    def frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        """One decoded frame: charged to the link, then handed to the behaviour owning it."""
+        owner = self._frame_owners.get(frame.type)
+        if owner is None:
+            raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame after the handshake")
+        if owner is not self._on_gossip_frame:
+            refused = self.router.admit(link.peer_id, len(raw), self.now())
+            if refused:
+                self.perform(refused)
+                return
+        owner(link, frame, raw)
+
+    def _on_gossip_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        self.perform(self.router.handle_frame(link.peer_id, frame, raw, self.now(), self.wall_ms()))
+        if frame.type in _INTEREST_FRAMES:
+            self.notify_changed()
+            if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
+                self.want_presence()  # the link now carries presence: announce ourselves
+
+    def _on_dht_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        if self._bridge is not None:  # DHT off: requests go unanswered, time out at the asker
+            self._bridge.on_message(link.peer_id, frame.fields["m"])
+
+    def _on_cureq_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        fields = frame.fields
+        if self.storage is not None:
+            self.storage.on_request(link.peer_id, fields)
+        else:
+            link.enqueue(
+                encode_frame(
+                    "cupage",
+                    r=fields["r"],
+                    topic=fields["topic"],
+                    m=[],
+                    next=fields["after"],
+                    more=False,
+                    heads=[],
+                    err="not-carried",
+                )
+            )
+
+    def _on_cupage_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        if self.storage is not None:
+            self.storage.on_page(link.peer_id, frame.fields)
+
+    def _on_push_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        if self.storage is not None:
+            self.storage.on_push(link.peer_id, frame.fields["e"])
+        else:
+            self._on_push_memory(link.peer_id, frame.fields["e"])
+
+    # -- performing decisions ------------------------------------------------------
+
+    def perform(self, actions: list[Send | Deliver | Close]) -> None:
         for action in actions:
             if isinstance(action, Send):
                 link = self.links.get(action.peer)
@@ -263,8 +340,6 @@ class Peer(LinkHost, DhtHost):
                     link.close(ErrorCode.SLOW, "not reading fast enough")
             elif isinstance(action, Deliver):
                 self._deliver(action.envelope, action.member)
-            elif isinstance(action, Upcall):
-                self._upcall(action)
             else:
                 link = self.links.get(action.peer)
                 if link is not None:
@@ -276,6 +351,38 @@ class Peer(LinkHost, DhtHost):
                         reason=action.reason,
                     )
                     link.close(action.code, action.reason)
+
+    # -- timers --------------------------------------------------------------------
+
+    def _rearm(self) -> None:
+        self._timers_changed.set()
+
+    async def _timers(self) -> None:
+        """Call each behaviour's ``handle_timer`` at its ``next_deadline``."""
+        while True:
+            deadlines = [
+                d
+                for d in (self.router.next_deadline(), self.presence.next_deadline())
+                if d is not None
+            ]
+            with trio.move_on_at(min(deadlines, default=trio.current_time() + 3600)):
+                await self._timers_changed.wait()
+            self._timers_changed = trio.Event()
+            now = self.now()
+            self.perform(self.router.handle_timer(now))
+            if self.presence.handle_timer(now):
+                self._announce_presence()
+
+    def want_presence(self) -> None:
+        self.presence.want(self.now())
+        self._rearm()
+
+    def _announce_presence(self) -> None:
+        payload = _cbor.encode(presence_payload(self.listen_urls, self.caps))
+        # presence is not stored: its sequence is the clock, which outlives restarts
+        now_ms = self.wall_ms()
+        env = seal_presence(self.identity, payload=payload, seq=now_ms, ts=now_ms)
+        self.perform(self.router.publish(env, self.now()))
 
     def _deliver(self, env: Envelope, member: bool = True) -> None:
         now_ms = self.wall_ms()
@@ -356,7 +463,7 @@ class Peer(LinkHost, DhtHost):
     def notify_inbox(self) -> None:
         self._inbox_changed.set()
         self._inbox_changed = trio.Event()
-        self._notify_changed()
+        self.notify_changed()
 
     def _on_push_memory(self, link_peer: bytes, wire: bytes) -> None:
         """A pushed DM without a store: deliver it once, like one from gossip."""
@@ -365,7 +472,9 @@ class Peer(LinkHost, DhtHost):
         except ProtocolError as exc:
             link = self.links.get(link_peer)
             if link is not None:
-                self._refuse(link, exc, self.log.bind(link=link_peer.hex()[:16]))
+                self.counters.refuse(exc.code)
+                self.log.warning("push refused", link=link_peer.hex()[:16], reason=exc.message)
+                link.close(exc.code, exc.message)
             return
         if env.kind == "dm" and env.recipient == self.peer_id and not self.router.seen(env.id):
             self.router.note_seen(env.id, self.now())
@@ -378,45 +487,69 @@ class Peer(LinkHost, DhtHost):
         if env.sender == self.peer_id:
             return
         try:
-            data = payload_value(env.fields["payload"])
+            listen, caps = parse_presence(payload_value(env.fields["payload"]))
         except ProtocolError:
             return
-        if isinstance(data, dict):
-            listen = data.get("listen")
-            caps = data.get("caps")
-            if isinstance(listen, list) and all(isinstance(a, str) for a in listen):
-                info.listen = tuple(listen[:8])
-            if isinstance(caps, list) and all(isinstance(c, str) for c in caps):
-                info.caps = tuple(caps[:16])
+        if listen is not None:
+            info.listen = listen
+        if caps is not None:
+            info.caps = caps
         if self.storage is not None:
             self.storage.wake_outbox(env.sender)
         if info.extra.get("presence_seq", -1) < env.seq:
             first = "presence_seq" not in info.extra
             info.extra["presence_seq"] = env.seq
-            self._notify_changed()
+            self.notify_changed()
             if first:
-                self._want_presence()  # let a newcomer learn of us soon
+                self.want_presence()  # let a newcomer learn of us soon
 
     # -- agent-facing operations -------------------------------------------------
 
-    def _seal_next(self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]) -> Envelope:
+    def _seal(self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]) -> Envelope:
         """Sign our next envelope of ``log_topic`` with ``seal(seq, prev)``: ``seq``
-        one more than our last one there, ``prev`` that one's id. Synchronous,
-        so no other envelope of ours can come between; without a store the
-        chain starts again with the process."""
+        one more than our last one there, ``prev`` that one's id.
+
+        The one path for every envelope we sign with a sequence (channel
+        messages, DMs, receipts). Synchronous, so no other envelope of ours can
+        come between; with a store the chains were read from it at start, so a
+        restart continues them (without one they start again with the process).
+        """
         seq, prev = self._chains.get(log_topic, (0, None))
         env = seal(seq + 1, prev)
         self._chains[log_topic] = (seq + 1, env.id)
         return env
 
+    def _seal_message(self, channel: str, content: Content) -> Envelope:
+        return self._seal(
+            channel,
+            lambda seq, prev: seal_message(
+                self.identity,
+                topic=channel,
+                content=content,
+                seq=seq,
+                ts=self.wall_ms(),
+                prev=prev,
+            ),
+        )
+
+    def _seal_dm(self, peer_id: bytes, key: bytes, content: Content) -> Envelope:
+        return self._seal(
+            inbox_topic(peer_id),
+            lambda seq, prev: seal_dm(
+                self.identity,
+                recipient_key=key,
+                content=content,
+                seq=seq,
+                ts=self.wall_ms(),
+                prev=prev,
+            ),
+        )
+
     async def seal_own(
         self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]
     ) -> Envelope:
-        """:meth:`_seal_next`, the chain continued from what the store holds of ours."""
-        if self.storage is not None and log_topic not in self._chains:
-            head = await self.storage.chain_head(log_topic)
-            self._chains.setdefault(log_topic, head)  # another task may have sealed meanwhile
-        return self._seal_next(log_topic, seal)
+        """:meth:`_seal`, for callers in async code."""
+        return self._seal(log_topic, seal)
 
     def subscribe(self, channel: str) -> None:
         if not is_topic(channel) or "/" in channel:
@@ -424,22 +557,40 @@ class Peer(LinkHost, DhtHost):
         new = channel not in self.channels
         self.channels.add(channel)
         self.perform(self.router.subscribe(channel))
-        if self.storage is not None and new:
-            self.nursery.start_soon(self._subscribed, channel)
-        if self.dht is not None and channel not in self.dht.node.providing:
-            with contextlib.suppress(ValueError):  # providing too many topics: gossip still works
-                self.dht.node.start_providing(channel, self.wall_time())
-            self.nursery.start_soon(self._link_to_carriers, channel)
+        if new:
+            self._new_channels[channel] = None  # taken up by _subscriptions
+            self._channels_saved = False
+            self._channels_wanted.set()
+
+    async def _subscriptions(self) -> None:
+        """Take up new subscriptions: remember them, catch up, find carriers in the DHT."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._channels_wanted.wait()
+                self._channels_wanted = trio.Event()
+                new, self._new_channels = list(self._new_channels), {}
+                for channel in new:
+                    nursery.start_soon(self._subscribed, channel)
+                if self.storage is not None and not self._channels_saved:
+                    self._channels_saved = True
+                    await self.storage.save_channels()
 
     async def _subscribed(self, channel: str) -> None:
-        assert self.storage is not None
-        await self.storage.note_subscribed(channel)
-        await self.storage.save_channels()
-        await self.storage.catch_up_all([channel])
+        if self.storage is not None:
+            await self.storage.note_subscribed(channel)
+        if self._bridge is not None and channel not in self._bridge.service.node.providing:
+            with contextlib.suppress(ValueError):  # providing too many topics: gossip still works
+                self._bridge.service.node.start_providing(channel, self.wall_time())
+        async with trio.open_nursery() as nursery:
+            if self.storage is not None:
+                nursery.start_soon(self.storage.catch_up_all, [channel])
+            if self._bridge is not None:
+                nursery.start_soon(self._bridge.link_to_carriers, channel)
 
     def unsubscribe(self, channel: str) -> None:
-        if self.storage is not None and channel in self.channels:
-            self.nursery.start_soon(self.storage.save_channels)
+        if channel in self.channels:
+            self._channels_saved = False
+            self._channels_wanted.set()
         self.channels.discard(channel)
         self.perform(self.router.unsubscribe(channel))
         if self.dht is not None:
@@ -447,33 +598,13 @@ class Peer(LinkHost, DhtHost):
 
     def publish(self, channel: str, content: Content) -> Envelope:
         """Sign and send a channel message (ValueError or ProtocolError if invalid)."""
-        env = self._seal_next(
-            channel,
-            lambda seq, prev: seal_message(
-                self.identity,
-                topic=channel,
-                content=content,
-                seq=seq,
-                ts=self.wall_ms(),
-                prev=prev,
-            ),
-        )
+        env = self._seal_message(channel, content)
         self.perform(self.router.publish(env, self.now()))
         return env
 
     async def send_message(self, channel: str, content: Content) -> Envelope:
         """Sign, store (durably, with a store) and send a channel message."""
-        env = await self.seal_own(
-            channel,
-            lambda seq, prev: seal_message(
-                self.identity,
-                topic=channel,
-                content=content,
-                seq=seq,
-                ts=self.wall_ms(),
-                prev=prev,
-            ),
-        )
+        env = self._seal_message(channel, content)
         if self.storage is not None:
             message = payload = None
             if channel in self.channels:
@@ -492,18 +623,7 @@ class Peer(LinkHost, DhtHost):
         info = self.directory.get(peer_id)
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
-        key = info.public_key
-        env = await self.seal_own(
-            inbox_topic(peer_id),
-            lambda seq, prev: seal_dm(
-                self.identity,
-                recipient_key=key,
-                content=content,
-                seq=seq,
-                ts=self.wall_ms(),
-                prev=prev,
-            ),
-        )
+        env = self._seal_dm(peer_id, info.public_key, content)
         message, payload = self.make_inbox_message(
             env, content, None, peer_id, True, self.wall_ms()
         )
@@ -518,18 +638,7 @@ class Peer(LinkHost, DhtHost):
         info = self.directory.get(peer_id)
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
-        key = info.public_key
-        env = self._seal_next(
-            inbox_topic(peer_id),
-            lambda seq, prev: seal_dm(
-                self.identity,
-                recipient_key=key,
-                content=content,
-                seq=seq,
-                ts=self.wall_ms(),
-                prev=prev,
-            ),
-        )
+        env = self._seal_dm(peer_id, info.public_key, content)
         self.perform(self.router.publish(env, self.now()))
         self._add_to_inbox(env, content, channel=None, peer=peer_id, outgoing=True)
         return env
@@ -563,100 +672,44 @@ class Peer(LinkHost, DhtHost):
         now_ms = self.wall_ms() if now_ms is None else now_ms
         return info.linked or now_ms - info.last_seen_ms < ONLINE_WINDOW_MS
 
-    # -- periodic work -------------------------------------------------------------
+    # -- links: dialling and listening ---------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        interval = self.options.gossip.heartbeat
-        while True:
-            await trio.sleep(interval)
-            self.perform(self.router.heartbeat(self.now()))
-
-    def _want_presence(self) -> None:
-        self._presence_wanted.set()
-
-    async def _presence_loop(self) -> None:
-        while True:
-            with trio.move_on_after(self.options.presence_interval):
-                await self._presence_wanted.wait()
-            self._presence_wanted = trio.Event()
-            wait = self._last_presence + PRESENCE_DEBOUNCE - self.now()
-            if wait > 0:
-                await trio.sleep(wait)
-            self._announce_presence()
-
-    def _announce_presence(self) -> None:
-        self._last_presence = self.now()
-        payload = _cbor.encode({"listen": self.listen_urls[:8], "caps": list(self.caps)})
-        # presence is not stored: its sequence is the clock, which outlives restarts
-        now_ms = self.wall_ms()
-        env = seal_presence(self.identity, payload=payload, seq=now_ms, ts=now_ms)
-        self.perform(self.router.publish(env, self.now()))
-
-    # -- dialling ------------------------------------------------------------------
+    def start_link(
+        self, transport: Transport, *, initiator: bool, expect: bytes | None = None
+    ) -> None:
+        """Run a link over ``transport`` in the peer's nursery (for tests and tools)."""
+        self.nursery.start_soon(self.link_manager.run_link, transport, initiator, expect)
 
     async def dial_forever(self, url: str, expect: bytes | None = None) -> None:
-        """Keep a link to ``url`` up, reconnecting with exponential backoff and jitter."""
-        backoff = self.options.backoff_initial
-        log = self.log.bind(dial=url)
-        while True:
-            started = self.now()
-            linked_to = await self.dial_once(url, expect)
-            if url in self._self_urls:
-                log.info("bootstrap address is this peer; not dialling it")
-                return
-            if linked_to is not None and linked_to in self.links:
-                # a duplicate: the other direction won; wait for it to end
-                await self.links[linked_to].closed.wait()
-            if self.now() - started > 30:
-                backoff = self.options.backoff_initial
-            delay = self.rng.uniform(0, backoff)
-            log.debug("redial", after=round(delay, 2))
-            await trio.sleep(delay)
-            backoff = min(self.options.backoff_max, backoff * 2)
+        """Keep a link to ``url`` up (see ``Dialer.dial_forever``)."""
+        await self.dialer.dial_forever(url, expect)
 
     async def dial_once(
         self, url: str, expect: bytes | None = None, on_up: Callable[[], None] | None = None
     ) -> bytes | None:
-        """One connection attempt to a ``ws://`` URL; returns the peer id linked, if any.
-
-        The TCP stream is opened and closed by ``dial_websocket`` rather than by
-        trio-websocket, which skips closing it when the other side closed first.
-        """
-        result = await dial_websocket(
-            url, lambda transport: self.run_link(transport, True, expect, on_up), self.log
-        )
-        return None if result is None else result.peer_id
+        """One connection attempt to a ``ws://`` URL; returns the peer id linked, if any."""
+        return await self.dialer.dial_once(url, expect, on_up)
 
     async def serve_websocket(self, host: str, port: int) -> int:
         """Accept WebSocket links on ``host:port`` in the peer's nursery; returns the bound port."""
+        return await self.dialer.serve_websocket(host, port, self.nursery)
 
-        async def handler(request: trio_websocket.WebSocketRequest) -> None:
-            remote = describe_remote(request)
-            ip = remote.rsplit(":", 1)[0]
-            limit = self.options.max_links_per_ip
-            if limit and not is_loopback(ip) and self._inbound_per_ip.get(ip, 0) >= limit:
-                self.counters.refuse(ErrorCode.TOO_LARGE)
-                self.log.warning("too many connections from one address", remote=remote)
-                with contextlib.suppress(Exception):
-                    await request.reject(503, body=b"too many connections from your address")
-                return
-            self._inbound_per_ip[ip] = self._inbound_per_ip.get(ip, 0) + 1
-            try:
-                try:
-                    ws = await request.accept()
-                    request.headers.clear()  # kept by trio-websocket for the link's life, unused
-                except Exception as exc:
-                    self.counters.link_errors += 1
-                    self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))
-                    return
-                await self.run_link(WebSocketTransport(ws, remote), False, None)
-            except Exception as exc:  # never let one connection end the listener
-                self.counters.link_errors += 1
-                self.log.exception("link crashed", remote=remote, error=repr(exc))
-            finally:
-                self._inbound_per_ip[ip] -= 1
-                if not self._inbound_per_ip[ip]:
-                    del self._inbound_per_ip[ip]
+    async def join(self, specs: list[str]) -> None:
+        """Resolve bootstrap specs (URLs, files, ``ws://host:port/#peerid``) and keep
+        links to every peer they name; returns once all are resolved."""
+        await self.dialer.join(specs, self.nursery)
 
-        bound: int = await self.nursery.start(serve_ws, handler, host, port, self.nursery)
-        return bound
+    async def connect(self, contact: Contact) -> bool:
+        """Link to a DHT contact unless linked; False without the DHT or when it fails."""
+        if self._bridge is None:
+            return False
+        return await self._bridge.connect(contact)
+
+    async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None:
+        """What we know of ``peer_id``, asking the DHT (and linking) if we know nothing."""
+        if self._bridge is None:
+            return self.directory.get(peer_id)
+        return await self._bridge.resolve_peer(peer_id)
+
+    def contact_of(self, peer_id: bytes) -> Contact | None:
+        return None if self._bridge is None else self._bridge.contact_of(peer_id)

@@ -487,15 +487,21 @@ class Storage(DeliveryHost, CatchUpHost):
 
     # -- own messages ------------------------------------------------------------------
 
-    async def chain_head(self, log_topic: str) -> tuple[int, bytes | None]:
-        """Our last ``seq`` in ``log_topic`` and that envelope's id (None if the
-        store no longer has it): where our chain of envelopes goes on."""
+    async def own_chains(self) -> dict[str, tuple[int, bytes | None]]:
+        """Our last ``seq`` in every log topic we signed in, and that envelope's id
+        (None if the store no longer has it): where each chain of ours goes on."""
         me = self.peer.peer_id
 
-        def read(s: MessageStore) -> tuple[int, bytes | None]:
-            seq = max((end for _, end in s.sender_ranges(me, log_topic)), default=0)
-            last = s.read_sender(log_topic, me, seq, seq, 1) if seq else []
-            return seq, message_id(split_wire(last[0].wire)[0]) if last else None
+        def read(s: MessageStore) -> dict[str, tuple[int, bytes | None]]:
+            chains: dict[str, tuple[int, bytes | None]] = {}
+            for head in s.topics():
+                seq = max((end for _, end in s.sender_ranges(me, head.topic)), default=0)
+                if seq:
+                    last = s.read_sender(head.topic, me, seq, seq, 1)
+                    chains[head.topic] = (
+                        seq, message_id(split_wire(last[0].wire)[0]) if last else None
+                    )
+            return chains
 
         return await self.service.read(read)
 

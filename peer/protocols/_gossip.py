@@ -66,15 +66,7 @@ class Close:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Upcall:
-    """A frame for another protocol on the link (DHT, catch-up): the shell hands it on."""
-
-    peer: bytes
-    frame: Frame
-
-
-Action = Send | Deliver | Close | Upcall
+Action = Send | Deliver | Close
 
 
 @dataclass
@@ -140,6 +132,7 @@ class GossipRouter:
         self._mcache: dict[bytes, tuple[str, bytes]] = {}
         self._windows: deque[list[bytes]] = deque([[]])
         self._ping_n = 0
+        self._next_heartbeat: float | None = None
         self.stats = GossipStats()
 
     # -- queries ---------------------------------------------------------------
@@ -245,13 +238,29 @@ class GossipRouter:
         if link is None:
             return []
         try:
-            self._charge(link, len(raw), now)
-            link.last_heard = now
-            link.ping_sent = None
+            self._admit(link, len(raw), now)
             return self._dispatch(peer, link, frame, raw, now, wall_ms)
         except ProtocolError as exc:
             self.stats.rejected += 1
             return [Close(peer, exc.code, exc.message)]
+
+    def admit(self, peer: bytes, size: int, now: float) -> list[Action]:
+        """A frame that another behaviour owns came from ``peer``: charge it to the
+        link's budget and note the link alive; a ``Close`` if over budget."""
+        link = self._links.get(peer)
+        if link is None:
+            return []
+        try:
+            self._admit(link, size, now)
+        except ProtocolError as exc:
+            self.stats.rejected += 1
+            return [Close(peer, exc.code, exc.message)]
+        return []
+
+    def _admit(self, link: _Link, size: int, now: float) -> None:
+        self._charge(link, size, now)
+        link.last_heard = now
+        link.ping_sent = None
 
     def _charge(self, link: _Link, size: int, now: float) -> None:
         p = self.params
@@ -292,8 +301,6 @@ class GossipRouter:
                 return [Send(peer, encode_frame("pong", n=f["n"]))]
             case "pong":
                 return []
-            case "dht" | "cureq" | "cupage" | "push":
-                return [Upcall(peer, frame)]
             case "error":
                 return [Close(peer, ErrorCode.SHUTDOWN, f"peer said {f['code']}: {f['msg']}")]
         raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame after the handshake")
@@ -461,6 +468,21 @@ class GossipRouter:
         self._windows[-1].append(mid)
 
     # -- time ------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Start the heartbeat clock: the first one is due ``heartbeat`` seconds after ``now``."""
+        self._next_heartbeat = now + self.params.heartbeat
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must be called next (None before :meth:`start`)."""
+        return self._next_heartbeat
+
+    def handle_timer(self, now: float) -> list[Action]:
+        """Run the heartbeat if it is due; the next one is due a ``heartbeat`` later."""
+        if self._next_heartbeat is None or now < self._next_heartbeat:
+            return []
+        self._next_heartbeat = now + self.params.heartbeat
+        return self.heartbeat(now)
 
     def heartbeat(self, now: float) -> list[Action]:
         """Mesh maintenance, gossip, cache shift and keepalive; call every ``heartbeat`` s."""

@@ -1,0 +1,159 @@
+"""Getting links: dialling addresses, keeping bootstrap links up, the listener.
+
+Rules kept here:
+
+* ``dial_forever`` keeps one address linked: after a link ends or a dial
+  fails it waits a jittered, growing delay (``store.Backoff``, the one
+  backoff helper) and dials again. A link that came up starts the delays
+  from the beginning, unless links to the address flap (``FLAP_LIMIT`` links
+  within ``FLAP_WINDOW`` seconds), when the delays keep growing. An address
+  that turns out to be our own is dropped.
+* ``join`` resolves each bootstrap spec (retrying with the same backoff)
+  and keeps a link to every peer it names.
+* The listener refuses more than ``max_links_per_ip`` inbound connections
+  from one remote address (loopback is exempt); a connection that fails
+  its upgrade is counted and never ends the listener.
+* Every task here runs in the nursery the peer gives, started from these
+  async functions, never from a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import trio
+import trio_websocket
+
+from peer.wire._errors import ErrorCode
+from store import Backoff
+
+from ._bootstrap import BootstrapError, BootstrapPeer, fetch_bootstrap
+from ._linkhost import LinkManager
+from ._options import PeerCounters, PeerOptions
+from ._transport import WebSocketTransport
+from ._websocket import describe_remote, dial_websocket, is_loopback, serve_ws
+
+BOOTSTRAP_BACKOFF = Backoff(base_ms=1_000, cap_ms=60_000)
+FLAP_LIMIT = 5
+FLAP_WINDOW = 60.0
+
+
+class Dialer:
+    """Dialling and listening for one peer's ``LinkManager``."""
+
+    def __init__(
+        self,
+        links: LinkManager,
+        options: PeerOptions,
+        counters: PeerCounters,
+        rng: random.Random,
+        log: Any,
+    ) -> None:
+        self.links = links
+        self.options = options
+        self.counters = counters
+        self.rng = rng
+        self.log = log
+        self.backoff = Backoff(
+            base_ms=max(1, int(options.backoff_initial * 1000)),
+            cap_ms=max(1, int(options.backoff_initial * 1000), int(options.backoff_max * 1000)),
+        )
+        self._inbound_per_ip: dict[str, int] = {}
+
+    async def dial_forever(self, url: str, expect: bytes | None = None) -> None:
+        """Keep a link to ``url`` up, reconnecting with jittered exponential backoff."""
+        log = self.log.bind(dial=url)
+        failures = 0
+        ups: deque[float] = deque(maxlen=FLAP_LIMIT)
+        while True:
+            linked_to = await self.dial_once(url, expect)
+            if url in self.links.self_urls:
+                log.info("bootstrap address is this peer; not dialling it")
+                return
+            existing = self.links.links.get(linked_to) if linked_to is not None else None
+            if existing is not None:
+                # a duplicate: the other direction won; wait for it to end
+                await existing.closed.wait()
+            if linked_to is not None:
+                ups.append(trio.current_time())
+            flapping = len(ups) == FLAP_LIMIT and ups[-1] - ups[0] < FLAP_WINDOW
+            failures = 0 if linked_to is not None and not flapping else failures + 1
+            delay = self.backoff.delay_ms(failures, self.rng) / 1000
+            log.debug("redial", after=round(delay, 2))
+            await trio.sleep(delay)
+
+    async def dial_once(
+        self, url: str, expect: bytes | None = None, on_up: Callable[[], None] | None = None
+    ) -> bytes | None:
+        """One connection attempt to a ``ws://`` URL; returns the peer id linked, if any.
+
+        The TCP stream is opened and closed by ``dial_websocket`` rather than by
+        trio-websocket, which skips closing it when the other side closed first.
+        """
+        result = await dial_websocket(
+            url,
+            lambda transport: self.links.run_link(transport, True, expect, on_up),
+            self.log,
+        )
+        return None if result is None else result.peer_id
+
+    async def join(self, specs: list[str], nursery: trio.Nursery) -> None:
+        """Resolve every bootstrap spec (retrying failures) and keep links to what it names."""
+        async with trio.open_nursery() as resolving:
+            for spec in specs:
+                resolving.start_soon(self._resolve_and_dial, spec, nursery)
+
+    async def _resolve_and_dial(self, spec: str, nursery: trio.Nursery) -> None:
+        attempts = 0
+        while True:
+            try:
+                targets: list[BootstrapPeer] = await fetch_bootstrap(spec)
+                break
+            except BootstrapError as exc:
+                delay = BOOTSTRAP_BACKOFF.delay_ms(attempts, self.rng) / 1000
+                attempts += 1
+                self.log.warning("bootstrap failed", spec=spec, error=str(exc), retry_in=delay)
+                await trio.sleep(delay)
+        self.log.info("bootstrap resolved", spec=spec, peers=len(targets))
+        for target in targets:
+            if target.peer_id != self.links.peer_id:
+                nursery.start_soon(self.dial_forever, target.url, target.peer_id)
+
+    async def serve_websocket(self, host: str, port: int, nursery: trio.Nursery) -> int:
+        """Accept WebSocket links on ``host:port``, handled in ``nursery``; returns the port."""
+        bound: int = await nursery.start(serve_ws, self._accept, host, port, nursery)
+        return bound
+
+    async def _accept(self, request: trio_websocket.WebSocketRequest) -> None:
+        remote = describe_remote(request)
+        ip = remote.rsplit(":", 1)[0]
+        limit = self.options.max_links_per_ip
+        if limit and not is_loopback(ip) and self._inbound_per_ip.get(ip, 0) >= limit:
+            self.counters.refuse(ErrorCode.TOO_LARGE)
+            self.log.warning("too many connections from one address", remote=remote)
+            with contextlib.suppress(Exception):
+                await request.reject(503, body=b"too many connections from your address")
+            return
+        self._inbound_per_ip[ip] = self._inbound_per_ip.get(ip, 0) + 1
+        try:
+            try:
+                ws = await request.accept()
+            except Exception as exc:
+                self.counters.link_errors += 1
+                self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))
+                return
+            # trio-websocket keeps the upgrade request's headers for the link's
+            # life, unused after the upgrade: about 1 KiB per idle link on a relay
+            request.headers.clear()
+            await self.links.run_link(WebSocketTransport(ws, remote), False, None)
+        except Exception as exc:  # never let one connection end the listener
+            self.counters.link_errors += 1
+            self.log.error("link crashed", remote=remote, error=repr(exc), exc_info=exc)
+        finally:
+            self._inbound_per_ip[ip] -= 1
+            if not self._inbound_per_ip[ip]:
+                del self._inbound_per_ip[ip]

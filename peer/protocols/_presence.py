@@ -1,0 +1,83 @@
+"""Presence, sans-IO: when to announce ourselves, and what an announcement says.
+
+Rules kept here:
+
+* A peer announces itself every ``interval`` seconds, and soon after it is
+  wanted (a new peer appeared, a link started carrying presence), but never
+  twice within ``debounce`` seconds.
+* An announcement's payload is a CBOR map ``{"listen": [...], "caps": [...]}``;
+  :func:`parse_presence` takes what is well formed from one (at most
+  ``MAX_LISTEN`` addresses and ``MAX_CAPS`` capabilities) and ignores the rest.
+
+Time is an input: ``next_deadline()`` says when the shell must call
+``handle_timer(now)``, which answers whether to announce now.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MAX_LISTEN = 8
+MAX_CAPS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Announce:
+    """Sign and publish a presence announcement now."""
+
+
+class Presence:
+    """The announcement schedule of one peer."""
+
+    def __init__(self, interval: float, debounce: float) -> None:
+        self.interval = interval
+        self.debounce = debounce
+        self._last = -math.inf  # when we last announced
+        self._cycle: float | None = None  # when the current interval started
+        self._wanted_at: float | None = None
+
+    def start(self, now: float) -> None:
+        self._cycle = now
+
+    def want(self, now: float) -> None:
+        """Announce soon (debounced)."""
+        if self._wanted_at is None:
+            self._wanted_at = now
+
+    def next_deadline(self) -> float | None:
+        if self._cycle is None:
+            return None
+        due = self._cycle + self.interval
+        if self._wanted_at is not None:
+            due = min(due, max(self._wanted_at, self._last + self.debounce))
+        return due
+
+    def handle_timer(self, now: float) -> list[Announce]:
+        due = self.next_deadline()
+        if due is None or now < due:
+            return []
+        self._last = now
+        self._cycle = now
+        self._wanted_at = None
+        return [Announce()]
+
+
+def presence_payload(listen: list[str], caps: tuple[str, ...]) -> dict[str, Any]:
+    return {"listen": listen[:MAX_LISTEN], "caps": list(caps)}
+
+
+def parse_presence(data: Any) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """The listen addresses and caps an announcement's payload names (None: absent or bad)."""
+    if not isinstance(data, dict):
+        return None, None
+    listen = data.get("listen")
+    caps = data.get("caps")
+    good_listen = None
+    good_caps = None
+    if isinstance(listen, list) and all(isinstance(a, str) for a in listen):
+        good_listen = tuple(listen[:MAX_LISTEN])
+    if isinstance(caps, list) and all(isinstance(c, str) for c in caps):
+        good_caps = tuple(caps[:MAX_CAPS])
+    return good_listen, good_caps
