@@ -23,7 +23,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from peer.api._api import LocalApi
-from peer.node._bootstrap import BootstrapError, BootstrapPeer, bootstrap_entry, fetch_bootstrap
+from peer.node._bootstrap import bootstrap_entry
 from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
 from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
@@ -216,32 +216,6 @@ def _bootstrap_specs(args: argparse.Namespace) -> list[str]:
     return [s.strip() for item in raw for s in item.split(",") if s.strip()]
 
 
-async def _join(peer: Peer, specs: list[str]) -> None:
-    """Resolve every bootstrap spec (retrying failures) and keep links to what it names."""
-    log = peer.log
-
-    async def resolve_and_dial(spec: str) -> None:
-        delay = 1.0
-        while True:
-            try:
-                targets: list[BootstrapPeer] = await fetch_bootstrap(spec)
-                break
-            except BootstrapError as exc:
-                log.warning("bootstrap failed", spec=spec, error=str(exc), retry_in=delay)
-                await trio.sleep(delay)
-                delay = min(60.0, delay * 2)
-        log.info("bootstrap resolved", spec=spec, peers=len(targets))
-        async with trio.open_nursery() as nursery:
-            for target in targets:
-                if target.peer_id == peer.peer_id:
-                    continue
-                nursery.start_soon(peer.dial_forever, target.url, target.peer_id)
-
-    async with trio.open_nursery() as nursery:
-        for spec in specs:
-            nursery.start_soon(resolve_and_dial, spec)
-
-
 def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: list[str]) -> str:
     pid = peer.identity.peer_id_hex
     role = "relay-only seed" if args.relay_only else ("peer" if not args.no_relay else "leaf peer")
@@ -341,7 +315,7 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
             api_url = binds[0] if binds else f"http://{host}:{port}"
             api.api_url = api_url
         if specs:
-            nursery.start_soon(_join, peer, specs)
+            nursery.start_soon(peer.join, specs)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: peer.run(extra=services, task_status=task_status))

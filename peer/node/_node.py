@@ -596,8 +596,21 @@ class Peer:
         if self.dht is not None:
             self.dht.node.stop_providing(channel)
 
+    def _memory_only(self, method: str, instead: str) -> None:
+        if self.storage is not None:
+            raise RuntimeError(
+                f"{method}() sends without storing, for peers without a store;"
+                f" a peer with a store sends with {instead}(), which keeps its sequence"
+            )
+
     def publish(self, channel: str, content: Content) -> Envelope:
-        """Sign and send a channel message (ValueError or ProtocolError if invalid)."""
+        """Sign and send a channel message at once, without storing it (a peer with
+        no store: simulations, benchmarks); ValueError or ProtocolError if invalid.
+
+        With a store this raises RuntimeError: use :meth:`send_message`, which
+        stores first, so the sequence number survives a crash.
+        """
+        self._memory_only("publish", "send_message")
         env = self._seal_message(channel, content)
         self.perform(self.router.publish(env, self.now()))
         return env
@@ -634,7 +647,9 @@ class Peer:
         return env
 
     def send_dm(self, peer_id: bytes, content: Content) -> Envelope:
-        """Encrypt, sign and send a DM; UnknownPeer if we never saw its key."""
+        """Encrypt, sign and send a DM at once, without storing it; UnknownPeer if we
+        never saw its key. With a store this raises RuntimeError: use :meth:`send_direct`."""
+        self._memory_only("send_dm", "send_direct")
         info = self.directory.get(peer_id)
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())

@@ -1,0 +1,120 @@
+"""A bug while handling one link's frame closes that link only.
+
+Real WebSocket links on loopback, inbound and dialled: an exception injected
+into the peer's frame handling closes the link it came on, is counted in
+``link_errors`` (which ``/status`` shows), and the peer keeps serving its
+other links and new ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import trio
+
+from peer import Identity, Peer, PeerOptions
+from peer.node._link import Link
+from peer.wire._envelope import Content, Envelope
+from peer.wire._frames import Frame
+
+
+@asynccontextmanager
+async def running(seed: int, *, listen: bool = True) -> AsyncIterator[tuple[Peer, str]]:
+    peer = Peer(Identity.from_seed(bytes([seed]) * 32), PeerOptions(dht=False, seed=seed))
+    url = ""
+
+    async def listener(nursery: trio.Nursery) -> None:
+        nonlocal url
+        if listen:
+            port = await peer.serve_websocket("127.0.0.1", 0)
+            url = f"ws://127.0.0.1:{port}/"
+            peer.listen_urls[:] = [url]
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: peer.run(extra=listener, task_status=task_status))
+        yield peer, url
+        nursery.cancel_scope.cancel()
+
+
+async def until(peer: Peer, condition: Callable[[], bool]) -> None:
+    with trio.fail_after(10):
+        while not condition():
+            await peer.wait_changed()
+
+
+def wants(peer: Peer, other: Peer, topic: str) -> bool:
+    """``other`` is linked to ``peer`` and has told it that it wants ``topic``."""
+    return other.peer_id in peer.router.links() and topic in peer.router.interest_of(other.peer_id)
+
+
+def booby_trap(peer: Peer, topic: str) -> None:
+    """Make ``peer`` crash on a ``sub`` frame naming ``topic``."""
+    handle = peer._frame_owners["sub"]
+
+    def trapped(link: Link, frame: Frame, raw: bytes) -> None:
+        if any(entry[0] == topic for entry in frame.fields["topics"]):
+            raise RuntimeError("injected bug")
+        handle(link, frame, raw)
+
+    peer._frame_owners["sub"] = trapped
+
+
+async def test_a_bug_on_an_inbound_link_closes_only_that_link() -> None:
+    async with (
+        running(1) as (hub, url),
+        running(2, listen=False) as (bad, _),
+        running(3, listen=False) as (good, _),
+    ):
+        booby_trap(hub, "boom")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(good.dial_once, url)
+            nursery.start_soon(bad.dial_once, url)
+            await until(hub, lambda: len(hub.links) == 2)
+            bad.subscribe("boom")  # its sub frame makes the hub's handler raise
+            await until(hub, lambda: bad.peer_id not in hub.links)
+            assert hub.counters.link_errors == 1
+            assert good.peer_id in hub.links  # the other link is untouched
+            good.subscribe("chat")
+            await until(hub, lambda: wants(hub, good, "chat"))
+            # and the listener still takes new links
+            nursery.start_soon(bad.dial_once, url)
+            await until(hub, lambda: bad.peer_id in hub.links)
+            nursery.cancel_scope.cancel()
+
+
+def deliver_trap(peer: Peer, body: str) -> None:
+    """Make ``peer`` crash while delivering a message whose body is ``body``."""
+    deliver = peer._deliver
+
+    def trapped(env: Envelope, member: bool = True) -> None:
+        if env.kind == "msg" and env.content().body == body:
+            raise RuntimeError("injected bug")
+        deliver(env, member)
+
+    peer._deliver = trapped  # type: ignore[method-assign]
+
+
+async def test_a_bug_on_a_dialled_link_closes_only_that_link() -> None:
+    async with (
+        running(4) as (far, far_url),
+        running(5) as (other, other_url),
+        running(6, listen=False) as (dialler, _),
+    ):
+        # the dialler's own handling is the buggy part, while it performs a decision
+        deliver_trap(dialler, "boom")
+        dialler.subscribe("chat")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dialler.dial_once, far_url)
+            nursery.start_soon(dialler.dial_once, other_url)
+            await until(dialler, lambda: len(dialler.links) == 2)
+            await until(far, lambda: wants(far, dialler, "chat"))
+            far.publish("chat", Content(body="boom"))
+            await until(dialler, lambda: far.peer_id not in dialler.links)
+            assert dialler.counters.link_errors == 1
+            assert other.peer_id in dialler.links
+            # the dialler still delivers on its other link
+            await until(other, lambda: wants(other, dialler, "chat"))
+            other.publish("chat", Content(body="still here"))
+            await until(dialler, lambda: any(m.body == "still here" for m in dialler.inbox))
+            nursery.cancel_scope.cancel()
