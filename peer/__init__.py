@@ -1,6 +1,16 @@
 """clawmesh peer: identities, links, gossip pub/sub, the local API and the CLI.
 
 Public names are re-exported here; modules starting with ``_`` are private.
+To run a peer inside a program::
+
+    async with peer.open_peer("~/.clawmesh/keys", bootstrap=["ws://seed:7433/#..."]) as p:
+        await p.send_message("lobby", peer.Content("hello"))
+        async for message in p.messages(channel="lobby"):
+            print(message.body)
+
+The layers, lowest first: ``peer.wire`` (the wire format, pure),
+``peer.protocols`` (the protocol decisions, sans-IO), ``peer.node`` (the Trio
+shell), ``peer.api`` (the local HTTP API) and ``peer.cli``.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -24,19 +34,30 @@ from .wire._identity import Identity, parse_peer_id, peer_id_of
 from .wire._limits import GossipParams
 
 if TYPE_CHECKING:
+    from ._embed import StartError, open_peer
+    from .node._inbox import InboxMessage
     from .node._node import Peer, PeerOptions, UnknownPeer, memory_link_pair
 
-_LAZY = frozenset({"Peer", "PeerOptions", "UnknownPeer", "memory_link_pair"})
+_LAZY = {
+    "Peer": "peer.node._node",
+    "PeerOptions": "peer.node._node",
+    "UnknownPeer": "peer.node._node",
+    "memory_link_pair": "peer.node._node",
+    "InboxMessage": "peer.node._inbox",
+    "open_peer": "peer._embed",
+    "StartError": "peer._embed",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The Trio shell imports the dht package, which imports this package's
-    # sans-IO modules: loading the shell lazily lets either package come first.
-    if name in _LAZY:
-        from peer.node import _node
+    # The Trio shell imports the dht package, which imports peer.wire: loading
+    # the shell when first asked for lets either package be imported first.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'peer' has no attribute {name!r}")
+    import importlib
 
-        return getattr(_node, name)
-    raise AttributeError(f"module 'peer' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
@@ -51,12 +72,14 @@ __all__ = [
     "Handshake",
     "HandshakeResult",
     "Identity",
+    "InboxMessage",
     "LinkCipher",
     "Peer",
     "PeerOptions",
     "ProtocolError",
     "RecordBuffer",
     "Send",
+    "StartError",
     "UnknownPeer",
     "decode_frame",
     "dm_topic",
@@ -67,6 +90,7 @@ __all__ = [
     "message_id",
     "open_dm",
     "open_envelope",
+    "open_peer",
     "parse_peer_id",
     "peer_id_of",
     "seal_dm",

@@ -11,25 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import structlog
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
-from peer.api._api import LocalApi
+from peer._embed import StartError, open_peer
 from peer.node._bootstrap import bootstrap_entry
 from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
 from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import DAY_MS, default_keep_rules
 from peer.wire._frames import is_topic
-from peer.wire._identity import Identity
 from store import KeepRules, RetentionPolicy
 
 DEFAULT_PEER_PORT = 7433
@@ -194,21 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _split_hostport(text: str, flag: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise SystemExit(f"{flag} wants HOST:PORT, got {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _local_address() -> str:
-    """A non-loopback address of this host, if it has one, for the join hint."""
-    try:
-        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
-            address = str(info[4][0])
-            if not address.startswith("127."):
-                return address
-    except OSError:
-        pass
-    return "127.0.0.1"
 
 
 def _bootstrap_specs(args: argparse.Namespace) -> list[str]:
@@ -259,7 +242,7 @@ def _keep_rules(args: argparse.Namespace) -> KeepRules:
     return KeepRules(default=policy)
 
 
-async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> None:
+async def run_peer(args: argparse.Namespace) -> None:
     specs = _bootstrap_specs(args)
     channels = tuple(c.lstrip("#") for c in args.channel)
     for channel in channels:
@@ -274,62 +257,33 @@ async def run_peer(args: argparse.Namespace, identity: Identity, token: str) -> 
         max_links_per_ip=args.max_links_per_ip,
         bench_no_verify=args.bench_no_verify,
         bench_plaintext_links=args.bench_plaintext_links,
-        store_path=None if args.no_store else str(args.data_dir / "store"),
         keep_rules=_keep_rules(args),
         dm_deadline=args.dm_deadline,
         outbox_retry_initial=args.outbox_retry,
     )
-    peer = Peer(identity, options)
-    api_url: str | None = None
-
-    async def services(nursery: trio.Nursery) -> None:
-        nonlocal api_url
-        if not args.no_listen:
-            host, port = _split_hostport(args.listen, "--listen")
-            try:
-                bound = await peer.serve_websocket(host, port)
-            except OSError as exc:
-                raise SystemExit(
-                    f"cannot listen on {args.listen}: {exc.strerror or exc}"
-                    " (is another peer running? pick another --listen port)"
-                ) from None
-            if args.advertise:
-                peer.listen_urls[:] = args.advertise
-            else:
-                shown = _local_address() if host in ("0.0.0.0", "", "::") else host
-                peer.listen_urls[:] = [f"ws://{shown}:{bound}/"]
-        if not args.no_api:
-            host, port = _split_hostport(args.api, "--api")
-            config = HypercornConfig()
-            config.bind = [f"{host}:{port}"]
-            config.accesslog = None
-            config.errorlog = None
-            api = LocalApi(peer, token)
-            try:
-                binds: Any = await nursery.start(_serve_api, api, config)
-            except OSError as exc:
-                raise SystemExit(
-                    f"cannot serve the API on {args.api}: {exc.strerror or exc}"
-                    " (pick another --api port)"
-                ) from None
-            api_url = binds[0] if binds else f"http://{host}:{port}"
-            api.api_url = api_url
-        if specs:
-            nursery.start_soon(peer.join, specs)
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(lambda task_status: peer.run(extra=services, task_status=task_status))
-        _write_peer_file(args.data_dir, peer, api_url)
-        print(_banner(peer, args, api_url, specs), flush=True)
+    _split_hostport(args.listen, "--listen")  # a clear error before anything starts
+    _split_hostport(args.api, "--api")
+    try:
+        async with open_peer(
+            args.key_dir,
+            data_dir=args.data_dir,
+            bootstrap=specs,
+            listen=None if args.no_listen else _wildcard_default(args.listen),
+            advertise=args.advertise or (),
+            api=None if args.no_api else args.api,
+            store=not args.no_store,
+            options=options,
+        ) as peer:
+            _write_peer_file(args.data_dir, peer, peer.api_url)
+            print(_banner(peer, args, peer.api_url, specs), flush=True)
+            await trio.sleep_forever()
+    except StartError as exc:
+        raise SystemExit(str(exc)) from None
 
 
-async def _serve_api(
-    api: LocalApi,
-    config: HypercornConfig,
-    *,
-    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    await hypercorn_serve(api.app, config, task_status=task_status)  # type: ignore[arg-type]
+def _wildcard_default(listen: str) -> str:
+    """``--listen :PORT`` listens on every address, as it always has."""
+    return "0.0.0.0" + listen if listen.startswith(":") else listen
 
 
 def _write_peer_file(data_dir: Path, peer: Peer, api_url: str | None) -> None:
@@ -356,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         identity, created = load_or_create_identity(args.key_dir)
-        token = load_or_create_token(args.key_dir)
+        load_or_create_token(args.key_dir)
         args.data_dir.mkdir(parents=True, exist_ok=True)
     except (KeyStoreError, OSError) as exc:
         raise SystemExit(f"key directory {args.key_dir}: {exc}") from None
@@ -365,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "created a new identity", peer=identity.peer_id_hex[:16], key_dir=str(args.key_dir)
         )
     try:
-        trio.run(run_peer, args, identity, token)
+        trio.run(run_peer, args)
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
         # Errors raised inside the peer's nurseries arrive wrapped in groups
         leaf: BaseException = exc

@@ -142,6 +142,17 @@ class Inbox:
                 break
         return out
 
+    def since(self, after: int, limit: int = 1000) -> list[InboxMessage]:
+        """The oldest ``limit`` messages with a cursor past ``after``, in cursor order;
+        reads from the new end, so a reader that keeps up pays for what is new only."""
+        newer: list[InboxMessage] = []
+        for cursor in reversed(self._messages):
+            if cursor <= after:
+                break
+            newer.append(self._messages[cursor])
+        newer.reverse()
+        return newer[:limit]
+
     def _mark(self, message: InboxMessage) -> bool:
         if message.read:
             return False

@@ -37,7 +37,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
 import trio
 
 from dht import Contact, DhtService
@@ -66,6 +65,7 @@ from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
 from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
+from ._logging import peer_logger
 from ._options import PRESENCE_INTERVAL, PeerCounters, PeerOptions, UnknownPeer
 from ._storage import Storage
 from ._transport import Transport
@@ -83,6 +83,45 @@ _INTEREST_FRAMES = frozenset({"sub", "unsub"})
 FrameHandler = Callable[[Link, Frame, bytes], None]
 
 
+class MessageStream:
+    """An async iterator over a peer's inbox from a cursor on (see ``Peer.messages``).
+
+    ``cursor`` is the last message handed out (or skipped by the filters):
+    keep it to resume later with ``peer.messages(after=cursor)``.
+    """
+
+    def __init__(
+        self, peer: Peer, cursor: int, channel: str | None, sender: bytes | None, outgoing: bool
+    ) -> None:
+        self.peer = peer
+        self.cursor = cursor
+        self._channel = channel
+        self._sender = sender
+        self._outgoing = outgoing
+        self._ready: list[InboxMessage] = []
+
+    def __aiter__(self) -> MessageStream:
+        return self
+
+    async def __anext__(self) -> InboxMessage:
+        while not self._ready:
+            batch = self.peer.inbox.since(self.cursor)
+            if not batch:
+                await self.peer.wait_inbox_changed()
+                continue
+            self.cursor = batch[-1].cursor
+            self._ready = [m for m in batch if self._wanted(m)]
+            self._ready.reverse()
+        return self._ready.pop()
+
+    def _wanted(self, message: InboxMessage) -> bool:
+        if message.outgoing and not self._outgoing:
+            return False
+        if self._channel is not None and message.channel != self._channel:
+            return False
+        return self._sender is None or message.peer == self._sender
+
+
 class Peer:
     """A clawmesh peer. Create it, then ``await nursery.start(peer.run)``."""
 
@@ -90,7 +129,7 @@ class Peer:
         self.identity = identity
         self.options = options or PeerOptions()
         self.peer_id = identity.peer_id
-        self.log = structlog.get_logger("clawmesh").bind(peer=identity.peer_id_hex[:16])
+        self.log = peer_logger(identity.peer_id_hex)
         self.rng = random.Random(self.options.seed)
         self.router = GossipRouter(
             identity.peer_id,
@@ -110,6 +149,7 @@ class Peer:
         self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
         self.storage: Storage | None = None
         self.listen_urls: list[str] = list(self.options.listen_urls)
+        self.api_url: str | None = None  # set by whoever serves the local API
         config = LinkConfig(identity, self.options, lambda: self.caps, lambda: self.listen_urls)
         self.link_manager = LinkManager(config, self, self.counters, self.log)
         self.links: dict[bytes, Link] = self.link_manager.links
@@ -482,6 +522,26 @@ class Peer:
 
     async def wait_inbox_changed(self) -> None:
         await self._inbox_changed.wait()
+
+    def messages(
+        self,
+        *,
+        channel: str | None = None,
+        peer: bytes | None = None,
+        after: int | None = None,
+        outgoing: bool = False,
+    ) -> MessageStream:
+        """Messages as they reach the inbox, in cursor order, for ever:
+        ``async for message in peer.messages(...)``.
+
+        ``after`` is a cursor (``message.cursor``) to resume from: 0 replays
+        what the inbox holds; None (the default) starts with the next new
+        message (counted from this call, not from the first iteration).
+        ``channel`` keeps one channel's messages, ``peer`` one peer's DMs; our
+        own messages come too with ``outgoing=True``.
+        """
+        start = self.inbox.last_cursor if after is None else after
+        return MessageStream(self, start, channel, peer, outgoing)
 
     def _on_presence(self, env: Envelope, info: PeerInfo) -> None:
         if env.sender == self.peer_id:

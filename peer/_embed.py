@@ -1,0 +1,155 @@
+"""Running a peer inside another Python program: ``open_peer``.
+
+``open_peer`` does what ``python -m peer`` does, in the right order, and
+hands the running ``Peer`` to the caller:
+
+1. load the identity from the key directory, or create it there (mode 0600);
+2. open the store in the data directory (unless ``store=False``);
+3. start the mesh listener, so the peer knows the addresses it advertises;
+4. start the DHT, the channels and the timers (``Peer.run``);
+5. serve the local API if asked (its token is the key directory's);
+6. join the mesh from the bootstrap specs, in the background.
+
+Leaving the ``async with`` block stops the peer and everything it started.
+Logs go to standard error (warnings and errors only) unless the program
+configured structlog itself; nothing is printed to standard output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from peer.api._serve import serve_api
+from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
+from peer.node._node import Peer, PeerOptions
+from peer.wire._identity import Identity
+
+
+class StartError(Exception):
+    """The peer could not start: an address could not be bound, or the key directory
+    is unusable. The message says which and why."""
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` with ASCII digits; an empty host is loopback, never every address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise StartError(f"{what} wants HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _local_address() -> str:
+    """A non-loopback address of this host, if it has one, to advertise."""
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            address = str(info[4][0])
+            if not address.startswith("127."):
+                return address
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+def _prepare(key_dir: str | Path, data_dir: str | Path | None) -> tuple[Identity, str, Path]:
+    """The identity and API token from the key directory, and the data directory."""
+    keys = Path(key_dir).expanduser()
+    data = keys if data_dir is None else Path(data_dir).expanduser()
+    try:
+        identity, _ = load_or_create_identity(keys)
+        token = load_or_create_token(keys)
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (OSError, KeyStoreError) as exc:
+        raise StartError(f"key or data directory: {exc}") from exc
+    return identity, token, data
+
+
+@asynccontextmanager
+async def open_peer(
+    key_dir: str | Path,
+    *,
+    bootstrap: Sequence[str] = (),
+    listen: str | None = "127.0.0.1:0",
+    advertise: Sequence[str] = (),
+    api: str | None = None,
+    data_dir: str | Path | None = None,
+    store: bool = True,
+    options: PeerOptions | None = None,
+) -> AsyncIterator[Peer]:
+    """Run a peer for the duration of the block and yield it.
+
+    ``key_dir`` holds the identity (created on first use). ``bootstrap`` lists
+    specs to join from (``ws://host:port/#peerid``, an ``http(s)://`` or file
+    ``bootstrap.json``); none starts a new mesh. ``listen`` is the mesh
+    listener's ``HOST:PORT`` (port 0 picks one; None dials out only), and
+    ``advertise`` the URLs others should dial instead of the bound address.
+    ``api`` is ``HOST:PORT`` for the local HTTP API (None: no API; its URL is
+    then ``peer.api_url``). The store lives in ``data_dir/store`` (default: the
+    key directory). ``options`` sets everything else (``channels``,
+    ``relay_only``, ``dht``, limits); ``store_path`` is filled in from
+    ``data_dir`` unless ``store`` is False.
+    """
+    identity, token, data = _prepare(key_dir, data_dir)
+    base = options or PeerOptions()
+    store_path = str(data / "store") if store else None
+    peer = Peer(identity, dataclasses.replace(base, store_path=store_path))
+
+    async def services(nursery: trio.Nursery) -> None:
+        if listen is not None:
+            host, port = _host_port(listen, "listen")
+            try:
+                bound = await peer.serve_websocket(host, port)
+            except OSError as exc:
+                raise StartError(
+                    f"cannot listen on {listen}: {exc.strerror or exc}"
+                    " (is another peer running? pick another port)"
+                ) from exc
+            shown = _local_address() if host in ("0.0.0.0", "::") else host
+            peer.listen_urls[:] = list(advertise) or [f"ws://{shown}:{bound}/"]
+
+    try:
+        async with _running(peer, services, api, token, bootstrap) as running:
+            yield running
+    except BaseExceptionGroup as group:  # a StartError from inside the peer's nurseries
+        leaf = _leaf(group)
+        if isinstance(leaf, StartError):
+            raise leaf from None
+        raise
+
+
+@asynccontextmanager
+async def _running(
+    peer: Peer,
+    services: Callable[[trio.Nursery], Awaitable[None]],
+    api: str | None,
+    token: str,
+    bootstrap: Sequence[str],
+) -> AsyncIterator[Peer]:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: peer.run(extra=services, task_status=task_status))
+        if api is not None:
+            host, port = _host_port(api, "api")
+            try:
+                peer.api_url = await serve_api(peer, host, port, token, nursery)
+            except OSError as exc:
+                raise StartError(
+                    f"cannot serve the API on {api}: {exc.strerror or exc} (pick another port)"
+                ) from exc
+        if bootstrap:
+            nursery.start_soon(peer.join, list(bootstrap))
+        try:
+            yield peer
+        finally:
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,38 @@
+"""Serving the local API with Hypercorn on Trio, in a nursery the caller owns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from peer.node._node import Peer
+
+from ._api import LocalApi
+
+
+async def serve_api(peer: Peer, host: str, port: int, token: str, nursery: trio.Nursery) -> str:
+    """Serve ``peer``'s local API on ``host:port`` in ``nursery``; returns its URL.
+
+    Raises OSError when the address cannot be bound.
+    """
+    config = HypercornConfig()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    api = LocalApi(peer, token)
+    binds: Any = await nursery.start(_serve, api, config)
+    url = str(binds[0]) if binds else f"http://{host}:{port}"
+    api.api_url = url
+    return url
+
+
+async def _serve(
+    api: LocalApi,
+    config: HypercornConfig,
+    *,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await hypercorn_serve(api.app, config, task_status=task_status)  # type: ignore[arg-type]
