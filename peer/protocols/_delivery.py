@@ -254,7 +254,7 @@ class Delivery:
 
     # -- links and presence ------------------------------------------------------------
 
-    def on_link_up(self, peer: bytes) -> list[Command]:
+    def on_link_up(self, peer: bytes) -> list[PushDm]:
         """A link to ``peer`` is up: push everything waiting for it."""
         self.linked.add(peer)
         return self._push_all(peer)
@@ -262,11 +262,11 @@ class Delivery:
     def on_link_down(self, peer: bytes) -> None:
         self.linked.discard(peer)
 
-    def on_seen(self, peer: bytes) -> list[Command]:
+    def on_seen(self, peer: bytes) -> list[PushDm]:
         """A presence from ``peer``: if it is linked, push everything waiting for it."""
         return self._push_all(peer) if peer in self.linked else []
 
-    def _push_all(self, recipient: bytes) -> list[Command]:
+    def _push_all(self, recipient: bytes) -> list[PushDm]:
         waiting = sorted(
             (self._entries[i] for i in self._to.get(recipient, ())),
             key=lambda e: (e.seq, e.msg_id),
@@ -297,7 +297,7 @@ class Delivery:
             self._receipts_at = now_ms + self.receipt_delay_ms
         return []
 
-    def on_receipt(self, sender: bytes, ids: Sequence[bytes]) -> list[Command]:
+    def on_receipt(self, sender: bytes, ids: Sequence[bytes]) -> list[Settle]:
         """``sender``'s receipt for ``ids`` was stored: settle what we sent it."""
         settled: list[bytes] = []
         for msg_id in ids:
@@ -312,7 +312,7 @@ class Delivery:
                 settled.append(msg_id)
         return [Settle(sender, tuple(settled))] if settled else []
 
-    def _flush_receipts(self) -> list[Command]:
+    def _flush_receipts(self) -> list[SealReceipt]:
         owed, self._owed = self._owed, {}
         self._owed_count = 0
         self._receipts_at = None
@@ -324,7 +324,7 @@ class Delivery:
 
     # -- pushes ------------------------------------------------------------------------
 
-    def on_push(self, link_peer: bytes, wire: bytes) -> list[Command]:
+    def on_push(self, link_peer: bytes, wire: bytes) -> list[Take | Refuse]:
         """A DM or receipt handed to us directly on the link to ``link_peer``."""
         try:
             env = open_envelope(wire, verify=self.verify)
