@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.wire._envelope import Content
 from peer.wire._errors import ErrorCode
+from store import StoreError
 
 
 def _options(tmp: Path, name: str, **extra: object) -> PeerOptions:
@@ -70,6 +72,22 @@ async def test_dm_is_receipted_and_the_outbox_empties(tmp_path: Path) -> None:
         assert a.storage is not None and b.storage is not None
         assert a.storage.counters.receipts_received == 1
         assert await a.storage.service.read(lambda s: s.outbox()) == []
+
+
+async def test_a_full_outbox_refuses_more_dms(tmp_path: Path) -> None:
+    """The outbox is bounded: a DM that finds it full is not stored, not sent."""
+    ia, ib = Identity.generate(), Identity.generate()
+    async with running(ia, _options(tmp_path, "a")) as a:
+        a.directory.see(ib.peer_id, ib.public_key, 0)
+        assert a.storage is not None
+        a.storage.delivery.core.max_entries = 2
+        sent = [await a.send_direct(ib.peer_id, Content(body=f"d{i}")) for i in range(2)]
+        with pytest.raises(StoreError, match="outbox full"):
+            await a.send_direct(ib.peer_id, Content(body="d2"))
+        entries = await a.storage.service.read(lambda s: s.outbox())
+        assert sorted(e.msg_id for e in entries) == sorted(e.id for e in sent)
+        assert a.storage.statistics()["outbox"] == 2
+        assert [m.body for m in a.inbox.query(limit=10)] == ["d0", "d1"]
 
 
 async def test_own_envelopes_chain_across_a_restart(tmp_path: Path) -> None:

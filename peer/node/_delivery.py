@@ -1,163 +1,262 @@
-"""DM delivery in the peer's Trio shell: receipts, the outbox and pushes.
+"""DM delivery in the peer's Trio shell: it performs what ``Delivery`` decides.
 
-``DeliveryHost`` is a part of ``peer.node._storage.Storage``. Rules kept here:
+``DeliveryService`` is owned by ``peer.node._storage.Storage``
+(``storage.delivery``). The decisions (what is pushed when, retries,
+deadlines, receipts owed and settled, which pushes we take) are the sans-IO
+behaviour ``peer.protocols._delivery.Delivery``; this module feeds it events
+and performs its commands with the ``store.StoreService`` and the peer.
+Rules kept here:
 
-* A DM we send waits in the outbox until the recipient's signed receipt
-  arrives. Whenever the recipient is linked (or comes back: a link, a
-  presence) everything waiting for it is pushed, in its sequence order;
-  otherwise it is retried with backoff, and after its deadline it is a dead
-  letter.
-* A DM to us is receipted only after it is stored, and receipted again when
-  its sender pushes it again (our receipt was lost).
-* A push is taken only if it is a DM or receipt addressed to us.
+* One task, ``run``, owns the timer: it sleeps until the behaviour's
+  ``next_deadline()`` (wall-clock ms) or until an event wakes it, then calls
+  ``handle_timer``. Store writes (reschedules, dead letters) are batched
+  into one write per step.
+* Commands that need no ``await`` (pushes, taking or refusing a push,
+  queueing a reach) are performed at once, from the event that caused them.
+* Reaching a recipient (dialling it, or asking the DHT) is queued (bounded,
+  once per recipient at a time) to a task of this service, which runs at
+  most ``REACH_PARALLEL`` of them, each bounded by ``REACH_TIMEOUT``.
+* The link state the behaviour knows is checked against the peer's links
+  before each timer step, so a link that went down is reached, not pushed to.
 """
 
 from __future__ import annotations
 
-import functools
 import random
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from peer.wire._envelope import MAX_RECEIPT_IDS, Envelope, inbox_topic, open_envelope, seal_receipt
-from peer.wire._errors import ErrorCode, ProtocolError
+from dht import Contact
+from peer.protocols._delivery import (
+    Command,
+    Delivery,
+    Expire,
+    Pending,
+    PushDm,
+    Reach,
+    Refuse,
+    Reschedule,
+    SealReceipt,
+    Settle,
+    Take,
+)
+from peer.wire._envelope import Envelope, inbox_topic, open_envelope, seal_receipt
+from peer.wire._errors import ProtocolError
 from peer.wire._frames import encode_frame
-from store import MAX_PAGE, Backoff, MessageStore, StoreError
+from store import Backoff, DeadLetter, MessageStore, OutboxEntry, StoreError, StoreService
 
 if TYPE_CHECKING:
-    from store import StoreService
-
     from ._inbox import InboxMessage
     from ._node import Peer
-    from ._options import PeerOptions
     from ._storage import StorageCounters
 
-RECEIPT_DELAY = 0.05
-OUTBOX_TICK = 1.0
+REACH_QUEUE = 256
+REACH_PARALLEL = 8
+REACH_TIMEOUT = 10.0
+RETRY_CAP_MS = 300_000
+
+StoreOwn = Callable[[Envelope, "InboxMessage | None", "bytes | None"], Awaitable[None]]
 
 
-class DeliveryHost:
-    """The DM-delivery half of ``Storage``."""
+class Accept(Protocol):
+    """``Storage.accept``: queue a verified envelope for the log."""
 
-    if TYPE_CHECKING:
-        peer: Peer
-        service: StoreService
-        options: PeerOptions
-        log: Any
-        counters: StorageCounters
+    def __call__(self, env: Envelope, *, member: bool = True, pushed: bool = False) -> None: ...
 
-        async def store_own(
-            self, env: Envelope, message: InboxMessage | None, payload: bytes | None
-        ) -> None: ...
-        def accept(self, env: Envelope, *, member: bool = True, pushed: bool = False) -> None: ...
 
-    def _init_delivery(self) -> None:
-        self._rng = random.Random(self.peer.rng.random())
-        self._receipts: dict[bytes, list[bytes]] = {}
-        self._receipts_wanted = trio.Event()
-        self._pending_to: dict[bytes, int] = {}  # recipient -> DMs in the outbox
-        self._outbox_wake = trio.Event()
-        first = int(self.options.outbox_retry_initial * 1000)
-        self.backoff = Backoff(base_ms=first, cap_ms=max(first, 300_000))
+def _seq_of(wire: bytes) -> int:
+    try:
+        return open_envelope(wire, verify=False).seq
+    except ProtocolError:
+        return 0
 
-    # -- receipts ------------------------------------------------------------------------
 
-    def _want_receipt(self, env: Envelope) -> None:
-        self._receipts.setdefault(env.sender, []).append(env.id)
-        self._receipts_wanted.set()
+class DeliveryService:
+    """Feeds the ``Delivery`` behaviour and performs its commands."""
 
-    async def _receipt_loop(self) -> None:
-        while True:
-            await self._receipts_wanted.wait()
-            await trio.sleep(RECEIPT_DELAY)  # gather the DMs of one burst into few receipts
-            self._receipts_wanted = trio.Event()
-            wanted, self._receipts = self._receipts, {}
-            for sender, ids in wanted.items():
-                for i in range(0, len(ids), MAX_RECEIPT_IDS):
-                    await self._send_receipt(sender, ids[i : i + MAX_RECEIPT_IDS])
-
-    async def _send_receipt(self, sender: bytes, ids: list[bytes]) -> None:
-        peer = self.peer
-        topic = inbox_topic(sender)
-        env = await peer.seal_own(
-            topic,
-            lambda seq, prev: seal_receipt(
-                peer.identity, recipient=sender, ids=ids, seq=seq, ts=peer.wall_ms(), prev=prev
-            ),
+    def __init__(
+        self,
+        peer: Peer,
+        service: StoreService,
+        counters: StorageCounters,
+        log: Any,
+        *,
+        store_own: StoreOwn,
+        accept: Accept,
+    ) -> None:
+        self.peer = peer
+        self.service = service
+        self.counters = counters
+        self.log = log
+        self._store_own = store_own
+        self._accept = accept
+        options = peer.options
+        first = int(options.outbox_retry_initial * 1000)
+        self.core = Delivery(
+            peer.peer_id,
+            Backoff(base_ms=first, cap_ms=max(first, RETRY_CAP_MS)),
+            random.Random(peer.rng.random()),
+            deadline_ms=int(options.dm_deadline * 1000),
+            verify=not options.bench_no_verify,
         )
-        try:
-            await self.store_own(env, None, None)
-        except StoreError as exc:
-            self.log.error("receipt not stored", error=str(exc))
-        link = peer.links.get(sender)
-        if link is not None:
-            link.enqueue(encode_frame("push", e=env.wire))
-        self.counters.receipts_sent += 1
+        self._wake = trio.Event()
+        self._reach_send, self._reach_recv = trio.open_memory_channel[bytes](REACH_QUEUE)
+        self._reaching: set[bytes] = set()
 
-    async def _on_receipt(self, env: Envelope) -> None:
-        sender = env.sender
-        ids: list[bytes] = list(env.fields["ids"])
+    # -- events ------------------------------------------------------------------------
 
-        def settle(s: MessageStore) -> tuple[list[bytes], list[bytes]]:
-            done, late = [], []
-            dead: dict[bytes, bytes] | None = None
-            for msg_id in ids:
-                entry = s.outbox_get(msg_id)
-                if entry is not None:
-                    if entry.recipient == sender and s.outbox_done(msg_id):
-                        done.append(msg_id)
-                    continue
-                if dead is None:
-                    dead = {d.msg_id: d.recipient for d in s.dead_letters(limit=MAX_PAGE)}
-                if dead.get(msg_id) == sender:
-                    s.dead_letter_remove(msg_id)  # it made it after all
-                    late.append(msg_id)
-            return done, late
+    def load(self, outbox: Sequence[OutboxEntry], dead: Sequence[DeadLetter]) -> None:
+        """What the store's outbox and dead letters hold at start."""
+        self.core.load(
+            (
+                Pending(
+                    e.msg_id,
+                    e.recipient,
+                    _seq_of(e.wire),
+                    e.wire,
+                    e.attempts,
+                    e.next_try_ms,
+                    e.deadline_ms,
+                )
+                for e in outbox
+            ),
+            ((d.msg_id, d.recipient) for d in dead),
+        )
 
-        try:
-            done, late = await self.service.write(settle)
-        except StoreError as exc:
-            self.log.error("receipt not recorded", error=str(exc))
+    def wake(self, peer_id: bytes) -> None:
+        """``peer_id`` is back (a link came up, or its presence): push what waits for it."""
+        if peer_id not in self.peer.links:
+            self.core.on_link_down(peer_id)
             return
-        self._pending_to[sender] = max(0, self._pending_to.get(sender, 0) - len(done))
-        done += late
-        for msg_id in done:
-            self.counters.receipts_received += 1
-            message = self.peer.inbox.get(msg_id)
-            if message is not None:
-                message.status = "delivered"
-        if done:
-            self.log.info("DMs receipted", peer=sender.hex()[:16], count=len(done))
-            self.peer.notify_inbox()
+        if peer_id in self.core.linked:
+            pushes = self.core.on_seen(peer_id)
+        else:
+            pushes = self.core.on_link_up(peer_id)
+        self._perform_now(pushes)
 
-    # -- outbox --------------------------------------------------------------------------
+    def on_link_down(self, peer_id: bytes) -> None:
+        self.core.on_link_down(peer_id)
 
-    def wake_outbox(self, peer_id: bytes) -> None:
-        """``peer_id`` is back (a link, a presence): push what waits for it now."""
-        if self._pending_to.get(peer_id):
-            self._outbox_wake.set()
+    def on_push(self, link_peer: bytes, wire: bytes) -> None:
+        """A DM or receipt handed to us directly by its sender."""
+        self._perform_now(self.core.on_push(link_peer, wire))
 
-    async def _outbox_loop(self) -> None:
-        while True:
-            with trio.move_on_after(OUTBOX_TICK):
-                await self._outbox_wake.wait()
-            woken = self._outbox_wake.is_set()
-            self._outbox_wake = trio.Event()
-            try:
-                await self._outbox_step(woken)
-            except StoreError as exc:
-                self.log.error("outbox step failed", error=str(exc))
+    def plan_dm(self, env: Envelope, now_ms: int, planned: int = 0) -> Pending | None:
+        """The outbox entry of a DM of ours about to be stored (``planned`` more are in
+        the same commit); None if the outbox is full."""
+        if env.recipient is None or not self.core.has_room(planned + 1):
+            return None
+        return self.core.plan_dm(env.id, env.recipient, env.seq, env.wire, now_ms)
 
-    async def _outbox_step(self, woken: bool) -> None:
+    def on_own_dm_stored(self, entry: Pending) -> None:
+        self.core.on_own_dm_stored(entry)
+        self._wake.set()
+
+    def on_dm_stored(self, env: Envelope, *, pushed: bool, duplicate: bool) -> None:
+        self.core.on_dm_stored(
+            env.sender,
+            env.recipient,
+            env.id,
+            pushed=pushed,
+            duplicate=duplicate,
+            now_ms=self.peer.wall_ms(),
+        )
+        self._wake.set()
+
+    async def on_receipt(self, sender: bytes, ids: Sequence[bytes]) -> None:
+        """A receipt addressed to us was stored: settle what it names."""
+        await self._perform(self.core.on_receipt(sender, ids))
+
+    def waiting(self) -> int:
+        """DMs waiting for a receipt."""
+        return len(self.core)
+
+    # -- the timer task ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reach_loop, nursery)
+            while True:
+                await self._sleep_until(self.core.next_deadline())
+                for gone in [p for p in self.core.linked if p not in self.peer.links]:
+                    self.core.on_link_down(gone)
+                try:
+                    await self._perform(self.core.handle_timer(self.peer.wall_ms()))
+                except StoreError as exc:
+                    self.log.error("outbox step failed", error=str(exc))
+
+    async def _sleep_until(self, deadline_ms: int | None) -> None:
+        if deadline_ms is None:
+            await self._wake.wait()
+        else:
+            with trio.move_on_after(max(0.0, (deadline_ms - self.peer.wall_ms()) / 1000)):
+                await self._wake.wait()
+        self._wake = trio.Event()
+
+    # -- performing commands -----------------------------------------------------------
+
+    def _perform_now(self, commands: Sequence[Command]) -> list[Command]:
+        """Perform what needs no ``await``; return the rest."""
+        rest: list[Command] = []
+        for command in commands:
+            if isinstance(command, PushDm):
+                self._push(command)
+            elif isinstance(command, Reach):
+                self._queue_reach(command.recipient)
+            elif isinstance(command, Take):
+                self._take(command.envelope)
+            elif isinstance(command, Refuse):
+                self._refuse(command)
+            else:
+                rest.append(command)
+        return rest
+
+    async def _perform(self, commands: Sequence[Command]) -> None:
+        rest = self._perform_now(commands)
+        expired = [c for c in rest if isinstance(c, Expire)]
+        retries = [c for c in rest if isinstance(c, Reschedule)]
+        if expired:
+            await self._expire(expired)
+        if retries:
+            await self._reschedule(retries)
+        for command in rest:
+            if isinstance(command, Settle):
+                await self._settle(command)
+            elif isinstance(command, SealReceipt):
+                await self._send_receipt(command.sender, list(command.ids))
+
+    def _push(self, command: PushDm) -> None:
+        link = self.peer.links.get(command.recipient)
+        if link is None:
+            self.core.on_link_down(command.recipient)
+        elif link.enqueue(encode_frame("push", e=command.wire)):
+            self.counters.pushes_sent += 1
+
+    def _take(self, env: Envelope) -> None:
         peer = self.peer
-        now_ms = peer.wall_ms()
-        for letter in await self.service.write(lambda s: s.outbox_expire(now_ms)):
+        peer.router.note_seen(env.id, peer.now())
+        peer.directory.see(env.sender, env.sender_key, peer.wall_ms())
+        self._accept(env, pushed=True)
+
+    def _refuse(self, command: Refuse) -> None:
+        self.peer.counters.refuse(command.code)
+        link = self.peer.links.get(command.link_peer)
+        if command.close and link is not None:
+            link.close(command.code, command.reason)
+
+    async def _expire(self, letters: list[Expire]) -> None:
+        now_ms = self.peer.wall_ms()
+
+        def bury(s: MessageStore) -> None:
+            for letter in letters:
+                s.outbox_fail(letter.msg_id, "expired", now_ms)
+
+        await self.service.write(lambda s: s.atomically(bury))
+        for letter in letters:
             self.counters.dead_letters += 1
-            self._pending_to[letter.recipient] = max(
-                0, self._pending_to.get(letter.recipient, 0) - 1
-            )
-            message = peer.inbox.get(letter.msg_id)
+            message = self.peer.inbox.get(letter.msg_id)
             if message is not None:
                 message.status = "undeliverable"
             self.log.warning(
@@ -166,62 +265,79 @@ class DeliveryHost:
                 peer=letter.recipient.hex()[:16],
                 attempts=letter.attempts,
             )
-            peer.notify_inbox()
-        due = await self.service.read(lambda s: s.outbox_due(now_ms, 256))
-        push_to = {e.recipient for e in due if e.recipient in peer.links}
-        if woken:
-            push_to |= {p for p, n in self._pending_to.items() if n and p in peer.links}
-        if push_to:  # everything waiting for them, in their sequence order
-            entries = await self.service.read(lambda s: s.outbox(limit=MAX_PAGE))
-            waiting = [e for e in entries if e.recipient in push_to]
-            waiting.sort(key=lambda e: (e.recipient, open_envelope(e.wire, verify=False).seq))
-            for entry in waiting:
-                self._push(entry.recipient, entry.wire)
-        reach = {e.recipient for e in due} - push_to
-        for recipient in reach:
-            peer.nursery.start_soon(self._reach, recipient)
-        for entry in due:
-            next_try = self.backoff.next_try_ms(now_ms, entry.attempts, self._rng)
-            await self.service.write(
-                functools.partial(
-                    MessageStore.outbox_retry, msg_id=entry.msg_id, next_try_ms=next_try
-                )
-            )
+        self.peer.notify_inbox()
 
-    def _push(self, recipient: bytes, wire: bytes) -> None:
-        link = self.peer.links.get(recipient)
-        if link is not None and link.enqueue(encode_frame("push", e=wire)):
-            self.counters.pushes_sent += 1
+    async def _reschedule(self, retries: list[Reschedule]) -> None:
+        def retry(s: MessageStore) -> None:
+            for r in retries:
+                s.outbox_retry(r.msg_id, r.next_try_ms)
 
-    async def _reach(self, recipient: bytes) -> None:
+        await self.service.write(lambda s: s.atomically(retry))
+
+    async def _settle(self, settle: Settle) -> None:
+        def done(s: MessageStore) -> None:
+            for msg_id in settle.ids:
+                s.outbox_done(msg_id)  # the outbox entry, or the dead letter
+
+        try:
+            await self.service.write(lambda s: s.atomically(done))
+        except StoreError as exc:
+            self.log.error("receipt not recorded", error=str(exc))
+            return
+        for msg_id in settle.ids:
+            self.counters.receipts_received += 1
+            message = self.peer.inbox.get(msg_id)
+            if message is not None:
+                message.status = "delivered"
+        self.log.info("DMs receipted", peer=settle.sender.hex()[:16], count=len(settle.ids))
+        self.peer.notify_inbox()
+
+    async def _send_receipt(self, sender: bytes, ids: list[bytes]) -> None:
+        peer = self.peer
+        env = await peer.seal_own(
+            inbox_topic(sender),
+            lambda seq, prev: seal_receipt(
+                peer.identity, recipient=sender, ids=ids, seq=seq, ts=peer.wall_ms(), prev=prev
+            ),
+        )
+        try:
+            await self._store_own(env, None, None)
+        except StoreError as exc:
+            self.log.error("receipt not stored", error=str(exc))
+        link = peer.links.get(sender)
+        if link is not None:
+            link.enqueue(encode_frame("push", e=env.wire))
+        self.counters.receipts_sent += 1
+
+    # -- reaching recipients -----------------------------------------------------------
+
+    def _queue_reach(self, recipient: bytes) -> None:
+        if recipient in self._reaching:
+            return
+        try:
+            self._reach_send.send_nowait(recipient)
+        except trio.WouldBlock:
+            return  # its next try asks again
+        self._reaching.add(recipient)
+
+    async def _reach_loop(self, nursery: trio.Nursery) -> None:
+        running = trio.Semaphore(REACH_PARALLEL)
+        async for recipient in self._reach_recv:
+            await running.acquire()
+            nursery.start_soon(self._reach, recipient, running)
+
+    async def _reach(self, recipient: bytes, running: trio.Semaphore) -> None:
         """Try to link to a recipient we hold DMs for (its address, or the DHT)."""
         peer = self.peer
-        with trio.move_on_after(10):
-            info = peer.directory.get(recipient)
-            if info is not None and info.listen and peer.is_online(info):
-                from dht import Contact
-
-                await peer.connect(Contact(recipient, info.public_key, info.listen[:4]))
-            elif peer.dht is not None:
-                await peer.resolve_peer(recipient)
-        if recipient in peer.links:
-            self.wake_outbox(recipient)
-
-    # -- pushes ------------------------------------------------------------------------
-
-    def on_push(self, link_peer: bytes, wire: bytes) -> None:
-        """A DM or receipt handed to us directly by its sender."""
         try:
-            env = open_envelope(wire, verify=not self.options.bench_no_verify)
-        except ProtocolError as exc:
-            link = self.peer.links.get(link_peer)
-            self.peer.counters.refuse(exc.code)
-            if link is not None:
-                link.close(exc.code, exc.message)
-            return
-        if env.kind not in ("dm", "receipt") or env.recipient != self.peer.peer_id:
-            self.peer.counters.refuse(ErrorCode.UNEXPECTED)
-            return  # not ours to take
-        self.peer.router.note_seen(env.id, self.peer.now())
-        self.peer.directory.see(env.sender, env.sender_key, self.peer.wall_ms())
-        self.accept(env, pushed=True)
+            with trio.move_on_after(REACH_TIMEOUT):
+                info = peer.directory.get(recipient)
+                if info is not None and info.listen and peer.is_online(info):
+                    await peer.connect(Contact(recipient, info.public_key, info.listen[:4]))
+                elif peer.dht is not None:
+                    await peer.resolve_peer(recipient)
+        finally:
+            self._reaching.discard(recipient)
+            running.release()
+        if recipient in peer.links:
+            self.wake(recipient)

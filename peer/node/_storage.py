@@ -11,8 +11,13 @@ performs, with a ``store.StoreService``, what the protocol modules decide:
 * Own messages are stored before they are published, so the API answers
   ``/send`` after a durable commit, sequence numbers per (sender, topic)
   survive restarts, and the sender carries its own messages.
-* DM delivery (outbox, receipts, pushes) is ``peer.node._delivery``'s part,
-  catch-up (carrying and walking) ``peer.node._catchuphost``'s.
+* DM delivery (outbox, receipts, pushes) is ``self.delivery``, a
+  ``peer.node._delivery.DeliveryService``; it learns here which DMs and
+  receipts were committed. Catch-up (carrying and walking) is
+  ``peer.node._catchuphost``'s.
+* A commit is planned as one small record per message (what to append, its
+  inbox entry, its outbox entry), written in one transaction, and then each
+  record gets its result: no lists matched by position.
 * Until the first catch-up walk of a kept topic ends, its live messages wait
   in memory, so a sender's older messages come before its newer ones.
 
@@ -24,21 +29,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import cbor2
 import trio
 
+from peer.protocols._delivery import Pending
 from peer.wire import _cbor
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Envelope,
     message_id,
     open_dm,
-    payload_value,
     split_wire,
 )
 from peer.wire._errors import ProtocolError
@@ -54,15 +57,13 @@ from store import (
 )
 
 from ._catchuphost import ALIVE_KEY, STORE_CAP, CatchUpHost
-from ._delivery import DeliveryHost
+from ._delivery import DeliveryService
 from ._inbox import InboxMessage, PeerInfo
+from ._inboxlog import INBOX_LOG, inbox_item, read_inbox
 
 if TYPE_CHECKING:
     from ._node import Peer
 
-INBOX_LOG = "~inbox"  # the local agent's messages in arrival order (not a network topic)
-_INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
-_NOBODY = bytes(32)
 CHANNELS_KEY = "channels"
 PEER_KEY_PREFIX = "peer/"
 ACCEPT_QUEUE = 65_536
@@ -101,68 +102,32 @@ class StorageCounters:
     bad_pages: int = 0
 
 
-def inbox_record(message: InboxMessage, payload: bytes | None) -> bytes:
-    """The ``~inbox`` log record of one message (decrypted: it is our own disk)."""
-    m: dict[str, Any] = {
-        "id": message.id,
-        "kind": message.kind,
-        "topic": message.topic,
-        "from": message.sender,
-        "body": message.body,
-        "ts": message.ts,
-        "out": message.outgoing,
-        "seq": message.seq,
-    }
-    if message.channel is not None:
-        m["ch"] = message.channel
-    if message.peer is not None:
-        m["peer"] = message.peer
-    if payload is not None:
-        m["payload"] = payload
-    if message.reply_to is not None:
-        m["reply_to"] = message.reply_to
-    if message.thread is not None:
-        m["thread"] = message.thread
-    return cbor2.dumps(m)  # our own disk: no need for the (slower) canonical form
+@dataclass(slots=True)
+class _Planned:
+    """One message of a commit: what is appended for it, and what came of it."""
+
+    request: _Accept
+    env: Envelope
+    item: AppendItem
+    own: bool = False  # signed by us: published after the commit
+    pushed: bool = False
+    message: InboxMessage | None = None  # its inbox entry, if the agent sees it
+    inbox: AppendItem | None = None  # the ``~inbox`` record of ``message``
+    outbox: Pending | None = None  # a DM of ours: its outbox entry
+    result: AppendResult | None = None
+    inbox_result: AppendResult | None = None
+
+    def items(self) -> list[AppendItem]:
+        return [self.item] if self.inbox is None else [self.item, self.inbox]
+
+    def take(self, results: Iterator[AppendResult]) -> None:
+        """Its results, from those of the whole commit (in ``items()`` order)."""
+        self.result = next(results)
+        if self.inbox is not None:
+            self.inbox_result = next(results)
 
 
-def inbox_message(cursor: int, received_ms: int, record: bytes) -> InboxMessage:
-    m = cbor2.loads(record)
-    payload = m.get("payload")
-    return InboxMessage(
-        cursor=cursor,
-        id=m["id"],
-        kind=m["kind"],
-        topic=m["topic"],
-        channel=m.get("ch"),
-        sender=m["from"],
-        peer=m.get("peer"),
-        body=m["body"],
-        payload=None if payload is None else payload_value(payload),
-        has_payload=payload is not None,
-        reply_to=m.get("reply_to"),
-        thread=m.get("thread"),
-        ts=m["ts"],
-        received_ms=received_ms,
-        outgoing=m["out"],
-        read=m["out"],
-        seq=m.get("seq", 0),
-    )
-
-
-def _inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:
-    return AppendItem(
-        msg_id=hashlib.sha256(_INBOX_ID_TAG + message.id).digest(),
-        topic=INBOX_LOG,
-        sender=_NOBODY,
-        sender_seq=0,
-        ts=message.ts,
-        wire=inbox_record(message, payload),
-        received_ms=message.received_ms,
-    )
-
-
-class Storage(DeliveryHost, CatchUpHost):
+class Storage(CatchUpHost):
     """The persistent half of a ``Peer``; see the module docstring."""
 
     def __init__(self, peer: Peer, service: StoreService) -> None:
@@ -176,7 +141,9 @@ class Storage(DeliveryHost, CatchUpHost):
         self._new_peers: dict[bytes, bytes] = {}
         self._new_peers_wanted = trio.Event()
         self._held: dict[str, list[tuple[Envelope, bool]]] = {}  # topic -> live, waiting
-        self._init_delivery()
+        self.delivery = DeliveryService(
+            peer, service, self.counters, self.log, store_own=self.store_own, accept=self.accept
+        )
         self._init_catch_up()
 
     @property
@@ -188,35 +155,22 @@ class Storage(DeliveryHost, CatchUpHost):
     async def load(self) -> list[str]:
         """Read the inbox and outbox state; returns the channels we subscribed to."""
         peer = self.peer
-        head = await self.service.head(INBOX_LOG)
-        start = max(head.first_seq - 1, head.next_seq - 1 - self.options.inbox_capacity)
-        watermark, flagged = await self.service.read(lambda s: s.read_state(INBOX_LOG))
         outbox = await self.service.read(lambda s: s.outbox(limit=MAX_PAGE))
         dead = await self.service.read(lambda s: s.dead_letters(limit=MAX_PAGE))
+        self.delivery.load(outbox, dead)
         pending_ids = {e.msg_id for e in outbox}
         dead_ids = {d.msg_id for d in dead}
-        for entry in outbox:
-            self._pending_to[entry.recipient] = self._pending_to.get(entry.recipient, 0) + 1
-        loaded = 0
-        while True:
-            records = await self.service.read_log(INBOX_LOG, after=start, limit=5_000)
-            if not records:
-                break
-            for record in records:
-                message = inbox_message(record.seq, record.received_ms, record.wire)
-                if record.seq <= watermark or record.seq in flagged:
-                    message.read = True
-                if message.outgoing and message.kind == "dm":
-                    message.status = (
-                        "pending"
-                        if message.id in pending_ids
-                        else "undeliverable"
-                        if message.id in dead_ids
-                        else "delivered"
-                    )
-                peer.inbox.add(message)
-                loaded += 1
-            start = records[-1].seq
+        messages = await read_inbox(self.service, self.options.inbox_capacity)
+        for message in messages:
+            if message.outgoing and message.kind == "dm":
+                message.status = (
+                    "pending"
+                    if message.id in pending_ids
+                    else "undeliverable"
+                    if message.id in dead_ids
+                    else "delivered"
+                )
+            peer.inbox.add(message)
         keys = await self.service.read(lambda s: s.state_items(PEER_KEY_PREFIX))
         for name, public_key in keys.items():
             peer_id = bytes.fromhex(name[len(PEER_KEY_PREFIX) :])
@@ -230,7 +184,7 @@ class Storage(DeliveryHost, CatchUpHost):
         channels = [] if raw is None else [c for c in _cbor.decode(raw) if isinstance(c, str)]
         self.log.info(
             "store opened",
-            inbox=loaded,
+            inbox=len(messages),
             unread=peer.inbox.unread(),
             outbox=len(outbox),
             dead_letters=len(dead),
@@ -265,9 +219,18 @@ class Storage(DeliveryHost, CatchUpHost):
             nursery.start_soon(self._peer_key_loop)
             nursery.start_soon(self._alive_loop)
             nursery.start_soon(self._accept_loop)
-            nursery.start_soon(self._receipt_loop)
-            nursery.start_soon(self._outbox_loop)
+            nursery.start_soon(self.delivery.run)
             nursery.start_soon(self._retention_loop)
+
+    # -- delivery events from the peer --------------------------------------------------
+
+    def wake_outbox(self, peer_id: bytes) -> None:
+        """``peer_id`` is back (a link, a presence): push what waits for it now."""
+        self.delivery.wake(peer_id)
+
+    def on_push(self, link_peer: bytes, wire: bytes) -> None:
+        """A DM or receipt handed to us directly by its sender."""
+        self.delivery.on_push(link_peer, wire)
 
     # -- what we keep ------------------------------------------------------------------
 
@@ -378,94 +341,154 @@ class Storage(DeliveryHost, CatchUpHost):
                     if request.done is not None:
                         request.done.set()
 
+    # -- one commit: plan, write, apply ---------------------------------------------------
+
     async def _commit(self, batch: list[_Accept]) -> None:
-        peer = self.peer
-        now_ms = peer.wall_ms()
-        items: list[AppendItem] = []
-        plan: list[tuple[_Accept, Envelope, bool, int, InboxMessage | None]] = []
-        outbox: list[tuple[bytes, bytes, bytes]] = []  # (id, recipient, wire)
+        plans = self._plan(batch, self.peer.wall_ms())
+        thens = [request.then for request in batch if request.then is not None]
+        if not plans and not thens:
+            return
+        try:
+            await self._write(plans, thens)
+        except (StoreError, ValueError) as exc:
+            self._failed(plans, exc)
+            return
+        self.counters.commits += 1
+        self._publish_own(plans)
+        added = 0
+        try:
+            for planned in plans:
+                added += await self._apply(planned)
+        finally:
+            if added:
+                self.peer.notify_inbox()  # once per commit: a page is 512 messages
+
+    def _plan(self, batch: list[_Accept], now_ms: int) -> list[_Planned]:
+        plans: list[_Planned] = []
+        dms = 0  # DMs of ours in this commit: each takes a place in the outbox
         for request in batch:
             for env, message, payload in request.own:
-                plan.append((request, env, False, len(items), message))
-                items.append(AppendItem.from_envelope(env, received_ms=now_ms, topic=env.log_topic))
-                if message is not None:
-                    items.append(_inbox_item(message, payload))
-                if env.kind == "dm" and env.recipient is not None:
-                    outbox.append((env.id, env.recipient, env.wire))
+                planned = self._plan_own(request, env, message, payload, now_ms, dms)
+                if planned is not None:
+                    plans.append(planned)
+                    dms += planned.outbox is not None
             for env, member, pushed in request.envelopes:
-                topic = env.log_topic
-                if not member:
-                    if not self.keeps(topic):
-                        continue
-                    self._pin(topic)
-                message = payload = None
-                if member and not self.options.relay_only and env.kind in ("msg", "dm"):
-                    built = self._inbox_entry(env, now_ms)
-                    if built is None:
-                        continue
-                    message, payload = built
-                plan.append((request, env, pushed, len(items), message))
-                items.append(AppendItem.from_envelope(env, received_ms=now_ms, topic=topic))
-                if message is not None:
-                    items.append(_inbox_item(message, payload))
-        thens = [request.then for request in batch if request.then is not None]
-        if not items and not thens:
-            return
-        first_try = now_ms + self.backoff.base_ms
-        deadline = now_ms + int(self.options.dm_deadline * 1000)
+                planned = self._plan_received(request, env, member, pushed, now_ms)
+                if planned is not None:
+                    plans.append(planned)
+        return plans
+
+    def _plan_own(
+        self,
+        request: _Accept,
+        env: Envelope,
+        message: InboxMessage | None,
+        payload: bytes | None,
+        now_ms: int,
+        dms: int,
+    ) -> _Planned | None:
+        outbox = None
+        if env.kind == "dm" and env.recipient is not None:
+            outbox = self.delivery.plan_dm(env, now_ms, dms)
+            if outbox is None:
+                request.error = StoreError("outbox full: too many DMs wait for receipts")
+                return None
+        return _Planned(
+            request,
+            env,
+            AppendItem.from_envelope(env, received_ms=now_ms, topic=env.log_topic),
+            own=True,
+            message=message,
+            inbox=None if message is None else inbox_item(message, payload),
+            outbox=outbox,
+        )
+
+    def _plan_received(
+        self, request: _Accept, env: Envelope, member: bool, pushed: bool, now_ms: int
+    ) -> _Planned | None:
+        topic = env.log_topic
+        if not member:
+            if not self.keeps(topic):
+                return None
+            self._pin(topic)
+        message = payload = None
+        if member and not self.options.relay_only and env.kind in ("msg", "dm"):
+            built = self._inbox_entry(env, now_ms)
+            if built is None:
+                return None
+            message, payload = built
+        return _Planned(
+            request,
+            env,
+            AppendItem.from_envelope(env, received_ms=now_ms, topic=topic),
+            pushed=pushed,
+            message=message,
+            inbox=None if message is None else inbox_item(message, payload),
+        )
+
+    async def _write(
+        self, plans: list[_Planned], thens: list[Callable[[MessageStore], None]]
+    ) -> None:
+        """One commit: the messages, their inbox records, our DMs' outbox entries, cursors."""
+        items = [item for planned in plans for item in planned.items()]
+        outbox = [planned.outbox for planned in plans if planned.outbox is not None]
 
         def write_all(s: MessageStore) -> list[AppendResult]:
             results = s.append_batch(items)
-            for msg_id, recipient, wire in outbox:
-                s.outbox_add(msg_id, recipient, wire, first_try, deadline)
+            for e in outbox:
+                s.outbox_add(e.msg_id, e.recipient, e.wire, e.next_try_ms, e.deadline_ms)
             for then in thens:
                 then(s)
             return results
 
-        def write(s: MessageStore) -> list[AppendResult]:
-            return s.atomically(write_all)  # one commit: messages, outbox, cursors
+        results = iter(await self.service.write(lambda s: s.atomically(write_all)))
+        for planned in plans:
+            planned.take(results)
 
-        try:
-            results = await self.service.write(write)
-        except (StoreError, ValueError) as exc:
-            self.counters.store_errors += 1
-            self.log.error("store append failed", error=str(exc), messages=len(plan))
-            for request, _, _, _, message in plan:
-                if request.own:
-                    request.error = exc  # not stored: the API says so, nothing is sent
-                elif message is not None:
-                    peer.add_inbox_message(message)  # the agent still sees it
-            return
-        self.counters.commits += 1
-        for _, recipient, _ in outbox:
-            self._pending_to[recipient] = self._pending_to.get(recipient, 0) + 1
+    def _failed(self, plans: list[_Planned], exc: Exception) -> None:
+        self.counters.store_errors += 1
+        self.log.error("store append failed", error=str(exc), messages=len(plans))
+        for planned in plans:
+            if planned.request.own:
+                planned.request.error = exc  # not stored: the API says so, nothing is sent
+            elif planned.message is not None:
+                self.peer.add_inbox_message(planned.message)  # the agent still sees it
+
+    def _publish_own(self, plans: list[_Planned]) -> None:
+        """Our DMs wait for receipts; what we signed is published in commit order,
+        which is seq order."""
+        peer = self.peer
         now = peer.now()
-        for request in batch:  # publish what we signed in commit order, which is seq order
-            for env, _, _ in request.own:
-                peer.perform(peer.router.publish(env, now))
+        for planned in plans:
+            if planned.outbox is not None:
+                self.delivery.on_own_dm_stored(planned.outbox)
+        for planned in plans:
+            if planned.own:
+                peer.perform(peer.router.publish(planned.env, now))
+
+    async def _apply(self, planned: _Planned) -> int:
+        """Count a committed message, give the agent its inbox entry and tell delivery
+        about DMs and receipts for us; returns 1 if the inbox got a new message."""
+        env, result = planned.env, planned.result
+        if result is None:
+            return 0
+        if result.duplicate:
+            self.counters.duplicates += 1
+            if env.kind == "dm":  # pushed again: our receipt was lost
+                self.delivery.on_dm_stored(env, pushed=planned.pushed, duplicate=True)
+            return 0
+        self.counters.stored += 1
+        planned.request.new += 1
         added = 0
-        try:
-            for request, env, pushed, index, message in plan:
-                result: AppendResult = results[index]
-                if result.duplicate:
-                    self.counters.duplicates += 1
-                    if pushed and env.kind == "dm":
-                        self._want_receipt(env)  # the sender retries: our receipt was lost
-                    continue
-                self.counters.stored += 1
-                request.new += 1
-                if message is not None:
-                    message.cursor = results[index + 1].seq
-                    added += peer.inbox.add(message) is not None
-                if env.sender == peer.peer_id:
-                    continue
-                if env.kind == "dm" and env.recipient == peer.peer_id:
-                    self._want_receipt(env)
-                elif env.kind == "receipt" and env.recipient == peer.peer_id:
-                    await self._on_receipt(env)
-        finally:
-            if added:
-                peer.notify_inbox()  # once per commit: a page is 512 messages
+        if planned.message is not None and planned.inbox_result is not None:
+            planned.message.cursor = planned.inbox_result.seq
+            added = int(self.peer.inbox.add(planned.message) is not None)
+        me = self.peer.peer_id
+        if env.kind == "dm":
+            self.delivery.on_dm_stored(env, pushed=planned.pushed, duplicate=False)
+        elif env.kind == "receipt" and env.recipient == me and env.sender != me:
+            await self.delivery.on_receipt(env.sender, list(env.fields["ids"]))
+        return added
 
     def _inbox_entry(self, env: Envelope, now_ms: int) -> tuple[InboxMessage, bytes | None] | None:
         peer = self.peer
@@ -567,7 +590,7 @@ class Storage(DeliveryHost, CatchUpHost):
             "pages_served": c.pages_served,
             "pages_refused": c.pages_refused,
             "bad_pages": c.bad_pages,
-            "outbox": sum(self._pending_to.values()),
+            "outbox": self.delivery.waiting(),
             "pinned_topics": len(self._pinned),
             "catchup": {t: s.to_json() for t, s in sorted(self.catchup.items())},
         }
