@@ -50,14 +50,14 @@ def wants(peer: Peer, other: Peer, topic: str) -> bool:
 
 def booby_trap(peer: Peer, topic: str) -> None:
     """Make ``peer`` crash on a ``sub`` frame naming ``topic``."""
-    handle = peer._frame_owners["sub"]
+    handle = peer.swarm._frame_owners["sub"]
 
     def trapped(link: Link, frame: Frame, raw: bytes) -> None:
         if any(entry[0] == topic for entry in frame.fields["topics"]):
             raise RuntimeError("injected bug")
         handle(link, frame, raw)
 
-    peer._frame_owners["sub"] = trapped
+    peer.swarm._frame_owners["sub"] = trapped
 
 
 async def test_a_bug_on_an_inbound_link_closes_only_that_link() -> None:
@@ -85,14 +85,14 @@ async def test_a_bug_on_an_inbound_link_closes_only_that_link() -> None:
 
 def deliver_trap(peer: Peer, body: str) -> None:
     """Make ``peer`` crash while delivering a message whose body is ``body``."""
-    deliver = peer._deliver
+    deliver = peer.swarm._deliver
 
     def trapped(env: Envelope, member: bool = True) -> None:
         if env.kind == "msg" and env.content().body == body:
             raise RuntimeError("injected bug")
         deliver(env, member)
 
-    peer._deliver = trapped  # type: ignore[method-assign]
+    peer.swarm._deliver = trapped  # type: ignore[method-assign]
 
 
 async def test_a_bug_on_a_dialled_link_closes_only_that_link() -> None:

@@ -54,7 +54,7 @@ async def test_messages_resume_from_a_cursor_and_filter(tmp_path: Path) -> None:
 async def test_a_busy_address_is_a_clear_start_error(tmp_path: Path) -> None:
     async with peer.open_peer(tmp_path / "a") as a:
         port = a.listen_urls[0].rsplit(":", 1)[1].rstrip("/")
-        with pytest.raises(peer.StartError, match="cannot listen on 127.0.0.1:"):
+        with pytest.raises(peer.StartError, match=r"cannot listen on 127\.0\.0\.1:"):
             async with peer.open_peer(tmp_path / "b", listen=f"127.0.0.1:{port}"):
                 pass  # pragma: no cover
         with pytest.raises(peer.StartError, match="HOST:PORT"):

@@ -1,32 +1,27 @@
-"""The Trio shell of a peer: lifecycle, the router between links and protocols, timers.
+"""The Trio shell of a peer: ``Peer``, its lifecycle and what an agent asks of it.
 
-``Peer.run`` opens the nursery that owns every task of the peer. The
-protocol decisions come from sans-IO behaviours (``GossipRouter``,
-``Presence``, the DHT node, and the storage's delivery and catch-up cores);
-the shell only routes events to them and performs what they return: it moves
-records, encrypts them per link, reads the clock and logs. Rules kept here:
+``Peer.run`` opens the nursery that owns every task of the peer. A peer is
+composed of parts, none of which inherits another:
 
-* One router: ``LinkManager`` hands every decoded frame to ``Peer.frame``,
-  which charges the link's budget and gives the frame to the one behaviour
-  that owns its type (``_frame_owners``). A ``ProtocolError`` there refuses
-  the frame and closes the link; a bug closes only that link (the manager
-  counts it).
-* Every decision goes through ``perform``; a link that cannot keep up with
-  its send queue is closed as ``SLOW``, never waited for.
-* One timer task serves every behaviour's ``next_deadline()``; nothing
-  sleeps a fixed heartbeat.
+* ``LinkManager`` (``_linkhost``): handshakes, one reader and writer per link;
+* ``Swarm`` (``_swarm``): the one router between links and the sans-IO
+  behaviours (gossip, presence, DHT, catch-up, delivery), which performs
+  their decisions and runs their timers;
+* ``Dialer`` (``_dialer``): dialling, bootstrap, the listener;
+* ``DhtBridge`` (``_dhthost``): the DHT's side of the peer;
+* ``Storage`` (``_storage``), with a ``store_path``: the log, the persistent
+  inbox, the outbox and catch-up; without one (simulations, benchmarks)
+  nothing persists and the inbox is memory only.
+
+Rules kept here:
+
 * Tasks start in nurseries the peer owns, from its own loops, never from a
   sync callback: a subscription is queued and taken up by ``_subscriptions``.
 * Every envelope we sign gets its sequence number from ``_seal``: one chain
-  per log topic, continued from the store after a restart.
-* The inbox only grows by what the router delivers and the DMs we send; a DM
-  that does not open is counted and dropped.
-
-Links are ``peer.node._linkhost``'s, dialling and listening
-``peer.node._dialer``'s, the DHT's side ``peer.node._dhthost``'s. With a
-``store_path`` the log, persistent inbox, outbox and catch-up live in
-``peer.node._storage``; without one (simulations, benchmarks) nothing persists
-and the inbox is memory only.
+  per log topic, continued from the store after a restart. With a store,
+  only the paths that store before sending are open (``send_message``,
+  ``send_direct``).
+* The inbox only grows by what the swarm delivers and the messages we send.
 """
 
 from __future__ import annotations
@@ -40,23 +35,17 @@ from typing import Any
 import trio
 
 from dht import Contact, DhtService
-from peer.protocols._gossip import Close, Deliver, GossipRouter, Send
-from peer.protocols._presence import Presence, parse_presence, presence_payload
-from peer.wire import _cbor
+from peer.protocols._gossip import Action, GossipRouter
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Content,
     Envelope,
     inbox_topic,
-    open_dm,
-    open_envelope,
     payload_value,
     seal_dm,
     seal_message,
-    seal_presence,
 )
-from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import Frame, encode_frame, is_topic
+from peer.wire._frames import encode_frame, is_topic
 from peer.wire._identity import Identity
 from store import open_store_service
 
@@ -68,58 +57,14 @@ from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
 from ._options import PRESENCE_INTERVAL, PeerCounters, PeerOptions, UnknownPeer
 from ._storage import Storage
+from ._stream import MessageStream
+from ._swarm import Swarm
 from ._transport import Transport
 from ._websocket import memory_link_pair
 
 __all__ = ["Peer", "PeerCounters", "PeerOptions", "UnknownPeer", "memory_link_pair"]
 
-PRESENCE_DEBOUNCE = 5.0
 ONLINE_WINDOW_MS = int(2.5 * PRESENCE_INTERVAL * 1000)
-GOSSIP_FRAMES = frozenset(
-    {"pub", "sub", "unsub", "graft", "prune", "ihave", "iwant", "ping", "pong", "error"}
-)
-_INTEREST_FRAMES = frozenset({"sub", "unsub"})
-
-FrameHandler = Callable[[Link, Frame, bytes], None]
-
-
-class MessageStream:
-    """An async iterator over a peer's inbox from a cursor on (see ``Peer.messages``).
-
-    ``cursor`` is the last message handed out (or skipped by the filters):
-    keep it to resume later with ``peer.messages(after=cursor)``.
-    """
-
-    def __init__(
-        self, peer: Peer, cursor: int, channel: str | None, sender: bytes | None, outgoing: bool
-    ) -> None:
-        self.peer = peer
-        self.cursor = cursor
-        self._channel = channel
-        self._sender = sender
-        self._outgoing = outgoing
-        self._ready: list[InboxMessage] = []
-
-    def __aiter__(self) -> MessageStream:
-        return self
-
-    async def __anext__(self) -> InboxMessage:
-        while not self._ready:
-            batch = self.peer.inbox.since(self.cursor)
-            if not batch:
-                await self.peer.wait_inbox_changed()
-                continue
-            self.cursor = batch[-1].cursor
-            self._ready = [m for m in batch if self._wanted(m)]
-            self._ready.reverse()
-        return self._ready.pop()
-
-    def _wanted(self, message: InboxMessage) -> bool:
-        if message.outgoing and not self._outgoing:
-            return False
-        if self._channel is not None and message.channel != self._channel:
-            return False
-        return self._sender is None or message.peer == self._sender
 
 
 class Peer:
@@ -141,7 +86,6 @@ class Peer:
             verify=not self.options.bench_no_verify,
             observe_all=self.options.relay_only and self.options.store_path is not None,
         )
-        self.presence = Presence(self.options.presence_interval, PRESENCE_DEBOUNCE)
         self.inbox = Inbox(self.options.inbox_capacity)
         self.directory = Directory()
         self.counters = PeerCounters()
@@ -150,8 +94,9 @@ class Peer:
         self.storage: Storage | None = None
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
+        self.swarm = Swarm(self, self.options.presence_interval)
         config = LinkConfig(identity, self.options, lambda: self.caps, lambda: self.listen_urls)
-        self.link_manager = LinkManager(config, self, self.counters, self.log)
+        self.link_manager = LinkManager(config, self.swarm, self.counters, self.log)
         self.links: dict[bytes, Link] = self.link_manager.links
         self.dialer = Dialer(
             self.link_manager,
@@ -160,23 +105,15 @@ class Peer:
             random.Random(self.rng.random()),
             self.log,
         )
-        self._bridge: DhtBridge | None = None
+        self.bridge: DhtBridge | None = None
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
         self._inbox_changed = trio.Event()
         self._changed = trio.Event()
-        self._timers_changed = trio.Event()
         self._new_channels: dict[str, None] = {}  # subscribed, not yet taken up
         self._channels_saved = True
         self._channels_wanted = trio.Event()
-        self._frame_owners: dict[str, FrameHandler] = {
-            **dict.fromkeys(GOSSIP_FRAMES, self._on_gossip_frame),
-            "dht": self._on_dht_frame,
-            "cureq": self._on_cureq_frame,
-            "cupage": self._on_cupage_frame,
-            "push": self._on_push_frame,
-        }
 
     # -- time ------------------------------------------------------------------
 
@@ -234,17 +171,15 @@ class Peer:
         if extra is not None:
             await extra(nursery)
         if self.options.dht:
-            self._bridge = DhtBridge(self)
-            nursery.start_soon(self._bridge.service.run)
-        now = self.now()
-        self.router.start(now)
-        self.presence.start(now)
-        self.perform(self.router.subscribe(PRESENCE_TOPIC))
+            self.bridge = DhtBridge(self)
+            nursery.start_soon(self.bridge.service.run)
+        self.swarm.start(self.now())
+        self.swarm.perform(self.router.subscribe(PRESENCE_TOPIC))
         if not self.options.relay_only:
-            self.perform(self.router.subscribe(inbox_topic(self.peer_id)))
+            self.swarm.perform(self.router.subscribe(inbox_topic(self.peer_id)))
             for channel in dict.fromkeys(channels):
                 self.subscribe(channel)
-        nursery.start_soon(self._timers)
+        nursery.start_soon(self.swarm.run_timers)
         nursery.start_soon(self._subscriptions)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.options.bench_no_verify or self.options.bench_plaintext_links:
@@ -256,7 +191,7 @@ class Peer:
 
     @property
     def dht(self) -> DhtService | None:
-        return None if self._bridge is None else self._bridge.service
+        return None if self.bridge is None else self.bridge.service
 
     @property
     def serving_dht(self) -> bool:
@@ -291,163 +226,6 @@ class Peer:
 
     async def wait_links_changed(self) -> None:
         await self.link_manager.wait_changed()
-
-    # -- links: what the link manager tells us (LinkEvents) ------------------------
-
-    def link_up(self, link: Link) -> None:
-        result = link.result
-        info = self.directory.see(link.peer_id, result.public_key, self.wall_ms())
-        info.linked = True
-        info.times_linked += 1
-        info.listen, info.caps, info.agent = result.listen, result.caps, result.agent
-        info.remote = link.transport.remote
-        self.perform(self.router.add_link(link.peer_id, relay=link.relay, now=self.now()))
-        if self._bridge is not None:
-            self._bridge.link_up(link.peer_id)
-        if self.storage is not None:
-            self.storage.on_link_up(link.peer_id, result.caps)
-        self._notify_links()
-
-    def link_down(self, link: Link) -> None:
-        info = self.directory.get(link.peer_id)
-        if info is not None:
-            info.linked = False
-        self.perform(self.router.remove_link(link.peer_id))
-        if self._bridge is not None:
-            self._bridge.link_down(link.peer_id)
-        self._notify_links()
-
-    def frame(self, link: Link, frame: Frame, raw: bytes) -> None:
-        """One decoded frame: charged to the link, then handed to the behaviour owning it."""
-        owner = self._frame_owners.get(frame.type)
-        if owner is None:
-            raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame after the handshake")
-        if owner is not self._on_gossip_frame:
-            refused = self.router.admit(link.peer_id, len(raw), self.now())
-            if refused:
-                self.perform(refused)
-                return
-        owner(link, frame, raw)
-
-    def _on_gossip_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
-        self.perform(self.router.handle_frame(link.peer_id, frame, raw, self.now(), self.wall_ms()))
-        if frame.type in _INTEREST_FRAMES:
-            self.notify_changed()
-            if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
-                self.want_presence()  # the link now carries presence: announce ourselves
-
-    def _on_dht_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
-        if self._bridge is not None:  # DHT off: requests go unanswered, time out at the asker
-            self._bridge.on_message(link.peer_id, frame.fields["m"])
-
-    def _on_cureq_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
-        fields = frame.fields
-        if self.storage is not None:
-            self.storage.on_request(link.peer_id, fields)
-        else:
-            link.enqueue(
-                encode_frame(
-                    "cupage",
-                    r=fields["r"],
-                    topic=fields["topic"],
-                    m=[],
-                    next=fields["after"],
-                    more=False,
-                    heads=[],
-                    err="not-carried",
-                )
-            )
-
-    def _on_cupage_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
-        if self.storage is not None:
-            self.storage.on_page(link.peer_id, frame.fields)
-
-    def _on_push_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
-        if self.storage is not None:
-            self.storage.on_push(link.peer_id, frame.fields["e"])
-        else:
-            self._on_push_memory(link.peer_id, frame.fields["e"])
-
-    # -- performing decisions ------------------------------------------------------
-
-    def perform(self, actions: list[Send | Deliver | Close]) -> None:
-        for action in actions:
-            if isinstance(action, Send):
-                link = self.links.get(action.peer)
-                if link is not None and not link.enqueue(action.frame):
-                    self.counters.refuse(ErrorCode.SLOW)
-                    self.log.warning("link too slow", link=link.peer_id.hex()[:16])
-                    link.close(ErrorCode.SLOW, "not reading fast enough")
-            elif isinstance(action, Deliver):
-                self._deliver(action.envelope, action.member)
-            else:
-                link = self.links.get(action.peer)
-                if link is not None:
-                    self.counters.refuse(action.code)
-                    self.log.warning(
-                        "closing link",
-                        link=action.peer.hex()[:16],
-                        code=action.code.value,
-                        reason=action.reason,
-                    )
-                    link.close(action.code, action.reason)
-
-    # -- timers --------------------------------------------------------------------
-
-    def _rearm(self) -> None:
-        self._timers_changed.set()
-
-    async def _timers(self) -> None:
-        """Call each behaviour's ``handle_timer`` at its ``next_deadline``."""
-        while True:
-            deadlines = [
-                d
-                for d in (self.router.next_deadline(), self.presence.next_deadline())
-                if d is not None
-            ]
-            with trio.move_on_at(min(deadlines, default=trio.current_time() + 3600)):
-                await self._timers_changed.wait()
-            self._timers_changed = trio.Event()
-            now = self.now()
-            self.perform(self.router.handle_timer(now))
-            if self.presence.handle_timer(now):
-                self._announce_presence()
-
-    def want_presence(self) -> None:
-        self.presence.want(self.now())
-        self._rearm()
-
-    def _announce_presence(self) -> None:
-        payload = _cbor.encode(presence_payload(self.listen_urls, self.caps))
-        # presence is not stored: its sequence is the clock, which outlives restarts
-        now_ms = self.wall_ms()
-        env = seal_presence(self.identity, payload=payload, seq=now_ms, ts=now_ms)
-        self.perform(self.router.publish(env, self.now()))
-
-    def _deliver(self, env: Envelope, member: bool = True) -> None:
-        now_ms = self.wall_ms()
-        info = self.directory.see(env.sender, env.sender_key, now_ms)
-        if env.kind == "presence":
-            self._on_presence(env, info)
-            return
-        if self.storage is not None:
-            self.storage.accept(env, member=member)
-            return
-        if env.kind == "receipt" or not member:
-            return
-        outgoing = env.sender == self.peer_id
-        if env.kind == "dm":
-            try:
-                content = open_dm(self.identity, env)
-            except ProtocolError as exc:
-                self.counters.dm_undecryptable += 1
-                self.log.warning(
-                    "DM does not open", sender=env.sender.hex()[:16], reason=exc.message
-                )
-                return
-            self._add_to_inbox(env, content, channel=None, peer=env.sender, outgoing=outgoing)
-        else:
-            self._add_to_inbox(env, env.content(), channel=env.topic, peer=None, outgoing=outgoing)
 
     def _add_to_inbox(
         self,
@@ -505,21 +283,6 @@ class Peer:
         self._inbox_changed = trio.Event()
         self.notify_changed()
 
-    def _on_push_memory(self, link_peer: bytes, wire: bytes) -> None:
-        """A pushed DM without a store: deliver it once, like one from gossip."""
-        try:
-            env = open_envelope(wire, verify=not self.options.bench_no_verify)
-        except ProtocolError as exc:
-            link = self.links.get(link_peer)
-            if link is not None:
-                self.counters.refuse(exc.code)
-                self.log.warning("push refused", link=link_peer.hex()[:16], reason=exc.message)
-                link.close(exc.code, exc.message)
-            return
-        if env.kind == "dm" and env.recipient == self.peer_id and not self.router.seen(env.id):
-            self.router.note_seen(env.id, self.now())
-            self._deliver(env)
-
     async def wait_inbox_changed(self) -> None:
         await self._inbox_changed.wait()
 
@@ -543,25 +306,9 @@ class Peer:
         start = self.inbox.last_cursor if after is None else after
         return MessageStream(self, start, channel, peer, outgoing)
 
-    def _on_presence(self, env: Envelope, info: PeerInfo) -> None:
-        if env.sender == self.peer_id:
-            return
-        try:
-            listen, caps = parse_presence(payload_value(env.fields["payload"]))
-        except ProtocolError:
-            return
-        if listen is not None:
-            info.listen = listen
-        if caps is not None:
-            info.caps = caps
-        if self.storage is not None:
-            self.storage.wake_outbox(env.sender)
-        if info.extra.get("presence_seq", -1) < env.seq:
-            first = "presence_seq" not in info.extra
-            info.extra["presence_seq"] = env.seq
-            self.notify_changed()
-            if first:
-                self.want_presence()  # let a newcomer learn of us soon
+    def perform(self, actions: list[Action]) -> None:
+        """Carry out decisions of the gossip router (see ``Swarm.perform``)."""
+        self.swarm.perform(actions)
 
     # -- agent-facing operations -------------------------------------------------
 
@@ -616,7 +363,7 @@ class Peer:
             raise ValueError(f"not a channel name: {channel!r}")
         new = channel not in self.channels
         self.channels.add(channel)
-        self.perform(self.router.subscribe(channel))
+        self.swarm.perform(self.router.subscribe(channel))
         if new:
             self._new_channels[channel] = None  # taken up by _subscriptions
             self._channels_saved = False
@@ -638,21 +385,21 @@ class Peer:
     async def _subscribed(self, channel: str) -> None:
         if self.storage is not None:
             await self.storage.note_subscribed(channel)
-        if self._bridge is not None and channel not in self._bridge.service.node.providing:
+        if self.bridge is not None and channel not in self.bridge.service.node.providing:
             with contextlib.suppress(ValueError):  # providing too many topics: gossip still works
-                self._bridge.service.node.start_providing(channel, self.wall_time())
+                self.bridge.service.node.start_providing(channel, self.wall_time())
         async with trio.open_nursery() as nursery:
             if self.storage is not None:
                 nursery.start_soon(self.storage.catch_up_all, [channel])
-            if self._bridge is not None:
-                nursery.start_soon(self._bridge.link_to_carriers, channel)
+            if self.bridge is not None:
+                nursery.start_soon(self.bridge.link_to_carriers, channel)
 
     def unsubscribe(self, channel: str) -> None:
         if channel in self.channels:
             self._channels_saved = False
             self._channels_wanted.set()
         self.channels.discard(channel)
-        self.perform(self.router.unsubscribe(channel))
+        self.swarm.perform(self.router.unsubscribe(channel))
         if self.dht is not None:
             self.dht.node.stop_providing(channel)
 
@@ -672,7 +419,7 @@ class Peer:
         """
         self._memory_only("publish", "send_message")
         env = self._seal_message(channel, content)
-        self.perform(self.router.publish(env, self.now()))
+        self.swarm.perform(self.router.publish(env, self.now()))
         return env
 
     async def send_message(self, channel: str, content: Content) -> Envelope:
@@ -686,7 +433,7 @@ class Peer:
                 )
             await self.storage.store_own(env, message, payload)  # and publishes it
         else:
-            self.perform(self.router.publish(env, self.now()))
+            self.swarm.perform(self.router.publish(env, self.now()))
         return env
 
     async def send_direct(self, peer_id: bytes, content: Content) -> Envelope:
@@ -714,7 +461,7 @@ class Peer:
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
         env = self._seal_dm(peer_id, info.public_key, content)
-        self.perform(self.router.publish(env, self.now()))
+        self.swarm.perform(self.router.publish(env, self.now()))
         self._add_to_inbox(env, content, channel=None, peer=peer_id, outgoing=True)
         return env
 
@@ -776,15 +523,15 @@ class Peer:
 
     async def connect(self, contact: Contact) -> bool:
         """Link to a DHT contact unless linked; False without the DHT or when it fails."""
-        if self._bridge is None:
+        if self.bridge is None:
             return False
-        return await self._bridge.connect(contact)
+        return await self.bridge.connect(contact)
 
     async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None:
         """What we know of ``peer_id``, asking the DHT (and linking) if we know nothing."""
-        if self._bridge is None:
+        if self.bridge is None:
             return self.directory.get(peer_id)
-        return await self._bridge.resolve_peer(peer_id)
+        return await self.bridge.resolve_peer(peer_id)
 
     def contact_of(self, peer_id: bytes) -> Contact | None:
-        return None if self._bridge is None else self._bridge.contact_of(peer_id)
+        return None if self.bridge is None else self.bridge.contact_of(peer_id)

@@ -232,6 +232,9 @@ class Storage(CatchUpHost):
         """A DM or receipt handed to us directly by its sender."""
         self.delivery.on_push(link_peer, wire)
 
+    def on_link_down(self, peer_id: bytes) -> None:
+        self.delivery.on_link_down(peer_id)
+
     # -- what we keep ------------------------------------------------------------------
 
     def keeps(self, topic: str) -> bool:

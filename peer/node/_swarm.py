@@ -1,0 +1,336 @@
+"""The one router of a peer's Trio shell: between its links and its protocols.
+
+``Swarm`` is what the ``LinkManager`` tells about links and frames
+(``LinkEvents``), and it performs what the sans-IO behaviours decide. Rules
+kept here:
+
+* Each frame type has one owner (``_frame_owners``): the gossip router, the
+  DHT, catch-up or delivery. A frame is charged to its link's budget, then
+  handed to its owner; a ``ProtocolError`` there refuses it and closes the
+  link (the ``LinkManager`` does that, and contains any other exception).
+* Every decision goes through ``perform``; a link that cannot keep up with
+  its send queue is closed as ``SLOW``, never waited for.
+* One timer task (``run_timers``) serves every behaviour's
+  ``next_deadline()``: the gossip heartbeat and presence; nothing sleeps a
+  fixed heartbeat.
+* What gossip delivers goes to the store (with one) or straight to the
+  inbox; a DM that does not open is counted and dropped; a presence
+  announcement updates the directory and wakes the outbox for its sender.
+
+It reaches its peer only through the ``SwarmPeer`` protocol, which mypy
+checks where the peer makes its swarm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from peer.protocols._gossip import Close, Deliver, GossipRouter, Send
+from peer.protocols._presence import Presence, parse_presence, presence_payload
+from peer.wire import _cbor
+from peer.wire._envelope import (
+    PRESENCE_TOPIC,
+    Content,
+    Envelope,
+    open_dm,
+    open_envelope,
+    payload_value,
+    seal_presence,
+)
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import Frame, encode_frame
+from peer.wire._identity import Identity
+
+from ._dhthost import DhtBridge
+from ._inbox import Directory, InboxMessage, PeerInfo
+from ._link import Link
+from ._options import PeerCounters, PeerOptions
+from ._storage import Storage
+
+PRESENCE_DEBOUNCE = 5.0
+GOSSIP_FRAMES = frozenset(
+    {"pub", "sub", "unsub", "graft", "prune", "ihave", "iwant", "ping", "pong", "error"}
+)
+_INTEREST_FRAMES = frozenset({"sub", "unsub"})
+
+FrameHandler = Callable[[Link, Frame, bytes], None]
+
+
+class SwarmPeer(Protocol):
+    """What the swarm needs from its peer."""
+
+    @property
+    def identity(self) -> Identity: ...
+    @property
+    def options(self) -> PeerOptions: ...
+    @property
+    def peer_id(self) -> bytes: ...
+    @property
+    def log(self) -> Any: ...
+    @property
+    def counters(self) -> PeerCounters: ...
+    @property
+    def directory(self) -> Directory: ...
+    @property
+    def router(self) -> GossipRouter: ...
+    @property
+    def links(self) -> dict[bytes, Link]: ...
+    @property
+    def storage(self) -> Storage | None: ...
+    @property
+    def bridge(self) -> DhtBridge | None: ...
+    @property
+    def listen_urls(self) -> list[str]: ...
+    @property
+    def caps(self) -> tuple[str, ...]: ...
+    def now(self) -> float: ...
+    def wall_ms(self) -> int: ...
+    def notify_changed(self) -> None: ...
+    def add_inbox_message(self, message: InboxMessage) -> None: ...
+    def make_inbox_message(
+        self,
+        env: Envelope,
+        content: Content,
+        channel: str | None,
+        peer: bytes | None,
+        outgoing: bool,
+        now_ms: int,
+    ) -> tuple[InboxMessage, bytes | None]: ...
+
+
+class Swarm:
+    """Routes link events and frames to the behaviours, and performs their decisions."""
+
+    def __init__(self, peer: SwarmPeer, presence_interval: float) -> None:
+        self.peer = peer
+        self.presence = Presence(presence_interval, PRESENCE_DEBOUNCE)
+        self._timers_changed = trio.Event()
+        self._frame_owners: dict[str, FrameHandler] = {
+            **dict.fromkeys(GOSSIP_FRAMES, self._on_gossip_frame),
+            "dht": self._on_dht_frame,
+            "cureq": self._on_cureq_frame,
+            "cupage": self._on_cupage_frame,
+            "push": self._on_push_frame,
+        }
+
+    def start(self, now: float) -> None:
+        self.peer.router.start(now)
+        self.presence.start(now)
+
+    # -- links: what the link manager tells us (LinkEvents) ------------------------
+
+    def link_up(self, link: Link) -> None:
+        result = link.result
+        info = self.peer.directory.see(link.peer_id, result.public_key, self.peer.wall_ms())
+        info.linked = True
+        info.times_linked += 1
+        info.listen, info.caps, info.agent = result.listen, result.caps, result.agent
+        info.remote = link.transport.remote
+        self.perform(self.peer.router.add_link(link.peer_id, relay=link.relay, now=self.peer.now()))
+        if self.peer.bridge is not None:
+            self.peer.bridge.link_up(link.peer_id)
+        if self.peer.storage is not None:
+            self.peer.storage.on_link_up(link.peer_id, result.caps)
+        self.peer.notify_changed()
+
+    def link_down(self, link: Link) -> None:
+        info = self.peer.directory.get(link.peer_id)
+        if info is not None:
+            info.linked = False
+        self.perform(self.peer.router.remove_link(link.peer_id))
+        if self.peer.bridge is not None:
+            self.peer.bridge.link_down(link.peer_id)
+        if self.peer.storage is not None:
+            self.peer.storage.on_link_down(link.peer_id)
+        self.peer.notify_changed()
+
+    def frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        """One decoded frame: charged to the link, then handed to the behaviour owning it."""
+        owner = self._frame_owners.get(frame.type)
+        if owner is None:
+            raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame after the handshake")
+        if owner is not self._on_gossip_frame:
+            refused = self.peer.router.admit(link.peer_id, len(raw), self.peer.now())
+            if refused:
+                self.perform(refused)
+                return
+        owner(link, frame, raw)
+
+    def _on_gossip_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        self.perform(
+            self.peer.router.handle_frame(
+                link.peer_id, frame, raw, self.peer.now(), self.peer.wall_ms()
+            )
+        )
+        if frame.type in _INTEREST_FRAMES:
+            self.peer.notify_changed()
+            if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
+                self.want_presence()  # the link now carries presence: announce ourselves
+
+    def _on_dht_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        if self.peer.bridge is not None:  # DHT off: requests go unanswered, time out at the asker
+            self.peer.bridge.on_message(link.peer_id, frame.fields["m"])
+
+    def _on_cureq_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        fields = frame.fields
+        if self.peer.storage is not None:
+            self.peer.storage.on_request(link.peer_id, fields)
+        else:
+            link.enqueue(
+                encode_frame(
+                    "cupage",
+                    r=fields["r"],
+                    topic=fields["topic"],
+                    m=[],
+                    next=fields["after"],
+                    more=False,
+                    heads=[],
+                    err="not-carried",
+                )
+            )
+
+    def _on_cupage_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        if self.peer.storage is not None:
+            self.peer.storage.on_page(link.peer_id, frame.fields)
+
+    def _on_push_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+        if self.peer.storage is not None:
+            self.peer.storage.on_push(link.peer_id, frame.fields["e"])
+        else:
+            self._on_push_memory(link.peer_id, frame.fields["e"])
+
+    # -- performing decisions ------------------------------------------------------
+
+    def perform(self, actions: list[Send | Deliver | Close]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                link = self.peer.links.get(action.peer)
+                if link is not None and not link.enqueue(action.frame):
+                    self.peer.counters.refuse(ErrorCode.SLOW)
+                    self.peer.log.warning("link too slow", link=link.peer_id.hex()[:16])
+                    link.close(ErrorCode.SLOW, "not reading fast enough")
+            elif isinstance(action, Deliver):
+                self._deliver(action.envelope, action.member)
+            else:
+                link = self.peer.links.get(action.peer)
+                if link is not None:
+                    self.peer.counters.refuse(action.code)
+                    self.peer.log.warning(
+                        "closing link",
+                        link=action.peer.hex()[:16],
+                        code=action.code.value,
+                        reason=action.reason,
+                    )
+                    link.close(action.code, action.reason)
+
+    # -- timers --------------------------------------------------------------------
+
+    def _rearm(self) -> None:
+        self._timers_changed.set()
+
+    async def run_timers(self) -> None:
+        """Call each behaviour's ``handle_timer`` at its ``next_deadline``."""
+        while True:
+            deadlines = [
+                d
+                for d in (self.peer.router.next_deadline(), self.presence.next_deadline())
+                if d is not None
+            ]
+            with trio.move_on_at(min(deadlines, default=trio.current_time() + 3600)):
+                await self._timers_changed.wait()
+            self._timers_changed = trio.Event()
+            now = self.peer.now()
+            self.perform(self.peer.router.handle_timer(now))
+            if self.presence.handle_timer(now):
+                self._announce_presence()
+
+    def want_presence(self) -> None:
+        self.presence.want(self.peer.now())
+        self._rearm()
+
+    def _announce_presence(self) -> None:
+        payload = _cbor.encode(presence_payload(self.peer.listen_urls, self.peer.caps))
+        # presence is not stored: its sequence is the clock, which outlives restarts
+        now_ms = self.peer.wall_ms()
+        env = seal_presence(self.peer.identity, payload=payload, seq=now_ms, ts=now_ms)
+        self.perform(self.peer.router.publish(env, self.peer.now()))
+
+    def _deliver(self, env: Envelope, member: bool = True) -> None:
+        now_ms = self.peer.wall_ms()
+        info = self.peer.directory.see(env.sender, env.sender_key, now_ms)
+        if env.kind == "presence":
+            self._on_presence(env, info)
+            return
+        if self.peer.storage is not None:
+            self.peer.storage.accept(env, member=member)
+            return
+        if env.kind == "receipt" or not member:
+            return
+        outgoing = env.sender == self.peer.peer_id
+        if env.kind == "dm":
+            try:
+                content = open_dm(self.peer.identity, env)
+            except ProtocolError as exc:
+                self.peer.counters.dm_undecryptable += 1
+                self.peer.log.warning(
+                    "DM does not open", sender=env.sender.hex()[:16], reason=exc.message
+                )
+                return
+            self._add_to_inbox(env, content, None, env.sender, outgoing)
+        else:
+            self._add_to_inbox(env, env.content(), env.topic, None, outgoing)
+
+    def _add_to_inbox(
+        self,
+        env: Envelope,
+        content: Content,
+        channel: str | None,
+        peer: bytes | None,
+        outgoing: bool,
+    ) -> None:
+        message, _ = self.peer.make_inbox_message(
+            env, content, channel, peer, outgoing, self.peer.wall_ms()
+        )
+        self.peer.add_inbox_message(message)
+
+    def _on_push_memory(self, link_peer: bytes, wire: bytes) -> None:
+        """A pushed DM without a store: deliver it once, like one from gossip."""
+        try:
+            env = open_envelope(wire, verify=not self.peer.options.bench_no_verify)
+        except ProtocolError as exc:
+            link = self.peer.links.get(link_peer)
+            if link is not None:
+                self.peer.counters.refuse(exc.code)
+                self.peer.log.warning("push refused", link=link_peer.hex()[:16], reason=exc.message)
+                link.close(exc.code, exc.message)
+            return
+        if (
+            env.kind == "dm"
+            and env.recipient == self.peer.peer_id
+            and not self.peer.router.seen(env.id)
+        ):
+            self.peer.router.note_seen(env.id, self.peer.now())
+            self._deliver(env)
+
+    def _on_presence(self, env: Envelope, info: PeerInfo) -> None:
+        if env.sender == self.peer.peer_id:
+            return
+        try:
+            listen, caps = parse_presence(payload_value(env.fields["payload"]))
+        except ProtocolError:
+            return
+        if listen is not None:
+            info.listen = listen
+        if caps is not None:
+            info.caps = caps
+        if self.peer.storage is not None:
+            self.peer.storage.wake_outbox(env.sender)
+        if info.extra.get("presence_seq", -1) < env.seq:
+            first = "presence_seq" not in info.extra
+            info.extra["presence_seq"] = env.seq
+            self.peer.notify_changed()
+            if first:
+                self.want_presence()  # let a newcomer learn of us soon
