@@ -25,9 +25,13 @@ test: lint pytest
 pytest: install $(VENV)/.bench-installed
 	$(BIN)/python -m pytest
 
+## ruff (with complexity C901), mypy --strict, the layer contracts (pyproject.toml
+## [tool.importlinter]), and tests/lint_layout.py: no import cycle, no file over 600 lines
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python tests/lint_layout.py
 
 ## benchmarks (bench/README.md); `make bench ARGS="--quick"` is the seconds-long smoke version
 bench: install $(VENV)/.bench-installed
