@@ -36,7 +36,8 @@ from typing import Any
 
 import trio
 
-from ._clients import (
+from ._clients import connect
+from ._conn import (
     HEAD_LEN,
     KIND_MEASURED,
     KIND_OFFSET,
@@ -45,7 +46,6 @@ from ._clients import (
     STAMP_OFFSET,
     Closed,
     Conn,
-    connect,
     make_body,
     now_ns,
 )
