@@ -25,9 +25,16 @@ test: lint pytest
 pytest: install $(VENV)/.bench-installed
 	$(BIN)/python -m pytest
 
+## ruff (with complexity C901), mypy --strict, the layer contracts (pyproject.toml
+## [tool.importlinter]), and tests/lint_layout.py: no import cycle, no file over 600 lines
+## every check runs even when an earlier one fails, so one run shows everything
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+	@status=0; \
+	$(BIN)/ruff check . || status=1; \
+	$(BIN)/mypy || status=1; \
+	$(BIN)/lint-imports --no-cache || status=1; \
+	$(BIN)/python tests/lint_layout.py || status=1; \
+	exit $$status
 
 ## benchmarks (bench/README.md); `make bench ARGS="--quick"` is the seconds-long smoke version
 bench: install $(VENV)/.bench-installed
@@ -44,4 +51,5 @@ fuzz: install
 	CLAWMESH_FUZZ=50 $(BIN)/python -m pytest -q tests/test_cbor.py tests/test_frames.py tests/test_handshake.py tests/test_envelope.py tests/test_dht_rpc.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info \
+		.import_linter_cache .grimp_cache

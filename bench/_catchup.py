@@ -38,7 +38,7 @@ from typing import Any
 
 import trio
 
-from ._clients import now_ns
+from ._conn import now_ns
 from ._drive import READY_TIMEOUT, _gen_cmd
 from ._procs import Child, ChildFailed, cpu_seconds, http_get_json, rss_bytes
 from ._systems import Clawmesh, Deployment, Env

@@ -1,5 +1,8 @@
 """The load generator's side of every system's wire protocol, one class each.
 
+WebSocket, plain TCP and clawmesh are here; NATS and Redis in ``bench._brokers``;
+the interface, body format and clock in ``bench._conn``.
+
 Every system is driven through the same small interface, :class:`Conn`:
 
 * ``connect`` opens the connection and does whatever the protocol asks before
@@ -18,9 +21,9 @@ so a sink finds them with one ``bytes.find`` in whatever framing surrounds
 them. Loopback only: every ``connect`` takes a host the harness chose.
 """
 
+
 from __future__ import annotations
 
-import json
 import struct
 import time
 from collections.abc import Callable
@@ -28,90 +31,14 @@ from collections.abc import Callable
 import trio
 
 from . import _ws
-
-MARK = b"@@cb:"
-HEAD_LEN = len(MARK) + 1 + 10 + 1 + 20 + 1
-KIND_OFFSET = len(MARK)
-STAMP_OFFSET = len(MARK) + 1 + 10 + 1
-KIND_MEASURED = ord("M")
-KIND_WARMUP = ord("W")
-RECEIVE_BYTES = 256 * 1024
-CONFIRM_TIMEOUT = 30.0
-MAX_PENDING = 64 * 1024 * 1024  # bytes a parser holds before giving up
-
-
-def now_ns() -> int:
-    """CLOCK_MONOTONIC in nanoseconds: one clock for every process on this host."""
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-def make_body(kind: bytes, seq: int, stamp_ns: int, size: int) -> bytes:
-    """A message body of ``size`` bytes (at least ``HEAD_LEN``), ASCII only."""
-    head = b"%s%s%010d:%020d@" % (MARK, kind, seq, stamp_ns)
-    return head + b"." * max(0, size - len(head))
-
-
-class Closed(Exception):
-    """The server closed the connection or broke its protocol."""
-
-
-class Conn:
-    """One connection of the load generator. Subclasses speak one protocol."""
-
-    proto = ""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self._send_lock = trio.Lock()
-
-    async def _write(self, data: bytes) -> None:
-        try:
-            async with self._send_lock:
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise Closed(f"send failed: {exc!r}") from None
-
-    async def _read(self) -> bytes:
-        try:
-            data = await self.stream.receive_some(RECEIVE_BYTES)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise Closed(f"receive failed: {exc!r}") from None
-        if not data:
-            raise Closed("server closed the connection")
-        return data
-
-    # -- interface ---------------------------------------------------------------
-
-    async def subscribe(self, topic: str) -> None:
-        raise NotImplementedError
-
-    async def announce(self, topic: str) -> None:
-        raise NotImplementedError
-
-    def prepare(self, body: bytes) -> bytes:
-        raise NotImplementedError
-
-    async def send(self, message: bytes) -> None:
-        await self._write(message)
-
-    async def receive(self) -> list[bytes]:
-        raise NotImplementedError
-
-    async def drain(self) -> None:
-        """Read and discard until closed (a publisher's reader: answers pings)."""
-        while True:
-            await self.receive()
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
-async def _open(host: str, port: int) -> trio.SocketStream:
-    try:
-        return await trio.open_tcp_stream(host, port)
-    except OSError as exc:
-        raise Closed(f"cannot connect to {host}:{port}: {exc}") from None
-
+from ._brokers import NatsConn, RedisConn
+from ._conn import (
+    CONFIRM_TIMEOUT,
+    MAX_PENDING,
+    Closed,
+    Conn,
+    _open,
+)
 
 # -- WebSocket, no protocol on top (the ws-raw and ws-trio forwarders) ------------------
 
@@ -394,205 +321,6 @@ class ClawmeshConn(WsConn):
     async def receive(self) -> list[bytes]:
         while True:
             out = await self._receive_once()
-            if out:
-                return out
-
-
-# -- NATS text protocol --------------------------------------------------------------------
-
-
-class NatsConn(Conn):
-    """``CONNECT``, ``SUB``/``PUB`` and ``MSG``; ``PING``/``PONG`` confirms each step."""
-
-    proto = "nats"
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        super().__init__(stream)
-        self._buf = bytearray()
-        self._pongs = 0
-        self._subject = b""
-
-    @classmethod
-    async def connect(cls, host: str, port: int) -> NatsConn:
-        conn = cls(await _open(host, port))
-        options = {"verbose": False, "pedantic": False, "name": "clawmesh-bench", "lang": "python"}
-        await conn._write(b"CONNECT " + json.dumps(options).encode() + b"\r\n")
-        await conn._confirm()
-        return conn
-
-    async def _confirm(self) -> None:
-        want = self._pongs + 1
-        await self._write(b"PING\r\n")
-        with trio.fail_after(CONFIRM_TIMEOUT):
-            while self._pongs < want:
-                await self._receive_once()
-
-    async def subscribe(self, topic: str) -> None:
-        self._subject = topic.encode()
-        await self._write(b"SUB " + self._subject + b" 1\r\n")
-        await self._confirm()
-
-    async def announce(self, topic: str) -> None:
-        self._subject = topic.encode()
-        await self._confirm()
-
-    def prepare(self, body: bytes) -> bytes:
-        return b"PUB %s %d\r\n%s\r\n" % (self._subject, len(body), body)
-
-    async def _receive_once(self) -> list[bytes]:
-        self._buf += await self._read()
-        buf = self._buf
-        out: list[bytes] = []
-        pos = 0
-        replies: list[bytes] = []
-        while True:
-            eol = buf.find(b"\r\n", pos)
-            if eol < 0:
-                break
-            if buf.startswith(b"MSG ", pos):
-                size = int(bytes(buf[buf.rfind(b" ", pos, eol) + 1 : eol]))
-                start = eol + 2
-                if len(buf) < start + size + 2:
-                    break
-                out.append(bytes(buf[start : start + size]))
-                pos = start + size + 2
-                continue
-            line = bytes(buf[pos:eol])
-            pos = eol + 2
-            if line == b"PING":
-                replies.append(b"PONG\r\n")
-            elif line == b"PONG":
-                self._pongs += 1
-            elif line.startswith(b"-ERR"):
-                raise Closed(f"NATS error: {line.decode(errors='replace')}")
-            # INFO and +OK carry nothing we need
-        if pos:
-            del buf[:pos]
-        if len(buf) > MAX_PENDING:
-            raise Closed("NATS message too large")
-        for reply in replies:
-            await self._write(reply)
-        return out
-
-    async def receive(self) -> list[bytes]:
-        while True:
-            out = await self._receive_once()
-            if out:
-                return out
-
-
-# -- Redis RESP (PUBLISH / SUBSCRIBE) ----------------------------------------------------
-
-
-RespValue = bytes | int | list["RespValue"] | None
-
-
-class _Incomplete(Exception):
-    pass
-
-
-def _resp_parse(buf: bytearray, pos: int) -> tuple[RespValue, int]:
-    """One RESP2 value at ``pos``; raises _Incomplete if the buffer ends first."""
-    eol = buf.find(b"\r\n", pos)
-    if eol < 0:
-        raise _Incomplete
-    kind = buf[pos]
-    line = bytes(buf[pos + 1 : eol])
-    if kind == ord("$"):
-        size = int(line)
-        if size < 0:
-            return None, eol + 2
-        if len(buf) < eol + 2 + size + 2:
-            raise _Incomplete
-        return bytes(buf[eol + 2 : eol + 2 + size]), eol + 2 + size + 2
-    if kind == ord("*"):
-        count = int(line)
-        items: list[RespValue] = []
-        at = eol + 2
-        for _ in range(max(0, count)):
-            item, at = _resp_parse(buf, at)
-            items.append(item)
-        return items, at
-    if kind == ord(":"):
-        return int(line), eol + 2
-    if kind == ord("+"):
-        return line, eol + 2
-    if kind == ord("-"):
-        raise Closed(f"Redis error: {line.decode(errors='replace')}")
-    raise Closed(f"unexpected RESP type {chr(kind)!r}")
-
-
-def _resp_command(*parts: bytes) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
-
-
-class RedisConn(Conn):
-    """``SUBSCRIBE`` then ``message`` pushes; ``PUBLISH`` answered by a subscriber count."""
-
-    proto = "redis"
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        super().__init__(stream)
-        self._buf = bytearray()
-        self._channel = b""
-        self._values: list[RespValue] = []
-
-    @classmethod
-    async def connect(cls, host: str, port: int) -> RedisConn:
-        return cls(await _open(host, port))
-
-    async def _parse_more(self) -> list[RespValue]:
-        self._buf += await self._read()
-        values: list[RespValue] = []
-        pos = 0
-        buf = self._buf
-        while pos < len(buf):
-            try:
-                value, pos_after = _resp_parse(buf, pos)
-            except _Incomplete:
-                break
-            except ValueError as exc:
-                raise Closed(f"bad RESP: {exc}") from None
-            values.append(value)
-            pos = pos_after
-        if pos:
-            del buf[:pos]
-        if len(buf) > MAX_PENDING:
-            raise Closed("RESP value too large")
-        return values
-
-    async def subscribe(self, topic: str) -> None:
-        self._channel = topic.encode()
-        await self._write(_resp_command(b"SUBSCRIBE", self._channel))
-        with trio.fail_after(CONFIRM_TIMEOUT):
-            while True:
-                for value in await self._parse_more():
-                    if isinstance(value, list) and value[:1] == [b"subscribe"]:
-                        return
-                    self._values.append(value)
-
-    async def announce(self, topic: str) -> None:
-        self._channel = topic.encode()
-        await self._write(_resp_command(b"PING"))
-        with trio.fail_after(CONFIRM_TIMEOUT):
-            while b"PONG" not in await self._parse_more():
-                pass
-
-    def prepare(self, body: bytes) -> bytes:
-        return _resp_command(b"PUBLISH", self._channel, body)
-
-    async def receive(self) -> list[bytes]:
-        while True:
-            values, self._values = self._values, []
-            values += await self._parse_more()
-            out = [
-                v[2] for v in values
-                if isinstance(v, list) and len(v) == 3 and v[0] == b"message"
-                and isinstance(v[2], bytes)
-            ]
             if out:
                 return out
 

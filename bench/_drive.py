@@ -93,6 +93,39 @@ async def start_sinks(nursery: trio.Nursery, system: System, dep: Deployment, lo
     return sinks
 
 
+async def _feed_credit_until_done(pub: Child, sinks: list[Child], load: Load, window: int,
+                                  t_go: float) -> None:
+    """Grant the publisher credit as the slowest sink advances, until every
+    message sent has arrived or deliveries stop (raises ChildFailed)."""
+    credit = window
+    last_total = -1
+    last_change = t_go
+    hard_end = t_go + load.duration + 60
+    while True:
+        with trio.move_on_after(CHECK_INTERVAL):
+            await pub.changed()
+        progress = [s.last.get("progress", {}) for s in sinks]
+        low = min(int(p.get("min", 0)) for p in progress)
+        total = sum(int(p.get("sum", 0)) for p in progress)
+        if low + window > credit:
+            credit = low + window
+            await pub.send(f"credit {credit}")
+        now = trio.current_time()
+        if total != last_total:
+            last_total, last_change = total, now
+        if "error" in pub.last:
+            raise ChildFailed(f"publisher: {pub.last['error']}")
+        sent = pub.last.get("sent")
+        if sent is not None:
+            expected = int(sent["n"]) * load.n
+            if total >= expected or now - last_change > IDLE_END:
+                break
+        elif now - last_change > load.duration + IDLE_END + 30:
+            raise ChildFailed("no progress and the publisher never finished")
+        if now > hard_end:
+            raise ChildFailed("the run did not finish in time")
+
+
 async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load: Load,
                    logs: Path) -> dict[str, Any]:
     """Run one load against ``dep``; returns the measurements (raises ChildFailed)."""
@@ -126,34 +159,7 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
         rss0 = [rss_bytes(p) for p in dep.pids]
         t_go = trio.current_time()
         await pub.send("go")
-        credit = window
-        last_total = -1
-        last_change = t_go
-        hard_end = t_go + load.duration + 60
-        expected: int | None = None
-        while True:
-            with trio.move_on_after(CHECK_INTERVAL):
-                await pub.changed()
-            progress = [s.last.get("progress", {}) for s in sinks]
-            low = min(int(p.get("min", 0)) for p in progress)
-            total = sum(int(p.get("sum", 0)) for p in progress)
-            if low + window > credit:
-                credit = low + window
-                await pub.send(f"credit {credit}")
-            now = trio.current_time()
-            if total != last_total:
-                last_total, last_change = total, now
-            if "error" in pub.last:
-                raise ChildFailed(f"publisher: {pub.last['error']}")
-            sent = pub.last.get("sent")
-            if sent is not None:
-                expected = int(sent["n"]) * load.n
-                if total >= expected or now - last_change > IDLE_END:
-                    break
-            elif now - last_change > load.duration + IDLE_END + 30:
-                raise ChildFailed("no progress and the publisher never finished")
-            if now > hard_end:
-                raise ChildFailed("the run did not finish in time")
+        await _feed_credit_until_done(pub, sinks, load, window, t_go)
         cpu1 = {k: cpu_seconds(p) for k, p in measured.items()}
         rss1 = [rss_bytes(p) for p in dep.pids]
         t_end = trio.current_time()

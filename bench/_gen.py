@@ -36,7 +36,8 @@ from typing import Any
 
 import trio
 
-from ._clients import (
+from ._clients import connect
+from ._conn import (
     HEAD_LEN,
     KIND_MEASURED,
     KIND_OFFSET,
@@ -45,7 +46,6 @@ from ._clients import (
     STAMP_OFFSET,
     Closed,
     Conn,
-    connect,
     make_body,
     now_ns,
 )
@@ -216,6 +216,123 @@ async def sink_main(args: argparse.Namespace) -> None:
 # -- publisher ------------------------------------------------------------------------------
 
 
+class _Publisher:
+    """The publisher's state: credit from the harness, the warm-up loop, and what it sent."""
+
+    def __init__(self, args: argparse.Namespace, conn: Conn, size: int) -> None:
+        self.args = args
+        self.conn = conn
+        self.size = size
+        self.credit: int = args.window
+        self.credit_changed = trio.Event()
+        self.go = trio.Event()
+        self.stop = trio.Event()
+        self.warm_seq = 0
+        self.warm_stop = trio.Event()  # the warm-up loop ends between two sends, never inside
+        self.warm_done = trio.Event()  # one: a cancelled send_all would leave half a record
+        self.sent = 0
+        self.lags: list[int] = []
+        self.prepare_ns: list[int] = []
+
+    async def warmup(self) -> None:
+        try:
+            for _ in range(int(self.args.timeout / WARMUP_INTERVAL)):
+                if self.warm_stop.is_set():
+                    return
+                self.warm_seq += 1
+                body = make_body(b"W", self.warm_seq, now_ns(), self.size)
+                await self.conn.send(self.conn.prepare(body))
+                with trio.move_on_after(WARMUP_INTERVAL):
+                    await self.warm_stop.wait()
+        finally:
+            self.warm_done.set()
+
+    async def commands_loop(
+        self, commands: trio.MemoryReceiveChannel[str], nursery: trio.Nursery
+    ) -> None:
+        warming = False
+        async for command in commands:
+            if command == "warm" and not warming:
+                warming = True
+                nursery.start_soon(self.warmup)
+            elif command.startswith("credit "):
+                self.credit = max(self.credit, int(command.split()[1]))
+                self.credit_changed.set()
+                self.credit_changed = trio.Event()
+            elif command == "go":
+                self.warm_stop.set()
+                if warming:
+                    await self.warm_done.wait()
+                self.go.set()
+            elif command == "stop":
+                self.warm_stop.set()
+                self.stop.set()
+                self.go.set()
+                return
+
+    async def wait_credit(self, i: int, deadline: float) -> bool:
+        while i >= self.credit:
+            with trio.move_on_at(deadline):
+                await self.credit_changed.wait()
+            if trio.current_time() >= deadline:
+                return False
+        return True
+
+    async def send_fanout(self, prepared: list[bytes], start: float, deadline: float) -> None:
+        # --rate > 0 caps the pace (checked every PACE_EVERY messages), e.g.
+        # below a clawmesh relay's per-link frame budget for a long fill
+        interval = 1.0 / self.args.rate if self.args.rate > 0 else 0.0
+        for i, message in enumerate(prepared):
+            if trio.current_time() >= deadline or not await self.wait_credit(i, deadline):
+                break
+            if interval and i % PACE_EVERY == 0:
+                await trio.sleep_until(start + i * interval)
+            await self.conn.send(message)
+            self.sent += 1
+
+    async def send_paced(self, start: float, deadline: float) -> None:
+        interval = 1.0 / self.args.rate
+        for i in range(self.args.messages):
+            scheduled = start + i * interval
+            if scheduled >= deadline or not await self.wait_credit(i, deadline):
+                break
+            await trio.sleep_until(scheduled)
+            stamp = now_ns()
+            message = self.conn.prepare(make_body(b"M", i, stamp, self.size))
+            prepared_at = now_ns()
+            await self.conn.send(message)
+            self.lags.append(int((trio.current_time() - scheduled) * 1e9))
+            self.prepare_ns.append(prepared_at - stamp)
+            self.sent += 1
+
+    async def send_all(self, prepared: list[bytes]) -> None:
+        """The measured run: send, then report ``sent`` with the timings."""
+        await trio.sleep(0.2)  # let the last warm-up messages clear the system
+        cpu0 = _cpu_seconds()
+        t0 = now_ns()
+        start = trio.current_time()
+        deadline = start + self.args.duration
+        try:
+            if self.args.mode == "fanout":
+                await self.send_fanout(prepared, start, deadline)
+            else:
+                await self.send_paced(start, deadline)
+        except Closed as exc:
+            emit("error", stage="send", error=str(exc), sent=self.sent)
+        t1 = now_ns()
+        cpu1 = _cpu_seconds()
+        emit(
+            "sent",
+            n=self.sent,
+            t0_ns=t0,
+            t1_ns=t1,
+            send_s=round((t1 - t0) / 1e9, 4),
+            cpu_s=round(cpu1 - cpu0, 4),
+            lag_ns=_percentiles(self.lags, (50, 99, 100)),
+            prepare_ns=_percentiles(self.prepare_ns, (50, 99)),
+        )
+
+
 async def pub_main(args: argparse.Namespace) -> None:
     cpu_start = _cpu_seconds()
     conn = await connect(args.proto, args.host, args.port, plaintext=args.plaintext)
@@ -229,123 +346,21 @@ async def pub_main(args: argparse.Namespace) -> None:
     wire = len(prepared[0]) if prepared else len(conn.prepare(make_body(b"M", 0, 0, size)))
     emit("ready", prepare_s=round(prepare_s, 3), wire_bytes=wire)
 
-    credit = args.window
-    credit_changed = trio.Event()
-    go = trio.Event()
-    stop = trio.Event()
-    warm_seq = 0
-
-    warm_stop = trio.Event()  # the warm-up loop ends between two sends, never inside one:
-    warm_done = trio.Event()  # a cancelled send_all would leave half a record on the wire
-
-    async def warmup() -> None:
-        nonlocal warm_seq
-        try:
-            for _ in range(int(args.timeout / WARMUP_INTERVAL)):
-                if warm_stop.is_set():
-                    return
-                warm_seq += 1
-                await conn.send(conn.prepare(make_body(b"W", warm_seq, now_ns(), size)))
-                with trio.move_on_after(WARMUP_INTERVAL):
-                    await warm_stop.wait()
-        finally:
-            warm_done.set()
-
-    async def commands_loop(
-        commands: trio.MemoryReceiveChannel[str], nursery: trio.Nursery
-    ) -> None:
-        nonlocal credit, credit_changed
-        warming = False
-        async for command in commands:
-            if command == "warm" and not warming:
-                warming = True
-                nursery.start_soon(warmup)
-            elif command.startswith("credit "):
-                credit = max(credit, int(command.split()[1]))
-                credit_changed.set()
-                credit_changed = trio.Event()
-            elif command == "go":
-                warm_stop.set()
-                if warming:
-                    await warm_done.wait()
-                go.set()
-            elif command == "stop":
-                warm_stop.set()
-                stop.set()
-                go.set()
-                return
-
-    async def wait_credit(i: int, deadline: float) -> bool:
-        while i >= credit:
-            with trio.move_on_at(deadline):
-                await credit_changed.wait()
-            if trio.current_time() >= deadline:
-                return False
-        return True
-
-    sent = 0
-    lags: list[int] = []
-    prepare_ns: list[int] = []
-    t0 = t1 = 0
-    cpu0 = cpu1 = 0.0
+    pub = _Publisher(args, conn, size)
     commands_send, commands = trio.open_memory_channel[str](64)
     with trio.move_on_after(args.timeout):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stdin_lines, commands_send)
-            nursery.start_soon(commands_loop, commands, nursery)
+            nursery.start_soon(pub.commands_loop, commands, nursery)
             nursery.start_soon(_drain, conn)
-            await go.wait()
-            if stop.is_set():
+            await pub.go.wait()
+            if pub.stop.is_set():
                 nursery.cancel_scope.cancel()
                 return
-            await trio.sleep(0.2)  # let the last warm-up messages clear the system
-            cpu0 = _cpu_seconds()
-            t0 = now_ns()
-            start = trio.current_time()
-            deadline = start + args.duration
-            try:
-                if args.mode == "fanout":
-                    # --rate > 0 caps the pace (checked every PACE_EVERY messages), e.g.
-                    # below a clawmesh relay's per-link frame budget for a long fill
-                    interval = 1.0 / args.rate if args.rate > 0 else 0.0
-                    for i, message in enumerate(prepared):
-                        if trio.current_time() >= deadline or not await wait_credit(i, deadline):
-                            break
-                        if interval and i % PACE_EVERY == 0:
-                            await trio.sleep_until(start + i * interval)
-                        await conn.send(message)
-                        sent += 1
-                else:
-                    interval = 1.0 / args.rate
-                    for i in range(args.messages):
-                        scheduled = start + i * interval
-                        if scheduled >= deadline or not await wait_credit(i, deadline):
-                            break
-                        await trio.sleep_until(scheduled)
-                        stamp = now_ns()
-                        message = conn.prepare(make_body(b"M", i, stamp, size))
-                        prepared_at = now_ns()
-                        await conn.send(message)
-                        lags.append(int((trio.current_time() - scheduled) * 1e9))
-                        prepare_ns.append(prepared_at - stamp)
-                        sent += 1
-            except Closed as exc:
-                emit("error", stage="send", error=str(exc), sent=sent)
-            t1 = now_ns()
-            cpu1 = _cpu_seconds()
-            emit(
-                "sent",
-                n=sent,
-                t0_ns=t0,
-                t1_ns=t1,
-                send_s=round((t1 - t0) / 1e9, 4),
-                cpu_s=round(cpu1 - cpu0, 4),
-                lag_ns=_percentiles(lags, (50, 99, 100)),
-                prepare_ns=_percentiles(prepare_ns, (50, 99)),
-            )
-            await stop.wait()
+            await pub.send_all(prepared)
+            await pub.stop.wait()
             nursery.cancel_scope.cancel()
-    emit("done", sent=sent, cpu_total_s=round(_cpu_seconds() - cpu_start, 4))
+    emit("done", sent=pub.sent, cpu_total_s=round(_cpu_seconds() - cpu_start, 4))
 
 
 async def _drain(conn: Conn) -> None:

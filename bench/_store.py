@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from ._clients import make_body
+from ._conn import make_body
 from ._procs import rss_bytes
 
 

@@ -86,56 +86,70 @@ class FrameParser:
         pos = 0
         end = len(buf)
         while end - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            size = b1 & 0x7F
-            head = 2
-            if size == 126:
-                if end - pos < 4:
-                    break
-                size = (buf[pos + 2] << 8) | buf[pos + 3]
-                head = 4
-            elif size == 127:
-                if end - pos < 10:
-                    break
-                size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
-            if size > self._max:
-                raise WsError(f"frame of {size} bytes over {self._max}")
-            masked = b1 & 0x80
-            if masked:
-                head += 4
+            header = self._header(buf, pos, end)
+            if header is None:
+                break
+            size, head, masked = header
             if end - pos < head + size:
                 break
             payload = bytes(buf[pos + head : pos + head + size])
             if masked:
                 payload = _unmask(bytes(buf[pos + head - 4 : pos + head]), payload)
+            b0 = buf[pos]
             pos += head + size
-            opcode = b0 & 0x0F
-            fin = b0 & 0x80
-            if opcode >= 0x8:
-                out.append((opcode, payload))
-            elif opcode == OP_CONT:
-                if self._frag_op is None:
-                    raise WsError("continuation without a message")
-                self._frag.append(payload)
-                self._frag_len += size
-                if self._frag_len > self._max:
-                    raise WsError("message too large")
-                if fin:
-                    out.append((self._frag_op, b"".join(self._frag)))
-                    self._frag_op = None
-                    self._frag = []
-                    self._frag_len = 0
-            elif fin:
-                out.append((opcode, payload))
-            else:
-                self._frag_op = opcode
-                self._frag = [payload]
-                self._frag_len = size
+            message = self._frame(b0 & 0x0F, bool(b0 & 0x80), payload)
+            if message is not None:
+                out.append(message)
         if pos:
             del buf[:pos]
         return out
+
+    def _header(self, buf: bytearray, pos: int, end: int) -> tuple[int, int, bool] | None:
+        """``(payload size, header length, masked)`` of the frame at ``pos``, or
+        ``None`` while its length bytes have not all arrived."""
+        b1 = buf[pos + 1]
+        size = b1 & 0x7F
+        head = 2
+        if size == 126:
+            if end - pos < 4:
+                return None
+            size = (buf[pos + 2] << 8) | buf[pos + 3]
+            head = 4
+        elif size == 127:
+            if end - pos < 10:
+                return None
+            size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+            head = 10
+        if size > self._max:
+            raise WsError(f"frame of {size} bytes over {self._max}")
+        masked = bool(b1 & 0x80)
+        return size, head + 4 if masked else head, masked
+
+    def _frame(self, opcode: int, fin: bool, payload: bytes) -> tuple[int, bytes] | None:
+        """One frame's part in the message stream: a whole message, or ``None``
+        while a fragmented message is still arriving."""
+        if opcode >= 0x8:
+            return (opcode, payload)
+        if opcode == OP_CONT:
+            if self._frag_op is None:
+                raise WsError("continuation without a message")
+            self._frag.append(payload)
+            self._frag_len += len(payload)
+            if self._frag_len > self._max:
+                raise WsError("message too large")
+            if not fin:
+                return None
+            message = (self._frag_op, b"".join(self._frag))
+            self._frag_op = None
+            self._frag = []
+            self._frag_len = 0
+            return message
+        if fin:
+            return (opcode, payload)
+        self._frag_op = opcode
+        self._frag = [payload]
+        self._frag_len = len(payload)
+        return None
 
 
 async def _read_head(stream: trio.abc.ReceiveStream) -> tuple[bytes, bytes]:

@@ -3,7 +3,8 @@
 :class:`MessageStore` is the store's synchronous interface. This module holds
 the log itself (appends, the id and sender indexes, seen-sequence ranges and
 per-topic sender heads, reads including the carrier side of catch-up,
-statistics and the consistency check) and composes the other parts:
+statistics; the consistency check's walks are in ``store._check``) and
+composes the other parts:
 
 * ``store._env``: the LMDB environment, transactions and map growth (the base
   class); every LMDB transaction begins and ends inside one function call,
@@ -36,13 +37,13 @@ from collections.abc import Sequence
 
 import lmdb
 
+from . import _check
 from ._env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
 from ._errors import StoreClosed, StoreCorrupt, StoreError, StoreFull
 from ._outbox import _Outbox
 from ._readflags import _ReadFlags
 from ._records import (
     _U64,
-    MAX_ID_BYTES,
     MAX_PAGE,
     U64_MAX,
     AppendItem,
@@ -56,14 +57,11 @@ from ._records import (
     TopicHead,
     _check_id,
     _check_u64,
-    _decode_dead,
-    _decode_outbox,
     _decode_record,
     _encode_record,
     _Head,
     _latest_key,
     _log_key,
-    _read_mark_key,
     _seq_in,
     _split_log_key,
     _topic_key,
@@ -520,110 +518,13 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
 
     def _check_in(self, txn: lmdb.Transaction[bytes]) -> list[str]:
         problems: list[str] = []
-        heads: dict[str, _Head] = {}
-        for key, value in txn.cursor(db=self._heads).iternext():
-            try:
-                heads[key.decode("utf-8")] = _Head.decode(value)
-            except (StoreCorrupt, UnicodeDecodeError) as exc:
-                problems.append(f"head {key!r}: {exc}")
-        seen_topics: dict[str, list[int]] = {}
-        n_bytes: dict[str, int] = {}
-        records = sender_entries = 0
-        for key, value in txn.cursor(db=self._log).iternext():
-            records += 1
-            try:
-                msg = _decode_record(key, value)
-            except (StoreCorrupt, UnicodeDecodeError) as exc:
-                problems.append(f"record {key!r}: {exc}")
-                continue
-            seen_topics.setdefault(msg.topic, []).append(msg.seq)
-            n_bytes[msg.topic] = n_bytes.get(msg.topic, 0) + len(msg.wire)
-            if txn.get(msg.msg_id, db=self._ids) != key:
-                problems.append(f"{msg.topic}/{msg.seq}: id index does not point back")
-            skey = msg.sender + _u64(msg.sender_seq) + msg.msg_id
-            indexed = txn.get(skey, db=self._senders)
-            if msg.sender_seq == 0:  # not sequenced: no entry (older stores have one)
-                sender_entries += indexed is not None
-            elif indexed != key:
-                problems.append(f"{msg.topic}/{msg.seq}: sender index does not point back")
-            else:
-                sender_entries += 1
-        for topic, head in heads.items():
-            seqs = seen_topics.pop(topic, [])
-            want = list(range(head.first_seq, head.next_seq)) if head.count else []
-            if seqs != want or head.count != len(seqs):
-                problems.append(
-                    f"{topic}: head says {head.count} records from {head.first_seq} "
-                    f"to {head.next_seq - 1}, log has {len(seqs)} "
-                    f"({seqs[:1]}..{seqs[-1:]})"
-                )
-            if head.count == 0 and head.first_seq != head.next_seq:
-                problems.append(f"{topic}: empty but first_seq != next_seq")
-            if n_bytes.get(topic, 0) != head.total_bytes:
-                problems.append(
-                    f"{topic}: head says {head.total_bytes} bytes, log has {n_bytes.get(topic, 0)}"
-                )
-        for topic in seen_topics:
-            problems.append(f"{topic}: records without a head")
-        if txn.stat(self._ids)["entries"] != records:
-            problems.append(f"id index has {txn.stat(self._ids)['entries']} entries, log {records}")
-        if txn.stat(self._senders)["entries"] != sender_entries:
-            problems.append("sender index and log differ in size")
-        problems += self._check_latest(txn)
-        problems += self._check_flags(txn, heads)
-        outbox = 0
-        for key, value in txn.cursor(db=self._outbox).iternext():
-            outbox += 1
-            try:
-                e = _decode_outbox(key, value)
-            except StoreCorrupt as exc:
-                problems.append(f"outbox {key.hex()}: {exc}")
-                continue
-            if txn.get(_u64(e.next_try_ms) + key, db=self._due) is None:
-                problems.append(f"outbox {key.hex()}: not in the due index")
-            if txn.get(_u64(e.deadline_ms) + key, db=self._deadline) is None:
-                problems.append(f"outbox {key.hex()}: not in the deadline index")
-        for db, name in ((self._due, "due"), (self._deadline, "deadline")):
-            if txn.stat(db)["entries"] != outbox:
-                problems.append(f"{name} index has {txn.stat(db)['entries']} entries for {outbox}")
-        for key, value in txn.cursor(db=self._dead).iternext():
-            try:
-                _decode_dead(key, value)
-            except StoreCorrupt as exc:
-                problems.append(f"dead letter {key.hex()}: {exc}")
-        return problems
-
-    def _check_latest(self, txn: lmdb.Transaction[bytes]) -> list[str]:
-        """``latest`` holds, for every (topic, sender) with seen ranges, the end
-        of the last range (both only ever rise, on the same appends)."""
-        want: dict[bytes, int] = {}
-        for key, value in txn.cursor(db=self._seen).iternext():
-            lkey = _latest_key(key[MAX_ID_BYTES:-9], key[:MAX_ID_BYTES])
-            want[lkey] = max(want.get(lkey, 0), _U64.unpack(value)[0])
-        problems: list[str] = []
-        for lkey, raw in txn.cursor(db=self._latest).iternext():
-            got = _U64.unpack(raw)[0] if len(raw) == 8 else None
-            if want.pop(lkey, None) != got:
-                problems.append(f"sender head {lkey!r} is {got}, seen ranges disagree")
-        problems.extend(f"sender head {lkey!r} is missing" for lkey in want)
-        return problems
-
-    def _check_flags(self, txn: lmdb.Transaction[bytes], heads: dict[str, _Head]) -> list[str]:
-        """Every read flag names a stored record above its topic's watermark."""
-        problems: list[str] = []
-        for key in txn.cursor(db=self._flags).iternext(values=False):
-            try:
-                topic, seq = _split_log_key(key)
-            except (StoreCorrupt, UnicodeDecodeError) as exc:
-                problems.append(f"read flag {key!r}: {exc}")
-                continue
-            head = heads.get(topic, _Head())
-            raw = txn.get(_read_mark_key(key[:-9]), db=self._cursors)
-            watermark = 0 if raw is None else _U64.unpack(raw)[0]
-            if not (head.count and head.first_seq <= seq < head.next_seq):
-                problems.append(f"{topic}/{seq}: read flag of a record not stored")
-            elif seq <= watermark:
-                problems.append(f"{topic}/{seq}: read flag at or below the watermark")
+        heads = _check.read_heads(txn, self._heads, problems)
+        tally = _check.walk_log(txn, self._log, self._ids, self._senders, problems)
+        problems += _check.check_heads(heads, tally)
+        problems += _check.check_index_sizes(txn, self._ids, self._senders, tally)
+        problems += _check.check_latest(txn, self._seen, self._latest)
+        problems += _check.check_flags(txn, self._flags, self._cursors, heads)
+        problems += _check.check_outbox(txn, self._outbox, self._due, self._deadline, self._dead)
         return problems
 
 

@@ -12,6 +12,8 @@ Which topics to keep and for how long is decided in ``store._policy``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import lmdb
 
 from ._env import _StoreEnv
@@ -27,8 +29,49 @@ from ._records import (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _Limits:
+    """A topic's retention limits; ``None`` is no limit."""
+
+    max_age_ms: int | None
+    max_bytes: int | None
+    max_count: int | None
+
+    def __post_init__(self) -> None:
+        for name in ("max_age_ms", "max_bytes", "max_count"):
+            limit = getattr(self, name)
+            if limit is not None and limit < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+    def exceeded(self, head: _Head, oldest: StoredMessage | None, now_ms: int) -> bool:
+        """Is the topic over a limit (so its oldest record is due)?"""
+        if head.count == 0:
+            return False
+        if self.max_count is not None and head.count > self.max_count:
+            return True
+        if self.max_bytes is not None and head.total_bytes > self.max_bytes:
+            return True
+        return (
+            self.max_age_ms is not None
+            and oldest is not None
+            and now_ms - oldest.received_ms > self.max_age_ms
+        )
+
+
 class _Retention(_StoreEnv):
     """``apply_retention``: bounded deletes from the old end of a topic's log."""
+
+    def _oldest(
+        self, txn: lmdb.Transaction[bytes], topic: str, tkey: bytes, head: _Head
+    ) -> StoredMessage | None:
+        """The topic's first stored record, or ``None`` when it is empty."""
+        if head.count == 0:
+            return None
+        key = _log_key(tkey, head.first_seq)
+        value = txn.get(key, db=self._log)
+        if value is None:
+            raise StoreCorrupt(f"{topic}: first record {head.first_seq} is missing")
+        return _decode_record(key, value)
 
     def apply_retention(
         self,
@@ -49,32 +92,13 @@ class _Retention(_StoreEnv):
         tkey = _topic_key(topic)
         if budget < 1:
             raise ValueError("budget must be >= 1")
-        for name, limit in (("max_age_ms", max_age_ms), ("max_bytes", max_bytes),
-                            ("max_count", max_count)):
-            if limit is not None and limit < 0:
-                raise ValueError(f"{name} must be >= 0")
+        limits = _Limits(max_age_ms, max_bytes, max_count)
 
         def over(head: _Head, oldest: StoredMessage | None) -> bool:
-            if head.count == 0:
-                return False
-            if max_count is not None and head.count > max_count:
-                return True
-            if max_bytes is not None and head.total_bytes > max_bytes:
-                return True
-            return (
-                max_age_ms is not None
-                and oldest is not None
-                and now_ms - oldest.received_ms > max_age_ms
-            )
+            return limits.exceeded(head, oldest, now_ms)
 
         def oldest_of(txn: lmdb.Transaction[bytes], head: _Head) -> StoredMessage | None:
-            if head.count == 0:
-                return None
-            key = _log_key(tkey, head.first_seq)
-            value = txn.get(key, db=self._log)
-            if value is None:
-                raise StoreCorrupt(f"{topic}: first record {head.first_seq} is missing")
-            return _decode_record(key, value)
+            return self._oldest(txn, topic, tkey, head)
 
         def due(txn: lmdb.Transaction[bytes]) -> bool:
             head = _Head.load(txn, self._heads, tkey)

@@ -107,22 +107,22 @@ def _run_lookups(net: SimNet, jobs: list[Job], spread: float) -> list[Lookup]:
     return [lk for lk in started if lk is not None]
 
 
-def _simulate() -> SimResult:
-    rng = random.Random(20240611)
-    net = SimNet(rng, CONFIG)
+def _join(net: SimNet) -> list[DhtNode]:
+    """Phase 1: the seeds know each other; every node joins, one every JOIN_GAP."""
     nodes = [net.add_node(i) for i in range(N_NODES)]
     seeds = nodes[:N_SEEDS]
     for seed in seeds:
         for other in seeds:
             if other is not seed:
                 seed.add_contact(other.contact(), net.now)
-
-    # 1. join
     for i, node in enumerate(nodes):
         net.at(T0 + i * JOIN_GAP, partial(net.join, node, seeds))
     net.run()
+    return nodes
 
-    # 2. random ids from every node
+
+def _random_id_lookups(net: SimNet, rng: random.Random, nodes: list[DhtNode]) -> PhaseStats:
+    """Phase 2: every node looks up a random id, checked against the true k closest."""
     random_ids = PhaseStats("random ids, all nodes live")
     jobs: list[Job] = []
     for node in nodes:
@@ -132,11 +132,13 @@ def _simulate() -> SimResult:
         truth = net.true_closest(lookup.target, CONFIG.k, exclude=node.id)
         random_ids.lookups.append(lookup)
         random_ids.successes += [c.id for c in lookup.result()] == truth
+    return random_ids
 
-    # 3. providers for 20 topics
-    topics = [f"topic-{i}" for i in range(N_TOPICS)]
+
+def _provide(net: SimNet, rng: random.Random, nodes: list[DhtNode]) -> dict[str, list[DhtNode]]:
+    """Phase 3: N_TOPICS topics get PROVIDERS_PER_TOPIC providers each, published."""
     providers_of: dict[str, list[DhtNode]] = {}
-    for topic in topics:
+    for topic in (f"topic-{i}" for i in range(N_TOPICS)):
         providers_of[topic] = rng.sample(nodes[N_SEEDS:], PROVIDERS_PER_TOPIC)
         for node in providers_of[topic]:
             node.start_providing(topic, net.now)
@@ -144,15 +146,16 @@ def _simulate() -> SimResult:
         if node.providing:
             net.after(rng.uniform(0, 5.0), partial(net.publish_due, node))
     net.run()
+    return providers_of
 
-    # 4. churn: kill 30%, then look up live ids and providers
-    victims = rng.sample(nodes, int(KILL_FRACTION * N_NODES))
-    for victim in victims:
-        net.kill(victim.id)
-    live = [n for n in nodes if n.id in net.alive]
 
+def _live_id_lookups(
+    net: SimNet, rng: random.Random, live: list[DhtNode]
+) -> tuple[PhaseStats, int]:
+    """Phase 4a: every live node runs FIND_PEER for a random live id; returns the
+    stats and how many answers had the target among the k closest."""
     live_ids = PhaseStats("live ids after killing 30%")
-    jobs = []
+    jobs: list[Job] = []
     for node in live:
         target = rng.choice([n for n in live if n is not node]).id
         jobs.append((node, partial(node.lookup_peer, target, quorum=0)))
@@ -162,13 +165,23 @@ def _simulate() -> SimResult:
         live_ids.lookups.append(lookup)
         live_ids.successes += lookup.record is not None and lookup.record.id == lookup.target
         answered += any(c.id == lookup.target for c in lookup.result())
+    return live_ids, answered
 
+
+def _provider_lookups(
+    net: SimNet,
+    rng: random.Random,
+    live: list[DhtNode],
+    providers_of: dict[str, list[DhtNode]],
+) -> tuple[PhaseStats, int, int]:
+    """Phase 4b: live nodes look up each topic's providers; returns the stats and
+    the live providers expected and found."""
     provider_stats = PhaseStats("provider lookups after killing 30%")
     expected = found = 0
-    jobs = []
+    jobs: list[Job] = []
     wanted: list[set[bytes]] = []
-    for topic in topics:
-        live_providers = {n.id for n in providers_of[topic] if n.id in net.alive}
+    for topic, providers in providers_of.items():
+        live_providers = {n.id for n in providers if n.id in net.alive}
         for node in rng.sample(live, PROVIDER_LOOKUPS_PER_TOPIC):
             jobs.append((node, partial(node.lookup_providers, topic_key(topic))))
             wanted.append(live_providers)
@@ -179,6 +192,23 @@ def _simulate() -> SimResult:
         provider_stats.successes += got == want
         expected += len(want)
         found += len(got)
+    return provider_stats, expected, found
+
+
+def _simulate() -> SimResult:
+    rng = random.Random(20240611)
+    net = SimNet(rng, CONFIG)
+    nodes = _join(net)  # 1. join
+    random_ids = _random_id_lookups(net, rng, nodes)  # 2. random ids from every node
+    providers_of = _provide(net, rng, nodes)  # 3. providers for 20 topics
+
+    # 4. churn: kill 30%, then look up live ids and providers
+    victims = rng.sample(nodes, int(KILL_FRACTION * N_NODES))
+    for victim in victims:
+        net.kill(victim.id)
+    live = [n for n in nodes if n.id in net.alive]
+    live_ids, answered = _live_id_lookups(net, rng, live)
+    provider_stats, expected, found = _provider_lookups(net, rng, live, providers_of)
     return SimResult(
         net, random_ids, live_ids, answered, provider_stats, expected, found, len(victims)
     )
