@@ -31,7 +31,7 @@ from typing import Any
 
 from peer.wire._cbor import decode, encode
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import need_bytes, need_list, need_text, need_uint
+from peer.wire._fields import need_bytes, need_list, need_text, need_uint
 
 from ._config import (
     ID_LEN,

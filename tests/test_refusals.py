@@ -34,9 +34,10 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict, WrappedLogger
 
 from peer import (
+    AnyFrame,
     Content,
+    Error,
     ErrorCode,
-    Frame,
     GossipRouter,
     Handshake,
     HandshakeResult,
@@ -44,6 +45,7 @@ from peer import (
     LinkCipher,
     Peer,
     PeerOptions,
+    Pong,
     decode_frame,
     encode_frame,
     seal_message,
@@ -81,7 +83,7 @@ class WatchedRouter(GossipRouter):
         self._handled = trio.Event()
 
     def handle_frame(
-        self, peer: bytes, frame: Frame, raw: bytes, now: float, wall_ms: int
+        self, peer: bytes, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
     ) -> list[Action]:
         try:
             return super().handle_frame(peer, frame, raw, now, wall_ms)
@@ -242,7 +244,7 @@ class RawClient:
         assert self.cipher is not None
         await self.send(self.cipher.seal(frame))
 
-    async def receive_frame(self) -> Frame:
+    async def receive_frame(self) -> AnyFrame:
         record = await self.receive()
         plain = record if self.cipher is None else self.cipher.open(record)
         return decode_frame(plain)
@@ -251,10 +253,8 @@ class RawClient:
         """Skip frames until the listener's error frame; return its code."""
         while True:
             frame = await self.receive_frame()
-            if frame.type == "error":
-                code = frame.fields["code"]
-                assert isinstance(code, str)
-                return code
+            if isinstance(frame, Error):
+                return frame.code
 
     async def expect_closed(self) -> trio_websocket.CloseReason:
         """Everything after the error is the close; returns the close reason."""
@@ -365,9 +365,9 @@ async def attacker_link(pair: Pair) -> AsyncIterator[tuple[Identity, RawClient]]
         await wait_linked(pair.a, attacker.peer_id)
         # Positive control: the link works before we break it.
         await client.send_sealed(encode_frame("ping", n=4242))
-        while (frame := await client.receive_frame()).type != "pong":
+        while not isinstance(frame := await client.receive_frame(), Pong):
             pass
-        assert frame.fields["n"] == 4242
+        assert frame.n == 4242
         yield attacker, client
 
 
@@ -400,8 +400,8 @@ async def test_impersonation_without_the_private_key() -> None:
             ours = hello_frame(claimed_id=pair.b.peer_id, public_key=pair.b.identity.public_key)
             await client.send(ours)
             theirs = await client.receive()
-            assert decode_frame(theirs).type == "hello"
-            assert (await client.receive_frame()).type == "auth"
+            assert decode_frame(theirs).TYPE == "hello"
+            assert (await client.receive_frame()).TYPE == "auth"
             signed = INITIATOR_AUTH_TAG + transcript(ours, theirs)
             await client.send(encode_frame("auth", sig=mallory.sign(signed)))
             await expect_refused_handshake(pair, client, before, ErrorCode.AUTH)
@@ -418,14 +418,14 @@ async def test_replayed_handshake_transcript() -> None:
             _, recorded = await client.handshake(honest)
             await wait_linked(pair.a, honest.peer_id)
         await wait_linked(pair.a, honest.peer_id, linked=False)
-        assert [decode_frame(r).type for r in recorded] == ["hello", "auth"]
+        assert [decode_frame(r).TYPE for r in recorded] == ["hello", "auth"]
 
         before = Snapshot.of(pair.a)
         async with raw_client(pair.port) as client:
             await client.send(recorded[0])
             fresh_hello = await client.receive()
-            assert decode_frame(fresh_hello).type == "hello"
-            assert (await client.receive_frame()).type == "auth"
+            assert decode_frame(fresh_hello).TYPE == "hello"
+            assert (await client.receive_frame()).TYPE == "auth"
             await client.send(recorded[1])  # signs the old transcript, not this one
             await expect_refused_handshake(pair, client, before, ErrorCode.AUTH)
         assert honest.peer_id not in pair.a.links

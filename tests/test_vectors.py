@@ -208,7 +208,7 @@ def test_handshake_follows_the_spec_constructions() -> None:
         rnd = h(side["random"])
         assert h(side["eph_secret"]) == rnd[:32] and h(side["nonce"]) == rnd[32:]
         assert bytes(crypto_scalarmult_base(rnd[:32])) == h(side["eph_public"])
-        fields = decode_frame(hello).fields
+        fields = decode_frame(hello).to_map()
         assert fields == {
             "t": "hello",
             "versions": versions,
@@ -229,8 +229,8 @@ def test_handshake_follows_the_spec_constructions() -> None:
     # each auth signs its role's tag || transcript hash
     assert h(doc["responder_signed"]) == AUTH_RESPONDER + th
     assert h(doc["initiator_signed"]) == AUTH_INITIATOR + th
-    assert decode_frame(auth_r).fields == {"t": "auth", "sig": h(doc["responder_signature"])}
-    assert decode_frame(auth_i).fields == {"t": "auth", "sig": h(doc["initiator_signature"])}
+    assert decode_frame(auth_r).to_map() == {"t": "auth", "sig": h(doc["responder_signature"])}
+    assert decode_frame(auth_i).to_map() == {"t": "auth", "sig": h(doc["initiator_signature"])}
     verify(h(res["public_key"]), AUTH_RESPONDER + th, h(doc["responder_signature"]))
     verify(h(ini["public_key"]), AUTH_INITIATOR + th, h(doc["initiator_signature"]))
     # X25519 and the keyed BLAKE2b key derivation
@@ -250,7 +250,7 @@ def test_handshake_follows_the_spec_constructions() -> None:
         nonce = bytes(4) + struct.pack("<Q", n)
         assert entry["counter"] == n and h(entry["nonce"]) == nonce
         plaintext = h(entry["plaintext"])
-        assert decode_frame(plaintext).type == entry["frame"]
+        assert entry["frame"] == decode_frame(plaintext).TYPE
         ciphertext = bytes(crypto_aead_chacha20poly1305_ietf_encrypt(plaintext, None, nonce, key))
         assert ciphertext == h(entry["ciphertext"])
         assert len(ciphertext) == len(plaintext) + 16
@@ -286,10 +286,10 @@ def test_version_negotiation() -> None:
     )
     (hello_i,) = ini.start()
     assert hello_i == h(neg["initiator_hello"])
-    assert decode_frame(hello_i).fields["versions"] == neg["initiator_versions"]
+    assert decode_frame(hello_i).to_map()["versions"] == neg["initiator_versions"]
     hello_r, auth_r = res.receive(hello_i)
     assert hello_r == h(neg["responder_hello"])
-    assert decode_frame(hello_r).fields["versions"] == [neg["chosen"]]
+    assert decode_frame(hello_r).to_map()["versions"] == [neg["chosen"]]
     ini.receive(hello_r)
     (auth_i,) = ini.receive(auth_r)
     res.receive(auth_i)
@@ -309,7 +309,7 @@ def _check_envelope_bytes(entry: Json, sender_key: bytes) -> None:
     assert hashlib.sha256(MSG_ID_TAG + signed).digest() == h(entry["message_id"])
     assert message_id(signed) == h(entry["message_id"])
     assert h(entry["pub_frame"]) == encode_frame("pub", e=wire)
-    assert decode_frame(h(entry["pub_frame"])).fields == {"t": "pub", "e": wire}
+    assert decode_frame(h(entry["pub_frame"])).to_map() == {"t": "pub", "e": wire}
     env = open_envelope(wire)
     assert env.id == h(entry["message_id"])
     assert env.wire == wire
@@ -448,7 +448,7 @@ def test_receipt() -> None:
     assert list(_cbor.decode(signed)) == ["v", "to", "ts", "ids", "seq", "from", "kind", "topic"]
     _check_envelope_bytes({**entry, "kind": "receipt"}, signer.public_key)
     assert h(entry["push_frame"]) == encode_frame("push", e=env.wire)
-    assert decode_frame(h(entry["push_frame"])).fields == {"t": "push", "e": env.wire}
+    assert decode_frame(h(entry["push_frame"])).to_map() == {"t": "push", "e": env.wire}
 
 
 def test_push_frames() -> None:
@@ -457,13 +457,13 @@ def test_push_frames() -> None:
     assert names == ["dm", "receipt"]
     for push in doc["push"]:
         frame = decode_frame(h(push["hex"]))
-        assert frame.type == "push" and set(frame.fields) == {"t", "e"}
-        env = open_envelope(frame.fields["e"])
+        assert frame.TYPE == "push" and set(frame.to_map()) == {"t", "e"}
+        env = open_envelope(frame.to_map()["e"])
         assert env.kind == push["name"]
         assert env.id == h(push["message_id"])
         assert env.sender == h(push["from"]) and env.recipient == h(push["to"])
         assert env.route == "inbox/" + push["to"]
-    assert decode_frame(h(doc["push"][0]["hex"])).fields["e"] == h(load("dm.json")["wire"])
+    assert decode_frame(h(doc["push"][0]["hex"])).to_map()["e"] == h(load("dm.json")["wire"])
 
 
 @dataclass(frozen=True)
@@ -546,30 +546,30 @@ def test_catchup_exchange(exchange: Json) -> None:
                for r in log["records"]}
     # the request, field by field, and as the code reads and writes it
     cureq = decode_frame(h(exchange["cureq"]))
-    assert cureq.type == "cureq"
+    assert cureq.TYPE == "cureq"
     want = dict(exchange["request"])
     if "sender" in want:
         want["sender"] = h(want["sender"])
-    assert cureq.fields == {"t": "cureq", **want}
-    request = PageRequest.from_fields(cureq.fields)
+    assert cureq.to_map() == {"t": "cureq", **want}
+    request = PageRequest.from_fields(cureq.to_map())
     assert encode_frame("cureq", **request.fields()) == h(exchange["cureq"])
     # the page, field by field
     spec = exchange["page"]
     cupage = decode_frame(h(exchange["cupage"]))
-    assert cupage.type == "cupage"
+    assert cupage.TYPE == "cupage"
     fields: Json = {"t": "cupage", "r": spec["r"], "topic": spec["topic"],
                     "m": [by_name[n] for n in spec["m"]], "next": spec["next"],
                     "more": spec["more"], "heads": [[h(s), n] for s, n in spec["heads"]]}
     if spec["err"] is not None:
         fields["err"] = spec["err"]
-    assert cupage.fields == fields
+    assert cupage.to_map() == fields
     # build_page over the listed log answers with exactly these bytes
     page = build_page(carrier, request, h(exchange["requester"]))
     assert encode_frame("cupage", **page.fields()) == h(exchange["cupage"])
     # and the requester accepts it (the reference hands the envelopes on in
     # (sender, seq) order, so compare them as a set)
     assert [message_id(_cbor.decode(w)[0]).hex() for w in fields["m"]] == spec["message_ids"]
-    envs = check_page(request, Page.from_fields(cupage.fields))
+    envs = check_page(request, Page.from_fields(cupage.to_map()))
     assert sorted(e.id.hex() for e in envs) == sorted(spec["message_ids"])
     # the rules of catchup.md section 5, recomputed from the log
     log = carrier.logs.get(request.topic, [])
@@ -619,12 +619,12 @@ def test_catchup_chain() -> None:
         assert hashlib.sha256(PEER_ID_TAG + fields["from"]).digest() == author
         prev = h(entry["message_id"])
     cupage = decode_frame(h(doc["cupage"]))
-    sigs = [cbor2.loads(w)[1] for w in cupage.fields["m"]]
+    sigs = [cbor2.loads(w)[1] for w in cupage.to_map()["m"]]
     assert sigs[:-1] == [bytes(64)] * (len(sigs) - 1) and sigs[-1] != bytes(64)
-    request = PageRequest.from_fields(decode_frame(h(doc["cureq"])).fields)
-    envs = check_page(request, Page.from_fields(cupage.fields))
+    request = PageRequest.from_fields(decode_frame(h(doc["cureq"])).to_map())
+    envs = check_page(request, Page.from_fields(cupage.to_map()))
     assert [e.id.hex() for e in envs] == doc["accepted_ids"]
-    opened = [(open_envelope(w, verify=False), *cbor2.loads(w)) for w in cupage.fields["m"]]
+    opened = [(open_envelope(w, verify=False), *cbor2.loads(w)) for w in cupage.to_map()["m"]]
     assert authenticate(opened) == doc["signatures_verified"] == 1
 
 
@@ -684,8 +684,8 @@ def _refuse(vec: Json) -> None:
     elif layer == "page":
         request = decode_frame(h(vec["request"]))  # both frames are well formed
         page = decode_frame(data)
-        assert (request.type, page.type) == ("cureq", "cupage")
-        check_page(PageRequest.from_fields(request.fields), Page.from_fields(page.fields))
+        assert (request.TYPE, page.TYPE) == ("cureq", "cupage")
+        check_page(PageRequest.from_fields(request.to_map()), Page.from_fields(page.to_map()))
     elif layer == "handshake-record":
         hs = Handshake(
             Identity.from_seed(h(vec["seed"])),

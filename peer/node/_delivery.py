@@ -22,7 +22,7 @@ import trio
 
 from peer.wire._envelope import MAX_RECEIPT_IDS, Envelope, inbox_topic, open_envelope, seal_receipt
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import encode_frame
+from peer.wire._frametypes import Push
 from store import MAX_PAGE, Backoff, MessageStore, StoreError
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ class DeliveryHost:
             self.log.error("receipt not stored", error=str(exc))
         link = peer.links.get(sender)
         if link is not None:
-            link.enqueue(encode_frame("push", e=env.wire))
+            link.enqueue(Push(env.wire).encode())
         self.counters.receipts_sent += 1
 
     async def _on_receipt(self, env: Envelope) -> None:
@@ -190,7 +190,7 @@ class DeliveryHost:
 
     def _push(self, recipient: bytes, wire: bytes) -> None:
         link = self.peer.links.get(recipient)
-        if link is not None and link.enqueue(encode_frame("push", e=wire)):
+        if link is not None and link.enqueue(Push(wire).encode()):
             self.counters.pushes_sent += 1
 
     async def _reach(self, recipient: bytes) -> None:

@@ -27,8 +27,9 @@ import trio
 
 from peer.wire._envelope import PRESENCE_TOPIC
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import clip_utf8, decode_frame, encode_frame
-from peer.wire._handshake import Handshake, HandshakeResult, SelfConnection
+from peer.wire._frames import clip_utf8, decode_frame
+from peer.wire._frametypes import Error, Sub, Unsub
+from peer.wire._handshake import Handshake, HandshakeResult, PeerRefused, SelfConnection
 
 from ._link import HANDSHAKE_TIMEOUT, Link
 from ._transport import Transport, TransportClosed
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 WRITE_BATCH = 256  # records a writer sends with one write, at most
 WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
 WRITE_YIELDS = 8  # scheduler turns a writer waits for more frames while they keep coming
-_INTEREST_FRAMES = frozenset({"sub", "unsub"})
 _LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -142,9 +142,7 @@ class LinkHost:
             log.info("no room for another link")
             with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                 await transport.send(
-                    encode_frame(
-                        "error", code=ErrorCode.TOO_LARGE.value, msg="no room for more links"
-                    )
+                    Error(ErrorCode.TOO_LARGE.value, "no room for more links").encode()
                 )
             return None
         try:
@@ -183,12 +181,10 @@ class LinkHost:
                     for reply in hs.receive(record):
                         await transport.send(reply)
             except ProtocolError as exc:
-                if exc.code is not ErrorCode.UNEXPECTED or "peer refused" not in exc.message:
+                if not isinstance(exc, PeerRefused):
                     with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                         await transport.send(
-                            encode_frame(
-                                "error", code=exc.code.value, msg=clip_utf8(exc.message, 200)
-                            )
+                            Error(exc.code.value, clip_utf8(exc.message, 200)).encode()
                         )
                 raise
         assert hs.result is not None
@@ -196,9 +192,7 @@ class LinkHost:
             err = ProtocolError(ErrorCode.TOO_LARGE, "peer has no room for more links")
             with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                 await transport.send(
-                    hs.result.cipher.seal(
-                        encode_frame("error", code=err.code.value, msg=err.message)
-                    )
+                    hs.result.cipher.seal(Error(err.code.value, err.message).encode())
                 )
             raise err
         return hs.result
@@ -324,7 +318,7 @@ class LinkHost:
             actions = self.router.handle_frame(
                 link.peer_id, frame, plain, self.now(), self.wall_ms()
             )
-            if frame.type in _INTEREST_FRAMES:
+            if isinstance(frame, Sub | Unsub):
                 self._notify_changed()
         except ProtocolError as exc:
             self._refuse(link, exc, self._link_log(link))
@@ -335,7 +329,7 @@ class LinkHost:
             link.close(ErrorCode.UNEXPECTED, "internal error")
             return
         self.perform(actions)
-        if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
+        if isinstance(frame, Sub) and any(t == PRESENCE_TOPIC for t, _ in frame.topics):
             self._want_presence()  # the link now carries presence: announce ourselves
 
     def _refuse(self, link: Link, exc: ProtocolError, log: Any) -> None:

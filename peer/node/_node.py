@@ -49,7 +49,8 @@ from peer.wire._envelope import (
     seal_presence,
 )
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import encode_frame, is_topic
+from peer.wire._frames import is_topic
+from peer.wire._frametypes import CuPage, CuReq, Dht, Push
 from peer.wire._identity import Identity
 from store import open_store_service
 
@@ -218,40 +219,33 @@ class Peer(LinkHost, DhtHost):
         link = self.links.get(action.peer)
         if link is None:
             return
-        fields = action.frame.fields
+        frame = action.frame
         storage = self.storage
-        match action.frame.type:
-            case "dht":
+        match frame:
+            case Dht():
                 if self.dht is None:
                     return  # DHT off: requests go unanswered and time out at the asker
                 try:
-                    self.dht.on_message(action.peer, fields["m"])
+                    self.dht.on_message(action.peer, frame.message)
                 except ProtocolError as exc:
                     self._refuse(link, exc, self.log.bind(link=action.peer.hex()[:16]))
-            case "cureq":
+            case CuReq():
                 if storage is not None:
-                    storage.on_request(action.peer, fields)
+                    storage.on_request(action.peer, frame)
                 else:
                     link.enqueue(
-                        encode_frame(
-                            "cupage",
-                            r=fields["r"],
-                            topic=fields["topic"],
-                            m=[],
-                            next=fields["after"],
-                            more=False,
-                            heads=[],
-                            err="not-carried",
-                        )
+                        CuPage(
+                            frame.r, frame.topic, (), frame.after, False, (), "not-carried"
+                        ).encode()
                     )
-            case "cupage":
+            case CuPage():
                 if storage is not None:
-                    storage.on_page(action.peer, fields)
-            case "push":
+                    storage.on_page(action.peer, frame)
+            case Push():
                 if storage is not None:
-                    storage.on_push(action.peer, fields["e"])
+                    storage.on_push(action.peer, frame.envelope)
                 else:
-                    self._on_push_memory(action.peer, fields["e"])
+                    self._on_push_memory(action.peer, frame.envelope)
 
     def perform(self, actions: list[Send | Deliver | Close | Upcall]) -> None:
         for action in actions:
@@ -510,7 +504,7 @@ class Peer(LinkHost, DhtHost):
         await self.storage.store_own(env, message, payload)  # and publishes it
         link = self.links.get(peer_id)
         if link is not None and env.route not in self.router.interest_of(peer_id):
-            link.enqueue(encode_frame("push", e=env.wire))
+            link.enqueue(Push(env.wire).encode())
         return env
 
     def send_dm(self, peer_id: bytes, content: Content) -> Envelope:

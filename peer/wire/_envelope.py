@@ -30,7 +30,7 @@ from nacl.exceptions import CryptoError
 
 from . import _cbor
 from ._errors import ErrorCode, ProtocolError
-from ._frames import Map, is_topic, need_bytes, need_text, need_uint
+from ._fields import Map, is_topic, need_bytes, need_text, need_uint
 from ._identity import (
     Identity,
     peer_id_of,

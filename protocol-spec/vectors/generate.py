@@ -44,6 +44,8 @@ from peer import (  # noqa: E402
     Handshake,
     Identity,
     ProtocolError,
+    Pub,
+    Push,
     RecordBuffer,
     decode_frame,
     dm_topic,
@@ -233,8 +235,8 @@ class HandshakeRun:
         th = ini.result.transcript_hash
         assert th == res.result.transcript_hash
         self.transcript_hash = th
-        eph_i = decode_frame(self.hello_i).fields["eph"]
-        eph_r = decode_frame(self.hello_r).fields["eph"]
+        eph_i = decode_frame(self.hello_i).to_map()["eph"]
+        eph_r = decode_frame(self.hello_r).to_map()["eph"]
         self.shared = bytes(crypto_scalarmult(self.random_i[:32], eph_r))
         assert self.shared == bytes(crypto_scalarmult(self.random_r[:32], eph_i))
         self.key_i2r = hashlib.blake2b(b"i2r" + th, key=self.shared, digest_size=32).digest()
@@ -268,7 +270,7 @@ class HandshakeRun:
                     "key": "i2r" if sender == "initiator" else "r2i",
                     "counter": n,
                     "nonce": hx(b"\x00" * 4 + n.to_bytes(8, "little")),
-                    "frame": decode_frame(plaintext).type,
+                    "frame": decode_frame(plaintext).TYPE,
                     "plaintext": hx(plaintext),
                     "ciphertext": hx(ct),
                     "stream_record": hx(frame_record(ct)),
@@ -355,9 +357,9 @@ def build_handshake(ids: dict[str, Identity], run: HandshakeRun) -> Json:
         "transcript_input": hx(transcript_input),
         "transcript_hash": hx(th),
         "responder_signed": hx(AUTH_TAG["responder"] + th),
-        "responder_signature": hx(decode_frame(run.auth_r).fields["sig"]),
+        "responder_signature": hx(decode_frame(run.auth_r).to_map()["sig"]),
         "initiator_signed": hx(AUTH_TAG["initiator"] + th),
-        "initiator_signature": hx(decode_frame(run.auth_i).fields["sig"]),
+        "initiator_signature": hx(decode_frame(run.auth_i).to_map()["sig"]),
         "shared_secret": hx(run.shared),
         "key_i2r": hx(run.key_i2r),
         "key_r2i": hx(run.key_r2i),
@@ -386,7 +388,7 @@ def envelope_entry(name: str, env: Any, content: Json | None) -> Json:
             "wire": hx(env.wire),
             "message_id_input": hx(MSG_ID_TAG + signed),
             "message_id": hx(env.id),
-            "pub_frame": hx(encode_frame("pub", e=env.wire)),
+            "pub_frame": hx(Pub(env.wire).encode()),
         }
     )
     return entry
@@ -643,12 +645,14 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
     ]
     exchanges: list[Json] = []
     for name, requester, request, note in plan:
-        cureq = encode_frame("cureq", **request.fields())
-        assert PageRequest.from_fields(decode_frame(cureq).fields) == request
+        cureq = request.encode()
+        assert cureq == encode_frame("cureq", **request.fields())
+        assert decode_frame(cureq) == request
         page = build_page(carrier, request, requester.peer_id)
-        cupage = encode_frame("cupage", **page.fields())
-        decoded = Page.from_fields(decode_frame(cupage).fields)
-        assert decoded == page
+        cupage = page.encode()
+        assert cupage == encode_frame("cupage", **page.fields())
+        decoded = decode_frame(cupage)
+        assert isinstance(decoded, Page) and decoded == page
         envs = check_page(request, decoded)
         assert sorted(e.wire for e in envs) == sorted(page.messages)
         exchanges.append({
@@ -675,7 +679,7 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
         "to": hx(alice.peer_id),
         "ids": [hx(dm_env.id)],
         "log_topic": receipt.log_topic,
-        "push_frame": hx(encode_frame("push", e=receipt.wire)),
+        "push_frame": hx(Push(receipt.wire).encode()),
     })
     return {
         "description": (
@@ -692,7 +696,7 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
         "receipt": {"signer": identity_json(bob), **receipt_entry},
         "push": [
             {"name": "dm", "from": alice.peer_id_hex, "to": bob.peer_id_hex,
-             "message_id": hx(dm_env.id), "hex": hx(encode_frame("push", e=dm_env.wire))},
+             "message_id": hx(dm_env.id), "hex": hx(Push(dm_env.wire).encode())},
             {"name": "receipt", "from": bob.peer_id_hex, "to": alice.peer_id_hex,
              "message_id": hx(receipt.id), "hex": receipt_entry["push_frame"]},
         ],
@@ -760,8 +764,8 @@ def build_chain(ids: dict[str, Identity]) -> Json:
             for env in run
         ],
         "request": request_fields(request),
-        "cureq": hx(encode_frame("cureq", **request.fields())),
-        "cupage": hx(encode_frame("cupage", **page.fields())),
+        "cureq": hx(request.encode()),
+        "cupage": hx(page.encode()),
         "accepted_ids": [hx(e.id) for e in envs],
         "signatures_verified": 1,
     }
@@ -1139,7 +1143,7 @@ def handshake_vectors(ids: dict[str, Identity], run: HandshakeRun) -> list[Json]
         "key and nonce give a different transcript hash")
     add("reflected-auth", "responder", bob, rnd_r, [run.hello_i], run.auth_r, "auth",
         "bob's own responder auth sent back to him as the initiator's")
-    flipped = bytearray(decode_frame(run.auth_i).fields["sig"])
+    flipped = bytearray(decode_frame(run.auth_i).to_map()["sig"])
     flipped[10] ^= 0x80
     add("bad-auth-signature", "responder", bob, rnd_r, [run.hello_i],
         encode_frame("auth", sig=bytes(flipped)), "auth", "the initiator's auth, one bit flipped")
@@ -1173,7 +1177,7 @@ def handshake_vectors(ids: dict[str, Identity], run: HandshakeRun) -> list[Json]
     add("hello-malformed", "responder", bob, rnd_r, [], hello_bytes(alice, rnd_i, id=bytes(31)),
         "malformed", "id of 31 bytes")
     add("hello-non-canonical", "responder", bob, rnd_r, [],
-        cbor2.dumps(dict(reversed(list(decode_frame(run.hello_i).fields.items())))),
+        cbor2.dumps(dict(reversed(list(cbor2.loads(run.hello_i).items())))),
         "non-canonical", "handshake.json's initiator hello with its keys in another order")
     pad_hello = cbor2.loads(run.hello_i)
     pad_hello["pad"] = b""
@@ -1386,8 +1390,8 @@ def page_vectors(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) ->
 
     def add(name: str, request: PageRequest, page: Page, code: str, note: str) -> None:
         v.append({"name": name, "layer": "page",
-                  "request": hx(encode_frame("cureq", **request.fields())),
-                  "hex": hx(encode_frame("cupage", **page.fields())), "code": code,
+                  "request": hx(request.encode()),
+                  "hex": hx(page.encode()), "code": code,
                   "note": note})
 
     def good(request: PageRequest, wires: list[bytes], nxt: int, **kw: Any) -> Page:
@@ -1485,8 +1489,9 @@ def refuse(vec: Json, data: bytes) -> None:
         if closes:
             raise ProtocolError(closes[0].code, closes[0].reason)
     elif layer == "page":
-        request = PageRequest.from_fields(decode_frame(bytes.fromhex(vec["request"])).fields)
-        check_page(request, Page.from_fields(decode_frame(data).fields))
+        request, page = decode_frame(bytes.fromhex(vec["request"])), decode_frame(data)
+        assert isinstance(request, PageRequest) and isinstance(page, Page)
+        check_page(request, page)
     elif layer == "handshake-record":
         hs = Handshake(
             Identity.from_seed(bytes.fromhex(vec["seed"])),
