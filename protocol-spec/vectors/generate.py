@@ -83,7 +83,7 @@ from peer.wire._limits import (  # noqa: E402
     MAX_TOPICS_PER_FRAME,
 )
 
-SPEC_REVISION = "1.1"
+SPEC_REVISION = "1.2"
 PROTOCOL_VERSION = 1
 TS0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in milliseconds
 
@@ -1034,7 +1034,7 @@ def envelope_vectors(ids: dict[str, Identity], msgs: dict[str, Any]) -> list[Jso
     add("signed-not-a-map", sign_signed(alice, c(["msg"])), "malformed",
         "the signed part is a map")
     add("unknown-kind", sign_fields(alice, msg_fields(alice, kind="note")), "malformed",
-        "kind is msg, dm or presence")
+        "kind is msg, dm, receipt or presence")
     add("unknown-field", sign_fields(alice, msg_fields(alice, x=0)), "malformed",
         "a msg with a field x")
     add("field-of-another-kind", sign_fields(alice, msg_fields(alice, to=bob.peer_id)),
