@@ -81,7 +81,7 @@ class PeerRefused(ProtocolError):
         self.remote_msg = remote_msg
 
 
-def refusal(frame: Error) -> ProtocolError:
+def _refused_by(frame: Error) -> ProtocolError:
     """The error to raise for an ``error`` frame received during the handshake.
 
     The one refusal told apart by its text is the self-connection, as
@@ -179,7 +179,7 @@ class Handshake:
         frame = decode_frame(record, MAX_HANDSHAKE_RECORD)
         match frame:
             case Error():
-                raise refusal(frame)
+                raise _refused_by(frame)
             case Hello() if self._state is _State.START and not self.initiator:
                 return self._on_initiator_hello(frame, record)
             case Hello() if self._state is _State.SENT_HELLO:
