@@ -246,30 +246,30 @@ class ClawmeshConn(WsConn):
                 raise Closed(f"send failed: {exc!r}") from None
 
     async def subscribe(self, topic: str) -> None:
-        from peer import encode_frame
+        from peer import Ping, Sub
 
         self._topic = topic
-        await self._send_frame(encode_frame("sub", topics=[[topic, 0]]))
+        await self._send_frame(Sub(((topic, 0),)).encode())
         # The relay handles one link's frames in order: its pong proves the sub is in.
         self._ping_wanted = 7
-        await self._send_frame(encode_frame("ping", n=7))
+        await self._send_frame(Ping(7).encode())
         with trio.fail_after(CONFIRM_TIMEOUT):
             while not self._pong_seen:
                 await self._receive_once()
 
     async def announce(self, topic: str) -> None:
-        from peer import encode_frame
+        from peer import Ping
 
         self._topic = topic
         self._ping_wanted = 8
-        await self._send_frame(encode_frame("ping", n=8))
+        await self._send_frame(Ping(8).encode())
         with trio.fail_after(CONFIRM_TIMEOUT):
             while not self._pong_seen:
                 await self._receive_once()
 
     def prepare(self, body: bytes) -> bytes:
         """Sign ``body`` as a channel message and wrap it in a ``pub`` frame (plaintext)."""
-        from peer import Content, encode_frame, seal_message
+        from peer import Content, Pub, seal_message
 
         self._seq += 1
         env = seal_message(
@@ -281,14 +281,14 @@ class ClawmeshConn(WsConn):
             prev=self._prev,
         )
         self._prev = env.id
-        frame: bytes = encode_frame("pub", e=env.wire)
+        frame: bytes = Pub(env.wire).encode()
         return frame
 
     async def send(self, message: bytes) -> None:
         await self._send_frame(message)
 
     async def _receive_once(self) -> list[bytes]:
-        from peer import ProtocolError, decode_frame, encode_frame
+        from peer import Error, Ping, Pong, ProtocolError, decode_frame
 
         assert self._decipher is not None
         out: list[bytes] = []
@@ -305,13 +305,12 @@ class ClawmeshConn(WsConn):
                     frame = decode_frame(plain)
                 except ProtocolError as exc:
                     raise Closed(f"bad frame from the relay: {exc}") from None
-                if frame.type == "ping":
-                    await self._send_frame(encode_frame("pong", n=frame.fields["n"]))
-                elif frame.type == "pong" and frame.fields["n"] == self._ping_wanted:
+                if isinstance(frame, Ping):
+                    await self._send_frame(Pong(frame.n).encode())
+                elif isinstance(frame, Pong) and frame.n == self._ping_wanted:
                     self._pong_seen = True
-                elif frame.type == "error":
-                    raise Closed(f"relay closed the link: {frame.fields['code']}: "
-                                 f"{frame.fields['msg']}")
+                elif isinstance(frame, Error):
+                    raise Closed(f"relay closed the link: {frame.code}: {frame.msg}")
             elif op == _ws.OP_PING:
                 await self._write(_ws.encode(payload, _ws.OP_PONG, client=True))
             elif op == _ws.OP_CLOSE:

@@ -41,7 +41,7 @@ from typing import Any
 from peer.wire._cbor import decode as cbor_decode
 from peer.wire._cbor import encode
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import need_bytes, need_list, need_uint
+from peer.wire._fields import need_bytes, need_list, need_uint
 from peer.wire._identity import Identity, peer_id_of, verify_signature
 
 from ._config import (

@@ -31,7 +31,7 @@ from typing import Any
 
 from peer.wire._cbor import decode, encode
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import need_bytes, need_list, need_text, need_uint
+from peer.wire._fields import need_bytes, need_list, need_text, need_uint
 
 from ._config import (
     ID_LEN,
@@ -336,46 +336,58 @@ def decode_message(data: bytes) -> Message:
     kind = m.get("m")
     rid = need_uint(m, "rid", MAX_REQUEST_ID)
     if kind == "e":
-        if m.keys() != _ERROR_KEYS:
-            raise _fail("an error reply has exactly v, m, rid, code, msg")
-        return ErrorReply(rid, need_text(m, "code", 32), need_text(m, "msg", MAX_ERROR_TEXT))
+        return _error_from(m, rid)
     if kind == "q":
-        op = _op(m)
-        if m.keys() != _HEAD_Q | _ARGS[op]:
-            raise _fail(f"wrong fields for a {op.value} request")
-        serving = m["srv"]
-        if not isinstance(serving, bool):
-            raise _fail("srv must be a boolean")
-        if op is Op.PING:
-            return Ping(rid, serving)
-        if op is Op.FIND_NODE:
-            return FindNode(rid, need_bytes(m, "target", ID_LEN), serving)
-        if op is Op.FIND_PEER:
-            return FindPeer(rid, need_bytes(m, "target", ID_LEN), serving)
-        if op is Op.PUT_PEER:
-            return PutPeer(rid, _record(m), serving)
-        if op is Op.ADD_PROVIDER:
-            return AddProvider(rid, _record(m), serving)
-        return GetProviders(rid, need_bytes(m, "key", ID_LEN), serving)
+        return _request_from(m, rid)
     if kind == "r":
-        op = _op(m)
-        expected = _HEAD_R | _RESULTS[op]
-        keys = m.keys()
-        if keys != expected and not (op is Op.FIND_PEER and keys == expected | {"rec"}):
-            raise _fail(f"wrong fields for a {op.value} response")
-        if op is Op.PING:
-            return Pong(rid)
-        if op is Op.FIND_NODE:
-            return Nodes(rid, _nodes(m))
-        if op is Op.FIND_PEER:
-            return PeerFound(rid, _nodes(m), _record(m) if "rec" in m else None)
-        if op is Op.GET_PROVIDERS:
-            provs = need_list(m, "provs", MAX_PROVIDERS_PER_REPLY)
-            if any(not isinstance(p, bytes) or len(p) > MAX_RECORD_BYTES for p in provs):
-                raise _fail(f"provs must be byte strings of at most {MAX_RECORD_BYTES} bytes")
-            return Providers(rid, tuple(provs), _nodes(m))
-        return Stored(rid, op)
+        return _response_from(m, rid)
     raise _fail("m must be q, r or e")
+
+
+def _error_from(m: dict[str, Any], rid: int) -> ErrorReply:
+    if m.keys() != _ERROR_KEYS:
+        raise _fail("an error reply has exactly v, m, rid, code, msg")
+    return ErrorReply(rid, need_text(m, "code", 32), need_text(m, "msg", MAX_ERROR_TEXT))
+
+
+def _request_from(m: dict[str, Any], rid: int) -> Request:
+    op = _op(m)
+    if m.keys() != _HEAD_Q | _ARGS[op]:
+        raise _fail(f"wrong fields for a {op.value} request")
+    serving = m["srv"]
+    if not isinstance(serving, bool):
+        raise _fail("srv must be a boolean")
+    if op is Op.PING:
+        return Ping(rid, serving)
+    if op is Op.FIND_NODE:
+        return FindNode(rid, need_bytes(m, "target", ID_LEN), serving)
+    if op is Op.FIND_PEER:
+        return FindPeer(rid, need_bytes(m, "target", ID_LEN), serving)
+    if op is Op.PUT_PEER:
+        return PutPeer(rid, _record(m), serving)
+    if op is Op.ADD_PROVIDER:
+        return AddProvider(rid, _record(m), serving)
+    return GetProviders(rid, need_bytes(m, "key", ID_LEN), serving)
+
+
+def _response_from(m: dict[str, Any], rid: int) -> Response:
+    op = _op(m)
+    expected = _HEAD_R | _RESULTS[op]
+    keys = m.keys()
+    if keys != expected and not (op is Op.FIND_PEER and keys == expected | {"rec"}):
+        raise _fail(f"wrong fields for a {op.value} response")
+    if op is Op.PING:
+        return Pong(rid)
+    if op is Op.FIND_NODE:
+        return Nodes(rid, _nodes(m))
+    if op is Op.FIND_PEER:
+        return PeerFound(rid, _nodes(m), _record(m) if "rec" in m else None)
+    if op is Op.GET_PROVIDERS:
+        provs = need_list(m, "provs", MAX_PROVIDERS_PER_REPLY)
+        if any(not isinstance(p, bytes) or len(p) > MAX_RECORD_BYTES for p in provs):
+            raise _fail(f"provs must be byte strings of at most {MAX_RECORD_BYTES} bytes")
+        return Providers(rid, tuple(provs), _nodes(m))
+    return Stored(rid, op)
 
 
 _REQUEST_TYPES = (Ping, FindNode, FindPeer, PutPeer, AddProvider, GetProviders)

@@ -28,8 +28,28 @@ from .wire._envelope import (
     seal_message,
 )
 from .wire._errors import ErrorCode, ProtocolError
-from .wire._frames import Frame, RecordBuffer, decode_frame, encode_frame, frame_record
-from .wire._handshake import Handshake, HandshakeResult, LinkCipher
+from .wire._frames import RecordBuffer, decode_frame, encode_frame, frame_record
+from .wire._frametypes import (
+    FRAME_TYPES,
+    AnyFrame,
+    Auth,
+    CuPage,
+    CuReq,
+    Dht,
+    Error,
+    Graft,
+    Hello,
+    IHave,
+    IWant,
+    Ping,
+    Pong,
+    Prune,
+    Pub,
+    Push,
+    Sub,
+    Unsub,
+)
+from .wire._handshake import Handshake, HandshakeResult, LinkCipher, PeerRefused, SelfConnection
 from .wire._identity import Identity, parse_peer_id, peer_id_of
 from .wire._limits import GossipParams
 
@@ -61,26 +81,45 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "FRAME_TYPES",
+    "AnyFrame",
+    "Auth",
     "Close",
     "Content",
+    "CuPage",
+    "CuReq",
     "Deliver",
+    "Dht",
     "Envelope",
+    "Error",
     "ErrorCode",
-    "Frame",
     "GossipParams",
     "GossipRouter",
+    "Graft",
     "Handshake",
     "HandshakeResult",
+    "Hello",
+    "IHave",
+    "IWant",
     "Identity",
     "InboxMessage",
     "LinkCipher",
     "Peer",
     "PeerOptions",
+    "PeerRefused",
+    "Ping",
+    "Pong",
     "ProtocolError",
+    "Prune",
+    "Pub",
+    "Push",
     "RecordBuffer",
+    "SelfConnection",
     "Send",
     "StartError",
+    "Sub",
     "UnknownPeer",
+    "Unsub",
     "decode_frame",
     "dm_topic",
     "encode_frame",

@@ -26,9 +26,10 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict, WrappedLogger
 
 from peer import (
+    AnyFrame,
     Content,
+    Error,
     ErrorCode,
-    Frame,
     GossipRouter,
     Handshake,
     HandshakeResult,
@@ -36,6 +37,7 @@ from peer import (
     LinkCipher,
     Peer,
     PeerOptions,
+    Pong,
     decode_frame,
     encode_frame,
 )
@@ -69,7 +71,7 @@ class WatchedRouter(GossipRouter):
         self._handled = trio.Event()
 
     def handle_frame(
-        self, peer: bytes, frame: Frame, raw: bytes, now: float, wall_ms: int
+        self, peer: bytes, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
     ) -> list[Action]:
         try:
             return super().handle_frame(peer, frame, raw, now, wall_ms)
@@ -230,7 +232,7 @@ class RawClient:
         assert self.cipher is not None
         await self.send(self.cipher.seal(frame))
 
-    async def receive_frame(self) -> Frame:
+    async def receive_frame(self) -> AnyFrame:
         record = await self.receive()
         plain = record if self.cipher is None else self.cipher.open(record)
         return decode_frame(plain)
@@ -239,10 +241,8 @@ class RawClient:
         """Skip frames until the listener's error frame; return its code."""
         while True:
             frame = await self.receive_frame()
-            if frame.type == "error":
-                code = frame.fields["code"]
-                assert isinstance(code, str)
-                return code
+            if isinstance(frame, Error):
+                return frame.code
 
     async def expect_closed(self) -> trio_websocket.CloseReason:
         """Everything after the error is the close; returns the close reason."""
@@ -353,7 +353,7 @@ async def attacker_link(pair: Pair) -> AsyncIterator[tuple[Identity, RawClient]]
         await wait_linked(pair.a, attacker.peer_id)
         # Positive control: the link works before we break it.
         await client.send_sealed(encode_frame("ping", n=4242))
-        while (frame := await client.receive_frame()).type != "pong":
+        while not isinstance(frame := await client.receive_frame(), Pong):
             pass
-        assert frame.fields["n"] == 4242
+        assert frame.n == 4242
         yield attacker, client

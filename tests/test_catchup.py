@@ -150,8 +150,8 @@ def over_the_wire(request: PageRequest, page: Page) -> tuple[PageRequest, Page]:
     """Both through encode_frame/decode_frame, as a link would carry them."""
     req = decode_frame(encode_frame("cureq", **request.fields()))
     got = decode_frame(encode_frame("cupage", **page.fields()))
-    assert (req.type, got.type) == ("cureq", "cupage")
-    return PageRequest.from_fields(req.fields), Page.from_fields(got.fields)
+    assert isinstance(req, PageRequest) and isinstance(got, Page)
+    return req, got
 
 
 def walk(source: LogSource, request: PageRequest, requester: bytes) -> Iterator[Page]:
@@ -207,13 +207,13 @@ def test_a_log_walk_gives_every_record_once_in_log_order(
         assert page.err is None
     # the oversize envelope travels alone, and the walk goes on past it
     huge = [p for p in pages if sum(len(w) for w in p.messages) > MAX_PAGE_BYTES]
-    assert len(huge) == 1 and huge[0].messages == [stored[17].wire]
+    assert len(huge) == 1 and huge[0].messages == (stored[17].wire,)
     # cursors are the log numbers of each page's last record
     assert [p.next for p in pages] == sorted({p.next for p in pages})
     assert pages[-1].next == 40
     # heads only on the last page: every sender's highest sequence number
-    assert all(p.heads == [] for p in pages[:-1])
-    assert pages[-1].heads == sorted(
+    assert all(p.heads == () for p in pages[:-1])
+    assert list(pages[-1].heads) == sorted(
         [(ALICE.peer_id, 14), (BOB.peer_id, 13), (CAROL.peer_id, 13)]
     )
 
@@ -235,11 +235,11 @@ def test_an_empty_page_at_the_end_of_the_log(
 ) -> None:
     source, _ = busy_channel
     page = build_page(source, PageRequest(3, "general", 40, 0, 512), ALICE.peer_id)
-    assert (page.messages, page.next, page.more, page.err) == ([], 40, False, None)
+    assert (page.messages, page.next, page.more, page.err) == ((), 40, False, None)
     assert len(page.heads) == 3
     # a cursor beyond the carrier's log (it lost its store, say) comes back unchanged
     page = build_page(source, PageRequest(4, "general", 99, 0, 512), ALICE.peer_id)
-    assert (page.messages, page.next, page.more) == ([], 99, False)
+    assert (page.messages, page.next, page.more) == ((), 99, False)
 
 
 def test_since_and_after_the_later_start_wins(
@@ -258,7 +258,7 @@ def test_since_and_after_the_later_start_wins(
     assert first_seq(3, 10_500) == 11  # since is later than the cursor
     assert first_seq(25, 10_500) == 26  # the cursor is later than since
     page = build_page(source, PageRequest(6, "general", 0, 10**9, 512), ALICE.peer_id)
-    assert (page.messages, page.next, page.more) == ([], 40, False)
+    assert (page.messages, page.next, page.more) == ((), 40, False)
     assert page.heads  # nothing to send, but the walk is over: heads come with it
 
 
@@ -269,7 +269,7 @@ def test_retention_gaps_are_skipped_and_heads_remember() -> None:
     source.drop_oldest("general", 6)
     pages = list(walk(source, PageRequest(1, "general", 0, 0, 3), BOB.peer_id))
     assert [open_envelope(w).seq for p in pages for w in p.messages] == [7, 8, 9, 10]
-    assert pages[-1].heads == [(ALICE.peer_id, 10)]
+    assert pages[-1].heads == ((ALICE.peer_id, 10),)
     # since before the oldest stored record: the walk starts at that record
     page = build_page(source, PageRequest(2, "general", 0, 2, 512), BOB.peer_id)
     assert [open_envelope(w).seq for w in page.messages] == [7, 8, 9, 10]
@@ -289,7 +289,7 @@ def test_sender_range_pages(busy_channel: tuple[LogSource, list[Envelope]]) -> N
         request, page = over_the_wire(request, page)
         envs = check_page(request, page)
         assert all(e.sender == BOB.peer_id for e in envs)
-        assert page.heads == []
+        assert page.heads == ()
         got += [e.seq for e in envs]
         if not page.more:
             break
@@ -299,7 +299,7 @@ def test_sender_range_pages(busy_channel: tuple[LogSource, list[Envelope]]) -> N
     # nothing held in the range: an empty page whose next is the range's end
     page = build_page(source, PageRequest(20, "general", 0, 0, 512, BOB.peer_id, 50, 60),
                       CAROL.peer_id)
-    assert (page.messages, page.next, page.more, page.heads) == ([], 60, False, [])
+    assert (page.messages, page.next, page.more, page.heads) == ((), 60, False, ())
 
 
 def test_sender_range_cut_by_the_byte_bound_says_more() -> None:
@@ -341,7 +341,7 @@ def test_system_topics_are_never_served() -> None:
     presence = seal_presence(ALICE, payload=encode({}), seq=TS, ts=TS)
     source.append(presence, received_ms=1)  # even if something had filed one
     page = build_page(source, PageRequest(1, "sys/presence", 0, 0, 512), ALICE.peer_id)
-    assert page.err == FORBIDDEN and page.messages == []
+    assert page.err == FORBIDDEN and page.messages == ()
     assert not may_serve("sys/presence", ALICE.peer_id)
     assert may_serve("general", ALICE.peer_id)
 
@@ -577,7 +577,7 @@ def test_heads_are_bounded() -> None:
     source.append(msg(ALICE, 1), received_ms=1)
     page = build_page(source, PageRequest(1, "general", 0, 0, 512), BOB.peer_id)
     assert len(page.heads) == MAX_PAGE_HEADS
-    assert page.heads == sorted(page.heads)
+    assert list(page.heads) == sorted(page.heads)
     decode_frame(encode_frame("cupage", **page.fields()))
 
 

@@ -16,7 +16,7 @@ import trio
 from peer import Identity, Peer, PeerOptions
 from peer.node._link import Link
 from peer.wire._envelope import Content, Envelope
-from peer.wire._frames import Frame
+from peer.wire._frametypes import AnyFrame, Sub
 
 
 @asynccontextmanager
@@ -50,14 +50,14 @@ def wants(peer: Peer, other: Peer, topic: str) -> bool:
 
 def booby_trap(peer: Peer, topic: str) -> None:
     """Make ``peer`` crash on a ``sub`` frame naming ``topic``."""
-    handle = peer.swarm._frame_owners["sub"]
+    handle = peer.swarm._frame_owners[Sub]
 
-    def trapped(link: Link, frame: Frame, raw: bytes) -> None:
-        if any(entry[0] == topic for entry in frame.fields["topics"]):
+    def trapped(link: Link, frame: AnyFrame, raw: bytes) -> None:
+        if isinstance(frame, Sub) and any(t == topic for t, _ in frame.topics):
             raise RuntimeError("injected bug")
         handle(link, frame, raw)
 
-    peer.swarm._frame_owners["sub"] = trapped
+    peer.swarm._frame_owners[Sub] = trapped
 
 
 async def test_a_bug_on_an_inbound_link_closes_only_that_link() -> None:

@@ -421,3 +421,9 @@ def test_dm_oversize_body_is_refused() -> None:
     with pytest.raises(ProtocolError) as info:
         dm(Content("x" * (MAX_BODY_BYTES + 1)))
     assert info.value.code is ErrorCode.TOO_LARGE
+
+
+@pytest.mark.parametrize("kind", [[], {}, b"msg", 1, None])
+def test_a_kind_that_is_not_text_is_malformed(kind: object) -> None:
+    # a list or map as "kind" once escaped as TypeError (unhashable) instead of ProtocolError
+    assert refused(encode([encode({"v": 1, "kind": kind}), bytes(64)])) is ErrorCode.MALFORMED

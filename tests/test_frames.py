@@ -1,7 +1,8 @@
-"""Frame validation and stream records (peer/_frames.py), sans-IO."""
+"""Frame validation, the frame classes and stream records (peer/wire/_frames.py), sans-IO."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -13,13 +14,13 @@ from peer.wire._cbor import encode
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frames import (
     FRAME_TYPES,
-    Frame,
     RecordBuffer,
     decode_frame,
     encode_frame,
     frame_record,
     is_topic,
 )
+from peer.wire._frametypes import CuPage, CuReq, Hello, Ping, Pong, Pub, Sub
 from peer.wire._limits import (
     MAX_ADDR_BYTES,
     MAX_CAPS,
@@ -88,7 +89,8 @@ def valid_fields() -> dict[str, dict[str, Any]]:
 
 
 def test_every_frame_type_has_an_example() -> None:
-    assert set(valid_fields()) == FRAME_TYPES
+    assert set(valid_fields()) == set(FRAME_TYPES)
+    assert all(kind == cls.TYPE for kind, cls in FRAME_TYPES.items())
 
 
 @pytest.mark.parametrize("kind", sorted(FRAME_TYPES))
@@ -96,7 +98,12 @@ def test_valid_frames_decode(kind: str) -> None:
     fields = valid_fields()[kind]
     raw = encode_frame(kind, **fields)
     frame = decode_frame(raw)
-    assert frame == Frame(kind, {"t": kind, **fields})
+    assert type(frame) is FRAME_TYPES[kind]
+    assert frame.to_map() == {"t": kind, **fields}
+    assert frame.encode() == raw  # the class encodes byte for byte what encode_frame does
+    assert type(frame).from_map(frame.to_map()) == frame
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(frame, dataclasses.fields(frame)[0].name, None)  # frames are immutable
 
 
 @pytest.mark.parametrize("kind", sorted(FRAME_TYPES))
@@ -267,7 +274,7 @@ def test_limits_themselves_are_accepted() -> None:
         encode_frame("pub", e=b"\x00" * MAX_ENVELOPE),
     ]
     for raw in frames:
-        assert decode_frame(raw).type in FRAME_TYPES
+        assert decode_frame(raw).TYPE in FRAME_TYPES
 
 
 def test_topic_names() -> None:
@@ -279,7 +286,7 @@ def test_topic_names() -> None:
 
 def test_frame_size_limit() -> None:
     raw = encode_frame("ping", n=1)
-    assert decode_frame(raw, max_size=len(raw)).fields["n"] == 1
+    assert decode_frame(raw, max_size=len(raw)) == Ping(1)
     with pytest.raises(ProtocolError) as info:
         decode_frame(raw, max_size=len(raw) - 1)
     assert info.value.code is ErrorCode.TOO_LARGE
@@ -292,7 +299,7 @@ def test_non_canonical_frame_is_refused() -> None:
     # {"t": "ping", "n": 1}: canonical order puts "n" first
     raw = bytes.fromhex("a2" + "616e01" + "6174" + "6470696e67")
     swapped = bytes.fromhex("a2" + "6174" + "6470696e67" + "616e01")
-    assert decode_frame(raw).type == "ping"
+    assert decode_frame(raw) == Ping(1)
     with pytest.raises(ProtocolError) as info:
         decode_frame(swapped)
     assert info.value.code is ErrorCode.NON_CANONICAL
@@ -410,7 +417,53 @@ def test_mutated_frames_decode_or_raise_protocol_error(raw: bytes, data: st.Data
         assert isinstance(exc.code, ErrorCode)
     else:
         # whatever is accepted is a valid frame: it re-encodes to the same bytes
-        assert frame.type in FRAME_TYPES
-        rest = {k: v for k, v in frame.fields.items() if k != "t"}
-        assert encode_frame(frame.type, **rest) == bytes(mutated)
+        assert frame.TYPE in FRAME_TYPES
+        assert frame.encode() == bytes(mutated)
         assert frame == decode_frame(bytes(mutated))
+
+
+# -- the frame classes ------------------------------------------------------------------
+
+
+def test_classes_encode_like_encode_frame() -> None:
+    pairs = [
+        (Ping(0), encode_frame("ping", n=0)),
+        (Pong(2**64 - 1), encode_frame("pong", n=2**64 - 1)),
+        (Pub(b"\x82"), encode_frame("pub", e=b"\x82")),
+        (
+            Sub((("general", 0), ("sys/presence", 3))),
+            encode_frame("sub", topics=[["general", 0], ["sys/presence", 3]]),
+        ),
+        (
+            Hello((1,), PEER, PEER, PEER, PEER, ("relay",), (), "clawmesh/0.1"),
+            encode_frame(
+                "hello", versions=[1], id=PEER, pk=PEER, eph=PEER, nonce=PEER,
+                caps=["relay"], listen=[], agent="clawmesh/0.1",
+            ),
+        ),
+        (CuReq(3, "general", 5), encode_frame("cureq", r=3, topic="general", after=5,
+                                              since=0, limit=MAX_PAGE_MESSAGES)),
+        (CuPage(3, "general", [b"x"], 4, True, [(PEER, 9)], "busy"),
+         encode_frame("cupage", r=3, topic="general", m=[b"x"], next=4, more=True,
+                      heads=[[PEER, 9]], err="busy")),
+    ]
+    for frame, raw in pairs:
+        assert frame.encode() == raw
+        assert decode_frame(raw) == frame
+
+
+def test_page_fields_stay_tuples_and_round_trip() -> None:
+    page = CuPage(1, "general", [b"a", b"b"], 2, False, [(PEER, 1)])
+    assert page == CuPage(1, "general", (b"a", b"b"), 2, False, ((PEER, 1),))
+    assert page.messages == (b"a", b"b") and page.heads == ((PEER, 1),)
+    assert page.fields() == {"r": 1, "topic": "general", "m": [b"a", b"b"], "next": 2,
+                             "more": False, "heads": [[PEER, 1]]}
+    assert CuPage.from_fields(page.fields()) == page
+    request = CuReq(1, "general", 0, 0, 9, PEER, 2, 3)
+    assert CuReq.from_fields(request.fields()) == request
+    assert CuReq.from_fields(CuReq(1, "general").fields()).sender is None
+
+
+def test_fast_path_gives_a_pub() -> None:
+    frame = decode_frame(encode_frame("pub", e=b"\x82\x41\x00"))
+    assert type(frame) is Pub and frame.envelope == b"\x82\x41\x00"

@@ -24,7 +24,7 @@ from peer.protocols._gossip import Action, Close, Deliver, GossipRouter, Send
 from peer.wire._cbor import encode
 from peer.wire._envelope import Content, Envelope, inbox_topic, seal_dm, seal_message
 from peer.wire._errors import ErrorCode
-from peer.wire._frames import Frame, decode_frame, encode_frame
+from peer.wire._frames import AnyFrame, decode_frame, encode_frame
 from peer.wire._identity import Identity
 from peer.wire._limits import MAX_TOPICS_PER_FRAME, MAX_TOPICS_PER_PEER, GossipParams
 from tests._fuzz import fuzz_scale
@@ -32,7 +32,7 @@ from tests._fuzz import fuzz_scale
 WALL0 = 1_700_000_000_000  # wall clock at the start of every test, ms
 TOPIC = "general"
 
-Drop = Callable[[str, str, Frame], bool]
+Drop = Callable[[str, str, AnyFrame], bool]
 
 
 def identity(name: str) -> Identity:
@@ -53,7 +53,7 @@ class Net:
     queue: deque[tuple[str, str, bytes]] = field(default_factory=deque)
     delivered: dict[str, list[Envelope]] = field(default_factory=dict)
     closes: list[tuple[str, Close]] = field(default_factory=list)
-    log: list[tuple[str, str, Frame]] = field(default_factory=list)
+    log: list[tuple[str, str, AnyFrame]] = field(default_factory=list)
     seq: int = 0
 
     def add(self, name: str, *, relay: bool = True) -> GossipRouter:
@@ -133,11 +133,11 @@ class Net:
         self.run()
         return env
 
-    def frames(self, kind: str, src: str | None = None, dst: str | None = None) -> list[Frame]:
+    def frames(self, kind: str, src: str | None = None, dst: str | None = None) -> list[AnyFrame]:
         return [
             f
             for s, d, f in self.log
-            if f.type == kind and (src is None or s == src) and (dst is None or d == dst)
+            if kind == f.TYPE and (src is None or s == src) and (dst is None or d == dst)
         ]
 
     def got(self, name: str) -> list[bytes]:
@@ -177,9 +177,9 @@ def fake_peer(i: int) -> bytes:
     return hashlib.sha256(b"fake peer %d" % i).digest()
 
 
-def sends(actions: list[Action], kind: str | None = None) -> list[tuple[bytes, Frame]]:
+def sends(actions: list[Action], kind: str | None = None) -> list[tuple[bytes, AnyFrame]]:
     out = [(a.peer, decode_frame(a.frame)) for a in actions if isinstance(a, Send)]
-    return [(p, f) for p, f in out if kind is None or f.type == kind]
+    return [(p, f) for p, f in out if kind is None or kind == f.TYPE]
 
 
 def closes(actions: list[Action]) -> list[Close]:
@@ -283,7 +283,7 @@ def test_split_horizon() -> None:
     # no relay ever advertised the topic back over the link it learned it from
     for src, dst in (("R2", "B"), ("R1", "R2"), ("A", "R1")):
         assert not any(
-            entry[0] == TOPIC for f in net.frames("sub", src, dst) for entry in f.fields["topics"]
+            entry[0] == TOPIC for f in net.frames("sub", src, dst) for entry in f.to_map()["topics"]
         ), (src, dst)
     assert net.routers["R2"].interest_of(net.pid("R1")) == {}
     assert net.routers["B"].interest_of(net.pid("R2")) == {}
@@ -400,10 +400,10 @@ def test_ihave_iwant_repairs_a_dropped_message() -> None:
     net = line(("A", False), ("R1", True), ("R2", True), ("B", False))
     net.subscribe("B")
     net.heartbeat()
-    dropped: list[Frame] = []
+    dropped: list[AnyFrame] = []
 
-    def lose_first_pub(src: str, dst: str, frame: Frame) -> bool:
-        if src == "A" and dst == "R1" and frame.type == "pub" and not dropped:
+    def lose_first_pub(src: str, dst: str, frame: AnyFrame) -> bool:
+        if src == "A" and dst == "R1" and frame.TYPE == "pub" and not dropped:
             dropped.append(frame)
             return True
         return False
@@ -416,9 +416,9 @@ def test_ihave_iwant_repairs_a_dropped_message() -> None:
     net.now += net.params.heartbeat
     net.heartbeat("A")
     ihave = net.frames("ihave", "A", "R1")
-    assert len(ihave) == 1 and ihave[0].fields["ids"] == [env.id]
+    assert len(ihave) == 1 and ihave[0].to_map()["ids"] == [env.id]
     iwant = net.frames("iwant", "R1", "A")
-    assert len(iwant) == 1 and iwant[0].fields["ids"] == [env.id]
+    assert len(iwant) == 1 and iwant[0].to_map()["ids"] == [env.id]
     assert net.got("B") == [env.id]
     assert net.routers["R1"].stats.iwant_sent == 1
     assert net.routers["A"].stats.iwant_served == 1
@@ -442,7 +442,7 @@ def test_iwant_is_bounded_per_heartbeat_and_by_history() -> None:
         router.publish(env, 0.0)
     ids = [e.id for e in envs]
     served = sends(feed(router, peer, "iwant", ids=ids), "pub")
-    assert [f.fields["e"] for _, f in served] == [envs[0].wire, envs[1].wire]
+    assert [f.to_map()["e"] for _, f in served] == [envs[0].wire, envs[1].wire]
     assert feed(router, peer, "iwant", ids=ids) == []  # budget spent
     router.heartbeat(1.0)
     assert len(sends(feed(router, peer, "iwant", ids=ids, now=1.0), "pub")) == 2
@@ -462,7 +462,7 @@ def test_ihave_asks_only_for_unseen_ids() -> None:
     fresh = b"\x07" * 32
     actions = feed(router, peer, "ihave", topic=TOPIC, ids=[env.id, fresh])
     [(target, frame)] = sends(actions)
-    assert target == peer and frame.type == "iwant" and frame.fields["ids"] == [fresh]
+    assert target == peer and frame.TYPE == "iwant" and frame.to_map()["ids"] == [fresh]
     assert feed(router, peer, "ihave", topic=TOPIC, ids=[env.id]) == []
 
 
@@ -486,7 +486,7 @@ def test_mesh_stays_within_mesh_high_after_many_grafts() -> None:
     pruned: list[bytes] = []
     for p in peers:
         actions = feed(router, p, "graft", topic=TOPIC)
-        pruned.extend(q for q, f in sends(actions, "prune") if f.fields["topic"] == TOPIC)
+        pruned.extend(q for q, f in sends(actions, "prune") if f.to_map()["topic"] == TOPIC)
         assert len(router.mesh_of(TOPIC)) <= high
     assert len(router.mesh_of(TOPIC)) == high
     assert pruned == peers[high:]
@@ -535,7 +535,7 @@ def test_mesh_members_that_lose_interest_leave_it() -> None:
 def test_non_relay_refuses_grafts() -> None:
     router, peers = transit_router(2, relay=False)
     actions = feed(router, peers[0], "graft", topic=TOPIC)
-    assert [(p, f.type) for p, f in sends(actions)] == [(peers[0], "prune")]
+    assert [(p, f.TYPE) for p, f in sends(actions)] == [(peers[0], "prune")]
     assert router.mesh_of(TOPIC) == frozenset()
     assert router.heartbeat(1.0) == []
     # a non-relay keeps no mesh state, however many topics it is grafted for
@@ -554,7 +554,7 @@ def test_frame_budget_closes_the_link() -> None:
     peer = fake_peer(1)
     router.add_link(peer, relay=True, now=0.0)
     for n in range(5):
-        assert [f.fields["n"] for _, f in sends(feed(router, peer, "ping", n=n), "pong")] == [n]
+        assert [f.to_map()["n"] for _, f in sends(feed(router, peer, "ping", n=n), "pong")] == [n]
     actions = feed(router, peer, "ping", n=5)
     assert [(c.peer, c.code) for c in closes(actions)] == [(peer, ErrorCode.RATE)]
     assert sends(actions) == []
@@ -690,11 +690,11 @@ def test_keepalive_ping_and_idle_timeout() -> None:
     assert [p for p, _ in pings] == [peer]
     assert router.heartbeat(17.0) == []  # one ping per silence
     # an answer resets the silence
-    assert feed(router, peer, "pong", n=pings[0][1].fields["n"], now=20.0) == []
+    assert feed(router, peer, "pong", n=pings[0][1].to_map()["n"], now=20.0) == []
     assert router.heartbeat(30.0) == []
     second = sends(router.heartbeat(36.0), "ping")
     assert len(second) == 1
-    assert second[0][1].fields["n"] != pings[0][1].fields["n"]
+    assert second[0][1].to_map()["n"] != pings[0][1].to_map()["n"]
     assert router.heartbeat(60.0) == []
     timeout = closes(router.heartbeat(65.5))
     assert [(c.peer, c.code) for c in timeout] == [(peer, ErrorCode.TIMEOUT)]
@@ -719,7 +719,7 @@ def test_ping_is_answered_with_the_same_number() -> None:
     peer = fake_peer(1)
     router.add_link(peer, relay=True, now=0.0)
     [(target, frame)] = sends(feed(router, peer, "ping", n=2**64 - 1))
-    assert target == peer and frame.type == "pong" and frame.fields["n"] == 2**64 - 1
+    assert target == peer and frame.TYPE == "pong" and frame.to_map()["n"] == 2**64 - 1
 
 
 # -- a property over random meshes ------------------------------------------------------------

@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 from peer.wire._cbor import decode
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frames import decode_frame, encode_frame
-from peer.wire._handshake import Handshake, HandshakeResult, LinkCipher, SelfConnection
+from peer.wire._frametypes import Auth, Hello
+from peer.wire._handshake import (
+    Handshake,
+    HandshakeResult,
+    LinkCipher,
+    PeerRefused,
+    SelfConnection,
+)
 from peer.wire._identity import Identity
 from tests._fuzz import fuzz_scale
 
@@ -108,7 +115,7 @@ def test_handshake_completes_and_both_sides_agree() -> None:
     init = initiator(caps=("relay", "store"), listen=("ws://10.0.0.1:7000",))
     resp = responder(caps=(), listen=("ws://10.0.0.2:7000", "tcp://10.0.0.2:7001"))
     wire = shuttle(init, resp)
-    assert [decode_frame(r).type for r in wire] == ["hello", "hello", "auth", "auth"]
+    assert [decode_frame(r).TYPE for r in wire] == ["hello", "hello", "auth", "auth"]
     ri, rr = results(init, resp)
     assert ri.peer_id == BOB.peer_id and ri.public_key == BOB.public_key
     assert rr.peer_id == ALICE.peer_id and rr.public_key == ALICE.public_key
@@ -123,15 +130,16 @@ def test_auth_signatures_cover_the_transcript_with_role_tags() -> None:
     init, resp = initiator(), responder()
     wire = shuttle(init, resp)
     th = transcript_hash(wire[0], wire[1])
-    assert decode_frame(wire[2]).fields["sig"] == BOB.sign(RESPONDER_TAG + th)
-    assert decode_frame(wire[3]).fields["sig"] == ALICE.sign(INITIATOR_TAG + th)
+    assert decode_frame(wire[2]) == Auth(BOB.sign(RESPONDER_TAG + th))
+    assert decode_frame(wire[3]) == Auth(ALICE.sign(INITIATOR_TAG + th))
 
 
 def test_responder_picks_the_highest_common_version() -> None:
     init = initiator(versions=(1, 2, 3))
     resp = responder(versions=(2, 3, 4))
     wire = shuttle(init, resp)
-    assert decode_frame(wire[1]).fields["versions"] == [3]
+    hello = decode_frame(wire[1])
+    assert isinstance(hello, Hello) and hello.versions == (3,)
     ri, rr = results(init, resp)
     assert ri.version == rr.version == 3
 
@@ -269,7 +277,7 @@ def test_replayed_initiator_transcript_is_refused() -> None:
     # the same responder identity, a fresh connection
     fresh = responder(seed=22)
     out = fresh.receive(recorded_hello)
-    assert [decode_frame(r).type for r in out] == ["hello", "auth"]
+    assert [decode_frame(r).TYPE for r in out] == ["hello", "auth"]
     assert refused(lambda: fresh.receive(recorded_auth)).code is ErrorCode.AUTH
     assert not fresh.done and fresh.result is None
 
@@ -319,7 +327,7 @@ def test_connecting_to_ourselves() -> None:
     init = initiator(identity=ALICE, seed=40)
     resp = responder(identity=ALICE, seed=41)
     error = refused(lambda: shuttle(init, resp))
-    assert isinstance(error, SelfConnection)
+    assert isinstance(error, SelfConnection) and not isinstance(error, PeerRefused)
     assert error.code is ErrorCode.AUTH
     # the initiator notices too when the answer comes from its own id
     other = initiator(identity=BOB, seed=42)
@@ -364,6 +372,8 @@ def test_error_frame_during_handshake() -> None:
     error = refused(lambda: responder().receive(err))
     assert error.code is ErrorCode.UNEXPECTED
     assert "version" in error.message
+    assert isinstance(error, PeerRefused) and not isinstance(error, SelfConnection)
+    assert (error.remote_code, error.remote_msg) == ("version", "no common version")
 
 
 def test_oversize_and_malformed_handshake_records() -> None:

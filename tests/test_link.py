@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from peer import ErrorCode, Handshake, Identity, decode_frame, memory_link_pair
+from peer import Error, ErrorCode, Handshake, Identity, decode_frame, memory_link_pair
 from peer.node._link import SEND_QUEUE, Link, SendQueue
 
 
@@ -103,7 +103,7 @@ async def test_close_queues_an_error_frame_and_sets_a_deadline() -> None:
     error = await link.queue.get()
     assert error is not None
     frame = decode_frame(error)
-    assert (frame.type, frame.fields["code"]) == ("error", ErrorCode.SLOW.value)
+    assert isinstance(frame, Error) and frame.code == ErrorCode.SLOW.value
     assert await link.queue.get() is None
 
 
@@ -111,5 +111,5 @@ async def test_a_link_closed_before_it_is_served_still_queues_its_error() -> Non
     link = _link()
     link.close(ErrorCode.DUPLICATE, "already linked")
     error = await link.queue.get()
-    assert error is not None and decode_frame(error).type == "error"
+    assert error is not None and isinstance(decode_frame(error), Error)
     assert not link.closed.is_set()

@@ -40,10 +40,10 @@ from structlog.testing import capture_logs
 from structlog.typing import EventDict
 
 from peer import (
+    AnyFrame,
     Content,
     Deliver,
     Envelope,
-    Frame,
     GossipRouter,
     Identity,
     Peer,
@@ -153,7 +153,7 @@ class CountingRouter(GossipRouter):
         self._handled = handled
 
     def handle_frame(
-        self, peer: bytes, frame: Frame, raw: bytes, now: float, wall_ms: int
+        self, peer: bytes, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
     ) -> list[Action]:
         actions = super().handle_frame(peer, frame, raw, now, wall_ms)
         self._handled.fire()

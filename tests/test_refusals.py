@@ -81,8 +81,8 @@ async def test_impersonation_without_the_private_key() -> None:
             ours = hello_frame(claimed_id=pair.b.peer_id, public_key=pair.b.identity.public_key)
             await client.send(ours)
             theirs = await client.receive()
-            assert decode_frame(theirs).type == "hello"
-            assert (await client.receive_frame()).type == "auth"
+            assert decode_frame(theirs).TYPE == "hello"
+            assert (await client.receive_frame()).TYPE == "auth"
             signed = INITIATOR_AUTH_TAG + transcript(ours, theirs)
             await client.send(encode_frame("auth", sig=mallory.sign(signed)))
             await expect_refused_handshake(pair, client, before, ErrorCode.AUTH)
@@ -99,14 +99,14 @@ async def test_replayed_handshake_transcript() -> None:
             _, recorded = await client.handshake(honest)
             await wait_linked(pair.a, honest.peer_id)
         await wait_linked(pair.a, honest.peer_id, linked=False)
-        assert [decode_frame(r).type for r in recorded] == ["hello", "auth"]
+        assert [decode_frame(r).TYPE for r in recorded] == ["hello", "auth"]
 
         before = Snapshot.of(pair.a)
         async with raw_client(pair.port) as client:
             await client.send(recorded[0])
             fresh_hello = await client.receive()
-            assert decode_frame(fresh_hello).type == "hello"
-            assert (await client.receive_frame()).type == "auth"
+            assert decode_frame(fresh_hello).TYPE == "hello"
+            assert (await client.receive_frame()).TYPE == "auth"
             await client.send(recorded[1])  # signs the old transcript, not this one
             await expect_refused_handshake(pair, client, before, ErrorCode.AUTH)
         assert honest.peer_id not in pair.a.links

@@ -36,7 +36,6 @@ from peer.protocols._catchup import (
 )
 from peer.wire._envelope import Envelope, inbox_topic
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import encode_frame
 from peer.wire._limits import MAX_PAGE_MESSAGES, MAX_REQUEST_ID
 from store import MessageStore, StoreError
 
@@ -110,8 +109,7 @@ class CatchUpHost:
 
     # -- carrying: answering cureq ---------------------------------------------------------
 
-    def on_request(self, link_peer: bytes, fields: dict[str, Any]) -> None:
-        request = PageRequest.from_fields(fields)
+    def on_request(self, link_peer: bytes, request: PageRequest) -> None:
         queue = self._serving.get(link_peer)
         if queue is None:
             send, recv = trio.open_memory_channel[PageRequest](4)
@@ -153,13 +151,12 @@ class CatchUpHost:
         else:
             self.counters.pages_refused += 1
         link = self.peer.links.get(link_peer)
-        if link is not None and not link.enqueue(encode_frame("cupage", **page.fields())):
+        if link is not None and not link.enqueue(page.encode()):
             link.close(ErrorCode.SLOW, "not reading catch-up pages")
 
     # -- catching up: asking carriers ----------------------------------------------------------
 
-    def on_page(self, link_peer: bytes, fields: dict[str, Any]) -> None:
-        page = Page.from_fields(fields)
+    def on_page(self, link_peer: bytes, page: Page) -> None:
         waiting = self._requests.get(page.r)
         if waiting is None or waiting[0] != link_peer:
             self.counters.bad_pages += 1
@@ -177,7 +174,7 @@ class CatchUpHost:
         send, recv = trio.open_memory_channel[Page](1)
         self._requests[request.r] = (carrier, send)
         try:
-            if not link.enqueue(encode_frame("cureq", **request.fields())):
+            if not link.enqueue(request.encode()):
                 return None
             page: Page | None = None
             with trio.move_on_after(PAGE_TIMEOUT):
@@ -346,7 +343,7 @@ class CatchUpHost:
                 link.close(exc.code, exc.message)
             return None
 
-    async def _fill_gaps(self, topic: str, heads: list[tuple[bytes, int]]) -> None:
+    async def _fill_gaps(self, topic: str, heads: Iterable[tuple[bytes, int]]) -> None:
         """Ask every carrier for sender ranges we lack; count what nobody has."""
         me = self.peer.peer_id
         gaps: list[tuple[bytes, int, int]] = []

@@ -44,7 +44,7 @@ from peer.protocols._delivery import (
 )
 from peer.wire._envelope import Envelope, inbox_topic, open_envelope, seal_receipt
 from peer.wire._errors import ProtocolError
-from peer.wire._frames import encode_frame
+from peer.wire._frametypes import Push
 from store import Backoff, DeadLetter, MessageStore, OutboxEntry, StoreError, StoreService
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ class DeliveryService:
         link = self.peer.links.get(command.recipient)
         if link is None:
             self.core.on_link_down(command.recipient)
-        elif link.enqueue(encode_frame("push", e=command.wire)):
+        elif link.enqueue(Push(command.wire).encode()):
             self.counters.pushes_sent += 1
 
     def _take(self, env: Envelope) -> None:
@@ -306,7 +306,7 @@ class DeliveryService:
             self.log.error("receipt not stored", error=str(exc))
         link = peer.links.get(sender)
         if link is not None:
-            link.enqueue(encode_frame("push", e=env.wire))
+            link.enqueue(Push(env.wire).encode())
         self.counters.receipts_sent += 1
 
     # -- reaching recipients -----------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import trio
 
 from dht import Contact, DhtNode, DhtService, Mode, Relay
-from peer.wire._frames import encode_frame
+from peer.wire._frametypes import Dht
 from peer.wire._identity import Identity
 
 from ._bootstrap import BootstrapError, parse_peer_address
@@ -140,7 +140,7 @@ class DhtBridge:
 
     def send_dht(self, peer_id: bytes, payload: bytes) -> bool:
         link = self.links.get(peer_id)
-        return link is not None and link.enqueue(encode_frame("dht", m=payload))
+        return link is not None and link.enqueue(Dht(payload).encode())
 
     async def connect(self, contact: Contact) -> bool:
         """Link to ``contact`` (dialling its addresses) unless linked; True once linked.

@@ -19,7 +19,8 @@ from collections import deque
 import trio
 
 from peer.wire._errors import ErrorCode
-from peer.wire._frames import clip_utf8, encode_frame
+from peer.wire._frames import clip_utf8
+from peer.wire._frametypes import Error
 from peer.wire._handshake import HandshakeResult, LinkCipher
 
 from ._transport import Transport
@@ -154,7 +155,7 @@ class Link:
             return
         self.close_code = code
         self.close_reason = reason
-        self.queue.put(encode_frame("error", code=code.value, msg=clip_utf8(reason, 200)))
+        self.queue.put(Error(code.value, clip_utf8(reason, 200)).encode())
         self.queue.close()
         if self.scope is not None:  # None: closed before it was served, and it never will be
             self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_GRACE)

@@ -29,8 +29,9 @@ from typing import Any, Protocol
 import trio
 
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import Frame, clip_utf8, decode_frame, encode_frame
-from peer.wire._handshake import Handshake, HandshakeResult, SelfConnection
+from peer.wire._frames import clip_utf8, decode_frame
+from peer.wire._frametypes import AnyFrame, Error
+from peer.wire._handshake import Handshake, HandshakeResult, PeerRefused, SelfConnection
 from peer.wire._identity import Identity
 
 from ._link import HANDSHAKE_TIMEOUT, Link
@@ -52,7 +53,7 @@ class LinkEvents(Protocol):
     def link_down(self, link: Link) -> None:
         """``link`` is closed and unregistered."""
 
-    def frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+    def frame(self, link: Link, frame: AnyFrame, raw: bytes) -> None:
         """A decoded frame; raising ``ProtocolError`` refuses it and closes the link."""
 
 
@@ -171,9 +172,7 @@ class LinkManager:
             log.info("no room for another link")
             with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                 await transport.send(
-                    encode_frame(
-                        "error", code=ErrorCode.TOO_LARGE.value, msg="no room for more links"
-                    )
+                    Error(ErrorCode.TOO_LARGE.value, "no room for more links").encode()
                 )
             return None
         try:
@@ -212,12 +211,10 @@ class LinkManager:
                     for reply in hs.receive(record):
                         await transport.send(reply)
             except ProtocolError as exc:
-                if exc.code is not ErrorCode.UNEXPECTED or "peer refused" not in exc.message:
+                if not isinstance(exc, PeerRefused):
                     with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                         await transport.send(
-                            encode_frame(
-                                "error", code=exc.code.value, msg=clip_utf8(exc.message, 200)
-                            )
+                            Error(exc.code.value, clip_utf8(exc.message, 200)).encode()
                         )
                 raise
         assert hs.result is not None
@@ -225,9 +222,7 @@ class LinkManager:
             err = ProtocolError(ErrorCode.TOO_LARGE, "peer has no room for more links")
             with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
                 await transport.send(
-                    hs.result.cipher.seal(
-                        encode_frame("error", code=err.code.value, msg=err.message)
-                    )
+                    hs.result.cipher.seal(Error(err.code.value, err.message).encode())
                 )
             raise err
         return hs.result

@@ -45,7 +45,8 @@ from peer.wire._envelope import (
     seal_dm,
     seal_message,
 )
-from peer.wire._frames import encode_frame, is_topic
+from peer.wire._frames import is_topic
+from peer.wire._frametypes import Push
 from peer.wire._identity import Identity
 from store import open_store_service
 
@@ -450,7 +451,7 @@ class Peer:
         await self.storage.store_own(env, message, payload)  # and publishes it
         link = self.links.get(peer_id)
         if link is not None and env.route not in self.router.interest_of(peer_id):
-            link.enqueue(encode_frame("push", e=env.wire))
+            link.enqueue(Push(env.wire).encode())
         return env
 
     def send_dm(self, peer_id: bytes, content: Content) -> Envelope:

@@ -41,7 +41,23 @@ from peer.wire._envelope import (
     seal_presence,
 )
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import Frame, encode_frame
+from peer.wire._frametypes import (
+    AnyFrame,
+    CuPage,
+    CuReq,
+    Dht,
+    Error,
+    Graft,
+    IHave,
+    IWant,
+    Ping,
+    Pong,
+    Prune,
+    Pub,
+    Push,
+    Sub,
+    Unsub,
+)
 from peer.wire._identity import Identity
 
 from ._dhthost import DhtBridge
@@ -51,12 +67,21 @@ from ._options import PeerCounters, PeerOptions
 from ._storage import Storage
 
 PRESENCE_DEBOUNCE = 5.0
-GOSSIP_FRAMES = frozenset(
-    {"pub", "sub", "unsub", "graft", "prune", "ihave", "iwant", "ping", "pong", "error"}
+GOSSIP_FRAMES: tuple[type[AnyFrame], ...] = (
+    Pub,
+    Sub,
+    Unsub,
+    Graft,
+    Prune,
+    IHave,
+    IWant,
+    Ping,
+    Pong,
+    Error,
 )
-_INTEREST_FRAMES = frozenset({"sub", "unsub"})
 
-FrameHandler = Callable[[Link, Frame, bytes], None]
+# A handler takes the frame class it is registered for.
+FrameHandler = Callable[[Link, Any, bytes], None]
 
 
 class SwarmPeer(Protocol):
@@ -108,12 +133,13 @@ class Swarm:
         self.peer = peer
         self.presence = Presence(presence_interval, PRESENCE_DEBOUNCE)
         self._timers_changed = trio.Event()
-        self._frame_owners: dict[str, FrameHandler] = {
+        # each frame type has one owner; adding a type adds its class and owner here
+        self._frame_owners: dict[type[AnyFrame], FrameHandler] = {
             **dict.fromkeys(GOSSIP_FRAMES, self._on_gossip_frame),
-            "dht": self._on_dht_frame,
-            "cureq": self._on_cureq_frame,
-            "cupage": self._on_cupage_frame,
-            "push": self._on_push_frame,
+            Dht: self._on_dht_frame,
+            CuReq: self._on_cureq_frame,
+            CuPage: self._on_cupage_frame,
+            Push: self._on_push_frame,
         }
 
     def start(self, now: float) -> None:
@@ -147,11 +173,11 @@ class Swarm:
             self.peer.storage.on_link_down(link.peer_id)
         self.peer.notify_changed()
 
-    def frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+    def frame(self, link: Link, frame: AnyFrame, raw: bytes) -> None:
         """One decoded frame: charged to the link, then handed to the behaviour owning it."""
-        owner = self._frame_owners.get(frame.type)
+        owner = self._frame_owners.get(type(frame))
         if owner is None:
-            raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame after the handshake")
+            raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.TYPE!r} frame after the handshake")
         if owner is not self._on_gossip_frame:
             refused = self.peer.router.admit(link.peer_id, len(raw), self.peer.now())
             if refused:
@@ -159,48 +185,34 @@ class Swarm:
                 return
         owner(link, frame, raw)
 
-    def _on_gossip_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
-        self.perform(
-            self.peer.router.handle_frame(
-                link.peer_id, frame, raw, self.peer.now(), self.peer.wall_ms()
-            )
-        )
-        if frame.type in _INTEREST_FRAMES:
-            self.peer.notify_changed()
-            if frame.type == "sub" and any(e[0] == PRESENCE_TOPIC for e in frame.fields["topics"]):
+    def _on_gossip_frame(self, link: Link, frame: AnyFrame, raw: bytes) -> None:
+        peer = self.peer
+        self.perform(peer.router.handle_frame(link.peer_id, frame, raw, peer.now(), peer.wall_ms()))
+        if isinstance(frame, Sub | Unsub):
+            peer.notify_changed()
+            if isinstance(frame, Sub) and any(t == PRESENCE_TOPIC for t, _ in frame.topics):
                 self.want_presence()  # the link now carries presence: announce ourselves
 
-    def _on_dht_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+    def _on_dht_frame(self, link: Link, frame: Dht, raw: bytes) -> None:
         if self.peer.bridge is not None:  # DHT off: requests go unanswered, time out at the asker
-            self.peer.bridge.on_message(link.peer_id, frame.fields["m"])
+            self.peer.bridge.on_message(link.peer_id, frame.message)
 
-    def _on_cureq_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
-        fields = frame.fields
+    def _on_cureq_frame(self, link: Link, frame: CuReq, raw: bytes) -> None:
         if self.peer.storage is not None:
-            self.peer.storage.on_request(link.peer_id, fields)
+            self.peer.storage.on_request(link.peer_id, frame)
         else:
-            link.enqueue(
-                encode_frame(
-                    "cupage",
-                    r=fields["r"],
-                    topic=fields["topic"],
-                    m=[],
-                    next=fields["after"],
-                    more=False,
-                    heads=[],
-                    err="not-carried",
-                )
-            )
+            refusal = CuPage(frame.r, frame.topic, (), frame.after, False, (), "not-carried")
+            link.enqueue(refusal.encode())
 
-    def _on_cupage_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+    def _on_cupage_frame(self, link: Link, frame: CuPage, raw: bytes) -> None:
         if self.peer.storage is not None:
-            self.peer.storage.on_page(link.peer_id, frame.fields)
+            self.peer.storage.on_page(link.peer_id, frame)
 
-    def _on_push_frame(self, link: Link, frame: Frame, raw: bytes) -> None:
+    def _on_push_frame(self, link: Link, frame: Push, raw: bytes) -> None:
         if self.peer.storage is not None:
-            self.peer.storage.on_push(link.peer_id, frame.fields["e"])
+            self.peer.storage.on_push(link.peer_id, frame.envelope)
         else:
-            self._on_push_memory(link.peer_id, frame.fields["e"])
+            self._on_push_memory(link.peer_id, frame.envelope)
 
     # -- performing decisions ------------------------------------------------------
 

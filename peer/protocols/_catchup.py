@@ -28,7 +28,6 @@ Rules kept here:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from peer.wire._envelope import (
@@ -40,7 +39,7 @@ from peer.wire._envelope import (
     split_wire,
 )
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import Map
+from peer.wire._frametypes import CuPage, CuReq
 from peer.wire._limits import MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
 
 NOT_CARRIED = "not-carried"
@@ -77,81 +76,9 @@ class PageSource(Protocol):
     def sender_heads(self, topic: str, limit: int = 256) -> list[tuple[bytes, int]]: ...
 
 
-@dataclass(frozen=True, slots=True)
-class PageRequest:
-    """The fields of a ``cureq`` frame."""
-
-    r: int
-    topic: str
-    after: int = 0
-    since: int = 0  # ms on the carrier's clock; 0: from the start of its log
-    limit: int = MAX_PAGE_MESSAGES
-    sender: bytes | None = None  # with first/last: one sender's range only
-    first: int = 0
-    last: int = 0
-
-    @classmethod
-    def from_fields(cls, f: Map) -> PageRequest:
-        return cls(
-            r=f["r"],
-            topic=f["topic"],
-            after=f["after"],
-            since=f["since"],
-            limit=f["limit"],
-            sender=f.get("sender"),
-            first=f.get("first", 0),
-            last=f.get("last", 0),
-        )
-
-    def fields(self) -> Map:
-        out: Map = {
-            "r": self.r,
-            "topic": self.topic,
-            "after": self.after,
-            "since": self.since,
-            "limit": self.limit,
-        }
-        if self.sender is not None:
-            out.update(sender=self.sender, first=self.first, last=self.last)
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """The fields of a ``cupage`` frame."""
-
-    r: int
-    topic: str
-    messages: list[bytes]
-    next: int
-    more: bool
-    heads: list[tuple[bytes, int]]
-    err: str | None = None
-
-    @classmethod
-    def from_fields(cls, f: Map) -> Page:
-        return cls(
-            r=f["r"],
-            topic=f["topic"],
-            messages=f["m"],
-            next=f["next"],
-            more=f["more"],
-            heads=[(s, n) for s, n in f["heads"]],
-            err=f.get("err"),
-        )
-
-    def fields(self) -> Map:
-        out: Map = {
-            "r": self.r,
-            "topic": self.topic,
-            "m": self.messages,
-            "next": self.next,
-            "more": self.more,
-            "heads": [[s, n] for s, n in self.heads],
-        }
-        if self.err is not None:
-            out["err"] = self.err
-        return out
+# The fields of a ``cureq`` and a ``cupage`` frame: the frame classes themselves.
+PageRequest = CuReq
+Page = CuPage
 
 
 def refusal(request: PageRequest, err: str) -> Page:

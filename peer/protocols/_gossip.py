@@ -34,7 +34,19 @@ from typing import Any
 
 from peer.wire._envelope import Envelope, message_id, open_envelope, split_wire
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._frames import Frame, encode_frame
+from peer.wire._frametypes import (
+    AnyFrame,
+    Error,
+    Graft,
+    IHave,
+    IWant,
+    Ping,
+    Pong,
+    Prune,
+    Pub,
+    Sub,
+    Unsub,
+)
 from peer.wire._limits import (
     MAX_IDS_PER_FRAME,
     MAX_INTEREST_HOPS,
@@ -219,7 +231,7 @@ class GossipRouter:
         if env.id in self._seen:
             return []
         self._remember(env.id, now)
-        frame = encode_frame("pub", e=env.wire)
+        frame = Pub(env.wire).encode()
         self._cache(env.id, env.route, frame)
         self.stats.published += 1
         actions: list[Action] = []
@@ -231,7 +243,7 @@ class GossipRouter:
     # -- network ---------------------------------------------------------------
 
     def handle_frame(
-        self, peer: bytes, frame: Frame, raw: bytes, now: float, wall_ms: int
+        self, peer: bytes, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
     ) -> list[Action]:
         """One decoded frame from ``peer``. ``raw`` is its plaintext bytes."""
         link = self._links.get(peer)
@@ -276,34 +288,33 @@ class GossipRouter:
             raise ProtocolError(ErrorCode.RATE, "frame or byte budget exceeded")
 
     def _dispatch(
-        self, peer: bytes, link: _Link, frame: Frame, raw: bytes, now: float, wall_ms: int
+        self, peer: bytes, link: _Link, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
     ) -> list[Action]:
-        f = frame.fields
-        match frame.type:
-            case "pub":
-                return self._on_pub(peer, f["e"], raw, now, wall_ms)
-            case "sub":
-                return self._on_sub(peer, link, f["topics"])
-            case "unsub":
-                return self._on_unsub(peer, link, f["topics"])
-            case "graft":
-                return self._on_graft(peer, f["topic"])
-            case "prune":
-                mesh = self._mesh.get(f["topic"])
+        match frame:
+            case Pub():
+                return self._on_pub(peer, frame.envelope, raw, now, wall_ms)
+            case Sub():
+                return self._on_sub(peer, link, frame.topics)
+            case Unsub():
+                return self._on_unsub(peer, link, frame.topics)
+            case Graft():
+                return self._on_graft(peer, frame.topic)
+            case Prune():
+                mesh = self._mesh.get(frame.topic)
                 if mesh is not None:
                     mesh.discard(peer)
                 return []
-            case "ihave":
-                return self._on_ihave(peer, f["ids"])
-            case "iwant":
-                return self._on_iwant(peer, link, f["ids"])
-            case "ping":
-                return [Send(peer, encode_frame("pong", n=f["n"]))]
-            case "pong":
+            case IHave():
+                return self._on_ihave(peer, frame.ids)
+            case IWant():
+                return self._on_iwant(peer, link, frame.ids)
+            case Ping():
+                return [Send(peer, Pong(frame.n).encode())]
+            case Pong():
                 return []
-            case "error":
-                return [Close(peer, ErrorCode.SHUTDOWN, f"peer said {f['code']}: {f['msg']}")]
-        raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame after the handshake")
+            case Error():
+                return [Close(peer, ErrorCode.SHUTDOWN, f"peer said {frame.code}: {frame.msg}")]
+        raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.TYPE!r} frame after the handshake")
 
     def _on_pub(
         self, peer: bytes, wire: bytes, raw: bytes, now: float, wall_ms: int
@@ -349,7 +360,9 @@ class GossipRouter:
         targets.difference_update(exclude)
         return targets
 
-    def _on_sub(self, peer: bytes, link: _Link, entries: list[list[Any]]) -> list[Action]:
+    def _on_sub(
+        self, peer: bytes, link: _Link, entries: tuple[tuple[str, int], ...]
+    ) -> list[Action]:
         changed: set[str] = set()
         for topic, hops in entries:
             if topic not in link.interest and len(link.interest) >= MAX_TOPICS_PER_PEER:
@@ -360,7 +373,7 @@ class GossipRouter:
                 changed.add(topic)
         return self._refresh(changed)
 
-    def _on_unsub(self, peer: bytes, link: _Link, topics: list[str]) -> list[Action]:
+    def _on_unsub(self, peer: bytes, link: _Link, topics: tuple[str, ...]) -> list[Action]:
         changed: set[str] = set()
         for topic in topics:
             if link.interest.pop(topic, None) is not None:
@@ -375,18 +388,18 @@ class GossipRouter:
             return []
         if len(mesh) >= self.params.mesh_high or not self.relay:
             self.stats.prunes += 1
-            return [Send(peer, encode_frame("prune", topic=topic))]
+            return [Send(peer, Prune(topic).encode())]
         mesh.add(peer)
         return []
 
-    def _on_ihave(self, peer: bytes, ids: list[bytes]) -> list[Action]:
-        wanted = [i for i in ids if i not in self._seen]
+    def _on_ihave(self, peer: bytes, ids: tuple[bytes, ...]) -> list[Action]:
+        wanted = tuple(i for i in ids if i not in self._seen)
         if not wanted:
             return []
         self.stats.iwant_sent += 1
-        return [Send(peer, encode_frame("iwant", ids=wanted))]
+        return [Send(peer, IWant(wanted).encode())]
 
-    def _on_iwant(self, peer: bytes, link: _Link, ids: list[bytes]) -> list[Action]:
+    def _on_iwant(self, peer: bytes, link: _Link, ids: tuple[bytes, ...]) -> list[Action]:
         actions: list[Action] = []
         for i in ids:
             if link.iwant_budget <= 0:
@@ -430,7 +443,7 @@ class GossipRouter:
         topics = sorted(topics)
         for peer in peers:
             link = self._links[peer]
-            subs: list[list[Any]] = []
+            subs: list[tuple[str, int]] = []
             unsubs: list[str] = []
             for topic in topics:
                 hops = self._distance_excluding(topic, peer)
@@ -441,15 +454,12 @@ class GossipRouter:
                     unsubs.append(topic)
                 else:
                     link.told[topic] = hops
-                    subs.append([topic, hops])
+                    subs.append((topic, hops))
             for i in range(0, len(subs), MAX_TOPICS_PER_FRAME):
-                actions.append(
-                    Send(peer, encode_frame("sub", topics=subs[i : i + MAX_TOPICS_PER_FRAME]))
-                )
+                actions.append(Send(peer, Sub(tuple(subs[i : i + MAX_TOPICS_PER_FRAME])).encode()))
             for i in range(0, len(unsubs), MAX_TOPICS_PER_FRAME):
-                actions.append(
-                    Send(peer, encode_frame("unsub", topics=unsubs[i : i + MAX_TOPICS_PER_FRAME]))
-                )
+                chunk = tuple(unsubs[i : i + MAX_TOPICS_PER_FRAME])
+                actions.append(Send(peer, Unsub(chunk).encode()))
         return actions
 
     # -- caches ----------------------------------------------------------------
@@ -501,7 +511,7 @@ class GossipRouter:
             elif silent > self._keepalive and link.ping_sent is None:
                 self._ping_n += 1
                 link.ping_sent = now
-                actions.append(Send(peer, encode_frame("ping", n=self._ping_n)))
+                actions.append(Send(peer, Ping(self._ping_n).encode()))
         return actions
 
     def _transit_candidates(self, topic: str) -> list[bytes]:
@@ -521,7 +531,7 @@ class GossipRouter:
                 for q in self._rng.sample(sorted(mesh), len(mesh) - p.mesh_degree):
                     mesh.discard(q)
                     self.stats.prunes += 1
-                    actions.append(Send(q, encode_frame("prune", topic=topic)))
+                    actions.append(Send(q, Prune(topic).encode()))
             else:
                 actions.extend(self._fill_mesh(topic))
             if not mesh and topic not in self._carriers:
@@ -539,7 +549,7 @@ class GossipRouter:
         for q in self._rng.sample(candidates, min(len(candidates), p.mesh_degree - len(mesh))):
             mesh.add(q)
             self.stats.grafts += 1
-            actions.append(Send(q, encode_frame("graft", topic=topic)))
+            actions.append(Send(q, Graft(topic).encode()))
         return actions
 
     def _gossip(self) -> list[Action]:
@@ -558,7 +568,7 @@ class GossipRouter:
             if not candidates:
                 continue
             chosen = self._rng.sample(candidates, min(len(candidates), self.params.gossip_degree))
-            frame = encode_frame("ihave", topic=topic, ids=ids[-MAX_IDS_PER_FRAME:])
+            frame = IHave(topic, tuple(ids[-MAX_IDS_PER_FRAME:])).encode()
             for q in chosen:
                 self.stats.ihave_sent += 1
                 actions.append(Send(q, frame))

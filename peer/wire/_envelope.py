@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ from nacl.exceptions import CryptoError
 
 from . import _cbor
 from ._errors import ErrorCode, ProtocolError
-from ._frames import Map, is_topic, need_bytes, need_text, need_uint
+from ._fields import Map, is_topic, need_bytes, need_text, need_uint
 from ._identity import (
     Identity,
     peer_id_of,
@@ -337,10 +338,20 @@ def open_envelope(
     if signed is None or sig is None:
         signed, sig = split_wire(wire)
     fields = _cbor.decode(signed, max_items=MAX_FRAME_ITEMS)
+    kind = _check_shape(fields)
+    key, topic = _check_log_fields(fields)
+    _KIND_CHECKS[kind](fields, key, topic)
+    if verify:
+        check_signature(key, signed, sig)
+    return _envelope(signed, fields, wire)
+
+
+def _check_shape(fields: object) -> str:
+    """The envelope's kind, once its map has only that kind's keys and version 1."""
     if not isinstance(fields, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "signed part is a CBOR map")
     kind = fields.get("kind")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a list or map is not hashable
         raise ProtocolError(ErrorCode.MALFORMED, f"unknown message kind {kind!r:.40}")
     extra = fields.keys() - _SIGNED_KEYS[kind]
     if extra:
@@ -350,6 +361,11 @@ def open_envelope(
     version = fields.get("v")
     if type(version) is not int or version != 1:
         raise ProtocolError(ErrorCode.VERSION, "unknown envelope version")
+    return kind
+
+
+def _check_log_fields(fields: Map) -> tuple[bytes, str]:
+    """The fields every kind has (author, place in its log, topic): ``(key, topic)``."""
     key = need_bytes(fields, "from", 32)
     seq = need_uint(fields, "seq")
     need_uint(fields, "ts")
@@ -361,37 +377,49 @@ def open_envelope(
     if not is_topic(topic):
         raise ProtocolError(ErrorCode.MALFORMED, "bad topic")
     assert isinstance(topic, str)
-    if kind == "msg":
-        if "/" in topic:
-            raise ProtocolError(ErrorCode.MALFORMED, "a message goes to a channel topic")
-        _check_content(fields)
-    elif kind == "dm":
-        to = need_bytes(fields, "to", 32)
-        box = need_bytes(fields, "box", max_size=MAX_ENVELOPE)
-        if len(box) < 24 + 16:
-            raise ProtocolError(ErrorCode.MALFORMED, "DM box too short")
-        if topic != dm_topic(peer_id_of(key), to):
-            raise ProtocolError(ErrorCode.MALFORMED, "DM topic does not match its peers")
-    elif kind == "receipt":
-        to = need_bytes(fields, "to", 32)
-        if topic != dm_topic(peer_id_of(key), to):
-            raise ProtocolError(ErrorCode.MALFORMED, "receipt topic does not match its peers")
-        ids = fields.get("ids")
-        if (
-            not isinstance(ids, list)
-            or not 1 <= len(ids) <= MAX_RECEIPT_IDS
-            or not all(isinstance(i, bytes) and len(i) == 32 for i in ids)
-        ):
-            raise ProtocolError(
-                ErrorCode.MALFORMED, f"receipt ids: 1..{MAX_RECEIPT_IDS} 32-byte ids"
-            )
-    else:
-        if topic != PRESENCE_TOPIC:
-            raise ProtocolError(ErrorCode.MALFORMED, "presence goes to sys/presence")
-        need_bytes(fields, "payload", max_size=4096)
-    if verify:
-        check_signature(key, signed, sig)
-    return _envelope(signed, fields, wire)
+    return key, topic
+
+
+def _check_msg(fields: Map, key: bytes, topic: str) -> None:
+    if "/" in topic:
+        raise ProtocolError(ErrorCode.MALFORMED, "a message goes to a channel topic")
+    _check_content(fields)
+
+
+def _check_dm(fields: Map, key: bytes, topic: str) -> None:
+    to = need_bytes(fields, "to", 32)
+    box = need_bytes(fields, "box", max_size=MAX_ENVELOPE)
+    if len(box) < 24 + 16:
+        raise ProtocolError(ErrorCode.MALFORMED, "DM box too short")
+    if topic != dm_topic(peer_id_of(key), to):
+        raise ProtocolError(ErrorCode.MALFORMED, "DM topic does not match its peers")
+
+
+def _check_receipt(fields: Map, key: bytes, topic: str) -> None:
+    to = need_bytes(fields, "to", 32)
+    if topic != dm_topic(peer_id_of(key), to):
+        raise ProtocolError(ErrorCode.MALFORMED, "receipt topic does not match its peers")
+    ids = fields.get("ids")
+    if (
+        not isinstance(ids, list)
+        or not 1 <= len(ids) <= MAX_RECEIPT_IDS
+        or not all(isinstance(i, bytes) and len(i) == 32 for i in ids)
+    ):
+        raise ProtocolError(ErrorCode.MALFORMED, f"receipt ids: 1..{MAX_RECEIPT_IDS} 32-byte ids")
+
+
+def _check_presence(fields: Map, key: bytes, topic: str) -> None:
+    if topic != PRESENCE_TOPIC:
+        raise ProtocolError(ErrorCode.MALFORMED, "presence goes to sys/presence")
+    need_bytes(fields, "payload", max_size=4096)
+
+
+_KIND_CHECKS: dict[str, Callable[[Map, bytes, str], None]] = {
+    "msg": _check_msg,
+    "dm": _check_dm,
+    "receipt": _check_receipt,
+    "presence": _check_presence,
+}
 
 
 def check_signature(key: bytes, signed: bytes, sig: bytes) -> None:

@@ -54,7 +54,8 @@ except ImportError:  # a PyNaCl without it: use the checked public bindings
     _ffi = _lib = None
 
 from ._errors import ErrorCode, ProtocolError
-from ._frames import Map, decode_frame, encode_frame
+from ._frames import decode_frame
+from ._frametypes import Auth, Error, Hello
 from ._identity import Identity, peer_id_of, verify_signature
 from ._limits import MAX_HANDSHAKE_RECORD, PROTOCOL_VERSIONS
 
@@ -73,6 +74,30 @@ class SelfConnection(ProtocolError):
 
     def __init__(self) -> None:
         super().__init__(ErrorCode.AUTH, self.MESSAGE)
+
+
+class PeerRefused(ProtocolError):
+    """The other side refused the handshake with an ``error`` frame.
+
+    ``code`` is ``unexpected``; ``remote_code`` and ``remote_msg`` are what it
+    sent. Nothing is to be sent back: the other side has closed.
+    """
+
+    def __init__(self, remote_code: str, remote_msg: str) -> None:
+        super().__init__(ErrorCode.UNEXPECTED, f"peer refused: {remote_code}: {remote_msg}")
+        self.remote_code = remote_code
+        self.remote_msg = remote_msg
+
+
+def _refused_by(frame: Error) -> ProtocolError:
+    """The error to raise for an ``error`` frame received during the handshake.
+
+    The one refusal told apart by its text is the self-connection, as
+    handshake.md defines it: code ``auth``, message ``connected to ourselves``.
+    """
+    if (frame.code, frame.msg) == (ErrorCode.AUTH.value, SelfConnection.MESSAGE):
+        return SelfConnection()  # we dialled our own address
+    return PeerRefused(frame.code, frame.msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +146,7 @@ class Handshake:
         self._nonce = random(32)
         self._state = _State.START
         self._my_hello = b""
-        self._their_hello: Map = {}
+        self._their_hello: Hello | None = None
         self._their_hello_bytes = b""
         self._version = 0
         self._transcript = b""
@@ -132,21 +157,20 @@ class Handshake:
         return self._state is _State.DONE
 
     def _hello(self, versions: tuple[int, ...]) -> bytes:
-        return encode_frame(
-            "hello",
-            versions=list(versions),
+        return Hello(
+            versions=versions,
             id=self._identity.peer_id,
             pk=self._identity.public_key,
             eph=self._eph_public,
             nonce=self._nonce,
-            caps=list(self._caps),
-            listen=list(self._listen),
+            caps=self._caps,
+            listen=self._listen,
             agent=AGENT,
-        )
+        ).encode()
 
     def _auth(self) -> bytes:
         role = "initiator" if self.initiator else "responder"
-        return encode_frame("auth", sig=self._identity.sign(AUTH_TAG[role] + self._transcript))
+        return Auth(self._identity.sign(AUTH_TAG[role] + self._transcript)).encode()
 
     def start(self) -> list[bytes]:
         """The initiator's first record."""
@@ -161,38 +185,31 @@ class Handshake:
         if len(record) > MAX_HANDSHAKE_RECORD:
             raise ProtocolError(ErrorCode.TOO_LARGE, "handshake record too large")
         frame = decode_frame(record, MAX_HANDSHAKE_RECORD)
-        if frame.type == "error":
-            if (frame.fields["code"], frame.fields["msg"]) == (
-                ErrorCode.AUTH.value,
-                SelfConnection.MESSAGE,
-            ):
-                raise SelfConnection()  # we dialled our own address
-            raise ProtocolError(
-                ErrorCode.UNEXPECTED,
-                f"peer refused: {frame.fields['code']}: {frame.fields['msg']}",
-            )
-        if self._state is _State.START and not self.initiator and frame.type == "hello":
-            return self._on_initiator_hello(frame.fields, record)
-        if self._state is _State.SENT_HELLO and frame.type == "hello":
-            self._on_responder_hello(frame.fields, record)
-            return []
-        if self._state is _State.WAIT_AUTH and frame.type == "auth":
-            return self._on_auth(frame.fields)
-        raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.type!r} frame during handshake")
+        match frame:
+            case Error():
+                raise _refused_by(frame)
+            case Hello() if self._state is _State.START and not self.initiator:
+                return self._on_initiator_hello(frame, record)
+            case Hello() if self._state is _State.SENT_HELLO:
+                self._on_responder_hello(frame, record)
+                return []
+            case Auth() if self._state is _State.WAIT_AUTH:
+                return self._on_auth(frame)
+        raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.TYPE!r} frame during handshake")
 
-    def _check_identity(self, hello: Map) -> None:
-        if peer_id_of(hello["pk"]) != hello["id"]:
+    def _check_identity(self, hello: Hello) -> None:
+        if peer_id_of(hello.pk) != hello.id:
             raise ProtocolError(ErrorCode.AUTH, "claimed peer id does not match the key")
-        if hello["id"] == self._identity.peer_id:
+        if hello.id == self._identity.peer_id:
             raise SelfConnection()
-        if self._expect is not None and hello["id"] != self._expect:
+        if self._expect is not None and hello.id != self._expect:
             raise ProtocolError(ErrorCode.AUTH, "peer id is not the one we dialled")
 
-    def _on_initiator_hello(self, hello: Map, raw: bytes) -> list[bytes]:
+    def _on_initiator_hello(self, hello: Hello, raw: bytes) -> list[bytes]:
         self._check_identity(hello)
-        common = set(hello["versions"]) & set(self._versions)
+        common = set(hello.versions) & set(self._versions)
         if not common:
-            raise ProtocolError(ErrorCode.VERSION, f"no common version in {hello['versions']}")
+            raise ProtocolError(ErrorCode.VERSION, f"no common version in {list(hello.versions)}")
         self._version = max(common)
         self._their_hello, self._their_hello_bytes = hello, raw
         self._my_hello = self._hello((self._version,))
@@ -200,20 +217,21 @@ class Handshake:
         self._state = _State.WAIT_AUTH
         return [self._my_hello, self._auth()]
 
-    def _on_responder_hello(self, hello: Map, raw: bytes) -> None:
+    def _on_responder_hello(self, hello: Hello, raw: bytes) -> None:
         self._check_identity(hello)
-        chosen = hello["versions"]
+        chosen = hello.versions
         if len(chosen) != 1 or chosen[0] not in self._versions:
-            raise ProtocolError(ErrorCode.VERSION, f"responder chose {chosen}")
+            raise ProtocolError(ErrorCode.VERSION, f"responder chose {list(chosen)}")
         self._version = chosen[0]
         self._their_hello, self._their_hello_bytes = hello, raw
         self._transcript = _transcript(self._my_hello, raw)
         self._state = _State.WAIT_AUTH
 
-    def _on_auth(self, auth: Map) -> list[bytes]:
+    def _on_auth(self, auth: Auth) -> list[bytes]:
         their_role = "responder" if self.initiator else "initiator"
         signed = AUTH_TAG[their_role] + self._transcript
-        if not verify_signature(self._their_hello["pk"], signed, auth["sig"]):
+        assert self._their_hello is not None
+        if not verify_signature(self._their_hello.pk, signed, auth.sig):
             raise ProtocolError(ErrorCode.AUTH, "handshake signature does not verify")
         out = [self._auth()] if self.initiator else []
         self._finish()
@@ -221,8 +239,9 @@ class Handshake:
 
     def _finish(self) -> None:
         hello = self._their_hello
+        assert hello is not None
         try:
-            shared = bytes(crypto_scalarmult(self._eph_secret, hello["eph"]))
+            shared = bytes(crypto_scalarmult(self._eph_secret, hello.eph))
         except (CryptoError, RuntimeError, ValueError):
             raise ProtocolError(ErrorCode.AUTH, "bad ephemeral key") from None
         if shared == bytes(32):
@@ -230,14 +249,14 @@ class Handshake:
         i2r = _kdf(shared, self._transcript, b"i2r")
         r2i = _kdf(shared, self._transcript, b"r2i")
         send, recv = (i2r, r2i) if self.initiator else (r2i, i2r)
-        plaintext = PLAINTEXT_CAP in self._caps and PLAINTEXT_CAP in hello["caps"]
+        plaintext = PLAINTEXT_CAP in self._caps and PLAINTEXT_CAP in hello.caps
         self.result = HandshakeResult(
-            peer_id=hello["id"],
-            public_key=hello["pk"],
+            peer_id=hello.id,
+            public_key=hello.pk,
             version=self._version,
-            caps=tuple(hello["caps"]),
-            listen=tuple(hello["listen"]),
-            agent=hello["agent"],
+            caps=hello.caps,
+            listen=hello.listen,
+            agent=hello.agent,
             transcript_hash=self._transcript,
             cipher=PlaintextCipher() if plaintext else LinkCipher(send, recv),
         )
