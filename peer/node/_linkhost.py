@@ -256,6 +256,8 @@ class LinkHost:
             if self.dht is not None:
                 self.dht.link_down(link.peer_id)
                 self._update_relays()
+            if self.storage is not None:
+                self.storage.on_link_down(link.peer_id)
         self.counters.links_closed += 1
         link.closed.set()
         self._notify_links()

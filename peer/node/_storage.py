@@ -12,7 +12,7 @@ performs, with a ``store.StoreService``, what the protocol modules decide:
   ``/send`` after a durable commit, sequence numbers per (sender, topic)
   survive restarts, and the sender carries its own messages.
 * DM delivery (outbox, receipts, pushes) is ``peer.node._delivery``'s part,
-  catch-up (carrying and walking) ``peer.node._catchuphost``'s.
+  catch-up the composed ``_catchuphost.CatchUpService`` (``catchup_service``).
 * Until the first catch-up walk of a kept topic ends, its live messages wait
   in memory, so a sender's older messages come before its newer ones.
 
@@ -53,7 +53,7 @@ from store import (
     StoreService,
 )
 
-from ._catchuphost import ALIVE_KEY, STORE_CAP, CatchUpHost
+from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryHost
 from ._inbox import InboxMessage, PeerInfo
 
@@ -162,7 +162,7 @@ def _inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:
     )
 
 
-class Storage(DeliveryHost, CatchUpHost):
+class Storage(DeliveryHost):
     """The persistent half of a ``Peer``; see the module docstring."""
 
     def __init__(self, peer: Peer, service: StoreService) -> None:
@@ -177,7 +177,14 @@ class Storage(DeliveryHost, CatchUpHost):
         self._new_peers_wanted = trio.Event()
         self._held: dict[str, list[tuple[Envelope, bool]]] = {}  # topic -> live, waiting
         self._init_delivery()
-        self._init_catch_up()
+        self.catchup_service = CatchUpService(
+            peer,
+            service,
+            log=self.log,
+            counters=self.counters,
+            accept_many=self.accept_many,
+            release=self.release,
+        )
 
     @property
     def store(self) -> MessageStore:
@@ -223,9 +230,7 @@ class Storage(DeliveryHost, CatchUpHost):
             if peer_id != peer.peer_id and len(public_key) == 32:
                 peer.directory.see(peer_id, public_key, 0)
         peer.directory.on_new = self._note_peer
-        alive = await self.service.read(lambda s: s.get_state(ALIVE_KEY))
-        self._prev_alive = int(alive.decode()) if alive else 0
-        self._started_ms = peer.wall_ms()
+        await self.catchup_service.load()
         raw = await self.service.read(lambda s: s.get_state(CHANNELS_KEY))
         channels = [] if raw is None else [c for c in _cbor.decode(raw) if isinstance(c, str)]
         self.log.info(
@@ -263,7 +268,7 @@ class Storage(DeliveryHost, CatchUpHost):
             if self._held:
                 nursery.start_soon(self._release_all_after, HOLD_AT_MOST)
             nursery.start_soon(self._peer_key_loop)
-            nursery.start_soon(self._alive_loop)
+            nursery.start_soon(self.catchup_service.run)
             nursery.start_soon(self._accept_loop)
             nursery.start_soon(self._receipt_loop)
             nursery.start_soon(self._outbox_loop)
@@ -314,7 +319,30 @@ class Storage(DeliveryHost, CatchUpHost):
     @property
     def returning(self) -> bool:
         """This store has run before: there may be something to catch up."""
-        return self._prev_alive > 0
+        return self.catchup_service.returning
+
+    @property
+    def catchup(self) -> dict[str, TopicCatchUp]:
+        return self.catchup_service.catchup
+
+    def on_request(self, link_peer: bytes, fields: dict[str, Any]) -> None:
+        self.catchup_service.on_request(link_peer, fields)
+
+    def on_page(self, link_peer: bytes, fields: dict[str, Any]) -> None:
+        self.catchup_service.on_page(link_peer, fields)
+
+    def on_link_up(self, peer_id: bytes, caps: tuple[str, ...]) -> None:
+        self.wake_outbox(peer_id)
+        self.catchup_service.on_link_up(peer_id, caps)
+
+    def on_link_down(self, peer_id: bytes) -> None:
+        self.catchup_service.on_link_down(peer_id)
+
+    async def note_subscribed(self, topic: str) -> None:
+        await self.catchup_service.note_subscribed(topic)
+
+    async def catch_up_all(self, topics: list[str]) -> None:
+        self.catchup_service.catch_up_all(topics)
 
     def hold_live(self, topics: Iterable[str]) -> None:
         for topic in topics:
