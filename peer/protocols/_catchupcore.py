@@ -222,9 +222,14 @@ class CatchUpCore:
         self.carriers.discard(peer)
         self._queued = [key for key in self._queued if key[0] != peer]
         out: list[Command] = []
-        for walk in [w for w in self._walks.values() if w.carrier == peer and w.phase == "loading"]:
-            out += self._end(walk, now)
-        for _, token in self.requests.drop_peer(peer):
+        for walk in [w for w in self._walks.values() if w.carrier == peer]:
+            if walk.phase == "loading":
+                out += self._end(walk, now)
+            elif walk.phase == "paging":  # what was received is still stored
+                if walk.asking is not None:
+                    self.requests.cancel(walk.asking.r)
+                out += self._no_answer(walk.id, now)
+        for _, token in self.requests.drop_peer(peer):  # the shell's asks
             out += self._no_answer(token, now)
         return out
 
@@ -332,7 +337,8 @@ class CatchUpCore:
             walk.next_after = after  # asked for once a page is stored
             return []
         walk.next_after = None
-        rid = self.requests.start(walk.carrier, now, walk.id)
+        linked = walk.carrier in self.carriers
+        rid = self.requests.start(walk.carrier, now, walk.id) if linked else None
         if rid is None:
             walk.fetched = True
             return self._settle(walk, now)
