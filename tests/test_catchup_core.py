@@ -300,7 +300,9 @@ def test_walks_of_one_topic_run_one_at_a_time_and_again_when_asked() -> None:
 def test_a_refusal_ends_the_walk_without_release() -> None:
     core = CatchUpCore(lambda: ["general"])
     core.on_link_up(CARRIER, STORE, 0.0)
+    assert "general" not in core.stats
     [send] = core.walk_ready(1, 0, 5, 0.0)
+    assert "general" in core.stats  # shows in /status from the walk's start
     assert isinstance(send, SendRequest)
     busy = Page(send.request.r, "general", [], 0, False, [], BUSY)
     assert core.on_frame(CARRIER, "cupage", wire("cupage", busy.fields()), 1.0) == []

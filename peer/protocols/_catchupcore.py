@@ -330,6 +330,7 @@ class CatchUpCore:
             return []
         walk.phase = "paging"
         walk.since = since
+        self.stats[walk.topic]  # a topic being caught up shows in /status at once
         return self._ask_next(walk, after, now)
 
     def _ask_next(self, walk: _Walk, after: int, now: float) -> list[Command]:
