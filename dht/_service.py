@@ -2,9 +2,11 @@
 
 ``DhtService`` performs what :class:`DhtNode` decides. Requests travel in the
 peer's ``dht`` frames over links that are already authenticated and
-encrypted, matched to their replies by request id, so many RPCs share one
-link; a lookup that needs a node we have no link to asks the host to dial it
-once (the link then stays up for gossip too, within the peer's link limit).
+encrypted, matched to their replies by request id and link (a
+``peer.wire._requests.RequestMatcher``, whose ids replace the node's), so
+many RPCs share one link; a lookup that needs a node we have no link to
+asks the host to dial it once (the link then stays up for gossip too,
+within the peer's link limit).
 
 The host (the peer) is reached only through :class:`LinkHost`, so this module
 knows nothing of WebSockets. Time: trio's clock for timeouts; for records the
@@ -14,11 +16,15 @@ clock so that ``MockClock`` drives both.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol, TypeGuard
 
 import trio
 
+from peer.wire._requests import RequestMatcher
+
+from ._config import MAX_REQUEST_ID
 from ._contact import Contact
 from ._lookup import Lookup, PeerLookup, ProviderLookup
 from ._node import DhtNode, Publication
@@ -64,7 +70,9 @@ class LinkHost(Protocol):
     def wall_time(self) -> float: ...
 
 
-class _Pending:
+class _Slot:
+    """Where a request's reply lands; the waiting ``request`` call wakes on ``done``."""
+
     __slots__ = ("done", "response")
 
     def __init__(self) -> None:
@@ -77,7 +85,14 @@ class DhtService:
         self.node = node
         self.host = host
         self.log = log
-        self._pending: dict[tuple[bytes, int], _Pending] = {}
+        # Replies are matched by rid and by the link they came on; ids are the
+        # matcher's (from a random start, as the node's were), timeouts its deadlines.
+        self._pending: RequestMatcher[_Slot] = RequestMatcher(
+            node.config.rpc_timeout,
+            capacity=MAX_PENDING,
+            max_id=MAX_REQUEST_ID,
+            first=node.next_rid(),
+        )
         self._joined = trio.Event()
         self._contacts_changed = trio.Event()
         self.lookups_run = 0
@@ -91,8 +106,8 @@ class DhtService:
             self._observe(contact)
 
     def link_down(self, peer_id: bytes) -> None:
-        for key in [k for k in self._pending if k[0] == peer_id]:
-            self._pending.pop(key).done.set()
+        for _, slot in self._pending.drop_peer(peer_id):
+            slot.done.set()
 
     def on_message(self, peer_id: bytes, payload: bytes) -> None:
         """A ``dht`` frame from a link. ProtocolError propagates: the caller closes the link."""
@@ -107,7 +122,7 @@ class DhtService:
                 self._changed(sender)
             self.host.send_dht(peer_id, encode_message(response))
             return
-        slot = self._pending.pop((peer_id, msg.rid), None)
+        slot = self._pending.resolve(peer_id, msg.rid)
         if slot is not None and answers_any(msg):
             slot.response = msg
             slot.done.set()
@@ -134,15 +149,21 @@ class DhtService:
                 linked = await self.host.connect(contact)
             if not linked:
                 return None
-        key = (contact.id, req.rid)
-        slot = self._pending[key] = _Pending()
-        if not self.host.send_dht(contact.id, encode_message(req)):
-            self._pending.pop(key, None)
+        slot = _Slot()
+        rid = self._pending.start(contact.id, trio.current_time(), slot)
+        if rid is None:
             return None
-        with trio.move_on_after(self.node.config.rpc_timeout):
-            await slot.done.wait()
-        self._pending.pop(key, None)
-        return slot.response
+        try:
+            wire = encode_message(dataclasses.replace(req, rid=rid))
+            if not self.host.send_dht(contact.id, wire):
+                return None
+            deadline = self._pending.deadline(rid)
+            assert deadline is not None
+            with trio.move_on_at(deadline):
+                await slot.done.wait()
+            return slot.response
+        finally:
+            self._pending.cancel(rid)
 
     async def run_lookup(self, lookup: Lookup) -> Lookup:
         """Drive ``lookup`` to its end: alpha requests in flight, replies fed back."""

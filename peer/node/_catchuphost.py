@@ -1,28 +1,32 @@
-"""Catch-up in the peer's Trio shell: answering ``cureq`` and walking carriers' logs.
+"""Catch-up in the peer's Trio shell: performing what ``CatchUpCore`` decides.
 
-``CatchUpHost`` is a part of ``peer.node._storage.Storage``; the protocol decisions
-(pages, their checks, gaps) are ``peer.protocols._catchup``'s. Rules kept here:
+``CatchUpService`` is owned by ``peer.node._storage.Storage``. The decisions
+(serving queues, which walks run, pages asked ahead, timeouts, matching
+replies) are ``peer.protocols._catchupcore``'s; the pages and their checks
+``peer.protocols._catchup``'s. Rules kept here:
 
-* Carrying: ``cureq`` frames are answered from the log in a reader thread,
-  one at a time per link; more than a few queued get ``busy``.
-* Walking: when a link to a storing peer comes up, every topic we keep is
-  asked for, page by page, from a cursor kept per (carrier, topic), so a
-  broken walk resumes where it stopped; the cursor moves in the commit that
-  stores the page's messages. The next pages are asked for while one is
-  checked and stored (``PAGES_AHEAD``). Walks of one topic run one at a time.
-* The last page names the carrier's highest sequence per sender; what we
-  still lack is asked for from every other carrier, and what nobody has is
-  reported as missed.
+* Events (``cureq``/``cupage`` frames, links up and down, the timer) are fed
+  to the core with ``peer.now()``; the commands it returns that need no
+  waiting (sending a frame, releasing held messages, answering an ``ask``)
+  are performed at once, the others go through one bounded channel to
+  ``run``, which starts each as a task in the one nursery it owns. No task
+  is started from a callback and nothing polls.
+* Store work: pages are built in a reader thread, checked in a worker
+  thread, and stored with their cursor move in one commit
+  (``accept_many(..., then=...)``).
+* Gap filling (the heads of a walk's last page against what we hold) is one
+  procedure here, asking carriers through the core (``ask``/``Answer``);
+  what nobody has is reported as missed.
+* We note every ``ALIVE_INTERVAL`` seconds that we are running, so a restart
+  catches up from there.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections import defaultdict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -33,117 +37,154 @@ from peer.protocols._catchup import (
     build_page,
     check_page,
     missing_ranges,
+    refusal,
+)
+from peer.protocols._catchupcore import (
+    PAGE_TIMEOUT,
+    PAGES_AHEAD,
+    STORE_CAP,
+    Answer,
+    CatchUpCore,
+    CheckAndStore,
+    Command,
+    FillGaps,
+    ReadCursor,
+    ReadPage,
+    Release,
+    SendPage,
+    SendRequest,
+    TopicCatchUp,
+    Unmatched,
 )
 from peer.wire._envelope import Envelope, inbox_topic
 from peer.wire._errors import ErrorCode, ProtocolError
-from peer.wire._limits import MAX_PAGE_MESSAGES, MAX_REQUEST_ID
-from store import MessageStore, StoreError
+from store import MessageStore, StoreError, StoreService
 
 if TYPE_CHECKING:
-    from store import StoreService
-
     from ._node import Peer
-    from ._options import PeerOptions
     from ._storage import StorageCounters
 
-STORE_CAP = "store"
 ALIVE_KEY = "alive"
 ALIVE_INTERVAL = 10.0
-PAGE_TIMEOUT = 20.0
 SINCE_MARGIN_MS = 120_000  # clocks of carriers and ours differ; duplicates are cheap
 MAX_GAP_SENDERS = 64
-PAGES_AHEAD = 2  # pages of a walk asked for before the one being checked and stored
+COMMAND_QUEUE = 4096  # commands waiting for a task; bounded by links and walks in practice
 
 
-@dataclass
-class TopicCatchUp:
-    """What catching up on one topic has found, for ``/status``."""
 
-    received: int = 0
-    duplicates: int = 0
-    pages: int = 0
-    carriers: set[str] = field(default_factory=set)
-    missed: dict[str, int] = field(default_factory=dict)  # sender hex -> messages no one had
-    last_ms: int = 0
+class AcceptMany(Protocol):
+    """``Storage.accept_many``: store envelopes (and ``then``) in one commit; the new count."""
 
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "received": self.received,
-            "duplicates": self.duplicates,
-            "pages": self.pages,
-            "carriers": sorted(self.carriers),
-            "missed": dict(self.missed),
-            "last": self.last_ms,
-        }
+    async def __call__(
+        self, envelopes: Iterable[Envelope], then: Callable[[MessageStore], None] | None = None
+    ) -> int: ...
 
 
-class CatchUpHost:
-    """The catch-up half of ``Storage``: serving pages and walking carriers."""
+class _Waiter:
+    """A request of the gap-filling procedure, answered by an ``Answer`` command."""
 
-    if TYPE_CHECKING:
-        peer: Peer
-        service: StoreService
-        options: PeerOptions
-        log: Any
-        counters: StorageCounters
+    __slots__ = ("answer", "done")
 
-        @property
-        def store(self) -> MessageStore: ...
-        def release(self, topic: str) -> None: ...
-        def wake_outbox(self, peer_id: bytes) -> None: ...
-        async def accept_many(
-            self,
-            envelopes: Iterable[Envelope],
-            then: Callable[[MessageStore], None] | None = None,
-        ) -> int: ...
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.answer: tuple[PageRequest, Page] | None = None
 
-    def _init_catch_up(self) -> None:
-        self.catchup: defaultdict[str, TopicCatchUp] = defaultdict(TopicCatchUp)
-        self._requests: dict[int, tuple[bytes, trio.MemorySendChannel[Page]]] = {}
-        self._next_request = 1
-        self._serving: dict[bytes, trio.MemorySendChannel[PageRequest]] = {}
-        self._walking: dict[tuple[bytes, str], bool] = {}  # running walks: wanted again?
-        self._topic_locks: dict[str, trio.Lock] = {}
-        self._prev_alive = 0  # wall ms our previous run last noted it was running
-        self._started_ms = 0
 
-    # -- carrying: answering cureq ---------------------------------------------------------
+class CatchUpService:
+    """Serving pages and walking carriers for a ``Storage``; see the module docstring."""
+
+    def __init__(
+        self,
+        peer: Peer,
+        service: StoreService,
+        *,
+        log: Any,
+        counters: StorageCounters,
+        accept_many: AcceptMany,
+        release: Callable[[str], None],
+    ) -> None:
+        self.peer = peer
+        self.service = service
+        self.log = log
+        self.counters = counters
+        self.accept_many = accept_many
+        self.release = release
+        self.relay_only = peer.options.relay_only
+        self.verify = not peer.options.bench_no_verify
+        self.core = CatchUpCore(self.kept_topics)
+        self._commands, self._todo = trio.open_memory_channel[Command](COMMAND_QUEUE)
+        self._armed = trio.Event()  # a request went out: the timer has a deadline
+        self.prev_alive = 0  # wall ms our previous run last noted it was running
+        self.started_ms = 0
+        self.lost_commands = 0
+
+    @property
+    def catchup(self) -> dict[str, TopicCatchUp]:
+        return self.core.stats
+
+    @property
+    def returning(self) -> bool:
+        """This store has run before: there may be something to catch up."""
+        return self.prev_alive > 0
+
+    def kept_topics(self) -> list[str]:
+        if self.relay_only:
+            return []
+        return [inbox_topic(self.peer.peer_id), *sorted(self.peer.channels)]
+
+    async def load(self) -> None:
+        alive = await self.service.read(lambda s: s.get_state(ALIVE_KEY))
+        self.prev_alive = int(alive.decode()) if alive else 0
+        self.started_ms = self.peer.wall_ms()
+
+    # -- events --------------------------------------------------------------------------
 
     def on_request(self, link_peer: bytes, request: PageRequest) -> None:
-        queue = self._serving.get(link_peer)
-        if queue is None:
-            send, recv = trio.open_memory_channel[PageRequest](4)
-            self._serving[link_peer] = send
-            self.peer.nursery.start_soon(self._serve, link_peer, recv)
-            queue = send
-        try:
-            queue.send_nowait(request)
-        except trio.WouldBlock:
-            self._answer(
-                link_peer, Page(request.r, request.topic, [], request.after, False, [], "busy")
-            )
+        self._feed(self.core.on_frame(link_peer, request, self.peer.now()))
 
-    async def _serve(
-        self, link_peer: bytes, requests: trio.MemoryReceiveChannel[PageRequest]
-    ) -> None:
-        try:
-            while link_peer in self.peer.links:
-                with trio.move_on_after(30):
-                    request = await requests.receive()
-                    try:
-                        page = await self.service.read(
-                            functools.partial(build_page, request=request, requester=link_peer)
-                        )
-                    except (StoreError, ValueError) as exc:
-                        self.log.warning("catch-up request failed", error=str(exc))
-                        page = Page(
-                            request.r, request.topic, [], request.after, False, [], NOT_CARRIED
-                        )
-                    self._answer(link_peer, page)
-                    continue
-                break  # idle: the task ends, a later request starts another
-        finally:
-            del self._serving[link_peer]
+    def on_page(self, link_peer: bytes, page: Page) -> None:
+        self._feed(self.core.on_frame(link_peer, page, self.peer.now()))
+
+    def on_link_up(self, peer_id: bytes, caps: Sequence[str]) -> None:
+        self._feed(self.core.on_link_up(peer_id, caps, self.peer.now()))
+
+    def on_link_down(self, peer_id: bytes) -> None:
+        self._feed(self.core.on_link_down(peer_id, self.peer.now()))
+
+    def catch_up_all(self, topics: Sequence[str]) -> None:
+        """Catch up ``topics`` from every linked carrier (on subscribe)."""
+        self._feed(self.core.catch_up(list(self.core.carriers), topics, self.peer.now()))
+
+    # -- performing commands -----------------------------------------------------------------
+
+    def _feed(self, commands: Iterable[Command]) -> None:
+        for command in commands:
+            if isinstance(command, (ReadPage, ReadCursor, CheckAndStore, FillGaps)):
+                try:
+                    self._commands.send_nowait(command)
+                except trio.WouldBlock:
+                    self.lost_commands += 1
+                    self.log.error("catch-up command queue full", command=type(command).__name__)
+            else:
+                self._perform(command)
+
+    def _perform(self, command: Command) -> None:
+        match command:
+            case SendPage(peer, page):
+                self._answer(peer, page)
+            case SendRequest(peer, request):
+                link = self.peer.links.get(peer)
+                self._armed.set()
+                if link is None or not link.enqueue(request.encode()):
+                    self._feed(self.core.request_failed(peer, request.r, self.peer.now()))
+            case Release(topic):
+                self.release(topic)
+            case Answer(token, request, page):
+                assert isinstance(token, _Waiter)
+                token.answer = None if page is None else (request, page)
+                token.done.set()
+            case Unmatched():
+                self.counters.bad_pages += 1  # unsolicited or late: ignored
 
     def _answer(self, link_peer: bytes, page: Page) -> None:
         if page.err is None:
@@ -154,84 +195,81 @@ class CatchUpHost:
         if link is not None and not link.enqueue(page.encode()):
             link.close(ErrorCode.SLOW, "not reading catch-up pages")
 
-    # -- catching up: asking carriers ----------------------------------------------------------
-
-    def on_page(self, link_peer: bytes, page: Page) -> None:
-        waiting = self._requests.get(page.r)
-        if waiting is None or waiting[0] != link_peer:
-            self.counters.bad_pages += 1
-            return  # unsolicited or late: ignored
-        try:
-            waiting[1].send_nowait(page)
-        except (trio.WouldBlock, trio.BrokenResourceError):
-            self.counters.bad_pages += 1
-
-    async def _ask(self, carrier: bytes, request: PageRequest) -> Page | None:
-        """One request/page round; None if the link went or the carrier did not answer."""
-        link = self.peer.links.get(carrier)
-        if link is None:
-            return None
-        send, recv = trio.open_memory_channel[Page](1)
-        self._requests[request.r] = (carrier, send)
-        try:
-            if not link.enqueue(request.encode()):
-                return None
-            page: Page | None = None
-            with trio.move_on_after(PAGE_TIMEOUT):
-                async with trio.open_nursery() as nursery:
-
-                    async def link_gone() -> None:  # the request went with the link
-                        await link.closed.wait()
-                        nursery.cancel_scope.cancel()
-
-                    nursery.start_soon(link_gone)
-                    page = await recv.receive()
-                    nursery.cancel_scope.cancel()
-            return page
-        finally:
-            del self._requests[request.r]
-
-    def _request_id(self) -> int:
-        r = self._next_request
-        self._next_request = r % MAX_REQUEST_ID + 1
-        return r
-
-    def kept_topics(self) -> list[str]:
-        if self.options.relay_only:
-            return []
-        return [inbox_topic(self.peer.peer_id), *sorted(self.peer.channels)]
-
-    def on_link_up(self, peer_id: bytes, caps: tuple[str, ...]) -> None:
-        self.wake_outbox(peer_id)
-        if STORE_CAP in caps:
-            topics = self.kept_topics()
-            if topics:
-                self.peer.nursery.start_soon(self.catch_up_with, peer_id, topics)
-
-    async def catch_up_all(self, topics: list[str]) -> None:
-        """Catch up ``topics`` from every linked carrier (on subscribe)."""
-        carriers = [p for p, link in self.peer.links.items() if STORE_CAP in link.result.caps]
+    async def run(self) -> None:
+        """Start each command's work as a task of this service's nursery."""
         async with trio.open_nursery() as nursery:
-            for carrier in carriers:
-                nursery.start_soon(self.catch_up_with, carrier, topics)
+            nursery.start_soon(self._alive_loop)
+            nursery.start_soon(self._timer_loop)
+            async for command in self._todo:
+                match command:
+                    case ReadPage():
+                        nursery.start_soon(self._read_page, command)
+                    case ReadCursor():
+                        nursery.start_soon(self._read_cursor, command)
+                    case CheckAndStore():
+                        nursery.start_soon(self._check_and_store, command)
+                    case FillGaps():
+                        nursery.start_soon(self._fill_gaps, command)
 
-    async def catch_up_with(self, carrier: bytes, topics: list[str]) -> None:
-        for topic in topics:
-            key = (carrier, topic)
-            if key in self._walking:
-                self._walking[key] = True  # walk again when the running one ends
+    async def _timer_loop(self) -> None:
+        """Feed the core's timer at its deadlines (a request's own deadline is never
+        earlier than the ones already out, so only the first one needs a wake-up)."""
+        while True:
+            deadline = self.core.next_deadline()
+            if deadline is None:
+                await self._armed.wait()
+                self._armed = trio.Event()
                 continue
-            self._walking[key] = False
-            try:
-                while True:
-                    await self._walk(carrier, topic)
-                    if not self._walking[key] or carrier not in self.peer.links:
-                        break
-                    self._walking[key] = False
-            except (StoreError, ValueError) as exc:
-                self.log.warning("catch-up failed", topic=topic, error=str(exc))
-            finally:
-                del self._walking[key]
+            await trio.sleep_until(deadline)
+            self._feed(self.core.handle_timer(self.peer.now()))
+
+    # -- carrying: answering cureq ---------------------------------------------------------
+
+    async def _read_page(self, command: ReadPage) -> None:
+        try:
+            page = await self.service.read(
+                functools.partial(build_page, request=command.request, requester=command.peer)
+            )
+        except (StoreError, ValueError) as exc:
+            self.log.warning("catch-up request failed", error=str(exc))
+            page = refusal(command.request, NOT_CARRIED)
+        self._feed(self.core.page_read(command, page))
+
+    # -- catching up: walks ------------------------------------------------------------------
+
+    async def _read_cursor(self, command: ReadCursor) -> None:
+        name, topic = "cu:" + command.carrier.hex(), command.topic
+        try:
+            after = await self.service.read(lambda s: s.get_cursor(name, topic))
+            since = 0 if after else await self._since(topic)  # a cursor is exact
+        except (StoreError, ValueError) as exc:
+            self.log.warning("catch-up failed", topic=topic, error=str(exc))
+            self._feed(self.core.page_failed(command.walk, self.peer.now()))
+            return
+        self._feed(self.core.walk_ready(command.walk, after, since, self.peer.now()))
+
+    async def _check_and_store(self, command: CheckAndStore) -> None:
+        envelopes = await self._check(command.carrier, command.request, command.page)
+        if envelopes is None:
+            self._feed(self.core.page_failed(command.walk, self.peer.now()))
+            return
+        move = functools.partial(
+            MessageStore.set_cursor,
+            name="cu:" + command.carrier.hex(),
+            topic=command.topic,
+            seq=command.cursor,
+        )
+        try:
+            new = await self.accept_many(envelopes, then=move)  # one commit for both
+        except (StoreError, ValueError) as exc:
+            self.log.warning("catch-up failed", topic=command.topic, error=str(exc))
+            self._feed(self.core.page_failed(command.walk, self.peer.now()))
+            return
+        self._feed(
+            self.core.page_stored(
+                command.walk, len(envelopes), new, self.peer.wall_ms(), self.peer.now()
+            )
+        )
 
     async def _since(self, topic: str) -> int:
         """From when, on our clock, a carrier we have no cursor with should send ``topic``:
@@ -240,7 +278,7 @@ class CatchUpHost:
             return 0  # everything a carrier holds for us
         raw = await self.service.read(lambda s: s.get_state("since/" + topic))
         subscribed = int(raw.decode()) if raw else self.peer.wall_ms()
-        base = subscribed if subscribed >= self._started_ms else self._prev_alive or subscribed
+        base = subscribed if subscribed >= self.started_ms else self.prev_alive or subscribed
         return max(1, base - SINCE_MARGIN_MS)
 
     async def _alive_loop(self) -> None:
@@ -263,74 +301,12 @@ class CatchUpHost:
 
         await self.service.write(write)
 
-    async def _walk(self, carrier: bytes, topic: str) -> None:
-        """One carrier at a time per topic: each walk yields a sender's messages in order."""
-        lock = self._topic_locks.setdefault(topic, trio.Lock())
-        async with lock:
-            if await self._walk_locked(carrier, topic):
-                self.release(topic)  # a carrier's log was read to its end: live may follow
-
-    async def _walk_locked(self, carrier: bytes, topic: str) -> bool:
-        """Page through ``carrier``'s log of ``topic`` from our cursor, then fill gaps.
-
-        True if the walk reached the end of the carrier's log (not refused, not cut).
-        """
-        name = "cu:" + carrier.hex()
-        after = await self.service.read(lambda s: s.get_cursor(name, topic))
-        since = 0 if after else await self._since(topic)  # a cursor is exact
-        stats = self.catchup[topic]
-        send, pages = trio.open_memory_channel[tuple[PageRequest, Page]](PAGES_AHEAD - 1)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._fetch_pages, carrier, topic, after, since, send)
-            async with pages:
-                async for request, page in pages:
-                    envelopes = await self._check(carrier, request, page)
-                    if envelopes is None:
-                        nursery.cancel_scope.cancel()
-                        return False  # the link is closed; resumes from the cursor
-                    stats.carriers.add(carrier.hex())
-                    move = functools.partial(
-                        MessageStore.set_cursor, name=name, topic=topic, seq=page.next
-                    )
-                    new = await self.accept_many(envelopes, then=move)  # one commit for both
-                    stats.pages += 1
-                    stats.received += new
-                    stats.duplicates += len(envelopes) - new
-                    stats.last_ms = self.peer.wall_ms()
-                    if not page.more:
-                        await self._fill_gaps(topic, page.heads)
-                        return True
-        return False  # cut or refused: resumes from the cursor, or other carriers have it
-
-    async def _fetch_pages(
-        self,
-        carrier: bytes,
-        topic: str,
-        after: int,
-        since: int,
-        out: trio.MemorySendChannel[tuple[PageRequest, Page]],
-    ) -> None:
-        """Ask for page after page of a walk, each as soon as the one before
-        arrives: the carrier reads and sends the next pages while we check and
-        store this one. Ends at the last page, a refusal or a lost link."""
-        async with out:
-            while True:
-                request = PageRequest(self._request_id(), topic, after, since, MAX_PAGE_MESSAGES)
-                page = await self._ask(carrier, request)
-                if page is None or page.err is not None:
-                    return
-                await out.send((request, page))
-                if not page.more:
-                    return
-                after = page.next
-
     async def _check(
         self, carrier: bytes, request: PageRequest, page: Page
     ) -> list[Envelope] | None:
-        verify = not self.options.bench_no_verify
+        verify = self.verify
         try:
-            store = self.store
-
+            store = self.service.store
             return await trio.to_thread.run_sync(
                 lambda: check_page(request, page, verify=verify, known=store.held)
             )
@@ -343,7 +319,17 @@ class CatchUpHost:
                 link.close(exc.code, exc.message)
             return None
 
-    async def _fill_gaps(self, topic: str, heads: Iterable[tuple[bytes, int]]) -> None:
+    # -- gaps ------------------------------------------------------------------------------
+
+    async def _fill_gaps(self, command: FillGaps) -> None:
+        try:
+            await self._fill_gaps_of(command.topic, list(command.heads))
+        except (StoreError, ValueError) as exc:
+            self.log.warning("catch-up failed", topic=command.topic, error=str(exc))
+        finally:
+            self._feed(self.core.gaps_done(command.walk, self.peer.now()))
+
+    async def _fill_gaps_of(self, topic: str, heads: list[tuple[bytes, int]]) -> None:
         """Ask every carrier for sender ranges we lack; count what nobody has."""
         me = self.peer.peer_id
         gaps: list[tuple[bytes, int, int]] = []
@@ -356,7 +342,7 @@ class CatchUpHost:
                 break
         if not gaps:
             return
-        carriers = [p for p, link in self.peer.links.items() if STORE_CAP in link.result.caps]
+        carriers = list(self.core.carriers)
         for sender, first, last in gaps[:MAX_GAP_SENDERS]:
             for carrier in carriers:
                 todo = await self._lacking(topic, sender, first, last)
@@ -364,10 +350,11 @@ class CatchUpHost:
                     break
                 for a, b in todo[:16]:
                     await self._fetch_range(carrier, topic, sender, a, b)
-        stats = self.catchup[topic]
+        stats = self.core.stats[topic]
+        gap_senders = {g[0] for g in gaps}
         for sender, head in heads:
             key = sender.hex()
-            if sender == me or not any(g[0] == sender for g in gaps):
+            if sender == me or sender not in gap_senders:
                 continue
             still = sum(b - a + 1 for a, b in await self._lacking(topic, sender, 0, head))
             if still:
@@ -388,22 +375,42 @@ class CatchUpHost:
                 out.append((a, b))
         return out
 
+    async def _ask(
+        self, carrier: bytes, topic: str, sender: bytes, first: int, last: int
+    ) -> tuple[PageRequest, Page] | None:
+        """One request/page round through the core; None if the link went, the
+        carrier did not answer in time, or refused."""
+        waiter = _Waiter()
+        self._feed(self.core.ask(carrier, topic, sender, first, last, waiter, self.peer.now()))
+        await waiter.done.wait()
+        if waiter.answer is None or waiter.answer[1].err is not None:
+            return None
+        return waiter.answer
+
     async def _fetch_range(
         self, carrier: bytes, topic: str, sender: bytes, first: int, last: int
     ) -> None:
         """Ask one carrier for sender's ``first..last`` of ``topic``, page by page."""
         while first <= last:
-            request = PageRequest(
-                self._request_id(), topic, 0, 0, MAX_PAGE_MESSAGES, sender, first, last
-            )
-            page = await self._ask(carrier, request)
-            if page is None or page.err is not None:
+            answer = await self._ask(carrier, topic, sender, first, last)
+            if answer is None:
                 return
+            request, page = answer
             envelopes = await self._check(carrier, request, page)
             if envelopes is None:
                 return
             if envelopes:
-                self.catchup[topic].received += await self.accept_many(envelopes)
+                self.core.stats[topic].received += await self.accept_many(envelopes)
             if not page.more:
                 return
             first = page.next + 1
+
+
+__all__ = [
+    "ALIVE_KEY",
+    "PAGES_AHEAD",
+    "PAGE_TIMEOUT",
+    "STORE_CAP",
+    "CatchUpService",
+    "TopicCatchUp",
+]

@@ -14,7 +14,7 @@ performs, with a ``store.StoreService``, what the protocol modules decide:
 * DM delivery (outbox, receipts, pushes) is ``self.delivery``, a
   ``peer.node._delivery.DeliveryService``; it learns here which DMs and
   receipts were committed. Catch-up (carrying and walking) is
-  ``peer.node._catchuphost``'s.
+  ``self.catchup_service``, a ``peer.node._catchuphost.CatchUpService``.
 * A commit is planned as one small record per message (what to append, its
   inbox entry, its outbox entry), written in one transaction, and then each
   record gets its result: no lists matched by position.
@@ -45,6 +45,7 @@ from peer.wire._envelope import (
     split_wire,
 )
 from peer.wire._errors import ProtocolError
+from peer.wire._frametypes import CuPage, CuReq
 from store import (
     MAX_PAGE,
     AppendItem,
@@ -56,7 +57,7 @@ from store import (
     StoreService,
 )
 
-from ._catchuphost import ALIVE_KEY, STORE_CAP, CatchUpHost
+from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryService
 from ._inbox import InboxMessage, PeerInfo
 from ._inboxlog import INBOX_LOG, inbox_item, read_inbox
@@ -127,7 +128,7 @@ class _Planned:
             self.inbox_result = next(results)
 
 
-class Storage(CatchUpHost):
+class Storage:
     """The persistent half of a ``Peer``; see the module docstring."""
 
     def __init__(self, peer: Peer, service: StoreService) -> None:
@@ -144,7 +145,14 @@ class Storage(CatchUpHost):
         self.delivery = DeliveryService(
             peer, service, self.counters, self.log, store_own=self.store_own, accept=self.accept
         )
-        self._init_catch_up()
+        self.catchup_service = CatchUpService(
+            peer,
+            service,
+            log=self.log,
+            counters=self.counters,
+            accept_many=self.accept_many,
+            release=self.release,
+        )
 
     @property
     def store(self) -> MessageStore:
@@ -177,9 +185,7 @@ class Storage(CatchUpHost):
             if peer_id != peer.peer_id and len(public_key) == 32:
                 peer.directory.see(peer_id, public_key, 0)
         peer.directory.on_new = self._note_peer
-        alive = await self.service.read(lambda s: s.get_state(ALIVE_KEY))
-        self._prev_alive = int(alive.decode()) if alive else 0
-        self._started_ms = peer.wall_ms()
+        await self.catchup_service.load()
         raw = await self.service.read(lambda s: s.get_state(CHANNELS_KEY))
         channels = [] if raw is None else [c for c in _cbor.decode(raw) if isinstance(c, str)]
         self.log.info(
@@ -217,7 +223,7 @@ class Storage(CatchUpHost):
             if self._held:
                 nursery.start_soon(self._release_all_after, HOLD_AT_MOST)
             nursery.start_soon(self._peer_key_loop)
-            nursery.start_soon(self._alive_loop)
+            nursery.start_soon(self.catchup_service.run)
             nursery.start_soon(self._accept_loop)
             nursery.start_soon(self.delivery.run)
             nursery.start_soon(self._retention_loop)
@@ -232,8 +238,6 @@ class Storage(CatchUpHost):
         """A DM or receipt handed to us directly by its sender."""
         self.delivery.on_push(link_peer, wire)
 
-    def on_link_down(self, peer_id: bytes) -> None:
-        self.delivery.on_link_down(peer_id)
 
     # -- what we keep ------------------------------------------------------------------
 
@@ -280,7 +284,31 @@ class Storage(CatchUpHost):
     @property
     def returning(self) -> bool:
         """This store has run before: there may be something to catch up."""
-        return self._prev_alive > 0
+        return self.catchup_service.returning
+
+    @property
+    def catchup(self) -> dict[str, TopicCatchUp]:
+        return self.catchup_service.catchup
+
+    def on_request(self, link_peer: bytes, request: CuReq) -> None:
+        self.catchup_service.on_request(link_peer, request)
+
+    def on_page(self, link_peer: bytes, page: CuPage) -> None:
+        self.catchup_service.on_page(link_peer, page)
+
+    def on_link_up(self, peer_id: bytes, caps: tuple[str, ...]) -> None:
+        self.wake_outbox(peer_id)
+        self.catchup_service.on_link_up(peer_id, caps)
+
+    def on_link_down(self, peer_id: bytes) -> None:
+        self.delivery.on_link_down(peer_id)
+        self.catchup_service.on_link_down(peer_id)
+
+    async def note_subscribed(self, topic: str) -> None:
+        await self.catchup_service.note_subscribed(topic)
+
+    async def catch_up_all(self, topics: list[str]) -> None:
+        self.catchup_service.catch_up_all(topics)
 
     def hold_live(self, topics: Iterable[str]) -> None:
         for topic in topics:
