@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -60,9 +60,7 @@ from peer.wire._envelope import Envelope, inbox_topic
 from peer.wire._errors import ErrorCode, ProtocolError
 from store import MessageStore, StoreError, StoreService
 
-if TYPE_CHECKING:
-    from ._node import Peer
-    from ._storage import StorageCounters
+from ._host import StorageCounters, StoragePeer
 
 ALIVE_KEY = "alive"
 ALIVE_INTERVAL = 10.0
@@ -95,7 +93,7 @@ class CatchUpService:
 
     def __init__(
         self,
-        peer: Peer,
+        peer: StoragePeer,
         service: StoreService,
         *,
         log: Any,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -47,17 +47,15 @@ from peer.wire._errors import ProtocolError
 from peer.wire._frametypes import Push
 from store import Backoff, DeadLetter, MessageStore, OutboxEntry, StoreError, StoreService
 
-if TYPE_CHECKING:
-    from ._inbox import InboxMessage
-    from ._node import Peer
-    from ._storage import StorageCounters
+from ._host import StorageCounters, StoragePeer
+from ._inbox import InboxMessage
 
 REACH_QUEUE = 256
 REACH_PARALLEL = 8
 REACH_TIMEOUT = 10.0
 RETRY_CAP_MS = 300_000
 
-StoreOwn = Callable[[Envelope, "InboxMessage | None", "bytes | None"], Awaitable[None]]
+StoreOwn = Callable[[Envelope, InboxMessage | None, bytes | None], Awaitable[None]]
 
 
 class Accept(Protocol):
@@ -78,7 +76,7 @@ class DeliveryService:
 
     def __init__(
         self,
-        peer: Peer,
+        peer: StoragePeer,
         service: StoreService,
         counters: StorageCounters,
         log: Any,

@@ -14,8 +14,8 @@ from typing import Any
 
 import cbor2
 
-from peer.wire._envelope import payload_value
-from store import AppendItem, StoreService
+from peer.wire._envelope import message_id, payload_value, split_wire
+from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, StoreService
 
 from ._inbox import InboxMessage
 
@@ -102,3 +102,27 @@ async def read_inbox(service: StoreService, capacity: int) -> list[InboxMessage]
 
 
 __all__ = ["INBOX_LOG", "inbox_item", "inbox_message", "inbox_record", "read_inbox"]
+
+
+def chain_heads(s: MessageStore, me: bytes) -> dict[str, tuple[int, bytes | None]]:
+    """Our last ``seq`` in every log topic we signed in, and that envelope's id
+    (None if the store no longer has it): where each chain of ours goes on."""
+    chains: dict[str, tuple[int, bytes | None]] = {}
+    for head in s.topics():
+        seq = max((end for _, end in s.sender_ranges(me, head.topic)), default=0)
+        if seq:
+            last = s.read_sender(head.topic, me, seq, seq, 1)
+            chains[head.topic] = (seq, message_id(split_wire(last[0].wire)[0]) if last else None)
+    return chains
+
+
+def mark_read(s: MessageStore, seqs: list[int]) -> None:
+    s.mark_read(INBOX_LOG, seqs)
+
+
+def with_inbox(rules: KeepRules, capacity: int) -> KeepRules:
+    """``rules`` with the ``~inbox`` log kept to the inbox's capacity."""
+    inbox = RetentionPolicy(max_count=max(capacity, 1))
+    return KeepRules(
+        default=rules.default, topics={**rules.topics, INBOX_LOG: inbox}, prefixes=rules.prefixes
+    )

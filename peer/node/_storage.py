@@ -31,7 +31,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -40,9 +40,7 @@ from peer.wire import _cbor
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Envelope,
-    message_id,
     open_dm,
-    split_wire,
 )
 from peer.wire._errors import ProtocolError
 from peer.wire._frametypes import CuPage, CuReq
@@ -50,20 +48,16 @@ from store import (
     MAX_PAGE,
     AppendItem,
     AppendResult,
-    KeepRules,
     MessageStore,
-    RetentionPolicy,
     StoreError,
     StoreService,
 )
 
 from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryService
+from ._host import StorageCounters, StoragePeer
 from ._inbox import InboxMessage, PeerInfo
-from ._inboxlog import INBOX_LOG, inbox_item, read_inbox
-
-if TYPE_CHECKING:
-    from ._node import Peer
+from ._inboxlog import INBOX_LOG, chain_heads, inbox_item, mark_read, read_inbox, with_inbox
 
 CHANNELS_KEY = "channels"
 PEER_KEY_PREFIX = "peer/"
@@ -85,22 +79,6 @@ class _Accept:
     then: Callable[[MessageStore], None] | None = None  # a write in the same commit
     new: int = 0
     error: Exception | None = None
-
-
-@dataclass
-class StorageCounters:
-    stored: int = 0
-    commits: int = 0  # store transactions that appended messages
-    duplicates: int = 0
-    dropped: int = 0  # accept queue full: left to catch-up
-    store_errors: int = 0
-    receipts_sent: int = 0
-    receipts_received: int = 0
-    pushes_sent: int = 0
-    dead_letters: int = 0
-    pages_served: int = 0
-    pages_refused: int = 0
-    bad_pages: int = 0
 
 
 @dataclass(slots=True)
@@ -131,7 +109,7 @@ class _Planned:
 class Storage:
     """The persistent half of a ``Peer``; see the module docstring."""
 
-    def __init__(self, peer: Peer, service: StoreService) -> None:
+    def __init__(self, peer: StoragePeer, service: StoreService) -> None:
         self.peer = peer
         self.service = service
         self.options = peer.options
@@ -544,20 +522,7 @@ class Storage:
     async def own_chains(self) -> dict[str, tuple[int, bytes | None]]:
         """Our last ``seq`` in every log topic we signed in, and that envelope's id
         (None if the store no longer has it): where each chain of ours goes on."""
-        me = self.peer.peer_id
-
-        def read(s: MessageStore) -> dict[str, tuple[int, bytes | None]]:
-            chains: dict[str, tuple[int, bytes | None]] = {}
-            for head in s.topics():
-                seq = max((end for _, end in s.sender_ranges(me, head.topic)), default=0)
-                if seq:
-                    last = s.read_sender(head.topic, me, seq, seq, 1)
-                    chains[head.topic] = (
-                        seq, message_id(split_wire(last[0].wire)[0]) if last else None
-                    )
-            return chains
-
-        return await self.service.read(read)
+        return await self.service.read(functools.partial(chain_heads, me=self.peer.peer_id))
 
     async def store_own(
         self, env: Envelope, message: InboxMessage | None, payload: bytes | None
@@ -581,9 +546,7 @@ class Storage:
     async def mark_read(self, cursors: list[int]) -> None:
         for i in range(0, len(cursors), MAX_PAGE):
             chunk = cursors[i : i + MAX_PAGE]
-            await self.service.write(
-                functools.partial(MessageStore.mark_read, topic=INBOX_LOG, seqs=chunk)
-            )
+            await self.service.write(functools.partial(mark_read, seqs=chunk))
 
     async def mark_read_through(self, cursor: int) -> None:
         await self.service.write(lambda s: s.mark_read_through(INBOX_LOG, cursor))
@@ -591,21 +554,13 @@ class Storage:
     # -- retention ---------------------------------------------------------------------
 
     async def _retention_loop(self) -> None:
-        rules = self.options.rules
-        local = KeepRules(
-            default=rules.default,
-            topics={**rules.topics, INBOX_LOG: self._inbox_policy()},
-            prefixes=rules.prefixes,
-        )
+        local = with_inbox(self.options.rules, self.options.inbox_capacity)
         while True:
             await trio.sleep(RETENTION_INTERVAL)
             try:
                 await self.service.retention_sweep(local, now_ms=self.peer.wall_ms())
             except StoreError as exc:
                 self.log.error("retention failed", error=str(exc))
-
-    def _inbox_policy(self) -> RetentionPolicy:
-        return RetentionPolicy(max_count=max(self.options.inbox_capacity, 1))
 
     def statistics(self) -> dict[str, Any]:
         c = self.counters

@@ -1,0 +1,90 @@
+"""What the storage parts of a peer (``Storage``, ``DeliveryService``,
+``CatchUpService``) need from the peer that owns them, and what they count.
+
+``StoragePeer`` is a protocol, not a base class: mypy checks that ``Peer``
+provides every name where the peer makes its ``Storage``, so renaming one
+on ``Peer`` fails type checking instead of failing at run time. The storage
+modules import this module, never ``_node``, so no import cycle hides here.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dht import Contact, DhtService
+from peer.protocols._gossip import Action, GossipRouter
+from peer.wire._envelope import Content, Envelope
+from peer.wire._identity import Identity
+
+from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
+from ._link import Link
+from ._options import PeerCounters, PeerOptions
+
+
+@dataclass
+class StorageCounters:
+    stored: int = 0
+    commits: int = 0  # store transactions that appended messages
+    duplicates: int = 0
+    dropped: int = 0  # accept queue full: left to catch-up
+    store_errors: int = 0
+    receipts_sent: int = 0
+    receipts_received: int = 0
+    pushes_sent: int = 0
+    dead_letters: int = 0
+    pages_served: int = 0
+    pages_refused: int = 0
+    bad_pages: int = 0
+
+
+class StoragePeer(Protocol):
+    """The peer, as its storage parts see it."""
+
+    @property
+    def identity(self) -> Identity: ...
+    @property
+    def options(self) -> PeerOptions: ...
+    @property
+    def peer_id(self) -> bytes: ...
+    @property
+    def log(self) -> Any: ...
+    @property
+    def counters(self) -> PeerCounters: ...
+    @property
+    def directory(self) -> Directory: ...
+    @property
+    def inbox(self) -> Inbox: ...
+    @property
+    def links(self) -> dict[bytes, Link]: ...
+    @property
+    def router(self) -> GossipRouter: ...
+    @property
+    def dht(self) -> DhtService | None: ...
+    @property
+    def channels(self) -> set[str]: ...
+    @property
+    def rng(self) -> random.Random: ...
+    def now(self) -> float: ...
+    def wall_ms(self) -> int: ...
+    def wall_time(self) -> float: ...
+    def perform(self, actions: list[Action]) -> None: ...
+    def notify_inbox(self) -> None: ...
+    def add_inbox_message(self, message: InboxMessage) -> None: ...
+    def make_inbox_message(
+        self,
+        env: Envelope,
+        content: Content,
+        channel: str | None,
+        peer: bytes | None,
+        outgoing: bool,
+        now_ms: int,
+    ) -> tuple[InboxMessage, bytes | None]: ...
+    async def seal_own(
+        self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]
+    ) -> Envelope: ...
+    async def connect(self, contact: Contact) -> bool: ...
+    async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None: ...
+    def is_online(self, info: PeerInfo, now_ms: int | None = None) -> bool: ...
