@@ -28,6 +28,7 @@ import trio
 from peer.api._serve import serve_api
 from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
 from peer.node._node import Peer, PeerOptions
+from peer.node._options import BenchOnly
 from peer.wire._identity import Identity
 
 
@@ -101,10 +102,38 @@ async def open_peer(
     ``relay_only``, ``dht``, limits); ``store_path`` is filled in from
     ``data_dir`` unless ``store`` is False.
     """
+    async with open_with(
+        key_dir,
+        bootstrap=bootstrap,
+        listen=listen,
+        advertise=advertise,
+        api=api,
+        data_dir=data_dir,
+        store=store,
+        options=options,
+    ) as peer:
+        yield peer
+
+
+@asynccontextmanager
+async def open_with(
+    key_dir: str | Path,
+    *,
+    bootstrap: Sequence[str] = (),
+    listen: str | None = "127.0.0.1:0",
+    advertise: Sequence[str] = (),
+    api: str | None = None,
+    data_dir: str | Path | None = None,
+    store: bool = True,
+    options: PeerOptions | None = None,
+    bench: BenchOnly | None = None,
+) -> AsyncIterator[Peer]:
+    """:func:`open_peer`, with the benchmark-only switches the CLI's hidden
+    flags set (not part of the public API)."""
     identity, token, data = _prepare(key_dir, data_dir)
     base = options or PeerOptions()
     store_path = str(data / "store") if store else None
-    peer = Peer(identity, dataclasses.replace(base, store_path=store_path))
+    peer = Peer(identity, dataclasses.replace(base, store_path=store_path), bench=bench)
 
     async def services(nursery: trio.Nursery) -> None:
         if listen is not None:

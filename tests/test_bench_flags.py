@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from peer.cli._cli import build_parser
 from peer.node._node import PeerOptions
+from peer.node._options import BenchOnly
 from peer.wire._envelope import Content, open_envelope, seal_message, split_wire
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._handshake import PLAINTEXT_CAP, Handshake, LinkCipher, PlaintextCipher
@@ -37,13 +40,16 @@ def test_plaintext_only_when_both_sides_offer_it() -> None:
         assert info.value.code is ErrorCode.DECRYPT
 
 
-def test_flags_reach_the_options_and_caps() -> None:
+def test_flags_reach_the_caps_but_are_no_public_options() -> None:
     args = build_parser().parse_args(["--bench-no-verify", "--bench-plaintext-links"])
     assert args.bench_no_verify and args.bench_plaintext_links
-    assert PLAINTEXT_CAP in PeerOptions(bench_plaintext_links=True).caps
+    assert PLAINTEXT_CAP in PeerOptions().caps_for(False, BenchOnly(plaintext_links=True))
     assert PLAINTEXT_CAP not in PeerOptions().caps
     plain = build_parser().parse_args([])
     assert not plain.bench_no_verify and not plain.bench_plaintext_links
+    # not a PeerOptions field, and not offered in --help
+    assert not [f for f in dataclasses.fields(PeerOptions) if "bench" in f.name]
+    assert "--bench" not in build_parser().format_help()
 
 
 def test_no_verify_skips_only_the_signature_check() -> None:

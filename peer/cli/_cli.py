@@ -18,12 +18,12 @@ from pathlib import Path
 import structlog
 import trio
 
-from peer._embed import StartError, open_peer
+from peer._embed import StartError, open_with
 from peer.node._bootstrap import bootstrap_entry
 from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
 from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
-from peer.node._options import DAY_MS, default_keep_rules
+from peer.node._options import DAY_MS, BenchOnly, default_keep_rules
 from peer.wire._frames import is_topic
 from store import KeepRules, RetentionPolicy
 
@@ -170,19 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-json", action="store_true", help="log JSON lines instead of key=value")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    bench = p.add_argument_group("benchmarks only (UNSAFE: never use these in production)")
-    bench.add_argument(
-        "--bench-no-verify",
-        action="store_true",
-        help="for benchmarks only, unsafe: do not check envelope signatures (forged "
-        "messages are relayed); shows what verification costs",
-    )
-    bench.add_argument(
-        "--bench-plaintext-links",
-        action="store_true",
-        help="for benchmarks only, unsafe: offer the bench-plaintext capability and send "
-        "links unencrypted when the other side offers it too",
-    )
+    # For the benchmark harness only, unsafe, and so left out of --help: skip the
+    # envelope signature checks (forged messages are relayed), and offer links
+    # unencrypted (used only when the other side offers it too).
+    p.add_argument("--bench-no-verify", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--bench-plaintext-links", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(env_bootstrap=env_bootstrap)
     return p
 
@@ -255,8 +247,6 @@ async def run_peer(args: argparse.Namespace) -> None:
         max_links=args.max_links,
         dht=not args.no_dht,
         max_links_per_ip=args.max_links_per_ip,
-        bench_no_verify=args.bench_no_verify,
-        bench_plaintext_links=args.bench_plaintext_links,
         keep_rules=_keep_rules(args),
         dm_deadline=args.dm_deadline,
         outbox_retry_initial=args.outbox_retry,
@@ -264,7 +254,7 @@ async def run_peer(args: argparse.Namespace) -> None:
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")
     try:
-        async with open_peer(
+        async with open_with(
             args.key_dir,
             data_dir=args.data_dir,
             bootstrap=specs,
@@ -273,6 +263,7 @@ async def run_peer(args: argparse.Namespace) -> None:
             api=None if args.no_api else args.api,
             store=not args.no_store,
             options=options,
+            bench=BenchOnly(args.bench_no_verify, args.bench_plaintext_links),
         ) as peer:
             _write_peer_file(args.data_dir, peer, peer.api_url)
             print(_banner(peer, args, peer.api_url, specs), flush=True)

@@ -108,7 +108,7 @@ class CatchUpService:
         self.accept_many = accept_many
         self.release = release
         self.relay_only = peer.options.relay_only
-        self.verify = not peer.options.bench_no_verify
+        self.verify = peer.verify
         self.core = CatchUpCore(self.kept_topics)
         self._commands, self._todo = trio.open_memory_channel[Command](COMMAND_QUEUE)
         self._armed = trio.Event()  # a request went out: the timer has a deadline

@@ -97,7 +97,7 @@ class DeliveryService:
             Backoff(base_ms=first, cap_ms=max(first, RETRY_CAP_MS)),
             random.Random(peer.rng.random()),
             deadline_ms=int(options.dm_deadline * 1000),
-            verify=not options.bench_no_verify,
+            verify=peer.verify,
         )
         self._wake = trio.Event()
         self._reach_send, self._reach_recv = trio.open_memory_channel[bytes](REACH_QUEUE)

@@ -56,7 +56,7 @@ from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
 from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
-from ._options import PRESENCE_INTERVAL, PeerCounters, PeerOptions, UnknownPeer
+from ._options import PRESENCE_INTERVAL, BenchOnly, PeerCounters, PeerOptions, UnknownPeer
 from ._storage import Storage
 from ._stream import MessageStream
 from ._swarm import Swarm
@@ -71,9 +71,17 @@ ONLINE_WINDOW_MS = int(2.5 * PRESENCE_INTERVAL * 1000)
 class Peer:
     """A clawmesh peer. Create it, then ``await nursery.start(peer.run)``."""
 
-    def __init__(self, identity: Identity, options: PeerOptions | None = None) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        options: PeerOptions | None = None,
+        *,
+        bench: BenchOnly | None = None,
+    ) -> None:
         self.identity = identity
         self.options = options or PeerOptions()
+        self.bench = bench or BenchOnly()  # benchmark-only switches, never public options
+        self.verify = not self.bench.no_verify
         self.peer_id = identity.peer_id
         self.log = peer_logger(identity.peer_id_hex)
         self.rng = random.Random(self.options.seed)
@@ -84,7 +92,7 @@ class Peer:
             rng=random.Random(self.rng.random()),
             keepalive=self.options.keepalive,
             idle_timeout=self.options.idle_timeout,
-            verify=not self.options.bench_no_verify,
+            verify=self.verify,
             observe_all=self.options.relay_only and self.options.store_path is not None,
         )
         self.inbox = Inbox(self.options.inbox_capacity)
@@ -183,11 +191,11 @@ class Peer:
         nursery.start_soon(self.swarm.run_timers)
         nursery.start_soon(self._subscriptions)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
-        if self.options.bench_no_verify or self.options.bench_plaintext_links:
+        if self.bench.any:
             self.log.warning(
                 "benchmark-only flags on: UNSAFE, never use in production",
-                no_verify=self.options.bench_no_verify,
-                plaintext_links=self.options.bench_plaintext_links,
+                no_verify=self.bench.no_verify,
+                plaintext_links=self.bench.plaintext_links,
             )
 
     @property
@@ -200,7 +208,7 @@ class Peer:
 
     @property
     def caps(self) -> tuple[str, ...]:
-        return self.options.caps_for(self.serving_dht)
+        return self.options.caps_for(self.serving_dht, self.bench)
 
     def cancel(self) -> None:
         if self._nursery is not None:

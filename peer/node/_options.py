@@ -31,6 +31,21 @@ class UnknownPeer(Exception):
     """A DM to a peer id whose public key we have never seen."""
 
 
+@dataclass(frozen=True)
+class BenchOnly:
+    """Switches for the benchmark harness only, unsafe, and not part of the public
+    API (``PeerOptions`` has none): skip the envelope signature checks, and offer
+    unencrypted links (used only if the other side offers them too). Only the
+    CLI's hidden ``--bench-*`` flags set them."""
+
+    no_verify: bool = False
+    plaintext_links: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.no_verify or self.plaintext_links
+
+
 @dataclass
 class PeerOptions:
     """How a peer behaves; the CLI builds one from flags and environment."""
@@ -60,11 +75,6 @@ class PeerOptions:
     # a relay-only seed acknowledges nothing it relays and has no inbox: its live
     # traffic waits up to this many seconds to share a commit (fewer fsyncs)
     relay_commit_delay: float = 0.025
-    # benchmarks only, unsafe: skip the relay's envelope signature checks, and
-    # offer unencrypted links (used only if the other side offers them too)
-    bench_no_verify: bool = False
-    bench_plaintext_links: bool = False
-
     def __post_init__(self) -> None:
         if self.keep_rules is None:
             self.keep_rules = default_keep_rules(self.relay_only)
@@ -74,7 +84,7 @@ class PeerOptions:
         assert self.keep_rules is not None
         return self.keep_rules
 
-    def caps_for(self, serving_dht: bool) -> tuple[str, ...]:
+    def caps_for(self, serving_dht: bool, bench: BenchOnly | None = None) -> tuple[str, ...]:
         caps = ["relay"] if self.relay else []
         if self.relay_only:
             caps.append("relay-only")
@@ -82,7 +92,7 @@ class PeerOptions:
             caps.append("store")
         if serving_dht:
             caps.append("dht")
-        if self.bench_plaintext_links:
+        if bench is not None and bench.plaintext_links:
             caps.append(PLAINTEXT_CAP)
         return tuple(caps)
 
