@@ -36,6 +36,7 @@ from enum import StrEnum
 from typing import Any
 
 from peer.wire._identity import Identity
+from peer.wire._stats import Statistics, snapshot
 
 from ._config import DhtConfig
 from ._contact import Contact
@@ -414,14 +415,13 @@ class DhtNode:
         """Drop expired records; returns how many."""
         return self.store.expire(now)
 
-    def statistics(self) -> dict[str, object]:
-        stats: dict[str, object] = {
-            "mode": self.mode.value,
-            "contacts": len(self.table),
-            "buckets": len(self.table.buckets_summary()),
-            "rate_tracked": len(self.limiter),
-        }
-        stats.update(self.counters)
-        stats.update(self.store.statistics())
-        stats.update({f"table_refused_{r.value}": n for r, n in self.table.refused.items()})
-        return stats
+    def statistics(self) -> Statistics:
+        return snapshot(
+            mode=self.mode.value,
+            contacts=len(self.table),
+            buckets=len(self.table.buckets_summary()),
+            rate_tracked=len(self.limiter),
+            **self.counters,
+            **self.store.statistics(),
+            **{f"table_refused_{r.value}": n for r, n in self.table.refused.items()},
+        )

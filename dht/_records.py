@@ -43,6 +43,7 @@ from peer.wire._cbor import encode
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._fields import need_bytes, need_list, need_uint
 from peer.wire._identity import Identity, peer_id_of, verify_signature
+from peer.wire._stats import Statistics, snapshot
 
 from ._config import (
     ID_LEN,
@@ -521,12 +522,11 @@ class RecordStore:
     def provider_count(self) -> int:
         return self._provider_count
 
-    def statistics(self) -> dict[str, int]:
-        stats = {
-            "peer_records": len(self._peers),
-            "provider_records": self._provider_count,
-            "provider_keys": len(self._providers),
-        }
-        stats.update({f"accepted_{k}": v for k, v in self.accepted.items()})
-        stats.update({f"refused_{r.value}": n for r, n in self.refused.items()})
-        return stats
+    def statistics(self) -> Statistics:
+        return snapshot(
+            peer_records=len(self._peers),
+            provider_records=self._provider_count,
+            provider_keys=len(self._providers),
+            **{f"accepted_{k}": v for k, v in self.accepted.items()},
+            **{f"refused_{r.value}": n for r, n in self.refused.items()},
+        )

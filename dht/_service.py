@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeGuard
 import trio
 
 from peer.wire._requests import RequestMatcher
+from peer.wire._stats import Statistics, snapshot
 
 from ._config import MAX_REQUEST_ID
 from ._contact import Contact
@@ -262,9 +263,10 @@ class DhtService:
     async def wait_joined(self) -> None:
         await self._joined.wait()
 
-    def statistics(self) -> dict[str, Any]:
-        stats = dict(self.node.statistics())
-        stats["pending_requests"] = len(self._pending)
-        stats["lookups_run"] = self.lookups_run
-        stats["joined"] = self._joined.is_set()
-        return stats
+    def statistics(self) -> Statistics:
+        return snapshot(
+            **self.node.statistics(),
+            pending_requests=len(self._pending),
+            lookups_run=self.lookups_run,
+            joined=self._joined.is_set(),
+        )

@@ -253,15 +253,7 @@ class LocalApi:
                 "relay_only": peer.options.relay_only,
                 "channels": sorted(peer.channels),
                 "unread": peer.inbox.unread(),
-                "counters": {
-                    "links_opened": peer.counters.links_opened,
-                    "links_closed": peer.counters.links_closed,
-                    "handshakes_failed": peer.counters.handshakes_failed,
-                    "refused": dict(peer.counters.refused),
-                    "link_errors": peer.counters.link_errors,
-                },
-                "gossip": peer.router.statistics(),
-                "store": None if peer.storage is None else peer.storage.statistics(),
+                **peer.statistics().to_json(),
             }
         )
 
@@ -425,7 +417,7 @@ class LocalApi:
         service = self.peer.dht
         if service is None:
             return JSONResponse({"enabled": False})
-        stats = service.statistics()
+        stats = service.statistics().to_json()
         return JSONResponse(
             {"enabled": True, **stats, "buckets": service.node.table.buckets_summary()}
         )

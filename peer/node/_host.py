@@ -30,7 +30,7 @@ class StorageCounters:
     commits: int = 0  # store transactions that appended messages
     duplicates: int = 0
     dropped: int = 0  # accept queue full: left to catch-up
-    store_errors: int = 0
+    errors: int = 0  # appends that failed
     receipts_sent: int = 0
     receipts_received: int = 0
     pushes_sent: int = 0

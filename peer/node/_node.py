@@ -48,6 +48,7 @@ from peer.wire._envelope import (
 from peer.wire._frames import is_topic
 from peer.wire._frametypes import Push
 from peer.wire._identity import Identity
+from peer.wire._stats import Statistics, snapshot
 from store import open_store_service
 
 from ._dhthost import DhtBridge
@@ -314,6 +315,16 @@ class Peer:
         """
         start = self.inbox.last_cursor if after is None else after
         return MessageStream(self, start, channel, peer, outgoing)
+
+    def statistics(self) -> Statistics:
+        """A frozen snapshot of what the peer counts: its links (``counters``), its
+        gossip router, its store (None without one) and its DHT (None when off)."""
+        return snapshot(
+            counters=snapshot(self.counters),
+            gossip=self.router.statistics(),
+            store=None if self.storage is None else self.storage.statistics(),
+            dht=None if self.dht is None else self.dht.statistics(),
+        )
 
     def perform(self, actions: list[Action]) -> None:
         """Carry out decisions of the gossip router (see ``Swarm.perform``)."""

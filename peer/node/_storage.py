@@ -31,7 +31,6 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
@@ -44,6 +43,7 @@ from peer.wire._envelope import (
 )
 from peer.wire._errors import ProtocolError
 from peer.wire._frametypes import CuPage, CuReq
+from peer.wire._stats import Statistics, snapshot
 from store import (
     MAX_PAGE,
     AppendItem,
@@ -341,7 +341,7 @@ class Storage:
             try:
                 await self._commit(batch)
             except Exception as exc:  # a bug here must not end the peer: log, count, go on
-                self.counters.store_errors += 1
+                self.counters.errors += 1
                 self.log.exception("accepting messages failed", error=repr(exc))
                 for request in batch:
                     request.error = request.error or exc
@@ -455,7 +455,7 @@ class Storage:
             planned.take(results)
 
     def _failed(self, plans: list[_Planned], exc: Exception) -> None:
-        self.counters.store_errors += 1
+        self.counters.errors += 1
         self.log.error("store append failed", error=str(exc), messages=len(plans))
         for planned in plans:
             if planned.request.own:
@@ -562,24 +562,13 @@ class Storage:
             except StoreError as exc:
                 self.log.error("retention failed", error=str(exc))
 
-    def statistics(self) -> dict[str, Any]:
-        c = self.counters
-        return {
-            "stored": c.stored,
-            "duplicates": c.duplicates,
-            "dropped": c.dropped,
-            "errors": c.store_errors,
-            "receipts_sent": c.receipts_sent,
-            "receipts_received": c.receipts_received,
-            "pushes_sent": c.pushes_sent,
-            "dead_letters": c.dead_letters,
-            "pages_served": c.pages_served,
-            "pages_refused": c.pages_refused,
-            "bad_pages": c.bad_pages,
-            "outbox": self.delivery.waiting(),
-            "pinned_topics": len(self._pinned),
-            "catchup": {t: s.to_json() for t, s in sorted(self.catchup.items())},
-        }
+    def statistics(self) -> Statistics:
+        return snapshot(
+            self.counters,
+            outbox=self.delivery.waiting(),
+            pinned_topics=len(self._pinned),
+            catchup={t: s.to_json() for t, s in sorted(self.catchup.items())},
+        )
 
 
 __all__ = ["INBOX_LOG", "STORE_CAP", "Storage"]

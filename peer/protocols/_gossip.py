@@ -30,7 +30,6 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from peer.wire._envelope import Envelope, message_id, open_envelope, split_wire
 from peer.wire._errors import ErrorCode, ProtocolError
@@ -54,6 +53,7 @@ from peer.wire._limits import (
     MAX_TOPICS_PER_PEER,
     GossipParams,
 )
+from peer.wire._stats import Statistics, snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +82,7 @@ Action = Send | Deliver | Close
 
 
 @dataclass
-class GossipStats:
+class GossipCounters:
     frames_in: int = 0
     bytes_in: int = 0
     published: int = 0
@@ -145,7 +145,7 @@ class GossipRouter:
         self._windows: deque[list[bytes]] = deque([[]])
         self._ping_n = 0
         self._next_heartbeat: float | None = None
-        self.stats = GossipStats()
+        self.stats = GossipCounters()
 
     # -- queries ---------------------------------------------------------------
 
@@ -173,15 +173,15 @@ class GossipRouter:
         """A message that reached us another way (catch-up, a push): drop its gossip copies."""
         self._remember(msg_id, now)
 
-    def statistics(self) -> dict[str, Any]:
-        return {
-            **self.stats.__dict__,
-            "links": len(self._links),
-            "subscriptions": len(self._members),
-            "topics_known": len(self._carriers),
-            "seen_cache": len(self._seen),
-            "message_cache": len(self._mcache),
-        }
+    def statistics(self) -> Statistics:
+        return snapshot(
+            self.stats,
+            links=len(self._links),
+            subscriptions=len(self._members),
+            topics_known=len(self._carriers),
+            seen_cache=len(self._seen),
+            message_cache=len(self._mcache),
+        )
 
     # -- links -----------------------------------------------------------------
 
