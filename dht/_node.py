@@ -110,6 +110,33 @@ class RateLimiter:
         return len(self._buckets)
 
 
+UPKEEP_INTERVAL = 5.0  # seconds between bucket-refresh and record-expiry rounds
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Store ``pub`` at the k closest nodes to its key."""
+
+    pub: Publication
+
+
+@dataclass(frozen=True, slots=True)
+class PingContact:
+    """Ping ``contact`` and report the outcome with ``ping_result``."""
+
+    contact: Contact
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Look up ``target`` to refresh the bucket it falls in."""
+
+    target: bytes
+
+
+Upkeep = Publish | PingContact | Refresh
+
+
 class DhtNode:
     """The sans-IO DHT of one peer."""
 
@@ -151,6 +178,7 @@ class DhtNode:
         self._own_record: PeerRecord | None = None
         self._peer_due = now
         self._providing: dict[str, float] = {}  # topic -> next (re)publication
+        self._upkeep_due = now  # next bucket refresh and expiry round
 
     # -- who we are --
 
@@ -414,6 +442,28 @@ class DhtNode:
     def housekeeping(self, now: float) -> int:
         """Drop expired records; returns how many."""
         return self.store.expire(now)
+
+    # -- the timer --
+
+    def next_deadline(self) -> float:
+        """When :meth:`handle_timer` must run next (wall seconds): at once while
+        contacts wait to be pinged, else at the next (re)publication or upkeep round
+        (bucket refresh and record expiry, every ``UPKEEP_INTERVAL``)."""
+        if self._pings:
+            return self._upkeep_due - UPKEEP_INTERVAL
+        return min(self._upkeep_due, self._peer_due, *self._providing.values())
+
+    def handle_timer(self, now: float) -> list[Upkeep]:
+        """What is due at ``now``: publications, pings, bucket refreshes; drops
+        expired records. The shell runs each command and reports pings with
+        :meth:`ping_result` and lookups with :meth:`lookup_done` as usual."""
+        out: list[Upkeep] = [Publish(pub) for pub in self.due_publications(now)]
+        out += [PingContact(contact) for contact in self.take_pings()]
+        if now >= self._upkeep_due:
+            self._upkeep_due = now + UPKEEP_INTERVAL
+            out += [Refresh(target) for target in self.refresh_targets(now)]
+            self.housekeeping(now)
+        return out
 
     def statistics(self) -> Statistics:
         return snapshot(

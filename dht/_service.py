@@ -28,7 +28,7 @@ from peer.wire._stats import Statistics, snapshot
 from ._config import MAX_REQUEST_ID
 from ._contact import Contact
 from ._lookup import Lookup, PeerLookup, ProviderLookup
-from ._node import DhtNode, Publication
+from ._node import DhtNode, PingContact, Publication, Publish, Refresh
 from ._records import PeerRecord, ProviderRecord, topic_key
 from ._rpc import (
     AddProvider,
@@ -45,7 +45,6 @@ from ._rpc import (
     encode_message,
 )
 
-TICK = 5.0  # seconds between upkeep rounds (publications, pings, refresh, expiry)
 MAX_PENDING = 1024  # requests in flight at once, all links together
 DIAL_TIMEOUT = 5.0
 
@@ -96,6 +95,7 @@ class DhtService:
         )
         self._joined = trio.Event()
         self._contacts_changed = trio.Event()
+        self._upkeep_wanted = trio.Event()
         self.lookups_run = 0
         self.on_contact: Callable[[Contact], None] | None = None
 
@@ -137,6 +137,7 @@ class DhtService:
             self.on_contact(contact)
         self._contacts_changed.set()
         self._contacts_changed = trio.Event()
+        self._upkeep_wanted.set()  # the table may have queued a ping
 
     # -- requests --------------------------------------------------------------------
 
@@ -236,6 +237,7 @@ class DhtService:
     async def _ping(self, contact: Contact) -> None:
         response = await self.request(contact, self.node.ping_request())
         self.node.ping_result(contact.id, response is not None, self.host.wall_time())
+        self._upkeep_wanted.set()  # a failed ping may queue a retry
 
     # -- upkeep ----------------------------------------------------------------------
 
@@ -248,17 +250,19 @@ class DhtService:
         self.log.info("dht joined", contacts=len(self.node.table))
         async with trio.open_nursery() as nursery:
             while True:
-                now = self.host.wall_time()
-                for pub in self.node.due_publications(now):
-                    nursery.start_soon(self.publish, pub)
-                for contact in self.node.take_pings():
-                    nursery.start_soon(self._ping, contact)
-                for target in self.node.refresh_targets(now):
-                    nursery.start_soon(
-                        self.run_lookup, self.node.lookup_node(target, self.host.wall_time())
-                    )
-                self.node.housekeeping(now)
-                await trio.sleep(TICK)
+                for command in self.node.handle_timer(self.host.wall_time()):
+                    match command:
+                        case Publish(pub):
+                            nursery.start_soon(self.publish, pub)
+                        case PingContact(contact):
+                            nursery.start_soon(self._ping, contact)
+                        case Refresh(target):
+                            lookup = self.node.lookup_node(target, self.host.wall_time())
+                            nursery.start_soon(self.run_lookup, lookup)
+                wait = self.node.next_deadline() - self.host.wall_time()
+                with trio.move_on_after(max(0.0, wait)):
+                    await self._upkeep_wanted.wait()  # a contact to ping was queued
+                self._upkeep_wanted = trio.Event()
 
     async def wait_joined(self) -> None:
         await self._joined.wait()

@@ -285,3 +285,26 @@ def test_clients_use_the_dht_but_never_enter_tables() -> None:
     net.run()
     assert isinstance(run.lookup, PeerLookup) and run.lookup.record is not None
     assert run.lookup.record.addrs == () and run.lookup.record.relays == (relay,)
+
+
+def test_the_upkeep_timer_publishes_pings_refreshes_and_sleeps_between() -> None:
+    from dht._node import UPKEEP_INTERVAL, PingContact, Publish, Refresh
+
+    node = server(1)
+    node.start_providing("general", NOW)
+    assert node.next_deadline() <= NOW  # our records are due at once
+    first = node.handle_timer(NOW)
+    assert [c.pub.op for c in first if isinstance(c, Publish)] == [Op.PUT_PEER, Op.ADD_PROVIDER]
+    assert node.next_deadline() == NOW + UPKEEP_INTERVAL  # nothing due until the next round
+    assert node.handle_timer(NOW + 1) == []
+    # a full bucket queues a ping of its oldest contact: the timer is due at once
+    for i in range(2, 200):
+        node.add_contact(contact_of(identity(i), i), NOW + 1)
+    assert node._pings
+    assert node.next_deadline() <= NOW + 1
+    pings = [c for c in node.handle_timer(NOW + 1) if isinstance(c, PingContact)]
+    assert pings and node.next_deadline() == NOW + UPKEEP_INTERVAL
+    # the next round refreshes buckets (with contacts, some are due) and expires records
+    due = node.handle_timer(NOW + UPKEEP_INTERVAL)
+    assert any(isinstance(c, Refresh) for c in due)
+    assert node.next_deadline() == NOW + 2 * UPKEEP_INTERVAL
