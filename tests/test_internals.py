@@ -210,3 +210,22 @@ async def test_peers_link_and_talk_with_both_fallbacks(monkeypatch: pytest.Monke
     async with serving() as pair:
         await assert_still_serving(pair)
     assert counter.calls > 0  # every record went through the public send_message
+
+
+async def test_the_listener_works_when_upgrade_headers_cannot_be_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listener empties trio-websocket's list of upgrade headers; where
+    ``headers`` is an immutable copy instead, it leaves it and links work."""
+    seen: list[object] = []
+    real = trio_websocket.WebSocketRequest.headers
+
+    def frozen_headers(request: trio_websocket.WebSocketRequest) -> tuple[object, ...]:
+        headers = tuple(real.fget(request))  # type: ignore[attr-defined]
+        seen.append(headers)
+        return headers
+
+    monkeypatch.setattr(trio_websocket.WebSocketRequest, "headers", property(frozen_headers))
+    async with serving() as pair:
+        await assert_still_serving(pair)
+    assert seen and all(isinstance(h, tuple) and h for h in seen)

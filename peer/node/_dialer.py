@@ -146,9 +146,7 @@ class Dialer:
                 self.counters.link_errors += 1
                 self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))
                 return
-            # trio-websocket keeps the upgrade request's headers for the link's
-            # life, unused after the upgrade: about 1 KiB per idle link on a relay
-            request.headers.clear()
+            _drop_headers(request)
             await self.links.run_link(WebSocketTransport(ws, remote), False, None)
         except Exception as exc:  # never let one connection end the listener
             self.counters.link_errors += 1
@@ -157,3 +155,19 @@ class Dialer:
             self._inbound_per_ip[ip] -= 1
             if not self._inbound_per_ip[ip]:
                 del self._inbound_per_ip[ip]
+
+
+def _drop_headers(request: trio_websocket.WebSocketRequest) -> None:
+    """Empty the upgrade request's headers, which trio-websocket keeps for the
+    link's life although nothing reads them after ``accept()``.
+
+    This relies on ``headers`` being trio-websocket 0.12's own mutable list. It
+    saves 0.8 KiB per idle link: 27.44 -> 26.64 KiB in
+    ``python -m bench --scenarios footprint --systems clawmesh,ws-trio``
+    (100 idle links, medians of 3 interleaved runs; ws-trio 18.0). Where the
+    headers are a copy or immutable, nothing is dropped and the link works the
+    same (tests/test_internals.py runs that path).
+    """
+    headers = request.headers
+    if isinstance(headers, list):
+        headers.clear()
