@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -36,6 +37,13 @@ def _client(peer: Peer) -> httpx.AsyncClient:
 
 @pytest.fixture
 async def pair(nursery: trio.Nursery) -> AsyncIterator[Pair]:
+    async with running_pair(nursery) as p:
+        yield p
+
+
+@asynccontextmanager
+async def running_pair(nursery: trio.Nursery) -> AsyncIterator[Pair]:
+    """Two linked peers in ``nursery``, each with an API client."""
     a = Peer(Identity.generate(), PeerOptions(channels=("lobby",), seed=1))
     b = Peer(Identity.generate(), PeerOptions(channels=("lobby",), seed=2))
     await nursery.start(a.run)

@@ -19,6 +19,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -66,6 +67,38 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
 
 
+def _digits(raw: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes ``²`` and other digits ``int`` refuses."""
+    return raw.isascii() and raw.isdigit()
+
+
+def _no_constant(name: str) -> Any:
+    raise ApiError(400, "invalid", f"{name} is not a JSON number (no NaN or Infinity)")
+
+
+def check_json_value(value: Any, depth: int = 0) -> None:
+    """Refuse what the wire or a reader could not carry: lone surrogates in text,
+    numbers that overflowed to infinity (``1e999``), nesting past 64 levels."""
+    if depth > 64:
+        raise ApiError(400, "invalid", "request body nests too deeply")
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "invalid", "text holds a lone surrogate") from None
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ApiError(400, "invalid", "numbers must be finite")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_json_value(key, depth + 1)
+            check_json_value(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json_value(item, depth + 1)
+
+
 def json_to_cbor_value(value: Any, depth: int = 0) -> Any:
     """A JSON value as the CBOR value we put in a payload (bytes for {"$b64": ...})."""
     if depth > 12:
@@ -93,17 +126,24 @@ def cbor_to_json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"$b64": base64.b64encode(value).decode()}
     if isinstance(value, dict):
-        return {
-            (k if isinstance(k, str) else base64.b64encode(k).decode()): cbor_to_json_value(v)
-            for k, v in value.items()
-        }
+        return {_json_key(k): cbor_to_json_value(v) for k, v in value.items()}
     if isinstance(value, list):
         return [cbor_to_json_value(v) for v in value]
-    if isinstance(value, float) and value != value:  # NaN has no JSON form
+    if isinstance(value, float) and not math.isfinite(value):  # no JSON form: null
         return None
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "replace").decode("utf-8")
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return repr(value)
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str):
+        return str(cbor_to_json_value(key))
+    if isinstance(key, bytes):
+        return base64.b64encode(key).decode()
+    return repr(key)  # an integer, a float or a bool key from another implementation
 
 
 def _hex_id(value: Any, name: str) -> bytes:
@@ -130,7 +170,7 @@ def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) > maximum:
+    if not _digits(raw) or int(raw) > maximum:
         raise ApiError(400, "invalid", f"{name} must be an integer 0..{maximum}")
     return int(raw)
 
@@ -200,7 +240,7 @@ class LocalApi:
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_REQUEST:
+        if length is not None and _digits(length) and int(length) > MAX_REQUEST:
             raise ApiError(413, "too-large", f"request body over {MAX_REQUEST} bytes")
         body = bytearray()
         async for chunk in request.stream():
@@ -208,11 +248,12 @@ class LocalApi:
             if len(body) > MAX_REQUEST:
                 raise ApiError(413, "too-large", f"request body over {MAX_REQUEST} bytes")
         try:
-            data = json.loads(body or b"{}")
-        except ValueError:
+            data = json.loads(body or b"{}", parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             raise ApiError(400, "invalid", "request body is not JSON") from None
         if not isinstance(data, dict):
             raise ApiError(400, "invalid", "request body must be a JSON object")
+        check_json_value(data)
         return data
 
     def _guarded(self, handler: Handler, *, open_: bool = False) -> Handler:
@@ -229,6 +270,11 @@ class LocalApi:
                 return await handler(request)
             except ApiError as exc:
                 return _error(exc.status, exc.code, exc.message)
+            except Exception as exc:  # a bug: the client still gets JSON, the peer goes on
+                self.peer.log.error(
+                    "API handler crashed", path=request.url.path, error=repr(exc), exc_info=exc
+                )
+                return _error(500, "internal", "internal error; the peer logged it")
 
         return endpoint
 
@@ -372,10 +418,11 @@ class LocalApi:
             if message.has_payload:
                 item["payload"] = cbor_to_json_value(message.payload)
             out.append(item)
+        headers = {"X-Clawmesh-Cursor": str(found[-1].cursor if found else after)}
+        response = JSONResponse(out, headers=headers)  # rendered before anything is marked read
         if unread and not peek:
             await peer.mark_read([m.id for m in found])
-        headers = {"X-Clawmesh-Cursor": str(found[-1].cursor if found else after)}
-        return JSONResponse(out, headers=headers)
+        return response
 
     async def _ack(self, request: Request) -> Response:
         data = await self._json_body(request)

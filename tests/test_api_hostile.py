@@ -1,0 +1,118 @@
+"""Hostile input at the local API: what it refuses, and that what it accepts can
+always be read back on every path, with JSON errors throughout."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from peer.api._api import cbor_to_json_value
+
+from .test_api import Pair, pair, running_pair  # noqa: F401  (pair: the fixture)
+
+
+def raw_post(body: bytes) -> dict[str, Any]:
+    return {"content": body, "headers": {"content-type": "application/json"}}
+
+
+async def assert_json_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+async def test_nan_infinity_and_overflow_are_refused(pair: Pair) -> None:  # noqa: F811
+    for literal in (b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1e400"):
+        body = b'{"channel": "lobby", "body": "x", "payload": ' + literal + b"}"
+        await assert_json_error(await pair.api_a.post("/send", **raw_post(body)), 400, "invalid")
+    # nothing was stored, and reading still works for everyone
+    for api in (pair.api_a, pair.api_b):
+        r = await api.get("/messages")
+        assert r.status_code == 200 and r.json() == []
+
+
+async def test_lone_surrogates_and_deep_nesting_are_refused(pair: Pair) -> None:  # noqa: F811
+    for body in (
+        b'{"channel": "lobby", "body": "\\ud800"}',
+        b'{"channel": "lobby", "body": "ok", "payload": {"\\udfff": 1}}',
+        b'{"channel": "lobby", "payload": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ):
+        await assert_json_error(await pair.api_a.post("/send", **raw_post(body)), 400, "invalid")
+
+
+async def test_unicode_digits_in_parameters_are_json_errors(pair: Pair) -> None:  # noqa: F811
+    for path in ("/messages?after=²", "/messages?limit=٣", "/peers?min=¹"):
+        await assert_json_error(await pair.api_a.get(path), 400, "invalid")
+
+
+async def test_unread_messages_stay_unread_until_they_were_rendered(pair: Pair) -> None:  # noqa: F811
+    sent = await pair.api_a.post("/send", json={"channel": "lobby", "body": "one"})
+    assert sent.status_code == 200
+    for _ in range(100):
+        got = (await pair.api_b.get("/messages", params={"unread": "true", "peek": "true"})).json()
+        if got:
+            break
+        await pair.b.wait_inbox_changed()
+    assert [m["body"] for m in got] == ["one"]
+    first = await pair.api_b.get("/messages", params={"unread": "true"})
+    assert [m["body"] for m in first.json()] == ["one"]
+    assert (await pair.api_b.get("/messages", params={"unread": "true"})).json() == []
+
+
+def test_whatever_a_peer_received_renders_as_json() -> None:
+    """Payloads come from other implementations too: every CBOR value our
+    decoder can return has a JSON form."""
+    odd = {
+        1: float("inf"),
+        b"\x00": [float("nan"), -float("inf")],
+        2.5: {"ok": True},
+    }
+    rendered = cbor_to_json_value(odd)
+    json.dumps(rendered, allow_nan=False)
+    assert rendered["1"] is None and rendered["AA=="] == [None, None]
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+async def _send_and_read_back(cases: list[tuple[Any, str]]) -> None:
+    async with trio.open_nursery() as nursery, running_pair(nursery) as p:
+        for payload, body in cases:
+            data = {"channel": "lobby", "body": body, "payload": payload}
+            sent = await p.api_a.post("/send", json=data)
+            assert sent.status_code == 200, sent.text
+            msg_id = sent.json()["id"]
+            paths: list[dict[str, str]] = [{}, {"channel": "lobby"}]
+            unread = {"unread": "true", "peek": "true"}  # our own messages are read already
+            for api, peer, extra in ((p.api_a, p.a, []), (p.api_b, p.b, [unread])):
+                with trio.fail_after(10):
+                    while peer.inbox.get(bytes.fromhex(msg_id)) is None:
+                        await peer.wait_inbox_changed()
+                for params in [*paths, *extra]:
+                    r = await api.get("/messages", params={**params, "limit": "1000"})
+                    assert r.status_code == 200, r.text
+                    [mine] = [m for m in r.json() if m["id"] == msg_id]
+                    assert mine["body"] == body and mine.get("payload") == payload  # null: none
+        nursery.cancel_scope.cancel()
+
+
+@settings(max_examples=8, deadline=None)
+@given(cases=st.lists(st.tuples(json_values, st.text(max_size=40)), min_size=1, max_size=12))
+def test_any_accepted_payload_reads_back_on_every_path(cases: list[tuple[Any, str]]) -> None:
+    """Whatever /send accepts, /messages gives back equal on both peers, on
+    every query path (a property test over generated JSON payloads)."""
+    trio.run(_send_and_read_back, cases)
