@@ -30,6 +30,7 @@ from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import BenchOnly
 from peer.wire._identity import Identity
+from store import private_dir
 
 
 class StartError(Exception):
@@ -71,7 +72,7 @@ def _prepare(key_dir: str | Path, data_dir: str | Path | None) -> tuple[Identity
     try:
         identity, _ = load_or_create_identity(keys)
         token = load_or_create_token(keys)
-        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(data)
     except (OSError, KeyStoreError) as exc:
         raise StartError(f"key or data directory: {exc}") from exc
     return identity, token, data

@@ -7,6 +7,7 @@ writer thread and group commit. ``store._policy`` holds the pure decisions:
 which topics to keep and for how long, and retry backoff.
 """
 
+from ._env import private_dir
 from ._log import (
     DEFAULT_MAP_SIZE,
     DEFAULT_MAX_MAP_SIZE,
@@ -57,4 +58,5 @@ __all__ = [
     "gaps_between",
     "merge_ranges",
     "open_store_service",
+    "private_dir",
 ]

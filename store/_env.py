@@ -66,6 +66,21 @@ _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EI
 # -- the gate -------------------------------------------------------------------
 
 
+
+def tighten(path: Path, mode: int) -> None:
+    """Take away group and other permissions ``path`` has beyond ``mode``."""
+    current = path.stat().st_mode & 0o777
+    if current & ~mode:
+        os.chmod(path, current & mode)
+
+
+def private_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) a directory only its owner can enter,
+    whatever the umask; an existing one with wider permissions is tightened."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tighten(path, 0o700)
+
+
 class _Gate:
     """Shared/exclusive lock between this store's transactions and map resizes.
 
@@ -180,7 +195,7 @@ class _StoreEnv:
         if max_seen_ranges < 1:
             raise ValueError("max_seen_ranges must be >= 1")
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path)
         self._max_map_size = max(_round_page(max_map_size), _PAGE)
         if reserve is None:
             reserve = max(self._max_map_size // 32, _MIN_GROWTH)
@@ -202,9 +217,13 @@ class _StoreEnv:
                 metasync=sync,
                 subdir=True,
                 readahead=True,
+                mode=0o600,  # decrypted DMs live here: the owner's alone, whatever the umask
             )
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+        for name in ("data.mdb", "lock.mdb"):  # files an older version made wider
+            with contextlib.suppress(FileNotFoundError):
+                tighten(self.path / name, 0o600)
         self._map_size = self._env.info()["map_size"]
         self._env.reader_check()  # clear reader slots of processes that died
         try:

@@ -25,7 +25,7 @@ from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import DAY_MS, BenchOnly, default_keep_rules
 from peer.wire._frames import is_topic
-from store import KeepRules, RetentionPolicy
+from store import KeepRules, RetentionPolicy, private_dir
 
 DEFAULT_PEER_PORT = 7433
 DEFAULT_API_PORT = 7432
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         identity, created = load_or_create_identity(args.key_dir)
         load_or_create_token(args.key_dir)
-        args.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(args.data_dir)
     except (KeyStoreError, OSError) as exc:
         raise SystemExit(f"key directory {args.key_dir}: {exc}") from None
     if created:

@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 from peer.wire._identity import Identity
+from store import private_dir
 
 KEY_FILE = "ed25519.seed"
 TOKEN_FILE = "api-token"
@@ -33,7 +34,7 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 def _ensure_dir(key_dir: Path) -> None:
-    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(key_dir)
 
 
 def load_or_create_identity(key_dir: Path) -> tuple[Identity, bool]:
