@@ -89,6 +89,7 @@ async def open_peer(
     data_dir: str | Path | None = None,
     store: bool = True,
     options: PeerOptions | None = None,
+    api_hosts: Sequence[str] = (),
 ) -> AsyncIterator[Peer]:
     """Run a peer for the duration of the block and yield it.
 
@@ -98,10 +99,12 @@ async def open_peer(
     listener's ``HOST:PORT`` (port 0 picks one; None dials out only), and
     ``advertise`` the URLs others should dial instead of the bound address.
     ``api`` is ``HOST:PORT`` for the local HTTP API (None: no API; its URL is
-    then ``peer.api_url``). The store lives in ``data_dir/store`` (default: the
-    key directory). ``options`` sets everything else (``channels``,
-    ``relay_only``, ``dht``, limits); ``store_path`` is filled in from
-    ``data_dir`` unless ``store`` is False.
+    then ``peer.api_url``); it answers only requests whose ``Host`` and
+    ``Origin`` name loopback, the address it is bound to, or ``api_hosts``.
+    The store lives in ``data_dir/store`` (default: the key directory).
+    ``options`` sets everything else (``channels``, ``relay_only``, ``dht``,
+    limits); ``store_path`` is filled in from ``data_dir`` unless ``store``
+    is False.
     """
     async with open_with(
         key_dir,
@@ -112,6 +115,7 @@ async def open_peer(
         data_dir=data_dir,
         store=store,
         options=options,
+        api_hosts=api_hosts,
     ) as peer:
         yield peer
 
@@ -127,6 +131,7 @@ async def open_with(
     data_dir: str | Path | None = None,
     store: bool = True,
     options: PeerOptions | None = None,
+    api_hosts: Sequence[str] = (),
     bench: BenchOnly | None = None,
 ) -> AsyncIterator[Peer]:
     """:func:`open_peer`, with the benchmark-only switches the CLI's hidden
@@ -150,7 +155,7 @@ async def open_with(
             peer.listen_urls[:] = list(advertise) or [f"ws://{shown}:{bound}/"]
 
     try:
-        async with _running(peer, services, api, token, bootstrap) as running:
+        async with _running(peer, services, (api, api_hosts), token, bootstrap) as running:
             yield running
     except BaseExceptionGroup as group:  # a StartError from inside the peer's nurseries
         leaf = _leaf(group)
@@ -163,16 +168,19 @@ async def open_with(
 async def _running(
     peer: Peer,
     services: Callable[[trio.Nursery], Awaitable[None]],
-    api: str | None,
+    api_spec: tuple[str | None, Sequence[str]],
     token: str,
     bootstrap: Sequence[str],
 ) -> AsyncIterator[Peer]:
+    api, api_hosts = api_spec
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: peer.run(extra=services, task_status=task_status))
         if api is not None:
             host, port = _host_port(api, "api")
             try:
-                peer.api_url = await serve_api(peer, host, port, token, nursery)
+                peer.api_url = await serve_api(
+                    peer, host, port, token, nursery, allowed_hosts=api_hosts
+                )
             except OSError as exc:
                 raise StartError(
                     f"cannot serve the API on {api}: {exc.strerror or exc} (pick another port)"

@@ -30,7 +30,7 @@ def _client(peer: Peer) -> httpx.AsyncClient:
     app = LocalApi(peer, TOKEN).app
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app),
-        base_url="http://test",
+        base_url="http://127.0.0.1",
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
 
@@ -66,7 +66,7 @@ async def running_pair(nursery: trio.Nursery) -> AsyncIterator[Pair]:
 
 async def test_status_is_open_and_the_rest_wants_the_token(pair: Pair) -> None:
     bare = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=LocalApi(pair.a, TOKEN).app), base_url="http://test"
+        transport=httpx.ASGITransport(app=LocalApi(pair.a, TOKEN).app), base_url="http://127.0.0.1"
     )
     async with bare:
         status = await bare.get("/status")

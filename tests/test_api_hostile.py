@@ -4,16 +4,19 @@ always be read back on every path, with JSON errors throughout."""
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from peer.api._api import cbor_to_json_value
+from peer.api import _api as api_module
+from peer.api._api import LocalApi, cbor_to_json_value
 
-from .test_api import Pair, pair, running_pair  # noqa: F401  (pair: the fixture)
+from .test_api import TOKEN, Pair, pair, running_pair  # noqa: F401  (pair: the fixture)
 
 
 def raw_post(body: bytes) -> dict[str, Any]:
@@ -116,3 +119,61 @@ def test_any_accepted_payload_reads_back_on_every_path(cases: list[tuple[Any, st
     """Whatever /send accepts, /messages gives back equal on both peers, on
     every query path (a property test over generated JSON payloads)."""
     trio.run(_send_and_read_back, cases)
+
+
+async def test_only_loopback_hosts_and_origins_are_answered(pair: Pair) -> None:  # noqa: F811
+    rebinding = {"Host": "evil.example:7432"}
+    await assert_json_error(await pair.api_a.get("/status", headers=rebinding), 403, "host")
+    page = {"Origin": "http://evil.example"}
+    await assert_json_error(await pair.api_a.get("/messages", headers=page), 403, "origin")
+    for ok in ({"Host": "localhost:7432"}, {"Host": "[::1]:7432"}, {"Origin": "http://127.0.0.1"}):
+        assert (await pair.api_a.get("/status", headers=ok)).status_code == 200, ok
+    allowed = LocalApi(pair.a, TOKEN, allowed_hosts=["mesh.lan"]).app
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=allowed), base_url="http://mesh.lan:7432"
+    ) as lan:
+        assert (await lan.get("/status")).status_code == 200
+
+
+async def test_a_body_that_never_ends_times_out_with_json(
+    pair: Pair,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(api_module, "BODY_TIMEOUT", 0.2)
+    app = LocalApi(pair.a, TOKEN).app
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not messages:
+            messages.append({})
+            return {"type": "http.request", "body": b'{"chan', "more_body": True}
+        await trio.sleep_forever()  # the rest of the body never comes
+        raise AssertionError  # pragma: no cover
+
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/send",
+        "raw_path": b"/send",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"authorization", f"Bearer {TOKEN}".encode()),
+            (b"content-type", b"application/json"),
+        ],
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("127.0.0.1", 7432),
+        "client": ("127.0.0.1", 5555),
+        "root_path": "",
+    }
+    with trio.fail_after(5):
+        await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert start["status"] == 408 and json.loads(body)["error"]["code"] == "timeout"

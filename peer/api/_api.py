@@ -20,9 +20,10 @@ import binascii
 import hmac
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from starlette.applications import Starlette
@@ -200,13 +201,40 @@ def _channel_name(value: Any) -> str:
     return name
 
 
-class LocalApi:
-    """Builds the Starlette app around one running :class:`Peer`."""
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+MAX_IN_FLIGHT = 1024  # requests handled at once; more get 503 at once, not silence
+BODY_TIMEOUT = 10.0  # seconds a client has to send its whole request body
 
-    def __init__(self, peer: Peer, token: str, *, api_url: str = "") -> None:
+
+def _hostname(value: str) -> str:
+    """The host of a ``Host`` header or an ``Origin`` (``scheme://host:port``)."""
+    if "://" in value:
+        return (urlsplit(value).hostname or "").lower()
+    host = value.rsplit("]", 1)[0].lstrip("[") if value.startswith("[") else value.split(":")[0]
+    return host.lower()
+
+
+class LocalApi:
+    """Builds the Starlette app around one running :class:`Peer`.
+
+    Only loopback names (and ``allowed_hosts``) are accepted in ``Host`` and
+    ``Origin``, so a web page that rebinds its DNS name to 127.0.0.1 cannot
+    read the API; every refusal and error is JSON.
+    """
+
+    def __init__(
+        self,
+        peer: Peer,
+        token: str,
+        *,
+        api_url: str = "",
+        allowed_hosts: Iterable[str] = (),
+    ) -> None:
         self.peer = peer
         self.token = token
         self.api_url = api_url
+        self.allowed_hosts = LOOPBACK_NAMES | {h.lower() for h in allowed_hosts}
+        self._in_flight = 0
         routes = [
             Route("/status", self._guarded(self._status, open_=True), methods=["GET"]),
             Route("/peers", self._guarded(self._peers), methods=["GET"]),
@@ -243,10 +271,13 @@ class LocalApi:
         if length is not None and _digits(length) and int(length) > MAX_REQUEST:
             raise ApiError(413, "too-large", f"request body over {MAX_REQUEST} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_REQUEST:
-                raise ApiError(413, "too-large", f"request body over {MAX_REQUEST} bytes")
+        with trio.move_on_after(BODY_TIMEOUT) as reading:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_REQUEST:
+                    raise ApiError(413, "too-large", f"request body over {MAX_REQUEST} bytes")
+        if reading.cancelled_caught:
+            raise ApiError(408, "timeout", f"request body not sent within {BODY_TIMEOUT:.0f} s")
         try:
             data = json.loads(body or b"{}", parse_constant=_no_constant)
         except (ValueError, RecursionError):
@@ -260,23 +291,44 @@ class LocalApi:
         """``handler`` behind the token check (unless ``open_``), ApiError as JSON."""
 
         async def endpoint(request: Request) -> Response:
-            if not open_ and not self._authorised(request):
-                return _error(
-                    401,
-                    "unauthorised",
-                    "send Authorization: Bearer <token from the key directory's api-token>",
-                )
+            refused = self._refused_origin(request)
+            if refused is not None:
+                return refused
+            if self._in_flight >= MAX_IN_FLIGHT:
+                return _error(503, "busy", "too many requests at once; retry shortly")
+            self._in_flight += 1
             try:
-                return await handler(request)
-            except ApiError as exc:
-                return _error(exc.status, exc.code, exc.message)
-            except Exception as exc:  # a bug: the client still gets JSON, the peer goes on
-                self.peer.log.error(
-                    "API handler crashed", path=request.url.path, error=repr(exc), exc_info=exc
-                )
-                return _error(500, "internal", "internal error; the peer logged it")
+                return await self._handle(request, handler, open_)
+            finally:
+                self._in_flight -= 1
 
         return endpoint
+
+    def _refused_origin(self, request: Request) -> Response | None:
+        host = _hostname(request.headers.get("host", ""))
+        if host not in self.allowed_hosts:
+            return _error(403, "host", f"Host {host!r} is not this peer's API address")
+        origin = request.headers.get("origin")
+        if origin is not None and _hostname(origin) not in self.allowed_hosts:
+            return _error(403, "origin", "requests from web pages of other origins are refused")
+        return None
+
+    async def _handle(self, request: Request, handler: Handler, open_: bool) -> Response:
+        if not open_ and not self._authorised(request):
+            return _error(
+                401,
+                "unauthorised",
+                "send Authorization: Bearer <token from the key directory's api-token>",
+            )
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except Exception as exc:  # a bug: the client still gets JSON, the peer goes on
+            self.peer.log.error(
+                "API handler crashed", path=request.url.path, error=repr(exc), exc_info=exc
+            )
+            return _error(500, "internal", "internal error; the peer logged it")
 
     # -- endpoints -------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -12,17 +13,33 @@ from peer.node._node import Peer
 
 from ._api import LocalApi
 
+BACKLOG = 4096  # connections the kernel queues for us: thousands of clients at once
+READ_TIMEOUT = 30  # seconds: a connection that sends nothing for this long is closed
 
-async def serve_api(peer: Peer, host: str, port: int, token: str, nursery: trio.Nursery) -> str:
+
+async def serve_api(
+    peer: Peer,
+    host: str,
+    port: int,
+    token: str,
+    nursery: trio.Nursery,
+    *,
+    allowed_hosts: Iterable[str] = (),
+) -> str:
     """Serve ``peer``'s local API on ``host:port`` in ``nursery``; returns its URL.
 
-    Raises OSError when the address cannot be bound.
+    ``allowed_hosts`` are names besides loopback that ``Host`` and ``Origin``
+    may carry (for an API bound to another address). Raises OSError when the
+    address cannot be bound.
     """
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
-    api = LocalApi(peer, token)
+    config.backlog = BACKLOG
+    config.read_timeout = READ_TIMEOUT
+    named = [] if host in ("0.0.0.0", "::", "") else [host]  # an address bound on purpose
+    api = LocalApi(peer, token, allowed_hosts=[*named, *allowed_hosts])
     binds: Any = await nursery.start(_serve, api, config)
     url = str(binds[0]) if binds else f"http://{host}:{port}"
     api.api_url = url

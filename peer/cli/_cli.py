@@ -79,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-api", action="store_true", help="run without the local HTTP API")
     p.add_argument(
+        "--api-allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name besides loopback (and --api's own address) that the API accepts "
+        "in Host and Origin headers (repeatable)",
+    )
+    p.add_argument(
         "--key-dir",
         type=Path,
         default=Path(os.environ.get("MESH_KEY_DIR", DEFAULT_HOME / "keys")),
@@ -263,6 +271,7 @@ async def run_peer(args: argparse.Namespace) -> None:
             api=None if args.no_api else args.api,
             store=not args.no_store,
             options=options,
+            api_hosts=args.api_allow_host,
             bench=BenchOnly(args.bench_no_verify, args.bench_plaintext_links),
         ) as peer:
             _write_peer_file(args.data_dir, peer, peer.api_url)
