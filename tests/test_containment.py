@@ -8,6 +8,7 @@ other links and new ones.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,8 @@ import trio
 from peer import Identity, Peer, PeerOptions
 from peer.node._link import Link
 from peer.wire._envelope import Content, Envelope
-from peer.wire._frametypes import AnyFrame, Sub
+from peer.wire._errors import ProtocolError
+from peer.wire._frametypes import AnyFrame, Dht, Ping, Sub
 
 
 @asynccontextmanager
@@ -118,3 +120,30 @@ async def test_a_bug_on_a_dialled_link_closes_only_that_link() -> None:
             other.publish("chat", Content(body="still here"))
             await until(dialler, lambda: any(m.body == "still here" for m in dialler.inbox))
             nursery.cancel_scope.cancel()
+
+
+async def test_every_frame_is_charged_to_its_link_once() -> None:
+    """Gossip frames are charged by the gossip router, others by the swarm: once each."""
+    async with (
+        running(7) as (hub, url),
+        running(8, listen=False) as (client, _),
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(client.dial_once, url)
+        await until(hub, lambda: client.peer_id in hub.links)
+        link = hub.links[client.peer_id]
+        charged: list[int] = []
+        charge = hub.router._charge
+
+        def counting(state: object, size: int, now: float) -> None:
+            charged.append(size)
+            charge(state, size, now)  # type: ignore[arg-type]
+
+        hub.router._charge = counting  # type: ignore[method-assign,assignment]
+        for frame in (Ping(n=7), Sub(topics=(("chat", 0),)), Dht(message=b"\x80")):
+            raw = frame.encode()
+            charged.clear()
+            with contextlib.suppress(ProtocolError):  # the DHT refuses that message: fine
+                hub.swarm.frame(link, frame, raw)
+            assert charged == [len(raw)], frame
+        nursery.cancel_scope.cancel()

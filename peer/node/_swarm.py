@@ -80,6 +80,8 @@ GOSSIP_FRAMES: tuple[type[AnyFrame], ...] = (
     Error,
 )
 
+_GOSSIP_SET = frozenset(GOSSIP_FRAMES)
+
 # A handler takes the frame class it is registered for.
 FrameHandler = Callable[[Link, Any, bytes], None]
 
@@ -180,7 +182,7 @@ class Swarm:
         owner = self._frame_owners.get(type(frame))
         if owner is None:
             raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.TYPE!r} frame after the handshake")
-        if owner is not self._on_gossip_frame:
+        if type(frame) not in _GOSSIP_SET:  # the gossip router charges its own frames
             refused = self.peer.router.admit(link.peer_id, len(raw), self.peer.now())
             if refused:
                 self.perform(refused)
