@@ -21,6 +21,7 @@ import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.wire._envelope import Content, Envelope, inbox_topic
+from store import StoreError
 
 
 def _options(tmp: Path, name: str, **extra: object) -> PeerOptions:
@@ -128,3 +129,22 @@ async def test_receipts_continue_the_chain_after_a_restart(tmp_path: Path) -> No
             await until(a, lambda: ib.peer_id not in a.links)
     # b signed: receipt 1, DM 2 (first run), receipt 3, DM 4 (after the restart)
     assert [e.seq for e in signed] == [2, 4], [(e.seq, e.prev) for e in signed]
+
+
+async def test_a_message_the_store_refused_leaves_no_hole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = Identity.generate()
+    async with running(me, _options(tmp_path, "a", channels=("lobby",))) as a:
+        first = await a.send_message("lobby", Content(body="1"))
+        assert a.storage is not None
+
+        async def refuse(*args: object) -> None:
+            raise StoreError("disk full")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(a.storage, "store_own", refuse)
+            with pytest.raises(StoreError):
+                await a.send_message("lobby", Content(body="lost"))
+        after = await a.send_message("lobby", Content(body="2"))
+    assert (after.seq, after.prev) == (2, first.id)

@@ -43,12 +43,13 @@ from peer.protocols._delivery import (
     Take,
 )
 from peer.wire._envelope import Envelope, inbox_topic, open_envelope, seal_receipt
-from peer.wire._errors import ProtocolError
+from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import Push
 from store import Backoff, DeadLetter, MessageStore, OutboxEntry, StoreError, StoreService
 
 from ._host import StorageCounters, StoragePeer
 from ._inbox import InboxMessage
+from ._link import Link
 
 REACH_QUEUE = 256
 REACH_PARALLEL = 8
@@ -229,8 +230,17 @@ class DeliveryService:
         link = self.peer.links.get(command.recipient)
         if link is None:
             self.core.on_link_down(command.recipient)
-        elif link.enqueue(Push(command.wire).encode()):
+        elif self._enqueue(link, Push(command.wire).encode()):
             self.counters.pushes_sent += 1
+
+    def _enqueue(self, link: Link, frame: bytes) -> bool:
+        """Queue ``frame``; a link too far behind is closed as SLOW (its DMs wait)."""
+        if link.enqueue(frame):
+            return True
+        self.peer.counters.refuse(ErrorCode.SLOW)
+        self.log.warning("link too slow for pushes", link=link.peer_id.hex()[:16])
+        link.close(ErrorCode.SLOW, "not reading fast enough")
+        return False
 
     def _take(self, env: Envelope) -> None:
         peer = self.peer
@@ -301,10 +311,14 @@ class DeliveryService:
         try:
             await self._store_own(env, None, None)
         except StoreError as exc:
+            # not stored, not sent: its sequence is free again, and the sender's
+            # retry of its DMs asks for a receipt once more
+            peer.unseal(env)
             self.log.error("receipt not stored", error=str(exc))
+            return
         link = peer.links.get(sender)
         if link is not None:
-            link.enqueue(Push(env.wire).encode())
+            self._enqueue(link, Push(env.wire).encode())
         self.counters.receipts_sent += 1
 
     # -- reaching recipients -----------------------------------------------------------

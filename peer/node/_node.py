@@ -49,7 +49,7 @@ from peer.wire._frames import is_topic
 from peer.wire._frametypes import Push
 from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
-from store import open_store_service
+from store import StoreError, open_store_service
 
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
@@ -372,6 +372,14 @@ class Peer:
             ),
         )
 
+    def unseal(self, env: Envelope) -> None:
+        """``env`` was sealed but will never be stored or sent (its store refused it):
+        if it is still the head of its chain, give its sequence back, so the chain
+        has no hole. One that is stored or may still be (a cancelled wait for a
+        commit) keeps its place: a hole is better than a reused sequence."""
+        if self._chains.get(env.log_topic) == (env.seq, env.id):
+            self._chains[env.log_topic] = (env.seq - 1, env.prev)
+
     async def seal_own(
         self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]
     ) -> Envelope:
@@ -423,6 +431,17 @@ class Peer:
         if self.dht is not None:
             self.dht.node.stop_providing(channel)
 
+    async def _store_own(
+        self, env: Envelope, message: InboxMessage | None, payload: bytes | None
+    ) -> None:
+        """Store what we signed (then it is published); StoreError gives its sequence back."""
+        assert self.storage is not None
+        try:
+            await self.storage.store_own(env, message, payload)
+        except StoreError:
+            self.unseal(env)
+            raise
+
     def _memory_only(self, method: str, instead: str) -> None:
         if self.storage is not None:
             raise RuntimeError(
@@ -451,7 +470,7 @@ class Peer:
                 message, payload = self.make_inbox_message(
                     env, content, channel, None, True, self.wall_ms()
                 )
-            await self.storage.store_own(env, message, payload)  # and publishes it
+            await self._store_own(env, message, payload)  # and publishes it
         else:
             self.swarm.perform(self.router.publish(env, self.now()))
         return env
@@ -467,7 +486,7 @@ class Peer:
         message, payload = self.make_inbox_message(
             env, content, None, peer_id, True, self.wall_ms()
         )
-        await self.storage.store_own(env, message, payload)  # and publishes it
+        await self._store_own(env, message, payload)  # and publishes it
         link = self.links.get(peer_id)
         if link is not None and env.route not in self.router.interest_of(peer_id):
             link.enqueue(Push(env.wire).encode())
