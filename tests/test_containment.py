@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import pytest
 import trio
 
-from peer import Identity, Peer, PeerOptions
+from peer import Identity, Peer, PeerOptions, memory_link_pair
+from peer.node import _catchuphost
 from peer.node._link import Link
 from peer.wire._envelope import Content, Envelope
 from peer.wire._errors import ProtocolError
@@ -146,4 +149,44 @@ async def test_every_frame_is_charged_to_its_link_once() -> None:
             with contextlib.suppress(ProtocolError):  # the DHT refuses that message: fine
                 hub.swarm.frame(link, frame, raw)
             assert charged == [len(raw)], frame
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_bug_in_catch_up_work_ends_that_link_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Work started by a link's frames (here: checking a catch-up page) is
+    contained like frame handling: that link closes, the peer goes on."""
+
+    def opts(name: str) -> PeerOptions:
+        return PeerOptions(store_path=str(tmp_path / name), dht=False, channels=("lobby",))
+
+    carrier = Peer(Identity.from_seed(b"\x09" * 32), opts("carrier"))
+    returning = Peer(Identity.from_seed(b"\x0a" * 32), opts("returning"))
+    calls: list[int] = []
+
+    def broken(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        raise RuntimeError("injected bug")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(carrier.run)
+        await nursery.start(returning.run)
+        for i in range(3):
+            await carrier.send_message("lobby", Content(body=f"m{i}"))
+        with monkeypatch.context() as patch:
+            patch.setattr(_catchuphost, "check_page", broken)
+            ta, tb = memory_link_pair()
+            returning.start_link(ta, initiator=True)
+            carrier.start_link(tb, initiator=False)
+            await until(returning, lambda: returning.counters.link_errors == 1)
+            await until(returning, lambda: carrier.peer_id not in returning.links)
+        assert calls and not [m for m in returning.inbox if m.body.startswith("m")]
+        # the peer still works: a new link catches up all of it
+        ta, tb = memory_link_pair()
+        returning.start_link(ta, initiator=True)
+        carrier.start_link(tb, initiator=False)
+        with trio.fail_after(15):
+            while len([m for m in returning.inbox if m.body.startswith("m")]) < 3:
+                await returning.wait_inbox_changed()
         nursery.cancel_scope.cancel()

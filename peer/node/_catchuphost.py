@@ -70,6 +70,14 @@ COMMAND_QUEUE = 4096  # commands waiting for a task; bounded by links and walks 
 
 
 
+
+Work = ReadPage | ReadCursor | CheckAndStore | FillGaps  # commands done by a task
+
+
+def _link_of(command: Work) -> bytes:
+    """The link whose frames led to ``command``."""
+    return command.peer if isinstance(command, ReadPage) else command.carrier
+
 class AcceptMany(Protocol):
     """``Storage.accept_many``: store envelopes (and ``then``) in one commit; the new count."""
 
@@ -110,7 +118,7 @@ class CatchUpService:
         self.relay_only = peer.options.relay_only
         self.verify = peer.verify
         self.core = CatchUpCore(self.kept_topics)
-        self._commands, self._todo = trio.open_memory_channel[Command](COMMAND_QUEUE)
+        self._commands, self._todo = trio.open_memory_channel[Work](COMMAND_QUEUE)
         self._armed = trio.Event()  # a request went out: the timer has a deadline
         self.prev_alive = 0  # wall ms our previous run last noted it was running
         self.started_ms = 0
@@ -161,8 +169,11 @@ class CatchUpService:
                 try:
                     self._commands.send_nowait(command)
                 except trio.WouldBlock:
+                    # the core would wait for its outcome for ever: end that link
+                    # instead, and its link-down resets the walks and serving
                     self.lost_commands += 1
                     self.log.error("catch-up command queue full", command=type(command).__name__)
+                    self._drop_link(_link_of(command), "catch-up is overloaded")
             else:
                 self._perform(command)
 
@@ -199,15 +210,33 @@ class CatchUpService:
             nursery.start_soon(self._alive_loop)
             nursery.start_soon(self._timer_loop)
             async for command in self._todo:
-                match command:
-                    case ReadPage():
-                        nursery.start_soon(self._read_page, command)
-                    case ReadCursor():
-                        nursery.start_soon(self._read_cursor, command)
-                    case CheckAndStore():
-                        nursery.start_soon(self._check_and_store, command)
-                    case FillGaps():
-                        nursery.start_soon(self._fill_gaps, command)
+                nursery.start_soon(self._contained, command)
+
+    async def _contained(self, command: Work) -> None:
+        """Do one command's work; a bug there ends the link it concerns, not the peer
+        (logged at error level and counted; the link-down resets the core's state)."""
+        try:
+            match command:
+                case ReadPage():
+                    await self._read_page(command)
+                case ReadCursor():
+                    await self._read_cursor(command)
+                case CheckAndStore():
+                    await self._check_and_store(command)
+                case FillGaps():
+                    await self._fill_gaps(command)
+        except Exception as exc:
+            self.peer.counters.link_errors += 1
+            self.log.error(
+                "catch-up task crashed", command=type(command).__name__, error=repr(exc),
+                exc_info=exc,
+            )
+            self._drop_link(_link_of(command), "internal error")
+
+    def _drop_link(self, peer_id: bytes, reason: str) -> None:
+        link = self.peer.links.get(peer_id)
+        if link is not None:
+            link.close(ErrorCode.UNEXPECTED, reason)
 
     async def _timer_loop(self) -> None:
         """Feed the core's timer at its deadlines (a request's own deadline is never

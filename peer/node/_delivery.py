@@ -185,6 +185,10 @@ class DeliveryService:
                     await self._perform(self.core.handle_timer(self.peer.wall_ms()))
                 except StoreError as exc:
                     self.log.error("outbox step failed", error=str(exc))
+                except Exception as exc:  # a bug: log and count it, keep delivering
+                    self.peer.counters.task_errors += 1
+                    self.log.error("outbox step crashed", error=repr(exc), exc_info=exc)
+                    await trio.sleep(1)  # not a hot loop if it keeps failing
 
     async def _sleep_until(self, deadline_ms: int | None) -> None:
         if deadline_ms is None:

@@ -107,7 +107,8 @@ class PeerCounters:
     links_closed: int = 0
     handshakes_failed: int = 0
     refused: dict[str, int] = field(default_factory=dict)
-    link_errors: int = 0
+    link_errors: int = 0  # bugs while serving a link: the link was closed
+    task_errors: int = 0  # bugs in a peer's timer loops: logged, the loop went on
     dm_undecryptable: int = 0
 
     def refuse(self, code: ErrorCode) -> None:

@@ -258,10 +258,17 @@ class Swarm:
             with trio.move_on_at(min(deadlines, default=trio.current_time() + 3600)):
                 await self._timers_changed.wait()
             self._timers_changed = trio.Event()
-            now = self.peer.now()
-            self.perform(self.peer.router.handle_timer(now))
-            if self.presence.handle_timer(now):
-                self._announce_presence()
+            try:
+                self._fire(self.peer.now())
+            except Exception as exc:  # a bug: log and count it, keep the timers running
+                self.peer.counters.task_errors += 1
+                self.peer.log.error("timer crashed", error=repr(exc), exc_info=exc)
+                await trio.sleep(1)  # not a hot loop if it keeps failing
+
+    def _fire(self, now: float) -> None:
+        self.perform(self.peer.router.handle_timer(now))
+        if self.presence.handle_timer(now):
+            self._announce_presence()
 
     def want_presence(self) -> None:
         self.presence.want(self.peer.now())
