@@ -20,7 +20,7 @@ from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.node import _catchuphost
 from peer.node._link import Link
 from peer.wire._envelope import Content, Envelope
-from peer.wire._errors import ProtocolError
+from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import AnyFrame, Dht, Ping, Sub
 
 
@@ -189,4 +189,38 @@ async def test_a_bug_in_catch_up_work_ends_that_link_only(
         with trio.fail_after(15):
             while len([m for m in returning.inbox if m.body.startswith("m")]) < 3:
                 await returning.wait_inbox_changed()
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_the_dht_a_dm_dials_its_recipient(tmp_path: Path) -> None:
+    """The outbox reaches a recipient whose address it knows by dialling it,
+    with the DHT off too (connect is the dialler's, not the DHT's)."""
+
+    def opts(name: str) -> PeerOptions:
+        return PeerOptions(store_path=str(tmp_path / name), dht=False, outbox_retry_initial=0.2)
+
+    sender = Peer(Identity.from_seed(b"\x0b" * 32), opts("sender"))
+    recipient = Peer(Identity.from_seed(b"\x0c" * 32), opts("recipient"))
+
+    async def listener(peer: Peer) -> None:
+        port = await peer.serve_websocket("127.0.0.1", 0)
+        peer.listen_urls[:] = [f"ws://127.0.0.1:{port}/"]
+
+    async with trio.open_nursery() as nursery:
+        for p in (sender, recipient):
+            await nursery.start(
+                lambda task_status, p=p: p.run(
+                    extra=lambda _n, p=p: listener(p), task_status=task_status
+                )
+            )
+        # they met once: the sender knows the recipient's key and address
+        async with trio.open_nursery() as once:
+            once.start_soon(recipient.dial_once, sender.listen_urls[0])
+            await until(sender, lambda: recipient.peer_id in sender.links)
+            sender.links[recipient.peer_id].close(ErrorCode.SHUTDOWN, "bye")
+            await until(sender, lambda: recipient.peer_id not in sender.links)
+        env = await sender.send_direct(recipient.peer_id, Content(body="find me"))
+        with trio.fail_after(15):
+            while recipient.inbox.get(env.id) is None:
+                await recipient.wait_inbox_changed()
         nursery.cancel_scope.cancel()

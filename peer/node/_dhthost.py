@@ -18,7 +18,6 @@ through the ``DhtPeer`` protocol (checked by mypy where the peer makes it).
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -27,7 +26,6 @@ from dht import Contact, DhtNode, DhtService, Mode, Relay
 from peer.wire._frametypes import Dht
 from peer.wire._identity import Identity
 
-from ._bootstrap import BootstrapError, parse_peer_address
 from ._inbox import Directory, PeerInfo
 from ._linkhost import LinkManager
 from ._options import PeerOptions
@@ -59,9 +57,7 @@ class DhtPeer(Protocol):
     def wall_ms(self) -> int: ...
     def wall_time(self) -> float: ...
     def notify_changed(self) -> None: ...
-    async def dial_once(
-        self, url: str, expect: bytes | None = None, on_up: Callable[[], None] | None = None
-    ) -> bytes | None: ...
+    async def connect(self, contact: Contact) -> bool: ...
 
 
 class DhtBridge:
@@ -73,7 +69,6 @@ class DhtBridge:
         self.links = peer.link_manager.links
         self.directory = peer.directory
         self.options = peer.options
-        self._dialing: dict[bytes, trio.Event] = {}
         self.service = self._make_dht()
 
     def _make_dht(self) -> DhtService:
@@ -143,42 +138,8 @@ class DhtBridge:
         return link is not None and link.enqueue(Dht(payload).encode())
 
     async def connect(self, contact: Contact) -> bool:
-        """Link to ``contact`` (dialling its addresses) unless linked; True once linked.
-
-        Waits for the dial to succeed or fail; callers bound it with a cancel scope.
-        """
-        if contact.id in self.links:
-            return True
-        if contact.id == self.peer_id or not contact.addrs:
-            return False
-        if len(self.links) >= self.options.max_links:
-            return False  # no room: the DHT and gossip reach it through others
-        attempt = self._dialing.get(contact.id)
-        if attempt is None:
-            attempt = self._dialing[contact.id] = trio.Event()
-            self.peer.nursery.start_soon(self._dial_contact, contact, attempt)
-        while contact.id not in self.links and not attempt.is_set():
-            await self.peer.link_manager.wait_changed()
-        return contact.id in self.links
-
-    async def _dial_contact(self, contact: Contact, attempt: trio.Event) -> None:
-        try:
-            for addr in contact.addrs[:2]:
-                if await self._dial_and_serve(addr, contact.id, attempt):
-                    return
-        finally:
-            attempt.set()
-            self._dialing.pop(contact.id, None)
-            self.peer.link_manager.wake()
-
-    async def _dial_and_serve(self, addr: str, expect: bytes, attempt: trio.Event) -> bool:
-        """Dial ``addr``; True if a link came up (it is served until it ends)."""
-        try:
-            parse_peer_address(addr)
-        except BootstrapError:
-            return False
-        linked = await self.peer.dial_once(addr, expect, on_up=attempt.set)
-        return linked is not None
+        """Link to ``contact`` unless linked (the peer's dialler does it)."""
+        return await self.peer.connect(contact)
 
     async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None:
         """Find a peer's record in the DHT, learn its key, and link to it if we can.

@@ -28,10 +28,11 @@ from typing import Any
 import trio
 import trio_websocket
 
+from dht import Contact
 from peer.wire._errors import ErrorCode
 from store import Backoff
 
-from ._bootstrap import BootstrapError, BootstrapPeer, fetch_bootstrap
+from ._bootstrap import BootstrapError, BootstrapPeer, fetch_bootstrap, parse_peer_address
 from ._linkhost import LinkManager
 from ._options import PeerCounters, PeerOptions
 from ._transport import WebSocketTransport
@@ -63,6 +64,56 @@ class Dialer:
             cap_ms=max(1, int(options.backoff_initial * 1000), int(options.backoff_max * 1000)),
         )
         self._inbound_per_ip: dict[str, int] = {}
+        self._dialing: dict[bytes, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the tasks of dials to contacts (``connect``) until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def connect(self, contact: Contact) -> bool:
+        """Link to ``contact`` (dialling its addresses) unless linked; True once linked.
+
+        One dial per peer at a time, never past ``max_links``; it runs in this
+        dialler's nursery, so the link outlives the caller. Waits for the dial to
+        succeed or fail; callers bound the wait with a cancel scope.
+        """
+        links = self.links.links
+        if contact.id in links:
+            return True
+        if contact.id == self.links.peer_id or not contact.addrs or self._nursery is None:
+            return False
+        if len(links) >= self.options.max_links:
+            return False  # no room: the DHT and gossip reach it through others
+        attempt = self._dialing.get(contact.id)
+        if attempt is None:
+            attempt = self._dialing[contact.id] = trio.Event()
+            self._nursery.start_soon(self._dial_contact, contact, attempt)
+        while contact.id not in links and not attempt.is_set():
+            await self.links.wait_changed()
+        return contact.id in links
+
+    async def _dial_contact(self, contact: Contact, attempt: trio.Event) -> None:
+        try:
+            for addr in contact.addrs[:2]:
+                if await self._dial_and_serve(addr, contact.id, attempt):
+                    return
+        finally:
+            attempt.set()
+            self._dialing.pop(contact.id, None)
+            self.links.wake()
+
+    async def _dial_and_serve(self, addr: str, expect: bytes, attempt: trio.Event) -> bool:
+        """Dial ``addr``; True if a link came up (it is served until it ends)."""
+        try:
+            parse_peer_address(addr)
+        except BootstrapError:
+            return False
+        linked = await self.dial_once(addr, expect, on_up=attempt.set)
+        return linked is not None
 
     async def dial_forever(self, url: str, expect: bytes | None = None) -> None:
         """Keep a link to ``url`` up, reconnecting with jittered exponential backoff."""

@@ -178,6 +178,7 @@ class Peer:
         self._nursery = nursery
         if self.storage is not None:
             nursery.start_soon(self.storage.run)
+        await nursery.start(self.dialer.run)
         if extra is not None:
             await extra(nursery)
         if self.options.dht:
@@ -561,10 +562,9 @@ class Peer:
         await self.dialer.join(specs, self.nursery)
 
     async def connect(self, contact: Contact) -> bool:
-        """Link to a DHT contact unless linked; False without the DHT or when it fails."""
-        if self.bridge is None:
-            return False
-        return await self.bridge.connect(contact)
+        """Link to ``contact`` (a peer id, its key and addresses) unless linked;
+        True once linked, False if it cannot be (see ``Dialer.connect``)."""
+        return await self.dialer.connect(contact)
 
     async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None:
         """What we know of ``peer_id``, asking the DHT (and linking) if we know nothing."""
