@@ -58,11 +58,17 @@ def _local_address() -> str:
     return "127.0.0.1"
 
 
-def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
+def _only_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception in ``group`` besides cancellations, if there is exactly one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 def _prepare(key_dir: str | Path, data_dir: str | Path | None) -> tuple[Identity, str, Path]:
@@ -151,17 +157,20 @@ async def open_with(
                     f"cannot listen on {listen}: {exc.strerror or exc}"
                     " (is another peer running? pick another port)"
                 ) from exc
-            shown = _local_address() if host in ("0.0.0.0", "::") else host
+            wildcard = host in ("0.0.0.0", "::")
+            shown = await trio.to_thread.run_sync(_local_address) if wildcard else host
             peer.listen_urls[:] = list(advertise) or [f"ws://{shown}:{bound}/"]
 
     try:
         async with _running(peer, services, (api, api_hosts), token, bootstrap) as running:
             yield running
-    except BaseExceptionGroup as group:  # a StartError from inside the peer's nurseries
-        leaf = _leaf(group)
-        if isinstance(leaf, StartError):
-            raise leaf from None
-        raise
+    except BaseExceptionGroup as group:
+        # One error (a StartError from inside the peer's nurseries, or the caller's
+        # own from the block) comes out as itself, not wrapped by our nurseries.
+        only = _only_error(group)
+        if only is None:
+            raise
+        raise only from None
 
 
 @asynccontextmanager

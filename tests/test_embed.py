@@ -65,3 +65,9 @@ async def test_a_busy_address_is_a_clear_start_error(tmp_path: Path) -> None:
 async def test_an_api_without_an_address_binds_loopback(tmp_path: Path) -> None:
     async with peer.open_peer(tmp_path / "a", api=":0", listen=None) as a:
         assert a.api_url is not None and a.api_url.startswith("http://127.0.0.1:")
+
+
+async def test_the_callers_own_error_comes_out_unwrapped(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="mine"):
+        async with peer.open_peer(tmp_path / "a", store=False):
+            raise KeyError("mine")

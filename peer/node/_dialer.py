@@ -5,16 +5,17 @@ Rules kept here:
 * ``dial_forever`` keeps one address linked: after a link ends or a dial
   fails it waits a jittered, growing delay (``store.Backoff``, the one
   backoff helper) and dials again. A link that came up starts the delays
-  from the beginning, unless links to the address flap (``FLAP_LIMIT`` links
-  within ``FLAP_WINDOW`` seconds), when the delays keep growing. An address
-  that turns out to be our own is dropped.
+  from the beginning, unless short links to the address flap (``Redial``),
+  when the delays keep growing. An address that turns out to be our own is
+  dropped.
 * ``join`` resolves each bootstrap spec (retrying with the same backoff)
   and keeps a link to every peer it names.
 * The listener refuses more than ``max_links_per_ip`` inbound connections
   from one remote address (loopback is exempt); a connection that fails
   its upgrade is counted and never ends the listener.
-* Every task here runs in the nursery the peer gives, started from these
-  async functions, never from a callback.
+* Dials to contacts (``connect``) run in the dialler's own nursery (``run``);
+  the listener's connections and bootstrap dials in the nursery the peer
+  gives. Tasks are started from these async functions, never from a callback.
 """
 
 from __future__ import annotations
@@ -41,6 +42,40 @@ from ._websocket import describe_remote, dial_websocket, is_loopback, serve_ws
 BOOTSTRAP_BACKOFF = Backoff(base_ms=1_000, cap_ms=60_000)
 FLAP_LIMIT = 5
 FLAP_WINDOW = 60.0
+STABLE = 10.0  # seconds a link must last for its end not to count as a flap
+
+
+class Redial:
+    """When to dial one address again, after each attempt (pure: times go in).
+
+    Failed dials back off exponentially, jittered. A link that came up resets
+    the backoff; a short one (under ``STABLE`` seconds) only while such short
+    links do not flap: ``FLAP_LIMIT`` of them within ``FLAP_WINDOW`` seconds
+    keep the delays growing until a link lasts.
+    """
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+        self.failures = 0
+        self._short: deque[float] = deque(maxlen=FLAP_LIMIT)
+
+    def ended(self, linked: bool, started: float, ended: float) -> None:
+        """An attempt that began at ``started`` ended at ``ended``; ``linked``: a link came up."""
+        if not linked:
+            self.failures += 1
+            return
+        if ended - started >= STABLE:
+            self._short.clear()
+            self.failures = 0
+            return
+        self._short.append(ended)
+        flapping = len(self._short) == FLAP_LIMIT and ended - self._short[0] < FLAP_WINDOW
+        self.failures = self.failures + 1 if flapping else 0
+
+    def delay(self, rng: random.Random) -> float:
+        """Seconds to wait before the next dial: jittered, from one to two base delays
+        after a reset, growing to the backoff's cap."""
+        return self.backoff.delay_ms(self.failures + 1, rng) / 1000
 
 
 class Dialer:
@@ -59,10 +94,9 @@ class Dialer:
         self.counters = counters
         self.rng = rng
         self.log = log
-        self.backoff = Backoff(
-            base_ms=max(1, int(options.backoff_initial * 1000)),
-            cap_ms=max(1, int(options.backoff_initial * 1000), int(options.backoff_max * 1000)),
-        )
+        base_ms = max(1, int(options.backoff_initial * 500))  # the first redial: 0.5-1 s
+        cap_ms = max(base_ms, int(options.backoff_max * 1000))
+        self.backoff = Backoff(base_ms=base_ms, cap_ms=cap_ms)
         self._inbound_per_ip: dict[str, int] = {}
         self._dialing: dict[bytes, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
@@ -118,9 +152,9 @@ class Dialer:
     async def dial_forever(self, url: str, expect: bytes | None = None) -> None:
         """Keep a link to ``url`` up, reconnecting with jittered exponential backoff."""
         log = self.log.bind(dial=url)
-        failures = 0
-        ups: deque[float] = deque(maxlen=FLAP_LIMIT)
+        policy = Redial(self.backoff)
         while True:
+            started = trio.current_time()
             linked_to = await self.dial_once(url, expect)
             if url in self.links.self_urls:
                 log.info("bootstrap address is this peer; not dialling it")
@@ -129,11 +163,8 @@ class Dialer:
             if existing is not None:
                 # a duplicate: the other direction won; wait for it to end
                 await existing.closed.wait()
-            if linked_to is not None:
-                ups.append(trio.current_time())
-            flapping = len(ups) == FLAP_LIMIT and ups[-1] - ups[0] < FLAP_WINDOW
-            failures = 0 if linked_to is not None and not flapping else failures + 1
-            delay = self.backoff.delay_ms(failures, self.rng) / 1000
+            policy.ended(linked_to is not None, started, trio.current_time())
+            delay = policy.delay(self.rng)
             log.debug("redial", after=round(delay, 2))
             await trio.sleep(delay)
 

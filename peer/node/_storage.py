@@ -460,8 +460,9 @@ class Storage:
         for planned in plans:
             if planned.request.own:
                 planned.request.error = exc  # not stored: the API says so, nothing is sent
-            elif planned.message is not None:
-                self.peer.add_inbox_message(planned.message)  # the agent still sees it
+        # What others sent is not in the inbox either: it has no cursor without its
+        # commit (a stream would skip or repeat one), and no receipt went out, so its
+        # carriers still hold it for catch-up once the store takes writes again.
 
     def _publish_own(self, plans: list[_Planned]) -> None:
         """Our DMs wait for receipts; what we signed is published in commit order,
