@@ -180,8 +180,12 @@ class Dialer:
             url,
             lambda transport: self.links.run_link(transport, True, expect, on_up),
             self.log,
+            on_bug=self._count_bug,
         )
         return None if result is None else result.peer_id
+
+    def _count_bug(self, exc: BaseException) -> None:
+        self.counters.link_errors += 1
 
     async def join(self, specs: list[str], nursery: trio.Nursery) -> None:
         """Resolve every bootstrap spec (retrying failures) and keep links to what it names."""
@@ -224,8 +228,8 @@ class Dialer:
         try:
             try:
                 ws = await request.accept()
-            except Exception as exc:
-                self.counters.link_errors += 1
+            except Exception as exc:  # a scanner, a client that went: not our bug
+                self.counters.upgrade_failures += 1
                 self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))
                 return
             _drop_headers(request)

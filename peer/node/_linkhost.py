@@ -120,7 +120,13 @@ class LinkManager:
             if result is None:
                 return None
             link = Link(result, transport, initiator, self.now())
-            if not await self._take_place(link):
+            try:
+                if not await self._take_place(link):
+                    return result
+            except _LINK_GONE:
+                return result  # it went while we settled which link to keep
+            except Exception as exc:  # a bug: drop this link, keep the peer
+                self._crashed(link, exc)
                 return result
             self._register(link)
             try:

@@ -109,6 +109,7 @@ class PeerCounters:
     refused: dict[str, int] = field(default_factory=dict)
     link_errors: int = 0  # bugs while serving a link: the link was closed
     task_errors: int = 0  # bugs in a peer's timer loops: logged, the loop went on
+    upgrade_failures: int = 0  # inbound connections that never became WebSockets
     dm_undecryptable: int = 0
 
     def refuse(self, code: ErrorCode) -> None:

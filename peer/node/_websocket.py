@@ -31,10 +31,26 @@ from ._transport import RECEIVE_BUFFER, StreamTransport, WebSocketTransport
 T = TypeVar("T")
 
 
+_DIAL_TROUBLE = (
+    OSError,
+    trio.TooSlowError,
+    trio_websocket.HandshakeError,
+    trio_websocket.ConnectionClosed,
+    trio.BrokenResourceError,
+)
+
+
 async def dial_websocket(
-    url: str, run: Callable[[WebSocketTransport], Awaitable[T | None]], log: Any
+    url: str,
+    run: Callable[[WebSocketTransport], Awaitable[T | None]],
+    log: Any,
+    on_bug: Callable[[BaseException], None] | None = None,
 ) -> T | None:
-    """Connect to ``url`` and ``await run(transport)``; None if the dial failed."""
+    """Connect to ``url`` and ``await run(transport)``; None if the dial failed.
+
+    A failed dial is logged at debug level; anything else that escapes (a bug)
+    is logged at error level and handed to ``on_bug`` to be counted.
+    """
     parts = urlsplit(url)
     host = parts.hostname or ""
     secure = parts.scheme == "wss"
@@ -59,16 +75,16 @@ async def dial_websocket(
                 )
             result = await run(WebSocketTransport(ws, url))
             nursery.cancel_scope.cancel()
-    except (
-        OSError,
-        trio.TooSlowError,
-        trio_websocket.HandshakeError,
-        trio_websocket.ConnectionClosed,
-        trio.BrokenResourceError,
-    ) as exc:
+    except _DIAL_TROUBLE as exc:
         log.debug("dial failed", dial=url, error=repr(exc))
     except ExceptionGroup as group:  # trio-websocket may wrap close errors
-        log.debug("dial failed", dial=url, error=repr(group))
+        _, bugs = group.split(_DIAL_TROUBLE)
+        if bugs is None:
+            log.debug("dial failed", dial=url, error=repr(group))
+        else:
+            log.error("dial crashed", dial=url, error=repr(bugs), exc_info=bugs)
+            if on_bug is not None:
+                on_bug(bugs)
     finally:
         if stream is not None:
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
