@@ -63,7 +63,7 @@ from ._rpc import (
     encode_request,
     encode_response,
 )
-from ._service import DhtService, LinkHost
+from ._service import DhtCarrier, DhtService
 
 __all__ = [
     "MAX_ADDRS",
@@ -76,6 +76,7 @@ __all__ = [
     "TOPIC_KEY_TAG",
     "AddProvider",
     "Contact",
+    "DhtCarrier",
     "DhtConfig",
     "DhtNode",
     "DhtService",
@@ -84,7 +85,6 @@ __all__ = [
     "FindPeer",
     "GetProviders",
     "K",
-    "LinkHost",
     "Lookup",
     "LookupStats",
     "Message",

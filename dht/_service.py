@@ -8,7 +8,7 @@ many RPCs share one link; a lookup that needs a node we have no link to
 asks the host to dial it once (the link then stays up for gossip too,
 within the peer's link limit).
 
-The host (the peer) is reached only through :class:`LinkHost`, so this module
+The host (the peer) is reached only through :class:`DhtCarrier`, so this module
 knows nothing of WebSockets. Time: trio's clock for timeouts; for records the
 host's wall clock (``host.wall_time()``), which the peer derives from trio's
 clock so that ``MockClock`` drives both.
@@ -56,7 +56,7 @@ def answers_any(msg: Message) -> TypeGuard[Response]:
     return not isinstance(msg, _REQUESTS)
 
 
-class LinkHost(Protocol):
+class DhtCarrier(Protocol):
     """What the DHT needs from the peer that carries it."""
 
     def contact_of(self, peer_id: bytes) -> Contact | None: ...
@@ -81,7 +81,7 @@ class _Slot:
 
 
 class DhtService:
-    def __init__(self, node: DhtNode, host: LinkHost, log: Any) -> None:
+    def __init__(self, node: DhtNode, host: DhtCarrier, log: Any) -> None:
         self.node = node
         self.host = host
         self.log = log
@@ -271,6 +271,7 @@ class DhtService:
         return snapshot(
             **self.node.statistics(),
             pending_requests=len(self._pending),
+            replies_refused=self._pending.refused,
             lookups_run=self.lookups_run,
             joined=self._joined.is_set(),
         )

@@ -48,7 +48,7 @@ from peer.wire._limits import (
 
 CHANNEL = "lobby"
 DEADLINE = 10.0  # seconds of real time for any single awaited event
-# What protocol-spec says is hashed and signed in the handshake (see peer/_handshake.py).
+# What protocol-spec says is hashed and signed in the handshake (see peer/wire/_handshake.py).
 TRANSCRIPT_TAG = b"clawmesh/handshake/v1"
 INITIATOR_AUTH_TAG = b"clawmesh/auth/initiator/v1"
 

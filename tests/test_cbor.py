@@ -1,4 +1,4 @@
-"""Strict CBOR (peer/_cbor.py): canonical round trips and every refusal.
+"""Strict CBOR (peer/wire/_cbor.py): canonical round trips and every refusal.
 
 Sans-IO: bytes in, values or ProtocolError out.
 """

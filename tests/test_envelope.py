@@ -1,4 +1,4 @@
-"""Signed envelopes and DMs (peer/_envelope.py), sans-IO."""
+"""Signed envelopes and DMs (peer/wire/_envelope.py), sans-IO."""
 
 from __future__ import annotations
 

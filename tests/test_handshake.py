@@ -1,4 +1,4 @@
-"""The link handshake and session cipher (peer/_handshake.py), sans-IO.
+"""The link handshake and session cipher (peer/wire/_handshake.py), sans-IO.
 
 Two Handshake objects are driven against each other through a fake link that
 shuttles records both ways until neither side has anything to send.

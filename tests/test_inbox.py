@@ -1,4 +1,4 @@
-"""The local inbox and peer directory (peer/_inbox.py): plain data, no I/O."""
+"""The local inbox and peer directory (peer/node/_inbox.py): plain data, no I/O."""
 
 from __future__ import annotations
 

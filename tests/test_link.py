@@ -1,4 +1,4 @@
-"""A link's send queue and how a link closes (peer/_link.py), without a network.
+"""A link's send queue and how a link closes (peer/node/_link.py), without a network.
 
 Waiting is checked with ``wait_all_tasks_blocked``: a writer parked in
 ``SendQueue.get`` stays parked until a frame or the end arrives.

@@ -1,4 +1,4 @@
-"""What the DHT needs from a peer (``dht.LinkHost``), and what the peer asks of it.
+"""What the DHT needs from a peer (``dht.DhtCarrier``), and what the peer asks of it.
 
 Rules kept here:
 
@@ -61,7 +61,7 @@ class DhtPeer(Protocol):
 
 
 class DhtBridge:
-    """The peer's side of the DHT: ``dht.LinkHost`` over the peer's links."""
+    """The peer's side of the DHT: ``dht.DhtCarrier`` over the peer's links."""
 
     def __init__(self, peer: DhtPeer) -> None:
         self.peer = peer
@@ -121,7 +121,7 @@ class DhtBridge:
             info.listen, info.caps = contact.addrs, contact.caps
         self.peer.notify_changed()
 
-    # -- what the DHT needs from us (dht.LinkHost) -------------------------------
+    # -- what the DHT needs from us (dht.DhtCarrier) -------------------------------
 
     def wall_time(self) -> float:
         return self.peer.wall_time()

@@ -566,6 +566,8 @@ class Storage:
     def statistics(self) -> Statistics:
         return snapshot(
             self.counters,
+            receipts_not_owed=self.delivery.core.owed_dropped,
+            catchup_commands_lost=self.catchup_service.lost_commands,
             outbox=self.delivery.waiting(),
             pinned_topics=len(self._pinned),
             catchup={t: s.to_json() for t, s in sorted(self.catchup.items())},
