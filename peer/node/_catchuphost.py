@@ -69,8 +69,6 @@ MAX_GAP_SENDERS = 64
 COMMAND_QUEUE = 4096  # commands waiting for a task; bounded by links and walks in practice
 
 
-
-
 Work = ReadPage | ReadCursor | CheckAndStore | FillGaps  # commands done by a task
 
 

@@ -417,11 +417,10 @@ class Peer:
         if self.bridge is not None and channel not in self.bridge.service.node.providing:
             with contextlib.suppress(ValueError):  # providing too many topics: gossip still works
                 self.bridge.service.node.start_providing(channel, self.wall_time())
-        async with trio.open_nursery() as nursery:
-            if self.storage is not None:
-                nursery.start_soon(self.storage.catch_up_all, [channel])
-            if self.bridge is not None:
-                nursery.start_soon(self.bridge.link_to_carriers, channel)
+        if self.storage is not None:
+            self.storage.catch_up_all([channel])  # walks run in the catch-up service
+        if self.bridge is not None:
+            await self.bridge.link_to_carriers(channel)
 
     def unsubscribe(self, channel: str) -> None:
         if channel in self.channels:

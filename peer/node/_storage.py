@@ -216,7 +216,6 @@ class Storage:
         """A DM or receipt handed to us directly by its sender."""
         self.delivery.on_push(link_peer, wire)
 
-
     # -- what we keep ------------------------------------------------------------------
 
     def keeps(self, topic: str) -> bool:
@@ -285,7 +284,7 @@ class Storage:
     async def note_subscribed(self, topic: str) -> None:
         await self.catchup_service.note_subscribed(topic)
 
-    async def catch_up_all(self, topics: list[str]) -> None:
+    def catch_up_all(self, topics: list[str]) -> None:
         self.catchup_service.catch_up_all(topics)
 
     def hold_live(self, topics: Iterable[str]) -> None:
