@@ -1,0 +1,1 @@
+"""``python -m peer``: flags and environment in, a running peer out."""
