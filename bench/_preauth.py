@@ -168,7 +168,7 @@ def latency_ms(values: list[float]) -> dict[str, float | None]:
 
 
 async def _baseline(api: tuple[str, int], seconds: float) -> list[float]:
-    done, values = trio.Event(), []
+    done, values = trio.Event(), list[float]()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_probe, api, done, values)
         await trio.sleep(seconds)
