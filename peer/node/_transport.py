@@ -45,11 +45,12 @@ is unauthenticated, and what it costs is bounded:
   still sends until its close frame or a timeout (a flood of 100,000 empty
   frames cost the peer 0.9 s of CPU per connection that way,
   ``python -m bench --scenarios preauth``). With the private attributes
-  (``_abort_web_socket``, ``_close_stream``, ``_wsproto``) it also drops the
-  bytes wsproto holds but has not parsed yet, so trio-websocket's reader
-  parses nothing more; otherwise it cancels the public ``aclose()`` at once,
-  which closes the stream just the same (the reader then parses at most the
-  one receive buffer it holds; tests/test_internals.py runs that path).
+  (``_ABORT_ATTRS``) it also drops the messages queued and the bytes wsproto
+  holds but has not parsed yet, so trio-websocket's reader parses nothing
+  more; otherwise it cancels the public ``aclose()`` at once, which closes
+  the stream just the same, then drains what the reader still parses: at
+  most the one receive buffer it holds (tests/test_internals.py runs that
+  path).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from peer.wire._limits import MAX_RECORD
 # trio-websocket reads 4 KiB per receive by default: a busy link then costs a
 # system call and a parse pass per few records. Links read up to this much.
 RECEIVE_BUFFER = 64 * 1024
+ABORT_DRAIN = 2.0  # seconds the public-API abort drains the reader's queue, at most
 # What trio-websocket accepts as one message (its limit; the record checks come after).
 MESSAGE_LIMIT = MAX_RECORD + 1024
 
@@ -94,7 +96,7 @@ _WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.Clos
 PRIVATE_API_VERSIONS = ("0.12.",)
 _PRIVATE_ATTRS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
 # ... and what ``abort`` uses (see the module header)
-_ABORT_ATTRS = ("_wsproto", "_close_reason", "_abort_web_socket", "_close_stream")
+_ABORT_ATTRS = ("_wsproto", "_close_reason", "_abort_web_socket", "_close_stream", "_recv_channel")
 FAST_PATH = trio_websocket.__version__.startswith(PRIVATE_API_VERSIONS)
 
 
@@ -180,14 +182,21 @@ class WebSocketTransport:
             _drop_unparsed(ws._wsproto)
             if ws._close_reason is None:
                 await ws._abort_web_socket()  # closed (1006): waiters wake, the reader stops
+            await ws._recv_channel.aclose()  # the messages queued are dropped, not read
             with contextlib.suppress(*_WS_GONE):
                 await ws._close_stream()
             return
         # Public API: a close cancelled before it sends anything closes the stream
-        # at once (trio-websocket closes it in a finally) and marks the socket closed.
+        # at once (trio-websocket closes it in a finally) and marks the socket
+        # closed. Its reader may still hold one receive buffer, which it parses
+        # into the queue: drain that (then the reader ends) rather than leave
+        # the reader blocked on a full queue for good.
         with trio.CancelScope() as scope, contextlib.suppress(*_WS_GONE):
             scope.cancel()
             await self._ws.aclose()
+        with trio.move_on_after(ABORT_DRAIN), contextlib.suppress(*_WS_GONE):
+            while True:
+                await self._ws.get_message()
 
 
 def _drop_unparsed(state: object) -> None:
