@@ -35,7 +35,8 @@ from ._procs import Child, ChildFailed, cpu_seconds, python_cmd
 from ._systems import Clawmesh, Env
 
 FLOOD_TIMEOUT = 30.0  # seconds a connection may take to be closed by the peer
-BASELINE_SECONDS = 1.0  # probing with no flood, before each cell
+BASELINE_SECONDS = 1.0  # probing with no flood, before each cell (--quick: QUICK_BASELINE)
+QUICK_BASELINE = 0.3
 TAIL_SECONDS = 0.3  # probing after the flood ended
 CHUNK = 64 * 1024  # bytes per write: what the flooder counts as taken
 # an empty, final, masked binary frame (a client's frames are masked; the key is zeros)
@@ -177,11 +178,11 @@ async def _baseline(api: tuple[str, int], seconds: float) -> list[float]:
 
 
 async def run_cell(env: Env, system: Clawmesh, connections: int, frames: int,
-                   logs_name: str) -> dict[str, Any]:
+                   logs_name: str, baseline_s: float = BASELINE_SECONDS) -> dict[str, Any]:
     """One cell: a fresh relay, a baseline, then the flood; the row for the table."""
     async with system.deploy(env, relays=1, no_dht=True) as dep:
         api, (host, port), pid = dep.status[0], dep.pub, dep.pids[0]
-        base = await _baseline(api, BASELINE_SECONDS)
+        base = await _baseline(api, baseline_s)
         cmd = python_cmd("-m", "bench._preauth", "--host", host, "--port", str(port),
                          "--connections", str(connections), "--frames", str(frames))
         child = await Child.start(env.nursery, logs_name, cmd, env.logs)
@@ -214,12 +215,12 @@ async def run_cell(env: Env, system: Clawmesh, connections: int, frames: int,
 
 
 async def run_preauth(env: Env, system: Clawmesh, connections: list[int], frames: int,
-                      progress: Any) -> list[dict[str, Any]]:
+                      progress: Any, baseline_s: float = BASELINE_SECONDS) -> list[dict[str, Any]]:
     rows = []
     for i, c in enumerate(connections, 1):
         progress(f"preauth {i}/{len(connections)}: {c} connection(s) x {frames:,} frames ...")
         try:
-            row = await run_cell(env, system, c, frames, f"preauth-flooder-{c}")
+            row = await run_cell(env, system, c, frames, f"preauth-flooder-{c}", baseline_s)
         except ChildFailed as exc:
             row = {"system": system.name, "connections": c, "frames": frames,
                    "error": str(exc)[:500]}

@@ -21,7 +21,7 @@ from peer.wire._limits import MAX_PAGE_MESSAGES  # envelopes per catch-up page: 
 
 from ._catchup import FILL_WINDOW, disk_bytes, fill, run_catchup, store_dir
 from ._drive import Load, run_footprint, run_load
-from ._preauth import BASELINE_SECONDS, run_preauth
+from ._preauth import BASELINE_SECONDS, QUICK_BASELINE, run_preauth
 from ._procs import REPO, Child, ChildFailed, cpu_pressure, python_cmd, rss_bytes
 from ._systems import Clawmesh, Deployment, Env, System, peer_help, registry
 
@@ -505,14 +505,15 @@ class Preauth(Scenario):
 
     async def run(self, ctx: Context) -> ScenarioResult:
         p = ctx.params
+        baseline = QUICK_BASELINE if p.quick else BASELINE_SECONDS
         result = ScenarioResult(self.name, self.title, "ok", params={
             "connections": ",".join(map(str, p.flood_connections)), "frames": p.flood_frames,
-            "baseline_s": BASELINE_SECONDS})
+            "baseline_s": baseline})
         systems = [s for s in ctx.systems(result) if isinstance(s, Clawmesh) and not s.flags]
         if not systems:
             return result
         result.rows = await run_preauth(ctx.env(), systems[0], p.flood_connections,
-                                        p.flood_frames, ctx.progress)
+                                        p.flood_frames, ctx.progress, baseline)
         result.notes.append(
             "each connection upgrades, then sends empty binary frames as fast as it can; the "
             "first one is already refused. 'taken' is what the kernel accepted before the peer "
