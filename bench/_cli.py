@@ -46,6 +46,8 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "catchup_messages": (100_000, 300),
     "catchup_size": (300, 300),
     "fill_rate": (15_000.0, 15_000.0),
+    "flood_connections": ("1,8,32", "1,4"),
+    "flood_frames": (100_000, 2000),
 }
 ALWAYS = ("clawmesh", BASELINE)
 
@@ -163,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{DEFAULTS['dht_latency_ms'][0]})")
     g.add_argument("--dht-dead", type=float, default=None,
                    help="fraction of nodes that die before the lookups (default 0)")
+    g = p.add_argument_group("pre-authentication flood (scenario 6)")
+    g.add_argument("--flood-connections", type=_ints, default=None, metavar="LIST",
+                   help="flooding connections per cell (default "
+                   f"{DEFAULTS['flood_connections'][0]}; "
+                   f"quick {DEFAULTS['flood_connections'][1]})")
+    g.add_argument("--flood-frames", type=int, default=None,
+                   help="empty binary frames each connection sends (default "
+                   f"{DEFAULTS['flood_frames'][0]:,}; quick {DEFAULTS['flood_frames'][1]})")
     return p
 
 
@@ -174,7 +184,7 @@ def resolve(args: argparse.Namespace) -> Params:
         if value is not None:
             return value
         default = DEFAULTS[name][pick]
-        if name in ("n", "sizes", "relays"):
+        if name in ("n", "sizes", "relays", "flood_connections"):
             return _ints(default)
         if name == "rates":
             return _floats(default)
@@ -194,6 +204,7 @@ def resolve(args: argparse.Namespace) -> Params:
         dht_latency_ms=get("dht_latency_ms"), dht_dead=get("dht_dead"),
         store_messages=get("store_messages"), catchup_messages=get("catchup_messages"),
         catchup_size=get("catchup_size"), fill_rate=get("fill_rate"),
+        flood_connections=get("flood_connections"), flood_frames=get("flood_frames"),
         profile=args.profile_relay, quick=args.quick,
     )
 

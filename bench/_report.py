@@ -183,8 +183,27 @@ def _dht_table(res: ScenarioResult) -> str:
     return _table(headers, rows)
 
 
+def _preauth_table(res: ScenarioResult) -> str:
+    headers = ["connections", "frames each", "/status p50 ms", "p99 ms", "max ms",
+               "no flood p50", "p99", "max", "frames taken", "closed after s", "peer CPU s"]
+    rows = []
+    for r in res.rows:
+        if not _ok(r):
+            rows.append([str(r["connections"]), _num(r["frames"]), "FAILED", r["error"][:70],
+                         "", "", "", "", "", "", ""])
+            continue
+        flood, base = r["flood_ms"], r["baseline_ms"]
+        rows.append([
+            str(r["connections"]), _num(r["frames"]), _num(flood["p50"], 1),
+            _num(flood["p99"], 1), _num(flood["max"], 1), _num(base["p50"], 1),
+            _num(base["p99"], 1), _num(base["max"], 1), _num(r["frames_taken_mean"]),
+            _num(r["closed_after_s_max"], 2), _num(r["peer_cpu_s"], 2),
+        ])
+    return _table(headers, rows)
+
+
 TABLES = {"fanout": _fanout_table, "latency": _latency_table, "catchup": _catchup_table,
-          "footprint": _footprint_table, "dht": _dht_table}
+          "footprint": _footprint_table, "dht": _dht_table, "preauth": _preauth_table}
 
 
 def render(results: list[ScenarioResult]) -> str:

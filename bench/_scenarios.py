@@ -21,6 +21,7 @@ from peer.wire._limits import MAX_PAGE_MESSAGES  # envelopes per catch-up page: 
 
 from ._catchup import FILL_WINDOW, disk_bytes, fill, run_catchup, store_dir
 from ._drive import Load, run_footprint, run_load
+from ._preauth import BASELINE_SECONDS, QUICK_BASELINE, run_preauth
 from ._procs import REPO, Child, ChildFailed, cpu_pressure, python_cmd, rss_bytes
 from ._systems import Clawmesh, Deployment, Env, System, peer_help, registry
 
@@ -52,6 +53,8 @@ class Params:
     catchup_messages: int
     catchup_size: int
     fill_rate: float
+    flood_connections: list[int]
+    flood_frames: int
     profile: bool
     quick: bool
 
@@ -496,8 +499,33 @@ class Dht(Scenario):
         return result
 
 
+class Preauth(Scenario):
+    name = "preauth"
+    title = "6. pre-authentication flood: /status latency while refused connections flood"
+
+    async def run(self, ctx: Context) -> ScenarioResult:
+        p = ctx.params
+        baseline = QUICK_BASELINE if p.quick else BASELINE_SECONDS
+        result = ScenarioResult(self.name, self.title, "ok", params={
+            "connections": ",".join(map(str, p.flood_connections)), "frames": p.flood_frames,
+            "baseline_s": baseline})
+        systems = [s for s in ctx.systems(result) if isinstance(s, Clawmesh) and not s.flags]
+        if not systems:
+            return result
+        result.rows = await run_preauth(ctx.env(), systems[0], p.flood_connections,
+                                        p.flood_frames, ctx.progress, baseline)
+        result.notes.append(
+            "each connection upgrades, then sends empty binary frames as fast as it can; the "
+            "first one is already refused. 'taken' is what the kernel accepted before the peer "
+            "closed (socket buffers included), so it bounds what the peer read from above")
+        note = pressure_note(result.rows)
+        if note:
+            result.notes.append(note)
+        return result
+
+
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (Fanout(), Latency(), CatchUp(), Dht(), Footprint())
+    s.name: s for s in (Fanout(), Latency(), CatchUp(), Dht(), Footprint(), Preauth())
 }
 
 

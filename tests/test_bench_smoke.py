@@ -5,7 +5,7 @@ the clawmesh relay and the raw WebSocket forwarder; NATS and Redis only if
 their binaries are installed) and checks what a run must leave behind: a
 results.json with every scenario, positive delivery counts, a returning peer
 that caught up on every message it missed, the relay's stored-message
-footprint, and the plots.
+footprint, a flood of refused frames that the peer cut short, and the plots.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert doc["machine"]["cores"] >= 1
     assert doc["machine"]["packages"]["trio"]
     scenarios = doc["scenarios"]
-    assert set(scenarios) == {"fanout", "latency", "catchup", "dht", "footprint"}
+    assert set(scenarios) == {"fanout", "latency", "catchup", "dht", "footprint", "preauth"}
 
     fanout = scenarios["fanout"]
     assert fanout["status"] == "ok"
@@ -83,6 +83,16 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
         assert row["catchup_per_s"] > 0 and row["vs_replay"] > 0, row
     assert catchup["params"]["baseline"]["read_per_s"] > 0
     assert "msg/s" in proc.stdout and "vs store replay" in proc.stdout
+
+    # a refused flood: the peer closes every flooding connection and keeps answering
+    preauth = scenarios["preauth"]
+    assert preauth["status"] == "ok", preauth
+    assert [r["connections"] for r in preauth["results"]] == [1, 4]
+    for row in preauth["results"]:
+        assert "error" not in row, row
+        assert row["flood_ms"]["count"] > 0 and row["baseline_ms"]["count"] > 0, row
+        assert row["closed_after_s_max"] is not None, row
+    assert "pre-authentication flood" in proc.stdout
 
     drawn = ["fanout", "latency", "catchup", "footprint"]
     dht = scenarios["dht"]

@@ -6,7 +6,9 @@ Two modules use a dependency's private parts, for figures measured by
 * ``peer.node._transport`` writes record batches through trio-websocket's
   private connection state when ``FAST_PATH`` is on (the trio-websocket
   versions it was written against) and otherwise sends one public
-  ``send_message`` per record, keeping the upgrade state;
+  ``send_message`` per record, keeping the upgrade state; its ``abort()``
+  closes the stream through the private close helpers and drops what wsproto
+  has not parsed, or else cancels the public ``aclose()`` before it sends;
 * ``peer.wire._handshake`` seals and opens link records through PyNaCl's
   ``nacl._sodium``, or through the public ``nacl.bindings`` when it is
   missing (``_lib`` is None).
@@ -27,6 +29,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 from wsproto import WSConnection
 
@@ -74,18 +77,26 @@ async def ws_pair(
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             port = await nursery.start(serve_ws, handler, "127.0.0.1", 0, nursery)
-            async with trio_websocket.open_websocket(
-                "127.0.0.1",
-                port,
-                "/",
-                use_ssl=False,
-                message_queue_size=64,
-                max_message_size=1 << 20,
-            ) as ws:
-                await ready.wait()
-                monkeypatch.setattr(_transport, "FAST_PATH", client_fast)
-                client = WebSocketTransport(ws, "server")
-                yield client, accepted[0]
+            # The test owns the client's TCP stream: trio-websocket's client leaves
+            # it open when the server closes first (as abort() does).
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            try:
+                async with trio.open_nursery() as client_nursery:
+                    ws = await trio_websocket.wrap_client_stream(
+                        client_nursery,
+                        stream,
+                        f"127.0.0.1:{port}",
+                        "/",
+                        message_queue_size=64,
+                        max_message_size=1 << 20,
+                    )
+                    await ready.wait()
+                    monkeypatch.setattr(_transport, "FAST_PATH", client_fast)
+                    client = WebSocketTransport(ws, "server")
+                    yield client, accepted[0]
+                    await client.aclose()
+            finally:
+                await stream.aclose()
             nursery.cancel_scope.cancel()
 
 
@@ -148,6 +159,53 @@ async def test_the_fallback_keeps_the_upgrade_state(monkeypatch: pytest.MonkeyPa
             wsproto_state: object = end._ws._wsproto
             assert isinstance(wsproto_state, WSConnection)
         await exchange(client, server)
+
+
+class ServerParseCounter:
+    """Counts the messages trio-websocket's reader parses on the server end."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.parsed = 0
+        original = trio_websocket.WebSocketConnection._handle_message_event
+
+        async def counted(ws: trio_websocket.WebSocketConnection, event: object) -> None:
+            if not ws.is_client:
+                self.parsed += 1
+            await original(ws, event)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(trio_websocket.WebSocketConnection, "_handle_message_event", counted)
+
+
+@pytest.mark.parametrize("server_fast", [True, False], ids=["fast-path", "fallback"])
+async def test_abort_closes_at_once_and_parses_nothing_more(
+    monkeypatch: pytest.MonkeyPatch, server_fast: bool
+) -> None:
+    """A flood queued behind the first record: ``abort()`` closes the connection
+    without reading on. The fast path parses none of what wsproto still holds;
+    the fallback (public API only) at most one receive buffer of it."""
+    counter = ServerParseCounter(monkeypatch)
+    flood = 20_000  # 6-byte frames: more than one 64 KiB receive buffer
+    if not server_fast:
+        def no_private_access(state: object) -> None:
+            raise AssertionError("the fallback reached into wsproto")
+
+        monkeypatch.setattr(_transport, "_drop_unparsed", no_private_access)
+    async with ws_pair(monkeypatch, server_fast=server_fast, client_fast=True) as (client, server):
+        await client.send_many([b"first"] + [b""] * flood)
+        with trio.fail_after(DEADLINE):
+            assert await server.receive() == b"first"
+            await trio.testing.wait_all_tasks_blocked()  # the reader has filled its queue
+        parsed_before = counter.parsed
+        assert parsed_before < 100  # the queue (64) bounds what is parsed ahead
+        await server.abort()
+        with trio.fail_after(DEADLINE), pytest.raises(TransportClosed):
+            await client.receive()  # the other side sees the connection end
+        with pytest.raises(TransportClosed):  # nothing queued is left to read
+            await server.receive()
+        await trio.testing.wait_all_tasks_blocked()
+        after = counter.parsed - parsed_before
+        assert after <= (0 if server_fast else _transport.RECEIVE_BUFFER // 6 + 1), after
+        await server.abort()  # twice is harmless
 
 
 # -- the link cipher without nacl._sodium -------------------------------------------------

@@ -4,7 +4,8 @@ The same harness as test_refusals (tests/_refusals_harness.py): a real
 listening ``Peer`` on loopback and a well-behaved peer linked to it. Here a
 hand-driven client sends an envelope with a forged signature, bytes that fail
 AEAD after the handshake, sealed bytes that are not CBOR, garbage instead of a
-hello, and plain HTTP or garbage on the TCP port. Each is refused with the
+hello (also followed by a flood of frames, which the listener does not
+read), and plain HTTP or garbage on the TCP port. Each is refused with the
 right code, counted and logged, and the well-behaved link survives.
 """
 
@@ -14,7 +15,9 @@ from __future__ import annotations
 import random
 
 import cbor2
+import pytest
 import trio
+import trio_websocket
 
 from peer import (
     Content,
@@ -23,6 +26,7 @@ from peer import (
     encode_frame,
     seal_message,
 )
+from peer.node._transport import WebSocketTransport
 
 from ._refusals_harness import (
     CHANNEL,
@@ -103,6 +107,35 @@ async def test_garbage_instead_of_a_hello() -> None:
         async with raw_client(pair.port) as client:
             await client.send(b"\xff" * 40)
             await expect_refused_handshake(pair, client, before, ErrorCode.MALFORMED)
+        await assert_still_serving(pair)
+
+
+FLOOD = 3000  # empty frames after a refused hello
+QUEUED = 64  # messages trio-websocket queues ahead of the handshake (peer/node/_websocket.py)
+
+
+async def test_frames_after_a_refused_hello_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The listener aborts a refused connection: the error frame still arrives,
+    and of a flood that follows the bad hello it parses no more than what
+    trio-websocket had queued ahead of the handshake (a graceful close read it all)."""
+    parsed = [0]
+    original = trio_websocket.WebSocketConnection._handle_message_event
+
+    async def counted(ws: trio_websocket.WebSocketConnection, event: object) -> None:
+        if not ws.is_client:
+            parsed[0] += 1
+        await original(ws, event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio_websocket.WebSocketConnection, "_handle_message_event", counted)
+    async with serving() as pair:
+        before = Snapshot.of(pair.a)
+        parsed[0] = 0
+        async with raw_client(pair.port) as client:
+            # one write: the whole flood is sent before the listener answers
+            flood = WebSocketTransport(client.ws, "listener")
+            await flood.send_many([b"\xff" * 40] + [b""] * FLOOD)
+            await expect_refused_handshake(pair, client, before, ErrorCode.MALFORMED)
+        assert parsed[0] <= 1 + QUEUED + 1, parsed[0]  # the hello, the queue, one in hand
         await assert_still_serving(pair)
 
 

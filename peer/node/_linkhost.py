@@ -12,6 +12,11 @@ Rules kept here:
 * The writer seals and sends queued frames in batches, one write per batch.
 * A relay holds many idle links, so an idle link keeps only its state: no
   bound logger, and neither the last record read nor the last batch written.
+* A connection refused or failed before its handshake finished (a bad
+  record, a wrong key, a timeout, no room) gets its error frame, sent within
+  ``REFUSAL_SEND``, and is then aborted (``Transport.abort``): nothing more it
+  sends is read or parsed, so a flood after a refused first frame costs the
+  peer that one frame. An authenticated link is closed gracefully.
 * The manager knows no protocol past the handshake: a link coming up, going
   down and each decoded frame are handed to its ``LinkEvents`` (the peer's
   router), which decides what to send. A ``ProtocolError`` raised there
@@ -41,6 +46,7 @@ from ._transport import Transport, TransportClosed
 WRITE_BATCH = 256  # records a writer sends with one write, at most
 WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
 WRITE_YIELDS = 8  # scheduler turns a writer waits for more frames while they keep coming
+REFUSAL_SEND = 1.0  # seconds to send the error frame that refuses a handshake, at most
 _LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -115,6 +121,7 @@ class LinkManager:
         Returns the handshake result (None if the handshake failed), so a dialer
         learns who answered. While the link is up, this task is its reader.
         """
+        result: HandshakeResult | None = None
         try:
             result = await self._open_link(transport, initiator, expect)
             if result is None:
@@ -137,7 +144,10 @@ class LinkManager:
                 self._unregister(link)
             return result
         finally:
-            await transport.aclose()
+            if result is None:  # refused or failed before authentication: read nothing more
+                await transport.abort()
+            else:
+                await transport.aclose()
 
     async def _serve(self, link: Link, on_up: Callable[[], None] | None) -> None:
         async with trio.open_nursery() as nursery:
@@ -176,7 +186,7 @@ class LinkManager:
             # refuse before proving anything, so the dialler does not count a link
             self.counters.refuse(ErrorCode.TOO_LARGE)
             log.info("no room for another link")
-            with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
+            with trio.move_on_after(REFUSAL_SEND), contextlib.suppress(*_LINK_GONE):
                 await transport.send(
                     Error(ErrorCode.TOO_LARGE.value, "no room for more links").encode()
                 )
@@ -218,7 +228,7 @@ class LinkManager:
                         await transport.send(reply)
             except ProtocolError as exc:
                 if not isinstance(exc, PeerRefused):
-                    with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
+                    with trio.move_on_after(REFUSAL_SEND), contextlib.suppress(*_LINK_GONE):
                         await transport.send(
                             Error(exc.code.value, clip_utf8(exc.message, 200)).encode()
                         )
@@ -226,7 +236,7 @@ class LinkManager:
         assert hs.result is not None
         if len(self.links) >= self.options.max_links and hs.result.peer_id not in self.links:
             err = ProtocolError(ErrorCode.TOO_LARGE, "peer has no room for more links")
-            with trio.move_on_after(1), contextlib.suppress(*_LINK_GONE):
+            with trio.move_on_after(REFUSAL_SEND), contextlib.suppress(*_LINK_GONE):
                 await transport.send(
                     hs.result.cipher.seal(Error(err.code.value, err.message).encode())
                 )

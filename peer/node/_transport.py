@@ -30,6 +30,27 @@ request) is no longer needed and is dropped. ``Connection`` answers every
 call trio-websocket makes on it (``client``, ``state``, ``send``,
 ``receive_data``, ``events``); without the fast path, or if the attribute is
 missing, nothing is dropped.
+
+Before the other side has sent one acceptable handshake record a connection
+is unauthenticated, and what it costs is bounded:
+
+* What trio-websocket reads ahead of the handshake is bounded by its
+  ``message_queue_size`` (64 messages, each at most ``MESSAGE_LIMIT``) plus
+  one receive buffer (``RECEIVE_BUFFER``): its reader parses lazily and stops
+  when the queue is full, so before the handshake reads the first record it
+  has parsed at most 65 messages, however much is sent.
+* ``abort()`` ends a refused connection at once: the TCP stream is closed
+  (the kernel answers whatever else comes with a reset), with no WebSocket
+  close handshake, which would read and parse everything the other side
+  still sends until its close frame or a timeout (a flood of 100,000 empty
+  frames cost the peer 0.9 s of CPU per connection that way,
+  ``python -m bench --scenarios preauth``). With the private attributes
+  (``_ABORT_ATTRS``) it also drops the messages queued and the bytes wsproto
+  holds but has not parsed yet, so trio-websocket's reader parses nothing
+  more; otherwise it cancels the public ``aclose()`` at once, which closes
+  the stream just the same, then drains what the reader still parses: at
+  most the one receive buffer it holds (tests/test_internals.py runs that
+  path).
 """
 
 from __future__ import annotations
@@ -43,6 +64,7 @@ import trio_websocket
 from wsproto import WSConnection
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import BytesMessage
+from wsproto.frame_protocol import Buffer
 from wsproto.utilities import LocalProtocolError
 
 from peer.wire._frames import RecordBuffer, frame_record
@@ -51,6 +73,9 @@ from peer.wire._limits import MAX_RECORD
 # trio-websocket reads 4 KiB per receive by default: a busy link then costs a
 # system call and a parse pass per few records. Links read up to this much.
 RECEIVE_BUFFER = 64 * 1024
+ABORT_DRAIN = 2.0  # seconds the public-API abort drains the reader's queue, at most
+# What trio-websocket accepts as one message (its limit; the record checks come after).
+MESSAGE_LIMIT = MAX_RECORD + 1024
 
 _WS_SHORT = struct.Struct(">BB")  # FIN + binary opcode, then a length up to 125
 _WS_MEDIUM = struct.Struct(">BBH")  # ... 126, then a 16-bit length
@@ -70,6 +95,8 @@ _WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.Clos
 # runs on any other version and when FAST_PATH is False (tests/test_internals.py).
 PRIVATE_API_VERSIONS = ("0.12.",)
 _PRIVATE_ATTRS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
+# ... and what ``abort`` uses (see the module header)
+_ABORT_ATTRS = ("_wsproto", "_close_reason", "_abort_web_socket", "_close_stream", "_recv_channel")
 FAST_PATH = trio_websocket.__version__.startswith(PRIVATE_API_VERSIONS)
 
 
@@ -86,16 +113,21 @@ class Transport(Protocol):
 
     async def receive(self) -> bytes: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Close gracefully: what is sent is flushed, the other side told."""
+
+    async def abort(self) -> None:
+        """Close at once, reading nothing more: for a connection that was refused."""
 
 
 class WebSocketTransport:
-    __slots__ = ("_batching", "_server", "_ws", "remote")
+    __slots__ = ("_abortable", "_batching", "_server", "_ws", "remote")
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
         self._ws = ws
         self.remote = remote
         self._batching = FAST_PATH and all(hasattr(ws, name) for name in _PRIVATE_ATTRS)
+        self._abortable = FAST_PATH and all(hasattr(ws, name) for name in _ABORT_ATTRS)
         self._server = self._batching and not ws.is_client
         if self._batching:
             _drop_upgrade_state(ws)
@@ -143,6 +175,38 @@ class WebSocketTransport:
     async def aclose(self) -> None:
         with trio.move_on_after(2), contextlib.suppress(*_WS_GONE):
             await self._ws.aclose()
+
+    async def abort(self) -> None:
+        if self._abortable:
+            ws: Any = self._ws
+            _drop_unparsed(ws._wsproto)
+            if ws._close_reason is None:
+                await ws._abort_web_socket()  # closed (1006): waiters wake, the reader stops
+            await ws._recv_channel.aclose()  # the messages queued are dropped, not read
+            with contextlib.suppress(*_WS_GONE):
+                await ws._close_stream()
+            return
+        # Public API: a close cancelled before it sends anything closes the stream
+        # at once (trio-websocket closes it in a finally) and marks the socket
+        # closed. Its reader may still hold one receive buffer, which it parses
+        # into the queue: drain that (then the reader ends) rather than leave
+        # the reader blocked on a full queue for good.
+        with trio.CancelScope() as scope, contextlib.suppress(*_WS_GONE):
+            scope.cancel()
+            await self._ws.aclose()
+        with trio.move_on_after(ABORT_DRAIN), contextlib.suppress(*_WS_GONE):
+            while True:
+                await self._ws.get_message()
+
+
+def _drop_unparsed(state: object) -> None:
+    """Empty wsproto's buffer of received bytes not parsed yet, if it is where
+    wsproto 1.x keeps it (``Connection._proto._frame_decoder.buffer``)."""
+    connection = state.connection if isinstance(state, WSConnection) else state
+    decoder = getattr(getattr(connection, "_proto", None), "_frame_decoder", None)
+    if isinstance(getattr(decoder, "buffer", None), Buffer):
+        any_decoder: Any = decoder
+        any_decoder.buffer = Buffer()
 
 
 def _drop_upgrade_state(ws: trio_websocket.WebSocketConnection) -> None:
@@ -204,3 +268,6 @@ class StreamTransport:
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    async def abort(self) -> None:
+        await self._stream.aclose()  # there is no close handshake to skip

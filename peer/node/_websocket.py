@@ -23,10 +23,8 @@ import trio
 import trio.testing
 import trio_websocket
 
-from peer.wire._limits import MAX_RECORD
-
 from ._link import HANDSHAKE_TIMEOUT
-from ._transport import RECEIVE_BUFFER, StreamTransport, WebSocketTransport
+from ._transport import MESSAGE_LIMIT, RECEIVE_BUFFER, StreamTransport, WebSocketTransport
 
 T = TypeVar("T")
 
@@ -69,7 +67,7 @@ async def dial_websocket(
                     stream,
                     host,
                     resource,
-                    max_message_size=MAX_RECORD + 1024,
+                    max_message_size=MESSAGE_LIMIT,
                     message_queue_size=64,
                     receive_buffer_size=RECEIVE_BUFFER,
                 )
@@ -106,7 +104,7 @@ async def serve_ws(
         listeners,
         handler_nursery=handler_nursery,
         message_queue_size=64,
-        max_message_size=MAX_RECORD + 1024,
+        max_message_size=MESSAGE_LIMIT,
         connect_timeout=HANDSHAKE_TIMEOUT,
         disconnect_timeout=2,
         receive_buffer_size=RECEIVE_BUFFER,
