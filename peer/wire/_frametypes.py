@@ -423,8 +423,8 @@ class CuReq(_Frame):
         return {"t": self.TYPE, **self.fields()}
 
 
-def _need_heads(m: Map) -> list[Any]:
-    heads = need_list(m, "heads", MAX_PAGE_HEADS)
+def _need_heads(m: Map, key: str = "heads") -> list[Any]:
+    heads = need_list(m, key, MAX_PAGE_HEADS)
     for entry in heads:
         if (
             not isinstance(entry, list)
@@ -510,6 +510,42 @@ class CuPage(_Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Heads(_Frame):
+    """A storing peer's digest of one topic: its per-sender heads (anti-entropy).
+
+    ``heads`` may be given as a list; it is kept as a tuple. ``more``: other
+    frames of the same digest follow in this round.
+    """
+
+    TYPE: ClassVar[str] = "heads"
+    KEYS: ClassVar[frozenset[str]] = _keys("topic", "h", "more")
+
+    topic: str
+    heads: Sequence[tuple[bytes, int]]
+    more: bool = False
+
+    def __post_init__(self) -> None:
+        if type(self.heads) is not tuple:
+            object.__setattr__(self, "heads", tuple(self.heads))
+
+    @classmethod
+    def from_map(cls, m: Map) -> Heads:
+        only_keys(m, cls.KEYS)
+        topic = need_topic(m.get("topic"))
+        heads = _need_heads(m, "h")
+        more = m.get("more", False)
+        if not isinstance(more, bool):
+            raise fail("more must be a boolean")
+        return cls(topic, tuple((s, n) for s, n in heads), more)
+
+    def to_map(self) -> Map:
+        out: Map = {"t": self.TYPE, "topic": self.topic, "h": [[s, n] for s, n in self.heads]}
+        if self.more:
+            out["more"] = True
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Push(_Frame):
     """An envelope for the peer itself (a DM or receipt), outside gossip."""
 
@@ -545,6 +581,7 @@ AnyFrame: TypeAlias = (
     | Dht
     | CuReq
     | CuPage
+    | Heads
     | Push
 )
 
@@ -564,6 +601,7 @@ FRAME_CLASSES: tuple[type[AnyFrame], ...] = (
     Dht,
     CuReq,
     CuPage,
+    Heads,
     Push,
 )
 
