@@ -244,3 +244,24 @@ def test_wanted() -> None:
     assert wanted([], 10, whole=True) == [(1, 10)]
     assert wanted([], 0, whole=True) == []
     assert wanted([(1, 10)], 10, whole=True) == []
+
+
+def test_the_digest_vector() -> None:
+    """catchup.json ``digest``: the frame's bytes, and what a member and a seed ask for."""
+    from peer.wire._frames import decode_frame
+
+    from ._vectors import h, load
+
+    doc = load("catchup.json")["digest"]
+    frame = decode_frame(h(doc["hex"]))
+    assert isinstance(frame, Heads)
+    assert frame.topic == doc["topic"] and not frame.more
+    assert [[s.hex(), n] for s, n in frame.heads] == doc["h"]
+    assert Heads(frame.topic, frame.heads).encode() == h(doc["hex"])
+    held = {bytes.fromhex(k): [tuple(r) for r in v] for k, v in doc["receiver_holds"].items()}
+    for whole, key in ((False, "member_asks"), (True, "seed_asks")):
+        asks = {
+            s.hex(): [list(r) for r in wanted(held.get(s, []), n, whole=whole)]
+            for s, n in frame.heads
+        }
+        assert asks == doc[key]

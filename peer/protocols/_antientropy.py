@@ -2,7 +2,7 @@
 
 Two linked peers that both store topics tell each other, per topic, the
 highest sequence number they hold of each sender (a ``heads`` frame,
-protocol-spec/catchup.md section 8); a receiver that lacks something the
+protocol-spec/catchup.md section 7.5); a receiver that lacks something the
 other holds fetches it with sender range requests, as catch-up gap filling
 does. This is what repairs a gap while both stay online: a message
 acknowledged while its author had no route, or sent across a partition.
