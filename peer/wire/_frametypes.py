@@ -511,11 +511,8 @@ class CuPage(_Frame):
 
 @dataclass(frozen=True, slots=True)
 class Heads(_Frame):
-    """A storing peer's digest of one topic: its per-sender heads (anti-entropy).
-
-    ``heads`` may be given as a list; it is kept as a tuple. ``more``: other
-    frames of the same digest follow in this round.
-    """
+    """A storing peer's per-sender heads of one topic (anti-entropy); ``more``: it
+    holds more senders than listed. ``heads`` may be given as a list (kept as a tuple)."""
 
     TYPE: ClassVar[str] = "heads"
     KEYS: ClassVar[frozenset[str]] = _keys("topic", "h", "more")
@@ -525,24 +522,19 @@ class Heads(_Frame):
     more: bool = False
 
     def __post_init__(self) -> None:
-        if type(self.heads) is not tuple:
-            object.__setattr__(self, "heads", tuple(self.heads))
+        object.__setattr__(self, "heads", tuple(self.heads))
 
     @classmethod
     def from_map(cls, m: Map) -> Heads:
         only_keys(m, cls.KEYS)
-        topic = need_topic(m.get("topic"))
         heads = _need_heads(m, "h")
-        more = m.get("more", False)
-        if not isinstance(more, bool):
+        if not isinstance(m.get("more", False), bool):
             raise fail("more must be a boolean")
-        return cls(topic, tuple((s, n) for s, n in heads), more)
+        return cls(need_topic(m.get("topic")), [(s, n) for s, n in heads], m.get("more", False))
 
     def to_map(self) -> Map:
-        out: Map = {"t": self.TYPE, "topic": self.topic, "h": [[s, n] for s, n in self.heads]}
-        if self.more:
-            out["more"] = True
-        return out
+        more = {"more": True} if self.more else {}
+        return {"t": self.TYPE, "topic": self.topic, "h": [[s, n] for s, n in self.heads], **more}
 
 
 @dataclass(frozen=True, slots=True)
