@@ -480,16 +480,14 @@ class CatchUpService:
     # -- anti-entropy ----------------------------------------------------------------------
 
     async def _read_heads(self, command: ReadHeads) -> None:
-        """Our heads of each topic, as digests for ``command.peer``."""
-        for topic in command.topics:
-            read = functools.partial(
-                MessageStore.sender_heads, topic=topic, limit=MAX_PAGE_HEADS + 1
-            )
-            try:
-                heads = await self.service.read(read)
-            except (StoreError, ValueError) as exc:
-                self.log.warning("digest not read", topic=topic, error=str(exc))
-                continue
+        """Our heads of each topic (one read), as digests for ``command.peer``."""
+        topics, most = command.topics, MAX_PAGE_HEADS + 1
+        try:
+            read = await self.service.read(lambda s: [s.sender_heads(t, most) for t in topics])
+        except (StoreError, ValueError) as exc:
+            self.log.warning("digest not read", error=str(exc))
+            return
+        for topic, heads in zip(topics, read, strict=True):
             more = len(heads) > MAX_PAGE_HEADS
             self._feed(self.anti_entropy.heads_read(command.peer, topic, heads, more))
 
