@@ -84,6 +84,7 @@ def valid_fields() -> dict[str, dict[str, Any]]:
             "more": False,
             "heads": [[PEER, 12]],
         },
+        "heads": {"topic": "general", "h": [[PEER, 12]]},  # "more" is optional
         "push": {"e": b"\x82\x41\x00\x58\x40" + b"\x00" * 64},
     }
 

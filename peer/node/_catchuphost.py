@@ -14,9 +14,15 @@ replies) are ``peer.protocols._catchupcore``'s; the pages and their checks
 * Store work: pages are built in a reader thread, checked in a worker
   thread, and stored with their cursor move in one commit
   (``accept_many(..., then=...)``).
-* Gap filling (the heads of a walk's last page against what we hold) is one
-  procedure here, asking carriers through the core (``ask``/``Answer``);
-  what nobody has is reported as missed.
+* Gap filling (the heads of a walk's last page, or of a carrier's digest,
+  against what we hold) is one procedure here, asking carriers through the
+  core (``ask``/``Answer``), at most ``MAX_FILL_PAGES`` pages at a time;
+  what nobody has is reported as missed, and a sender's entry goes once
+  nothing of it is lacking.
+* Anti-entropy (``peer.protocols._antientropy``) shares the timer task: our
+  heads go out as digests, and a carrier's digest that shows something we
+  lack is filled from that carrier first (a member walks the carrier's log
+  for a sender it never heard from; a relay-only seed asks for all of it).
 * We note every ``ALIVE_INTERVAL`` seconds that we are running, so a restart
   catches up from there.
 """
@@ -25,18 +31,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import trio
 
+from peer.protocols._antientropy import AntiEntropy, Lack, ReadHeads, SendHeads, wanted
 from peer.protocols._catchup import (
     NOT_CARRIED,
     Page,
     PageRequest,
     build_page,
     check_page,
-    missing_ranges,
     refusal,
 )
 from peer.protocols._catchupcore import (
@@ -58,6 +65,8 @@ from peer.protocols._catchupcore import (
 )
 from peer.wire._envelope import Envelope, inbox_topic
 from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frametypes import Heads
+from peer.wire._limits import MAX_PAGE_HEADS
 from store import MessageStore, StoreError, StoreService
 
 from ._host import StorageCounters, StoragePeer
@@ -66,15 +75,20 @@ ALIVE_KEY = "alive"
 ALIVE_INTERVAL = 10.0
 SINCE_MARGIN_MS = 120_000  # clocks of carriers and ours differ; duplicates are cheap
 MAX_GAP_SENDERS = 64
+MAX_FILL_PAGES = 64  # pages one gap-filling pass asks for; the next pass goes on
 COMMAND_QUEUE = 4096  # commands waiting for a task; bounded by links and walks in practice
 
 
-Work = ReadPage | ReadCursor | CheckAndStore | FillGaps  # commands done by a task
+Work = ReadPage | ReadCursor | CheckAndStore | FillGaps | ReadHeads | Lack  # done by a task
+WORK = (ReadPage, ReadCursor, CheckAndStore, FillGaps, ReadHeads, Lack)
 
 
 def _link_of(command: Work) -> bytes:
     """The link whose frames led to ``command``."""
-    return command.peer if isinstance(command, ReadPage) else command.carrier
+    if isinstance(command, ReadPage | ReadHeads | Lack):
+        return command.peer
+    return command.carrier
+
 
 class AcceptMany(Protocol):
     """``Storage.accept_many``: store envelopes (and ``then``) in one commit; the new count."""
@@ -82,6 +96,16 @@ class AcceptMany(Protocol):
     async def __call__(
         self, envelopes: Iterable[Envelope], then: Callable[[MessageStore], None] | None = None
     ) -> int: ...
+
+
+class _Budget:
+    """What one gap-filling pass may still ask for, and whether every ask was answered."""
+
+    __slots__ = ("answered", "pages")
+
+    def __init__(self, pages: int) -> None:
+        self.pages = pages
+        self.answered = True
 
 
 class _Waiter:
@@ -106,6 +130,9 @@ class CatchUpService:
         counters: StorageCounters,
         accept_many: AcceptMany,
         release: Callable[[str], None],
+        keeps: Callable[[str], bool] = lambda topic: False,
+        pinned: Callable[[], Iterable[str]] = tuple,
+        pin: Callable[[str], None] = lambda topic: None,
     ) -> None:
         self.peer = peer
         self.service = service
@@ -116,6 +143,8 @@ class CatchUpService:
         self.relay_only = peer.options.relay_only
         self.verify = peer.verify
         self.core = CatchUpCore(self.kept_topics)
+        self.keeps, self.pinned, self.pin = keeps, pinned, pin
+        self.anti_entropy = AntiEntropy(self.shared_topics, self.takes_digest, random.Random())
         self._commands, self._todo = trio.open_memory_channel[Work](COMMAND_QUEUE)
         self._armed = trio.Event()  # a request went out: the timer has a deadline
         self.prev_alive = 0  # wall ms our previous run last noted it was running
@@ -136,6 +165,18 @@ class CatchUpService:
             return []
         return [inbox_topic(self.peer.peer_id), *sorted(self.peer.channels)]
 
+    def shared_topics(self, peer_id: bytes) -> list[str]:
+        """What our digests to ``peer_id`` cover: its inbox (only it may read that), then
+        our channels (a seed: the channels it stores)."""
+        own = sorted(self.pinned()) if self.relay_only else sorted(self.peer.channels)
+        return [inbox_topic(peer_id), *(t for t in own if not t.startswith("inbox/"))]
+
+    def takes_digest(self, topic: str) -> bool:
+        """A digest of ``topic`` is acted on: our inbox, our channels, a seed's kept ones."""
+        if "/" in topic:
+            return topic == inbox_topic(self.peer.peer_id) and not self.relay_only
+        return self.keeps(topic) if self.relay_only else topic in self.peer.channels
+
     async def load(self) -> None:
         alive = await self.service.read(lambda s: s.get_state(ALIVE_KEY))
         self.prev_alive = int(alive.decode()) if alive else 0
@@ -149,10 +190,16 @@ class CatchUpService:
     def on_page(self, link_peer: bytes, page: Page) -> None:
         self._feed(self.core.on_frame(link_peer, page, self.peer.now()))
 
+    def on_heads(self, link_peer: bytes, frame: Heads) -> None:
+        self._feed(self.anti_entropy.on_heads(link_peer, frame))
+
     def on_link_up(self, peer_id: bytes, caps: Sequence[str]) -> None:
         self._feed(self.core.on_link_up(peer_id, caps, self.peer.now()))
+        self._feed(self.anti_entropy.on_link_up(peer_id, caps, self.peer.now()))
+        self._armed.set()  # the digest rounds of this link need the timer
 
     def on_link_down(self, peer_id: bytes) -> None:
+        self.anti_entropy.on_link_down(peer_id)
         self._feed(self.core.on_link_down(peer_id, self.peer.now()))
 
     def catch_up_all(self, topics: Sequence[str]) -> None:
@@ -161,9 +208,9 @@ class CatchUpService:
 
     # -- performing commands -----------------------------------------------------------------
 
-    def _feed(self, commands: Iterable[Command]) -> None:
+    def _feed(self, commands: Iterable[Command | ReadHeads | SendHeads | Lack]) -> None:
         for command in commands:
-            if isinstance(command, (ReadPage, ReadCursor, CheckAndStore, FillGaps)):
+            if isinstance(command, WORK):
                 try:
                     self._commands.send_nowait(command)
                 except trio.WouldBlock:
@@ -175,8 +222,12 @@ class CatchUpService:
             else:
                 self._perform(command)
 
-    def _perform(self, command: Command) -> None:
+    def _perform(self, command: Command | SendHeads) -> None:
         match command:
+            case SendHeads(peer, frame):
+                link = self.peer.links.get(peer)
+                if link is not None:
+                    link.enqueue(frame.encode())  # a full queue: the next round sends it
             case SendPage(peer, page):
                 self._answer(peer, page)
             case SendRequest(peer, request):
@@ -223,6 +274,10 @@ class CatchUpService:
                     await self._check_and_store(command)
                 case FillGaps():
                     await self._fill_gaps(command)
+                case ReadHeads():
+                    await self._read_heads(command)
+                case Lack():
+                    await self._lack(command)
         except Exception as exc:
             self.peer.counters.link_errors += 1
             self.log.error(
@@ -237,16 +292,17 @@ class CatchUpService:
             link.close(ErrorCode.UNEXPECTED, reason)
 
     async def _timer_loop(self) -> None:
-        """Feed the core's timer at its deadlines (a request's own deadline is never
-        earlier than the ones already out, so only the first one needs a wake-up)."""
+        """Feed the core's and anti-entropy's timers at their deadlines; woken early when
+        a request goes out or a link comes up."""
         while True:
-            deadline = self.core.next_deadline()
-            if deadline is None:
+            deadlines = [self.core.next_deadline(), self.anti_entropy.next_deadline()]
+            at = min((d for d in deadlines if d is not None), default=None)
+            with trio.move_on_at(trio.current_time() + 3600 if at is None else at):
                 await self._armed.wait()
-                self._armed = trio.Event()
-                continue
-            await trio.sleep_until(deadline)
-            self._feed(self.core.handle_timer(self.peer.now()))
+            self._armed = trio.Event()
+            now = self.peer.now()
+            self._feed(self.core.handle_timer(now))
+            self._feed(self.anti_entropy.handle_timer(now))
 
     # -- carrying: answering cureq ---------------------------------------------------------
 
@@ -354,51 +410,124 @@ class CatchUpService:
         finally:
             self._feed(self.core.gaps_done(command.walk, self.peer.now()))
 
-    async def _fill_gaps_of(self, topic: str, heads: list[tuple[bytes, int]]) -> None:
-        """Ask every carrier for sender ranges we lack; count what nobody has."""
+    async def _fill_gaps_of(
+        self,
+        topic: str,
+        heads: Sequence[tuple[bytes, int]],
+        *,
+        first: bytes | None = None,
+        whole: bool = False,
+    ) -> bool:
+        """Ask the carriers (``first`` first) for sender ranges we lack up to ``heads``;
+        count what nobody has. True if every request was answered within the budget."""
         me = self.peer.peer_id
+        heads = [(sender, head) for sender, head in heads if sender != me]
         gaps: list[tuple[bytes, int, int]] = []
         for sender, head in heads:
-            if sender == me:
-                continue
-            for first, last in await self._lacking(topic, sender, 0, head):
-                gaps.append((sender, first, last))
+            for a, b in await self._lacking(topic, sender, 1, head, whole):
+                gaps.append((sender, a, b))
             if len(gaps) >= MAX_GAP_SENDERS:
                 break
-        if not gaps:
-            return
-        carriers = list(self.core.carriers)
-        for sender, first, last in gaps[:MAX_GAP_SENDERS]:
+        carriers = sorted(self.core.carriers, key=lambda c: c != first)
+        budget = _Budget(MAX_FILL_PAGES)
+        for sender, a0, b0 in gaps[:MAX_GAP_SENDERS]:
             for carrier in carriers:
-                todo = await self._lacking(topic, sender, first, last)
+                todo = await self._lacking(topic, sender, a0, b0, whole)
                 if not todo:
                     break
                 for a, b in todo[:16]:
-                    await self._fetch_range(carrier, topic, sender, a, b)
+                    await self._fetch_range(carrier, topic, sender, a, b, budget)
+        await self._count_missed(topic, heads, whole)
+        return budget.answered and len(gaps) <= MAX_GAP_SENDERS
+
+    async def _count_missed(
+        self, topic: str, heads: Sequence[tuple[bytes, int]], whole: bool
+    ) -> None:
+        """``missed``: per sender, how much of ``1..head`` we still lack (entries of
+        senders with nothing lacking go)."""
+        held = await self._holdings(topic, [sender for sender, _ in heads])
         stats = self.core.stats[topic]
-        gap_senders = {g[0] for g in gaps}
         for sender, head in heads:
             key = sender.hex()
-            if sender == me or sender not in gap_senders:
-                continue
-            still = sum(b - a + 1 for a, b in await self._lacking(topic, sender, 0, head))
+            still = sum(b - a + 1 for a, b in wanted(held[sender], head, whole=whole))
             if still:
+                if stats.missed.get(key) != still:
+                    self.log.warning("missed messages", topic=topic, sender=key[:16], missed=still)
                 stats.missed[key] = still
-                self.log.warning("missed messages", topic=topic, sender=key[:16], missed=still)
             else:
                 stats.missed.pop(key, None)
 
+    async def _holdings(
+        self, topic: str, senders: Sequence[bytes]
+    ) -> dict[bytes, list[tuple[int, int]]]:
+        """The sequence ranges we hold of each of ``senders`` in ``topic`` (one read)."""
+        return await self.service.read(
+            lambda s: {sender: s.sender_ranges(sender, topic) for sender in senders}
+        )
+
     async def _lacking(
-        self, topic: str, sender: bytes, first: int, last: int
+        self, topic: str, sender: bytes, first: int, last: int, whole: bool = False
     ) -> list[tuple[int, int]]:
         """The ranges of sender's ``first..last`` in ``topic`` that we do not hold."""
         have = await self.service.read(lambda s: s.sender_ranges(sender, topic))
         out = []
-        for a, b in missing_ranges(have, last):
+        for a, b in wanted(have, last, whole=whole):
             a = max(a, first)
             if a <= b:
                 out.append((a, b))
         return out
+
+    # -- anti-entropy ----------------------------------------------------------------------
+
+    async def _read_heads(self, command: ReadHeads) -> None:
+        """Our heads of each topic (one read), as digests for ``command.peer``."""
+        topics, most = command.topics, MAX_PAGE_HEADS + 1
+        try:
+            read = await self.service.read(lambda s: [s.sender_heads(t, most) for t in topics])
+        except (StoreError, ValueError) as exc:
+            self.log.warning("digest not read", error=str(exc))
+            return
+        for topic, heads in zip(topics, read, strict=True):
+            more = len(heads) > MAX_PAGE_HEADS
+            self._feed(self.anti_entropy.heads_read(command.peer, topic, heads, more))
+
+    async def _lack(self, command: Lack) -> None:
+        """A carrier's digest: fetch what it shows we lack, from it first."""
+        peer, topic = command.peer, command.topic
+        settled: list[tuple[bytes, int]] = []
+        try:
+            if (peer, topic) in self.core.walking() or (peer, topic) in self.core.queued():
+                return  # the walk's own heads are checked when it ends; next round otherwise
+            settled = await self._repair(peer, topic, command.heads)
+        except (StoreError, ValueError) as exc:
+            self.log.warning("anti-entropy failed", topic=topic, error=str(exc))
+        finally:
+            self.anti_entropy.lack_done(peer, topic, settled)
+
+    async def _repair(
+        self, peer: bytes, topic: str, heads: Sequence[tuple[bytes, int]]
+    ) -> list[tuple[bytes, int]]:
+        """Fill from ``peer`` (then any carrier) what ``heads`` show we lack; returns the
+        heads settled: nothing left to ask, or asked with every request answered."""
+        whole = self.relay_only  # a seed keeps the whole log of a sender
+        me = self.peer.peer_id
+        held = await self._holdings(topic, [sender for sender, _ in heads])
+        unheard = [s for s, h in heads if s != me and h > 0 and not held[s]]
+        if unheard and not whole:
+            # a sender we never heard from here: what came since we joined is after our
+            # cursor in that carrier's log, and a walk finds it
+            self._feed(self.core.catch_up([peer], [topic], self.peer.now()))
+        if whole:
+            self.pin(topic)
+        behind = [(s, h) for s, h in heads if s != me and wanted(held[s], h, whole=whole)]
+        if not behind:
+            await self._count_missed(topic, [(s, h) for s, h in heads if s != me], whole)
+            return list(heads)
+        answered = await self._fill_gaps_of(topic, behind, first=peer, whole=whole)
+        if answered:
+            return list(heads)
+        held = await self._holdings(topic, [sender for sender, _ in heads])
+        return [(s, h) for s, h in heads if not wanted(held[s], h, whole=whole)]
 
     async def _ask(
         self, carrier: bytes, topic: str, sender: bytes, first: int, last: int
@@ -413,16 +542,29 @@ class CatchUpService:
         return waiter.answer
 
     async def _fetch_range(
-        self, carrier: bytes, topic: str, sender: bytes, first: int, last: int
+        self,
+        carrier: bytes,
+        topic: str,
+        sender: bytes,
+        first: int,
+        last: int,
+        budget: _Budget | None = None,
     ) -> None:
         """Ask one carrier for sender's ``first..last`` of ``topic``, page by page."""
+        budget = budget or _Budget(MAX_FILL_PAGES)
         while first <= last:
+            if budget.pages <= 0:
+                budget.answered = False  # the rest next time
+                return
+            budget.pages -= 1
             answer = await self._ask(carrier, topic, sender, first, last)
             if answer is None:
+                budget.answered = False
                 return
             request, page = answer
             envelopes = await self._check(carrier, request, page)
             if envelopes is None:
+                budget.answered = False
                 return
             if envelopes:
                 self.core.stats[topic].received += await self.accept_many(envelopes)

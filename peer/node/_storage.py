@@ -42,7 +42,7 @@ from peer.wire._envelope import (
     open_dm,
 )
 from peer.wire._errors import ProtocolError
-from peer.wire._frametypes import CuPage, CuReq
+from peer.wire._frametypes import CuPage, CuReq, Heads
 from peer.wire._stats import Statistics, snapshot
 from store import (
     MAX_PAGE,
@@ -130,6 +130,9 @@ class Storage:
             counters=self.counters,
             accept_many=self.accept_many,
             release=self.release,
+            keeps=self.keeps,
+            pinned=lambda: self._pinned,
+            pin=self._pin,
         )
 
     @property
@@ -272,6 +275,9 @@ class Storage:
 
     def on_page(self, link_peer: bytes, page: CuPage) -> None:
         self.catchup_service.on_page(link_peer, page)
+
+    def on_heads(self, link_peer: bytes, frame: Heads) -> None:
+        self.catchup_service.on_heads(link_peer, frame)
 
     def on_link_up(self, peer_id: bytes, caps: tuple[str, ...]) -> None:
         self.wake_outbox(peer_id)

@@ -48,6 +48,7 @@ from peer.wire._frametypes import (
     Dht,
     Error,
     Graft,
+    Heads,
     IHave,
     IWant,
     Ping,
@@ -143,6 +144,7 @@ class Swarm:
             Dht: self._on_dht_frame,
             CuReq: self._on_cureq_frame,
             CuPage: self._on_cupage_frame,
+            Heads: self._on_heads_frame,
             Push: self._on_push_frame,
         }
 
@@ -211,6 +213,10 @@ class Swarm:
     def _on_cupage_frame(self, link: Link, frame: CuPage, raw: bytes) -> None:
         if self.peer.storage is not None:
             self.peer.storage.on_page(link.peer_id, frame)
+
+    def _on_heads_frame(self, link: Link, frame: Heads, raw: bytes) -> None:
+        if self.peer.storage is not None:  # without a store: nothing to compare, ignored
+            self.peer.storage.on_heads(link.peer_id, frame)
 
     def _on_push_frame(self, link: Link, frame: Push, raw: bytes) -> None:
         if self.peer.storage is not None:

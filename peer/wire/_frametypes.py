@@ -423,8 +423,8 @@ class CuReq(_Frame):
         return {"t": self.TYPE, **self.fields()}
 
 
-def _need_heads(m: Map) -> list[Any]:
-    heads = need_list(m, "heads", MAX_PAGE_HEADS)
+def _need_heads(m: Map, key: str = "heads") -> list[Any]:
+    heads = need_list(m, key, MAX_PAGE_HEADS)
     for entry in heads:
         if (
             not isinstance(entry, list)
@@ -510,6 +510,34 @@ class CuPage(_Frame):
 
 
 @dataclass(frozen=True, slots=True)
+class Heads(_Frame):
+    """A storing peer's per-sender heads of one topic (anti-entropy); ``more``: it
+    holds more senders than listed. ``heads`` may be given as a list (kept as a tuple)."""
+
+    TYPE: ClassVar[str] = "heads"
+    KEYS: ClassVar[frozenset[str]] = _keys("topic", "h", "more")
+
+    topic: str
+    heads: Sequence[tuple[bytes, int]]
+    more: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(self.heads))
+
+    @classmethod
+    def from_map(cls, m: Map) -> Heads:
+        only_keys(m, cls.KEYS)
+        heads = _need_heads(m, "h")
+        if not isinstance(m.get("more", False), bool):
+            raise fail("more must be a boolean")
+        return cls(need_topic(m.get("topic")), [(s, n) for s, n in heads], m.get("more", False))
+
+    def to_map(self) -> Map:
+        more = {"more": True} if self.more else {}
+        return {"t": self.TYPE, "topic": self.topic, "h": [[s, n] for s, n in self.heads], **more}
+
+
+@dataclass(frozen=True, slots=True)
 class Push(_Frame):
     """An envelope for the peer itself (a DM or receipt), outside gossip."""
 
@@ -545,6 +573,7 @@ AnyFrame: TypeAlias = (
     | Dht
     | CuReq
     | CuPage
+    | Heads
     | Push
 )
 
@@ -564,6 +593,7 @@ FRAME_CLASSES: tuple[type[AnyFrame], ...] = (
     Dht,
     CuReq,
     CuPage,
+    Heads,
     Push,
 )
 

@@ -17,12 +17,14 @@ from peer import (
     open_envelope,
     seal_message,
 )
+from peer.protocols._antientropy import wanted
 from peer.protocols._catchup import Page, PageRequest, build_page, check_page
 from peer.wire._envelope import (
     MAX_RECEIPT_IDS,
     PRESENCE_TOPIC,
     seal_receipt,
 )
+from peer.wire._frametypes import Heads
 from peer.wire._limits import (
     MAX_PAGE_BYTES,
     MAX_PAGE_HEADS,
@@ -196,6 +198,7 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
             "cupage": hx(cupage),
         })
     chain_doc = build_chain(ids)
+    digest_doc = build_digest(ids, carrier)
     receipt_entry = envelope_entry("receipt", receipt, None)
     receipt_entry.update({
         "to": hx(alice.peer_id),
@@ -238,7 +241,37 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
                    "MAX_PAGE_HEADS": MAX_PAGE_HEADS, "MAX_REQUEST_ID": MAX_REQUEST_ID,
                    "MAX_RECEIPT_IDS": MAX_RECEIPT_IDS},
         "exchanges": exchanges,
+        "digest": digest_doc,
         "chain": chain_doc,
+    }
+
+
+def build_digest(ids: dict[str, Identity], carrier: CarrierLog) -> Json:
+    """The carrier's heads frame for general, and what a member that holds alice's 1..2
+    and none of carol's does with it (catchup.md section 7.5.2)."""
+    alice = ids["alice"]
+    heads = carrier.sender_heads("general")
+    frame = Heads("general", heads)
+    raw = frame.encode()
+    assert raw == encode_frame("heads", topic="general", h=[[s, n] for s, n in heads])
+    assert decode_frame(raw) == frame
+    held = {alice.peer_id: [(1, 2)]}
+    member = {hx(s): wanted(held.get(s, []), n, whole=False) for s, n in heads}
+    seed = {hx(s): wanted(held.get(s, []), n, whole=True) for s, n in heads}
+    return {
+        "note": (
+            "the carrier's digest of general (its heads: the highest seq it stored of each "
+            "sender), and what a receiver holding alice's 1..2 and nothing else asks for by "
+            "sender range: a member the missing ranges of the senders it holds some of (a "
+            "sender it never heard from gets a log walk instead), a relay-only seed also "
+            "1..head of the others"
+        ),
+        "topic": "general",
+        "h": [[hx(s), n] for s, n in heads],
+        "hex": hx(raw),
+        "receiver_holds": {hx(s): [list(r) for r in rs] for s, rs in held.items()},
+        "member_asks": {k: [list(r) for r in v] for k, v in member.items()},
+        "seed_asks": {k: [list(r) for r in v] for k, v in seed.items()},
     }
 
 

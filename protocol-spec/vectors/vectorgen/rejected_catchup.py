@@ -144,6 +144,19 @@ def catchup_frame_vectors(ids: dict[str, Identity]) -> list[Json]:
         "err is text")
     add("cupage-r-2-32", encode_frame("cupage", **{**page, "r": MAX_REQUEST_ID + 1}),
         "malformed", f"r is at most MAX_REQUEST_ID = {MAX_REQUEST_ID}")
+    digest: Json = {"topic": "general", "h": [head]}
+    add("heads-257", encode_frame("heads", **{**digest, "h": [head] * (MAX_PAGE_HEADS + 1)}),
+        "too-large", f"h has at most MAX_PAGE_HEADS = {MAX_PAGE_HEADS} pairs")
+    add("heads-h-missing", encode_frame("heads", **drop(digest, "h")), "malformed",
+        "h is required (it may be empty)")
+    add("heads-head-short-id", encode_frame("heads", **{**digest, "h": [[alice.peer_id[:31], 3]]}),
+        "malformed", "a head's sender is a 32-byte peer id")
+    add("heads-more-integer", encode_frame("heads", **{**digest, "more": 1}), "malformed",
+        "more is true or false")
+    add("heads-dm-like-topic", encode_frame("heads", **{**digest, "topic": "~inbox"}),
+        "malformed", "not a topic")
+    add("heads-unknown-field", encode_frame("heads", **{**digest, "r": 1}), "malformed",
+        "heads has the fields t, topic, h and more only")
     add("push-envelope-text", c({"t": "push", "e": "00"}), "malformed",
         "e must be a byte string")
     add("push-unknown-field", c({"t": "push", "e": b"", "to": alice.peer_id}), "malformed",
