@@ -72,10 +72,18 @@ class PeerProcess:
         return path.read_text() if path.exists() else ""
 
 
-def start_peer(tmp: Path, name: str, *extra: str, bootstrap: str | None = None) -> PeerProcess:
+def start_peer(
+    tmp: Path,
+    name: str,
+    *extra: str,
+    bootstrap: str | None = None,
+    ports: tuple[int, int] | None = None,
+) -> PeerProcess:
+    """Start ``python -m peer`` with its home in ``tmp/name``; ``ports`` (mesh, API)
+    to start it again where it was, free ones otherwise."""
     home = tmp / name
     home.mkdir(parents=True, exist_ok=True)
-    mesh_port, api_port = free_port(), free_port()
+    mesh_port, api_port = ports or (free_port(), free_port())
     cmd = [
         sys.executable,
         "-m",
@@ -118,6 +126,15 @@ def wait_ready(p: PeerProcess, deadline_s: float = 30.0) -> None:
                 raise
         if p.proc.poll() is not None:
             raise AssertionError(f"{p.name} exited:\n{p.log_text()}")
+
+
+def kill_hard(p: PeerProcess) -> None:
+    """``kill -9``: no shutdown at all."""
+    p.proc.kill()
+    p.proc.wait()
+    if p.proc.stdout is not None:
+        p.proc.stdout.close()
+    p.client.close()
 
 
 def stop(p: PeerProcess) -> None:

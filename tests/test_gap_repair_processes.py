@@ -1,0 +1,69 @@
+"""Acknowledged means delivered, with real processes (issue 12's minimal case).
+
+A publisher A and a subscriber B reach each other only through a relay-only
+seed S (no DHT, so no direct link). S is killed with SIGKILL; A's ``/send``
+acknowledges 10 messages that nobody can route; S is started again. Without
+anyone restarting A or B, B must get all 10, in A's order, once each, and
+``missed`` must end empty: the peers' anti-entropy digests find the gap and
+fill it (catchup.md section 7.5).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tests._procs import kill_hard, running, start_peer, wait_ready
+
+BOUND_S = 60.0  # generous for a shared CI machine; a run here took about 7 s
+
+
+def storm(p: Any) -> list[dict[str, Any]]:
+    r = p.get("/messages", channel="storm", limit="1000", peek="true")
+    assert r.status_code == 200, r.text
+    messages: list[dict[str, Any]] = r.json()
+    return messages
+
+
+def wait_for_more(p: Any, have: list[dict[str, Any]]) -> None:
+    """Long-poll until a message after the last one ``have`` holds arrives (or 5 s)."""
+    after = str(have[-1]["cursor"]) if have else "0"
+    p.get("/messages", channel="storm", wait="5", peek="true", after=after)
+
+
+def test_messages_sent_while_the_only_relay_was_down_arrive(tmp_path: Path) -> None:
+    seed = start_peer(tmp_path, "seed", "--relay-only", "--no-dht")
+    wait_ready(seed)
+    join = f"{seed.ws_url}#{seed.peer_id}"
+    a = start_peer(tmp_path, "a", "--no-dht", "--channel", "storm", bootstrap=join)
+    b = start_peer(tmp_path, "b", "--no-dht", "--channel", "storm", bootstrap=join)
+    with running(a, b):
+        for p in (a, b):
+            wait_ready(p)
+        first = a.post("/send", {"channel": "storm", "body": "before"})
+        assert first.status_code == 200 and first.json()["routed"], first.text
+        end = time.monotonic() + BOUND_S
+        while not storm(b):
+            assert time.monotonic() < end, "the first message never arrived"
+            wait_for_more(b, [])
+        kill_hard(seed)
+        sent = [a.post("/send", {"channel": "storm", "body": f"m{i}"}) for i in range(10)]
+        assert all(r.status_code == 200 for r in sent)
+        assert not any(r.json()["routed"] for r in sent)  # acknowledged with no route
+        seed = start_peer(
+            tmp_path, "seed", "--relay-only", "--no-dht", ports=(seed.mesh_port, seed.api_port)
+        )
+        with running(seed):
+            wait_ready(seed)
+            started = time.monotonic()
+            while len(have := storm(b)) < 11:
+                assert time.monotonic() < end + BOUND_S, f"B has {len(have)} of 11"
+                wait_for_more(b, have)
+            took = time.monotonic() - started
+            got = storm(b)
+            assert [m["seq"] for m in got] == list(range(1, 12))  # in order, once each
+            assert [m["body"] for m in got[1:]] == [f"m{i}" for i in range(10)]
+            status = b.get("/status").json()
+            assert all(not s["missed"] for s in status["store"]["catchup"].values()), status
+            print(f"B had all 10 {took:.1f} s after the seed came back")
