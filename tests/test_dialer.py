@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
+import pytest
+import trio
+
+import peer
+from peer.node import _dialer
 from peer.node._dialer import FLAP_LIMIT, STABLE, Redial
 from store import Backoff
+
+NO_DHT = peer.PeerOptions(dht=False)
 
 BACKOFF = Backoff(base_ms=500, cap_ms=60_000)
 
@@ -52,3 +61,34 @@ def test_flapping_links_back_off_until_one_lasts() -> None:
     assert sum(got) / len(got) > 5.0 and policy.failures > FLAP_LIMIT  # growing
     policy.ended(True, now, now + STABLE)
     assert max(delays(policy)) <= 1.0
+
+
+async def test_a_peer_left_alone_bootstraps_again_from_a_changed_list(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bootstrap list names seed 1; seed 1 goes and the list now names seed 2:
+    the peer, with no link left, reads the list again and links to seed 2."""
+    monkeypatch.setattr(_dialer, "REJOIN_AFTER", 0.5)
+    listing = tmp_path / "bootstrap.json"
+
+    def name(seed: peer.Peer) -> None:
+        entry = {"peer_id": seed.identity.peer_id_hex, "ws_url": seed.listen_urls[0]}
+        listing.write_text(json.dumps({"version": 1, "peers": [entry]}))
+
+    async with (
+        peer.open_peer(tmp_path / "s1", store=False, options=NO_DHT) as seed1,
+        peer.open_peer(tmp_path / "s2", store=False, options=NO_DHT) as seed2,
+    ):
+        name(seed1)
+        async with peer.open_peer(
+            tmp_path / "a", store=False, options=NO_DHT, bootstrap=[str(listing)]
+        ) as a:
+            with trio.fail_after(10):
+                while seed1.peer_id not in a.links:
+                    await a.wait_changed()
+            name(seed2)
+            seed1.cancel()  # seed 1 is gone for good
+            with trio.fail_after(15):
+                while seed2.peer_id not in a.links:
+                    await a.wait_changed()
+            assert a.dialer.rejoins >= 1

@@ -43,6 +43,9 @@ BOOTSTRAP_BACKOFF = Backoff(base_ms=1_000, cap_ms=60_000)
 FLAP_LIMIT = 5
 FLAP_WINDOW = 60.0
 STABLE = 10.0  # seconds a link must last for its end not to count as a flap
+REJOIN_AFTER = 10.0  # seconds with no link at all before the peer bootstraps again
+REJOIN_CONTACTS = 8  # DHT contacts dialled when it does
+REJOIN_DIAL_TIMEOUT = 10.0
 
 
 class Redial:
@@ -99,7 +102,9 @@ class Dialer:
         self.backoff = Backoff(base_ms=base_ms, cap_ms=cap_ms)
         self._inbound_per_ip: dict[str, int] = {}
         self._dialing: dict[bytes, trio.Event] = {}
+        self._forever: set[str] = set()  # addresses dial_forever keeps linked
         self._nursery: trio.Nursery | None = None
+        self.rejoins = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the tasks of dials to contacts (``connect``) until cancelled."""
@@ -151,6 +156,15 @@ class Dialer:
 
     async def dial_forever(self, url: str, expect: bytes | None = None) -> None:
         """Keep a link to ``url`` up, reconnecting with jittered exponential backoff."""
+        if url in self._forever:
+            return  # already kept up by another task
+        self._forever.add(url)
+        try:
+            await self._keep_dialling(url, expect)
+        finally:
+            self._forever.discard(url)
+
+    async def _keep_dialling(self, url: str, expect: bytes | None) -> None:
         log = self.log.bind(dial=url)
         policy = Redial(self.backoff)
         while True:
@@ -206,8 +220,36 @@ class Dialer:
                 await trio.sleep(delay)
         self.log.info("bootstrap resolved", spec=spec, peers=len(targets))
         for target in targets:
-            if target.peer_id != self.links.peer_id:
+            if target.peer_id != self.links.peer_id and target.url not in self._forever:
                 nursery.start_soon(self.dial_forever, target.url, target.peer_id)
+
+    async def rejoin_when_alone(
+        self,
+        specs: list[str],
+        nursery: trio.Nursery,
+        contacts: Callable[[], list[Contact]],
+    ) -> None:
+        """Whenever the peer has had no link for ``REJOIN_AFTER`` seconds, bootstrap
+        again: resolve the specs anew (a list may have changed) and dial what is new,
+        and dial a few contacts the DHT remembers. At most once per ``REJOIN_AFTER``."""
+        while True:
+            while self.links.links:
+                await self.links.wait_changed()
+            with trio.move_on_after(REJOIN_AFTER):
+                while not self.links.links:
+                    await self.links.wait_changed()
+            if self.links.links:
+                continue
+            self.rejoins += 1
+            self.log.warning("no links: bootstrapping again", rejoins=self.rejoins)
+            async with trio.open_nursery() as dialling:
+                dialling.start_soon(self.join, specs, nursery)
+                for contact in contacts()[:REJOIN_CONTACTS]:
+                    dialling.start_soon(self._connect_within, contact)
+
+    async def _connect_within(self, contact: Contact) -> None:
+        with trio.move_on_after(REJOIN_DIAL_TIMEOUT):
+            await self.connect(contact)
 
     async def serve_websocket(self, host: str, port: int, nursery: trio.Nursery) -> int:
         """Accept WebSocket links on ``host:port``, handled in ``nursery``; returns the port."""

@@ -557,8 +557,13 @@ class Peer:
 
     async def join(self, specs: list[str]) -> None:
         """Resolve bootstrap specs (URLs, files, ``ws://host:port/#peerid``) and keep
-        links to every peer they name; returns once all are resolved."""
+        links to every peer they name; whenever the peer then has no link for a
+        while, it bootstraps again from the specs and the DHT. Runs until cancelled."""
         await self.dialer.join(specs, self.nursery)
+        await self.dialer.rejoin_when_alone(specs, self.nursery, self._dht_contacts)
+
+    def _dht_contacts(self) -> list[Contact]:
+        return [] if self.dht is None else self.dht.node.table.contacts()
 
     async def connect(self, contact: Contact) -> bool:
         """Link to ``contact`` (a peer id, its key and addresses) unless linked;
