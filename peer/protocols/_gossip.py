@@ -97,6 +97,7 @@ class GossipRouter:
         self._windows: deque[list[bytes]] = deque([[]])
         self._ping_n = 0
         self._next_heartbeat: float | None = None
+        self._last_beat = 0.0
         self.stats = GossipCounters()
         p = self.params
         self._senders = Buckets(p.sender_rate, p.sender_burst, p.senders_max)
@@ -131,8 +132,8 @@ class GossipRouter:
         self._remember(msg_id, now)
 
     def statistics(self, now: float | None = None) -> Statistics:
-        """Counters and sizes; with ``now``, the score of every link too."""
-        scores = {} if now is None else self.scores.snapshot(list(self._links), now)
+        """Counters and sizes, and each link's score (at ``now``, or the last heartbeat)."""
+        scores = self.scores.snapshot(list(self._links), self._last_beat if now is None else now)
         return snapshot(
             self.stats,
             links=len(self._links),
@@ -256,8 +257,7 @@ class GossipRouter:
     def admit(self, peer: bytes, size: int, now: float) -> list[Action]:
         """A frame that another behaviour owns came from ``peer``: charge it to the
         link's budget and note the link alive; a ``Close`` if over budget."""
-        link = self._links.get(peer)
-        if link is None:
+        if (link := self._links.get(peer)) is None:
             return []
         try:
             self._admit(link, size, now)
@@ -505,6 +505,7 @@ class GossipRouter:
 
     def heartbeat(self, now: float) -> list[Action]:
         """Mesh maintenance, gossip, cache shift and keepalive; call every ``heartbeat`` s."""
+        self._last_beat = now
         actions = self._police(now)
         actions.extend(self._maintain_mesh(now))
         actions.extend(self._gossip(now))
@@ -524,8 +525,7 @@ class GossipRouter:
         return actions
 
     def _police(self, now: float) -> list[Action]:
-        """Broken IWANT promises; then links below the graylist threshold are closed
-        and banned, those below the prune threshold leave every mesh."""
+        """Broken promises; links below graylist are closed, below prune leave meshes."""
         self.stats.broken_promises += len(self.scores.expire_promises(now))
         actions = []
         for peer in sorted(self._links):
