@@ -53,7 +53,7 @@ class GossipParams:
     iwant_per_heartbeat: int = 1024  # envelopes served per peer per heartbeat
     # spam limits (gossip.md section 9); a rate of 0 turns a limit off
     sender_rate: float = 50.0  # new envelopes per second per author, relayed or our own
-    sender_burst: float = 500.0
+    sender_burst: float = 1200.0  # a burst of posts; the bench fills a store with 1000
     senders_max: int = 10_000  # author buckets kept (least recently used forgotten)
     link_pub_rate: float = 1000.0  # pub frames per second per link (any author)
     link_pub_burst: float = 4000.0
