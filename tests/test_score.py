@@ -88,7 +88,9 @@ def test_a_flooding_author_is_limited_while_an_honest_one_keeps_flowing() -> Non
     # the excess was charged to the spammer's link: it fell below the graylist
     # threshold, was closed with "rate" and is banned
     closed = [(owner, c.peer, c.code) for owner, c in net.closes]
-    assert ("relay", net.pid("spammer"), ErrorCode.RATE) in closed
+    assert closed == [("relay", net.pid("spammer"), ErrorCode.RATE)]  # the relay kept its links
+    reader = net.routers["reader"]
+    assert reader.scores.score(net.pid("relay"), net.now) > LIMITS.gossip_threshold
     assert relay.scores.banned(net.pid("spammer"), net.now)
     assert not relay.scores.banned(net.pid("honest"), net.now)
     assert relay.statistics()["scores"][net.pid("honest").hex()[:16]] >= 0
