@@ -38,7 +38,7 @@ def test_readme_limits_match_the_code() -> None:
         assert int(rows[name].replace("_", "")) == getattr(_limits, name), name
     assert int(rows["MAX_RECEIPT_IDS"]) == MAX_RECEIPT_IDS  # kept in peer/wire/_envelope.py
     params = _limits.GossipParams()
-    grows = dict(re.findall(r"^\| `([a-z_]+)` \| ([0-9_.]+) \|", text, flags=re.MULTILINE))
+    grows = dict(re.findall(r"^\| `([a-z_]+)` \| (-?[0-9_.]+) \|", text, flags=re.MULTILINE))
     for name, value in vars(params).items():
         assert float(grows[name].replace("_", "")) == float(value), name
 

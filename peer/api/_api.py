@@ -429,7 +429,7 @@ class LocalApi:
             else:
                 raise ApiError(400, "invalid", 'say where: "channel": name, or "to": peer id')
         except ProtocolError as exc:
-            status = 413 if exc.code.value == "too-large" else 400
+            status = {"too-large": 413, "rate": 429}.get(exc.code.value, 400)
             raise ApiError(status, exc.code.value, exc.message) from None
         except StoreError as exc:
             raise ApiError(507, "store", f"not stored, not sent: {exc}") from None

@@ -348,6 +348,7 @@ class Peer:
         return env
 
     def _seal_message(self, channel: str, content: Content) -> Envelope:
+        self.router.check_publish(self.now())  # ProtocolError(RATE) over the limit
         return self._seal(
             channel,
             lambda seq, prev: seal_message(
@@ -361,6 +362,7 @@ class Peer:
         )
 
     def _seal_dm(self, peer_id: bytes, key: bytes, content: Content) -> Envelope:
+        self.router.check_publish(self.now())  # ProtocolError(RATE) over the limit
         return self._seal(
             inbox_topic(peer_id),
             lambda seq, prev: seal_dm(

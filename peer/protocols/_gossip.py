@@ -19,6 +19,11 @@ Rules kept here (protocol-spec/gossip.md):
   than ``max_age`` by its author's clock is not relayed by gossip.
 * Budgets. Each link has a frame and byte budget; overrunning it, sending a
   frame that does not parse, or an envelope that does not verify closes it.
+* Spam (``_score.py``). New envelopes are limited per author and ``pub``
+  frames per link (over the limit: dropped, the link penalised); our own
+  publishing is limited the same way (``check_publish``). Each peer has a
+  decaying score; below the thresholds it gets no IHAVE, leaves every mesh,
+  then is closed and banned for a while.
 
 Nothing here performs I/O: every method returns a list of actions (``Send``,
 ``Deliver``, ``Close``) for the Trio shell to carry out, in order.
@@ -29,7 +34,6 @@ from __future__ import annotations
 import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from peer.wire._envelope import Envelope, message_id, open_envelope, split_wire
 from peer.wire._errors import ErrorCode, ProtocolError
@@ -55,62 +59,10 @@ from peer.wire._limits import (
 )
 from peer.wire._stats import Statistics, snapshot
 
+from ._gossiptypes import Action, Close, Deliver, GossipCounters, LinkState, Send
+from ._score import Buckets, Scoreboard
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    peer: bytes
-    frame: bytes  # plaintext frame; the shell encrypts it for the link
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """A new, verified envelope; ``member`` is False for one we only relay
-    (reported when the router was made with ``observe_all``, for a store)."""
-
-    envelope: Envelope
-    member: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    peer: bytes
-    code: ErrorCode
-    reason: str
-
-
-Action = Send | Deliver | Close
-
-
-@dataclass
-class GossipCounters:
-    frames_in: int = 0
-    bytes_in: int = 0
-    published: int = 0
-    received: int = 0  # new, verified envelopes from links
-    delivered: int = 0
-    forwarded: int = 0  # frames sent on behalf of others
-    duplicates: int = 0
-    stale: int = 0
-    rejected: int = 0  # frames that closed their link
-    ihave_sent: int = 0
-    iwant_sent: int = 0
-    iwant_served: int = 0
-    grafts: int = 0
-    prunes: int = 0
-
-
-@dataclass(slots=True)
-class _Link:
-    relay: bool
-    opened: float
-    interest: dict[str, int] = field(default_factory=dict)  # what they want, with hops
-    told: dict[str, int] = field(default_factory=dict)  # what we told them
-    frame_tokens: float = 0.0
-    byte_tokens: float = 0.0
-    refilled: float = 0.0
-    iwant_budget: int = 0
-    last_heard: float = 0.0
-    ping_sent: float | None = None
+__all__ = ["Action", "Close", "Deliver", "GossipCounters", "GossipRouter", "Send"]
 
 
 class GossipRouter:
@@ -136,7 +88,7 @@ class GossipRouter:
         self._rng = rng or random.Random()
         self._keepalive = keepalive
         self._idle_timeout = idle_timeout
-        self._links: dict[bytes, _Link] = {}
+        self._links: dict[bytes, LinkState] = {}
         self._members: set[str] = set()
         self._carriers: dict[str, set[bytes]] = {}  # topic -> links with interest
         self._mesh: dict[str, set[bytes]] = {}
@@ -145,7 +97,13 @@ class GossipRouter:
         self._windows: deque[list[bytes]] = deque([[]])
         self._ping_n = 0
         self._next_heartbeat: float | None = None
+        self._last_beat = 0.0
         self.stats = GossipCounters()
+        p = self.params
+        self._senders = Buckets(p.sender_rate, p.sender_burst, p.senders_max)
+        self._link_pubs = Buckets(p.link_pub_rate, p.link_pub_burst, p.score_max_peers)
+        self.scores = Scoreboard(p)
+        self._prune, self._graylist = p.prune_threshold, p.graylist_threshold
 
     # -- queries ---------------------------------------------------------------
 
@@ -173,7 +131,9 @@ class GossipRouter:
         """A message that reached us another way (catch-up, a push): drop its gossip copies."""
         self._remember(msg_id, now)
 
-    def statistics(self) -> Statistics:
+    def statistics(self, now: float | None = None) -> Statistics:
+        """Counters and sizes, and each link's score (at ``now``, or the last heartbeat)."""
+        scores = self.scores.snapshot(list(self._links), self._last_beat if now is None else now)
         return snapshot(
             self.stats,
             links=len(self._links),
@@ -181,6 +141,9 @@ class GossipRouter:
             topics_known=len(self._carriers),
             seen_cache=len(self._seen),
             message_cache=len(self._mcache),
+            senders_tracked=len(self._senders),
+            **self.scores.sizes(),
+            scores=scores,
         )
 
     # -- links -----------------------------------------------------------------
@@ -190,7 +153,7 @@ class GossipRouter:
         if peer in self._links:
             raise ValueError("link already open")
         p = self.params
-        self._links[peer] = _Link(
+        self._links[peer] = LinkState(
             relay=relay,
             opened=now,
             frame_tokens=p.frame_burst,
@@ -199,6 +162,10 @@ class GossipRouter:
             iwant_budget=p.iwant_per_heartbeat,
             last_heard=now,
         )
+        if self.scores.banned(peer, now):
+            self._links[peer].graylisted = True
+            self.stats.banned_refused += 1
+            return [Close(peer, ErrorCode.RATE, "banned for a low score; try later")]
         topics = set(self._members) | set(self._carriers)
         return self._refresh(topics, only=peer)
 
@@ -206,6 +173,7 @@ class GossipRouter:
         link = self._links.pop(peer, None)
         if link is None:
             return []
+        self._link_pubs.forget(peer)
         for topic in link.interest:
             self._drop_carrier(topic, peer)
         for members in self._mesh.values():
@@ -226,10 +194,19 @@ class GossipRouter:
         self._members.discard(topic)
         return self._refresh({topic})
 
+    def check_publish(self, now: float) -> None:
+        """Raise ``ProtocolError(RATE)`` if our own publishing is over the per-author
+        limit; call it before signing (and storing) a message of the agent's."""
+        if not self._senders.has(self.me, now):
+            rate = self.params.sender_rate
+            raise ProtocolError(ErrorCode.RATE, f"over the publishing limit of {rate:g}/s")
+
     def publish(self, env: Envelope, now: float) -> list[Action]:
-        """Our own message: remember it, deliver it locally, flood it."""
+        """Our own message: remember it, deliver it locally, flood it. It is charged
+        to our author bucket but never refused here (it may be stored already)."""
         if env.id in self._seen:
             return []
+        self._senders.charge(env.sender, now)
         self._remember(env.id, now)
         frame = Pub(env.wire).encode()
         self._cache(env.id, env.route, frame)
@@ -247,20 +224,40 @@ class GossipRouter:
     ) -> list[Action]:
         """One decoded frame from ``peer``. ``raw`` is its plaintext bytes."""
         link = self._links.get(peer)
-        if link is None:
+        if link is None or link.graylisted:
             return []
         try:
             self._admit(link, len(raw), now)
             return self._dispatch(peer, link, frame, raw, now, wall_ms)
         except ProtocolError as exc:
             self.stats.rejected += 1
+            if self.scores.penalize(peer, self.params.invalid_penalty, now) < self._graylist:
+                self.scores.ban(peer, now)
             return [Close(peer, exc.code, exc.message)]
+
+    def _score_ok(self, peer: bytes, threshold: str, now: float) -> bool:
+        """``peer``'s score is at least the ``gossip`` or ``prune`` threshold."""
+        floor = self.params.gossip_threshold if threshold == "gossip" else self._prune
+        return self.scores.score(peer, now) >= floor
+
+    def _penalize(self, peer: bytes, amount: float, now: float) -> list[Action]:
+        return self._check_graylist(peer, self.scores.penalize(peer, amount, now), now)
+
+    def _check_graylist(self, peer: bytes, score: float | None, now: float) -> list[Action]:
+        link = self._links.get(peer)
+        if score is None or score >= self._graylist or link is None:
+            return []
+        link.graylisted = True
+        self.scores.ban(peer, now)
+        self.stats.graylisted += 1
+        for members in self._mesh.values():
+            members.discard(peer)
+        return [Close(peer, ErrorCode.RATE, f"score {score:.0f} below the graylist threshold")]
 
     def admit(self, peer: bytes, size: int, now: float) -> list[Action]:
         """A frame that another behaviour owns came from ``peer``: charge it to the
         link's budget and note the link alive; a ``Close`` if over budget."""
-        link = self._links.get(peer)
-        if link is None:
+        if (link := self._links.get(peer)) is None:
             return []
         try:
             self._admit(link, size, now)
@@ -269,12 +266,12 @@ class GossipRouter:
             return [Close(peer, exc.code, exc.message)]
         return []
 
-    def _admit(self, link: _Link, size: int, now: float) -> None:
+    def _admit(self, link: LinkState, size: int, now: float) -> None:
         self._charge(link, size, now)
         link.last_heard = now
         link.ping_sent = None
 
-    def _charge(self, link: _Link, size: int, now: float) -> None:
+    def _charge(self, link: LinkState, size: int, now: float) -> None:
         p = self.params
         elapsed = max(0.0, now - link.refilled)
         link.refilled = now
@@ -288,7 +285,7 @@ class GossipRouter:
             raise ProtocolError(ErrorCode.RATE, "frame or byte budget exceeded")
 
     def _dispatch(
-        self, peer: bytes, link: _Link, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
+        self, peer: bytes, link: LinkState, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
     ) -> list[Action]:
         match frame:
             case Pub():
@@ -298,14 +295,14 @@ class GossipRouter:
             case Unsub():
                 return self._on_unsub(peer, link, frame.topics)
             case Graft():
-                return self._on_graft(peer, frame.topic)
+                return self._on_graft(peer, frame.topic, now)
             case Prune():
                 mesh = self._mesh.get(frame.topic)
                 if mesh is not None:
                     mesh.discard(peer)
                 return []
             case IHave():
-                return self._on_ihave(peer, frame.ids)
+                return self._on_ihave(peer, frame.ids, now)
             case IWant():
                 return self._on_iwant(peer, link, frame.ids)
             case Ping():
@@ -319,13 +316,16 @@ class GossipRouter:
     def _on_pub(
         self, peer: bytes, wire: bytes, raw: bytes, now: float, wall_ms: int
     ) -> list[Action]:
+        p = self.params
+        if not self._link_pubs.take(peer, now):
+            self.stats.link_limited += 1
+            return self._penalize(peer, p.over_limit_penalty, now)
         signed, sig = split_wire(wire)
         mid = message_id(signed)
         if mid in self._seen:
             self.stats.duplicates += 1
-            return []
+            return self._check_graylist(peer, self.scores.duplicate(peer, now), now)
         env = open_envelope(wire, signed=signed, sig=sig, verify=self.verify)
-        p = self.params
         if env.ts < wall_ms - p.max_age * 1000:
             self.stats.stale += 1
             self._remember(mid, now)  # it can only get older: skip verifying its copies
@@ -334,19 +334,24 @@ class GossipRouter:
             self.stats.stale += 1  # from the future: not remembered, it may be in time later
             return []
         self._remember(mid, now)
+        self.scores.fulfil(mid)
+        if not self._senders.take(env.sender, now):
+            self.stats.sender_limited += 1  # remembered: its copies cost no verification
+            return self._penalize(peer, p.over_limit_penalty, now)
         self.stats.received += 1
         route = env.route
         self._cache(mid, route, raw)
         actions: list[Action] = []
         if route in self._members:
             self.stats.delivered += 1
+            self.scores.reward(peer, now)
             actions.append(Deliver(env))
         elif self.observe_all and env.kind != "presence":
             actions.append(Deliver(env, member=False))
         if self.relay:
             # a message may arrive before the heartbeat built this topic's mesh:
             # graft now rather than leave the first messages to gossip repair
-            actions.extend(self._fill_mesh(route))
+            actions.extend(self._fill_mesh(route, now))
             targets = self._forward_targets(route, exclude=(peer, env.sender))
             actions.extend(Send(target, raw) for target in targets)
             self.stats.forwarded += len(targets)
@@ -361,7 +366,7 @@ class GossipRouter:
         return targets
 
     def _on_sub(
-        self, peer: bytes, link: _Link, entries: tuple[tuple[str, int], ...]
+        self, peer: bytes, link: LinkState, entries: tuple[tuple[str, int], ...]
     ) -> list[Action]:
         changed: set[str] = set()
         for topic, hops in entries:
@@ -373,7 +378,7 @@ class GossipRouter:
                 changed.add(topic)
         return self._refresh(changed)
 
-    def _on_unsub(self, peer: bytes, link: _Link, topics: tuple[str, ...]) -> list[Action]:
+    def _on_unsub(self, peer: bytes, link: LinkState, topics: tuple[str, ...]) -> list[Action]:
         changed: set[str] = set()
         for topic in topics:
             if link.interest.pop(topic, None) is not None:
@@ -381,25 +386,29 @@ class GossipRouter:
                 changed.add(topic)
         return self._refresh(changed)
 
-    def _on_graft(self, peer: bytes, topic: str) -> list[Action]:
+    def _on_graft(self, peer: bytes, topic: str, now: float) -> list[Action]:
         # a non-relay keeps no mesh: never create an entry it would not clean up
         mesh = self._mesh.setdefault(topic, set()) if self.relay else set()
         if peer in mesh:
             return []
-        if len(mesh) >= self.params.mesh_high or not self.relay:
+        low = not self._score_ok(peer, "prune", now)
+        if len(mesh) >= self.params.mesh_high or not self.relay or low:
             self.stats.prunes += 1
             return [Send(peer, Prune(topic).encode())]
         mesh.add(peer)
         return []
 
-    def _on_ihave(self, peer: bytes, ids: tuple[bytes, ...]) -> list[Action]:
+    def _on_ihave(self, peer: bytes, ids: tuple[bytes, ...], now: float) -> list[Action]:
+        if not self._score_ok(peer, "gossip", now):
+            return []
         wanted = tuple(i for i in ids if i not in self._seen)
         if not wanted:
             return []
+        self.scores.promise(peer, self._rng.choice(wanted), now)  # one id, as gossipsub
         self.stats.iwant_sent += 1
         return [Send(peer, IWant(wanted).encode())]
 
-    def _on_iwant(self, peer: bytes, link: _Link, ids: tuple[bytes, ...]) -> list[Action]:
+    def _on_iwant(self, peer: bytes, link: LinkState, ids: tuple[bytes, ...]) -> list[Action]:
         actions: list[Action] = []
         for i in ids:
             if link.iwant_budget <= 0:
@@ -496,9 +505,10 @@ class GossipRouter:
 
     def heartbeat(self, now: float) -> list[Action]:
         """Mesh maintenance, gossip, cache shift and keepalive; call every ``heartbeat`` s."""
-        actions: list[Action] = []
-        actions.extend(self._maintain_mesh())
-        actions.extend(self._gossip())
+        self._last_beat = now
+        actions = self._police(now)
+        actions.extend(self._maintain_mesh(now))
+        actions.extend(self._gossip(now))
         self._windows.append([])
         while len(self._windows) > self.params.history_windows:
             for mid in self._windows.popleft():
@@ -514,12 +524,25 @@ class GossipRouter:
                 actions.append(Send(peer, Ping(self._ping_n).encode()))
         return actions
 
-    def _transit_candidates(self, topic: str) -> list[bytes]:
-        return sorted(
-            p for p in self._carriers.get(topic, ()) if self._links[p].interest[topic] > 0
-        )
+    def _police(self, now: float) -> list[Action]:
+        """Broken promises; links below graylist are closed, below prune leave meshes."""
+        self.stats.broken_promises += len(self.scores.expire_promises(now))
+        actions = []
+        for peer in sorted(self._links):
+            score = self.scores.score(peer, now)
+            actions.extend(self._check_graylist(peer, score, now))
+            if score < self._prune:
+                for topic in sorted(t for t, m in self._mesh.items() if peer in m):
+                    self._mesh[topic].discard(peer)
+                    self.stats.prunes += 1
+                    actions.append(Send(peer, Prune(topic).encode()))
+        return actions
 
-    def _maintain_mesh(self) -> list[Action]:
+    def _transit_candidates(self, topic: str, now: float) -> list[bytes]:
+        relays = (p for p in self._carriers.get(topic, ()) if self._links[p].interest[topic] > 0)
+        return sorted(p for p in relays if self._score_ok(p, "prune", now))
+
+    def _maintain_mesh(self, now: float) -> list[Action]:
         if not self.relay:
             return []
         p = self.params
@@ -533,18 +556,18 @@ class GossipRouter:
                     self.stats.prunes += 1
                     actions.append(Send(q, Prune(topic).encode()))
             else:
-                actions.extend(self._fill_mesh(topic))
+                actions.extend(self._fill_mesh(topic, now))
             if not mesh and topic not in self._carriers:
                 del self._mesh[topic]
         return actions
 
-    def _fill_mesh(self, topic: str) -> list[Action]:
+    def _fill_mesh(self, topic: str, now: float) -> list[Action]:
         """Graft transit relays into ``topic``'s mesh while it is below ``mesh_low``."""
         p = self.params
         mesh = self._mesh.setdefault(topic, set())
         if len(mesh) >= p.mesh_low:
             return []
-        candidates = [q for q in self._transit_candidates(topic) if q not in mesh]
+        candidates = [q for q in self._transit_candidates(topic, now) if q not in mesh]
         actions: list[Action] = []
         for q in self._rng.sample(candidates, min(len(candidates), p.mesh_degree - len(mesh))):
             mesh.add(q)
@@ -552,7 +575,7 @@ class GossipRouter:
             actions.append(Send(q, Graft(topic).encode()))
         return actions
 
-    def _gossip(self) -> list[Action]:
+    def _gossip(self, now: float) -> list[Action]:
         recent: dict[str, list[bytes]] = {}
         for window in self._windows:
             for mid in window:
@@ -564,7 +587,8 @@ class GossipRouter:
             mesh = self._mesh.get(topic, set())
             # every interested link outside the mesh may have missed something,
             # direct subscribers included (e.g. a message that raced their sub)
-            candidates = sorted(q for q in self._carriers.get(topic, ()) if q not in mesh)
+            ok = [q for q in self._carriers.get(topic, ()) if q not in mesh]
+            candidates = sorted(q for q in ok if self._score_ok(q, "gossip", now))
             if not candidates:
                 continue
             chosen = self._rng.sample(candidates, min(len(candidates), self.params.gossip_degree))

@@ -51,3 +51,28 @@ class GossipParams:
     bytes_per_second: float = 32 * 1024 * 1024
     byte_burst: float = 64 * 1024 * 1024
     iwant_per_heartbeat: int = 1024  # envelopes served per peer per heartbeat
+    # spam limits (gossip.md section 9); a rate of 0 turns a limit off
+    # honest storms in the acceptance tests reach ~600/s per author: the limit sits above
+    sender_rate: float = 1000.0  # new envelopes per second per author, relayed or our own
+    sender_burst: float = 10_000.0
+    senders_max: int = 10_000  # author buckets kept (least recently used forgotten)
+    link_pub_rate: float = 5000.0  # pub frames per second per link (any author)
+    link_pub_burst: float = 20_000.0
+    # peer scores: decay, what lowers and raises them, and the thresholds
+    score_half_life: float = 30.0  # seconds
+    score_cap: float = 20.0  # first deliveries raise a score at most to this
+    first_delivery_reward: float = 0.5
+    invalid_penalty: float = 50.0  # an envelope that does not open (the link closes too)
+    duplicate_rate: float = 1000.0  # duplicates per second per link without penalty
+    duplicate_burst: float = 5000.0
+    duplicate_penalty: float = 0.1  # per duplicate beyond that
+    over_limit_penalty: float = 1.0  # per pub dropped by a sender or link limit
+    broken_promise_penalty: float = 10.0  # per IWANT not answered in time
+    iwant_deadline: float = 3.0  # seconds for an IHAVE's promise to be kept
+    promises_max: int = 4096
+    gossip_threshold: float = -10.0  # below: no IHAVE to or from it
+    prune_threshold: float = -40.0  # below: out of every mesh, never grafted
+    graylist_threshold: float = -80.0  # below: link closed (rate), banned
+    ban_seconds: float = 300.0
+    ban_max: int = 1024
+    score_max_peers: int = 4096  # scores kept, linked or not

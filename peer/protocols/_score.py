@@ -1,0 +1,206 @@
+"""Spam limits and peer scores for the gossip router, sans-IO.
+
+Rules kept here (protocol-spec/gossip.md, section 9):
+
+* Token buckets. ``Buckets`` keeps one bucket per key (an envelope's author,
+  or a link), refilled at ``rate`` per second up to ``burst``; a rate of 0
+  turns the limit off. The table holds at most ``max_keys`` buckets: the least
+  recently used one is forgotten (that key starts again with a full bucket).
+* Scores. ``Scoreboard`` keeps one score per peer, outliving its links so that
+  a reconnect does not wipe a bad record. A score decays towards 0 with a
+  half-life of ``score_half_life`` seconds (computed lazily from ``now``);
+  penalties lower it, first deliveries raise it up to ``score_cap``. The table
+  is bounded (least recently touched entries forgotten first).
+* IWANT promises. When we ask a peer for ids after its IHAVE, one of the ids
+  (picked by the router's random source) is remembered with a deadline; if no
+  copy of it has arrived from anyone by then, the promise is broken. At most
+  ``promises_max`` promises are kept; beyond that new ones are not tracked.
+* Bans. A peer sent below the graylist threshold is banned for
+  ``ban_seconds``; the ban list is bounded (oldest bans dropped first).
+
+Nothing here performs I/O or reads a clock: ``now`` is always passed in.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from peer.wire._limits import GossipParams
+
+
+@dataclass(slots=True)
+class Bucket:
+    tokens: float
+    stamp: float
+
+    def refill(self, now: float, rate: float, burst: float) -> None:
+        elapsed = max(0.0, now - self.stamp)
+        self.stamp = max(self.stamp, now)
+        self.tokens = min(burst, self.tokens + elapsed * rate)
+
+
+class Buckets:
+    """A bounded table of token buckets, one per key."""
+
+    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    @property
+    def enabled(self) -> bool:
+        return self.rate > 0
+
+    def _bucket(self, key: bytes, now: float) -> Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = Bucket(self.burst, now)
+            while len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            bucket.refill(now, self.rate, self.burst)
+        return bucket
+
+    def take(self, key: bytes, now: float) -> bool:
+        """Spend one token of ``key``'s bucket; False (nothing spent) if it has none."""
+        if not self.enabled:
+            return True
+        bucket = self._bucket(key, now)
+        if bucket.tokens < 1.0:
+            return False
+        bucket.tokens -= 1.0
+        return True
+
+    def has(self, key: bytes, now: float) -> bool:
+        """True if ``key`` has a whole token left (nothing spent)."""
+        return not self.enabled or self._bucket(key, now).tokens >= 1.0
+
+    def charge(self, key: bytes, now: float) -> None:
+        """Spend one token even if that leaves the bucket in debt (at most one burst)."""
+        if self.enabled:
+            bucket = self._bucket(key, now)
+            bucket.tokens = max(-self.burst, bucket.tokens - 1.0)
+
+    def forget(self, key: bytes) -> None:
+        self._buckets.pop(key, None)
+
+
+@dataclass(slots=True)
+class _Score:
+    value: float
+    stamp: float
+
+
+class Scoreboard:
+    """Per-peer scores, IWANT promises and bans (see the module docstring)."""
+
+    def __init__(self, params: GossipParams) -> None:
+        self.params = params
+        self._scores: OrderedDict[bytes, _Score] = OrderedDict()
+        self._dups = Buckets(params.duplicate_rate, params.duplicate_burst, params.score_max_peers)
+        self._promises: dict[bytes, tuple[bytes, float]] = {}  # msg id -> (peer, deadline)
+        self._bans: OrderedDict[bytes, float] = OrderedDict()  # peer -> banned until
+
+    # -- scores ---------------------------------------------------------------------
+
+    def _entry(self, peer: bytes, now: float) -> _Score:
+        entry = self._scores.get(peer)
+        if entry is None:
+            entry = self._scores[peer] = _Score(0.0, now)
+            while len(self._scores) > self.params.score_max_peers:
+                self._scores.popitem(last=False)
+            return entry
+        self._scores.move_to_end(peer)
+        elapsed = now - entry.stamp
+        if elapsed > 0:
+            entry.value *= 0.5 ** (elapsed / self.params.score_half_life)
+            if abs(entry.value) < 0.01:
+                entry.value = 0.0
+            entry.stamp = now
+        return entry
+
+    def score(self, peer: bytes, now: float) -> float:
+        if peer not in self._scores:
+            return 0.0
+        return self._entry(peer, now).value
+
+    def reward(self, peer: bytes, now: float) -> None:
+        """A first delivery of a message in a topic we subscribe to."""
+        entry = self._entry(peer, now)
+        entry.value = min(self.params.score_cap, entry.value + self.params.first_delivery_reward)
+
+    def penalize(self, peer: bytes, amount: float, now: float) -> float:
+        """Lower ``peer``'s score by ``amount``; returns the new score."""
+        entry = self._entry(peer, now)
+        entry.value -= amount
+        return entry.value
+
+    def duplicate(self, peer: bytes, now: float) -> float | None:
+        """A duplicate from ``peer``: free within its allowance, else a penalty
+        (returns the new score then, None otherwise)."""
+        if self._dups.take(peer, now):
+            return None
+        return self.penalize(peer, self.params.duplicate_penalty, now)
+
+    def sizes(self) -> dict[str, int]:
+        return {
+            "scores_kept": len(self._scores),
+            "promises": len(self._promises),
+            "bans": len(self._bans),
+        }
+
+    def snapshot(self, peers: list[bytes], now: float) -> dict[str, float]:
+        return {p.hex()[:16]: round(self.score(p, now), 2) for p in peers}
+
+    def __len__(self) -> int:
+        return len(self._scores)
+
+    # -- IWANT promises -------------------------------------------------------------
+
+    def promise(self, peer: bytes, msg_id: bytes, now: float) -> None:
+        if msg_id in self._promises or len(self._promises) >= self.params.promises_max:
+            return
+        self._promises[msg_id] = (peer, now + self.params.iwant_deadline)
+
+    def fulfil(self, msg_id: bytes) -> None:
+        """A copy of ``msg_id`` arrived (from anyone): its promise is kept."""
+        self._promises.pop(msg_id, None)
+
+    def expire_promises(self, now: float) -> list[bytes]:
+        """Penalise every peer whose promise is past its deadline; returns those peers."""
+        broken = [(mid, peer) for mid, (peer, due) in self._promises.items() if due <= now]
+        for mid, peer in broken:
+            del self._promises[mid]
+            self.penalize(peer, self.params.broken_promise_penalty, now)
+        return [peer for _, peer in broken]
+
+    @property
+    def promises(self) -> int:
+        return len(self._promises)
+
+    # -- bans -----------------------------------------------------------------------
+
+    def ban(self, peer: bytes, now: float) -> None:
+        self._bans.pop(peer, None)
+        self._bans[peer] = now + self.params.ban_seconds
+        while len(self._bans) > self.params.ban_max:
+            self._bans.popitem(last=False)
+
+    def banned(self, peer: bytes, now: float) -> bool:
+        until = self._bans.get(peer)
+        if until is None:
+            return False
+        if until <= now:
+            del self._bans[peer]
+            return False
+        return True
+
+    @property
+    def bans(self) -> int:
+        return len(self._bans)

@@ -1,0 +1,258 @@
+"""Spam limits and peer scores of the gossip router, sans-IO with time stepped by
+hand; and the local API's answer when the agent publishes over the limit.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import httpx
+import pytest
+import trio
+
+from peer import Identity, Peer, PeerOptions
+from peer.api._api import LocalApi
+from peer.protocols._gossip import Action, GossipRouter
+from peer.protocols._score import Buckets, Scoreboard
+from peer.wire._envelope import Content, Envelope, seal_message
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frames import decode_frame
+from peer.wire._frametypes import Pub
+from peer.wire._limits import GossipParams
+from tests._gossip_net import (
+    TOPIC,
+    WALL0,
+    Net,
+    closes,
+    delivers,
+    fake_peer,
+    feed,
+    identity,
+    sends,
+)
+
+LIMITS = GossipParams(sender_rate=10.0, sender_burst=20.0)
+
+
+def pub(router: GossipRouter, peer: bytes, env: Envelope, now: float) -> list[Action]:
+    raw = Pub(env.wire).encode()
+    return router.handle_frame(peer, decode_frame(raw), raw, now, WALL0)
+
+
+def envelopes(name: str, n: int, topic: str = TOPIC, first: int = 1) -> list[Envelope]:
+    ident = identity(name)
+    return [
+        seal_message(ident, topic=topic, content=Content(f"{name}{i}"), seq=i, ts=WALL0)
+        for i in range(first, first + n)
+    ]
+
+
+def relay_with_links(params: GossipParams, n: int) -> tuple[GossipRouter, list[bytes]]:
+    """A relay subscribed to TOPIC with ``n`` relay links that each lead to subscribers."""
+    router = GossipRouter(fake_peer(0), relay=True, params=params, rng=random.Random(3))
+    router.subscribe(TOPIC)
+    peers = [fake_peer(i + 1) for i in range(n)]
+    for p in peers:
+        router.add_link(p, relay=True, now=0.0)
+        feed(router, p, "sub", topics=[[TOPIC, 1]])
+    return router, peers
+
+
+# -- per-author and per-link limits -----------------------------------------------
+
+
+def test_a_flooding_author_is_limited_while_an_honest_one_keeps_flowing() -> None:
+    net = Net(params=LIMITS)
+    for name in ("spammer", "honest", "relay", "reader"):
+        net.add(name, relay=name == "relay")
+    for name in ("spammer", "honest", "reader"):
+        net.connect(name, "relay")
+    net.subscribe("reader")
+    honest: list[bytes] = []
+    spam: list[bytes] = []
+    for tick in range(1000):  # 10 s: the spammer at 200/s (20x its limit), honest at 5/s
+        net.now = tick / 100
+        for _ in range(2):
+            spam.append(net.publish("spammer", "spam").id)
+        if tick % 20 == 0:
+            honest.append(net.publish("honest", "hello").id)
+        if tick % 100 == 0:
+            net.heartbeat()
+    got = set(net.got("reader"))
+    assert set(honest) <= got  # every honest message arrived
+    relay = net.routers["relay"]
+    allowed = LIMITS.sender_burst + LIMITS.sender_rate * 10
+    assert len(got & set(spam)) <= allowed
+    assert relay.stats.sender_limited > 0
+    # the excess was charged to the spammer's link: it fell below the graylist
+    # threshold, was closed with "rate" and is banned
+    closed = [(owner, c.peer, c.code) for owner, c in net.closes]
+    assert closed == [("relay", net.pid("spammer"), ErrorCode.RATE)]  # the relay kept its links
+    reader = net.routers["reader"]
+    assert reader.scores.score(net.pid("relay"), net.now) > LIMITS.gossip_threshold
+    assert relay.scores.banned(net.pid("spammer"), net.now)
+    assert not relay.scores.banned(net.pid("honest"), net.now)
+    assert relay.statistics()["scores"][net.pid("honest").hex()[:16]] >= 0
+
+
+def test_the_link_pub_limit_drops_frames_beyond_its_burst() -> None:
+    params = GossipParams(link_pub_rate=5.0, link_pub_burst=5.0)
+    router, (link, *_) = relay_with_links(params, 1)
+    envs = [e for i in range(8) for e in envelopes(f"author{i}", 1)]  # 8 authors, 1 each
+    got = [len(delivers(pub(router, link, env, 0.0))) for env in envs]
+    assert got == [1] * 5 + [0] * 3
+    assert router.stats.link_limited == 3
+    assert router.scores.score(link, 0.0) < 0
+    # a second later, 5 more tokens
+    assert delivers(pub(router, link, envelopes("late", 1)[0], 1.0))
+
+
+def test_our_own_publishing_is_limited_before_signing() -> None:
+    router = GossipRouter(identity("me").peer_id, params=LIMITS)
+    envs = envelopes("me", 25)
+    for env in envs[:20]:
+        router.check_publish(0.0)
+        router.publish(env, 0.0)
+    with pytest.raises(ProtocolError) as refused:
+        router.check_publish(0.0)
+    assert refused.value.code is ErrorCode.RATE
+    router.check_publish(0.1)  # 10/s: one token back after 0.1 s
+
+
+# -- scores ---------------------------------------------------------------------------
+
+
+def test_a_duplicate_flood_prunes_then_graylists_and_bans_the_link() -> None:
+    params = GossipParams(duplicate_rate=1.0, duplicate_burst=5.0, duplicate_penalty=1.0)
+    router, _ = relay_with_links(params, 8)
+    router.heartbeat(1.0)
+    mesh = router.mesh_of(TOPIC)
+    flooder = sorted(mesh)[0]
+    env = envelopes("author", 1)[0]
+    assert delivers(pub(router, flooder, env, 1.0))
+    for _ in range(50):  # 5 free, then -1 each: about -45
+        assert not closes(pub(router, flooder, env, 1.0))
+    assert params.graylist_threshold < router.scores.score(flooder, 1.0) < params.prune_threshold
+    beat = router.heartbeat(2.0)
+    assert (flooder, TOPIC) in [(p, f.to_map()["topic"]) for p, f in sends(beat, "prune")]
+    assert flooder not in router.mesh_of(TOPIC)
+    # its grafts are refused while it is that low, and the heartbeat does not pick it
+    assert sends(feed(router, flooder, "graft", topic=TOPIC, now=2.0), "prune")
+    for step in range(3, 6):
+        router.heartbeat(float(step))
+        assert flooder not in router.mesh_of(TOPIC)
+    # more duplicates: below the graylist threshold, closed with "rate" and banned
+    refused = [c for _ in range(60) for c in closes(pub(router, flooder, env, 5.0))]
+    assert [(c.peer, c.code) for c in refused] == [(flooder, ErrorCode.RATE)]
+    assert router.stats.graylisted == 1
+    assert pub(router, flooder, envelopes("author", 1, first=2)[0], 5.0) == []  # ignored
+    assert router.scores.banned(flooder, 5.0)
+    router.remove_link(flooder)
+    redial = router.add_link(flooder, relay=True, now=6.0)
+    assert [(c.peer, c.code) for c in closes(redial)] == [(flooder, ErrorCode.RATE)]
+    router.remove_link(flooder)
+    # the ban ends
+    assert not router.scores.banned(flooder, 6.0 + params.ban_seconds)
+    assert closes(router.add_link(flooder, relay=True, now=6.0 + params.ban_seconds)) == []
+
+
+def test_broken_iwant_promises_cost_score_and_gossip() -> None:
+    params = GossipParams(broken_promise_penalty=6.0)
+    router, peers = relay_with_links(params, 2)
+    liar, honest = peers
+    router.publish(envelopes("me", 1)[0], 0.0)  # something to gossip about
+    for n in range(2):  # two broken promises: -12, below the gossip threshold (-10)
+        fake_ids = (bytes([n]) * 32, bytes([n + 100]) * 32)
+        asked = sends(feed(router, liar, "ihave", topic=TOPIC, ids=fake_ids, now=float(n)))
+        assert [f.TYPE for _, f in asked] == ["iwant"]
+        router.heartbeat(n + params.iwant_deadline + 0.5)
+    assert router.stats.broken_promises == 2
+    assert router.scores.score(liar, 4.0) < params.gossip_threshold
+    # its IHAVEs are ignored, and it gets none
+    ids = (b"\x07" * 32,)
+    assert feed(router, liar, "ihave", topic=TOPIC, ids=ids, now=4.0) == []
+    router.publish(envelopes("me", 1, first=2)[0], 4.0)
+    ihave_to = {p for p, _ in sends(router.heartbeat(4.0), "ihave")}
+    assert liar not in ihave_to
+    # a promise kept costs nothing
+    env = envelopes("author", 1)[0]
+    feed(router, honest, "ihave", topic=TOPIC, ids=(env.id,), now=4.0)
+    pub(router, honest, env, 5.0)
+    router.heartbeat(10.0)
+    assert router.stats.broken_promises == 2
+    assert router.scores.score(honest, 10.0) > 0  # a first delivery in our topic
+
+
+def test_scores_decay_back_and_the_peer_is_grafted_again() -> None:
+    params = GossipParams(mesh_low=1, mesh_degree=1)
+    router, (peer,) = relay_with_links(params, 1)
+    router.scores.penalize(peer, 60.0, 0.0)
+    assert sends(router.heartbeat(0.0), "graft") == []  # too low to graft
+    half = params.score_half_life
+    assert router.scores.score(peer, half) == pytest.approx(-30.0)
+    assert router.scores.score(peer, 2 * half) == pytest.approx(-15.0)
+    assert [p for p, _ in sends(router.heartbeat(2 * half), "graft")] == [peer]
+    assert router.scores.score(peer, 20 * half) == 0.0
+    # rewards are capped
+    for _ in range(1000):
+        router.scores.reward(peer, 20 * half)
+    assert router.scores.score(peer, 20 * half) == params.score_cap
+
+
+# -- bounds ---------------------------------------------------------------------------
+
+
+def test_sender_seen_and_score_tables_stay_bounded_under_many_senders() -> None:
+    params = GossipParams(senders_max=50, seen_max=300, score_max_peers=40, promises_max=10)
+    router, (link, *_) = relay_with_links(params, 1)
+    for i in range(400):
+        for env in envelopes(f"author{i}", 2):
+            pub(router, link, env, i * 0.01)
+    stats = router.statistics(4.0)
+    assert stats["senders_tracked"] == 50
+    assert stats["seen_cache"] <= 300
+    assert router.stats.received == 800  # none of them was over its own limit
+    board = Scoreboard(params)
+    for i in range(100):
+        board.penalize(fake_peer(i), 1.0, 0.0)
+        board.promise(fake_peer(i), bytes([i]) * 32, 0.0)
+        board.ban(fake_peer(i), 0.0)
+    assert len(board) == 40
+    assert board.sizes() == {"scores_kept": 40, "promises": 10, "bans": 100}
+    small = Scoreboard(replace(params, ban_max=3))
+    for i in range(10):
+        small.ban(fake_peer(i), 0.0)
+    assert small.sizes()["bans"] == 3 and small.banned(fake_peer(9), 1.0)
+    assert not small.banned(fake_peer(0), 1.0)
+
+
+def test_a_zero_rate_turns_a_limit_off() -> None:
+    buckets = Buckets(0.0, 0.0, 10)
+    assert all(buckets.take(b"k", 0.0) for _ in range(1000))
+    assert len(buckets) == 0
+
+
+# -- the local API --------------------------------------------------------------------
+
+
+async def test_send_over_the_limit_is_a_json_429(nursery: trio.Nursery) -> None:
+    params = GossipParams(sender_rate=0.001, sender_burst=3.0)
+    peer = Peer(Identity.generate(), PeerOptions(channels=("lobby",), gossip=params, seed=1))
+    await nursery.start(peer.run)
+    token = "test-token-0123456789"
+    app = LocalApi(peer, token).app
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://127.0.0.1",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as api:
+        codes = []
+        for i in range(5):
+            r = await api.post("/send", json={"channel": "lobby", "body": f"m{i}"})
+            codes.append(r.status_code)
+        assert codes == [200, 200, 200, 429, 429]
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["error"]["code"] == "rate"
+        assert "publishing limit" in r.json()["error"]["message"]
+    assert [m.body for m in peer.inbox.query()] == ["m0", "m1", "m2"]  # nothing half-sent
