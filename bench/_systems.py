@@ -118,6 +118,13 @@ def peer_help() -> str:
     return out.stdout
 
 
+def unlimited() -> list[str]:
+    """Flags that lift the per-author and per-link publishing limits (gossip.md
+    section 9), where this checkout has them: the bench's one publisher sends far
+    beyond what one author may by default; the bench measures forwarding."""
+    return ["--author-rate", "0", "--link-pub-rate", "0"] if "--author-rate" in peer_help() else []
+
+
 class Clawmesh(System):
     """Relay-only ``python -m peer`` processes, as a user starts them.
 
@@ -183,7 +190,7 @@ class Clawmesh(System):
                     *profile, "-m", "peer", "--relay-only",
                     "--listen", f"{HOST}:0", "--api", f"{HOST}:{api_port}",
                     "--key-dir", str(home / "keys"), "--data-dir", str(home / "data"),
-                    *self.flags,
+                    *self.flags, *unlimited(),
                 )
                 if "--max-links" in peer_help() and env.max_links > 128:
                     cmd += ["--max-links", str(env.max_links)]
@@ -227,6 +234,7 @@ class Clawmesh(System):
             *profile, "-m", "peer", "--no-dht", "--channel", channel, "--bootstrap", bootstrap,
             "--listen", f"{HOST}:0", "--api", f"{HOST}:{api_port}", "--log-json",
             "--key-dir", str(home / "keys"), "--data-dir", str(home / "data"), *self.flags,
+            *unlimited(),
         )
         child = await Child.start(env.nursery, f"{self.name}-{name}", cmd, env.logs)
         try:

@@ -9,6 +9,7 @@ command others run to join it. Flags win over environment variables
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -25,6 +26,7 @@ from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import DAY_MS, BenchOnly, default_keep_rules
 from peer.wire._frames import is_topic
+from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy, private_dir
 
 DEFAULT_PEER_PORT = 7433
@@ -178,6 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-json", action="store_true", help="log JSON lines instead of key=value")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    limits = GossipParams()
+    p.add_argument(
+        "--author-rate",
+        type=float,
+        default=limits.sender_rate,
+        metavar="PER_S",
+        help="new messages per second one author may publish through this peer, with "
+        "--author-burst; over it they are dropped and the link that sent them loses "
+        "score (gossip.md section 9; 0: no limit; default %(default)g)",
+    )
+    p.add_argument(
+        "--author-burst", type=float, default=limits.sender_burst, metavar="N",
+        help="messages an author may publish at once (default %(default)g)",
+    )
+    p.add_argument(
+        "--link-pub-rate",
+        type=float,
+        default=limits.link_pub_rate,
+        metavar="PER_S",
+        help="messages per second one link may send, any author (0: no limit; "
+        "default %(default)g)",
+    )
     # For the benchmark harness only, unsafe, and so left out of --help: skip the
     # envelope signature checks (forged messages are relayed), and offer links
     # unencrypted (used only when the other side offers it too).
@@ -222,6 +246,17 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
     return "\n".join(lines)
 
 
+def _gossip_params(args: argparse.Namespace) -> GossipParams:
+    if min(args.author_rate, args.author_burst, args.link_pub_rate) < 0:
+        raise SystemExit("--author-rate, --author-burst and --link-pub-rate must be >= 0")
+    return dataclasses.replace(
+        GossipParams(),
+        sender_rate=args.author_rate,
+        sender_burst=args.author_burst,
+        link_pub_rate=args.link_pub_rate,
+    )
+
+
 def _keep_rules(args: argparse.Namespace) -> KeepRules:
     base = default_keep_rules(args.relay_only).default
     assert base is not None
@@ -256,6 +291,7 @@ async def run_peer(args: argparse.Namespace) -> None:
         dht=not args.no_dht,
         max_links_per_ip=args.max_links_per_ip,
         keep_rules=_keep_rules(args),
+        gossip=_gossip_params(args),
         dm_deadline=args.dm_deadline,
         outbox_retry_initial=args.outbox_retry,
     )
