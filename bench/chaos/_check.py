@@ -95,14 +95,17 @@ class AgentVerdict:
     duplicated: int = 0
     reordered: int = 0
     late: int = 0
+    late_after_faults: int = 0  # of ``late``: received only after the faults stopped
     missed: int = 0
     unacked: int = 0  # received, never acknowledged (a /send cut by a kill): fine
     latencies_ms: list[int] = field(default_factory=list)
     lost_ids: list[str] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)  # the first reorders, to investigate
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in vars(self).items() if k != "latencies_ms"}
         out["lost_ids"] = self.lost_ids[:20]
+        out["examples"] = self.examples[:10]
         return out
 
 
@@ -123,6 +126,10 @@ def judge(
         key = (m["from"], m.get("channel") or "")
         if m["seq"] <= top.get(key, 0):
             v.reordered += 1
+            v.examples.append(
+                f"cursor {m['cursor']}: {key[0][:8]} seq {m['seq']} after {top[key]}"
+                f" (received {m['received']})"
+            )
         top[key] = max(top.get(key, 0), m["seq"])
         ack = by_id.get(m["id"])
         if ack is None:
@@ -132,8 +139,9 @@ def judge(
             continue
         received = _ms(m["received"])
         v.latencies_ms.append(max(0, received - _ms(m["timestamp"])))
-        if received > faults_end_ms or received - ack.ack_ms > late_s * 1000:
-            v.late += 1
+        after = received > faults_end_ms
+        v.late_after_faults += after
+        v.late += after or received - ack.ack_ms > late_s * 1000
     lost = expected - set(ids)
     v.lost, v.lost_ids = len(lost), sorted(lost)
     v.delivered = len(expected) - v.lost
@@ -162,7 +170,8 @@ def percentile(values: list[int], q: float) -> int | None:
 
 def summary(verdicts: list[AgentVerdict]) -> dict[str, Any]:
     lat = [x for v in verdicts for x in v.latencies_ms]
-    keys = ("expected", "delivered", "lost", "duplicated", "reordered", "late", "missed", "unacked")
+    keys = ("expected", "delivered", "lost", "duplicated", "reordered", "late", "late_after_faults",
+            "missed", "unacked")
     out: dict[str, Any] = {k: sum(getattr(v, k) for v in verdicts) for k in keys}
     out["agents"] = len(verdicts)
     out["agents_complete"] = sum(1 for v in verdicts if v.lost == 0)
