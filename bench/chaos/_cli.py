@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -188,11 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="chaos-", dir=out if a.keep else None))
     results: list[dict[str, Any]] = []
+    failed = False
     try:
         for name in a.scenarios:
             print(f"chaos: {name} ...", file=sys.stderr, flush=True)
             results.append(trio.run(run_scenario, name, a, root, seed))
             print(table(results[-1:]), file=sys.stderr, flush=True)
+    except Exception:  # the harness failed, not the mesh: exit 2, keep what ran
+        traceback.print_exc()
+        failed = True
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -202,4 +207,4 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(f"results: {out / 'results.json'}")
     bad = any(r["summary"]["lost"] or r["summary"]["duplicated"] for r in results)
-    return 1 if bad else 0
+    return 2 if failed else 1 if bad else 0
