@@ -15,6 +15,7 @@ import argparse
 import json
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -184,6 +185,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the peers on TERM too
     seed = a.seed if a.seed is not None else int(time.time())
     out = a.out or DEFAULT_OUT / datetime.now(UTC).strftime("chaos-%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
