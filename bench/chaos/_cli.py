@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loss: chance per connection per 0.5 s of a reset")
     p.add_argument("--stall-p", type=float, default=0.10,
                    help="loss: chance per connection per 0.5 s of a 0.2-2 s stall")
-    p.add_argument("--max-s", type=float, default=600.0, help="faults stop after this, at most")
+    p.add_argument("--max-s", type=float, default=1800.0, help="faults stop after this, at most")
     p.add_argument("--settle", type=float, default=30.0, help="seconds to wait for convergence")
     p.add_argument("--late-s", type=float, default=10.0, help="late: received this long after ack")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
