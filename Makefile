@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
-.PHONY: install run test pytest lint bench fuzz clean
+.PHONY: install run test pytest lint bench chaos fuzz clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ bench: install $(VENV)/.bench-installed
 $(VENV)/.bench-installed: pyproject.toml constraints.txt $(STAMP)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[bench]'
 	touch $@
+
+## the fault harness (bench/README.md, "chaos"): 10 peers, 3 seeds, 10 publishers, 1,000
+## kill -9s, 200 offline spells, a 30 s partition, 60 s of lossy links; then every
+## acknowledged message is checked; `make chaos ARGS="--scenarios churn --kills 50"`
+chaos: install
+	$(BIN)/python -m bench.chaos $(ARGS)
 
 ## long Hypothesis runs of every decoder that sees network bytes
 fuzz: install
