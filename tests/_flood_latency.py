@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
 from dataclasses import replace
 
 import trio
@@ -36,6 +37,19 @@ async def _link(a: Peer, b: Peer) -> None:
     with trio.fail_after(10):
         while b.peer_id not in a.links or a.peer_id not in b.links:
             await a.wait_changed()
+
+
+def _carried(relay: Peer, readers: list[Peer], senders: tuple[Peer, ...]) -> bool:
+    """The relay carries the channel to every reader, and every sender reaches it."""
+    wanted = all(CHANNEL in relay.router.interest_of(r.peer_id) for r in readers)
+    return wanted and all(s.router.reachable(CHANNEL) for s in senders)
+
+
+async def _drain(reader: Peer, done: Callable[[], bool]) -> None:
+    """Wait (5 s at most) for the last honest messages still on their way."""
+    with trio.move_on_after(5):
+        while not done():
+            await reader.wait_inbox_changed()
 
 
 async def run(seconds: float, flood: bool, params: GossipParams) -> dict[str, float]:
@@ -70,9 +84,8 @@ async def run(seconds: float, flood: bool, params: GossipParams) -> dict[str, fl
         for p in (honest, spammer, *readers):
             await _link(p, relay)
         with trio.fail_after(10):
-            while not (honest.router.reachable(CHANNEL) and spammer.router.reachable(CHANNEL)):
-                await honest.wait_changed()
-        await trio.sleep(1.5)  # meshes settle
+            while not _carried(relay, readers, (honest, spammer)):
+                await relay.wait_changed()
 
         async def spam() -> None:
             rate = params.sender_rate * 10 if params.sender_rate else 500.0
@@ -94,8 +107,8 @@ async def run(seconds: float, flood: bool, params: GossipParams) -> dict[str, fl
             body = f"h{i}"
             sent[body] = trio.current_time()
             honest.publish(CHANNEL, Content(body))
-            await trio.sleep(1 / HONEST_RATE)
-        await trio.sleep(2.0)
+            await trio.sleep(1 / HONEST_RATE)  # pacing the honest publisher
+        await _drain(readers[0], lambda: len(latencies) >= len(sent) * len(readers))
         stats = relay.router.statistics()
         nursery.cancel_scope.cancel()
     expected = len(sent) * len(readers)

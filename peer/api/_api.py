@@ -132,8 +132,7 @@ def cbor_to_json_value(value: Any) -> Any:
         return [cbor_to_json_value(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):  # no JSON form: null
         return None
-    if isinstance(value, str) and not value.isascii():
-        return value.encode("utf-8", "replace").decode("utf-8")
+    # text from the wire is valid UTF-8 (the strict decoder sees to it): as it is
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return repr(value)
@@ -141,7 +140,7 @@ def cbor_to_json_value(value: Any) -> Any:
 
 def _json_key(key: Any) -> str:
     if isinstance(key, str):
-        return str(cbor_to_json_value(key))
+        return key
     if isinstance(key, bytes):
         return base64.b64encode(key).decode()
     return repr(key)  # an integer, a float or a bool key from another implementation

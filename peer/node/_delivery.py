@@ -306,7 +306,7 @@ class DeliveryService:
 
     async def _send_receipt(self, sender: bytes, ids: list[bytes]) -> None:
         peer = self.peer
-        env = await peer.seal_own(
+        env = peer.seal(
             inbox_topic(sender),
             lambda seq, prev: seal_receipt(
                 peer.identity, recipient=sender, ids=ids, seq=seq, ts=peer.wall_ms(), prev=prev

@@ -18,30 +18,21 @@ through the ``DhtPeer`` protocol (checked by mypy where the peer makes it).
 from __future__ import annotations
 
 import random
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from dht import Contact, DhtNode, DhtService, Mode, Relay
 from peer.wire._frametypes import Dht
-from peer.wire._identity import Identity
 
-from ._inbox import Directory, PeerInfo
+from ._host import PeerCore
+from ._inbox import PeerInfo
 from ._linkhost import LinkManager
-from ._options import PeerOptions
 
 
-class DhtPeer(Protocol):
-    """What the DHT bridge needs from its peer."""
+class DhtPeer(PeerCore, Protocol):
+    """What the DHT bridge needs from its peer, besides ``PeerCore``."""
 
-    @property
-    def identity(self) -> Identity: ...
-    @property
-    def options(self) -> PeerOptions: ...
-    @property
-    def log(self) -> Any: ...
-    @property
-    def directory(self) -> Directory: ...
     @property
     def link_manager(self) -> LinkManager: ...
     @property
@@ -50,12 +41,6 @@ class DhtPeer(Protocol):
     def serving_dht(self) -> bool: ...
     @property
     def caps(self) -> tuple[str, ...]: ...
-    @property
-    def nursery(self) -> trio.Nursery: ...
-    @property
-    def rng(self) -> random.Random: ...
-    def wall_ms(self) -> int: ...
-    def wall_time(self) -> float: ...
     def notify_changed(self) -> None: ...
     async def connect(self, contact: Contact) -> bool: ...
 

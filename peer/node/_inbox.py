@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from peer.wire._envelope import Content, Envelope, payload_value
+
 
 @dataclass(slots=True)
 class InboxMessage:
@@ -224,3 +226,36 @@ class Directory:
         info.last_seen_ms = max(info.last_seen_ms, now_ms)
         self._peers.move_to_end(peer_id)
         return info
+
+
+def inbox_entry(
+    env: Envelope,
+    content: Content,
+    channel: str | None,
+    peer: bytes | None,
+    outgoing: bool,
+    now_ms: int,
+) -> tuple[InboxMessage, bytes | None]:
+    """The inbox entry of a message (its cursor given when it is added), and its
+    payload's CBOR bytes."""
+    message = InboxMessage(
+        cursor=0,
+        id=env.id,
+        kind=env.kind,
+        topic=env.topic,
+        channel=channel,
+        sender=env.sender,
+        peer=peer,
+        body=content.body,
+        payload=None if content.payload is None else payload_value(content.payload),
+        has_payload=content.payload is not None,
+        reply_to=content.reply_to,
+        thread=content.thread,
+        ts=env.ts,
+        received_ms=now_ms,
+        outgoing=outgoing,
+        read=outgoing,
+        status="pending" if outgoing and env.kind == "dm" else None,
+        seq=env.seq,
+    )
+    return message, content.payload

@@ -17,7 +17,7 @@ Rules kept here:
 
 * Tasks start in nurseries the peer owns, from its own loops, never from a
   sync callback: a subscription is queued and taken up by ``_subscriptions``.
-* Every envelope we sign gets its sequence number from ``_seal``: one chain
+* Every envelope we sign gets its sequence number from ``seal``: one chain
   per log topic, continued from the store after a restart. With a store,
   only the paths that store before sending are open (``send_message``,
   ``send_direct``).
@@ -30,7 +30,6 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import trio
 
@@ -41,7 +40,6 @@ from peer.wire._envelope import (
     Content,
     Envelope,
     inbox_topic,
-    payload_value,
     seal_dm,
     seal_message,
 )
@@ -53,7 +51,7 @@ from store import StoreError, open_store_service
 
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
-from ._inbox import Directory, Inbox, InboxMessage, PeerInfo
+from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
 from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
@@ -238,7 +236,7 @@ class Peer:
     async def wait_links_changed(self) -> None:
         await self.link_manager.wait_changed()
 
-    def _add_to_inbox(
+    def add_to_inbox(
         self,
         env: Envelope,
         content: Content,
@@ -247,43 +245,9 @@ class Peer:
         peer: bytes | None,
         outgoing: bool,
     ) -> None:
-        message, _ = self.make_inbox_message(env, content, channel, peer, outgoing, self.wall_ms())
+        """Put a message that needs no store (a peer without one) in the inbox."""
+        message, _ = inbox_entry(env, content, channel, peer, outgoing, self.wall_ms())
         self.add_inbox_message(message)
-
-    def make_inbox_message(
-        self,
-        env: Envelope,
-        content: Content,
-        channel: str | None,
-        peer: bytes | None,
-        outgoing: bool,
-        now_ms: int,
-    ) -> tuple[InboxMessage, bytes | None]:
-        """The inbox entry of a message, and its payload's CBOR bytes."""
-        payload: Any = None
-        if content.payload is not None:
-            payload = payload_value(content.payload)
-        message = InboxMessage(
-            cursor=0,
-            id=env.id,
-            kind=env.kind,
-            topic=env.topic,
-            channel=channel,
-            sender=env.sender,
-            peer=peer,
-            body=content.body,
-            payload=payload,
-            has_payload=content.payload is not None,
-            reply_to=content.reply_to,
-            thread=content.thread,
-            ts=env.ts,
-            received_ms=now_ms,
-            outgoing=outgoing,
-            read=outgoing,
-            status="pending" if outgoing and env.kind == "dm" else None,
-            seq=env.seq,
-        )
-        return message, content.payload
 
     def add_inbox_message(self, message: InboxMessage) -> None:
         if self.inbox.add(message) is not None:
@@ -333,7 +297,7 @@ class Peer:
 
     # -- agent-facing operations -------------------------------------------------
 
-    def _seal(self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]) -> Envelope:
+    def seal(self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]) -> Envelope:
         """Sign our next envelope of ``log_topic`` with ``seal(seq, prev)``: ``seq``
         one more than our last one there, ``prev`` that one's id.
 
@@ -349,7 +313,7 @@ class Peer:
 
     def _seal_message(self, channel: str, content: Content) -> Envelope:
         self.router.check_publish(self.now())  # ProtocolError(RATE) over the limit
-        return self._seal(
+        return self.seal(
             channel,
             lambda seq, prev: seal_message(
                 self.identity,
@@ -363,7 +327,7 @@ class Peer:
 
     def _seal_dm(self, peer_id: bytes, key: bytes, content: Content) -> Envelope:
         self.router.check_publish(self.now())  # ProtocolError(RATE) over the limit
-        return self._seal(
+        return self.seal(
             inbox_topic(peer_id),
             lambda seq, prev: seal_dm(
                 self.identity,
@@ -383,11 +347,6 @@ class Peer:
         if self._chains.get(env.log_topic) == (env.seq, env.id):
             self._chains[env.log_topic] = (env.seq - 1, env.prev)
 
-    async def seal_own(
-        self, log_topic: str, seal: Callable[[int, bytes | None], Envelope]
-    ) -> Envelope:
-        """:meth:`_seal`, for callers in async code."""
-        return self._seal(log_topic, seal)
 
     def subscribe(self, channel: str) -> None:
         if not is_topic(channel) or "/" in channel:
@@ -469,7 +428,7 @@ class Peer:
         if self.storage is not None:
             message = payload = None
             if channel in self.channels:
-                message, payload = self.make_inbox_message(
+                message, payload = inbox_entry(
                     env, content, channel, None, True, self.wall_ms()
                 )
             await self._store_own(env, message, payload)  # and publishes it
@@ -485,7 +444,7 @@ class Peer:
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
         env = self._seal_dm(peer_id, info.public_key, content)
-        message, payload = self.make_inbox_message(
+        message, payload = inbox_entry(
             env, content, None, peer_id, True, self.wall_ms()
         )
         await self._store_own(env, message, payload)  # and publishes it
@@ -503,7 +462,7 @@ class Peer:
             raise UnknownPeer(peer_id.hex())
         env = self._seal_dm(peer_id, info.public_key, content)
         self.swarm.perform(self.router.publish(env, self.now()))
-        self._add_to_inbox(env, content, channel=None, peer=peer_id, outgoing=True)
+        self.add_to_inbox(env, content, channel=None, peer=peer_id, outgoing=True)
         return env
 
     async def mark_read(self, ids: list[bytes]) -> int:

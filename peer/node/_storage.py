@@ -56,7 +56,7 @@ from store import (
 from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
-from ._inbox import InboxMessage, PeerInfo
+from ._inbox import InboxMessage, PeerInfo, inbox_entry
 from ._inboxlog import INBOX_LOG, chain_heads, inbox_item, mark_read, read_inbox, with_inbox
 
 CHANNELS_KEY = "channels"
@@ -519,9 +519,9 @@ class Storage:
                     "DM does not open", sender=env.sender.hex()[:16], reason=exc.message
                 )
                 return None
-            return peer.make_inbox_message(env, content, None, env.sender, outgoing, now_ms)
+            return inbox_entry(env, content, None, env.sender, outgoing, now_ms)
         content = env.content()
-        return peer.make_inbox_message(env, content, env.topic, None, outgoing, now_ms)
+        return inbox_entry(env, content, env.topic, None, outgoing, now_ms)
 
     # -- own messages ------------------------------------------------------------------
 

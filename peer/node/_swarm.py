@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import trio
 
-from peer.protocols._gossip import Close, Deliver, GossipRouter, Send
+from peer.protocols._gossip import Close, Deliver, Send
 from peer.protocols._presence import Presence, parse_presence, presence_payload
 from peer.wire import _cbor
 from peer.wire._envelope import (
@@ -59,53 +59,26 @@ from peer.wire._frametypes import (
     Sub,
     Unsub,
 )
-from peer.wire._identity import Identity
 
 from ._dhthost import DhtBridge
-from ._inbox import Directory, InboxMessage, PeerInfo
+from ._host import PeerCore
+from ._inbox import PeerInfo
 from ._link import Link
-from ._options import PeerCounters, PeerOptions
 from ._storage import Storage
 
 PRESENCE_DEBOUNCE = 5.0
-GOSSIP_FRAMES: tuple[type[AnyFrame], ...] = (
-    Pub,
-    Sub,
-    Unsub,
-    Graft,
-    Prune,
-    IHave,
-    IWant,
-    Ping,
-    Pong,
-    Error,
+# the gossip router's frames (a set: the swarm tests membership once per frame)
+GOSSIP_FRAMES: frozenset[type[AnyFrame]] = frozenset(
+    {Pub, Sub, Unsub, Graft, Prune, IHave, IWant, Ping, Pong, Error}
 )
-
-_GOSSIP_SET = frozenset(GOSSIP_FRAMES)
 
 # A handler takes the frame class it is registered for.
 FrameHandler = Callable[[Link, Any, bytes], None]
 
 
-class SwarmPeer(Protocol):
-    """What the swarm needs from its peer."""
+class SwarmPeer(PeerCore, Protocol):
+    """What the swarm needs from its peer, besides ``PeerCore``."""
 
-    @property
-    def identity(self) -> Identity: ...
-    @property
-    def options(self) -> PeerOptions: ...
-    @property
-    def peer_id(self) -> bytes: ...
-    @property
-    def log(self) -> Any: ...
-    @property
-    def counters(self) -> PeerCounters: ...
-    @property
-    def directory(self) -> Directory: ...
-    @property
-    def router(self) -> GossipRouter: ...
-    @property
-    def links(self) -> dict[bytes, Link]: ...
     @property
     def storage(self) -> Storage | None: ...
     @property
@@ -114,21 +87,16 @@ class SwarmPeer(Protocol):
     def listen_urls(self) -> list[str]: ...
     @property
     def caps(self) -> tuple[str, ...]: ...
-    @property
-    def verify(self) -> bool: ...
-    def now(self) -> float: ...
-    def wall_ms(self) -> int: ...
     def notify_changed(self) -> None: ...
-    def add_inbox_message(self, message: InboxMessage) -> None: ...
-    def make_inbox_message(
+    def add_to_inbox(
         self,
         env: Envelope,
         content: Content,
+        *,
         channel: str | None,
         peer: bytes | None,
         outgoing: bool,
-        now_ms: int,
-    ) -> tuple[InboxMessage, bytes | None]: ...
+    ) -> None: ...
 
 
 class Swarm:
@@ -184,7 +152,7 @@ class Swarm:
         owner = self._frame_owners.get(type(frame))
         if owner is None:
             raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.TYPE!r} frame after the handshake")
-        if type(frame) not in _GOSSIP_SET:  # the gossip router charges its own frames
+        if type(frame) not in GOSSIP_FRAMES:  # the gossip router charges its own frames
             refused = self.peer.router.admit(link.peer_id, len(raw), self.peer.now())
             if refused:
                 self.perform(refused)
@@ -308,22 +276,11 @@ class Swarm:
                     "DM does not open", sender=env.sender.hex()[:16], reason=exc.message
                 )
                 return
-            self._add_to_inbox(env, content, None, env.sender, outgoing)
+            self.peer.add_to_inbox(env, content, channel=None, peer=env.sender, outgoing=outgoing)
         else:
-            self._add_to_inbox(env, env.content(), env.topic, None, outgoing)
-
-    def _add_to_inbox(
-        self,
-        env: Envelope,
-        content: Content,
-        channel: str | None,
-        peer: bytes | None,
-        outgoing: bool,
-    ) -> None:
-        message, _ = self.peer.make_inbox_message(
-            env, content, channel, peer, outgoing, self.peer.wall_ms()
-        )
-        self.peer.add_inbox_message(message)
+            self.peer.add_to_inbox(
+                env, env.content(), channel=env.topic, peer=None, outgoing=outgoing
+            )
 
     def _on_push_memory(self, link_peer: bytes, wire: bytes) -> None:
         """A pushed DM without a store: deliver it once, like one from gossip."""
