@@ -14,11 +14,11 @@ replies) are ``peer.protocols._catchupcore``'s; the pages and their checks
 * Store work: pages are built in a reader thread, checked in a worker
   thread, and stored with their cursor move in one commit
   (``accept_many(..., then=...)``).
-* Gap filling (the heads of a walk's last page, or of a carrier's digest,
-  against what we hold) is one procedure here, asking carriers through the
-  core (``ask``/``Answer``), at most ``MAX_FILL_PAGES`` pages at a time;
-  what nobody has is reported as missed, and a sender's entry goes once
-  nothing of it is lacking.
+* Gap filling (the heads of a walk's last page, a carrier's digest, a gap
+  the inbox waits on) is one procedure, ``peer.node._gapfill.GapFiller``,
+  asking carriers through the core (``ask``/``Answer``), at most
+  ``MAX_FILL_PAGES`` pages at a time; what nobody has is reported as missed,
+  and a sender's entry goes once nothing of it is lacking.
 * Anti-entropy (``peer.protocols._antientropy``) shares the timer task: our
   heads go out as digests, and a carrier's digest that shows something we
   lack is filled from that carrier first (a member walks the carrier's log
@@ -33,6 +33,7 @@ import contextlib
 import functools
 import random
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
@@ -69,22 +70,33 @@ from peer.wire._frametypes import Heads
 from peer.wire._limits import MAX_PAGE_HEADS
 from store import MessageStore, StoreError, StoreService
 
+from ._gapfill import MAX_FILL_PAGES, Budget, GapFiller, Waiter
 from ._host import StorageCounters, StoragePeer
 
 ALIVE_KEY = "alive"
 ALIVE_INTERVAL = 10.0
 SINCE_MARGIN_MS = 120_000  # clocks of carriers and ours differ; duplicates are cheap
-MAX_GAP_SENDERS = 64
-MAX_FILL_PAGES = 64  # pages one gap-filling pass asks for; the next pass goes on
 COMMAND_QUEUE = 4096  # commands waiting for a task; bounded by links and walks in practice
+MAX_GAP_FETCHES = 256  # (topic, sender) gaps the inbox waits on, fetched at once
 
 
-Work = ReadPage | ReadCursor | CheckAndStore | FillGaps | ReadHeads | Lack  # done by a task
-WORK = (ReadPage, ReadCursor, CheckAndStore, FillGaps, ReadHeads, Lack)
+@dataclass(frozen=True, slots=True)
+class FetchGap:
+    """The inbox holds a later message of ``sender`` in ``topic``: fetch what we lack
+    below it from the carriers now (the last seq wanted is in ``CatchUpService``)."""
+
+    topic: str
+    sender: bytes
 
 
-def _link_of(command: Work) -> bytes:
-    """The link whose frames led to ``command``."""
+Work = ReadPage | ReadCursor | CheckAndStore | FillGaps | ReadHeads | Lack | FetchGap
+WORK = (ReadPage, ReadCursor, CheckAndStore, FillGaps, ReadHeads, Lack, FetchGap)
+
+
+def _link_of(command: Work) -> bytes | None:
+    """The link whose frames led to ``command`` (None: none did)."""
+    if isinstance(command, FetchGap):
+        return None
     if isinstance(command, ReadPage | ReadHeads | Lack):
         return command.peer
     return command.carrier
@@ -96,26 +108,6 @@ class AcceptMany(Protocol):
     async def __call__(
         self, envelopes: Iterable[Envelope], then: Callable[[MessageStore], None] | None = None
     ) -> int: ...
-
-
-class _Budget:
-    """What one gap-filling pass may still ask for, and whether every ask was answered."""
-
-    __slots__ = ("answered", "pages")
-
-    def __init__(self, pages: int) -> None:
-        self.pages = pages
-        self.answered = True
-
-
-class _Waiter:
-    """A request of the gap-filling procedure, answered by an ``Answer`` command."""
-
-    __slots__ = ("answer", "done")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.answer: tuple[PageRequest, Page] | None = None
 
 
 class CatchUpService:
@@ -150,6 +142,10 @@ class CatchUpService:
         self.prev_alive = 0  # wall ms our previous run last noted it was running
         self.started_ms = 0
         self.lost_commands = 0
+        self._gaps: dict[tuple[str, bytes], tuple[int, int]] = {}  # being fetched: the seqs
+        self.filler = GapFiller(
+            peer, service, self.core, log, feed=self._feed, check=self._check, store=accept_many
+        )
 
     @property
     def catchup(self) -> dict[str, TopicCatchUp]:
@@ -202,6 +198,21 @@ class CatchUpService:
         self.anti_entropy.on_link_down(peer_id)
         self._feed(self.core.on_link_down(peer_id, self.peer.now()))
 
+    def want_gap(self, topic: str, sender: bytes, first: int, last: int) -> None:
+        """The inbox holds a message of ``sender`` past a gap: fetch ``first..last`` now."""
+        key = (topic, sender)
+        if key in self._gaps:  # the fetch under way goes on to this one
+            a, b = self._gaps[key]
+            self._gaps[key] = (min(a, first), max(b, last))
+            return
+        if len(self._gaps) >= MAX_GAP_FETCHES:
+            return  # the digest rounds find it; the hold bounds the wait
+        try:
+            self._commands.send_nowait(FetchGap(topic, sender))
+        except trio.WouldBlock:
+            return  # overloaded: the digest rounds find it
+        self._gaps[key] = (first, last)
+
     def catch_up_all(self, topics: Sequence[str]) -> None:
         """Catch up ``topics`` from every linked carrier (on subscribe)."""
         self._feed(self.core.catch_up(list(self.core.carriers), topics, self.peer.now()))
@@ -238,7 +249,7 @@ class CatchUpService:
             case Release(topic):
                 self.release(topic)
             case Answer(token, request, page):
-                assert isinstance(token, _Waiter)
+                assert isinstance(token, Waiter)
                 token.answer = None if page is None else (request, page)
                 token.done.set()
             case Unmatched():
@@ -278,6 +289,8 @@ class CatchUpService:
                     await self._read_heads(command)
                 case Lack():
                     await self._lack(command)
+                case FetchGap():
+                    await self._fetch_gap(command)
         except Exception as exc:
             self.peer.counters.link_errors += 1
             self.log.error(
@@ -286,7 +299,9 @@ class CatchUpService:
             )
             self._drop_link(_link_of(command), "internal error")
 
-    def _drop_link(self, peer_id: bytes, reason: str) -> None:
+    def _drop_link(self, peer_id: bytes | None, reason: str) -> None:
+        if peer_id is None:
+            return
         link = self.peer.links.get(peer_id)
         if link is not None:
             link.close(ErrorCode.UNEXPECTED, reason)
@@ -404,78 +419,26 @@ class CatchUpService:
 
     async def _fill_gaps(self, command: FillGaps) -> None:
         try:
-            await self._fill_gaps_of(command.topic, list(command.heads))
+            await self.filler.fill(command.topic, list(command.heads))
         except (StoreError, ValueError) as exc:
             self.log.warning("catch-up failed", topic=command.topic, error=str(exc))
         finally:
             self._feed(self.core.gaps_done(command.walk, self.peer.now()))
 
-    async def _fill_gaps_of(
-        self,
-        topic: str,
-        heads: Sequence[tuple[bytes, int]],
-        *,
-        first: bytes | None = None,
-        whole: bool = False,
-    ) -> bool:
-        """Ask the carriers (``first`` first) for sender ranges we lack up to ``heads``;
-        count what nobody has. True if every request was answered within the budget."""
-        me = self.peer.peer_id
-        heads = [(sender, head) for sender, head in heads if sender != me]
-        gaps: list[tuple[bytes, int, int]] = []
-        for sender, head in heads:
-            for a, b in await self._lacking(topic, sender, 1, head, whole):
-                gaps.append((sender, a, b))
-            if len(gaps) >= MAX_GAP_SENDERS:
-                break
-        carriers = sorted(self.core.carriers, key=lambda c: c != first)
-        budget = _Budget(MAX_FILL_PAGES)
-        for sender, a0, b0 in gaps[:MAX_GAP_SENDERS]:
-            for carrier in carriers:
-                todo = await self._lacking(topic, sender, a0, b0, whole)
-                if not todo:
-                    break
-                for a, b in todo[:16]:
-                    await self._fetch_range(carrier, topic, sender, a, b, budget)
-        await self._count_missed(topic, heads, whole)
-        return budget.answered and len(gaps) <= MAX_GAP_SENDERS
-
-    async def _count_missed(
-        self, topic: str, heads: Sequence[tuple[bytes, int]], whole: bool
-    ) -> None:
-        """``missed``: per sender, how much of ``1..head`` we still lack (entries of
-        senders with nothing lacking go)."""
-        held = await self._holdings(topic, [sender for sender, _ in heads])
-        stats = self.core.stats[topic]
-        for sender, head in heads:
-            key = sender.hex()
-            still = sum(b - a + 1 for a, b in wanted(held[sender], head, whole=whole))
-            if still:
-                if stats.missed.get(key) != still:
-                    self.log.warning("missed messages", topic=topic, sender=key[:16], missed=still)
-                stats.missed[key] = still
-            else:
-                stats.missed.pop(key, None)
-
-    async def _holdings(
-        self, topic: str, senders: Sequence[bytes]
-    ) -> dict[bytes, list[tuple[int, int]]]:
-        """The sequence ranges we hold of each of ``senders`` in ``topic`` (one read)."""
-        return await self.service.read(
-            lambda s: {sender: s.sender_ranges(sender, topic) for sender in senders}
-        )
-
-    async def _lacking(
-        self, topic: str, sender: bytes, first: int, last: int, whole: bool = False
-    ) -> list[tuple[int, int]]:
-        """The ranges of sender's ``first..last`` in ``topic`` that we do not hold."""
-        have = await self.service.read(lambda s: s.sender_ranges(sender, topic))
-        out = []
-        for a, b in wanted(have, last, whole=whole):
-            a = max(a, first)
-            if a <= b:
-                out.append((a, b))
-        return out
+    async def _fetch_gap(self, command: FetchGap) -> None:
+        topic, sender = key = (command.topic, command.sender)
+        budget = Budget(MAX_FILL_PAGES)
+        try:
+            while True:
+                gap = self._gaps[key]
+                await self.filler.fill_exactly(topic, sender, gap, budget)
+                if self._gaps[key] == gap:
+                    await self.filler.count_missed(topic, [(sender, gap[1])], whole=False)
+                    return
+        except (StoreError, ValueError) as exc:
+            self.log.warning("gap not fetched", topic=topic, error=str(exc))
+        finally:
+            self._gaps.pop(key, None)
 
     # -- anti-entropy ----------------------------------------------------------------------
 
@@ -511,7 +474,7 @@ class CatchUpService:
         heads settled: nothing left to ask, or asked with every request answered."""
         whole = self.relay_only  # a seed keeps the whole log of a sender
         me = self.peer.peer_id
-        held = await self._holdings(topic, [sender for sender, _ in heads])
+        held = await self.filler.holdings(topic, [sender for sender, _ in heads])
         unheard = [s for s, h in heads if s != me and h > 0 and not held[s]]
         if unheard and not whole:
             # a sender we never heard from here: what came since we joined is after our
@@ -521,56 +484,13 @@ class CatchUpService:
             self.pin(topic)
         behind = [(s, h) for s, h in heads if s != me and wanted(held[s], h, whole=whole)]
         if not behind:
-            await self._count_missed(topic, [(s, h) for s, h in heads if s != me], whole)
+            await self.filler.count_missed(topic, [(s, h) for s, h in heads if s != me], whole)
             return list(heads)
-        answered = await self._fill_gaps_of(topic, behind, first=peer, whole=whole)
+        answered = await self.filler.fill(topic, behind, first=peer, whole=whole)
         if answered:
             return list(heads)
-        held = await self._holdings(topic, [sender for sender, _ in heads])
+        held = await self.filler.holdings(topic, [sender for sender, _ in heads])
         return [(s, h) for s, h in heads if not wanted(held[s], h, whole=whole)]
-
-    async def _ask(
-        self, carrier: bytes, topic: str, sender: bytes, first: int, last: int
-    ) -> tuple[PageRequest, Page] | None:
-        """One request/page round through the core; None if the link went, the
-        carrier did not answer in time, or refused."""
-        waiter = _Waiter()
-        self._feed(self.core.ask(carrier, topic, sender, first, last, waiter, self.peer.now()))
-        await waiter.done.wait()
-        if waiter.answer is None or waiter.answer[1].err is not None:
-            return None
-        return waiter.answer
-
-    async def _fetch_range(
-        self,
-        carrier: bytes,
-        topic: str,
-        sender: bytes,
-        first: int,
-        last: int,
-        budget: _Budget | None = None,
-    ) -> None:
-        """Ask one carrier for sender's ``first..last`` of ``topic``, page by page."""
-        budget = budget or _Budget(MAX_FILL_PAGES)
-        while first <= last:
-            if budget.pages <= 0:
-                budget.answered = False  # the rest next time
-                return
-            budget.pages -= 1
-            answer = await self._ask(carrier, topic, sender, first, last)
-            if answer is None:
-                budget.answered = False
-                return
-            request, page = answer
-            envelopes = await self._check(carrier, request, page)
-            if envelopes is None:
-                budget.answered = False
-                return
-            if envelopes:
-                self.core.stats[topic].received += await self.accept_many(envelopes)
-            if not page.more:
-                return
-            first = page.next + 1
 
 
 __all__ = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dht import DhtConfig
+from peer.protocols._order import ORDER_HOLD
 from peer.wire._errors import ErrorCode
 from peer.wire._handshake import PLAINTEXT_CAP
 from peer.wire._limits import GossipParams
@@ -75,6 +76,9 @@ class PeerOptions:
     # a relay-only seed acknowledges nothing it relays and has no inbox: its live
     # traffic waits up to this many seconds to share a commit (fewer fsyncs)
     relay_commit_delay: float = 0.025
+    # a message that would overtake an earlier one of its sender waits up to this many
+    # seconds for it (peer/protocols/_order.py); then the gap is given up and reported
+    order_hold: float = ORDER_HOLD
     def __post_init__(self) -> None:
         if self.keep_rules is None:
             self.keep_rules = default_keep_rules(self.relay_only)

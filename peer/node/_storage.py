@@ -20,6 +20,8 @@ performs, with a ``store.StoreService``, what the protocol modules decide:
   record gets its result: no lists matched by position.
 * Until the first catch-up walk of a kept topic ends, its live messages wait
   in memory, so a sender's older messages come before its newer ones.
+* After that, a message that would overtake an earlier one of its sender waits
+  for it (bounded) in ``self.order`` (``peer.node._ordering``).
 
 Transactions stay inside the store's functions; nothing here holds one across
 an ``await``.
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -58,6 +61,7 @@ from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
 from ._inbox import InboxMessage, PeerInfo, inbox_entry
 from ._inboxlog import INBOX_LOG, chain_heads, inbox_item, mark_read, read_inbox, with_inbox
+from ._ordering import InboxOrder
 
 CHANNELS_KEY = "channels"
 PEER_KEY_PREFIX = "peer/"
@@ -133,6 +137,14 @@ class Storage:
             keeps=self.keeps,
             pinned=lambda: self._pinned,
             pin=self._pin,
+        )
+        self.order = InboxOrder(
+            peer.peer_id,
+            service,
+            self.log,
+            hold=self.options.order_hold,
+            want_gap=self.catchup_service.want_gap,
+            active=not self.options.relay_only,
         )
 
     @property
@@ -326,7 +338,10 @@ class Storage:
     async def _accept_loop(self) -> None:
         linger = self.options.relay_commit_delay if self.options.relay_only else 0.0
         while True:
-            batch = [await self._accept_recv.receive()]
+            due = self.order.next_deadline()
+            batch = [_Accept([])]  # unless something comes before a held message's wait ends
+            with trio.move_on_at(math.inf if due is None else due):
+                batch = [await self._accept_recv.receive()]
             size = len(batch[0].envelopes) + len(batch[0].own)
             waited_for = batch[0].done is not None  # someone waits for this commit
             until = trio.current_time() + linger
@@ -358,6 +373,7 @@ class Storage:
     # -- one commit: plan, write, apply ---------------------------------------------------
 
     async def _commit(self, batch: list[_Accept]) -> None:
+        await self.order.arrange([request.envelopes for request in batch], self.peer.now())
         plans = self._plan(batch, self.peer.wall_ms())
         thens = [request.then for request in batch if request.then is not None]
         if not plans and not thens:
@@ -575,6 +591,7 @@ class Storage:
             catchup_commands_lost=self.catchup_service.lost_commands,
             outbox=self.delivery.waiting(),
             pinned_topics=len(self._pinned),
+            order=self.order.statistics(),
             catchup={t: s.to_json() for t, s in sorted(self.catchup.items())},
         )
 
