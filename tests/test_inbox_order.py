@@ -78,3 +78,49 @@ async def test_after_a_restart_the_order_goes_on_from_the_store(tmp_path: Path) 
         store.accept(envs[2])
         await until(b, lambda: len(bodies(b, topic=CHANNEL)) == 5)
         assert bodies(b, topic=CHANNEL) == ["m1", "m2", "m3", "m4", "m5"]
+
+
+async def test_a_new_senders_first_messages_that_went_astray_come_first(tmp_path: Path) -> None:
+    hold = {"channels": (CHANNEL,), "order_hold": 60.0}
+    async with (
+        running(Identity.generate(), _options(tmp_path, "a", **hold)) as a,
+        running(Identity.generate(), _options(tmp_path, "b", **hold)) as b,
+    ):
+        for peer in (a, b):
+            storage_of(peer).catchup_service.anti_entropy.interval = 3600.0
+        await linked(a, b)
+        core = storage_of(b).catchup_service.core
+        await until(b, lambda: a.peer_id in core.carriers and not core.walking())
+        envs = sealed(Identity.generate(), b.wall_ms(), 4)
+        await storage_of(a).accept_many(envs)
+        storage_of(b).accept(envs[2])  # b first hears this sender at seq 3, then 4
+        storage_of(b).accept(envs[3])
+        await until(b, lambda: len(bodies(b, topic=CHANNEL)) == 4)
+        assert bodies(b, topic=CHANNEL) == ["m1", "m2", "m3", "m4"]
+
+
+async def test_a_new_senders_history_from_before_we_subscribed_is_not_handed_on(
+    tmp_path: Path,
+) -> None:
+    hold = {"channels": (CHANNEL,), "order_hold": 60.0}
+    async with (
+        running(Identity.generate(), _options(tmp_path, "a", **hold)) as a,
+        running(Identity.generate(), _options(tmp_path, "b", **hold)) as b,
+    ):
+        for peer in (a, b):
+            storage_of(peer).catchup_service.anti_entropy.interval = 3600.0
+        await linked(a, b)
+        core = storage_of(b).catchup_service.core
+        await until(b, lambda: a.peer_id in core.carriers and not core.walking())
+        author, now = Identity.generate(), b.wall_ms()
+        old = [
+            seal_message(author, topic=CHANNEL, content=Content(body=f"old{i}"), seq=i,
+                         ts=now - 3_600_000)
+            for i in range(1, 6)
+        ]  # fmt: skip
+        new = seal_message(author, topic=CHANNEL, content=Content(body="new"), seq=6, ts=now)
+        await storage_of(a).accept_many(old)  # a followed this sender an hour ago; b did not
+        storage_of(b).accept(new)
+        await until(b, lambda: bodies(b, topic=CHANNEL) == ["new"])  # not after 60 s: looked back
+        await until(b, lambda: storage_of(b).order.history == 5)
+        assert storage_of(b).order.order.skipped == 0

@@ -7,7 +7,13 @@ the store: a message that would overtake an earlier one of its sender waits
 still hold) until the earlier one comes, or the hold ends. Here:
 
 * a lane starts from the store: the highest seq of that sender in that
-  topic we hold (one read per commit for the lanes it meets first);
+  topic we hold (one read per commit for the lanes it meets first). A
+  sender we hold nothing of, first heard at seq ``s`` > 1, may have sent
+  its first messages while we were subscribed (they went astray in a
+  fault): its lane starts up to ``LOOKBACK`` below ``s`` and those are
+  fetched; what comes back older than our subscription (less the catch-up
+  margin) is history we never followed, and is dropped rather than handed
+  on (a placeholder takes its place in the lane);
 * a gap that opens is fetched at once from the carriers (``want_gap``), not
   at the next digest round; a gap given up on is logged, counted, and
   fetched again, so ``missed`` in ``/status`` counts it until it is filled;
@@ -22,9 +28,14 @@ from typing import Any
 
 from peer.protocols._order import Gap, Released, SenderOrder
 from peer.wire._envelope import Envelope
-from store import StoreService
+from store import MessageStore, StoreService
+
+from ._catchuphost import SINCE_MARGIN_MS
 
 Item = tuple[Envelope, bool, bool]  # (envelope, member, pushed), as Storage accepts them
+Key = tuple[str, bytes]
+LOOKBACK = 64  # seqs below a new sender's first one that are looked for
+MAX_PROBES = 4096  # new senders whose lookback is under way
 WantGap = Callable[[str, bytes, int, int], None]  # (log topic, sender, first, last missing)
 
 
@@ -46,7 +57,10 @@ class InboxOrder:
         self.log = log
         self.want_gap = want_gap
         self.active = active  # a relay-only seed has no inbox: nothing is held
-        self.order: SenderOrder[Item] = SenderOrder(hold=hold)
+        # None: a placeholder for a message that is history to us (see the docstring)
+        self.order: SenderOrder[Item | None] = SenderOrder(hold=hold)
+        self._probes: dict[Key, tuple[int, int]] = {}  # new lane -> (its first seq, floor ms)
+        self.history = 0  # looked-back messages older than our subscription: dropped
 
     def concerns(self, item: Item) -> bool:
         env, member, _ = item
@@ -63,40 +77,63 @@ class InboxOrder:
         expired = self.order.expire(now)
         self._report(expired)
         for i, batch in enumerate(batches):
-            out = list(expired.items) if i == 0 else []
+            out = [item for item in expired.items if item is not None] if i == 0 else []
             for item in batch:
                 if not self.concerns(item):
                     out.append(item)
                     continue
                 env = item[0]
-                released = self.order.offer((env.log_topic, env.sender), env.seq, item, now)
+                key = (env.log_topic, env.sender)
+                offered = None if self._is_history(key, env) else item
+                released = self.order.offer(key, env.seq, offered, now)
                 self._report(released)
-                out += released.items
+                out += [item for item in released.items if item is not None]
             batch[:] = out
+
+    def _is_history(self, key: Key, env: Envelope) -> bool:
+        probe = self._probes.get(key)
+        if probe is None:
+            return False
+        first, floor = probe
+        if (self.order.top(key) or 0) >= first:
+            del self._probes[key]  # the lane has moved past its lookback
+            return False
+        if env.seq >= first:
+            return False
+        if env.ts >= floor:
+            return False
+        self.history += 1
+        return True
 
     async def _start_lanes(self, items: Iterable[Item]) -> None:
         """Start the lanes these items meet for the first time from the store."""
-        new = {
-            (item[0].log_topic, item[0].sender)
-            for item in items
-            if self.concerns(item) and not self.order.known((item[0].log_topic, item[0].sender))
-        }
-        if not new:
+        firsts: dict[Key, int] = {}
+        for item in items:
+            env = item[0]
+            key = (env.log_topic, env.sender)
+            if self.concerns(item) and not self.order.known(key):
+                firsts[key] = min(firsts.get(key, env.seq), env.seq)
+        if not firsts:
             return
-        keys = sorted(new)
+        keys = sorted(firsts)
 
-        def tops(s: Any) -> list[int]:
+        def read(s: MessageStore) -> list[tuple[int, int]]:
             out = []
             for topic, sender in keys:
-                ranges = s.sender_ranges(sender, topic)
-                out.append(max((b for _, b in ranges), default=0))
+                top = max((b for _, b in s.sender_ranges(sender, topic)), default=0)
+                since = None if topic.startswith("inbox/") else s.get_state("since/" + topic)
+                out.append((top, 0 if since is None else int(since.decode()) - SINCE_MARGIN_MS))
             return out
 
-        for key, top in zip(keys, await self.service.read(tops), strict=True):
-            if top:  # a sender never stored here starts at its first message
+        for key, (top, floor) in zip(keys, await self.service.read(read), strict=True):
+            first = firsts[key]
+            if top or first <= 1:
                 self.order.start(key, top)
+            elif len(self._probes) < MAX_PROBES:  # never heard of, first heard past seq 1
+                self.order.start(key, max(0, first - 1 - LOOKBACK))
+                self._probes[key] = (first, floor)
 
-    def _report(self, released: Released[Item]) -> None:
+    def _report(self, released: Released[Item | None]) -> None:
         for gap in released.opened:
             self.want_gap(gap.key[0], gap.key[1], gap.first, gap.last)
         for gap in released.skipped:
@@ -115,7 +152,12 @@ class InboxOrder:
 
     def statistics(self) -> dict[str, int]:
         o = self.order
-        return {"held": o.held, "skipped": o.skipped, "duplicates": o.duplicates}
+        return {
+            "held": o.held,
+            "skipped": o.skipped,
+            "duplicates": o.duplicates,
+            "history": self.history,
+        }
 
 
 __all__ = ["InboxOrder", "Item"]

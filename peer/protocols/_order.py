@@ -103,6 +103,11 @@ class SenderOrder(Generic[T]):
     def known(self, key: Key) -> bool:
         return key in self._lanes
 
+    def top(self, key: Key) -> int | None:
+        """The highest seq of ``key`` handed on (None: no such lane)."""
+        lane = self._lanes.get(key)
+        return None if lane is None else lane.top
+
     def start(self, key: Key, top: int) -> None:
         """Begin ``key``'s lane at ``top``, the highest seq already handed on (0: none)."""
         if key not in self._lanes:
