@@ -72,6 +72,8 @@ class GapFiller:
         self.feed = feed
         self.check = check
         self.accept_many = store
+        # seqs received but waiting in the inbox's order (not stored yet): not missed
+        self.waiting: Callable[[str, bytes], list[int]] = lambda topic, sender: []
 
     async def fill(
         self,
@@ -112,7 +114,11 @@ class GapFiller:
         stats = self.core.stats[topic]
         for sender, head in heads:
             key = sender.hex()
-            still = sum(b - a + 1 for a, b in wanted(held[sender], head, whole=whole))
+            have = held[sender]
+            waiting = self.waiting(topic, sender)
+            if waiting:
+                have = sorted([*have, *((seq, seq) for seq in waiting)])
+            still = sum(b - a + 1 for a, b in wanted(have, head, whole=whole))
             if still:
                 if stats.missed.get(key) != still:
                     self.log.warning("missed messages", topic=topic, sender=key[:16], missed=still)

@@ -66,6 +66,10 @@ class InboxOrder:
         env, member, _ = item
         return self.active and member and env.kind in ("msg", "dm") and env.sender != self.me
 
+    def waiting(self, topic: str, sender: bytes) -> list[int]:
+        """The seqs of ``sender`` in ``topic`` received and waiting here."""
+        return self.order.waiting((topic, sender))
+
     def next_deadline(self) -> float | None:
         return self.order.next_deadline()
 

@@ -146,6 +146,7 @@ class Storage:
             want_gap=self.catchup_service.want_gap,
             active=not self.options.relay_only,
         )
+        self.catchup_service.filler.waiting = self.order.waiting
 
     @property
     def store(self) -> MessageStore:

@@ -103,6 +103,11 @@ class SenderOrder(Generic[T]):
     def known(self, key: Key) -> bool:
         return key in self._lanes
 
+    def waiting(self, key: Key) -> list[int]:
+        """The seqs of ``key`` held now."""
+        lane = self._lanes.get(key)
+        return [] if lane is None else list(lane.held)
+
     def top(self, key: Key) -> int | None:
         """The highest seq of ``key`` handed on (None: no such lane)."""
         lane = self._lanes.get(key)
