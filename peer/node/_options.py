@@ -75,6 +75,7 @@ class PeerOptions:
     # a relay-only seed acknowledges nothing it relays and has no inbox: its live
     # traffic waits up to this many seconds to share a commit (fewer fsyncs)
     relay_commit_delay: float = 0.025
+    name: str = ""  # a display name others see in our presence (``/peers``)
     def __post_init__(self) -> None:
         if self.keep_rules is None:
             self.keep_rules = default_keep_rules(self.relay_only)
