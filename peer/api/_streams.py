@@ -150,6 +150,8 @@ class SseResponse(Response):
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+        # a stream has no length: drop the content-length: 0 of an empty Response
+        self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.feed = feed
         self.release = release
 
