@@ -214,8 +214,9 @@ def _live_table(res: ScenarioResult) -> str:
     return _table(headers, rows)
 
 
-TABLES = {"live": _live_table, "fanout": _fanout_table, "latency": _latency_table, "catchup": _catchup_table,
-          "footprint": _footprint_table, "dht": _dht_table, "preauth": _preauth_table}
+TABLES = {"fanout": _fanout_table, "latency": _latency_table, "catchup": _catchup_table,
+          "footprint": _footprint_table, "dht": _dht_table, "preauth": _preauth_table,
+          "live": _live_table}
 
 
 def render(results: list[ScenarioResult]) -> str:

@@ -12,7 +12,7 @@ from peer.wire._envelope import Content
 from .test_api import TOKEN, Pair, pair, running_pair  # noqa: F401  (pair: the fixture)
 
 
-async def test_unknown_fields_and_params_are_refused_by_name(pair: Pair) -> None:
+async def test_unknown_fields_and_params_are_refused_by_name(pair: Pair) -> None:  # noqa: F811
     for field in ("attachments", "ttl", "expires", "send_at"):
         r = await pair.api_a.post("/send", json={"channel": "lobby", "body": "x", field: 1})
         assert r.status_code == 400
@@ -26,7 +26,7 @@ async def test_unknown_fields_and_params_are_refused_by_name(pair: Pair) -> None
     assert "'since'" in r.json()["error"]["message"]
 
 
-async def test_channel_with_to_is_refused_not_posted(pair: Pair) -> None:
+async def test_channel_with_to_is_refused_not_posted(pair: Pair) -> None:  # noqa: F811
     r = await pair.api_a.post(
         "/send", json={"channel": "lobby", "to": pair.b.identity.peer_id_hex, "body": "secret"}
     )
@@ -35,7 +35,7 @@ async def test_channel_with_to_is_refused_not_posted(pair: Pair) -> None:
     assert not any(m.body == "secret" for m in pair.a.inbox)
 
 
-async def test_messages_filter_by_thread_and_tell_count_and_more(pair: Pair) -> None:
+async def test_messages_filter_by_thread_and_tell_count_and_more(pair: Pair) -> None:  # noqa: F811
     root = pair.b.publish("lobby", Content(body="root"))
     pair.b.publish("lobby", Content(body="off topic"))
     for i in range(3):
@@ -58,7 +58,7 @@ async def test_messages_filter_by_thread_and_tell_count_and_more(pair: Pair) -> 
     assert r.status_code == 400
 
 
-async def test_openapi_describes_every_route_and_the_error_shape(pair: Pair) -> None:
+async def test_openapi_describes_every_route_and_the_error_shape(pair: Pair) -> None:  # noqa: F811
     api = LocalApi(pair.a, TOKEN)
     routes = set()
     for route in api.app.routes:
@@ -91,7 +91,7 @@ async def test_openapi_describes_every_route_and_the_error_shape(pair: Pair) -> 
         assert ("security" in op) == (not spec.open)
 
 
-async def test_every_error_answer_has_the_documented_shape(pair: Pair) -> None:
+async def test_every_error_answer_has_the_documented_shape(pair: Pair) -> None:  # noqa: F811
     bad = [
         await pair.api_a.get("/messages", params={"limit": "x"}),
         await pair.api_a.get("/nowhere"),

@@ -23,7 +23,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @asynccontextmanager
-async def served_pair(nursery: trio.Nursery) -> AsyncIterator[tuple[Peer, Peer, str]]:
+async def served_pair(
+    nursery: trio.Nursery,
+) -> AsyncIterator[tuple[Peer, Peer, str, httpx.AsyncClient]]:
+    """Two linked peers; b's API on a real port, and a client of it with the token."""
     a = Peer(Identity.generate(), PeerOptions(channels=("lobby", "other"), seed=1))
     b = Peer(Identity.generate(), PeerOptions(channels=("lobby", "other"), seed=2))
     await nursery.start(a.run)
@@ -35,7 +38,8 @@ async def served_pair(nursery: trio.Nursery) -> AsyncIterator[tuple[Peer, Peer, 
         while not (a.links and b.directory.get(a.peer_id) and a.router.reachable("lobby")):
             await a.wait_changed()
     url = await serve_api(b, "127.0.0.1", 0, TOKEN, nursery)
-    yield a, b, url
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as client:
+        yield a, b, url, client
 
 
 _LINES: dict[int, AsyncIterator[str]] = {}
@@ -64,21 +68,20 @@ async def read_events(
 
 
 async def test_sse_replays_then_goes_live_with_cursor_ids(nursery: trio.Nursery) -> None:
-    async with served_pair(nursery) as (a, b, url):
+    async with served_pair(nursery) as (a, b, _url, client):
         for i in range(3):
             a.publish("lobby", Content(body=f"old {i}"))
         with trio.fail_after(10):
             while b.inbox.last_cursor < 3:
                 await b.wait_inbox_changed()
-        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as client:
-            async with client.stream("GET", "/events", params={"after": 0}) as r:
-                assert r.status_code == 200
-                assert r.headers["content-type"].startswith("text/event-stream")
-                with trio.fail_after(10):
-                    old = await read_events(r, 3)
-                    for i in range(3, 6):
-                        a.publish("lobby", Content(body=f"new {i}"))
-                    new = await read_events(r, 3)
+        async with client.stream("GET", "/events", params={"after": 0}) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            with trio.fail_after(10):
+                old = await read_events(r, 3)
+                for i in range(3, 6):
+                    a.publish("lobby", Content(body=f"new {i}"))
+                new = await read_events(r, 3)
         got = old + new
         assert [e["data"]["body"] for e in got] == [
             "old 0", "old 1", "old 2", "new 3", "new 4", "new 5"
@@ -89,54 +92,51 @@ async def test_sse_replays_then_goes_live_with_cursor_ids(nursery: trio.Nursery)
 
 
 async def test_last_event_id_resumes_without_gap_or_repeat(nursery: trio.Nursery) -> None:
-    async with served_pair(nursery) as (a, b, url):
+    async with served_pair(nursery) as (a, b, _url, client):
         for i in range(10):
             a.publish("lobby", Content(body=str(i)))
         with trio.fail_after(10):
             while b.inbox.last_cursor < 10:
                 await b.wait_inbox_changed()
-        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as client:
-            async with client.stream("GET", "/events", params={"after": 0}) as r:
-                first = await read_events(r, 4)
-            last = first[-1]["id"]
-            # Last-Event-ID wins over after
-            headers = {"Last-Event-ID": last}
-            async with client.stream("GET", "/events?after=0", headers=headers) as r:
-                rest = await read_events(r, 6)
+        async with client.stream("GET", "/events", params={"after": 0}) as r:
+            first = await read_events(r, 4)
+        last = first[-1]["id"]
+        # Last-Event-ID wins over after
+        headers = {"Last-Event-ID": last}
+        async with client.stream("GET", "/events?after=0", headers=headers) as r:
+            rest = await read_events(r, 6)
         bodies = [e["data"]["body"] for e in first + rest]
         assert bodies == [str(i) for i in range(10)]
 
 
 async def test_filters_by_channel_peer_and_thread(nursery: trio.Nursery) -> None:
-    async with served_pair(nursery) as (a, b, url):
-        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as client:
-            async with (
-                client.stream("GET", "/events", params={"channel": "other"}) as by_channel,
-                client.stream("GET", "/events", params={"peer": a.peer_id.hex()}) as by_peer,
-            ):
-                root = a.publish("lobby", Content(body="root"))
-                async with client.stream("GET", "/events", params={"thread": root.id.hex()}) as th:
-                    a.publish("lobby", Content(body="reply", thread=root.id))
-                    a.publish("lobby", Content(body="elsewhere"))
-                    a.publish("other", Content(body="in other"))
-                    a.send_dm(b.peer_id, Content(body="private"))
-                    with trio.fail_after(10):
-                        assert [e["data"]["body"] for e in await read_events(th, 1)] == ["reply"]
-                        got = await read_events(by_channel, 1)
-                        assert [e["data"]["body"] for e in got] == ["in other"]
-                        got = await read_events(by_peer, 1)
-                        assert [e["data"]["body"] for e in got] == ["private"]
+    async with (
+        served_pair(nursery) as (a, b, _url, client),
+        client.stream("GET", "/events", params={"channel": "other"}) as by_channel,
+        client.stream("GET", "/events", params={"peer": a.peer_id.hex()}) as by_peer,
+    ):
+        root = a.publish("lobby", Content(body="root"))
+        async with client.stream("GET", "/events", params={"thread": root.id.hex()}) as th:
+            a.publish("lobby", Content(body="reply", thread=root.id))
+            a.publish("lobby", Content(body="elsewhere"))
+            a.publish("other", Content(body="in other"))
+            a.send_dm(b.peer_id, Content(body="private"))
+            with trio.fail_after(10):
+                assert [e["data"]["body"] for e in await read_events(th, 1)] == ["reply"]
+                got = await read_events(by_channel, 1)
+                assert [e["data"]["body"] for e in got] == ["in other"]
+                got = await read_events(by_peer, 1)
+                assert [e["data"]["body"] for e in got] == ["private"]
 
 
 async def test_status_events_carry_no_id(nursery: trio.Nursery) -> None:
-    async with served_pair(nursery) as (a, b, url):
+    async with served_pair(nursery) as (a, b, _url, client):
         env = b.send_dm(a.peer_id, Content(body="to a"))
-        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as client:
-            async with client.stream("GET", "/events") as r:
-                b.inbox.set_status(env.id, "delivered")
-                b.notify_inbox()
-                with trio.fail_after(10):
-                    (event,) = await read_events(r, 1, kinds=("status",))
+        async with client.stream("GET", "/events") as r:
+            b.inbox.set_status(env.id, "delivered")
+            b.notify_inbox()
+            with trio.fail_after(10):
+                (event,) = await read_events(r, 1, kinds=("status",))
         assert "id" not in event
         assert event["data"]["id"] == env.id.hex()
         assert event["data"]["status"] == "delivered"
@@ -144,52 +144,50 @@ async def test_status_events_carry_no_id(nursery: trio.Nursery) -> None:
 
 
 async def test_bad_stream_requests_get_json_errors(nursery: trio.Nursery) -> None:
-    async with served_pair(nursery) as (_a, _b, url):
-        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-            r = await client.get("/events")
-            assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorised"
-            for params, code in (
-                ({"after": "x"}, "invalid"),
-                ({"peer": "zz"}, "invalid"),
-                ({"channel": "a", "peer": "00" * 32}, "invalid"),
-                ({"since": "1"}, "unknown-param"),
-            ):
-                r = await client.get("/events", params=params, headers=AUTH)
-                assert r.status_code == 400, params
-                assert r.json()["error"]["code"] == code
-            r = await client.get("/events", headers={**AUTH, "Last-Event-ID": "-1"})
-            assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"]["message"]
+    async with served_pair(nursery) as (_a, _b, _url, client):
+        r = await client.get("/events", headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorised"
+        for params, code in (
+            ({"after": "x"}, "invalid"),
+            ({"peer": "zz"}, "invalid"),
+            ({"channel": "a", "peer": "00" * 32}, "invalid"),
+            ({"since": "1"}, "unknown-param"),
+        ):
+            r = await client.get("/events", params=params)
+            assert r.status_code == 400, params
+            assert r.json()["error"]["code"] == code
+        r = await client.get("/events", headers={"Last-Event-ID": "-1"})
+        assert r.status_code == 400 and "Last-Event-ID" in r.json()["error"]["message"]
 
 
 async def test_streams_have_their_own_cap(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(api_module, "MAX_STREAMS", 1)
-    async with served_pair(nursery) as (_a, _b, url):
-        async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as client:
-            async with client.stream("GET", "/events") as first:
-                assert first.status_code == 200
-                second = await client.get("/events")
-                assert second.status_code == 503
-                assert second.json()["error"]["code"] == "busy"
-                # plain requests are not held back by open streams
-                assert (await client.get("/channels")).status_code == 200
-            with trio.fail_after(10):  # the slot comes back when the client goes
-                while True:
-                    async with client.stream("GET", "/events") as again:
-                        if again.status_code == 200:
-                            break
-                    await trio.sleep(0.05)
+    async with served_pair(nursery) as (_a, _b, _url, client):
+        async with client.stream("GET", "/events") as first:
+            assert first.status_code == 200
+            second = await client.get("/events")
+            assert second.status_code == 503
+            assert second.json()["error"]["code"] == "busy"
+            # plain requests are not held back by open streams
+            assert (await client.get("/channels")).status_code == 200
+        with trio.fail_after(10):  # the slot comes back when the client goes
+            while True:
+                async with client.stream("GET", "/events") as again:
+                    if again.status_code == 200:
+                        break
+                await trio.sleep(0.05)
 
 
 async def test_websocket_carries_the_same_events(nursery: trio.Nursery) -> None:
-    async with served_pair(nursery) as (a, b, url):
+    async with served_pair(nursery) as (a, b, url, _client):
         a.publish("lobby", Content(body="before"))
         with trio.fail_after(10):
             while b.inbox.last_cursor < 1:
                 await b.wait_inbox_changed()
         ws_url = url.replace("http://", "ws://") + "/ws?after=0"
-        headers = [("Authorization", f"Bearer {TOKEN}")]
+        headers = [(b"Authorization", f"Bearer {TOKEN}".encode())]
         async with open_websocket_url(ws_url, extra_headers=headers) as ws:
             first = json.loads(await ws.get_message())
             a.publish("lobby", Content(body="after"))
@@ -230,7 +228,7 @@ async def _ws_handshake(url: str, target: str, auth: bool) -> tuple[int, dict[st
 
 
 async def test_websocket_refusals_are_json(nursery: trio.Nursery) -> None:
-    async with served_pair(nursery) as (_a, _b, url):
+    async with served_pair(nursery) as (_a, _b, url, _client):
         status, body = await _ws_handshake(url, "/ws", auth=False)
         assert (status, body["error"]["code"]) == (401, "unauthorised")
         status, body = await _ws_handshake(url, "/ws?bogus=1", auth=True)
