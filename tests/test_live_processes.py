@@ -1,7 +1,8 @@
 """Acceptance (live delivery) with real ``python -m peer`` processes: a stream
 client killed (SIGKILL) and resumed with ``Last-Event-ID`` in the middle of a
-1,000-message burst gets every message exactly once in cursor order; and bad
-input over the stream endpoints leaves the peer running."""
+1,000-message burst gets every message exactly once in cursor order, and so
+does one whose peer is killed with SIGKILL and restarted; bad input over the
+stream endpoints leaves the peer running."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests._procs import REPO, PeerProcess, running, start_peer, wait_ready
+from tests._procs import REPO, PeerProcess, kill_hard, running, start_peer, stop, wait_ready
 
 BURST = 1000
 
@@ -117,3 +118,40 @@ def test_bad_stream_input_leaves_the_peer_running(tmp_path: Path) -> None:
         ]
         assert p.get("/status").status_code == 200
         assert p.proc.poll() is None
+
+
+def test_a_stream_resumes_exactly_once_across_a_kill_9_of_its_peer(tmp_path: Path) -> None:
+    a = start_peer(tmp_path, "a", "--channel", "burst", "--no-dht")
+    wait_ready(a)
+    b = start_peer(tmp_path, "b", "--channel", "burst", "--no-dht", bootstrap=a.ws_url)
+    with running(a):
+        wait_ready(b)
+        assert b.get("/peers", min="1", wait="20").json()
+        first_out = tmp_path / "client1.txt"
+        client = _client(b, first_out)
+        try:
+            done = threading.Event()
+            sender = threading.Thread(target=_burst, args=(a, done))
+            sender.start()
+            _wait_lines(first_out, 150, client, 60)
+            ports = (b.mesh_port, b.api_port)
+            kill_hard(b)  # the peer, mid-stream
+            client.wait(30)  # its stream broke: the client exits
+            got = _lines(first_out)
+            b = start_peer(tmp_path, "b", "--channel", "burst", "--no-dht",
+                           bootstrap=a.ws_url, ports=ports)
+            wait_ready(b)
+            second_out = tmp_path / "client2.txt"
+            client = _client(b, second_out, str(got[-1][0]))
+            sender.join(120)
+            assert done.is_set()
+            _wait_lines(second_out, BURST - len(got), client, 120)
+        finally:
+            client.kill()
+            client.wait()
+            stop(b)
+        events = got + _lines(second_out)
+        ids = [m for _, m in events]
+        cursors = [c for c, _ in events]
+        assert len(ids) == BURST and len(set(ids)) == BURST
+        assert cursors == sorted(cursors) and len(set(cursors)) == BURST

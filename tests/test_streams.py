@@ -15,6 +15,7 @@ from trio_websocket import open_websocket_url
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.api import _api as api_module
+from peer.api import _streams as streams_module
 from peer.api._serve import serve_api
 from peer.wire._envelope import Content
 
@@ -233,3 +234,23 @@ async def test_websocket_refusals_are_json(nursery: trio.Nursery) -> None:
         assert (status, body["error"]["code"]) == (401, "unauthorised")
         status, body = await _ws_handshake(url, "/ws?bogus=1", auth=True)
         assert (status, body["error"]["code"]) == (400, "unknown-param")
+
+
+async def test_a_client_too_slow_to_read_is_dropped_with_a_reason(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(streams_module, "SLOW_AFTER", 0.3)
+    async with served_pair(nursery) as (a, b, _url, client):
+        for i in range(200):  # 12 MB: more than the sockets buffer
+            a.publish("lobby", Content(body=f"{i:03d}" + "x" * 60_000))
+        with trio.fail_after(20):
+            while b.inbox.last_cursor < 200:
+                await b.wait_inbox_changed()
+        async with client.stream("GET", "/events", params={"after": 0}) as r:
+            await trio.sleep(1.0)  # not reading: the peer's write blocks
+            with trio.fail_after(20):
+                events = await read_events(r, 1000, kinds=("message", "error"))
+    assert events[-1]["event"] == "error"
+    assert events[-1]["data"]["error"]["code"] == "slow"
+    received = [int(e["id"]) for e in events[:-1]]
+    assert received == list(range(1, len(received) + 1))  # what came is in order, then it ends
