@@ -122,6 +122,8 @@ class EventFeed:
                     return events
                 if self.cursor == before:  # all read: wait for news
                     await self.peer.wait_inbox_changed()
+                else:  # a batch the filters left empty: let others run, read on
+                    await trio.lowlevel.checkpoint()
         return []
 
 

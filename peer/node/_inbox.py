@@ -187,7 +187,12 @@ class Inbox:
 
     def since(self, after: int, limit: int = 1000) -> list[InboxMessage]:
         """The oldest ``limit`` messages with a cursor past ``after``, in cursor order;
-        reads from the new end, so a reader that keeps up pays for what is new only."""
+        reads from the new end, so a reader that keeps up pays for what is new only,
+        and one far behind looks its cursors up one by one (cursors are dense)."""
+        if self._next - 1 - after > 4 * limit:
+            found = self._forward(after, limit)
+            if found is not None:
+                return found
         newer: list[InboxMessage] = []
         for cursor in reversed(self._messages):
             if cursor <= after:
@@ -195,6 +200,20 @@ class Inbox:
             newer.append(self._messages[cursor])
         newer.reverse()
         return newer[:limit]
+
+    def _forward(self, after: int, limit: int) -> list[InboxMessage] | None:
+        """``since`` by looking cursors up from ``after`` on; None if they are too
+        sparse (many evicted) to be worth it."""
+        found: list[InboxMessage] = []
+        cursor = max(after, 0) + 1
+        for _ in range(8 * limit):
+            if len(found) == limit or cursor >= self._next:
+                return found
+            message = self._messages.get(cursor)
+            if message is not None:
+                found.append(message)
+            cursor += 1
+        return found if len(found) == limit or cursor >= self._next else None
 
     def _mark(self, message: InboxMessage) -> bool:
         if message.read:
