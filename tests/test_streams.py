@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -254,3 +255,33 @@ async def test_a_client_too_slow_to_read_is_dropped_with_a_reason(
     assert events[-1]["data"]["error"]["code"] == "slow"
     received = [int(e["id"]) for e in events[:-1]]
     assert received == list(range(1, len(received) + 1))  # what came is in order, then it ends
+
+
+async def test_a_receipted_dm_streams_its_status(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """With stores (receipts), a DM's status change reaches its sender's stream."""
+    a = Peer(Identity.generate(), PeerOptions(seed=1, store_path=str(tmp_path / "a")))
+    b = Peer(Identity.generate(), PeerOptions(seed=2, store_path=str(tmp_path / "b")))
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    ta, tb = memory_link_pair()
+    a.start_link(ta, initiator=True)
+    b.start_link(tb, initiator=False)
+    with trio.fail_after(10):
+        while not (a.links and a.directory.get(b.peer_id)):
+            await a.wait_changed()
+    url = await serve_api(a, "127.0.0.1", 0, TOKEN, nursery)
+    async with (
+        httpx.AsyncClient(base_url=url, headers=AUTH, timeout=10) as client,
+        client.stream("GET", "/events", params={"peer": b.peer_id.hex()}) as r,
+    ):
+        env = await a.send_direct(b.peer_id, Content(body="receipt me"))
+        with trio.fail_after(20):
+            events = await read_events(r, 2, kinds=("message", "status"))
+    assert [e["event"] for e in events] == ["message", "status"]
+    # the message as it was when the stream read it: pending (the receipt came later)
+    assert events[0]["data"]["status"] in ("pending", "delivered")
+    assert events[0]["data"]["outgoing"] is True
+    assert events[1]["data"] == {
+        "id": env.id.hex(), "peer": b.peer_id.hex(), "status": "delivered",
+        "cursor": events[0]["data"]["cursor"],
+    }
