@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
-from peer.api._webhooks import load_or_create_secret, sign, verify
+from peer.api._webhooks import load_or_create_secret, shown_url, sign, verify
 from peer.protocols._presence import parse_presence, presence_name, presence_payload
 
 
@@ -46,3 +46,8 @@ def test_webhook_secret_is_created_private_and_kept(tmp_path: Path) -> None:
     body = b'{"event":"message"}'
     assert verify(secret, body, sign(secret, body))
     assert not verify(secret, body + b" ", sign(secret, body))
+
+
+def test_status_shows_webhook_urls_without_their_secrets() -> None:
+    url = "https://user:pw@hooks.example:8443/in?token=s3cret#x"
+    assert shown_url(url) == "https://hooks.example:8443/in"

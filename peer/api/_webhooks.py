@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import trio
@@ -226,8 +227,22 @@ class WebhookService:
                 task_status.started()
 
     def statistics(self) -> list[dict[str, Any]]:
+        """Per webhook: its URL (without credentials or query: ``/status`` is open),
+        cursor, counters and how many messages it is behind."""
         inbox = self.peer.inbox
         return [
-            {**vars(h.counters), "behind": max(0, inbox.last_cursor - h.counters.cursor)}
+            {
+                **vars(h.counters),
+                "url": shown_url(h.url),
+                "behind": max(0, inbox.last_cursor - h.counters.cursor),
+            }
             for h in self.hooks
         ]
+
+
+def shown_url(url: str) -> str:
+    """``url`` without user, password, query or fragment (they may hold secrets)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
