@@ -202,8 +202,21 @@ def _preauth_table(res: ScenarioResult) -> str:
     return _table(headers, rows)
 
 
+def _live_table(res: ScenarioResult) -> str:
+    headers = ["reader", "relays", "messages", "received", "p50 ms", "p90 ms", "p99 ms",
+               "max ms"]
+    rows = []
+    for r in res.rows:
+        lat = r["latency_ms"]
+        rows.append([r["path"], str(r["relays"]), str(r["messages"]), str(r["received"]),
+                     _num(lat["p50"], 2), _num(lat["p90"], 2), _num(lat["p99"], 2),
+                     _num(lat["max"], 2)])
+    return _table(headers, rows)
+
+
 TABLES = {"fanout": _fanout_table, "latency": _latency_table, "catchup": _catchup_table,
-          "footprint": _footprint_table, "dht": _dht_table, "preauth": _preauth_table}
+          "footprint": _footprint_table, "dht": _dht_table, "preauth": _preauth_table,
+          "live": _live_table}
 
 
 def render(results: list[ScenarioResult]) -> str:

@@ -21,6 +21,7 @@ from peer.wire._limits import MAX_PAGE_MESSAGES  # envelopes per catch-up page: 
 
 from ._catchup import FILL_WINDOW, disk_bytes, fill, run_catchup, store_dir
 from ._drive import Load, run_footprint, run_load
+from ._live import run_live
 from ._preauth import BASELINE_SECONDS, QUICK_BASELINE, run_preauth
 from ._procs import REPO, Child, ChildFailed, cpu_pressure, python_cmd, rss_bytes
 from ._systems import Clawmesh, Deployment, Env, System, peer_help, registry
@@ -524,8 +525,28 @@ class Preauth(Scenario):
         return result
 
 
+class Live(Scenario):
+    name = "live"
+    title = "7. live delivery to an agent: /send -> SSE stream vs long-poll, via one relay"
+
+    async def run(self, ctx: Context) -> ScenarioResult:
+        messages, gap = (40, 0.02) if ctx.params.quick else (500, 0.02)
+        result = ScenarioResult(self.name, self.title, "ok",
+                                params={"messages": messages, "gap_s": gap, "relays": 1})
+        ctx.progress(f"live: {messages} messages, SSE and long-poll on the same peer ...")
+        result.rows = await run_live(ctx.nursery, ctx.work, ctx.logs, messages, gap,
+                                     ctx.progress)
+        for row in result.rows:
+            lat = row["latency_ms"]
+            ctx.progress(f"live: {row['path']} p50 {lat['p50']} ms, p99 {lat['p99']} ms")
+        result.notes.append(
+            "both readers wait on the same receiving peer for the same messages; latency "
+            "runs from before POST /send on the sender to the parsed message at the reader")
+        return result
+
+
 SCENARIOS: dict[str, Scenario] = {
-    s.name: s for s in (Fanout(), Latency(), CatchUp(), Dht(), Footprint(), Preauth())
+    s.name: s for s in (Fanout(), Latency(), CatchUp(), Dht(), Footprint(), Preauth(), Live())
 }
 
 

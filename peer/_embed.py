@@ -26,6 +26,7 @@ from pathlib import Path
 import trio
 
 from peer.api._serve import serve_api
+from peer.api._webhooks import WebhookService, load_or_create_secret
 from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import BenchOnly
@@ -139,10 +140,25 @@ async def open_with(
     options: PeerOptions | None = None,
     api_hosts: Sequence[str] = (),
     bench: BenchOnly | None = None,
+    webhooks: WebhookSpec | None = None,
+    compat: str | None = None,
 ) -> AsyncIterator[Peer]:
     """:func:`open_peer`, with the benchmark-only switches the CLI's hidden
-    flags set (not part of the public API)."""
+    flags set (not part of the public API), outgoing ``webhooks`` and an API
+    ``compat`` mode ("ocmesh")."""
     identity, token, data = _prepare(key_dir, data_dir)
+    hooks = None
+    if webhooks is not None and webhooks.urls:
+        secret = webhooks.secret
+        if secret is None:
+            try:
+                secret = load_or_create_secret(Path(key_dir).expanduser())  # noqa: ASYNC240
+            except OSError as exc:
+                raise StartError(f"webhook secret: {exc}") from exc
+        try:
+            hooks = _Hooks(webhooks.urls, secret, webhooks.retry_first)
+        except ValueError as exc:
+            raise StartError(str(exc)) from exc
     base = options or PeerOptions()
     store_path = str(data / "store") if store else None
     peer = Peer(identity, dataclasses.replace(base, store_path=store_path), bench=bench)
@@ -162,7 +178,8 @@ async def open_with(
             peer.listen_urls[:] = list(advertise) or [f"ws://{shown}:{bound}/"]
 
     try:
-        async with _running(peer, services, (api, api_hosts), token, bootstrap) as running:
+        api_spec = _ApiSpec(api, api_hosts, compat, hooks)
+        async with _running(peer, services, api_spec, token, bootstrap) as running:
             yield running
     except BaseExceptionGroup as group:
         # One error (a StartError from inside the peer's nurseries, or the caller's
@@ -173,22 +190,66 @@ async def open_with(
         raise only from None
 
 
+@dataclasses.dataclass(frozen=True)
+class WebhookSpec:
+    """Outgoing webhooks: their URLs, the signing secret (None: the key directory's
+    ``webhook-secret``, created on first use) and the first retry's delay (s)."""
+
+    urls: Sequence[str]
+    secret: str | None = None
+    retry_first: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+    urls: Sequence[str]
+    secret: str
+    retry_first: float
+
+    def __post_init__(self) -> None:
+        for url in self.urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"--webhook wants an http:// or https:// URL, not {url!r}")
+        if self.retry_first <= 0:
+            raise ValueError("--webhook-retry must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class _ApiSpec:
+    address: str | None
+    hosts: Sequence[str]
+    compat: str | None
+    hooks: _Hooks | None
+
+
 @asynccontextmanager
 async def _running(
     peer: Peer,
     services: Callable[[trio.Nursery], Awaitable[None]],
-    api_spec: tuple[str | None, Sequence[str]],
+    api_spec: _ApiSpec,
     token: str,
     bootstrap: Sequence[str],
 ) -> AsyncIterator[Peer]:
-    api, api_hosts = api_spec
+    api = api_spec.address
     async with trio.open_nursery() as nursery:
         await nursery.start(lambda task_status: peer.run(extra=services, task_status=task_status))
+        webhooks = None
+        if api_spec.hooks is not None:
+            h = api_spec.hooks
+            webhooks = WebhookService(peer, h.urls, h.secret, retry_first=h.retry_first)
+            await nursery.start(webhooks.run)
         if api is not None:
             host, port = _host_port(api, "api")
             try:
                 peer.api_url = await serve_api(
-                    peer, host, port, token, nursery, allowed_hosts=api_hosts
+                    peer,
+                    host,
+                    port,
+                    token,
+                    nursery,
+                    allowed_hosts=api_spec.hosts,
+                    compat=api_spec.compat,
+                    webhooks=webhooks,
                 )
             except OSError as exc:
                 raise StartError(

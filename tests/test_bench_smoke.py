@@ -45,7 +45,9 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert doc["machine"]["cores"] >= 1
     assert doc["machine"]["packages"]["trio"]
     scenarios = doc["scenarios"]
-    assert set(scenarios) == {"fanout", "latency", "catchup", "dht", "footprint", "preauth"}
+    assert set(scenarios) == {
+        "fanout", "latency", "catchup", "dht", "footprint", "preauth", "live"
+    }
 
     fanout = scenarios["fanout"]
     assert fanout["status"] == "ok"
@@ -93,6 +95,14 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
         assert row["flood_ms"]["count"] > 0 and row["baseline_ms"]["count"] > 0, row
         assert row["closed_after_s_max"] is not None, row
     assert "pre-authentication flood" in proc.stdout
+
+    # live delivery: the SSE stream and the long-poll both got every message
+    live = scenarios["live"]
+    assert live["status"] == "ok", live
+    assert [r["path"] for r in live["results"]] == ["sse", "long-poll"]
+    for row in live["results"]:
+        assert row["received"] == row["messages"] > 0, row
+        assert row["latency_ms"]["p50"] > 0, row
 
     drawn = ["fanout", "latency", "catchup", "footprint"]
     dht = scenarios["dht"]

@@ -12,9 +12,15 @@ from hypercorn.trio import serve as hypercorn_serve
 from peer.node._node import Peer
 
 from ._api import LocalApi
+from ._webhooks import WebhookService
 
 BACKLOG = 4096  # connections the kernel queues for us: thousands of clients at once
-READ_TIMEOUT = 30  # seconds: a connection that sends nothing for this long is closed
+# A connection is closed when it has been idle (no request under way, or its request's
+# head not complete) for this long. There is no read timeout during a request: a
+# stream's client (SSE) sends nothing for hours, and a long-poll waits up to 60 s;
+# a body that does not come is cut by the API itself (``BODY_TIMEOUT``).
+IDLE_TIMEOUT = 30
+WS_PING_INTERVAL = 15.0  # WebSocket pings keep idle /ws streams alive through proxies
 
 
 async def serve_api(
@@ -25,21 +31,28 @@ async def serve_api(
     nursery: trio.Nursery,
     *,
     allowed_hosts: Iterable[str] = (),
+    compat: str | None = None,
+    webhooks: WebhookService | None = None,
 ) -> str:
     """Serve ``peer``'s local API on ``host:port`` in ``nursery``; returns its URL.
 
     ``allowed_hosts`` are names besides loopback that ``Host`` and ``Origin``
-    may carry (for an API bound to another address). Raises OSError when the
-    address cannot be bound.
+    may carry (for an API bound to another address); ``compat`` ("ocmesh")
+    opens ocmesh's endpoints to tokenless loopback calls; ``webhooks`` shows its
+    counters in ``/status``. Raises OSError when the address cannot be bound.
     """
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = None
     config.backlog = BACKLOG
-    config.read_timeout = READ_TIMEOUT
+    config.read_timeout = None
+    config.keep_alive_timeout = IDLE_TIMEOUT
+    config.websocket_ping_interval = WS_PING_INTERVAL
     named = [] if host in ("0.0.0.0", "::", "") else [host]  # an address bound on purpose
-    api = LocalApi(peer, token, allowed_hosts=[*named, *allowed_hosts])
+    api = LocalApi(
+        peer, token, allowed_hosts=[*named, *allowed_hosts], compat=compat, webhooks=webhooks
+    )
     binds: Any = await nursery.start(_serve, api, config)
     url = str(binds[0]) if binds else f"http://{host}:{port}"
     api.api_url = url

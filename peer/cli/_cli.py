@@ -19,12 +19,13 @@ from pathlib import Path
 import structlog
 import trio
 
-from peer._embed import StartError, open_with
+from peer._embed import StartError, WebhookSpec, open_with
 from peer.node._bootstrap import bootstrap_entry
 from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
 from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import DAY_MS, BenchOnly, default_keep_rules
+from peer.protocols._presence import valid_name
 from peer.wire._frames import is_topic
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy, private_dir
@@ -80,6 +81,44 @@ def build_parser() -> argparse.ArgumentParser:
         help="local HTTP API (env MESH_API_PORT; default %(default)s)",
     )
     p.add_argument("--no-api", action="store_true", help="run without the local HTTP API")
+    p.add_argument(
+        "--compat",
+        choices=["ocmesh"],
+        default=None,
+        help="ocmesh: its agents work unchanged: /status, /peers, /messages and /send "
+        "answer loopback callers without the token, content over 4,096 characters is 413 "
+        "(default: every endpoint but /status wants the token)",
+    )
+    p.add_argument(
+        "--name",
+        default=os.environ.get("MESH_NAME", ""),
+        metavar="NAME",
+        help="a display name others see in /peers (signed in our presence; 1-64 printable "
+        "characters; env MESH_NAME)",
+    )
+    p.add_argument(
+        "--webhook",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="POST every new message others send us to URL, signed, retried until 2xx, "
+        "in order, resumed after a restart (repeatable; README: Webhooks)",
+    )
+    p.add_argument(
+        "--webhook-secret",
+        default=os.environ.get("MESH_WEBHOOK_SECRET"),
+        metavar="SECRET",
+        help="the HMAC-SHA256 key for X-Clawmesh-Signature (env MESH_WEBHOOK_SECRET; "
+        "default: the key directory's webhook-secret file, created on first use)",
+    )
+    p.add_argument(
+        "--webhook-retry",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="first retry of a failed webhook POST; later ones back off to 60 s "
+        "(default %(default)s)",
+    )
     p.add_argument(
         "--api-allow-host",
         action="append",
@@ -294,6 +333,7 @@ async def run_peer(args: argparse.Namespace) -> None:
         gossip=_gossip_params(args),
         dm_deadline=args.dm_deadline,
         outbox_retry_initial=args.outbox_retry,
+        name=_name(args.name),
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")
@@ -309,12 +349,20 @@ async def run_peer(args: argparse.Namespace) -> None:
             options=options,
             api_hosts=args.api_allow_host,
             bench=BenchOnly(args.bench_no_verify, args.bench_plaintext_links),
+            webhooks=WebhookSpec(args.webhook, args.webhook_secret, args.webhook_retry),
+            compat=args.compat,
         ) as peer:
             _write_peer_file(args.data_dir, peer, peer.api_url)
             print(_banner(peer, args, peer.api_url, specs), flush=True)
             await trio.sleep_forever()
     except StartError as exc:
         raise SystemExit(str(exc)) from None
+
+
+def _name(name: str) -> str:
+    if name and not valid_name(name):
+        raise SystemExit(f"--name wants 1 to 64 printable characters, got {name!r}")
+    return name
 
 
 def _wildcard_default(listen: str) -> str:

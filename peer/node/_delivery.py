@@ -268,9 +268,7 @@ class DeliveryService:
         await self.service.write(lambda s: s.atomically(bury))
         for letter in letters:
             self.counters.dead_letters += 1
-            message = self.peer.inbox.get(letter.msg_id)
-            if message is not None:
-                message.status = "undeliverable"
+            self.peer.inbox.set_status(letter.msg_id, "undeliverable")
             self.log.warning(
                 "DM undeliverable",
                 id=letter.msg_id.hex()[:16],
@@ -298,9 +296,7 @@ class DeliveryService:
             return
         for msg_id in settle.ids:
             self.counters.receipts_received += 1
-            message = self.peer.inbox.get(msg_id)
-            if message is not None:
-                message.status = "delivered"
+            self.peer.inbox.set_status(msg_id, "delivered")
         self.log.info("DMs receipted", peer=settle.sender.hex()[:16], count=len(settle.ids))
         self.peer.notify_inbox()
 

@@ -8,7 +8,7 @@ can ask for everything after the last one it saw.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +67,20 @@ class InboxMessage:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """An outgoing DM's status changed: the ``number``-th change this inbox saw."""
+
+    number: int
+    id: bytes
+    peer: bytes | None
+    status: str
+    cursor: int
+
+
+STATUS_CHANGES_KEPT = 4096
+
+
 class Inbox:
     def __init__(self, capacity: int = 100_000) -> None:
         self._messages: OrderedDict[int, InboxMessage] = OrderedDict()
@@ -75,6 +89,10 @@ class Inbox:
         self._capacity = capacity
         self._next = 1
         self.dropped = 0
+        # the last status changes of our DMs, for live streams (not persisted: a DM's
+        # current status is in its message)
+        self.status_changes: deque[StatusChange] = deque(maxlen=STATUS_CHANGES_KEPT)
+        self.status_count = 0
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -121,6 +139,29 @@ class Inbox:
         cursor = self._by_id.get(msg_id)
         return None if cursor is None else self._messages[cursor]
 
+    def set_status(self, msg_id: bytes, status: str) -> InboxMessage | None:
+        """Record an outgoing DM's new status (``status_changes`` keeps it for streams)."""
+        message = self.get(msg_id)
+        if message is None or message.status == status:
+            return message
+        message.status = status
+        self.status_count += 1
+        self.status_changes.append(
+            StatusChange(self.status_count, message.id, message.peer, status, message.cursor)
+        )
+        return message
+
+    def status_since(self, number: int) -> list[StatusChange]:
+        """The status changes after the ``number``-th, oldest first (as many as are kept)."""
+        if number >= self.status_count:
+            return []
+        return [c for c in self.status_changes if c.number > number]
+
+    @property
+    def first_cursor(self) -> int:
+        """The cursor of the oldest message held (``last_cursor + 1`` when empty)."""
+        return next(iter(self._messages), self._next)
+
     def query(
         self,
         *,
@@ -146,7 +187,12 @@ class Inbox:
 
     def since(self, after: int, limit: int = 1000) -> list[InboxMessage]:
         """The oldest ``limit`` messages with a cursor past ``after``, in cursor order;
-        reads from the new end, so a reader that keeps up pays for what is new only."""
+        reads from the new end, so a reader that keeps up pays for what is new only,
+        and one far behind looks its cursors up one by one (cursors are dense)."""
+        if self._next - 1 - after > 4 * limit:
+            found = self._forward(after, limit)
+            if found is not None:
+                return found
         newer: list[InboxMessage] = []
         for cursor in reversed(self._messages):
             if cursor <= after:
@@ -154,6 +200,20 @@ class Inbox:
             newer.append(self._messages[cursor])
         newer.reverse()
         return newer[:limit]
+
+    def _forward(self, after: int, limit: int) -> list[InboxMessage] | None:
+        """``since`` by looking cursors up from ``after`` on; None if they are too
+        sparse (many evicted) to be worth it."""
+        found: list[InboxMessage] = []
+        cursor = max(after, 0) + 1
+        for _ in range(8 * limit):
+            if len(found) == limit or cursor >= self._next:
+                return found
+            message = self._messages.get(cursor)
+            if message is not None:
+                found.append(message)
+            cursor += 1
+        return found if len(found) == limit or cursor >= self._next else None
 
     def _mark(self, message: InboxMessage) -> bool:
         if message.read:
@@ -191,6 +251,7 @@ class PeerInfo:
     linked: bool = False
     times_linked: int = 0  # links ever completed with this peer
     remote: str = ""
+    name: str = ""  # the display name its presence carries
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -79,6 +79,7 @@ class PeerOptions:
     # a message that would overtake an earlier one of its sender waits up to this many
     # seconds for it (peer/protocols/_order.py); then the gap is given up and reported
     order_hold: float = ORDER_HOLD
+    name: str = ""  # a display name others see in our presence (``/peers``)
     def __post_init__(self) -> None:
         if self.keep_rules is None:
             self.keep_rules = default_keep_rules(self.relay_only)

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import trio
 
 from peer.protocols._gossip import Close, Deliver, Send
-from peer.protocols._presence import Presence, parse_presence, presence_payload
+from peer.protocols._presence import Presence, parse_presence, presence_name, presence_payload
 from peer.wire import _cbor
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
@@ -249,7 +249,9 @@ class Swarm:
         self._rearm()
 
     def _announce_presence(self) -> None:
-        payload = _cbor.encode(presence_payload(self.peer.listen_urls, self.peer.caps))
+        payload = _cbor.encode(
+            presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name)
+        )
         # presence is not stored: its sequence is the clock, which outlives restarts
         now_ms = self.peer.wall_ms()
         env = seal_presence(self.peer.identity, payload=payload, seq=now_ms, ts=now_ms)
@@ -305,9 +307,11 @@ class Swarm:
         if env.sender == self.peer.peer_id:
             return
         try:
-            listen, caps = parse_presence(payload_value(env.fields["payload"]))
+            data = payload_value(env.fields["payload"])
         except ProtocolError:
             return
+        listen, caps = parse_presence(data)
+        info.name = presence_name(data) or ""
         if listen is not None:
             info.listen = listen
         if caps is not None:

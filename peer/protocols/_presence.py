@@ -5,9 +5,11 @@ Rules kept here:
 * A peer announces itself every ``interval`` seconds, and soon after it is
   wanted (a new peer appeared, a link started carrying presence), but never
   twice within ``debounce`` seconds.
-* An announcement's payload is a CBOR map ``{"listen": [...], "caps": [...]}``;
-  :func:`parse_presence` takes what is well formed from one (at most
-  ``MAX_LISTEN`` addresses and ``MAX_CAPS`` capabilities) and ignores the rest.
+* An announcement's payload is a CBOR map ``{"listen": [...], "caps": [...]}``,
+  with ``"name"`` (the agent's display name, at most ``MAX_NAME`` characters)
+  when it has one; :func:`parse_presence` takes what is well formed from one
+  (at most ``MAX_LISTEN`` addresses and ``MAX_CAPS`` capabilities),
+  :func:`presence_name` the name, and the rest is ignored.
 
 Time is an input: ``next_deadline()`` says when the shell must call
 ``handle_timer(now)``, which answers whether to announce now.
@@ -21,6 +23,7 @@ from typing import Any
 
 MAX_LISTEN = 8
 MAX_CAPS = 16
+MAX_NAME = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +67,24 @@ class Presence:
         return [Announce()]
 
 
-def presence_payload(listen: list[str], caps: tuple[str, ...]) -> dict[str, Any]:
-    return {"listen": listen[:MAX_LISTEN], "caps": list(caps)}
+def presence_payload(listen: list[str], caps: tuple[str, ...], name: str = "") -> dict[str, Any]:
+    payload: dict[str, Any] = {"listen": listen[:MAX_LISTEN], "caps": list(caps)}
+    if name:
+        payload["name"] = name[:MAX_NAME]
+    return payload
+
+
+def valid_name(name: str) -> bool:
+    """A display name: 1 to ``MAX_NAME`` printable characters."""
+    return 0 < len(name) <= MAX_NAME and name.isprintable()
+
+
+def presence_name(data: Any) -> str | None:
+    """The display name an announcement's payload carries (None: absent or bad)."""
+    if not isinstance(data, dict):
+        return None
+    name = data.get("name")
+    return name if isinstance(name, str) and valid_name(name) else None
 
 
 def parse_presence(data: Any) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:

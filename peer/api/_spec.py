@@ -1,0 +1,206 @@
+"""Every endpoint of the local API, once: its parameters, body fields and
+answers. The API refuses a query parameter or body field not listed here
+(400 naming it), and ``GET /openapi.json`` is generated from the same table,
+so the description cannot drift from what is enforced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._values import ApiError
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    type: str  # a JSON Schema type: string, integer, boolean, number, array, object
+    doc: str
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    summary: str
+    params: tuple[Field, ...] = ()
+    body: tuple[Field, ...] = ()
+    open: bool = False  # no token wanted
+    compat_open: bool = False  # no token wanted from loopback under --compat ocmesh
+    stream: str | None = None  # "sse" or "websocket"
+    returns: str = "object"  # the JSON type of a 200 answer
+
+    def check_params(self, names: list[str]) -> None:
+        allowed = {f.name for f in self.params}
+        for name in names:
+            if name not in allowed:
+                raise ApiError(400, "unknown-param", _unknown("query parameter", name, allowed))
+
+    def check_body(self, data: dict[str, Any]) -> None:
+        allowed = {f.name for f in self.body}
+        for name in data:
+            if name not in allowed:
+                raise ApiError(400, "unknown-field", _unknown("field", name, allowed))
+
+
+def _unknown(what: str, name: str, allowed: set[str]) -> str:
+    known = ", ".join(sorted(allowed)) or "none"
+    return f"unknown {what} {name!r}: it would be ignored, so it is refused (known: {known})"
+
+
+_LIMIT = Field("limit", "integer", "at most this many (default 100, at most 1000)")
+_WAIT = Field("wait", "number", "seconds to wait for an answer worth giving (0..60)")
+_CHANNEL_Q = Field("channel", "string", "only this channel's messages")
+_PEER_Q = Field("peer", "string", "only the DMs with this peer id (64 hex digits)")
+_THREAD_Q = Field("thread", "string", "only this thread: the message with this id, its replies")
+_AFTER = Field("after", "integer", "a cursor: only messages after it")
+_OUTGOING = Field("outgoing", "boolean", "include our own messages (default true)")
+_STREAM_PARAMS = (
+    Field("after", "integer", "resume after this cursor (Last-Event-ID wins); absent: live only"),
+    _CHANNEL_Q,
+    _PEER_Q,
+    _THREAD_Q,
+    _OUTGOING,
+)
+_CHANNEL_B = Field("channel", "string", "a channel name", required=True)
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/status", "the peer: id, key, uptime, links, counters", open=True,
+             compat_open=True),
+    Endpoint("GET", "/peers", "peers known, with name, key, online state, features",
+             params=(Field("online", "boolean", "only online (true) or offline (false) peers"),
+                     Field("min", "integer", "with wait: wait until at least this many"),
+                     _WAIT),
+             compat_open=True, returns="array"),
+    Endpoint("POST", "/send", "send to a channel or a DM to one peer",
+             body=(Field("channel", "string", "a channel name (or to: \"#name\")"),
+                   Field("to", "string", "a peer id, or its public key as /peers lists it"),
+                   Field("body", "string", "the text"),
+                   Field("content", "string", "the text (ocmesh's name for body)"),
+                   Field("payload", "object", "any JSON value; {\"$b64\": ...} for bytes"),
+                   Field("reply_to", "string", "the id of the message this answers"),
+                   Field("thread", "string", "the id of the thread's first message")),
+             compat_open=True),
+    Endpoint("GET", "/messages", "inbox messages in cursor order; headers tell count and more",
+             params=(Field("unread", "boolean", "only unread (marks them read unless peek)"),
+                     Field("peek", "boolean", "with unread=true: do not mark them read"),
+                     _AFTER, _LIMIT, _CHANNEL_Q, _PEER_Q, _THREAD_Q, _WAIT),
+             compat_open=True, returns="array"),
+    Endpoint("POST", "/ack", "mark messages read",
+             body=(Field("ids", "array", "message ids"),
+                   Field("through", "integer", "every message up to this cursor"))),
+    Endpoint("POST", "/subscribe", "join a channel", body=(_CHANNEL_B,)),
+    Endpoint("POST", "/unsubscribe", "leave a channel", body=(_CHANNEL_B,)),
+    Endpoint("GET", "/channels", "the channels we are in", returns="array"),
+    Endpoint("GET", "/events", "new inbox messages and DM status changes as Server-Sent Events",
+             params=_STREAM_PARAMS, stream="sse"),
+    Endpoint("GET", "/ws", "the /events stream as JSON text frames over a WebSocket",
+             params=_STREAM_PARAMS, stream="websocket"),
+    Endpoint("GET", "/bootstrap.json", "this peer as a bootstrap.json entry", open=True),
+    Endpoint("GET", "/dht", "the DHT's state"),
+    Endpoint("GET", "/outbox", "our DMs waiting for a receipt", params=(_LIMIT, _WAIT),
+             returns="array"),
+    Endpoint("GET", "/dead-letters", "our DMs never receipted", params=(_LIMIT,),
+             returns="array"),
+    Endpoint("GET", "/openapi.json", "this description", open=True),
+)
+
+BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}
+
+ERRORS = {
+    "400": "bad input: an unknown field or parameter, a bad value, an unknown peer",
+    "401": "no or wrong token",
+    "403": "Host or Origin is not loopback",
+    "413": "too large",
+    "503": "too many requests or streams at once; retry shortly",
+}
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+
+
+def _operation(e: Endpoint) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": e.summary, "operationId": _op_id(e)}
+    params: list[dict[str, Any]] = [
+        {"name": f.name, "in": "query", "description": f.doc, "schema": {"type": f.type}}
+        for f in e.params
+    ]
+    if e.stream is not None:
+        params.append(
+            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
+             "description": "the last cursor received: resume after it"}
+        )
+    if params:
+        op["parameters"] = params
+    if e.body:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {f.name: {"type": f.type, "description": f.doc} for f in e.body},
+                "required": [f.name for f in e.body if f.required],
+            }}},
+        }
+    ok: dict[str, Any] = {"description": "OK"}
+    if e.stream == "sse":
+        ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
+    elif e.stream == "websocket":
+        ok = {"description": "switching to a WebSocket (status 101)"}
+    else:
+        ok["content"] = {"application/json": {"schema": {"type": e.returns}}}
+    responses: dict[str, Any] = {"200": ok}
+    for status, text in ERRORS.items():
+        if status == "401" and e.open:
+            continue
+        responses[status] = {
+            "description": text,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    op["responses"] = responses
+    if not e.open:
+        op["security"] = [{"bearer": []}]
+    return op
+
+
+def _op_id(e: Endpoint) -> str:
+    name = e.path.strip("/").replace(".json", "").replace("-", "_") or "root"
+    return f"{e.method.lower()}_{name}"
+
+
+def openapi(version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for e in ENDPOINTS:
+        paths.setdefault(e.path, {})[e.method.lower()] = _operation(e)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "clawmesh local API",
+            "version": version,
+            "description": "A clawmesh peer's API on loopback. Every error is "
+            '{"error": {"code": ..., "message": ...}}; unknown query parameters '
+            "and body fields are refused with 400.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {"Error": _ERROR_SCHEMA},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "the api-token file in the key directory",
+                }
+            },
+        },
+    }
