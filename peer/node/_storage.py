@@ -575,6 +575,7 @@ class Storage:
             catchup_commands_lost=self.catchup_service.lost_commands,
             outbox=self.delivery.waiting(),
             pinned_topics=len(self._pinned),
+            mailbox=self.delivery.mailbox.statistics(),
             catchup={t: s.to_json() for t, s in sorted(self.catchup.items())},
         )
 
