@@ -145,7 +145,7 @@ class MailboxService:
         if dht is None:
             return 0
         mine = distance(self.peer.peer_id, recipient)
-        closest = dht.node.table.closest(recipient, self.holder.quota.close_k)
+        closest = dht.node.table.closest(recipient, self.holder.quota.close_k + 1)
         return sum(1 for c in closest if c.id != recipient and distance(c.id, recipient) < mine)
 
     # -- performing commands -----------------------------------------------------------
