@@ -103,6 +103,11 @@ class MailboxService:
         self.unmatched = 0
         self.work_dropped = 0
 
+    @property
+    def ready(self) -> bool:
+        """The ledger is read: deposits are decided (before, they are answered ``busy``)."""
+        return self._loaded
+
     # -- events from delivery and the swarm ------------------------------------------------
 
     def track(
