@@ -114,3 +114,46 @@ async def test_hostile_deposits_are_refused_counted_and_the_peer_goes_on(tmp_pat
         sent = await sender.send_direct(holder.peer_id, Content("still here?"))
         await until(holder, lambda: holder.inbox.get(sent.id) is not None)
         assert holder.peer_id in sender.links
+
+
+async def test_held_entries_survive_a_restart_and_expire_from_the_log(tmp_path: Path) -> None:
+    holder_id, sender_id = Identity.generate(), Identity.generate()
+    recipient = Identity.generate()
+    topic = "inbox/" + recipient.peer_id.hex()
+    holder_opts = PeerOptions(
+        store_path=str(tmp_path / "holder"),
+        listen_urls=("ws://127.0.0.1:9/",),
+        mailbox_quota=MailboxQuota(ttl_ms=6_000),
+    )
+    sender_opts = PeerOptions(store_path=str(tmp_path / "sender"), dht=False)
+    async with running(holder_id, holder_opts) as holder, running(
+        sender_id, sender_opts
+    ) as sender:
+        ta, tb = memory_link_pair()
+        sender.start_link(ta, initiator=True)
+        holder.start_link(tb, initiator=False)
+        await until(sender, lambda: holder.peer_id in sender.links)
+        assert holder.storage is not None
+        box = holder.storage.delivery.mailbox
+        await until(holder, lambda: box.ready)
+        link = sender.links[holder.peer_id]
+        for seq in (1, 2):
+            env = seal_dm(sender_id, recipient_key=recipient.public_key, content=Content("x"),
+                          seq=seq, ts=holder.wall_ms())
+            assert link.enqueue(Deposit(seq, env.wire).encode())
+        await until(holder, lambda: mailbox(holder)["taken"] == 2)
+        head = await holder.storage.service.head(topic)
+        assert head.count == 2
+    # the ledger is read again at start; the entries then expire, log records included
+    async with running(holder_id, holder_opts) as holder:
+        assert holder.storage is not None
+        service = holder.storage.service
+        box = holder.storage.delivery.mailbox
+        await until(holder, lambda: box.ready)
+        assert mailbox(holder)["held"] == 2
+        await until(holder, lambda: mailbox(holder)["held"] == 0)
+        with trio.fail_after(10):
+            while (await service.head(topic)).count:  # trimmed just after the ledger
+                with trio.move_on_after(0.05):
+                    await holder.wait_changed()
+        assert await service.read(lambda s: s.state_items("mbox/")) == {}

@@ -287,11 +287,14 @@ class MailboxService:
             for key in keys:
                 s.delete_state(key)
 
+        # retention drops records *older* than its age; an entry is due at exactly its
+        # age, so the cut is one millisecond younger
+        max_age_ms = max(0, forget.max_age_ms - 1)
         try:
             await self.service.write(lambda s: s.atomically(write))
             for _ in range(64):  # bounded steps of at most 256 records each
                 result = await self.service.write(
-                    lambda s: s.apply_retention(topic, now_ms=now_ms, max_age_ms=forget.max_age_ms)
+                    lambda s: s.apply_retention(topic, now_ms=now_ms, max_age_ms=max_age_ms)
                 )
                 if result.done:
                     break
