@@ -16,6 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from peer.protocols._deposits import (
+    LOOKUPS_PER_STEP,
     MAILBOX_CAP,
     DepositAt,
     Depositor,
@@ -319,3 +320,16 @@ def test_we_look_for_our_own_mailboxes_at_start_and_then_periodically() -> None:
     ]
     due = d.next_deadline()
     assert due is not None and NOW + 48_000 <= due <= NOW + 72_000
+
+
+def test_lookups_per_step_are_bounded_and_the_rest_come_soon_after() -> None:
+    d = make_depositor()
+    recipients = [Identity.generate() for _ in range(LOOKUPS_PER_STEP + 8)]
+    for i, r in enumerate(recipients):
+        env = dm(ME, r, 1, body=str(i))
+        d.track(env.id, r.peer_id, env.wire, "dm", NOW, until_ms=NOW + 10**9)
+    first = d.handle_timer(NOW + 5_000, linked=(), seed_linked=False)
+    assert len(first) == LOOKUPS_PER_STEP
+    assert d.next_deadline() == NOW + 6_000
+    second = d.handle_timer(NOW + 6_000, linked=(), seed_linked=False)
+    assert len(second) == 8 and not {f.recipient for f in first} & {f.recipient for f in second}

@@ -27,7 +27,9 @@ Rules it keeps:
   uniform factor in [0.8, 1.2]) we look up our own id and link to the ``k``
   closest mailbox peers; linked, their catch-up and digests serve our inbox.
 * Bounded: at most ``max_tracked`` envelopes (the oldest are given up
-  first), at most ``MAX_PER_LOOKUP`` envelopes deposited per lookup answer.
+  first), at most ``MAX_PER_LOOKUP`` envelopes deposited per lookup answer,
+  at most ``LOOKUPS_PER_STEP`` lookups started per step (the other due
+  recipients come ``STEP_LATER_MS`` later).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ RETRY_CAP_MS = 600_000
 RECEIPT_LIFE_MS = 7 * 24 * 3600 * 1000
 MAX_TRACKED = 10_000
 MAX_PER_LOOKUP = 64
+LOOKUPS_PER_STEP = 32
+STEP_LATER_MS = 1_000
 OWN_CHECK_MS = 60_000
 
 
@@ -202,10 +206,13 @@ class Depositor:
                 if tracked.kind == "receipt":
                     del self._tracked[tracked.msg_id]  # pushed; our digests carry it too
                 continue
-            if seed_linked:
+            if seed_linked or tracked.recipient in self._looking:
                 continue
-            if tracked.recipient not in self._looking:
-                recipients[tracked.recipient] = None
+            if tracked.recipient not in recipients and len(recipients) >= LOOKUPS_PER_STEP:
+                tracked.attempts -= 1  # not tried: a step a moment later takes it
+                tracked.due_ms = now_ms + STEP_LATER_MS
+                continue
+            recipients[tracked.recipient] = None
         self._looking.update(recipients)
         self.lookups += len(recipients)
         return [FindMailboxes(r) for r in recipients]
@@ -265,6 +272,7 @@ class Depositor:
 __all__ = [
     "DEPOSIT_DELAY_MS",
     "K_MAILBOXES",
+    "LOOKUPS_PER_STEP",
     "MAILBOX_CAP",
     "MAX_PER_LOOKUP",
     "MAX_TRACKED",
