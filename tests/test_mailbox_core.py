@@ -168,6 +168,15 @@ def test_an_envelope_that_does_not_open_closes_the_link() -> None:
     assert box.refused == {"bad-signature": 1}
 
 
+def test_refusals_come_before_the_signature_check() -> None:
+    box = Mailbox(ME.peer_id, MailboxQuota(sender_entries=1))
+    assert deposit(box, dm(ALICE, BOB, 1)).err is None
+    wire = bytearray(dm(ALICE, BOB, 2).wire)
+    wire[-1] ^= 1  # the signature: never checked, the sender is over its quota anyway
+    answers = box.on_deposit(ALICE.peer_id, 2, bytes(wire), closer=near, now_ms=NOW)
+    assert answers == [Answer(ALICE.peer_id, 2, QUOTA_SENDER)]
+
+
 # -- quotas ---------------------------------------------------------------------------------
 
 

@@ -10,7 +10,8 @@ Rules it keeps:
 * Every deposit gets exactly one answer: taken (``err`` None) or refused with
   a reason, and every refusal is counted by reason (``refused``). A deposit
   whose envelope does not open is a protocol error: the link is closed, as
-  for ``push``.
+  for ``push``. The signature is checked last, after every other rule, so a
+  flood that is refused costs no signature checks.
 * Taken only when all hold: duty is on; the envelope is a DM or a receipt,
   signed by the link's peer (an author deposits only its own), not addressed
   to us; its size is at most ``max_entry_bytes``; its ``ts`` is within the
@@ -36,7 +37,7 @@ import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from peer.wire._envelope import Envelope, open_envelope
+from peer.wire._envelope import Envelope, check_signature, open_envelope, split_wire
 from peer.wire._errors import ErrorCode, ProtocolError
 
 DAY_MS = 24 * 3600 * 1000
@@ -217,10 +218,9 @@ class Mailbox:
         if len(wire) > self.quota.max_entry_bytes:
             return self._refuse(link_peer, r, TOO_LARGE)  # not even opened
         try:
-            env = open_envelope(wire, verify=self.verify)
+            env = open_envelope(wire, verify=False)  # the signature last: refusals are cheap
         except ProtocolError as exc:
-            self.refused[exc.code.value] = self.refused.get(exc.code.value, 0) + 1
-            return [CloseLink(link_peer, exc.code, exc.message)]
+            return self._close(link_peer, exc)
         reason = self._check(link_peer, env, closer, now_ms)
         if reason is not None:
             return self._refuse(link_peer, r, reason)
@@ -233,6 +233,11 @@ class Mailbox:
             reason = BUSY
         if reason is not None:
             return self._refuse(link_peer, r, reason)
+        if self.verify:
+            try:
+                check_signature(env.sender_key, *split_wire(wire))
+            except ProtocolError as exc:
+                return self._close(link_peer, exc)
         self._charge(held)
         self._in_flight[link_peer] = self._in_flight.get(link_peer, 0) + 1
         return [Keep(link_peer, r, env, held)]
@@ -268,6 +273,10 @@ class Mailbox:
         if total.entries + 1 > q.total_entries or total.bytes + held.size > q.total_bytes:
             return QUOTA_TOTAL
         return None
+
+    def _close(self, link_peer: bytes, exc: ProtocolError) -> list[Command]:
+        self.refused[exc.code.value] = self.refused.get(exc.code.value, 0) + 1
+        return [CloseLink(link_peer, exc.code, exc.message)]
 
     def _refuse(self, link_peer: bytes, r: int, reason: str) -> list[Command]:
         self.refused[reason] = self.refused.get(reason, 0) + 1
