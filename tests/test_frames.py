@@ -20,7 +20,7 @@ from peer.wire._frames import (
     frame_record,
     is_topic,
 )
-from peer.wire._frametypes import CuPage, CuReq, Hello, Ping, Pong, Pub, Sub
+from peer.wire._frametypes import CuPage, CuReq, Deposited, Hello, Ping, Pong, Pub, Sub
 from peer.wire._limits import (
     MAX_ADDR_BYTES,
     MAX_CAPS,
@@ -86,6 +86,8 @@ def valid_fields() -> dict[str, dict[str, Any]]:
         },
         "heads": {"topic": "general", "h": [[PEER, 12]]},  # "more" is optional
         "push": {"e": b"\x82\x41\x00\x58\x40" + b"\x00" * 64},
+        "deposit": {"r": 9, "e": b"\x82\x41\x00\x58\x40" + b"\x00" * 64},
+        "deposited": {"r": 9},  # "err" is optional
     }
 
 
@@ -248,6 +250,14 @@ BAD: list[tuple[str, str, object, ErrorCode]] = [
     ("cupage", "err", "e" * 33, ErrorCode.TOO_LARGE),
     ("push", "e", "envelope", ErrorCode.MALFORMED),
     ("push", "e", b"\x00" * (MAX_ENVELOPE + 1), ErrorCode.TOO_LARGE),
+    # mailboxes
+    ("deposit", "r", 2**32, ErrorCode.MALFORMED),
+    ("deposit", "r", -1, ErrorCode.MALFORMED),
+    ("deposit", "e", "envelope", ErrorCode.MALFORMED),
+    ("deposit", "e", b"\x00" * (MAX_ENVELOPE + 1), ErrorCode.TOO_LARGE),
+    ("deposited", "r", "9", ErrorCode.MALFORMED),
+    ("deposited", "err", 5, ErrorCode.MALFORMED),
+    ("deposited", "err", "e" * 33, ErrorCode.TOO_LARGE),
 ]
 
 
@@ -261,6 +271,13 @@ def test_bad_fields_are_refused(kind: str, key: str, value: object, code: ErrorC
     with pytest.raises(ProtocolError) as info:
         decode_frame(encode_frame(kind, **fields))
     assert info.value.code is code
+
+
+def test_a_deposit_answer_carries_its_refusal() -> None:
+    raw = encode_frame("deposited", r=9, err="quota-sender")
+    frame = decode_frame(raw)
+    assert frame == Deposited(9, "quota-sender") and frame.encode() == raw
+    assert decode_frame(Deposited(9).encode()) == Deposited(9, None)
 
 
 def test_limits_themselves_are_accepted() -> None:

@@ -241,3 +241,23 @@ def test_catchup_chain() -> None:
     assert [e.id.hex() for e in envs] == doc["accepted_ids"]
     opened = [(open_envelope(w, verify=False), *cbor2.loads(w)) for w in cupage.to_map()["m"]]
     assert authenticate(opened) == doc["signatures_verified"] == 1
+
+
+def test_mailbox_deposits_and_answers() -> None:
+    doc = load("catchup.json")["mailbox"]
+    for deposit in doc["deposits"]:
+        frame = decode_frame(h(deposit["hex"]))
+        assert frame.to_map()["t"] == "deposit" and frame.to_map()["r"] == deposit["r"]
+        assert h(deposit["hex"]) == encode_frame("deposit", r=deposit["r"], e=frame.to_map()["e"])
+        env = open_envelope(frame.to_map()["e"])
+        assert env.kind == deposit["name"] and env.id == h(deposit["message_id"])
+        assert env.sender == h(deposit["from"]) and env.recipient == h(deposit["to"])
+        assert env.route == "inbox/" + deposit["to"]  # the log the holder keeps it in
+    assert decode_frame(h(doc["deposits"][0]["hex"])).to_map()["e"] == h(load("dm.json")["wire"])
+    for answer in doc["answers"]:
+        fields: Json = {"r": answer["r"]}
+        if answer["err"] is not None:
+            fields["err"] = answer["err"]  # a refusal; without it: taken
+        raw = encode_frame("deposited", **fields)
+        assert raw == h(answer["hex"])
+        assert decode_frame(raw).to_map() == {"t": "deposited", **fields}

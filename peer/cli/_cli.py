@@ -25,6 +25,7 @@ from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_
 from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import DAY_MS, BenchOnly, default_keep_rules
+from peer.protocols._mailbox import MailboxQuota
 from peer.protocols._presence import valid_name
 from peer.wire._frames import is_topic
 from peer.wire._limits import GossipParams
@@ -185,6 +186,26 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     p.add_argument(
+        "--no-mailbox",
+        action="store_true",
+        help="hold no sealed DMs or receipts for other peers' offline recipients",
+    )
+    p.add_argument(
+        "--mailbox-mb",
+        type=float,
+        default=64.0,
+        metavar="MB",
+        help="mailbox duty: bytes held for others in all (a sender gets 1/16 of it, a "
+        "recipient 1/4; default %(default)s)",
+    )
+    p.add_argument(
+        "--mailbox-days",
+        type=float,
+        default=7.0,
+        metavar="DAYS",
+        help="mailbox duty: how long a held DM or receipt is kept (default %(default)s)",
+    )
+    p.add_argument(
         "--relay-only",
         action="store_true",
         help="seed node: route for others, no local agent, no subscriptions",
@@ -296,6 +317,18 @@ def _gossip_params(args: argparse.Namespace) -> GossipParams:
     )
 
 
+def _mailbox_quota(args: argparse.Namespace) -> MailboxQuota:
+    if args.mailbox_mb <= 0 or args.mailbox_days <= 0:
+        raise SystemExit("--mailbox-mb and --mailbox-days must be positive")
+    total = max(16, int(args.mailbox_mb * (1 << 20)))
+    return MailboxQuota(
+        total_bytes=total,
+        recipient_bytes=max(1, total // 4),
+        sender_bytes=max(1, total // 16),
+        ttl_ms=max(1, int(args.mailbox_days * DAY_MS)),
+    )
+
+
 def _keep_rules(args: argparse.Namespace) -> KeepRules:
     base = default_keep_rules(args.relay_only).default
     assert base is not None
@@ -334,6 +367,8 @@ async def run_peer(args: argparse.Namespace) -> None:
         dm_deadline=args.dm_deadline,
         outbox_retry_initial=args.outbox_retry,
         name=_name(args.name),
+        mailbox=not args.no_mailbox,
+        mailbox_quota=_mailbox_quota(args),
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")

@@ -18,6 +18,10 @@ Rules kept here:
   most ``REACH_PARALLEL`` of them, each bounded by ``REACH_TIMEOUT``.
 * The link state the behaviour knows is checked against the peer's links
   before each timer step, so a link that went down is reached, not pushed to.
+* Mailboxes (``self.mailbox``, ``peer.node._mailboxhost``): every DM of ours
+  is tracked there until its receipt or deadline, and every receipt we send
+  while its DM sender is not linked, so they can be deposited with the
+  recipient's mailbox peers; the same service holds what others deposit.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from store import Backoff, DeadLetter, MessageStore, OutboxEntry, StoreError, St
 from ._host import StorageCounters, StoragePeer
 from ._inbox import InboxMessage
 from ._link import Link
+from ._mailboxhost import MailboxService
 
 REACH_QUEUE = 256
 REACH_PARALLEL = 8
@@ -103,6 +108,8 @@ class DeliveryService:
         self._wake = trio.Event()
         self._reach_send, self._reach_recv = trio.open_memory_channel[bytes](REACH_QUEUE)
         self._reaching: set[bytes] = set()
+        # mailboxes (catchup.md 9.6): ours for others, and others' for what we send
+        self.mailbox = MailboxService(peer, service, log)
 
     # -- events ------------------------------------------------------------------------
 
@@ -123,6 +130,8 @@ class DeliveryService:
             ),
             ((d.msg_id, d.recipient) for d in dead),
         )
+        for e in outbox:  # still undelivered: mailboxes may take them while we are on
+            self.mailbox.track(e.msg_id, e.recipient, e.wire, "dm", until_ms=e.deadline_ms)
 
     def wake(self, peer_id: bytes) -> None:
         """``peer_id`` is back (a link came up, or its presence): push what waits for it."""
@@ -151,6 +160,9 @@ class DeliveryService:
 
     def on_own_dm_stored(self, entry: Pending) -> None:
         self.core.on_own_dm_stored(entry)
+        self.mailbox.track(
+            entry.msg_id, entry.recipient, entry.wire, "dm", until_ms=entry.deadline_ms
+        )
         self._wake.set()
 
     def on_dm_stored(self, env: Envelope, *, pushed: bool, duplicate: bool) -> None:
@@ -177,6 +189,7 @@ class DeliveryService:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reach_loop, nursery)
+            nursery.start_soon(self.mailbox.run)
             while True:
                 await self._sleep_until(self.core.next_deadline())
                 for gone in [p for p in self.core.linked if p not in self.peer.links]:
@@ -266,6 +279,7 @@ class DeliveryService:
                 s.outbox_fail(letter.msg_id, "expired", now_ms)
 
         await self.service.write(lambda s: s.atomically(bury))
+        self.mailbox.settle([letter.msg_id for letter in letters])
         for letter in letters:
             self.counters.dead_letters += 1
             self.peer.inbox.set_status(letter.msg_id, "undeliverable")
@@ -294,6 +308,7 @@ class DeliveryService:
         except StoreError as exc:
             self.log.error("receipt not recorded", error=str(exc))
             return
+        self.mailbox.settle(settle.ids)
         for msg_id in settle.ids:
             self.counters.receipts_received += 1
             self.peer.inbox.set_status(msg_id, "delivered")
@@ -319,6 +334,8 @@ class DeliveryService:
         link = peer.links.get(sender)
         if link is not None:
             self._enqueue(link, Push(env.wire).encode())
+        else:
+            self.mailbox.track_receipt(env)  # the DM sender is away: its mailboxes may take it
         self.counters.receipts_sent += 1
 
     # -- reaching recipients -----------------------------------------------------------

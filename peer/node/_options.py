@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dht import DhtConfig
+from peer.protocols._deposits import MAILBOX_CAP
+from peer.protocols._mailbox import MailboxQuota
 from peer.protocols._order import ORDER_HOLD
 from peer.wire._errors import ErrorCode
 from peer.wire._handshake import PLAINTEXT_CAP
@@ -80,6 +82,12 @@ class PeerOptions:
     # seconds for it (peer/protocols/_order.py); then the gap is given up and reported
     order_hold: float = ORDER_HOLD
     name: str = ""  # a display name others see in our presence (``/peers``)
+    # mailbox duty (catchup.md section 9.6): hold others' sealed DMs and receipts for
+    # their offline recipients, within these quotas; needs a store and a served DHT
+    mailbox: bool = True
+    mailbox_quota: MailboxQuota = field(default_factory=MailboxQuota)
+    mailbox_delay: float = 5.0  # seconds an undelivered DM or receipt waits before deposits
+
     def __post_init__(self) -> None:
         if self.keep_rules is None:
             self.keep_rules = default_keep_rules(self.relay_only)
@@ -97,6 +105,8 @@ class PeerOptions:
             caps.append("store")
         if serving_dht:
             caps.append("dht")
+        if self.mailbox and serving_dht and self.store_path is not None and not self.relay_only:
+            caps.append(MAILBOX_CAP)
         if bench is not None and bench.plaintext_links:
             caps.append(PLAINTEXT_CAP)
         return tuple(caps)

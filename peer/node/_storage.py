@@ -74,8 +74,7 @@ RETENTION_INTERVAL = 60.0
 
 @dataclass
 class _Accept:
-    """Work for the accept loop, which alone appends to the log (so the
-    ``~inbox`` positions reach the inbox in order)."""
+    """Work for the accept loop, which alone appends to the log (``~inbox`` in order)."""
 
     envelopes: list[tuple[Envelope, bool, bool]]  # (envelope, member, pushed)
     done: trio.Event | None = None
@@ -593,6 +592,7 @@ class Storage:
             outbox=self.delivery.waiting(),
             pinned_topics=len(self._pinned),
             order=self.order.statistics(),
+            mailbox=self.delivery.mailbox.statistics(),
             catchup={t: s.to_json() for t, s in sorted(self.catchup.items())},
         )
 

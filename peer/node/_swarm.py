@@ -45,6 +45,8 @@ from peer.wire._frametypes import (
     AnyFrame,
     CuPage,
     CuReq,
+    Deposit,
+    Deposited,
     Dht,
     Error,
     Graft,
@@ -114,6 +116,8 @@ class Swarm:
             CuPage: self._on_cupage_frame,
             Heads: self._on_heads_frame,
             Push: self._on_push_frame,
+            Deposit: self._on_deposit_frame,
+            Deposited: self._on_deposited_frame,
         }
 
     def start(self, now: float) -> None:
@@ -191,6 +195,17 @@ class Swarm:
             self.peer.storage.on_push(link.peer_id, frame.envelope)
         else:
             self._on_push_memory(link.peer_id, frame.envelope)
+
+    def _on_deposit_frame(self, link: Link, frame: Deposit, raw: bytes) -> None:
+        if self.peer.storage is not None:
+            self.peer.storage.delivery.mailbox.on_deposit(link.peer_id, frame)
+        else:  # no store, no mailbox duty: answered all the same, never silent
+            self.peer.counters.refuse(ErrorCode.UNEXPECTED)
+            link.enqueue(Deposited(frame.r, "off").encode())
+
+    def _on_deposited_frame(self, link: Link, frame: Deposited, raw: bytes) -> None:
+        if self.peer.storage is not None:
+            self.peer.storage.delivery.mailbox.on_deposited(link.peer_id, frame)
 
     # -- performing decisions ------------------------------------------------------
 

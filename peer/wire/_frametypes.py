@@ -11,8 +11,9 @@ Rules kept here:
 * A frame that :meth:`from_map` built is valid: the layers above read its
   attributes without checking again.
 * Sequences are tuples; a frame is immutable and hashable.
-* Adding a frame type: its CDDL, a class here in :data:`FRAME_TYPES` and
-  :data:`AnyFrame`, and the behaviour that handles it. Nothing else.
+* Adding a frame type: its CDDL, a class here (or in a module of related
+  frames, like ``._mailframes``) in :data:`FRAME_TYPES` and :data:`AnyFrame`,
+  and the behaviour that handles it. Nothing else.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
-from . import _cbor
 from ._fields import Map, fail, need_bytes, need_list, need_text, need_topic, need_uint, only_keys
+from ._framebase import _Frame, _keys
 from ._limits import (
     MAX_ADDR_BYTES,
     MAX_CAPS,
@@ -36,27 +37,9 @@ from ._limits import (
     MAX_REQUEST_ID,
     MAX_TOPICS_PER_FRAME,
 )
-
-
-class _Frame:
-    """What every frame class has: its ``"t"``, its keys, its encoding."""
-
-    __slots__ = ()
-    TYPE: ClassVar[str]
-    KEYS: ClassVar[frozenset[str]]
-
-    def to_map(self) -> Map:
-        """The frame as the CBOR map it is sent as, ``"t"`` included."""
-        raise NotImplementedError
-
-    def encode(self) -> bytes:
-        """Canonical CBOR of the frame."""
-        return _cbor.encode(self.to_map())
-
-
-def _keys(*names: str) -> frozenset[str]:
-    return frozenset({"t", *names})
-
+from ._mailframes import Deposit as Deposit
+from ._mailframes import Deposited as Deposited
+from ._mailframes import Push as Push
 
 # -- handshake ---------------------------------------------------------------------
 
@@ -537,23 +520,7 @@ class Heads(_Frame):
         return {"t": self.TYPE, "topic": self.topic, "h": [[s, n] for s, n in self.heads], **more}
 
 
-@dataclass(frozen=True, slots=True)
-class Push(_Frame):
-    """An envelope for the peer itself (a DM or receipt), outside gossip."""
-
-    TYPE: ClassVar[str] = "push"
-    KEYS: ClassVar[frozenset[str]] = _keys("e")
-
-    envelope: bytes
-
-    @classmethod
-    def from_map(cls, m: Map) -> Push:
-        only_keys(m, cls.KEYS)
-        return cls(need_bytes(m, "e", max_size=MAX_ENVELOPE))
-
-    def to_map(self) -> Map:
-        return {"t": self.TYPE, "e": self.envelope}
-
+# (push, deposit, deposited: ._mailframes)
 
 # -- the registry ---------------------------------------------------------------------------
 
@@ -575,6 +542,8 @@ AnyFrame: TypeAlias = (
     | CuPage
     | Heads
     | Push
+    | Deposit
+    | Deposited
 )
 
 FRAME_CLASSES: tuple[type[AnyFrame], ...] = (
@@ -595,6 +564,8 @@ FRAME_CLASSES: tuple[type[AnyFrame], ...] = (
     CuPage,
     Heads,
     Push,
+    Deposit,
+    Deposited,
 )
 
 FRAME_TYPES: dict[str, type[AnyFrame]] = {cls.TYPE: cls for cls in FRAME_CLASSES}

@@ -24,7 +24,7 @@ from peer.wire._envelope import (
     PRESENCE_TOPIC,
     seal_receipt,
 )
-from peer.wire._frametypes import Heads
+from peer.wire._frametypes import Deposit, Deposited, Heads
 from peer.wire._limits import (
     MAX_PAGE_BYTES,
     MAX_PAGE_HEADS,
@@ -199,6 +199,7 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
         })
     chain_doc = build_chain(ids)
     digest_doc = build_digest(ids, carrier)
+    mailbox_doc = build_mailbox(ids, dm_env, receipt)
     receipt_entry = envelope_entry("receipt", receipt, None)
     receipt_entry.update({
         "to": hx(alice.peer_id),
@@ -243,6 +244,31 @@ def build_catchup(ids: dict[str, Identity], msgs: dict[str, Any], dm_env: Any) -
         "exchanges": exchanges,
         "digest": digest_doc,
         "chain": chain_doc,
+        "mailbox": mailbox_doc,
+    }
+
+
+def build_mailbox(ids: dict[str, Identity], dm_env: Any, receipt: Any) -> Json:
+    """Alice deposits her DM to bob with carol (a mailbox peer), and bob his receipt;
+    carol's answers: taken, and a refusal."""
+    alice, bob, carol = ids["alice"], ids["bob"], ids["carol"]
+    return {
+        "description": (
+            "Mailboxes (catchup.md section 9.6): deposit frames from each envelope's author "
+            "to the mailbox peer carol, and carol's deposited answers (no err: taken; err: "
+            "refused, the link stays up)."
+        ),
+        "holder": carol.peer_id_hex,
+        "deposits": [
+            {"name": "dm", "from": alice.peer_id_hex, "to": bob.peer_id_hex, "r": 1,
+             "message_id": hx(dm_env.id), "hex": hx(Deposit(1, dm_env.wire).encode())},
+            {"name": "receipt", "from": bob.peer_id_hex, "to": alice.peer_id_hex, "r": 2,
+             "message_id": hx(receipt.id), "hex": hx(Deposit(2, receipt.wire).encode())},
+        ],
+        "answers": [
+            {"r": 1, "err": None, "hex": hx(Deposited(1).encode())},
+            {"r": 2, "err": "quota-sender", "hex": hx(Deposited(2, "quota-sender").encode())},
+        ],
     }
 
 

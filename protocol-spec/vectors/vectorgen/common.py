@@ -10,7 +10,7 @@ from typing import Any
 from peer import Identity
 from peer.wire import _cbor
 
-SPEC_REVISION = "1.2"
+SPEC_REVISION = "1.3"
 PROTOCOL_VERSION = 1
 TS0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in milliseconds
 

@@ -161,6 +161,15 @@ def catchup_frame_vectors(ids: dict[str, Identity]) -> list[Json]:
         "e must be a byte string")
     add("push-unknown-field", c({"t": "push", "e": b"", "to": alice.peer_id}), "malformed",
         "push has the fields t and e only")
+    add("deposit-r-too-large", c({"t": "deposit", "r": MAX_REQUEST_ID + 1, "e": b""}),
+        "malformed", "r is at most MAX_REQUEST_ID")
+    add("deposit-r-missing", c({"t": "deposit", "e": b""}), "malformed", "r is required")
+    add("deposit-envelope-text", c({"t": "deposit", "r": 1, "e": "00"}), "malformed",
+        "e must be a byte string")
+    add("deposited-err-long", c({"t": "deposited", "r": 1, "err": "q" * 33}), "too-large",
+        "a refusal reason is at most 32 bytes")
+    add("deposited-unknown-field", c({"t": "deposited", "r": 1, "ok": True}), "malformed",
+        "deposited has the fields t, r and err only")
     return v
 
 
