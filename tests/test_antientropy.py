@@ -16,6 +16,7 @@ from peer.protocols._antientropy import (
     ANTI_ENTROPY_INTERVAL,
     MAX_DIGEST_TOPICS,
     MAX_LACKS_IN_FLIGHT,
+    PUSH_INTERVAL,
     AntiEntropy,
     Command,
     Lack,
@@ -265,3 +266,18 @@ def test_the_digest_vector() -> None:
             for s, n in frame.heads
         }
         assert asks == doc[key]
+
+
+def test_what_a_repair_stored_is_offered_to_the_other_links_at_once() -> None:
+    p1, p2, p3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+    behaviour = AntiEntropy(lambda peer: ["lobby"], lambda topic: True, random.Random(3))
+    for peer in (p1, p2, p3):
+        behaviour.on_link_up(peer, ["store"], 0.0)
+    out = behaviour.repaired("lobby", p1, 1.0)
+    assert sorted(c.peer for c in out if isinstance(c, ReadHeads)) == [p2, p3]
+    assert all(c.topics == ("lobby",) for c in out if isinstance(c, ReadHeads))
+    assert behaviour.repaired("other", p1, 1.1) == []  # not a topic shared with them
+    assert behaviour.repaired("lobby", p1, 1.5) == []  # one early digest a second per link
+    assert behaviour.next_deadline() == 1.0 + PUSH_INTERVAL  # ... and the round comes sooner
+    later = behaviour.repaired("lobby", p3, 1.0 + PUSH_INTERVAL)
+    assert [c.peer for c in later if isinstance(c, ReadHeads)] == [p1, p2]

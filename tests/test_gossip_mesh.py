@@ -362,7 +362,9 @@ def test_old_envelopes_are_remembered_and_future_ones_are_not() -> None:
 
 
 def test_the_heartbeat_runs_at_its_deadline_and_not_before() -> None:
-    router = GossipRouter(fake_peer(0), params=GossipParams(heartbeat=1.0), keepalive=15.0)
+    router = GossipRouter(
+        fake_peer(0), params=GossipParams(heartbeat=1.0), keepalive=15.0, idle_timeout=45.0
+    )
     assert router.next_deadline() is None  # not started: no timer
     router.start(10.0)
     assert router.next_deadline() == 11.0

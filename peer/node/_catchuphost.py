@@ -146,6 +146,7 @@ class CatchUpService:
         self.filler = GapFiller(
             peer, service, self.core, log, feed=self._feed, check=self._check, store=accept_many
         )
+        self.filler.stored = self._repaired
 
     @property
     def catchup(self) -> dict[str, TopicCatchUp]:
@@ -366,6 +367,13 @@ class CatchUpService:
                 command.walk, len(envelopes), new, self.peer.wall_ms(), self.peer.now()
             )
         )
+        if new:
+            self._repaired(command.topic, command.carrier)
+
+    def _repaired(self, topic: str, carrier: bytes) -> None:
+        """New messages of ``topic`` came from ``carrier``: our other links hear now."""
+        self._feed(self.anti_entropy.repaired(topic, carrier, self.peer.now()))
+        self._armed.set()  # a link's round may have been brought forward
 
     async def _since(self, topic: str) -> int:
         """From when, on our clock, a carrier we have no cursor with should send ``topic``:

@@ -74,6 +74,8 @@ class GapFiller:
         self.accept_many = store
         # seqs received but waiting in the inbox's order (not stored yet): not missed
         self.waiting: Callable[[str, bytes], list[int]] = lambda topic, sender: []
+        # new messages of a topic were stored from a carrier: tell the other links
+        self.stored: Callable[[str, bytes], None] = lambda topic, carrier: None
 
     async def fill(
         self,
@@ -185,7 +187,10 @@ class GapFiller:
                 budget.answered = False
                 return
             if envelopes:
-                self.core.stats[topic].received += await self.accept_many(envelopes)
+                new = await self.accept_many(envelopes)
+                self.core.stats[topic].received += new
+                if new:
+                    self.stored(topic, carrier)
             if not page.more:
                 return
             first = page.next + 1

@@ -61,11 +61,11 @@ class PeerOptions:
     max_links: int = 128
     max_links_per_ip: int = 8  # inbound connections per remote address; loopback is exempt
     inbox_capacity: int = 100_000
-    keepalive: float = 15.0
-    idle_timeout: float = 45.0
+    keepalive: float = 5.0  # a silent link is pinged (handshake.md section 10)
+    idle_timeout: float = 15.0  # ... and closed
     presence_interval: float = PRESENCE_INTERVAL
     backoff_initial: float = 1.0
-    backoff_max: float = 60.0
+    backoff_max: float = 10.0  # redials of a lost link: a healed network relinks soon
     seed: int | None = None  # for reproducible simulations
     dht: bool = True
     dht_config: DhtConfig = field(default_factory=DhtConfig)

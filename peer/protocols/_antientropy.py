@@ -25,6 +25,10 @@ acknowledged while its author had no route, or sent across a partition.
   read. The shell reports which heads it settled (``lack_done``); the rest
   are asked about again with the next digest. The memory of settled heads
   is bounded (``MAX_MEMO_TOPICS`` topics per link, oldest forgotten first).
+* What a repair stored (``repaired``) goes out at once as a digest of that
+  topic to the other links sharing it, at most one such early digest per
+  link per ``PUSH_INTERVAL``, so a healed partition converges hop by hop
+  at the speed of a fetch.
 * No trio, no store: which topics are shared and kept come from callables.
 """
 
@@ -46,6 +50,7 @@ JITTER = 0.2  # a round's delay is interval * uniform(1 - JITTER, 1 + JITTER)
 MAX_DIGEST_TOPICS = 8  # topics whose digest goes to one link in one round
 MAX_LACKS_IN_FLIGHT = 4  # digests of one link being acted on at a time
 MAX_MEMO_TOPICS = 64  # topics per link whose settled heads are remembered
+PUSH_INTERVAL = 1.0  # at most one early digest per link per this many seconds
 
 HeadList = tuple[tuple[bytes, int], ...]
 
@@ -104,6 +109,7 @@ class _Link:
     offset: int = 0  # where the next round's topics start in the shared list
     acting: set[str] = field(default_factory=set)  # topics of Lacks under way
     settled: OrderedDict[str, dict[bytes, int]] = field(default_factory=OrderedDict)
+    pushed: float = float("-inf")  # when an early digest last went
 
 
 class AntiEntropy:
@@ -176,6 +182,23 @@ class AntiEntropy:
         while len(memo) > MAX_PAGE_HEADS:  # only heads from frames are put here; kept bounded
             memo.pop(next(iter(memo)))
 
+    def repaired(self, topic: str, source: bytes | None, now: float) -> list[Command]:
+        """We stored messages of ``topic`` that a repair fetched (from ``source``): our
+        other links may lack them too, so they get our digest of it now rather than at
+        their next round (at most one early digest per link per ``PUSH_INTERVAL``;
+        past it, the link's next round is brought forward). A repair thus spreads
+        hop by hop at the speed of a fetch, not of a round per hop."""
+        out: list[Command] = []
+        for peer, link in self.links.items():
+            if peer == source or topic not in self.shared_topics(peer):
+                continue
+            if now - link.pushed >= PUSH_INTERVAL:
+                link.pushed = now
+                out.append(ReadHeads(peer, (topic,)))
+            else:
+                link.due = min(link.due, link.pushed + PUSH_INTERVAL)
+        return out
+
     def heads_read(
         self, peer: bytes, topic: str, heads: Sequence[tuple[bytes, int]], more: bool
     ) -> list[Command]:
@@ -212,6 +235,7 @@ __all__ = [
     "ANTI_ENTROPY_INTERVAL",
     "MAX_DIGEST_TOPICS",
     "MAX_LACKS_IN_FLIGHT",
+    "PUSH_INTERVAL",
     "AntiEntropy",
     "Lack",
     "ReadHeads",

@@ -75,8 +75,8 @@ class GossipRouter:
         relay: bool = True,
         params: GossipParams | None = None,
         rng: random.Random | None = None,
-        keepalive: float = 15.0,
-        idle_timeout: float = 45.0,
+        keepalive: float = 5.0,
+        idle_timeout: float = 15.0,
         verify: bool = True,
         observe_all: bool = False,
     ) -> None:
