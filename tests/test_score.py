@@ -15,7 +15,8 @@ from peer import Identity, Peer, PeerOptions
 from peer.api._api import LocalApi
 from peer.protocols._gossip import Action, GossipRouter
 from peer.protocols._score import Buckets, Scoreboard
-from peer.wire._envelope import Content, Envelope, seal_message
+from peer.wire import _cbor
+from peer.wire._envelope import Content, Envelope, seal_message, split_wire
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frames import decode_frame
 from peer.wire._frametypes import Pub
@@ -94,6 +95,42 @@ def test_a_flooding_author_is_limited_while_an_honest_one_keeps_flowing() -> Non
     assert relay.scores.banned(net.pid("spammer"), net.now)
     assert not relay.scores.banned(net.pid("honest"), net.now)
     assert relay.statistics()["scores"][net.pid("honest").hex()[:16]] >= 0
+
+
+def test_an_author_over_its_limit_costs_no_signature_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import peer.protocols._gossip as gossip
+    from peer.wire._envelope import check_signature as real
+
+    checked: list[bytes] = []
+
+    def counting(key: bytes, signed: bytes, sig: bytes) -> None:
+        checked.append(signed)
+        real(key, signed, sig)
+
+    monkeypatch.setattr(gossip, "check_signature", counting)
+    params = replace(LIMITS, link_pub_rate=0.0)
+    router, (link, *_) = relay_with_links(params, 2)
+    flood = envelopes("flooder", 100)
+    delivered = [e for e in flood if delivers(pub(router, link, e, 0.0))]
+    assert len(delivered) == LIMITS.sender_burst
+    assert len(checked) == LIMITS.sender_burst  # the other 80 were never verified
+    assert router.stats.sender_limited == 80
+
+
+def test_a_forged_copy_of_a_limited_authors_message_does_not_hide_the_real_one() -> None:
+    router, (link, other) = relay_with_links(replace(LIMITS, link_pub_rate=0.0), 2)
+    burst = envelopes("author", int(LIMITS.sender_burst) + 1)
+    for env in burst[:-1]:
+        pub(router, link, env, 0.0)
+    real = burst[-1]
+    signed, _ = split_wire(real.wire)
+    forged = Pub(_cbor.encode([signed, bytes(64)])).encode()  # the same id, a bad signature
+    limited = router.stats.sender_limited
+    assert not delivers(router.handle_frame(other, decode_frame(forged), forged, 0.0, WALL0))
+    assert router.stats.sender_limited == limited + 1  # dropped by the limit, unverified
+    assert delivers(pub(router, link, real, 1.0))  # a token came back: not a "duplicate"
 
 
 def test_the_link_pub_limit_drops_frames_beyond_its_burst() -> None:

@@ -19,11 +19,10 @@ Rules kept here (protocol-spec/gossip.md):
   than ``max_age`` by its author's clock is not relayed by gossip.
 * Budgets. Each link has a frame and byte budget; overrunning it, sending a
   frame that does not parse, or an envelope that does not verify closes it.
-* Spam (``_score.py``). New envelopes are limited per author and ``pub``
-  frames per link (over the limit: dropped, the link penalised); our own
-  publishing is limited the same way (``check_publish``). Each peer has a
-  decaying score; below the thresholds it gets no IHAVE, leaves every mesh,
-  then is closed and banned for a while.
+* Spam (``_score.py``). New envelopes are limited per author (checked before
+  the signature) and ``pub`` frames per link: over, dropped, the link
+  penalised; our own publishing too (``check_publish``). A decaying score
+  per peer: below thresholds no IHAVE, no mesh, then closed and banned.
 
 Nothing here performs I/O: every method returns a list of actions (``Send``,
 ``Deliver``, ``Close``) for the Trio shell to carry out, in order.
@@ -35,7 +34,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
-from peer.wire._envelope import Envelope, message_id, open_envelope, split_wire
+from peer.wire._envelope import Envelope, check_signature, message_id, open_envelope, split_wire
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import (
     AnyFrame,
@@ -325,7 +324,12 @@ class GossipRouter:
         if mid in self._seen:
             self.stats.duplicates += 1
             return self._check_graylist(peer, self.scores.duplicate(peer, now), now)
-        env = open_envelope(wire, signed=signed, sig=sig, verify=self.verify)
+        env = open_envelope(wire, signed=signed, sig=sig, verify=False)
+        if not self._senders.has(env.sender, now):
+            self.stats.sender_limited += 1  # unverified: not remembered (a forgery could hide it)
+            return self._penalize(peer, p.over_limit_penalty, now)
+        if self.verify:
+            check_signature(env.sender_key, signed, sig)
         if env.ts < wall_ms - p.max_age * 1000:
             self.stats.stale += 1
             self._remember(mid, now)  # it can only get older: skip verifying its copies
@@ -335,9 +339,7 @@ class GossipRouter:
             return []
         self._remember(mid, now)
         self.scores.fulfil(mid)
-        if not self._senders.take(env.sender, now):
-            self.stats.sender_limited += 1  # remembered: its copies cost no verification
-            return self._penalize(peer, p.over_limit_penalty, now)
+        self._senders.charge(env.sender, now)
         self.stats.received += 1
         route = env.route
         self._cache(mid, route, raw)
@@ -585,8 +587,7 @@ class GossipRouter:
         actions: list[Action] = []
         for topic, ids in sorted(recent.items()):
             mesh = self._mesh.get(topic, set())
-            # every interested link outside the mesh may have missed something,
-            # direct subscribers included (e.g. a message that raced their sub)
+            # any interested link outside the mesh (a subscriber too) may lack some
             ok = [q for q in self._carriers.get(topic, ()) if q not in mesh]
             candidates = sorted(q for q in ok if self._score_ok(q, "gossip", now))
             if not candidates:
