@@ -8,6 +8,8 @@ is the only poll here (no event exists for it), bounded by ``START_S``.
 Peers dial each other only through their bootstrap list; when a
 :class:`~bench.chaos._proxy.FaultProxy` is given, every such URL points at
 the proxy's listener for that ordered pair, so the proxy owns every link.
+In netns mode (``_netns.py``) a node runs inside its own network namespace
+(``wrap``) and listens and serves its API on that namespace's ``host``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Node:
     api_port: int = field(default_factory=free_port)
     bootstrap: list[str] = field(default_factory=list)
     no_dht: bool = False
+    host: str = "127.0.0.1"
+    wrap: list[str] = field(default_factory=list)  # e.g. ``ip netns exec NS``
+    extra: list[str] = field(default_factory=list)  # more ``python -m peer`` flags
     peer_id: str = ""
     token: str = ""
     proc: subprocess.Popen[bytes] | None = None
@@ -58,16 +63,16 @@ class Node:
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "peer",
-            "--listen", f"127.0.0.1:{self.mesh_port}",
-            "--api", f"127.0.0.1:{self.api_port}",
+            *self.wrap, sys.executable, "-m", "peer",
+            "--listen", f"{self.host}:{self.mesh_port}",
+            "--api", f"{self.host}:{self.api_port}",
             "--key-dir", str(self.home / "keys"),
             "--data-dir", str(self.home / "data"),
             "--log-level", "warning",
@@ -80,7 +85,7 @@ class Node:
             cmd += ["--channel", channel]
         for url in self.bootstrap:
             cmd += ["--bootstrap", url]
-        return cmd
+        return cmd + self.extra
 
     def log_tail(self) -> str:
         path = self.home / "stderr.log"
@@ -194,4 +199,5 @@ async def boot(cluster: Cluster, proxy: Dialing | None) -> None:
 
 async def _url(src: Node, dst: Node, proxy: Dialing | None) -> str:
     port = await proxy.route(src.name, dst.name, dst.mesh_port) if proxy else dst.mesh_port
-    return f"ws://127.0.0.1:{port}/#{dst.peer_id}"
+    host = "127.0.0.1" if proxy else dst.host
+    return f"ws://{host}:{port}/#{dst.peer_id}"
