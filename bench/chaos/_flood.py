@@ -90,6 +90,16 @@ def _window(verdicts: list[AgentVerdict], span: tuple[int, int]) -> list[int]:
             if lo <= sent < hi]  # fmt: skip
 
 
+def _p99_by_second(verdicts: list[AgentVerdict], span: tuple[int, int]) -> list[int | None]:
+    """p99 of the honest latency per second of ``span`` (where in the flood it hurt)."""
+    buckets: list[list[int]] = [[] for _ in range(max(0, (span[1] - span[0]) // 1000 + 1))]
+    for v in verdicts:
+        for lat, sent in zip(v.latencies_ms, v.sent_ms, strict=True):
+            if span[0] <= sent < span[1]:
+                buckets[(sent - span[0]) // 1000].append(lat)
+    return [percentile(b, 0.99) for b in buckets]
+
+
 def latency_split(verdicts: list[AgentVerdict], log: FloodLog) -> dict[str, Any]:
     """Honest p50/p99 in the baseline window and in the flood window, and the ratio."""
     base, during = _window(verdicts, log.baseline_ms), _window(verdicts, log.flood_ms)
@@ -103,6 +113,8 @@ def latency_split(verdicts: list[AgentVerdict], log: FloodLog) -> dict[str, Any]
     b, f = out["base_p99"], out["flood_p99"]
     out["p99_ratio"] = round(f / max(b, 1), 2) if b is not None and f is not None else None
     out["within_2x"] = out["p99_ratio"] is not None and out["p99_ratio"] <= RATIO_OK
+    out["flood_p99_by_s"] = _p99_by_second(verdicts, log.flood_ms)
+    out["flooder_links_end"] = log.flooder_links_end
     return out
 
 
