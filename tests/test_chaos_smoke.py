@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from bench.chaos import _netns
 from tests._procs import REPO
@@ -121,3 +122,48 @@ def test_a_flood_is_held_to_the_author_limit(broken: dict[str, Any]) -> None:
     assert f["spam_per_agent"] <= allowed < f["flood_sent"], f
     assert f["base_n"] > 0 and f["flood_n"] > 0, f
     assert "p99_ratio" in broken["table"], broken["table"]
+
+
+NETNS = _netns.unavailable()
+SERVE = "import socket,sys; s=socket.create_server((sys.argv[1], 7000)); print(1, flush=True)\n" \
+    "while True: s.accept()[0].close()"  # fmt: skip
+
+
+def _reaches(lab: _netns.Lab, src: str | None, dst: str) -> bool:
+    """Does a TCP connection from ``src``'s namespace (None: the harness's) to
+    ``dst`` port 7000 open within 1.5 s (a dropped SYN does not)."""
+    code = (f"import socket; socket.create_connection(('{lab.addresses[dst]}', 7000), "
+            "timeout=1.5)")  # fmt: skip
+    wrap = lab.wrap(src) if src else []
+    return subprocess.run([*wrap, sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(NETNS is not None, reason=f"no netns mode here: {NETNS}")
+def test_netns_lab_cuts_heals_and_leaves_nothing_behind() -> None:
+    lab = _netns.Lab()
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        lab.open(["a", "b", "c"])
+        for n in ("b", "c"):
+            cmd = [*lab.wrap(n), sys.executable, "-c", SERVE, lab.addresses[n]]
+            servers.append(subprocess.Popen(cmd, stdout=subprocess.PIPE))
+        for server in servers:  # each prints once it listens
+            assert server.stdout is not None and server.stdout.readline().strip() == b"1"
+        assert _reaches(lab, "a", "b") and _reaches(lab, "a", "c")
+        trio.run(lab.cut, {"a"}, {"b", "c"})
+        assert not _reaches(lab, "a", "b") and not _reaches(lab, "a", "c")
+        assert _reaches(lab, "b", "c") and _reaches(lab, None, "b")  # same side; harness
+        trio.run(lab.heal)
+        assert lab.stats["dropped"] > 0
+        assert _reaches(lab, "a", "b")
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
+        lab.close()
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert lab.tag + "-" not in left
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert f" {lab.root_veth}@" not in links and f" {lab.root_veth}:" not in links
