@@ -258,9 +258,23 @@ def _choose_net(a: argparse.Namespace) -> str | None:
     return None
 
 
+def _as_sigint(signum: int, frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the run through the same path: Trio's own SIGINT
+    handling cancels the scenario, so its ``finally`` stops the peers and removes
+    the namespaces (a KeyboardInterrupt raised anywhere else could land inside
+    Trio's run loop and skip them). SIGINT is restored too: a shell starts a
+    background job with it ignored."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _as_sigint)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _parse(argv)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the peers on TERM too
+    _stop_on_signals()
     seed = a.seed if a.seed is not None else int(time.time())
     out = a.out or DEFAULT_OUT / datetime.now(UTC).strftime("chaos-%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from .._procs import REPO, free_port
 
 START_S = 60.0  # a start on a loaded 2-core machine may take a while
 POLL_S = 0.05
+PORT_TRIES = 3
 
 
 class Dialing(Protocol):
@@ -59,6 +60,7 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     up: trio.Event = field(default_factory=trio.Event)
     starts: int = 0
+    log_from: int = 0  # where this incarnation's stderr starts in stderr.log
     kills: int = 0
 
     @property
@@ -88,17 +90,37 @@ class Node:
         return cmd + self.extra
 
     def log_tail(self) -> str:
+        """The end of this incarnation's stderr."""
         path = self.home / "stderr.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        if not path.exists():
+            return ""
+        with path.open("rb") as f:
+            f.seek(self.log_from)
+            return f.read()[-3000:].decode(errors="replace")
 
     def spawn(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
         with (self.home / "stderr.log").open("ab") as stderr:
+            self.log_from = stderr.tell()
             self.proc = subprocess.Popen(
                 self.command(), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr
             )
         self.starts += 1
+
+    async def first_start(self, client: httpx.AsyncClient) -> None:
+        """Start a new node. Its ports were free when picked, but on a shared machine
+        another program may bind one before the peer does: then it gets fresh
+        ports (nobody dials it yet) and starts again, a few times at most."""
+        for attempt in range(PORT_TRIES):
+            self.spawn()
+            try:
+                await self.wait_ready(client)
+                return
+            except NodeFailed as exc:
+                if "already in use" not in str(exc) or attempt + 1 == PORT_TRIES:
+                    raise
+            self.mesh_port, self.api_port = free_port(), free_port()
 
     async def wait_ready(self, client: httpx.AsyncClient) -> None:
         """Poll until the API answers; then set ``up``."""
@@ -154,11 +176,9 @@ class Cluster:
         return self.seeds + self.peers
 
     async def start(self, nodes: list[Node]) -> None:
-        for node in nodes:
-            node.spawn()
         async with trio.open_nursery() as nursery:
             for node in nodes:
-                nursery.start_soon(node.wait_ready, self.client)
+                nursery.start_soon(node.first_start, self.client)
 
     async def restart(self, node: Node) -> None:
         node.spawn()
