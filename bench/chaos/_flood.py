@@ -48,12 +48,14 @@ class FloodLog(FaultLog):
     rate: float = 0.0
     sent: int = 0
     flooder_links_end: int = -1
+    flooder_cpu_s: float = 0.0
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {**super().to_json(), "rate": self.rate, "sent": self.sent,
                 "baseline_ms": self.baseline_ms, "flood_ms": self.flood_ms,
-                "flooder_links_end": self.flooder_links_end}  # fmt: skip
+                "flooder_links_end": self.flooder_links_end,
+                "flooder_cpu_s": self.flooder_cpu_s}  # fmt: skip
 
 
 def _now_ms() -> int:
@@ -79,6 +81,7 @@ async def flood(cluster: Cluster, plan: FloodPlan, channel: str, key_dir: str) -
     log.flood_ms = (marks["flooding"]["ms"], marks["done"]["ms"])
     log.sent = marks["done"]["sent"]
     log.flooder_links_end = marks["done"]["links"]
+    log.flooder_cpu_s = marks["done"].get("cpu_s", 0.0)
     log.done = 1
     log.down_s = plan.seconds
     return log
@@ -115,6 +118,7 @@ def latency_split(verdicts: list[AgentVerdict], log: FloodLog) -> dict[str, Any]
     out["within_2x"] = out["p99_ratio"] is not None and out["p99_ratio"] <= RATIO_OK
     out["flood_p99_by_s"] = _p99_by_second(verdicts, log.flood_ms)
     out["flooder_links_end"] = log.flooder_links_end
+    out["flooder_cpu_s"] = log.flooder_cpu_s
     return out
 
 

@@ -9,15 +9,17 @@ publishing limit (which is checked where an agent sends, not in the router),
 so only the relays' limits stand in its way. Its own limits are off too.
 
 It prints JSON lines on stdout: ``{"event": "flooding", "ms": ...}`` when the
-flood starts, then ``{"event": "done", "ms": ..., "sent": n, "links": k}``
+flood starts, then ``{"event": "done", "ms": ..., "sent": n, "links": k, "cpu_s": c}``
 (``links``: how many links it still had at the end, so whether it was
-pruned or refused). Exit 2 if the channel never became reachable.
+pruned or refused; ``cpu_s``: its own CPU time, which a remote flooder
+would not take from the mesh's cores). Exit 2 if the channel never became reachable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import time
 
 import trio
@@ -55,8 +57,9 @@ async def flood(a: argparse.Namespace) -> int:
                                    seq=sent, ts=peer.wall_ms())  # fmt: skip
                 peer.perform(peer.router.publish(env, peer.now()))
             await trio.sleep(TICK_S)  # the pacing of the flood itself
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         _say(event="done", sent=sent, seconds=round(trio.current_time() - start, 1),
-             links=len(peer.links))  # fmt: skip
+             links=len(peer.links), cpu_s=round(usage.ru_utime + usage.ru_stime, 1))  # fmt: skip
     return 0
 
 
