@@ -12,11 +12,16 @@ root or ``nft``, the harness falls back to the fault proxy and the DHT off,
 and the test checks that it said so), then a 5 s flood at 10x the author
 limit, whose spam reaching each agent is bounded by what the relays' limits
 let through. Latency ratios are printed by the harness, not asserted here.
+
+Where netns mode can run, the lab itself is checked too: what a cut drops
+and what it does not, and that nothing it created outlives it (also after
+a harness was killed: the next one removes its namespaces).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +172,21 @@ def test_netns_lab_cuts_heals_and_leaves_nothing_behind() -> None:
     assert lab.tag + "-" not in left
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert f" {lab.root_veth}@" not in links and f" {lab.root_veth}:" not in links
+
+
+@pytest.mark.skipif(NETNS is not None, reason=f"no netns mode here: {NETNS}")
+def test_a_killed_harness_namespaces_are_removed_by_the_next() -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = f"{_netns.PREFIX}{gone.stdout.strip()}-hub"  # its harness (pid) has exited
+    live = f"{_netns.PREFIX}{os.getpid()}-hub"  # a running harness's (ours)
+    for name in (stale, live):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        removed = _netns.clean_stale()
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert stale in removed and stale not in names
+        assert live not in removed and live in names
+    finally:
+        for name in (stale, live):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
