@@ -47,8 +47,9 @@ $(VENV)/.bench-installed: pyproject.toml constraints.txt $(STAMP)
 	touch $@
 
 ## the fault harness (bench/README.md, "chaos"): 10 peers, 3 seeds, 10 publishers, 1,000
-## kill -9s, 200 offline spells, a 30 s partition, 60 s of lossy links; then every
-## acknowledged message is checked; `make chaos ARGS="--scenarios churn --kills 50"`
+## kill -9s, 200 offline spells, a 30 s partition, 60 s of lossy links, a 30 s flood at 10x the
+## author limit; then every acknowledged message is checked; real drops with the DHT on:
+## `make chaos ARGS="--scenarios partition,loss --net netns"` (root, nft)
 chaos: install
 	$(BIN)/python -m bench.chaos $(ARGS)
 

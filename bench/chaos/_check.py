@@ -99,11 +99,12 @@ class AgentVerdict:
     missed: int = 0
     unacked: int = 0  # received, never acknowledged (a /send cut by a kill): fine
     latencies_ms: list[int] = field(default_factory=list)
+    sent_ms: list[int] = field(default_factory=list)  # each latency's sender timestamp
     lost_ids: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)  # the first reorders, to investigate
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in vars(self).items() if k != "latencies_ms"}
+        out = {k: v for k, v in vars(self).items() if k not in ("latencies_ms", "sent_ms")}
         out["lost_ids"] = self.lost_ids[:20]
         out["examples"] = self.examples[:10]
         return out
@@ -137,8 +138,9 @@ def judge(
             continue
         if m["id"] not in expected:
             continue
-        received = _ms(m["received"])
-        v.latencies_ms.append(max(0, received - _ms(m["timestamp"])))
+        received, sent = _ms(m["received"]), _ms(m["timestamp"])
+        v.latencies_ms.append(max(0, received - sent))
+        v.sent_ms.append(sent)
         after = received > faults_end_ms
         v.late_after_faults += after
         v.late += after or received - ack.ack_ms > late_s * 1000

@@ -8,6 +8,8 @@ is the only poll here (no event exists for it), bounded by ``START_S``.
 Peers dial each other only through their bootstrap list; when a
 :class:`~bench.chaos._proxy.FaultProxy` is given, every such URL points at
 the proxy's listener for that ordered pair, so the proxy owns every link.
+In netns mode (``_netns.py``) a node runs inside its own network namespace
+(``wrap``) and listens and serves its API on that namespace's ``host``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .._procs import REPO, free_port
 
 START_S = 60.0  # a start on a loaded 2-core machine may take a while
 POLL_S = 0.05
+PORT_TRIES = 3
 
 
 class Dialing(Protocol):
@@ -49,25 +52,29 @@ class Node:
     api_port: int = field(default_factory=free_port)
     bootstrap: list[str] = field(default_factory=list)
     no_dht: bool = False
+    host: str = "127.0.0.1"
+    wrap: list[str] = field(default_factory=list)  # e.g. ``ip netns exec NS``
+    extra: list[str] = field(default_factory=list)  # more ``python -m peer`` flags
     peer_id: str = ""
     token: str = ""
     proc: subprocess.Popen[bytes] | None = None
     up: trio.Event = field(default_factory=trio.Event)
     starts: int = 0
+    log_from: int = 0  # where this incarnation's stderr starts in stderr.log
     kills: int = 0
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "peer",
-            "--listen", f"127.0.0.1:{self.mesh_port}",
-            "--api", f"127.0.0.1:{self.api_port}",
+            *self.wrap, sys.executable, "-m", "peer",
+            "--listen", f"{self.host}:{self.mesh_port}",
+            "--api", f"{self.host}:{self.api_port}",
             "--key-dir", str(self.home / "keys"),
             "--data-dir", str(self.home / "data"),
             "--log-level", "warning",
@@ -80,20 +87,40 @@ class Node:
             cmd += ["--channel", channel]
         for url in self.bootstrap:
             cmd += ["--bootstrap", url]
-        return cmd
+        return cmd + self.extra
 
     def log_tail(self) -> str:
+        """The end of this incarnation's stderr."""
         path = self.home / "stderr.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+        if not path.exists():
+            return ""
+        with path.open("rb") as f:
+            f.seek(self.log_from)
+            return f.read()[-3000:].decode(errors="replace")
 
     def spawn(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
         with (self.home / "stderr.log").open("ab") as stderr:
+            self.log_from = stderr.tell()
             self.proc = subprocess.Popen(
                 self.command(), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr
             )
         self.starts += 1
+
+    async def first_start(self, client: httpx.AsyncClient) -> None:
+        """Start a new node. Its ports were free when picked, but on a shared machine
+        another program may bind one before the peer does: then it gets fresh
+        ports (nobody dials it yet) and starts again, a few times at most."""
+        for attempt in range(PORT_TRIES):
+            self.spawn()
+            try:
+                await self.wait_ready(client)
+                return
+            except NodeFailed as exc:
+                if "already in use" not in str(exc) or attempt + 1 == PORT_TRIES:
+                    raise
+            self.mesh_port, self.api_port = free_port(), free_port()
 
     async def wait_ready(self, client: httpx.AsyncClient) -> None:
         """Poll until the API answers; then set ``up``."""
@@ -149,11 +176,9 @@ class Cluster:
         return self.seeds + self.peers
 
     async def start(self, nodes: list[Node]) -> None:
-        for node in nodes:
-            node.spawn()
         async with trio.open_nursery() as nursery:
             for node in nodes:
-                nursery.start_soon(node.wait_ready, self.client)
+                nursery.start_soon(node.first_start, self.client)
 
     async def restart(self, node: Node) -> None:
         node.spawn()
@@ -194,4 +219,5 @@ async def boot(cluster: Cluster, proxy: Dialing | None) -> None:
 
 async def _url(src: Node, dst: Node, proxy: Dialing | None) -> str:
     port = await proxy.route(src.name, dst.name, dst.mesh_port) if proxy else dst.mesh_port
-    return f"ws://127.0.0.1:{port}/#{dst.peer_id}"
+    host = "127.0.0.1" if proxy else dst.host
+    return f"ws://{host}:{port}/#{dst.peer_id}"

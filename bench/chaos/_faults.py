@@ -5,10 +5,15 @@
   killers, never two on the same node.
 - ``offline`` (D2): random offline spells of subscribing peers (killed,
   away for a random while, restarted): they must catch up on their own.
-- ``partition``: the proxy cuts every link between two halves of the mesh
-  for ``partition_s`` seconds, then heals, ``partitions`` times.
-- ``loss`` (D4): the proxy makes every link lossy for ``loss_s`` seconds
-  (resets and stalls: what loss does to TCP, see ``_proxy.py``).
+- ``partition`` (D3): every link between two halves of the mesh is cut for
+  ``partition_s`` seconds, then healed, ``partitions`` times.
+- ``loss`` (D4): every link is lossy for ``loss_s`` seconds.
+
+Partitions and loss go through a :class:`Breaker`: the fault proxy
+(:class:`ProxyBreaker`: closed and refused connections; for loss, resets
+and stalls, what loss does to TCP, see ``_proxy.py``) or network namespaces
+(:class:`NetnsBreaker`: nftables drop rules; for loss, ``loss_pct``% of the
+packets dropped at random on every link).
 
 A schedule returns when its count is reached or ``max_s`` has passed;
 whatever it took down is up again by then (a restart is never cancelled).
@@ -17,12 +22,17 @@ whatever it took down is up again by then (a restart is never cancelled).
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
 from ._cluster import Cluster, Node
+from ._netns import Lab
 from ._proxy import FaultProxy, Loss
+
+UNDO_S = 30.0  # a heal gets this long even when the run is being cancelled
 
 
 @dataclass
@@ -38,6 +48,7 @@ class FaultPlan:
     loss_s: float = 60.0
     reset_p: float = 0.05  # per connection per 0.5 s tick
     stall_p: float = 0.10
+    loss_pct: int = 10  # netns: packets dropped per hundred
     max_s: float = 600.0
 
 
@@ -114,34 +125,81 @@ def halves(cluster: Cluster) -> tuple[set[str], set[str]]:
     return a, {n.name for n in cluster.nodes} - a
 
 
+class Breaker(Protocol):
+    async def cut(self, side_a: set[str], side_b: set[str]) -> None: ...
+    async def heal(self) -> None: ...
+    async def lossy(self, on: bool) -> None: ...
+    def stats(self) -> dict[str, int]: ...
+
+
+@dataclass
+class ProxyBreaker:
+    proxy: FaultProxy
+    loss: Loss
+
+    async def cut(self, side_a: set[str], side_b: set[str]) -> None:
+        self.proxy.cut(side_a, side_b)
+
+    async def heal(self) -> None:
+        self.proxy.heal()
+
+    async def lossy(self, on: bool) -> None:
+        self.proxy.lossy(self.loss if on else Loss())
+
+    def stats(self) -> dict[str, int]:
+        return self.proxy.stats.to_json()
+
+
+@dataclass
+class NetnsBreaker:
+    lab: Lab
+    loss_pct: int
+
+    async def cut(self, side_a: set[str], side_b: set[str]) -> None:
+        await self.lab.cut(side_a, side_b)
+
+    async def heal(self) -> None:
+        await self.lab.heal()
+
+    async def lossy(self, on: bool) -> None:
+        await self.lab.lossy(self.loss_pct if on else 0)
+
+    def stats(self) -> dict[str, int]:
+        return dict(self.lab.stats)
+
+
+async def _undo(step: Callable[[], Awaitable[None]]) -> None:
+    """Undo a fault even while the run is being cancelled (Ctrl-C), bounded."""
+    with trio.CancelScope(shield=True), trio.move_on_after(UNDO_S):
+        await step()
+
+
 async def partition(
-    cluster: Cluster, plan: FaultPlan, proxy: FaultProxy, rng: random.Random
+    cluster: Cluster, plan: FaultPlan, breaker: Breaker, rng: random.Random
 ) -> FaultLog:
     log = FaultLog()
     side_a, side_b = halves(cluster)
     with trio.move_on_after(plan.max_s):
         for _ in range(plan.partitions):
             await trio.sleep(rng.uniform(1.0, 3.0))  # traffic on a whole mesh first
-            proxy.cut(side_a, side_b)
-            log.done += 1
             try:
+                await breaker.cut(side_a, side_b)
+                log.done += 1
                 await trio.sleep(plan.partition_s)  # the partition's own duration
             finally:
-                proxy.heal()
+                await _undo(breaker.heal)
             log.down_s += plan.partition_s
     return log
 
 
-async def loss(
-    cluster: Cluster, plan: FaultPlan, proxy: FaultProxy, rng: random.Random
-) -> FaultLog:
+async def loss(cluster: Cluster, plan: FaultPlan, breaker: Breaker, rng: random.Random) -> FaultLog:
     log = FaultLog()
     await trio.sleep(rng.uniform(1.0, 3.0))
-    proxy.lossy(Loss(plan.reset_p, plan.stall_p))
     try:
+        await breaker.lossy(True)
         await trio.sleep(min(plan.loss_s, plan.max_s))  # the fault's own duration
     finally:
-        proxy.lossy(Loss())
+        await _undo(lambda: breaker.lossy(False))
     log.done = 1
     log.down_s = plan.loss_s
     return log
