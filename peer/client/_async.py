@@ -10,7 +10,7 @@ nothing repeats.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -23,6 +23,7 @@ from ._config import Endpoint, discover
 from ._errors import ApiError, PeerUnreachable
 from ._resume import Resume, StreamCut
 from ._sse import SseParser
+from ._stream import EventStream
 from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status
 
 
@@ -148,7 +149,7 @@ class AsyncClient:
 
     # -- the stream ------------------------------------------------------------------
 
-    async def stream(
+    def stream(
         self,
         *,
         after: int | None = None,
@@ -158,8 +159,12 @@ class AsyncClient:
         reconnect: bool = True,
         give_up_after: float | None = None,
         on_retry: Callable[[str, float], None] | None = None,
-    ) -> AsyncIterator[Event]:
-        """Messages (and DM status changes) as they arrive, from ``GET /events``.
+    ) -> EventStream:
+        """Messages (and DM status changes) as they arrive, from ``GET /events``::
+
+            async with mesh.stream(after=0) as events:
+                async for event in events:
+                    ...
 
         ``after=None`` starts with what arrives from now on; ``after=0`` first
         replays the whole inbox, ``after=N`` what came after cursor N. With
@@ -167,19 +172,32 @@ class AsyncClient:
         (backing off up to 5 s), for ever or until no connection succeeded for
         ``give_up_after`` seconds (then ``PeerUnreachable``). API errors (a
         wrong token, a bad filter) are raised at once. ``on_retry(reason, delay)``
-        is called before each reconnection.
+        is called before each reconnection. The connection is read by a task of
+        the ``async with`` block, through a bounded buffer: a consumer that falls
+        far behind is cut by the peer and resumes by cursor.
         """
         resume = Resume(after, give_up_after)
+        return EventStream(
+            lambda send: self._follow(
+                send, resume, (channel, peer, thread), reconnect, on_retry
+            )
+        )
+
+    async def _follow(
+        self,
+        send: Callable[[Event], Awaitable[None]],
+        resume: Resume,
+        filters: tuple[str | None, str | None, str | None],
+        reconnect: bool,
+        on_retry: Callable[[str, float], None] | None,
+    ) -> None:
         while True:
             try:
-                async for event in self._stream_once(resume, channel, peer, thread):
-                    yield event
+                await self._stream_once(send, resume, *filters)
                 reason = "the peer ended the stream"
             except (httpx.TransportError, PeerUnreachable, StreamCut) as exc:
                 reason = type(exc).__name__
-            if not reconnect:
-                raise PeerUnreachable(self.endpoint.url, reason)
-            delay = resume.failed(anyio.current_time())
+            delay = resume.failed(anyio.current_time()) if reconnect else None
             if delay is None:
                 raise PeerUnreachable(self.endpoint.url, reason)
             if on_retry is not None:
@@ -187,8 +205,13 @@ class AsyncClient:
             await anyio.sleep(delay)
 
     async def _stream_once(
-        self, resume: Resume, channel: str | None, peer: str | None, thread: str | None
-    ) -> AsyncIterator[Event]:
+        self,
+        send: Callable[[Event], Awaitable[None]],
+        resume: Resume,
+        channel: str | None,
+        peer: str | None,
+        thread: str | None,
+    ) -> None:
         params = _calls.stream_params(
             after=resume.after, channel=channel, peer=peer, thread=thread
         )
@@ -216,4 +239,4 @@ class AsyncClient:
                     continue  # not ours to guess at; the cursor stays where it was
                 event = resume.event(sse.event, data, sse.id)
                 if event is not None:
-                    yield event
+                    await send(event)
