@@ -44,7 +44,8 @@ def test_a_second_peer_on_the_same_key_directory_is_refused(tmp_path: Path) -> N
         )
         assert second.returncode != 0
         line = _last_line(second.stderr)
-        assert "another peer" in line and str(first.proc.pid) in line and str(keys) in line
+        assert line.startswith("clawmesh: another peer") and str(first.proc.pid) in line
+        assert str(keys) in line
         assert "Traceback" not in second.stderr
         # its data directory is guarded too, under another key directory
         third = _run_peer(
@@ -77,7 +78,7 @@ def test_an_api_port_clash_is_one_line(tmp_path: Path) -> None:
         assert clash.returncode != 0
         assert "Traceback" not in clash.stderr
         line = _last_line(clash.stderr)
-        assert f"cannot serve the API on 127.0.0.1:{first.api_port}" in line
+        assert line.startswith(f"clawmesh: cannot serve the API on 127.0.0.1:{first.api_port}")
         assert "--api" in line
         assert first.get("/status").status_code == 200
 
@@ -102,7 +103,7 @@ def test_a_bootstrap_spec_that_can_never_work_stops_start_up(tmp_path: Path) -> 
         )
         assert result.returncode != 0, spec
         line = _last_line(result.stderr)
-        assert line.startswith("--bootstrap:") and expected in line, (spec, result.stderr)
+        assert line.startswith("clawmesh: --bootstrap:") and expected in line, result.stderr
         assert "Traceback" not in result.stderr
 
 

@@ -42,10 +42,6 @@ from ._lock import DirectoryLocked, lock_directories
 DEFAULT_PEER_PORT = 7433
 DEFAULT_API_PORT = 7432
 DEFAULT_HOME = Path.home() / ".clawmesh"
-# the subcommands beside running a peer (peer/cli/_commands.py and peer/mcp/)
-COMMANDS = frozenset(
-    {"send", "dm", "read", "tail", "peers", "status", "channels", "join", "leave", "ack", "mcp"}
-)
 
 
 def _env_port(*names: str, default: int) -> int:
@@ -288,9 +284,11 @@ def check_bootstrap(specs: list[str]) -> None:
                 if not parse_peer_list(data):
                     raise BootstrapError(f"{spec} lists no peers")
         except BootstrapError as exc:
-            raise SystemExit(f"--bootstrap: {exc}") from None
+            raise SystemExit(f"clawmesh: --bootstrap: {exc}") from None
         except OSError as exc:
-            raise SystemExit(f"--bootstrap: cannot read {spec}: {exc.strerror or exc}") from None
+            raise SystemExit(
+                f"clawmesh: --bootstrap: cannot read {spec}: {exc.strerror or exc}"
+            ) from None
 
 
 def _gossip_params(args: argparse.Namespace) -> GossipParams:
@@ -362,7 +360,7 @@ async def run_peer(args: argparse.Namespace) -> None:
             print(_banner(peer, args, peer.api_url, specs), flush=True)
             await trio.sleep_forever()
     except StartError as exc:
-        raise SystemExit(str(exc)) from None
+        raise SystemExit(f"clawmesh: {exc}") from None
 
 
 def _wildcard_default(listen: str) -> str:
@@ -397,12 +395,7 @@ def _write_api_url(key_dir: Path, api_url: str | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        from ._commands import run_command_line  # the client side: no trio, no store
-
-        run_command_line(argv)
-        return
+    """Run a peer (``peer.cli.main`` sends subcommands elsewhere first)."""
     args = build_parser().parse_args(argv)
     configure_logging(json=args.log_json, level=args.log_level)
     if args.print_bootstrap_entry:

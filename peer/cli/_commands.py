@@ -249,8 +249,9 @@ def peers(ctx: Ctx, online: bool, wait: float | None, min_count: int | None) -> 
 @cli.command()
 @click.option("--wait", type=click.FloatRange(0, 600), default=0.0,
               help="wait up to S seconds for the peer to answer (just started?)")
+@click.option("--id", "only_id", is_flag=True, help="print only the peer id (for scripts)")
 @command
-def status(ctx: Ctx, wait: float) -> None:
+def status(ctx: Ctx, wait: float, only_id: bool) -> None:
     """The peer's id, links, channels and unread count."""
     deadline = time.monotonic() + wait
     with ctx.client() as mesh:
@@ -262,7 +263,10 @@ def status(ctx: Ctx, wait: float) -> None:
                 if time.monotonic() >= deadline:
                     raise
                 time.sleep(0.2)
-    out.emit_json(found.raw) if ctx.json else click.echo(out.status_text(found))
+    if only_id:
+        click.echo(found.peer_id)
+    else:
+        out.emit_json(found.raw) if ctx.json else click.echo(out.status_text(found))
 
 
 @cli.command()

@@ -2,8 +2,8 @@
 async (:class:`AsyncClient`), over httpx.
 
 The API address and token are found as ``python -m peer`` left them (the key
-directory's ``api-token`` and ``api-url`` files, ``$MESH_KEY_DIR``,
-``$MESH_API_URL``, ``$MESH_API_PORT``)::
+directory's ``api-token`` and ``api-url`` files; ``$MESH_KEY_DIR``,
+``$MESH_API_URL``, ``$MESH_API_PORT``, ``$MESH_API_TOKEN``)::
 
     from peer.client import Client
 

@@ -3,9 +3,9 @@
 The key directory is ``key_dir``, else ``$MESH_KEY_DIR``, else
 ``~/.clawmesh/keys``; the token is its ``api-token`` file (``$MESH_API_TOKEN``
 overrides). The API address is ``api`` (``HOST:PORT`` or a URL), else
-``$MESH_API_URL``, else ``http://127.0.0.1:$MESH_API_PORT``, else the
-``api-url`` file the running peer wrote into its key directory, else
-``http://127.0.0.1:7432``.
+``$MESH_API_URL``, else the ``api-url`` file the running peer wrote into its
+key directory (the most specific: the peer that owns these keys), else
+``http://127.0.0.1:$MESH_API_PORT``, else ``http://127.0.0.1:7432``.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def discover(
     if token is None:
         token = _read(keys / TOKEN_FILE)
         source = str(keys / TOKEN_FILE)
-    url = api or os.environ.get("MESH_API_URL")
+    url = api or os.environ.get("MESH_API_URL") or _read(keys / URL_FILE)
     if not url and os.environ.get("MESH_API_PORT", "").isdigit():
         url = f"127.0.0.1:{os.environ['MESH_API_PORT']}"
-    url = url or _read(keys / URL_FILE) or DEFAULT_API_URL
+    url = url or DEFAULT_API_URL
     return Endpoint(api_url(url), token, keys, source)
