@@ -126,9 +126,8 @@ def test_the_printed_join_command_works_pasted_anywhere(tmp_path: Path) -> None:
         ]
         # as a person would paste it: another directory, no virtualenv on PATH
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-        proc = subprocess.Popen(
-            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        with (tmp_path / "pasted.log").open("wb") as log:
+            proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=log)
         try:
             assert proc.stdout is not None
             assert proc.stdout.readline().decode().startswith("clawmesh peer")
@@ -142,7 +141,10 @@ def test_the_printed_join_command_works_pasted_anywhere(tmp_path: Path) -> None:
             assert [p["peer_id"] for p in peers] == [first.peer_id]
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
