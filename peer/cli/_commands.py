@@ -22,6 +22,7 @@ from peer.client import (
     ApiError,
     ClawmeshError,
     Client,
+    Gap,
     Message,
     PeerUnreachable,
     StatusChange,
@@ -213,6 +214,9 @@ def tail(
         for event in mesh.stream(
             after=after, channel=channel, peer=peer_id, thread=thread, on_retry=retrying
         ):
+            if isinstance(event, Gap):
+                click.echo(f"clawmesh: gap: {event.message}", err=True)
+                continue
             if isinstance(event, StatusChange):
                 if statuses:
                     _print_event(ctx, event)

@@ -32,7 +32,7 @@ from ._errors import (
 )
 from ._sse import SseEvent, SseParser
 from ._sync import Client
-from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status, StatusChange
+from ._types import AckResult, Event, Gap, Message, PeerInfo, SendResult, Status, StatusChange
 
 __all__ = [
     "AckResult",
@@ -42,6 +42,7 @@ __all__ = [
     "Client",
     "Endpoint",
     "Event",
+    "Gap",
     "InvalidRequest",
     "Message",
     "NotFound",

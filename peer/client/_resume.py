@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._errors import ApiError
-from ._types import Event, Message, StatusChange
+from ._types import Event, Gap, Message, StatusChange
 
 HEARTBEAT = 15.0  # the peer's ": ping" period
 FIRST_DELAY = 0.2
@@ -58,6 +58,10 @@ class Resume:
             return message
         if kind == "status":
             return StatusChange.from_json(data)
+        if kind == "gap":
+            if event_id and event_id.isdigit():
+                self.after = max(self.after or 0, int(event_id))
+            return Gap.from_json(data)
         if kind == "error":
             err = data.get("error")
             err = err if isinstance(err, dict) else {}

@@ -95,7 +95,23 @@ class StatusChange:
         )
 
 
-Event = Message | StatusChange
+@dataclass(frozen=True)
+class Gap:
+    """Messages the peer no longer holds (evicted) between cursors ``after`` and ``next``:
+    the stream says so instead of skipping them silently."""
+
+    after: int
+    next: int
+    lost: int
+    message: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Gap:
+        return cls(_int(data, "after"), _int(data, "next"), _int(data, "lost"),
+                   _str(data, "message") or "")
+
+
+Event = Message | StatusChange | Gap
 
 
 @dataclass(frozen=True)
