@@ -92,7 +92,8 @@ def test_send_read_dm_and_ack(pair: Pair) -> None:
 def test_failures_are_one_line_with_a_meaningful_status(pair: Pair) -> None:
     unknown = run(pair.a, "dm", "ab" * 32, "hello?")
     assert unknown.exit_code == 1
-    assert unknown.stderr.startswith("clawmesh: unknown-peer: no key known for peer ")
+    assert unknown.stderr.startswith("clawmesh: unknown-peer: ")
+    assert "no key known for " in unknown.stderr and "ab" * 32 in unknown.stderr
     big = run(pair.a, "send", "lobby", "x" * 70000)
     assert (big.exit_code, big.stderr) == (1, "clawmesh: too-large: body over 65536 bytes\n")
     bad = run(pair.a, "join", "two words")
@@ -148,6 +149,9 @@ def test_tail_follows_across_a_kill_9(tmp_path: Path) -> None:
         )
         for body in ("one", "two"):
             assert x.post("/send", {"channel": "lobby", "body": body}).status_code == 200
+        assert tail.stdout is not None
+        first = [json.loads(tail.stdout.readline())["body"] for _ in range(2)]  # it follows
+        assert first == ["one", "two"]
         kill_hard(x)
         x = start_peer(tmp_path, "x", "--no-dht", "--channel", "lobby",
                        ports=(x.mesh_port, x.api_port))
@@ -156,9 +160,8 @@ def test_tail_follows_across_a_kill_9(tmp_path: Path) -> None:
             assert x.post("/send", {"channel": "lobby", "body": body}).status_code == 200
         out, err = tail.communicate(timeout=60)
         assert tail.returncode == 0, err
-        assert [json.loads(line)["body"] for line in out.splitlines()] == [
-            "one", "two", "three", "four"
-        ]
+        assert [json.loads(line)["body"] for line in out.splitlines()] == ["three", "four"]
+        assert "reconnecting" in err  # it saw the peer go, and came back
     finally:
         if tail is not None and tail.poll() is None:
             tail.kill()
