@@ -11,8 +11,10 @@ import pytest
 import trio
 
 from peer.client import (
+    ApiError,
     AsyncClient,
     Client,
+    Gap,
     InvalidRequest,
     Message,
     PeerUnreachable,
@@ -21,6 +23,7 @@ from peer.client import (
     StatusChange,
     Unauthorised,
 )
+from peer.client._resume import Resume, StreamCut
 from tests._procs import free_port
 from tests._sse_server import TOKEN, FakeEvents
 
@@ -62,6 +65,7 @@ async def _collect(fake: FakeEvents, after: int | None, want: int) -> list[Messa
                     if isinstance(event, StatusChange):
                         statuses.append(event)
                         continue
+                    assert isinstance(event, Message)
                     got.append(event)
                     if len(got) == want:
                         break
@@ -134,3 +138,23 @@ async def test_sync_stream_resumes_by_cursor() -> None:
         nursery.cancel_scope.cancel()
     assert cursors == [3, 4, 5, 6, 7]
     assert [r["last"] for r in fake.requests[:3]] == ["2", "4", "6"]
+
+
+def test_resume_skips_repeats_moves_past_gaps_and_sorts_errors() -> None:
+    resume = Resume(after=3, give_up_after=None)
+    assert resume.headers() == {"Last-Event-ID": "3"}
+    assert resume.event("message", {"cursor": 3, "body": "again"}, "3") is None  # seen
+    fresh = resume.event("message", {"cursor": 4, "body": "new"}, "4")
+    assert isinstance(fresh, Message) and fresh.body == "new" and resume.after == 4
+    gap = resume.event("gap", {"after": 4, "next": 9, "lost": 4, "message": "gone"}, "8")
+    assert gap == Gap(4, 9, 4, "gone") and resume.after == 8
+    with pytest.raises(StreamCut):
+        resume.event("error", {"error": {"code": "slow", "message": "too slow"}}, None)
+    with pytest.raises(ApiError, match="busy"):
+        resume.event("error", {"error": {"code": "busy", "message": "later"}}, None)
+    assert resume.event("something-new", {"x": 1}, None) is None
+    # backoff doubles to its bound, and gives up only when told to
+    assert [resume.failed(t) for t in (0, 1, 2, 3, 4, 5, 6)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    bounded = Resume(after=None, give_up_after=2)
+    assert bounded.failed(10) is not None and bounded.failed(11) is not None
+    assert bounded.failed(13) is None
