@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m peer",
         description="Run a clawmesh peer. With no --bootstrap it starts a new mesh.",
-        epilog="To use a running peer: python -m peer {send,dm,read,tail,peers,status,"
-        "channels,join,leave,mcp} --help",
+        epilog="Commands for a running peer: send, dm, read, tail, peers, status, channels, "
+        "join, leave, ack, mcp (python -m peer COMMAND --help).",
     )
     p.add_argument(
         "--bootstrap",
