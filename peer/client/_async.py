@@ -166,8 +166,10 @@ class AsyncClient:
                 async for event in events:
                     ...
 
-        ``after=None`` starts with what arrives from now on; ``after=0`` first
-        replays the whole inbox, ``after=N`` what came after cursor N. With
+        ``after=None`` starts with what arrives from now on (until its first
+        message it has no cursor, so a reconnection then is live again: pass a
+        cursor to be exact); ``after=0`` first replays the whole inbox,
+        ``after=N`` what came after cursor N. With
         ``reconnect`` a broken stream is reopened from the last cursor yielded
         (backing off up to 5 s), for ever or until no connection succeeded for
         ``give_up_after`` seconds (then ``PeerUnreachable``). API errors (a
