@@ -1,6 +1,7 @@
-"""Entry point: ``python -m peer`` (see ``peer.cli._cli`` for the flags)."""
+"""Entry point: ``python -m peer`` (``peer.cli._cli`` has the flags, ``peer.cli._commands``
+the subcommands)."""
 
-from .cli._cli import main
+from .cli import main
 
 if __name__ == "__main__":
     main()

@@ -251,10 +251,15 @@ async def _running(
                     compat=api_spec.compat,
                     webhooks=webhooks,
                 )
-            except OSError as exc:
+            except (OSError, BaseExceptionGroup) as exc:
+                # Hypercorn binds inside its own nursery: the OSError comes wrapped
+                error = _only_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+                if not isinstance(error, OSError):
+                    raise
                 raise StartError(
-                    f"cannot serve the API on {api}: {exc.strerror or exc} (pick another port)"
-                ) from exc
+                    f"cannot serve the API on {api}: {error.strerror or error}"
+                    " (is another peer running? pick another port with --api)"
+                ) from error
         if bootstrap:
             nursery.start_soon(peer.join, list(bootstrap))
         try:

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,14 @@ import structlog
 import trio
 
 from peer._embed import StartError, WebhookSpec, open_with
-from peer.node._bootstrap import bootstrap_entry
+from peer.node._bootstrap import (
+    MAX_BOOTSTRAP_BYTES,
+    BootstrapError,
+    bootstrap_entry,
+    classify,
+    parse_peer_address,
+    parse_peer_list,
+)
 from peer.node._keystore import KeyStoreError, load_or_create_identity, load_or_create_token
 from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
@@ -30,6 +38,8 @@ from peer.protocols._presence import valid_name
 from peer.wire._frames import is_topic
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy, private_dir
+
+from ._lock import DirectoryLocked, lock_directories
 
 DEFAULT_PEER_PORT = 7433
 DEFAULT_API_PORT = 7432
@@ -51,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m peer",
         description="Run a clawmesh peer. With no --bootstrap it starts a new mesh.",
+        epilog="Commands for a running peer: send, dm, read, tail, peers, status, channels, "
+        "join, leave, ack, mcp (python -m peer COMMAND --help).",
     )
     p.add_argument(
         "--bootstrap",
@@ -292,18 +304,51 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
     if api_url:
         lines.append(f"  local API:    {api_url}   (token: {args.key_dir / 'api-token'})")
     join = peer.listen_urls[0] + "#" + pid if peer.listen_urls else None
+    command = f"{run_command()} --bootstrap {shlex.quote(join or '')}"
     if specs:
         lines.append(f"  joining via:  {', '.join(specs)}")
         if join:
-            lines.append(
-                f"  others can also join through this peer:  python -m peer --bootstrap {join}"
-            )
+            lines.append(f"  others can also join through this peer:  {command}")
     elif join:
         lines.append("  This is the first node of a new mesh. Others join with:")
-        lines.append(f"    python -m peer --bootstrap {join}")
+        lines.append(f"    {command}")
     entry = bootstrap_entry(peer.identity, peer.listen_urls, peer.caps)
     lines.append(f"  bootstrap.json entry: {json.dumps(entry)}")
     return "\n".join(lines)
+
+
+def run_command() -> str:
+    """How to start a peer from any directory and shell: this interpreter's absolute
+    path (a virtualenv's python works unactivated), then ``-m peer``."""
+    return f"{shlex.quote(os.path.abspath(sys.executable))} -m peer"
+
+
+def check_bootstrap(specs: list[str]) -> None:
+    """Refuse a spec that can never work before anything starts: one that is not a peer
+    address, or a list file that is missing or not a bootstrap list. (An http(s) list
+    is fetched, and retried, when joining: the network may only be down for now.)"""
+    for spec in specs:
+        try:
+            kind = classify(spec)
+            if kind == "peer":
+                parse_peer_address(spec)
+            elif kind == "file":
+                with open(spec, "rb") as f:
+                    raw = f.read(MAX_BOOTSTRAP_BYTES + 1)
+                if len(raw) > MAX_BOOTSTRAP_BYTES:
+                    raise BootstrapError(f"{spec} is over {MAX_BOOTSTRAP_BYTES} bytes")
+                try:
+                    data = json.loads(raw)
+                except ValueError as exc:
+                    raise BootstrapError(f"{spec} is not JSON: {exc}") from None
+                if not parse_peer_list(data):
+                    raise BootstrapError(f"{spec} lists no peers")
+        except BootstrapError as exc:
+            raise SystemExit(f"clawmesh: --bootstrap: {exc}") from None
+        except OSError as exc:
+            raise SystemExit(
+                f"clawmesh: --bootstrap: cannot read {spec}: {exc.strerror or exc}"
+            ) from None
 
 
 def _gossip_params(args: argparse.Namespace) -> GossipParams:
@@ -388,15 +433,16 @@ async def run_peer(args: argparse.Namespace) -> None:
             compat=args.compat,
         ) as peer:
             _write_peer_file(args.data_dir, peer, peer.api_url)
+            _write_api_url(args.key_dir, peer.api_url)
             print(_banner(peer, args, peer.api_url, specs), flush=True)
             await trio.sleep_forever()
     except StartError as exc:
-        raise SystemExit(str(exc)) from None
+        raise SystemExit(f"clawmesh: {exc}") from None
 
 
 def _name(name: str) -> str:
     if name and not valid_name(name):
-        raise SystemExit(f"--name wants 1 to 64 printable characters, got {name!r}")
+        raise SystemExit(f"clawmesh: --name wants 1 to 64 printable characters, got {name!r}")
     return name
 
 
@@ -415,7 +461,24 @@ def _write_peer_file(data_dir: Path, peer: Peer, api_url: str | None) -> None:
     (data_dir / "peer.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
+def _write_api_url(key_dir: Path, api_url: str | None) -> None:
+    """``api-url`` in the key directory (0600), beside ``api-token``: how ``peer.client``
+    and the CLI's commands find this peer's API; removed when there is no API."""
+    path = key_dir / "api-url"
+    if api_url is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name("api-url.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, api_url.encode() + b"\n")
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    """Run a peer (``peer.cli.main`` sends subcommands elsewhere first)."""
     args = build_parser().parse_args(argv)
     configure_logging(json=args.log_json, level=args.log_level)
     if args.print_bootstrap_entry:
@@ -427,15 +490,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         caps = ("relay", "relay-only") if args.relay_only else (() if args.no_relay else ("relay",))
         print(json.dumps(bootstrap_entry(identity, urls, caps), indent=2))
         return
+    check_bootstrap(_bootstrap_specs(args))
     try:
         identity, created = load_or_create_identity(args.key_dir)
         load_or_create_token(args.key_dir)
         private_dir(args.data_dir)
+        locks = lock_directories(args.key_dir, args.data_dir)
+    except DirectoryLocked as exc:
+        raise SystemExit(f"clawmesh: {exc}") from None
     except (KeyStoreError, OSError) as exc:
         raise SystemExit(f"key directory {args.key_dir}: {exc}") from None
+    try:
+        _run(args, identity.peer_id_hex, created)
+    finally:
+        for fd in locks:
+            os.close(fd)
+
+
+def _run(args: argparse.Namespace, peer_id: str, created: bool) -> None:
     if created:
         structlog.get_logger("clawmesh").info(
-            "created a new identity", peer=identity.peer_id_hex[:16], key_dir=str(args.key_dir)
+            "created a new identity", peer=peer_id[:16], key_dir=str(args.key_dir)
         )
     try:
         trio.run(run_peer, args)
