@@ -28,6 +28,7 @@ from peer.client import (
     StatusChange,
     Unauthorised,
 )
+from peer.client._config import URL_FILE
 
 from . import _output as out
 
@@ -44,6 +45,13 @@ class Ctx:
 
     def client(self, timeout: float = 10.0) -> Client:
         return Client(self.api, key_dir=self.key_dir, timeout=timeout)
+
+    def starting(self) -> bool:
+        """A key directory was named whose peer has not written its address yet: asking
+        the default address would reach another peer."""
+        return self.api is None and self.key_dir is not None and not (
+            self.key_dir.expanduser() / URL_FILE
+        ).exists()
 
 
 def _fail(code: int, message: str) -> None:
@@ -258,15 +266,18 @@ def peers(ctx: Ctx, online: bool, wait: float | None, min_count: int | None) -> 
 def status(ctx: Ctx, wait: float, only_id: bool) -> None:
     """The peer's id, links, channels and unread count."""
     deadline = time.monotonic() + wait
-    with ctx.client() as mesh:
-        while True:
-            try:
+    while True:
+        try:
+            if ctx.starting():
+                where = str(ctx.key_dir)
+                raise PeerUnreachable(where, f"no {URL_FILE} there yet: the peer is not up")
+            with ctx.client() as mesh:  # found afresh: a starting peer writes its address
                 found = mesh.status()
-                break
-            except PeerUnreachable:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.2)
+            break
+        except PeerUnreachable:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
     if only_id:
         click.echo(found.peer_id)
     else:
