@@ -440,7 +440,7 @@ class CatchUpService:
             while True:
                 gap = self._gaps[key]
                 await self.filler.fill_exactly(topic, sender, gap, budget)
-                if self._gaps[key] == gap:
+                if self._gaps[key] == gap or budget.pages <= 0:  # the rest: hold or digests
                     await self.filler.count_missed(topic, [(sender, gap[1])], whole=False)
                     return
         except (StoreError, ValueError) as exc:
