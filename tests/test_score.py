@@ -13,7 +13,7 @@ import trio
 
 from peer import Identity, Peer, PeerOptions
 from peer.api._api import LocalApi
-from peer.protocols._gossip import Action, GossipRouter
+from peer.protocols._gossip import Action, Close, GossipRouter
 from peer.protocols._score import Buckets, Scoreboard
 from peer.wire import _cbor
 from peer.wire._envelope import Content, Envelope, seal_message, split_wire
@@ -95,6 +95,30 @@ def test_a_flooding_author_is_limited_while_an_honest_one_keeps_flowing() -> Non
     assert relay.scores.banned(net.pid("spammer"), net.now)
     assert not relay.scores.banned(net.pid("honest"), net.now)
     assert relay.statistics()["scores"][net.pid("honest").hex()[:16]] >= 0
+
+
+def test_relays_forwarding_a_flood_within_their_own_limits_are_not_punished() -> None:
+    """Each relay's bucket lets a different share of a flood through; together they
+    pass the reader's limit. The reader drops the excess but charges neither relay
+    (a flooder must not get honest relays closed); the author's own link it does."""
+    reader = GossipRouter(fake_peer(0), relay=False, params=LIMITS, rng=random.Random(3))
+    reader.subscribe(TOPIC)
+    r1, r2 = fake_peer(1), fake_peer(2)
+    for link in (r1, r2):
+        reader.add_link(link, relay=True, now=0.0)
+    flood = envelopes("flooder", 400)
+    closes = [
+        a for i, env in enumerate(flood)
+        for a in pub(reader, r1 if i % 2 else r2, env, i / 1000) if isinstance(a, Close)
+    ]  # fmt: skip
+    assert closes == []
+    assert reader.stats.sender_limited > 300
+    assert reader.scores.score(r1, 0.4) >= 0 and reader.scores.score(r2, 0.4) >= 0
+    author = identity("flooder").peer_id
+    reader.add_link(author, relay=False, now=0.4)
+    more = envelopes("flooder", 100, first=401)
+    closed = [a for env in more for a in pub(reader, author, env, 0.5) if isinstance(a, Close)]
+    assert [c.peer for c in closed] == [author]  # over the limit from the author itself
 
 
 def test_an_author_over_its_limit_costs_no_signature_check(

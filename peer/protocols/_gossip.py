@@ -20,9 +20,9 @@ Rules kept here (protocol-spec/gossip.md):
 * Budgets. Each link has a frame and byte budget; overrunning it, sending a
   frame that does not parse, or an envelope that does not verify closes it.
 * Spam (``_score.py``). New envelopes are limited per author (checked before
-  the signature) and ``pub`` frames per link: over, dropped, the link
-  penalised; our own publishing too (``check_publish``). A decaying score
-  per peer: below thresholds no IHAVE, no mesh, then closed and banned.
+  the signature; only the author's own link is penalised) and ``pub`` frames
+  per link; our own too (``check_publish``). A decaying score per peer:
+  below thresholds no IHAVE, no mesh, then closed and banned.
 
 Nothing here performs I/O: every method returns a list of actions (``Send``,
 ``Deliver``, ``Close``) for the Trio shell to carry out, in order.
@@ -325,9 +325,10 @@ class GossipRouter:
             self.stats.duplicates += 1
             return self._check_graylist(peer, self.scores.duplicate(peer, now), now)
         env = open_envelope(wire, signed=signed, sig=sig, verify=False)
-        if not self._senders.has(env.sender, now):
-            self.stats.sender_limited += 1  # unverified: not remembered (a forgery could hide it)
-            return self._penalize(peer, p.over_limit_penalty, now)
+        if not self._senders.has(env.sender, now):  # dropped unverified and not remembered:
+            self.stats.sender_limited += 1  # a forged copy must not hide the real one
+            own = peer == env.sender  # a relay is not charged: its buckets fill at its pace
+            return self._penalize(peer, p.over_limit_penalty, now) if own else []
         if self.verify:
             check_signature(env.sender_key, signed, sig)
         if env.ts < wall_ms - p.max_age * 1000:
@@ -351,8 +352,7 @@ class GossipRouter:
         elif self.observe_all and env.kind != "presence":
             actions.append(Deliver(env, member=False))
         if self.relay:
-            # a message may arrive before the heartbeat built this topic's mesh:
-            # graft now rather than leave the first messages to gossip repair
+            # before the heartbeat built this topic's mesh? graft now, not at gossip repair
             actions.extend(self._fill_mesh(route, now))
             targets = self._forward_targets(route, exclude=(peer, env.sender))
             actions.extend(Send(target, raw) for target in targets)
