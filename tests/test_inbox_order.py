@@ -124,3 +124,18 @@ async def test_a_new_senders_history_from_before_we_subscribed_is_not_handed_on(
         await until(b, lambda: bodies(b, topic=CHANNEL) == ["new"])  # not after 60 s: looked back
         await until(b, lambda: storage_of(b).order.history == 5)
         assert storage_of(b).order.order.skipped == 0
+
+
+async def test_repairs_of_one_sender_are_paced(tmp_path: Path) -> None:
+    """A gap nobody can fill (an author held to its limit leaves one per dropped
+    message) is asked about a few times, then at the pace of REPAIR_RATE."""
+    from peer.node._gapfill import REPAIR_BURST
+
+    async with running(Identity.generate(), _options(tmp_path, "b", channels=(CHANNEL,))) as b:
+        filler = storage_of(b).catchup_service.filler
+        flooder, honest = b"f" * 32, b"h" * 32
+        passes = [filler.may_repair(CHANNEL, flooder) for _ in range(int(REPAIR_BURST) + 2)]
+        assert passes == [True] * int(REPAIR_BURST) + [False, False]
+        assert filler.deferred == 2
+        assert filler.may_repair(CHANNEL, honest)  # another sender has its own passes
+        assert storage_of(b).statistics().to_json()["repairs_deferred"] == 2

@@ -206,7 +206,7 @@ class CatchUpService:
             a, b = self._gaps[key]
             self._gaps[key] = (min(a, first), max(b, last))
             return
-        if len(self._gaps) >= MAX_GAP_FETCHES:
+        if len(self._gaps) >= MAX_GAP_FETCHES or not self.filler.may_repair(topic, sender):
             return  # the digest rounds find it; the hold bounds the wait
         try:
             self._commands.send_nowait(FetchGap(topic, sender))

@@ -19,6 +19,7 @@ import trio
 from peer.protocols._antientropy import wanted
 from peer.protocols._catchup import Page, PageRequest
 from peer.protocols._catchupcore import CatchUpCore, Command
+from peer.protocols._score import Buckets
 from peer.wire._envelope import Envelope
 from store import StoreService
 
@@ -26,6 +27,10 @@ from ._host import StoragePeer
 
 MAX_GAP_SENDERS = 64
 MAX_FILL_PAGES = 64  # pages one gap-filling pass asks for; the next pass goes on
+# passes per (topic, sender): a gap nobody can fill (an author held to its limit
+# leaves one per dropped message) is asked about this often, not at every digest
+REPAIR_RATE = 0.2  # per second
+REPAIR_BURST = 3.0
 
 Check = Callable[[bytes, PageRequest, Page], Awaitable[list[Envelope] | None]]
 Store = Callable[[Iterable[Envelope]], Awaitable[int]]
@@ -76,6 +81,15 @@ class GapFiller:
         self.waiting: Callable[[str, bytes], list[int]] = lambda topic, sender: []
         # new messages of a topic were stored from a carrier: tell the other links
         self.stored: Callable[[str, bytes], None] = lambda topic, carrier: None
+        self.passes = Buckets(REPAIR_RATE, REPAIR_BURST, max_keys=4096)
+        self.deferred = 0  # repairs of a sender left for later: its passes were spent
+
+    def may_repair(self, topic: str, sender: bytes) -> bool:
+        """Spend one of the repair passes of ``sender`` in ``topic``, if it has one."""
+        if self.passes.take(topic.encode() + sender, self.peer.now()):
+            return True
+        self.deferred += 1
+        return False
 
     async def fill(
         self,
@@ -90,9 +104,13 @@ class GapFiller:
         me = self.peer.peer_id
         heads = [(sender, head) for sender, head in heads if sender != me]
         gaps: list[tuple[bytes, int, int]] = []
+        deferred = False
         for sender, head in heads:
-            for a, b in await self.lacking(topic, sender, 1, head, whole):
-                gaps.append((sender, a, b))
+            lacking = await self.lacking(topic, sender, 1, head, whole)
+            if lacking and not self.may_repair(topic, sender):
+                deferred = True
+                continue
+            gaps += [(sender, a, b) for a, b in lacking]
             if len(gaps) >= MAX_GAP_SENDERS:
                 break
         carriers = sorted(self.core.carriers, key=lambda c: c != first)
@@ -105,7 +123,7 @@ class GapFiller:
                 for a, b in todo[:16]:
                     await self.fetch_range(carrier, topic, sender, a, b, budget)
         await self.count_missed(topic, heads, whole)
-        return budget.answered and len(gaps) <= MAX_GAP_SENDERS
+        return budget.answered and len(gaps) <= MAX_GAP_SENDERS and not deferred
 
     async def count_missed(
         self, topic: str, heads: Sequence[tuple[bytes, int]], whole: bool

@@ -315,9 +315,7 @@ class Storage:
         held = self._held.pop(topic, None)
         if held:
             with contextlib.suppress(trio.WouldBlock):
-                self._accept_send.send_nowait(
-                    _Accept([(env, True, pushed) for env, pushed in held])
-                )
+                self._accept_send.send_nowait(_Accept([(e, True, pushed) for e, pushed in held]))
 
     async def _release_all_after(self, seconds: float) -> None:
         await trio.sleep(seconds)  # no carrier answered in time: stop holding
@@ -589,6 +587,7 @@ class Storage:
             self.counters,
             receipts_not_owed=self.delivery.core.owed_dropped,
             catchup_commands_lost=self.catchup_service.lost_commands,
+            repairs_deferred=self.catchup_service.filler.deferred,
             outbox=self.delivery.waiting(),
             pinned_topics=len(self._pinned),
             order=self.order.statistics(),
