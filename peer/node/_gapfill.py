@@ -29,8 +29,8 @@ MAX_GAP_SENDERS = 64
 MAX_FILL_PAGES = 64  # pages one gap-filling pass asks for; the next pass goes on
 # passes per (topic, sender): a gap nobody can fill (an author held to its limit
 # leaves one per dropped message) is asked about this often, not at every digest
-REPAIR_RATE = 0.2  # per second
-REPAIR_BURST = 3.0
+REPAIR_RATE = 0.2  # passes per second
+REPAIR_BURST = 1.0  # one pass at once, then one per 5 s
 
 Check = Callable[[bytes, PageRequest, Page], Awaitable[list[Envelope] | None]]
 Store = Callable[[Iterable[Envelope]], Awaitable[int]]
