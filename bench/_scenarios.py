@@ -57,6 +57,7 @@ class Params:
     flood_frames: int
     profile: bool
     quick: bool
+    check_every: int = 1000
 
 
 @dataclass
@@ -127,6 +128,15 @@ def _warnings(row: dict[str, Any]) -> str:
     return out
 
 
+def hub_note(row: dict[str, Any]) -> str:
+    """The hub's CPU over the cell's active interval, and a flag if it was not saturated."""
+    hub = row.get("hub_cpu_pct")
+    text = "hub CPU " + ("?" if hub is None else f"{hub:.0f}%")
+    if not row.get("saturated"):
+        text += f" NOT SATURATED ({row.get('bound')}-bound)"
+    return text
+
+
 def pressure_note(rows: list[dict[str, Any]]) -> str | None:
     values = [r["cpu_pressure_avg10"] for r in rows if r.get("cpu_pressure_avg10") is not None]
     if not values:
@@ -183,16 +193,15 @@ class Fanout(Scenario):
                         label = f"fanout {done}/{len(cells)} {system.name} N={n} size={size}"
                         ctx.progress(f"{label}: {messages} messages ...")
                         load = Load("fanout", n, size, messages, p.duration, window=p.window,
-                                    sink_procs=p.sink_procs)
+                                    sink_procs=p.sink_procs, check_every=p.check_every)
                         try:
                             row = await run_load(ctx.nursery, system, dep, load, ctx.logs)
                         except ChildFailed as exc:
                             row = _error_row(system, exc, n=n, size=size)
                             ctx.progress(f"{label}: FAILED {exc}")
                         else:
-                            ctx.progress(
-                                f"{label}: {row['deliveries_per_s']:,.0f} deliveries/s, "
-                                f"relay CPU {row['server_cpu_pct']:.0f}%" + _warnings(row))
+                            ctx.progress(f"{label}: {row['deliveries_per_s']:,.0f} deliveries/s, "
+                                         + hub_note(row) + _warnings(row))
                         result.rows.append(row)
             except ChildFailed as exc:
                 ctx.progress(f"fanout {system.name}: could not start: {exc}")
