@@ -48,6 +48,7 @@ CHECK_INTERVAL = 0.01
 WINDOW_BYTES = 16 * 1024 * 1024
 SATURATED = 85.0  # % of one core: a hub below this was not what limited the cell
 MIN_WINDOW_S = 0.2  # a shorter active interval says nothing about CPU shares
+BUSY_PRESSURE = 30.0  # % of the last 10 s some runnable task waited for a CPU
 
 
 @dataclass
@@ -265,7 +266,7 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
         "server_rss_growth_kib": [(b - a) // 1024 for a, b in zip(rss0, rss1, strict=True)],
         "generator_cpu_pct": round(gen_pct, 1),
         "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
-        **_hub_fields(busy.percent()),
+        **_hub_fields(busy.percent(), pressure),
         "checked": sum(int(d.get("checked", 0)) for d in done),
         "check_failed": sum(int(d.get("check_failed", 0)) for d in done),
         "counting": all(d.get("counting") for d in done),
@@ -287,11 +288,13 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
     return out
 
 
-def _hub_fields(pct: dict[str, float] | None) -> dict[str, Any]:
+def _hub_fields(pct: dict[str, float] | None, pressure: float | None) -> dict[str, Any]:
     """The hub's CPU over the active window, whether it was saturated, and what bound the cell."""
     servers = [v for k, v in (pct or {}).items() if k.startswith("server")]
     sinks = [v for k, v in (pct or {}).items() if "sink" in k]
     bound = bound_of(pct)
+    if bound == "unclear" and pressure is not None and pressure >= BUSY_PRESSURE:
+        bound = "machine busy"  # runnable tasks waited for a CPU: the hub did not get its core
     return {
         "hub_cpu_pct": round(max(servers), 1) if servers else None,
         "saturated": bound == "hub",

@@ -20,6 +20,7 @@ import trio
 from peer.wire._limits import MAX_PAGE_MESSAGES  # envelopes per catch-up page: the append batch
 
 from ._catchup import FILL_WINDOW, disk_bytes, fill, run_catchup, store_dir
+from ._ceiling import apply_ceilings
 from ._drive import Load, run_footprint, run_load
 from ._preauth import BASELINE_SECONDS, QUICK_BASELINE, run_preauth
 from ._procs import REPO, Child, ChildFailed, cpu_pressure, python_cmd, rss_bytes
@@ -209,6 +210,7 @@ class Fanout(Scenario):
                     if not any(r["system"] == system.name and r.get("n") == n
                                and r.get("size") == size for r in result.rows):
                         result.rows.append(_error_row(system, exc, n=n, size=size))
+        result.notes += apply_ceilings(result.rows)
         note = store_cost_note(result.rows, ("n", "size"), "server_cpu_us_per_delivery",
                                "in relay CPU per delivery (same run)")
         if note:

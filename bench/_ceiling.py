@@ -1,0 +1,75 @@
+"""Which system is the ceiling of a fan-out cell, and every system's ratio to it.
+
+The ceiling of a cell (one N, one size) is the fastest forwarder of the same
+run (a system whose role is ``ceiling``: ``ws-raw``, ``ws-trio``, ``tcp-raw``)
+whose hub was saturated, i.e. used at least 85% of a core over the interval
+deliveries arrived: only then is its figure the forwarder's and not the load
+generator's or the machine's. If no forwarder was saturated in a cell, the
+fastest one is still named, flagged ``saturated: false``: its figure is a lower
+bound, so every ratio to it is an upper bound.
+
+Each fan-out row gets ``ceiling`` (the system's name), ``vs_ceiling``
+(deliveries/s over the ceiling's) and ``vs_ceiling_per_cpu`` (deliveries per
+hub CPU second over the ceiling's: what a delivery costs, which a busy machine
+disturbs less); the scenario gets one note per cell that says it plainly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._systems import registry
+
+Cell = tuple[int, int]
+
+
+def _is_forwarder(name: str) -> bool:
+    system = registry().get(name)
+    return system is not None and system.role == "ceiling"
+
+
+def ceilings(rows: list[dict[str, Any]]) -> dict[Cell, dict[str, Any]]:
+    """The ceiling row of each (N, size) cell that has a forwarder."""
+    best: dict[Cell, dict[str, Any]] = {}
+    for r in rows:
+        if "error" in r or not _is_forwarder(r["system"]) or not r.get("deliveries_per_s"):
+            continue
+        cell = (r["n"], r["size"])
+        held = best.get(cell)
+        rank = (bool(r.get("saturated")), float(r["deliveries_per_s"]))
+        if held is None or rank > (bool(held.get("saturated")), float(held["deliveries_per_s"])):
+            best[cell] = r
+    return best
+
+
+def _ratio(value: Any, base: Any) -> float | None:
+    if not value or not base:
+        return None
+    return round(float(value) / float(base), 4)
+
+
+def apply_ceilings(rows: list[dict[str, Any]]) -> list[str]:
+    """Give every row its ratios to its cell's ceiling; one note line per cell."""
+    best = ceilings(rows)
+    for r in rows:
+        top = best.get((r.get("n", 0), r.get("size", 0)))
+        if "error" in r or top is None:
+            continue
+        r["ceiling"] = top["system"]
+        r["vs_ceiling"] = _ratio(r.get("deliveries_per_s"), top.get("deliveries_per_s"))
+        r["vs_ceiling_per_cpu"] = _ratio(r.get("deliveries_per_server_cpu_s"),
+                                         top.get("deliveries_per_server_cpu_s"))
+    notes = []
+    for (n, size), top in sorted(best.items()):
+        hub = top.get("hub_cpu_pct")
+        cpu = "?" if hub is None else f"{hub:.0f}%"
+        text = (f"ceiling N={n} size={size}: {top['system']} {top['deliveries_per_s']:,.0f} "
+                f"deliveries/s, hub CPU {cpu}")
+        if not top.get("saturated"):
+            text += (" NOT SATURATED: no forwarder was hub-bound in this cell, so this is a "
+                     "lower bound and every ratio to it an upper bound")
+        notes.append(text)
+    if notes:
+        notes.insert(0, "the ceiling of each cell is the fastest forwarder of this run whose hub "
+                        "used >= 85% of a core; 'vs ceiling' divides by its figure")
+    return notes
