@@ -195,10 +195,10 @@ def test_the_ceiling_is_the_fastest_saturated_forwarder() -> None:
     rows = [_row("ws-raw", 10, 200_000, True), _row("tcp-raw", 10, 300_000, False),
             _row("nats", 10, 3_000_000, True), _row("clawmesh", 10, 50_000, True),
             _row("ws-raw", 100, 30_000, False), _row("ws-trio", 100, 20_000, False)]
-    top = ceilings(rows)  # type: ignore[arg-type]
+    top = ceilings(rows)
     assert top[(10, SIZE)]["system"] == "ws-raw"  # not the faster unsaturated one, not NATS
     assert top[(100, SIZE)]["system"] == "ws-raw"
-    notes = apply_ceilings(rows)  # type: ignore[arg-type]
+    notes = apply_ceilings(rows)
     assert rows[3]["vs_ceiling"] == 0.25 and rows[3]["ceiling"] == "ws-raw"
     assert rows[2]["vs_ceiling"] == 15.0
     assert "N=100" in notes[2] and "NOT SATURATED" in notes[2]
