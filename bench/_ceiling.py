@@ -63,8 +63,10 @@ def apply_ceilings(rows: list[dict[str, Any]]) -> list[str]:
     for (n, size), top in sorted(best.items()):
         hub = top.get("hub_cpu_pct")
         cpu = "?" if hub is None else f"{hub:.0f}%"
+        sinks = top.get("sinks_cpu_pct")
         text = (f"ceiling N={n} size={size}: {top['system']} {top['deliveries_per_s']:,.0f} "
-                f"deliveries/s, hub CPU {cpu}")
+                f"deliveries/s, hub CPU {cpu}"
+                + ("" if sinks is None else f", its sinks together {sinks:.0f}%"))
         if not top.get("saturated"):
             text += (" NOT SATURATED: no forwarder was hub-bound in this cell, so this is a "
                      "lower bound and every ratio to it an upper bound")

@@ -26,8 +26,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULTS: dict[str, tuple[Any, Any]] = {
     "n": ("1,10,100", "3"),
     "sizes": ("300,4096", "300"),
-    "messages": (5000, 200),
-    "deliveries": (200_000, 600),
+    "messages": (20_000, 200),
+    "deliveries": (1_000_000, 600),
     "duration": (4.0, 2.0),
     "rates": ("200,1000", "500"),
     "relays": ("1,3", "2"),
