@@ -267,6 +267,8 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
         "generator_cpu_pct": round(gen_pct, 1),
         "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
         **_hub_fields(busy.percent(), pressure),
+        "sinks_cpu_us_per_delivery": round(1e6 * sum(
+            v for k, v in cpu.items() if "sink" in k) / received, 3) if received else None,
         "checked": sum(int(d.get("checked", 0)) for d in done),
         "check_failed": sum(int(d.get("check_failed", 0)) for d in done),
         "counting": all(d.get("counting") for d in done),

@@ -134,7 +134,7 @@ def hub_note(row: dict[str, Any]) -> str:
     hub = row.get("hub_cpu_pct")
     text = "hub CPU " + ("?" if hub is None else f"{hub:.0f}%")
     if not row.get("saturated"):
-        text += f" NOT SATURATED ({row.get('bound')}-bound)"
+        text += f" NOT SATURATED (bound: {row.get('bound')})"
     return text
 
 
