@@ -75,7 +75,8 @@ def apply_ceilings(rows: list[dict[str, Any]]) -> list[str]:
              if r.get("sinks_cpu_us_per_delivery") and r.get("deliveries_per_s", 0) >= 100_000]
     if costs:
         notes.append(f"the sinks' CPU per delivery in cells above 100,000 deliveries/s: "
-                     f"{min(costs):.2f} to {max(costs):.2f} us (all sink processes, whole cell)")
+                     f"{min(costs):.2f} to {max(costs):.2f} us (all sink processes, whole cell): "
+                     f"one core of sinks takes {1e6 / max(costs):,.0f} deliveries/s or more")
     if notes:
         notes.insert(0, "the ceiling of each cell is the fastest forwarder of this run whose hub "
                         "used >= 85% of a core; 'vs ceiling' divides by its figure")

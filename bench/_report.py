@@ -331,13 +331,15 @@ def _plot_fanout(plt: Any, rows: list[dict[str, Any]]) -> Any:
                 ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
             if key == "hub_cpu_pct":
                 ax.axhline(85, color="#d62728", linewidth=0.8, linestyle="--")
-                ax.text(1, 86, "saturated", fontsize=7, color="#d62728")
+                ax.text(0.01, 86, "saturated", fontsize=7, color="#d62728",
+                        transform=ax.get_yaxis_transform())
+                ax.set_ylim(0, max(110.0, *(float(r.get(key) or 0) for r in rows)) * 1.05)
             ax.set_xscale("log")
             if log_y:
                 ax.set_yscale("log")
             ax.set_xlabel("subscribers N")
             ax.set_ylabel(label)
-            ax.set_title(f"message body {size} B (hollow: hub not saturated)")
+            ax.set_title(f"body {size} B (hollow: hub not saturated)", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
