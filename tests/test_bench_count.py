@@ -211,3 +211,15 @@ def test_what_bound_a_cell() -> None:
     assert bound_of({"server0": 40.0, "pub": 90.0}) == "publisher"
     assert bound_of({"server0": 40.0, "pub": 10.0, "x-sink0": 95.0}) == "sinks"
     assert bound_of({"server0": 40.0, "pub": 10.0, "x-sink0": 15.0}) == "unclear"
+
+
+def test_the_sink_waits_longer_while_reads_stay_small() -> None:
+    from bench._sink import BUSY_READ, IDLE_TICK, TICK, next_tick
+
+    assert next_tick(IDLE_TICK, BUSY_READ) == 0.0  # more is waiting: read again at once
+    assert next_tick(IDLE_TICK, 20_000) == TICK
+    tick = TICK
+    for _ in range(20):
+        tick = next_tick(tick, 300)
+    assert tick == IDLE_TICK  # grows, and stops at its bound
+    assert next_tick(0.0, 300) > 0.0
