@@ -4,9 +4,11 @@ The ceiling of a cell (one N, one size) is the fastest forwarder of the same
 run (a system whose role is ``ceiling``: ``ws-raw``, ``ws-trio``, ``tcp-raw``)
 whose hub was saturated, i.e. used at least 85% of a core over the interval
 deliveries arrived: only then is its figure the forwarder's and not the load
-generator's or the machine's. If no forwarder was saturated in a cell, the
-fastest one is still named, flagged ``saturated: false``: its figure is a lower
-bound, so every ratio to it is an upper bound.
+generator's or the machine's. Next best is a forwarder whose hub was
+runnable that much of the time but waited for a CPU (``hub, starved``: the
+machine was busy; the hub, not its sinks, limited the cell). If neither, the
+fastest one is still named, flagged: its figure is a lower bound, so every
+ratio to it is an upper bound.
 
 Each fan-out row gets ``ceiling`` (the system's name), ``vs_ceiling``
 (deliveries/s over the ceiling's) and ``vs_ceiling_per_cpu`` (deliveries per
@@ -36,10 +38,15 @@ def ceilings(rows: list[dict[str, Any]]) -> dict[Cell, dict[str, Any]]:
             continue
         cell = (r["n"], r["size"])
         held = best.get(cell)
-        rank = (bool(r.get("saturated")), float(r["deliveries_per_s"]))
-        if held is None or rank > (bool(held.get("saturated")), float(held["deliveries_per_s"])):
+        if held is None or _rank(r) > _rank(held):
             best[cell] = r
     return best
+
+
+def _rank(row: dict[str, Any]) -> tuple[bool, bool, float]:
+    """Saturated first, then hub-bound but starved by the machine, then the fastest."""
+    return (bool(row.get("saturated")), bool(row.get("hub_bound")),
+            float(row["deliveries_per_s"]))
 
 
 def _ratio(value: Any, base: Any) -> float | None:
@@ -67,7 +74,11 @@ def apply_ceilings(rows: list[dict[str, Any]]) -> list[str]:
         text = (f"ceiling N={n} size={size}: {top['system']} {top['deliveries_per_s']:,.0f} "
                 f"deliveries/s, hub CPU {cpu}"
                 + ("" if sinks is None else f", its sinks together {sinks:.0f}%"))
-        if not top.get("saturated"):
+        if not top.get("saturated") and top.get("hub_bound"):
+            text += (f" NOT SATURATED but hub-bound: runnable all along, it waited "
+                     f"{top.get('hub_wait_pct') or 0:.0f}% of the time for a CPU; a busy "
+                     "machine depressed it, not its sinks")
+        elif not top.get("saturated"):
             text += (" NOT SATURATED: no forwarder was hub-bound in this cell, so this is a "
                      "lower bound and every ratio to it an upper bound")
         notes.append(text)

@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sinks decrypt, decode and verify one measured message in K and "
                    "count the others by their exact size (default "
                    f"{DEFAULTS['check_every'][0]}; quick {DEFAULTS['check_every'][1]})")
+    g.add_argument("--hub-nice", type=int, default=0, metavar="NICE",
+                   help="on a shared machine: give the hub under test this nice value (e.g. "
+                   "-10; below 0 needs root) for the measured part of each fan-out cell, so "
+                   "that it gets its core; 0 leaves it alone")
     g = p.add_argument_group("latency (scenario 2)")
     g.add_argument("--rates", type=_floats, default=None, metavar="LIST",
                    help=f"offered rates, messages/s (default {DEFAULTS['rates'][0]})")
@@ -211,6 +215,7 @@ def resolve(args: argparse.Namespace) -> Params:
         catchup_size=get("catchup_size"), fill_rate=get("fill_rate"),
         flood_connections=get("flood_connections"), flood_frames=get("flood_frames"),
         profile=args.profile_relay, quick=args.quick, check_every=max(1, get("check_every")),
+        hub_nice=args.hub_nice,
     )
 
 

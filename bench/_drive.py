@@ -17,13 +17,15 @@ deliveries arrived (from the first progress report that counted one to the
 last that counted more), so the publisher's start and the idle tail do not
 dilute it. A fan-out cell whose hub used less than ``SATURATED`` percent of a
 core did not measure the hub: ``saturated`` is false and ``bound`` says which
-side of the generator was busiest (``sinks``, ``publisher``) or ``unclear``
-(usually a machine too busy to give the hub its core).
+side of the generator was busiest (``sinks``, ``publisher``), ``machine busy``
+(none was, and runnable tasks waited for a CPU: the hub did not get its core)
+or ``unclear``.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from ._procs import (
     http_get_json,
     python_cmd,
     rss_bytes,
+    runqueue_wait_seconds,
 )
 from ._systems import Deployment, System
 
@@ -63,10 +66,23 @@ class Load:
     sink_procs: int = 4
     return_samples: bool = False
     check_every: int = 1000  # the counting sinks check one message in this many fully
+    hub_nice: int = 0  # != 0: the hub's threads get this nice value while measured
+
+
+def renice(pid: int, nice: int) -> str | None:
+    """Set the nice value of every thread of ``pid``; why not, or None."""
+    try:
+        tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        for tid in tasks:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
 
 
 class ActiveWindow:
-    """CPU time of named processes between the first and the last progress with deliveries."""
+    """CPU time of named processes between the first and the last progress with
+    deliveries, and for the hub also the time it was runnable but waited for a CPU."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
@@ -74,7 +90,11 @@ class ActiveWindow:
         self.last: tuple[float, dict[str, float]] | None = None
 
     def _sample(self, now: float) -> tuple[float, dict[str, float]]:
-        return now, {k: cpu_seconds(p) for k, p in self.pids.items()}
+        sample = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        for k, p in self.pids.items():
+            if k.startswith("server"):
+                sample[k + "-wait"] = runqueue_wait_seconds(p)
+        return now, sample
 
     def note(self, total: int, changed: bool, now: float) -> None:
         if total and self.first is None:
@@ -89,15 +109,24 @@ class ActiveWindow:
         span = self.last[0] - self.first[0]
         if span < MIN_WINDOW_S:
             return None
-        return {k: 100 * (self.last[1][k] - self.first[1][k]) / span for k in self.pids}
+        return {k: 100 * (v - self.first[1][k]) / span for k, v in self.last[1].items()}
 
 
 def bound_of(pct: dict[str, float] | None) -> str:
-    """What limited a cell, from the processes' CPU over its active window."""
+    """What limited a cell, from the processes' CPU over its active window.
+
+    ``hub``: the hub used >= SATURATED % of a core. ``hub, starved``: it did not,
+    but it was runnable (running or waiting for a CPU) that much of the time, so
+    it was still what limited the cell; the machine gave it less than a core.
+    """
     if pct is None:
         return "too short"
-    if max((v for k, v in pct.items() if k.startswith("server")), default=0.0) >= SATURATED:
+    servers = [(v, pct.get(k + "-wait", 0.0)) for k, v in pct.items()
+               if k.startswith("server") and not k.endswith("-wait")]
+    if max((cpu for cpu, _ in servers), default=0.0) >= SATURATED:
         return "hub"
+    if max((cpu + wait for cpu, wait in servers), default=0.0) >= SATURATED:
+        return "hub, starved"
     if pct.get("pub", 0.0) >= SATURATED:
         return "publisher"
     sinks = [v for k, v in pct.items() if "sink" in k]
@@ -216,6 +245,7 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
         rss0 = [rss_bytes(p) for p in dep.pids]
         t_go = trio.current_time()
         busy = ActiveWindow(measured)
+        reniced = [renice(pid, load.hub_nice) for pid in dep.pids] if load.hub_nice else []
         await pub.send("go")
         await _feed_credit_until_done(pub, sinks, load, window, t_go, busy)
         cpu1 = {k: cpu_seconds(p) for k, p in measured.items()}
@@ -272,6 +302,8 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
         "checked": sum(int(d.get("checked", 0)) for d in done),
         "check_failed": sum(int(d.get("check_failed", 0)) for d in done),
         "counting": all(d.get("counting") for d in done),
+        "hub_nice": load.hub_nice,
+        "hub_nice_failed": next((r for r in reniced if r), None),
         "cpu_pressure_avg10": pressure,
         "relay_status": relay_status,
         "sink_procs": len(sinks),
@@ -292,14 +324,18 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
 
 def _hub_fields(pct: dict[str, float] | None, pressure: float | None) -> dict[str, Any]:
     """The hub's CPU over the active window, whether it was saturated, and what bound the cell."""
-    servers = [v for k, v in (pct or {}).items() if k.startswith("server")]
+    servers = [v for k, v in (pct or {}).items()
+               if k.startswith("server") and not k.endswith("-wait")]
+    waits = [v for k, v in (pct or {}).items() if k.startswith("server") and k.endswith("-wait")]
     sinks = [v for k, v in (pct or {}).items() if "sink" in k]
     bound = bound_of(pct)
     if bound == "unclear" and pressure is not None and pressure >= BUSY_PRESSURE:
         bound = "machine busy"  # runnable tasks waited for a CPU: the hub did not get its core
     return {
         "hub_cpu_pct": round(max(servers), 1) if servers else None,
+        "hub_wait_pct": round(max(waits), 1) if waits else None,
         "saturated": bound == "hub",
+        "hub_bound": bound in ("hub", "hub, starved"),
         "bound": bound,
         "active_cpu_pct": {k: round(v, 1) for k, v in (pct or {}).items()},
         "sinks_cpu_pct": round(sum(sinks), 1) if sinks else None,

@@ -65,19 +65,20 @@ def _ok(row: dict[str, Any]) -> bool:
 
 def _fanout_table(res: ScenarioResult) -> str:
     headers = ["system", "N", "size", "deliveries/s", "vs ceiling", "msgs/s", "hub CPU",
-               "sinks CPU", "hub us/deliv", "deliv/hub-CPU-s", "vs ceiling", "delivered",
-               "bound"]
+               "hub waited", "sinks CPU", "hub us/deliv", "deliv/hub-CPU-s", "vs ceiling",
+               "delivered", "bound"]
     rows = []
     for r in res.rows:
         if not _ok(r):
             rows.append([r["system"], str(r.get("n", "")), str(r.get("size", "")),
-                         "FAILED", "", "", "", "", "", "", "", "", r["error"][:70]])
+                         "FAILED", "", "", "", "", "", "", "", "", "", r["error"][:70]])
             continue
         ceiling = r.get("ceiling") == r["system"]
         rows.append([
             r["system"] + (" (ceiling)" if ceiling else ""), str(r["n"]), str(r["size"]),
             _num(r["deliveries_per_s"]), _times(r.get("vs_ceiling")),
-            _num(r["messages_per_s"]), _pct(r.get("hub_cpu_pct")), _pct(r.get("sinks_cpu_pct")),
+            _num(r["messages_per_s"]), _pct(r.get("hub_cpu_pct")), _pct(r.get("hub_wait_pct")),
+            _pct(r.get("sinks_cpu_pct")),
             _num(r["server_cpu_us_per_delivery"], 1), _num(r["deliveries_per_server_cpu_s"]),
             _times(r.get("vs_ceiling_per_cpu")), f"{r['delivered']}/{r['expected']}",
             _bound(r),

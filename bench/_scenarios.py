@@ -59,6 +59,7 @@ class Params:
     profile: bool
     quick: bool
     check_every: int = 1000
+    hub_nice: int = 0
 
 
 @dataclass
@@ -133,6 +134,8 @@ def hub_note(row: dict[str, Any]) -> str:
     """The hub's CPU over the cell's active interval, and a flag if it was not saturated."""
     hub = row.get("hub_cpu_pct")
     text = "hub CPU " + ("?" if hub is None else f"{hub:.0f}%")
+    if row.get("hub_wait_pct"):
+        text += f" (+{row['hub_wait_pct']:.0f}% waiting for a CPU)"
     if not row.get("saturated"):
         text += f" NOT SATURATED (bound: {row.get('bound')})"
     return text
@@ -194,7 +197,8 @@ class Fanout(Scenario):
                         label = f"fanout {done}/{len(cells)} {system.name} N={n} size={size}"
                         ctx.progress(f"{label}: {messages} messages ...")
                         load = Load("fanout", n, size, messages, p.duration, window=p.window,
-                                    sink_procs=p.sink_procs, check_every=p.check_every)
+                                    sink_procs=p.sink_procs, check_every=p.check_every,
+                                    hub_nice=p.hub_nice)
                         try:
                             row = await run_load(ctx.nursery, system, dep, load, ctx.logs)
                         except ChildFailed as exc:

@@ -205,9 +205,20 @@ def test_the_ceiling_is_the_fastest_saturated_forwarder() -> None:
     assert "NOT SATURATED" not in notes[1]
 
 
+def test_a_starved_hub_bound_forwarder_beats_a_faster_unbound_one() -> None:
+    rows = [_row("ws-raw", 10, 20_000, False), _row("tcp-raw", 10, 30_000, False)]
+    rows[0].update(hub_bound=True, hub_wait_pct=55.0)
+    assert ceilings(rows)[(10, SIZE)]["system"] == "ws-raw"
+    notes = apply_ceilings(rows)
+    assert "hub-bound" in notes[1] and "waited 55%" in notes[1]
+
+
 def test_what_bound_a_cell() -> None:
     assert bound_of(None) == "too short"
     assert bound_of({"server0": 97.0, "pub": 90.0}) == "hub"
+    # runnable all along but given half a core: still the hub, starved by the machine
+    assert bound_of({"server0": 45.0, "server0-wait": 50.0, "x-sink0": 95.0}) == "hub, starved"
+    assert bound_of({"server0": 45.0, "server0-wait": 10.0, "x-sink0": 95.0}) == "sinks"
     assert bound_of({"server0": 40.0, "pub": 90.0}) == "publisher"
     assert bound_of({"server0": 40.0, "pub": 10.0, "x-sink0": 95.0}) == "sinks"
     assert bound_of({"server0": 40.0, "pub": 10.0, "x-sink0": 15.0}) == "unclear"
