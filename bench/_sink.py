@@ -190,14 +190,16 @@ class _Counted:
 def next_tick(tick: float, per_read: float) -> float:
     """How long to let data pile up before the next round, from the bytes an
     average read took in the last one: at once if reads come back large, TICK
-    if they are middling, longer (up to IDLE_TICK) while they stay small."""
+    if they are middling, longer (up to IDLE_TICK) while they stay small, a
+    little shorter in between. A socket holds ~64 KiB before its sender has to
+    wait (loopback, before autotuning), so reads are kept well below that."""
     if per_read >= BUSY_READ:
         return 0.0
     if per_read >= SMALL_READ * 4:
         return TICK
     if per_read < SMALL_READ:
         return min(IDLE_TICK, max(tick, TICK) * 1.5)
-    return max(tick, TICK)
+    return max(TICK, tick / 1.5)
 
 
 async def _count_loop(items: list[_Counted], st: SinkState) -> None:
