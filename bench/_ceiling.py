@@ -4,9 +4,10 @@ The ceiling of a cell (one N, one size) is the fastest forwarder of the same
 run (a system whose role is ``ceiling``: ``ws-raw``, ``ws-trio``, ``tcp-raw``)
 whose hub was saturated, i.e. used at least 85% of a core over the interval
 deliveries arrived: only then is its figure the forwarder's and not the load
-generator's or the machine's. Next best is a forwarder whose hub was
-runnable that much of the time but waited for a CPU (``hub, starved``: the
-machine was busy; the hub, not its sinks, limited the cell). If neither, the
+generator's or the machine's. A forwarder whose hub was runnable that much of
+the time but waited for a CPU (``hub, starved``: the machine was busy; the
+hub, not its sinks, limited the cell) counts too, since its figure only
+understates what it can do: the fastest of these is the ceiling. If none, the
 fastest one is still named, flagged: its figure is a lower bound, so every
 ratio to it is an upper bound.
 
@@ -43,10 +44,10 @@ def ceilings(rows: list[dict[str, Any]]) -> dict[Cell, dict[str, Any]]:
     return best
 
 
-def _rank(row: dict[str, Any]) -> tuple[bool, bool, float]:
-    """Saturated first, then hub-bound but starved by the machine, then the fastest."""
-    return (bool(row.get("saturated")), bool(row.get("hub_bound")),
-            float(row["deliveries_per_s"]))
+def _rank(row: dict[str, Any]) -> tuple[bool, float]:
+    """Hub-bound first (saturated, or starved by the machine: either way the hub
+    limited the cell, and a starved figure only understates it), then the fastest."""
+    return (bool(row.get("saturated") or row.get("hub_bound")), float(row["deliveries_per_s"]))
 
 
 def _ratio(value: Any, base: Any) -> float | None:

@@ -206,8 +206,10 @@ def test_the_ceiling_is_the_fastest_saturated_forwarder() -> None:
 
 
 def test_a_starved_hub_bound_forwarder_beats_a_faster_unbound_one() -> None:
-    rows = [_row("ws-raw", 10, 20_000, False), _row("tcp-raw", 10, 30_000, False)]
+    rows = [_row("ws-raw", 10, 20_000, False), _row("tcp-raw", 10, 30_000, False),
+            _row("ws-trio", 10, 5_000, True)]
     rows[0].update(hub_bound=True, hub_wait_pct=55.0)
+    # hub-bound beats unbound; among hub-bound ones, starved or not, the fastest
     assert ceilings(rows)[(10, SIZE)]["system"] == "ws-raw"
     notes = apply_ceilings(rows)
     assert "hub-bound" in notes[1] and "waited 55%" in notes[1]
