@@ -83,11 +83,12 @@ def apply_ceilings(rows: list[dict[str, Any]]) -> list[str]:
             text += (" NOT SATURATED: no forwarder was hub-bound in this cell, so this is a "
                      "lower bound and every ratio to it an upper bound")
         notes.append(text)
-    costs = [float(r["sinks_cpu_us_per_delivery"]) for r in rows
-             if r.get("sinks_cpu_us_per_delivery") and r.get("deliveries_per_s", 0) >= 100_000]
+    # over the interval deliveries arrived (cells too short to measure it have no share)
+    costs = [1e4 * float(r["sinks_cpu_pct"]) / float(r["deliveries_per_s"]) for r in rows
+             if r.get("sinks_cpu_pct") and r.get("deliveries_per_s", 0) >= 100_000]
     if costs:
         notes.append(f"the sinks' CPU per delivery in cells above 100,000 deliveries/s: "
-                     f"{min(costs):.2f} to {max(costs):.2f} us (all sink processes, whole cell): "
+                     f"{min(costs):.2f} to {max(costs):.2f} us (all sink processes): "
                      f"one core of sinks takes {1e6 / max(costs):,.0f} deliveries/s or more")
     if notes:
         notes.insert(0, "the ceiling of each cell is the fastest forwarder of this run whose hub "
