@@ -13,6 +13,9 @@ import json
 import trio
 
 from ._conn import CONFIRM_TIMEOUT, MAX_PENDING, Closed, Conn, _open
+from ._count import Shape
+
+NATS_SID = b"1"  # the one subscription of a sink connection
 
 # -- NATS text protocol --------------------------------------------------------------------
 
@@ -45,7 +48,7 @@ class NatsConn(Conn):
 
     async def subscribe(self, topic: str) -> None:
         self._subject = topic.encode()
-        await self._write(b"SUB " + self._subject + b" 1\r\n")
+        await self._write(b"SUB " + self._subject + b" " + NATS_SID + b"\r\n")
         await self._confirm()
 
     async def announce(self, topic: str) -> None:
@@ -56,7 +59,10 @@ class NatsConn(Conn):
         return b"PUB %s %d\r\n%s\r\n" % (self._subject, len(body), body)
 
     async def _receive_once(self) -> list[bytes]:
-        self._buf += await self._read()
+        return await self.handle(await self._read())
+
+    async def handle(self, data: bytes) -> list[bytes]:
+        self._buf += data
         buf = self._buf
         out: list[bytes] = []
         pos = 0
@@ -90,11 +96,29 @@ class NatsConn(Conn):
             await self._write(reply)
         return out
 
-    async def receive(self) -> list[bytes]:
-        while True:
-            out = await self._receive_once()
-            if out:
-                return out
+    def split(self, buf: bytearray, pos: int, end: int) -> int | None:
+        eol = buf.find(b"\r\n", pos, min(end, pos + 4096))
+        if eol < 0:
+            if end - pos >= 4096:
+                raise Closed("NATS line too long")
+            return None
+        if not buf.startswith(b"MSG ", pos):
+            return eol + 2 - pos
+        try:
+            size = int(bytes(buf[buf.rfind(b" ", pos, eol) + 1 : eol]))
+        except ValueError:
+            raise Closed("bad NATS MSG line") from None
+        whole = eol + 2 + size + 2 - pos
+        return whole if end - pos >= whole else None
+
+    def shape(self, size: int) -> Shape:
+        head = b"MSG %s %s %d\r\n" % (self._subject, NATS_SID, size)
+        return Shape(len(head) + size + 2, head, b"\r\n")
+
+    def take_pending(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
 
 
 # -- Redis RESP (PUBLISH / SUBSCRIBE) ----------------------------------------------------
@@ -161,7 +185,10 @@ class RedisConn(Conn):
         return cls(await _open(host, port))
 
     async def _parse_more(self) -> list[RespValue]:
-        self._buf += await self._read()
+        return self._parse(await self._read())
+
+    def _parse(self, data: bytes) -> list[RespValue]:
+        self._buf += data
         values: list[RespValue] = []
         pos = 0
         buf = self._buf
@@ -203,11 +230,37 @@ class RedisConn(Conn):
     async def receive(self) -> list[bytes]:
         while True:
             values, self._values = self._values, []
-            values += await self._parse_more()
-            out = [
-                v[2] for v in values
-                if isinstance(v, list) and len(v) == 3 and v[0] == b"message"
-                and isinstance(v[2], bytes)
-            ]
+            out = _messages(values + await self._parse_more())
             if out:
                 return out
+
+    async def handle(self, data: bytes) -> list[bytes]:
+        values, self._values = self._values, []
+        return _messages(values + self._parse(data))
+
+    def split(self, buf: bytearray, pos: int, end: int) -> int | None:
+        try:
+            _value, after = _resp_parse(buf, pos)
+        except _Incomplete:
+            return None
+        except ValueError as exc:
+            raise Closed(f"bad RESP: {exc}") from None
+        return after - pos if after <= end else None
+
+    def shape(self, size: int) -> Shape:
+        head = b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n" % (
+            len(self._channel), self._channel, size)
+        return Shape(len(head) + size + 2, head, b"\r\n")
+
+    def take_pending(self) -> bytes:
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
+
+
+def _messages(values: list[RespValue]) -> list[bytes]:
+    """The payloads of the ``message`` pushes among ``values``."""
+    return [
+        v[2] for v in values
+        if isinstance(v, list) and len(v) == 3 and v[0] == b"message" and isinstance(v[2], bytes)
+    ]

@@ -26,8 +26,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 DEFAULTS: dict[str, tuple[Any, Any]] = {
     "n": ("1,10,100", "3"),
     "sizes": ("300,4096", "300"),
-    "messages": (5000, 200),
-    "deliveries": (200_000, 600),
+    "messages": (20_000, 200),
+    "deliveries": (1_000_000, 600),
     "duration": (4.0, 2.0),
     "rates": ("200,1000", "500"),
     "relays": ("1,3", "2"),
@@ -36,6 +36,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "latency_n": (1, 1),
     "links": (100, 2),
     "sink_procs": (4, 2),
+    "check_every": (1000, 16),
     "window": (4000, 4000),
     "settle": (1.0, 0.1),
     "dht_nodes": (500, 30),
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{DEFAULTS['window'][0]}, and at most 16 MiB)")
     g.add_argument("--sink-procs", type=int, default=None,
                    help=f"sink processes at most (default {DEFAULTS['sink_procs'][0]})")
+    g.add_argument("--check-every", type=int, default=None, metavar="K",
+                   help="the sinks decrypt, decode and verify one measured message in K and "
+                   "count the others by their exact size (default "
+                   f"{DEFAULTS['check_every'][0]}; quick {DEFAULTS['check_every'][1]})")
+    g.add_argument("--hub-nice", type=int, default=0, metavar="NICE",
+                   help="on a shared machine: give the hub under test this nice value (e.g. "
+                   "-10; below 0 needs root) for the measured part of each fan-out cell, so "
+                   "that it gets its core; 0 leaves it alone")
     g = p.add_argument_group("latency (scenario 2)")
     g.add_argument("--rates", type=_floats, default=None, metavar="LIST",
                    help=f"offered rates, messages/s (default {DEFAULTS['rates'][0]})")
@@ -205,7 +214,8 @@ def resolve(args: argparse.Namespace) -> Params:
         store_messages=get("store_messages"), catchup_messages=get("catchup_messages"),
         catchup_size=get("catchup_size"), fill_rate=get("fill_rate"),
         flood_connections=get("flood_connections"), flood_frames=get("flood_frames"),
-        profile=args.profile_relay, quick=args.quick,
+        profile=args.profile_relay, quick=args.quick, check_every=max(1, get("check_every")),
+        hub_nice=args.hub_nice,
     )
 
 

@@ -27,6 +27,8 @@ import time
 
 import trio
 
+from ._count import Shape
+
 MARK = b"@@cb:"
 HEAD_LEN = len(MARK) + 1 + 10 + 1 + 20 + 1
 KIND_OFFSET = len(MARK)
@@ -92,8 +94,68 @@ class Conn:
     async def send(self, message: bytes) -> None:
         await self._write(message)
 
+    async def send_many(self, messages: list[bytes]) -> None:
+        """Send prepared messages in one write (the publisher's batches)."""
+        await self._write(b"".join(messages))
+
     async def receive(self) -> list[bytes]:
+        while True:
+            out = await self.handle(await self._read())
+            if out:
+                return out
+
+    async def handle(self, data: bytes) -> list[bytes]:
+        """The general path: parse ``data`` (the next bytes of the stream), answer
+        pings, return the payloads of the messages it completes."""
         raise NotImplementedError
+
+    # -- the counting sink (bench._count, bench._sink) -------------------------------
+
+    def delivered_size(self, body: bytes, prepared: bytes) -> int:
+        """The size a subscriber's ``shape`` needs for the message ``prepare`` made."""
+        return len(body)
+
+    def split(self, buf: bytearray, pos: int, end: int) -> int | None:
+        """Bytes of the whole record at ``pos``, or None until it has all arrived."""
+        raise NotImplementedError
+
+    def shape(self, size: int) -> Shape:
+        """What a message of ``delivered_size`` ``size`` looks like on this connection."""
+        raise NotImplementedError
+
+    def take_pending(self) -> bytes:
+        """Bytes read but not yet parsed, handed over to the counting sink."""
+        return b""
+
+    def skippable(self) -> bool:
+        """Whether records may be counted unread (False: the sink checks every one)."""
+        return True
+
+    def skip(self, count: int) -> None:
+        """``count`` records were counted without being read (clawmesh: the cipher's counter)."""
+
+    def open_payload(self, payload: bytes) -> bytes:
+        """A measured record's payload as the application sees it (clawmesh: decrypted)."""
+        return payload
+
+    def check_payload(self, payload: bytes) -> str | None:
+        """Why this is not a measured message, or None if it is one."""
+        j = payload.find(MARK)
+        if j < 0 or j + KIND_OFFSET >= len(payload):
+            return "no body marker"
+        if payload[j + KIND_OFFSET] != KIND_MEASURED:
+            return f"kind {payload[j + KIND_OFFSET : j + KIND_OFFSET + 1]!r}, not measured"
+        return None
+
+    def check(self, record: bytes, shape: Shape) -> str | None:
+        """Check a measured record fully; why it is not one, or None."""
+        if not record.startswith(shape.head) or not record.endswith(shape.tail):
+            return "record does not have the shape"
+        payload = record[len(shape.head) : len(record) - len(shape.tail)]
+        try:
+            return self.check_payload(self.open_payload(payload))
+        except Closed as exc:
+            return str(exc)
 
     async def drain(self) -> None:
         """Read and discard until closed (a publisher's reader: answers pings)."""

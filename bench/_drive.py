@@ -11,6 +11,15 @@ The same steps for every system (see ``bench._gen`` for the generator's side):
    credit to the publisher as the sinks report progress, and stop when every
    sent message arrived everywhere, or nothing arrived for ``idle`` seconds;
 4. read the CPU times again and collect the reports.
+
+The hub's CPU (``hub_cpu_pct``) is measured over the interval in which
+deliveries arrived (from the first progress report that counted one to the
+last that counted more), so the publisher's start and the idle tail do not
+dilute it. A fan-out cell whose hub used less than ``SATURATED`` percent of a
+core did not measure the hub: ``saturated`` is false and ``bound`` says which
+side of the generator was busiest (``sinks``, ``publisher``), ``machine busy``
+(none was, and runnable tasks waited for a CPU: the hub did not get its core)
+or ``unclear``.
 """
 
 from __future__ import annotations
@@ -31,14 +40,18 @@ from ._procs import (
     http_get_json,
     python_cmd,
     rss_bytes,
+    runqueue_wait_seconds,
 )
 from ._systems import Deployment, System
 
 READY_TIMEOUT = 90.0
 WARM_TIMEOUT = 30.0
 IDLE_END = 5.0  # seconds without a delivery after the last send: the rest is lost
-CHECK_INTERVAL = 0.02
+CHECK_INTERVAL = 0.01
 WINDOW_BYTES = 16 * 1024 * 1024
+SATURATED = 85.0  # % of one core: a hub below this was not what limited the cell
+MIN_WINDOW_S = 0.2  # a shorter active interval says nothing about CPU shares
+BUSY_PRESSURE = 30.0  # % of the last 10 s some runnable task waited for a CPU
 
 
 @dataclass
@@ -52,6 +65,74 @@ class Load:
     window: int = 4000  # messages in flight per sink connection at most (see window_for)
     sink_procs: int = 4
     return_samples: bool = False
+    check_every: int = 1000  # the counting sinks check one message in this many fully
+    hub_nice: int = 0  # != 0: the hub's threads get this nice value while measured
+
+
+def renice(pid: int, nice: int) -> str | None:
+    """Set the nice value of every thread of ``pid``; why not, or None."""
+    try:
+        tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        for tid in tasks:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+class ActiveWindow:
+    """CPU time of named processes between the first and the last progress with
+    deliveries, and for the hub also the time it was runnable but waited for a CPU."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.first: tuple[float, dict[str, float]] | None = None
+        self.last: tuple[float, dict[str, float]] | None = None
+
+    def _sample(self, now: float) -> tuple[float, dict[str, float]]:
+        sample = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        for k, p in self.pids.items():
+            if k.startswith("server"):
+                sample[k + "-wait"] = runqueue_wait_seconds(p)
+        return now, sample
+
+    def note(self, total: int, changed: bool, now: float) -> None:
+        if total and self.first is None:
+            self.first = self.last = self._sample(now)
+        elif total and changed:
+            self.last = self._sample(now)
+
+    def percent(self) -> dict[str, float] | None:
+        """% of one core per process over the window; None if it was too short."""
+        if self.first is None or self.last is None:
+            return None
+        span = self.last[0] - self.first[0]
+        if span < MIN_WINDOW_S:
+            return None
+        return {k: 100 * (v - self.first[1][k]) / span for k, v in self.last[1].items()}
+
+
+def bound_of(pct: dict[str, float] | None) -> str:
+    """What limited a cell, from the processes' CPU over its active window.
+
+    ``hub``: the hub used >= SATURATED % of a core. ``hub, starved``: it did not,
+    but it was runnable (running or waiting for a CPU) that much of the time, so
+    it was still what limited the cell; the machine gave it less than a core.
+    """
+    if pct is None:
+        return "too short"
+    servers = [(v, pct.get(k + "-wait", 0.0)) for k, v in pct.items()
+               if k.startswith("server") and not k.endswith("-wait")]
+    if max((cpu for cpu, _ in servers), default=0.0) >= SATURATED:
+        return "hub"
+    if max((cpu + wait for cpu, wait in servers), default=0.0) >= SATURATED:
+        return "hub, starved"
+    if pct.get("pub", 0.0) >= SATURATED:
+        return "publisher"
+    sinks = [v for k, v in pct.items() if "sink" in k]
+    if sinks and max(sinks) >= SATURATED:
+        return "sinks"
+    return "unclear"
 
 
 def window_for(load: Load) -> int:
@@ -82,11 +163,12 @@ async def _stop_children(children: list[Child]) -> None:
 
 async def start_sinks(nursery: trio.Nursery, system: System, dep: Deployment, logs: Path,
                       n: int, procs: int, mode: str, lifetime: float,
-                      return_samples: bool = False) -> list[Child]:
+                      return_samples: bool = False, check_every: int = 1000) -> list[Child]:
     sinks: list[Child] = []
     for i, conns in enumerate(split_conns(n, procs)):
         cmd = _gen_cmd("sink", system, dep.sink[0], dep.sink[1], lifetime,
-                       "--conns", str(conns), "--mode", mode)
+                       "--conns", str(conns), "--mode", mode,
+                       "--check-every", str(check_every))
         if return_samples:
             cmd.append("--return-samples")
         sinks.append(await Child.start(nursery, f"{system.name}-sink{i}", cmd, logs))
@@ -94,7 +176,7 @@ async def start_sinks(nursery: trio.Nursery, system: System, dep: Deployment, lo
 
 
 async def _feed_credit_until_done(pub: Child, sinks: list[Child], load: Load, window: int,
-                                  t_go: float) -> None:
+                                  t_go: float, active: ActiveWindow) -> None:
     """Grant the publisher credit as the slowest sink advances, until every
     message sent has arrived or deliveries stop (raises ChildFailed)."""
     credit = window
@@ -111,6 +193,7 @@ async def _feed_credit_until_done(pub: Child, sinks: list[Child], load: Load, wi
             credit = low + window
             await pub.send(f"credit {credit}")
         now = trio.current_time()
+        active.note(total, total != last_total, now)
         if total != last_total:
             last_total, last_change = total, now
         if "error" in pub.last:
@@ -134,7 +217,7 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
     children: list[Child] = []
     try:
         sinks = await start_sinks(nursery, system, dep, logs, load.n, load.sink_procs,
-                                  load.mode, timeout, load.return_samples)
+                                  load.mode, timeout, load.return_samples, load.check_every)
         children += sinks
         pub = await Child.start(
             nursery, f"{system.name}-pub",
@@ -147,6 +230,9 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
         children.append(pub)
         for child in children:
             await child.wait_for("ready", READY_TIMEOUT)
+        sizes = ",".join(str(int(x)) for x in pub.last["ready"].get("sizes", []))
+        for sink in sinks:  # a counting sink says warm only once it has these
+            await sink.send(f"expect {sizes}")
         await pub.send("warm")
         for sink in sinks:
             try:
@@ -158,8 +244,10 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
         cpu0 = {k: cpu_seconds(p) for k, p in measured.items()}
         rss0 = [rss_bytes(p) for p in dep.pids]
         t_go = trio.current_time()
+        busy = ActiveWindow(measured)
+        reniced = [renice(pid, load.hub_nice) for pid in dep.pids] if load.hub_nice else []
         await pub.send("go")
-        await _feed_credit_until_done(pub, sinks, load, window, t_go)
+        await _feed_credit_until_done(pub, sinks, load, window, t_go, busy)
         cpu1 = {k: cpu_seconds(p) for k, p in measured.items()}
         rss1 = [rss_bytes(p) for p in dep.pids]
         t_end = trio.current_time()
@@ -183,14 +271,9 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
     active = (last_ns - t0) / 1e9 if received and last_ns > t0 else 0.0
     errors = [e for d in done for e in d.get("errors", [])]
     relays = len(dep.servers)
-    ncores = os.cpu_count() or 1
     server_pct = 100 * server_cpu / wall if wall else 0.0
     gen_pct = 100 * gen_cpu / wall if wall else 0.0
-    bound = ""
-    if relays == 1 and server_pct >= 85:
-        bound = "server"
-    elif gen_pct >= 85 * max(1.0, ncores - server_pct / 100):
-        bound = "generator"
+    errors += _count_errors(done, int(sent_ev["n"]))
     out: dict[str, Any] = {
         "system": system.name,
         "n": load.n,
@@ -213,7 +296,14 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
         "server_rss_growth_kib": [(b - a) // 1024 for a, b in zip(rss0, rss1, strict=True)],
         "generator_cpu_pct": round(gen_pct, 1),
         "cpu_s": {k: round(v, 4) for k, v in cpu.items()},
-        "bound": bound,
+        **_hub_fields(busy.percent(), pressure),
+        "sinks_cpu_us_per_delivery": round(1e6 * sum(
+            v for k, v in cpu.items() if "sink" in k) / received, 3) if received else None,
+        "checked": sum(int(d.get("checked", 0)) for d in done),
+        "check_failed": sum(int(d.get("check_failed", 0)) for d in done),
+        "counting": all(d.get("counting") for d in done),
+        "hub_nice": load.hub_nice,
+        "hub_nice_failed": next((r for r in reniced if r), None),
         "cpu_pressure_avg10": pressure,
         "relay_status": relay_status,
         "sink_procs": len(sinks),
@@ -229,6 +319,38 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
             if float(sent_ev["send_s"]) else 0.0
         out["publisher_lag_ms"] = {k: round(v / 1e6, 3) for k, v in sent_ev["lag_ns"].items()}
         out["prepare_us"] = {k: round(v / 1e3, 1) for k, v in sent_ev["prepare_ns"].items()}
+    return out
+
+
+def _hub_fields(pct: dict[str, float] | None, pressure: float | None) -> dict[str, Any]:
+    """The hub's CPU over the active window, whether it was saturated, and what bound the cell."""
+    servers = [v for k, v in (pct or {}).items()
+               if k.startswith("server") and not k.endswith("-wait")]
+    waits = [v for k, v in (pct or {}).items() if k.startswith("server") and k.endswith("-wait")]
+    sinks = [v for k, v in (pct or {}).items() if "sink" in k]
+    bound = bound_of(pct)
+    if bound == "unclear" and pressure is not None and pressure >= BUSY_PRESSURE:
+        bound = "machine busy"  # runnable tasks waited for a CPU: the hub did not get its core
+    return {
+        "hub_cpu_pct": round(max(servers), 1) if servers else None,
+        "hub_wait_pct": round(max(waits), 1) if waits else None,
+        "saturated": bound == "hub",
+        "hub_bound": bound in ("hub", "hub, starved"),
+        "bound": bound,
+        "active_cpu_pct": {k: round(v, 1) for k, v in (pct or {}).items()},
+        "sinks_cpu_pct": round(sum(sinks), 1) if sinks else None,
+        "pub_cpu_pct": round(pct["pub"], 1) if pct and "pub" in pct else None,
+    }
+
+
+def _count_errors(done: list[dict[str, Any]], sent: int) -> list[str]:
+    """What the sinks' counts say is wrong: more than was sent, or failed checks."""
+    out = []
+    for d in done:
+        if int(d.get("counts_max", 0)) > sent:
+            out.append(f"a sink connection counted {d['counts_max']} messages of {sent} sent")
+        if d.get("check_failed"):
+            out.append(f"{d['check_failed']} of {d.get('checked')} checked messages failed")
     return out
 
 

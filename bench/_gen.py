@@ -7,7 +7,9 @@ one per line:
 
 * ``warm``: the publisher sends a warm-up message every 50 ms, so every path
   through the system under test is open before anything is measured. A sink
-  says ``warm`` once every one of its connections has seen one.
+  says ``warm`` once every one of its connections has seen one. Warm-up bodies
+  are ``WARM_EXTRA`` bytes longer than measured ones, so no sink mistakes one
+  for the other by size.
 * ``go``: the publisher stops warming up and sends its measured messages:
   ``fanout`` mode as fast as the credit allows, or at most ``--rate`` per
   second if that is given (messages prepared, and for clawmesh signed, before
@@ -17,200 +19,34 @@ one per line:
   sets it to what the slowest sink connection has received plus a window, so
   no server ever holds more than a window per subscriber; NATS and Redis
   would otherwise drop a subscriber that falls behind.
+* ``expect SIZES`` (sinks, fanout): the sizes the publisher's ``ready`` gave for
+  its measured messages; the counting sink (``bench._sink``) counts records of
+  exactly those shapes and checks one in ``--check-every`` fully.
 * ``stop``: report (``done``) and exit.
 
-Every loop has a count and a deadline; the process ends by itself at
-``--timeout`` whatever the harness does.
+The sink's side is in ``bench._sink``. Every loop has a count and a deadline;
+the process ends by itself at ``--timeout`` whatever the harness does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import trio
 
 from ._clients import connect
-from ._conn import (
-    HEAD_LEN,
-    KIND_MEASURED,
-    KIND_OFFSET,
-    KIND_WARMUP,
-    MARK,
-    STAMP_OFFSET,
-    Closed,
-    Conn,
-    make_body,
-    now_ns,
-)
+from ._conn import HEAD_LEN, Closed, Conn, make_body, now_ns
+from ._genio import cpu_seconds, emit, percentiles, stdin_lines
+from ._sink import sink_main
 
-PROGRESS_INTERVAL = 0.02
 PACE_EVERY = 64
+BATCH = 64  # messages per write at most: the publisher's syscalls are not what is measured
 WARMUP_INTERVAL = 0.05
-CONNECT_CONCURRENCY = 16
-
-
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"ev": event, **fields}), flush=True)
-
-
-def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-async def _stdin_lines(send: trio.MemorySendChannel[str]) -> None:
-    """Forward stdin lines to ``send``; end of input counts as ``stop``."""
-    stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
-    buf = b""
-    async with stream, send:
-        while True:
-            data = await stream.receive_some(4096)
-            if not data:
-                await send.send("stop")
-                return
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                await send.send(line.decode().strip())
-
-
-def _percentiles(values: list[int], points: Sequence[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-    out: dict[str, float] = {}
-    for p in points:
-        idx = min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))
-        out[f"p{p:g}"] = ordered[idx]
-    return out
-
-
-# -- sink --------------------------------------------------------------------------------
-
-
-class SinkState:
-    def __init__(self, conns: int, latency: bool, max_samples: int) -> None:
-        self.counts = [0] * conns
-        self.warm = [False] * conns
-        self.warm_count = 0
-        self.first_ns = 0
-        self.last_ns = 0
-        self.latency = latency
-        self.max_samples = max_samples
-        self.samples: list[int] = []
-        self.unknown = 0
-        self.errors: list[str] = []
-        self.warm_event = trio.Event()
-
-
-async def _sink_conn(i: int, conn: Conn, st: SinkState) -> None:
-    counts = st.counts
-    try:
-        while True:
-            batch = await conn.receive()
-            now = now_ns()
-            measured = 0
-            for payload in batch:
-                j = payload.find(MARK)
-                if j < 0:
-                    st.unknown += 1
-                    continue
-                kind = payload[j + KIND_OFFSET]
-                if kind == KIND_MEASURED:
-                    measured += 1
-                    if st.latency and len(st.samples) < st.max_samples:
-                        stamp = int(payload[j + STAMP_OFFSET : j + STAMP_OFFSET + 20])
-                        st.samples.append(now - stamp)
-                elif kind == KIND_WARMUP and not st.warm[i]:
-                    st.warm[i] = True
-                    st.warm_count += 1
-                    if st.warm_count == len(st.warm):
-                        st.warm_event.set()
-            if measured:
-                counts[i] += measured
-                if not st.first_ns:
-                    st.first_ns = now
-                st.last_ns = now
-    except Closed as exc:
-        st.errors.append(f"connection {i}: {exc}")
-
-
-async def sink_main(args: argparse.Namespace) -> None:
-    cpu0 = _cpu_seconds()
-    st = SinkState(args.conns, args.mode == "latency", args.max_samples)
-    conns: list[Conn | None] = [None] * args.conns
-    limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
-
-    async def open_one(i: int) -> None:
-        async with limiter:
-            conn = await connect(args.proto, args.host, args.port, plaintext=args.plaintext)
-            await conn.subscribe(args.topic)
-            conns[i] = conn
-
-    commands_send, commands = trio.open_memory_channel[str](64)
-    with trio.move_on_after(args.timeout):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stdin_lines, commands_send)
-            failed: list[str] = []
-            try:
-                async with trio.open_nursery() as opening:
-                    for i in range(args.conns):
-                        opening.start_soon(open_one, i)
-            except* (Closed, trio.TooSlowError) as group:
-                failed.extend(repr(e) for e in group.exceptions)
-            if failed:
-                emit("error", stage="connect", error=failed[0], failures=len(failed))
-                nursery.cancel_scope.cancel()
-                return
-            emit("ready", conns=args.conns, connect_s=round(_cpu_seconds() - cpu0, 3))
-            for i, conn in enumerate(conns):
-                assert conn is not None
-                nursery.start_soon(_sink_conn, i, conn, st)
-
-            async def report_warm() -> None:
-                await st.warm_event.wait()
-                emit("warm")
-
-            async def progress() -> None:
-                last: tuple[int, int] | None = None
-                while True:
-                    await trio.sleep(PROGRESS_INTERVAL)
-                    now = (min(st.counts), sum(st.counts))
-                    if now != last:
-                        emit("progress", min=now[0], sum=now[1], errors=len(st.errors))
-                        last = now
-
-            nursery.start_soon(report_warm)
-            nursery.start_soon(progress)
-            async for command in commands:
-                if command == "stop":
-                    break
-            nursery.cancel_scope.cancel()
-    samples = st.samples
-    emit(
-        "done",
-        conns=args.conns,
-        counts_min=min(st.counts),
-        counts_max=max(st.counts),
-        received=sum(st.counts),
-        first_ns=st.first_ns,
-        last_ns=st.last_ns,
-        latency_ns=_percentiles(samples, (50, 90, 99, 99.9, 100)),
-        latency_samples=len(samples),
-        latency_mean_ns=(sum(samples) / len(samples)) if samples else None,
-        latency_values_us=[round(s / 1000, 1) for s in samples] if args.return_samples else [],
-        unknown=st.unknown,
-        errors=st.errors[:20],
-        error_count=len(st.errors),
-        cpu_s=round(_cpu_seconds() - cpu0, 4),
-    )
+# A warm-up body is this much longer than a measured one, so that the counting
+# sink tells them apart by size alone (bench._count).
+WARM_EXTRA = 97
 
 
 # -- publisher ------------------------------------------------------------------------------
@@ -240,7 +76,7 @@ class _Publisher:
                 if self.warm_stop.is_set():
                     return
                 self.warm_seq += 1
-                body = make_body(b"W", self.warm_seq, now_ns(), self.size)
+                body = make_body(b"W", self.warm_seq, now_ns(), self.size + WARM_EXTRA)
                 await self.conn.send(self.conn.prepare(body))
                 with trio.move_on_after(WARMUP_INTERVAL):
                     await self.warm_stop.wait()
@@ -279,16 +115,20 @@ class _Publisher:
         return True
 
     async def send_fanout(self, prepared: list[bytes], start: float, deadline: float) -> None:
-        # --rate > 0 caps the pace (checked every PACE_EVERY messages), e.g.
-        # below a clawmesh relay's per-link frame budget for a long fill
+        """As fast as the credit allows, in writes of up to BATCH messages; --rate > 0
+        caps the pace (checked every PACE_EVERY messages), e.g. below a clawmesh
+        relay's per-link frame budget for a long fill."""
         interval = 1.0 / self.args.rate if self.args.rate > 0 else 0.0
-        for i, message in enumerate(prepared):
+        i = 0
+        while i < len(prepared):
             if trio.current_time() >= deadline or not await self.wait_credit(i, deadline):
                 break
-            if interval and i % PACE_EVERY == 0:
+            j = min(len(prepared), self.credit, i + (PACE_EVERY if interval else BATCH))
+            if interval:
                 await trio.sleep_until(start + i * interval)
-            await self.conn.send(message)
-            self.sent += 1
+            await self.conn.send_many(prepared[i:j])
+            self.sent += j - i
+            i = j
 
     async def send_paced(self, start: float, deadline: float) -> None:
         interval = 1.0 / self.args.rate
@@ -308,7 +148,7 @@ class _Publisher:
     async def send_all(self, prepared: list[bytes]) -> None:
         """The measured run: send, then report ``sent`` with the timings."""
         await trio.sleep(0.2)  # let the last warm-up messages clear the system
-        cpu0 = _cpu_seconds()
+        cpu0 = cpu_seconds()
         t0 = now_ns()
         start = trio.current_time()
         deadline = start + self.args.duration
@@ -320,7 +160,7 @@ class _Publisher:
         except Closed as exc:
             emit("error", stage="send", error=str(exc), sent=self.sent)
         t1 = now_ns()
-        cpu1 = _cpu_seconds()
+        cpu1 = cpu_seconds()
         emit(
             "sent",
             n=self.sent,
@@ -328,29 +168,34 @@ class _Publisher:
             t1_ns=t1,
             send_s=round((t1 - t0) / 1e9, 4),
             cpu_s=round(cpu1 - cpu0, 4),
-            lag_ns=_percentiles(self.lags, (50, 99, 100)),
-            prepare_ns=_percentiles(self.prepare_ns, (50, 99)),
+            lag_ns=percentiles(self.lags, (50, 99, 100)),
+            prepare_ns=percentiles(self.prepare_ns, (50, 99)),
         )
 
 
 async def pub_main(args: argparse.Namespace) -> None:
-    cpu_start = _cpu_seconds()
+    cpu_start = cpu_seconds()
     conn = await connect(args.proto, args.host, args.port, plaintext=args.plaintext)
     await conn.announce(args.topic)
     size = max(args.size, HEAD_LEN)
     prepared: list[bytes] = []
+    sizes: set[int] = set()
     t = time.perf_counter()
     if args.mode == "fanout":
-        prepared = [conn.prepare(make_body(b"M", i, 0, size)) for i in range(args.messages)]
+        for i in range(args.messages):
+            body = make_body(b"M", i, 0, size)
+            prepared.append(conn.prepare(body))
+            sizes.add(conn.delivered_size(body, prepared[-1]))
     prepare_s = time.perf_counter() - t
     wire = len(prepared[0]) if prepared else len(conn.prepare(make_body(b"M", 0, 0, size)))
-    emit("ready", prepare_s=round(prepare_s, 3), wire_bytes=wire)
+    # sizes: what the counting sinks expect a measured message to be (bench._sink)
+    emit("ready", prepare_s=round(prepare_s, 3), wire_bytes=wire, sizes=sorted(sizes))
 
     pub = _Publisher(args, conn, size)
     commands_send, commands = trio.open_memory_channel[str](64)
     with trio.move_on_after(args.timeout):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stdin_lines, commands_send)
+            nursery.start_soon(stdin_lines, commands_send)
             nursery.start_soon(pub.commands_loop, commands, nursery)
             nursery.start_soon(_drain, conn)
             await pub.go.wait()
@@ -360,7 +205,7 @@ async def pub_main(args: argparse.Namespace) -> None:
             await pub.send_all(prepared)
             await pub.stop.wait()
             nursery.cancel_scope.cancel()
-    emit("done", sent=pub.sent, cpu_total_s=round(_cpu_seconds() - cpu_start, 4))
+    emit("done", sent=pub.sent, cpu_total_s=round(cpu_seconds() - cpu_start, 4))
 
 
 async def _drain(conn: Conn) -> None:
@@ -387,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conns", type=int, default=1)
     p.add_argument("--max-samples", type=int, default=200_000)
     p.add_argument("--return-samples", action="store_true")
+    p.add_argument("--check-every", type=int, default=1000,
+                   help="fanout: check every K-th measured message fully, count the rest")
     # publisher
     p.add_argument("--size", type=int, default=300)
     p.add_argument("--messages", type=int, default=1000)

@@ -1,8 +1,10 @@
 """What a run leaves behind: terminal tables, results.json and one PNG per scenario.
 
-Every figure is also shown as a ratio to the raw WebSocket forwarder
-(``ws-raw``) measured in the same run: absolute numbers move with the
-machine and whatever else runs on it, ratios within one run much less.
+Every fan-out figure is also shown as a ratio to the ceiling of its cell, the
+fastest hub-bound forwarder measured in the same run (``bench._ceiling``);
+latency and footprint compare with the raw WebSocket forwarder (``ws-raw``).
+Absolute numbers move with the machine and whatever else runs on it, ratios
+within one run much less.
 """
 
 from __future__ import annotations
@@ -62,26 +64,37 @@ def _ok(row: dict[str, Any]) -> bool:
 
 
 def _fanout_table(res: ScenarioResult) -> str:
-    base = {(r["n"], r["size"]): r for r in res.rows if r["system"] == BASELINE and _ok(r)}
-    headers = ["system", "N", "size", "deliveries/s", "vs ws-raw", "msgs/s", "relay CPU",
-               "relay CPU us/deliv", "deliv/CPU-s", "vs ws-raw", "delivered", "bound"]
+    headers = ["system", "N", "size", "deliveries/s", "vs ceiling", "msgs/s", "hub CPU",
+               "hub waited", "sinks CPU", "hub us/deliv", "deliv/hub-CPU-s", "vs ceiling",
+               "delivered", "bound"]
     rows = []
     for r in res.rows:
         if not _ok(r):
             rows.append([r["system"], str(r.get("n", "")), str(r.get("size", "")),
-                         "FAILED", "", "", "", "", "", "", "", r["error"][:70]])
+                         "FAILED", "", "", "", "", "", "", "", "", "", r["error"][:70]])
             continue
-        b = base.get((r["n"], r["size"]), {})
-        delivered = f"{r['delivered']}/{r['expected']}"
+        ceiling = r.get("ceiling") == r["system"]
         rows.append([
-            r["system"], str(r["n"]), str(r["size"]), _num(r["deliveries_per_s"]),
-            _ratio(r["deliveries_per_s"], b.get("deliveries_per_s")),
-            _num(r["messages_per_s"]), f"{r['server_cpu_pct']:.0f}%",
+            r["system"] + (" (ceiling)" if ceiling else ""), str(r["n"]), str(r["size"]),
+            _num(r["deliveries_per_s"]), _times(r.get("vs_ceiling")),
+            _num(r["messages_per_s"]), _pct(r.get("hub_cpu_pct")), _pct(r.get("hub_wait_pct")),
+            _pct(r.get("sinks_cpu_pct")),
             _num(r["server_cpu_us_per_delivery"], 1), _num(r["deliveries_per_server_cpu_s"]),
-            _ratio(r["deliveries_per_server_cpu_s"], b.get("deliveries_per_server_cpu_s")),
-            delivered, r["bound"] or DASH,
+            _times(r.get("vs_ceiling_per_cpu")), f"{r['delivered']}/{r['expected']}",
+            _bound(r),
         ])
     return _table(headers, rows)
+
+
+def _pct(value: float | None) -> str:
+    return DASH if value is None else f"{value:.0f}%"
+
+
+def _bound(row: dict[str, Any]) -> str:
+    """``hub`` when the hub was saturated; else a plain flag and what was busiest."""
+    if row.get("saturated"):
+        return "hub"
+    return f"NOT SATURATED ({row.get('bound') or '?'})"
 
 
 def _path(relays: int) -> str:
@@ -305,28 +318,45 @@ def plot(res: ScenarioResult, out: Path, caption: str) -> Path | None:
 
 
 def _plot_fanout(plt: Any, rows: list[dict[str, Any]]) -> Any:
+    """Per size: deliveries/s, the ratio to the cell's ceiling, and the hub's CPU, against N.
+
+    A hollow marker is a cell whose hub was not saturated (its figure is the
+    generator's or the machine's, not the hub's)."""
     sizes = sorted({r["size"] for r in rows})
     names = _systems_in(rows)
     colors = _colors(names)
-    fig, axes = plt.subplots(2, len(sizes), figsize=(max(9, 5.5 * len(sizes)), 8.5),
+    fig, axes = plt.subplots(3, len(sizes), figsize=(max(9, 5.5 * len(sizes)), 12),
                              squeeze=False)
-    metrics = [("deliveries_per_s", "deliveries per second at the subscribers"),
-               ("server_cpu_us_per_delivery", "relay CPU per delivery, us (lower is better)")]
-    for row_axes, (key, label) in zip(axes, metrics, strict=True):
+    metrics = [("deliveries_per_s", "deliveries per second at the subscribers", True),
+               ("vs_ceiling", "ratio to the ceiling of the same run", True),
+               ("hub_cpu_pct", "hub CPU while delivering, % of one core", False)]
+    for row_axes, (key, label, log_y) in zip(axes, metrics, strict=True):
         for ax, size in zip(row_axes, sizes, strict=True):
             for name in names:
-                pts = sorted((r["n"], r[key]) for r in rows
+                pts = sorted((r["n"], r[key], bool(r.get("saturated"))) for r in rows
                              if r["system"] == name and r["size"] == size and r.get(key))
-                if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
-                            color=colors[name], linewidth=2.5 if name == "clawmesh" else 1.2)
+                if not pts:
+                    continue
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name,
+                        color=colors[name], linewidth=2.5 if name == "clawmesh" else 1.2)
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colors[name],
+                           facecolors=[colors[name] if p[2] else "none" for p in pts], zorder=3)
+            if key == "vs_ceiling":
+                ax.axhline(1.0, color="black", linewidth=0.8, linestyle=":")
+            if key == "hub_cpu_pct":
+                ax.axhline(85, color="#d62728", linewidth=0.8, linestyle="--")
+                ax.text(0.01, 86, "saturated", fontsize=7, color="#d62728",
+                        transform=ax.get_yaxis_transform())
+                ax.set_ylim(0, max(110.0, *(float(r.get(key) or 0) for r in rows)) * 1.05)
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            if log_y:
+                ax.set_yscale("log")
             ax.set_xlabel("subscribers N")
             ax.set_ylabel(label)
-            ax.set_title(f"message body {size} B")
+            ax.set_title(f"body {size} B (hollow: hub not saturated)", fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
     return fig
 
 

@@ -20,6 +20,7 @@ import trio
 from peer.wire._limits import MAX_PAGE_MESSAGES  # envelopes per catch-up page: the append batch
 
 from ._catchup import FILL_WINDOW, disk_bytes, fill, run_catchup, store_dir
+from ._ceiling import apply_ceilings
 from ._drive import Load, run_footprint, run_load
 from ._live import run_live
 from ._preauth import BASELINE_SECONDS, QUICK_BASELINE, run_preauth
@@ -58,6 +59,8 @@ class Params:
     flood_frames: int
     profile: bool
     quick: bool
+    check_every: int = 1000
+    hub_nice: int = 0
 
 
 @dataclass
@@ -128,6 +131,17 @@ def _warnings(row: dict[str, Any]) -> str:
     return out
 
 
+def hub_note(row: dict[str, Any]) -> str:
+    """The hub's CPU over the cell's active interval, and a flag if it was not saturated."""
+    hub = row.get("hub_cpu_pct")
+    text = "hub CPU " + ("?" if hub is None else f"{hub:.0f}%")
+    if row.get("hub_wait_pct"):
+        text += f" (+{row['hub_wait_pct']:.0f}% waiting for a CPU)"
+    if not row.get("saturated"):
+        text += f" NOT SATURATED (bound: {row.get('bound')})"
+    return text
+
+
 def pressure_note(rows: list[dict[str, Any]]) -> str | None:
     values = [r["cpu_pressure_avg10"] for r in rows if r.get("cpu_pressure_avg10") is not None]
     if not values:
@@ -184,16 +198,16 @@ class Fanout(Scenario):
                         label = f"fanout {done}/{len(cells)} {system.name} N={n} size={size}"
                         ctx.progress(f"{label}: {messages} messages ...")
                         load = Load("fanout", n, size, messages, p.duration, window=p.window,
-                                    sink_procs=p.sink_procs)
+                                    sink_procs=p.sink_procs, check_every=p.check_every,
+                                    hub_nice=p.hub_nice)
                         try:
                             row = await run_load(ctx.nursery, system, dep, load, ctx.logs)
                         except ChildFailed as exc:
                             row = _error_row(system, exc, n=n, size=size)
                             ctx.progress(f"{label}: FAILED {exc}")
                         else:
-                            ctx.progress(
-                                f"{label}: {row['deliveries_per_s']:,.0f} deliveries/s, "
-                                f"relay CPU {row['server_cpu_pct']:.0f}%" + _warnings(row))
+                            ctx.progress(f"{label}: {row['deliveries_per_s']:,.0f} deliveries/s, "
+                                         + hub_note(row) + _warnings(row))
                         result.rows.append(row)
             except ChildFailed as exc:
                 ctx.progress(f"fanout {system.name}: could not start: {exc}")
@@ -201,6 +215,7 @@ class Fanout(Scenario):
                     if not any(r["system"] == system.name and r.get("n") == n
                                and r.get("size") == size for r in result.rows):
                         result.rows.append(_error_row(system, exc, n=n, size=size))
+        result.notes += apply_ceilings(result.rows)
         note = store_cost_note(result.rows, ("n", "size"), "server_cpu_us_per_delivery",
                                "in relay CPU per delivery (same run)")
         if note:

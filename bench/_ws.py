@@ -43,18 +43,22 @@ def accept_key(key: bytes) -> bytes:
 
 def encode(payload: bytes, opcode: int = OP_BINARY, *, client: bool = False) -> bytes:
     """One final frame carrying ``payload``; a client frame is masked with zeros."""
-    n = len(payload)
+    return header(len(payload), opcode, client=client) + payload
+
+
+def header(n: int, opcode: int = OP_BINARY, *, client: bool = False) -> bytes:
+    """The head of one final frame of ``n`` payload bytes (the shortest length form)."""
     first = 0x80 | opcode
     mask_bit = 0x80 if client else 0
     if n < 126:
-        header = struct.pack("!BB", first, mask_bit | n)
+        head = struct.pack("!BB", first, mask_bit | n)
     elif n < 65536:
-        header = struct.pack("!BBH", first, mask_bit | 126, n)
+        head = struct.pack("!BBH", first, mask_bit | 126, n)
     else:
-        header = struct.pack("!BBQ", first, mask_bit | 127, n)
+        head = struct.pack("!BBQ", first, mask_bit | 127, n)
     if client:
-        header += ZERO_MASK
-    return header + payload
+        head += ZERO_MASK
+    return head
 
 
 def _unmask(mask: bytes, data: bytes) -> bytes:
@@ -63,6 +67,42 @@ def _unmask(mask: bytes, data: bytes) -> bytes:
     n = len(data)
     key = (mask * (n // 4 + 1))[:n]
     return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def record_length(buf: bytearray, pos: int, end: int, max_payload: int) -> int | None:
+    """Bytes of the whole frame at ``pos`` (header and payload), or None until it has
+    all arrived (the counting sink's ``split``)."""
+    if end - pos < 2:
+        return None
+    b1 = buf[pos + 1]
+    size = b1 & 0x7F
+    head = 2
+    if size == 126:
+        if end - pos < 4:
+            return None
+        size = (buf[pos + 2] << 8) | buf[pos + 3]
+        head = 4
+    elif size == 127:
+        if end - pos < 10:
+            return None
+        size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+        head = 10
+    if size > max_payload:
+        raise WsError(f"frame of {size} bytes over {max_payload}")
+    if b1 & 0x80:
+        head += 4
+    return head + size if end - pos >= head + size else None
+
+
+def payload_of(record: bytes) -> tuple[int, bool, bytes]:
+    """``(opcode, fin, payload)`` of one whole frame, unmasked."""
+    b0, b1 = record[0], record[1]
+    size = b1 & 0x7F
+    head = 2 if size < 126 else 4 if size == 126 else 10
+    payload = record[head + 4 :] if b1 & 0x80 else record[head:]
+    if b1 & 0x80:
+        payload = _unmask(record[head : head + 4], payload)
+    return b0 & 0x0F, bool(b0 & 0x80), payload
 
 
 class FrameParser:
@@ -103,6 +143,14 @@ class FrameParser:
         if pos:
             del buf[:pos]
         return out
+
+    def take_rest(self) -> bytes:
+        """The bytes not yet parsed (a partial frame), handed over to another reader."""
+        if self._frag_op is not None:
+            raise WsError("a fragmented message is half-way through")
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest
 
     def _header(self, buf: bytearray, pos: int, end: int) -> tuple[int, int, bool] | None:
         """``(payload size, header length, masked)`` of the frame at ``pos``, or

@@ -3,7 +3,9 @@
 Runs the seconds-long version against every system this machine has (always
 the clawmesh relay and the raw WebSocket forwarder; NATS and Redis only if
 their binaries are installed) and checks what a run must leave behind: a
-results.json with every scenario, positive delivery counts, a returning peer
+results.json with every scenario, positive delivery counts (counted by the
+counting sinks, a sample checked fully), each fan-out cell's ratio to its
+ceiling and its hub CPU, a returning peer
 that caught up on every message it missed, the relay's stored-message
 footprint, a flood of refused frames that the peer cut short, and the plots.
 """
@@ -58,6 +60,15 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
         assert row["delivered"] > 0
         assert row["delivered"] == row["expected"], row
         assert row["deliveries_per_s"] > 0
+        # counting sinks: every connection checked its first message fully, none failed
+        assert row["counting"] and row["checked"] >= row["n"] and row["check_failed"] == 0, row
+        assert "hub_cpu_pct" in row and row["bound"], row
+        assert row["ceiling"] in ("ws-raw", "ws-trio", "tcp-raw"), row
+        assert row["vs_ceiling"] > 0, row
+    ceiling = rows[rows["clawmesh"]["ceiling"]]
+    assert ceiling["vs_ceiling"] == 1.0
+    assert "vs ceiling" in proc.stdout and "hub CPU" in proc.stdout
+    assert f"ceiling N={ceiling['n']} size={ceiling['size']}: {ceiling['system']}" in proc.stdout
 
     latency = scenarios["latency"]
     assert latency["status"] == "ok"
