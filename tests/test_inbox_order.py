@@ -7,6 +7,7 @@ from pathlib import Path
 
 from peer import Identity, Peer
 from peer.wire._envelope import Content, Envelope, seal_message
+from store import MessageStore
 
 from .test_offline import _options, bodies, linked, running, until
 
@@ -139,3 +140,75 @@ async def test_repairs_of_one_sender_are_paced(tmp_path: Path) -> None:
         assert filler.deferred == 2
         assert filler.may_repair(CHANNEL, honest)  # another sender has its own passes
         assert storage_of(b).statistics().to_json()["repairs_deferred"] == 2
+
+
+async def test_a_dm_after_a_receipt_is_not_held(tmp_path: Path) -> None:
+    """A DM sender's receipts to us are numbered in the same lane as its DMs: the DM
+    that follows a receipt goes on at once, not after the hold."""
+    hold = {"order_hold": 60.0}
+    async with (
+        running(Identity.generate(), _options(tmp_path, "a", **hold)) as a,
+        running(Identity.generate(), _options(tmp_path, "b", **hold)) as b,
+    ):
+        await linked(a, b)
+        await until(a, lambda: a.router.reachable(f"inbox/{b.peer_id.hex()}"))
+        await until(b, lambda: b.router.reachable(f"inbox/{a.peer_id.hex()}"))
+        await b.send_direct(a.peer_id, Content(body="question"))  # b's seq 1 to a
+        await until(a, lambda: bodies(a) == ["question"])
+        answer = await a.send_direct(b.peer_id, Content(body="answer"))
+        await until(a, lambda: a.inbox.get(answer.id).status == "delivered")  # type: ignore[union-attr]
+        await b.send_direct(a.peer_id, Content(body="thanks"))  # after b's receipt to a
+        await until(a, lambda: bodies(a) == ["question", "thanks"])
+        assert storage_of(a).order.order.skipped == 0
+
+
+async def test_history_from_a_second_carrier_is_history_too(tmp_path: Path) -> None:
+    hold = {"channels": (CHANNEL,), "order_hold": 60.0}
+    async with (
+        running(Identity.generate(), _options(tmp_path, "a", **hold)) as a,
+        running(Identity.generate(), _options(tmp_path, "c", **hold)) as c,
+        running(Identity.generate(), _options(tmp_path, "b", **hold)) as b,
+    ):
+        for peer in (a, b, c):
+            storage_of(peer).catchup_service.anti_entropy.interval = 3600.0
+        await linked(a, b)
+        await linked(c, b)
+        core = storage_of(b).catchup_service.core
+        await until(b, lambda: {a.peer_id, c.peer_id} <= core.carriers and not core.walking())
+        author, now = Identity.generate(), b.wall_ms()
+        old = [
+            seal_message(author, topic=CHANNEL, content=Content(body=f"old{i}"), seq=i,
+                         ts=now - 3_600_000)
+            for i in range(1, 6)
+        ]  # fmt: skip
+        for carrier in (a, c):
+            await storage_of(carrier).accept_many(old)
+        storage_of(b).accept(
+            seal_message(author, topic=CHANNEL, content=Content(body="new"), seq=6, ts=now)
+        )
+        await until(b, lambda: bodies(b, topic=CHANNEL) == ["new"])
+        await until(b, lambda: storage_of(b).order.history >= 5)
+        storage_of(b).accept(old[0])  # a copy that comes again, later
+        storage_of(b).accept(seal_message(author, topic=CHANNEL, content=Content(body="7"),
+                                          seq=7, ts=now))  # fmt: skip
+        await until(b, lambda: len(bodies(b, topic=CHANNEL)) == 2)
+        assert bodies(b, topic=CHANNEL) == ["new", "7"]
+
+
+async def test_a_walk_cursor_does_not_move_past_what_waits_unstored(tmp_path: Path) -> None:
+    """Held messages are in memory only: the page's cursor move (its ``then``) waits,
+    so a crash while they wait makes the next walk bring them again."""
+    opts = _options(tmp_path, "b", channels=(CHANNEL,), order_hold=60.0)
+    async with running(Identity.generate(), opts) as b:
+        store = storage_of(b)
+        envs = sealed(Identity.generate(), b.wall_ms(), 3)
+        await store.accept_many(envs[:1])
+
+        def moved(s: MessageStore) -> None:
+            s.put_state("cursor-moved", b"1")
+
+        await store.accept_many([envs[2]], then=moved)  # 3 waits for 2
+        assert await store.service.read(lambda s: s.get_state("cursor-moved")) is None
+        await store.accept_many([envs[1]], then=moved)  # 2 comes: both go on
+        assert await store.service.read(lambda s: s.get_state("cursor-moved")) == b"1"
+        assert bodies(b, topic=CHANNEL) == ["m1", "m2", "m3"]

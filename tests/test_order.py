@@ -140,3 +140,34 @@ def test_every_message_goes_on_once_and_each_sender_in_order_unless_a_gap_was_gi
     skipped_seqs = {s for g in skipped for s in range(g.first, g.last + 1)}
     below = {s for s in never if s < max(firsts, default=0)}
     assert below <= skipped_seqs  # a gap that never filled is reported
+
+
+def test_a_huge_jump_is_not_waited_for_nor_counted() -> None:
+    order: SenderOrder[int] = SenderOrder()
+    order.start(A, 5)
+    order.offer(A, 7, 7, 0.0)  # waits for 6
+    out = order.offer(A, 10**12, 1, 0.0)  # a forged or broken seq
+    assert out.items == [7, 1] and out.jumped == [Gap(A, 8, 10**12 - 1)]
+    assert order.skipped == 1  # only the plausible gap (6) was given up
+    assert order.held == 0 and order.top(A) == 10**12
+
+
+def test_held_bytes_are_bounded_too() -> None:
+    order: SenderOrder[int] = SenderOrder(max_bytes=1000)
+    order.start(A, 0)
+    order.start(B, 0)
+    order.offer(A, 2, 2, 0.0, size=600)
+    out = order.offer(B, 2, 2, 1.0, size=600)  # 1,200 bytes: the longest wait gives way
+    assert out.items == [2] and out.skipped == [Gap(A, 1, 1)]
+    assert order.held == 1 and order.held_bytes == 600
+
+
+def test_many_new_lanes_forget_the_idle_ones_first_in_constant_time() -> None:
+    order: SenderOrder[int] = SenderOrder(max_lanes=100)
+    order.start(A, 0)
+    order.offer(A, 3, 3, 0.0)  # A waits: never forgotten
+    for i in range(50_000):  # would take minutes if each new lane scanned them all
+        order.start(("t", i.to_bytes(32, "big")), 0)
+    assert order.known(A) and order.held == 1
+    assert not order.known(("t", (0).to_bytes(32, "big")))
+    assert order.known(("t", (49_999).to_bytes(32, "big")))

@@ -23,6 +23,7 @@ still hold) until the earlier one comes, or the hold ends. Here:
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -30,12 +31,15 @@ from peer.protocols._order import Gap, Released, SenderOrder
 from peer.wire._envelope import Envelope
 from store import MessageStore, StoreService
 
-from ._catchuphost import SINCE_MARGIN_MS
+from ._catchuphost import SINCE_MARGIN_MS, CatchUpService
+from ._host import StoragePeer
 
 Item = tuple[Envelope, bool, bool]  # (envelope, member, pushed), as Storage accepts them
 Key = tuple[str, bytes]
 LOOKBACK = 64  # seqs below a new sender's first one that are looked for
-MAX_PROBES = 4096  # new senders whose lookback is under way
+MAX_PROBES = 4096  # new senders whose lookback floor is remembered (least recent forgotten)
+ORDERED = ("msg", "dm")  # what the agent sees, in order
+PLACES = ("receipt",)  # also numbered in the same lanes (a DM sender's receipts to us)
 WantGap = Callable[[str, bytes, int, int], None]  # (log topic, sender, first, last missing)
 
 
@@ -51,20 +55,52 @@ class InboxOrder:
         hold: float,
         want_gap: WantGap,
         active: bool,
+        wall_ms: Callable[[], int],
     ) -> None:
         self.me = me
         self.service = service
         self.log = log
         self.want_gap = want_gap
         self.active = active  # a relay-only seed has no inbox: nothing is held
-        # None: a placeholder for a message that is history to us (see the docstring)
+        self.wall_ms = wall_ms
+        # None: a placeholder, for a message that takes a place in a lane but goes on
+        # at once (a receipt) or not at all (history to us, see the docstring)
         self.order: SenderOrder[Item | None] = SenderOrder(hold=hold)
-        self._probes: dict[Key, tuple[int, int]] = {}  # new lane -> (its first seq, floor ms)
+        self._probes: OrderedDict[Key, tuple[int, int]] = OrderedDict()  # (first seq, floor)
+        self._walked: dict[str, set[bytes]] = {}  # topic -> ids held that a walk page brought
         self.history = 0  # looked-back messages older than our subscription: dropped
+
+    @classmethod
+    def beside(
+        cls, catchup: CatchUpService, peer: StoragePeer, service: StoreService, log: Any
+    ) -> InboxOrder:
+        """The order of ``peer``'s inbox, its gaps fetched by ``catchup`` (which counts
+        what waits here as received, not missed)."""
+        order = cls(
+            peer.peer_id,
+            service,
+            log,
+            hold=peer.options.order_hold,
+            want_gap=catchup.want_gap,
+            active=not peer.options.relay_only,
+            wall_ms=peer.wall_ms,
+        )
+        catchup.filler.waiting = order.waiting
+        return order
 
     def concerns(self, item: Item) -> bool:
         env, member, _ = item
-        return self.active and member and env.kind in ("msg", "dm") and env.sender != self.me
+        return (
+            self.active
+            and member
+            and (env.kind in ORDERED or env.kind in PLACES)
+            and env.sender != self.me
+        )
+
+    def walk_pending(self, topic: str) -> bool:
+        """A walk page brought messages of ``topic`` that still wait here (unstored): its
+        cursor must not move past them, or a crash would lose them for good."""
+        return bool(self._walked.get(topic))
 
     def waiting(self, topic: str, sender: bytes) -> list[int]:
         """The seqs of ``sender`` in ``topic`` received and waiting here."""
@@ -73,38 +109,56 @@ class InboxOrder:
     def next_deadline(self) -> float | None:
         return self.order.next_deadline()
 
-    async def arrange(self, batches: list[list[Item]], now: float) -> None:
+    async def arrange(
+        self, batches: list[list[Item]], now: float, walks: list[bool] | None = None
+    ) -> list[bool]:
         """Put each of ``batches`` (in place) in per-sender order: held ones go, what
         they released comes in after the item that released it; what waited too long
-        goes first into the first batch."""
+        goes first into the first batch. ``walks``: which batches are walk pages; for
+        each batch, whether its walk cursor may move (nothing of its topic a walk brought
+        still waits here)."""
         await self._start_lanes(item for batch in batches for item in batch)
         expired = self.order.expire(now)
         self._report(expired)
+        topics = [batch[0][0].log_topic if batch else "" for batch in batches]
         for i, batch in enumerate(batches):
-            out = [item for item in expired.items if item is not None] if i == 0 else []
+            out = self._passed(expired) if i == 0 else []
+            walk = walks is not None and walks[i]
             for item in batch:
                 if not self.concerns(item):
                     out.append(item)
                     continue
                 env = item[0]
                 key = (env.log_topic, env.sender)
-                offered = None if self._is_history(key, env) else item
-                released = self.order.offer(key, env.seq, offered, now)
+                if env.kind in PLACES:  # goes on at once, and moves its lane on
+                    out.append(item)
+                    offered = None
+                else:
+                    offered = None if self._is_history(key, env) else item
+                released = self.order.offer(key, env.seq, offered, now, len(env.wire))
                 self._report(released)
-                out += [item for item in released.items if item is not None]
+                if walk and offered is not None and all(r is not offered for r in released.items):
+                    self._walked.setdefault(env.log_topic, set()).add(env.id)
+                out += self._passed(released)
             batch[:] = out
+        return [not self.walk_pending(topic) for topic in topics]
+
+    def _passed(self, released: Released[Item | None]) -> list[Item]:
+        items = [item for item in released.items if item is not None]
+        for env, _, _ in items:
+            walked = self._walked.get(env.log_topic)
+            if walked:
+                walked.discard(env.id)
+        return items
 
     def _is_history(self, key: Key, env: Envelope) -> bool:
+        """A looked-back message older than our subscription (the floor stays with the
+        lane: a second copy, from another carrier, is history too)."""
         probe = self._probes.get(key)
         if probe is None:
             return False
         first, floor = probe
-        if (self.order.top(key) or 0) >= first:
-            del self._probes[key]  # the lane has moved past its lookback
-            return False
-        if env.seq >= first:
-            return False
-        if env.ts >= floor:
+        if env.seq >= first or env.ts >= floor:
             return False
         self.history += 1
         return True
@@ -120,28 +174,43 @@ class InboxOrder:
         if not firsts:
             return
         keys = sorted(firsts)
+        now_ms = self.wall_ms()
 
         def read(s: MessageStore) -> list[tuple[int, int]]:
             out = []
             for topic, sender in keys:
                 top = max((b for _, b in s.sender_ranges(sender, topic)), default=0)
-                since = None if topic.startswith("inbox/") else s.get_state("since/" + topic)
-                out.append((top, 0 if since is None else int(since.decode()) - SINCE_MARGIN_MS))
+                if topic.startswith("inbox/"):
+                    out.append((top, 0))  # every DM to us is wanted
+                    continue
+                since = s.get_state("since/" + topic)  # absent: subscribing just now
+                subscribed = now_ms if since is None else int(since.decode())
+                out.append((top, subscribed - SINCE_MARGIN_MS))
             return out
 
         for key, (top, floor) in zip(keys, await self.service.read(read), strict=True):
             first = firsts[key]
             if top or first <= 1:
                 self.order.start(key, top)
-            elif len(self._probes) < MAX_PROBES:  # never heard of, first heard past seq 1
+            else:  # never heard of, first heard past seq 1
                 self.order.start(key, max(0, first - 1 - LOOKBACK))
                 self._probes[key] = (first, floor)
+                while len(self._probes) > MAX_PROBES:
+                    self._probes.popitem(last=False)
 
     def _report(self, released: Released[Item | None]) -> None:
         for gap in released.opened:
             self.want_gap(gap.key[0], gap.key[1], gap.first, gap.last)
         for gap in released.skipped:
             self._skipped(gap)
+        for gap in released.jumped:
+            self.log.warning(
+                "seq jumped: not waited for",
+                topic=gap.key[0],
+                sender=gap.key[1].hex()[:16],
+                first=gap.first,
+                last=gap.last,
+            )
 
     def _skipped(self, gap: Gap) -> None:
         topic, sender = gap.key

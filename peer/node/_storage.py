@@ -137,15 +137,7 @@ class Storage:
             pinned=lambda: self._pinned,
             pin=self._pin,
         )
-        self.order = InboxOrder(
-            peer.peer_id,
-            service,
-            self.log,
-            hold=self.options.order_hold,
-            want_gap=self.catchup_service.want_gap,
-            active=not self.options.relay_only,
-        )
-        self.catchup_service.filler.waiting = self.order.waiting
+        self.order = InboxOrder.beside(self.catchup_service, peer, service, self.log)
 
     @property
     def store(self) -> MessageStore:
@@ -371,7 +363,10 @@ class Storage:
     # -- one commit: plan, write, apply ---------------------------------------------------
 
     async def _commit(self, batch: list[_Accept]) -> None:
-        await self.order.arrange([request.envelopes for request in batch], self.peer.now())
+        walks = [request.then is not None for request in batch]
+        moves = await self.order.arrange([r.envelopes for r in batch], self.peer.now(), walks)
+        for request, move in zip(batch, moves, strict=True):  # not past what waits unstored
+            request.then = request.then if move else None
         plans = self._plan(batch, self.peer.wall_ms())
         thens = [request.then for request in batch if request.then is not None]
         if not plans and not thens:

@@ -327,6 +327,7 @@ class GossipRouter:
         env = open_envelope(wire, signed=signed, sig=sig, verify=False)
         if not self._senders.has(env.sender, now):  # dropped unverified and not remembered:
             self.stats.sender_limited += 1  # a forged copy must not hide the real one
+            self.scores.fulfil(mid)  # an IWANT answered with it was a promise kept
             own = peer == env.sender  # a relay is not charged: its buckets fill at its pace
             return self._penalize(peer, p.over_limit_penalty, now) if own else []
         if self.verify:
@@ -587,7 +588,6 @@ class GossipRouter:
         actions: list[Action] = []
         for topic, ids in sorted(recent.items()):
             mesh = self._mesh.get(topic, set())
-            # any interested link outside the mesh (a subscriber too) may lack some
             ok = [q for q in self._carriers.get(topic, ()) if q not in mesh]
             candidates = sorted(q for q in ok if self._score_ok(q, "gossip", now))
             if not candidates:

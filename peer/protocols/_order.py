@@ -42,7 +42,9 @@ Key = tuple[str, bytes]  # (log topic, sender)
 
 ORDER_HOLD = 10.0  # seconds a message waits for an earlier one of its sender
 MAX_ORDER_HELD = 50_000  # messages waiting, over all lanes
+MAX_ORDER_BYTES = 64 << 20  # their bytes
 MAX_ORDER_LANES = 65_536  # lanes remembered with nothing waiting
+MAX_GAP = 10_000  # a jump past this many seqs is not waited for (nor counted as skipped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,7 @@ class Released(Generic[T]):
     items: list[T] = field(default_factory=list)
     opened: list[Gap] = field(default_factory=list)
     skipped: list[Gap] = field(default_factory=list)
-
-    def extend(self, other: Released[T]) -> None:
-        self.items += other.items
-        self.opened += other.opened
-        self.skipped += other.skipped
+    jumped: list[Gap] = field(default_factory=list)  # implausibly large: not waited for
 
 
 @dataclass(slots=True)
@@ -89,10 +87,14 @@ class SenderOrder(Generic[T]):
         hold: float = ORDER_HOLD,
         max_held: int = MAX_ORDER_HELD,
         max_lanes: int = MAX_ORDER_LANES,
+        max_bytes: int = MAX_ORDER_BYTES,
     ) -> None:
         self.hold = hold
         self.max_held = max_held
         self.max_lanes = max_lanes
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
+        self._sizes: dict[tuple[Key, int], int] = {}
         self._lanes: OrderedDict[Key, _Lane[T]] = OrderedDict()
         self._dues: list[tuple[float, Key, int]] = []  # a heap: when each held one stops waiting
         self.held = 0  # messages waiting now
@@ -119,21 +121,27 @@ class SenderOrder(Generic[T]):
             self._lanes[key] = _Lane(max(0, top))
             self._forget_idle()
 
-    def offer(self, key: Key, seq: int, item: T, now: float) -> Released[T]:
-        """``item``, ``key``'s message ``seq``: what may go on now, in order."""
+    def offer(self, key: Key, seq: int, item: T, now: float, size: int = 0) -> Released[T]:
+        """``item``, ``key``'s message ``seq`` (``size`` bytes): what may go on now, in
+        order."""
         out: Released[T] = Released()
         lane = self._lanes.get(key)
         if lane is None:  # a sender never seen: its first message starts the lane
             lane = self._lanes[key] = _Lane(seq - 1)
             self._forget_idle()
         self._lanes.move_to_end(key)
+        if seq - lane.top - 1 > MAX_GAP:  # a forged or broken seq: not waited for
+            if lane.held:
+                self._give_up(0.0, key, max(lane.held), out)
+            out.jumped.append(Gap(key, lane.top + 1, seq - 1))
+            lane.top = seq - 1
         if seq <= lane.top:
             self.late += 1
             out.items.append(item)
         elif seq == lane.top + 1:
             lane.top = seq
             out.items.append(item)
-            self._drain(lane, out)
+            self._drain(key, lane, out)
         elif seq in lane.held:
             self.duplicates += 1
         else:
@@ -143,7 +151,9 @@ class SenderOrder(Generic[T]):
             heapq.heappush(lane.seqs, seq)
             heapq.heappush(self._dues, (now + self.hold, key, seq))
             self.held += 1
-            if self.held > self.max_held:
+            self._sizes[(key, seq)] = size
+            self.held_bytes += size
+            while self.held > self.max_held or self.held_bytes > self.max_bytes:
                 self._give_up(*self._earliest(), out)
         return out
 
@@ -180,12 +190,13 @@ class SenderOrder(Generic[T]):
                 return due, key, seq
             heapq.heappop(self._dues)  # handed on since
 
-    def _drain(self, lane: _Lane[T], out: Released[T]) -> None:
+    def _drain(self, key: Key, lane: _Lane[T], out: Released[T]) -> None:
         """Hand on the held messages that now follow ``top`` without a gap."""
         while lane.top + 1 in lane.held:
             lane.top += 1
             out.items.append(lane.held.pop(lane.top))
             self.held -= 1
+            self.held_bytes -= self._sizes.pop((key, lane.top), 0)
         if not lane.held:
             lane.seqs.clear()
             if not self.held:
@@ -201,16 +212,18 @@ class SenderOrder(Generic[T]):
                 self.skipped += gap.last - gap.first + 1
                 out.skipped.append(gap)
                 lane.top = lowest - 1
-            self._drain(lane, out)
+            self._drain(key, lane, out)
 
     def _forget_idle(self) -> None:
-        if len(self._lanes) <= self.max_lanes:
-            return
-        for key in list(self._lanes):
+        """Forget the least recently used lanes with nothing held, past ``max_lanes``."""
+        for _ in range(self.held + 1):  # a lane that holds goes to the back: bounded tries
             if len(self._lanes) <= self.max_lanes:
                 return
-            if not self._lanes[key].held:
+            key, lane = next(iter(self._lanes.items()))
+            if lane.held:
+                self._lanes.move_to_end(key)
+            else:
                 del self._lanes[key]
 
 
-__all__ = ["MAX_ORDER_HELD", "ORDER_HOLD", "Gap", "Released", "SenderOrder"]
+__all__ = ["MAX_GAP", "MAX_ORDER_HELD", "ORDER_HOLD", "Gap", "Released", "SenderOrder"]
