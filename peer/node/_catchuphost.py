@@ -81,6 +81,15 @@ MAX_GAP_FETCHES = 256  # (topic, sender) gaps the inbox waits on, fetched at onc
 
 
 @dataclass(frozen=True, slots=True)
+class Recount:
+    """More of ``sender`` in ``topic`` was stored while something of it was missed:
+    count again (``missed`` in /status drops as soon as a gap is filled, by any path)."""
+
+    topic: str
+    sender: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class FetchGap:
     """The inbox holds a later message of ``sender`` in ``topic``: fetch what we lack
     below it from the carriers now (the last seq wanted is in ``CatchUpService``)."""
@@ -89,13 +98,13 @@ class FetchGap:
     sender: bytes
 
 
-Work = ReadPage | ReadCursor | CheckAndStore | FillGaps | ReadHeads | Lack | FetchGap
-WORK = (ReadPage, ReadCursor, CheckAndStore, FillGaps, ReadHeads, Lack, FetchGap)
+Work = ReadPage | ReadCursor | CheckAndStore | FillGaps | ReadHeads | Lack | FetchGap | Recount
+WORK = (ReadPage, ReadCursor, CheckAndStore, FillGaps, ReadHeads, Lack, FetchGap, Recount)
 
 
 def _link_of(command: Work) -> bytes | None:
     """The link whose frames led to ``command`` (None: none did)."""
-    if isinstance(command, FetchGap):
+    if isinstance(command, FetchGap | Recount):
         return None
     if isinstance(command, ReadPage | ReadHeads | Lack):
         return command.peer
@@ -143,6 +152,7 @@ class CatchUpService:
         self.started_ms = 0
         self.lost_commands = 0
         self._gaps: dict[tuple[str, bytes], tuple[int, int]] = {}  # being fetched: the seqs
+        self._recounting: set[tuple[str, bytes]] = set()
         self.filler = GapFiller(
             peer, service, self.core, log, feed=self._feed, check=self._check, store=accept_many
         )
@@ -213,6 +223,25 @@ class CatchUpService:
         except trio.WouldBlock:
             return  # overloaded: the digest rounds find it
         self._gaps[key] = (first, last)
+
+    def stored(self, pairs: Iterable[tuple[str, bytes]]) -> None:
+        """Messages of these (topic, sender) pairs were stored: recount what was missed."""
+        for key in pairs:
+            if key in self.filler.counted and key not in self._recounting:
+                try:
+                    self._commands.send_nowait(Recount(*key))
+                except trio.WouldBlock:
+                    return  # the next count clears it
+                self._recounting.add(key)
+
+    async def _recount(self, topic: str, sender: bytes) -> None:
+        try:
+            counted = self.filler.counted.get((topic, sender))
+            if counted is not None:
+                head, whole = counted
+                await self.filler.count_missed(topic, [(sender, head)], whole)
+        finally:
+            self._recounting.discard((topic, sender))
 
     def catch_up_all(self, topics: Sequence[str]) -> None:
         """Catch up ``topics`` from every linked carrier (on subscribe)."""
@@ -292,6 +321,8 @@ class CatchUpService:
                     await self._lack(command)
                 case FetchGap():
                     await self._fetch_gap(command)
+                case Recount(topic, sender):
+                    await self._recount(topic, sender)
         except Exception as exc:
             self.peer.counters.link_errors += 1
             self.log.error(

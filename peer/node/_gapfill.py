@@ -29,8 +29,9 @@ MAX_GAP_SENDERS = 64
 MAX_FILL_PAGES = 64  # pages one gap-filling pass asks for; the next pass goes on
 # passes per (topic, sender): a gap nobody can fill (an author held to its limit
 # leaves one per dropped message) is asked about this often, not at every digest
-REPAIR_RATE = 0.2  # passes per second
-REPAIR_BURST = 1.0  # one pass at once, then one per 5 s
+REPAIR_RATE = 0.5  # passes per second
+REPAIR_BURST = 4.0  # four passes at once, then one per 2 s
+MAX_COUNTED = 4096  # (topic, sender) pairs with something missed, recounted as more comes
 
 Check = Callable[[bytes, PageRequest, Page], Awaitable[list[Envelope] | None]]
 Store = Callable[[Iterable[Envelope]], Awaitable[int]]
@@ -82,6 +83,9 @@ class GapFiller:
         # new messages of a topic were stored from a carrier: tell the other links
         self.stored: Callable[[str, bytes], None] = lambda topic, carrier: None
         self.passes = Buckets(REPAIR_RATE, REPAIR_BURST, max_keys=4096)
+        # (topic, sender) -> (head, whole) of a count that found something missing: when
+        # more of that sender is stored (by any path), it is counted again
+        self.counted: dict[tuple[str, bytes], tuple[int, bool]] = {}
         self.deferred = 0  # repairs of a sender left for later: its passes were spent
 
     def may_repair(self, topic: str, sender: bytes) -> bool:
@@ -143,8 +147,12 @@ class GapFiller:
                 if stats.missed.get(key) != still:
                     self.log.warning("missed messages", topic=topic, sender=key[:16], missed=still)
                 stats.missed[key] = still
+                self.counted[(topic, sender)] = (head, whole)
+                while len(self.counted) > MAX_COUNTED:
+                    self.counted.pop(next(iter(self.counted)))
             else:
                 stats.missed.pop(key, None)
+                self.counted.pop((topic, sender), None)
 
     async def holdings(
         self, topic: str, senders: Sequence[bytes]

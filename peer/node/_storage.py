@@ -385,6 +385,8 @@ class Storage:
         finally:
             if added:
                 self.peer.notify_inbox()  # once per commit: a page is 512 messages
+        if self.catchup_service.filler.counted:  # something was missed: did this fill it?
+            self.catchup_service.stored({(p.env.log_topic, p.env.sender) for p in plans})
 
     def _plan(self, batch: list[_Accept], now_ms: int) -> list[_Planned]:
         plans: list[_Planned] = []
