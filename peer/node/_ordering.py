@@ -117,6 +117,8 @@ class InboxOrder:
         goes first into the first batch. ``walks``: which batches are walk pages; for
         each batch, whether its walk cursor may move (nothing of its topic a walk brought
         still waits here)."""
+        if not self.active:  # a relay-only seed: its hot path pays nothing here
+            return [True] * len(batches)
         await self._start_lanes(item for batch in batches for item in batch)
         expired = self.order.expire(now)
         self._report(expired)
