@@ -7,6 +7,18 @@ RPCs over links, multiplexed by request id) drives :class:`DhtNode`.
 Public names are re-exported here; modules starting with ``_`` are private.
 """
 
+from ._card import (
+    CARD_RECORD_TAG,
+    CardRecord,
+    check_card,
+    index_keys,
+    parse_card_record,
+    sign_card_record,
+    skill_key,
+    tag_key,
+    verify_card_record,
+)
+from ._cards import CARDS_CAP, CardLimits, CardLookup, CardPage, CardStore
 from ._config import (
     MAX_ADDRS,
     MAX_CONTACTS_PER_REPLY,
@@ -40,9 +52,11 @@ from ._records import (
 from ._routing import Observation, ObserveKind, PingOutcome, Refusal, RoutingTable
 from ._rpc import (
     AddProvider,
+    Cards,
     ErrorReply,
     FindNode,
     FindPeer,
+    GetCards,
     GetProviders,
     Message,
     Nodes,
@@ -51,6 +65,7 @@ from ._rpc import (
     Ping,
     Pong,
     Providers,
+    PutCard,
     PutPeer,
     Request,
     Response,
@@ -66,6 +81,8 @@ from ._rpc import (
 from ._service import DhtCarrier, DhtService
 
 __all__ = [
+    "CARDS_CAP",
+    "CARD_RECORD_TAG",
     "MAX_ADDRS",
     "MAX_CONTACTS_PER_REPLY",
     "MAX_MESSAGE",
@@ -75,6 +92,12 @@ __all__ = [
     "PROVIDER_RECORD_TAG",
     "TOPIC_KEY_TAG",
     "AddProvider",
+    "CardLimits",
+    "CardLookup",
+    "CardPage",
+    "CardRecord",
+    "CardStore",
+    "Cards",
     "Contact",
     "DhtCarrier",
     "DhtConfig",
@@ -83,6 +106,7 @@ __all__ = [
     "ErrorReply",
     "FindNode",
     "FindPeer",
+    "GetCards",
     "GetProviders",
     "K",
     "Lookup",
@@ -103,6 +127,7 @@ __all__ = [
     "ProviderRecord",
     "Providers",
     "Publication",
+    "PutCard",
     "PutPeer",
     "RateLimiter",
     "Reason",
@@ -116,6 +141,7 @@ __all__ = [
     "Stored",
     "address_range",
     "answers",
+    "check_card",
     "contact_from_wire",
     "decode_message",
     "decode_request",
@@ -124,11 +150,17 @@ __all__ = [
     "encode_message",
     "encode_request",
     "encode_response",
+    "index_keys",
+    "parse_card_record",
     "parse_peer_record",
     "parse_provider_record",
+    "sign_card_record",
     "sign_peer_record",
     "sign_provider_record",
+    "skill_key",
+    "tag_key",
     "topic_key",
+    "verify_card_record",
     "verify_peer_record",
     "verify_provider_record",
 ]

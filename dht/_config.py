@@ -26,6 +26,8 @@ MAX_CAP_BYTES = 32
 MAX_RELAYS = 4  # relays a client advertises
 MAX_RECORD_BYTES = 2048  # one signed record, signature included
 MAX_RECORD_ITEMS = 64  # CBOR data items in a record's signed body
+MAX_CARD_RECORD_BYTES = 8192  # one signed agent card record (dht/_card.py)
+MAX_CARDS_PER_REPLY = 64  # card records in one GET_CARDS reply
 MAX_ERROR_TEXT = 200  # bytes of an error reply's message
 MAX_REQUEST_ID = 2**64 - 1
 

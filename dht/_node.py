@@ -38,6 +38,8 @@ from typing import Any
 from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 
+from ._card import CardRecord, sign_card_record
+from ._cards import CardLimits, CardLookup, CardPage, CardStore
 from ._config import DhtConfig
 from ._contact import Contact
 from ._lookup import Lookup, PeerLookup, ProviderLookup
@@ -55,9 +57,11 @@ from ._records import (
 from ._routing import Observation, ObserveKind, PingOutcome, RoutingTable
 from ._rpc import (
     AddProvider,
+    Cards,
     ErrorReply,
     FindNode,
     FindPeer,
+    GetCards,
     GetProviders,
     Nodes,
     Op,
@@ -65,6 +69,7 @@ from ._rpc import (
     Ping,
     Pong,
     Providers,
+    PutCard,
     PutPeer,
     Request,
     Response,
@@ -81,8 +86,8 @@ class Mode(StrEnum):
 class Publication:
     """A record to (re)publish: look up ``key``, then send ``op`` to the k closest."""
 
-    op: Op  # PUT_PEER or ADD_PROVIDER
-    key: bytes  # our id for a peer record, the topic key for a provider record
+    op: Op  # PUT_PEER, ADD_PROVIDER or PUT_CARD
+    key: bytes  # our id for a peer record, the topic key (provider), skill or tag key (card)
     record: bytes
 
 
@@ -151,6 +156,7 @@ class DhtNode:
         addrs: Iterable[str] = (),
         caps: Iterable[str] = (),
         relays: Iterable[Relay] = (),
+        card_limits: CardLimits | None = None,
     ) -> None:
         self.identity = identity
         self.id = identity.peer_id
@@ -170,6 +176,12 @@ class DhtNode:
             max_per_range_table=cfg.max_per_range_table,
         )
         self.store = RecordStore(cfg, self.id)
+        self.card_limits = lim = card_limits if card_limits is not None else CardLimits()
+        flood = RateLimiter(lim.updates_per_second, lim.update_burst, cfg.max_rate_tracked)
+        self.cards = CardStore(cfg, lim, flood)
+        self._card: dict[str, Any] | None = None  # our agent card, if we have one
+        self._card_due = float("inf")
+        self.own_card_record: CardRecord | None = None
         self.limiter = RateLimiter(cfg.requests_per_second, cfg.request_burst, cfg.max_rate_tracked)
         self.counters: Counter[str] = Counter()
         self._pings: list[Contact] = []
@@ -226,9 +238,15 @@ class DhtNode:
             held = self.store.get_providers(req.key, now, self.config.providers_per_reply)
             nodes = self._closest_for(req.key, sender.id, k)
             return Providers(req.rid, tuple(r.wire for r in held), nodes)
+        if isinstance(req, GetCards):
+            cards, more = self.cards.get(req.key, now, after=req.after)
+            nodes = self._closest_for(req.key, sender.id, k)
+            return Cards(req.rid, tuple(r.wire for r in cards), nodes, more)
         try:
             if isinstance(req, PutPeer):
                 self.store.put_peer(req.record, now, sender.id)
+            elif isinstance(req, PutCard):
+                self.cards.put(req.key, req.record, now, sender.id)
             else:
                 self.store.add_provider(req.record, now, sender.id)
         except RecordError as exc:
@@ -301,9 +319,22 @@ class DhtNode:
             **self._lookup_args(key, now), max_providers=max_providers, config=self.config
         )
 
+    def lookup_cards(self, key: bytes, now: float) -> CardLookup:
+        """The k card-serving nodes closest to a skill or tag key, and their cards."""
+        lookup = CardLookup(**self._lookup_args(key, now), config=self.config)
+        held, _ = self.cards.get(key, now, limit=self.card_limits.max_cards_per_key, budget=2**31)
+        own = self.own_card_record
+        if own is not None and key in own.keys and own.expires > now:
+            held.append(own)
+        for record in held:  # what we hold ourselves (verified when stored, or ours)
+            lookup.found[record.id] = record
+        return lookup
+
     def request_for(self, lookup: Lookup) -> Request:
         """The request to send each contact ``lookup.next_requests`` names (fresh rid)."""
         rid = self.next_rid()
+        if isinstance(lookup, CardLookup):
+            return GetCards(rid, lookup.target, None, self.serving)
         if isinstance(lookup, PeerLookup):
             return FindPeer(rid, lookup.target, self.serving)
         if isinstance(lookup, ProviderLookup):
@@ -335,6 +366,8 @@ class DhtNode:
             nodes, value = resp.nodes, resp.record
         elif isinstance(lookup, ProviderLookup) and isinstance(resp, Providers):
             nodes, value = resp.nodes, list(resp.providers)
+        elif isinstance(lookup, CardLookup) and isinstance(resp, Cards):
+            nodes, value = resp.nodes, CardPage(resp.cards, resp.more)
         elif type(lookup) is Lookup and isinstance(resp, Nodes):
             nodes = resp.nodes
         else:
@@ -345,6 +378,8 @@ class DhtNode:
         used = lookup.on_response(contact.id, nodes, now, value)
         if used:
             self.add_contact(contact, now)
+            if isinstance(value, CardPage) and isinstance(lookup, CardLookup):
+                lookup.note_more(contact.id, value)
         elif contact.id in lookup.liars:
             self.counters["liars"] += 1
             self.table.remove(contact.id, now)
@@ -412,6 +447,49 @@ class DhtNode:
     def providing(self) -> tuple[str, ...]:
         return tuple(self._providing)
 
+    # -- our agent card --
+
+    @property
+    def card(self) -> dict[str, Any] | None:
+        return self._card
+
+    def set_card(self, card: dict[str, Any] | None, now: float) -> CardRecord | None:
+        """Publish ``card`` (checked: RecordError if invalid) at once and keep it
+        refreshed; None stops republishing (held copies expire after their TTL)."""
+        if card is None:
+            self._card, self.own_card_record, self._card_due = None, None, float("inf")
+            return None
+        record = self._sign_card(card, now)  # raises before anything changes
+        self._card, self.own_card_record, self._card_due = card, record, now
+        return record
+
+    def _sign_card(self, card: dict[str, Any], now: float) -> CardRecord:
+        return sign_card_record(
+            self.identity,
+            card,
+            addrs=self.addrs,
+            relays=self.relays,
+            seq=self._next_seq(now),
+            expires=int(now + self.card_limits.card_ttl),
+        )
+
+    def _card_publications(self, now: float) -> list[Publication]:
+        if self._card is None or now < self._card_due:
+            return []
+        record = self.own_card_record
+        if record is None or record.expires - now < self.card_limits.card_ttl * 0.75:
+            record = self.own_card_record = self._sign_card(self._card, now)
+        self._card_due = now + self.config.republish_interval
+        out = []
+        for key in record.keys:
+            if self.serving:
+                try:
+                    self.cards.put(key, record.wire, now)
+                except RecordError:
+                    self.counters["own_card_not_stored"] += 1
+            out.append(Publication(Op.PUT_CARD, key, record.wire))
+        return out
+
     def due_publications(self, now: float) -> list[Publication]:
         """Records whose (re)publication is due; each is re-signed with a higher seq."""
         out: list[Publication] = []
@@ -431,17 +509,19 @@ class DhtNode:
                         self.counters["own_provider_not_stored"] += 1
                 out.append(Publication(Op.ADD_PROVIDER, prec.key, prec.wire))
                 self._providing[topic] = now + every
-        return out
+        return out + self._card_publications(now)
 
-    def publish_request(self, pub: Publication) -> PutPeer | AddProvider:
+    def publish_request(self, pub: Publication) -> PutPeer | AddProvider | PutCard:
         """The request that stores ``pub`` at one of the k closest nodes (fresh rid)."""
         if pub.op is Op.PUT_PEER:
             return PutPeer(self.next_rid(), pub.record, self.serving)
+        if pub.op is Op.PUT_CARD:
+            return PutCard(self.next_rid(), pub.key, pub.record, self.serving)
         return AddProvider(self.next_rid(), pub.record, self.serving)
 
     def housekeeping(self, now: float) -> int:
         """Drop expired records; returns how many."""
-        return self.store.expire(now)
+        return self.store.expire(now) + self.cards.expire(now)
 
     # -- the timer --
 
@@ -451,7 +531,7 @@ class DhtNode:
         (bucket refresh and record expiry, every ``UPKEEP_INTERVAL``)."""
         if self._pings:
             return self._upkeep_due - UPKEEP_INTERVAL
-        return min(self._upkeep_due, self._peer_due, *self._providing.values())
+        return min(self._upkeep_due, self._peer_due, self._card_due, *self._providing.values())
 
     def handle_timer(self, now: float) -> list[Upkeep]:
         """What is due at ``now``: publications, pings, bucket refreshes; drops
@@ -473,5 +553,6 @@ class DhtNode:
             rate_tracked=len(self.limiter),
             **self.counters,
             **self.store.statistics(),
+            **self.cards.statistics(),
             **{f"table_refused_{r.value}": n for r, n in self.table.refused.items()},
         )

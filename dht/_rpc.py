@@ -35,6 +35,8 @@ from peer.wire._fields import need_bytes, need_list, need_text, need_uint
 
 from ._config import (
     ID_LEN,
+    MAX_CARD_RECORD_BYTES,
+    MAX_CARDS_PER_REPLY,
     MAX_CONTACTS_PER_REPLY,
     MAX_ERROR_TEXT,
     MAX_MESSAGE,
@@ -55,6 +57,8 @@ class Op(StrEnum):
     PUT_PEER = "put_peer"
     ADD_PROVIDER = "add_provider"
     GET_PROVIDERS = "get_providers"
+    PUT_CARD = "put_card"  # only to nodes with the "cards" capability
+    GET_CARDS = "get_cards"
 
 
 # -- requests ------------------------------------------------------------------------
@@ -135,7 +139,35 @@ class GetProviders:
         return Op.GET_PROVIDERS
 
 
-Request = Ping | FindNode | FindPeer | PutPeer | AddProvider | GetProviders
+@dataclass(frozen=True, slots=True)
+class PutCard:
+    """File the sender's own signed card record under ``key`` (a skill or tag key)."""
+
+    rid: int
+    key: bytes
+    record: bytes
+    serving: bool = True
+
+    @property
+    def op(self) -> Op:
+        return Op.PUT_CARD
+
+
+@dataclass(frozen=True, slots=True)
+class GetCards:
+    """Ask for the cards filed under ``key`` (agent ids above ``after``) and the k closest."""
+
+    rid: int
+    key: bytes
+    after: bytes | None = None
+    serving: bool = True
+
+    @property
+    def op(self) -> Op:
+        return Op.GET_CARDS
+
+
+Request = Ping | FindNode | FindPeer | PutPeer | AddProvider | GetProviders | PutCard | GetCards
 
 # -- responses ------------------------------------------------------------------------
 
@@ -204,7 +236,21 @@ class ErrorReply:
     message: str = ""
 
 
-Response = Pong | Nodes | PeerFound | Stored | Providers | ErrorReply
+@dataclass(frozen=True, slots=True)
+class Cards:
+    """The reply to GET_CARDS: card records in ascending agent id, whether more remain."""
+
+    rid: int
+    cards: tuple[bytes, ...]
+    nodes: tuple[Contact, ...]
+    more: bool = False
+
+    @property
+    def op(self) -> Op:
+        return Op.GET_CARDS
+
+
+Response = Pong | Nodes | PeerFound | Stored | Providers | Cards | ErrorReply
 Message = Request | Response
 
 _ARGS = {
@@ -214,6 +260,8 @@ _ARGS = {
     Op.PUT_PEER: frozenset({"rec"}),
     Op.ADD_PROVIDER: frozenset({"rec"}),
     Op.GET_PROVIDERS: frozenset({"key"}),
+    Op.PUT_CARD: frozenset({"key", "rec"}),
+    Op.GET_CARDS: frozenset({"key"}),  # plus an optional "after"
 }
 _RESULTS = {
     Op.PING: frozenset(),
@@ -222,6 +270,8 @@ _RESULTS = {
     Op.PUT_PEER: frozenset(),
     Op.ADD_PROVIDER: frozenset(),
     Op.GET_PROVIDERS: frozenset({"provs", "nodes"}),
+    Op.PUT_CARD: frozenset(),
+    Op.GET_CARDS: frozenset({"cards", "nodes", "more"}),
 }
 _HEAD_Q = frozenset({"v", "m", "op", "rid", "srv"})
 _HEAD_R = frozenset({"v", "m", "op", "rid"})
@@ -261,6 +311,12 @@ def encode_request(req: Request) -> bytes:
         m["rec"] = req.record
     elif isinstance(req, GetProviders):
         m["key"] = req.key
+    elif isinstance(req, PutCard):
+        m["key"], m["rec"] = req.key, req.record
+    elif isinstance(req, GetCards):
+        m["key"] = req.key
+        if req.after is not None:
+            m["after"] = req.after
     return _finish(m)
 
 
@@ -288,11 +344,17 @@ def encode_response(resp: Response) -> bytes:
             raise ValueError(f"at most {MAX_PROVIDERS_PER_REPLY} providers per reply")
         m["provs"] = list(resp.providers)
         m["nodes"] = _contacts(resp.nodes)
+    elif isinstance(resp, Cards):
+        if len(resp.cards) > MAX_CARDS_PER_REPLY:
+            raise ValueError(f"at most {MAX_CARDS_PER_REPLY} cards per reply")
+        m["cards"] = list(resp.cards)
+        m["nodes"] = _contacts(resp.nodes)
+        m["more"] = resp.more
     return _finish(m)
 
 
 def encode_message(msg: Message) -> bytes:
-    if isinstance(msg, Ping | FindNode | FindPeer | PutPeer | AddProvider | GetProviders):
+    if isinstance(msg, _REQUEST_TYPES):
         return encode_request(msg)
     return encode_response(msg)
 
@@ -352,7 +414,10 @@ def _error_from(m: dict[str, Any], rid: int) -> ErrorReply:
 
 def _request_from(m: dict[str, Any], rid: int) -> Request:
     op = _op(m)
-    if m.keys() != _HEAD_Q | _ARGS[op]:
+    keys = m.keys()
+    if keys != _HEAD_Q | _ARGS[op] and not (
+        op is Op.GET_CARDS and keys == _HEAD_Q | _ARGS[op] | {"after"}
+    ):
         raise _fail(f"wrong fields for a {op.value} request")
     serving = m["srv"]
     if not isinstance(serving, bool):
@@ -367,6 +432,12 @@ def _request_from(m: dict[str, Any], rid: int) -> Request:
         return PutPeer(rid, _record(m), serving)
     if op is Op.ADD_PROVIDER:
         return AddProvider(rid, _record(m), serving)
+    if op is Op.PUT_CARD:
+        rec = need_bytes(m, "rec", max_size=MAX_CARD_RECORD_BYTES)
+        return PutCard(rid, need_bytes(m, "key", ID_LEN), rec, serving)
+    if op is Op.GET_CARDS:
+        after = need_bytes(m, "after", ID_LEN) if "after" in m else None
+        return GetCards(rid, need_bytes(m, "key", ID_LEN), after, serving)
     return GetProviders(rid, need_bytes(m, "key", ID_LEN), serving)
 
 
@@ -387,10 +458,22 @@ def _response_from(m: dict[str, Any], rid: int) -> Response:
         if any(not isinstance(p, bytes) or len(p) > MAX_RECORD_BYTES for p in provs):
             raise _fail(f"provs must be byte strings of at most {MAX_RECORD_BYTES} bytes")
         return Providers(rid, tuple(provs), _nodes(m))
+    if op is Op.GET_CARDS:
+        return _cards_from(m, rid)
     return Stored(rid, op)
 
 
-_REQUEST_TYPES = (Ping, FindNode, FindPeer, PutPeer, AddProvider, GetProviders)
+def _cards_from(m: dict[str, Any], rid: int) -> Cards:
+    cards = need_list(m, "cards", MAX_CARDS_PER_REPLY)
+    if any(not isinstance(c, bytes) or len(c) > MAX_CARD_RECORD_BYTES for c in cards):
+        raise _fail(f"cards must be byte strings of at most {MAX_CARD_RECORD_BYTES} bytes")
+    more = m["more"]
+    if not isinstance(more, bool):
+        raise _fail("more must be a boolean")
+    return Cards(rid, tuple(cards), _nodes(m), more)
+
+
+_REQUEST_TYPES = (Ping, FindNode, FindPeer, PutPeer, AddProvider, GetProviders, PutCard, GetCards)
 
 
 def decode_request(data: bytes) -> Request:

@@ -25,6 +25,8 @@ import trio
 from peer.wire._requests import RequestMatcher
 from peer.wire._stats import Statistics, snapshot
 
+from ._card import CardRecord
+from ._cards import MAX_PAGES, CardLookup, CardPage
 from ._config import MAX_REQUEST_ID
 from ._contact import Contact
 from ._lookup import Lookup, PeerLookup, ProviderLookup
@@ -32,12 +34,16 @@ from ._node import DhtNode, PingContact, Publication, Publish, Refresh
 from ._records import PeerRecord, ProviderRecord, topic_key
 from ._rpc import (
     AddProvider,
+    Cards,
     ErrorReply,
     FindNode,
     FindPeer,
+    GetCards,
     GetProviders,
     Message,
+    Op,
     Ping,
+    PutCard,
     PutPeer,
     Request,
     Response,
@@ -49,7 +55,7 @@ MAX_PENDING = 1024  # requests in flight at once, all links together
 DIAL_TIMEOUT = 5.0
 
 
-_REQUESTS = (Ping, FindNode, FindPeer, PutPeer, AddProvider, GetProviders)
+_REQUESTS = (Ping, FindNode, FindPeer, PutPeer, AddProvider, GetProviders, PutCard, GetCards)
 
 
 def answers_any(msg: Message) -> TypeGuard[Response]:
@@ -218,9 +224,32 @@ class DhtService:
         assert isinstance(lookup, ProviderLookup)
         return lookup.providers()
 
+    async def find_cards(self, key: bytes) -> list[CardRecord]:
+        """The valid cards filed under a skill or tag key, one per agent, ascending id:
+        a card lookup, then the further pages of storers that had more."""
+        lookup = await self.run_lookup(self.node.lookup_cards(key, self.host.wall_time()))
+        assert isinstance(lookup, CardLookup)
+        for _ in range(MAX_PAGES):
+            wanted = lookup.pages_wanted()
+            if not wanted:
+                break
+            for contact, cursor in wanted:
+                req = GetCards(self.node.next_rid(), key, cursor, self.node.serving)
+                resp = await self.request(contact, req)
+                if isinstance(resp, Cards):
+                    page = CardPage(resp.cards, resp.more)
+                    lookup.on_cards(contact.id, page, self.host.wall_time())
+                else:
+                    lookup.more_from.pop(contact.id, None)
+        return lookup.cards()
+
     async def publish(self, pub: Publication) -> int:
         """Store a record at the k closest nodes to its key; returns how many took it."""
-        lookup = await self.run_lookup(self.node.lookup_node(pub.key, self.host.wall_time()))
+        now = self.host.wall_time()
+        if pub.op is Op.PUT_CARD:  # only card-serving nodes take cards
+            lookup = await self.run_lookup(self.node.lookup_cards(pub.key, now))
+        else:
+            lookup = await self.run_lookup(self.node.lookup_node(pub.key, now))
         stored = 0
 
         async def put(contact: Contact) -> None:
@@ -263,6 +292,10 @@ class DhtService:
                 with trio.move_on_after(max(0.0, wait)):
                     await self._upkeep_wanted.wait()  # a contact to ping was queued
                 self._upkeep_wanted = trio.Event()
+
+    def wake_upkeep(self) -> None:
+        """Something is due at once (our card changed): run the timer now."""
+        self._upkeep_wanted.set()
 
     async def wait_joined(self) -> None:
         await self._joined.wait()

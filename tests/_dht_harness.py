@@ -99,7 +99,11 @@ class SimNet:
     # -- nodes --
 
     def add_node(
-        self, index: int, mode: Mode = Mode.SERVER, relays: tuple[Relay, ...] = ()
+        self,
+        index: int,
+        mode: Mode = Mode.SERVER,
+        relays: tuple[Relay, ...] = (),
+        caps: tuple[str, ...] | None = None,
     ) -> DhtNode:
         identity = Identity.from_seed(self.rng.getrandbits(256).to_bytes(32, "big"))
         addr = f"ws://10.{index >> 8 & 255}.{index & 255}.1:7433"
@@ -110,7 +114,7 @@ class SimNet:
             config=self.config,
             mode=mode,
             addrs=(addr,),
-            caps=("relay",) if mode is Mode.SERVER else (),
+            caps=caps if caps is not None else ("relay",) if mode is Mode.SERVER else (),
             relays=relays,
         )
         self.nodes[node.id] = node

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from peer.node._bootstrap import bootstrap_entry
+from peer.node._inbox import PeerInfo
 from peer.node._node import Peer, UnknownPeer
 from peer.wire import _cbor
 from peer.wire._envelope import Content
@@ -22,6 +23,7 @@ from peer.wire._errors import ProtocolError
 from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
 
+from ._agents import AgentEndpoints, has_feature
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
 from ._values import (
@@ -78,6 +80,7 @@ class Endpoints:
             "/dead-letters": self.dead_letters,
             "/bootstrap.json": self.bootstrap,
             "/openapi.json": self.openapi,
+            **AgentEndpoints(self.peer, self.body).handlers(),
         }
 
     async def body(self, request: Request) -> dict[str, Any]:
@@ -131,11 +134,17 @@ class Endpoints:
         online = bool_param(request, "online")
         wanted = int_param(request, "min", 0, 100_000)
         deadline = trio.current_time() + wait_param(request)
-        found = self.peer.known_peers(online=online)
+        feature = request.query_params.get("feature") or None
+
+        def known() -> list[PeerInfo]:
+            found = self.peer.known_peers(online=online)
+            return [i for i in found if feature is None or has_feature(self.peer, i, feature)]
+
+        found = known()
         while len(found) < wanted and trio.current_time() < deadline:
             with trio.move_on_at(deadline):
                 await self.peer.wait_changed()
-            found = self.peer.known_peers(online=online)
+            found = known()
         now_ms = self.peer.wall_ms()
         return JSONResponse(
             [

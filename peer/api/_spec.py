@@ -66,12 +66,41 @@ _STREAM_PARAMS = (
 )
 _CHANNEL_B = Field("channel", "string", "a channel name", required=True)
 
+_CARD_BODY = (
+    Field("name", "string", "the agent's name (1..64 characters)", required=True),
+    Field("description", "string", "what the agent does (up to 1024 bytes)"),
+    Field("version", "string", "the agent's version"),
+    Field("availability", "string", "available, busy or away (default available)"),
+    Field("skills", "array",
+          "skills: {id, name, description, tags, inputModes, outputModes, examples}",
+          required=True),
+    Field("defaultInputModes", "array", "media types the agent accepts"),
+    Field("defaultOutputModes", "array", "media types the agent produces"),
+    Field("supportedInterfaces", "array",
+          "{protocolBinding, url, protocolVersion}; the mesh one is added if absent"),
+)
+AGENT_ENDPOINTS = (
+    Endpoint("GET", "/agents", "agents by skill and tag, found through the DHT, with their cards",
+             params=(Field("skill", "string", "only agents declaring this skill id"),
+                     Field("tag", "string", "only agents with a skill tagged so"),
+                     Field("online", "boolean", "only online (true) or offline (false) agents"),
+                     _LIMIT),
+             returns="array"),
+    Endpoint("GET", "/card", "our agent card and whether it is published"),
+    Endpoint("PUT", "/card", "declare our agent card (published in the DHT at once)",
+             body=_CARD_BODY),
+    Endpoint("DELETE", "/card", "withdraw our agent card (held copies expire within 20 min)"),
+)
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/status", "the peer: id, key, uptime, links, counters", open=True,
              compat_open=True),
     Endpoint("GET", "/peers", "peers known, with name, key, online state, features",
              params=(Field("online", "boolean", "only online (true) or offline (false) peers"),
                      Field("min", "integer", "with wait: wait until at least this many"),
+                     Field("feature", "string",
+                           "only peers with exactly this capability, or whose agent card "
+                           "declares this skill id"),
                      _WAIT),
              compat_open=True, returns="array"),
     Endpoint("POST", "/send", "send to a channel or a DM to one peer",
@@ -105,6 +134,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/dead-letters", "our DMs never receipted", params=(_LIMIT,),
              returns="array"),
     Endpoint("GET", "/openapi.json", "this description", open=True),
+    *AGENT_ENDPOINTS,
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}

@@ -39,6 +39,7 @@ from peer.wire._frames import is_topic
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy, private_dir
 
+from ._cardfile import agent_card
 from ._lock import DirectoryLocked, lock_directories
 
 DEFAULT_PEER_PORT = 7433
@@ -108,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a display name others see in /peers (signed in our presence; 1-64 printable "
         "characters; env MESH_NAME)",
+    )
+    p.add_argument(
+        "--card",
+        metavar="FILE",
+        help="our agent card, a JSON file (name, description, skills, ...): published in the "
+        "DHT under its skills and tags while the peer runs (README: Agent directory)",
+    )
+    p.add_argument(
+        "--skill",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="a skill id this agent declares (repeat); added to the --card's skills",
     )
     p.add_argument(
         "--webhook",
@@ -414,6 +428,7 @@ async def run_peer(args: argparse.Namespace) -> None:
         name=_name(args.name),
         mailbox=not args.no_mailbox,
         mailbox_quota=_mailbox_quota(args),
+        card=None if args.relay_only else agent_card(args.card, args.skill, args.name),
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")

@@ -49,6 +49,7 @@ from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
+from ._agents import AgentDirectory
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
@@ -114,6 +115,9 @@ class Peer:
             self.log,
         )
         self.bridge: DhtBridge | None = None
+        self.agents = AgentDirectory(self)  # our agent card, and the cards found
+        if self.options.card is not None:
+            self.agents.set_card(self.options.card)
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
@@ -182,6 +186,7 @@ class Peer:
         if self.options.dht:
             self.bridge = DhtBridge(self)
             nursery.start_soon(self.bridge.service.run)
+            self.agents.start()
         self.swarm.start(self.now())
         self.swarm.perform(self.router.subscribe(PRESENCE_TOPIC))
         if not self.options.relay_only:

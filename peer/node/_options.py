@@ -9,8 +9,10 @@ only ever grows (each refusal is counted under its error code).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from dht import DhtConfig
+from dht._cards import CARDS_CAP
 from peer.protocols._deposits import MAILBOX_CAP
 from peer.protocols._mailbox import MailboxQuota
 from peer.protocols._order import ORDER_HOLD
@@ -87,6 +89,8 @@ class PeerOptions:
     mailbox: bool = True
     mailbox_quota: MailboxQuota = field(default_factory=MailboxQuota)
     mailbox_delay: float = 5.0  # seconds an undelivered DM or receipt waits before deposits
+    # our agent card (dht/_card.py), published under its skills and tags; None: no card
+    card: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:
@@ -104,7 +108,7 @@ class PeerOptions:
         if self.store_path is not None:
             caps.append("store")
         if serving_dht:
-            caps.append("dht")
+            caps.extend(("dht", CARDS_CAP))
         if self.mailbox and serving_dht and self.store_path is not None and not self.relay_only:
             caps.append(MAILBOX_CAP)
         if bench is not None and bench.plaintext_links:
