@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from dht import Cards, DhtConfig, DhtNode, GetCards, Lookup, Response
+from dht import Cards, DhtConfig, DhtNode, GetCards, Response
 from dht._card import skill_key, tag_key
 from dht._cards import CARDS_CAP, CardLookup, CardPage
 from dht._config import MAX_CARDS_PER_REPLY
@@ -54,7 +54,7 @@ CAPS = ("relay", "dht", CARDS_CAP)
 @dataclass
 class Phase:
     name: str
-    lookups: list[Lookup] = field(default_factory=list)
+    lookups: list[CardLookup] = field(default_factory=list)
     exact: int = 0  # lookups that found every (live) agent wanted
     wanted: int = 0
     found: int = 0

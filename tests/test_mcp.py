@@ -25,7 +25,7 @@ from tests._procs import REPO, PeerProcess
 
 TOOLS = {
     "mesh_status", "send_to_channel", "send_dm", "read_messages", "wait_for_messages",
-    "list_peers", "list_channels", "join_channel", "leave_channel",
+    "list_peers", "list_channels", "join_channel", "leave_channel", "find_agents",
 }
 
 
@@ -94,6 +94,17 @@ async def test_the_mcp_tools_reach_the_mesh(pair: Pair) -> None:
 
             peers = _data(await a.call_tool("list_peers", {}))
             assert [p["peer_id"] for p in peers["peers"]] == [pair.b.peer_id]
+
+            # b declares a skill and finds the agents declaring it (the pair has no DHT,
+            # so only itself: tests/test_agents_processes.py finds others through the DHT)
+            card = {"name": "helper", "skills": [{"id": "translate", "name": "Translate"}]}
+            r = pair.b.client.put(pair.b.api + "/card", json=card, headers=pair.b.headers())
+            assert r.status_code == 200, r.text
+            found = _data(await b.call_tool("find_agents", {"skill": "translate"}))
+            assert _data(await b.call_tool("find_agents", {"skill": "ocr"})) == {"agents": []}
+            [agent] = found["agents"]
+            assert agent["peer_id"] == pair.b.peer_id and agent["name"] == "helper"
+            assert agent["skills"] == [{"id": "translate", "name": "Translate"}]
             assert "research" in _data(await a.call_tool("join_channel", {"channel": "research"}))[
                 "channels"
             ]

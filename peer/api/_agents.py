@@ -96,7 +96,7 @@ class AgentEndpoints:
             {
                 "peer_id": self.peer.identity.peer_id_hex,
                 "card": directory.card,
-                "published": record is not None,
+                "published": record is not None and self.peer.dht is not None,
                 "seq": None if record is None else record.seq,
                 "expires": None if record is None else iso(record.expires * 1000),
             }

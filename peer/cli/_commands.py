@@ -250,12 +250,53 @@ def _print_event(ctx: Ctx, event: Message | StatusChange) -> None:
 @click.option("--online", is_flag=True, help="only peers linked or seen recently")
 @click.option("--wait", type=click.FloatRange(0, 60), help="wait up to S seconds for --min")
 @click.option("--min", "min_count", type=click.IntRange(min=0), help="at least this many")
+@click.option("--feature", help="only peers with exactly this capability or skill")
 @command
-def peers(ctx: Ctx, online: bool, wait: float | None, min_count: int | None) -> None:
+def peers(
+    ctx: Ctx, online: bool, wait: float | None, min_count: int | None, feature: str | None
+) -> None:
     """Peers this one knows: their ids (for `dm`), names, and whether they are online."""
     with ctx.client() as mesh:
-        found = mesh.peers(online=online or None, min_count=min_count, wait=wait)
+        found = mesh.peers(online=online or None, min_count=min_count, wait=wait, feature=feature)
     out.emit_json([p.raw for p in found]) if ctx.json else click.echo(out.peers_table(found))
+
+
+@cli.command()
+@click.option("--skill", "-s", help="only agents declaring this skill id")
+@click.option("--tag", "-t", help="only agents with a skill tagged so")
+@click.option("--online/--offline", default=None, help="only online (or offline) agents")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
+@command
+def agents(
+    ctx: Ctx, skill: str | None, tag: str | None, online: bool | None, limit: int
+) -> None:
+    """Agents that can do a job: found by skill or tag in the DHT, with their cards."""
+    with ctx.client(timeout=20.0) as mesh:
+        found = mesh.agents(skill=skill, tag=tag, online=online, limit=limit)
+    out.emit_json([a.raw for a in found]) if ctx.json else click.echo(out.agents_table(found))
+
+
+@cli.command()
+@click.option("--set", "card_file", type=click.File("r"), metavar="FILE",
+              help="declare this card (a JSON file; - for standard input)")
+@click.option("--delete", is_flag=True, help="withdraw our card")
+@command
+def card(ctx: Ctx, card_file: Any, delete: bool) -> None:
+    """Our agent card: show it, declare a new one (--set FILE) or withdraw it (--delete)."""
+    with ctx.client() as mesh:
+        if delete:
+            result = mesh.delete_card()
+        elif card_file is not None:
+            try:
+                data = json.loads(card_file.read())
+            except ValueError as exc:
+                raise click.BadParameter(f"not JSON: {exc}", param_hint="--set") from None
+            if not isinstance(data, dict):
+                raise click.BadParameter("a card is a JSON object", param_hint="--set")
+            result = mesh.set_card(data)
+        else:
+            result = mesh.card()
+    out.emit_json(result.raw) if ctx.json else click.echo(out.card_text(result))
 
 
 @cli.command()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from peer.client import Message, PeerInfo, SendResult, Status, StatusChange
+from peer.client import AgentCard, AgentInfo, Message, PeerInfo, SendResult, Status, StatusChange
 
 
 def emit_json(value: Any) -> None:
@@ -78,6 +78,30 @@ def peers_table(peers: Sequence[PeerInfo]) -> str:
         for p in peers
     ]
     return table(("PEER ID", "NAME", "ONLINE", "LINKED", "LAST SEEN"), rows) or "no peers known yet"
+
+
+def agents_table(agents: Sequence[AgentInfo]) -> str:
+    rows = [
+        [
+            a.peer_id[:16],
+            a.name + (" (us)" if a.own else ""),
+            "yes" if a.online else "no",
+            ", ".join(a.skills),
+            str(a.card.get("availability", "")),
+        ]
+        for a in agents
+    ]
+    headers = ("PEER ID", "NAME", "ONLINE", "SKILLS", "AVAILABILITY")
+    return table(headers, rows) or "no agents found"
+
+
+def card_text(card: AgentCard) -> str:
+    if card.card is None:
+        return "no card"
+    state = "not published"
+    if card.published:
+        state = f"published, expires {_clock(card.expires or '')}"
+    return json.dumps(card.card, indent=2) + f"\n({state})"
 
 
 def status_text(status: Status) -> str:

@@ -17,6 +17,7 @@ API errors raise :class:`ApiError` subclasses carrying the API's ``code`` and
 ``message``; no answer at all raises :class:`PeerUnreachable`.
 """
 
+from ._agenttypes import AgentCard, AgentInfo
 from ._async import AsyncClient
 from ._config import Endpoint, discover
 from ._errors import (
@@ -36,6 +37,8 @@ from ._types import AckResult, Event, Gap, Message, PeerInfo, SendResult, Status
 
 __all__ = [
     "AckResult",
+    "AgentCard",
+    "AgentInfo",
     "ApiError",
     "AsyncClient",
     "ClawmeshError",

@@ -94,9 +94,32 @@ def ack_call(*, ids: list[str] | None = None, through: int | None = None) -> Cal
 
 
 def peers_call(
-    *, online: bool | None = None, min_count: int | None = None, wait: float | None = None
+    *,
+    online: bool | None = None,
+    min_count: int | None = None,
+    wait: float | None = None,
+    feature: str | None = None,
 ) -> Call:
-    return Call("GET", "/peers", params=_params(online=online, min=min_count, wait=wait))
+    params = _params(online=online, min=min_count, wait=wait, feature=feature)
+    return Call("GET", "/peers", params=params)
+
+
+AGENTS_WAIT = 10.0  # a /agents lookup may take this long in the DHT
+
+
+def agents_call(
+    *,
+    skill: str | None = None,
+    tag: str | None = None,
+    online: bool | None = None,
+    limit: int | None = None,
+) -> Call:
+    return Call("GET", "/agents", params=_params(skill=skill, tag=tag, online=online, limit=limit))
+
+
+def card_call(method: str, card: dict[str, Any] | None = None) -> Call:
+    """GET, PUT (with ``card``) or DELETE ``/card``."""
+    return Call(method, "/card", body=card)
 
 
 def channel_call(path: str, name: str) -> Call:

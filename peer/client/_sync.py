@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from . import _calls
+from ._agenttypes import AgentCard, AgentInfo
 from ._config import Endpoint, discover
 from ._errors import ApiError, PeerUnreachable
 from ._resume import Resume, StreamCut
@@ -122,10 +123,41 @@ class Client:
         return AckResult(int(data.get("marked", 0)), int(data.get("unread", 0)))
 
     def peers(
-        self, *, online: bool | None = None, min_count: int | None = None, wait: float | None = None
+        self,
+        *,
+        online: bool | None = None,
+        min_count: int | None = None,
+        wait: float | None = None,
+        feature: str | None = None,
     ) -> list[PeerInfo]:
-        call = _calls.peers_call(online=online, min_count=min_count, wait=wait)
+        """Peers known; ``feature``: only those with exactly this capability or skill."""
+        call = _calls.peers_call(online=online, min_count=min_count, wait=wait, feature=feature)
         return [PeerInfo.from_json(p) for p in self._do(call, wait=wait or 0.0)]
+
+    def agents(
+        self,
+        *,
+        skill: str | None = None,
+        tag: str | None = None,
+        online: bool | None = None,
+        limit: int | None = None,
+    ) -> list[AgentInfo]:
+        """Agents declaring ``skill`` (and a skill tagged ``tag``), found through the DHT."""
+        call = _calls.agents_call(skill=skill, tag=tag, online=online, limit=limit)
+        data = self._do(call, wait=_calls.AGENTS_WAIT)
+        return [AgentInfo.from_json(a) for a in data]
+
+    def card(self) -> AgentCard:
+        """Our agent card; NotFound (``no-card``) if we declare none."""
+        return AgentCard.from_json(self._do(_calls.card_call("GET")))
+
+    def set_card(self, card: dict[str, Any]) -> AgentCard:
+        """Declare our agent card (name, skills, ...); published in the DHT at once."""
+        return AgentCard.from_json(self._do(_calls.card_call("PUT", card)))
+
+    def delete_card(self) -> AgentCard:
+        """Withdraw our agent card."""
+        return AgentCard.from_json(self._do(_calls.card_call("DELETE")))
 
     def channels(self) -> list[str]:
         return [str(c) for c in self._do(_calls.Call("GET", "/channels"))]

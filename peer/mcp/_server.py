@@ -120,6 +120,27 @@ class MeshTools:
             ]
         }
 
+    async def agents(
+        self, skill: str | None, tag: str | None, online_only: bool
+    ) -> dict[str, Any]:
+        async with self.client(timeout=30.0) as mesh:
+            found = await mesh.agents(skill=skill, tag=tag, online=online_only or None)
+        return {
+            "agents": [
+                {
+                    "peer_id": a.peer_id,
+                    "name": a.name,
+                    "online": a.online,
+                    "description": a.card.get("description", ""),
+                    "skills": [
+                        {k: s[k] for k in ("id", "name", "description", "tags") if k in s}
+                        for s in a.card.get("skills", [])
+                    ],
+                }
+                for a in found
+            ]
+        }
+
     async def channels(self) -> dict[str, Any]:
         async with self.client() as mesh:
             return {"channels": await mesh.channels()}
@@ -188,6 +209,15 @@ def build_server(api: str | None = None, key_dir: Path | None = None) -> MCPServ
     async def list_peers(online_only: bool = True) -> dict[str, Any]:
         """Peers this one knows, with their ids (for send_dm) and whether they are online."""
         return await guarded(tools.peers(online_only))
+
+    @server.tool()
+    async def find_agents(
+        skill: str | None = None, tag: str | None = None, online_only: bool = True
+    ) -> dict[str, Any]:
+        """Agents on the mesh that can do a job: those declaring skill id `skill` (e.g.
+        "translate") and/or a skill tagged `tag`, found through the DHT, with their names,
+        descriptions and skills. DM one by its peer_id to ask it for the work."""
+        return await guarded(tools.agents(skill, tag, online_only))
 
     @server.tool()
     async def list_channels() -> dict[str, Any]:

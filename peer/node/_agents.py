@@ -26,7 +26,16 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dht import DhtService
-from dht._card import CardRecord, card_labels, check_card, skill_key, tag_key
+from dht._card import (
+    CardRecord,
+    card_labels,
+    check_card,
+    sign_card_record,
+    skill_key,
+    tag_key,
+)
+from dht._cards import CardLimits
+from peer.wire._identity import Identity
 
 from ._inbox import Directory, PeerInfo
 
@@ -39,6 +48,8 @@ class AgentsPeer(Protocol):
 
     @property
     def peer_id(self) -> bytes: ...
+    @property
+    def identity(self) -> Identity: ...
     @property
     def directory(self) -> Directory: ...
     @property
@@ -90,12 +101,14 @@ def card_from_skills(
     name: str, skills: Iterable[str], base: dict[str, Any] | None
 ) -> dict[str, Any]:
     """A card from ``--card`` (``base``) plus ``--skill`` ids not already in it."""
-    card = copy.deepcopy(base) if base is not None else {"name": name or "agent", "skills": []}
-    card.setdefault("skills", [])
-    have = {s.get("id") for s in card["skills"] if isinstance(s, dict)}
+    card: dict[str, Any] = copy.deepcopy(base) if base is not None else {"name": name or "agent"}
+    listed = card.setdefault("skills", [])
+    if not isinstance(listed, list):
+        return card  # check_card names the problem
+    have = {s.get("id") for s in listed if isinstance(s, dict)}
     for sid in skills:
         if sid not in have:
-            card["skills"].append({"id": sid, "name": sid})
+            listed.append({"id": sid, "name": sid})
             have.add(sid)
     return card
 
@@ -104,6 +117,7 @@ class AgentDirectory:
     def __init__(self, peer: AgentsPeer) -> None:
         self.peer = peer
         self._card: dict[str, Any] | None = None
+        self._local: CardRecord | None = None  # our signed card without a DHT
         self._known: OrderedDict[bytes, CardRecord] = OrderedDict()
         self.lookups = 0
 
@@ -131,8 +145,21 @@ class AgentDirectory:
             dht.node.set_card(self._card, self.peer.wall_time())
 
     def own_record(self) -> CardRecord | None:
+        """Our signed card record: the DHT node's, or (without a DHT) one signed here."""
         dht = self.peer.dht
-        return None if dht is None else dht.node.own_card_record
+        if dht is not None:
+            return dht.node.own_card_record
+        if self._card is None:
+            return None
+        now = self.peer.wall_time()
+        if self._local is None or self._local.card is not self._card or self._local.expires <= now:
+            self._local = sign_card_record(
+                self.peer.identity,
+                self._card,
+                seq=int(now * 1000),
+                expires=int(now + CardLimits().card_ttl),
+            )
+        return self._local
 
     # -- finding agents --
 
