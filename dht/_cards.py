@@ -100,10 +100,12 @@ class CardStore:
             self.expire(now)
             if len(self._records) >= self.limits.max_cards:
                 raise RecordError(Reason.FULL, "this node holds as many cards as it may")
-        self._check_room(key, record, now)
+        victim = self._room_for(key, record)
         check_card_signature(record)
         if sender is not None and not self._limiter.allow(record.id, now):
             raise RecordError(Reason.RATE, "this agent re-signs its card too often")
+        if victim is not None:
+            self._unfile(key, victim)
         if held is not None:
             for old in set(held.keys) - set(record.keys):
                 self._unfile(old, record.id)
@@ -112,18 +114,20 @@ class CardStore:
         self.accepted["card"] += 1
         return record
 
-    def _check_room(self, key: bytes, record: CardRecord, now: float) -> None:
+    def _room_for(self, key: bytes, record: CardRecord) -> bytes | None:
+        """Whether ``record`` may be filed under ``key`` (RecordError FULL if not), and
+        the agent it would displace there, if any. Changes nothing."""
         ids = self._index.get(key)
         if ids is None:
             if len(self._index) >= self.limits.max_card_keys:
                 raise RecordError(Reason.FULL, "too many card keys")
-            return
+            return None
         if record.id in ids or len(ids) < self.limits.max_cards_per_key:
-            return
+            return None
         victim = min((self._records[i] for i in ids), key=lambda r: r.expires)
         if victim.expires >= record.expires:
             raise RecordError(Reason.FULL, "key has as many agents as it may")
-        self._unfile(key, victim.id)
+        return victim.id
 
     def _file(self, key: bytes, record: CardRecord, now: float) -> None:
         ids = self._index.setdefault(key, [])
@@ -210,6 +214,14 @@ class CardPage:
 
     cards: tuple[bytes, ...]
     more: bool
+
+
+class CardNodeLookup(Lookup):
+    """FIND_NODE over card-serving nodes only: where to store our card under a key."""
+
+    def _add(self, contact: Contact, depth: int) -> None:
+        if CARDS_CAP in contact.caps:
+            super()._add(contact, depth)
 
 
 class CardLookup(Lookup):

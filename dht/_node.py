@@ -39,7 +39,7 @@ from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 
 from ._card import CardRecord, sign_card_record
-from ._cards import CardLimits, CardLookup, CardPage, CardStore
+from ._cards import CardLimits, CardLookup, CardNodeLookup, CardPage, CardStore
 from ._config import DhtConfig
 from ._contact import Contact
 from ._lookup import Lookup, PeerLookup, ProviderLookup
@@ -319,6 +319,10 @@ class DhtNode:
             **self._lookup_args(key, now), max_providers=max_providers, config=self.config
         )
 
+    def lookup_card_nodes(self, key: bytes, now: float) -> CardNodeLookup:
+        """The k card-serving nodes closest to a key: where our card goes."""
+        return CardNodeLookup(**self._lookup_args(key, now))
+
     def lookup_cards(self, key: bytes, now: float) -> CardLookup:
         """The k card-serving nodes closest to a skill or tag key, and their cards."""
         lookup = CardLookup(**self._lookup_args(key, now), config=self.config)
@@ -368,7 +372,7 @@ class DhtNode:
             nodes, value = resp.nodes, list(resp.providers)
         elif isinstance(lookup, CardLookup) and isinstance(resp, Cards):
             nodes, value = resp.nodes, CardPage(resp.cards, resp.more)
-        elif type(lookup) is Lookup and isinstance(resp, Nodes):
+        elif type(lookup) in (Lookup, CardNodeLookup) and isinstance(resp, Nodes):
             nodes = resp.nodes
         else:
             self.counters["wrong_reply"] += 1

@@ -247,7 +247,7 @@ class DhtService:
         """Store a record at the k closest nodes to its key; returns how many took it."""
         now = self.host.wall_time()
         if pub.op is Op.PUT_CARD:  # only card-serving nodes take cards
-            lookup = await self.run_lookup(self.node.lookup_cards(pub.key, now))
+            lookup = await self.run_lookup(self.node.lookup_card_nodes(pub.key, now))
         else:
             lookup = await self.run_lookup(self.node.lookup_node(pub.key, now))
         stored = 0

@@ -23,6 +23,7 @@ from dht import (
     ErrorReply,
     Lookup,
     Mode,
+    Op,
     Publication,
     Relay,
     Request,
@@ -228,7 +229,12 @@ class SimNet:
             for contact in run.lookup.result():
                 self.send(node, contact, node.publish_request(pub), self._refused)
 
-        self.start_lookup(node, node.lookup_node(pub.key, self.now), store)
+        lookup: Lookup
+        if pub.op is Op.PUT_CARD:  # cards go to card-serving nodes only
+            lookup = node.lookup_card_nodes(pub.key, self.now)
+        else:
+            lookup = node.lookup_node(pub.key, self.now)
+        self.start_lookup(node, lookup, store)
 
     def publish_due(self, node: DhtNode) -> None:
         for pub in node.due_publications(self.now):

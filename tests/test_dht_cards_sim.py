@@ -6,8 +6,8 @@ message queue of tests/_dht_harness.py, with a random one-way latency of
 Randomness is seeded, so a run is reproducible.
 
 1. 500 card-serving nodes join one after another through 3 seeds.
-2. 150 of them are agents: each declares 1 to 3 of 20 skills, tagged with 1 or
-   2 of 6 tags, and publishes its signed card under every skill and tag key.
+2. 100 of them are agents: each declares 1 or 2 of 20 skills, each tagged with
+   one of 6 tags, and publishes its signed card under every skill and tag key.
 3. For every skill, 5 random nodes look it up (GET_CARDS): each must find
    exactly the agents declaring it (100%), with a median of at most
    ceil(log2 500) = 9 hops; tags likewise.
@@ -31,17 +31,16 @@ from typing import Any
 
 import pytest
 
-from dht import Cards, DhtConfig, DhtNode, GetCards, Response
+from dht import Cards, DhtConfig, DhtNode, GetCards, Op, Response
 from dht._card import skill_key, tag_key
 from dht._cards import CARDS_CAP, CardLookup, CardPage
-from dht._config import MAX_CARDS_PER_REPLY
 
 from ._dht_harness import T0, LookupRun, SimNet
 
 N_NODES = int(os.environ.get("CARDS_SIM_NODES", "500"))
 N_SEEDS = 3
 JOIN_GAP = 0.5
-N_AGENTS = 150 * N_NODES // 500
+N_AGENTS = 100 * N_NODES // 500
 N_SKILLS = 20
 TAGS = ("text", "vision", "audio", "code", "math", "search")
 LOOKUPS_PER_SKILL = 5
@@ -73,8 +72,8 @@ class Phase:
 
 def _card(rng: random.Random, index: int) -> dict[str, Any]:
     skills = []
-    for sid in rng.sample(range(N_SKILLS), rng.randint(1, 3)):
-        tags = rng.sample(TAGS, rng.randint(1, 2))
+    for sid in rng.sample(range(N_SKILLS), rng.randint(1, 2)):
+        tags = rng.sample(TAGS, 1)
         skills.append({"id": f"skill-{sid}", "name": f"Skill {sid}", "tags": tags})
     return {"name": f"agent-{index}", "description": "simulated", "skills": skills}
 
@@ -117,6 +116,12 @@ def _run(net: SimNet, jobs: list[tuple[DhtNode, bytes]]) -> list[CardLookup]:
     net.run()
     assert len(out) == len(jobs), "every lookup must finish"
     return out
+
+
+def _publish_card(net: SimNet, agent: DhtNode) -> None:
+    for pub in agent.due_publications(net.now):
+        if pub.op is Op.PUT_CARD:  # (the peer record is not what this test is about)
+            net.publish(agent, pub)
 
 
 def _join(net: SimNet, first: int, count: int, seeds: list[DhtNode]) -> list[DhtNode]:
@@ -165,7 +170,7 @@ def _simulate() -> Result:
         assert record is not None
         for key in record.keys:
             want_of.setdefault(key, set()).add(agent.id)
-        net.after(rng.uniform(0, 5.0), partial(net.publish_due, agent))
+        net.after(rng.uniform(0, 5.0), partial(_publish_card, net, agent))
     net.run()
     skill_keys = [skill_key(f"skill-{s}") for s in range(N_SKILLS)]
     tag_keys = [tag_key(t) for t in TAGS]
@@ -213,9 +218,7 @@ def test_lookup_by_skill_finds_every_agent(sim: Result) -> None:
 
 def test_lookup_by_tag_finds_every_agent(sim: Result) -> None:
     assert sim.tags.found == sim.tags.wanted > 0
-    # a tag has more agents than one reply holds: the lookups paged through storers
-    assert max(len(lk.found) for lk in sim.tags.lookups) > MAX_CARDS_PER_REPLY
-    assert all(lk.pages > 0 for lk in sim.tags.lookups if len(lk.found) > MAX_CARDS_PER_REPLY)
+    # (paging through storers with more than one reply's worth: tests/test_dht_cards.py)
 
 
 def test_median_hops_within_log2_n(sim: Result) -> None:

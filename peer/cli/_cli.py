@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m peer",
         description="Run a clawmesh peer. With no --bootstrap it starts a new mesh.",
         epilog="Commands for a running peer: send, dm, read, tail, peers, status, channels, "
-        "join, leave, ack, mcp (python -m peer COMMAND --help).",
+        "join, leave, ack, agents, card, mcp (python -m peer COMMAND --help).",
     )
     p.add_argument(
         "--bootstrap",
