@@ -86,10 +86,10 @@ class CardStore:
         record = parse_card_record(wire)
         if sender is not None and sender != record.id:
             raise RecordError(Reason.NOT_OWNER, "a card record may only be put by its owner")
-        if key not in record.keys:
-            raise RecordError(Reason.WRONG_KEY, "the card declares no skill or tag of this key")
         check_expiry(record.expires, now, cfg.max_record_ttl, cfg.clock_skew)
         held = self._live(record.id, now)
+        if key not in record.keys:
+            return self._withdraw(key, record, held, now, sender)
         if held is not None and held.wire == wire:
             self._file(key, held, now)
             self.accepted["unchanged"] += 1
@@ -112,6 +112,30 @@ class CardStore:
         self._records[record.id] = record
         self._file(key, record, now)
         self.accepted["card"] += 1
+        return record
+
+    def _withdraw(
+        self, key: bytes, record: CardRecord, held: CardRecord | None, now: float,
+        sender: bytes | None,
+    ) -> CardRecord:
+        """A newer card that no longer declares ``key``: it replaces the one held, which
+        leaves ``key`` (and every other key the new card drops). Nothing held: wrong-key."""
+        if held is not None and held.wire == record.wire:  # it replaced the old one already
+            self.accepted["unchanged"] += 1
+            return held
+        if held is None or key not in held.keys:
+            raise RecordError(Reason.WRONG_KEY, "the card declares no skill or tag of this key")
+        if record.seq <= held.seq:
+            raise RecordError(Reason.STALE, f"sequence {record.seq} not above {held.seq}")
+        check_card_signature(record)
+        if sender is not None and not self._limiter.allow(record.id, now):
+            raise RecordError(Reason.RATE, "this agent re-signs its card too often")
+        for old in set(held.keys) - set(record.keys):
+            self._unfile(old, record.id)
+        kept = [k for k in record.keys if record.id in self._index.get(k, ())]
+        if kept:
+            self._records[record.id] = record
+        self.accepted["withdrawn"] += 1
         return record
 
     def _room_for(self, key: bytes, record: CardRecord) -> bytes | None:

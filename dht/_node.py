@@ -28,6 +28,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
@@ -182,6 +183,7 @@ class DhtNode:
         self._card: dict[str, Any] | None = None  # our agent card, if we have one
         self._card_due = float("inf")
         self.own_card_record: CardRecord | None = None
+        self._withdrawals: list[Publication] = []  # keys our card no longer declares
         self.limiter = RateLimiter(cfg.requests_per_second, cfg.request_burst, cfg.max_rate_tracked)
         self.counters: Counter[str] = Counter()
         self._pings: list[Contact] = []
@@ -460,12 +462,26 @@ class DhtNode:
     def set_card(self, card: dict[str, Any] | None, now: float) -> CardRecord | None:
         """Publish ``card`` (checked: RecordError if invalid) at once and keep it
         refreshed; None stops republishing (held copies expire after their TTL)."""
+        old = self.own_card_record
         if card is None:
-            self._card, self.own_card_record, self._card_due = None, None, float("inf")
+            if old is not None:  # a card with no skills leaves every key the old one had
+                tomb = self._sign_card({"name": old.card["name"], "skills": []}, now)
+                self._withdraw(old, tomb)
+            self._card, self.own_card_record = None, None
+            self._card_due = now if self._withdrawals else float("inf")
             return None
         record = self._sign_card(card, now)  # raises before anything changes
+        if old is not None:
+            self._withdraw(old, record)
         self._card, self.own_card_record, self._card_due = card, record, now
         return record
+
+    def _withdraw(self, old: CardRecord, new: CardRecord) -> None:
+        """Send ``new`` once to the keys ``old`` declared and ``new`` does not (storers
+        then drop us there, dht.md 14.5)."""
+        gone = [k for k in old.keys if k not in new.keys]
+        self._withdrawals = [p for p in self._withdrawals if p.key not in new.keys]
+        self._withdrawals += [Publication(Op.PUT_CARD, k, new.wire) for k in gone]
 
     def _sign_card(self, card: dict[str, Any], now: float) -> CardRecord:
         return sign_card_record(
@@ -478,13 +494,20 @@ class DhtNode:
         )
 
     def _card_publications(self, now: float) -> list[Publication]:
-        if self._card is None or now < self._card_due:
+        if now < self._card_due:
             return []
+        out, self._withdrawals = self._withdrawals, []
+        for pub in out:
+            if self.serving:
+                with contextlib.suppress(RecordError):  # we held nothing there
+                    self.cards.put(pub.key, pub.record, now)
+        if self._card is None:
+            self._card_due = float("inf")
+            return out
         record = self.own_card_record
         if record is None or record.expires - now < self.card_limits.card_ttl * 0.75:
             record = self.own_card_record = self._sign_card(self._card, now)
         self._card_due = now + self.config.republish_interval
-        out = []
         for key in record.keys:
             if self.serving:
                 try:

@@ -99,16 +99,22 @@ def test_eight_peers_find_agents_by_skill(tmp_path: Path) -> None:
         relays = first.get("/peers", feature="relay").json()
         assert len(relays) == 7
 
-        # a card changes: agent 1 now also does OCR, and it is found
+        # a card changes: agent 1 does OCR instead of translating; both are seen
         r = peers[1].client.put(
             peers[1].api + "/card",
-            json={"name": "a1", "skills": [{"id": "translate", "name": "translate"},
-                                            {"id": "ocr", "name": "OCR"}]},
+            json={"name": "a1", "skills": [{"id": "ocr", "name": "OCR"}]},
             headers=peers[1].headers(),
         )
         assert r.status_code == 200, r.text
         assert r.json()["published"] is True
-        _poll(peers[4:6], "ocr", want["ocr"] | {peers[1].peer_id}, time.monotonic() + DEADLINE)
+        changed = time.monotonic() + DEADLINE
+        _poll(peers, "ocr", want["ocr"] | {peers[1].peer_id}, changed)
+        _poll(peers, "translate", want["translate"] - {peers[1].peer_id}, changed)
+
+        # a card withdrawn: agent 6 no longer searches
+        r = peers[6].client.delete(peers[6].api + "/card", headers=peers[6].headers())
+        assert r.status_code == 200 and r.json()["card"] is None
+        _poll(peers, "search", {peers[7].peer_id}, time.monotonic() + DEADLINE)
 
         # a bad card is refused with a JSON error naming the problem
         bad = peers[1].client.put(

@@ -158,8 +158,10 @@ def test_store_files_a_card_under_its_keys_only_and_returns_it() -> None:
     assert s.accepted["card"] == 1 and s.accepted["unchanged"] == 1
     assert [r.wire for r in s.get(skill_key("translate"), NOW)[0]] == [wire]
     assert [r.wire for r in s.get(tag_key("text"), NOW)[0]] == [wire]
-    with pytest.raises(RecordError) as err:
-        s.put(skill_key("ocr"), wire, NOW, alice.peer_id)
+    s.put(skill_key("ocr"), wire, NOW, alice.peer_id)  # the held bytes: nothing changes
+    assert s.get(skill_key("ocr"), NOW) == ([], False)
+    with pytest.raises(RecordError) as err:  # a key its card does not declare
+        s.put(skill_key("ocr"), record(ident(7), card("translate")), NOW, ident(7).peer_id)
     assert err.value.reason is Reason.WRONG_KEY
     assert len(s) == 1
 
@@ -386,3 +388,43 @@ def test_the_card_is_republished_with_a_higher_sequence() -> None:
     assert rec.seq > first.seq and rec.expires > first.expires
     assert CARD_RECORD_TAG == b"clawmesh/dht/agent-card/v1"
     _ = Contact  # re-exported for callers
+
+
+def test_a_newer_card_withdraws_the_agent_from_keys_it_dropped() -> None:
+    s = store()
+    alice, mallory = ident(1), ident(2)
+    old = record(alice, card("a", "b"), seq=1)
+    s.put(skill_key("a"), old, NOW, alice.peer_id)
+    s.put(skill_key("b"), old, NOW, alice.peer_id)
+    # a put under a key the card does not declare: refused unless it withdraws a held one
+    with pytest.raises(RecordError) as err:
+        s.put(skill_key("c"), record(mallory, card("a")), NOW, mallory.peer_id)
+    assert err.value.reason is Reason.WRONG_KEY
+    with pytest.raises(RecordError) as err:
+        s.put(skill_key("b"), record(alice, card("a"), seq=1), NOW, alice.peer_id)
+    assert err.value.reason is Reason.STALE
+    new = record(alice, card("a"), seq=2)
+    s.put(skill_key("b"), new, NOW, alice.peer_id)  # the withdrawal
+    assert s.get(skill_key("b"), NOW) == ([], False)
+    assert [r.wire for r in s.get(skill_key("a"), NOW)[0]] == [new]
+    s.put(skill_key("b"), new, NOW, alice.peer_id)  # again: no change, no error
+    assert s.accepted["withdrawn"] == 1
+    tomb = record(alice, {"name": "agent", "skills": []}, seq=3)
+    s.put(skill_key("a"), tomb, NOW, alice.peer_id)
+    assert s.get(skill_key("a"), NOW) == ([], False) and len(s) == 0
+
+
+def test_a_changed_or_deleted_card_is_sent_to_the_keys_it_left() -> None:
+    alice = node(2)
+    alice.set_card(card("a", "b"), NOW)
+    alice.due_publications(NOW)
+    alice.set_card(card("a"), NOW + 1)
+    pubs = alice.due_publications(NOW + 1)
+    keys = [p.key for p in pubs if p.op.value == "put_card"]
+    assert sorted(keys) == sorted([skill_key("a"), skill_key("b")])  # b: the withdrawal
+    alice.set_card(None, NOW + 2)
+    gone = [p for p in alice.due_publications(NOW + 2) if p.op.value == "put_card"]
+    assert [p.key for p in gone] == [skill_key("a")]
+    assert verify_card_record(gone[0].record, NOW + 2).card["skills"] == []
+    assert alice.next_deadline() < float("inf") and alice.own_card_record is None
+    assert [p for p in alice.due_publications(NOW + 700) if p.op.value == "put_card"] == []

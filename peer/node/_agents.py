@@ -168,12 +168,13 @@ class AgentDirectory:
         both None: every card known). Asks the DHT when a filter is given."""
         now = self.peer.wall_time()
         dht = self.peer.dht
+        records = [r for r in self._known.values() if r.expires > now]
         if dht is not None and (skill or tag):
             self.lookups += 1
             key = skill_key(skill) if skill else tag_key(tag or "")
-            for record in await dht.find_cards(key):
+            records = await dht.find_cards(key)  # what the DHT says now, not what we knew
+            for record in records:
                 self._remember(record)
-        records = [r for r in self._known.values() if r.expires > now]
         mine = self._own_card_now()
         if mine is not None:
             records = [r for r in records if r.id != self.peer.peer_id] + [mine]
