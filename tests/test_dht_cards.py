@@ -428,3 +428,16 @@ def test_a_changed_or_deleted_card_is_sent_to_the_keys_it_left() -> None:
     assert verify_card_record(gone[0].record, NOW + 2).card["skills"] == []
     assert alice.next_deadline() < float("inf") and alice.own_card_record is None
     assert [p for p in alice.due_publications(NOW + 700) if p.op.value == "put_card"] == []
+
+
+def test_a_refused_put_displaces_nobody() -> None:
+    s = store(max_cards_per_key=2)
+    a, b, c = ident(1), ident(2), ident(3)
+    for who in (a, b):
+        s.put(skill_key("x"), record(who, card("x")), NOW, who.peer_id)
+    forged = record(c, card("x"), exp=EXP + 99)
+    forged = forged[:-1] + bytes([forged[-1] ^ 1])  # would displace, but is not signed
+    with pytest.raises(RecordError) as err:
+        s.put(skill_key("x"), forged, NOW, c.peer_id)
+    assert err.value.reason is Reason.BAD_SIGNATURE
+    assert {r.id for r in s.get(skill_key("x"), NOW)[0]} == {a.peer_id, b.peer_id}

@@ -40,6 +40,8 @@ from peer.wire._identity import Identity
 from ._inbox import Directory, PeerInfo
 
 MAX_REMEMBERED = 2048  # cards of other agents kept from lookups
+RECENT_FOR = 1.0  # seconds a lookup's answer serves the same question again
+MAX_RECENT = 64
 MESH_BINDING = "clawmesh"
 
 
@@ -119,6 +121,7 @@ class AgentDirectory:
         self._card: dict[str, Any] | None = None
         self._local: CardRecord | None = None  # our signed card without a DHT
         self._known: OrderedDict[bytes, CardRecord] = OrderedDict()
+        self._recent: OrderedDict[bytes, tuple[float, list[CardRecord]]] = OrderedDict()
         self.lookups = 0
 
     # -- our card --
@@ -170,15 +173,28 @@ class AgentDirectory:
         dht = self.peer.dht
         records = [r for r in self._known.values() if r.expires > now]
         if dht is not None and (skill or tag):
-            self.lookups += 1
             key = skill_key(skill) if skill else tag_key(tag or "")
-            records = await dht.find_cards(key)  # what the DHT says now, not what we knew
-            for record in records:
-                self._remember(record)
+            records = await self._lookup(dht, key, now)  # what the DHT says, not what we knew
         mine = self._own_card_now()
         if mine is not None:
             records = [r for r in records if r.id != self.peer.peer_id] + [mine]
         return [r for r in records if matches(r.card, skill, tag)]
+
+    async def _lookup(self, dht: DhtService, key: bytes, now: float) -> list[CardRecord]:
+        """A card lookup; an answer under ``RECENT_FOR`` s old serves again (an agent
+        polling /agents in a loop must not spend the request budgets others give us)."""
+        recent = self._recent.get(key)
+        if recent is not None and now - recent[0] < RECENT_FOR:
+            return recent[1]
+        self.lookups += 1
+        records = await dht.find_cards(key)
+        for record in records:
+            self._remember(record)
+        self._recent.pop(key, None)
+        self._recent[key] = (self.peer.wall_time(), records)
+        while len(self._recent) > MAX_RECENT:
+            self._recent.popitem(last=False)
+        return records
 
     def _own_card_now(self) -> CardRecord | None:
         record = self.own_record()
