@@ -441,3 +441,42 @@ def test_a_refused_put_displaces_nobody() -> None:
         s.put(skill_key("x"), forged, NOW, c.peer_id)
     assert err.value.reason is Reason.BAD_SIGNATURE
     assert {r.id for r in s.get(skill_key("x"), NOW)[0]} == {a.peer_id, b.peer_id}
+
+
+def test_mangled_card_records_only_raise_record_errors() -> None:
+    """A cheap fuzz of the card record decoder: flips, cuts and splices of a valid
+    record, and random card shapes, are refused with RecordError and nothing else."""
+    rng = random.Random(18)
+    alice = ident(1)
+    good = record(alice, card("translate", "ocr", tags=("text",)))
+    refused = bad_cards = 0
+    for _ in range(1500):
+        data = bytearray(good)
+        for _ in range(rng.randint(1, 4)):
+            choice = rng.random()
+            if choice < 0.5 and data:
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            elif choice < 0.75:
+                del data[rng.randrange(len(data) + 1) :]
+            else:
+                at = rng.randrange(len(data) + 1)
+                data[at:at] = rng.randbytes(rng.randint(1, 8))
+        try:
+            verify_card_record(bytes(data), NOW, key=skill_key("translate"))
+        except RecordError:
+            refused += 1
+    atoms: list[Any] = [None, True, 1, -1, 1.5, "", "x", "a/b", b"x", [], {}, ["x"], {"id": 1}]
+    for _ in range(1500):
+        shape = {
+            k: rng.choice(atoms)
+            for k in rng.sample(["name", "skills", "description", "availability", "tags"], 3)
+        }
+        if rng.random() < 0.5:
+            shape["skills"] = [
+                {k: rng.choice(atoms) for k in rng.sample(["id", "name", "tags", "inputModes"], 3)}
+            ]
+        try:
+            check_card(shape)
+        except RecordError:
+            bad_cards += 1
+    assert refused >= 1400 and bad_cards >= 1400  # (an unlucky mutation may change nothing)
