@@ -73,6 +73,11 @@ def test_eight_peers_find_agents_by_skill(tmp_path: Path) -> None:
             for skill in ("translate", "summarize", "code-review", "ocr", "search")
         }
         started = time.monotonic()
+        # /peers?feature=<skill> on a peer that never asked /agents: exact, found in the DHT
+        listed: set[str] = set()
+        while listed != want["translate"] and time.monotonic() < started + DEADLINE:
+            listed = {q["peer_id"] for q in peers[5].get("/peers", feature="translate").json()}
+        assert listed == want["translate"]
         for skill, agents in want.items():
             _poll(peers, skill, agents, started + DEADLINE)
         elapsed = time.monotonic() - started
@@ -93,8 +98,9 @@ def test_eight_peers_find_agents_by_skill(tmp_path: Path) -> None:
         assert _agents(peers[3], skill="nobody-does-this") == set()
 
         # /peers?feature= is exact: a capability, or a skill of a card we know
-        feature = {q["peer_id"] for q in first.get("/peers", feature="translate").json()}
-        assert feature == want["translate"] - {first.peer_id}
+        for p in (first, peers[5]):
+            feature = {q["peer_id"] for q in p.get("/peers", feature="translate").json()}
+            assert feature == want["translate"] - {p.peer_id}
         assert first.get("/peers", feature="no-such-feature").json() == []
         relays = first.get("/peers", feature="relay").json()
         assert len(relays) == 7

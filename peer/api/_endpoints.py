@@ -23,7 +23,7 @@ from peer.wire._errors import ProtocolError
 from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
 
-from ._agents import AgentEndpoints, has_feature
+from ._agents import AgentEndpoints, has_feature, learn_skill
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
 from ._values import (
@@ -135,6 +135,8 @@ class Endpoints:
         wanted = int_param(request, "min", 0, 100_000)
         deadline = trio.current_time() + wait_param(request)
         feature = request.query_params.get("feature") or None
+        if feature is not None:
+            await learn_skill(self.peer, feature)
 
         def known() -> list[PeerInfo]:
             found = self.peer.known_peers(online=online)
