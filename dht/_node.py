@@ -44,6 +44,7 @@ from ._cards import CardLimits, CardLookup, CardNodeLookup, CardPage, CardStore
 from ._config import DhtConfig
 from ._contact import Contact
 from ._lookup import Lookup, PeerLookup, ProviderLookup
+from ._owncard import OwnCard
 from ._records import (
     PeerRecord,
     ProviderRecord,
@@ -180,10 +181,7 @@ class DhtNode:
         self.card_limits = lim = card_limits if card_limits is not None else CardLimits()
         flood = RateLimiter(lim.updates_per_second, lim.update_burst, cfg.max_rate_tracked)
         self.cards = CardStore(cfg, lim, flood)
-        self._card: dict[str, Any] | None = None  # our agent card, if we have one
-        self._card_due = float("inf")
-        self.own_card_record: CardRecord | None = None
-        self._withdrawals: list[Publication] = []  # keys our card no longer declares
+        self.own_card = OwnCard(self._sign_card, lim.card_ttl, cfg.republish_interval)
         self.limiter = RateLimiter(cfg.requests_per_second, cfg.request_burst, cfg.max_rate_tracked)
         self.counters: Counter[str] = Counter()
         self._pings: list[Contact] = []
@@ -457,31 +455,16 @@ class DhtNode:
 
     @property
     def card(self) -> dict[str, Any] | None:
-        return self._card
+        return self.own_card.card
+
+    @property
+    def own_card_record(self) -> CardRecord | None:
+        return self.own_card.record
 
     def set_card(self, card: dict[str, Any] | None, now: float) -> CardRecord | None:
         """Publish ``card`` (checked: RecordError if invalid) at once and keep it
-        refreshed; None stops republishing (held copies expire after their TTL)."""
-        old = self.own_card_record
-        if card is None:
-            if old is not None:  # a card with no skills leaves every key the old one had
-                tomb = self._sign_card({"name": old.card["name"], "skills": []}, now)
-                self._withdraw(old, tomb)
-            self._card, self.own_card_record = None, None
-            self._card_due = now if self._withdrawals else float("inf")
-            return None
-        record = self._sign_card(card, now)  # raises before anything changes
-        if old is not None:
-            self._withdraw(old, record)
-        self._card, self.own_card_record, self._card_due = card, record, now
-        return record
-
-    def _withdraw(self, old: CardRecord, new: CardRecord) -> None:
-        """Send ``new`` once to the keys ``old`` declared and ``new`` does not (storers
-        then drop us there, dht.md 14.5)."""
-        gone = [k for k in old.keys if k not in new.keys]
-        self._withdrawals = [p for p in self._withdrawals if p.key not in new.keys]
-        self._withdrawals += [Publication(Op.PUT_CARD, k, new.wire) for k in gone]
+        refreshed; None withdraws it from the keys it was filed under."""
+        return self.own_card.set(card, now)
 
     def _sign_card(self, card: dict[str, Any], now: float) -> CardRecord:
         return sign_card_record(
@@ -494,28 +477,17 @@ class DhtNode:
         )
 
     def _card_publications(self, now: float) -> list[Publication]:
-        if now < self._card_due:
-            return []
-        out, self._withdrawals = self._withdrawals, []
-        for pub in out:
-            if self.serving:
-                with contextlib.suppress(RecordError):  # we held nothing there
-                    self.cards.put(pub.key, pub.record, now)
-        if self._card is None:
-            self._card_due = float("inf")
-            return out
-        record = self.own_card_record
-        if record is None or record.expires - now < self.card_limits.card_ttl * 0.75:
-            record = self.own_card_record = self._sign_card(self._card, now)
-        self._card_due = now + self.config.republish_interval
-        for key in record.keys:
-            if self.serving:
+        withdrawals, pubs = self.own_card.due_now(now)
+        if self.serving:  # our own store is one of the storers too
+            for key, wire in withdrawals:
+                with contextlib.suppress(RecordError):  # (we may hold nothing there)
+                    self.cards.put(key, wire, now)
+            for key, wire in pubs:
                 try:
-                    self.cards.put(key, record.wire, now)
+                    self.cards.put(key, wire, now)
                 except RecordError:
                     self.counters["own_card_not_stored"] += 1
-            out.append(Publication(Op.PUT_CARD, key, record.wire))
-        return out
+        return [Publication(Op.PUT_CARD, key, wire) for key, wire in withdrawals + pubs]
 
     def due_publications(self, now: float) -> list[Publication]:
         """Records whose (re)publication is due; each is re-signed with a higher seq."""
@@ -558,7 +530,8 @@ class DhtNode:
         (bucket refresh and record expiry, every ``UPKEEP_INTERVAL``)."""
         if self._pings:
             return self._upkeep_due - UPKEEP_INTERVAL
-        return min(self._upkeep_due, self._peer_due, self._card_due, *self._providing.values())
+        due = (self._upkeep_due, self._peer_due, self.own_card.due)
+        return min(*due, *self._providing.values())
 
     def handle_timer(self, now: float) -> list[Upkeep]:
         """What is due at ``now``: publications, pings, bucket refreshes; drops
