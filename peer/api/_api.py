@@ -32,7 +32,8 @@ from starlette.websockets import WebSocket
 
 from peer.node._node import Peer
 
-from ._endpoints import Endpoints
+from ._endpoints import VERSION, Endpoints
+from ._opsapi import OpsEndpoints
 from ._select import message_filter
 from ._spec import BY_ROUTE, Endpoint
 from ._streams import MAX_STREAMS, EventFeed, SseResponse, run_websocket, start_cursor
@@ -101,7 +102,8 @@ class LocalApi:
         self.endpoints.api_url = api_url
         self._in_flight = 0
         self.streams = 0
-        handlers = self.endpoints.handlers()
+        self.ops = OpsEndpoints(peer, VERSION)
+        handlers = {**self.endpoints.handlers(), **self.ops.handlers()}
         routes: list[Route | WebSocketRoute] = []
         for (method, path), spec in BY_ROUTE.items():
             if spec.stream == "websocket":

@@ -30,7 +30,7 @@ class Endpoint:
     open: bool = False  # no token wanted
     compat_open: bool = False  # no token wanted from loopback under --compat ocmesh
     stream: str | None = None  # "sse" or "websocket"
-    returns: str = "object"  # the JSON type of a 200 answer
+    returns: str = "object"  # the JSON type of a 200 answer ("text": plain text, not JSON)
 
     def check_params(self, names: list[str]) -> None:
         allowed = {f.name for f in self.params}
@@ -105,6 +105,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/dead-letters", "our DMs never receipted", params=(_LIMIT,),
              returns="array"),
     Endpoint("GET", "/openapi.json", "this description", open=True),
+    Endpoint("GET", "/metrics", "the peer's statistics in the Prometheus text format",
+             open=True, returns="text"),
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}
@@ -158,6 +160,8 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
     elif e.stream == "websocket":
         ok = {"description": "switching to a WebSocket (status 101)"}
+    elif e.returns == "text":
+        ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
     else:
         ok["content"] = {"application/json": {"schema": {"type": e.returns}}}
     responses: dict[str, Any] = {"200": ok}

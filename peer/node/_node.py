@@ -283,11 +283,15 @@ class Peer:
 
     def statistics(self) -> Statistics:
         """A frozen snapshot of what the peer counts: its links (``counters``), its
-        gossip router, its store (None without one) and its DHT (None when off)."""
+        gossip router, its store and commit latency (None without one) and its DHT
+        (None when off)."""
         return snapshot(
             counters=snapshot(self.counters),
             gossip=self.router.statistics(),
             store=None if self.storage is None else self.storage.statistics(),
+            commit_latency=(
+                None if self.storage is None else self.storage.service.commit_latency.statistics()
+            ),
             dht=None if self.dht is None else self.dht.statistics(),
         )
 
