@@ -102,7 +102,7 @@ class LocalApi:
         self.endpoints.api_url = api_url
         self._in_flight = 0
         self.streams = 0
-        self.ops = OpsEndpoints(peer, VERSION)
+        self.ops = OpsEndpoints(peer, VERSION, self.endpoints)
         handlers = {**self.endpoints.handlers(), **self.ops.handlers()}
         routes: list[Route | WebSocketRoute] = []
         for (method, path), spec in BY_ROUTE.items():

@@ -188,8 +188,11 @@ class Endpoints:
         return wanted  # an unseen peer id: the DHT may know it
 
     async def send(self, request: Request) -> Response:
+        return JSONResponse(await self.send_data(await self.body(request)))
+
+    async def send_data(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Send what a /send body asks (also a schedule's firing); its answer."""
         peer = self.peer
-        data = await self.body(request)
         if peer.options.relay_only:
             raise ApiError(400, "relay-only", "a relay-only peer has no agent to send as")
         channel, to = data.get("channel"), data.get("to")
@@ -216,17 +219,15 @@ class Endpoints:
             raise ApiError(status, exc.code.value, exc.message) from None
         except StoreError as exc:
             raise ApiError(507, "store", f"not stored, not sent: {exc}") from None
-        return JSONResponse(
-            {
-                "id": env.id.hex(),
-                "stored": peer.storage is not None,
-                **target,
-                "topic": env.topic,
-                "seq": env.seq,
-                "timestamp": iso(env.ts),
-                "routed": peer.router.reachable(env.route),
-            }
-        )
+        return {
+            "id": env.id.hex(),
+            "stored": peer.storage is not None,
+            **target,
+            "topic": env.topic,
+            "seq": env.seq,
+            "timestamp": iso(env.ts),
+            "routed": peer.router.reachable(env.route),
+        }
 
     async def _send_dm(self, recipient: bytes, content: Content, to: Any) -> Any:
         peer = self.peer

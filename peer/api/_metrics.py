@@ -11,7 +11,7 @@ Every family is listed in README.md ("Metrics"); a test checks that.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -44,15 +44,15 @@ _DIRECTIONS = {
 }
 
 
-def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
 
-def _labelled(
+def labelled(
     kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
     name: str,
     doc: str,
@@ -80,6 +80,7 @@ class PeerCollector(Collector):
         self.peer = peer
         self.version = version
         self.store_stats: Any = None  # the last StoreStats read, set by ``scrape``
+        self.extra: list[Callable[[], Iterator[Metric]]] = []  # the API's own parts
 
     def collect(self) -> Iterator[Metric]:
         peer = self.peer
@@ -94,30 +95,32 @@ class PeerCollector(Collector):
             },
         )
         yield info
-        yield _gauge("clawmesh_uptime_seconds", "seconds since the peer started", peer.uptime)
+        yield gauge("clawmesh_uptime_seconds", "seconds since the peer started", peer.uptime)
         yield from self._links(stats["counters"])
         yield from self._messages(stats["counters"], stats["gossip"])
         yield from self._store(stats.get("store"), stats.get("commit_latency"))
         yield from self._dht(stats.get("dht"))
         yield from _circuits(stats.get("circuits"))
+        for part in self.extra:
+            yield from part()
 
     def _links(self, counters: Mapping[str, Any]) -> Iterator[Metric]:
         peer = self.peer
-        yield _gauge("clawmesh_links", "links open now", len(peer.links))
-        yield _counter("clawmesh_links_opened", "links opened", counters["links_opened"])
-        yield _counter("clawmesh_links_closed", "links closed", counters["links_closed"])
-        yield _counter(
+        yield gauge("clawmesh_links", "links open now", len(peer.links))
+        yield counter("clawmesh_links_opened", "links opened", counters["links_opened"])
+        yield counter("clawmesh_links_closed", "links closed", counters["links_closed"])
+        yield counter(
             "clawmesh_handshakes_failed", "handshakes that failed", counters["handshakes_failed"]
         )
-        yield _gauge("clawmesh_known_peers", "peers known", len(peer.known_peers()))
-        yield _gauge(
+        yield gauge("clawmesh_known_peers", "peers known", len(peer.known_peers()))
+        yield gauge(
             "clawmesh_online_peers", "peers seen recently", len(peer.known_peers(online=True))
         )
 
     def _messages(
         self, counters: Mapping[str, Any], gossip: Mapping[str, Any]
     ) -> Iterator[Metric]:
-        yield _labelled(
+        yield labelled(
             CounterMetricFamily,
             "clawmesh_messages",
             "messages by direction: out (ours), in, relayed, delivered (to the agent)",
@@ -134,14 +137,14 @@ class PeerCollector(Collector):
         for reason, n in sorted(counters["refused"].items()):
             refused.add_metric(["link", reason], n)
         yield refused
-        yield _counter(
+        yield counter(
             "clawmesh_messages_duplicate", "messages received again", gossip["duplicates"]
         )
-        yield _counter("clawmesh_gossip_frames_received", "frames received", gossip["frames_in"])
-        yield _counter(
+        yield counter("clawmesh_gossip_frames_received", "frames received", gossip["frames_in"])
+        yield counter(
             "clawmesh_gossip_received_bytes", "bytes of frames received", gossip["bytes_in"]
         )
-        yield _gauge("clawmesh_subscriptions", "topics this peer carries", gossip["subscriptions"])
+        yield gauge("clawmesh_subscriptions", "topics this peer carries", gossip["subscriptions"])
 
     def _store(
         self, store: Mapping[str, Any] | None, latency: Mapping[str, Any] | None
@@ -151,18 +154,18 @@ class PeerCollector(Collector):
         )
         if store is None:
             return
-        yield _counter("clawmesh_store_appended", "messages stored", store["stored"])
-        yield _counter("clawmesh_store_errors", "store writes that failed", store["errors"])
-        yield _gauge("clawmesh_outbox_messages", "DMs waiting for a receipt", store["outbox"])
-        yield _counter("clawmesh_dead_letters", "DMs never receipted", store["dead_letters"])
-        yield _gauge("clawmesh_order_held_messages", "held for order", store["order"]["held"])
-        yield _counter(
+        yield counter("clawmesh_store_appended", "messages stored", store["stored"])
+        yield counter("clawmesh_store_errors", "store writes that failed", store["errors"])
+        yield gauge("clawmesh_outbox_messages", "DMs waiting for a receipt", store["outbox"])
+        yield counter("clawmesh_dead_letters", "DMs never receipted", store["dead_letters"])
+        yield gauge("clawmesh_order_held_messages", "held for order", store["order"]["held"])
+        yield counter(
             "clawmesh_order_skipped", "gaps given up by ordering", store["order"]["skipped"]
         )
         mailbox = store["mailbox"]
-        yield _gauge("clawmesh_mailbox_held_messages", "sealed DMs held", mailbox["held"])
-        yield _gauge("clawmesh_mailbox_held_bytes", "bytes of DMs held", mailbox["held_bytes"])
-        yield _labelled(
+        yield gauge("clawmesh_mailbox_held_messages", "sealed DMs held", mailbox["held"])
+        yield gauge("clawmesh_mailbox_held_bytes", "bytes of DMs held", mailbox["held_bytes"])
+        yield labelled(
             CounterMetricFamily,
             "clawmesh_mailbox_refused",
             "mailbox deposits refused, by reason",
@@ -176,22 +179,22 @@ class PeerCollector(Collector):
         s = self.store_stats
         if s is None:
             return
-        yield _gauge("clawmesh_store_used_bytes", "bytes of the store in use", s.used_bytes)
-        yield _gauge("clawmesh_store_map_bytes", "the store's LMDB map size", s.map_size)
-        yield _gauge("clawmesh_store_messages", "messages in the store", s.messages)
-        yield _gauge("clawmesh_store_message_bytes", "bytes of stored messages", s.message_bytes)
-        yield _gauge("clawmesh_store_topics", "topics in the store", s.topics)
+        yield gauge("clawmesh_store_used_bytes", "bytes of the store in use", s.used_bytes)
+        yield gauge("clawmesh_store_map_bytes", "the store's LMDB map size", s.map_size)
+        yield gauge("clawmesh_store_messages", "messages in the store", s.messages)
+        yield gauge("clawmesh_store_message_bytes", "bytes of stored messages", s.message_bytes)
+        yield gauge("clawmesh_store_topics", "topics in the store", s.topics)
 
     def _dht(self, dht: Mapping[str, Any] | None) -> Iterator[Metric]:
         if dht is None:
             return
-        yield _gauge("clawmesh_dht_contacts", "contacts in the routing table", dht["contacts"])
-        yield _counter("clawmesh_dht_lookups", "lookups run", dht["lookups_run"])
+        yield gauge("clawmesh_dht_contacts", "contacts in the routing table", dht["contacts"])
+        yield counter("clawmesh_dht_lookups", "lookups run", dht["lookups_run"])
         yield _histogram(
             "clawmesh_dht_lookup_seconds", "seconds per lookup", dht.get("lookup_latency")
         )
         requests = {k[len("requests_") :]: v for k, v in dht.items() if k.startswith("requests_")}
-        yield _labelled(
+        yield labelled(
             CounterMetricFamily, "clawmesh_dht_requests", "requests served, by op", "op", requests
         )
         refused = {
@@ -199,14 +202,14 @@ class PeerCollector(Collector):
             for k, v in dht.items()
             if k.startswith(("refused_", "table_refused_"))
         }
-        yield _labelled(
+        yield labelled(
             CounterMetricFamily,
             "clawmesh_dht_refused",
             "DHT records and requests refused, by reason",
             "reason",
             refused,
         )
-        yield _labelled(
+        yield labelled(
             GaugeMetricFamily,
             "clawmesh_dht_records",
             "records held, by kind",
@@ -271,4 +274,4 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["CONTENT_TYPE", "Metrics", "PeerCollector"]
+__all__ = ["CONTENT_TYPE", "Metric", "Metrics", "PeerCollector", "counter", "gauge", "labelled"]

@@ -1,21 +1,28 @@
-"""The fleet operator's endpoints: ``/metrics`` (and, beside it, schedules, the
-audit trail and the fleet view).
+"""The fleet operator's endpoints: ``/metrics``, schedules (``/schedules``
+and ``send_at`` on ``/send``), and beside them the audit trail and the fleet
+view.
 
 Kept apart from ``_endpoints`` so the agent's message endpoints stay small;
-``LocalApi`` merges these handlers with the others. Each handler gets a
+``LocalApi`` merges these handlers over the others. Each handler gets a
 request that already passed the origin, token and parameter checks.
+``run`` starts the background parts (the scheduler) in the API's nursery.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import trio
 from starlette.requests import Request
 from starlette.responses import Response
 
 from peer.node._node import Peer
 
+from ._book import Book
+from ._endpoints import Endpoints
 from ._metrics import CONTENT_TYPE, Metrics
+from ._schedapi import ScheduleApi
+from ._schedules import ScheduleService
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -23,15 +30,25 @@ Handler = Callable[[Request], Awaitable[Response]]
 class OpsEndpoints:
     """The operator's handlers, around one running peer."""
 
-    def __init__(self, peer: Peer, version: str) -> None:
+    def __init__(self, peer: Peer, version: str, endpoints: Endpoints) -> None:
         self.peer = peer
         self.metrics = Metrics(peer, version)
+        self.book = Book(peer)
+        self.schedules = ScheduleService(peer, self.book, endpoints.send_data)
+        self.schedule_api = ScheduleApi(endpoints, self.schedules)
+        self.metrics.collector.extra.append(self.schedules.metrics)
 
     def handlers(self) -> dict[str, Handler]:
-        return {"/metrics": self.metrics_page}
+        return {"/metrics": self.metrics_page, **self.schedule_api.handlers()}
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(await self.metrics.scrape(), media_type=CONTENT_TYPE)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The scheduler, for as long as the API serves (schedules loaded first)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.schedules.run)
+            task_status.started()
 
 
 __all__ = ["OpsEndpoints"]

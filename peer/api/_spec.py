@@ -65,6 +65,37 @@ _STREAM_PARAMS = (
     _OUTGOING,
 )
 _CHANNEL_B = Field("channel", "string", "a channel name", required=True)
+_ID_Q = Field("id", "string", "the schedule's id")
+_ID_B = Field("id", "string", "the schedule's id", required=True)
+SCHEDULE_ENDPOINTS = (
+    Endpoint("POST", "/schedules", "make a schedule: a message sent at a time, every N "
+             "seconds or on a cron expression",
+             body=(Field("message", "object", "the /send body to send", required=True),
+                   Field("at", "string", "one-off: an ISO 8601 time or Unix ms"),
+                   Field("every", "number", "recurring: every this many seconds (>= 1)"),
+                   Field("cron", "string", "recurring: a cron expression (5 fields, or 6 "
+                         "with seconds last)"),
+                   Field("tz", "string", "the cron expression's IANA time zone (default UTC)"),
+                   Field("start", "string", "with every: the first occurrence (default: "
+                         "now + every); with cron: not before"),
+                   Field("missed", "string", "occurrences missed while down: fire (once, "
+                         "the default) or skip"),
+                   Field("grace", "number", "with missed=skip: seconds late an occurrence "
+                         "still fires (default 60)"),
+                   Field("limit", "integer", "at most this many firings"),
+                   Field("name", "string", "a label"))),
+    Endpoint("GET", "/schedules", "the schedules, with state and next occurrence",
+             params=(_ID_Q,), returns="array"),
+    Endpoint("DELETE", "/schedules", "delete a schedule and its job history", params=(_ID_Q,)),
+    Endpoint("POST", "/schedules/pause", "pause a schedule", body=(_ID_B,)),
+    Endpoint("POST", "/schedules/resume", "resume a schedule (from now: paused occurrences "
+             "are not owed)", body=(_ID_B,)),
+    Endpoint("GET", "/schedules/runs", "a schedule's job history: each firing or skip and "
+             "its outcome",
+             params=(_ID_Q, Field("after", "integer", "only runs after this run number"),
+                     _LIMIT, Field("newest", "boolean", "newest first")),
+             returns="array"),
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/status", "the peer: id, key, uptime, links, counters", open=True,
@@ -81,7 +112,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                    Field("content", "string", "the text (ocmesh's name for body)"),
                    Field("payload", "object", "any JSON value; {\"$b64\": ...} for bytes"),
                    Field("reply_to", "string", "the id of the message this answers"),
-                   Field("thread", "string", "the id of the thread's first message")),
+                   Field("thread", "string", "the id of the thread's first message"),
+                   Field("send_at", "string", "send later: an ISO 8601 time or Unix ms "
+                         "(answers 202 with the one-off schedule)")),
              compat_open=True),
     Endpoint("GET", "/messages", "inbox messages in cursor order; headers tell count and more",
              params=(Field("unread", "boolean", "only unread (marks them read unless peek)"),
@@ -107,6 +140,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/openapi.json", "this description", open=True),
     Endpoint("GET", "/metrics", "the peer's statistics in the Prometheus text format",
              open=True, returns="text"),
+    *SCHEDULE_ENDPOINTS,
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}

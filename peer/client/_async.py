@@ -21,13 +21,14 @@ import httpx
 from . import _calls
 from ._config import Endpoint, discover
 from ._errors import ApiError, PeerUnreachable
+from ._ops import AsyncOps
 from ._resume import Resume, StreamCut
 from ._sse import SseParser
 from ._stream import EventStream
 from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status
 
 
-class AsyncClient:
+class AsyncClient(AsyncOps):
     """The local API of one peer; found in ``key_dir`` and the environment unless given.
 
     ``async with AsyncClient() as mesh: await mesh.send("lobby", "hello")``

@@ -24,6 +24,8 @@ from peer.client import (
     Unauthorised,
 )
 
+from ._opstools import register_ops
+
 MAX_WAIT = 60.0
 MAX_READ = 100
 
@@ -204,6 +206,7 @@ def build_server(api: str | None = None, key_dir: Path | None = None) -> MCPServ
         """Leave a channel: its new messages stop arriving here."""
         return await guarded(tools.leave(channel))
 
+    register_ops(server, tools.client, guarded)
     return server
 
 
