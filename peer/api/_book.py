@@ -49,6 +49,12 @@ class Book:
         while len(self._keys) > MEMORY_CAP:
             self._values.pop(self._keys.pop(0), None)
 
+    async def get(self, key: str) -> bytes | None:
+        storage = self.peer.storage
+        if storage is not None:
+            return await storage.service.read(lambda s: s.get_state(key))
+        return self._values.get(key)
+
     async def page(
         self, prefix: str, after: str | None = None, limit: int = 1000, *, reverse: bool = False
     ) -> list[tuple[str, bytes]]:

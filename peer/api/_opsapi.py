@@ -18,6 +18,8 @@ from starlette.responses import Response
 
 from peer.node._node import Peer
 
+from ._audit import AuditTrail
+from ._auditapi import AuditApi
 from ._book import Book
 from ._endpoints import Endpoints
 from ._metrics import CONTENT_TYPE, Metrics
@@ -37,17 +39,25 @@ class OpsEndpoints:
         self.schedules = ScheduleService(peer, self.book, endpoints.send_data)
         self.schedule_api = ScheduleApi(endpoints, self.schedules)
         self.metrics.collector.extra.append(self.schedules.metrics)
+        self.audit = AuditTrail(peer, self.book)
+        self.audit_api = AuditApi(self.audit)
 
     def handlers(self) -> dict[str, Handler]:
-        return {"/metrics": self.metrics_page, **self.schedule_api.handlers()}
+        return {
+            "/metrics": self.metrics_page,
+            **self.schedule_api.handlers(),
+            **self.audit_api.handlers(),
+        }
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(await self.metrics.scrape(), media_type=CONTENT_TYPE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The scheduler, for as long as the API serves (schedules loaded first)."""
+        """The scheduler and the audit trail's writer, for as long as the API serves."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.schedules.run)
+            if not self.peer.options.relay_only:  # no inbox, nothing to audit
+                await nursery.start(self.audit.run)
             task_status.started()
 
 

@@ -67,6 +67,26 @@ _STREAM_PARAMS = (
 _CHANNEL_B = Field("channel", "string", "a channel name", required=True)
 _ID_Q = Field("id", "string", "the schedule's id")
 _ID_B = Field("id", "string", "the schedule's id", required=True)
+_AUDIT_FILTERS = (
+    Field("agent", "string", "a peer id: records it sent or received"),
+    Field("kind", "string", "channel, dm or state (an outgoing DM's state change)"),
+    Field("direction", "string", "in or out"),
+    Field("topic", "string", "a channel name or topic"),
+    Field("conversation", "string", "a thread (or replied-to message) id"),
+    Field("since", "string", "from this time (ISO 8601 or Unix ms)"),
+    Field("until", "string", "before this time (ISO 8601 or Unix ms)"),
+)
+AUDIT_ENDPOINTS = (
+    Endpoint("GET", "/audit", "audit records (every message in and out, DM states), oldest "
+             "first; X-Clawmesh-Next pages",
+             params=(*_AUDIT_FILTERS, Field("after", "string", "X-Clawmesh-Next of the last "
+                                            "page"), _LIMIT),
+             returns="array"),
+    Endpoint("GET", "/audit/export", "every matching audit record, streamed as JSON lines "
+             "or CSV",
+             params=(*_AUDIT_FILTERS, Field("format", "string", "jsonl (default) or csv")),
+             returns="text"),
+)
 SCHEDULE_ENDPOINTS = (
     Endpoint("POST", "/schedules", "make a schedule: a message sent at a time, every N "
              "seconds or on a cron expression",
@@ -141,6 +161,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/metrics", "the peer's statistics in the Prometheus text format",
              open=True, returns="text"),
     *SCHEDULE_ENDPOINTS,
+    *AUDIT_ENDPOINTS,
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}

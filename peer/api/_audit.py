@@ -1,0 +1,290 @@
+"""The audit trail: a record of every message this peer's agent sent or got
+(channel posts and DMs, in and out) and of each change of an outgoing DM's
+state, appended to the store; read back with filters, and exported as JSON
+lines or CSV in bounded memory.
+
+Rules this module keeps:
+
+* The trail follows the inbox by cursor, like a webhook: each step takes up
+  to ``BATCH`` new messages and commits their records together with the
+  trail's cursor (``ops/audit-cursor``) in one transaction, so after a
+  crash, ``kill -9`` included, it goes on where the last commit left it:
+  no record is lost or written twice.
+* A record holds who, what kind, where and when, the size and the state;
+  the text is kept only for what this peer's agent could read itself
+  (channel posts, and DMs it sent or received: it is a party to each DM in
+  its inbox). Relayed DMs never reach the trail: they are sealed to others.
+* Keys are ``ops/audit/<received ms, 15 digits>-<kind><number>``, so the
+  trail is in time order and a time range is a key range.
+* Reading never holds more than one page (``PAGE`` records) in memory: the
+  export is an async generator over pages, each page read in one short
+  synchronous transaction.
+* Records older than the messages' retention (``--keep-days``) are deleted
+  by a sweep every ``SWEEP_INTERVAL`` seconds, ``SWEEP_BUDGET`` at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import secrets
+from collections.abc import AsyncGenerator, Iterable
+from contextlib import aclosing
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+
+from peer.node._inbox import InboxMessage, StatusChange
+from peer.node._node import Peer
+from store import StoreError
+
+from ._book import Book
+from ._values import iso
+
+PREFIX = "ops/audit/"
+CURSOR_KEY = "ops/audit-cursor"
+BATCH = 256
+PAGE = 1000
+MAX_TEXT = 4096  # characters of a message's text kept in its record
+SWEEP_INTERVAL = 60.0
+SWEEP_BUDGET = 1000
+CSV_COLUMNS = (
+    "time", "direction", "kind", "id", "sender", "recipients", "topic", "conversation",
+    "size", "state", "sent", "seq", "text",
+)
+
+
+def record_key(time_ms: int, tag: str) -> str:
+    return f"{PREFIX}{max(0, time_ms):015d}-{tag}"
+
+
+def message_record(m: InboxMessage, me: str) -> dict[str, Any]:
+    """The audit record of one inbox message (in or out)."""
+    recipients = [f"#{m.channel}"] if m.channel is not None else [
+        me if not m.outgoing else (m.peer.hex() if m.peer else "")
+    ]
+    conversation = m.thread or m.reply_to
+    size = len(m.body.encode())
+    if m.has_payload:
+        size += len(json.dumps(m.payload, default=str).encode())
+    state = m.status if m.status is not None else "sent" if m.outgoing else "received"
+    return {
+        "time": iso(m.received_ms),
+        "time_ms": m.received_ms,
+        "direction": "out" if m.outgoing else "in",
+        "kind": "channel" if m.channel is not None else "dm",
+        "id": m.id.hex(),
+        "sender": m.sender.hex(),
+        "recipients": recipients,
+        "topic": m.topic,
+        "conversation": conversation.hex() if conversation else None,
+        "size": size,
+        "state": state,
+        "sent": iso(m.ts),
+        "seq": m.seq,
+        "text": m.body[:MAX_TEXT],
+    }
+
+
+def status_record(change: StatusChange, m: InboxMessage | None, now_ms: int) -> dict[str, Any]:
+    """The audit record of an outgoing DM's new state."""
+    return {
+        "time": iso(now_ms),
+        "time_ms": now_ms,
+        "direction": "out",
+        "kind": "state",
+        "id": change.id.hex(),
+        "sender": None if m is None else m.sender.hex(),
+        "recipients": [change.peer.hex()] if change.peer else [],
+        "topic": None if m is None else m.topic,
+        "conversation": None,
+        "size": 0,
+        "state": change.status,
+        "sent": None if m is None else iso(m.ts),
+        "seq": None if m is None else m.seq,
+        "text": None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Which records a query wants; every field given must match."""
+
+    agent: str | None = None  # a peer id: as sender or recipient
+    kind: str | None = None
+    topic: str | None = None
+    conversation: str | None = None
+    direction: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None  # exclusive
+
+    def matches(self, r: dict[str, Any]) -> bool:
+        if self.agent is not None and r["sender"] != self.agent and (
+            self.agent not in r["recipients"]
+        ):
+            return False
+        return all(
+            want is None or r[field] == want
+            for field, want in (
+                ("kind", self.kind), ("topic", self.topic),
+                ("conversation", self.conversation), ("direction", self.direction),
+            )
+        )
+
+    def start_key(self) -> str | None:
+        """The key to read after (None: from the start)."""
+        return None if self.since_ms is None else record_key(self.since_ms, "")[:-1]
+
+    def past_end(self, key: str) -> bool:
+        return self.until_ms is not None and key >= record_key(self.until_ms, "")
+
+
+def csv_rows(records: Iterable[dict[str, Any]]) -> str:
+    """CSV lines of ``records`` (recipients joined by spaces, None empty)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    for r in records:
+        row = dict(r, recipients=" ".join(r["recipients"]))
+        writer.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+    return buf.getvalue()
+
+
+def csv_header() -> str:
+    buf = io.StringIO()
+    csv.writer(buf).writerow(CSV_COLUMNS)
+    return buf.getvalue()
+
+
+class AuditTrail:
+    """One peer's audit trail: written from its inbox, read in pages."""
+
+    def __init__(self, peer: Peer, book: Book) -> None:
+        self.peer = peer
+        self.book = book
+        self.me = peer.identity.peer_id_hex
+        self.cursor = 0
+        self.status_seen = 0
+        self.written = 0
+        self.lost = 0  # inbox messages evicted before they were recorded
+        self.deleted = 0
+        self.session = secrets.token_hex(4)  # status change numbers start again each run
+        self.log = structlog.get_logger("clawmesh.audit")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        stored = await self.book.get(CURSOR_KEY)
+        self.cursor = 0 if stored is None else int(stored.decode())
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep_loop)
+            while True:
+                try:
+                    wrote = await self.step()
+                except StoreError as exc:
+                    self.log.error("audit records not stored", error=str(exc))
+                    await trio.sleep(1.0)
+                    continue
+                if not wrote:
+                    await self.peer.wait_inbox_changed()
+
+    async def step(self) -> int:
+        """Record what is new in the inbox (and DM state changes); how many records."""
+        inbox = self.peer.inbox
+        if inbox.first_cursor > self.cursor + 1 and inbox.last_cursor > self.cursor:
+            self.lost += inbox.first_cursor - 1 - self.cursor
+            self.log.warning("audit fell behind the inbox", lost=self.lost)
+            self.cursor = inbox.first_cursor - 1
+        batch = inbox.since(self.cursor, BATCH)
+        changes = inbox.status_since(self.status_seen)[:BATCH]
+        if not batch and not changes:
+            return 0
+        items: dict[str, bytes | None] = {}
+        for m in batch:
+            items[record_key(m.received_ms, f"m{m.cursor:012d}")] = _dump(
+                message_record(m, self.me)
+            )
+        now = self.peer.wall_ms()
+        for c in changes:
+            record = status_record(c, inbox.get(c.id), now)
+            items[record_key(now, f"s{self.session}{c.number:09d}")] = _dump(record)
+        cursor = batch[-1].cursor if batch else self.cursor
+        items[CURSOR_KEY] = str(cursor).encode()
+        await self.book.put(items)
+        self.cursor = cursor
+        if changes:
+            self.status_seen = changes[-1].number
+        self.written += len(items) - 1
+        return len(items) - 1
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sweep(self.peer.wall_ms())
+            except StoreError as exc:
+                self.log.error("audit retention failed", error=str(exc))
+
+    async def sweep(self, now_ms: int) -> int:
+        """Delete records older than the messages' retention; how many went."""
+        policy = self.peer.options.rules.default
+        max_age = None if policy is None else policy.max_age_ms
+        if max_age is None:
+            return 0
+        before = record_key(now_ms - max_age, "")
+        total = 0
+        while True:
+            n = await self.book.delete_before(PREFIX, before, SWEEP_BUDGET)
+            total += n
+            if n < SWEEP_BUDGET:
+                break
+        self.deleted += total
+        return total
+
+    async def pages(self, wanted: AuditFilter, after: str | None = None) -> AsyncGenerator[
+        list[tuple[str, dict[str, Any]]], None
+    ]:
+        """The matching records after the key ``after``, a store page at a time
+        (a page may match nothing: it is not yielded)."""
+        mark = after if after is not None else wanted.start_key()
+        while True:
+            page = await self.book.page(PREFIX, mark, PAGE)
+            out: list[tuple[str, dict[str, Any]]] = []
+            for key, raw in page:
+                if wanted.past_end(key):
+                    if out:
+                        yield out
+                    return
+                record = json.loads(raw)
+                if wanted.matches(record):
+                    out.append((key, record))
+            if out:
+                yield out
+            if len(page) < PAGE:
+                return
+            mark = page[-1][0]
+
+    async def records(self, wanted: AuditFilter, after: str | None = None) -> AsyncGenerator[
+        tuple[str, dict[str, Any]], None
+    ]:
+        """Every matching record after the key ``after``, one by one."""
+        async with aclosing(self.pages(wanted, after)) as pages:
+            async for page in pages:
+                for item in page:
+                    yield item
+
+    def statistics(self) -> dict[str, int]:
+        return {"written": self.written, "lost": self.lost, "deleted": self.deleted,
+                "cursor": self.cursor}
+
+
+def _dump(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def lines(records: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+__all__ = ["CSV_COLUMNS", "PREFIX", "AuditFilter", "AuditTrail", "csv_header", "csv_rows"]
