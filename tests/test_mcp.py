@@ -27,6 +27,7 @@ TOOLS = {
     "mesh_status", "send_to_channel", "send_dm", "read_messages", "wait_for_messages",
     "list_peers", "list_channels", "join_channel", "leave_channel",
     "schedule_message", "list_schedules", "manage_schedule", "schedule_history",  # _opstools
+    "fleet_status",
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,6 +96,26 @@ def test_cli_schedule_commands(peer: PeerProcess) -> None:
     assert _cli(peer, "schedule", "delete", made["id"]) == {"deleted": made["id"]}
 
 
+def test_fleet_surfaces(peer: PeerProcess) -> None:
+    with Client(key_dir=peer.home / "keys") as mesh:
+        fleet = mesh.fleet()
+        assert fleet["self"]["peer_id"] == peer.peer_id and fleet["peers"] == []
+        sent = mesh.send("lobby", "audited")
+        deadline = time.monotonic() + 10
+        while not (found := mesh.audit(kind="channel", direction="out", limit=1000)) or (
+            found[-1]["id"] != sent.id
+        ):
+            assert time.monotonic() < deadline, found
+            time.sleep(0.05)
+        assert found[-1]["text"] == "audited" and found[-1]["sender"] == peer.peer_id
+    as_json = _cli(peer, "fleet")
+    assert as_json["self"]["version"] == "0.1.0"
+    table = CliRunner().invoke(cli, ["fleet", "--once", "--key-dir", str(peer.home / "keys")])
+    assert table.exit_code == 0, table.output
+    assert "PEER" in table.output and peer.peer_id[:16] in table.output
+    assert "0 peers heard" in table.output
+
+
 def _data(result: CallToolResult) -> Any:
     assert not result.is_error, result.content
     if result.structured_content is not None:
@@ -130,5 +151,7 @@ async def test_mcp_schedule_tools(peer: PeerProcess) -> None:
             assert gone == {"deleted": made["id"]}
             bad = await m.call_tool("schedule_message", {"text": "x", "channel": "lobby"})
             assert bad.is_error
+            fleet = _data(await m.call_tool("fleet_status", {}))
+            assert fleet["self"]["peer_id"] == peer.peer_id
 
 

@@ -22,6 +22,7 @@ from ._audit import AuditTrail
 from ._auditapi import AuditApi
 from ._book import Book
 from ._endpoints import Endpoints
+from ._fleet import FleetService
 from ._metrics import CONTENT_TYPE, Metrics
 from ._schedapi import ScheduleApi
 from ._schedules import ScheduleService
@@ -41,21 +42,26 @@ class OpsEndpoints:
         self.metrics.collector.extra.append(self.schedules.metrics)
         self.audit = AuditTrail(peer, self.book)
         self.audit_api = AuditApi(self.audit)
+        self.fleet = FleetService(peer, version)
+        self.metrics.collector.extra.append(self.fleet.metrics)
 
     def handlers(self) -> dict[str, Handler]:
         return {
             "/metrics": self.metrics_page,
             **self.schedule_api.handlers(),
             **self.audit_api.handlers(),
+            "/fleet": self.fleet.handle,
         }
 
     async def metrics_page(self, request: Request) -> Response:
         return Response(await self.metrics.scrape(), media_type=CONTENT_TYPE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The scheduler and the audit trail's writer, for as long as the API serves."""
+        """The scheduler, the audit trail's writer and the fleet status's store
+        figure, for as long as the API serves."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.schedules.run)
+            await nursery.start(self.fleet.run)
             if not self.peer.options.relay_only:  # no inbox, nothing to audit
                 await nursery.start(self.audit.run)
             task_status.started()

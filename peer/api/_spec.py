@@ -162,6 +162,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              open=True, returns="text"),
     *SCHEDULE_ENDPOINTS,
     *AUDIT_ENDPOINTS,
+    Endpoint("GET", "/fleet", "the fleet: this peer's status and every status heard in "
+             "others' presence", params=(Field("online", "boolean", "only peers heard "
+                                                "recently (true) or not (false)"),)),
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}

@@ -7,6 +7,8 @@ errors with the exit codes ``_commands`` documents.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,4 +118,60 @@ def schedule_runs(ctx: Ctx, schedule_id: str, limit: int, newest: bool) -> None:
                or "no runs yet")
 
 
-__all__ = ["cli", "run_command_line"]
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _uptime(seconds: int) -> str:
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}d{hours:02d}h" if days else f"{hours}h{rest // 60:02d}m"
+
+
+def fleet_table(fleet: dict[str, Any]) -> str:
+    rows = []
+    for p, here in [(fleet["self"], True)] + [(p, False) for p in fleet["peers"]]:
+        state = "self" if here else "online" if p["online"] else "silent"
+        circuits = " ".join(f"{k}={v}" for k, v in sorted(p["circuits"].items())) or "-"
+        rows.append([p["peer_id"][:16], p["name"] or "", state, p["version"],
+                     _uptime(p["uptime_seconds"]), str(p["links"]), str(p["outbox"]),
+                     _size(p["store_bytes"]), circuits])
+    headers = ("PEER", "NAME", "STATE", "VERSION", "UPTIME", "LINKS", "OUTBOX", "STORE",
+               "CIRCUITS")
+    refused = ", ".join(f"{k} {v}" for k, v in sorted(fleet["refused"].items()))
+    footer = f"\n{len(fleet['peers'])} peers heard" + (f"; refused: {refused}" if refused else "")
+    return out.table(headers, rows) + footer
+
+
+@cli.command()
+@click.option("--online", is_flag=True, help="only peers heard from recently")
+@click.option("--once", is_flag=True, help="print the table once (the default off a terminal)")
+@click.option("--interval", type=click.FloatRange(0.5, 3600), default=2.0, show_default=True,
+              help="seconds between refreshes of the live table")
+@command
+def fleet(ctx: Ctx, online: bool, once: bool, interval: float) -> None:
+    """The fleet: every peer's status (version, uptime, links, outbox, store,
+    circuits) as heard in their presence; a live table on a terminal."""
+    live = not (once or ctx.json) and sys.stdout.isatty()
+    with ctx.client() as mesh:
+        while True:
+            found = mesh.fleet(online=online or None)
+            if ctx.json:
+                out.emit_json(found)
+                return
+            if not live:
+                click.echo(fleet_table(found))
+                return
+            click.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S  ") + "clawmesh fleet "
+                       f"(every {interval:g} s; Ctrl-C to stop)\n" + fleet_table(found))
+            time.sleep(interval)
+
+
+__all__ = ["cli", "fleet_table", "run_command_line"]

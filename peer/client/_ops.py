@@ -103,6 +103,17 @@ class SyncOps:
         result: list[dict[str, Any]] = self._do(runs_call(schedule_id, **page))
         return result
 
+    def fleet(self, *, online: bool | None = None) -> dict[str, Any]:
+        """This peer's status and every status heard: ``{"self", "peers", ...}``."""
+        result: dict[str, Any] = self._do(Call("GET", "/fleet", params=_params(online=online)))
+        return result
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        """A page of audit records: ``agent``, ``kind``, ``direction``, ``topic``,
+        ``conversation``, ``since``, ``until``, ``after``, ``limit``."""
+        result: list[dict[str, Any]] = self._do(Call("GET", "/audit", params=_params(**filters)))
+        return result
+
 
 class AsyncOps:
     """Schedules and the other operator calls, for Trio or asyncio code."""
@@ -146,6 +157,18 @@ class AsyncOps:
 
     async def schedule_runs(self, schedule_id: str, **page: Any) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._do(runs_call(schedule_id, **page))
+        return result
+
+    async def fleet(self, *, online: bool | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self._do(
+            Call("GET", "/fleet", params=_params(online=online))
+        )
+        return result
+
+    async def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._do(
+            Call("GET", "/audit", params=_params(**filters))
+        )
         return result
 
 

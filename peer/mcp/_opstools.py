@@ -75,6 +75,8 @@ def register_ops(server: MCPServer, client: Callable[[], AsyncClient], guarded: 
                                             newest=True)
         return {"runs": rows}
 
+    register_fleet(server, client, guarded)
+
     @server.tool()
     async def schedule_history(schedule_id: str, limit: int = 20) -> dict[str, Any]:
         """A schedule's job history, newest first: each firing (outcome sent, failed,
@@ -82,4 +84,20 @@ def register_ops(server: MCPServer, client: Callable[[], AsyncClient], guarded: 
         return await guarded(runs(schedule_id, limit))
 
 
-__all__ = ["register_ops"]
+def register_fleet(
+    server: MCPServer, client: Callable[[], AsyncClient], guarded: Guard
+) -> None:
+    """The fleet view as a tool."""
+
+    async def fleet(online_only: bool) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.fleet(online=online_only or None)
+
+    @server.tool()
+    async def fleet_status(online_only: bool = False) -> dict[str, Any]:
+        """The fleet's health: this peer's status and every peer's as heard in its
+        presence (version, uptime, links, outbox depth, store use, circuits, online)."""
+        return await guarded(fleet(online_only))
+
+
+__all__ = ["register_fleet", "register_ops"]

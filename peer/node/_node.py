@@ -30,6 +30,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -102,6 +103,10 @@ class Peer:
         self.storage: Storage | None = None
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
+        # more entries for our presence payload, and who sees each presence heard
+        # (the fleet view: peer/api/_fleet.py); hooks must not raise
+        self.presence_extras: list[Callable[[], dict[str, Any]]] = []
+        self.presence_hooks: list[Callable[[Envelope, Any], None]] = []
         self.swarm = Swarm(self, self.options.presence_interval)
         config = LinkConfig(identity, self.options, lambda: self.caps, lambda: self.listen_urls)
         self.link_manager = LinkManager(config, self.swarm, self.counters, self.log)

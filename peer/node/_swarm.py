@@ -29,7 +29,13 @@ from typing import Any, Protocol
 import trio
 
 from peer.protocols._gossip import Close, Deliver, Send
-from peer.protocols._presence import Presence, parse_presence, presence_name, presence_payload
+from peer.protocols._presence import (
+    MAX_PRESENCE_PAYLOAD,
+    Presence,
+    parse_presence,
+    presence_name,
+    presence_payload,
+)
 from peer.wire import _cbor
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
@@ -89,6 +95,10 @@ class SwarmPeer(PeerCore, Protocol):
     def listen_urls(self) -> list[str]: ...
     @property
     def caps(self) -> tuple[str, ...]: ...
+    @property
+    def presence_extras(self) -> list[Callable[[], dict[str, Any]]]: ...
+    @property
+    def presence_hooks(self) -> list[Callable[[Envelope, Any], None]]: ...
     def notify_changed(self) -> None: ...
     def add_to_inbox(
         self,
@@ -264,9 +274,14 @@ class Swarm:
         self._rearm()
 
     def _announce_presence(self) -> None:
-        payload = _cbor.encode(
-            presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name)
-        )
+        data = presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name)
+        for extra in self.peer.presence_extras:
+            data.update(extra())
+        payload = _cbor.encode(data)
+        if len(payload) > MAX_PRESENCE_PAYLOAD:  # never let an extra break presence itself
+            payload = _cbor.encode(
+                presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name)
+            )
         # presence is not stored: its sequence is the clock, which outlives restarts
         now_ms = self.peer.wall_ms()
         env = seal_presence(self.peer.identity, payload=payload, seq=now_ms, ts=now_ms)
@@ -326,6 +341,8 @@ class Swarm:
         except ProtocolError:
             return
         listen, caps = parse_presence(data)
+        for hook in self.peer.presence_hooks:
+            hook(env, data)
         info.name = presence_name(data) or ""
         if listen is not None:
             info.listen = listen
