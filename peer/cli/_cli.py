@@ -250,8 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print this peer's bootstrap.json entry and exit",
     )
-    p.add_argument("--log-json", action="store_true", help="log JSON lines instead of key=value")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-json",
+        action="store_true",
+        default=os.environ.get("MESH_LOG_JSON", "").lower() in ("1", "true", "yes"),
+        help="log JSON lines instead of key=value (also MESH_LOG_JSON=1: deploy/ sets it)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("MESH_LOG_LEVEL", "info").lower(),
+        choices=["debug", "info", "warning", "error"],
+    )
     limits = GossipParams()
     p.add_argument(
         "--author-rate",
