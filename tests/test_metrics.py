@@ -102,6 +102,10 @@ async def test_metrics_scraped_and_documented(nursery: trio.Nursery, tmp_path: P
     lookups = _value(families["clawmesh_dht_lookup_seconds"], "clawmesh_dht_lookup_seconds_count")
     assert lookups == status["dht"]["lookup_latency"]["count"]
     assert "lobby" in {s.labels["topic"] for s in families["clawmesh_catchup_received"]}
+    # the operator's parts: the same figures in /status and /metrics
+    assert status["schedules"]["schedules"] == 0 and status["fleet"]["peers"] == 0
+    written = _value(families["clawmesh_audit_records"], "clawmesh_audit_records_total")
+    assert written <= status["audit"]["written"]
     info = families["clawmesh_peer_info"][0]
     assert info.labels["peer_id"] == a.identity.peer_id_hex
 

@@ -29,7 +29,7 @@ import csv
 import io
 import json
 import secrets
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +42,7 @@ from peer.node._node import Peer
 from store import StoreError
 
 from ._book import Book
+from ._metrics import Metric, counter
 from ._values import iso
 
 PREFIX = "ops/audit/"
@@ -275,8 +276,17 @@ class AuditTrail:
                     yield item
 
     def statistics(self) -> dict[str, int]:
+        """For /status (``audit``) and /metrics."""
         return {"written": self.written, "lost": self.lost, "deleted": self.deleted,
                 "cursor": self.cursor}
+
+    def metrics(self) -> Iterator[Metric]:
+        stats = self.statistics()
+        yield counter("clawmesh_audit_records", "audit records written", stats["written"])
+        yield counter("clawmesh_audit_lost", "inbox messages evicted before they were audited",
+                      stats["lost"])
+        yield counter("clawmesh_audit_expired", "audit records deleted by retention",
+                      stats["deleted"])
 
 
 def _dump(value: dict[str, Any]) -> bytes:

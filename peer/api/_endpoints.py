@@ -62,6 +62,8 @@ class Endpoints:
         self.compat = compat
         self.webhooks = webhooks
         self.api_url = ""
+        # more sections of /status, from the API's own parts (schedules, audit, fleet)
+        self.status_parts: dict[str, Callable[[], Any]] = {}
 
     def handlers(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
         return {
@@ -106,6 +108,7 @@ class Endpoints:
             "unread": peer.inbox.unread(),
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
             **peer.statistics().to_json(),
+            **{name: part() for name, part in self.status_parts.items()},
         }
         return JSONResponse(out)
 

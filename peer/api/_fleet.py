@@ -119,15 +119,22 @@ class FleetService:
     async def handle(self, request: Request) -> Response:
         return JSONResponse(self.fleet_json(bool_param(request, "online")))
 
-    def metrics(self) -> Iterator[Metric]:
+    def statistics(self) -> dict[str, Any]:
+        """For /status (``fleet``) and /metrics."""
         now = self.peer.wall_ms()
         online = sum(1 for *_, up in self.view.entries(now) if up)
+        return {"peers": len(self.view), "online": online, "accepted": self.view.accepted,
+                "refused": dict(self.view.refused)}
+
+    def metrics(self) -> Iterator[Metric]:
+        stats = self.statistics()
         yield labelled(GaugeMetricFamily, "clawmesh_fleet_peers", "peers in the fleet view",
-                       "online", {"true": online, "false": len(self.view) - online})
+                       "online", {"true": stats["online"],
+                                  "false": stats["peers"] - stats["online"]})
         yield labelled(CounterMetricFamily, "clawmesh_fleet_statuses_refused",
-                       "fleet statuses refused, by reason", "reason", dict(self.view.refused))
+                       "fleet statuses refused, by reason", "reason", stats["refused"])
         yield counter("clawmesh_fleet_statuses_accepted", "fleet statuses taken",
-                    self.view.accepted)
+                      stats["accepted"])
 
 
 __all__ = ["FleetService", "status_json"]

@@ -43,7 +43,12 @@ class OpsEndpoints:
         self.audit = AuditTrail(peer, self.book)
         self.audit_api = AuditApi(self.audit)
         self.fleet = FleetService(peer, version)
-        self.metrics.collector.extra.append(self.fleet.metrics)
+        self.metrics.collector.extra += [self.audit.metrics, self.fleet.metrics]
+        endpoints.status_parts.update(
+            schedules=self.schedules.statistics,
+            audit=self.audit.statistics,
+            fleet=self.fleet.statistics,
+        )
 
     def handlers(self) -> dict[str, Handler]:
         return {
