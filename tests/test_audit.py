@@ -233,3 +233,35 @@ async def test_export_of_100k_streams_in_bounded_memory(
         dm = await api.get("/audit/export", params={"kind": "dm", "since": "1800000900000"})
         assert len(dm.text.splitlines()) == len(range(90_000, n)) // 3
         assert PREFIX == "ops/audit/"
+
+
+async def test_a_seed_audits_what_it_carries_without_dm_text(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
+                                                 store_path=str(tmp_path / "seed")))
+    a = Peer(Identity.generate(), PeerOptions(channels=("lobby",), seed=1, dht=False))
+    b = Peer(Identity.generate(), PeerOptions(channels=("lobby",), seed=2, dht=False))
+    for p in (seed, a, b):
+        await nursery.start(p.run)
+    for p in (a, b):
+        ts, tp = memory_link_pair()
+        seed.start_link(ts, initiator=False)
+        p.start_link(tp, initiator=True)
+    with trio.fail_after(10):
+        while not (a.directory.get(b.peer_id) and b.directory.get(a.peer_id)
+                   and a.router.reachable("lobby")):
+            await a.wait_changed()
+    api = LocalApi(seed, TOKEN)
+    await nursery.start(api.ops.run)
+    post = await a.send_message("lobby", Content(body="public words"))
+    dm = await a.send_direct(b.peer_id, Content(body="private words"))
+    async with _client(api) as client:
+        rows = await _wait(client, 1, direction="relayed", kind="channel")
+        rows += await _wait(client, 1, direction="relayed", kind="dm")
+    by_id = {r["id"]: r for r in rows}
+    assert by_id[post.id.hex()]["text"] == "public words"
+    assert by_id[post.id.hex()]["recipients"] == ["#lobby"]
+    sealed = by_id[dm.id.hex()]
+    assert sealed["text"] is None and sealed["recipients"] == [b.identity.peer_id_hex]
+    assert sealed["sender"] == a.identity.peer_id_hex and sealed["size"] > 0

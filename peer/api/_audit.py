@@ -1,7 +1,9 @@
 """The audit trail: a record of every message this peer's agent sent or got
 (channel posts and DMs, in and out) and of each change of an outgoing DM's
-state, appended to the store; read back with filters, and exported as JSON
-lines or CSV in bounded memory.
+state, or, on a relay-only seed, of every envelope it carried (``relayed``:
+channel posts, DMs and receipts, sealed ones without text); appended to the
+store, read back with filters, and exported as JSON lines or CSV in bounded
+memory.
 
 Rules this module keeps:
 
@@ -13,7 +15,10 @@ Rules this module keeps:
 * A record holds who, what kind, where and when, the size and the state;
   the text is kept only for what this peer's agent could read itself
   (channel posts, and DMs it sent or received: it is a party to each DM in
-  its inbox). Relayed DMs never reach the trail: they are sealed to others.
+  its inbox); a seed's record of a DM or receipt it carried has no text (it
+  is sealed to others). A seed's records wait in a bounded queue between the
+  envelope hook and the next commit: a crash may lose those few (nothing
+  was acknowledged for them), a full queue counts them in ``lost``.
 * Keys are ``ops/audit/<received ms, 15 digits>-<kind><number>``, so the
   trail is in time order and a time range is a key range.
 * Reading never holds more than one page (``PAGE`` records) in memory: the
@@ -29,6 +34,7 @@ import csv
 import io
 import json
 import secrets
+from collections import deque
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
@@ -39,6 +45,7 @@ import trio
 
 from peer.node._inbox import InboxMessage, StatusChange
 from peer.node._node import Peer
+from peer.wire._envelope import Envelope
 from store import StoreError
 
 from ._book import Book
@@ -50,6 +57,7 @@ CURSOR_KEY = "ops/audit-cursor"
 BATCH = 256
 PAGE = 1000
 MAX_TEXT = 4096  # characters of a message's text kept in its record
+MAX_RELAYED_QUEUE = 10_000  # a seed's carried envelopes waiting to be recorded
 SWEEP_INTERVAL = 60.0
 SWEEP_BUDGET = 1000
 CSV_COLUMNS = (
@@ -87,6 +95,34 @@ def message_record(m: InboxMessage, me: str) -> dict[str, Any]:
         "sent": iso(m.ts),
         "seq": m.seq,
         "text": m.body[:MAX_TEXT],
+    }
+
+
+def relayed_record(env: Envelope, now_ms: int) -> dict[str, Any]:
+    """The audit record of an envelope a seed carried for others: who, where, how
+    big; the text of channel posts only (DMs and receipts are sealed)."""
+    fields = env.fields
+    kind = {"msg": "channel", "dm": "dm"}.get(env.kind, env.kind)
+    recipient = env.recipient
+    conversation = fields.get("thread") or fields.get("reply_to")
+    body = fields.get("body") if env.kind == "msg" else None
+    return {
+        "time": iso(now_ms),
+        "time_ms": now_ms,
+        "direction": "relayed",
+        "kind": kind,
+        "id": env.id.hex(),
+        "sender": env.sender.hex(),
+        "recipients": [f"#{env.topic}"] if env.kind == "msg" else (
+            [recipient.hex()] if recipient is not None else []
+        ),
+        "topic": env.topic,
+        "conversation": conversation.hex() if isinstance(conversation, bytes) else None,
+        "size": len(env.wire),
+        "state": "relayed",
+        "sent": iso(env.ts),
+        "seq": env.seq,
+        "text": body[:MAX_TEXT] if isinstance(body, str) else None,
     }
 
 
@@ -172,7 +208,33 @@ class AuditTrail:
         self.lost = 0  # inbox messages evicted before they were recorded
         self.deleted = 0
         self.session = secrets.token_hex(4)  # status change numbers start again each run
+        # a relay-only seed has no inbox: it records what it carries for others, from a
+        # bounded queue (a record the queue has no room for is counted in ``lost``)
+        self.relayed: deque[dict[str, Any]] = deque()
+        self.relayed_count = 0
+        self._wake = trio.Event()
+        if peer.options.relay_only:
+            peer.envelope_hooks.append(self._carried)
         self.log = structlog.get_logger("clawmesh.audit")
+
+    def _carried(self, env: Envelope, member: bool) -> None:
+        if len(self.relayed) >= MAX_RELAYED_QUEUE:
+            self.lost += 1
+            return
+        self.relayed.append(relayed_record(env, self.peer.wall_ms()))
+        self._wake.set()
+
+    async def _wait(self) -> None:
+        """Until the inbox changes or a seed carried something."""
+        async with trio.open_nursery() as nursery:
+
+            async def first(wait: Any) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, self.peer.wait_inbox_changed)
+            nursery.start_soon(first, self._wake.wait)
+        self._wake = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         stored = await self.book.get(CURSOR_KEY)
@@ -188,7 +250,7 @@ class AuditTrail:
                     await trio.sleep(1.0)
                     continue
                 if not wrote:
-                    await self.peer.wait_inbox_changed()
+                    await self._wait()
 
     async def step(self) -> int:
         """Record what is new in the inbox (and DM state changes); how many records."""
@@ -199,9 +261,15 @@ class AuditTrail:
             self.cursor = inbox.first_cursor - 1
         batch = inbox.since(self.cursor, BATCH)
         changes = inbox.status_since(self.status_seen)[:BATCH]
-        if not batch and not changes:
+        if not batch and not changes and not self.relayed:
             return 0
         items: dict[str, bytes | None] = {}
+        carried = [self.relayed.popleft() for _ in range(min(BATCH, len(self.relayed)))]
+        for record in carried:
+            self.relayed_count += 1
+            items[record_key(record["time_ms"], f"r{self.session}{self.relayed_count:012d}")] = (
+                _dump(record)
+            )
         for m in batch:
             items[record_key(m.received_ms, f"m{m.cursor:012d}")] = _dump(
                 message_record(m, self.me)
@@ -212,7 +280,11 @@ class AuditTrail:
             items[record_key(now, f"s{self.session}{c.number:09d}")] = _dump(record)
         cursor = batch[-1].cursor if batch else self.cursor
         items[CURSOR_KEY] = str(cursor).encode()
-        await self.book.put(items)
+        try:
+            await self.book.put(items)
+        except BaseException:
+            self.relayed.extendleft(reversed(carried))  # tried again with the next step
+            raise
         self.cursor = cursor
         if changes:
             self.status_seen = changes[-1].number

@@ -2,7 +2,8 @@
 matching record, streamed as JSON lines or CSV in bounded memory).
 
 Filters: ``agent`` (a peer id, as sender or recipient), ``kind`` (``channel``,
-``dm``, ``state``), ``direction`` (``in``, ``out``), ``topic``,
+``dm``, ``receipt``, ``state``), ``direction`` (``in``, ``out``,
+``relayed``), ``topic``,
 ``conversation`` (a thread or replied-to message id), ``since`` and ``until``
 (ISO 8601 or Unix ms; ``until`` exclusive). ``/audit`` pages with ``after``
 (the ``X-Clawmesh-Next`` header of the previous page).
@@ -23,8 +24,8 @@ from ._schedapi import time_ms
 from ._values import ApiError, channel_name, hex_id, int_param
 
 MAX_EXPORTS = 4  # exports streaming at once; more get 503
-KINDS = ("channel", "dm", "state")
-DIRECTIONS = ("in", "out")
+KINDS = ("channel", "dm", "receipt", "state")
+DIRECTIONS = ("in", "out", "relayed")
 
 
 def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:

@@ -67,8 +67,7 @@ class OpsEndpoints:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.schedules.run)
             await nursery.start(self.fleet.run)
-            if not self.peer.options.relay_only:  # no inbox, nothing to audit
-                await nursery.start(self.audit.run)
+            await nursery.start(self.audit.run)
             task_status.started()
 
 

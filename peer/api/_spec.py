@@ -69,8 +69,8 @@ _ID_Q = Field("id", "string", "the schedule's id")
 _ID_B = Field("id", "string", "the schedule's id", required=True)
 _AUDIT_FILTERS = (
     Field("agent", "string", "a peer id: records it sent or received"),
-    Field("kind", "string", "channel, dm or state (an outgoing DM's state change)"),
-    Field("direction", "string", "in or out"),
+    Field("kind", "string", "channel, dm, receipt or state (an outgoing DM's state change)"),
+    Field("direction", "string", "in, out or relayed (what a relay-only seed carried)"),
     Field("topic", "string", "a channel name or topic"),
     Field("conversation", "string", "a thread (or replied-to message) id"),
     Field("since", "string", "from this time (ISO 8601 or Unix ms)"),

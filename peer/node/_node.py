@@ -103,10 +103,12 @@ class Peer:
         self.storage: Storage | None = None
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
-        # more entries for our presence payload, and who sees each presence heard
-        # (the fleet view: peer/api/_fleet.py); hooks must not raise
+        # more entries for our presence payload, who sees each presence heard (the
+        # fleet view: peer/api/_fleet.py) and each envelope delivered (with its
+        # ``member`` flag: the audit of a seed, peer/api/_audit.py); hooks must not raise
         self.presence_extras: list[Callable[[], dict[str, Any]]] = []
         self.presence_hooks: list[Callable[[Envelope, Any], None]] = []
+        self.envelope_hooks: list[Callable[[Envelope, bool], None]] = []  # each one delivered
         self.swarm = Swarm(self, self.options.presence_interval)
         config = LinkConfig(identity, self.options, lambda: self.caps, lambda: self.listen_urls)
         self.link_manager = LinkManager(config, self.swarm, self.counters, self.log)

@@ -99,6 +99,8 @@ class SwarmPeer(PeerCore, Protocol):
     def presence_extras(self) -> list[Callable[[], dict[str, Any]]]: ...
     @property
     def presence_hooks(self) -> list[Callable[[Envelope, Any], None]]: ...
+    @property
+    def envelope_hooks(self) -> list[Callable[[Envelope, bool], None]]: ...
     def notify_changed(self) -> None: ...
     def add_to_inbox(
         self,
@@ -293,6 +295,8 @@ class Swarm:
         if env.kind == "presence":
             self._on_presence(env, info)
             return
+        for hook in self.peer.envelope_hooks:
+            hook(env, member)
         if self.peer.storage is not None:
             self.peer.storage.accept(env, member=member)
             return
