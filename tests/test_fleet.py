@@ -101,3 +101,44 @@ async def test_statuses_travel_in_presence(nursery: trio.Nursery, tmp_path: Path
         assert (await client.get("/fleet", params={"online": "false"})).json()["peers"] == []
         metrics = (await client.get("/metrics")).text
         assert 'clawmesh_fleet_peers{online="true"} 1.0' in metrics
+
+
+def test_fleet_command_shows_the_other_peer(tmp_path: Path) -> None:
+    """Real processes: b joins a; ``python -m peer fleet --json`` on a lists b's
+    status (its presence goes out within seconds of the link)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from tests._procs import REPO, running, start_peer, wait_ready
+
+    a = start_peer(tmp_path, "a", "--no-dht", "--name", "alpha")
+    wait_ready(a)
+    b = start_peer(tmp_path, "b", "--no-dht", "--relay-only", bootstrap=a.ws_url)
+    wait_ready(b)
+    with running(a, b):
+        deadline = time.monotonic() + 20
+        while True:
+            done = subprocess.run(
+                [sys.executable, "-m", "peer", "fleet", "--json", "--key-dir",
+                 str(a.home / "keys")],
+                cwd=REPO, capture_output=True, text=True, timeout=30,
+            )
+            assert done.returncode == 0, done.stderr
+            fleet = json.loads(done.stdout)
+            if fleet["peers"]:
+                break
+            assert time.monotonic() < deadline, fleet
+            time.sleep(0.2)
+        table = subprocess.run(
+            [sys.executable, "-m", "peer", "fleet", "--key-dir", str(a.home / "keys")],
+            cwd=REPO, capture_output=True, text=True, timeout=30,
+        )
+    [other] = fleet["peers"]
+    assert other["peer_id"] == b.peer_id and other["relay_only"] is True
+    assert other["online"] is True and other["links"] >= 1
+    assert other["store_bytes"] is None or other["store_bytes"] > 0  # known once measured
+    assert fleet["self"]["name"] == "alpha"
+    assert table.returncode == 0 and b.peer_id[:16] in table.stdout  # not a terminal: once
+    assert "1 peer heard" in table.stdout

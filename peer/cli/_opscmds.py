@@ -146,7 +146,10 @@ def fleet_table(fleet: dict[str, Any]) -> str:
     headers = ("PEER", "NAME", "STATE", "VERSION", "UPTIME", "LINKS", "OUTBOX", "STORE",
                "CIRCUITS")
     refused = ", ".join(f"{k} {v}" for k, v in sorted(fleet["refused"].items()))
-    footer = f"\n{len(fleet['peers'])} peers heard" + (f"; refused: {refused}" if refused else "")
+    n = len(fleet["peers"])
+    footer = f"\n{n} peer{'' if n == 1 else 's'} heard"
+    if refused:
+        footer += f"; refused: {refused}"
     return out.table(headers, rows) + footer
 
 
