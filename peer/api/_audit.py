@@ -249,6 +249,10 @@ class AuditTrail:
                     self.log.error("audit records not stored", error=str(exc))
                     await trio.sleep(1.0)
                     continue
+                except Exception as exc:  # a bug: logged, retried, the peer goes on
+                    self.log.error("audit step crashed", error=repr(exc), exc_info=exc)
+                    await trio.sleep(1.0)
+                    continue
                 if not wrote:
                     await self._wait()
 

@@ -153,6 +153,11 @@ class ScheduleService:
         except ApiError as exc:
             entry.update(outcome="failed", error=f"{exc.code}: {exc.message}")
             self.counters["failed"] += 1
+        except Exception as exc:  # a bug: recorded and logged, the scheduler goes on
+            self.log.error("schedule firing crashed", schedule=s.id, error=repr(exc),
+                           exc_info=exc)
+            entry.update(outcome="failed", error=f"internal: {exc!r}"[:300])
+            self.counters["failed"] += 1
         else:
             entry.update(outcome="sent", message_id=sent["id"], topic=sent["topic"])
             self.counters["sent"] += 1
