@@ -28,11 +28,12 @@ import math
 from collections.abc import AsyncGenerator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from peer.protocols._blobs import Fetch, Forwarder, Reply, Route
+from peer.protocols._gossip import Action, GossipRouter
 from peer.wire._blobframes import (
     BLOBS_CAP,
     MAX_WANT_HOPS,
@@ -46,14 +47,26 @@ from peer.wire._blobframes import (
 from peer.wire._errors import ErrorCode
 from store._blobs import BlobStore, Manifest
 
-if TYPE_CHECKING:
-    from ._link import Link
-    from ._node import Peer
+from ._inbox import Inbox
+from ._link import Link
+from ._options import PeerCounters
 
 SERVE_QUEUE = 16  # frames waiting on a link beyond which its wants get "busy"
 MAX_FETCHES = 4
 MAX_ROUTES = 6
 _RID_LIMIT = 2**32 - 1
+
+
+class BlobPeer(Protocol):
+    """What the blob host needs from its peer."""
+
+    links: dict[bytes, Link]
+    inbox: Inbox
+    counters: PeerCounters
+    router: GossipRouter
+
+    def now(self) -> float: ...
+    def perform(self, actions: list[Action]) -> None: ...
 
 
 class BlobUnavailable(Exception):
@@ -71,7 +84,7 @@ class _Running:
 class BlobHost:
     """Blobs for one peer; see the module header."""
 
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: BlobPeer) -> None:
         self.peer = peer
         self.store: BlobStore | None = None
         self._rid = 0
@@ -108,7 +121,7 @@ class BlobHost:
             self._perform(self.forwarder.answer(link.peer_id, frame))
         else:  # nobody asked: charged to the link like any frame, then dropped
             self.stray += 1
-            self.peer.swarm.perform(self.peer.router.admit(link.peer_id, len(raw), self.peer.now()))
+            self.peer.perform(self.peer.router.admit(link.peer_id, len(raw), self.peer.now()))
 
     def _on_want(self, link: Link, want: BlobWant, raw: bytes) -> None:
         if len(link.queue) >= SERVE_QUEUE:
