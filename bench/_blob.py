@@ -50,7 +50,7 @@ def _write_file(path: Path, size: int) -> str:
 
 
 async def _file_chunks(path: Path) -> Any:
-    with path.open("rb") as f:  # noqa: ASYNC230 (1 MiB reads of a local file)
+    with path.open("rb") as f:
         while piece := await trio.to_thread.run_sync(f.read, MIB):
             yield piece
 
@@ -68,7 +68,7 @@ def _download(url: str, headers: dict[str, str]) -> tuple[float, str, int]:
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
@@ -84,22 +84,26 @@ def _plain_http(path: Path) -> tuple[float, str, int]:
         server.server_close()
 
 
-async def run_blob(nursery: trio.Nursery, work: Path, logs: Path, mib: int,
-                   progress: Any) -> list[dict[str, Any]]:
+async def run_blob(
+    nursery: trio.Nursery, work: Path, logs: Path, mib: int, progress: Any
+) -> list[dict[str, Any]]:
     size = mib * MIB
     path = work / "blob.bin"
     digest = await trio.to_thread.run_sync(_write_file, path, size)
     seconds, got, n = await trio.to_thread.run_sync(_plain_http, path)
     assert got == digest and n == size
     rows: list[dict[str, Any]] = [
-        {"path": "plain HTTP (http.server -> httpx)", "mib": mib,
-         "seconds": round(seconds, 2), "mib_per_s": round(mib / seconds, 1)}
+        {
+            "path": "plain HTTP (http.server -> httpx)",
+            "mib": mib,
+            "seconds": round(seconds, 2),
+            "mib_per_s": round(mib / seconds, 1),
+        }
     ]
     progress(f"blob: plain HTTP {rows[0]['mib_per_s']} MiB/s")
     seed, seed_port = await _start(nursery, work, logs, "blob-seed", "--relay-only")
     url = f"ws://127.0.0.1:{seed_port}/"
-    flags = ("--no-listen", "--channel", "files", "--bootstrap", url,
-             "--blob-max-mb", str(mib + 1))
+    flags = ("--no-listen", "--channel", "files", "--bootstrap", url, "--blob-max-mb", str(mib + 1))
     a, _ = await _start(nursery, work, logs, "blob-a", *flags)
     b, _ = await _start(nursery, work, logs, "blob-b", *flags)
     try:
@@ -110,35 +114,53 @@ async def run_blob(nursery: trio.Nursery, work: Path, logs: Path, mib: int,
     return rows
 
 
-async def _through_relay(a: _Peer, b: _Peer, path: Path, digest: str, size: int,
-                         progress: Any) -> dict[str, Any]:
+async def _through_relay(
+    a: _Peer, b: _Peer, path: Path, digest: str, size: int, progress: Any
+) -> dict[str, Any]:
     async with httpx.AsyncClient(timeout=httpx.Timeout(60.0, read=300.0)) as client:
         for p in (a, b):
-            (await client.get(p.api + "/peers", headers=p.headers,
-                              params={"min": 1, "wait": 30})).raise_for_status()
+            (
+                await client.get(p.api + "/peers", headers=p.headers, params={"min": 1, "wait": 30})
+            ).raise_for_status()
         started = time.perf_counter()
-        up = await client.post(a.api + "/blobs", content=_file_chunks(path),
-                               headers={**a.headers, "Content-Type": "application/octet-stream",
-                                        "X-Blob-Name": path.name})
+        up = await client.post(
+            a.api + "/blobs",
+            content=_file_chunks(path),
+            headers={
+                **a.headers,
+                "Content-Type": "application/octet-stream",
+                "X-Blob-Name": path.name,
+            },
+        )
         up.raise_for_status()
         upload_s = time.perf_counter() - started
         blob = up.json()
         att = {k: blob[k] for k in ("id", "name", "type", "size")}
-        (await client.post(a.api + "/send", headers=a.headers,
-                           json={"channel": "files", "body": "file", "attachments": [att]})
-         ).raise_for_status()
+        (
+            await client.post(
+                a.api + "/send",
+                headers=a.headers,
+                json={"channel": "files", "body": "file", "attachments": [att]},
+            )
+        ).raise_for_status()
         for _ in range(60):  # until B has the message (it names the carrier)
-            r = await client.get(b.api + "/messages", headers=b.headers,
-                                 params={"channel": "files", "wait": 1})
+            r = await client.get(
+                b.api + "/messages", headers=b.headers, params={"channel": "files", "wait": 1}
+            )
             if r.json():
                 break
     mib = size / MIB
     seconds, got, n = await trio.to_thread.run_sync(
-        _download, f"{b.api}/blobs/{blob['id']}", b.headers)
+        _download, f"{b.api}/blobs/{blob['id']}", b.headers
+    )
     assert got == digest and n == size, "the blob B received differs"
-    row = {"path": "clawmesh blob A -> relay -> B (GET /blobs/<id> on B)", "mib": round(mib),
-           "seconds": round(seconds, 2), "mib_per_s": round(mib / seconds, 1),
-           "upload_mib_per_s": round(mib / upload_s, 1),
-           "peak_rss_mib": {"A": _peak_rss_mib(a.child.pid), "B": _peak_rss_mib(b.child.pid)}}
+    row = {
+        "path": "clawmesh blob A -> relay -> B (GET /blobs/<id> on B)",
+        "mib": round(mib),
+        "seconds": round(seconds, 2),
+        "mib_per_s": round(mib / seconds, 1),
+        "upload_mib_per_s": round(mib / upload_s, 1),
+        "peak_rss_mib": {"A": _peak_rss_mib(a.child.pid), "B": _peak_rss_mib(b.child.pid)},
+    }
     progress(f"blob: through one relay {row['mib_per_s']} MiB/s, peak RSS {row['peak_rss_mib']}")
     return row

@@ -79,8 +79,12 @@ def test_a_blob_crosses_a_relay_with_an_upload_and_a_download_resumed(tmp_path: 
         # A: a resumable upload, cut off after 5 MiB and a bit, then resumed
         opened = a.client.post(
             a.api + "/blobs/uploads",
-            headers={**a.headers(), "Content-Type": "application/x-test", "X-Blob-Name": "big.bin",
-                     "X-Blob-Size": str(SIZE)},
+            headers={
+                **a.headers(),
+                "Content-Type": "application/x-test",
+                "X-Blob-Name": "big.bin",
+                "X-Blob-Size": str(SIZE),
+            },
         )
         assert opened.status_code == 201, opened.text
         url = opened.json()["url"]
