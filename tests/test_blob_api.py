@@ -107,9 +107,10 @@ async def test_upload_then_download_whole_in_ranges_and_by_head(mesh: Trio3) -> 
     status = (await mesh.api_a.get(f"/blobs/{blob['id']}/status")).json()
     assert (status["have"], status["chunks"], status["complete"]) == (2, 2, True)
     # the same bytes again: the same id, nothing stored twice
-    used = mesh.a.blobs.statistics()["bytes"]
+    assert mesh.a.blobs.store is not None
+    used = mesh.a.blobs.store.used
     assert (await _upload(mesh.api_a, data))["id"] == blob["id"]
-    assert mesh.a.blobs.statistics()["bytes"] == used
+    assert mesh.a.blobs.store.used == used
     # an HTML file is never shown inline from the API's origin
     html = await _upload(mesh.api_a, b"<script>alert(1)</script>", **{"Content-Type": "text/html"})
     shown = await mesh.api_a.get(f"/blobs/{html['id']}")
@@ -164,7 +165,7 @@ async def test_too_large_and_quota_are_clear_json_errors(mesh: Trio3) -> None:
         if r.status_code != 201:
             break
     assert r.status_code == 507 and r.json()["error"]["code"] == "insufficient-storage"
-    assert mesh.a.blobs.statistics()["bytes"] <= 4 * MIB
+    assert mesh.a.blobs.store is not None and mesh.a.blobs.store.used <= 4 * MIB
 
 
 async def test_resumable_upload_offsets_and_refusals(mesh: Trio3) -> None:
@@ -226,9 +227,6 @@ async def test_a_flood_of_wants_for_unknown_blobs_leaves_everyone_serving(mesh: 
     link = mesh.b.links[mesh.r.peer_id]
     for n in range(3000):
         link.enqueue(BlobWant(100_000 + n, n.to_bytes(32, "big"), None, hops=3).encode())
-    with trio.fail_after(10):
-        while mesh.r.blobs.forwarder.refused + mesh.r.blobs.busy == 0:
-            await trio.sleep(0.01)
     assert mesh.r.blobs.forwarder.pending <= 256
     data = b"still works" * 1000
     blob = await _upload(mesh.api_a, data)
@@ -238,4 +236,7 @@ async def test_a_flood_of_wants_for_unknown_blobs_leaves_everyone_serving(mesh: 
     with trio.fail_after(30):
         got = await mesh.api_b.get(f"/blobs/{blob['id']}")
     assert got.content == data
+    # the flood went first on the same link: all of it was answered, most refused
+    assert mesh.r.blobs.forwarder.refused + mesh.r.blobs.busy > 2000
+    assert mesh.r.blobs.forwarder.pending <= 256
     assert mesh.r.peer_id in mesh.b.links  # nobody was disconnected
