@@ -5,16 +5,20 @@ not linked) in two goes (the first cut off), byte for byte; memory stays bounded
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
+from peer.client import Client
 from peer.wire._blobframes import CHUNK_SIZE, blob_id, chunk_hash
 
-from ._procs import PeerProcess, running, start_peer, wait_ready
+from ._procs import REPO, PeerProcess, running, start_peer, wait_ready
 
 SIZE = 12 * 1024 * 1024 + 12345  # not a whole number of chunks
 
@@ -140,3 +144,32 @@ def test_a_blob_crosses_a_relay_with_an_upload_and_a_download_resumed(tmp_path: 
         unknown = b.get("/blobs/" + "ab" * 32)
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown-blob"
         httpx.get(b.api + "/status").raise_for_status()
+
+        # the same with the Python client on A and the CLI on B
+        small = tmp_path / "small.pdf"
+        small.write_bytes(random.Random(5).randbytes(1_500_000))
+        with Client(a.api, token=a.token) as mesh:
+            put = mesh.upload_blob(small, media_type="application/pdf", name="small.pdf")
+            mesh.send("files", "a pdf", attachments=[put])
+        dest = tmp_path / "got.pdf"
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "peer",
+                "blob",
+                "get",
+                put["id"],
+                str(dest),
+                "--json",
+                "--key-dir",
+                str(b.home / "keys"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["size"] == 1_500_000
+        assert dest.read_bytes() == small.read_bytes()
