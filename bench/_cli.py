@@ -49,7 +49,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "fill_rate": (15_000.0, 15_000.0),
     "flood_connections": ("1,8,32", "1,4"),
     "flood_frames": (100_000, 2000),
-    "blob_mib": (200, 16),
+    "blob_mib": (200, 8),
 }
 ALWAYS = ("clawmesh", BASELINE)
 
