@@ -15,7 +15,7 @@ import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.api._api import LocalApi
-from peer.wire._blobframes import CHUNK_SIZE, BlobWant
+from peer.wire._blobframes import CHUNK_SIZE, BlobChunk, BlobHave, BlobWant
 
 from .test_api import TOKEN
 
@@ -240,3 +240,19 @@ async def test_a_flood_of_wants_for_unknown_blobs_leaves_everyone_serving(mesh: 
     assert mesh.r.blobs.forwarder.refused + mesh.r.blobs.busy > 2000
     assert mesh.r.blobs.forwarder.pending <= 256
     assert mesh.r.peer_id in mesh.b.links  # nobody was disconnected
+
+
+async def test_answers_nobody_asked_for_are_dropped_and_counted(mesh: Trio3) -> None:
+    link = mesh.b.links[mesh.r.peer_id]
+    for n in range(40):
+        link.enqueue(BlobChunk(7_000_000 + n, b"\x00" * CHUNK_SIZE).encode())
+        link.enqueue(BlobHave(8_000_000 + n, 1, b"\x01" * 32).encode())
+    blob = await _upload(mesh.api_a, b"")  # the empty blob: an id, no chunk
+    assert (blob["size"], blob["chunks"]) == (0, 0)
+    att = {k: blob[k] for k in ("id", "name", "type", "size")}
+    await mesh.api_a.post("/send", json={"channel": "files", "body": "", "attachments": [att]})
+    await mesh.api_b.get("/messages", params={"channel": "files", "wait": 10})
+    empty = await mesh.api_b.get(f"/blobs/{blob['id']}")
+    assert empty.status_code == 200 and empty.content == b""
+    assert mesh.r.blobs.stray == 80  # on the same link before B's wants: all seen
+    assert mesh.r.peer_id in mesh.b.links
