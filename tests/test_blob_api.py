@@ -81,14 +81,21 @@ async def _upload(api: httpx.AsyncClient, data: bytes, **headers: str) -> dict[s
 
 async def test_upload_then_download_whole_in_ranges_and_by_head(mesh: Trio3) -> None:
     data = random.Random(1).randbytes(CHUNK_SIZE + 1000)
-    blob = await _upload(mesh.api_a, data, **{"X-Blob-Name": "pic.png"})
-    assert blob["size"] == len(data) and blob["chunks"] == 2 and blob["name"] == "pic.png"
+    name = "café ☕ pic.png"
+    r = await mesh.api_a.post(
+        "/blobs",
+        content=data,
+        headers={b"Content-Type": b"image/png", b"X-Blob-Name": name.encode()},
+    )
+    blob = r.json()
+    assert blob["size"] == len(data) and blob["chunks"] == 2 and blob["name"] == name
     whole = await mesh.api_a.get(f"/blobs/{blob['id']}")
     assert whole.status_code == 200 and whole.content == data
     assert whole.headers["content-type"] == "image/png"
     assert whole.headers["accept-ranges"] == "bytes"
     assert whole.headers["x-content-type-options"] == "nosniff"
     assert whole.headers["content-disposition"].startswith("inline")
+    assert "caf%C3%A9%20%E2%98%95%20pic.png" in whole.headers["content-disposition"]
     for header, want in (
         ("bytes=0-9", data[:10]),
         ("bytes=-5", data[-5:]),
