@@ -105,7 +105,13 @@ async def test_upload_then_download_whole_in_ranges_and_by_head(mesh: Trio3) -> 
     ):
         part = await mesh.api_a.get(f"/blobs/{blob['id']}", headers={"Range": header})
         assert part.status_code == 206 and part.content == want, header
-    for bad in ("bytes=999999999-", "bytes=5-2", "items=0-1", "bytes=0-1,4-5"):
+    for bad in (
+        "bytes=999999999-",
+        "bytes=5-2",
+        "items=0-1",
+        "bytes=0-1,4-5",
+        "bytes=" + "9" * 5000 + "-",
+    ):
         r = await mesh.api_a.get(f"/blobs/{blob['id']}", headers={"Range": bad})
         assert r.status_code == 416 and r.json()["error"]["code"] == "range", bad
     head = await mesh.api_a.head(f"/blobs/{blob['id']}")
@@ -204,6 +210,10 @@ async def test_resumable_upload_offsets_and_refusals(mesh: Trio3) -> None:
     assert mismatch.status_code == 400
     big = await mesh.api_a.post("/blobs/uploads", headers={"X-Blob-Size": str(4 * MIB)})
     assert big.status_code == 413
+    huge = await mesh.api_a.post("/blobs/uploads", headers={"X-Blob-Size": "9" * 5000})
+    assert huge.status_code == 400 and huge.json()["error"]["code"] == "invalid"
+    huge = await mesh.api_a.put(other, headers={"Content-Range": "bytes 0-1/" + "9" * 5000})
+    assert huge.status_code == 400
     assert (await mesh.api_a.delete(other)).json()["deleted"] is True
     assert (await mesh.api_a.get("/blobs/uploads/" + "0" * 32)).status_code == 404
 

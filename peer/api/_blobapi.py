@@ -49,11 +49,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 MAX_UPLOADS = 8  # uploads receiving at once
 PIECE_TIMEOUT = 30.0  # seconds an upload may send nothing before it is cut
 COMMIT_EVERY = 16  # chunks between two saves of a resumable upload's state
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)")
+# (at most 19 digits: a byte count, never a number int() would choke on)
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_CONTENT_RANGE = re.compile(r"bytes (?:(\d{1,19})-(\d{1,19})|\*)/(\d{1,19}|\*)")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:\s*;.*)?")
 # shown inline by a browser; anything else is offered as a download
 _INLINE = ("image/png", "image/jpeg", "image/gif", "image/webp", "audio/", "video/", "text/plain")
+
+
+def _count(raw: str) -> bool:
+    """A byte count in a header: ASCII digits, at most 19 of them."""
+    return len(raw) <= 19 and digits(raw)
 
 
 def _media_type(request: Request) -> str:
@@ -135,7 +141,7 @@ class BlobApi:
         store = self._store()
         kind, name = _media_type(request), _blob_name(request)
         length = request.headers.get("content-length")
-        if length is not None and digits(length):
+        if length is not None and _count(length):
             self._too_large(int(length))
         state = UploadState(b"", b"", None, kind, name, trio.current_time())
         async with self._receiving_slot():
@@ -234,7 +240,7 @@ class BlobApi:
         size = None
         raw = request.headers.get("x-blob-size")
         if raw is not None:
-            if not digits(raw):
+            if not _count(raw):
                 raise ApiError(400, "invalid", "X-Blob-Size must be a byte count")
             size = int(raw)
             self._too_large(size)
