@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -56,7 +57,7 @@ class FakePeer:
         start = int(request.headers.get("range", "bytes=0-")[6:-1] or 0)
         if self.gets == 1:  # half, then the connection dies
 
-            def broken():  # type: ignore[no-untyped-def]
+            def broken() -> Iterator[bytes]:
                 yield DATA[: len(DATA) // 2]
                 raise httpx.ReadError("connection reset", request=request)
 
