@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,3 +275,20 @@ async def test_answers_nobody_asked_for_are_dropped_and_counted(mesh: Trio3) -> 
     assert empty.status_code == 200 and empty.content == b""
     assert mesh.r.blobs.stray == 80  # on the same link before B's wants: all seen
     assert mesh.r.peer_id in mesh.b.links
+
+
+async def test_delete_forgets_a_blob_and_frees_what_only_it_named(mesh: Trio3) -> None:
+    shared = random.Random(4).randbytes(CHUNK_SIZE)
+    one = await _upload(mesh.api_a, shared + b"only in one")
+    two = await _upload(mesh.api_a, shared)
+    store = mesh.a.blobs.store
+    assert store is not None
+    for sub in (store.path / "chunks").iterdir():  # old enough to be collected
+        for f in sub.iterdir():
+            os.utime(f, (time.time() - 3600, time.time() - 3600))
+    gone = await mesh.api_a.delete(f"/blobs/{one['id']}")
+    assert gone.status_code == 200, gone.text
+    assert (gone.json()["chunks_freed"], gone.json()["bytes_freed"]) == (1, len(b"only in one"))
+    assert (await mesh.api_a.get(f"/blobs/{two['id']}")).content == shared
+    again = await mesh.api_a.delete(f"/blobs/{one['id']}")
+    assert again.status_code == 404 and again.json()["error"]["code"] == "unknown-blob"

@@ -49,6 +49,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 MAX_UPLOADS = 8  # uploads receiving at once
 PIECE_TIMEOUT = 30.0  # seconds an upload may send nothing before it is cut
 COMMIT_EVERY = 16  # chunks between two saves of a resumable upload's state
+COLLECT_GRACE = 600.0  # seconds a chunk nothing names is kept (an upload may be writing it)
 # (at most 19 digits: a byte count, never a number int() would choke on)
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d{1,19})-(\d{1,19})|\*)/(\d{1,19}|\*)")
@@ -119,7 +120,7 @@ class BlobApi:
             "/blobs": self.upload,
             "/blobs/uploads": self.open_upload,
             "/blobs/uploads/{uid}": self.resumable,
-            "/blobs/{id}": self.download,
+            "/blobs/{id}": self.blob,
             "/blobs/{id}/status": self.status,
         }
 
@@ -143,7 +144,7 @@ class BlobApi:
         length = request.headers.get("content-length")
         if length is not None and _count(length):
             self._too_large(int(length))
-        state = UploadState(b"", b"", None, kind, name, trio.current_time())
+        state = UploadState(b"", b"", None, kind, name, self.peer.wall_time())
         async with self._receiving_slot():
             try:
                 await self._take(request, store, state, None)
@@ -245,7 +246,7 @@ class BlobApi:
             size = int(raw)
             self._too_large(size)
         uid = os.urandom(16)
-        state = UploadState(b"", b"", size, kind, name, trio.current_time())
+        state = UploadState(b"", b"", size, kind, name, self.peer.wall_time())
         await trio.to_thread.run_sync(store.put_upload, uid, state)
         return JSONResponse(self._upload_json(uid, state), status_code=201)
 
@@ -361,6 +362,20 @@ class BlobApi:
         return JSONResponse(
             {**att.to_json(), "chunks": chunk_count(att.size), "have": 0, "complete": False}
         )
+
+    async def blob(self, request: Request) -> Response:
+        """``GET``/``HEAD`` (:meth:`download`) and ``DELETE /blobs/<id>``."""
+        if request.method != "DELETE":
+            return await self.download(request)
+        blob = _parse_id(request.path_params["id"])
+        store = self._store()
+        if not await trio.to_thread.run_sync(store.delete, blob):
+            raise ApiError(404, "unknown-blob", "no such blob here")
+        files, freed = await trio.to_thread.run_sync(
+            partial(store.collect, self.peer.wall_time(), grace=COLLECT_GRACE)
+        )
+        return JSONResponse({"id": blob.hex(), "deleted": True, "chunks_freed": files,
+                             "bytes_freed": freed})
 
     async def download(self, request: Request) -> Response:
         """``GET``/``HEAD /blobs/<id>``: the bytes, whole or the ``Range`` asked."""

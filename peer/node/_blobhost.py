@@ -55,6 +55,7 @@ SERVE_QUEUE = 16  # frames waiting on a link beyond which its wants get "busy"
 MAX_FETCHES = 4
 MAX_ROUTES = 6
 MANIFESTS_CACHED = 16
+UPLOAD_TTL = 7 * 24 * 3600.0  # seconds an unfinished resumable upload is kept
 _RID_LIMIT = 2**32 - 1
 
 
@@ -107,8 +108,12 @@ class BlobHost:
         self.busy = 0
         self.stray = 0
 
-    def open(self, path: str | Path, quota: int) -> None:
+    def open(self, path: str | Path, quota: int, now: float) -> None:
+        """Open the store at ``path``; uploads older than ``UPLOAD_TTL`` go, and chunks
+        nothing names any more (``now``: wall time)."""
         self.store = BlobStore(path, quota)
+        self.store.expire_uploads(now - UPLOAD_TTL)
+        self.store.collect(now)
 
     def close(self) -> None:
         if self.store is not None:
