@@ -6,6 +6,7 @@ so the description cannot drift from what is enforced.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,6 +165,8 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         {"name": f.name, "in": "query", "description": f.doc, "schema": {"type": f.type}}
         for f in e.params
     ]
+    for name in re.findall(r"{(\w+)}", e.path):  # /blobs/{id}: a path parameter
+        params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
     if e.stream is not None:
         params.append(
             {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
