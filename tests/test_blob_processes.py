@@ -143,7 +143,7 @@ def test_a_blob_crosses_a_relay_with_an_upload_and_a_download_resumed(tmp_path: 
         # it went through R: A and B hold no link to each other
         assert relay.get("/status").json()["blobs"]["forwarded"] > 0
         assert b.get("/status").json()["peer_count"] == 1
-        for p in (a, b):
+        for p in (a, b, relay):
             peak = _peak_rss_mib(p)
             print(f"{p.name}: peak RSS {peak:.1f} MiB for a {SIZE / MIB:.0f} MiB blob")
             assert peak < 250, f"{p.name}: peak RSS {peak:.0f} MiB"
