@@ -123,7 +123,15 @@ class LocalApi:
         self.endpoints.api_url = url
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
-        return error_response(404, "not-found", f"no endpoint {request.url.path}")
+        path = request.url.path
+        spec = BY_ROUTE.get(("GET", path))
+        if spec is not None and spec.stream == "websocket":  # plain HTTP to a WebSocket
+            answer = error_response(
+                426, "upgrade-required", f"{path} is a WebSocket: connect with Upgrade: websocket"
+            )
+            answer.headers["Upgrade"] = "websocket"
+            return answer
+        return error_response(404, "not-found", f"no endpoint {path}")
 
     async def _not_allowed(self, request: Request, exc: Exception) -> Response:
         return error_response(

@@ -120,6 +120,18 @@ def chain_heads(s: MessageStore, me: bytes) -> dict[str, tuple[int, bytes | None
     return chains
 
 
+def own_tails(s: MessageStore, me: bytes, size: int) -> list[tuple[str, list[tuple[int, bytes]]]]:
+    """Our last ``size`` messages in every log topic we signed in, as (seq, wire) in seq
+    order: what may not have left before we stopped (``peer.protocols._owntail``)."""
+    out = []
+    for head in s.topics():
+        top = max((end for _, end in s.sender_ranges(me, head.topic)), default=0)
+        if top:
+            got = s.read_sender(head.topic, me, max(1, top - size + 1), top, size)
+            out.append((head.topic, [(m.sender_seq, m.wire) for m in got]))
+    return out
+
+
 def mark_read(s: MessageStore, seqs: list[int]) -> None:
     s.mark_read(INBOX_LOG, seqs)
 
