@@ -51,6 +51,7 @@ from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
+from ._blobhost import BlobHost, blob_dir
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
@@ -118,6 +119,7 @@ class Peer:
             self.log,
         )
         self.bridge: DhtBridge | None = None
+        self.blobs = BlobHost(self)
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
@@ -169,6 +171,10 @@ class Peer:
                     # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
                 channels = [*stored, *channels]
+                self.blobs.open(
+                    blob_dir(self.options.store_path), self.options.blob_quota_bytes, time.time()
+                )
+                stack.callback(self.blobs.close)
             async with trio.open_nursery() as nursery:
                 await self._start(nursery, channels, extra)
                 task_status.started()
@@ -196,6 +202,7 @@ class Peer:
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
         nursery.start_soon(self._subscriptions)
+        nursery.start_soon(self.blobs.run)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
             self.log.warning(
