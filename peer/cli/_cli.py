@@ -303,6 +303,9 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
         lines.append(f"  mesh address: {peer.listen_urls[0]}   (listening on {args.listen})")
     if api_url:
         lines.append(f"  local API:    {api_url}   (token: {args.key_dir / 'api-token'})")
+        login = args.key_dir / "login-url"
+        if login.exists():  # the web page's one-time sign-in link (`clawmesh web` mints more)
+            lines.append(f"  web page:     {login.read_text().strip()}")
     join = peer.listen_urls[0] + "#" + pid if peer.listen_urls else None
     command = f"{run_command()} --bootstrap {shlex.quote(join or '')}"
     if specs:
