@@ -104,6 +104,7 @@ function messageItem(m, { inThread = false } = {}) {
 
 function appendMessage(list, m, opts) {
   const stick = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  list.querySelector(".empty")?.remove();
   list.append(messageItem(m, opts));
   if (stick) list.scrollTop = list.scrollHeight;
 }
@@ -130,7 +131,7 @@ function renderConversation() {
   const shown = state.order.map((id) => state.messages.get(id))
     .filter((m) => !isReadMark(m) && convOf(m) === state.conv && !m.thread).slice(-RENDER_LAST);
   for (const m of shown) list.append(messageItem(m));
-  if (!shown.length) list.append(el("li", { class: "msg notice", text: "No messages yet." }));
+  if (!shown.length) list.append(el("li", { class: "msg notice empty", text: "No messages yet." }));
   list.scrollTop = list.scrollHeight;
   markRead();
 }
