@@ -19,14 +19,15 @@ export async function call(method, path, body) {
   return data;
 }
 
-// POST /blobs: the raw bytes; the name travels percent-encoded (headers are Latin-1)
+// POST /blobs: the raw bytes, with the media type and the name in headers
 export async function upload(file) {
   const res = await fetch("/blobs", {
     method: "POST",
     credentials: "same-origin",
     headers: {
       "Content-Type": file.type || "application/octet-stream",
-      "X-Blob-Name": encodeURIComponent(file.name || "file"),
+      // the UTF-8 bytes of the name, one per character (header values are bytes)
+      "X-Blob-Name": unescape(encodeURIComponent(file.name || "file")),
     },
     body: file,
   });
