@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from peer.wire._blobframes import Attachment
 from peer.wire._envelope import Content, Envelope, payload_value
 
 from ._readmarks import read_ids
@@ -39,6 +40,7 @@ class InboxMessage:
     # an outgoing DM: "pending", "delivered", "read" (_readmarks) or "undeliverable"
     status: str | None = None
     seq: int = 0  # the sender's sequence number in this conversation or channel
+    attachments: tuple[Attachment, ...] = ()  # blobs it refers to (``GET /blobs/<id>``)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -67,6 +69,8 @@ class InboxMessage:
             out["thread"] = self.thread.hex()
         if self.status is not None:
             out["status"] = self.status
+        if self.attachments:
+            out["attachments"] = [a.to_json() for a in self.attachments]
         return out
 
 
@@ -330,5 +334,6 @@ def inbox_entry(
         read=outgoing,
         status="pending" if outgoing and env.kind == "dm" else None,
         seq=env.seq,
+        attachments=content.attachments,
     )
     return message, content.payload

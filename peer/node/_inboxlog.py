@@ -14,6 +14,7 @@ from typing import Any
 
 import cbor2
 
+from peer.wire._blobframes import check_attachments
 from peer.wire._envelope import message_id, payload_value, split_wire
 from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, StoreService
 
@@ -46,6 +47,8 @@ def inbox_record(message: InboxMessage, payload: bytes | None) -> bytes:
         m["reply_to"] = message.reply_to
     if message.thread is not None:
         m["thread"] = message.thread
+    if message.attachments:
+        m["attachments"] = [a.to_map() for a in message.attachments]
     return cbor2.dumps(m)  # our own disk: no need for the (slower) canonical form
 
 
@@ -70,6 +73,7 @@ def inbox_message(cursor: int, received_ms: int, record: bytes) -> InboxMessage:
         outgoing=m["out"],
         read=m["out"],
         seq=m.get("seq", 0),
+        attachments=check_attachments(m),
     )
 
 

@@ -30,6 +30,7 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import trio
 
@@ -49,6 +50,7 @@ from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
+from ._blobhost import BlobHost
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
@@ -114,6 +116,7 @@ class Peer:
             self.log,
         )
         self.bridge: DhtBridge | None = None
+        self.blobs = BlobHost(self)
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
@@ -163,6 +166,9 @@ class Peer:
                     # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
                 channels = [*stored, *channels]
+                blob_dir = Path(self.options.store_path).parent / "blobs"
+                self.blobs.open(blob_dir, self.options.blob_quota_bytes)
+                stack.callback(self.blobs.close)
             async with trio.open_nursery() as nursery:
                 await self._start(nursery, channels, extra)
                 task_status.started()
@@ -190,6 +196,7 @@ class Peer:
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
         nursery.start_soon(self._subscriptions)
+        nursery.start_soon(self.blobs.run)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
             self.log.warning(
