@@ -21,7 +21,9 @@ def _client(api: LocalApi) -> httpx.AsyncClient:
 
 
 def _api(peer: Peer, key_dir: Path | None = None) -> LocalApi:
-    api = LocalApi(peer, TOKEN, sessions=Sessions(TOKEN, peer.identity.peer_id_hex, key_dir=key_dir))
+    api = LocalApi(
+        peer, TOKEN, sessions=Sessions(TOKEN, peer.identity.peer_id_hex, key_dir=key_dir)
+    )
     api.api_url = ORIGIN
     return api
 
@@ -74,10 +76,16 @@ async def test_login_code_works_once_and_the_cookie_opens_the_api(
         r = await web.post("/subscribe", json={"channel": "x"}, headers={"origin": ORIGIN})
         assert r.status_code == 200, r.text
         other_port = {"origin": "http://127.0.0.1:9999"}
-        assert (await web.post("/subscribe", json={"channel": "y"}, headers=other_port)).status_code == 401
+        assert (
+            await web.post("/subscribe", json={"channel": "y"}, headers=other_port)
+        ).status_code == 401
         cross = {"origin": ORIGIN, "sec-fetch-site": "same-site"}
-        assert (await web.post("/subscribe", json={"channel": "y"}, headers=cross)).status_code == 401
-        assert (await web.get("/channels", headers={"sec-fetch-site": "same-site"})).status_code == 401
+        assert (
+            await web.post("/subscribe", json={"channel": "y"}, headers=cross)
+        ).status_code == 401
+        assert (
+            await web.get("/channels", headers={"sec-fetch-site": "same-site"})
+        ).status_code == 401
 
 
 async def test_a_tampered_or_expired_cookie_is_refused(pair: Pair) -> None:  # noqa: F811

@@ -15,16 +15,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, FilePayload, Locator, Page, expect, sync_playwright
 
-from ._procs import REPO, PeerProcess, kill_hard, running, start_peer, stop, wait_ready
-
-playwright_sync = pytest.importorskip("playwright.sync_api")
-expect = playwright_sync.expect
+from ._procs import REPO, PeerProcess, kill_hard, start_peer, stop, wait_ready
 
 CHROMIUM = os.environ.get("CLAWMESH_CHROMIUM", "/usr/bin/chromium")
 SHOTS = REPO / "test-artifacts" / "screenshots"
 WAIT_MS = 15_000
 BOB = ("--name", "bob", "--channel", "general")
+expect.set_options(timeout=WAIT_MS)
 
 pytestmark = pytest.mark.skipif(
     shutil.which(CHROMIUM) is None, reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
@@ -66,15 +65,15 @@ def _login_link(p: PeerProcess) -> str:
     return (p.home / "keys" / "login-url").read_text().strip()
 
 
-def _shot(page: object, name: str) -> None:
+def _shot(page: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Browser]:
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
-    with playwright_sync.sync_playwright() as pw:
+    with sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
         try:
             yield chromium
@@ -82,9 +81,11 @@ def browser() -> Iterator[object]:
             chromium.close()
 
 
-def _open(browser: object, p: PeerProcess, *, phone: bool = False) -> object:
-    size = {"width": 390, "height": 844} if phone else {"width": 1200, "height": 800}
-    context = browser.new_context(viewport=size, reduced_motion="reduce")  # type: ignore[attr-defined]
+def _open(browser: Browser, p: PeerProcess, *, phone: bool = False) -> Page:
+    context = browser.new_context(
+        viewport={"width": 390, "height": 844} if phone else {"width": 1200, "height": 800},
+        reduced_motion="reduce",
+    )
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     page.add_init_script(COUNT_EVENTS)
@@ -94,123 +95,134 @@ def _open(browser: object, p: PeerProcess, *, phone: bool = False) -> object:
     return page
 
 
-def _select(page: object, label: str) -> None:
-    if page.locator("#menu").is_visible():  # type: ignore[attr-defined]  # a phone: open the list
-        page.click("#menu")  # type: ignore[attr-defined]
-    page.locator("#sidebar button.conv", has_text=label).first.click()  # type: ignore[attr-defined]
-    expect(page.locator("#conv-title")).to_contain_text(label.lstrip("#") if label[0] != "#" else label)  # type: ignore[attr-defined]
+def _select(page: Page, label: str) -> None:
+    if page.locator("#menu").is_visible():  # a phone: open the list first
+        page.click("#menu")
+    page.locator("#sidebar button.conv", has_text=label).first.click()
+    expect(page.locator("#conv-title")).to_contain_text(label)
 
 
-def _say(page: object, text: str) -> None:
-    page.fill("#text", text)  # type: ignore[attr-defined]
-    page.press("#text", "Enter")  # type: ignore[attr-defined]
+def _say(page: Page, text: str) -> None:
+    page.fill("#text", text)
+    page.press("#text", "Enter")
 
 
-def _message(page: object, text: str) -> object:
-    return page.locator("#messages .msg", has_text=text)  # type: ignore[attr-defined]
+def _message(page: Page, text: str) -> Locator:
+    return page.locator("#messages .msg", has_text=text)
 
 
-def test_two_people_talk_through_their_pages(tmp_path: Path, browser: object) -> None:
+def test_two_people_talk_through_their_pages(tmp_path: Path, browser: Browser) -> None:
     a = start_peer(tmp_path, "a", "--name", "alice", "--channel", "general")
     wait_ready(a)
     b = start_peer(tmp_path, "b", *BOB, bootstrap=a.ws_url)
     wait_ready(b)
     peers = [a, b]
-    with running(*peers):
+    try:
         page_a = _open(browser, a)
         page_b = _open(browser, b, phone=True)  # bob is on a phone-sized screen
-        expect(page_a.locator("#dms")).to_contain_text("bob")  # type: ignore[attr-defined]
+        expect(page_a.locator("#dms")).to_contain_text("bob")
         _shot(page_a, "01-alice-signed-in")
 
         # a message typed on one page appears on the other without reload
         _say(page_a, "hello from alice")
-        expect(_message(page_b, "hello from alice")).to_have_count(1)  # type: ignore[arg-type]
+        expect(_message(page_b, "hello from alice")).to_have_count(1)
         _shot(page_b, "02-bob-sees-alice")
 
         # a thread reply shows in the thread, on both pages
-        _message(page_b, "hello from alice").locator("button.reply").click()  # type: ignore[attr-defined]
-        page_b.fill("#thread-text", "bob replies in the thread")  # type: ignore[attr-defined]
-        page_b.press("#thread-text", "Enter")  # type: ignore[attr-defined]
-        expect(page_b.locator("#thread-messages")).to_contain_text("bob replies in the thread")  # type: ignore[attr-defined]
+        _message(page_b, "hello from alice").locator("button.reply").click()
+        page_b.fill("#thread-text", "bob replies in the thread")
+        page_b.press("#thread-text", "Enter")
+        expect(page_b.locator("#thread-messages")).to_contain_text("bob replies in the thread")
         _shot(page_b, "03-bob-thread")
-        page_b.click("#close-thread")  # type: ignore[attr-defined]
+        page_b.click("#close-thread")
         root = _message(page_a, "hello from alice")
-        expect(root.locator("button.reply")).to_have_text("1 reply")  # type: ignore[attr-defined]
-        root.locator("button.reply").click()  # type: ignore[attr-defined]
-        expect(page_a.locator("#thread-messages")).to_contain_text("bob replies in the thread")  # type: ignore[attr-defined]
-        expect(page_a.locator("#messages")).not_to_contain_text("bob replies")  # type: ignore[attr-defined]
+        expect(root.locator("button.reply")).to_have_text("1 reply")
+        root.locator("button.reply").click()
+        expect(page_a.locator("#thread-messages")).to_contain_text("bob replies in the thread")
+        expect(page_a.locator("#messages")).not_to_contain_text("bob replies")
         _shot(page_a, "04-alice-thread")
 
         # a DM shows delivered (bob's page is elsewhere), then read once bob opens it
         _select(page_a, "bob")
         _say(page_a, "a secret for bob")
         dm = _message(page_a, "a secret for bob")
-        expect(dm.locator(".state")).to_have_text("delivered")  # type: ignore[attr-defined]
+        expect(dm.locator(".state")).to_have_text("delivered")
         _shot(page_a, "05-dm-delivered")
-        expect(page_b.locator("#dms .badge")).to_have_text("1")  # type: ignore[attr-defined]
+        expect(page_b.locator("#dms .badge")).to_have_text("1")
         _select(page_b, "alice")
-        expect(_message(page_b, "a secret for bob")).to_have_count(1)  # type: ignore[arg-type]
-        expect(dm.locator(".state")).to_have_text("read")  # type: ignore[attr-defined]
+        expect(_message(page_b, "a secret for bob")).to_have_count(1)
+        expect(dm.locator(".state")).to_have_text("read")
         _shot(page_a, "06-dm-read")
 
         _restart_serving_peer(tmp_path, peers, page_a, page_b)
         _attach_image(page_a, page_b)
+    finally:
+        for p in peers:  # bob's second process, after the restart
+            stop(p)
 
 
-def _attach_image(page_a: object, page_b: object) -> None:
+def _attach_image(page_a: Page, page_b: Page) -> None:
     """An image attached on alice's page is previewed on bob's."""
     _select(page_a, "#general")
     _select(page_b, "#general")
-    page_a.set_input_files(  # type: ignore[attr-defined]
-        "#files", files=[{"name": "red.png", "mimeType": "image/png", "buffer": _png()}]
+    page_a.set_input_files(
+        "#files",
+        files=[
+            FilePayload(name="red.png", mimeType="image/png", buffer=_png()),
+            FilePayload(name="notes.txt", mimeType="text/plain", buffer=b"x" * 3000),
+        ],
     )
-    expect(page_a.locator("#pending-files")).to_contain_text("red.png")  # type: ignore[attr-defined]
+    expect(page_a.locator("#pending-files")).to_contain_text("red.png")
     _say(page_a, "a picture")
-    error = page_a.locator("#composer-error")  # type: ignore[attr-defined]
+    error = page_a.locator("#composer-error")
     sent = _message(page_b, "a picture")
-    page_a.wait_for_function(  # type: ignore[attr-defined]
-        "() => document.querySelector('#composer-error').textContent"
-        " || [...document.querySelectorAll('#messages .msg')].some(m => m.textContent.includes('a picture'))"
+    page_a.wait_for_function(
+        "() => document.querySelector('#composer-error').textContent || [...document"
+        ".querySelectorAll('#messages .msg')].some(m => m.textContent.includes('a picture'))"
     )
     if "Not sent" in error.inner_text():
-        pytest.skip(f"attachments need the blobs API (merge the blobs branch): {error.inner_text()}")
-    image = sent.locator("img.preview")  # type: ignore[attr-defined]
+        pytest.skip(f"attachments need the blobs API (the blobs branch): {error.inner_text()}")
+    try:
+        expect(sent).to_have_count(1)
+    finally:
+        _shot(page_b, "10-bob-sees-image")
+    image = sent.locator("img.preview")
     expect(image).to_have_count(1)
-    page_b.wait_for_function(  # type: ignore[attr-defined]
-        "() => [...document.querySelectorAll('#messages img.preview')].some(i => i.naturalWidth === 24)"
+    page_b.wait_for_function(
+        "() => [...document.querySelectorAll('#messages img.preview')]"
+        ".some(i => i.naturalWidth === 24)"
     )
     expect(image).to_have_attribute("alt", "red.png")
-    _shot(page_b, "07-bob-sees-image")
+    card = sent.locator("a.card")  # other files: a download card
+    expect(card).to_contain_text("notes.txt")
+    expect(card).to_contain_text("2.9 KiB")
+    assert card.get_attribute("download") == "notes.txt"
+    _shot(page_b, "10-bob-sees-image")
 
 
 def _restart_serving_peer(
-    tmp_path: Path, peers: list[PeerProcess], page_a: object, page_b: object
+    tmp_path: Path, peers: list[PeerProcess], page_a: Page, page_b: Page
 ) -> None:
     """Killing bob's peer shows the reconnecting state on his page; after the restart
     every message alice sent meanwhile shows there once."""
     a, b = peers
     _select(page_a, "#general")
     _select(page_b, "#general")
-    before = page_b.evaluate("window.__ids.length")  # type: ignore[attr-defined]
+    before = page_b.evaluate("window.__ids.length")
     assert before > 0
     kill_hard(b)
-    expect(page_b.locator("#conn")).to_contain_text("Reconnecting")  # type: ignore[attr-defined]
+    expect(page_b.locator("#conn")).to_contain_text("Reconnecting")
     _shot(page_b, "08-bob-reconnecting")
     for i in range(3):
         _say(page_a, f"while bob was away {i}")
-        expect(_message(page_a, f"while bob was away {i}")).to_have_count(1)  # type: ignore[arg-type]
-    b2 = start_peer(
-        tmp_path, "b", *BOB, bootstrap=a.ws_url, ports=(b.mesh_port, b.api_port)
-    )
+        expect(_message(page_a, f"while bob was away {i}")).to_have_count(1)
+    b2 = start_peer(tmp_path, "b", *BOB, bootstrap=a.ws_url, ports=(b.mesh_port, b.api_port))
     peers[1] = b2
-    try:
-        wait_ready(b2)
-        expect(page_b.locator("#conn")).to_have_text("Live", timeout=30_000)  # type: ignore[attr-defined]
-        for i in range(3):
-            expect(_message(page_b, f"while bob was away {i}")).to_have_count(1, timeout=30_000)  # type: ignore[arg-type]
-        assert _message(page_b, "hello from alice").count() == 1  # type: ignore[attr-defined]
-        ids = page_b.evaluate("window.__ids")  # type: ignore[attr-defined]
-        assert len(ids) == len(set(ids)), "the stream repeated a message after resuming"
-        _shot(page_b, "09-bob-caught-up")
-    finally:
-        stop(b2)
+    wait_ready(b2)
+    expect(page_b.locator("#conn")).to_have_text("Live", timeout=30_000)
+    for i in range(3):
+        expect(_message(page_b, f"while bob was away {i}")).to_have_count(1, timeout=30_000)
+    assert _message(page_b, "hello from alice").count() == 1
+    ids = page_b.evaluate("window.__ids")
+    assert len(ids) == len(set(ids)), "the stream repeated a message after resuming"
+    _shot(page_b, "09-bob-caught-up")

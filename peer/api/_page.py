@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from ._session import Sessions
 
+PAGE_ROUTES = ("/", "/static/{name}", "/login")  # the page, not API: not in /openapi.json
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -61,7 +62,8 @@ class Page:
 
     def routes(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
         """The open page routes (they are behind the Host/Origin checks only)."""
-        return {"/": self.index, "/static/{name}": self.static, "/login": self.login}
+        routes = (self.index, self.static, self.login)
+        return dict(zip(PAGE_ROUTES, routes, strict=True))
 
     def handlers(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
         """The page's API endpoints (declared in ``_spec``)."""

@@ -25,7 +25,11 @@ def unread_dms(peer: Peer, ids: list[bytes]) -> dict[bytes, list[bytes]]:
         if message is None or message.read or message.outgoing or message.kind != "dm":
             continue
         info = peer.directory.get(message.sender)
-        if info is not None and READ_RECEIPTS_CAP in info.caps and msg_id not in out[message.sender]:
+        if (
+            info is not None
+            and READ_RECEIPTS_CAP in info.caps
+            and msg_id not in out[message.sender]
+        ):
             out[message.sender].append(msg_id)
     return out
 
