@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,8 +63,14 @@ def _png(width: int = 24, height: int = 16) -> bytes:
     )
 
 
-def _login_link(p: PeerProcess) -> str:
-    return (p.home / "keys" / "login-url").read_text().strip()
+def _login_link(p: PeerProcess, *, cli: bool) -> str:
+    """The link the peer keeps in its key directory, or a new one from ``peer web``."""
+    if not cli:
+        return (p.home / "keys" / "login-url").read_text().strip()
+    keys = str(p.home / "keys")
+    command = [sys.executable, "-m", "peer", "web", "--key-dir", keys]
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=30, check=True)
+    return out.stdout.strip()
 
 
 def _shot(page: Page, name: str) -> None:
@@ -89,7 +97,7 @@ def _open(browser: Browser, p: PeerProcess, *, phone: bool = False) -> Page:
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     page.add_init_script(COUNT_EVENTS)
-    page.goto(_login_link(p))
+    page.goto(_login_link(p, cli=phone))
     expect(page.locator("#conn")).to_have_text("Live")
     assert "code=" not in page.url  # signed in: no token left in the address
     return page
@@ -119,7 +127,7 @@ def test_two_people_talk_through_their_pages(tmp_path: Path, browser: Browser) -
     peers = [a, b]
     try:
         page_a = _open(browser, a)
-        page_b = _open(browser, b, phone=True)  # bob is on a phone-sized screen
+        page_b = _open(browser, b, phone=True)  # bob: a phone-sized screen, a link from the CLI
         expect(page_a.locator("#dms")).to_contain_text("bob")
         _shot(page_a, "01-alice-signed-in")
 
