@@ -317,9 +317,6 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
         lines.append(f"  mesh address: {peer.listen_urls[0]}   (listening on {args.listen})")
     if api_url:
         lines.append(f"  local API:    {api_url}   (token: {args.key_dir / 'api-token'})")
-        login = args.key_dir / "login-url"
-        if login.exists():  # the web page's one-time sign-in link (`clawmesh web` mints more)
-            lines.append(f"  web page:     {login.read_text().strip()}")
     join = peer.listen_urls[0] + "#" + pid if peer.listen_urls else None
     command = f"{run_command()} --bootstrap {shlex.quote(join or '')}"
     if specs:
@@ -331,6 +328,9 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
         lines.append(f"    {command}")
     entry = bootstrap_entry(peer.identity, peer.listen_urls, peer.caps)
     lines.append(f"  bootstrap.json entry: {json.dumps(entry)}")
+    login = args.key_dir / "login-url"
+    if api_url and login.exists():  # the web page's one-time sign-in (`python -m peer web`)
+        lines.append(f"  web page (sign-in link, works once): {login.read_text().strip()}")
     return "\n".join(lines)
 
 
