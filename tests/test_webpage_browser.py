@@ -26,6 +26,7 @@ SHOTS = REPO / "test-artifacts" / "screenshots"
 WAIT_MS = 15_000
 BOB = ("--name", "bob", "--channel", "general")
 expect.set_options(timeout=WAIT_MS)
+PAGE_ERRORS: list[str] = []  # uncaught exceptions in the pages' scripts
 
 pytestmark = pytest.mark.skipif(
     shutil.which(CHROMIUM) is None, reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
@@ -96,6 +97,7 @@ def _open(browser: Browser, p: PeerProcess, *, phone: bool = False) -> Page:
     )
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
+    page.on("pageerror", lambda exc: PAGE_ERRORS.append(f"{p.name}: {exc}"))
     page.add_init_script(COUNT_EVENTS)
     page.goto(_login_link(p, cli=phone))
     expect(page.locator("#conn")).to_have_text("Live")
@@ -162,8 +164,22 @@ def test_two_people_talk_through_their_pages(tmp_path: Path, browser: Browser) -
         expect(dm.locator(".state")).to_have_text("read")
         _shot(page_a, "06-dm-read")
 
+        # the peers panel and this peer's status; Escape closes them
+        page_a.click("#open-peers")
+        peers_panel = page_a.locator("#peers-body")
+        expect(peers_panel).to_contain_text("bob")
+        expect(peers_panel).to_contain_text("read-receipts")
+        expect(peers_panel).to_contain_text("direct link")
+        _shot(page_a, "07-peers-panel")
+        page_a.keyboard.press("Escape")
+        expect(page_a.locator("#peers-panel")).not_to_be_visible()
+        page_a.click("#open-status")
+        expect(page_a.locator("#status-body")).to_contain_text(a.peer_id)
+        page_a.keyboard.press("Escape")
+
         _restart_serving_peer(tmp_path, peers, page_a, page_b)
         _attach_image(page_a, page_b)
+        assert PAGE_ERRORS == []
     finally:
         for p in peers:  # bob's second process, after the restart
             stop(p)

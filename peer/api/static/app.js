@@ -42,7 +42,26 @@ function setConn(kind, info) {
     reconnecting: `Reconnecting… (attempt ${info.attempt}, next in ${Math.ceil((info.delay || 0) / 1000)} s)`,
     offline: "Offline: no network",
   }[kind];
-  if (kind === "live") refresh();
+  if (kind === "live") { refresh(); if (wasDown) resyncStatuses(); }
+  wasDown = kind !== "live";
+}
+let wasDown = false;
+
+// Status changes are live-only events: after a break, ask again for the state of our
+// DMs that were not final yet (one /messages call per conversation, from the oldest).
+async function resyncStatuses() {
+  const oldest = new Map();
+  for (const m of state.messages.values()) {
+    if (!m.outgoing || m.kind !== "dm" || m.status === "read" || isReadMark(m)) continue;
+    oldest.set(m.peer, Math.min(oldest.get(m.peer) ?? Infinity, m.cursor));
+  }
+  for (const [peer, cursor] of oldest) {
+    const got = await call("GET", `/messages?peer=${peer}&after=${cursor - 1}&limit=1000`).catch(() => []);
+    for (const fresh of got) {
+      const m = state.messages.get(fresh.id);
+      if (m && fresh.status && rank(fresh.status) > rank(m.status)) { m.status = fresh.status; updateMessage(m); }
+    }
+  }
 }
 
 // -- the stream -------------------------------------------------------------------------
@@ -53,7 +72,8 @@ function onEvent(name, data) {
     const m = state.messages.get(data.id);
     if (m && rank(data.status) >= rank(m.status)) { m.status = data.status; updateMessage(m); }
   } else if (name === "gap") {
-    notice(`The peer no longer holds ${data.lost} older message(s): ${data.message}`);
+    // from the start (after=0) a gap is only history older than what the peer keeps
+    if (data.after > 0) notice(`The peer no longer holds ${data.lost} message(s): ${data.message}`);
   } else if (name === "error") {
     notice(data.error ? data.error.message : "stream error");
   }
@@ -209,6 +229,8 @@ function convButton(conv, label, extra, unread) {
 
 function renderSidebar() {
   const counts = unreadCounts();
+  const total = [...counts.values()].reduce((a, b) => a + b, 0);
+  document.title = total ? `(${total}) clawmesh` : "clawmesh";
   $("channels").replaceChildren(...state.channels.map((name) =>
     el("li", {}, convButton(`#${name}`, `#${name}`, null, counts.get(`#${name}`) || 0))));
   const peers = [...state.peers.values()].filter((p) => !state.me || p.peer_id !== state.me.peer_id)
@@ -354,16 +376,16 @@ function peersTable() {
     const via = link ? `direct link${link.remote ? ` (${link.remote})` : ""}` : "through the mesh";
     return el("tr", {},
       el("td", {}, el("strong", { text: p.name || "—" }), el("br"), el("code", { text: p.peer_id })),
-      el("td", { text: p.online ? "online" : `offline, ${p.last_seen ? `seen ${ago(p.last_seen)}` : "never seen"}` }),
+      el("td", { text: p.online ? "online" : `offline, seen ${ago(p.last_seen)}` }),
       el("td", { text: p.linked ? "yes" : "no" }),
       el("td", { text: via }),
       el("td", { text: (p.features || []).join(", ") || "—" }),
-      el("td", { text: p.agent ? JSON.stringify(p.agent) : "—" }));
+      el("td", { text: !p.agent ? "—" : typeof p.agent === "string" ? p.agent : JSON.stringify(p.agent) }));
   });
   if (!rows.length) return el("p", { text: "No peers known yet." });
   return el("table", {},
     el("caption", { class: "visually-hidden", text: "Peers this one knows" }),
-    el("thead", {}, el("tr", {}, ["Peer", "State", "Linked", "Reached", "Features", "Agent / skills"]
+    el("thead", {}, el("tr", {}, ["Peer", "State", "Linked", "Reached", "Features", "Agent"]
       .map((h) => el("th", { scope: "col", text: h })))),
     el("tbody", {}, rows));
 }
