@@ -38,7 +38,9 @@ export function when(iso) {
 }
 
 export function ago(iso) {
-  const s = Math.max(0, (Date.now() - new Date(iso).getTime()) / 1000);
+  const then = new Date(iso).getTime();
+  if (!(then > 0)) return "never";
+  const s = Math.max(0, (Date.now() - then) / 1000);
   if (s < 60) return "just now";
   if (s < 3600) return `${Math.floor(s / 60)} min ago`;
   if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
