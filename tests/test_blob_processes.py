@@ -5,18 +5,27 @@ not linked) in two goes (the first cut off), byte for byte; memory stays bounded
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 
+from peer.client import Client
 from peer.wire._blobframes import CHUNK_SIZE, blob_id, chunk_hash
 
-from ._procs import PeerProcess, running, start_peer, wait_ready
+from ._procs import REPO, PeerProcess, running, start_peer, wait_ready
 
-SIZE = 12 * 1024 * 1024 + 12345  # not a whole number of chunks
+# not a whole number of chunks; CLAWMESH_BLOB_TEST_MIB=200 runs the full size
+MIB = 1024 * 1024
+SIZE = int(os.environ.get("CLAWMESH_BLOB_TEST_MIB", "12")) * MIB + 12345
+UPLOAD_CUT = SIZE * 2 // 5 + 1000  # bytes of A's first upload before its connection dies
+DOWNLOAD_CUT = SIZE // 3  # bytes B reads before it drops its first download
 
 
 def _expected_id(data: bytes) -> str:
@@ -79,14 +88,18 @@ def test_a_blob_crosses_a_relay_with_an_upload_and_a_download_resumed(tmp_path: 
         # A: a resumable upload, cut off after 5 MiB and a bit, then resumed
         opened = a.client.post(
             a.api + "/blobs/uploads",
-            headers={**a.headers(), "Content-Type": "application/x-test", "X-Blob-Name": "big.bin",
-                     "X-Blob-Size": str(SIZE)},
+            headers={
+                **a.headers(),
+                "Content-Type": "application/x-test",
+                "X-Blob-Name": "big.bin",
+                "X-Blob-Size": str(SIZE),
+            },
         )
         assert opened.status_code == 201, opened.text
         url = opened.json()["url"]
-        _cut_put(a, url, data, 5 * 1024 * 1024 + 1000)
+        _cut_put(a, url, data, UPLOAD_CUT)
         offset = _offset_after_cut(a, url)
-        assert 0 < offset <= 5 * 1024 * 1024 + 1000
+        assert 0 < offset <= UPLOAD_CUT
         done = a.client.put(
             a.api + url,
             content=data[offset:],
@@ -113,7 +126,7 @@ def test_a_blob_crosses_a_relay_with_an_upload_and_a_download_resumed(tmp_path: 
             assert r.headers["content-type"].startswith("application/x-test")
             for piece in r.iter_bytes():
                 first += piece
-                if len(first) >= 4 * 1024 * 1024:
+                if len(first) >= DOWNLOAD_CUT:
                     break
         status = b.get(f"/blobs/{blob['id']}/status").json()
         assert 0 < status["have"] <= status["chunks"]
@@ -131,8 +144,39 @@ def test_a_blob_crosses_a_relay_with_an_upload_and_a_download_resumed(tmp_path: 
         assert relay.get("/status").json()["blobs"]["forwarded"] > 0
         assert b.get("/status").json()["peer_count"] == 1
         for p in (a, b):
-            assert _peak_rss_mib(p) < 250, f"{p.name}: peak RSS {_peak_rss_mib(p):.0f} MiB"
+            peak = _peak_rss_mib(p)
+            print(f"{p.name}: peak RSS {peak:.1f} MiB for a {SIZE / MIB:.0f} MiB blob")
+            assert peak < 250, f"{p.name}: peak RSS {peak:.0f} MiB"
         # a blob nobody has: a clear 404, the peer runs on
         unknown = b.get("/blobs/" + "ab" * 32)
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown-blob"
         httpx.get(b.api + "/status").raise_for_status()
+
+        # the same with the Python client on A and the CLI on B
+        small = tmp_path / "small.pdf"
+        small.write_bytes(random.Random(5).randbytes(1_500_000))
+        with Client(a.api, token=a.token) as mesh:
+            put = mesh.upload_blob(small, media_type="application/pdf", name="small.pdf")
+            mesh.send("files", "a pdf", attachments=[put])
+        dest = tmp_path / "got.pdf"
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "peer",
+                "blob",
+                "get",
+                put["id"],
+                str(dest),
+                "--json",
+                "--key-dir",
+                str(b.home / "keys"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert json.loads(cli.stdout)["size"] == 1_500_000
+        assert dest.read_bytes() == small.read_bytes()

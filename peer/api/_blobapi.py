@@ -159,17 +159,17 @@ class BlobApi:
             self._receiving -= 1
 
     async def _pieces(self, request: Request) -> AsyncGenerator[bytes, None]:
-        stream = request.stream()
-        while True:
-            with trio.move_on_after(PIECE_TIMEOUT) as idle:
-                try:
-                    piece = await anext(stream)
-                except StopAsyncIteration:
-                    return
-            if idle.cancelled_caught:
-                raise ClientDisconnect()
-            if piece:
-                yield piece
+        async with contextlib.aclosing(request.stream()) as stream:
+            while True:
+                with trio.move_on_after(PIECE_TIMEOUT) as idle:
+                    try:
+                        piece = await anext(stream)
+                    except StopAsyncIteration:
+                        return
+                if idle.cancelled_caught:
+                    raise ClientDisconnect()
+                if piece:
+                    yield piece
 
     async def _take(
         self, request: Request, store: BlobStore, state: UploadState, uid: bytes | None

@@ -87,7 +87,8 @@ class Fetch:
     failed: str | None = None
     _next: int = 0  # items[:_next] have been asked at least once
     _pending: dict[int, _Pending] = field(default_factory=dict)  # rid -> want
-    _retry: list[tuple[int | None, int]] = field(default_factory=list)  # (item, attempts)
+    # (item, attempts so far, route to try next)
+    _retry: list[tuple[int | None, int, int]] = field(default_factory=list)
     _attempts: dict[int | None, int] = field(default_factory=dict)
     _got: dict[int | None, bytes] = field(default_factory=dict)  # arrived, not handed out
     _out: int = 0  # items[:_out] have been handed out
@@ -103,16 +104,15 @@ class Fetch:
         out: list[Ask] = []
         while len(self._pending) < self.window and (self._retry or self._next < len(self.items)):
             if self._retry:
-                item, attempt = self._retry.pop(0)
+                item, attempt, route = self._retry.pop(0)
             else:
-                item, attempt = self.items[self._next], 0
+                item, attempt, route = self.items[self._next], 0, self._preferred
                 self._next += 1
-            out.append(self._ask(item, attempt, now))
+            out.append(self._ask(item, attempt, route, now))
         return out
 
-    def _ask(self, item: int | None, attempt: int, now: float) -> Ask:
+    def _ask(self, item: int | None, attempt: int, route_index: int, now: float) -> Ask:
         rid = self.next_rid()
-        route_index = (self._preferred + attempt) % len(self.routes)
         route = self.routes[route_index]
         self._attempts[item] = attempt
         self._pending[rid] = _Pending(item, route_index, now + self.timeout)
@@ -157,9 +157,10 @@ class Fetch:
             self.failed = f"no peer gave {'the manifest' if pending.item is None else 'a chunk'}"
             self._pending.clear()
             return
+        following = (pending.route + 1) % len(self.routes)
         if pending.route == self._preferred:  # this route failed: others go first from now
-            self._preferred = (self._preferred + 1) % len(self.routes)
-        self._retry.append((pending.item, attempt))
+            self._preferred = following
+        self._retry.append((pending.item, attempt, following))
 
     def ready(self) -> list[tuple[int | None, bytes]]:
         """Arrived items in ``items`` order, each handed out once."""
