@@ -113,8 +113,9 @@ def _select(page: Page, label: str) -> None:
 
 
 def _say(page: Page, text: str) -> None:
-    page.fill("#text", text)
-    page.press("#text", "Enter")
+    box = page.get_by_label("Message", exact=True)  # found by its label, as a reader would
+    box.fill(text)
+    box.press("Enter")
 
 
 def _message(page: Page, text: str) -> Locator:
@@ -176,6 +177,14 @@ def test_two_people_talk_through_their_pages(tmp_path: Path, browser: Browser) -
         page_a.click("#open-status")
         expect(page_a.locator("#status-body")).to_contain_text(a.peer_id)
         page_a.keyboard.press("Escape")
+
+        # create a channel, then leave it
+        page_a.get_by_label("Join or create a channel").fill("#ops")
+        page_a.get_by_role("button", name="Join", exact=True).click()
+        expect(page_a.locator("#conv-title")).to_have_text("#ops")
+        expect(page_a.locator("#channels")).to_contain_text("#ops")
+        page_a.get_by_role("button", name="Leave channel").click()
+        expect(page_a.locator("#channels")).not_to_contain_text("#ops")
 
         _restart_serving_peer(tmp_path, peers, page_a, page_b)
         _attach_image(page_a, page_b)
