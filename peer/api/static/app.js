@@ -304,8 +304,16 @@ function wireComposer() {
     if (!text.value.trim() && !state.files.length) return;
     const files = state.files.splice(0);
     renderPendingFiles();
-    if (await send(text.value, { files }, $("composer-error"))) text.value = "";
-    else { state.files.unshift(...files); renderPendingFiles(); }
+    const button = $("send");
+    button.disabled = true;
+    button.textContent = files.length ? `Uploading ${files.length} file(s)…` : "Sending…";
+    try {
+      if (await send(text.value, { files }, $("composer-error"))) text.value = "";
+      else { state.files.unshift(...files); renderPendingFiles(); }
+    } finally {
+      button.disabled = false;
+      button.textContent = "Send";
+    }
   });
   $("thread-composer").addEventListener("submit", async (ev) => {
     ev.preventDefault();
