@@ -69,6 +69,15 @@ class BlobPeer(Protocol):
     def perform(self, actions: list[Action]) -> None: ...
 
 
+def blob_dir(store_path: str) -> Path:
+    """Where the blobs of the store at ``store_path`` live: ``<data>/blobs`` beside
+    ``<data>/store``, else ``<store>.blobs`` (stores named otherwise may share a folder)."""
+    store = Path(store_path)
+    if store.name == "store":
+        return store.parent / "blobs"
+    return store.with_name(store.name + ".blobs")
+
+
 class BlobUnavailable(Exception):
     """No peer we could ask gave the blob (or the part of it wanted)."""
 

@@ -30,7 +30,6 @@ import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import trio
 
@@ -50,7 +49,7 @@ from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
-from ._blobhost import BlobHost
+from ._blobhost import BlobHost, blob_dir
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
@@ -166,8 +165,7 @@ class Peer:
                     # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
                 channels = [*stored, *channels]
-                blob_dir = Path(self.options.store_path).parent / "blobs"
-                self.blobs.open(blob_dir, self.options.blob_quota_bytes)
+                self.blobs.open(blob_dir(self.options.store_path), self.options.blob_quota_bytes)
                 stack.callback(self.blobs.close)
             async with trio.open_nursery() as nursery:
                 await self._start(nursery, channels, extra)
