@@ -10,6 +10,7 @@ const state = {
   channels: [],
   messages: new Map(), // id -> message (each shown once, whatever the stream repeats)
   order: [], // ids in cursor order
+  replies: new Map(), // a thread's first message id -> how many replies it has
   conv: null, // "#name" or "@peerid"
   thread: null, // the id of the open thread's first message
   files: [], // File objects waiting in the composer
@@ -87,6 +88,7 @@ function addMessage(m) {
   if (state.messages.has(m.id)) return;
   state.messages.set(m.id, m);
   state.order.push(m.id);
+  if (m.thread) state.replies.set(m.thread, (state.replies.get(m.thread) || 0) + 1);
   if (isReadMark(m)) return; // a read receipt: it moved its DMs' state, nothing to show
   const conv = convOf(m);
   if (m.kind === "dm" && !state.peers.has(m.peer)) state.peers.set(m.peer, { peer_id: m.peer });
@@ -105,7 +107,7 @@ function notice(text) {
 // -- rendering messages -------------------------------------------------------------------
 
 function messageItem(m, { inThread = false } = {}) {
-  const replies = inThread ? 0 : repliesOf(m.id).length;
+  const replies = inThread ? 0 : state.replies.get(m.id) || 0;
   const status = m.outgoing && m.kind === "dm" ? m.status || "pending" : null;
   return el("li", { class: "msg", id: `m-${m.id}`, dataset: { id: m.id } },
     el("div", { class: "meta" },
@@ -116,8 +118,7 @@ function messageItem(m, { inThread = false } = {}) {
     m.body ? el("p", { class: "body", text: m.body }) : null,
     attachmentList(m.attachments),
     inThread ? null : el("button", {
-      type: "button", class: "link reply",
-      "aria-label": `Reply in thread to ${nameOf(m.from)}`,
+      type: "button", class: "link reply", title: `Reply in thread to ${nameOf(m.from)}`,
       onclick: () => openThread(m.id),
     }, replies ? `${replies} ${replies === 1 ? "reply" : "replies"}` : "Reply in thread"));
 }
@@ -175,8 +176,10 @@ function appendThread(m) {
 }
 
 function closeThread() {
+  const wasOpen = state.thread !== null;
   state.thread = null;
   $("thread").hidden = true;
+  if (wasOpen && !$("composer").hidden) $("text").focus(); // keyboard users land back here
 }
 
 // -- reading ----------------------------------------------------------------------------------
@@ -444,7 +447,7 @@ function wirePanels() {
     $("menu").setAttribute("aria-expanded", String(open));
   });
   document.addEventListener("keydown", (ev) => {
-    if (ev.key === "Escape" && state.thread) closeThread();
+    if (ev.key === "Escape" && state.thread && !document.querySelector("dialog[open]")) closeThread();
   });
 }
 
