@@ -178,6 +178,13 @@ def test_two_people_talk_through_their_pages(tmp_path: Path, browser: Browser) -
         expect(page_a.locator("#status-body")).to_contain_text(a.peer_id)
         page_a.keyboard.press("Escape")
 
+        # the browser loses its network: the page says so, and comes back live
+        page_a.context.set_offline(True)
+        expect(page_a.locator("#conn")).to_have_text("Offline: no network")
+        _shot(page_a, "08-alice-offline")
+        page_a.context.set_offline(False)
+        expect(page_a.locator("#conn")).to_have_text("Live")
+
         # create a channel, then leave it
         page_a.get_by_label("Join or create a channel").fill("#ops")
         page_a.get_by_role("button", name="Join", exact=True).click()
@@ -218,7 +225,7 @@ def _attach_image(page_a: Page, page_b: Page) -> None:
     try:
         expect(sent).to_have_count(1)
     finally:
-        _shot(page_b, "10-bob-sees-image")
+        _shot(page_b, "11-bob-sees-image")
     image = sent.locator("img.preview")
     expect(image).to_have_count(1)
     page_b.wait_for_function(
@@ -230,7 +237,7 @@ def _attach_image(page_a: Page, page_b: Page) -> None:
     expect(card).to_contain_text("notes.txt")
     expect(card).to_contain_text("2.9 KiB")
     assert card.get_attribute("download") == "notes.txt"
-    _shot(page_b, "10-bob-sees-image")
+    _shot(page_b, "11-bob-sees-image")
 
 
 def _restart_serving_peer(
@@ -245,7 +252,7 @@ def _restart_serving_peer(
     assert before > 0
     kill_hard(b)
     expect(page_b.locator("#conn")).to_contain_text("Reconnecting")
-    _shot(page_b, "08-bob-reconnecting")
+    _shot(page_b, "09-bob-reconnecting")
     for i in range(3):
         _say(page_a, f"while bob was away {i}")
         expect(_message(page_a, f"while bob was away {i}")).to_have_count(1)
@@ -258,4 +265,4 @@ def _restart_serving_peer(
     assert _message(page_b, "hello from alice").count() == 1
     ids = page_b.evaluate("window.__ids")
     assert len(ids) == len(set(ids)), "the stream repeated a message after resuming"
-    _shot(page_b, "09-bob-caught-up")
+    _shot(page_b, "10-bob-caught-up")

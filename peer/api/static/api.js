@@ -78,7 +78,7 @@ export class Stream {
     this.close();
     if (!navigator.onLine) { this.onState("offline", {}); return; }
     this.attempt += 1;
-    const delay = Math.min(5000, 250 * 2 ** Math.min(this.attempt, 5));
+    const delay = Math.min(3000, 250 * 2 ** Math.min(this.attempt, 4)); // a local peer: retry often
     this.onState("reconnecting", { attempt: this.attempt, delay });
     this.timer = setTimeout(() => this.open(), delay);
   }
