@@ -213,6 +213,16 @@ def _attach_image(page_a: Page, page_b: Page) -> None:
         ],
     )
     expect(page_a.locator("#pending-files")).to_contain_text("red.png")
+    # a file dropped on the composer joins them
+    page_a.evaluate(
+        """() => {
+          const data = new DataTransfer();
+          data.items.add(new File(["dropped"], "dropped.txt", { type: "text/plain" }));
+          document.querySelector("#drop").dispatchEvent(
+            new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+        }"""
+    )
+    expect(page_a.locator("#pending-files")).to_contain_text("dropped.txt")
     _say(page_a, "a picture")
     error = page_a.locator("#composer-error")
     sent = _message(page_b, "a picture")
@@ -233,10 +243,11 @@ def _attach_image(page_a: Page, page_b: Page) -> None:
         ".some(i => i.naturalWidth === 24)"
     )
     expect(image).to_have_attribute("alt", "red.png")
-    card = sent.locator("a.card")  # other files: a download card
+    card = sent.locator("a.card", has_text="notes.txt")  # other files: a download card
     expect(card).to_contain_text("notes.txt")
     expect(card).to_contain_text("2.9 KiB")
     assert card.get_attribute("download") == "notes.txt"
+    expect(sent.locator("a.card", has_text="dropped.txt")).to_contain_text("7 B")
     _shot(page_b, "11-bob-sees-image")
 
 

@@ -245,7 +245,7 @@ function renderSidebar() {
       convButton(`@${p.peer_id}`, nameOf(p.peer_id),
         el("span", { class: `dot${online ? " on" : ""}`, role: "img", "aria-label": online ? "online" : "offline" }),
         counts.get(`@${p.peer_id}`) || 0),
-      el("span", { class: "small", text: online ? "online" : seen }));
+      el("span", { class: "small", text: `${short(p.peer_id)} · ${online ? "online" : seen}` }));
   }));
   if (!peers.length) $("dms").append(el("li", { class: "small", text: "No peers seen yet." }));
 }
