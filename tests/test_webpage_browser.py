@@ -224,10 +224,10 @@ def _attach_image(page_a: Page, page_b: Page) -> None:
     )
     expect(page_a.locator("#pending-files")).to_contain_text("dropped.txt")
     _say(page_a, "a picture")
-    error = page_a.locator("#composer-error")
+    error = page_a.locator("#error")
     sent = _message(page_b, "a picture")
     page_a.wait_for_function(
-        "() => document.querySelector('#composer-error').textContent || [...document"
+        "() => document.querySelector('#error').textContent || [...document"
         ".querySelectorAll('#messages .msg')].some(m => m.textContent.includes('a picture'))"
     )
     if "Not sent" in error.inner_text():

@@ -2,6 +2,7 @@
 // Plain ES modules, no build step; everything comes from this peer's API.
 import { call, upload, Stream, Unauthorised } from "./api.js";
 import { el, short, when, ago, size, attachmentList } from "./render.js";
+import { Composer } from "./composer.js";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -13,7 +14,6 @@ const state = {
   replies: new Map(), // a thread's first message id -> how many replies it has
   conv: null, // "#name" or "@peerid"
   thread: null, // the id of the open thread's first message
-  files: [], // File objects waiting in the composer
 };
 const RENDER_LAST = 500; // messages of one conversation kept on screen
 
@@ -287,65 +287,16 @@ async function send(text, extra, errorNode) {
   }
 }
 
-function renderPendingFiles() {
-  $("pending-files").replaceChildren(...state.files.map((file, i) => el("li", {},
-    file.type.startsWith("image/") ? el("img", { src: URL.createObjectURL(file), alt: "" }) : null,
-    el("span", { text: `${file.name} (${size(file.size)})` }),
-    el("button", { type: "button", class: "link", "aria-label": `Remove ${file.name}`,
-      onclick: () => { state.files.splice(i, 1); renderPendingFiles(); } }, "×"))));
-}
-
-function addFiles(list) {
-  for (const file of list) state.files.push(file);
-  renderPendingFiles();
-}
-
-function wireComposer() {
-  const text = $("text");
-  $("composer").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    if (!text.value.trim() && !state.files.length) return;
-    const files = state.files.splice(0);
-    renderPendingFiles();
-    const button = $("send");
-    button.disabled = true;
-    button.textContent = files.length ? `Uploading ${files.length} file(s)…` : "Sending…";
-    try {
-      if (await send(text.value, { files }, $("composer-error"))) text.value = "";
-      else { state.files.unshift(...files); renderPendingFiles(); }
-    } finally {
-      button.disabled = false;
-      button.textContent = "Send";
-    }
+function wireComposers() {
+  const ids = (prefix) => ({
+    form: `${prefix}composer`, text: `${prefix}text`, files: `${prefix}files`,
+    pending: `${prefix}pending-files`, drop: `${prefix}drop`, error: `${prefix}error`,
+    button: `${prefix}send`,
   });
-  $("thread-composer").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const box = $("thread-text");
-    if (!box.value.trim() || !state.thread) return;
-    const fields = { thread: state.thread, reply_to: state.thread };
-    if (await send(box.value, { fields }, $("thread-error"))) box.value = "";
-  });
-  for (const [box, form] of [[text, "composer"], [$("thread-text"), "thread-composer"]]) {
-    box.addEventListener("keydown", (ev) => {
-      if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) {
-        ev.preventDefault();
-        $(form).requestSubmit();
-      }
-    });
-  }
-  $("files").addEventListener("change", (ev) => { addFiles(ev.target.files); ev.target.value = ""; });
-  const drop = $("drop");
-  drop.addEventListener("dragover", (ev) => { ev.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (ev) => {
-    ev.preventDefault();
-    drop.classList.remove("over");
-    addFiles(ev.dataTransfer.files);
-  });
-  text.addEventListener("paste", (ev) => {
-    const files = [...(ev.clipboardData?.files || [])];
-    if (files.length) { ev.preventDefault(); addFiles(files); }
-  });
+  new Composer(ids(""), (text, files, error) => send(text, { files }, error));
+  new Composer(ids("thread-"), (text, files, error) => (state.thread
+    ? send(text, { files, fields: { thread: state.thread, reply_to: state.thread } }, error)
+    : Promise.resolve(false)));
 }
 
 // -- channels ----------------------------------------------------------------------------------
@@ -481,7 +432,7 @@ async function start() {
   }
   if (location.search) history.replaceState(null, "", "/");
   $("app").hidden = false;
-  wireComposer();
+  wireComposers();
   wireChannels();
   wirePanels();
   await refresh();
