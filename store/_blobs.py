@@ -255,6 +255,47 @@ class BlobStore:
 
         self._write(op)
 
+    def delete(self, blob: bytes) -> bool:
+        """Forget a blob's manifest (its chunks go at the next :meth:`collect`)."""
+        return bool(self._write(lambda txn: txn.delete(blob, db=self._blob)))
+
+    def expire_uploads(self, before: float) -> int:
+        """Drop the resumable uploads opened before ``before`` (wall time); how many."""
+
+        def op(txn: Any) -> int:
+            old = [
+                uid for uid, raw in txn.cursor(db=self._upload)
+                if UploadState.from_record(raw).created < before
+            ]
+            for uid in old:
+                txn.delete(uid, db=self._upload)
+            return len(old)
+
+        return int(self._write(op))
+
+    def collect(self, now: float, grace: float = 3600.0) -> tuple[int, int]:
+        """Remove chunk files no manifest or upload names, written over ``grace``
+        seconds before ``now`` (wall time: younger ones may belong to an upload that
+        has not saved its state yet); ``(files, bytes)`` removed."""
+        with self._env.begin() as txn:
+            named = {
+                bytes(raw[i : i + HASH_SIZE])
+                for db, field in ((self._blob, "h"), (self._upload, "h"))
+                for _, rec in txn.cursor(db=db)
+                for raw in (cbor2.loads(rec)[field],)
+                for i in range(0, len(raw), HASH_SIZE)
+            }
+        files = freed = 0
+        for sub in self._chunks.iterdir():
+            for entry in os.scandir(sub) if sub.is_dir() else ():
+                info = entry.stat()
+                if entry.name.endswith(".tmp") or info.st_mtime > now - grace:
+                    continue
+                if bytes.fromhex(entry.name) not in named:
+                    self._remove(Path(entry.path))
+                    files, freed = files + 1, freed + info.st_size
+        return files, freed
+
     def statistics(self) -> dict[str, Any]:
         with self._env.begin() as txn:
             blobs = txn.stat(self._blob)["entries"]

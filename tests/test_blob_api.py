@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,14 +83,21 @@ async def _upload(api: httpx.AsyncClient, data: bytes, **headers: str) -> dict[s
 
 async def test_upload_then_download_whole_in_ranges_and_by_head(mesh: Trio3) -> None:
     data = random.Random(1).randbytes(CHUNK_SIZE + 1000)
-    blob = await _upload(mesh.api_a, data, **{"X-Blob-Name": "pic.png"})
-    assert blob["size"] == len(data) and blob["chunks"] == 2 and blob["name"] == "pic.png"
+    name = "café ☕ pic.png"
+    r = await mesh.api_a.post(
+        "/blobs",
+        content=data,
+        headers={b"Content-Type": b"image/png", b"X-Blob-Name": name.encode()},
+    )
+    blob = r.json()
+    assert blob["size"] == len(data) and blob["chunks"] == 2 and blob["name"] == name
     whole = await mesh.api_a.get(f"/blobs/{blob['id']}")
     assert whole.status_code == 200 and whole.content == data
     assert whole.headers["content-type"] == "image/png"
     assert whole.headers["accept-ranges"] == "bytes"
     assert whole.headers["x-content-type-options"] == "nosniff"
     assert whole.headers["content-disposition"].startswith("inline")
+    assert "caf%C3%A9%20%E2%98%95%20pic.png" in whole.headers["content-disposition"]
     for header, want in (
         ("bytes=0-9", data[:10]),
         ("bytes=-5", data[-5:]),
@@ -98,7 +107,13 @@ async def test_upload_then_download_whole_in_ranges_and_by_head(mesh: Trio3) -> 
     ):
         part = await mesh.api_a.get(f"/blobs/{blob['id']}", headers={"Range": header})
         assert part.status_code == 206 and part.content == want, header
-    for bad in ("bytes=999999999-", "bytes=5-2", "items=0-1", "bytes=0-1,4-5"):
+    for bad in (
+        "bytes=999999999-",
+        "bytes=5-2",
+        "items=0-1",
+        "bytes=0-1,4-5",
+        "bytes=" + "9" * 5000 + "-",
+    ):
         r = await mesh.api_a.get(f"/blobs/{blob['id']}", headers={"Range": bad})
         assert r.status_code == 416 and r.json()["error"]["code"] == "range", bad
     head = await mesh.api_a.head(f"/blobs/{blob['id']}")
@@ -197,6 +212,10 @@ async def test_resumable_upload_offsets_and_refusals(mesh: Trio3) -> None:
     assert mismatch.status_code == 400
     big = await mesh.api_a.post("/blobs/uploads", headers={"X-Blob-Size": str(4 * MIB)})
     assert big.status_code == 413
+    huge = await mesh.api_a.post("/blobs/uploads", headers={"X-Blob-Size": "9" * 5000})
+    assert huge.status_code == 400 and huge.json()["error"]["code"] == "invalid"
+    huge = await mesh.api_a.put(other, headers={"Content-Range": "bytes 0-1/" + "9" * 5000})
+    assert huge.status_code == 400
     assert (await mesh.api_a.delete(other)).json()["deleted"] is True
     assert (await mesh.api_a.get("/blobs/uploads/" + "0" * 32)).status_code == 404
 
@@ -256,3 +275,20 @@ async def test_answers_nobody_asked_for_are_dropped_and_counted(mesh: Trio3) -> 
     assert empty.status_code == 200 and empty.content == b""
     assert mesh.r.blobs.stray == 80  # on the same link before B's wants: all seen
     assert mesh.r.peer_id in mesh.b.links
+
+
+async def test_delete_forgets_a_blob_and_frees_what_only_it_named(mesh: Trio3) -> None:
+    shared = random.Random(4).randbytes(CHUNK_SIZE)
+    one = await _upload(mesh.api_a, shared + b"only in one")
+    two = await _upload(mesh.api_a, shared)
+    store = mesh.a.blobs.store
+    assert store is not None
+    for sub in (store.path / "chunks").iterdir():  # old enough to be collected
+        for f in sub.iterdir():
+            os.utime(f, (time.time() - 3600, time.time() - 3600))
+    gone = await mesh.api_a.delete(f"/blobs/{one['id']}")
+    assert gone.status_code == 200, gone.text
+    assert (gone.json()["chunks_freed"], gone.json()["bytes_freed"]) == (1, len(b"only in one"))
+    assert (await mesh.api_a.get(f"/blobs/{two['id']}")).content == shared
+    again = await mesh.api_a.delete(f"/blobs/{one['id']}")
+    assert again.status_code == 404 and again.json()["error"]["code"] == "unknown-blob"

@@ -23,7 +23,7 @@ from ._procs import REPO, PeerProcess, running, start_peer, wait_ready
 
 # not a whole number of chunks; CLAWMESH_BLOB_TEST_MIB=200 runs the full size
 MIB = 1024 * 1024
-SIZE = int(os.environ.get("CLAWMESH_BLOB_TEST_MIB", "12")) * MIB + 12345
+SIZE = int(os.environ.get("CLAWMESH_BLOB_TEST_MIB", "8")) * MIB + 12345
 UPLOAD_CUT = SIZE * 2 // 5 + 1000  # bytes of A's first upload before its connection dies
 DOWNLOAD_CUT = SIZE // 3  # bytes B reads before it drops its first download
 

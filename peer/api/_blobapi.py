@@ -49,11 +49,18 @@ Handler = Callable[[Request], Awaitable[Response]]
 MAX_UPLOADS = 8  # uploads receiving at once
 PIECE_TIMEOUT = 30.0  # seconds an upload may send nothing before it is cut
 COMMIT_EVERY = 16  # chunks between two saves of a resumable upload's state
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)")
+COLLECT_GRACE = 600.0  # seconds a chunk nothing names is kept (an upload may be writing it)
+# (at most 19 digits: a byte count, never a number int() would choke on)
+_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+_CONTENT_RANGE = re.compile(r"bytes (?:(\d{1,19})-(\d{1,19})|\*)/(\d{1,19}|\*)")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:\s*;.*)?")
 # shown inline by a browser; anything else is offered as a download
 _INLINE = ("image/png", "image/jpeg", "image/gif", "image/webp", "audio/", "video/", "text/plain")
+
+
+def _count(raw: str) -> bool:
+    """A byte count in a header: ASCII digits, at most 19 of them."""
+    return len(raw) <= 19 and digits(raw)
 
 
 def _media_type(request: Request) -> str:
@@ -113,7 +120,7 @@ class BlobApi:
             "/blobs": self.upload,
             "/blobs/uploads": self.open_upload,
             "/blobs/uploads/{uid}": self.resumable,
-            "/blobs/{id}": self.download,
+            "/blobs/{id}": self.blob,
             "/blobs/{id}/status": self.status,
         }
 
@@ -135,9 +142,9 @@ class BlobApi:
         store = self._store()
         kind, name = _media_type(request), _blob_name(request)
         length = request.headers.get("content-length")
-        if length is not None and digits(length):
+        if length is not None and _count(length):
             self._too_large(int(length))
-        state = UploadState(b"", b"", None, kind, name, trio.current_time())
+        state = UploadState(b"", b"", None, kind, name, self.peer.wall_time())
         async with self._receiving_slot():
             try:
                 await self._take(request, store, state, None)
@@ -234,12 +241,12 @@ class BlobApi:
         size = None
         raw = request.headers.get("x-blob-size")
         if raw is not None:
-            if not digits(raw):
+            if not _count(raw):
                 raise ApiError(400, "invalid", "X-Blob-Size must be a byte count")
             size = int(raw)
             self._too_large(size)
         uid = os.urandom(16)
-        state = UploadState(b"", b"", size, kind, name, trio.current_time())
+        state = UploadState(b"", b"", size, kind, name, self.peer.wall_time())
         await trio.to_thread.run_sync(store.put_upload, uid, state)
         return JSONResponse(self._upload_json(uid, state), status_code=201)
 
@@ -355,6 +362,20 @@ class BlobApi:
         return JSONResponse(
             {**att.to_json(), "chunks": chunk_count(att.size), "have": 0, "complete": False}
         )
+
+    async def blob(self, request: Request) -> Response:
+        """``GET``/``HEAD`` (:meth:`download`) and ``DELETE /blobs/<id>``."""
+        if request.method != "DELETE":
+            return await self.download(request)
+        blob = _parse_id(request.path_params["id"])
+        store = self._store()
+        if not await trio.to_thread.run_sync(store.delete, blob):
+            raise ApiError(404, "unknown-blob", "no such blob here")
+        files, freed = await trio.to_thread.run_sync(
+            partial(store.collect, self.peer.wall_time(), grace=COLLECT_GRACE)
+        )
+        return JSONResponse({"id": blob.hex(), "deleted": True, "chunks_freed": files,
+                             "bytes_freed": freed})
 
     async def download(self, request: Request) -> Response:
         """``GET``/``HEAD /blobs/<id>``: the bytes, whole or the ``Range`` asked."""

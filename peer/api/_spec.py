@@ -85,6 +85,8 @@ BLOB_ENDPOINTS = (
     Endpoint("GET", "/blobs/{id}",
              "a blob's bytes (HEAD too), Range honoured (206); missing chunks are fetched "
              "from the mesh as they are read", returns="string"),
+    Endpoint("DELETE", "/blobs/{id}",
+             "forget a blob here and free the chunks nothing else names (others keep theirs)"),
     Endpoint("GET", "/blobs/{id}/status", "a blob's size and the chunks held of the total"),
 )
 

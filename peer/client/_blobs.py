@@ -28,6 +28,9 @@ PIECE = 8 * 1024 * 1024
 CHUNK_SIZE = 256 * 1024
 BLOB_TAG = b"clawmesh/blob/v1"
 ATTACHMENT_KEYS = ("id", "name", "type", "size")
+# refusals after a break that mean "ask the offset and go on": the broken request is
+# still being wound up, or it kept more (or less) than we thought
+_RESUMABLE = frozenset({"busy", "offset-mismatch"})
 
 
 def attachment(blob: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ kept here:
 * At most ``MAX_FETCHES`` fetches run at once (others wait their turn); each
   has ``FETCH_WINDOW`` wants in flight, so chunk bytes held in memory are
   bounded by ``MAX_FETCHES * FETCH_WINDOW * CHUNK_SIZE``.
-* Disk writes (fsync) run in a worker thread; chunks fetched for a reader are
+* Disk writes run in a worker thread; chunks fetched for a reader are
   stored without fsync (every read checks a chunk's hash, so a torn one is
   fetched again).
 """
@@ -54,6 +54,8 @@ from ._options import PeerCounters
 SERVE_QUEUE = 16  # frames waiting on a link beyond which its wants get "busy"
 MAX_FETCHES = 4
 MAX_ROUTES = 6
+MANIFESTS_CACHED = 16
+UPLOAD_TTL = 7 * 24 * 3600.0  # seconds an unfinished resumable upload is kept
 _RID_LIMIT = 2**32 - 1
 
 
@@ -101,12 +103,17 @@ class BlobHost:
         self._fetching: dict[int, _Running] = {}  # request id -> fetch that sent it
         self._slots = trio.CapacityLimiter(MAX_FETCHES)
         self._timer_changed = trio.Event()
+        self._manifests: dict[bytes, Manifest] = {}  # recently served, oldest first
         self.served = 0
         self.busy = 0
         self.stray = 0
 
-    def open(self, path: str | Path, quota: int) -> None:
+    def open(self, path: str | Path, quota: int, now: float) -> None:
+        """Open the store at ``path``; uploads older than ``UPLOAD_TTL`` go, and chunks
+        nothing names any more (``now``: wall time)."""
         self.store = BlobStore(path, quota)
+        self.store.expire_uploads(now - UPLOAD_TTL)
+        self.store.collect(now)
 
     def close(self) -> None:
         if self.store is not None:
@@ -150,9 +157,12 @@ class BlobHost:
     def _answer_from_store(self, want: BlobWant) -> BlobHave | BlobChunk | None:
         if self.store is None:
             return None
-        manifest = self.store.manifest(want.blob)
+        manifest = self._manifests.get(want.blob) or self.store.manifest(want.blob)
         if manifest is None:
             return None
+        self._manifests[want.blob] = manifest  # the last few, for the wants that follow
+        while len(self._manifests) > MANIFESTS_CACHED:
+            del self._manifests[next(iter(self._manifests))]
         if want.index is None:
             return BlobHave(want.r, manifest.size, manifest.hashes)
         if want.index >= manifest.chunks:
@@ -252,7 +262,12 @@ class BlobHost:
             for index in range(first, last + 1):
                 if index in wanted:
                     _, data = await anext(fetched)
-                    await trio.to_thread.run_sync(partial(store.write_chunk, data, sync=False))
+                    # no fsync, but in a thread all the same: a page-cache write can
+                    # block when the kernel throttles dirty pages
+                    digest = manifest.hash_of(index)
+                    await trio.to_thread.run_sync(
+                        partial(store.write_chunk, data, sync=False, digest=digest)
+                    )
                 else:
                     got = store.read_chunk(manifest.hash_of(index))
                     if got is None:

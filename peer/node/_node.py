@@ -165,7 +165,9 @@ class Peer:
                     # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
                 channels = [*stored, *channels]
-                self.blobs.open(blob_dir(self.options.store_path), self.options.blob_quota_bytes)
+                self.blobs.open(
+                    blob_dir(self.options.store_path), self.options.blob_quota_bytes, time.time()
+                )
                 stack.callback(self.blobs.close)
             async with trio.open_nursery() as nursery:
                 await self._start(nursery, channels, extra)
