@@ -23,6 +23,7 @@ from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
 
 from ._blobapi import BlobApi
+from ._readreceipts import send_read_receipts, unread_dms
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
 from ._values import (
@@ -278,7 +279,10 @@ class Endpoints:
             ids = data["ids"]
             if not isinstance(ids, list) or len(ids) > 10_000:
                 raise ApiError(400, "invalid", "ids must be a list of message ids")
-            marked += await self.peer.mark_read([hex_id(i, "ids[]") for i in ids])
+            wanted = [hex_id(i, "ids[]") for i in ids]
+            receipts = unread_dms(self.peer, wanted)  # before they are marked
+            marked += await self.peer.mark_read(wanted)
+            await send_read_receipts(self.peer, receipts)
         if "through" in data:
             through = data["through"]
             if type(through) is not int or through < 0:

@@ -132,6 +132,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/dead-letters", "our DMs never receipted", params=(_LIMIT,),
              returns="array"),
     Endpoint("GET", "/openapi.json", "this description", open=True),
+    Endpoint("POST", "/login-link", "a new one-time login link for the web page"),
+    Endpoint("POST", "/logout", "end the web page's session (clears its cookie)", open=True),
     *BLOB_ENDPOINTS,
 )
 

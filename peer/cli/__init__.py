@@ -13,7 +13,7 @@ from collections.abc import Sequence
 # the subcommands beside running a peer (peer/cli/_commands.py and peer/mcp/)
 COMMANDS = frozenset(
     {"send", "dm", "read", "tail", "peers", "status", "channels", "join", "leave", "ack", "mcp",
-     "blob"}
+     "blob", "web"}
 )
 
 

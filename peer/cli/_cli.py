@@ -328,6 +328,9 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
         lines.append(f"    {command}")
     entry = bootstrap_entry(peer.identity, peer.listen_urls, peer.caps)
     lines.append(f"  bootstrap.json entry: {json.dumps(entry)}")
+    login = args.key_dir / "login-url"
+    if api_url and login.exists():  # the web page's one-time sign-in (`python -m peer web`)
+        lines.append(f"  web page (sign-in link, works once): {login.read_text().strip()}")
     return "\n".join(lines)
 
 

@@ -177,6 +177,10 @@ class AsyncClient:
         data = await self._do(_calls.channel_call("/unsubscribe", channel))
         return [str(c) for c in data.get("channels", [])]
 
+    async def login_link(self) -> str:
+        """A new one-time sign-in link for the peer's web page."""
+        return str((await self._do(_calls.Call("POST", "/login-link", body={})))["url"])
+
     # -- the stream ------------------------------------------------------------------
 
     def stream(

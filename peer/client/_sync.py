@@ -168,6 +168,10 @@ class Client:
         data = self._do(_calls.channel_call("/unsubscribe", channel))
         return [str(c) for c in data.get("channels", [])]
 
+    def login_link(self) -> str:
+        """A new one-time sign-in link for the peer's web page."""
+        return str(self._do(_calls.Call("POST", "/login-link", body={}))["url"])
+
     def stream(
         self,
         *,

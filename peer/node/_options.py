@@ -20,6 +20,8 @@ from peer.wire._handshake import PLAINTEXT_CAP
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy
 
+from ._readmarks import READ_RECEIPTS_CAP
+
 PRESENCE_INTERVAL = 60.0
 DAY_MS = 24 * 3600 * 1000
 
@@ -111,6 +113,8 @@ class PeerOptions:
             caps.append("dht")
         if self.mailbox and serving_dht and self.store_path is not None and not self.relay_only:
             caps.append(MAILBOX_CAP)
+        if not self.relay_only:
+            caps.append(READ_RECEIPTS_CAP)
         caps.append(BLOBS_CAP)  # answers and forwards blob wants (a store holds blobs)
         if bench is not None and bench.plaintext_links:
             caps.append(PLAINTEXT_CAP)

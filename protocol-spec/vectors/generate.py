@@ -37,6 +37,7 @@ from vectorgen.common import SPEC_REVISION, Json, identities  # noqa: E402
 from vectorgen.envelope import build_dm, build_envelope  # noqa: E402
 from vectorgen.handshake import HandshakeRun, build_handshake  # noqa: E402
 from vectorgen.identity import build_identity  # noqa: E402
+from vectorgen.readreceipt import build_read_receipt  # noqa: E402
 from vectorgen.rejected import build_rejected  # noqa: E402
 
 # -- driver -------------------------------------------------------------------------------
@@ -61,6 +62,7 @@ def build() -> dict[str, str]:
         "cbor.json": build_cbor(),
         "rejected.json": build_rejected(ids, run, msgs, dm_env),
         "blobs.json": build_blobs(dict(ids)),
+        "read-receipt.json": build_read_receipt(),
     }
     for doc in docs.values():
         doc["spec_revision"] = SPEC_REVISION
