@@ -177,6 +177,14 @@ def test_two_people_talk_through_their_pages(tmp_path: Path, browser: Browser) -
         page_a.click("#open-status")
         expect(page_a.locator("#status-body")).to_contain_text(a.peer_id)
         page_a.keyboard.press("Escape")
+        # the fleet panel: bob's status, heard in his presence (GET /fleet)
+        page_a.click("#open-fleet")
+        fleet = page_a.locator("#fleet-body")
+        expect(fleet).to_contain_text("this peer")
+        expect(fleet).to_contain_text(b.peer_id)
+        expect(fleet).to_contain_text("0.1.0")
+        _shot(page_a, "07b-fleet-panel")
+        page_a.keyboard.press("Escape")
 
         # the browser loses its network: the page says so, and comes back live
         page_a.context.set_offline(True)

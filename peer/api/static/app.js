@@ -369,6 +369,29 @@ function statusList() {
     row("Unread", String(s.unread)), row("Up for", `${s.uptime_seconds} s`));
 }
 
+// The fleet: this peer's status and every status heard in the others' presence (GET /fleet)
+function fleetTable(fleet) {
+  const row = (p, state) => el("tr", {},
+    el("td", {}, el("strong", { text: p.name || "—" }), el("br"), el("code", { text: p.peer_id })),
+    el("td", { text: state }),
+    el("td", { text: p.version }),
+    el("td", { text: `${Math.floor(p.uptime_seconds / 3600)} h ${Math.floor(p.uptime_seconds / 60) % 60} min` }),
+    el("td", { text: String(p.links) }),
+    el("td", { text: String(p.outbox) }),
+    el("td", { text: p.store_bytes == null ? "—" : size(p.store_bytes) }),
+    el("td", { text: Object.entries(p.circuits || {}).map(([k, v]) => `${k}: ${v}`).join(", ") || "—" }));
+  const rows = [row(fleet.self, "this peer"),
+    ...fleet.peers.map((p) => row(p, p.online ? `online (heard ${ago(p.heard)})` : `silent since ${ago(p.heard)}`))];
+  const refused = Object.entries(fleet.refused || {}).map(([k, v]) => `${v} ${k}`).join(", ");
+  return el("div", {},
+    el("table", {},
+      el("caption", { class: "visually-hidden", text: "The fleet's status" }),
+      el("thead", {}, el("tr", {}, ["Peer", "State", "Version", "Up", "Links", "Outbox", "Store", "Circuits"]
+        .map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, rows)),
+    el("p", { text: `${fleet.peers.length} peer(s) heard${refused ? `; statuses refused: ${refused}` : ""}` }));
+}
+
 function catchupText(catchup) {
   if (!catchup || !Object.keys(catchup).length) return "idle";
   return Object.entries(catchup).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join("; ");
@@ -385,6 +408,21 @@ function wirePanels() {
     $("status-body").replaceChildren(statusList());
     $("status-panel").showModal();
   });
+  // the fleet panel is live: refreshed every 2 s while it is open
+  let fleetTimer = null;
+  const showFleet = async () => {
+    try {
+      $("fleet-body").replaceChildren(fleetTable(await call("GET", "/fleet")));
+    } catch (err) {
+      $("fleet-body").replaceChildren(el("p", { text: `The fleet view is not available: ${err.message}` }));
+    }
+  };
+  $("open-fleet").addEventListener("click", async () => {
+    await showFleet();
+    $("fleet-panel").showModal();
+    fleetTimer = setInterval(showFleet, 2000);
+  });
+  $("fleet-panel").addEventListener("close", () => clearInterval(fleetTimer));
   for (const b of document.querySelectorAll(".close-dialog")) {
     b.addEventListener("click", () => b.closest("dialog").close());
   }
