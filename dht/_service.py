@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeGuard
 
 import trio
 
+from peer.wire._histogram import LatencyHistogram
 from peer.wire._requests import RequestMatcher
 from peer.wire._stats import Statistics, snapshot
 
@@ -103,6 +104,7 @@ class DhtService:
         self._contacts_changed = trio.Event()
         self._upkeep_wanted = trio.Event()
         self.lookups_run = 0
+        self.lookup_latency = LatencyHistogram()  # seconds from start to end of each lookup
         self.on_contact: Callable[[Contact], None] | None = None
 
     # -- events from the peer ----------------------------------------------------------
@@ -176,6 +178,7 @@ class DhtService:
     async def run_lookup(self, lookup: Lookup) -> Lookup:
         """Drive ``lookup`` to its end: alpha requests in flight, replies fed back."""
         self.lookups_run += 1
+        started = trio.current_time()
         wake = trio.Event()
 
         async def query(contact: Contact) -> None:
@@ -201,6 +204,7 @@ class DhtService:
                 with trio.move_on_after(wait):
                     await wake.wait()
             nursery.cancel_scope.cancel()
+        self.lookup_latency.observe(trio.current_time() - started)
         for contact in lookup.result():
             self._changed(contact)
         return lookup
@@ -306,5 +310,6 @@ class DhtService:
             pending_requests=len(self._pending),
             replies_refused=self._pending.refused,
             lookups_run=self.lookups_run,
+            lookup_latency=self.lookup_latency.statistics(),
             joined=self._joined.is_set(),
         )

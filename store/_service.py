@@ -31,6 +31,8 @@ from typing import Any, TypeVar, cast
 import structlog
 import trio
 
+from peer.wire._histogram import LatencyHistogram
+
 from ._log import (
     AppendItem,
     AppendResult,
@@ -116,6 +118,7 @@ class StoreService:
         self._appends = 0
         self._append_commits = 0
         self._max_seen_batch = 0
+        self.commit_latency = LatencyHistogram()  # seconds per writer round (one commit or more)
         self._writes = 0
 
     # -- lifecycle ---------------------------------------------------------------
@@ -147,9 +150,11 @@ class StoreService:
                     break
                 batch.append(request)
                 items += len(request.items or ())
+            started = trio.current_time()
             try:
                 await trio.to_thread.run_sync(self._run_batch, batch, limiter=self._writer)
             finally:
+                self.commit_latency.observe(trio.current_time() - started)
                 for request in batch:
                     if not request.executed:
                         request.error = StoreClosed("store service stopped before this write")

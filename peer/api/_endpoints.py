@@ -24,6 +24,8 @@ from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
 
 from ._agents import AgentEndpoints, has_feature, learn_skill
+from ._blobapi import BlobApi
+from ._readreceipts import send_read_receipts, unread_dms
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
 from ._values import (
@@ -35,6 +37,7 @@ from ._values import (
     iso,
     json_to_cbor_value,
     message_json,
+    parse_attachments,
     wait_param,
 )
 from ._webhooks import WebhookService
@@ -64,6 +67,9 @@ class Endpoints:
         self.compat = compat
         self.webhooks = webhooks
         self.api_url = ""
+        self.blob_api = BlobApi(peer)
+        # more sections of /status, from the API's own parts (schedules, audit, fleet)
+        self.status_parts: dict[str, Callable[[], Any]] = {}
 
     def handlers(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
         return {
@@ -81,6 +87,7 @@ class Endpoints:
             "/bootstrap.json": self.bootstrap,
             "/openapi.json": self.openapi,
             **AgentEndpoints(self.peer, self.body).handlers(),
+            **self.blob_api.handlers(),
         }
 
     async def body(self, request: Request) -> dict[str, Any]:
@@ -108,7 +115,9 @@ class Endpoints:
             "channels": sorted(peer.channels),
             "unread": peer.inbox.unread(),
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
+            "blobs": peer.blobs.statistics(),
             **peer.statistics().to_json(),
+            **{name: part() for name, part in self.status_parts.items()},
         }
         return JSONResponse(out)
 
@@ -186,7 +195,8 @@ class Endpoints:
                 raise ApiError(413, "too-large", f"payload over {MAX_PAYLOAD} bytes as CBOR")
         reply_to = hex_id(data["reply_to"], "reply_to") if data.get("reply_to") else None
         thread = hex_id(data["thread"], "thread") if data.get("thread") else None
-        return Content(body=body, payload=payload, reply_to=reply_to, thread=thread)
+        attachments = parse_attachments(data.get("attachments"))
+        return Content(body, payload, reply_to, thread, attachments)
 
     def _recipient(self, to: Any) -> bytes:
         """A peer id from ``to``: a peer id, or a public key as ``/peers`` lists it."""
@@ -199,8 +209,11 @@ class Endpoints:
         return wanted  # an unseen peer id: the DHT may know it
 
     async def send(self, request: Request) -> Response:
+        return JSONResponse(await self.send_data(await self.body(request)))
+
+    async def send_data(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Send what a /send body asks (also a schedule's firing); its answer."""
         peer = self.peer
-        data = await self.body(request)
         if peer.options.relay_only:
             raise ApiError(400, "relay-only", "a relay-only peer has no agent to send as")
         channel, to = data.get("channel"), data.get("to")
@@ -227,17 +240,15 @@ class Endpoints:
             raise ApiError(status, exc.code.value, exc.message) from None
         except StoreError as exc:
             raise ApiError(507, "store", f"not stored, not sent: {exc}") from None
-        return JSONResponse(
-            {
-                "id": env.id.hex(),
-                "stored": peer.storage is not None,
-                **target,
-                "topic": env.topic,
-                "seq": env.seq,
-                "timestamp": iso(env.ts),
-                "routed": peer.router.reachable(env.route),
-            }
-        )
+        return {
+            "id": env.id.hex(),
+            "stored": peer.storage is not None,
+            **target,
+            "topic": env.topic,
+            "seq": env.seq,
+            "timestamp": iso(env.ts),
+            "routed": peer.router.reachable(env.route),
+        }
 
     async def _send_dm(self, recipient: bytes, content: Content, to: Any) -> Any:
         peer = self.peer
@@ -283,7 +294,10 @@ class Endpoints:
             ids = data["ids"]
             if not isinstance(ids, list) or len(ids) > 10_000:
                 raise ApiError(400, "invalid", "ids must be a list of message ids")
-            marked += await self.peer.mark_read([hex_id(i, "ids[]") for i in ids])
+            wanted = [hex_id(i, "ids[]") for i in ids]
+            receipts = unread_dms(self.peer, wanted)  # before they are marked
+            marked += await self.peer.mark_read(wanted)
+            await send_read_receipts(self.peer, receipts)
         if "through" in data:
             through = data["through"]
             if type(through) is not int or through < 0:

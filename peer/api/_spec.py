@@ -6,10 +6,15 @@ so the description cannot drift from what is enforced.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from ._values import ApiError
+
+_BLOB_DOC = (
+    "the file's bytes, streamed; Content-Type: its media type, X-Blob-Name: its name"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +35,8 @@ class Endpoint:
     open: bool = False  # no token wanted
     compat_open: bool = False  # no token wanted from loopback under --compat ocmesh
     stream: str | None = None  # "sse" or "websocket"
-    returns: str = "object"  # the JSON type of a 200 answer
+    returns: str = "object"  # the JSON type of a 200 answer ("text": plain text, not JSON)
+    raw: str | None = None  # the request body is raw bytes of this media type (blobs)
 
     def check_params(self, names: list[str]) -> None:
         allowed = {f.name for f in self.params}
@@ -65,6 +71,76 @@ _STREAM_PARAMS = (
     _OUTGOING,
 )
 _CHANNEL_B = Field("channel", "string", "a channel name", required=True)
+_ID_Q = Field("id", "string", "the schedule's id")
+_ID_B = Field("id", "string", "the schedule's id", required=True)
+_AUDIT_FILTERS = (
+    Field("agent", "string", "a peer id: records it sent or received"),
+    Field("kind", "string", "channel, dm, receipt or state (an outgoing DM's state change)"),
+    Field("direction", "string", "in, out or relayed (what a relay-only seed carried)"),
+    Field("topic", "string", "a channel name or topic"),
+    Field("conversation", "string", "a thread (or replied-to message) id"),
+    Field("since", "string", "from this time (ISO 8601 or Unix ms)"),
+    Field("until", "string", "before this time (ISO 8601 or Unix ms)"),
+)
+AUDIT_ENDPOINTS = (
+    Endpoint("GET", "/audit", "audit records (every message in and out, DM states), oldest "
+             "first; X-Clawmesh-Next pages",
+             params=(*_AUDIT_FILTERS, Field("after", "string", "X-Clawmesh-Next of the last "
+                                            "page"), _LIMIT),
+             returns="array"),
+    Endpoint("GET", "/audit/export", "every matching audit record, streamed as JSON lines "
+             "or CSV",
+             params=(*_AUDIT_FILTERS, Field("format", "string", "jsonl (default) or csv")),
+             returns="text"),
+)
+SCHEDULE_ENDPOINTS = (
+    Endpoint("POST", "/schedules", "make a schedule: a message sent at a time, every N "
+             "seconds or on a cron expression",
+             body=(Field("message", "object", "the /send body to send", required=True),
+                   Field("at", "string", "one-off: an ISO 8601 time or Unix ms"),
+                   Field("every", "number", "recurring: every this many seconds (>= 1)"),
+                   Field("cron", "string", "recurring: a cron expression (5 fields, or 6 "
+                         "with seconds last)"),
+                   Field("tz", "string", "the cron expression's IANA time zone (default UTC)"),
+                   Field("start", "string", "with every: the first occurrence (default: "
+                         "now + every); with cron: not before"),
+                   Field("missed", "string", "occurrences missed while down: fire (once, "
+                         "the default) or skip"),
+                   Field("grace", "number", "with missed=skip: seconds late an occurrence "
+                         "still fires (default 60)"),
+                   Field("limit", "integer", "at most this many firings"),
+                   Field("name", "string", "a label"))),
+    Endpoint("GET", "/schedules", "the schedules, with state and next occurrence",
+             params=(_ID_Q,), returns="array"),
+    Endpoint("DELETE", "/schedules", "delete a schedule and its job history", params=(_ID_Q,)),
+    Endpoint("POST", "/schedules/pause", "pause a schedule", body=(_ID_B,)),
+    Endpoint("POST", "/schedules/resume", "resume a schedule (from now: paused occurrences "
+             "are not owed)", body=(_ID_B,)),
+    Endpoint("GET", "/schedules/runs", "a schedule's job history: each firing or skip and "
+             "its outcome",
+             params=(_ID_Q, Field("after", "integer", "only runs after this run number"),
+                     _LIMIT, Field("newest", "boolean", "newest first")),
+             returns="array"),
+)
+
+BLOB_ENDPOINTS = (
+    Endpoint("POST", "/blobs",
+             "upload a file (streamed; 413 past --blob-max-mb, 507 past the quota)",
+             raw=_BLOB_DOC),
+    Endpoint("POST", "/blobs/uploads",
+             "open a resumable upload (X-Blob-Size: the total, if known); answers its id"),
+    Endpoint("GET", "/blobs/uploads/{uid}", "a resumable upload's offset: resume from there"),
+    Endpoint("PUT", "/blobs/uploads/{uid}",
+             "add bytes to an upload: Content-Range: bytes START-END/TOTAL (or /*); "
+             "the PUT that reaches TOTAL answers the blob", raw=_BLOB_DOC),
+    Endpoint("DELETE", "/blobs/uploads/{uid}", "abandon a resumable upload"),
+    Endpoint("GET", "/blobs/{id}",
+             "a blob's bytes (HEAD too), Range honoured (206); missing chunks are fetched "
+             "from the mesh as they are read", returns="string"),
+    Endpoint("DELETE", "/blobs/{id}",
+             "forget a blob here and free the chunks nothing else names (others keep theirs)"),
+    Endpoint("GET", "/blobs/{id}/status", "a blob's size and the chunks held of the total"),
+)
 
 _CARD_BODY = (
     Field("name", "string", "the agent's name (1..64 characters)", required=True),
@@ -110,7 +186,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                    Field("content", "string", "the text (ocmesh's name for body)"),
                    Field("payload", "object", "any JSON value; {\"$b64\": ...} for bytes"),
                    Field("reply_to", "string", "the id of the message this answers"),
-                   Field("thread", "string", "the id of the thread's first message")),
+                   Field("thread", "string", "the id of the thread's first message"),
+                   Field("attachments", "array",
+                         "blobs (POST /blobs) it refers to: [{id, name, type, size}], at most 32"),
+                   Field("send_at", "string", "send later: an ISO 8601 time or Unix ms "
+                         "(answers 202 with the one-off schedule)")),
              compat_open=True),
     Endpoint("GET", "/messages", "inbox messages in cursor order; headers tell count and more",
              params=(Field("unread", "boolean", "only unread (marks them read unless peek)"),
@@ -135,6 +215,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              returns="array"),
     Endpoint("GET", "/openapi.json", "this description", open=True),
     *AGENT_ENDPOINTS,
+    Endpoint("POST", "/login-link", "a new one-time login link for the web page"),
+    Endpoint("POST", "/logout", "end the web page's session (clears its cookie)", open=True),
+    *BLOB_ENDPOINTS,
+    Endpoint("GET", "/metrics", "the peer's statistics in the Prometheus text format",
+             open=True, returns="text"),
+    *SCHEDULE_ENDPOINTS,
+    *AUDIT_ENDPOINTS,
+    Endpoint("GET", "/fleet", "the fleet: this peer's status and every status heard in "
+             "others' presence", params=(Field("online", "boolean", "only peers heard "
+                                                "recently (true) or not (false)"),)),
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}
@@ -144,6 +234,7 @@ ERRORS = {
     "401": "no or wrong token",
     "403": "Host or Origin is not loopback",
     "413": "too large",
+    "507": "not stored: the disk quota (blobs) or the store is full",
     "503": "too many requests or streams at once; retry shortly",
 }
 
@@ -166,6 +257,8 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         {"name": f.name, "in": "query", "description": f.doc, "schema": {"type": f.type}}
         for f in e.params
     ]
+    for name in re.findall(r"{(\w+)}", e.path):  # /blobs/{id}: a path parameter
+        params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
     if e.stream is not None:
         params.append(
             {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
@@ -173,6 +266,9 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         )
     if params:
         op["parameters"] = params
+    if e.raw is not None:
+        op["requestBody"] = {"required": True, "description": e.raw,
+                             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
     if e.body:
         op["requestBody"] = {
             "required": True,
@@ -188,6 +284,8 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         ok["content"] = {"text/event-stream": {"schema": {"type": "string"}}}
     elif e.stream == "websocket":
         ok = {"description": "switching to a WebSocket (status 101)"}
+    elif e.returns == "text":
+        ok["content"] = {"text/plain": {"schema": {"type": "string"}}}
     else:
         ok["content"] = {"application/json": {"schema": {"type": e.returns}}}
     responses: dict[str, Any] = {"200": ok}
@@ -206,6 +304,7 @@ def _operation(e: Endpoint) -> dict[str, Any]:
 
 def _op_id(e: Endpoint) -> str:
     name = e.path.strip("/").replace(".json", "").replace("-", "_") or "root"
+    name = name.replace("{", "").replace("}", "").replace("/", "_")
     return f"{e.method.lower()}_{name}"
 
 

@@ -13,14 +13,15 @@ from collections.abc import Sequence
 # the subcommands beside running a peer (peer/cli/_commands.py and peer/mcp/)
 COMMANDS = frozenset(
     {"send", "dm", "read", "tail", "peers", "status", "channels", "join", "leave", "ack", "mcp",
-     "agents", "card"}
+     "agents", "card", "blob", "web", "schedule", "fleet"}
 )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
-        from ._commands import run_command_line
+        from . import _blobcmds  # noqa: F401  (registers `blob` on the command group)
+        from ._opscmds import run_command_line  # _commands, with the operator's commands
 
         run_command_line(args)
         return

@@ -27,14 +27,17 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
 from dht import Contact, DhtService
-from peer.protocols._gossip import Action, GossipRouter
+from peer.protocols._gossip import Action, GossipRouter, Send
+from peer.protocols._owntail import TAIL, OwnTail
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Content,
@@ -44,15 +47,17 @@ from peer.wire._envelope import (
     seal_message,
 )
 from peer.wire._frames import is_topic
-from peer.wire._frametypes import Push
+from peer.wire._frametypes import Pub, Push
 from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
 from ._agents import AgentDirectory
+from ._blobhost import BlobHost, blob_dir
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
+from ._inboxlog import own_tails
 from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
@@ -100,9 +105,16 @@ class Peer:
         self.counters = PeerCounters()
         self.channels: set[str] = set()
         self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
+        self.own_tail = OwnTail()  # ours that may not have left: sent again ahead of the next
         self.storage: Storage | None = None
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
+        # more entries for our presence payload, who sees each presence heard (the
+        # fleet view: peer/api/_fleet.py) and each envelope delivered (with its
+        # ``member`` flag: the audit of a seed, peer/api/_audit.py); hooks must not raise
+        self.presence_extras: list[Callable[[], dict[str, Any]]] = []
+        self.presence_hooks: list[Callable[[Envelope, Any], None]] = []
+        self.envelope_hooks: list[Callable[[Envelope, bool], None]] = []  # each one delivered
         self.swarm = Swarm(self, self.options.presence_interval)
         config = LinkConfig(identity, self.options, lambda: self.caps, lambda: self.listen_urls)
         self.link_manager = LinkManager(config, self.swarm, self.counters, self.log)
@@ -118,6 +130,7 @@ class Peer:
         self.agents = AgentDirectory(self)  # our agent card, and the cards found
         if self.options.card is not None:
             self.agents.set_card(self.options.card)
+        self.blobs = BlobHost(self)
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
@@ -163,10 +176,16 @@ class Peer:
                 self.storage = Storage(self, service)
                 stored = await self.storage.load()
                 self._chains = await self.storage.own_chains()
+                tails = functools.partial(own_tails, me=self.peer_id, size=TAIL)
+                self.own_tail.preload(await service.read(tails))
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
                 channels = [*stored, *channels]
+                self.blobs.open(
+                    blob_dir(self.options.store_path), self.options.blob_quota_bytes, time.time()
+                )
+                stack.callback(self.blobs.close)
             async with trio.open_nursery() as nursery:
                 await self._start(nursery, channels, extra)
                 task_status.started()
@@ -195,6 +214,7 @@ class Peer:
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
         nursery.start_soon(self._subscriptions)
+        nursery.start_soon(self.blobs.run)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
             self.log.warning(
@@ -288,11 +308,15 @@ class Peer:
 
     def statistics(self) -> Statistics:
         """A frozen snapshot of what the peer counts: its links (``counters``), its
-        gossip router, its store (None without one) and its DHT (None when off)."""
+        gossip router, its store and commit latency (None without one) and its DHT
+        (None when off)."""
         return snapshot(
             counters=snapshot(self.counters),
             gossip=self.router.statistics(),
             store=None if self.storage is None else self.storage.statistics(),
+            commit_latency=(
+                None if self.storage is None else self.storage.service.commit_latency.statistics()
+            ),
             dht=None if self.dht is None else self.dht.statistics(),
         )
 
@@ -414,6 +438,18 @@ class Peer:
                 f"{method}() sends without storing, for peers without a store;"
                 f" a peer with a store sends with {instead}(), which keeps its sequence"
             )
+
+    def publish_own(self, env: Envelope, now: float) -> None:
+        """Publish a stored message of ours, after those of its topic that may not have
+        left (``OwnTail``: after a start, or after one that had no carrier)."""
+        route = env.route
+        ahead = self.own_tail.before(
+            env.log_topic, env.seq, env.wire, routed=self.router.reachable(route)
+        )
+        if ahead:
+            carriers = [p for p in self.router.links() if route in self.router.interest_of(p)]
+            self.swarm.perform([Send(p, Pub(w).encode()) for w in ahead for p in carriers])
+        self.swarm.perform(self.router.publish(env, now))
 
     def publish(self, channel: str, content: Content) -> Envelope:
         """Sign and send a channel message at once, without storing it (a peer with

@@ -16,10 +16,13 @@ from dht._cards import CARDS_CAP
 from peer.protocols._deposits import MAILBOX_CAP
 from peer.protocols._mailbox import MailboxQuota
 from peer.protocols._order import ORDER_HOLD
+from peer.wire._blobframes import BLOBS_CAP
 from peer.wire._errors import ErrorCode
 from peer.wire._handshake import PLAINTEXT_CAP
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy
+
+from ._readmarks import READ_RECEIPTS_CAP
 
 PRESENCE_INTERVAL = 60.0
 DAY_MS = 24 * 3600 * 1000
@@ -91,6 +94,9 @@ class PeerOptions:
     mailbox_delay: float = 5.0  # seconds an undelivered DM or receipt waits before deposits
     # our agent card (dht/_card.py), published under its skills and tags; None: no card
     card: dict[str, Any] | None = None
+    # blobs (protocol-spec/blobs.md): the largest one uploaded, and all chunks kept on disk
+    blob_max_bytes: int = 1 << 30
+    blob_quota_bytes: int = 4 << 30
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:
@@ -111,6 +117,9 @@ class PeerOptions:
             caps.extend(("dht", CARDS_CAP))
         if self.mailbox and serving_dht and self.store_path is not None and not self.relay_only:
             caps.append(MAILBOX_CAP)
+        if not self.relay_only:
+            caps.append(READ_RECEIPTS_CAP)
+        caps.append(BLOBS_CAP)  # answers and forwards blob wants (a store holds blobs)
         if bench is not None and bench.plaintext_links:
             caps.append(PLAINTEXT_CAP)
         return tuple(caps)

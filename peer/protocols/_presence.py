@@ -24,6 +24,7 @@ from typing import Any
 MAX_LISTEN = 8
 MAX_CAPS = 16
 MAX_NAME = 64
+MAX_PRESENCE_PAYLOAD = 4096  # bytes of payload an envelope may carry (envelope.md 8)
 
 
 @dataclass(frozen=True, slots=True)

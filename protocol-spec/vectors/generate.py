@@ -30,13 +30,16 @@ for _path in (str(ROOT), str(HERE)):  # the peer package, and the vectorgen pack
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from vectorgen.blobs import build_blobs  # noqa: E402
 from vectorgen.cards import build_cards  # noqa: E402
 from vectorgen.catchup import build_catchup  # noqa: E402
 from vectorgen.cbor import build_cbor  # noqa: E402
 from vectorgen.common import SPEC_REVISION, Json, identities  # noqa: E402
 from vectorgen.envelope import build_dm, build_envelope  # noqa: E402
+from vectorgen.fleet import build_fleet  # noqa: E402
 from vectorgen.handshake import HandshakeRun, build_handshake  # noqa: E402
 from vectorgen.identity import build_identity  # noqa: E402
+from vectorgen.readreceipt import build_read_receipt  # noqa: E402
 from vectorgen.rejected import build_rejected  # noqa: E402
 
 # -- driver -------------------------------------------------------------------------------
@@ -61,6 +64,9 @@ def build() -> dict[str, str]:
         "cbor.json": build_cbor(),
         "rejected.json": build_rejected(ids, run, msgs, dm_env),
         "cards.json": build_cards(),
+        "blobs.json": build_blobs(dict(ids)),
+        "read-receipt.json": build_read_receipt(),
+        "fleet.json": build_fleet(ids),
     }
     for doc in docs.values():
         doc["spec_revision"] = SPEC_REVISION
