@@ -69,8 +69,12 @@ async def _ws_pair() -> AsyncIterator[tuple[WebSocketTransport, WebSocketTranspo
         try:
             async with trio.open_nursery() as client_nursery:
                 ws = await trio_websocket.wrap_client_stream(
-                    client_nursery, stream, f"127.0.0.1:{port}", "/",
-                    message_queue_size=64, max_message_size=1 << 20,
+                    client_nursery,
+                    stream,
+                    f"127.0.0.1:{port}",
+                    "/",
+                    message_queue_size=64,
+                    max_message_size=1 << 20,
                 )
                 await ready.wait()
                 yield WebSocketTransport(ws, "server"), accepted[0]
