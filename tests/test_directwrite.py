@@ -216,3 +216,25 @@ async def test_a_direct_write_waits_for_what_the_writer_holds() -> None:
                 got = [res.cipher.open(await client.receive()) for _ in range(3)]
                 nursery.cancel_scope.cancel()
     assert got == [b"direct", b"queued", b"behind"]
+
+
+async def test_a_burst_already_read_is_handed_out_whole_and_in_order() -> None:
+    """``receive_nowait`` and ``backlog`` (what the reader gathers a burst with) agree
+    with ``receive``: every record once, in order, and the backlog is seen."""
+    records = [bytes([n]) * 300 for n in range(40)]
+    with trio.fail_after(DEADLINE):
+        async with _ws_pair() as (client, server):
+            await client.send_many(records)
+            got = [await server.receive()]
+            backlog_seen = False
+            while len(got) < len(records):
+                queued, more = server.backlog()
+                backlog_seen |= queued > 0 or more
+                record = server.receive_nowait()
+                if record is None:
+                    assert queued == 0
+                    record = await server.receive()
+                got.append(record)
+            assert server.receive_nowait() is None and server.backlog() == (0, False)
+    assert got == records
+    assert backlog_seen

@@ -18,8 +18,8 @@ wire in that order.
 While the link manager handles a burst of records that were already read
 (``Outbox.hold`` .. ``Outbox.flush``, one synchronous stretch with no await
 in between), direct writes are collected per link instead (``held``) and
-``flush`` writes each link's share with one ``send``: a relay that got 64
-messages in one read writes each subscriber once, not 64 times. ``close``
+``flush`` writes each link's share with one ``send``: a relay that got 16
+messages in one read writes each subscriber once, not 16 times. ``close``
 moves what a link holds into its queue, ahead of its error frame.
 
 A relay holds one ``Link`` per idle peer for hours, so what an idle link

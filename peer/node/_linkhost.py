@@ -10,6 +10,12 @@ Rules kept here:
 * Two links to one peer: the one dialled by the lower peer id is kept, which
   both sides compute alike.
 * The writer seals and sends queued frames in batches, one write per batch.
+  Most frames never reach it: ``Link.enqueue`` writes directly when nothing
+  is ahead (``peer.node._link``). The reader handles a burst of records that
+  were already read (``READ_BURST``) in one synchronous stretch, holding the
+  direct writes they cause and flushing them once per link; while
+  trio-websocket is still parsing bytes it already read it gets a few turns
+  first, so a burst is gathered, but a lone record is never delayed.
 * A relay holds many idle links, so an idle link keeps only its state: no
   bound logger, and neither the last record read nor the last batch written.
 * A connection refused or failed before its handshake finished (a bad
@@ -46,7 +52,7 @@ from ._transport import Transport, TransportClosed
 WRITE_BATCH = 256  # records a writer sends with one write, at most
 WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
 WRITE_YIELDS = 8  # scheduler turns a writer waits for more frames while they keep coming
-READ_BURST = 64  # records handled in one synchronous stretch, their writes held and flushed once
+READ_BURST = 16  # records handled in one synchronous stretch, their writes held and flushed once
 REFUSAL_SEND = 1.0  # seconds to send the error frame that refuses a handshake, at most
 _LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -168,6 +174,7 @@ class LinkManager:
                 except ProtocolError as exc:  # an oversize stream record
                     self._refuse(link, exc, self._link_log(link))
                     break
+                await self._gather_burst(link)
                 self._on_burst(link, record)
                 del record  # not kept while this task waits: records reach 320 KiB
             # Closing: the writer flushes the error frame, then ends the
@@ -349,6 +356,20 @@ class LinkManager:
             pass
         assert link.scope is not None
         link.scope.cancel()
+
+    async def _gather_burst(self, link: Link) -> None:
+        """While bytes already read are still being parsed into records (trio-websocket's
+        reader yields after each one), give it turns, so that a burst is handled, and
+        its writes flushed, together: up to ``READ_BURST`` records, and only while each
+        turn brings one more. A lone record (no backlog) is handled at once."""
+        transport = link.transport
+        queued, more = transport.backlog()
+        while more and queued < READ_BURST - 1:
+            await trio.lowlevel.checkpoint()
+            now_queued, more = transport.backlog()
+            if now_queued <= queued:
+                break
+            queued = now_queued
 
     def _on_burst(self, link: Link, record: bytes) -> None:
         """``record`` and those already read behind it (up to ``READ_BURST``), with the

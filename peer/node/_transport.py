@@ -158,6 +158,10 @@ class Transport(Protocol):
     def receive_nowait(self) -> bytes | None:
         """A record already read and waiting, or None (then ``receive`` waits or raises)."""
 
+    def backlog(self) -> tuple[int, bool]:
+        """Records waiting for ``receive``, and whether more bytes were read that are
+        not parsed into records yet (more records are coming without waiting for I/O)."""
+
     async def aclose(self) -> None:
         """Close gracefully: what is sent is flushed, the other side told."""
 
@@ -266,6 +270,15 @@ class WebSocketTransport:
                 return None  # ``receive`` waits for the next, or says why there is none
             if isinstance(message, bytes):
                 return message
+
+    def backlog(self) -> tuple[int, bool]:
+        if not self._batching:
+            return 0, False
+        ws: Any = self._ws
+        queued = ws._recv_channel.statistics().current_buffer_used
+        decoder = getattr(getattr(ws._wsproto, "_proto", None), "_frame_decoder", None)
+        buffer = getattr(decoder, "buffer", None)
+        return queued, isinstance(buffer, Buffer) and len(buffer) > 0
 
     async def receive(self) -> bytes:
         while True:
@@ -388,6 +401,9 @@ class StreamTransport:
 
     def receive_nowait(self) -> bytes | None:
         return self._ready.pop(0) if self._ready else None
+
+    def backlog(self) -> tuple[int, bool]:
+        return len(self._ready), False
 
     async def receive(self) -> bytes:
         while not self._ready:
