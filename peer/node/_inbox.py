@@ -13,7 +13,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from peer.wire._blobframes import Attachment
 from peer.wire._envelope import Content, Envelope, payload_value
+
+from ._readmarks import read_ids
 
 
 @dataclass(slots=True)
@@ -34,8 +37,10 @@ class InboxMessage:
     received_ms: int
     outgoing: bool
     read: bool = False
-    status: str | None = None  # an outgoing DM: "pending", "delivered" or "undeliverable"
+    # an outgoing DM: "pending", "delivered", "read" (_readmarks) or "undeliverable"
+    status: str | None = None
     seq: int = 0  # the sender's sequence number in this conversation or channel
+    attachments: tuple[Attachment, ...] = ()  # blobs it refers to (``GET /blobs/<id>``)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -64,6 +69,8 @@ class InboxMessage:
             out["thread"] = self.thread.hex()
         if self.status is not None:
             out["status"] = self.status
+        if self.attachments:
+            out["attachments"] = [a.to_json() for a in self.attachments]
         return out
 
 
@@ -117,6 +124,9 @@ class Inbox:
             return None
         if message.cursor <= 0:
             message.cursor = self._next
+        marks = read_ids(message.kind, message.outgoing, message.body, message.payload)
+        if marks is not None:  # a read receipt: nothing for the agent to read
+            message.read = True
         self._next = max(self._next, message.cursor + 1)
         self._messages[message.cursor] = message
         self._by_id[message.id] = message.cursor
@@ -124,6 +134,10 @@ class Inbox:
             self._read[message.cursor] = None
         while len(self._messages) > self._capacity:
             self._evict()
+        for msg_id in marks or ():
+            target = self.get(msg_id)
+            if target is not None and target.outgoing and target.peer == message.sender:
+                self.set_status(msg_id, "read")
         return message
 
     def _evict(self) -> None:
@@ -143,6 +157,8 @@ class Inbox:
         """Record an outgoing DM's new status (``status_changes`` keeps it for streams)."""
         message = self.get(msg_id)
         if message is None or message.status == status:
+            return message
+        if message.status == "read" and status == "delivered":  # a late delivery receipt
             return message
         message.status = status
         self.status_count += 1
@@ -318,5 +334,6 @@ def inbox_entry(
         read=outgoing,
         status="pending" if outgoing and env.kind == "dm" else None,
         seq=env.seq,
+        attachments=content.attachments,
     )
     return message, content.payload

@@ -30,6 +30,7 @@ from nacl.bindings import crypto_box, crypto_box_open
 from nacl.exceptions import CryptoError
 
 from . import _cbor
+from ._blobframes import Attachment, check_attachments
 from ._errors import ErrorCode, ProtocolError
 from ._fields import Map, is_topic, need_bytes, need_text, need_uint
 from ._identity import (
@@ -50,13 +51,13 @@ MAX_RECEIPT_IDS = 64
 _SIGNED_KEYS = {
     "msg": frozenset(
         {"v", "kind", "topic", "from", "seq", "ts", "prev", "body", "payload", "reply_to",
-         "thread"}
+         "thread", "attachments"}
     ),
     "dm": frozenset({"v", "kind", "topic", "from", "seq", "ts", "prev", "to", "box"}),
     "presence": frozenset({"v", "kind", "topic", "from", "seq", "ts", "payload"}),
     "receipt": frozenset({"v", "kind", "topic", "from", "seq", "ts", "prev", "to", "ids"}),
 }
-_CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread"})
+_CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread", "attachments"})
 
 
 def dm_topic(a: bytes, b: bytes) -> str:
@@ -82,6 +83,7 @@ class Content:
     payload: bytes | None = None  # canonical CBOR bytes of any value
     reply_to: bytes | None = None  # message id
     thread: bytes | None = None  # message id of the thread root
+    attachments: tuple[Attachment, ...] = ()  # blobs it refers to (blobs.md)
 
     def to_map(self) -> Map:
         m: Map = {"body": self.body}
@@ -91,6 +93,8 @@ class Content:
             m["reply_to"] = self.reply_to
         if self.thread is not None:
             m["thread"] = self.thread
+        if self.attachments:
+            m["attachments"] = [a.to_map() for a in self.attachments]
         return m
 
 
@@ -102,7 +106,7 @@ def _check_content(m: Map) -> Content:
         _cbor.decode(payload, max_items=MAX_FRAME_ITEMS * 16)
     reply_to = need_bytes(m, "reply_to", 32) if "reply_to" in m else None
     thread = need_bytes(m, "thread", 32) if "thread" in m else None
-    return Content(body, payload, reply_to, thread)
+    return Content(body, payload, reply_to, thread, check_attachments(m))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,7 @@ class Envelope:
             payload=self.fields.get("payload"),
             reply_to=self.fields.get("reply_to"),
             thread=self.fields.get("thread"),
+            attachments=check_attachments(self.fields),
         )
 
 

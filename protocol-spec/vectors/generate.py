@@ -30,12 +30,14 @@ for _path in (str(ROOT), str(HERE)):  # the peer package, and the vectorgen pack
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from vectorgen.blobs import build_blobs  # noqa: E402
 from vectorgen.catchup import build_catchup  # noqa: E402
 from vectorgen.cbor import build_cbor  # noqa: E402
 from vectorgen.common import SPEC_REVISION, Json, identities  # noqa: E402
 from vectorgen.envelope import build_dm, build_envelope  # noqa: E402
 from vectorgen.handshake import HandshakeRun, build_handshake  # noqa: E402
 from vectorgen.identity import build_identity  # noqa: E402
+from vectorgen.readreceipt import build_read_receipt  # noqa: E402
 from vectorgen.rejected import build_rejected  # noqa: E402
 
 # -- driver -------------------------------------------------------------------------------
@@ -59,6 +61,8 @@ def build() -> dict[str, str]:
         "catchup.json": build_catchup(ids, msgs, dm_env),
         "cbor.json": build_cbor(),
         "rejected.json": build_rejected(ids, run, msgs, dm_env),
+        "blobs.json": build_blobs(dict(ids)),
+        "read-receipt.json": build_read_receipt(),
     }
     for doc in docs.values():
         doc["spec_revision"] = SPEC_REVISION
