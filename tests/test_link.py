@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from peer import Error, ErrorCode, Handshake, Identity, decode_frame, memory_link_pair
-from peer.node._link import SEND_QUEUE, Link, SendQueue
+from peer.node._link import SEND_QUEUE, Link, SendQueue, Tail
 
 
 async def test_frames_come_out_in_order_and_the_queue_is_bounded() -> None:
@@ -38,7 +38,7 @@ async def test_close_hands_out_what_is_queued_then_none() -> None:
 
 async def test_a_parked_get_wakes_for_a_frame_and_for_the_end() -> None:
     queue = SendQueue(8)
-    got: list[bytes | None] = []
+    got: list[bytes | Tail | None] = []
 
     async def writer() -> None:
         while True:
@@ -101,7 +101,7 @@ async def test_close_queues_an_error_frame_and_sets_a_deadline() -> None:
     assert link.close_code is ErrorCode.SLOW
     assert await link.queue.get() == b"x"
     error = await link.queue.get()
-    assert error is not None
+    assert isinstance(error, bytes)
     frame = decode_frame(error)
     assert isinstance(frame, Error) and frame.code == ErrorCode.SLOW.value
     assert await link.queue.get() is None
@@ -111,5 +111,5 @@ async def test_a_link_closed_before_it_is_served_still_queues_its_error() -> Non
     link = _link()
     link.close(ErrorCode.DUPLICATE, "already linked")
     error = await link.queue.get()
-    assert error is not None and isinstance(decode_frame(error), Error)
+    assert isinstance(error, bytes) and isinstance(decode_frame(error), Error)
     assert not link.closed.is_set()

@@ -4,8 +4,23 @@ A ``Link`` owns a bounded queue of plaintext frames (``SEND_QUEUE``);
 ``enqueue`` never blocks, and a full queue means the link is too slow and
 must be closed by its owner. ``close`` is idempotent: the first call records
 the reason, queues an error frame if there is room, ends the queue and puts a
-short deadline on the link's cancel scope. Sealing and writing happen in the
-link's writer task (``peer.node._linkhost``), never here.
+short deadline on the link's cancel scope.
+
+``enqueue`` writes at once when it can (a direct write, see
+``peer.node._transport``): if nothing is queued, the link's writer is idle
+(``writing`` False) and the transport is ``ready``, the frame is sealed and
+handed to the socket here, and only what the socket did not take is queued,
+as a ``Tail`` the writer sends first. Otherwise the frame is queued, and the
+link's writer task (``peer.node._linkhost``) seals and sends it in a batch.
+Either way frames are sealed in the order they were enqueued and reach the
+wire in that order.
+
+While the link manager handles a burst of records that were already read
+(``Outbox.hold`` .. ``Outbox.flush``, one synchronous stretch with no await
+in between), direct writes are collected per link instead (``held``) and
+``flush`` writes each link's share with one ``send``: a relay that got 16
+messages in one read writes each subscriber once, not 16 times. ``close``
+moves what a link holds into its queue, ahead of its error frame.
 
 A relay holds one ``Link`` per idle peer for hours, so what an idle link
 keeps is kept small: ``__slots__``, and a ``SendQueue`` that holds no buffer
@@ -30,6 +45,44 @@ HANDSHAKE_TIMEOUT = 10.0
 CLOSE_GRACE = 2.0  # seconds a closing link has to flush its error frame
 
 
+class Tail:
+    """Framed bytes a direct write left over: the writer sends them as they are."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class Outbox:
+    """Shared by the links of one manager: whether direct writes are being held."""
+
+    __slots__ = ("dirty", "holding")
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.dirty: list[Link] = []  # links holding bytes, in the order they started
+
+    def hold(self) -> None:
+        self.holding = True
+
+    def flush(self) -> None:
+        """Write what every link holds (what the socket does not take goes to its writer)."""
+        self.holding = False
+        dirty, self.dirty = self.dirty, []
+        error: Exception | None = None
+        for link in dirty:  # every link, even if one fails: none may keep holding
+            try:
+                link.flush_held()
+            except Exception as exc:  # a bug: the caller's handler closes its link
+                error = error or exc
+        if error is not None:
+            raise error
+
+
+_NO_OUTBOX = Outbox()  # never holds: for links made without a manager
+
+
 class SendQueue:
     """Frames waiting for one writer task: bounded, and ``put`` never blocks.
 
@@ -40,7 +93,8 @@ class SendQueue:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._frames: deque[bytes] | None = None  # made by the first put, dropped when drained
+        # made by the first put, dropped when drained
+        self._frames: deque[bytes | Tail] | None = None
         self._closed = False
         self._writer: trio.lowlevel.Task | None = None  # parked in get()
 
@@ -48,7 +102,12 @@ class SendQueue:
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, frame: bytes) -> bool:
+    @property
+    def idle(self) -> bool:
+        """Nothing is queued and the queue is open."""
+        return self._frames is None and not self._closed
+
+    def put(self, frame: bytes | Tail) -> bool:
         """Queue ``frame``; False if the queue is full. Frames put after close are dropped."""
         if self._closed:
             return True
@@ -68,7 +127,7 @@ class SendQueue:
         """Frames waiting."""
         return 0 if self._frames is None else len(self._frames)
 
-    def get_nowait(self) -> bytes | None:
+    def get_nowait(self) -> bytes | Tail | None:
         """The next frame, or None if none is waiting."""
         frames = self._frames
         if not frames:
@@ -78,7 +137,7 @@ class SendQueue:
             self._frames = None
         return frame
 
-    async def get(self) -> bytes | None:
+    async def get(self) -> bytes | Tail | None:
         """Wait for the next frame; None once the queue is closed and empty."""
         if self._frames or self._closed:
             await trio.lowlevel.checkpoint()
@@ -108,13 +167,16 @@ class Link:
         "close_code",
         "close_reason",
         "frames_out",
+        "held",
         "initiator",
         "opened",
+        "outbox",
         "peer_id",
         "queue",
         "result",
         "scope",
         "transport",
+        "writing",
     )
 
     def __init__(
@@ -123,6 +185,7 @@ class Link:
         transport: Transport,
         initiator: bool,
         opened: float,
+        outbox: Outbox | None = None,
     ) -> None:
         self.result = result
         self.peer_id = result.peer_id
@@ -137,6 +200,9 @@ class Link:
         self.close_code: ErrorCode | None = None
         self.close_reason = ""
         self.frames_out = 0
+        self.writing = False  # the writer holds frames it took from the queue
+        self.outbox = outbox if outbox is not None else _NO_OUTBOX
+        self.held: list[bytes] | None = None  # sealed records held for the outbox's flush
 
     @property
     def closed(self) -> trio.Event:
@@ -150,8 +216,40 @@ class Link:
         return "relay" in self.result.caps
 
     def enqueue(self, frame: bytes) -> bool:
-        """Queue a plaintext frame; False if the link is too far behind (closing: dropped)."""
-        return self.queue.put(frame)
+        """Send a plaintext frame: written at once if nothing is ahead of it and the
+        socket takes it, queued otherwise; False if the link is too far behind
+        (closing: dropped)."""
+        held = self.held
+        if held is not None:  # ahead of anything else: it stays ahead
+            if len(held) >= SEND_QUEUE:
+                return False
+            held.append(self.cipher.seal(frame))
+            return True
+        queue = self.queue
+        if queue.idle and not self.writing and self.transport.ready():
+            if self.outbox.holding:
+                self.held = [self.cipher.seal(frame)]
+                self.outbox.dirty.append(self)
+                return True
+            tail = self.transport.send_now(self.cipher.seal(frame))
+            self.frames_out += 1
+            if tail:
+                queue.put(Tail(tail))  # first in line; the writer sends it before the rest
+            return True
+        return queue.put(frame)
+
+    def flush_held(self) -> None:
+        """Write the records held for the outbox in one go; the rest goes to the writer."""
+        held, self.held = self.held, None
+        if not held:
+            return
+        self.frames_out += len(held)
+        if self.transport.ready():
+            tail = self.transport.send_now_many(held)
+        else:  # cannot happen within one synchronous stretch; kept safe all the same
+            tail = self.transport.frame_many(held)
+        if tail:
+            self.queue.put(Tail(tail))
 
     def close(self, code: ErrorCode, reason: str) -> None:
         """Send an error frame if possible, then end the link within a deadline."""
@@ -159,6 +257,10 @@ class Link:
             return
         self.close_code = code
         self.close_reason = reason
+        held, self.held = self.held, None
+        if held:  # sealed before the error frame: they go first
+            self.frames_out += len(held)
+            self.queue.put(Tail(self.transport.frame_many(held)))
         self.queue.put(Error(code.value, clip_utf8(reason, 200)).encode())
         self.queue.close()
         if self.scope is not None:  # None: closed before it was served, and it never will be

@@ -10,6 +10,12 @@ Rules kept here:
 * Two links to one peer: the one dialled by the lower peer id is kept, which
   both sides compute alike.
 * The writer seals and sends queued frames in batches, one write per batch.
+  Most frames never reach it: ``Link.enqueue`` writes directly when nothing
+  is ahead (``peer.node._link``). The reader handles a burst of records that
+  were already read (``READ_BURST``) in one synchronous stretch, holding the
+  direct writes they cause and flushing them once per link; while
+  trio-websocket is still parsing bytes it already read it gets a few turns
+  first, so a burst is gathered, but a lone record is never delayed.
 * A relay holds many idle links, so an idle link keeps only its state: no
   bound logger, and neither the last record read nor the last batch written.
 * A connection refused or failed before its handshake finished (a bad
@@ -39,13 +45,14 @@ from peer.wire._frametypes import AnyFrame, Error
 from peer.wire._handshake import Handshake, HandshakeResult, PeerRefused, SelfConnection
 from peer.wire._identity import Identity
 
-from ._link import HANDSHAKE_TIMEOUT, Link
+from ._link import HANDSHAKE_TIMEOUT, Link, Outbox, Tail
 from ._options import PeerCounters, PeerOptions
 from ._transport import Transport, TransportClosed
 
 WRITE_BATCH = 256  # records a writer sends with one write, at most
 WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
 WRITE_YIELDS = 8  # scheduler turns a writer waits for more frames while they keep coming
+READ_BURST = 16  # records handled in one synchronous stretch, their writes held and flushed once
 REFUSAL_SEND = 1.0  # seconds to send the error frame that refuses a handshake, at most
 _LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -93,6 +100,7 @@ class LinkManager:
         self.links: dict[bytes, Link] = {}
         self.self_urls: set[str] = set()
         self._changed = trio.Event()
+        self.outbox = Outbox()
 
     def now(self) -> float:
         return trio.current_time()
@@ -126,7 +134,7 @@ class LinkManager:
             result = await self._open_link(transport, initiator, expect)
             if result is None:
                 return None
-            link = Link(result, transport, initiator, self.now())
+            link = Link(result, transport, initiator, self.now(), self.outbox)
             try:
                 if not await self._take_place(link):
                     return result
@@ -166,7 +174,8 @@ class LinkManager:
                 except ProtocolError as exc:  # an oversize stream record
                     self._refuse(link, exc, self._link_log(link))
                     break
-                self._on_record(link, record)
+                await self._gather_burst(link)
+                self._on_burst(link, record)
                 del record  # not kept while this task waits: records reach 320 KiB
             # Closing: the writer flushes the error frame, then ends the
             # nursery (or the link's deadline does).
@@ -294,19 +303,33 @@ class LinkManager:
 
     async def _drain_writer(self, link: Link) -> None:
         while (frame := await link.queue.get()) is not None:
-            await link.transport.send(link.cipher.seal(frame))
+            if isinstance(frame, Tail):
+                await link.transport.send_raw(frame.data)
+            else:
+                await link.transport.send(link.cipher.seal(frame))
 
     async def _writer(self, link: Link) -> None:
         """Send what is queued for ``link``: each wake-up drains a batch, one write.
 
         When the queue has ended (the link is closing) and is flushed, it
-        cancels the link's nursery.
+        cancels the link's nursery. While it holds frames taken from the queue
+        (``link.writing``), ``Link.enqueue`` queues rather than writes directly.
+        A ``Tail`` is only ever first in the queue (a direct write needs an
+        empty queue and an idle writer), so it is sent alone, first.
         """
         seal = link.cipher.seal
         queue = link.queue
         send_many = link.transport.send_many
         try:
-            while (frame := await queue.get()) is not None:
+            while (item := await queue.get()) is not None:
+                link.writing = True
+                if isinstance(item, Tail):
+                    await link.transport.send_raw(item.data)
+                    link.writing = False
+                    del item
+                    continue
+                frame: bytes | Tail | None = item
+                assert isinstance(frame, bytes)
                 batch = [seal(frame)]
                 size = len(frame)
                 yields, got = 0, False
@@ -321,16 +344,49 @@ class LinkManager:
                         got = False
                         await trio.lowlevel.checkpoint()
                         continue
+                    assert not isinstance(frame, Tail)  # see above: only ever first
                     got = True
                     batch.append(seal(frame))
                     size += len(frame)
                 await send_many(batch)
                 link.frames_out += len(batch)
-                del frame, batch  # not kept while the writer waits: a batch may be a MiB
+                link.writing = False
+                del item, frame, batch  # not kept while the writer waits: a batch may be a MiB
         except TransportClosed:
             pass
         assert link.scope is not None
         link.scope.cancel()
+
+    async def _gather_burst(self, link: Link) -> None:
+        """While bytes already read are still being parsed into records (trio-websocket's
+        reader yields after each one), give it turns, so that a burst is handled, and
+        its writes flushed, together: up to ``READ_BURST`` records, and only while each
+        turn brings one more. A lone record (no backlog) is handled at once."""
+        transport = link.transport
+        queued, more = transport.backlog()
+        while more and queued < READ_BURST - 1:
+            await trio.lowlevel.checkpoint()
+            now_queued, more = transport.backlog()
+            if now_queued <= queued:
+                break
+            queued = now_queued
+
+    def _on_burst(self, link: Link, record: bytes) -> None:
+        """``record`` and those already read behind it (up to ``READ_BURST``), with the
+        direct writes they cause held and flushed once per link (``Outbox``)."""
+        outbox = self.outbox
+        outbox.hold()
+        try:
+            self._on_record(link, record)
+            for _ in range(READ_BURST - 1):
+                if link.close_code is not None:
+                    break
+                more = link.transport.receive_nowait()
+                if more is None:
+                    break
+                self._on_record(link, more)
+        finally:
+            outbox.flush()
 
     def _on_record(self, link: Link, record: bytes) -> None:
         """Open, decode and hand on one record; one that is refused closes the link.

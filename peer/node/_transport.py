@@ -51,11 +51,27 @@ is unauthenticated, and what it costs is bounded:
   the stream just the same, then drains what the reader still parses: at
   most the one receive buffer it holds (tests/test_internals.py runs that
   path).
+
+**Direct writes** (``ready``, ``send_now``): a relay fanning one message out
+to N links used to wake N writer tasks, each paying Trio's scheduler and a
+``send_all`` for one record. When nothing else is writing to a link (its
+send queue empty, its writer idle: ``Link`` checks that; trio-websocket's
+send lock free, the WebSocket open: ``ready`` checks this) the record is
+framed and handed to the kernel at once with one non-blocking ``send`` on
+the connection's socket, from the forwarding code itself. What the kernel
+does not take (a full socket buffer) comes back as a tail, which the link's
+writer writes before anything queued after it (``send_raw``), so the bytes
+on the wire are exactly those of the queued path, in the same order. Only on
+a plain TCP stream (not TLS) with the private attributes above; the socket
+is trio's own (``trio.socket``'s private ``_sock``, checked to be a
+``socket.socket``); ``DIRECT_WRITES`` False, or any other stream, leaves
+every record to the writer task (tests/test_directwrite.py compares both).
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import struct
 from typing import Any, Protocol
 
@@ -94,10 +110,18 @@ _WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.Clos
 # The fallback (one public send_message per record, the upgrade state kept)
 # runs on any other version and when FAST_PATH is False (tests/test_internals.py).
 PRIVATE_API_VERSIONS = ("0.12.",)
-_PRIVATE_ATTRS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
+_PRIVATE_ATTRS = (
+    "_wsproto",
+    "_stream",
+    "_stream_lock",
+    "_close_reason",
+    "_abort_web_socket",
+    "_recv_channel",
+)
 # ... and what ``abort`` uses (see the module header)
 _ABORT_ATTRS = ("_wsproto", "_close_reason", "_abort_web_socket", "_close_stream", "_recv_channel")
 FAST_PATH = trio_websocket.__version__.startswith(PRIVATE_API_VERSIONS)
+DIRECT_WRITES = True  # see the module header: records written from the forwarding path
 
 
 class TransportClosed(Exception):
@@ -111,7 +135,32 @@ class Transport(Protocol):
 
     async def send_many(self, records: list[bytes]) -> None: ...
 
+    def ready(self) -> bool:
+        """A record may go out with ``send_now`` in this synchronous step: nobody else is
+        writing. (The caller also makes sure that nothing of its own is queued.)"""
+
+    def send_now(self, record: bytes) -> bytes:
+        """Frame ``record`` and write what the socket takes without blocking (only
+        right after ``ready()`` said True); returns the framed bytes not written, which
+        must go out next through ``send_raw`` (b"" if all went)."""
+
+    def send_now_many(self, records: list[bytes]) -> bytes:
+        """``send_now`` for several records, with one write."""
+
+    def frame_many(self, records: list[bytes]) -> bytes:
+        """The framed bytes of ``records`` (for ``send_raw``)."""
+
+    async def send_raw(self, data: bytes) -> None:
+        """Write bytes already framed (a tail ``send_now`` returned)."""
+
     async def receive(self) -> bytes: ...
+
+    def receive_nowait(self) -> bytes | None:
+        """A record already read and waiting, or None (then ``receive`` waits or raises)."""
+
+    def backlog(self) -> tuple[int, bool]:
+        """Records waiting for ``receive``, and whether more bytes were read that are
+        not parsed into records yet (more records are coming without waiting for I/O)."""
 
     async def aclose(self) -> None:
         """Close gracefully: what is sent is flushed, the other side told."""
@@ -121,7 +170,7 @@ class Transport(Protocol):
 
 
 class WebSocketTransport:
-    __slots__ = ("_abortable", "_batching", "_server", "_ws", "remote")
+    __slots__ = ("_abortable", "_batching", "_raw", "_server", "_ws", "remote")
 
     def __init__(self, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
         self._ws = ws
@@ -129,6 +178,7 @@ class WebSocketTransport:
         self._batching = FAST_PATH and all(hasattr(ws, name) for name in _PRIVATE_ATTRS)
         self._abortable = FAST_PATH and all(hasattr(ws, name) for name in _ABORT_ATTRS)
         self._server = self._batching and not ws.is_client
+        self._raw = _raw_socket(ws) if self._batching and DIRECT_WRITES else None
         if self._batching:
             _drop_upgrade_state(ws)
 
@@ -156,12 +206,79 @@ class WebSocketTransport:
                 data = b"".join([frame(BytesMessage(data=record)) for record in records])
             except LocalProtocolError as exc:  # the connection is closing
                 raise TransportClosed(str(exc)) from None
+        await self.send_raw(data)
+
+    def ready(self) -> bool:
+        ws: Any = self._ws
+        return (
+            self._raw is not None
+            and not ws._close_reason
+            and ws._wsproto.state is ConnectionState.OPEN
+            and not ws._stream_lock.locked()
+        )
+
+    def send_now(self, record: bytes) -> bytes:
+        if self._server:
+            data = _server_frame(record)
+        else:
+            ws: Any = self._ws
+            data = ws._wsproto.send(BytesMessage(data=record))  # masked, as the client must
+        return self._write_now(data)
+
+    def send_now_many(self, records: list[bytes]) -> bytes:
+        return self._write_now(self.frame_many(records))
+
+    def frame_many(self, records: list[bytes]) -> bytes:
+        if self._server:
+            return b"".join([_server_frame(record) for record in records])
+        ws: Any = self._ws
+        frame = ws._wsproto.send
+        try:
+            return b"".join([frame(BytesMessage(data=record)) for record in records])
+        except LocalProtocolError:  # closing: nothing more goes out on this link anyway
+            return b""
+
+    def _write_now(self, data: bytes) -> bytes:
+        assert self._raw is not None
+        try:
+            sent = self._raw.send(data)
+        except OSError:  # would block, or broken: the writer's write sends it or finds out
+            return data
+        return data[sent:] if sent < len(data) else b""
+
+    async def send_raw(self, data: bytes) -> None:
+        if not self._batching:  # pragma: no cover - send_now never runs without the fast path
+            raise RuntimeError("no framed writes without the fast path")
+        ws: Any = self._ws
+        if ws._close_reason:
+            raise TransportClosed(str(ws._close_reason))
         async with ws._stream_lock:
             try:
                 await ws._stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await ws._abort_web_socket()
                 raise TransportClosed(str(ws._close_reason)) from None
+
+    def receive_nowait(self) -> bytes | None:
+        if not self._batching:
+            return None
+        ws: Any = self._ws
+        while True:
+            try:
+                message = ws._recv_channel.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return None  # ``receive`` waits for the next, or says why there is none
+            if isinstance(message, bytes):
+                return message
+
+    def backlog(self) -> tuple[int, bool]:
+        if not self._batching:
+            return 0, False
+        ws: Any = self._ws
+        queued = ws._recv_channel.statistics().current_buffer_used
+        decoder = getattr(getattr(ws._wsproto, "_proto", None), "_frame_decoder", None)
+        buffer = getattr(decoder, "buffer", None)
+        return queued, isinstance(buffer, Buffer) and len(buffer) > 0
 
     async def receive(self) -> bytes:
         while True:
@@ -222,6 +339,15 @@ def _drop_upgrade_state(ws: trio_websocket.WebSocketConnection) -> None:
         any_ws._wsproto = wrapper.connection
 
 
+def _raw_socket(ws: trio_websocket.WebSocketConnection) -> socket.socket | None:
+    """The non-blocking socket under a plain TCP WebSocket (not TLS), or None."""
+    stream = getattr(ws, "_stream", None)
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    raw = getattr(stream.socket, "_sock", None)
+    return raw if type(raw) is socket.socket else None
+
+
 def _server_frame(record: bytes) -> bytes:
     """One unmasked, final, binary WebSocket frame (RFC 6455 section 5.2)."""
     size = len(record)
@@ -254,6 +380,30 @@ class StreamTransport:
             await self._stream.send_all(b"".join([frame_record(r) for r in records]))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise TransportClosed(str(exc)) from None
+
+    def ready(self) -> bool:
+        return False  # in-process and test streams: every record goes through the writer
+
+    def send_now(self, record: bytes) -> bytes:  # pragma: no cover - ready() is always False
+        raise RuntimeError("a stream transport has no direct writes")
+
+    def send_now_many(self, records: list[bytes]) -> bytes:  # pragma: no cover - as send_now
+        raise RuntimeError("a stream transport has no direct writes")
+
+    def frame_many(self, records: list[bytes]) -> bytes:
+        return b"".join([frame_record(r) for r in records])
+
+    async def send_raw(self, data: bytes) -> None:
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise TransportClosed(str(exc)) from None
+
+    def receive_nowait(self) -> bytes | None:
+        return self._ready.pop(0) if self._ready else None
+
+    def backlog(self) -> tuple[int, bool]:
+        return len(self._ready), False
 
     async def receive(self) -> bytes:
         while not self._ready:
