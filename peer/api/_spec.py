@@ -64,6 +64,17 @@ _STREAM_PARAMS = (
     _THREAD_Q,
     _OUTGOING,
 )
+_META_B = (
+    Field("kind", "string", "DMs: request, response, notification (default) or alert"),
+    Field("correlation_id", "string", "DMs: hex, 1..32 bytes: the request this belongs to"),
+    Field("conversation_id", "string", "DMs: hex, 1..32 bytes: the conversation"),
+    Field("reply_context", "string", "DMs: opaque, at most 1024 bytes; the reply echoes it"),
+    Field("priority", "string", "DMs: low, normal, high or urgent"),
+    Field("ttl", "number", "DMs: seconds until it expires (never handed to an agent after)"),
+    Field("expires_at", "integer", "DMs: expiry, ms since the Unix epoch (instead of ttl)"),
+    Field("idempotency_key", "string", "DMs: at most 128 bytes; the recipient's agent is"
+          " handed one message per key"),
+)
 _CHANNEL_B = Field("channel", "string", "a channel name", required=True)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -81,8 +92,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                    Field("content", "string", "the text (ocmesh's name for body)"),
                    Field("payload", "object", "any JSON value; {\"$b64\": ...} for bytes"),
                    Field("reply_to", "string", "the id of the message this answers"),
-                   Field("thread", "string", "the id of the thread's first message")),
+                   Field("thread", "string", "the id of the thread's first message"),
+                   *_META_B),
              compat_open=True),
+    Endpoint("GET", "/receipts", "the states a DM's recipient signed: stored, delivered, read,"
+             " replied (or expired)",
+             params=(Field("id", "string", "the id /send answered", required=True),)),
     Endpoint("GET", "/messages", "inbox messages in cursor order; headers tell count and more",
              params=(Field("unread", "boolean", "only unread (marks them read unless peek)"),
                      Field("peek", "boolean", "with unread=true: do not mark them read"),

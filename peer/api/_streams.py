@@ -101,6 +101,7 @@ class EventFeed:
             self.cursor = batch[-1].cursor
             wanted = [m for m in batch if self.wanted.wants(m)]
             events += [("message", m.cursor, message_json(m)) for m in wanted]
+            inbox.handed(wanted)
         changes = inbox.status_since(self.status_seen)
         if changes:
             self.status_seen = changes[-1].number

@@ -23,6 +23,7 @@ from peer.client import (
     PeerUnreachable,
     Unauthorised,
 )
+from peer.mcp._coordtools import register as register_coord_tools
 
 MAX_WAIT = 60.0
 MAX_READ = 100
@@ -204,6 +205,7 @@ def build_server(api: str | None = None, key_dir: Path | None = None) -> MCPServ
         """Leave a channel: its new messages stop arriving here."""
         return await guarded(tools.leave(channel))
 
+    register_coord_tools(server, tools.client, guarded)
     return server
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import trio
@@ -62,6 +63,13 @@ REACH_TIMEOUT = 10.0
 RETRY_CAP_MS = 300_000
 
 StoreOwn = Callable[[Envelope, InboxMessage | None, bytes | None], Awaitable[None]]
+
+
+class ReceiptObserver(Protocol):
+    """The coordination layer (``peer.node._coordhost``), as delivery sees it."""
+
+    def deadline_for(self, msg_id: bytes) -> int | None: ...
+    def on_stored_receipt(self, sender: bytes, ids: Sequence[bytes], wire: bytes) -> None: ...
 
 
 class Accept(Protocol):
@@ -110,6 +118,11 @@ class DeliveryService:
         self._reaching: set[bytes] = set()
         # mailboxes (catchup.md 9.6): ours for others, and others' for what we send
         self.mailbox = MailboxService(peer, service, log)
+        self.observer: ReceiptObserver | None = None
+
+    def observe(self, observer: ReceiptObserver) -> None:
+        """``observer`` hears of every stored receipt and gives expiring DMs their deadline."""
+        self.observer = observer
 
     # -- events ------------------------------------------------------------------------
 
@@ -156,7 +169,11 @@ class DeliveryService:
         the same commit); None if the outbox is full."""
         if env.recipient is None or not self.core.has_room(planned + 1):
             return None
-        return self.core.plan_dm(env.id, env.recipient, env.seq, env.wire, now_ms)
+        entry = self.core.plan_dm(env.id, env.recipient, env.seq, env.wire, now_ms)
+        expires = None if self.observer is None else self.observer.deadline_for(env.id)
+        if expires is not None and expires < entry.deadline_ms:  # never retried past it
+            entry = replace(entry, deadline_ms=max(now_ms, expires))
+        return entry
 
     def on_own_dm_stored(self, entry: Pending) -> None:
         self.core.on_own_dm_stored(entry)
@@ -176,8 +193,10 @@ class DeliveryService:
         )
         self._wake.set()
 
-    async def on_receipt(self, sender: bytes, ids: Sequence[bytes]) -> None:
+    async def on_receipt(self, sender: bytes, ids: Sequence[bytes], wire: bytes = b"") -> None:
         """A receipt addressed to us was stored: settle what it names."""
+        if self.observer is not None and wire:
+            self.observer.on_stored_receipt(sender, ids, wire)
         await self._perform(self.core.on_receipt(sender, ids))
 
     def waiting(self) -> int:

@@ -49,6 +49,7 @@ from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
+from ._coordhost import Coordination
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
@@ -100,6 +101,7 @@ class Peer:
         self.channels: set[str] = set()
         self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
         self.storage: Storage | None = None
+        self.coord = Coordination(self)  # message semantics: receipts, acks, expiry
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
         self.swarm = Swarm(self, self.options.presence_interval)
@@ -158,6 +160,9 @@ class Peer:
                 )
                 self.storage = Storage(self, service)
                 stored = await self.storage.load()
+                self.storage.admit_dm = self.coord.admit
+                self.storage.delivery.observe(self.coord)
+                await self.coord.load()
                 self._chains = await self.storage.own_chains()
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
@@ -189,6 +194,7 @@ class Peer:
             for channel in dict.fromkeys(channels):
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
+        nursery.start_soon(self.coord.run)
         nursery.start_soon(self._subscriptions)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
@@ -443,11 +449,14 @@ class Peer:
         info = self.directory.get(peer_id)
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
+        content = self.coord.outgoing(peer_id, content)
         env = self._seal_dm(peer_id, info.public_key, content)
         message, payload = inbox_entry(
             env, content, None, peer_id, True, self.wall_ms()
         )
+        self.coord.sealed(env, content)
         await self._store_own(env, message, payload)  # and publishes it
+        self.coord.sent(peer_id, env, content)
         link = self.links.get(peer_id)
         if link is not None and env.route not in self.router.interest_of(peer_id):
             link.enqueue(Push(env.wire).encode())
@@ -467,13 +476,16 @@ class Peer:
 
     async def mark_read(self, ids: list[bytes]) -> int:
         """Mark inbox messages read; with a store, returns after it is durable."""
-        cursors = [m.cursor for i in ids if (m := self.inbox.get(i)) is not None and not m.read]
+        fresh = [m for i in ids if (m := self.inbox.get(i)) is not None and not m.read]
+        cursors = [m.cursor for m in fresh]
         marked = self.inbox.mark_read(ids)
+        self.coord.on_read(fresh)
         if self.storage is not None:
             await self.storage.mark_read(cursors)
         return marked
 
     async def mark_read_through(self, cursor: int) -> int:
+        self.coord.on_read(m for m in self.inbox if m.cursor <= cursor and not m.read)
         marked = self.inbox.mark_read_through(cursor)
         if self.storage is not None:
             await self.storage.mark_read_through(cursor)
