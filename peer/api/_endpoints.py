@@ -24,6 +24,7 @@ from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
 
 from ._coordapi import meta_from_body, receipts
+from ._rallyapi import RallyEndpoints
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
 from ._values import (
@@ -81,6 +82,7 @@ class Endpoints:
             "/receipts": lambda request: receipts(self.peer, request),
             "/bootstrap.json": self.bootstrap,
             "/openapi.json": self.openapi,
+            **RallyEndpoints(self.peer, self._json_body).handlers(),
         }
 
     async def body(self, request: Request) -> dict[str, Any]:

@@ -77,6 +77,34 @@ _META_B = (
 )
 _CHANNEL_B = Field("channel", "string", "a channel name", required=True)
 
+_ASK_B = (
+    Field("body", "string", "the question", required=True),
+    Field("payload", "object", "structured data with it (any JSON value)"),
+    Field("timeout", "number", "seconds until the deadline (default 30, up to 7 days)"),
+    Field("wait", "number", "seconds to wait for the answer before answering (0..60)"),
+)
+_ID_P = (_WAIT,)
+_RALLY_ENDPOINTS = (
+    Endpoint("POST", "/request", "ask one peer; the answer is its reply (wait, or GET later)",
+             body=(Field("to", "string", "the peer id asked", required=True), *_ASK_B)),
+    Endpoint("GET", "/requests/{id}", "a request: open, complete or timed_out, and its answer",
+             params=_ID_P),
+    Endpoint("POST", "/rally", "ask several peers or a channel; complete on quorum",
+             body=(Field("to", "array", "the peer ids asked (or channel)"),
+                   Field("channel", "string", "ask everyone on this channel (or to)"),
+                   Field("quorum", "integer", "answers that complete it (default: all)"),
+                   *_ASK_B)),
+    Endpoint("GET", "/rallies", "our rallies and requests",
+             params=(Field("state", "string", "open, complete, timed_out or canceled"),),
+             returns="array"),
+    Endpoint("GET", "/rallies/{id}", "a rally: its rounds, answers (late ones marked), state",
+             params=_ID_P),
+    Endpoint("POST", "/rallies/{id}/round", "ask a follow-up carrying the last answers",
+             body=(Field("quorum", "integer", "answers that complete it (default: as before)"),
+                   *_ASK_B)),
+    Endpoint("POST", "/rallies/{id}/cancel", "end an open rally"),
+)
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/status", "the peer: id, key, uptime, links, counters", open=True,
              compat_open=True),
@@ -120,6 +148,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/dead-letters", "our DMs never receipted", params=(_LIMIT,),
              returns="array"),
     Endpoint("GET", "/openapi.json", "this description", open=True),
+    *_RALLY_ENDPOINTS,
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}
@@ -191,6 +220,7 @@ def _operation(e: Endpoint) -> dict[str, Any]:
 
 def _op_id(e: Endpoint) -> str:
     name = e.path.strip("/").replace(".json", "").replace("-", "_") or "root"
+    name = name.replace("{", "").replace("}", "")
     return f"{e.method.lower()}_{name}"
 
 

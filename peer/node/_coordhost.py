@@ -30,7 +30,7 @@ One task, ``run``, owns the timer (acks owed, expiries) and the writes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import cbor2
@@ -53,6 +53,21 @@ from ._host import StoragePeer
 from ._inbox import Admitted, InboxMessage, inbox_entry
 from ._options import COORD_CAP
 
+
+def rally_marker(payload: Any) -> tuple[bytes, int] | None:
+    """(rally id, round) of a channel message that asks a rally's question:
+    its payload is ``{"rally": {"id": <hex>, "round": <n>, ...}, ...}``."""
+    if not isinstance(payload, dict):
+        return None
+    info = payload.get("rally")
+    if not isinstance(info, dict):
+        return None
+    try:
+        rally_id, rnd = bytes.fromhex(str(info["id"])), int(info["round"])
+    except (KeyError, ValueError, TypeError):
+        return None
+    return (rally_id, rnd) if 1 <= len(rally_id) <= 32 and 1 <= rnd <= 64 else None
+
 RCPT_PREFIX = "rcpt/"
 IDEM_PREFIX = "idem/"
 STATUS_OF = {"read": "read", "replied": "replied", "expired": "expired"}
@@ -61,6 +76,8 @@ STATUS_OF = {"read": "read", "replied": "replied", "expired": "expired"}
 class CoordPeer(StoragePeer, Protocol):
     @property
     def storage(self) -> Any: ...
+    async def send_direct(self, peer_id: bytes, content: Content) -> Envelope: ...
+    async def send_message(self, channel: str, content: Content) -> Envelope: ...
 
 
 def _idem_key(sender: bytes, key: str) -> str:
@@ -94,6 +111,7 @@ class Coordination:
         self._dirty: dict[bytes, None] = {}  # receipt entries to write
         self._new_keys: dict[str, bytes] = {}  # idempotency keys to write
         self._wake = trio.Event()
+        self.on_response: Callable[[InboxMessage, int], None] | None = None  # rallies
         self.counters = {"expired_refused": 0, "idempotent_dropped": 0, "acks_sent": 0,
                          "acks_received": 0, "expired_purged": 0}
 
@@ -154,7 +172,10 @@ class Coordination:
         if meta.expires_ms is not None:
             self.expiry.add(env.id, meta.expires_ms)
             self._wake.set()
-        return inbox_entry(env, content, None, env.sender, False, now_ms)
+        entry = inbox_entry(env, content, None, env.sender, False, now_ms)
+        if meta.kind == "response" and self.on_response is not None:
+            self.on_response(entry[0], now_ms)
+        return entry
 
     def _on_ack(self, env: Envelope, meta: Meta, now_ms: int) -> None:
         assert meta.state is not None
@@ -208,6 +229,10 @@ class Coordination:
         if request is None or request.outgoing or request.sender != peer_id:
             return content
         asked = request.meta
+        if asked is None and request.kind == "msg":  # a rally asked on a channel
+            marker = rally_marker(request.payload)
+            if marker is not None:
+                asked = Meta(kind="request", corr=marker[0], conv=marker[0], round=marker[1])
         if asked is None or asked.kind != "request":
             return content
         meta = content.meta or Meta(kind="response")

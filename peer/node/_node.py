@@ -57,6 +57,7 @@ from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
 from ._options import PRESENCE_INTERVAL, BenchOnly, PeerCounters, PeerOptions, UnknownPeer
+from ._rallyhost import RallyService
 from ._storage import Storage
 from ._stream import MessageStream
 from ._swarm import Swarm
@@ -102,6 +103,8 @@ class Peer:
         self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
         self.storage: Storage | None = None
         self.coord = Coordination(self)  # message semantics: receipts, acks, expiry
+        self.rallies = RallyService(self)  # requests and rallies
+        self.coord.on_response = self.rallies.on_response
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
         self.swarm = Swarm(self, self.options.presence_interval)
@@ -163,6 +166,7 @@ class Peer:
                 self.storage.admit_dm = self.coord.admit
                 self.storage.delivery.observe(self.coord)
                 await self.coord.load()
+                await self.rallies.load()
                 self._chains = await self.storage.own_chains()
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
@@ -195,6 +199,7 @@ class Peer:
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
         nursery.start_soon(self.coord.run)
+        nursery.start_soon(self.rallies.run)
         nursery.start_soon(self._subscriptions)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
