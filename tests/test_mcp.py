@@ -26,7 +26,7 @@ from tests._procs import REPO, PeerProcess
 TOOLS = {
     "mesh_status", "send_to_channel", "send_dm", "read_messages", "wait_for_messages",
     "list_peers", "list_channels", "join_channel", "leave_channel",
-    "send_with_semantics", "get_receipts",
+    "send_with_semantics", "get_receipts", "ask_peer", "start_rally", "get_rally",
 }
 
 

@@ -9,10 +9,15 @@ question from ``/messages`` and replies with ``reply_to``.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from peer.client import Client
 from tests._procs import PeerProcess, kill_hard, start_peer, stop, wait_ready
 
 Q = "deploy friday?"
@@ -102,3 +107,46 @@ def test_rally_quorum_late_answers_and_initiator_crash(tmp_path: Path) -> None:
     finally:
         for p in live:
             stop(p)
+
+
+def test_request_through_the_client_with_live_rally_events(tmp_path: Path) -> None:
+    alice = start_peer(tmp_path, "alice")
+    wait_ready(alice)
+    bob = start_peer(tmp_path, "bob", bootstrap=alice.ws_url)
+    wait_ready(bob)
+    try:
+        assert alice.get("/peers", min="1", wait="20").json()
+        assert bob.get("/peers", min="1", wait="20").json()
+        seen: list[dict[str, Any]] = []
+        opened = threading.Event()
+
+        def listen() -> None:
+            with httpx.Client(timeout=httpx.Timeout(10, read=30)) as http, http.stream(
+                "GET", alice.api + "/events", headers=alice.headers()
+            ) as r:
+                opened.set()
+                name = ""
+                for line in r.iter_lines():
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: ") and name == "rally":
+                        seen.append(json.loads(line[6:]))
+                        if seen[-1]["change"] == "complete":
+                            return
+
+        listener = threading.Thread(target=listen, daemon=True)
+        listener.start()
+        assert opened.wait(10)
+        with Client(alice.api, token=alice.token) as mesh:
+            asked = mesh.request(bob.peer_id, "uptime?", within=30)
+            assert asked["state"] == "open" and asked["to"] == [bob.peer_id]
+            _answer(bob, alice.peer_id, "uptime?", "42 days")
+            done = mesh.get_request(asked["id"], wait=20)
+            assert done["state"] == "complete" and done["response"]["body"] == "42 days"
+            assert [r["id"] for r in mesh.rallies(state="complete")] == [asked["id"]]
+        listener.join(20)
+        assert [e["change"] for e in seen] == ["open", "answer", "complete"]
+        assert all(e["id"] == asked["id"] for e in seen)
+    finally:
+        stop(alice)
+        stop(bob)

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from peer.node._node import Peer
+from peer.node._rallyhost import RallyService
 from peer.protocols._rally import MAX_TARGETS, OPEN, STATES, Rally, Round
 from peer.wire._limits import MAX_BODY_BYTES
 from store import StoreError
@@ -122,6 +123,27 @@ def _quorum(data: dict[str, Any], default: int | None) -> int | None:
     if type(value) is not int or not 1 <= value <= MAX_TARGETS:
         raise ApiError(400, "invalid", f"quorum must be 1..{MAX_TARGETS}")
     return int(value)
+
+
+def rally_events(
+    rallies: RallyService, seen: int
+) -> tuple[int, list[tuple[str, int | None, dict[str, Any]]]]:
+    """The ``rally`` stream events after the ``seen``-th change (live only)."""
+    if seen >= rallies.change_count:
+        return seen, []
+    fresh = rallies.changes[-(rallies.change_count - seen):]
+    events: list[tuple[str, int | None, dict[str, Any]]] = []
+    for change in fresh:
+        rally = rallies.rallies.get(change.rally_id)
+        events.append(("rally", None, {
+            "id": change.rally_id.hex(),
+            "kind": None if rally is None else rally.kind,
+            "change": change.what,
+            "round": change.round,
+            "peer": None if change.peer is None else change.peer.hex(),
+            "state": None if rally is None else rally.state,
+        }))
+    return rallies.change_count, events
 
 
 class RallyEndpoints:

@@ -11,6 +11,8 @@ Rules kept here:
   current end. Every message event carries its cursor as its id.
 * Status changes of our DMs come as ``status`` events, live only (no id: they
   do not move the resume point; a DM's current status is in its message).
+  So do changes of our requests and rallies (``rally`` events: an answer, a
+  late answer, complete, timed out, a new round, canceled).
 * If the inbox no longer holds messages a stream has not sent (evicted past
   its capacity), a ``gap`` event says which cursors are gone: never silent.
 * Idle streams get a heartbeat (an SSE comment; WebSocket pings by Hypercorn)
@@ -35,7 +37,9 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from peer.node._inbox import Inbox, InboxMessage, StatusChange
+from peer.node._rallyhost import RallyService
 
+from ._rallyapi import rally_events
 from ._select import MessageFilter
 from ._values import ApiError, error_body, message_json, parse_int
 
@@ -51,6 +55,8 @@ Event = tuple[str, int | None, dict[str, Any]]  # (event, id or None, data)
 class InboxOwner(Protocol):
     @property
     def inbox(self) -> Inbox: ...
+    @property
+    def rallies(self) -> RallyService: ...
     async def wait_inbox_changed(self) -> None: ...
 
 
@@ -80,6 +86,7 @@ class EventFeed:
         self.cursor = cursor
         self.wanted = wanted
         self.status_seen = peer.inbox.status_count
+        self.rally_seen = peer.rallies.change_count
         self.sent = 0
 
     def ready(self) -> list[Event]:
@@ -110,7 +117,8 @@ class EventFeed:
                 for c in changes
                 if self.wanted.wants_status(c, inbox)
             ]
-        return events
+        self.rally_seen, more = rally_events(self.peer.rallies, self.rally_seen)
+        return events + more
 
     async def next(self, idle: float) -> list[Event]:
         """The next events; [] after ``idle`` seconds with none (time for a heartbeat)."""

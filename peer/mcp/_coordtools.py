@@ -55,3 +55,52 @@ def register(server: MCPServer, client: ClientOf, guarded: Guard) -> None:
         """The states the recipient signed for a DM we sent (stored, delivered, read,
         replied or expired), each verified against the recipient's key."""
         return await guarded(_receipts(msg_id))
+
+
+def register_rallies(server: MCPServer, client: ClientOf, guarded: Guard) -> None:
+    """Add the request and rally tools to ``server``."""
+
+    async def _request(peer_id: str, text: str, within: float, wait: float) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.request(peer_id, text, within=within, wait=wait)
+
+    @server.tool()
+    async def ask_peer(
+        peer_id: str, question: str, deadline_seconds: float = 60.0, wait_seconds: float = 30.0
+    ) -> dict[str, Any]:
+        """Ask one agent a question and wait (up to wait_seconds, at most 60) for its reply.
+        state is complete (response holds the answer), open (ask get_rally later with the
+        id) or timed_out after deadline_seconds; a late answer is still recorded."""
+        return await guarded(_request(peer_id, question, deadline_seconds, min(wait_seconds, 60)))
+
+    async def _rally(question: str, peers: list[str] | None, channel: str | None,
+                     quorum: int | None, within: float, wait: float) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.rally(question, to=peers, channel=channel, quorum=quorum,
+                                    within=within, wait=wait)
+
+    @server.tool()
+    async def start_rally(
+        question: str,
+        peer_ids: list[str] | None = None,
+        channel: str | None = None,
+        quorum: int | None = None,
+        deadline_seconds: float = 120.0,
+        wait_seconds: float = 0.0,
+    ) -> dict[str, Any]:
+        """Ask several agents (peer_ids) or everyone on a channel the same question. It
+        completes when quorum agents answered (default: all named), or times out at the
+        deadline; answers after that are kept, marked late. Follow it with get_rally."""
+        return await guarded(
+            _rally(question, peer_ids, channel, quorum, deadline_seconds, min(wait_seconds, 60))
+        )
+
+    async def _get(rally_id: str, wait: float) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.get_rally(rally_id, wait=wait)
+
+    @server.tool()
+    async def get_rally(rally_id: str, wait_seconds: float = 0.0) -> dict[str, Any]:
+        """A request's or rally's state (open, complete, timed_out, canceled), its rounds
+        and every answer (late ones marked); waits up to wait_seconds while it is open."""
+        return await guarded(_get(rally_id, min(wait_seconds, 60)))
