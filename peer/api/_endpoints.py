@@ -23,6 +23,7 @@ from peer.wire._errors import ProtocolError
 from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
 
+from ._convapi import ConversationEndpoints
 from ._coordapi import meta_from_body, receipts
 from ._rallyapi import RallyEndpoints
 from ._select import message_filter, select
@@ -83,6 +84,7 @@ class Endpoints:
             "/bootstrap.json": self.bootstrap,
             "/openapi.json": self.openapi,
             **RallyEndpoints(self.peer, self._json_body).handlers(),
+            **ConversationEndpoints(self.peer, self._json_body).handlers(),
         }
 
     async def body(self, request: Request) -> dict[str, Any]:

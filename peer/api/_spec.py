@@ -105,6 +105,35 @@ _RALLY_ENDPOINTS = (
     Endpoint("POST", "/rallies/{id}/cancel", "end an open rally"),
 )
 
+_CONVERSATION_ENDPOINTS = (
+    Endpoint("POST", "/conversations", "start a conversation: rally, collab, escalation,"
+             " broadcast, opinion or brainstorm",
+             body=(Field("type", "string", "the conversation type", required=True),
+                   Field("to", "array", "the participants' peer ids", required=True),
+                   Field("body", "string", "the subject, sent to everyone", required=True),
+                   Field("payload", "object", "structured data with it"),
+                   Field("rule", "string", "computed verdict: majority, unanimity, threshold"),
+                   Field("threshold", "number", "with rule threshold: a fraction in (0, 1]"),
+                   Field("timeout", "number", "seconds until it times out (default 3600)"),
+                   Field("idle_timeout", "number", "seconds without a post until it times out"
+                         " (default 1800)"))),
+    Endpoint("GET", "/conversations", "search conversations",
+             params=(Field("q", "string", "a keyword in the subject, posts or verdict"),
+                     Field("agent", "string", "a peer id taking part"),
+                     Field("type", "string", "the type"),
+                     Field("status", "string", "open, active, complete or timed_out")),
+             returns="array"),
+    Endpoint("GET", "/conversations/{id}", "a conversation: history, votes, signed verdict",
+             params=(_WAIT,)),
+    Endpoint("POST", "/conversations/{id}/messages", "post into a conversation (to everyone)",
+             body=(Field("body", "string", "the text", required=True),
+                   Field("vote", "string", "a structured vote for a computed verdict"),
+                   Field("payload", "object", "structured data with it"))),
+    Endpoint("POST", "/conversations/{id}/verdict", "the initiator decides: signed, to all",
+             body=(Field("decision", "string", "the decision", required=True),
+                   Field("summary", "string", "a summary"))),
+)
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/status", "the peer: id, key, uptime, links, counters", open=True,
              compat_open=True),
@@ -149,6 +178,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              returns="array"),
     Endpoint("GET", "/openapi.json", "this description", open=True),
     *_RALLY_ENDPOINTS,
+    *_CONVERSATION_ENDPOINTS,
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}

@@ -36,9 +36,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from peer.node._convhost import ConversationService
 from peer.node._inbox import Inbox, InboxMessage, StatusChange
 from peer.node._rallyhost import RallyService
 
+from ._convapi import conversation_events
 from ._rallyapi import rally_events
 from ._select import MessageFilter
 from ._values import ApiError, error_body, message_json, parse_int
@@ -57,6 +59,8 @@ class InboxOwner(Protocol):
     def inbox(self) -> Inbox: ...
     @property
     def rallies(self) -> RallyService: ...
+    @property
+    def conversations(self) -> ConversationService: ...
     async def wait_inbox_changed(self) -> None: ...
 
 
@@ -87,6 +91,7 @@ class EventFeed:
         self.wanted = wanted
         self.status_seen = peer.inbox.status_count
         self.rally_seen = peer.rallies.change_count
+        self.conv_seen = peer.conversations.change_count
         self.sent = 0
 
     def ready(self) -> list[Event]:
@@ -118,7 +123,8 @@ class EventFeed:
                 if self.wanted.wants_status(c, inbox)
             ]
         self.rally_seen, more = rally_events(self.peer.rallies, self.rally_seen)
-        return events + more
+        self.conv_seen, convs = conversation_events(self.peer.conversations, self.conv_seen)
+        return events + more + convs
 
     async def next(self, idle: float) -> list[Event]:
         """The next events; [] after ``idle`` seconds with none (time for a heartbeat)."""

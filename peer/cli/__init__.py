@@ -11,7 +11,10 @@ import sys
 from collections.abc import Sequence
 
 # agents working together (peer/cli/_coordcmds.py)
-COORD_COMMANDS = frozenset({"receipts", "request", "rally", "rallies", "rally-round"})
+COORD_COMMANDS = frozenset(
+    {"receipts", "request", "rally", "rallies", "rally-round", "converse", "say", "verdict",
+     "conversations"}
+)
 
 # the subcommands beside running a peer (peer/cli/_commands.py and peer/mcp/)
 COMMANDS = frozenset(

@@ -115,3 +115,88 @@ def rally_round(
         view = mesh.rally_round(rally_id, " ".join(text), quorum=quorum, within=within,
                                 wait=wait)
     out.emit_json(view) if ctx.json else click.echo(_rally_lines(view))
+
+
+def _conversation_lines(view: dict[str, Any]) -> str:
+    head = (f"{view['id']} {view['type']} {view['state']}: {view['subject'][:60]}"
+            f" ({len(view['participants'])} participants)")
+    rows = [[h["from"][:16], h["at"], h["vote"] or "", h["body"][:60]] for h in view["history"]]
+    lines = [head]
+    if rows:
+        lines.append(out.table(["from", "at", "vote", "text"], rows))
+    verdict = view.get("verdict")
+    if verdict:
+        signed = {True: "signed", False: "BAD SIGNATURE", None: "ours"}[verdict.get("verified")]
+        lines.append(f"verdict: {verdict['decision']} ({verdict.get('summary', '')}; {signed})")
+    return "\n".join(lines)
+
+
+_TYPES = click.Choice(["rally", "collab", "escalation", "broadcast", "opinion", "brainstorm"])
+
+
+@cli.command()
+@click.argument("kind", type=_TYPES, metavar="TYPE")
+@click.argument("text", nargs=-1, required=True)
+@click.option("--to", "to", multiple=True, required=True, metavar="PEER",
+              help="a participant (repeat)")
+@click.option("--rule", type=click.Choice(["majority", "unanimity", "threshold"]),
+              help="compute the verdict from votes")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True))
+@click.option("--timeout", "within", type=click.FloatRange(min=1), help="seconds")
+@click.option("--idle", type=click.FloatRange(min=1), help="idle timeout, seconds")
+@command
+def converse(
+    ctx: Ctx, kind: str, text: tuple[str, ...], to: tuple[str, ...], rule: str | None,
+    threshold: float | None, within: float | None, idle: float | None,
+) -> None:
+    """Start a conversation of TYPE with the --to participants about TEXT."""
+    with ctx.client() as mesh:
+        view = mesh.start_conversation(kind, list(to), " ".join(text), rule=rule,
+                                       threshold=threshold, within=within, idle=idle)
+    out.emit_json(view) if ctx.json else click.echo(_conversation_lines(view))
+
+
+@cli.command()
+@click.argument("conv_id", metavar="ID")
+@click.argument("text", nargs=-1, required=True)
+@click.option("--vote", help="a structured vote, for a computed verdict")
+@command
+def say(ctx: Ctx, conv_id: str, text: tuple[str, ...], vote: str | None) -> None:
+    """Post TEXT into conversation ID (to every member)."""
+    with ctx.client() as mesh:
+        view = mesh.post_to_conversation(conv_id, " ".join(text), vote=vote)
+    out.emit_json(view) if ctx.json else click.echo(_conversation_lines(view))
+
+
+@cli.command()
+@click.argument("conv_id", metavar="ID")
+@click.argument("decision")
+@click.option("--summary", default="", help="why")
+@command
+def verdict(ctx: Ctx, conv_id: str, decision: str, summary: str) -> None:
+    """As its initiator, decide conversation ID: a signed verdict to everyone."""
+    with ctx.client() as mesh:
+        view = mesh.set_verdict(conv_id, decision, summary)
+    out.emit_json(view) if ctx.json else click.echo(_conversation_lines(view))
+
+
+@cli.command()
+@click.argument("conv_id", metavar="[ID]", required=False)
+@click.option("--query", "-q", help="a keyword")
+@click.option("--agent", metavar="PEER", help="a participant")
+@click.option("--type", "kind", type=_TYPES)
+@click.option("--status", type=click.Choice(["open", "active", "complete", "timed_out"]))
+@command
+def conversations(
+    ctx: Ctx, conv_id: str | None, query: str | None, agent: str | None, kind: str | None,
+    status: str | None,
+) -> None:
+    """Search conversations, or show one (ID) with its history and verdict."""
+    with ctx.client() as mesh:
+        views = ([mesh.get_conversation(conv_id)] if conv_id else
+                 mesh.conversations(q=query, agent=agent, type_=kind, status=status))
+    if ctx.json:
+        out.emit_json(views[0] if conv_id else views)
+        return
+    for view in views:
+        click.echo(_conversation_lines(view))

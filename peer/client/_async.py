@@ -20,7 +20,7 @@ import httpx
 
 from . import _calls
 from ._config import Endpoint, discover
-from ._coordcalls import AsyncCoordCalls
+from ._coordcalls import AsyncConversationCalls, AsyncCoordCalls
 from ._errors import ApiError, PeerUnreachable
 from ._resume import Resume, StreamCut
 from ._sse import SseParser
@@ -28,7 +28,7 @@ from ._stream import EventStream
 from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status
 
 
-class AsyncClient(AsyncCoordCalls):
+class AsyncClient(AsyncCoordCalls, AsyncConversationCalls):
     """The local API of one peer; found in ``key_dir`` and the environment unless given.
 
     ``async with AsyncClient() as mesh: await mesh.send("lobby", "hello")``

@@ -48,6 +48,38 @@ def round_call(
     return Call("POST", f"/rallies/{rally_id}/round", body=data)
 
 
+def conversation_call(
+    type_: str, to: list[str], body: str, *, rule: str | None, threshold: float | None,
+    payload: Any, within: float | None, idle: float | None,
+) -> Call:
+    data: dict[str, Any] = {"type": type_, "to": to, "body": body}
+    for key, value in (("rule", rule), ("threshold", threshold), ("payload", payload),
+                       ("timeout", within), ("idle_timeout", idle)):
+        if value is not None:
+            data[key] = value
+    return Call("POST", "/conversations", body=data)
+
+
+def post_call(conv_id: str, body: str, vote: Any, payload: Any) -> Call:
+    data: dict[str, Any] = {"body": body}
+    if vote is not None:
+        data["vote"] = vote
+    if payload is not None:
+        data["payload"] = payload
+    return Call("POST", f"/conversations/{conv_id}/messages", body=data)
+
+
+def search_call(q: str | None, agent: str | None, type_: str | None,
+                status: str | None) -> Call:
+    return Call("GET", "/conversations",
+                params=_params(q=q, agent=agent, type=type_, status=status))
+
+
+def verdict_call(conv_id: str, decision: str, summary: str) -> Call:
+    return Call("POST", f"/conversations/{conv_id}/verdict",
+                body={"decision": decision, "summary": summary})
+
+
 class _Sync(Protocol):
     def _do(self, call: Call, *, wait: float = 0.0) -> Any: ...
 
@@ -105,6 +137,84 @@ class CoordCalls:
 
     def cancel_rally(self: _Sync, rally_id: str) -> dict[str, Any]:
         out: dict[str, Any] = self._do(Call("POST", f"/rallies/{rally_id}/cancel"))
+        return out
+
+
+class ConversationCalls:
+    """Conversations, blocking."""
+
+    def start_conversation(
+        self: _Sync, type_: str, to: list[str], body: str, *, rule: str | None = None,
+        threshold: float | None = None, payload: Any = None, within: float | None = None,
+        idle: float | None = None,
+    ) -> dict[str, Any]:
+        """Start a conversation (rally, collab, escalation, broadcast, opinion, brainstorm);
+        with ``rule`` (majority, unanimity, threshold) the verdict is computed from votes."""
+        out: dict[str, Any] = self._do(conversation_call(
+            type_, to, body, rule=rule, threshold=threshold, payload=payload, within=within,
+            idle=idle))
+        return out
+
+    def post_to_conversation(
+        self: _Sync, conv_id: str, body: str, *, vote: Any = None, payload: Any = None
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = self._do(post_call(conv_id, body, vote, payload))
+        return out
+
+    def get_conversation(self: _Sync, conv_id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        call = Call("GET", f"/conversations/{conv_id}", params=_params(wait=wait or None))
+        out: dict[str, Any] = self._do(call, wait=wait)
+        return out
+
+    def conversations(
+        self: _Sync, *, q: str | None = None, agent: str | None = None,
+        type_: str | None = None, status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = self._do(search_call(q, agent, type_, status))
+        return out
+
+    def set_verdict(self: _Sync, conv_id: str, decision: str, summary: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = self._do(verdict_call(conv_id, decision, summary))
+        return out
+
+
+class AsyncConversationCalls:
+    """Conversations, on Trio or asyncio (the same calls as ``ConversationCalls``)."""
+
+    async def start_conversation(
+        self: _Async, type_: str, to: list[str], body: str, *, rule: str | None = None,
+        threshold: float | None = None, payload: Any = None, within: float | None = None,
+        idle: float | None = None,
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = await self._do(conversation_call(
+            type_, to, body, rule=rule, threshold=threshold, payload=payload, within=within,
+            idle=idle))
+        return out
+
+    async def post_to_conversation(
+        self: _Async, conv_id: str, body: str, *, vote: Any = None, payload: Any = None
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = await self._do(post_call(conv_id, body, vote, payload))
+        return out
+
+    async def get_conversation(
+        self: _Async, conv_id: str, *, wait: float = 0.0
+    ) -> dict[str, Any]:
+        call = Call("GET", f"/conversations/{conv_id}", params=_params(wait=wait or None))
+        out: dict[str, Any] = await self._do(call, wait=wait)
+        return out
+
+    async def conversations(
+        self: _Async, *, q: str | None = None, agent: str | None = None,
+        type_: str | None = None, status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = await self._do(search_call(q, agent, type_, status))
+        return out
+
+    async def set_verdict(
+        self: _Async, conv_id: str, decision: str, summary: str = ""
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = await self._do(verdict_call(conv_id, decision, summary))
         return out
 
 

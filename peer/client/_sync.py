@@ -16,14 +16,14 @@ import httpx
 
 from . import _calls
 from ._config import Endpoint, discover
-from ._coordcalls import CoordCalls
+from ._coordcalls import ConversationCalls, CoordCalls
 from ._errors import ApiError, PeerUnreachable
 from ._resume import Resume, StreamCut
 from ._sse import SseParser
 from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status
 
 
-class Client(CoordCalls):
+class Client(CoordCalls, ConversationCalls):
     """The local API of one peer, found in ``key_dir`` and the environment unless given.
 
     ``with Client() as mesh: mesh.send("lobby", "hello")``

@@ -104,3 +104,73 @@ def register_rallies(server: MCPServer, client: ClientOf, guarded: Guard) -> Non
         """A request's or rally's state (open, complete, timed_out, canceled), its rounds
         and every answer (late ones marked); waits up to wait_seconds while it is open."""
         return await guarded(_get(rally_id, min(wait_seconds, 60)))
+
+
+def register_conversations(server: MCPServer, client: ClientOf, guarded: Guard) -> None:
+    """Add the conversation tools to ``server``."""
+
+    async def _start(type_: str, peers: list[str], subject: str, rule: str | None,
+                     threshold: float | None) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.start_conversation(type_, peers, subject, rule=rule,
+                                                 threshold=threshold)
+
+    @server.tool()
+    async def start_conversation(
+        type: str, peer_ids: list[str], subject: str, rule: str | None = None,
+        threshold: float | None = None,
+    ) -> dict[str, Any]:
+        """Start a conversation of type rally, collab, escalation, broadcast, opinion or
+        brainstorm with peer_ids. With rule majority, unanimity or threshold (and a
+        threshold fraction) the verdict is computed from the participants' votes;
+        otherwise you set it with set_conversation_verdict."""
+        return await guarded(_start(type, peer_ids, subject, rule, threshold))
+
+    async def _post(conv_id: str, text: str, vote: str | None) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.post_to_conversation(conv_id, text, vote=vote)
+
+    @server.tool()
+    async def post_to_conversation(
+        conversation_id: str, text: str, vote: str | None = None
+    ) -> dict[str, Any]:
+        """Post into a conversation (everyone in it gets it); vote is your structured
+        answer when the conversation computes its verdict from votes."""
+        return await guarded(_post(conversation_id, text, vote))
+
+    async def _get(conv_id: str, wait: float) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.get_conversation(conv_id, wait=wait)
+
+    @server.tool()
+    async def get_conversation(conversation_id: str, wait_seconds: float = 0.0) -> dict[str, Any]:
+        """A conversation's state (open, active, complete, timed_out), full history, votes
+        and its verdict, checked as signed by the initiator's peer."""
+        return await guarded(_get(conversation_id, min(wait_seconds, 60)))
+
+    async def _search(q: str | None, agent: str | None, type_: str | None,
+                      status: str | None) -> dict[str, Any]:
+        async with client() as mesh:
+            found = await mesh.conversations(q=q, agent=agent, type_=type_, status=status)
+        return {"conversations": found}
+
+    @server.tool()
+    async def search_conversations(
+        keyword: str | None = None, agent: str | None = None, type: str | None = None,
+        status: str | None = None,
+    ) -> dict[str, Any]:
+        """Find conversations by keyword (subject, posts, verdict), participant peer id,
+        type and status."""
+        return await guarded(_search(keyword, agent, type, status))
+
+    async def _verdict(conv_id: str, decision: str, summary: str) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.set_verdict(conv_id, decision, summary)
+
+    @server.tool()
+    async def set_conversation_verdict(
+        conversation_id: str, decision: str, summary: str = ""
+    ) -> dict[str, Any]:
+        """As the initiator, decide a conversation: the verdict is signed and sent to every
+        participant, and the conversation is complete."""
+        return await guarded(_verdict(conversation_id, decision, summary))

@@ -112,6 +112,7 @@ class Coordination:
         self._new_keys: dict[str, bytes] = {}  # idempotency keys to write
         self._wake = trio.Event()
         self.on_response: Callable[[InboxMessage, int], None] | None = None  # rallies
+        self.on_conv: Callable[[InboxMessage, bytes, int], None] | None = None  # conversations
         self.counters = {"expired_refused": 0, "idempotent_dropped": 0, "acks_sent": 0,
                          "acks_received": 0, "expired_purged": 0}
 
@@ -175,6 +176,8 @@ class Coordination:
         entry = inbox_entry(env, content, None, env.sender, False, now_ms)
         if meta.kind == "response" and self.on_response is not None:
             self.on_response(entry[0], now_ms)
+        if meta.conv is not None and self.on_conv is not None:
+            self.on_conv(entry[0], env.wire, now_ms)
         return entry
 
     def _on_ack(self, env: Envelope, meta: Meta, now_ms: int) -> None:

@@ -49,6 +49,7 @@ from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
+from ._convhost import ConversationService
 from ._coordhost import Coordination
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
@@ -105,6 +106,8 @@ class Peer:
         self.coord = Coordination(self)  # message semantics: receipts, acks, expiry
         self.rallies = RallyService(self)  # requests and rallies
         self.coord.on_response = self.rallies.on_response
+        self.conversations = ConversationService(self)
+        self.coord.on_conv = self.conversations.on_dm
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
         self.swarm = Swarm(self, self.options.presence_interval)
@@ -167,6 +170,7 @@ class Peer:
                 self.storage.delivery.observe(self.coord)
                 await self.coord.load()
                 await self.rallies.load()
+                await self.conversations.load()
                 self._chains = await self.storage.own_chains()
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
@@ -200,6 +204,7 @@ class Peer:
         nursery.start_soon(self.swarm.run_timers)
         nursery.start_soon(self.coord.run)
         nursery.start_soon(self.rallies.run)
+        nursery.start_soon(self.conversations.run)
         nursery.start_soon(self._subscriptions)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
