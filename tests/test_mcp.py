@@ -28,7 +28,7 @@ TOOLS = {
     "list_peers", "list_channels", "join_channel", "leave_channel",
     "send_with_semantics", "get_receipts", "ask_peer", "start_rally", "get_rally",
     "start_conversation", "post_to_conversation", "get_conversation", "search_conversations",
-    "set_conversation_verdict",
+    "set_conversation_verdict", "submit_task", "get_task", "update_task", "cancel_task",
 }
 
 

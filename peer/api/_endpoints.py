@@ -28,6 +28,7 @@ from ._coordapi import meta_from_body, receipts
 from ._rallyapi import RallyEndpoints
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
+from ._taskapi import TaskEndpoints
 from ._values import (
     ApiError,
     bool_param,
@@ -85,6 +86,7 @@ class Endpoints:
             "/openapi.json": self.openapi,
             **RallyEndpoints(self.peer, self._json_body).handlers(),
             **ConversationEndpoints(self.peer, self._json_body).handlers(),
+            **TaskEndpoints(self.peer, self._json_body).handlers(),
         }
 
     async def body(self, request: Request) -> dict[str, Any]:

@@ -134,6 +134,30 @@ _CONVERSATION_ENDPOINTS = (
                    Field("summary", "string", "a summary"))),
 )
 
+_TASK_ENDPOINTS = (
+    Endpoint("POST", "/tasks", "give a peer a long-running task (A2A states)",
+             body=(Field("to", "string", "the worker's peer id", required=True),
+                   Field("body", "string", "what to do", required=True),
+                   Field("payload", "object", "structured input"))),
+    Endpoint("GET", "/tasks", "our tasks, as requester or worker",
+             params=(Field("role", "string", "requester or worker"),
+                     Field("state", "string", "submitted, working, input-required, completed,"
+                           " failed, canceled or rejected")),
+             returns="array"),
+    Endpoint("GET", "/tasks/{id}", "a task: state, progress, history, artifacts",
+             params=(_WAIT,)),
+    Endpoint("POST", "/tasks/{id}/status", "the worker moves its task on",
+             body=(Field("state", "string", "the new state", required=True),
+                   Field("message", "string", "a status message"),
+                   Field("progress", "number", "a fraction in [0, 1]"),
+                   Field("artifact", "object", "{name, data, append, last}: a (partial)"
+                         " result"))),
+    Endpoint("POST", "/tasks/{id}/cancel", "the requester cancels its task"),
+    Endpoint("POST", "/tasks/{id}/input", "the requester answers an input-required task",
+             body=(Field("body", "string", "the answer", required=True),
+                   Field("payload", "object", "structured data"))),
+)
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/status", "the peer: id, key, uptime, links, counters", open=True,
              compat_open=True),
@@ -179,6 +203,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/openapi.json", "this description", open=True),
     *_RALLY_ENDPOINTS,
     *_CONVERSATION_ENDPOINTS,
+    *_TASK_ENDPOINTS,
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}

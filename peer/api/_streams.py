@@ -39,10 +39,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from peer.node._convhost import ConversationService
 from peer.node._inbox import Inbox, InboxMessage, StatusChange
 from peer.node._rallyhost import RallyService
+from peer.node._taskhost import TaskService
 
 from ._convapi import conversation_events
 from ._rallyapi import rally_events
 from ._select import MessageFilter
+from ._taskapi import task_events
 from ._values import ApiError, error_body, message_json, parse_int
 
 BATCH = 256
@@ -61,6 +63,10 @@ class InboxOwner(Protocol):
     def rallies(self) -> RallyService: ...
     @property
     def conversations(self) -> ConversationService: ...
+    @property
+    def tasks(self) -> TaskService: ...
+    @property
+    def peer_id(self) -> bytes: ...
     async def wait_inbox_changed(self) -> None: ...
 
 
@@ -92,6 +98,7 @@ class EventFeed:
         self.status_seen = peer.inbox.status_count
         self.rally_seen = peer.rallies.change_count
         self.conv_seen = peer.conversations.change_count
+        self.task_seen = peer.tasks.change_count
         self.sent = 0
 
     def ready(self) -> list[Event]:
@@ -124,7 +131,8 @@ class EventFeed:
             ]
         self.rally_seen, more = rally_events(self.peer.rallies, self.rally_seen)
         self.conv_seen, convs = conversation_events(self.peer.conversations, self.conv_seen)
-        return events + more + convs
+        self.task_seen, tasks = task_events(self.peer.tasks, self.task_seen, self.peer.peer_id)
+        return events + more + convs + tasks
 
     async def next(self, idle: float) -> list[Event]:
         """The next events; [] after ``idle`` seconds with none (time for a heartbeat)."""

@@ -200,3 +200,52 @@ def conversations(
         return
     for view in views:
         click.echo(_conversation_lines(view))
+
+
+def _task_line(view: dict[str, Any]) -> str:
+    progress = "" if view["progress"] is None else f" {view['progress'] * 100:.0f}%"
+    other = view["worker"] if view["role"] == "requester" else view["requester"]
+    return (f"{view['id']} {view['role']} with {other[:16]}: {view['state']}{progress}"
+            f" - {view['request'][:60]}")
+
+
+_TASK_STATES = click.Choice(["submitted", "working", "input-required", "completed", "failed",
+                             "canceled", "rejected"])
+
+
+@cli.command()
+@click.argument("task_id", metavar="[ID]", required=False)
+@click.option("--to", "to", metavar="PEER", help="give PEER a new task (TEXT from --text)")
+@click.option("--text", help="what the new task is")
+@click.option("--role", type=click.Choice(["requester", "worker"]))
+@click.option("--state", "state_filter", type=_TASK_STATES)
+@click.option("--set", "new_state", type=_TASK_STATES, help="as the worker: move ID on")
+@click.option("--message", help="with --set: a status message")
+@click.option("--progress", type=click.FloatRange(0, 1), help="with --set: a fraction")
+@click.option("--cancel", is_flag=True, help="as the requester: cancel ID")
+@command
+def task(
+    ctx: Ctx, task_id: str | None, to: str | None, text: str | None, role: str | None,
+    state_filter: str | None, new_state: str | None, message: str | None,
+    progress: float | None, cancel: bool,
+) -> None:
+    """Tasks with A2A's states: list, show ID, give one (--to PEER --text ...),
+    move one on as its worker (ID --set working --progress 0.5), or --cancel ID."""
+    with ctx.client() as mesh:
+        if to is not None:
+            if not text:
+                raise click.UsageError("a new task needs --text")
+            views = [mesh.submit_task(to, text)]
+        elif task_id is not None and new_state is not None:
+            views = [mesh.update_task(task_id, new_state, message=message, progress=progress)]
+        elif task_id is not None and cancel:
+            views = [mesh.cancel_task(task_id)]
+        elif task_id is not None:
+            views = [mesh.get_task(task_id)]
+        else:
+            views = mesh.tasks(role=role, state=state_filter)
+    if ctx.json:
+        out.emit_json(views if task_id is None and to is None else views[0])
+        return
+    for view in views:
+        click.echo(_task_line(view))

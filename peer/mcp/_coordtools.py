@@ -174,3 +174,52 @@ def register_conversations(server: MCPServer, client: ClientOf, guarded: Guard) 
         """As the initiator, decide a conversation: the verdict is signed and sent to every
         participant, and the conversation is complete."""
         return await guarded(_verdict(conversation_id, decision, summary))
+
+
+def register_tasks(server: MCPServer, client: ClientOf, guarded: Guard) -> None:
+    """Add the task tools (A2A's states) to ``server``."""
+
+    async def _submit(peer_id: str, text: str) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.submit_task(peer_id, text)
+
+    @server.tool()
+    async def submit_task(peer_id: str, text: str) -> dict[str, Any]:
+        """Give another agent a long-running task. It moves through A2A's states:
+        submitted, working, input-required, completed, failed, canceled; follow it with
+        get_task (progress and partial results included) and cancel it with cancel_task."""
+        return await guarded(_submit(peer_id, text))
+
+    async def _get(task_id: str, wait: float) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.get_task(task_id, wait=wait)
+
+    @server.tool()
+    async def get_task(task_id: str, wait_seconds: float = 0.0) -> dict[str, Any]:
+        """A task's state, progress, history and artifacts (partial results); waits up to
+        wait_seconds for a change while it is not finished."""
+        return await guarded(_get(task_id, min(wait_seconds, 60)))
+
+    async def _update(task_id: str, state: str, message: str | None, progress: float | None,
+                      result: str | None) -> dict[str, Any]:
+        artifact = None if result is None else {"name": "result", "data": result}
+        async with client() as mesh:
+            return await mesh.update_task(task_id, state, message=message, progress=progress,
+                                          artifact=artifact)
+
+    @server.tool()
+    async def update_task(task_id: str, state: str, message: str | None = None,
+                          progress: float | None = None, result: str | None = None
+                          ) -> dict[str, Any]:
+        """As the worker of a task: set its state (working, input-required, completed,
+        failed), with a message, a progress fraction and a (partial) result."""
+        return await guarded(_update(task_id, state, message, progress, result))
+
+    async def _cancel(task_id: str) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.cancel_task(task_id)
+
+    @server.tool()
+    async def cancel_task(task_id: str) -> dict[str, Any]:
+        """As the requester of a task: cancel it; its worker sees it canceled."""
+        return await guarded(_cancel(task_id))

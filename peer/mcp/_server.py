@@ -24,7 +24,7 @@ from peer.client import (
     Unauthorised,
 )
 from peer.mcp._coordtools import register as register_coord_tools
-from peer.mcp._coordtools import register_conversations, register_rallies
+from peer.mcp._coordtools import register_conversations, register_rallies, register_tasks
 
 MAX_WAIT = 60.0
 MAX_READ = 100
@@ -209,6 +209,7 @@ def build_server(api: str | None = None, key_dir: Path | None = None) -> MCPServ
     register_coord_tools(server, tools.client, guarded)
     register_rallies(server, tools.client, guarded)
     register_conversations(server, tools.client, guarded)
+    register_tasks(server, tools.client, guarded)
     return server
 
 

@@ -113,6 +113,7 @@ class Coordination:
         self._wake = trio.Event()
         self.on_response: Callable[[InboxMessage, int], None] | None = None  # rallies
         self.on_conv: Callable[[InboxMessage, bytes, int], None] | None = None  # conversations
+        self.on_task: Callable[[InboxMessage, int], None] | None = None  # tasks
         self.counters = {"expired_refused": 0, "idempotent_dropped": 0, "acks_sent": 0,
                          "acks_received": 0, "expired_purged": 0}
 
@@ -178,6 +179,8 @@ class Coordination:
             self.on_response(entry[0], now_ms)
         if meta.conv is not None and self.on_conv is not None:
             self.on_conv(entry[0], env.wire, now_ms)
+        if meta.corr is not None and self.on_task is not None:
+            self.on_task(entry[0], now_ms)
         return entry
 
     def _on_ack(self, env: Envelope, meta: Meta, now_ms: int) -> None:

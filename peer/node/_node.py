@@ -62,6 +62,7 @@ from ._rallyhost import RallyService
 from ._storage import Storage
 from ._stream import MessageStream
 from ._swarm import Swarm
+from ._taskhost import TaskService
 from ._transport import Transport
 from ._websocket import memory_link_pair
 
@@ -108,6 +109,8 @@ class Peer:
         self.coord.on_response = self.rallies.on_response
         self.conversations = ConversationService(self)
         self.coord.on_conv = self.conversations.on_dm
+        self.tasks = TaskService(self)
+        self.coord.on_task = self.tasks.on_dm
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
         self.swarm = Swarm(self, self.options.presence_interval)
@@ -171,6 +174,7 @@ class Peer:
                 await self.coord.load()
                 await self.rallies.load()
                 await self.conversations.load()
+                await self.tasks.load()
                 self._chains = await self.storage.own_chains()
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
@@ -205,6 +209,7 @@ class Peer:
         nursery.start_soon(self.coord.run)
         nursery.start_soon(self.rallies.run)
         nursery.start_soon(self.conversations.run)
+        nursery.start_soon(self.tasks.run)
         nursery.start_soon(self._subscriptions)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
