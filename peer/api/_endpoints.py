@@ -25,6 +25,7 @@ from store import StoreError
 
 from ._convapi import ConversationEndpoints
 from ._coordapi import meta_from_body, receipts
+from ._policyapi import PolicyEndpoints, policy_status
 from ._rallyapi import RallyEndpoints
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
@@ -87,6 +88,7 @@ class Endpoints:
             **RallyEndpoints(self.peer, self._json_body).handlers(),
             **ConversationEndpoints(self.peer, self._json_body).handlers(),
             **TaskEndpoints(self.peer, self._json_body).handlers(),
+            **PolicyEndpoints(self.peer, self._json_body).handlers(),
         }
 
     async def body(self, request: Request) -> dict[str, Any]:
@@ -115,6 +117,7 @@ class Endpoints:
             "unread": peer.inbox.unread(),
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
             **peer.statistics().to_json(),
+            **policy_status(peer),
         }
         return JSONResponse(out)
 

@@ -204,6 +204,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *_RALLY_ENDPOINTS,
     *_CONVERSATION_ENDPOINTS,
     *_TASK_ENDPOINTS,
+    Endpoint("POST", "/dead-letters/retry", "put dead letters back into the outbox",
+             body=(Field("ids", "array", "only these message ids (default: all)"),)),
+    Endpoint("POST", "/dead-letters/{id}/retry", "put one dead letter back into the outbox"),
+    Endpoint("POST", "/alerts", "send an alert, deduplicated by host and check",
+             body=(Field("host", "string", "where", required=True),
+                   Field("check", "string", "what", required=True),
+                   Field("status", "string", "firing (default) or ok"),
+                   Field("body", "string", "the text (default: check on host: status)"),
+                   Field("to", "array", "peer ids to alert (or channel)"),
+                   Field("channel", "string", "a channel to alert (or to)"))),
+    Endpoint("GET", "/alerts", "the alerts firing now", returns="array"),
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}

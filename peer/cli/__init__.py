@@ -13,7 +13,7 @@ from collections.abc import Sequence
 # agents working together (peer/cli/_coordcmds.py)
 COORD_COMMANDS = frozenset(
     {"receipts", "request", "rally", "rallies", "rally-round", "converse", "say", "verdict",
-     "conversations", "task"}
+     "conversations", "task", "retry-dead", "alert"}
 )
 
 # the subcommands beside running a peer (peer/cli/_commands.py and peer/mcp/)

@@ -249,3 +249,34 @@ def task(
         return
     for view in views:
         click.echo(_task_line(view))
+
+
+@cli.command("retry-dead")
+@click.argument("ids", nargs=-1, metavar="[MSG_ID]...")
+@command
+def retry_dead(ctx: Ctx, ids: tuple[str, ...]) -> None:
+    """Put dead letters (these, or all of them) back into the outbox."""
+    with ctx.client() as mesh:
+        result = mesh.retry_dead_letters(list(ids) or None)
+    out.emit_json(result) if ctx.json else click.echo(f"{result['count']} back in the outbox")
+
+
+@cli.command()
+@click.argument("host")
+@click.argument("check")
+@click.option("--ok", is_flag=True, help="the check recovered")
+@click.option("--to", "to", multiple=True, metavar="PEER", help="alert this peer (repeat)")
+@click.option("--channel", "-c", help="alert this channel instead")
+@click.option("--text", help="the alert's text")
+@command
+def alert(ctx: Ctx, host: str, check: str, ok: bool, to: tuple[str, ...], channel: str | None,
+          text: str | None) -> None:
+    """Raise (or clear with --ok) the alert CHECK on HOST, deduplicated: new, suppressed,
+    escalate after 3, recovery."""
+    if bool(to) == bool(channel):
+        raise click.UsageError("give --to PEER (one or more) or --channel NAME")
+    with ctx.client() as mesh:
+        result = mesh.alert(host, check, ok=ok, to=list(to) or None, channel=channel,
+                            body=text)
+    out.emit_json(result) if ctx.json else click.echo(
+        f"{result['decision']} (count {result['count']}, sent {len(result['sent'])})")

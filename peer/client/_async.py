@@ -25,11 +25,11 @@ from ._errors import ApiError, PeerUnreachable
 from ._resume import Resume, StreamCut
 from ._sse import SseParser
 from ._stream import EventStream
-from ._taskcalls import AsyncTaskCalls
+from ._taskcalls import AsyncPolicyCalls, AsyncTaskCalls
 from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status
 
 
-class AsyncClient(AsyncCoordCalls, AsyncConversationCalls, AsyncTaskCalls):
+class AsyncClient(AsyncCoordCalls, AsyncConversationCalls, AsyncTaskCalls, AsyncPolicyCalls):
     """The local API of one peer; found in ``key_dir`` and the environment unless given.
 
     ``async with AsyncClient() as mesh: await mesh.send("lobby", "hello")``

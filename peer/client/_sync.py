@@ -20,11 +20,11 @@ from ._coordcalls import ConversationCalls, CoordCalls
 from ._errors import ApiError, PeerUnreachable
 from ._resume import Resume, StreamCut
 from ._sse import SseParser
-from ._taskcalls import TaskCalls
+from ._taskcalls import PolicyCalls, TaskCalls
 from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status
 
 
-class Client(CoordCalls, ConversationCalls, TaskCalls):
+class Client(CoordCalls, ConversationCalls, TaskCalls, PolicyCalls):
     """The local API of one peer, found in ``key_dir`` and the environment unless given.
 
     ``with Client() as mesh: mesh.send("lobby", "hello")``

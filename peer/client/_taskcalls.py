@@ -109,3 +109,52 @@ class AsyncTaskCalls:
             data["payload"] = payload
         out: dict[str, Any] = await self._do(Call("POST", f"/tasks/{task_id}/input", body=data))
         return out
+
+
+def alert_call(host: str, check: str, *, ok: bool, to: list[str] | None, channel: str | None,
+               body: str | None) -> Call:
+    data: dict[str, Any] = {"host": host, "check": check, "status": "ok" if ok else "firing"}
+    for key, value in (("to", to), ("channel", channel), ("body", body)):
+        if value is not None:
+            data[key] = value
+    return Call("POST", "/alerts", body=data)
+
+
+def retry_call(ids: list[str] | None) -> Call:
+    if ids is not None and len(ids) == 1:
+        return Call("POST", f"/dead-letters/{ids[0]}/retry")
+    return Call("POST", "/dead-letters/retry", body={} if ids is None else {"ids": ids})
+
+
+class PolicyCalls:
+    """Dead letters and alerts, blocking."""
+
+    def retry_dead_letters(self: _Sync, ids: list[str] | None = None) -> dict[str, Any]:
+        """Put dead letters (these ids, or all) back into the outbox."""
+        out: dict[str, Any] = self._do(retry_call(ids))
+        return out
+
+    def alert(self: _Sync, host: str, check: str, *, ok: bool = False,
+              to: list[str] | None = None, channel: str | None = None,
+              body: str | None = None) -> dict[str, Any]:
+        """Raise (or clear, ``ok=True``) an alert, deduplicated by host and check: the
+        answer's ``decision`` is new, suppressed, escalate, recovery or ignored."""
+        out: dict[str, Any] = self._do(
+            alert_call(host, check, ok=ok, to=to, channel=channel, body=body))
+        return out
+
+
+class AsyncPolicyCalls:
+    """Dead letters and alerts, on Trio or asyncio."""
+
+    async def retry_dead_letters(self: _Async, ids: list[str] | None = None
+                                 ) -> dict[str, Any]:
+        out: dict[str, Any] = await self._do(retry_call(ids))
+        return out
+
+    async def alert(self: _Async, host: str, check: str, *, ok: bool = False,
+                    to: list[str] | None = None, channel: str | None = None,
+                    body: str | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = await self._do(
+            alert_call(host, check, ok=ok, to=to, channel=channel, body=body))
+        return out

@@ -223,3 +223,31 @@ def register_tasks(server: MCPServer, client: ClientOf, guarded: Guard) -> None:
     async def cancel_task(task_id: str) -> dict[str, Any]:
         """As the requester of a task: cancel it; its worker sees it canceled."""
         return await guarded(_cancel(task_id))
+
+
+def register_policy(server: MCPServer, client: ClientOf, guarded: Guard) -> None:
+    """Add the alert and dead-letter tools to ``server``."""
+
+    async def _alert(host: str, check: str, ok: bool, peers: list[str] | None,
+                     channel: str | None, text: str | None) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.alert(host, check, ok=ok, to=peers, channel=channel, body=text)
+
+    @server.tool()
+    async def send_alert(host: str, check: str, recovered: bool = False,
+                         peer_ids: list[str] | None = None, channel: str | None = None,
+                         text: str | None = None) -> dict[str, Any]:
+        """Raise an alert for check on host (or clear it with recovered=true) to peer_ids
+        or a channel. Deduplicated: the first is sent (new), repeats within the window
+        are suppressed, the third is sent again as escalate, a recovery is sent."""
+        return await guarded(_alert(host, check, recovered, peer_ids, channel, text))
+
+    async def _retry(ids: list[str] | None) -> dict[str, Any]:
+        async with client() as mesh:
+            return await mesh.retry_dead_letters(ids)
+
+    @server.tool()
+    async def retry_dead_letters(message_ids: list[str] | None = None) -> dict[str, Any]:
+        """Put DMs that were given up (dead letters) back into the outbox: these ids, or
+        all of them. They are also replayed by themselves when their peer is back."""
+        return await guarded(_retry(message_ids))

@@ -24,7 +24,12 @@ from peer.client import (
     Unauthorised,
 )
 from peer.mcp._coordtools import register as register_coord_tools
-from peer.mcp._coordtools import register_conversations, register_rallies, register_tasks
+from peer.mcp._coordtools import (
+    register_conversations,
+    register_policy,
+    register_rallies,
+    register_tasks,
+)
 
 MAX_WAIT = 60.0
 MAX_READ = 100
@@ -210,6 +215,7 @@ def build_server(api: str | None = None, key_dir: Path | None = None) -> MCPServ
     register_rallies(server, tools.client, guarded)
     register_conversations(server, tools.client, guarded)
     register_tasks(server, tools.client, guarded)
+    register_policy(server, tools.client, guarded)
     return server
 
 

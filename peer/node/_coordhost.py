@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import cbor2
 import trio
 
+from peer.protocols._alerts import AlertDedup
 from peer.protocols._receipts import (
     AckPlanner,
     ExpiryWatch,
@@ -107,6 +108,7 @@ class Coordination:
         self.acks = AckPlanner()
         self.keys = IdempotencyKeys()
         self.expiry = ExpiryWatch()
+        self.alerts = AlertDedup()  # what POST /alerts sends (new, escalate, recovery)
         self._deadlines: dict[bytes, int] = {}  # our DM id -> its expiry, until planned
         self._dirty: dict[bytes, None] = {}  # receipt entries to write
         self._new_keys: dict[str, bytes] = {}  # idempotency keys to write
