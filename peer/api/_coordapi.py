@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from peer.node._coordhost import Coordination
 from peer.node._node import Peer
 from peer.wire._meta import (
     KINDS,
@@ -102,6 +103,20 @@ def meta_from_body(data: dict[str, Any], now_ms: int) -> Meta | None:
     )
 
 
+def receipt_events(
+    coord: Coordination, seen: int
+) -> tuple[int, list[tuple[str, int | None, dict[str, Any]]]]:
+    """The ``receipt`` stream events after the ``seen``-th change (live only): a signed
+    state (stored, delivered, read, replied, expired) for one of our DMs."""
+    if seen >= coord.change_count:
+        return seen, []
+    fresh = coord.changes[-(coord.change_count - seen):]
+    return coord.change_count, [
+        ("receipt", None, {"id": i.hex(), "peer": p.hex(), "state": state})
+        for i, p, state in fresh
+    ]
+
+
 async def receipts(peer: Peer, request: Request) -> Response:
     """``GET /receipts?id=``: the states the recipient signed for one DM we sent."""
     raw = request.query_params.get("id")
@@ -117,4 +132,4 @@ async def receipts(peer: Peer, request: Request) -> Response:
     return JSONResponse(view)
 
 
-__all__ = ["META_FIELDS", "meta_from_body", "receipts"]
+__all__ = ["META_FIELDS", "meta_from_body", "receipt_events", "receipts"]

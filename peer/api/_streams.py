@@ -37,11 +37,13 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from peer.node._convhost import ConversationService
+from peer.node._coordhost import Coordination
 from peer.node._inbox import Inbox, InboxMessage, StatusChange
 from peer.node._rallyhost import RallyService
 from peer.node._taskhost import TaskService
 
 from ._convapi import conversation_events
+from ._coordapi import receipt_events
 from ._rallyapi import rally_events
 from ._select import MessageFilter
 from ._taskapi import task_events
@@ -65,6 +67,8 @@ class InboxOwner(Protocol):
     def conversations(self) -> ConversationService: ...
     @property
     def tasks(self) -> TaskService: ...
+    @property
+    def coord(self) -> Coordination: ...
     @property
     def peer_id(self) -> bytes: ...
     async def wait_inbox_changed(self) -> None: ...
@@ -99,6 +103,7 @@ class EventFeed:
         self.rally_seen = peer.rallies.change_count
         self.conv_seen = peer.conversations.change_count
         self.task_seen = peer.tasks.change_count
+        self.receipt_seen = peer.coord.change_count
         self.sent = 0
 
     def ready(self) -> list[Event]:
@@ -132,7 +137,8 @@ class EventFeed:
         self.rally_seen, more = rally_events(self.peer.rallies, self.rally_seen)
         self.conv_seen, convs = conversation_events(self.peer.conversations, self.conv_seen)
         self.task_seen, tasks = task_events(self.peer.tasks, self.task_seen, self.peer.peer_id)
-        return events + more + convs + tasks
+        self.receipt_seen, receipts = receipt_events(self.peer.coord, self.receipt_seen)
+        return events + receipts + more + convs + tasks
 
     async def next(self, idle: float) -> list[Event]:
         """The next events; [] after ``idle`` seconds with none (time for a heartbeat)."""

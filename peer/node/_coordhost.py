@@ -17,8 +17,9 @@
   from the outbox until their own receipt like any DM.
 * States signed for us (a ``receipt`` envelope for ``stored``, acks for the
   rest) are kept with the signed envelope, under state keys ``rcpt/<id>``,
-  and shown as the DM's ``status`` (``read``, ``replied``, ``expired``) in the
-  inbox and its streams.
+  and shown as the DM's ``receipt`` (its furthest state) in the inbox, and as
+  ``receipt`` events on its streams (``status`` keeps its meaning: pending,
+  delivered to the recipient's peer, undeliverable).
 * Idempotency keys live in the inbox records they came with (same commit)
   and under state keys ``idem/...`` (written after), so a ``kill -9`` at any
   point keeps them.
@@ -71,7 +72,6 @@ def rally_marker(payload: Any) -> tuple[bytes, int] | None:
 
 RCPT_PREFIX = "rcpt/"
 IDEM_PREFIX = "idem/"
-STATUS_OF = {"read": "read", "replied": "replied", "expired": "expired"}
 
 
 class CoordPeer(StoragePeer, Protocol):
@@ -113,6 +113,8 @@ class Coordination:
         self._dirty: dict[bytes, None] = {}  # receipt entries to write
         self._new_keys: dict[str, bytes] = {}  # idempotency keys to write
         self._wake = trio.Event()
+        self.changes: list[tuple[bytes, bytes, str]] = []  # (id, recipient, state): streams
+        self.change_count = 0
         self.on_response: Callable[[InboxMessage, int], None] | None = None  # rallies
         self.on_conv: Callable[[InboxMessage, bytes, int], None] | None = None  # conversations
         self.on_task: Callable[[InboxMessage, int], None] | None = None  # tasks
@@ -141,6 +143,9 @@ class Coordination:
                 self.book.restore(entry)
         for message in self.peer.inbox:
             self._note_kept(message)
+            mine = self.book.get(message.id) if message.outgoing else None
+            if mine is not None and mine.states:
+                message.receipt = mine.latest()
         self.peer.inbox.on_handed = self.on_handed
 
     def _note_kept(self, message: InboxMessage) -> None:
@@ -188,18 +193,22 @@ class Coordination:
     def _on_ack(self, env: Envelope, meta: Meta, now_ms: int) -> None:
         assert meta.state is not None
         self.counters["acks_received"] += 1
-        self._recorded(self.book.record(env.sender, meta.state, meta.ids, env.wire, now_ms))
+        self._recorded(self.book.record(env.sender, meta.state, meta.ids, env.wire, now_ms),
+                       meta.state)
 
     def on_stored_receipt(self, sender: bytes, ids: Sequence[bytes], wire: bytes) -> None:
         """A ``receipt`` envelope from ``sender`` naming ``ids`` was stored here."""
-        self._recorded(self.book.record(sender, "stored", list(ids), wire, self.peer.wall_ms()))
+        now_ms = self.peer.wall_ms()
+        self._recorded(self.book.record(sender, "stored", list(ids), wire, now_ms), "stored")
 
-    def _recorded(self, changed: list[Tracked]) -> None:
+    def _recorded(self, changed: list[Tracked], state: str) -> None:
         for entry in changed:
             self._dirty[entry.msg_id] = None
-            status = STATUS_OF.get(entry.latest())
-            if status is not None:
-                self.peer.inbox.set_status(entry.msg_id, status)
+            message = self.peer.inbox.get(entry.msg_id)
+            if message is not None:
+                message.receipt = entry.latest()
+            self.changes = [*self.changes, (entry.msg_id, entry.recipient, state)][-1024:]
+            self.change_count += 1
         if changed:
             self.peer.notify_inbox()
             self._wake.set()

@@ -39,6 +39,7 @@ class InboxMessage:
     seq: int = 0  # the sender's sequence number in this conversation or channel
     meta: Meta | None = None  # a DM's message semantics (envelope.md section 12)
     handed: bool = False  # given to the agent (API, stream or webhook) at least once
+    receipt: str | None = None  # our DM: the furthest state its recipient signed
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -69,6 +70,8 @@ class InboxMessage:
             out["status"] = self.status
         if self.meta is not None:
             out.update(meta_json(self.meta))
+        if self.receipt is not None:
+            out["receipt"] = self.receipt
         return out
 
 
