@@ -110,9 +110,9 @@ def test_rally_quorum_late_answers_and_initiator_crash(tmp_path: Path) -> None:
 
 
 def test_request_through_the_client_with_live_rally_events(tmp_path: Path) -> None:
-    alice = start_peer(tmp_path, "alice")
+    alice = start_peer(tmp_path, "alice", "--channel", "ops")
     wait_ready(alice)
-    bob = start_peer(tmp_path, "bob", bootstrap=alice.ws_url)
+    bob = start_peer(tmp_path, "bob", "--channel", "ops", bootstrap=alice.ws_url)
     wait_ready(bob)
     try:
         assert alice.get("/peers", min="1", wait="20").json()
@@ -147,6 +147,18 @@ def test_request_through_the_client_with_live_rally_events(tmp_path: Path) -> No
         listener.join(20)
         assert [e["change"] for e in seen] == ["open", "answer", "complete"]
         assert all(e["id"] == asked["id"] for e in seen)
+        # a rally on a channel: whoever is there answers by replying to the question
+        on_ops = alice.post("/rally", {"channel": "ops", "body": "who is on call?",
+                                       "quorum": 1, "timeout": 30}).json()
+        question = _until("bob sees the channel question", lambda: next(
+            (m for m in bob.get("/messages", peek="true", channel="ops").json()
+             if m["body"] == "who is on call?"), None))
+        assert question["payload"]["rally"]["id"] == on_ops["id"]
+        r = bob.post("/send", {"to": alice.peer_id, "body": "me", "reply_to": question["id"]})
+        assert r.status_code == 200, r.text
+        done = alice.get(f"/rallies/{on_ops['id']}", wait="20").json()
+        assert done["state"] == "complete" and done["channel"] == "ops"
+        assert [(a["from"], a["body"]) for a in done["answers"]] == [(bob.peer_id, "me")]
     finally:
         stop(alice)
         stop(bob)
