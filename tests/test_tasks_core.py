@@ -67,6 +67,14 @@ def test_refused_updates_change_nothing() -> None:
         new_task(b"\x01", requester=R, worker=R, request="x", payload=None, now_ms=0)
 
 
+def test_artifacts_are_bounded_per_task() -> None:
+    task = _task()
+    task.update(WORKING, 1, artifact={"name": "a", "data": "x"}, size=4 * 1024 * 1024)
+    with pytest.raises(TaskError):
+        task.update(WORKING, 2, artifact={"name": "b", "data": "y"}, size=1)
+    assert list(task.artifacts) == ["a"] and len(task.history) == 2
+
+
 def test_record_round_trip() -> None:
     task = _task()
     task.update(WORKING, 5, progress=0.1, message="go", artifact={"name": "p", "data": [1]})

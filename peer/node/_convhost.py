@@ -27,7 +27,10 @@ import trio
 
 from peer.protocols._conversations import (
     DEFAULT_IDLE_MS,
+    MAX_PARTICIPANTS,
     MAX_VOTE,
+    RULES,
+    TYPES,
     Conversation,
     new_conversation,
 )
@@ -45,6 +48,7 @@ CONV_PREFIX = "conv/"
 MAX_CONVERSATIONS = 10_000
 TICK_S = 5.0
 MAX_RECORD = 200 * 1024
+MAX_KEPT = 4096  # characters of a post kept with the conversation (all in the inbox)
 
 
 def _vote_of(value: Any) -> str | None:
@@ -85,7 +89,13 @@ def _opening(payload: Any, sender: bytes) -> Conversation | None:
         )
     except (KeyError, ValueError, TypeError):
         return None
-    return conv if conv.owner == sender and 1 <= len(conv.id) <= 32 else None
+    fits = (
+        conv.owner == sender and 1 <= len(conv.id) <= 32 and conv.type in TYPES
+        and 1 <= len(conv.participants) <= MAX_PARTICIPANTS and conv.owner not in
+        conv.participants and (conv.rule is None or conv.rule in RULES)
+        and 0 < conv.threshold <= 1 and conv.idle_ms > 0 and len(conv.subject) <= MAX_KEPT * 16
+    )
+    return conv if fits else None
 
 
 class ConversationService:
@@ -202,7 +212,8 @@ class ConversationService:
             return
         post = payload.get("post") if isinstance(payload.get("post"), dict) else {}
         vote = _vote_of(post.get("vote")) if post else None
-        self._record(conv, conv.on_post(message.sender, message.id, message.body, vote, now_ms))
+        self._record(conv, conv.on_post(message.sender, message.id, message.body[:MAX_KEPT],
+                                        vote, now_ms))
 
     def _record(self, conv: Conversation, changes: list[str]) -> None:
         if not changes:

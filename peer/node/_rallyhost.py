@@ -39,6 +39,7 @@ from ._options import UnknownPeer
 RALLY_PREFIX = "rally/"
 RESEND_S = 5.0
 MAX_RECORD = 200 * 1024
+MAX_KEPT = 4096  # bytes of an answer's body and payload kept with the rally (all in the inbox)
 CHANNEL_SLOT = bytes(32)  # the "peer" a channel rally's one question is sent to
 
 
@@ -180,8 +181,10 @@ class RallyService:
         if rally is None:
             return
         payload = message.payload if message.has_payload else None
-        changes = rally.on_answer(message.sender, meta.round or 1, message.id, message.body,
-                                  payload, now_ms)
+        if payload is not None and len(cbor2.dumps(payload)) > MAX_KEPT:
+            payload = {"truncated": True, "id": message.id.hex()}  # the inbox has it all
+        changes = rally.on_answer(message.sender, meta.round or 1, message.id,
+                                  message.body[:MAX_KEPT], payload, now_ms)
         if changes:
             self._dirty[rally.id] = None
             self._note(changes)

@@ -14,6 +14,7 @@ sides keep the record under state key ``task/<id>``, written by the task
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from typing import Any
 
 import cbor2
@@ -31,6 +32,7 @@ from ._inbox import InboxMessage
 TASK_PREFIX = "task/"
 MAX_TASKS = 10_000
 MAX_RECORD = 200 * 1024
+MAX_APPLIED = 65_536
 
 
 class TaskService:
@@ -44,6 +46,7 @@ class TaskService:
         self._changed = trio.Event()
         self.changes: list[tuple[bytes, str]] = []  # (id, state) for streams
         self.change_count = 0
+        self._applied: OrderedDict[bytes, None] = OrderedDict()  # message ids taken
 
     async def load(self) -> None:
         storage = self.peer.storage
@@ -77,7 +80,7 @@ class TaskService:
         if task.worker != self.peer.peer_id:
             raise TaskError("only the task's worker updates it (the requester may cancel)")
         task.update(state, self.peer.wall_ms(), message=message, progress=progress,
-                    artifact=artifact)
+                    artifact=artifact, size=0 if artifact is None else len(cbor2.dumps(artifact)))
         self._note(task)
         update = {"id": task.id.hex(), "state": state, "message": message,
                   "progress": progress, "artifact": artifact}
@@ -108,6 +111,11 @@ class TaskService:
         meta = message.meta
         if not isinstance(payload, dict) or meta is None or meta.corr is None:
             return
+        if message.id in self._applied:
+            return  # the same DM again (its receipt was lost and it was pushed again)
+        self._applied[message.id] = None
+        while len(self._applied) > MAX_APPLIED:
+            self._applied.popitem(last=False)
         task = self.by_id.get(meta.corr)
         if task is None:
             if "task" in payload and len(self.by_id) < MAX_TASKS and 1 <= len(meta.corr) <= 32:
@@ -135,10 +143,11 @@ class TaskService:
             raise TaskError("a task update is a map")
         progress = update.get("progress")
         artifact = update.get("artifact")
+        artifact = artifact if isinstance(artifact, dict) else None
         task.update(
-            str(update["state"]), now_ms, message=str(update.get("message") or ""),
-            progress=None if progress is None else float(progress),
-            artifact=artifact if isinstance(artifact, dict) else None,
+            str(update["state"]), now_ms, message=str(update.get("message") or "")[:4096],
+            progress=None if progress is None else float(progress), artifact=artifact,
+            size=0 if artifact is None else len(cbor2.dumps(artifact)),
         )
 
     def _note(self, task: Task) -> None:

@@ -43,6 +43,7 @@ MAX_HISTORY = 1000
 MAX_ARTIFACTS = 64
 MAX_ARTIFACT_PARTS = 1000
 MAX_NAME = 128
+MAX_ARTIFACT_BYTES = 4 * 1024 * 1024  # per task, as the host measures the parts
 
 
 class TaskError(ValueError):
@@ -84,6 +85,7 @@ class Task:
     created_ms: int
     history: list[Status] = field(default_factory=list)
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    artifact_bytes: int = 0
 
     @property
     def state(self) -> str:
@@ -108,8 +110,10 @@ class Task:
         message: str = "",
         progress: float | None = None,
         artifact: dict[str, Any] | None = None,
+        size: int = 0,
     ) -> None:
-        """The worker's update (or a cancel): check it, then apply it all or nothing."""
+        """The worker's update (or a cancel): check it, then apply it all or nothing.
+        ``size`` is the artifact's size in bytes (bounded per task)."""
         if state not in STATES:
             raise TaskError(f"state must be one of {', '.join(STATES)}")
         if self.final:
@@ -120,8 +124,11 @@ class Task:
             raise TaskError("progress is a fraction in [0, 1]")
         if len(self.history) >= MAX_HISTORY:
             raise TaskError(f"at most {MAX_HISTORY} updates per task")
+        if self.artifact_bytes + size > MAX_ARTIFACT_BYTES:
+            raise TaskError(f"at most {MAX_ARTIFACT_BYTES} bytes of artifacts per task")
         if artifact is not None:
             self._artifact(artifact)
+            self.artifact_bytes += size
         self.history.append(Status(state, message, progress, now_ms))
 
     def _artifact(self, raw: dict[str, Any]) -> None:
@@ -147,6 +154,7 @@ class Task:
             "request": self.request, "payload": self.payload, "created": self.created_ms,
             "history": [s.to_record() for s in self.history],
             "artifacts": [a.to_record() for a in self.artifacts.values()],
+            "bytes": self.artifact_bytes,
         }
 
     @classmethod
@@ -157,6 +165,7 @@ class Task:
                                int(s[3])) for s in r["history"]]
         task.artifacts = {str(a[0]): Artifact(str(a[0]), list(a[1]), bool(a[2]))
                           for a in r["artifacts"]}
+        task.artifact_bytes = int(r.get("bytes", 0))
         return task
 
 
