@@ -49,6 +49,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "fill_rate": (15_000.0, 15_000.0),
     "flood_connections": ("1,8,32", "1,4"),
     "flood_frames": (100_000, 2000),
+    "blob_mib": (200, 8),
 }
 ALWAYS = ("clawmesh", BASELINE)
 
@@ -182,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--flood-frames", type=int, default=None,
                    help="empty binary frames each connection sends (default "
                    f"{DEFAULTS['flood_frames'][0]:,}; quick {DEFAULTS['flood_frames'][1]})")
+    g = p.add_argument_group("blob (scenario 8)")
+    g.add_argument("--blob-mib", type=int, default=None,
+                   help=f"size of the file sent (default {DEFAULTS['blob_mib'][0]}; "
+                   f"quick {DEFAULTS['blob_mib'][1]})")
     return p
 
 
@@ -215,7 +220,7 @@ def resolve(args: argparse.Namespace) -> Params:
         catchup_size=get("catchup_size"), fill_rate=get("fill_rate"),
         flood_connections=get("flood_connections"), flood_frames=get("flood_frames"),
         profile=args.profile_relay, quick=args.quick, check_every=max(1, get("check_every")),
-        hub_nice=args.hub_nice,
+        hub_nice=args.hub_nice, blob_mib=get("blob_mib"),
     )
 
 

@@ -227,9 +227,20 @@ def _live_table(res: ScenarioResult) -> str:
     return _table(headers, rows)
 
 
+def _blob_table(res: ScenarioResult) -> str:
+    headers = ["path", "MiB", "seconds", "MiB/s", "peak RSS A/B MiB"]
+    rows = []
+    for r in res.rows:
+        rss = r.get("peak_rss_mib") or {}
+        shown = f"{rss['A']} / {rss['B']}" if rss else "-"
+        rows.append([r["path"], str(r["mib"]), _num(r["seconds"], 2), _num(r["mib_per_s"], 1),
+                     shown])
+    return _table(headers, rows)
+
+
 TABLES = {"fanout": _fanout_table, "latency": _latency_table, "catchup": _catchup_table,
           "footprint": _footprint_table, "dht": _dht_table, "preauth": _preauth_table,
-          "live": _live_table}
+          "live": _live_table, "blob": _blob_table}
 
 
 def render(results: list[ScenarioResult]) -> str:

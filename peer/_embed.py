@@ -178,7 +178,8 @@ async def open_with(
             peer.listen_urls[:] = list(advertise) or [f"ws://{shown}:{bound}/"]
 
     try:
-        api_spec = _ApiSpec(api, api_hosts, compat, hooks)
+        keys = Path(key_dir).expanduser()  # noqa: ASYNC240 (no I/O: a name)
+        api_spec = _ApiSpec(api, api_hosts, compat, hooks, keys)
         async with _running(peer, services, api_spec, token, bootstrap) as running:
             yield running
     except BaseExceptionGroup as group:
@@ -220,6 +221,7 @@ class _ApiSpec:
     hosts: Sequence[str]
     compat: str | None
     hooks: _Hooks | None
+    key_dir: Path | None = None  # where the web page's login link is written
 
 
 @asynccontextmanager
@@ -250,6 +252,7 @@ async def _running(
                     allowed_hosts=api_spec.hosts,
                     compat=api_spec.compat,
                     webhooks=webhooks,
+                    key_dir=api_spec.key_dir,
                 )
             except (OSError, BaseExceptionGroup) as exc:
                 # Hypercorn binds inside its own nursery: the OSError comes wrapped

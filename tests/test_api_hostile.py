@@ -52,6 +52,13 @@ async def test_unicode_digits_in_parameters_are_json_errors(pair: Pair) -> None:
         await assert_json_error(await pair.api_a.get(path), 400, "invalid")
 
 
+async def test_plain_http_to_the_websocket_endpoint_says_upgrade(pair: Pair) -> None:  # noqa: F811
+    r = await pair.api_a.get("/ws")
+    await assert_json_error(r, 426, "upgrade-required")
+    assert r.headers["upgrade"] == "websocket"
+    await assert_json_error(await pair.api_a.get("/nowhere"), 404, "not-found")
+
+
 async def test_unread_messages_stay_unread_until_they_were_rendered(pair: Pair) -> None:  # noqa: F811
     sent = await pair.api_a.post("/send", json={"channel": "lobby", "body": "one"})
     assert sent.status_code == 200

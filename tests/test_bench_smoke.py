@@ -48,7 +48,7 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert doc["machine"]["packages"]["trio"]
     scenarios = doc["scenarios"]
     assert set(scenarios) == {
-        "fanout", "latency", "catchup", "dht", "footprint", "preauth", "live"
+        "fanout", "latency", "catchup", "dht", "footprint", "preauth", "live", "blob"
     }
 
     fanout = scenarios["fanout"]
@@ -114,6 +114,12 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     for row in live["results"]:
         assert row["received"] == row["messages"] > 0, row
         assert row["latency_ms"]["p50"] > 0, row
+
+    # blob: the file crossed the relay byte for byte (checked inside), beside plain HTTP
+    blob = scenarios["blob"]
+    assert blob["status"] == "ok", blob
+    assert [r["mib_per_s"] > 0 for r in blob["results"]] == [True, True]
+    assert blob["results"][1]["peak_rss_mib"]["B"] > 0
 
     drawn = ["fanout", "latency", "catchup", "footprint"]
     dht = scenarios["dht"]

@@ -88,6 +88,10 @@ def valid_fields() -> dict[str, dict[str, Any]]:
         "push": {"e": b"\x82\x41\x00\x58\x40" + b"\x00" * 64},
         "deposit": {"r": 9, "e": b"\x82\x41\x00\x58\x40" + b"\x00" * 64},
         "deposited": {"r": 9},  # "err" is optional
+        "blob-want": {"r": 3, "id": b"\x08" * 32, "hops": 2},  # "i", "src" are optional
+        "blob-have": {"r": 3, "size": 5, "h": b"\x09" * 32},
+        "blob-chunk": {"r": 3, "d": b"hello"},
+        "blob-none": {"r": 3, "err": "unknown"},
     }
 
 

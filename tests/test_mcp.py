@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,8 @@ from tests._procs import REPO, PeerProcess
 
 TOOLS = {
     "mesh_status", "send_to_channel", "send_dm", "read_messages", "wait_for_messages",
-    "list_peers", "list_channels", "join_channel", "leave_channel",
+    "list_peers", "list_channels", "join_channel", "leave_channel", "share_file",
+    "save_attachment",
     "send_with_semantics", "get_receipts", "ask_peer", "start_rally", "get_rally",
     "start_conversation", "post_to_conversation", "get_conversation", "search_conversations",
     "set_conversation_verdict", "submit_task", "get_task", "update_task", "cancel_task",
@@ -104,6 +106,18 @@ async def test_the_mcp_tools_reach_the_mesh(pair: Pair) -> None:
             assert "research" in _data(await a.call_tool("list_channels", {}))["channels"]
             left = _data(await a.call_tool("leave_channel", {"channel": "research"}))
             assert "research" not in left["channels"]
+
+            # a file as an attachment, saved on the other side
+            src, dest = Path(pair.a.home) / "note.txt", Path(pair.b.home) / "saved.txt"
+            src.write_bytes(b"attached words\n" * 30_000)
+            shared = _data(await a.call_tool("share_file", {"path": str(src), "channel": "lobby"}))
+            got = _data(await b.call_tool("wait_for_messages", {"timeout_seconds": 20}))
+            assert got["messages"][-1]["attachments"] == [shared["attachment"]]
+            assert shared["attachment"]["type"] == "text/plain"
+            saved = _data(await b.call_tool(
+                "save_attachment", {"blob_id": shared["attachment"]["id"], "path": str(dest)}
+            ))
+            assert saved["size"] == src.stat().st_size and dest.read_bytes() == src.read_bytes()
 
 
 async def test_refusals_are_tool_errors_with_the_api_message(pair: Pair) -> None:

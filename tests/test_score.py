@@ -138,9 +138,10 @@ def test_an_author_over_its_limit_costs_no_signature_check(
     router, (link, *_) = relay_with_links(params, 2)
     flood = envelopes("flooder", 100)
     delivered = [e for e in flood if delivers(pub(router, link, e, 0.0))]
-    assert len(delivered) == LIMITS.sender_burst
-    assert len(checked) == LIMITS.sender_burst  # the other 80 were never verified
-    assert router.stats.sender_limited == 80
+    fresh = int(LIMITS.sender_rate * LIMITS.sender_fresh_s)  # a new author's first tokens
+    assert len(delivered) == fresh
+    assert len(checked) == fresh  # the other 90 were never verified
+    assert router.stats.sender_limited == 100 - fresh
 
 
 def test_a_forged_copy_of_a_limited_authors_message_does_not_hide_the_real_one() -> None:
@@ -155,6 +156,20 @@ def test_a_forged_copy_of_a_limited_authors_message_does_not_hide_the_real_one()
     assert not delivers(router.handle_frame(other, decode_frame(forged), forged, 0.0, WALL0))
     assert router.stats.sender_limited == limited + 1  # dropped by the limit, unverified
     assert delivers(pub(router, link, real, 1.0))  # a token came back: not a "duplicate"
+
+
+def test_a_new_author_earns_its_burst_by_staying_under_the_rate() -> None:
+    """A never-seen author starts with one second of its rate, not the whole burst (a
+    fresh identity cannot land a burst the moment it appears); quiet, it fills up to the
+    burst; our own bucket starts full."""
+    me = b"m" * 32
+    buckets = Buckets.for_authors(LIMITS, me)
+    fresh = int(LIMITS.sender_rate * LIMITS.sender_fresh_s)
+    assert sum(buckets.take(b"new", 0.0) for _ in range(100)) == fresh
+    assert sum(buckets.take(me, 0.0) for _ in range(100)) == LIMITS.sender_burst
+    assert sum(buckets.take(b"quiet", 0.0) for _ in range(1)) == 1  # met once, then quiet
+    later = LIMITS.sender_burst / LIMITS.sender_rate + 1.0  # long enough to fill up
+    assert sum(buckets.take(b"quiet", later) for _ in range(100)) == LIMITS.sender_burst
 
 
 def test_the_link_pub_limit_drops_frames_beyond_its_burst() -> None:

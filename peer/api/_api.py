@@ -33,7 +33,9 @@ from starlette.websockets import WebSocket
 from peer.node._node import Peer
 
 from ._endpoints import Endpoints
+from ._page import Page
 from ._select import message_filter
+from ._session import Sessions, same_origin
 from ._spec import BY_ROUTE, Endpoint
 from ._streams import MAX_STREAMS, EventFeed, SseResponse, run_websocket, start_cursor
 from ._values import (
@@ -55,6 +57,7 @@ BODY_TIMEOUT = 10.0  # seconds a client has to send its whole request body
 COMPAT_MODES = ("ocmesh",)
 
 Handler = Callable[[Request], Awaitable[Response]]
+_PAGE = Endpoint("GET", "/", "the web page", open=True)
 
 
 def _hostname(value: str) -> str:
@@ -90,6 +93,7 @@ class LocalApi:
         allowed_hosts: Iterable[str] = (),
         compat: str | None = None,
         webhooks: WebhookService | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         if compat is not None and compat not in COMPAT_MODES:
             raise ValueError(f"unknown compatibility mode {compat!r}")
@@ -101,8 +105,13 @@ class LocalApi:
         self.endpoints.api_url = api_url
         self._in_flight = 0
         self.streams = 0
-        handlers = self.endpoints.handlers()
-        routes: list[Route | WebSocketRoute] = []
+        self.sessions = sessions or Sessions(token, peer.identity.peer_id_hex)
+        self.page = Page(self.sessions)
+        handlers = self.endpoints.handlers() | self.page.handlers()
+        routes: list[Route | WebSocketRoute] = [
+            Route(path, self._page_route(handler), methods=["GET"])
+            for path, handler in self.page.routes().items()
+        ]
         for (method, path), spec in BY_ROUTE.items():
             if spec.stream == "websocket":
                 routes.append(WebSocketRoute(path, self._websocket))
@@ -121,9 +130,18 @@ class LocalApi:
     @api_url.setter
     def api_url(self, url: str) -> None:
         self.endpoints.api_url = url
+        self.sessions.api_url = url
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
-        return error_response(404, "not-found", f"no endpoint {request.url.path}")
+        path = request.url.path
+        spec = BY_ROUTE.get(("GET", path))
+        if spec is not None and spec.stream == "websocket":  # plain HTTP to a WebSocket
+            answer = error_response(
+                426, "upgrade-required", f"{path} is a WebSocket: connect with Upgrade: websocket"
+            )
+            answer.headers["Upgrade"] = "websocket"
+            return answer
+        return error_response(404, "not-found", f"no endpoint {path}")
 
     async def _not_allowed(self, request: Request, exc: Exception) -> Response:
         return error_response(
@@ -139,9 +157,14 @@ class LocalApi:
             return True
         header = conn.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
+        if scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), self.token.encode()
-        )
+        ):
+            return True
+        if not header and self.sessions.signed_in(conn):  # the web page: same origin only
+            changing = conn.scope["type"] == "websocket" or conn.scope["method"] != "GET"
+            return same_origin(conn, changing=changing)
+        return False
 
     async def _json_body(self, request: Request, spec: Endpoint) -> dict[str, Any]:
         length = request.headers.get("content-length")
@@ -204,9 +227,19 @@ class LocalApi:
             return error_response(
                 401,
                 "unauthorised",
-                "send Authorization: Bearer <token from the key directory's api-token>",
+                "send Authorization: Bearer <token from the key directory's api-token>, "
+                "or sign in to the web page through its login link (clawmesh web)",
             )
         return None
+
+    def _page_route(self, handler: Handler) -> Handler:
+        """An open page route, behind the Host and Origin checks."""
+
+        async def route(request: Request) -> Response:
+            refused = self._refused(request, _PAGE)
+            return refused if refused is not None else await handler(request)
+
+        return route
 
     # -- streams -------------------------------------------------------------------
 

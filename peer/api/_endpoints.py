@@ -23,10 +23,12 @@ from peer.wire._errors import ProtocolError
 from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
 
+from ._blobapi import BlobApi
 from ._convapi import ConversationEndpoints
 from ._coordapi import meta_from_body, receipts
 from ._policyapi import PolicyEndpoints, policy_status
 from ._rallyapi import RallyEndpoints
+from ._readreceipts import send_read_receipts, unread_dms
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
 from ._taskapi import TaskEndpoints
@@ -39,6 +41,7 @@ from ._values import (
     iso,
     json_to_cbor_value,
     message_json,
+    parse_attachments,
     wait_param,
 )
 from ._webhooks import WebhookService
@@ -68,6 +71,7 @@ class Endpoints:
         self.compat = compat
         self.webhooks = webhooks
         self.api_url = ""
+        self.blob_api = BlobApi(peer)
 
     def handlers(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
         return {
@@ -85,6 +89,7 @@ class Endpoints:
             "/receipts": lambda request: receipts(self.peer, request),
             "/bootstrap.json": self.bootstrap,
             "/openapi.json": self.openapi,
+            **self.blob_api.handlers(),
             **RallyEndpoints(self.peer, self._json_body).handlers(),
             **ConversationEndpoints(self.peer, self._json_body).handlers(),
             **TaskEndpoints(self.peer, self._json_body).handlers(),
@@ -116,6 +121,7 @@ class Endpoints:
             "channels": sorted(peer.channels),
             "unread": peer.inbox.unread(),
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
+            "blobs": peer.blobs.statistics(),
             **peer.statistics().to_json(),
             **policy_status(peer),
         }
@@ -187,7 +193,8 @@ class Endpoints:
                 raise ApiError(413, "too-large", f"payload over {MAX_PAYLOAD} bytes as CBOR")
         reply_to = hex_id(data["reply_to"], "reply_to") if data.get("reply_to") else None
         thread = hex_id(data["thread"], "thread") if data.get("thread") else None
-        return Content(body=body, payload=payload, reply_to=reply_to, thread=thread)
+        attachments = parse_attachments(data.get("attachments"))
+        return Content(body, payload, reply_to, thread, attachments)
 
     def _recipient(self, to: Any) -> bytes:
         """A peer id from ``to``: a peer id, or a public key as ``/peers`` lists it."""
@@ -290,7 +297,10 @@ class Endpoints:
             ids = data["ids"]
             if not isinstance(ids, list) or len(ids) > 10_000:
                 raise ApiError(400, "invalid", "ids must be a list of message ids")
-            marked += await self.peer.mark_read([hex_id(i, "ids[]") for i in ids])
+            wanted = [hex_id(i, "ids[]") for i in ids]
+            receipts = unread_dms(self.peer, wanted)  # before they are marked
+            marked += await self.peer.mark_read(wanted)
+            await send_read_receipts(self.peer, receipts)
         if "through" in data:
             through = data["through"]
             if type(through) is not int or through < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -12,6 +13,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from peer.node._node import Peer
 
 from ._api import LocalApi
+from ._session import Sessions
 from ._webhooks import WebhookService
 
 BACKLOG = 4096  # connections the kernel queues for us: thousands of clients at once
@@ -33,13 +35,15 @@ async def serve_api(
     allowed_hosts: Iterable[str] = (),
     compat: str | None = None,
     webhooks: WebhookService | None = None,
+    key_dir: Path | None = None,
 ) -> str:
     """Serve ``peer``'s local API on ``host:port`` in ``nursery``; returns its URL.
 
     ``allowed_hosts`` are names besides loopback that ``Host`` and ``Origin``
     may carry (for an API bound to another address); ``compat`` ("ocmesh")
     opens ocmesh's endpoints to tokenless loopback calls; ``webhooks`` shows its
-    counters in ``/status``. Raises OSError when the address cannot be bound.
+    counters in ``/status``; ``key_dir`` gets the web page's login link
+    (``login-url``, see ``_session``). Raises OSError when the address cannot be bound.
     """
     config = HypercornConfig()
     config.bind = [f"{host}:{port}"]
@@ -50,12 +54,19 @@ async def serve_api(
     config.keep_alive_timeout = IDLE_TIMEOUT
     config.websocket_ping_interval = WS_PING_INTERVAL
     named = [] if host in ("0.0.0.0", "::", "") else [host]  # an address bound on purpose
+    sessions = Sessions(token, peer.identity.peer_id_hex, key_dir=key_dir)
     api = LocalApi(
-        peer, token, allowed_hosts=[*named, *allowed_hosts], compat=compat, webhooks=webhooks
+        peer,
+        token,
+        allowed_hosts=[*named, *allowed_hosts],
+        compat=compat,
+        webhooks=webhooks,
+        sessions=sessions,
     )
     binds: Any = await nursery.start(_serve, api, config)
     url = str(binds[0]) if binds else f"http://{host}:{port}"
     api.api_url = url
+    sessions.write_link()
     return url
 
 

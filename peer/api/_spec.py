@@ -6,10 +6,15 @@ so the description cannot drift from what is enforced.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from ._values import ApiError
+
+_BLOB_DOC = (
+    "the file's bytes, streamed; Content-Type: its media type, X-Blob-Name: its name"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +36,7 @@ class Endpoint:
     compat_open: bool = False  # no token wanted from loopback under --compat ocmesh
     stream: str | None = None  # "sse" or "websocket"
     returns: str = "object"  # the JSON type of a 200 answer
+    raw: str | None = None  # the request body is raw bytes of this media type (blobs)
 
     def check_params(self, names: list[str]) -> None:
         allowed = {f.name for f in self.params}
@@ -158,6 +164,25 @@ _TASK_ENDPOINTS = (
                    Field("payload", "object", "structured data"))),
 )
 
+BLOB_ENDPOINTS = (
+    Endpoint("POST", "/blobs",
+             "upload a file (streamed; 413 past --blob-max-mb, 507 past the quota)",
+             raw=_BLOB_DOC),
+    Endpoint("POST", "/blobs/uploads",
+             "open a resumable upload (X-Blob-Size: the total, if known); answers its id"),
+    Endpoint("GET", "/blobs/uploads/{uid}", "a resumable upload's offset: resume from there"),
+    Endpoint("PUT", "/blobs/uploads/{uid}",
+             "add bytes to an upload: Content-Range: bytes START-END/TOTAL (or /*); "
+             "the PUT that reaches TOTAL answers the blob", raw=_BLOB_DOC),
+    Endpoint("DELETE", "/blobs/uploads/{uid}", "abandon a resumable upload"),
+    Endpoint("GET", "/blobs/{id}",
+             "a blob's bytes (HEAD too), Range honoured (206); missing chunks are fetched "
+             "from the mesh as they are read", returns="string"),
+    Endpoint("DELETE", "/blobs/{id}",
+             "forget a blob here and free the chunks nothing else names (others keep theirs)"),
+    Endpoint("GET", "/blobs/{id}/status", "a blob's size and the chunks held of the total"),
+)
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/status", "the peer: id, key, uptime, links, counters", open=True,
              compat_open=True),
@@ -174,6 +199,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                    Field("payload", "object", "any JSON value; {\"$b64\": ...} for bytes"),
                    Field("reply_to", "string", "the id of the message this answers"),
                    Field("thread", "string", "the id of the thread's first message"),
+                   Field("attachments", "array",
+                         "blobs (POST /blobs) it refers to: [{id, name, type, size}], at most 32"),
                    *_META_B),
              compat_open=True),
     Endpoint("GET", "/receipts", "the states a DM's recipient signed: stored, delivered, read,"
@@ -201,6 +228,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/dead-letters", "our DMs never receipted", params=(_LIMIT,),
              returns="array"),
     Endpoint("GET", "/openapi.json", "this description", open=True),
+    Endpoint("POST", "/login-link", "a new one-time login link for the web page"),
+    Endpoint("POST", "/logout", "end the web page's session (clears its cookie)", open=True),
+    *BLOB_ENDPOINTS,
     *_RALLY_ENDPOINTS,
     *_CONVERSATION_ENDPOINTS,
     *_TASK_ENDPOINTS,
@@ -224,6 +254,7 @@ ERRORS = {
     "401": "no or wrong token",
     "403": "Host or Origin is not loopback",
     "413": "too large",
+    "507": "not stored: the disk quota (blobs) or the store is full",
     "503": "too many requests or streams at once; retry shortly",
 }
 
@@ -246,6 +277,8 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         {"name": f.name, "in": "query", "description": f.doc, "schema": {"type": f.type}}
         for f in e.params
     ]
+    for name in re.findall(r"{(\w+)}", e.path):  # /blobs/{id}: a path parameter
+        params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
     if e.stream is not None:
         params.append(
             {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
@@ -253,6 +286,9 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         )
     if params:
         op["parameters"] = params
+    if e.raw is not None:
+        op["requestBody"] = {"required": True, "description": e.raw,
+                             "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}
     if e.body:
         op["requestBody"] = {
             "required": True,
@@ -286,7 +322,7 @@ def _operation(e: Endpoint) -> dict[str, Any]:
 
 def _op_id(e: Endpoint) -> str:
     name = e.path.strip("/").replace(".json", "").replace("-", "_") or "root"
-    name = name.replace("{", "").replace("}", "")
+    name = name.replace("{", "").replace("}", "").replace("/", "_")
     return f"{e.method.lower()}_{name}"
 
 

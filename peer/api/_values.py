@@ -18,6 +18,13 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse
 
 from peer.node._inbox import InboxMessage
+from peer.wire._blobframes import (
+    MAX_ATTACHMENT_NAME,
+    MAX_ATTACHMENTS,
+    MAX_BLOB_SIZE,
+    MAX_MEDIA_TYPE,
+    Attachment,
+)
 from peer.wire._frames import is_topic
 from peer.wire._identity import parse_peer_id
 
@@ -130,6 +137,29 @@ def message_json(message: InboxMessage) -> dict[str, Any]:
     if message.has_payload:
         item["payload"] = cbor_to_json_value(message.payload)
     return item
+
+
+def parse_attachments(value: Any) -> tuple[Attachment, ...]:
+    """``attachments`` of ``POST /send``: ``[{"id", "name", "type", "size"}]``, at most
+    ``MAX_ATTACHMENTS`` (ids from ``POST /blobs``; the blob need not be here)."""
+    if value is None or value == []:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
+        raise ApiError(400, "invalid", f"attachments: a list of at most {MAX_ATTACHMENTS}")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or not set(item) <= {"id", "name", "type", "size"}:
+            raise ApiError(400, "invalid", "an attachment is {id, name, type, size}")
+        size, name = item.get("size"), item.get("name", "")
+        kind = item.get("type", "application/octet-stream")
+        if type(size) is not int or not 0 <= size <= MAX_BLOB_SIZE:
+            raise ApiError(400, "invalid", "attachment size: bytes, an integer")
+        if not isinstance(name, str) or len(name.encode()) > MAX_ATTACHMENT_NAME:
+            raise ApiError(400, "invalid", f"attachment name: text of {MAX_ATTACHMENT_NAME} bytes")
+        if not isinstance(kind, str) or not 0 < len(kind.encode()) <= MAX_MEDIA_TYPE:
+            raise ApiError(400, "invalid", "attachment type: a media type")
+        out.append(Attachment(hex_id(item.get("id"), "attachment id"), name, kind, size))
+    return tuple(out)
 
 
 def hex_id(value: Any, name: str) -> bytes:

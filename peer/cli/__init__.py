@@ -18,7 +18,8 @@ COORD_COMMANDS = frozenset(
 
 # the subcommands beside running a peer (peer/cli/_commands.py and peer/mcp/)
 COMMANDS = frozenset(
-    {"send", "dm", "read", "tail", "peers", "status", "channels", "join", "leave", "ack", "mcp"}
+    {"send", "dm", "read", "tail", "peers", "status", "channels", "join", "leave", "ack", "mcp",
+     "blob", "web"}
     | COORD_COMMANDS
 )
 
@@ -26,7 +27,10 @@ COMMANDS = frozenset(
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
-        from . import _coordcmds  # noqa: F401  (registers its subcommands)
+        from . import (
+            _blobcmds,  # noqa: F401  (registers `blob` on the command group)
+            _coordcmds,  # noqa: F401  (registers its subcommands)
+        )
         from ._commands import run_command_line
 
         run_command_line(args)

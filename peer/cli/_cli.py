@@ -218,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="mailbox duty: how long a held DM or receipt is kept (default %(default)s)",
     )
     p.add_argument(
+        "--blob-max-mb",
+        type=float,
+        default=1024.0,
+        metavar="MB",
+        help="largest blob (attachment) accepted by POST /blobs (default %(default)s)",
+    )
+    p.add_argument(
+        "--blob-quota-mb",
+        type=float,
+        default=4096.0,
+        metavar="MB",
+        help="disk all blob chunks may take, uploaded or fetched (default %(default)s)",
+    )
+    p.add_argument(
         "--relay-only",
         action="store_true",
         help="seed node: route for others, no local agent, no subscriptions",
@@ -314,6 +328,9 @@ def _banner(peer: Peer, args: argparse.Namespace, api_url: str | None, specs: li
         lines.append(f"    {command}")
     entry = bootstrap_entry(peer.identity, peer.listen_urls, peer.caps)
     lines.append(f"  bootstrap.json entry: {json.dumps(entry)}")
+    login = args.key_dir / "login-url"
+    if api_url and login.exists():  # the web page's one-time sign-in (`python -m peer web`)
+        lines.append(f"  web page (sign-in link, works once): {login.read_text().strip()}")
     return "\n".join(lines)
 
 
@@ -414,6 +431,8 @@ async def run_peer(args: argparse.Namespace) -> None:
         name=_name(args.name),
         mailbox=not args.no_mailbox,
         mailbox_quota=_mailbox_quota(args),
+        blob_max_bytes=_megabytes(args.blob_max_mb, "--blob-max-mb"),
+        blob_quota_bytes=_megabytes(args.blob_quota_mb, "--blob-quota-mb"),
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")
@@ -438,6 +457,12 @@ async def run_peer(args: argparse.Namespace) -> None:
             await trio.sleep_forever()
     except StartError as exc:
         raise SystemExit(f"clawmesh: {exc}") from None
+
+
+def _megabytes(mb: float, flag: str) -> int:
+    if not mb > 0:
+        raise SystemExit(f"clawmesh: {flag} must be positive")
+    return int(mb * (1 << 20))
 
 
 def _name(name: str) -> str:

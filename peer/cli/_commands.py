@@ -325,6 +325,23 @@ def leave(ctx: Ctx, channel: str) -> None:
 
 
 @cli.command()
+@click.option("--open", "open_it", is_flag=True, help="open it in the default browser")
+@command
+def web(ctx: Ctx, open_it: bool) -> None:
+    """A one-time sign-in link to the peer's web page (each link works once)."""
+    with ctx.client() as mesh:
+        link = mesh.login_link()
+    if ctx.json:
+        out.emit_json({"url": link})
+    else:
+        click.echo(link)
+    if open_it:
+        import webbrowser
+
+        webbrowser.open(link)
+
+
+@cli.command()
 @click.argument("ids", nargs=-1, metavar="[MSG_ID]...")
 @click.option("--through", type=click.IntRange(min=0), help="everything up to this cursor")
 @command

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import httpx
 
-from . import _calls
+from . import _blobs, _calls
 from ._config import Endpoint, discover
 from ._coordcalls import AsyncConversationCalls, AsyncCoordCalls
 from ._errors import ApiError, PeerUnreachable
@@ -74,6 +74,31 @@ class AsyncClient(AsyncCoordCalls, AsyncConversationCalls, AsyncTaskCalls, Async
 
     # -- the calls -----------------------------------------------------------------
 
+    async def upload_blob(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        media_type: str = "application/octet-stream",
+        retries: int = 5,
+    ) -> dict[str, Any]:
+        """Upload a file (resumable: a broken connection resumes where the peer stopped);
+        the blob: ``{id, size, type, name, chunks}``, ready for ``send(attachments=[...])``."""
+        return await _blobs.upload_async(
+            self._http, self.endpoint.token, path, name=name, kind=media_type, retries=retries
+        )
+
+    async def blob_status(self, blob_id: str) -> dict[str, Any]:
+        """A blob's size and chunks held here: ``{id, size, chunks, have, complete, ...}``."""
+        return dict(await self._do(_calls.Call("GET", f"/blobs/{blob_id}/status")))
+
+    async def download_blob(self, blob_id: str, dest: str | Path, *, retries: int = 5) -> Path:
+        """Fetch blob ``blob_id`` into ``dest`` (resuming after a break, checked against its
+        id); the peer fetches what it lacks from the mesh as it streams."""
+        return await _blobs.download_async(
+            self._http, self.endpoint.token, blob_id, dest, retries=retries
+        )
+
     async def status(self) -> Status:
         return Status.from_json(await self._do(_calls.Call("GET", "/status")))
 
@@ -85,10 +110,13 @@ class AsyncClient(AsyncCoordCalls, AsyncConversationCalls, AsyncTaskCalls, Async
         payload: Any = None,
         reply_to: str | None = None,
         thread: str | None = None,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> SendResult:
-        """Post ``body`` to ``channel``; returns once the peer stored it."""
+        """Post ``body`` to ``channel``; returns once the peer stored it. ``attachments``:
+        blobs as ``upload_blob`` returned them."""
         call = _calls.send_call(
-            channel=channel, body=body, payload=payload, reply_to=reply_to, thread=thread
+            channel=channel, body=body, payload=payload, reply_to=reply_to, thread=thread,
+            attachments=attachments,
         )
         return SendResult.from_json(await self._do(call))
 
@@ -100,6 +128,7 @@ class AsyncClient(AsyncCoordCalls, AsyncConversationCalls, AsyncTaskCalls, Async
         payload: Any = None,
         reply_to: str | None = None,
         thread: str | None = None,
+        attachments: list[dict[str, Any]] | None = None,
         kind: str | None = None,
         correlation_id: str | None = None,
         conversation_id: str | None = None,
@@ -119,6 +148,7 @@ class AsyncClient(AsyncCoordCalls, AsyncConversationCalls, AsyncTaskCalls, Async
         )
         call = _calls.send_call(
             to=peer_id, body=body, payload=payload, reply_to=reply_to, thread=thread,
+            attachments=attachments,
             semantics=meta,
         )
         return SendResult.from_json(await self._do(call))
@@ -172,6 +202,10 @@ class AsyncClient(AsyncCoordCalls, AsyncConversationCalls, AsyncTaskCalls, Async
     async def leave(self, channel: str) -> list[str]:
         data = await self._do(_calls.channel_call("/unsubscribe", channel))
         return [str(c) for c in data.get("channels", [])]
+
+    async def login_link(self) -> str:
+        """A new one-time sign-in link for the peer's web page."""
+        return str((await self._do(_calls.Call("POST", "/login-link", body={})))["url"])
 
     # -- the stream ------------------------------------------------------------------
 

@@ -45,10 +45,15 @@ def send_call(
     payload: Any = None,
     reply_to: str | None = None,
     thread: str | None = None,
+    attachments: list[dict[str, Any]] | None = None,
     semantics: dict[str, Any] | None = None,
 ) -> Call:
     data: dict[str, Any] = {"body": body}
     data.update({k: v for k, v in (semantics or {}).items() if v is not None})
+    if attachments:  # blobs as upload_blob returned them, or {id, name, type, size}
+        data["attachments"] = [
+            {k: a[k] for k in ("id", "name", "type", "size") if k in a} for a in attachments
+        ]
     if channel is not None:
         data["channel"] = channel
     if to is not None:

@@ -50,6 +50,8 @@ class Message:
     thread: str | None = None
     status: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # blobs it refers to: {id, name, type, size}; fetch with download_blob(id, path)
+    attachments: list[dict[str, Any]] = field(default_factory=list, compare=False)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Message:
@@ -71,6 +73,7 @@ class Message:
             thread=_str(data, "thread"),
             status=_str(data, "status"),
             raw=data,
+            attachments=list(data.get("attachments") or []),
         )
 
 

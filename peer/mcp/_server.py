@@ -9,6 +9,7 @@ model can read what to fix. Waiting is bounded (``MAX_WAIT`` seconds).
 
 from __future__ import annotations
 
+import mimetypes
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,8 @@ def compact(message: Message) -> dict[str, Any]:
             out[key] = value
     if message.payload is not None:
         out["payload"] = message.payload
+    if message.attachments:  # save_attachment fetches them
+        out["attachments"] = message.attachments
     return out
 
 
@@ -104,6 +107,29 @@ class MeshTools:
         async with self.client() as mesh:
             r = await mesh.send_dm(peer_id, text, reply_to=reply_to)
         return {"id": r.id, "to": r.to, "status": "pending until the recipient's receipt"}
+
+    async def share(
+        self, path: str, channel: str | None, peer_id: str | None, text: str
+    ) -> dict[str, Any]:
+        if (channel is None) == (peer_id is None):
+            raise ToolError("give a channel or a peer_id (one of them)")
+        kind = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        async with self.client(timeout=60.0) as mesh:
+            try:
+                blob = await mesh.upload_blob(path, media_type=kind)
+            except OSError as exc:
+                raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None
+            if channel is not None:
+                r = await mesh.send(channel, text, attachments=[blob])
+            else:
+                assert peer_id is not None
+                r = await mesh.send_dm(peer_id, text, attachments=[blob])
+        return {"id": r.id, "attachment": {k: blob[k] for k in ("id", "name", "type", "size")}}
+
+    async def save(self, blob_id: str, path: str) -> dict[str, Any]:
+        async with self.client(timeout=60.0) as mesh:
+            saved = await mesh.download_blob(blob_id, path)
+        return {"path": str(saved), "size": (await anyio.Path(saved).stat()).st_size}
 
     async def read(
         self, channel: str | None, peer_id: str | None, limit: int, wait: float
@@ -170,6 +196,20 @@ def build_server(api: str | None = None, key_dir: Path | None = None) -> MCPServ
         """Send a private, end-to-end encrypted message to one peer (its 64-hex peer id,
         from list_peers or a message's `from`). Delivery is retried until it is receipted."""
         return await guarded(tools.dm(peer_id, text, reply_to))
+
+    @server.tool()
+    async def share_file(
+        path: str, channel: str | None = None, peer_id: str | None = None, text: str = ""
+    ) -> dict[str, Any]:
+        """Send a local file of any size as an attachment: to a `channel`, or as a DM to
+        `peer_id`, with optional `text`. Others fetch it with save_attachment."""
+        return await guarded(tools.share(path, channel, peer_id, text))
+
+    @server.tool()
+    async def save_attachment(blob_id: str, path: str) -> dict[str, Any]:
+        """Save the attachment `blob_id` (from a message's `attachments`) to the local
+        file `path`; it is fetched over the mesh from the peers that have it, verified."""
+        return await guarded(tools.save(blob_id, path))
 
     @server.tool()
     async def read_messages(

@@ -30,6 +30,7 @@ One task, ``run``, owns the timer (acks owed, expiries) and the writes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -216,15 +217,13 @@ class Coordination:
     # -- what our agent does with them ------------------------------------------------
 
     def on_handed(self, message: InboxMessage) -> None:
-        if message.kind == "dm" and message.meta is not None and message.meta.kind == "ack":
-            return
-        if message.kind == "dm":
+        if message.kind == "dm" and not _bookkeeping(message):
             self._owe(message.sender, "delivered", message.id, self.peer.wall_ms())
 
     def on_read(self, messages: Iterable[InboxMessage]) -> None:
         now_ms = self.peer.wall_ms()
         for message in messages:
-            if message.kind == "dm" and not message.outgoing:
+            if message.kind == "dm" and not message.outgoing and not _bookkeeping(message):
                 self._owe(message.sender, "delivered", message.id, now_ms)
                 self._owe(message.sender, "read", message.id, now_ms)
 
@@ -265,7 +264,7 @@ class Coordination:
             idem=meta.idem,
             round=meta.round or asked.round,
         )
-        return Content(content.body, content.payload, content.reply_to, content.thread, meta)
+        return dataclasses.replace(content, meta=meta)
 
     def sealed(self, env: Envelope, content: Content) -> None:
         """``env`` is about to be stored: its outbox deadline is its expiry, if sooner."""
@@ -398,6 +397,14 @@ class Coordination:
 
     def statistics(self) -> dict[str, int]:
         return {**self.counters, "tracked": len(self.book), "idempotency_keys": len(self.keys)}
+
+
+def _bookkeeping(message: InboxMessage) -> bool:
+    """A DM that is itself a receipt (an ack, or a read receipt of catchup.md 9.7):
+    acknowledging it would only make more traffic."""
+    if message.meta is not None and message.meta.kind == "ack":
+        return True
+    return isinstance(message.payload, dict) and "clawmesh" in message.payload
 
 
 def _hashed(key: str) -> str:

@@ -13,8 +13,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from peer.wire._blobframes import Attachment
 from peer.wire._envelope import Content, Envelope, payload_value
 from peer.wire._meta import Meta, meta_json
+
+from ._readmarks import read_ids
 
 
 @dataclass(slots=True)
@@ -35,8 +38,10 @@ class InboxMessage:
     received_ms: int
     outgoing: bool
     read: bool = False
-    status: str | None = None  # an outgoing DM: "pending", "delivered" or "undeliverable"
+    # an outgoing DM: "pending", "delivered", "read" (_readmarks) or "undeliverable"
+    status: str | None = None
     seq: int = 0  # the sender's sequence number in this conversation or channel
+    attachments: tuple[Attachment, ...] = ()  # blobs it refers to (``GET /blobs/<id>``)
     meta: Meta | None = None  # a DM's message semantics (envelope.md section 12)
     handed: bool = False  # given to the agent (API, stream or webhook) at least once
     receipt: str | None = None  # our DM: the furthest state its recipient signed
@@ -68,6 +73,8 @@ class InboxMessage:
             out["thread"] = self.thread.hex()
         if self.status is not None:
             out["status"] = self.status
+        if self.attachments:
+            out["attachments"] = [a.to_json() for a in self.attachments]
         if self.meta is not None:
             out.update(meta_json(self.meta))
         if self.receipt is not None:
@@ -126,6 +133,9 @@ class Inbox:
             return None
         if message.cursor <= 0:
             message.cursor = self._next
+        marks = read_ids(message.kind, message.outgoing, message.body, message.payload)
+        if marks is not None:  # a read receipt: nothing for the agent to read
+            message.read = True
         self._next = max(self._next, message.cursor + 1)
         self._messages[message.cursor] = message
         self._by_id[message.id] = message.cursor
@@ -133,6 +143,10 @@ class Inbox:
             self._read[message.cursor] = None
         while len(self._messages) > self._capacity:
             self._evict()
+        for msg_id in marks or ():
+            target = self.get(msg_id)
+            if target is not None and target.outgoing and target.peer == message.sender:
+                self.set_status(msg_id, "read")
         return message
 
     def _evict(self) -> None:
@@ -168,6 +182,8 @@ class Inbox:
         """Record an outgoing DM's new status (``status_changes`` keeps it for streams)."""
         message = self.get(msg_id)
         if message is None or message.status == status:
+            return message
+        if message.status == "read" and status == "delivered":  # a late delivery receipt
             return message
         message.status = status
         self.status_count += 1
@@ -343,6 +359,7 @@ def inbox_entry(
         read=outgoing,
         status="pending" if outgoing and env.kind == "dm" else None,
         seq=env.seq,
+        attachments=content.attachments,
         meta=content.meta,
     )
     return message, content.payload

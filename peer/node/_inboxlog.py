@@ -14,6 +14,7 @@ from typing import Any
 
 import cbor2
 
+from peer.wire._blobframes import check_attachments
 from peer.wire._envelope import message_id, payload_value, split_wire
 from peer.wire._errors import ProtocolError
 from peer.wire._meta import Meta, check_meta
@@ -48,6 +49,8 @@ def inbox_record(message: InboxMessage, payload: bytes | None) -> bytes:
         m["reply_to"] = message.reply_to
     if message.thread is not None:
         m["thread"] = message.thread
+    if message.attachments:
+        m["attachments"] = [a.to_map() for a in message.attachments]
     if message.meta is not None:
         m["meta"] = message.meta.to_map()
     return cbor2.dumps(m)  # our own disk: no need for the (slower) canonical form
@@ -74,6 +77,7 @@ def inbox_message(cursor: int, received_ms: int, record: bytes) -> InboxMessage:
         outgoing=m["out"],
         read=m["out"],
         seq=m.get("seq", 0),
+        attachments=check_attachments(m),
         meta=_meta_of(m.get("meta")),
     )
 
@@ -128,6 +132,18 @@ def chain_heads(s: MessageStore, me: bytes) -> dict[str, tuple[int, bytes | None
             last = s.read_sender(head.topic, me, seq, seq, 1)
             chains[head.topic] = (seq, message_id(split_wire(last[0].wire)[0]) if last else None)
     return chains
+
+
+def own_tails(s: MessageStore, me: bytes, size: int) -> list[tuple[str, list[tuple[int, bytes]]]]:
+    """Our last ``size`` messages in every log topic we signed in, as (seq, wire) in seq
+    order: what may not have left before we stopped (``peer.protocols._owntail``)."""
+    out = []
+    for head in s.topics():
+        top = max((end for _, end in s.sender_ranges(me, head.topic)), default=0)
+        if top:
+            got = s.read_sender(head.topic, me, max(1, top - size + 1), top, size)
+            out.append((head.topic, [(m.sender_seq, m.wire) for m in got]))
+    return out
 
 
 def mark_read(s: MessageStore, seqs: list[int]) -> None:

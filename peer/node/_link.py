@@ -64,6 +64,10 @@ class SendQueue:
         self._closed = True
         self._wake()
 
+    def __len__(self) -> int:
+        """Frames waiting."""
+        return 0 if self._frames is None else len(self._frames)
+
     def get_nowait(self) -> bytes | None:
         """The next frame, or None if none is waiting."""
         frames = self._frames

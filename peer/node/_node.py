@@ -27,6 +27,7 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,8 @@ from collections.abc import Awaitable, Callable
 import trio
 
 from dht import Contact, DhtService
-from peer.protocols._gossip import Action, GossipRouter
+from peer.protocols._gossip import Action, GossipRouter, Send
+from peer.protocols._owntail import TAIL, OwnTail
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Content,
@@ -44,16 +46,18 @@ from peer.wire._envelope import (
     seal_message,
 )
 from peer.wire._frames import is_topic
-from peer.wire._frametypes import Push
+from peer.wire._frametypes import Pub, Push
 from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
+from ._blobhost import BlobHost, blob_dir
 from ._convhost import ConversationService
 from ._coordhost import Coordination
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
+from ._inboxlog import own_tails
 from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
@@ -103,6 +107,7 @@ class Peer:
         self.counters = PeerCounters()
         self.channels: set[str] = set()
         self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
+        self.own_tail = OwnTail()  # ours that may not have left: sent again ahead of the next
         self.storage: Storage | None = None
         self.coord = Coordination(self)  # message semantics: receipts, acks, expiry
         self.rallies = RallyService(self)  # requests and rallies
@@ -125,6 +130,7 @@ class Peer:
             self.log,
         )
         self.bridge: DhtBridge | None = None
+        self.blobs = BlobHost(self)
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
@@ -176,10 +182,16 @@ class Peer:
                 await self.conversations.load()
                 await self.tasks.load()
                 self._chains = await self.storage.own_chains()
+                tails = functools.partial(own_tails, me=self.peer_id, size=TAIL)
+                self.own_tail.preload(await service.read(tails))
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
                 channels = [*stored, *channels]
+                self.blobs.open(
+                    blob_dir(self.options.store_path), self.options.blob_quota_bytes, time.time()
+                )
+                stack.callback(self.blobs.close)
             async with trio.open_nursery() as nursery:
                 await self._start(nursery, channels, extra)
                 task_status.started()
@@ -211,6 +223,7 @@ class Peer:
         nursery.start_soon(self.conversations.run)
         nursery.start_soon(self.tasks.run)
         nursery.start_soon(self._subscriptions)
+        nursery.start_soon(self.blobs.run)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
             self.log.warning(
@@ -430,6 +443,18 @@ class Peer:
                 f"{method}() sends without storing, for peers without a store;"
                 f" a peer with a store sends with {instead}(), which keeps its sequence"
             )
+
+    def publish_own(self, env: Envelope, now: float) -> None:
+        """Publish a stored message of ours, after those of its topic that may not have
+        left (``OwnTail``: after a start, or after one that had no carrier)."""
+        route = env.route
+        ahead = self.own_tail.before(
+            env.log_topic, env.seq, env.wire, routed=self.router.reachable(route)
+        )
+        if ahead:
+            carriers = [p for p in self.router.links() if route in self.router.interest_of(p)]
+            self.swarm.perform([Send(p, Pub(w).encode()) for w in ahead for p in carriers])
+        self.swarm.perform(self.router.publish(env, now))
 
     def publish(self, channel: str, content: Content) -> Envelope:
         """Sign and send a channel message at once, without storing it (a peer with

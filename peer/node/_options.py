@@ -14,10 +14,13 @@ from dht import DhtConfig
 from peer.protocols._deposits import MAILBOX_CAP
 from peer.protocols._mailbox import MailboxQuota
 from peer.protocols._order import ORDER_HOLD
+from peer.wire._blobframes import BLOBS_CAP
 from peer.wire._errors import ErrorCode
 from peer.wire._handshake import PLAINTEXT_CAP
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy
+
+from ._readmarks import READ_RECEIPTS_CAP
 
 PRESENCE_INTERVAL = 60.0
 DAY_MS = 24 * 3600 * 1000
@@ -90,6 +93,9 @@ class PeerOptions:
     mailbox: bool = True
     mailbox_quota: MailboxQuota = field(default_factory=MailboxQuota)
     mailbox_delay: float = 5.0  # seconds an undelivered DM or receipt waits before deposits
+    # blobs (protocol-spec/blobs.md): the largest one uploaded, and all chunks kept on disk
+    blob_max_bytes: int = 1 << 30
+    blob_quota_bytes: int = 4 << 30
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:
@@ -112,6 +118,9 @@ class PeerOptions:
             caps.append("dht")
         if self.mailbox and serving_dht and self.store_path is not None and not self.relay_only:
             caps.append(MAILBOX_CAP)
+        if not self.relay_only:
+            caps.append(READ_RECEIPTS_CAP)
+        caps.append(BLOBS_CAP)  # answers and forwards blob wants (a store holds blobs)
         if bench is not None and bench.plaintext_links:
             caps.append(PLAINTEXT_CAP)
         return tuple(caps)

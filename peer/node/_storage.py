@@ -491,7 +491,7 @@ class Storage:
                 self.delivery.on_own_dm_stored(planned.outbox)
         for planned in plans:
             if planned.own:
-                peer.perform(peer.router.publish(planned.env, now))
+                peer.publish_own(planned.env, now)
 
     async def _apply(self, planned: _Planned) -> int:
         """Count a committed message, give the agent its inbox entry and tell delivery

@@ -43,6 +43,10 @@ from peer.wire._envelope import (
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import (
     AnyFrame,
+    BlobChunk,
+    BlobHave,
+    BlobNone,
+    BlobWant,
     CuPage,
     CuReq,
     Deposit,
@@ -62,6 +66,7 @@ from peer.wire._frametypes import (
     Unsub,
 )
 
+from ._blobhost import BlobHost
 from ._dhthost import DhtBridge
 from ._host import PeerCore
 from ._inbox import PeerInfo
@@ -73,6 +78,9 @@ PRESENCE_DEBOUNCE = 5.0
 GOSSIP_FRAMES: frozenset[type[AnyFrame]] = frozenset(
     {Pub, Sub, Unsub, Graft, Prune, IHave, IWant, Ping, Pong, Error}
 )
+
+BLOB_ANSWERS: frozenset[type[AnyFrame]] = frozenset({BlobHave, BlobChunk, BlobNone})
+BLOB_FRAMES = BLOB_ANSWERS | {BlobWant}
 
 # A handler takes the frame class it is registered for.
 FrameHandler = Callable[[Link, Any, bytes], None]
@@ -89,6 +97,8 @@ class SwarmPeer(PeerCore, Protocol):
     def listen_urls(self) -> list[str]: ...
     @property
     def caps(self) -> tuple[str, ...]: ...
+    @property
+    def blobs(self) -> BlobHost: ...
     def notify_changed(self) -> None: ...
     def add_to_inbox(
         self,
@@ -118,6 +128,7 @@ class Swarm:
             Push: self._on_push_frame,
             Deposit: self._on_deposit_frame,
             Deposited: self._on_deposited_frame,
+            **dict.fromkeys(BLOB_FRAMES, self._on_blob_frame),
         }
 
     def start(self, now: float) -> None:
@@ -149,6 +160,7 @@ class Swarm:
             self.peer.bridge.link_down(link.peer_id)
         if self.peer.storage is not None:
             self.peer.storage.on_link_down(link.peer_id)
+        self.peer.blobs.link_down(link.peer_id)
         self.peer.notify_changed()
 
     def frame(self, link: Link, frame: AnyFrame, raw: bytes) -> None:
@@ -156,12 +168,17 @@ class Swarm:
         owner = self._frame_owners.get(type(frame))
         if owner is None:
             raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.TYPE!r} frame after the handshake")
-        if type(frame) not in GOSSIP_FRAMES:  # the gossip router charges its own frames
+        # the gossip router charges its own frames; blob answers are charged only
+        # when unasked for (a peer's wants bound what it is sent)
+        if type(frame) not in GOSSIP_FRAMES and type(frame) not in BLOB_ANSWERS:
             refused = self.peer.router.admit(link.peer_id, len(raw), self.peer.now())
             if refused:
                 self.perform(refused)
                 return
         owner(link, frame, raw)
+
+    def _on_blob_frame(self, link: Link, frame: Any, raw: bytes) -> None:
+        self.peer.blobs.on_frame(link, frame, raw)
 
     def _on_gossip_frame(self, link: Link, frame: AnyFrame, raw: bytes) -> None:
         peer = self.peer

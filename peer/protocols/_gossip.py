@@ -99,7 +99,7 @@ class GossipRouter:
         self._last_beat = 0.0
         self.stats = GossipCounters()
         p = self.params
-        self._senders = Buckets(p.sender_rate, p.sender_burst, p.senders_max)
+        self._senders = Buckets.for_authors(p, me)
         self._link_pubs = Buckets(p.link_pub_rate, p.link_pub_burst, p.score_max_peers)
         self.scores = Scoreboard(p)
         self._prune, self._graylist = p.prune_threshold, p.graylist_threshold

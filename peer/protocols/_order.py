@@ -40,7 +40,7 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 Key = tuple[str, bytes]  # (log topic, sender)
 
-ORDER_HOLD = 10.0  # seconds a message waits for an earlier one of its sender
+ORDER_HOLD = 30.0  # seconds a message waits for an earlier one of its sender
 MAX_ORDER_HELD = 50_000  # messages waiting, over all lanes
 MAX_ORDER_BYTES = 64 << 20  # their bytes
 MAX_ORDER_LANES = 65_536  # lanes remembered with nothing waiting

@@ -5,7 +5,12 @@ Rules kept here (protocol-spec/gossip.md, section 9):
 * Token buckets. ``Buckets`` keeps one bucket per key (an envelope's author,
   or a link), refilled at ``rate`` per second up to ``burst``; a rate of 0
   turns the limit off. The table holds at most ``max_keys`` buckets: the least
-  recently used one is forgotten (that key starts again with a full bucket).
+  recently used one is forgotten (that key starts again as a new one). A new
+  key's bucket starts with ``initial`` tokens (default: a full ``burst``): the
+  author limit gives a never-seen author one second of its rate, not its whole
+  burst, so that a fresh identity cannot land a burst on the mesh the moment it
+  appears (burst credit is earned by staying under the rate); keys in ``full``
+  (our own) start full.
 * Scores. ``Scoreboard`` keeps one score per peer, outliving its links so that
   a reconnect does not wipe a bad record. A score decays towards 0 with a
   half-life of ``score_half_life`` seconds (computed lazily from ``now``);
@@ -43,11 +48,29 @@ class Bucket:
 class Buckets:
     """A bounded table of token buckets, one per key."""
 
-    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: float,
+        max_keys: int,
+        *,
+        initial: float | None = None,
+        full: frozenset[bytes] = frozenset(),
+    ) -> None:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
+        self.initial = burst if initial is None else min(burst, initial)
+        self.full = full
         self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()
+
+    @classmethod
+    def for_authors(cls, params: GossipParams, me: bytes) -> Buckets:
+        """The author limit: a never-seen author starts with ``sender_fresh_s`` seconds
+        of its rate, we with our whole burst."""
+        fresh = params.sender_rate * params.sender_fresh_s
+        return cls(params.sender_rate, params.sender_burst, params.senders_max,
+                   initial=fresh, full=frozenset([me]))  # fmt: skip
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -59,7 +82,8 @@ class Buckets:
     def _bucket(self, key: bytes, now: float) -> Bucket:
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = Bucket(self.burst, now)
+            start = self.burst if key in self.full else self.initial
+            bucket = self._buckets[key] = Bucket(start, now)
             while len(self._buckets) > self.max_keys:
                 self._buckets.popitem(last=False)
         else:

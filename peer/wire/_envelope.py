@@ -30,6 +30,7 @@ from nacl.bindings import crypto_box, crypto_box_open
 from nacl.exceptions import CryptoError
 
 from . import _cbor
+from ._blobframes import Attachment, check_attachments
 from ._errors import ErrorCode, ProtocolError
 from ._fields import Map, is_topic, need_bytes, need_text, need_uint
 from ._identity import (
@@ -51,13 +52,13 @@ MAX_RECEIPT_IDS = 64
 _SIGNED_KEYS = {
     "msg": frozenset(
         {"v", "kind", "topic", "from", "seq", "ts", "prev", "body", "payload", "reply_to",
-         "thread"}
+         "thread", "attachments"}
     ),
     "dm": frozenset({"v", "kind", "topic", "from", "seq", "ts", "prev", "to", "box"}),
     "presence": frozenset({"v", "kind", "topic", "from", "seq", "ts", "payload"}),
     "receipt": frozenset({"v", "kind", "topic", "from", "seq", "ts", "prev", "to", "ids"}),
 }
-_CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread", "meta"})
+_CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread", "attachments", "meta"})
 
 
 def dm_topic(a: bytes, b: bytes) -> str:
@@ -83,6 +84,7 @@ class Content:
     payload: bytes | None = None  # canonical CBOR bytes of any value
     reply_to: bytes | None = None  # message id
     thread: bytes | None = None  # message id of the thread root
+    attachments: tuple[Attachment, ...] = ()  # blobs it refers to (blobs.md)
     meta: Meta | None = None  # DMs only: what the message is for (envelope.md section 12)
 
     def to_map(self) -> Map:
@@ -93,6 +95,8 @@ class Content:
             m["reply_to"] = self.reply_to
         if self.thread is not None:
             m["thread"] = self.thread
+        if self.attachments:
+            m["attachments"] = [a.to_map() for a in self.attachments]
         if self.meta is not None:
             m["meta"] = self.meta.to_map()
         return m
@@ -107,7 +111,7 @@ def _check_content(m: Map) -> Content:
     reply_to = need_bytes(m, "reply_to", 32) if "reply_to" in m else None
     thread = need_bytes(m, "thread", 32) if "thread" in m else None
     meta = check_meta(m["meta"]) if "meta" in m else None
-    return Content(body, payload, reply_to, thread, meta)
+    return Content(body, payload, reply_to, thread, check_attachments(m), meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +156,7 @@ class Envelope:
             payload=self.fields.get("payload"),
             reply_to=self.fields.get("reply_to"),
             thread=self.fields.get("thread"),
+            attachments=check_attachments(self.fields),
         )
 
 

@@ -22,6 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
+from ._blobframes import BlobChunk as BlobChunk
+from ._blobframes import BlobHave as BlobHave
+from ._blobframes import BlobNone as BlobNone
+from ._blobframes import BlobWant as BlobWant
 from ._fields import Map, fail, need_bytes, need_list, need_text, need_topic, need_uint, only_keys
 from ._framebase import _Frame, _keys
 from ._limits import (
@@ -520,7 +524,7 @@ class Heads(_Frame):
         return {"t": self.TYPE, "topic": self.topic, "h": [[s, n] for s, n in self.heads], **more}
 
 
-# (push, deposit, deposited: ._mailframes)
+# (push, deposit, deposited: ._mailframes; blob-want, -have, -chunk, -none: ._blobframes)
 
 # -- the registry ---------------------------------------------------------------------------
 
@@ -544,6 +548,10 @@ AnyFrame: TypeAlias = (
     | Push
     | Deposit
     | Deposited
+    | BlobWant
+    | BlobHave
+    | BlobChunk
+    | BlobNone
 )
 
 FRAME_CLASSES: tuple[type[AnyFrame], ...] = (
@@ -566,6 +574,10 @@ FRAME_CLASSES: tuple[type[AnyFrame], ...] = (
     Push,
     Deposit,
     Deposited,
+    BlobWant,
+    BlobHave,
+    BlobChunk,
+    BlobNone,
 )
 
 FRAME_TYPES: dict[str, type[AnyFrame]] = {cls.TYPE: cls for cls in FRAME_CLASSES}

@@ -30,6 +30,7 @@ for _path in (str(ROOT), str(HERE)):  # the peer package, and the vectorgen pack
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from vectorgen.blobs import build_blobs  # noqa: E402
 from vectorgen.catchup import build_catchup  # noqa: E402
 from vectorgen.cbor import build_cbor  # noqa: E402
 from vectorgen.common import SPEC_REVISION, Json, identities  # noqa: E402
@@ -37,6 +38,7 @@ from vectorgen.envelope import build_dm, build_envelope  # noqa: E402
 from vectorgen.handshake import HandshakeRun, build_handshake  # noqa: E402
 from vectorgen.identity import build_identity  # noqa: E402
 from vectorgen.meta import build_meta  # noqa: E402
+from vectorgen.readreceipt import build_read_receipt  # noqa: E402
 from vectorgen.rejected import build_rejected  # noqa: E402
 
 # -- driver -------------------------------------------------------------------------------
@@ -60,6 +62,8 @@ def build() -> dict[str, str]:
         "catchup.json": build_catchup(ids, msgs, dm_env),
         "cbor.json": build_cbor(),
         "rejected.json": build_rejected(ids, run, msgs, dm_env),
+        "blobs.json": build_blobs(dict(ids)),
+        "read-receipt.json": build_read_receipt(),
         "meta.json": build_meta(ids),
     }
     for doc in docs.values():
