@@ -14,7 +14,7 @@ from .test_api import TOKEN, Pair, pair, running_pair  # noqa: F401  (pair: the 
 
 
 async def test_unknown_fields_and_params_are_refused_by_name(pair: Pair) -> None:  # noqa: F811
-    for field in ("ttl", "expires"):  # (attachments and send_at: known fields now)
+    for field in ("time_to_live", "expires"):  # (attachments, send_at, ttl: known now)
         r = await pair.api_a.post("/send", json={"channel": "lobby", "body": "x", field: 1})
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "unknown-field"

@@ -101,7 +101,7 @@ def test_bad_stream_input_leaves_the_peer_running(tmp_path: Path) -> None:
             p.get("/events", peer="xyz"),
             p.get("/events", since="1"),
             p.get("/messages", thread="1"),
-            p.post("/send", {"channel": "x", "body": "y", "ttl": 5}),
+            p.post("/send", {"channel": "x", "body": "y", "time_to_live": 5}),
             p.post("/send", {"channel": "x", "body": "y" * 70_000}),
             p.client.post(p.api + "/send", content=b"{", headers=p.headers()),
         ]

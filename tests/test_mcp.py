@@ -30,6 +30,10 @@ TOOLS = {
     "save_attachment",
     "schedule_message", "list_schedules", "manage_schedule", "schedule_history",  # _opstools
     "fleet_status",
+    "send_with_semantics", "get_receipts", "ask_peer", "start_rally", "get_rally",
+    "start_conversation", "post_to_conversation", "get_conversation", "search_conversations",
+    "set_conversation_verdict", "submit_task", "get_task", "update_task", "cancel_task",
+    "send_alert", "retry_dead_letters",
 }
 
 

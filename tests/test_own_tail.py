@@ -76,4 +76,4 @@ async def test_unrouted_messages_reach_a_subscriber_before_the_next_one(tmp_path
         await a.send_message(CHANNEL, Content(body="m5"))
         await until(b, lambda: len(own_seqs(b, a)) >= 5)
         assert own_seqs(b, a) == [1, 2, 3, 4, 5]
-        assert a.own_tail.resent >= 3
+        assert a.swarm.own_tail.resent >= 3

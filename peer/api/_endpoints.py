@@ -7,6 +7,7 @@ it refuses, and answers JSON.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,9 +26,14 @@ from store import StoreError
 
 from ._agents import AgentEndpoints, has_feature, learn_skill
 from ._blobapi import BlobApi
+from ._convapi import ConversationEndpoints
+from ._coordapi import meta_from_body, receipts
+from ._policyapi import PolicyEndpoints, policy_status
+from ._rallyapi import RallyEndpoints
 from ._readreceipts import send_read_receipts, unread_dms
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
+from ._taskapi import TaskEndpoints
 from ._values import (
     ApiError,
     bool_param,
@@ -84,10 +90,15 @@ class Endpoints:
             "/dht": self.dht,
             "/outbox": self.outbox,
             "/dead-letters": self.dead_letters,
+            "/receipts": lambda request: receipts(self.peer, request),
             "/bootstrap.json": self.bootstrap,
             "/openapi.json": self.openapi,
             **AgentEndpoints(self.peer, self.body).handlers(),
             **self.blob_api.handlers(),
+            **RallyEndpoints(self.peer, self._json_body).handlers(),
+            **ConversationEndpoints(self.peer, self._json_body).handlers(),
+            **TaskEndpoints(self.peer, self._json_body).handlers(),
+            **PolicyEndpoints(self.peer, self._json_body).handlers(),
         }
 
     async def body(self, request: Request) -> dict[str, Any]:
@@ -118,6 +129,7 @@ class Endpoints:
             "blobs": peer.blobs.statistics(),
             **peer.statistics().to_json(),
             **{name: part() for name, part in self.status_parts.items()},
+            **policy_status(peer),
         }
         return JSONResponse(out)
 
@@ -224,6 +236,11 @@ class Endpoints:
         if channel is None and isinstance(to, str) and to.startswith("#"):
             channel, to = to, None
         content = self._content(data)
+        meta = meta_from_body(data, peer.wall_ms())
+        if meta is not None:
+            if channel is not None:
+                raise ApiError(400, "invalid", "kind, ids, ttl and keys travel in DMs only")
+            content = dataclasses.replace(content, meta=meta)
         try:
             if channel is not None:
                 name = channel_name(channel)
@@ -283,6 +300,7 @@ class Endpoints:
         }
         # rendered before anything is marked read
         response = JSONResponse([message_json(m) for m in found], headers=headers)
+        peer.inbox.handed(found)
         if wanted.unread and not peek:
             await peer.mark_read([m.id for m in found])
         return response

@@ -24,6 +24,13 @@ from peer.client import (
     PeerUnreachable,
     Unauthorised,
 )
+from peer.mcp._coordtools import register as register_coord_tools
+from peer.mcp._coordtools import (
+    register_conversations,
+    register_policy,
+    register_rallies,
+    register_tasks,
+)
 
 from ._opstools import register_ops
 
@@ -277,6 +284,11 @@ def build_server(api: str | None = None, key_dir: Path | None = None) -> MCPServ
         return await guarded(tools.leave(channel))
 
     register_ops(server, tools.client, guarded)
+    register_coord_tools(server, tools.client, guarded)
+    register_rallies(server, tools.client, guarded)
+    register_conversations(server, tools.client, guarded)
+    register_tasks(server, tools.client, guarded)
+    register_policy(server, tools.client, guarded)
     return server
 
 

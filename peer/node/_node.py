@@ -36,8 +36,8 @@ from typing import Any
 import trio
 
 from dht import Contact, DhtService
-from peer.protocols._gossip import Action, GossipRouter, Send
-from peer.protocols._owntail import TAIL, OwnTail
+from peer.protocols._gossip import Action, GossipRouter
+from peer.protocols._owntail import TAIL
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Content,
@@ -47,13 +47,15 @@ from peer.wire._envelope import (
     seal_message,
 )
 from peer.wire._frames import is_topic
-from peer.wire._frametypes import Pub, Push
+from peer.wire._frametypes import Push
 from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
 from ._agents import AgentDirectory
 from ._blobhost import BlobHost, blob_dir
+from ._convhost import ConversationService
+from ._coordhost import Coordination
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
@@ -62,9 +64,11 @@ from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
 from ._options import PRESENCE_INTERVAL, BenchOnly, PeerCounters, PeerOptions, UnknownPeer
+from ._rallyhost import RallyService
 from ._storage import Storage
 from ._stream import MessageStream
 from ._swarm import Swarm
+from ._taskhost import TaskService
 from ._transport import Transport
 from ._websocket import memory_link_pair
 
@@ -105,8 +109,14 @@ class Peer:
         self.counters = PeerCounters()
         self.channels: set[str] = set()
         self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
-        self.own_tail = OwnTail()  # ours that may not have left: sent again ahead of the next
         self.storage: Storage | None = None
+        self.coord = Coordination(self)  # message semantics: receipts, acks, expiry
+        self.rallies = RallyService(self)  # requests and rallies
+        self.coord.on_response = self.rallies.on_response
+        self.conversations = ConversationService(self)
+        self.coord.on_conv = self.conversations.on_dm
+        self.tasks = TaskService(self)
+        self.coord.on_task = self.tasks.on_dm
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
         # more entries for our presence payload, who sees each presence heard (the
@@ -175,9 +185,15 @@ class Peer:
                 )
                 self.storage = Storage(self, service)
                 stored = await self.storage.load()
+                self.storage.admit_dm = self.coord.admit
+                self.storage.delivery.observe(self.coord)
+                await self.coord.load()
+                await self.rallies.load()
+                await self.conversations.load()
+                await self.tasks.load()
                 self._chains = await self.storage.own_chains()
                 tails = functools.partial(own_tails, me=self.peer_id, size=TAIL)
-                self.own_tail.preload(await service.read(tails))
+                self.swarm.own_tail.preload(await service.read(tails))
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
@@ -213,6 +229,10 @@ class Peer:
             for channel in dict.fromkeys(channels):
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
+        nursery.start_soon(self.coord.run)
+        nursery.start_soon(self.rallies.run)
+        nursery.start_soon(self.conversations.run)
+        nursery.start_soon(self.tasks.run)
         nursery.start_soon(self._subscriptions)
         nursery.start_soon(self.blobs.run)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
@@ -440,16 +460,7 @@ class Peer:
             )
 
     def publish_own(self, env: Envelope, now: float) -> None:
-        """Publish a stored message of ours, after those of its topic that may not have
-        left (``OwnTail``: after a start, or after one that had no carrier)."""
-        route = env.route
-        ahead = self.own_tail.before(
-            env.log_topic, env.seq, env.wire, routed=self.router.reachable(route)
-        )
-        if ahead:
-            carriers = [p for p in self.router.links() if route in self.router.interest_of(p)]
-            self.swarm.perform([Send(p, Pub(w).encode()) for w in ahead for p in carriers])
-        self.swarm.perform(self.router.publish(env, now))
+        self.swarm.publish_own(env, now)
 
     def publish(self, channel: str, content: Content) -> Envelope:
         """Sign and send a channel message at once, without storing it (a peer with
@@ -484,11 +495,14 @@ class Peer:
         info = self.directory.get(peer_id)
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
+        content = self.coord.outgoing(peer_id, content)
         env = self._seal_dm(peer_id, info.public_key, content)
         message, payload = inbox_entry(
             env, content, None, peer_id, True, self.wall_ms()
         )
+        self.coord.sealed(env, content)
         await self._store_own(env, message, payload)  # and publishes it
+        self.coord.sent(peer_id, env, content)
         link = self.links.get(peer_id)
         if link is not None and env.route not in self.router.interest_of(peer_id):
             link.enqueue(Push(env.wire).encode())
@@ -508,13 +522,16 @@ class Peer:
 
     async def mark_read(self, ids: list[bytes]) -> int:
         """Mark inbox messages read; with a store, returns after it is durable."""
-        cursors = [m.cursor for i in ids if (m := self.inbox.get(i)) is not None and not m.read]
+        fresh = [m for i in ids if (m := self.inbox.get(i)) is not None and not m.read]
+        cursors = [m.cursor for m in fresh]
         marked = self.inbox.mark_read(ids)
+        self.coord.on_read(fresh)
         if self.storage is not None:
             await self.storage.mark_read(cursors)
         return marked
 
     async def mark_read_through(self, cursor: int) -> int:
+        self.coord.on_read(m for m in self.inbox if m.cursor <= cursor and not m.read)
         marked = self.inbox.mark_read_through(cursor)
         if self.storage is not None:
             await self.storage.mark_read_through(cursor)

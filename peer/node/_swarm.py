@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import trio
 
 from peer.protocols._gossip import Close, Deliver, Send
+from peer.protocols._owntail import OwnTail
 from peer.protocols._presence import (
     MAX_PRESENCE_PAYLOAD,
     Presence,
@@ -129,6 +130,7 @@ class Swarm:
     def __init__(self, peer: SwarmPeer, presence_interval: float) -> None:
         self.peer = peer
         self.presence = Presence(presence_interval, PRESENCE_DEBOUNCE)
+        self.own_tail = OwnTail()  # ours that may not have left: sent again ahead of the next
         self._timers_changed = trio.Event()
         # each frame type has one owner; adding a type adds its class and owner here
         self._frame_owners: dict[type[AnyFrame], FrameHandler] = {
@@ -237,6 +239,17 @@ class Swarm:
             self.peer.storage.delivery.mailbox.on_deposited(link.peer_id, frame)
 
     # -- performing decisions ------------------------------------------------------
+
+    def publish_own(self, env: Envelope, now: float) -> None:
+        """Publish a stored message of ours, after those of its topic that may not have
+        left (``OwnTail``: after a start, or after one that had no carrier)."""
+        router, route = self.peer.router, env.route
+        routed = router.reachable(route)
+        ahead = self.own_tail.before(env.log_topic, env.seq, env.wire, routed=routed)
+        if ahead:
+            carriers = [p for p in router.links() if route in router.interest_of(p)]
+            self.perform([Send(p, Pub(w).encode()) for w in ahead for p in carriers])
+        self.perform(router.publish(env, now))
 
     def perform(self, actions: list[Send | Deliver | Close]) -> None:
         for action in actions:

@@ -39,6 +39,7 @@ from vectorgen.envelope import build_dm, build_envelope  # noqa: E402
 from vectorgen.fleet import build_fleet  # noqa: E402
 from vectorgen.handshake import HandshakeRun, build_handshake  # noqa: E402
 from vectorgen.identity import build_identity  # noqa: E402
+from vectorgen.meta import build_meta  # noqa: E402
 from vectorgen.readreceipt import build_read_receipt  # noqa: E402
 from vectorgen.rejected import build_rejected  # noqa: E402
 
@@ -67,9 +68,10 @@ def build() -> dict[str, str]:
         "blobs.json": build_blobs(dict(ids)),
         "read-receipt.json": build_read_receipt(),
         "fleet.json": build_fleet(ids),
+        "meta.json": build_meta(ids),
     }
     for doc in docs.values():
-        doc["spec_revision"] = SPEC_REVISION
+        doc.setdefault("spec_revision", SPEC_REVISION)
     return {name: dump(doc) for name, doc in docs.items()}
 
 
