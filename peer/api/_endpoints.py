@@ -105,6 +105,7 @@ class Endpoints:
             "channels": sorted(peer.channels),
             "unread": peer.inbox.unread(),
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
+            "ocm": None if peer.ocm is None else peer.ocm.statistics(),
             **peer.statistics().to_json(),
         }
         return JSONResponse(out)

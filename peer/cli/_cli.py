@@ -224,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-relay", action="store_true", help="never forward others' messages")
     p.add_argument(
+        "--no-ocm",
+        action="store_true",
+        help="no OpenClaw Messaging gateway: JSON text frames on the listener are ignored",
+    )
+    p.add_argument(
+        "--ocm-bootstrap",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="an OpenClaw Messaging bootstrap.json (URL or file) or ws:// URL whose peers "
+        "the OCM gateway dials (repeatable)",
+    )
+    p.add_argument(
         "--no-dht",
         action="store_true",
         help="no Kademlia DHT: links only to bootstrap peers (fixed topologies, tests)",
@@ -414,6 +427,8 @@ async def run_peer(args: argparse.Namespace) -> None:
         name=_name(args.name),
         mailbox=not args.no_mailbox,
         mailbox_quota=_mailbox_quota(args),
+        ocm=not args.no_ocm,
+        ocm_bootstrap=tuple(args.ocm_bootstrap),
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")

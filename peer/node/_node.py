@@ -55,6 +55,7 @@ from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
 from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
+from ._ocmhost import OcmGateway
 from ._options import PRESENCE_INTERVAL, BenchOnly, PeerCounters, PeerOptions, UnknownPeer
 from ._storage import Storage
 from ._stream import MessageStream
@@ -114,6 +115,11 @@ class Peer:
             self.log,
         )
         self.bridge: DhtBridge | None = None
+        self.ocm: OcmGateway | None = None
+        if self.options.ocm and not self.options.relay_only:
+            self.ocm = OcmGateway(self)
+            self.dialer.ocm_handler = self.ocm.serve
+            self.dialer.ocm_dial = self.ocm.dial_forever
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
@@ -190,6 +196,8 @@ class Peer:
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
         nursery.start_soon(self._subscriptions)
+        if self.ocm is not None:
+            await nursery.start(self.ocm.run)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
             self.log.warning(

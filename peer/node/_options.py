@@ -87,6 +87,10 @@ class PeerOptions:
     mailbox: bool = True
     mailbox_quota: MailboxQuota = field(default_factory=MailboxQuota)
     mailbox_delay: float = 5.0  # seconds an undelivered DM or receipt waits before deposits
+    # the OpenClaw Messaging gateway (peer/node/_ocmhost.py): OCM peers on our listener,
+    # and OCM bootstrap lists whose peers we dial; never on a relay-only seed
+    ocm: bool = True
+    ocm_bootstrap: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:
