@@ -102,14 +102,14 @@ class OcmTestPeer:
         return frame
 
     async def expect(
-        self, wanted: Callable[[dict[str, Any]], bool], timeout: float = 20.0
+        self, wanted: Callable[[dict[str, Any]], bool], within: float = 20.0
     ) -> dict[str, Any]:
         """The first frame (seen before or next) that ``wanted`` accepts."""
         for frame in self.frames:
             if wanted(frame):
                 self.frames.remove(frame)
                 return frame
-        with trio.fail_after(timeout):
+        with trio.fail_after(within):
             while True:
                 frame = await self.receive()
                 if wanted(frame):

@@ -6,6 +6,7 @@ refused and counted in /status."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,18 @@ from typing import Any
 import trio
 import trio_websocket
 
-from tests._ocm_peer import OcmTestPeer
+from tests._ocm_peer import OcmTestPeer, pem
 from tests._procs import PeerProcess, running, start_peer, wait_ready
 
 
-async def poll(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """``check()`` until it returns something true, within ``timeout`` seconds."""
-    with trio.fail_after(timeout):
-        while not (found := await trio.to_thread.run_sync(check)):
+async def poll(check: Callable[[], Any]) -> Any:
+    """``check()`` (polling the API) until it returns something true, within 20 s."""
+    with trio.fail_after(20):
+        while True:
+            found = await trio.to_thread.run_sync(check)
+            if found:
+                return found
             await trio.sleep(0.1)
-        return found
 
 
 def find(p: PeerProcess, wanted: Callable[[dict[str, Any]], bool], **params: Any) -> Callable[
@@ -153,3 +156,56 @@ def test_ocm_peer_through_a_seed(tmp_path: Path) -> None:
     with running(seed, a):
         wait_ready(a)
         trio.run(scenario, seed, a)
+
+
+async def ocm_server_scenario(tmp_path: Path) -> None:
+    """An OCM peer that listens; a clawmesh peer finds it in a bootstrap.json and dials it."""
+    p = OcmTestPeer()
+    got: dict[str, Any] = {}
+    linked = trio.Event()
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        p.ws = ws
+        first = await p.receive()
+        got["hello"] = first
+        await p.send({"type": "handshake", "version": 1, "peer_id": p.peer_id,
+                      "public_key": _pem(p), "capabilities": {"relay": True, "store": True}})
+        got["sub"] = await p.expect(lambda f: f["type"] == "subscribe")
+        got["sync"] = await p.expect(lambda f: f["type"] == "sync_request")
+        await p.send({"type": "sync_response", "channel_id": "lobby",
+                      "messages": [p.message("lobby", "from the ocm store")]})
+        await p.send(p.message("lobby", "live from ocm"))
+        linked.set()
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+        port = server.port
+        listing = tmp_path / "bootstrap.json"
+        listing.write_text(json.dumps({"version": 1, "updated_at": "2026-01-01T00:00:00Z",
+                                       "peers": [{"peer_id": p.peer_id,
+                                                  "ws_url": f"ws://127.0.0.1:{port}",
+                                                  "capabilities": {"relay": True}}]}))
+        a = start_peer(tmp_path, "dialler", "--channel", "lobby", bootstrap=str(listing))
+        with running(a):
+            await trio.to_thread.run_sync(wait_ready, a)
+            with trio.fail_after(20):
+                await linked.wait()
+            assert got["hello"]["type"] == "handshake" and got["hello"]["peer_id"] == a.peer_id
+            assert got["sub"]["channel_id"] == "lobby" and got["sync"]["channel_id"] == "lobby"
+            bodies = {"from the ocm store", "live from ocm"}
+            found = await poll(lambda: {m["body"] for m in a.get("/messages", channel="lobby")
+                                        .json()} >= bodies and a.get("/messages").json())
+            verified = [ocm_of(m)["verified"] for m in found if m["body"] in bodies]
+            assert verified == [True, True]
+        nursery.cancel_scope.cancel()
+
+
+def _pem(p: OcmTestPeer) -> str:
+    assert p.key is not None
+    return pem(bytes(p.key.verify_key))
+
+
+def test_a_peer_dials_ocm_peers_from_a_bootstrap_json(tmp_path: Path) -> None:
+    trio.run(ocm_server_scenario, tmp_path)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import trio
 import trio_websocket
@@ -53,18 +53,33 @@ from peer.protocols._ocmsession import (
     Subscribed,
 )
 from peer.wire import _cbor
-from peer.wire._envelope import Content
+from peer.wire._envelope import Content, Envelope
 from peer.wire._errors import ProtocolError
 from peer.wire._limits import MAX_PAYLOAD
 from store import Backoff, StoreError
 
 from ._bootstrap import BootstrapError, fetch_bootstrap
-from ._inbox import InboxMessage
+from ._host import PeerCore
+from ._inbox import Inbox, InboxMessage, PeerInfo
 from ._options import UnknownPeer
+from ._stream import MessageStream
 from ._websocket import dial_websocket
 
-if TYPE_CHECKING:
-    from ._node import Peer
+
+class OcmPeer(PeerCore, Protocol):
+    """The peer, as its OCM gateway sees it."""
+
+    @property
+    def inbox(self) -> Inbox: ...
+    @property
+    def channels(self) -> set[str]: ...
+    @property
+    def storage(self) -> object | None: ...
+    def messages(self, *, after: int | None = None, outgoing: bool = False) -> MessageStream: ...
+    def subscribe(self, channel: str) -> None: ...
+    async def send_message(self, channel: str, content: Content) -> Envelope: ...
+    async def send_direct(self, peer_id: bytes, content: Content) -> Envelope: ...
+    async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None: ...
 
 QUEUE = 256  # frames waiting for one link's writer, at most
 IDLE = 300.0  # seconds a link may stay silent
@@ -88,7 +103,7 @@ class OcmLink:
 
 
 class OcmGateway:
-    def __init__(self, peer: Peer) -> None:
+    def __init__(self, peer: OcmPeer) -> None:
         self.peer = peer
         self.own_id = peer.identity.peer_id_hex
         self.counters = OcmCounters()
