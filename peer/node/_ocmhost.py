@@ -331,8 +331,11 @@ class OcmGateway:
         except ProtocolError as exc:
             self._refuse(link, exc.code.value, exc.message)
             return
-        except (StoreError, ValueError) as exc:
+        except StoreError as exc:
             self._refuse(link, "not-stored", str(exc)[:200])
+            return
+        except ValueError as exc:
+            self._refuse(link, "not-carried", str(exc)[:200])
             return
         self._seen[message.message_id] = None
         self.counters.relayed_in += 1
