@@ -33,6 +33,7 @@ from starlette.websockets import WebSocket
 from peer.node._node import Peer
 
 from ._endpoints import Endpoints
+from ._meshhooks import MESH_TOKEN_PATHS, MeshHooks
 from ._select import message_filter
 from ._spec import BY_ROUTE, Endpoint
 from ._streams import MAX_STREAMS, EventFeed, SseResponse, run_websocket, start_cursor
@@ -101,7 +102,9 @@ class LocalApi:
         self.endpoints.api_url = api_url
         self._in_flight = 0
         self.streams = 0
-        handlers = self.endpoints.handlers()
+        self.mesh = MeshHooks(peer)  # MESH's webhook clients (protocol-spec/gateways.md 2)
+        self.endpoints.mesh_stats = self.mesh.statistics
+        handlers = {**self.endpoints.handlers(), **self.mesh.handlers()}
         routes: list[Route | WebSocketRoute] = []
         for (method, path), spec in BY_ROUTE.items():
             if spec.stream == "websocket":
@@ -139,8 +142,11 @@ class LocalApi:
             return True
         header = conn.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), self.token.encode()
+        tokens = [self.token]
+        if spec.path in MESH_TOKEN_PATHS and self.peer.options.mesh_token:
+            tokens.append(self.peer.options.mesh_token)  # MESH senders' hook token
+        return scheme.lower() == "bearer" and any(
+            hmac.compare_digest(given.strip().encode(), token.encode()) for token in tokens
         )
 
     async def _json_body(self, request: Request, spec: Endpoint) -> dict[str, Any]:

@@ -62,6 +62,7 @@ class Endpoints:
         self.compat = compat
         self.webhooks = webhooks
         self.api_url = ""
+        self.mesh_stats: Callable[[], dict[str, Any]] | None = None  # the MESH gateway's
 
     def handlers(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
         return {
@@ -106,6 +107,7 @@ class Endpoints:
             "unread": peer.inbox.unread(),
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
             "ocm": None if peer.ocm is None else peer.ocm.statistics(),
+            "mesh_hooks": None if self.mesh_stats is None else self.mesh_stats(),
             **peer.statistics().to_json(),
         }
         return JSONResponse(out)

@@ -6,6 +6,7 @@ so the description cannot drift from what is enforced.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/dead-letters", "our DMs never receipted", params=(_LIMIT,),
              returns="array"),
     Endpoint("GET", "/openapi.json", "this description", open=True),
+    # MESH's webhook clients (protocol-spec/gateways.md part 2); the body is MESH's
+    # envelope, checked by its own rules; the --mesh-token opens these two as well
+    Endpoint("POST", "/hooks/{sender}", "a MESH v3 envelope from sender: 202 once carried"),
+    Endpoint("GET", "/inbox", "MESH messages for this agent, in MESH's {messages, count}",
+             params=(_LIMIT,)),
+    Endpoint("GET", "/health", "MESH's health: {status, agent, inbox}", open=True),
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}
@@ -136,6 +143,8 @@ def _operation(e: Endpoint) -> dict[str, Any]:
         {"name": f.name, "in": "query", "description": f.doc, "schema": {"type": f.type}}
         for f in e.params
     ]
+    for name in re.findall(r"{(\w+)}", e.path):
+        params.append({"name": name, "in": "path", "required": True, "schema": {"type": "string"}})
     if e.stream is not None:
         params.append(
             {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
@@ -176,6 +185,7 @@ def _operation(e: Endpoint) -> dict[str, Any]:
 
 def _op_id(e: Endpoint) -> str:
     name = e.path.strip("/").replace(".json", "").replace("-", "_") or "root"
+    name = re.sub(r"/?{\w+}", "", name)
     return f"{e.method.lower()}_{name}"
 
 

@@ -229,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="no OpenClaw Messaging gateway: JSON text frames on the listener are ignored",
     )
     p.add_argument(
+        "--mesh-token",
+        default=os.environ.get("CLAWMESH_MESH_TOKEN", ""),
+        metavar="TOKEN",
+        help="a bearer token MESH senders may use for POST /hooks/<sender> and GET /inbox "
+        "(besides the API token; env CLAWMESH_MESH_TOKEN)",
+    )
+    p.add_argument(
+        "--mesh-keys",
+        default=None,
+        metavar="DIR",
+        help="MESH's signing-keys directory: <sender>.key files; such senders must sign "
+        "(HMAC-SHA256) with a nonce",
+    )
+    p.add_argument(
         "--ocm-bootstrap",
         action="append",
         default=[],
@@ -429,6 +443,8 @@ async def run_peer(args: argparse.Namespace) -> None:
         mailbox_quota=_mailbox_quota(args),
         ocm=not args.no_ocm,
         ocm_bootstrap=tuple(args.ocm_bootstrap),
+        mesh_token=args.mesh_token,
+        mesh_keys=args.mesh_keys,
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")

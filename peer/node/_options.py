@@ -91,6 +91,10 @@ class PeerOptions:
     # and OCM bootstrap lists whose peers we dial; never on a relay-only seed
     ocm: bool = True
     ocm_bootstrap: tuple[str, ...] = ()
+    # MESH webhook clients (peer/api/_meshhooks.py): a bearer token that opens only
+    # /hooks and /inbox (besides the API token), and MESH's signing-keys directory
+    mesh_token: str = ""
+    mesh_keys: str | None = None
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:
