@@ -61,7 +61,7 @@ def test_hmac_as_mesh_send_computes_it() -> None:
     e = env()
     signed = {**e, "signature": hmac_of(e, b"key")}
     assert signature_valid(check_envelope(signed), b"key")
-    assert signature_valid(check_envelope({**signed, "signature": "sha256:" + signed["signature"]}),
+    assert signature_valid(check_envelope({**signed, "signature": f"sha256:{signed['signature']}"}),
                            b"key")
     assert not signature_valid(check_envelope(signed), b"other")
     assert not signature_valid(check_envelope({**signed, "to": "x"}), b"key")
