@@ -32,6 +32,7 @@ from starlette.websockets import WebSocket
 
 from peer.node._node import Peer
 
+from ._a2a import A2aGateway
 from ._endpoints import Endpoints
 from ._meshhooks import MESH_TOKEN_PATHS, MeshHooks
 from ._select import message_filter
@@ -103,8 +104,10 @@ class LocalApi:
         self._in_flight = 0
         self.streams = 0
         self.mesh = MeshHooks(peer)  # MESH's webhook clients (protocol-spec/gateways.md 2)
+        self.a2a = A2aGateway(peer)  # A2A clients (protocol-spec/gateways.md 3)
         self.endpoints.mesh_stats = self.mesh.statistics
-        handlers = {**self.endpoints.handlers(), **self.mesh.handlers()}
+        self.endpoints.a2a_stats = self.a2a.statistics
+        handlers = {**self.endpoints.handlers(), **self.mesh.handlers(), **self.a2a.handlers()}
         routes: list[Route | WebSocketRoute] = []
         for (method, path), spec in BY_ROUTE.items():
             if spec.stream == "websocket":
@@ -124,6 +127,7 @@ class LocalApi:
     @api_url.setter
     def api_url(self, url: str) -> None:
         self.endpoints.api_url = url
+        self.a2a.api_url = url
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return error_response(404, "not-found", f"no endpoint {request.url.path}")

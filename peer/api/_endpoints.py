@@ -63,6 +63,7 @@ class Endpoints:
         self.webhooks = webhooks
         self.api_url = ""
         self.mesh_stats: Callable[[], dict[str, Any]] | None = None  # the MESH gateway's
+        self.a2a_stats: Callable[[], dict[str, Any]] | None = None  # the A2A gateway's
 
     def handlers(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
         return {
@@ -108,6 +109,7 @@ class Endpoints:
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
             "ocm": None if peer.ocm is None else peer.ocm.statistics(),
             "mesh_hooks": None if self.mesh_stats is None else self.mesh_stats(),
+            "a2a": None if self.a2a_stats is None else self.a2a_stats(),
             **peer.statistics().to_json(),
         }
         return JSONResponse(out)
