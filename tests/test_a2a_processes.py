@@ -132,6 +132,28 @@ def test_a2a_sdk_client_reaches_an_agent_two_peers_away(tmp_path: Path) -> None:
         new = httpx.post(f"{near.api}/a2a/{far.peer_id}", json=rpc,
                          headers={**near.headers(), "A2A-Version": "1.0"})
         assert new.json()["error"]["code"] == -32601
+        # JSON-RPC errors: not JSON, an unknown method or version, an unknown task, a
+        # final task cancelled, a bad message, a mesh agent nobody knows; no token: 401
+        url = f"{near.api}/a2a/{far.peer_id}"
+        v1 = {**near.headers(), "A2A-Version": "1.0"}
+
+        def call(method: str, params: Any, headers: dict[str, str] = v1) -> int:
+            body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+            code: int = httpx.post(url, json=body, headers=headers).json()["error"]["code"]
+            return code
+
+        assert httpx.post(url, content=b"{", headers=v1).json()["error"]["code"] == -32700
+        assert call("Nope", {}) == -32601
+        assert call("GetTask", {"id": "x"}, {**v1, "A2A-Version": "9.9"}) == -32009
+        assert call("GetTask", {"id": "no-such-task"}) == -32001
+        assert call("CancelTask", {"id": result["first_task"]}) == -32002
+        assert call("SendMessage", {"message": {"parts": []}}) == -32602
+        nobody = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": {
+            "messageId": "m", "role": "ROLE_USER", "parts": [{"text": "hi"}]}}}
+        assert httpx.post(f"{near.api}/a2a/{'ab' * 32}", json=nobody, headers=v1,
+                          timeout=30).json()["error"]["code"] == -32602
+        assert httpx.post(url, json=nobody).status_code == 401
+
         # the far agent was told of the cancel, over the mesh
         deadline = time.monotonic() + 20
         while not worker.cancels and time.monotonic() < deadline:
