@@ -270,12 +270,14 @@ class Dialer:
             first = await _peek(ws)
             if isinstance(first, bytes):
                 return first
-            if first is not None and self.ocm_handler is not None:
-                await self.ocm_handler(ws, remote, first)
-                return None
-            if first is None:
+            if isinstance(first, Exception):  # as the handshake counts and logs it
                 self.counters.handshakes_failed += 1
+                self.log.info("handshake did not finish", remote=remote, initiator=False,
+                              reason=str(first) or type(first).__name__)
                 await WebSocketTransport(ws, remote).abort()
+                return None
+            if self.ocm_handler is not None:
+                await self.ocm_handler(ws, remote, first)
                 return None
             # text and no OCM gateway: ignored, as text always was
 
@@ -315,15 +317,15 @@ class Dialer:
                 del self._inbound_per_ip[ip]
 
 
-async def _peek(ws: trio_websocket.WebSocketConnection) -> str | bytes | None:
-    """The first message of a connection, within the handshake's deadline (None if none)."""
+async def _peek(ws: trio_websocket.WebSocketConnection) -> str | bytes | Exception:
+    """The first message of a connection, within the handshake's deadline (or why none came)."""
     with trio.move_on_after(HANDSHAKE_TIMEOUT):
         try:
             message: str | bytes = await ws.get_message()
             return message
-        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
-            return None
-    return None
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
+            return exc
+    return trio.TooSlowError("no first record in time")
 
 
 def _drop_headers(request: trio_websocket.WebSocketRequest) -> None:
