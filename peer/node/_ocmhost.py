@@ -86,6 +86,7 @@ IDLE = 300.0  # seconds a link may stay silent
 SYNC_BYTES = 1024 * 1024  # characters of one sync_response, at most
 SEEN = 100_000  # OCM message ids remembered as relayed into the mesh
 MAX_LINKS = 256  # OCM links at most
+MAX_CHANNELS = 1024  # channels the gateway peer joins for OCM peers (and its own), at most
 DIAL_BACKOFF = Backoff(base_ms=1_000, cap_ms=30_000)
 _WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -301,9 +302,11 @@ class OcmGateway:
         if not on:
             link.routes.pop(route, None)
             return
+        if route[0] == "ch" and not self._join(route[1]):
+            link.session.subscriptions.discard(channel_id)
+            self._refuse(link, "too-many", f"this gateway carries {MAX_CHANNELS} channels at most")
+            return
         link.routes[route] = channel_id
-        if route[0] == "ch":
-            self.peer.subscribe(route[1])  # the gateway keeps it for this peer's catch-up
         if not link.session.initiator:  # so that an OCM relay sends us this channel
             self._send(link, {"type": "subscribe", "channel_id": channel_id})
 
@@ -322,8 +325,10 @@ class OcmGateway:
         try:
             if route[0] == "dm":
                 await self._send_dm(route[1], content)
+            elif not self._join(route[1]):
+                self._refuse(link, "too-many", f"this gateway carries {MAX_CHANNELS} channels")
+                return
             else:
-                self.peer.subscribe(route[1])
                 await self.peer.send_message(route[1], content)
         except UnknownPeer:
             self._refuse(link, "unknown-peer", "no mesh peer with that id is known")
@@ -341,6 +346,15 @@ class OcmGateway:
         self.counters.relayed_in += 1
         if not decision.verified:
             self.counters.unverified_in += 1
+
+    def _join(self, channel: str) -> bool:
+        """Subscribe the gateway peer to ``channel`` (it keeps it for its OCM peers'
+        catch-up); False if that would pass ``MAX_CHANNELS``."""
+        if channel not in self.peer.channels:
+            if len(self.peer.channels) >= MAX_CHANNELS:
+                return False
+            self.peer.subscribe(channel)
+        return True
 
     async def _send_dm(self, peer_id: bytes, content: Content) -> None:
         if peer_id == self.peer.peer_id:
