@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peer.protocols._meshenv import (
     MAX_HOOK_BODY,
@@ -104,3 +107,16 @@ def test_response_envelope() -> None:
     assert r["replyContext"] == {"sessionKey": "k"} and r["conversationId"] == "conv_1"
     assert r["payload"] == {"subject": "Re: s", "body": "ok"}
     assert r["timestamp"] == "2026-02-21T20:45:00.000Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400) | st.text(max_size=400).map(str.encode)
+       | st.dictionaries(st.sampled_from(["protocol", "id", "from", "to", "type", "timestamp",
+                                          "ttl", "priority", "payload", "replyTo", "nonce",
+                                          "signature", "replyContext"]),
+                         st.none() | st.integers() | st.text(max_size=20)
+                         | st.dictionaries(st.text(max_size=5), st.text(max_size=5),
+                                           max_size=3)).map(lambda d: json.dumps(d).encode()))
+def test_any_body_is_an_envelope_or_a_mesh_error(body: bytes) -> None:
+    with contextlib.suppress(MeshError):
+        check_envelope(parse_hook_body(body))
