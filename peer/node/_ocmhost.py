@@ -234,6 +234,7 @@ class OcmGateway:
     async def _read(self, link: OcmLink) -> None:
         session = link.session
         while not session.closed:
+            message: str | bytes | None = None  # None: silent for IDLE seconds
             with trio.move_on_after(IDLE):
                 try:
                     message = await link.ws.get_message()
