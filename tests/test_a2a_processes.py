@@ -70,7 +70,8 @@ def test_a2a_sdk_client_reaches_an_agent_two_peers_away(tmp_path: Path) -> None:
     wait_ready(seed)
     near = start_peer(tmp_path, "near", "--no-dht", "--name", "near", bootstrap=seed.ws_url)
     wait_ready(near)
-    far = start_peer(tmp_path, "far", "--no-dht", "--name", "far-agent", bootstrap=seed.ws_url)
+    far = start_peer(tmp_path, "far", "--no-dht", "--name", "far-agent",
+                     "--skill", "count=Counts the records of a dataset", bootstrap=seed.ws_url)
     with running(seed, near, far):
         wait_ready(far)
         for a, b in ((near, far), (far, near)):  # each knows the other's key (presence)
@@ -79,6 +80,8 @@ def test_a2a_sdk_client_reaches_an_agent_two_peers_away(tmp_path: Path) -> None:
         assert far.peer_id not in {p["peer_id"] for p in near.get("/peers").json() if p["linked"]}
         card = httpx.get(f"{near.api}/a2a/{far.peer_id}/.well-known/agent-card.json").json()
         assert card["name"] == "far-agent" and card["capabilities"]["streaming"] is True
+        assert [(s["id"], s["description"]) for s in card["skills"]] == [
+            ("count", "Counts the records of a dataset")]  # declared in its presence
         assert httpx.get(f"{near.api}/.well-known/agent.json").json()["name"] == "near"
 
         worker = Worker(far)

@@ -15,6 +15,8 @@ from peer.protocols._a2atasks import (
     wire_state,
     wire_task,
 )
+from peer.protocols._presence import presence_payload, presence_skills
+from peer.wire import _cbor
 
 AGENT = b"\x0a" * 32
 OTHER = b"\x0b" * 32
@@ -114,3 +116,15 @@ def test_two_json_dialects() -> None:
         "TASK_STATE_COMPLETED")
     assert wire_event(task, last, False)["final"] is True
     assert wire_task(task, True, history_length=0)["history"] == []
+
+
+def test_skills_in_presence() -> None:
+    payload = presence_payload(["ws://a/"], ("relay",), "n", (("count", "Counts"), ("x", "")))
+    assert presence_skills(payload) == (("count", "Counts"), ("x", ""))
+    assert presence_skills({"skills": [{"id": "has space"}, {"id": "ok"}, "junk",
+                                       {"id": "y" * 33}, {"id": "z", "description": 5}]}) == (
+        ("ok", ""),)
+    assert presence_skills({"skills": "no"}) == () == presence_skills(None)
+    many = presence_payload([], (), "", tuple((f"s{i}", "d" * 200) for i in range(20)))
+    assert len(many["skills"]) == 8 and all(len(s["description"]) == 96 for s in many["skills"])
+    assert len(_cbor.encode(many)) < 4096 - 8 * 256  # room for 8 long listen addresses

@@ -17,7 +17,7 @@ from peer.protocols._ocm import OcmMessage, key_of_peer_id, key_of_pem, parse_fr
 from peer.protocols._ocmmap import mesh_channel, message_uuid
 from tests._vectors import VECTORS
 
-V = json.loads((VECTORS / "gateways.json").read_text())
+V = json.loads((VECTORS / "gateways" / "gateways.json").read_text())
 
 
 def test_ocm_signature_vector() -> None:

@@ -143,9 +143,8 @@ class A2aGateway:
             "capabilities": {"streaming": True, "pushNotifications": False},
             "defaultInputModes": ["text/plain", "application/json"],
             "defaultOutputModes": ["text/plain", "application/json"],
-            "skills": [{"id": "mesh-task", "name": "tasks over the mesh",
-                        "description": "any task, sent to this agent as an encrypted DM",
-                        "tags": ["clawmesh"]}],
+            "skills": _skills(self.peer.options.skills if own else (
+                info.extra.get("skills", ()) if info is not None else ())),
             "securitySchemes": {"bearer": {"httpAuthSecurityScheme": {"scheme": "bearer"}}},
             "securityRequirements": [{"schemes": {"bearer": {"list": []}}}],
         }
@@ -314,6 +313,16 @@ class A2aGateway:
         for task in self.book.tasks.values():
             counts[task.state] = counts.get(task.state, 0) + 1
         return {"tasks": len(self.book.tasks), "by_state": counts, "streams": self.streams}
+
+
+def _skills(declared: Any) -> list[dict[str, Any]]:
+    """The card's skills: those the agent declares in its presence (``--skill``), or
+    one generic skill when it declares none."""
+    out = [{"id": skill_id, "name": skill_id, "description": text or skill_id,
+            "tags": ["clawmesh"]} for skill_id, text in declared]
+    return out or [{"id": "mesh-task", "name": "tasks over the mesh",
+                    "description": "any task, sent to this agent as an encrypted DM",
+                    "tags": ["clawmesh"]}]
 
 
 def _peer_param(request: Request) -> bytes:

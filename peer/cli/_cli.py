@@ -34,7 +34,13 @@ from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import DAY_MS, BenchOnly, default_keep_rules
 from peer.protocols._mailbox import MailboxQuota
-from peer.protocols._presence import valid_name
+from peer.protocols._presence import (
+    MAX_SKILL_ID,
+    MAX_SKILL_TEXT,
+    MAX_SKILLS,
+    valid_name,
+    valid_skill_id,
+)
 from peer.wire._frames import is_topic
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy, private_dir
@@ -227,6 +233,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-ocm",
         action="store_true",
         help="no OpenClaw Messaging gateway: JSON text frames on the listener are ignored",
+    )
+    p.add_argument(
+        "--skill",
+        action="append",
+        default=[],
+        metavar="ID=DESCRIPTION",
+        help="a skill the agent declares (in its presence; A2A agent cards list it); "
+        "repeatable, 8 at most",
     )
     p.add_argument(
         "--mesh-token",
@@ -443,6 +457,7 @@ async def run_peer(args: argparse.Namespace) -> None:
         mailbox_quota=_mailbox_quota(args),
         ocm=not args.no_ocm,
         ocm_bootstrap=tuple(args.ocm_bootstrap),
+        skills=_skills(args.skill),
         mesh_token=args.mesh_token,
         mesh_keys=args.mesh_keys,
     )
@@ -469,6 +484,21 @@ async def run_peer(args: argparse.Namespace) -> None:
             await trio.sleep_forever()
     except StartError as exc:
         raise SystemExit(f"clawmesh: {exc}") from None
+
+
+def _skills(specs: list[str]) -> tuple[tuple[str, str], ...]:
+    skills = []
+    for spec in specs:
+        skill_id, _, text = spec.partition("=")
+        skill_id, text = skill_id.strip(), text.strip()
+        if not valid_skill_id(skill_id) or len(text) > MAX_SKILL_TEXT or not text.isprintable():
+            raise SystemExit(f"clawmesh: --skill wants ID=DESCRIPTION (an id of 1 to "
+                             f"{MAX_SKILL_ID} characters, no spaces; at most "
+                             f"{MAX_SKILL_TEXT} characters of description), got {spec!r}")
+        skills.append((skill_id, text))
+    if len(skills) > MAX_SKILLS:
+        raise SystemExit(f"clawmesh: at most {MAX_SKILLS} --skill")
+    return tuple(skills)
 
 
 def _name(name: str) -> str:

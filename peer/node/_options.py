@@ -82,6 +82,7 @@ class PeerOptions:
     # seconds for it (peer/protocols/_order.py); then the gap is given up and reported
     order_hold: float = ORDER_HOLD
     name: str = ""  # a display name others see in our presence (``/peers``)
+    skills: tuple[tuple[str, str], ...] = ()  # (id, description) in our presence: A2A cards
     # mailbox duty (catchup.md section 9.6): hold others' sealed DMs and receipts for
     # their offline recipients, within these quotas; needs a store and a served DHT
     mailbox: bool = True

@@ -29,7 +29,13 @@ from typing import Any, Protocol
 import trio
 
 from peer.protocols._gossip import Close, Deliver, Send
-from peer.protocols._presence import Presence, parse_presence, presence_name, presence_payload
+from peer.protocols._presence import (
+    Presence,
+    parse_presence,
+    presence_name,
+    presence_payload,
+    presence_skills,
+)
 from peer.wire import _cbor
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
@@ -265,7 +271,8 @@ class Swarm:
 
     def _announce_presence(self) -> None:
         payload = _cbor.encode(
-            presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name)
+            presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name,
+                             self.peer.options.skills)
         )
         # presence is not stored: its sequence is the clock, which outlives restarts
         now_ms = self.peer.wall_ms()
@@ -327,6 +334,7 @@ class Swarm:
             return
         listen, caps = parse_presence(data)
         info.name = presence_name(data) or ""
+        info.extra["skills"] = presence_skills(data)
         if listen is not None:
             info.listen = listen
         if caps is not None:
