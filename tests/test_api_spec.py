@@ -13,7 +13,7 @@ from .test_api import TOKEN, Pair, pair, running_pair  # noqa: F401  (pair: the 
 
 
 async def test_unknown_fields_and_params_are_refused_by_name(pair: Pair) -> None:  # noqa: F811
-    for field in ("attachments", "ttl", "expires", "send_at"):
+    for field in ("attachments", "time_to_live", "expires", "send_at"):
         r = await pair.api_a.post("/send", json={"channel": "lobby", "body": "x", field: 1})
         assert r.status_code == 400
         assert r.json()["error"]["code"] == "unknown-field"

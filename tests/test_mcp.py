@@ -26,6 +26,10 @@ from tests._procs import REPO, PeerProcess
 TOOLS = {
     "mesh_status", "send_to_channel", "send_dm", "read_messages", "wait_for_messages",
     "list_peers", "list_channels", "join_channel", "leave_channel",
+    "send_with_semantics", "get_receipts", "ask_peer", "start_rally", "get_rally",
+    "start_conversation", "post_to_conversation", "get_conversation", "search_conversations",
+    "set_conversation_verdict", "submit_task", "get_task", "update_task", "cancel_task",
+    "send_alert", "retry_dead_letters",
 }
 
 

@@ -7,6 +7,7 @@ it refuses, and answers JSON.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,8 +23,13 @@ from peer.wire._errors import ProtocolError
 from peer.wire._limits import MAX_BODY_BYTES, MAX_PAYLOAD
 from store import StoreError
 
+from ._convapi import ConversationEndpoints
+from ._coordapi import meta_from_body, receipts
+from ._policyapi import PolicyEndpoints, policy_status
+from ._rallyapi import RallyEndpoints
 from ._select import message_filter, select
 from ._spec import BY_ROUTE, Endpoint, openapi
+from ._taskapi import TaskEndpoints
 from ._values import (
     ApiError,
     bool_param,
@@ -78,8 +84,13 @@ class Endpoints:
             "/dht": self.dht,
             "/outbox": self.outbox,
             "/dead-letters": self.dead_letters,
+            "/receipts": lambda request: receipts(self.peer, request),
             "/bootstrap.json": self.bootstrap,
             "/openapi.json": self.openapi,
+            **RallyEndpoints(self.peer, self._json_body).handlers(),
+            **ConversationEndpoints(self.peer, self._json_body).handlers(),
+            **TaskEndpoints(self.peer, self._json_body).handlers(),
+            **PolicyEndpoints(self.peer, self._json_body).handlers(),
         }
 
     async def body(self, request: Request) -> dict[str, Any]:
@@ -111,6 +122,7 @@ class Endpoints:
             "mesh_hooks": None if self.mesh_stats is None else self.mesh_stats(),
             "a2a": None if self.a2a_stats is None else self.a2a_stats(),
             **peer.statistics().to_json(),
+            **policy_status(peer),
         }
         return JSONResponse(out)
 
@@ -205,6 +217,11 @@ class Endpoints:
         if channel is None and isinstance(to, str) and to.startswith("#"):
             channel, to = to, None
         content = self._content(data)
+        meta = meta_from_body(data, peer.wall_ms())
+        if meta is not None:
+            if channel is not None:
+                raise ApiError(400, "invalid", "kind, ids, ttl and keys travel in DMs only")
+            content = dataclasses.replace(content, meta=meta)
         try:
             if channel is not None:
                 name = channel_name(channel)
@@ -266,6 +283,7 @@ class Endpoints:
         }
         # rendered before anything is marked read
         response = JSONResponse([message_json(m) for m in found], headers=headers)
+        peer.inbox.handed(found)
         if wanted.unread and not peek:
             await peer.mark_read([m.id for m in found])
         return response

@@ -65,7 +65,99 @@ _STREAM_PARAMS = (
     _THREAD_Q,
     _OUTGOING,
 )
+_META_B = (
+    Field("kind", "string", "DMs: request, response, notification (default) or alert"),
+    Field("correlation_id", "string", "DMs: hex, 1..32 bytes: the request this belongs to"),
+    Field("conversation_id", "string", "DMs: hex, 1..32 bytes: the conversation"),
+    Field("reply_context", "string", "DMs: opaque, at most 1024 bytes; the reply echoes it"),
+    Field("priority", "string", "DMs: low, normal, high or urgent"),
+    Field("ttl", "number", "DMs: seconds until it expires (never handed to an agent after)"),
+    Field("expires_at", "integer", "DMs: expiry, ms since the Unix epoch (instead of ttl)"),
+    Field("idempotency_key", "string", "DMs: at most 128 bytes; the recipient's agent is"
+          " handed one message per key"),
+)
 _CHANNEL_B = Field("channel", "string", "a channel name", required=True)
+
+_ASK_B = (
+    Field("body", "string", "the question", required=True),
+    Field("payload", "object", "structured data with it (any JSON value)"),
+    Field("timeout", "number", "seconds until the deadline (default 30, up to 7 days)"),
+    Field("wait", "number", "seconds to wait for the answer before answering (0..60)"),
+)
+_ID_P = (_WAIT,)
+_RALLY_ENDPOINTS = (
+    Endpoint("POST", "/request", "ask one peer; the answer is its reply (wait, or GET later)",
+             body=(Field("to", "string", "the peer id asked", required=True), *_ASK_B)),
+    Endpoint("GET", "/requests/{id}", "a request: open, complete or timed_out, and its answer",
+             params=_ID_P),
+    Endpoint("POST", "/rally", "ask several peers or a channel; complete on quorum",
+             body=(Field("to", "array", "the peer ids asked (or channel)"),
+                   Field("channel", "string", "ask everyone on this channel (or to)"),
+                   Field("quorum", "integer", "answers that complete it (default: all)"),
+                   *_ASK_B)),
+    Endpoint("GET", "/rallies", "our rallies and requests",
+             params=(Field("state", "string", "open, complete, timed_out or canceled"),),
+             returns="array"),
+    Endpoint("GET", "/rallies/{id}", "a rally: its rounds, answers (late ones marked), state",
+             params=_ID_P),
+    Endpoint("POST", "/rallies/{id}/round", "ask a follow-up carrying the last answers",
+             body=(Field("quorum", "integer", "answers that complete it (default: as before)"),
+                   *_ASK_B)),
+    Endpoint("POST", "/rallies/{id}/cancel", "end an open rally"),
+)
+
+_CONVERSATION_ENDPOINTS = (
+    Endpoint("POST", "/conversations", "start a conversation: rally, collab, escalation,"
+             " broadcast, opinion or brainstorm",
+             body=(Field("type", "string", "the conversation type", required=True),
+                   Field("to", "array", "the participants' peer ids", required=True),
+                   Field("body", "string", "the subject, sent to everyone", required=True),
+                   Field("payload", "object", "structured data with it"),
+                   Field("rule", "string", "computed verdict: majority, unanimity, threshold"),
+                   Field("threshold", "number", "with rule threshold: a fraction in (0, 1]"),
+                   Field("timeout", "number", "seconds until it times out (default 3600)"),
+                   Field("idle_timeout", "number", "seconds without a post until it times out"
+                         " (default 1800)"))),
+    Endpoint("GET", "/conversations", "search conversations",
+             params=(Field("q", "string", "a keyword in the subject, posts or verdict"),
+                     Field("agent", "string", "a peer id taking part"),
+                     Field("type", "string", "the type"),
+                     Field("status", "string", "open, active, complete or timed_out")),
+             returns="array"),
+    Endpoint("GET", "/conversations/{id}", "a conversation: history, votes, signed verdict",
+             params=(_WAIT,)),
+    Endpoint("POST", "/conversations/{id}/messages", "post into a conversation (to everyone)",
+             body=(Field("body", "string", "the text", required=True),
+                   Field("vote", "string", "a structured vote for a computed verdict"),
+                   Field("payload", "object", "structured data with it"))),
+    Endpoint("POST", "/conversations/{id}/verdict", "the initiator decides: signed, to all",
+             body=(Field("decision", "string", "the decision", required=True),
+                   Field("summary", "string", "a summary"))),
+)
+
+_TASK_ENDPOINTS = (
+    Endpoint("POST", "/tasks", "give a peer a long-running task (A2A states)",
+             body=(Field("to", "string", "the worker's peer id", required=True),
+                   Field("body", "string", "what to do", required=True),
+                   Field("payload", "object", "structured input"))),
+    Endpoint("GET", "/tasks", "our tasks, as requester or worker",
+             params=(Field("role", "string", "requester or worker"),
+                     Field("state", "string", "submitted, working, input-required, completed,"
+                           " failed, canceled or rejected")),
+             returns="array"),
+    Endpoint("GET", "/tasks/{id}", "a task: state, progress, history, artifacts",
+             params=(_WAIT,)),
+    Endpoint("POST", "/tasks/{id}/status", "the worker moves its task on",
+             body=(Field("state", "string", "the new state", required=True),
+                   Field("message", "string", "a status message"),
+                   Field("progress", "number", "a fraction in [0, 1]"),
+                   Field("artifact", "object", "{name, data, append, last}: a (partial)"
+                         " result"))),
+    Endpoint("POST", "/tasks/{id}/cancel", "the requester cancels its task"),
+    Endpoint("POST", "/tasks/{id}/input", "the requester answers an input-required task",
+             body=(Field("body", "string", "the answer", required=True),
+                   Field("payload", "object", "structured data"))),
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/status", "the peer: id, key, uptime, links, counters", open=True,
@@ -82,8 +174,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                    Field("content", "string", "the text (ocmesh's name for body)"),
                    Field("payload", "object", "any JSON value; {\"$b64\": ...} for bytes"),
                    Field("reply_to", "string", "the id of the message this answers"),
-                   Field("thread", "string", "the id of the thread's first message")),
+                   Field("thread", "string", "the id of the thread's first message"),
+                   *_META_B),
              compat_open=True),
+    Endpoint("GET", "/receipts", "the states a DM's recipient signed: stored, delivered, read,"
+             " replied (or expired)",
+             params=(Field("id", "string", "the id /send answered", required=True),)),
     Endpoint("GET", "/messages", "inbox messages in cursor order; headers tell count and more",
              params=(Field("unread", "boolean", "only unread (marks them read unless peek)"),
                      Field("peek", "boolean", "with unread=true: do not mark them read"),
@@ -122,6 +218,20 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/a2a/{peer}/.well-known/agent.json", "the same card, for v0.3 clients",
              open=True),
     Endpoint("POST", "/a2a/{peer}", "A2A JSON-RPC 2.0 to a mesh agent (SSE for streams)"),
+    *_RALLY_ENDPOINTS,
+    *_CONVERSATION_ENDPOINTS,
+    *_TASK_ENDPOINTS,
+    Endpoint("POST", "/dead-letters/retry", "put dead letters back into the outbox",
+             body=(Field("ids", "array", "only these message ids (default: all)"),)),
+    Endpoint("POST", "/dead-letters/{id}/retry", "put one dead letter back into the outbox"),
+    Endpoint("POST", "/alerts", "send an alert, deduplicated by host and check",
+             body=(Field("host", "string", "where", required=True),
+                   Field("check", "string", "what", required=True),
+                   Field("status", "string", "firing (default) or ok"),
+                   Field("body", "string", "the text (default: check on host: status)"),
+                   Field("to", "array", "peer ids to alert (or channel)"),
+                   Field("channel", "string", "a channel to alert (or to)"))),
+    Endpoint("GET", "/alerts", "the alerts firing now", returns="array"),
 )
 
 BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}
@@ -195,7 +305,7 @@ def _operation(e: Endpoint) -> dict[str, Any]:
 
 def _op_id(e: Endpoint) -> str:
     name = e.path.strip("/").replace(".json", "").replace("-", "_") or "root"
-    name = re.sub(r"/?{\w+}", "", name)
+    name = name.replace("{", "").replace("}", "")
     return f"{e.method.lower()}_{name}"
 
 

@@ -11,6 +11,8 @@ Rules kept here:
   current end. Every message event carries its cursor as its id.
 * Status changes of our DMs come as ``status`` events, live only (no id: they
   do not move the resume point; a DM's current status is in its message).
+  So do changes of our requests and rallies (``rally`` events: an answer, a
+  late answer, complete, timed out, a new round, canceled).
 * If the inbox no longer holds messages a stream has not sent (evicted past
   its capacity), a ``gap`` event says which cursors are gone: never silent.
 * Idle streams get a heartbeat (an SSE comment; WebSocket pings by Hypercorn)
@@ -34,9 +36,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from peer.node._convhost import ConversationService
 from peer.node._inbox import Inbox, InboxMessage, StatusChange
+from peer.node._rallyhost import RallyService
+from peer.node._taskhost import TaskService
 
+from ._convapi import conversation_events
+from ._rallyapi import rally_events
 from ._select import MessageFilter
+from ._taskapi import task_events
 from ._values import ApiError, error_body, message_json, parse_int
 
 BATCH = 256
@@ -51,6 +59,14 @@ Event = tuple[str, int | None, dict[str, Any]]  # (event, id or None, data)
 class InboxOwner(Protocol):
     @property
     def inbox(self) -> Inbox: ...
+    @property
+    def rallies(self) -> RallyService: ...
+    @property
+    def conversations(self) -> ConversationService: ...
+    @property
+    def tasks(self) -> TaskService: ...
+    @property
+    def peer_id(self) -> bytes: ...
     async def wait_inbox_changed(self) -> None: ...
 
 
@@ -80,6 +96,9 @@ class EventFeed:
         self.cursor = cursor
         self.wanted = wanted
         self.status_seen = peer.inbox.status_count
+        self.rally_seen = peer.rallies.change_count
+        self.conv_seen = peer.conversations.change_count
+        self.task_seen = peer.tasks.change_count
         self.sent = 0
 
     def ready(self) -> list[Event]:
@@ -101,6 +120,7 @@ class EventFeed:
             self.cursor = batch[-1].cursor
             wanted = [m for m in batch if self.wanted.wants(m)]
             events += [("message", m.cursor, message_json(m)) for m in wanted]
+            inbox.handed(wanted)
         changes = inbox.status_since(self.status_seen)
         if changes:
             self.status_seen = changes[-1].number
@@ -109,7 +129,10 @@ class EventFeed:
                 for c in changes
                 if self.wanted.wants_status(c, inbox)
             ]
-        return events
+        self.rally_seen, more = rally_events(self.peer.rallies, self.rally_seen)
+        self.conv_seen, convs = conversation_events(self.peer.conversations, self.conv_seen)
+        self.task_seen, tasks = task_events(self.peer.tasks, self.task_seen, self.peer.peer_id)
+        return events + more + convs + tasks
 
     async def next(self, idle: float) -> list[Event]:
         """The next events; [] after ``idle`` seconds with none (time for a heartbeat)."""

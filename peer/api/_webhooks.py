@@ -156,6 +156,7 @@ class Webhook:
                 await self.peer.wait_inbox_changed()
 
     async def _deliver(self, message: InboxMessage) -> None:
+        self.peer.inbox.handed([message])
         body = json.dumps(
             {"event": "message", "id": message.cursor, "data": message_json(message)},
             separators=(",", ":"),

@@ -158,15 +158,23 @@ def send(
 @_reply
 @_thread
 @_payload_opt
+@click.option("--kind", type=click.Choice(["request", "response", "notification", "alert"]))
+@click.option("--correlation-id", metavar="HEX")
+@click.option("--conversation-id", metavar="HEX")
+@click.option("--reply-context", metavar="TEXT", help="opaque; the response echoes it")
+@click.option("--priority", type=click.Choice(["low", "normal", "high", "urgent"]))
+@click.option("--ttl", type=click.FloatRange(min=0.001), help="seconds until it expires")
+@click.option("--idempotency-key", metavar="KEY", help="the agent is handed one per key")
 @command
 def dm(
     ctx: Ctx, peer_id: str, text: tuple[str, ...], reply_to: str | None,
-    thread: str | None, payload: str | None,
+    thread: str | None, payload: str | None, **semantics: Any,
 ) -> None:
     """Send an end-to-end encrypted direct message to PEER (a peer id, see `peers`)."""
     with ctx.client(timeout=20.0) as mesh:
         result = mesh.send_dm(
-            peer_id, _text(text), payload=_payload(payload), reply_to=reply_to, thread=thread
+            peer_id, _text(text), payload=_payload(payload), reply_to=reply_to, thread=thread,
+            **semantics,
         )
     out.emit_json(result.raw) if ctx.json else click.echo(out.sent_line(result))
 

@@ -20,14 +20,16 @@ import httpx
 
 from . import _calls
 from ._config import Endpoint, discover
+from ._coordcalls import AsyncConversationCalls, AsyncCoordCalls
 from ._errors import ApiError, PeerUnreachable
 from ._resume import Resume, StreamCut
 from ._sse import SseParser
 from ._stream import EventStream
+from ._taskcalls import AsyncPolicyCalls, AsyncTaskCalls
 from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status
 
 
-class AsyncClient:
+class AsyncClient(AsyncCoordCalls, AsyncConversationCalls, AsyncTaskCalls, AsyncPolicyCalls):
     """The local API of one peer; found in ``key_dir`` and the environment unless given.
 
     ``async with AsyncClient() as mesh: await mesh.send("lobby", "hello")``
@@ -98,12 +100,36 @@ class AsyncClient:
         payload: Any = None,
         reply_to: str | None = None,
         thread: str | None = None,
+        kind: str | None = None,
+        correlation_id: str | None = None,
+        conversation_id: str | None = None,
+        reply_context: str | None = None,
+        priority: str | None = None,
+        ttl: float | None = None,
+        idempotency_key: str | None = None,
     ) -> SendResult:
-        """An end-to-end encrypted DM to ``peer_id``; ``UnknownPeer`` if its key is unknown."""
+        """An end-to-end encrypted DM to ``peer_id``; ``UnknownPeer`` if its key is unknown.
+
+        ``kind`` (request, response, notification, alert), the ids, ``reply_context``,
+        ``priority``, ``ttl`` (seconds) and ``idempotency_key`` travel in the DM's meta."""
+        meta = _calls.semantics(
+            kind=kind, correlation_id=correlation_id, conversation_id=conversation_id,
+            reply_context=reply_context, priority=priority, ttl=ttl,
+            idempotency_key=idempotency_key,
+        )
         call = _calls.send_call(
-            to=peer_id, body=body, payload=payload, reply_to=reply_to, thread=thread
+            to=peer_id, body=body, payload=payload, reply_to=reply_to, thread=thread,
+            semantics=meta,
         )
         return SendResult.from_json(await self._do(call))
+
+    async def receipts(self, msg_id: str) -> dict[str, Any]:
+        """The states the recipient signed for our DM ``msg_id`` (stored, delivered,
+        read, replied or expired), each with its envelope and ``verified``."""
+        data: dict[str, Any] = await self._do(
+            _calls.Call("GET", "/receipts", params={"id": msg_id})
+        )
+        return data
 
     async def messages(
         self,

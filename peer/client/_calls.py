@@ -45,8 +45,10 @@ def send_call(
     payload: Any = None,
     reply_to: str | None = None,
     thread: str | None = None,
+    semantics: dict[str, Any] | None = None,
 ) -> Call:
     data: dict[str, Any] = {"body": body}
+    data.update({k: v for k, v in (semantics or {}).items() if v is not None})
     if channel is not None:
         data["channel"] = channel
     if to is not None:
@@ -58,6 +60,28 @@ def send_call(
     if thread is not None:
         data["thread"] = thread
     return Call("POST", "/send", body=data)
+
+
+def semantics(
+    *,
+    kind: str | None = None,
+    correlation_id: str | None = None,
+    conversation_id: str | None = None,
+    reply_context: str | None = None,
+    priority: str | None = None,
+    ttl: float | None = None,
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """A DM's message-semantics fields for ``/send`` (None: left out)."""
+    return {
+        "kind": kind,
+        "correlation_id": correlation_id,
+        "conversation_id": conversation_id,
+        "reply_context": reply_context,
+        "priority": priority,
+        "ttl": ttl,
+        "idempotency_key": idempotency_key,
+    }
 
 
 def messages_call(

@@ -16,13 +16,15 @@ import httpx
 
 from . import _calls
 from ._config import Endpoint, discover
+from ._coordcalls import ConversationCalls, CoordCalls
 from ._errors import ApiError, PeerUnreachable
 from ._resume import Resume, StreamCut
 from ._sse import SseParser
+from ._taskcalls import PolicyCalls, TaskCalls
 from ._types import AckResult, Event, Message, PeerInfo, SendResult, Status
 
 
-class Client:
+class Client(CoordCalls, ConversationCalls, TaskCalls, PolicyCalls):
     """The local API of one peer, found in ``key_dir`` and the environment unless given.
 
     ``with Client() as mesh: mesh.send("lobby", "hello")``
@@ -91,12 +93,36 @@ class Client:
         payload: Any = None,
         reply_to: str | None = None,
         thread: str | None = None,
+        kind: str | None = None,
+        correlation_id: str | None = None,
+        conversation_id: str | None = None,
+        reply_context: str | None = None,
+        priority: str | None = None,
+        ttl: float | None = None,
+        idempotency_key: str | None = None,
     ) -> SendResult:
-        """An end-to-end encrypted DM to ``peer_id``; ``UnknownPeer`` if its key is unknown."""
+        """An end-to-end encrypted DM to ``peer_id``; ``UnknownPeer`` if its key is unknown.
+
+        ``kind`` (request, response, notification, alert), the ids, ``reply_context``,
+        ``priority``, ``ttl`` (seconds) and ``idempotency_key`` travel in the DM's meta."""
+        meta = _calls.semantics(
+            kind=kind, correlation_id=correlation_id, conversation_id=conversation_id,
+            reply_context=reply_context, priority=priority, ttl=ttl,
+            idempotency_key=idempotency_key,
+        )
         call = _calls.send_call(
-            to=peer_id, body=body, payload=payload, reply_to=reply_to, thread=thread
+            to=peer_id, body=body, payload=payload, reply_to=reply_to, thread=thread,
+            semantics=meta,
         )
         return SendResult.from_json(self._do(call))
+
+    def receipts(self, msg_id: str) -> dict[str, Any]:
+        """The states the recipient signed for our DM ``msg_id`` (stored, delivered,
+        read, replied or expired), each with its envelope and ``verified``."""
+        data: dict[str, Any] = self._do(
+            _calls.Call("GET", "/receipts", params={"id": msg_id})
+        )
+        return data
 
     def messages(
         self,

@@ -23,6 +23,13 @@ from peer.client import (
     PeerUnreachable,
     Unauthorised,
 )
+from peer.mcp._coordtools import register as register_coord_tools
+from peer.mcp._coordtools import (
+    register_conversations,
+    register_policy,
+    register_rallies,
+    register_tasks,
+)
 
 MAX_WAIT = 60.0
 MAX_READ = 100
@@ -204,6 +211,11 @@ def build_server(api: str | None = None, key_dir: Path | None = None) -> MCPServ
         """Leave a channel: its new messages stop arriving here."""
         return await guarded(tools.leave(channel))
 
+    register_coord_tools(server, tools.client, guarded)
+    register_rallies(server, tools.client, guarded)
+    register_conversations(server, tools.client, guarded)
+    register_tasks(server, tools.client, guarded)
+    register_policy(server, tools.client, guarded)
     return server
 
 

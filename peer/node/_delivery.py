@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 import trio
 
 from dht import Contact
+from peer.protocols._breaker import CircuitBreakers
 from peer.protocols._delivery import (
     Command,
     Delivery,
@@ -62,6 +64,13 @@ REACH_TIMEOUT = 10.0
 RETRY_CAP_MS = 300_000
 
 StoreOwn = Callable[[Envelope, InboxMessage | None, bytes | None], Awaitable[None]]
+
+
+class ReceiptObserver(Protocol):
+    """The coordination layer (``peer.node._coordhost``), as delivery sees it."""
+
+    def deadline_for(self, msg_id: bytes) -> int | None: ...
+    def on_stored_receipt(self, sender: bytes, ids: Sequence[bytes], wire: bytes) -> None: ...
 
 
 class Accept(Protocol):
@@ -108,8 +117,17 @@ class DeliveryService:
         self._wake = trio.Event()
         self._reach_send, self._reach_recv = trio.open_memory_channel[bytes](REACH_QUEUE)
         self._reaching: set[bytes] = set()
+        self._replay_send, self._replay_recv = trio.open_memory_channel[bytes](REACH_QUEUE)
+        self._replaying: set[bytes] = set()
         # mailboxes (catchup.md 9.6): ours for others, and others' for what we send
         self.mailbox = MailboxService(peer, service, log)
+        self.observer: ReceiptObserver | None = None
+        self.breakers = CircuitBreakers()  # per peer: stop dialling a peer that keeps failing
+        self.replayed = 0
+
+    def observe(self, observer: ReceiptObserver) -> None:
+        """``observer`` hears of every stored receipt and gives expiring DMs their deadline."""
+        self.observer = observer
 
     # -- events ------------------------------------------------------------------------
 
@@ -134,10 +152,18 @@ class DeliveryService:
             self.mailbox.track(e.msg_id, e.recipient, e.wire, "dm", until_ms=e.deadline_ms)
 
     def wake(self, peer_id: bytes) -> None:
-        """``peer_id`` is back (a link came up, or its presence): push what waits for it."""
+        """``peer_id`` is back (a link came up, or its presence): push what waits for it,
+        and replay its dead letters."""
         if peer_id not in self.peer.links:
             self.core.on_link_down(peer_id)
             return
+        self.breakers.on_success(peer_id)
+        if peer_id not in self._replaying and self.core.has_dead(peer_id):
+            try:
+                self._replay_send.send_nowait(peer_id)
+            except trio.WouldBlock:
+                return  # its next presence asks again
+            self._replaying.add(peer_id)
         if peer_id in self.core.linked:
             pushes = self.core.on_seen(peer_id)
         else:
@@ -156,7 +182,11 @@ class DeliveryService:
         the same commit); None if the outbox is full."""
         if env.recipient is None or not self.core.has_room(planned + 1):
             return None
-        return self.core.plan_dm(env.id, env.recipient, env.seq, env.wire, now_ms)
+        entry = self.core.plan_dm(env.id, env.recipient, env.seq, env.wire, now_ms)
+        expires = None if self.observer is None else self.observer.deadline_for(env.id)
+        if expires is not None and expires < entry.deadline_ms:  # never retried past it
+            entry = replace(entry, deadline_ms=max(now_ms, expires))
+        return entry
 
     def on_own_dm_stored(self, entry: Pending) -> None:
         self.core.on_own_dm_stored(entry)
@@ -176,8 +206,10 @@ class DeliveryService:
         )
         self._wake.set()
 
-    async def on_receipt(self, sender: bytes, ids: Sequence[bytes]) -> None:
+    async def on_receipt(self, sender: bytes, ids: Sequence[bytes], wire: bytes = b"") -> None:
         """A receipt addressed to us was stored: settle what it names."""
+        if self.observer is not None and wire:
+            self.observer.on_stored_receipt(sender, ids, wire)
         await self._perform(self.core.on_receipt(sender, ids))
 
     def waiting(self) -> int:
@@ -189,6 +221,7 @@ class DeliveryService:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reach_loop, nursery)
+            nursery.start_soon(self._replay_loop)
             nursery.start_soon(self.mailbox.run)
             while True:
                 await self._sleep_until(self.core.next_deadline())
@@ -343,6 +376,8 @@ class DeliveryService:
     def _queue_reach(self, recipient: bytes) -> None:
         if recipient in self._reaching:
             return
+        if not self.breakers.allow(recipient, self.peer.wall_ms()):
+            return  # open: the DMs wait in the outbox; a link or a presence wakes them
         try:
             self._reach_send.send_nowait(recipient)
         except trio.WouldBlock:
@@ -370,3 +405,54 @@ class DeliveryService:
             running.release()
         if recipient in peer.links:
             self.wake(recipient)
+        elif self.breakers.on_failure(recipient, peer.wall_ms()):
+            self.log.warning("circuit open", peer=recipient.hex()[:16],
+                             cooldown_s=self.breakers.cooldown_ms / 1000)
+
+    # -- dead letters --------------------------------------------------------------------
+
+    async def retry_dead(self, ids: Sequence[bytes] | None = None) -> list[bytes]:
+        """Put dead letters (``ids``, or all of them) back into the outbox with a fresh
+        deadline; returns the ids revived."""
+        now_ms = self.peer.wall_ms()
+        deadline_ms = now_ms + self.core.deadline_ms
+        wanted = None if ids is None else set(ids)
+
+        def revive(s: MessageStore) -> list[DeadLetter]:
+            out = []
+            for letter in s.dead_letters(limit=10_000):
+                if wanted is not None and letter.msg_id not in wanted:
+                    continue
+                s.dead_letter_remove(letter.msg_id)
+                if s.outbox_add(letter.msg_id, letter.recipient, letter.wire, now_ms,
+                                deadline_ms):
+                    out.append(letter)
+            return out
+
+        letters = await self.service.write(lambda s: s.atomically(revive))
+        for letter in letters:
+            entry = Pending(letter.msg_id, letter.recipient, _seq_of(letter.wire), letter.wire,
+                            0, now_ms, deadline_ms)
+            self.core.revive(entry)
+            self.mailbox.track(entry.msg_id, entry.recipient, entry.wire, "dm",
+                               until_ms=deadline_ms)
+            self.peer.inbox.set_status(letter.msg_id, "pending")
+        if letters:
+            self.peer.notify_inbox()
+            self._wake.set()
+        return [letter.msg_id for letter in letters]
+
+    async def _replay_loop(self) -> None:
+        """A peer with dead letters is back: they go into the outbox again."""
+        async for peer_id in self._replay_recv:
+            try:
+                revived = await self.retry_dead(self.core.dead_to(peer_id))
+                self.replayed += len(revived)
+                if revived:
+                    self.log.info("dead letters replayed", peer=peer_id.hex()[:16],
+                                  count=len(revived))
+                    self.wake(peer_id)
+            except StoreError as exc:
+                self.log.error("dead letters not replayed", error=str(exc))
+            finally:
+                self._replaying.discard(peer_id)

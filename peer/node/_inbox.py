@@ -9,11 +9,12 @@ can ask for everything after the last one it saw.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from peer.wire._envelope import Content, Envelope, payload_value
+from peer.wire._meta import Meta, meta_json
 
 
 @dataclass(slots=True)
@@ -36,6 +37,8 @@ class InboxMessage:
     read: bool = False
     status: str | None = None  # an outgoing DM: "pending", "delivered" or "undeliverable"
     seq: int = 0  # the sender's sequence number in this conversation or channel
+    meta: Meta | None = None  # a DM's message semantics (envelope.md section 12)
+    handed: bool = False  # given to the agent (API, stream or webhook) at least once
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -64,6 +67,8 @@ class InboxMessage:
             out["thread"] = self.thread.hex()
         if self.status is not None:
             out["status"] = self.status
+        if self.meta is not None:
+            out.update(meta_json(self.meta))
         return out
 
 
@@ -93,6 +98,7 @@ class Inbox:
         # current status is in its message)
         self.status_changes: deque[StatusChange] = deque(maxlen=STATUS_CHANGES_KEPT)
         self.status_count = 0
+        self.on_handed: Callable[[InboxMessage], None] | None = None
 
     def __len__(self) -> int:
         return len(self._messages)
@@ -138,6 +144,22 @@ class Inbox:
     def get(self, msg_id: bytes) -> InboxMessage | None:
         cursor = self._by_id.get(msg_id)
         return None if cursor is None else self._messages[cursor]
+
+    def remove(self, msg_id: bytes) -> InboxMessage | None:
+        """Take a message out (an expired one): it is never handed again."""
+        cursor = self._by_id.pop(msg_id, None)
+        if cursor is None:
+            return None
+        self._read.pop(cursor, None)
+        return self._messages.pop(cursor)
+
+    def handed(self, messages: Iterable[InboxMessage]) -> None:
+        """``messages`` are being given to the agent: ``on_handed`` hears of the new ones."""
+        for message in messages:
+            if not message.handed and not message.outgoing:
+                message.handed = True
+                if self.on_handed is not None:
+                    self.on_handed(message)
 
     def set_status(self, msg_id: bytes, status: str) -> InboxMessage | None:
         """Record an outgoing DM's new status (``status_changes`` keeps it for streams)."""
@@ -318,5 +340,15 @@ def inbox_entry(
         read=outgoing,
         status="pending" if outgoing and env.kind == "dm" else None,
         seq=env.seq,
+        meta=content.meta,
     )
     return message, content.payload
+
+
+Admitted = tuple[InboxMessage | None, bytes | None] | None
+AdmitDm = Callable[[Envelope, Content, int], Admitted]
+
+
+def admit_plain(env: Envelope, content: Content, now_ms: int) -> Admitted:
+    """A DM for us as the inbox takes it when nothing else decides (no coordination)."""
+    return inbox_entry(env, content, None, env.sender, False, now_ms)

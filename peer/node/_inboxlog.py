@@ -15,6 +15,8 @@ from typing import Any
 import cbor2
 
 from peer.wire._envelope import message_id, payload_value, split_wire
+from peer.wire._errors import ProtocolError
+from peer.wire._meta import Meta, check_meta
 from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, StoreService
 
 from ._inbox import InboxMessage
@@ -46,6 +48,8 @@ def inbox_record(message: InboxMessage, payload: bytes | None) -> bytes:
         m["reply_to"] = message.reply_to
     if message.thread is not None:
         m["thread"] = message.thread
+    if message.meta is not None:
+        m["meta"] = message.meta.to_map()
     return cbor2.dumps(m)  # our own disk: no need for the (slower) canonical form
 
 
@@ -70,7 +74,17 @@ def inbox_message(cursor: int, received_ms: int, record: bytes) -> InboxMessage:
         outgoing=m["out"],
         read=m["out"],
         seq=m.get("seq", 0),
+        meta=_meta_of(m.get("meta")),
     )
+
+
+def _meta_of(raw: Any) -> Meta | None:
+    if raw is None:
+        return None
+    try:
+        return check_meta(raw)
+    except ProtocolError:
+        return None
 
 
 def inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:

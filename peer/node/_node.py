@@ -49,6 +49,8 @@ from peer.wire._identity import Identity
 from peer.wire._stats import Statistics, snapshot
 from store import StoreError, open_store_service
 
+from ._convhost import ConversationService
+from ._coordhost import Coordination
 from ._dhthost import DhtBridge
 from ._dialer import Dialer
 from ._inbox import Directory, Inbox, InboxMessage, PeerInfo, inbox_entry
@@ -57,9 +59,11 @@ from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
 from ._ocmhost import OcmGateway
 from ._options import PRESENCE_INTERVAL, BenchOnly, PeerCounters, PeerOptions, UnknownPeer
+from ._rallyhost import RallyService
 from ._storage import Storage
 from ._stream import MessageStream
 from ._swarm import Swarm
+from ._taskhost import TaskService
 from ._transport import Transport
 from ._websocket import memory_link_pair
 
@@ -101,6 +105,13 @@ class Peer:
         self.channels: set[str] = set()
         self._chains: dict[str, tuple[int, bytes | None]] = {}  # log topic -> (seq, id)
         self.storage: Storage | None = None
+        self.coord = Coordination(self)  # message semantics: receipts, acks, expiry
+        self.rallies = RallyService(self)  # requests and rallies
+        self.coord.on_response = self.rallies.on_response
+        self.conversations = ConversationService(self)
+        self.coord.on_conv = self.conversations.on_dm
+        self.tasks = TaskService(self)
+        self.coord.on_task = self.tasks.on_dm
         self.listen_urls: list[str] = list(self.options.listen_urls)
         self.api_url: str | None = None  # set by whoever serves the local API
         self.swarm = Swarm(self, self.options.presence_interval)
@@ -164,6 +175,12 @@ class Peer:
                 )
                 self.storage = Storage(self, service)
                 stored = await self.storage.load()
+                self.storage.admit_dm = self.coord.admit
+                self.storage.delivery.observe(self.coord)
+                await self.coord.load()
+                await self.rallies.load()
+                await self.conversations.load()
+                await self.tasks.load()
                 self._chains = await self.storage.own_chains()
                 if self.storage.returning and not self.options.relay_only:
                     # back from an absence: what we kept catches up before live traffic
@@ -195,6 +212,10 @@ class Peer:
             for channel in dict.fromkeys(channels):
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
+        nursery.start_soon(self.coord.run)
+        nursery.start_soon(self.rallies.run)
+        nursery.start_soon(self.conversations.run)
+        nursery.start_soon(self.tasks.run)
         nursery.start_soon(self._subscriptions)
         if self.ocm is not None:
             await nursery.start(self.ocm.run)
@@ -451,11 +472,14 @@ class Peer:
         info = self.directory.get(peer_id)
         if info is None or peer_id == self.peer_id:
             raise UnknownPeer(peer_id.hex())
+        content = self.coord.outgoing(peer_id, content)
         env = self._seal_dm(peer_id, info.public_key, content)
         message, payload = inbox_entry(
             env, content, None, peer_id, True, self.wall_ms()
         )
+        self.coord.sealed(env, content)
         await self._store_own(env, message, payload)  # and publishes it
+        self.coord.sent(peer_id, env, content)
         link = self.links.get(peer_id)
         if link is not None and env.route not in self.router.interest_of(peer_id):
             link.enqueue(Push(env.wire).encode())
@@ -475,13 +499,16 @@ class Peer:
 
     async def mark_read(self, ids: list[bytes]) -> int:
         """Mark inbox messages read; with a store, returns after it is durable."""
-        cursors = [m.cursor for i in ids if (m := self.inbox.get(i)) is not None and not m.read]
+        fresh = [m for i in ids if (m := self.inbox.get(i)) is not None and not m.read]
+        cursors = [m.cursor for m in fresh]
         marked = self.inbox.mark_read(ids)
+        self.coord.on_read(fresh)
         if self.storage is not None:
             await self.storage.mark_read(cursors)
         return marked
 
     async def mark_read_through(self, cursor: int) -> int:
+        self.coord.on_read(m for m in self.inbox if m.cursor <= cursor and not m.read)
         marked = self.inbox.mark_read_through(cursor)
         if self.storage is not None:
             await self.storage.mark_read_through(cursor)

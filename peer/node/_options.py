@@ -49,6 +49,9 @@ class BenchOnly:
         return self.no_verify or self.plaintext_links
 
 
+COORD_CAP = "coord"
+
+
 @dataclass
 class PeerOptions:
     """How a peer behaves; the CLI builds one from flags and environment."""
@@ -112,6 +115,8 @@ class PeerOptions:
             caps.append("relay-only")
         if self.store_path is not None:
             caps.append("store")
+            if not self.relay_only:
+                caps.append(COORD_CAP)  # reads DM meta and signs acks (envelope.md 12)
         if serving_dht:
             caps.append("dht")
         if self.mailbox and serving_dht and self.store_path is not None and not self.relay_only:

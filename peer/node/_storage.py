@@ -59,7 +59,7 @@ from store import (
 from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
-from ._inbox import InboxMessage, PeerInfo, inbox_entry
+from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, inbox_entry
 from ._inboxlog import INBOX_LOG, chain_heads, inbox_item, mark_read, read_inbox, with_inbox
 from ._ordering import InboxOrder
 
@@ -123,6 +123,7 @@ class Storage:
         self._new_peers: dict[bytes, bytes] = {}
         self._new_peers_wanted = trio.Event()
         self._held: dict[str, list[tuple[Envelope, bool]]] = {}  # topic -> live, waiting
+        self.admit_dm: AdmitDm = admit_plain  # the coordination layer puts its own here
         self.delivery = DeliveryService(
             peer, service, self.counters, self.log, store_own=self.store_own, accept=self.accept
         )
@@ -513,10 +514,10 @@ class Storage:
         if env.kind == "dm":
             self.delivery.on_dm_stored(env, pushed=planned.pushed, duplicate=False)
         elif env.kind == "receipt" and env.recipient == me and env.sender != me:
-            await self.delivery.on_receipt(env.sender, list(env.fields["ids"]))
+            await self.delivery.on_receipt(env.sender, list(env.fields["ids"]), env.wire)
         return added
 
-    def _inbox_entry(self, env: Envelope, now_ms: int) -> tuple[InboxMessage, bytes | None] | None:
+    def _inbox_entry(self, env: Envelope, now_ms: int) -> Admitted:
         peer = self.peer
         outgoing = env.sender == peer.peer_id
         if env.kind == "dm":
@@ -530,7 +531,7 @@ class Storage:
                     "DM does not open", sender=env.sender.hex()[:16], reason=exc.message
                 )
                 return None
-            return inbox_entry(env, content, None, env.sender, outgoing, now_ms)
+            return self.admit_dm(env, content, now_ms)
         content = env.content()
         return inbox_entry(env, content, env.topic, None, outgoing, now_ms)
 

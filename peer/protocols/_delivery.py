@@ -176,6 +176,7 @@ class Delivery:
         self._entries: dict[bytes, Pending] = {}
         self._to: dict[bytes, set[bytes]] = {}  # recipient -> ids waiting for it
         self._dead: dict[bytes, bytes] = {}  # dead letter id -> recipient, oldest first
+        self._dead_peers: dict[bytes, int] = {}  # recipient -> its dead letters
         self._owed: dict[bytes, list[bytes]] = {}  # sender -> ids to receipt
         self._owed_count = 0
         self._receipts_at: int | None = None
@@ -248,9 +249,33 @@ class Delivery:
         return entry
 
     def _bury(self, msg_id: bytes, recipient: bytes) -> None:
+        if msg_id not in self._dead:
+            self._dead_peers[recipient] = self._dead_peers.get(recipient, 0) + 1
         self._dead[msg_id] = recipient
         while len(self._dead) > MAX_DEAD:
-            del self._dead[next(iter(self._dead))]
+            self._unbury(next(iter(self._dead)))
+
+    def _unbury(self, msg_id: bytes) -> None:
+        recipient = self._dead.pop(msg_id, None)
+        if recipient is not None:
+            left = self._dead_peers.get(recipient, 1) - 1
+            if left > 0:
+                self._dead_peers[recipient] = left
+            else:
+                self._dead_peers.pop(recipient, None)
+
+    def has_dead(self, recipient: bytes) -> bool:
+        return self._dead_peers.get(recipient, 0) > 0
+
+    def dead_to(self, recipient: bytes) -> list[bytes]:
+        """The dead letters we remember for ``recipient`` (replayed when it is back)."""
+        return [i for i, r in self._dead.items() if r == recipient]
+
+    def revive(self, entry: Pending) -> None:
+        """A dead letter goes back into the outbox (``entry`` as the store now has it)."""
+        self._unbury(entry.msg_id)
+        if entry.msg_id not in self._entries and self.has_room():
+            self._add(entry)
 
     # -- links and presence ------------------------------------------------------------
 
@@ -308,7 +333,7 @@ class Delivery:
                     settled.append(msg_id)
                 continue
             if self._dead.get(msg_id) == sender:
-                del self._dead[msg_id]  # it made it after all
+                self._unbury(msg_id)  # it made it after all
                 settled.append(msg_id)
         return [Settle(sender, tuple(settled))] if settled else []
 

@@ -39,6 +39,7 @@ from ._identity import (
     x25519_public_of,
 )
 from ._limits import MAX_BODY_BYTES, MAX_ENVELOPE, MAX_FRAME_ITEMS, MAX_PAYLOAD
+from ._meta import Meta, check_meta
 
 ENVELOPE_TAG = b"clawmesh/envelope/v1"
 MSG_ID_TAG = b"clawmesh/msg-id/v1"
@@ -56,7 +57,7 @@ _SIGNED_KEYS = {
     "presence": frozenset({"v", "kind", "topic", "from", "seq", "ts", "payload"}),
     "receipt": frozenset({"v", "kind", "topic", "from", "seq", "ts", "prev", "to", "ids"}),
 }
-_CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread"})
+_CONTENT_KEYS = frozenset({"body", "payload", "reply_to", "thread", "meta"})
 
 
 def dm_topic(a: bytes, b: bytes) -> str:
@@ -82,6 +83,7 @@ class Content:
     payload: bytes | None = None  # canonical CBOR bytes of any value
     reply_to: bytes | None = None  # message id
     thread: bytes | None = None  # message id of the thread root
+    meta: Meta | None = None  # DMs only: what the message is for (envelope.md section 12)
 
     def to_map(self) -> Map:
         m: Map = {"body": self.body}
@@ -91,6 +93,8 @@ class Content:
             m["reply_to"] = self.reply_to
         if self.thread is not None:
             m["thread"] = self.thread
+        if self.meta is not None:
+            m["meta"] = self.meta.to_map()
         return m
 
 
@@ -102,7 +106,8 @@ def _check_content(m: Map) -> Content:
         _cbor.decode(payload, max_items=MAX_FRAME_ITEMS * 16)
     reply_to = need_bytes(m, "reply_to", 32) if "reply_to" in m else None
     thread = need_bytes(m, "thread", 32) if "thread" in m else None
-    return Content(body, payload, reply_to, thread)
+    meta = check_meta(m["meta"]) if "meta" in m else None
+    return Content(body, payload, reply_to, thread, meta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +180,8 @@ def seal_message(
     prev: bytes | None = None,
 ) -> Envelope:
     """Sign a channel message."""
+    if content.meta is not None:
+        raise ValueError("meta travels in DMs only")
     if not is_topic(topic) or "/" in topic:
         raise ValueError(f"not a channel name: {topic!r}")
     fields: Map = {

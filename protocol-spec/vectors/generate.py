@@ -36,6 +36,7 @@ from vectorgen.common import SPEC_REVISION, Json, identities  # noqa: E402
 from vectorgen.envelope import build_dm, build_envelope  # noqa: E402
 from vectorgen.handshake import HandshakeRun, build_handshake  # noqa: E402
 from vectorgen.identity import build_identity  # noqa: E402
+from vectorgen.meta import build_meta  # noqa: E402
 from vectorgen.rejected import build_rejected  # noqa: E402
 
 # -- driver -------------------------------------------------------------------------------
@@ -59,9 +60,10 @@ def build() -> dict[str, str]:
         "catchup.json": build_catchup(ids, msgs, dm_env),
         "cbor.json": build_cbor(),
         "rejected.json": build_rejected(ids, run, msgs, dm_env),
+        "meta.json": build_meta(ids),
     }
     for doc in docs.values():
-        doc["spec_revision"] = SPEC_REVISION
+        doc.setdefault("spec_revision", SPEC_REVISION)
     return {name: dump(doc) for name, doc in docs.items()}
 
 
