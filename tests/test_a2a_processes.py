@@ -21,48 +21,44 @@ from tests._procs import REPO, PeerProcess, running, start_peer, wait_ready
 
 
 class Worker:
-    """The far agent: takes task DMs from its inbox and answers with update DMs."""
+    """The far agent: works the tasks it is given with its peer's ``/tasks`` API."""
 
     def __init__(self, p: PeerProcess) -> None:
         self.p = p
         self.release = threading.Event()
         self.stop = threading.Event()
-        self.cancels: list[str] = []
+        self.seen: set[str] = set()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
-    def update(self, to: str, task_id: str, **fields: Any) -> None:
-        r = self.p.post("/send", {"to": to, "body": "update",
-                                  "payload": {"a2a": {"kind": "update", "task_id": task_id,
-                                                      **fields}}})
+    def status(self, task_id: str, **fields: Any) -> None:
+        r = self.p.post(f"/tasks/{task_id}/status", fields)
         assert r.status_code == 200, r.text
 
     def run(self) -> None:
-        cursor = 0
         while not self.stop.is_set():
-            r = self.p.get("/messages", after=cursor, wait=1)
-            for m in r.json():
-                cursor = max(cursor, m["cursor"])
-                a2a = (m.get("payload") or {}).get("a2a") if m.get("kind") == "dm" else None
-                if isinstance(a2a, dict) and not m["outgoing"]:
-                    threading.Thread(target=self.handle, args=(m["peer"], a2a),
-                                     daemon=True).start()
+            for task in self.p.get("/tasks", role="worker").json():
+                if task["id"] not in self.seen and task["state"] == "submitted":
+                    self.seen.add(task["id"])
+                    threading.Thread(target=self.handle, args=(task,), daemon=True).start()
+            time.sleep(0.1)  # polling the API (a deadline bounds the test)
 
-    def handle(self, peer: str, a2a: dict[str, Any]) -> None:
-        if a2a["kind"] == "cancel":
-            self.cancels.append(a2a["task_id"])
-            return
-        task_id, text = a2a["task_id"], a2a["message"]["parts"][0]["text"]
-        self.update(peer, task_id, state="working")
+    def handle(self, task: dict[str, Any]) -> None:
+        task_id, text = task["id"], task["request"]
+        assert task["payload"]["a2a"]["message"]["parts"] == [{"text": text}]
+        self.status(task_id, state="working")
         if text.startswith("slow"):
             return  # works until it is cancelled
         if text.startswith("resub"):
             self.release.wait(30)
-        self.update(peer, task_id, artifact={"artifactId": "a1", "name": "answer",
-                                             "parts": [{"text": "42 "}]})
-        self.update(peer, task_id, artifact={"artifactId": "a1", "parts": [{"text": "records"}],
-                                             "append": True, "lastChunk": True})
-        self.update(peer, task_id, state="completed", message="done")
+        self.status(task_id, state="working",
+                    artifact={"name": "answer", "data": "42 ", "last": False})
+        self.status(task_id, state="working",
+                    artifact={"name": "answer", "data": "records", "append": True, "last": True})
+        self.status(task_id, state="completed", message="done")
+
+    def canceled(self) -> list[str]:
+        return [t["id"] for t in self.p.get("/tasks", role="worker", state="canceled").json()]
 
 
 def test_a2a_sdk_client_reaches_an_agent_two_peers_away(tmp_path: Path) -> None:
@@ -159,7 +155,7 @@ def test_a2a_sdk_client_reaches_an_agent_two_peers_away(tmp_path: Path) -> None:
 
         # the far agent was told of the cancel, over the mesh
         deadline = time.monotonic() + 20
-        while not worker.cancels and time.monotonic() < deadline:
+        while not worker.canceled() and time.monotonic() < deadline:
             time.sleep(0.1)
         worker.stop.set()
-        assert len(worker.cancels) == 1
+        assert len(worker.canceled()) == 1

@@ -4,7 +4,9 @@
 ``POST /a2a/<peer id>`` its JSON-RPC endpoint; ``/.well-known/agent-card.json``
 (and ``agent.json``) is this peer's own card. A message sent there becomes a
 task (``peer/protocols/_a2atasks.py``) that travels to the agent as a DM and
-comes back as its DMs of updates. protocol-spec/gateways.md part 3.
+comes back as its updates: the task is the mesh's own (``peer.tasks``,
+``peer/node/_taskhost.py``: stored, with A2A's states), so the agent works
+it with the local API's ``/tasks`` endpoints. protocol-spec/gateways.md part 3.
 
 Rules kept here:
 
@@ -20,8 +22,8 @@ Rules kept here:
   every ``HEARTBEAT`` seconds.
 * A blocking ``SendMessage`` waits until the task is final or waits for
   input, at most ``BLOCK_WAIT`` seconds, then answers with the task as it is.
-* Tasks are held in memory (``TaskBook``'s bound); only the agent a task was
-  sent to can update it.
+* Only tasks this peer requested of that agent are reachable at
+  ``/a2a/<agent>``; only the agent a task was sent to can update it.
 """
 
 from __future__ import annotations
@@ -34,22 +36,22 @@ import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from peer.node._inbox import InboxMessage
 from peer.node._node import Peer, UnknownPeer
 from peer.protocols._a2atasks import (
     INVALID_PARAMS,
     PAUSED,
-    Task,
-    TaskBook,
-    TaskError,
+    TASK_NOT_CANCELABLE,
+    TASK_NOT_FOUND,
+    A2aError,
+    StreamCursor,
     check_message,
-    task_request,
+    context_of,
+    request_payload,
+    state_name,
     text_of,
-    wire_event,
     wire_task,
 )
-from peer.wire import _cbor
-from peer.wire._envelope import Content
+from peer.protocols._tasks import Task, TaskError
 from peer.wire._errors import ProtocolError
 from store import StoreError
 
@@ -77,10 +79,8 @@ class RpcError(Exception):
 class A2aGateway:
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
-        self.book = TaskBook()
         self.streams = 0
         self.api_url = ""
-        self._changed = trio.Event()
         self.log = peer.log.bind(part="a2a")
 
     def handlers(self) -> dict[str, Any]:
@@ -92,29 +92,8 @@ class A2aGateway:
             "/a2a/{peer}": self.rpc,
         }
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    # -- updates from mesh agents -------------------------------------------------------
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        stream = self.peer.messages(after=self.peer.inbox.last_cursor)
-        task_status.started()
-        async for message in stream:
-            self._on_message(message)
-
-    def _on_message(self, message: InboxMessage) -> None:
-        payload = message.payload if message.has_payload else None
-        if message.kind != "dm" or not isinstance(payload, dict):
-            return
-        update = payload.get("a2a")
-        if not isinstance(update, dict) or update.get("kind") != "update":
-            return
-        if self.book.apply_update(message.sender, update, self.peer.wall_time()) is not None:
-            self._notify()
-        else:
-            self.log.info("a2a update refused", peer=message.sender.hex()[:16])
+    async def _wait_changed(self, seconds: float) -> None:
+        await self.peer.tasks.wait_changed(seconds)
 
     # -- cards -----------------------------------------------------------------------------
 
@@ -173,7 +152,7 @@ class A2aGateway:
             result = await self._call(method, v1, params, peer_id)
         except RpcError as exc:
             return _rpc_error(rpc_id, exc.code, exc.message)
-        except TaskError as exc:
+        except A2aError as exc:
             return _rpc_error(rpc_id, exc.code, exc.message)
         return JSONResponse({"jsonrpc": "2.0", "id": rpc_id, "result": result})
 
@@ -204,7 +183,7 @@ class A2aGateway:
             if blocking:
                 with trio.move_on_after(BLOCK_WAIT):
                     while not task.final and task.state not in PAUSED:
-                        await self._changed.wait()
+                        await self._wait_changed(BLOCK_WAIT)
             return {"task": wire_task(task, v1)} if v1 else wire_task(task, v1)
         if method == "get":
             task = self._task(params, peer_id)
@@ -212,15 +191,25 @@ class A2aGateway:
             return wire_task(task, v1, length if isinstance(length, int) else None)
         if method == "cancel":
             task = self._task(params, peer_id)
-            self.book.cancel(task, self.peer.wall_time())
-            self._notify()
-            await self._tell(task, {"kind": "cancel", "task_id": task.id}, "canceled")
+            if task.final:
+                raise A2aError(TASK_NOT_CANCELABLE, f"task {task.id.hex()} is {task.state}")
+            await self._mesh(self.peer.tasks.cancel(task))
             return wire_task(task, v1)
         return self._list(params, peer_id, v1)
 
+    def _mine(self, peer_id: bytes) -> list[Task]:
+        me = self.peer.peer_id
+        return [t for t in self.peer.tasks.by_id.values()
+                if t.requester == me and t.worker == peer_id]
+
     def _list(self, params: dict[str, Any], peer_id: bytes, v1: bool) -> dict[str, Any]:
-        tasks = [t for t in self.book.listed(params.get("contextId"), params.get("status"))
-                 if t.peer == peer_id]
+        tasks = self._mine(peer_id)
+        context, status = params.get("contextId"), params.get("status")
+        if isinstance(context, str) and context:
+            tasks = [t for t in tasks if context_of(t) == context]
+        if isinstance(status, str) and status:
+            tasks = [t for t in tasks if t.state == state_name(status)]
+        tasks.sort(key=lambda t: t.history[-1].at_ms, reverse=True)
         size = params.get("pageSize")
         size = size if isinstance(size, int) and 0 < size <= 100 else 50
         token = params.get("pageToken")
@@ -234,22 +223,37 @@ class A2aGateway:
                 "pageSize": size, "totalSize": len(tasks)}
 
     def _task(self, params: dict[str, Any], peer_id: bytes) -> Task:
-        task = self.book.get(params.get("id"))
-        if task.peer != peer_id:
-            raise TaskError(-32001, f"no task {task.id} for this agent")
+        wanted = params.get("id")
+        task = None
+        if isinstance(wanted, str) and len(wanted) == 32:
+            try:
+                task = self.peer.tasks.by_id.get(bytes.fromhex(wanted))
+            except ValueError:
+                task = None
+        if task is None or task.worker != peer_id or task.requester != self.peer.peer_id:
+            raise A2aError(TASK_NOT_FOUND, f"no task {wanted!r} for this agent")
         return task
+
+    async def _mesh(self, work: Any) -> Any:
+        """A TaskService call; what the mesh refuses is a JSON-RPC error."""
+        try:
+            return await work
+        except TaskError as exc:
+            raise A2aError(INVALID_PARAMS, str(exc)) from None
+        except UnknownPeer as exc:
+            raise A2aError(INVALID_PARAMS, f"no mesh agent {exc} is known") from None
+        except (ProtocolError, StoreError, ApiError, ValueError) as exc:
+            raise A2aError(-32603, f"not sent over the mesh: {exc}") from None
 
     async def _send(self, params: dict[str, Any], peer_id: bytes) -> Task:
         message = check_message(params.get("message"))
-        now = self.peer.wall_time()
         if "taskId" in message:  # more input for a task that asked for it
-            task = self.book.get(message["taskId"])
-            if task.peer != peer_id:
-                raise TaskError(-32001, f"no task {task.id} for this agent")
-            self.book.continue_task(task, message, now)
-            self._notify()
-            await self._tell(task, {"kind": "input", "task_id": task.id, "message": message},
-                             text_of(message))
+            task = self._task({"id": message["taskId"]}, peer_id)
+            if task.state not in PAUSED:
+                raise A2aError(INVALID_PARAMS, f"task {task.id.hex()} is {task.state}, "
+                                               "not waiting for input")
+            data = _value({"a2a": {"message": message}})
+            await self._mesh(self.peer.tasks.give_input(task, text_of(message), data))
             return task
         if peer_id == self.peer.peer_id:
             raise RpcError(-32004, "this peer's own agent is not reached through A2A: "
@@ -259,21 +263,10 @@ class A2aGateway:
                 await self.peer.resolve_peer(peer_id)
         if self.peer.directory.get(peer_id) is None:
             raise RpcError(INVALID_PARAMS, f"no mesh agent {peer_id.hex()} is known")
-        task = self.book.create(peer_id, message, now)
-        self._notify()
-        await self._tell(task, task_request(task), text_of(message))
-        return task
-
-    async def _tell(self, task: Task, value: dict[str, Any], body: str) -> None:
-        """A DM to the task's agent; a task request that cannot go fails the task."""
-        try:
-            payload = _cbor.encode(json_to_cbor_value({"a2a": value}))
-            await self.peer.send_direct(task.peer, Content(body=body, payload=payload))
-        except (UnknownPeer, ProtocolError, StoreError, ApiError, ValueError) as exc:
-            self.log.warning("a2a DM not sent", task=task.id, error=repr(exc))
-            if value.get("kind") == "task":
-                self.book.fail(task, f"not sent over the mesh: {exc}", self.peer.wall_time())
-                self._notify()
+        payload = _value(request_payload(message))
+        submitted: Task = await self._mesh(
+            self.peer.tasks.submit(peer_id, text_of(message), payload))
+        return submitted
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -291,28 +284,36 @@ class A2aGateway:
     async def _events(self, task: Task, v1: bool, rpc_id: Any) -> AsyncIterator[str]:
         """The task as it is, then each change after it, until a final state."""
         try:
-            index = task.dropped + len(task.events)
+            cursor = StreamCursor(task)
             first = {"task": wire_task(task, v1)} if v1 else wire_task(task, v1)
             yield _sse(rpc_id, first)
             while True:
-                offset = max(0, index - task.dropped)
-                for event in task.events[offset:]:
-                    yield _sse(rpc_id, wire_event(task, event, v1))
-                index = task.dropped + len(task.events)
+                for event in cursor.advance(task, v1):
+                    yield _sse(rpc_id, event)
                 if task.final:
                     return
-                with trio.move_on_after(HEARTBEAT) as waiting:
-                    await self._changed.wait()
-                if waiting.cancelled_caught:
+                before = self.peer.tasks.change_count
+                await self._wait_changed(HEARTBEAT)
+                if self.peer.tasks.change_count == before:
                     yield ": keep-alive\n\n"
         finally:
             self.streams -= 1
 
     def statistics(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
-        for task in self.book.tasks.values():
-            counts[task.state] = counts.get(task.state, 0) + 1
-        return {"tasks": len(self.book.tasks), "by_state": counts, "streams": self.streams}
+        me = self.peer.peer_id
+        for task in self.peer.tasks.by_id.values():
+            if task.requester == me:
+                counts[task.state] = counts.get(task.state, 0) + 1
+        return {"tasks": sum(counts.values()), "by_state": counts, "streams": self.streams}
+
+
+def _value(value: Any) -> Any:
+    """A client's JSON as the CBOR value a task carries (A2aError if it cannot be)."""
+    try:
+        return json_to_cbor_value(value)
+    except ApiError as exc:
+        raise A2aError(INVALID_PARAMS, exc.message) from None
 
 
 def _skills(declared: Any) -> list[dict[str, Any]]:

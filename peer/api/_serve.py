@@ -54,7 +54,6 @@ async def serve_api(
         peer, token, allowed_hosts=[*named, *allowed_hosts], compat=compat, webhooks=webhooks
     )
     await nursery.start(api.mesh.run)
-    await nursery.start(api.a2a.run)
     binds: Any = await nursery.start(_serve, api, config)
     url = str(binds[0]) if binds else f"http://{host}:{port}"
     api.api_url = url
