@@ -162,6 +162,10 @@ def test_mesh_clients_through_a_peer(tmp_path: Path) -> None:
         assert dm["body"] == "What's the current database status?"
         assert dm["payload"]["mesh"]["type"] == "request"
         assert "replyTo" not in dm["payload"]["mesh"]  # its token stays with the gateway
+        # its semantics ride in the DM's meta (envelope.md 12)
+        assert dm["message_kind"] == "request" and dm["idempotency_key"] == request["id"]
+        assert dm["priority"] == "normal" and dm["conversation_id"] == hashlib.sha256(
+            b"conv_abc123").digest()[:16].hex()
         r = b.post("/send", {"to": a.peer_id, "body": "All green", "reply_to": dm["id"]})
         assert r.status_code == 200, r.text
         assert receiver.got.wait(20)

@@ -26,6 +26,7 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -56,6 +57,7 @@ from peer.wire import _cbor
 from peer.wire._envelope import Content
 from peer.wire._errors import ProtocolError
 from peer.wire._limits import MAX_PAYLOAD
+from peer.wire._meta import MAX_IDEM_BYTES, PRIORITIES, Meta
 from store import StoreError
 
 from ._values import ApiError, cbor_to_json_value, error_response, int_param, json_to_cbor_value
@@ -243,7 +245,7 @@ class MeshHooks:
             raise MeshError(400, "invalid", exc.message) from None
         if len(payload) > MAX_PAYLOAD:
             raise MeshError(413, "too-large", "envelope too large for the mesh")
-        content = Content(body=env.body or env.subject, payload=payload)
+        content = Content(body=env.body or env.subject, payload=payload, meta=_meta_of(env))
         try:
             if self.peer.directory.get(target) is None:
                 with trio.move_on_after(10):
@@ -297,6 +299,25 @@ class MeshHooks:
 
     def statistics(self) -> dict[str, Any]:
         return {**self.counters, "pending": len(self.pending), "local": len(self.local)}
+
+
+def _meta_of(env: MeshEnvelope) -> Meta:
+    """The DM's message semantics (envelope.md 12) from the MESH envelope: its type (an
+    ``ack`` without receipt ids travels as a notification), its correlation and
+    conversation (16 bytes of SHA-256 of MESH's ids), priority, expiry (timestamp +
+    ttl) and its id as the idempotency key."""
+    def short(text: str | None) -> bytes | None:
+        return None if text is None else hashlib.sha256(text.encode()).digest()[:16]
+
+    return Meta(
+        kind=env.type if env.type != "ack" else "notification",
+        corr=short(env.correlation),
+        conv=short(env.conversation),
+        priority=PRIORITIES.index(env.priority) if env.priority in PRIORITIES else None,
+        expires_ms=max(0, int((env.timestamp + env.ttl) * 1000)),
+        idem=env.id if len(env.id.encode()) <= MAX_IDEM_BYTES else hashlib.sha256(
+            env.id.encode()).hexdigest(),
+    )
 
 
 def _mesh_of(message: InboxMessage) -> dict[str, Any] | None:
