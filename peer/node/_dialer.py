@@ -266,8 +266,9 @@ class Dialer:
     ) -> bytes | None:
         """The first binary record of an inbound link; None if it was text (handed to
         the OCM gateway, which serves it) or never came (the connection is aborted)."""
+        deadline = trio.current_time() + HANDSHAKE_TIMEOUT  # text ignored does not extend it
         while True:
-            first = await _peek(ws)
+            first = await _peek(ws, deadline)
             if isinstance(first, bytes):
                 return first
             if isinstance(first, Exception):  # as the handshake counts and logs it
@@ -317,9 +318,9 @@ class Dialer:
                 del self._inbound_per_ip[ip]
 
 
-async def _peek(ws: trio_websocket.WebSocketConnection) -> str | bytes | Exception:
-    """The first message of a connection, within the handshake's deadline (or why none came)."""
-    with trio.move_on_after(HANDSHAKE_TIMEOUT):
+async def _peek(ws: trio_websocket.WebSocketConnection, deadline: float) -> str | bytes | Exception:
+    """The next message of a connection, before ``deadline`` (or why none came)."""
+    with trio.move_on_at(deadline):
         try:
             message: str | bytes = await ws.get_message()
             return message
