@@ -32,7 +32,9 @@ from starlette.websockets import WebSocket
 
 from peer.node._node import Peer
 
+from ._a2a import A2aGateway
 from ._endpoints import VERSION, Endpoints
+from ._meshhooks import MESH_TOKEN_PATHS, MeshHooks
 from ._opsapi import OpsEndpoints
 from ._page import Page
 from ._select import message_filter
@@ -109,7 +111,14 @@ class LocalApi:
         self.sessions = sessions or Sessions(token, peer.identity.peer_id_hex)
         self.page = Page(self.sessions)
         self.ops = OpsEndpoints(peer, VERSION, self.endpoints)
-        handlers = self.endpoints.handlers() | self.page.handlers() | self.ops.handlers()
+        self.mesh = MeshHooks(peer)  # MESH's webhook clients (protocol-spec/gateways.md 2)
+        self.a2a = A2aGateway(peer)  # A2A clients (protocol-spec/gateways.md 3)
+        self.endpoints.mesh_stats = self.mesh.statistics
+        self.endpoints.a2a_stats = self.a2a.statistics
+        handlers = (
+            self.endpoints.handlers() | self.page.handlers() | self.ops.handlers()
+            | self.mesh.handlers() | self.a2a.handlers()
+        )
         routes: list[Route | WebSocketRoute] = [
             Route(path, self._page_route(handler), methods=["GET"])
             for path, handler in self.page.routes().items()
@@ -133,6 +142,7 @@ class LocalApi:
     def api_url(self, url: str) -> None:
         self.endpoints.api_url = url
         self.sessions.api_url = url
+        self.a2a.api_url = url
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         path = request.url.path
@@ -159,8 +169,11 @@ class LocalApi:
             return True
         header = conn.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(
-            given.strip().encode(), self.token.encode()
+        tokens = [self.token]
+        if spec.path in MESH_TOKEN_PATHS and self.peer.options.mesh_token:
+            tokens.append(self.peer.options.mesh_token)  # MESH senders' hook token
+        if scheme.lower() == "bearer" and any(
+            hmac.compare_digest(given.strip().encode(), token.encode()) for token in tokens
         ):
             return True
         if not header and self.sessions.signed_in(conn):  # the web page: same origin only

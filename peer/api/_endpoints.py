@@ -76,6 +76,8 @@ class Endpoints:
         self.blob_api = BlobApi(peer)
         # more sections of /status, from the API's own parts (schedules, audit, fleet)
         self.status_parts: dict[str, Callable[[], Any]] = {}
+        self.mesh_stats: Callable[[], dict[str, Any]] | None = None  # the MESH gateway's
+        self.a2a_stats: Callable[[], dict[str, Any]] | None = None  # the A2A gateway's
 
     def handlers(self) -> dict[str, Callable[[Request], Awaitable[Response]]]:
         return {
@@ -127,6 +129,9 @@ class Endpoints:
             "unread": peer.inbox.unread(),
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
             "blobs": peer.blobs.statistics(),
+            "ocm": None if peer.ocm is None else peer.ocm.statistics(),
+            "mesh_hooks": None if self.mesh_stats is None else self.mesh_stats(),
+            "a2a": None if self.a2a_stats is None else self.a2a_stats(),
             **peer.statistics().to_json(),
             **{name: part() for name, part in self.status_parts.items()},
             **policy_status(peer),

@@ -64,6 +64,7 @@ async def serve_api(
         sessions=sessions,
     )
     await nursery.start(api.ops.run)  # schedules: loaded before the API answers
+    await nursery.start(api.mesh.run)
     binds: Any = await nursery.start(_serve, api, config)
     url = str(binds[0]) if binds else f"http://{host}:{port}"
     api.api_url = url

@@ -321,6 +321,22 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/fleet", "the fleet: this peer's status and every status heard in "
              "others' presence", params=(Field("online", "boolean", "only peers heard "
                                                 "recently (true) or not (false)"),)),
+    # MESH's webhook clients (protocol-spec/gateways.md part 2); the body is MESH's
+    # envelope, checked by its own rules; the --mesh-token opens these two as well
+    Endpoint("POST", "/hooks/{sender}", "a MESH v3 envelope from sender: 202 once carried"),
+    Endpoint("GET", "/inbox", "MESH messages for this agent, in MESH's {messages, count}",
+             params=(_LIMIT,)),
+    Endpoint("GET", "/health", "MESH's health: {status, agent, inbox}", open=True),
+    # A2A (protocol-spec/gateways.md part 3): agent cards, and the JSON-RPC 2.0 binding
+    # of each mesh agent (SendMessage, SendStreamingMessage, GetTask, ListTasks,
+    # CancelTask, SubscribeToTask; the v0.3 names without an A2A-Version header)
+    Endpoint("GET", "/.well-known/agent-card.json", "this peer's A2A agent card", open=True),
+    Endpoint("GET", "/.well-known/agent.json", "the same card, for v0.3 clients", open=True),
+    Endpoint("GET", "/a2a/{peer}/.well-known/agent-card.json", "a mesh agent's A2A card",
+             open=True),
+    Endpoint("GET", "/a2a/{peer}/.well-known/agent.json", "the same card, for v0.3 clients",
+             open=True),
+    Endpoint("POST", "/a2a/{peer}", "A2A JSON-RPC 2.0 to a mesh agent (SSE for streams)"),
     *_RALLY_ENDPOINTS,
     *_CONVERSATION_ENDPOINTS,
     *_TASK_ENDPOINTS,

@@ -34,12 +34,15 @@ from peer.node._logging import configure_logging
 from peer.node._node import Peer, PeerOptions
 from peer.node._options import DAY_MS, BenchOnly, default_keep_rules
 from peer.protocols._mailbox import MailboxQuota
-from peer.protocols._presence import valid_name
+from peer.protocols._presence import (
+    valid_name,
+)
 from peer.wire._frames import is_topic
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy, private_dir
 
 from ._cardfile import agent_card
+from ._featureflags import add_feature_flags, megabytes, skills
 from ._lock import DirectoryLocked, lock_directories
 
 DEFAULT_PEER_PORT = 7433
@@ -109,19 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a display name others see in /peers (signed in our presence; 1-64 printable "
         "characters; env MESH_NAME)",
-    )
-    p.add_argument(
-        "--card",
-        metavar="FILE",
-        help="our agent card, a JSON file (name, description, skills, ...): published in the "
-        "DHT under its skills and tags while the peer runs (README: Agent directory)",
-    )
-    p.add_argument(
-        "--skill",
-        action="append",
-        default=[],
-        metavar="ID",
-        help="a skill id this agent declares (repeat); added to the --card's skills",
     )
     p.add_argument(
         "--webhook",
@@ -232,20 +222,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="mailbox duty: how long a held DM or receipt is kept (default %(default)s)",
     )
     p.add_argument(
-        "--blob-max-mb",
-        type=float,
-        default=1024.0,
-        metavar="MB",
-        help="largest blob (attachment) accepted by POST /blobs (default %(default)s)",
-    )
-    p.add_argument(
-        "--blob-quota-mb",
-        type=float,
-        default=4096.0,
-        metavar="MB",
-        help="disk all blob chunks may take, uploaded or fetched (default %(default)s)",
-    )
-    p.add_argument(
         "--relay-only",
         action="store_true",
         help="seed node: route for others, no local agent, no subscriptions",
@@ -317,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-no-verify", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--bench-plaintext-links", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(env_bootstrap=env_bootstrap)
+    add_feature_flags(p)
     return p
 
 
@@ -454,9 +431,16 @@ async def run_peer(args: argparse.Namespace) -> None:
         name=_name(args.name),
         mailbox=not args.no_mailbox,
         mailbox_quota=_mailbox_quota(args),
-        card=None if args.relay_only else agent_card(args.card, args.skill, args.name),
-        blob_max_bytes=_megabytes(args.blob_max_mb, "--blob-max-mb"),
-        blob_quota_bytes=_megabytes(args.blob_quota_mb, "--blob-quota-mb"),
+        card=None if args.relay_only else agent_card(
+            args.card, [spec.partition("=")[0] for spec in args.skill], args.name
+        ),
+        blob_max_bytes=megabytes(args.blob_max_mb, "--blob-max-mb"),
+        blob_quota_bytes=megabytes(args.blob_quota_mb, "--blob-quota-mb"),
+        ocm=not args.no_ocm,
+        ocm_bootstrap=tuple(args.ocm_bootstrap),
+        skills=skills(args.skill),
+        mesh_token=args.mesh_token,
+        mesh_keys=args.mesh_keys,
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")
@@ -481,12 +465,6 @@ async def run_peer(args: argparse.Namespace) -> None:
             await trio.sleep_forever()
     except StartError as exc:
         raise SystemExit(f"clawmesh: {exc}") from None
-
-
-def _megabytes(mb: float, flag: str) -> int:
-    if not mb > 0:
-        raise SystemExit(f"clawmesh: {flag} must be positive")
-    return int(mb * (1 << 20))
 
 
 def _name(name: str) -> str:

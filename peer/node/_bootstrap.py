@@ -37,6 +37,7 @@ class BootstrapError(Exception):
 class BootstrapPeer:
     url: str
     peer_id: bytes | None = None
+    ocm: bool = False  # an OpenClaw Messaging peer (JSON frames), dialled by the OCM gateway
 
     def __str__(self) -> str:
         return self.url if self.peer_id is None else f"{self.url}#{self.peer_id.hex()}"
@@ -85,6 +86,9 @@ def parse_peer_list(data: Any) -> list[BootstrapPeer]:
         if not isinstance(url, str):
             continue
         peer = parse_peer_address(url)
+        if "capabilities" in entry and "protocol" not in entry and "caps" not in entry:
+            peers.append(BootstrapPeer(peer.url, None, ocm=True))  # OCM's entry shape
+            continue
         pid = entry.get("peer_id")
         if isinstance(pid, str) and peer.peer_id is None:
             with contextlib.suppress(ValueError):  # another mesh's id format: do not pin

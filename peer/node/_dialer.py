@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -34,6 +34,7 @@ from peer.wire._errors import ErrorCode
 from store import Backoff
 
 from ._bootstrap import BootstrapError, BootstrapPeer, fetch_bootstrap, parse_peer_address
+from ._link import HANDSHAKE_TIMEOUT
 from ._linkhost import LinkManager
 from ._options import PeerCounters, PeerOptions
 from ._transport import WebSocketTransport
@@ -105,6 +106,10 @@ class Dialer:
         self._forever: set[str] = set()  # addresses dial_forever keeps linked
         self._nursery: trio.Nursery | None = None
         self.rejoins = 0
+        # the OCM gateway: serves a connection whose first message is text, dials
+        # OCM peers found in bootstrap lists (set by the peer; None: no gateway)
+        self.ocm_handler: Callable[[Any, str, str], Awaitable[None]] | None = None
+        self.ocm_dial: Callable[[str], Awaitable[None]] | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the tasks of dials to contacts (``connect``) until cancelled."""
@@ -220,6 +225,11 @@ class Dialer:
                 await trio.sleep(delay)
         self.log.info("bootstrap resolved", spec=spec, peers=len(targets))
         for target in targets:
+            if target.ocm:
+                if self.ocm_dial is not None and target.url not in self._forever:
+                    self._forever.add(target.url)
+                    nursery.start_soon(self.ocm_dial, target.url)
+                continue
             if target.peer_id != self.links.peer_id and target.url not in self._forever:
                 nursery.start_soon(self.dial_forever, target.url, target.peer_id)
 
@@ -251,6 +261,27 @@ class Dialer:
         with trio.move_on_after(REJOIN_DIAL_TIMEOUT):
             await self.connect(contact)
 
+    async def _first_record(
+        self, ws: trio_websocket.WebSocketConnection, remote: str
+    ) -> bytes | None:
+        """The first binary record of an inbound link; None if it was text (handed to
+        the OCM gateway, which serves it) or never came (the connection is aborted)."""
+        deadline = trio.current_time() + HANDSHAKE_TIMEOUT  # text ignored does not extend it
+        while True:
+            first = await _peek(ws, deadline)
+            if isinstance(first, bytes):
+                return first
+            if isinstance(first, Exception):  # as the handshake counts and logs it
+                self.counters.handshakes_failed += 1
+                self.log.info("handshake did not finish", remote=remote, initiator=False,
+                              reason=str(first) or type(first).__name__)
+                await WebSocketTransport(ws, remote).abort()
+                return None
+            if self.ocm_handler is not None:
+                await self.ocm_handler(ws, remote, first)
+                return None
+            # text and no OCM gateway: ignored, as text always was
+
     async def serve_websocket(self, host: str, port: int, nursery: trio.Nursery) -> int:
         """Accept WebSocket links on ``host:port``, handled in ``nursery``; returns the port."""
         bound: int = await nursery.start(serve_ws, self._accept, host, port, nursery)
@@ -275,7 +306,9 @@ class Dialer:
                 self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))
                 return
             _drop_headers(request)
-            await self.links.run_link(WebSocketTransport(ws, remote), False, None)
+            first = await self._first_record(ws, remote)
+            if first is not None:
+                await self.links.run_link(WebSocketTransport(ws, remote, first), False, None)
         except Exception as exc:  # never let one connection end the listener
             self.counters.link_errors += 1
             self.log.error("link crashed", remote=remote, error=repr(exc), exc_info=exc)
@@ -283,6 +316,17 @@ class Dialer:
             self._inbound_per_ip[ip] -= 1
             if not self._inbound_per_ip[ip]:
                 del self._inbound_per_ip[ip]
+
+
+async def _peek(ws: trio_websocket.WebSocketConnection, deadline: float) -> str | bytes | Exception:
+    """The next message of a connection, before ``deadline`` (or why none came)."""
+    with trio.move_on_at(deadline):
+        try:
+            message: str | bytes = await ws.get_message()
+            return message
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
+            return exc
+    return trio.TooSlowError("no first record in time")
 
 
 def _drop_headers(request: trio_websocket.WebSocketRequest) -> None:

@@ -63,6 +63,7 @@ from ._inboxlog import own_tails
 from ._link import Link
 from ._linkhost import LinkConfig, LinkManager
 from ._logging import peer_logger
+from ._ocmhost import OcmGateway
 from ._options import PRESENCE_INTERVAL, BenchOnly, PeerCounters, PeerOptions, UnknownPeer
 from ._rallyhost import RallyService
 from ._storage import Storage
@@ -130,17 +131,17 @@ class Peer:
         self.link_manager = LinkManager(config, self.swarm, self.counters, self.log)
         self.links: dict[bytes, Link] = self.link_manager.links
         self.dialer = Dialer(
-            self.link_manager,
-            self.options,
-            self.counters,
-            random.Random(self.rng.random()),
-            self.log,
+            self.link_manager, self.options, self.counters, random.Random(self.rng.random()), self.log
         )
         self.bridge: DhtBridge | None = None
         self.agents = AgentDirectory(self)  # our agent card, and the cards found
         if self.options.card is not None:
             self.agents.set_card(self.options.card)
         self.blobs = BlobHost(self)
+        on = self.options.ocm and not self.options.relay_only
+        self.ocm: OcmGateway | None = OcmGateway(self) if on else None
+        if self.ocm is not None:
+            self.dialer.ocm_handler, self.dialer.ocm_dial = self.ocm.serve, self.ocm.dial_forever
         self._epoch = 0.0
         self._started = 0.0
         self._nursery: trio.Nursery | None = None
@@ -229,12 +230,11 @@ class Peer:
             for channel in dict.fromkeys(channels):
                 self.subscribe(channel)
         nursery.start_soon(self.swarm.run_timers)
-        nursery.start_soon(self.coord.run)
-        nursery.start_soon(self.rallies.run)
-        nursery.start_soon(self.conversations.run)
-        nursery.start_soon(self.tasks.run)
+        for service in (self.coord, self.rallies, self.conversations, self.tasks, self.blobs):
+            nursery.start_soon(service.run)
         nursery.start_soon(self._subscriptions)
-        nursery.start_soon(self.blobs.run)
+        if self.ocm is not None:
+            await nursery.start(self.ocm.run)
         self.log.info("peer started", peer_id=self.identity.peer_id_hex, caps=self.caps)
         if self.bench.any:
             self.log.warning(

@@ -90,6 +90,7 @@ class PeerOptions:
     # seconds for it (peer/protocols/_order.py); then the gap is given up and reported
     order_hold: float = ORDER_HOLD
     name: str = ""  # a display name others see in our presence (``/peers``)
+    skills: tuple[tuple[str, str], ...] = ()  # (id, description) in our presence: A2A cards
     # mailbox duty (catchup.md section 9.6): hold others' sealed DMs and receipts for
     # their offline recipients, within these quotas; needs a store and a served DHT
     mailbox: bool = True
@@ -100,6 +101,14 @@ class PeerOptions:
     # blobs (protocol-spec/blobs.md): the largest one uploaded, and all chunks kept on disk
     blob_max_bytes: int = 1 << 30
     blob_quota_bytes: int = 4 << 30
+    # the OpenClaw Messaging gateway (peer/node/_ocmhost.py): OCM peers on our listener,
+    # and OCM bootstrap lists whose peers we dial; never on a relay-only seed
+    ocm: bool = True
+    ocm_bootstrap: tuple[str, ...] = ()
+    # MESH webhook clients (peer/api/_meshhooks.py): a bearer token that opens only
+    # /hooks and /inbox (besides the API token), and MESH's signing-keys directory
+    mesh_token: str = ""
+    mesh_keys: str | None = None
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:

@@ -36,6 +36,7 @@ from peer.protocols._presence import (
     parse_presence,
     presence_name,
     presence_payload,
+    presence_skills,
 )
 from peer.wire import _cbor
 from peer.wire._envelope import (
@@ -306,14 +307,14 @@ class Swarm:
         self._rearm()
 
     def _announce_presence(self) -> None:
-        data = presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name)
+        base = presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name,
+                                self.peer.options.skills)
+        data = dict(base)
         for extra in self.peer.presence_extras:
             data.update(extra())
         payload = _cbor.encode(data)
         if len(payload) > MAX_PRESENCE_PAYLOAD:  # never let an extra break presence itself
-            payload = _cbor.encode(
-                presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name)
-            )
+            payload = _cbor.encode(base)
         # presence is not stored: its sequence is the clock, which outlives restarts
         now_ms = self.peer.wall_ms()
         env = seal_presence(self.peer.identity, payload=payload, seq=now_ms, ts=now_ms)
@@ -378,6 +379,7 @@ class Swarm:
         for hook in self.peer.presence_hooks:
             hook(env, data)
         info.name = presence_name(data) or ""
+        info.extra["skills"] = presence_skills(data)
         if listen is not None:
             info.listen = listen
         if caps is not None:

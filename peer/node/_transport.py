@@ -170,10 +170,13 @@ class Transport(Protocol):
 
 
 class WebSocketTransport:
-    __slots__ = ("_abortable", "_batching", "_raw", "_server", "_ws", "remote")
+    __slots__ = ("_abortable", "_batching", "_first", "_raw", "_server", "_ws", "remote")
 
-    def __init__(self, ws: trio_websocket.WebSocketConnection, remote: str) -> None:
+    def __init__(
+        self, ws: trio_websocket.WebSocketConnection, remote: str, first: bytes | None = None
+    ) -> None:
         self._ws = ws
+        self._first = first  # a record already read (the listener peeks at the first one)
         self.remote = remote
         self._batching = FAST_PATH and all(hasattr(ws, name) for name in _PRIVATE_ATTRS)
         self._abortable = FAST_PATH and all(hasattr(ws, name) for name in _ABORT_ATTRS)
@@ -259,7 +262,15 @@ class WebSocketTransport:
                 await ws._abort_web_socket()
                 raise TransportClosed(str(ws._close_reason)) from None
 
+    @property
+    def connection(self) -> trio_websocket.WebSocketConnection:
+        """The WebSocket itself (the OCM gateway speaks JSON text on it)."""
+        return self._ws
+
     def receive_nowait(self) -> bytes | None:
+        if self._first is not None:  # the record the listener peeked at goes first
+            first, self._first = self._first, None
+            return first
         if not self._batching:
             return None
         ws: Any = self._ws
@@ -281,6 +292,9 @@ class WebSocketTransport:
         return queued, isinstance(buffer, Buffer) and len(buffer) > 0
 
     async def receive(self) -> bytes:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
         while True:
             try:
                 message = await self._ws.get_message()

@@ -7,7 +7,9 @@ Rules kept here:
   twice within ``debounce`` seconds.
 * An announcement's payload is a CBOR map ``{"listen": [...], "caps": [...]}``,
   with ``"name"`` (the agent's display name, at most ``MAX_NAME`` characters)
-  when it has one; :func:`parse_presence` takes what is well formed from one
+  when it has one, and ``"skills"`` (what the agent declares it does, for A2A
+  cards: at most ``MAX_SKILLS`` of ``{"id", "description"}``) when it has
+  some; :func:`parse_presence` takes what is well formed from one
   (at most ``MAX_LISTEN`` addresses and ``MAX_CAPS`` capabilities),
   :func:`presence_name` the name, and the rest is ignored.
 
@@ -25,6 +27,9 @@ MAX_LISTEN = 8
 MAX_CAPS = 16
 MAX_NAME = 64
 MAX_PRESENCE_PAYLOAD = 4096  # bytes of payload an envelope may carry (envelope.md 8)
+MAX_SKILLS = 8  # skills an announcement carries (A2A cards are built from them)
+MAX_SKILL_ID = 32
+MAX_SKILL_TEXT = 96  # the payload stays well under its 4096 bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +73,42 @@ class Presence:
         return [Announce()]
 
 
-def presence_payload(listen: list[str], caps: tuple[str, ...], name: str = "") -> dict[str, Any]:
+def presence_payload(
+    listen: list[str],
+    caps: tuple[str, ...],
+    name: str = "",
+    skills: tuple[tuple[str, str], ...] = (),
+) -> dict[str, Any]:
     payload: dict[str, Any] = {"listen": listen[:MAX_LISTEN], "caps": list(caps)}
     if name:
         payload["name"] = name[:MAX_NAME]
+    if skills:
+        payload["skills"] = [
+            {"id": skill_id[:MAX_SKILL_ID], "description": text[:MAX_SKILL_TEXT]}
+            for skill_id, text in skills[:MAX_SKILLS]
+        ]
     return payload
+
+
+def presence_skills(data: Any) -> tuple[tuple[str, str], ...]:
+    """The skills (id, description) an announcement declares: the well-formed ones
+    of the first ``MAX_SKILLS`` entries; none when absent or bad."""
+    items = data.get("skills") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return ()
+    out = []
+    for item in items[:MAX_SKILLS]:
+        if not isinstance(item, dict):
+            continue
+        skill_id, text = item.get("id"), item.get("description", "")
+        if (isinstance(skill_id, str) and valid_skill_id(skill_id) and isinstance(text, str)
+                and len(text) <= MAX_SKILL_TEXT and text.isprintable()):
+            out.append((skill_id, text))
+    return tuple(out)
+
+
+def valid_skill_id(skill_id: str) -> bool:
+    return 0 < len(skill_id) <= MAX_SKILL_ID and skill_id.isprintable() and " " not in skill_id
 
 
 def valid_name(name: str) -> bool:

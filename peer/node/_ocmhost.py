@@ -1,0 +1,419 @@
+"""The OCM gateway's Trio shell: OpenClaw Messaging peers on the mesh's WebSocket port.
+
+A WebSocket whose first message is text speaks OCM's JSON frames (binary
+stays the mesh protocol; ``Dialer`` hands text over here). Each link runs
+an ``OcmSession`` (sans-IO, ``peer/protocols/_ocmsession.py``) and this shell
+performs its decisions; ``peer/protocols/_ocmmap.py`` says how messages map.
+
+Rules kept here:
+
+* One task reads a link and performs its decisions in order; relaying a
+  message into the mesh waits for the store's commit (back-pressure), so an
+  acknowledged OCM message is never lost. Each link has a writer task and a
+  bounded queue (``QUEUE``): a peer that does not read is disconnected.
+* Mesh messages reach OCM links through one task that follows the peer's
+  inbox (``Peer.messages``): every channel or DM message whose route an OCM
+  link subscribed to is sent to it once (ids remembered per link).
+* ``sync_request`` is answered from the inbox: the messages after the given
+  id, in order (``limit`` of them, a frame at most ``SYNC_BYTES``, and
+  ``has_more`` when more follow); with no id, or one we do not hold, the
+  newest ``limit``.
+* A link is closed after ``IDLE`` seconds with no frame; a failure in one
+  link (bad frame, bug) closes that link only, logged and counted.
+* The gateway only runs on a peer with an inbox (not ``--relay-only``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import OrderedDict
+from typing import Any, Protocol
+
+import trio
+import trio_websocket
+
+from peer.protocols._ocm import (
+    DEFAULT_SYNC_LIMIT,
+    INVALID_MESSAGE,
+    OcmMessage,
+    error_frame,
+)
+from peer.protocols._ocmmap import Route, export, mesh_channel, route_of, wrap
+from peer.protocols._ocmsession import (
+    AnswerSync,
+    Close,
+    Decision,
+    Established,
+    KnownKeys,
+    OcmCounters,
+    OcmSession,
+    Relay,
+    Send,
+    Subscribed,
+)
+from peer.wire import _cbor
+from peer.wire._envelope import Content, Envelope
+from peer.wire._errors import ProtocolError
+from peer.wire._limits import MAX_PAYLOAD
+from store import Backoff, StoreError
+
+from ._bootstrap import BootstrapError, fetch_bootstrap
+from ._host import PeerCore
+from ._inbox import Inbox, InboxMessage, PeerInfo
+from ._options import UnknownPeer
+from ._stream import MessageStream
+from ._websocket import dial_websocket
+
+
+class OcmPeer(PeerCore, Protocol):
+    """The peer, as its OCM gateway sees it."""
+
+    @property
+    def inbox(self) -> Inbox: ...
+    @property
+    def channels(self) -> set[str]: ...
+    @property
+    def storage(self) -> object | None: ...
+    def messages(self, *, after: int | None = None, outgoing: bool = False) -> MessageStream: ...
+    def subscribe(self, channel: str) -> None: ...
+    async def send_message(self, channel: str, content: Content) -> Envelope: ...
+    async def send_direct(self, peer_id: bytes, content: Content) -> Envelope: ...
+    async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None: ...
+
+QUEUE = 256  # frames waiting for one link's writer, at most
+IDLE = 300.0  # seconds a link may stay silent
+SYNC_BYTES = 1024 * 1024  # characters of one sync_response, at most
+SEEN = 100_000  # OCM message ids remembered as relayed into the mesh
+MAX_LINKS = 256  # OCM links at most
+MAX_CHANNELS = 1024  # channels the gateway peer joins for OCM peers (and its own), at most
+DIAL_BACKOFF = Backoff(base_ms=1_000, cap_ms=30_000)
+_WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class OcmLink:
+    """One OCM peer's link: its session, writer queue and channel names by route."""
+
+    def __init__(self, session: OcmSession, ws: trio_websocket.WebSocketConnection, remote: str):
+        self.session = session
+        self.ws = ws
+        self.remote = remote
+        self.send, self.receive = trio.open_memory_channel[str | None](QUEUE)
+        self.routes: dict[Route, str] = {}  # route -> the channel id this peer uses for it
+        self.scope: trio.CancelScope | None = None  # the link's nursery
+
+
+class OcmGateway:
+    def __init__(self, peer: OcmPeer) -> None:
+        self.peer = peer
+        self.own_id = peer.identity.peer_id_hex
+        self.counters = OcmCounters()
+        self.keys = KnownKeys()
+        self.links: set[OcmLink] = set()
+        self.log = peer.log.bind(part="ocm")
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def statistics(self) -> dict[str, Any]:
+        return {"links": len(self.links), **self.counters.to_json()}
+
+    # -- the inbox, fanned out to OCM links ------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for message in list(self.peer.inbox):
+            self._remember(message)
+        stream = self.peer.messages(after=self.peer.inbox.last_cursor, outgoing=True)
+        async with trio.open_nursery() as nursery:
+            for spec in self.peer.options.ocm_bootstrap:
+                nursery.start_soon(self.join, spec)
+            task_status.started()
+            async for message in stream:
+                try:
+                    self._fan_out(message)
+                except Exception as exc:  # a bug: logged, the next message goes on
+                    self.peer.counters.task_errors += 1
+                    self.log.error("ocm fan-out crashed", error=repr(exc), exc_info=exc)
+
+    def _remember(self, message: InboxMessage) -> tuple[Route, OcmMessage] | None:
+        found = _export(message)
+        if found is not None:
+            self._seen[found[1].message_id] = None
+            if len(self._seen) > SEEN:
+                self._seen.popitem(last=False)
+        return found
+
+    def _fan_out(self, message: InboxMessage) -> None:
+        found = self._remember(message)
+        if found is None:
+            return
+        route, ocm = found
+        for link in list(self.links):
+            name = link.routes.get(route)
+            if name is None or not link.session.mark_sent(ocm.message_id):
+                continue
+            self._send(link, _renamed(ocm, name).to_frame())
+            self.counters.relayed_out += 1
+
+    # -- links -----------------------------------------------------------------------------
+
+    async def serve(self, ws: trio_websocket.WebSocketConnection, remote: str, first: str) -> None:
+        """An inbound WebSocket whose first message was text: an OCM peer."""
+        if len(self.links) >= MAX_LINKS:
+            self.counters.refuse("no-room")
+            with contextlib.suppress(*_WS_GONE):
+                await ws.send_message(json.dumps(error_frame(INVALID_MESSAGE, "no room")))
+            return
+        await self._run_link(ws, remote, initiator=False, first=first)
+
+    async def join(self, spec: str) -> None:
+        """Keep links to every OCM peer a bootstrap spec names (a bootstrap.json)."""
+        attempts = 0
+        while True:
+            try:
+                targets = await fetch_bootstrap(spec)
+                break
+            except BootstrapError as exc:
+                attempts += 1
+                self.log.warning("ocm bootstrap failed", spec=spec, error=str(exc))
+                await trio.sleep(DIAL_BACKOFF.delay_ms(attempts, self.peer.rng) / 1000)
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                nursery.start_soon(self.dial_forever, target.url)
+
+    async def dial_forever(self, url: str) -> None:
+        failures = 0
+        while True:
+            started = trio.current_time()
+            await dial_websocket(url, self._dialled, self.log)
+            failures = 0 if trio.current_time() - started > 10 else failures + 1
+            await trio.sleep(DIAL_BACKOFF.delay_ms(failures, self.peer.rng) / 1000)
+
+    async def _dialled(self, transport: Any) -> bool:
+        await self._run_link(transport.connection, transport.remote, initiator=True, first=None)
+        return True
+
+    async def _run_link(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        remote: str,
+        *,
+        initiator: bool,
+        first: str | None,
+    ) -> None:
+        session = OcmSession(
+            self.own_id,
+            self.peer.identity.public_key,
+            initiator=initiator,
+            store=self.peer.storage is not None,
+            keys=self.keys,
+            counters=self.counters,
+            now=trio.current_time(),
+        )
+        link = OcmLink(session, ws, remote)
+        self.links.add(link)
+        self.counters.links_opened += 1
+        log = self.log.bind(remote=remote, initiator=initiator)
+        try:
+            async with trio.open_nursery() as nursery:
+                link.scope = nursery.cancel_scope
+                nursery.start_soon(self._writer, link, nursery.cancel_scope)
+                await self._perform(link, session.start())
+                if first is not None:
+                    await self._perform(link, session.receive(first, trio.current_time()))
+                await self._read(link)
+                link.send.close()  # the writer flushes, then ends the nursery
+        except Exception as exc:  # a bug in this link: drop it, keep the peer
+            self.peer.counters.link_errors += 1
+            log.error("ocm link crashed", error=repr(exc), exc_info=exc)
+        finally:
+            self.links.discard(link)
+            self.counters.links_closed += 1
+            with trio.move_on_after(2), contextlib.suppress(*_WS_GONE):
+                await ws.aclose()
+            log.info("ocm link down", ocm_peer=session.peer_id)
+
+    async def _read(self, link: OcmLink) -> None:
+        session = link.session
+        while not session.closed:
+            message: str | bytes | None = None  # None: silent for IDLE seconds
+            with trio.move_on_after(IDLE):
+                try:
+                    message = await link.ws.get_message()
+                except _WS_GONE:
+                    return
+            if isinstance(message, bytes) or message is None:
+                self.counters.refuse("binary" if message is not None else "idle")
+                return
+            await self._perform(link, session.receive(message, trio.current_time()))
+
+    async def _writer(self, link: OcmLink, scope: trio.CancelScope) -> None:
+        try:
+            async for text in link.receive:
+                if text is None:
+                    break
+                await link.ws.send_message(text)
+                self.counters.frames_out += 1
+        except _WS_GONE:
+            pass
+        scope.cancel()
+
+    def _send(self, link: OcmLink, frame: dict[str, Any]) -> None:
+        try:
+            link.send.send_nowait(json.dumps(frame, ensure_ascii=False))
+        except trio.WouldBlock:
+            self.counters.refuse("slow")
+            link.session.closed = True  # it does not read: the link ends at once
+            if link.scope is not None:
+                link.scope.cancel()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    async def _perform(self, link: OcmLink, decisions: list[Decision]) -> None:
+        for decision in decisions:
+            if isinstance(decision, Send):
+                self._send(link, decision.frame)
+            elif isinstance(decision, Established):
+                self._established(link)
+            elif isinstance(decision, Subscribed):
+                self._subscribed(link, decision.channel_id, decision.on)
+            elif isinstance(decision, Relay):
+                await self._relay(link, decision)
+            elif isinstance(decision, AnswerSync):
+                self._answer_sync(link, decision.request.channel_id,
+                                  decision.request.after_message_id, decision.request.limit)
+            elif isinstance(decision, Close):
+                self.log.info("ocm link closed", remote=link.remote, reason=decision.reason)
+
+    def _established(self, link: OcmLink) -> None:
+        hello = link.session.hello
+        assert hello is not None
+        self.log.info("ocm link up", remote=link.remote, ocm_peer=hello.peer_id,
+                      signed=hello.public_key is not None)
+        if not link.session.initiator:
+            return
+        # a peer we dialled: follow our channels there, and catch up from it
+        for channel in sorted(self.peer.channels):
+            link.routes[("ch", channel)] = channel
+            self._send(link, {"type": "subscribe", "channel_id": channel})
+            if hello.store:
+                self._send(link, {"type": "sync_request", "channel_id": channel,
+                                  "after_message_id": None, "limit": DEFAULT_SYNC_LIMIT})
+
+    def _subscribed(self, link: OcmLink, channel_id: str, on: bool) -> None:
+        route = route_of(channel_id, link.session.peer_id)
+        if not on:
+            link.routes.pop(route, None)
+            return
+        if route[0] == "ch" and not self._join(route[1]):
+            link.session.subscriptions.discard(channel_id)
+            self._refuse(link, "too-many", f"this gateway carries {MAX_CHANNELS} channels at most")
+            return
+        link.routes[route] = channel_id
+        if not link.session.initiator:  # so that an OCM relay sends us this channel
+            self._send(link, {"type": "subscribe", "channel_id": channel_id})
+
+    async def _relay(self, link: OcmLink, decision: Relay) -> None:
+        message = decision.message
+        if message.message_id in self._seen:
+            return  # already on the mesh (through us, or another gateway)
+        route = route_of(message.channel_id, message.sender_id)
+        value = wrap(message, decision.verified, decision.public_key,
+                     to_mesh_peer=route[0] == "dm")
+        payload = _cbor.encode(value)
+        if len(payload) > MAX_PAYLOAD:
+            self._refuse(link, "too-large", "message too large for the mesh")
+            return
+        content = Content(body=message.body, payload=payload)
+        try:
+            if route[0] == "dm":
+                await self._send_dm(route[1], content)
+            elif not self._join(route[1]):
+                self._refuse(link, "too-many", f"this gateway carries {MAX_CHANNELS} channels")
+                return
+            else:
+                await self.peer.send_message(route[1], content)
+        except UnknownPeer:
+            self._refuse(link, "unknown-peer", "no mesh peer with that id is known")
+            return
+        except ProtocolError as exc:
+            self._refuse(link, exc.code.value, exc.message)
+            return
+        except StoreError as exc:
+            self._refuse(link, "not-stored", str(exc)[:200])
+            return
+        except ValueError as exc:
+            self._refuse(link, "not-carried", str(exc)[:200])
+            return
+        self._seen[message.message_id] = None
+        self.counters.relayed_in += 1
+        if not decision.verified:
+            self.counters.unverified_in += 1
+
+    def _join(self, channel: str) -> bool:
+        """Subscribe the gateway peer to ``channel`` (it keeps it for its OCM peers'
+        catch-up); False if that would pass ``MAX_CHANNELS``."""
+        if channel not in self.peer.channels:
+            if len(self.peer.channels) >= MAX_CHANNELS:
+                return False
+            self.peer.subscribe(channel)
+        return True
+
+    async def _send_dm(self, peer_id: bytes, content: Content) -> None:
+        if peer_id == self.peer.peer_id:
+            raise ValueError("DMs to the gateway's own agent are not carried")
+        if self.peer.directory.get(peer_id) is None:
+            with trio.move_on_after(10):
+                await self.peer.resolve_peer(peer_id)
+        await self.peer.send_direct(peer_id, content)
+
+    def _refuse(self, link: OcmLink, kind: str, reason: str) -> None:
+        self.counters.refuse(kind)
+        self._send(link, error_frame(INVALID_MESSAGE, reason))
+
+    def _answer_sync(self, link: OcmLink, channel_id: str, after: str | None, limit: int) -> None:
+        route = route_of(channel_id, link.session.peer_id)
+        held = [ocm for m in self.peer.inbox
+                if (found := _export(m)) is not None and found[0] == route
+                for ocm in (found[1],)]
+        start = max(0, len(held) - limit)
+        if after is not None:
+            for i, ocm in enumerate(held):
+                if ocm.message_id == after:
+                    start = i + 1
+                    break
+        page: list[dict[str, Any]] = []
+        size = 0
+        for ocm in held[start:start + limit]:
+            frame = _renamed(ocm, channel_id).to_frame()
+            size += len(json.dumps(frame, ensure_ascii=False))
+            if page and size > SYNC_BYTES:
+                break
+            page.append(frame)
+            link.session.mark_sent(ocm.message_id)
+        self.counters.sync_answered += 1
+        self._send(link, {"type": "sync_response", "channel_id": channel_id, "messages": page,
+                          "has_more": start + len(page) < len(held)})
+
+
+def _export(message: InboxMessage) -> tuple[Route, OcmMessage] | None:
+    return export(
+        kind=message.kind,
+        channel=message.channel,
+        peer=message.peer,
+        outgoing=message.outgoing,
+        sender=message.sender,
+        body=message.body,
+        payload=message.payload,
+        has_payload=message.has_payload,
+        message_id=message.id,
+        ts_ms=message.ts,
+    )
+
+
+def _renamed(ocm: OcmMessage, channel_id: str) -> OcmMessage:
+    if ocm.channel_id == channel_id:
+        return ocm
+    return OcmMessage(ocm.message_id, channel_id, ocm.sender_id, ocm.body, ocm.payload_json,
+                      ocm.timestamp, None)
+
+
+__all__ = ["OcmGateway", "mesh_channel"]
