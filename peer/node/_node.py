@@ -130,9 +130,8 @@ class Peer:
         config = LinkConfig(identity, self.options, lambda: self.caps, lambda: self.listen_urls)
         self.link_manager = LinkManager(config, self.swarm, self.counters, self.log)
         self.links: dict[bytes, Link] = self.link_manager.links
-        self.dialer = Dialer(
-            self.link_manager, self.options, self.counters, random.Random(self.rng.random()), self.log
-        )
+        rng = random.Random(self.rng.random())
+        self.dialer = Dialer(self.link_manager, self.options, self.counters, rng, self.log)
         self.bridge: DhtBridge | None = None
         self.agents = AgentDirectory(self)  # our agent card, and the cards found
         if self.options.card is not None:
