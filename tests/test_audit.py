@@ -34,7 +34,7 @@ def _client(api: LocalApi) -> httpx.AsyncClient:
 
 
 async def _wait(api: httpx.AsyncClient, n: int, **params: str) -> list[dict[str, Any]]:
-    with trio.fail_after(10):
+    with trio.fail_after(30):  # generous: the audit follows the inbox in its own task
         while True:
             rows: list[dict[str, Any]] = (await api.get("/audit", params=params)).json()
             if len(rows) >= n:

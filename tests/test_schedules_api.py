@@ -52,7 +52,7 @@ async def test_refusals_are_clear(api: httpx.AsyncClient) -> None:
         ({"message": msg, "cron": "61 * * * *"}, "invalid"),
         ({"message": msg, "cron": "0 9 * * *", "tz": "Nowhere/Else"}, "invalid"),
         ({"message": msg, "every": 0.1}, "invalid"),
-        ({"message": {**msg, "ttl": 5}, "every": 5}, "unknown-field"),
+        ({"message": {**msg, "time_to_live": 5}, "every": 5}, "unknown-field"),
         ({"message": {"body": "x"}, "every": 5}, "invalid"),
         ({"message": {"channel": "lobby", "to": "ab" * 32}, "every": 5}, "invalid"),
         ({"message": msg, "at": "yesterday"}, "invalid"),
