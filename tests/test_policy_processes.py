@@ -48,7 +48,7 @@ def test_dead_letters_breaker_replay_and_alerts(tmp_path: Path) -> None:
         ids = [alice.post("/send", {"to": bob.peer_id, "body": f"while away {i}"}).json()["id"]
                for i in range(3)]
         dead = _until("dead letters", lambda: (
-            d if len(d := alice.get("/dead-letters").json()) == 3 else None), 20)
+            d if len(d := alice.get("/dead-letters").json()) == 3 else None), 60)
         assert {d["id"] for d in dead} == set(ids)
         status = alice.get("/status").json()
         assert status["circuit_breakers"][bob.peer_id]["state"] in ("open", "half-open")
