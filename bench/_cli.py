@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import shutil
 import signal
 import sys
@@ -259,8 +260,24 @@ async def run_all(params: Params, names: list[str], out: Path, progress: Progres
     return results
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's open-file limit to its hard limit (children inherit it:
+    a relay holding thousands of links needs a descriptor per link, and the sink
+    processes one per connection); returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    raise_fd_limit()
     params = resolve(args)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out: Path = args.out or DEFAULT_OUT / stamp

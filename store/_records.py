@@ -126,7 +126,20 @@ class AppendItem(NamedTuple):
         self.check_fields(max_record)
 
     def check_fields(self, max_record: int = DEFAULT_MAX_RECORD) -> None:
-        """``check`` without the topic (a batch checks each of its topics once)."""
+        """``check`` without the topic (a batch checks each of its topics once).
+
+        The common case (exact types, in range) is decided in one expression;
+        anything else takes the checks one by one, which say what is wrong."""
+        m, s, q, t, r, w = self.msg_id, self.sender, self.sender_seq, self.ts, \
+            self.received_ms, self.wire
+        if (
+            type(m) is bytes and len(m) == MAX_ID_BYTES
+            and type(s) is bytes and len(s) == MAX_ID_BYTES
+            and type(q) is int and type(t) is int and type(r) is int
+            and 0 <= q <= U64_MAX and 0 <= t <= U64_MAX and 0 <= r <= U64_MAX
+            and type(w) is bytes and len(w) <= max_record
+        ):
+            return
         _check_id(self.msg_id, "msg_id")
         _check_id(self.sender, "sender")
         _check_u64(self.sender_seq, "sender_seq")
@@ -306,6 +319,32 @@ def _need(obj: object, kind: type, what: str) -> Any:
 
 
 def _encode_record(item: AppendItem) -> bytes:
+    """The log record of ``item``: the CBOR array ``[msg_id, sender, sender_seq,
+    ts, received_ms, wire]`` exactly as ``cbor2.dumps`` writes it (shortest
+    heads), put together from its parts (``_encode_record_cbor2`` is the
+    reference); ``item`` is checked (``check_fields``) before."""
+    return b"".join((
+        b"\x86X ", item.msg_id, b"X ", item.sender, _uint_head(0x00, item.sender_seq),
+        _uint_head(0x00, item.ts), _uint_head(0x00, item.received_ms),
+        _uint_head(0x40, len(item.wire)), item.wire,
+    ))
+
+
+def _uint_head(major: int, n: int) -> bytes:
+    """The shortest CBOR head of major type ``major`` (0x00 uint, 0x40 bytes) for ``n``."""
+    if n < 24:
+        return bytes((major | n,))
+    if n < 0x100:
+        return bytes((major | 24, n))
+    if n < 0x10000:
+        return bytes((major | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((major | 26,)) + n.to_bytes(4, "big")
+    return bytes((major | 27,)) + n.to_bytes(8, "big")
+
+
+def _encode_record_cbor2(item: AppendItem) -> bytes:
+    """:func:`_encode_record` the general way (the reference for tests)."""
     return cbor2.dumps(
         [item.msg_id, item.sender, item.sender_seq, item.ts, item.received_ms, item.wire]
     )

@@ -31,6 +31,7 @@ from peer.protocols._catchupcore import (
     FillGaps,
     ReadCursor,
     ReadPage,
+    Received,
     Release,
     SendPage,
     SendRequest,
@@ -137,7 +138,11 @@ class Net:
 
     def store(self, command: CheckAndStore) -> None:
         ids = {e.id for e in self.stored}
-        envs = check_page(command.request, command.page, known=lambda i: ids & set(i))
+        envs = [
+            env
+            for request, page in command.pages
+            for env in check_page(request, page, known=lambda i: ids & set(i))
+        ]
         self.stored.extend(envs)
         self.cursors[(command.carrier, command.topic)] = command.cursor
         out = self.requester.page_stored(command.walk, len(envs), len(envs), 7, self.now)
@@ -205,19 +210,32 @@ def test_a_walk_completes_in_order_across_several_pages() -> None:
 
 
 def test_pages_are_asked_ahead_while_one_is_stored() -> None:
-    source, _ = carrier_log(16)
+    source, _ = carrier_log(48)  # 12 pages of 4
     net = Net(source, hold_stores=True)
     net.link_up()
-    # page 1 is being stored, page 2 waits: PAGES_AHEAD pages held, no third request yet
+    # page 1 is being stored, the next ones wait: PAGES_AHEAD pages held, no request more
     assert len(net.held) == 1 and len(net.requests()) == PAGES_AHEAD
     assert len(net.requester.requests) == 0
+    # each page that came while another was stored was announced, for an early check
+    early = [c for c in net.seen if isinstance(c, Received)]
+    assert [(c.request, c.page.r) for c in early] == [(r, r.r) for r in net.requests()[1:]]
     net.store(net.held.pop(0))
     net.requester_does([])
-    assert len(net.held) == 1 and len(net.requests()) == PAGES_AHEAD + 1
+    # those that waited are stored together (one commit, the last one's cursor), and
+    # asking goes on while they are
+    [together] = net.held
+    assert [p.r for _, p in together.pages] == [r.r for r in net.requests()[1:PAGES_AHEAD]]
+    assert together.cursor == together.pages[-1][1].next
+    assert len(net.requests()) == 2 * PAGES_AHEAD - 1
+    stores = 2
     while net.held:
         net.store(net.held.pop(0))
         net.requester_does([])
-    assert len(net.stored) == 16 and in_sender_order(net.stored)
+        stores += bool(net.held)
+    assert len(net.stored) == 48 and in_sender_order(net.stored)
+    assert net.cursors[(CARRIER, "general")] == 48
+    assert stores < 12  # fewer commits than pages
+    assert net.requester.stats["general"].pages == 12
     assert net.releases() == ["general"]
 
 
@@ -265,7 +283,7 @@ def test_a_link_down_ends_the_walk_and_a_later_link_up_resumes_it() -> None:
 
 
 def test_pages_received_before_the_link_went_are_still_stored() -> None:
-    source, _ = carrier_log(16)
+    source, _ = carrier_log(48)
     net = Net(source, hold_stores=True)
     net.link_up()
     net.link_down()
@@ -273,8 +291,9 @@ def test_pages_received_before_the_link_went_are_still_stored() -> None:
     while net.held:
         net.store(net.held.pop(0))
         net.requester_does([])
-    assert len(net.stored) == 8 and net.requester.walking() == []
-    assert net.cursors[(CARRIER, "general")] == 8 and net.releases() == []
+    got = 4 * PAGES_AHEAD  # the pages asked ahead, four messages each
+    assert len(net.stored) == got and net.requester.walking() == []
+    assert net.cursors[(CARRIER, "general")] == got and net.releases() == []
 
 
 def test_walks_of_one_topic_run_one_at_a_time_and_again_when_asked() -> None:

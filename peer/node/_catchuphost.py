@@ -13,7 +13,9 @@ replies) are ``peer.protocols._catchupcore``'s; the pages and their checks
   is started from a callback and nothing polls.
 * Store work: pages are built in a reader thread, checked in a worker
   thread, and stored with their cursor move in one commit
-  (``accept_many(..., then=...)``).
+  (``accept_many(..., then=...)``). A page that arrives while an earlier
+  one is stored is checked at once (``Received``, ``peer.node._earlycheck``)
+  and stored with the others that waited, in one commit.
 * Gap filling (the heads of a walk's last page, a carrier's digest, a gap
   the inbox waits on) is one procedure, ``peer.node._gapfill.GapFiller``,
   asking carriers through the core (``ask``/``Answer``), at most
@@ -58,6 +60,7 @@ from peer.protocols._catchupcore import (
     FillGaps,
     ReadCursor,
     ReadPage,
+    Received,
     Release,
     SendPage,
     SendRequest,
@@ -70,6 +73,7 @@ from peer.wire._frametypes import Heads
 from peer.wire._limits import MAX_PAGE_HEADS
 from store import MessageStore, StoreError, StoreService
 
+from ._earlycheck import EarlyChecks
 from ._gapfill import MAX_FILL_PAGES, Budget, GapFiller, Waiter
 from ._host import StorageCounters, StoragePeer
 
@@ -98,8 +102,13 @@ class FetchGap:
     sender: bytes
 
 
-Work = ReadPage | ReadCursor | CheckAndStore | FillGaps | ReadHeads | Lack | FetchGap | Recount
-WORK = (ReadPage, ReadCursor, CheckAndStore, FillGaps, ReadHeads, Lack, FetchGap, Recount)
+Work = (
+    ReadPage | ReadCursor | CheckAndStore | Received | FillGaps | ReadHeads | Lack | FetchGap
+    | Recount
+)
+WORK = (
+    ReadPage, ReadCursor, CheckAndStore, Received, FillGaps, ReadHeads, Lack, FetchGap, Recount
+)
 
 
 def _link_of(command: Work) -> bytes | None:
@@ -153,6 +162,7 @@ class CatchUpService:
         self.lost_commands = 0
         self._gaps: dict[tuple[str, bytes], tuple[int, int]] = {}  # being fetched: the seqs
         self._recounting: set[tuple[str, bytes]] = set()
+        self.early = EarlyChecks()
         self.filler = GapFiller(
             peer, service, self.core, log, feed=self._feed, check=self._check, store=accept_many
         )
@@ -251,10 +261,17 @@ class CatchUpService:
 
     def _feed(self, commands: Iterable[Command | ReadHeads | SendHeads | Lack]) -> None:
         for command in commands:
+            if isinstance(command, Received) and not self.early.register(
+                command.walk, command.page.r
+            ):
+                continue  # bounded: checked when it is stored
             if isinstance(command, WORK):
                 try:
                     self._commands.send_nowait(command)
                 except trio.WouldBlock:
+                    if isinstance(command, Received):
+                        self.early.forget(command.walk, command.page.r)
+                        continue
                     # the core would wait for its outcome for ever: end that link
                     # instead, and its link-down resets the walks and serving
                     self.lost_commands += 1
@@ -313,6 +330,9 @@ class CatchUpService:
                     await self._read_cursor(command)
                 case CheckAndStore():
                     await self._check_and_store(command)
+                case Received(walk, carrier, request, page):
+                    check = functools.partial(self._check, carrier, request, page)
+                    await self.early.run(walk, page.r, check)
                 case FillGaps():
                     await self._fill_gaps(command)
                 case ReadHeads():
@@ -377,10 +397,16 @@ class CatchUpService:
         self._feed(self.core.walk_ready(command.walk, after, since, self.peer.now()))
 
     async def _check_and_store(self, command: CheckAndStore) -> None:
-        envelopes = await self._check(command.carrier, command.request, command.page)
-        if envelopes is None:
-            self._feed(self.core.page_failed(command.walk, self.peer.now()))
-            return
+        envelopes: list[Envelope] = []
+        for request, page in command.pages:  # one commit for all, in order
+            early, checked = await self.early.take(command.walk, page.r)
+            if not early:
+                checked = await self._check(command.carrier, request, page)
+            if checked is None:
+                self.early.drop_walk(command.walk)
+                self._feed(self.core.page_failed(command.walk, self.peer.now()))
+                return
+            envelopes += checked
         move = functools.partial(
             MessageStore.set_cursor,
             name="cu:" + command.carrier.hex(),

@@ -127,23 +127,33 @@ class InboxOrder:
             out = self._passed(expired) if i == 0 else []
             walk = walks is not None and walks[i]
             for item in batch:
-                if not self.concerns(item):
-                    out.append(item)
-                    continue
-                env = item[0]
-                key = (env.log_topic, env.sender)
-                if env.kind in PLACES:  # goes on at once, and moves its lane on
-                    out.append(item)
-                    offered = None
-                else:
-                    offered = None if self._is_history(key, env) else item
-                released = self.order.offer(key, env.seq, offered, now, len(env.wire))
-                self._report(released)
-                if walk and offered is not None and all(r is not offered for r in released.items):
-                    self._walked.setdefault(env.log_topic, set()).add(env.id)
-                out += self._passed(released)
+                self._place(item, walk, now, out)
             batch[:] = out
         return [not self.walk_pending(topic) for topic in topics]
+
+    def _place(self, item: Item, walk: bool, now: float, out: list[Item]) -> None:
+        """Offer one item to its sender's lane; what may go on now goes to ``out``."""
+        if not self.concerns(item):
+            out.append(item)
+            return
+        env = item[0]
+        key = (env.log_topic, env.sender)
+        if env.kind in PLACES:  # goes on at once, and moves its lane on
+            out.append(item)
+            offered = None
+        else:
+            offered = None if self._is_history(key, env) else item
+            if offered is not None and self.order.next_in_order(key, env.seq):
+                out.append(item)  # what ``offer`` would hand on, without its bookkeeping
+                walked = self._walked.get(env.log_topic)
+                if walked:
+                    walked.discard(env.id)
+                return
+        released = self.order.offer(key, env.seq, offered, now, len(env.wire))
+        self._report(released)
+        if walk and offered is not None and all(r is not offered for r in released.items):
+            self._walked.setdefault(env.log_topic, set()).add(env.id)
+        out += self._passed(released)
 
     def _passed(self, released: Released[Item | None]) -> list[Item]:
         items = [item for item in released.items if item is not None]

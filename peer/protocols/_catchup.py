@@ -35,12 +35,12 @@ from peer.wire._envelope import (
     check_signature,
     inbox_topic,
     message_id,
-    open_envelope,
     split_wire,
 )
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import CuPage, CuReq
 from peer.wire._limits import MAX_PAGE_BYTES, MAX_PAGE_HEADS, MAX_PAGE_MESSAGES
+from peer.wire._openmany import open_many
 
 NOT_CARRIED = "not-carried"
 FORBIDDEN = "forbidden"
@@ -156,14 +156,13 @@ def check_page(
     if request.sender is None and page.messages and page.next <= request.after:
         raise ProtocolError(ErrorCode.MALFORMED, "page cursor does not advance")
     split = [split_wire(wire) for wire in page.messages]
-    ids = [message_id(signed) for signed, _ in split] if known is not None else []
+    ids = [message_id(signed) for signed, _ in split]
     held = known(ids) if known is not None and ids else ()
+    fresh = [i for i in range(len(split)) if ids[i] not in held] if held else range(len(split))
+    parts = [split[i] for i in fresh]
     opened: list[tuple[Envelope, bytes, bytes]] = []
-    for i, (signed, sig) in enumerate(split):
-        if held and ids[i] in held:
-            continue
-        wire = page.messages[i]
-        env = open_envelope(wire, signed=signed, sig=sig, verify=False)
+    envelopes = open_many([page.messages[i] for i in fresh], parts, [ids[i] for i in fresh])
+    for env, (signed, sig) in zip(envelopes, parts, strict=True):
         if env.kind == "presence" or env.log_topic != request.topic:
             raise ProtocolError(ErrorCode.MALFORMED, "page holds a message of another topic")
         if request.sender is not None and (

@@ -15,8 +15,11 @@ them. protocol-spec/catchup.md is the contract; the pages themselves are
   (``ReadCursor``), asks for page after page (``SendRequest``), at most
   ``PAGES_AHEAD`` pages received and not yet stored, and has each checked
   and stored with its cursor move in one commit (``CheckAndStore``), in
-  order. The last page's heads go to ``FillGaps``; when that is done the
-  topic's held live messages are released (``Release``).
+  order. Pages that arrive while one is being stored are announced
+  (``Received``: the shell may check them meanwhile) and then stored
+  together, all of them in one commit with the last one's cursor. The last
+  page's heads go to ``FillGaps``; when that is done the topic's held live
+  messages are released (``Release``).
 * A request not answered within ``PAGE_TIMEOUT``, or whose link goes, ends
   the walk once what it already received is stored; a later walk resumes
   from the cursor. Replies are matched by ``peer.wire._requests``; a reply
@@ -38,7 +41,7 @@ from ._catchup import BUSY, Page, PageRequest, refusal
 
 STORE_CAP = "store"
 PAGE_TIMEOUT = 20.0
-PAGES_AHEAD = 2  # pages of a walk received and not yet stored before the next is asked for
+PAGES_AHEAD = 4  # pages of a walk received and not yet stored before the next is asked for
 SERVE_QUEUE = 4  # requests per link waiting to be read; beyond: busy
 MAX_OUTSTANDING = 1024  # requests in flight, all carriers together
 MAX_QUEUED_WALKS = 4096
@@ -106,8 +109,9 @@ class ReadCursor:
 
 @dataclass(frozen=True, slots=True)
 class CheckAndStore:
-    """Check ``page`` against ``request``; store its envelopes and move the cursor
-    to ``cursor`` in one commit; feed ``page_stored`` (or ``page_failed``)."""
+    """Check ``page`` against ``request`` (and each of ``more``, the walk's next
+    pages, in order); store all their envelopes and move the cursor to ``cursor``
+    in one commit; feed ``page_stored`` (or ``page_failed``)."""
 
     walk: int
     carrier: bytes
@@ -115,6 +119,22 @@ class CheckAndStore:
     request: PageRequest
     page: Page
     cursor: int
+    more: tuple[tuple[PageRequest, Page], ...] = ()
+
+    @property
+    def pages(self) -> tuple[tuple[PageRequest, Page], ...]:
+        return ((self.request, self.page), *self.more)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A page of a walk came while an earlier one is being stored: the shell may
+    check it now; it comes again in a later ``CheckAndStore``."""
+
+    walk: int
+    carrier: bytes
+    request: PageRequest
+    page: Page
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +173,7 @@ class Unmatched:
 
 Command = (
     SendPage | SendRequest | ReadPage | ReadCursor | CheckAndStore | FillGaps | Release
-    | Answer | Unmatched
+    | Answer | Unmatched | Received
 )
 
 
@@ -178,7 +198,8 @@ class _Walk:
     next_after: int | None = None  # the next page to ask for, held back by PAGES_AHEAD
     fetched: bool = False  # no more pages will come (last, refused, no answer)
     received: deque[tuple[PageRequest, Page]] = field(default_factory=deque)
-    storing: Page | None = None  # the page the shell is checking and storing
+    storing: Page | None = None  # the (last) page the shell is checking and storing
+    storing_pages: int = 0  # how many pages that store holds
     again: bool = False
 
 
@@ -360,6 +381,8 @@ class CatchUpCore:
             walk.fetched = True  # refused: other carriers may have it
         else:
             walk.received.append((request, page))
+            if walk.storing is not None:
+                out.append(Received(walk.id, walk.carrier, request, page))
             if page.more:
                 out += self._ask_next(walk, page.next, now)
             else:
@@ -390,8 +413,13 @@ class CatchUpCore:
             return []
         if walk.received:
             request, page = walk.received.popleft()
-            walk.storing = page
-            return [CheckAndStore(walk.id, walk.carrier, walk.topic, request, page, page.next)]
+            more = tuple(walk.received)  # at most PAGES_AHEAD: all in one commit
+            walk.received.clear()
+            last = more[-1][1] if more else page
+            walk.storing, walk.storing_pages = last, 1 + len(more)
+            return [
+                CheckAndStore(walk.id, walk.carrier, walk.topic, request, page, last.next, more)
+            ]
         if walk.fetched and walk.asking is None:
             return self._end(walk, now)
         return []
@@ -399,15 +427,15 @@ class CatchUpCore:
     def page_stored(
         self, walk_id: int, received: int, new: int, wall_ms: int, now: float
     ) -> list[Command]:
-        """The shell stored a page of ``received`` envelopes, ``new`` of them new,
-        with the cursor move."""
+        """The shell stored the page (or pages) of a ``CheckAndStore``: ``received``
+        envelopes, ``new`` of them new, with the cursor move."""
         walk = self._walks.get(walk_id)
         if walk is None or walk.storing is None:
             return []
         page, walk.storing = walk.storing, None
         stats = self.stats[walk.topic]
         stats.carriers.add(walk.carrier.hex())
-        stats.pages += 1
+        stats.pages += walk.storing_pages
         stats.received += new
         stats.duplicates += received - new
         stats.last_ms = wall_ms

@@ -157,6 +157,21 @@ class SenderOrder(Generic[T]):
                 self._give_up(*self._earliest(), out)
         return out
 
+    def next_in_order(self, key: Key, seq: int) -> bool:
+        """``offer`` for its commonest case alone: ``key``'s lane is known, holds
+        nothing, and ``seq`` is its next message. Then the lane moves on exactly as
+        ``offer`` moves it (which would hand on that one item and nothing else) and
+        True is returned; otherwise nothing changes and False is returned."""
+        lane = self._lanes.get(key)
+        if lane is None or lane.held or seq != lane.top + 1:
+            return False
+        self._lanes.move_to_end(key)
+        lane.top = seq
+        lane.seqs.clear()
+        if not self.held:
+            self._dues.clear()
+        return True
+
     def next_deadline(self) -> float | None:
         """When the first held message stops waiting (None: nothing held)."""
         return self._earliest()[0] if self.held else None
