@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+import trio
 
+from peer.client import AsyncClient, Client
 from peer.node._agents import AgentEntry
 from peer.node._skillrally import SkillChoice, choose_agents
 from peer.protocols._rally import MAX_TARGETS, Rally, new_rally
@@ -99,9 +101,15 @@ def test_a_rally_to_a_skill_asks_exactly_its_agents(tmp_path: Path) -> None:
         assert not any(m.get("message_kind") == "request"
                        for m in x.get("/messages", peek="true").json())
 
-        # an agent declaring the skill asks the others, never itself
+        # an agent declaring the skill asks the others, never itself (the Python clients)
         _until("t2 knows t1's card", lambda: t1.peer_id in _agents(t2, "translate"), 20)
-        r = t2.post("/rally", {"skill": "translate", "body": "and you?", "timeout": 60})
-        assert r.status_code == 200, r.text
-        assert r.json()["to"] == [t1.peer_id]
-        assert t2.post(f"/rallies/{r.json()['id']}/cancel", {}).json()["state"] == "canceled"
+        with Client(key_dir=t2.home / "keys") as mesh:
+            asked = mesh.rally("and you?", skill="translate", online=True, within=60)
+            assert asked["to"] == [t1.peer_id] and asked["selected_by"]["online"] is True
+            assert mesh.cancel_rally(asked["id"])["state"] == "canceled"
+
+        async def from_async() -> dict[str, Any]:
+            async with AsyncClient(key_dir=x.home / "keys") as mesh:
+                return await mesh.rally("ocr?", skill="ocr", within=60)
+
+        assert trio.run(from_async)["to"] == [t2.peer_id]  # x declares ocr too: not asked
