@@ -81,29 +81,55 @@ def test_a_conversation_threaded_with_its_state_and_verdict(
         expect(item).to_contain_text("active")
         _shot(page, "12-conversation-active")
 
-        r = b.post(f"/conversations/{conv_id}/messages", {"body": "my vote", "vote": "spaces"})
-        assert r.status_code == 200, r.text
+        # alice posts from her page (Enter sends); she started it, so she may decide
+        expect(page.locator("#verdict-form")).to_be_visible()
+        page.get_by_label("Post in this conversation").fill("vote please")
+        page.get_by_label("Post in this conversation").press("Enter")
+        expect(posts).to_have_count(3)
+        expect(posts.nth(2)).to_contain_text("vote please")
+
+        # bob's phone: the list behind the menu; he votes from the page
+        phone = _open(browser, b, phone=True)
+        phone.click("#menu")
+        _item(phone, conv_id).locator("button").click()
+        expect(phone.locator("#sidebar")).not_to_have_class("sidebar open")
+        expect(phone.locator("#convo-messages .msg")).to_have_count(3)
+        expect(phone.locator("#verdict-form")).to_be_hidden()  # not his to decide
+        phone.get_by_label("Post in this conversation").fill("my vote")
+        phone.get_by_label("Vote").fill("spaces")
+        phone.get_by_role("button", name="Post", exact=True).click()
+
         verdict = page.locator("#convo-verdict")
         expect(verdict.locator(".decision")).to_have_text("spaces")
         expect(verdict).to_contain_text("majority")
         expect(verdict).to_contain_text("bob: spaces")
         expect(verdict).to_contain_text("alice, given by this peer")
         expect(page.locator("#conv-sub")).to_contain_text("complete")
-        expect(posts).to_have_count(3)
-        expect(posts.nth(2)).to_contain_text("vote: spaces")
+        expect(posts).to_have_count(4)
+        expect(posts.nth(3)).to_contain_text("vote: spaces")
         expect(item).to_contain_text("complete")
+        expect(page.locator("#convo-form")).to_be_hidden()
         _shot(page, "13-conversation-verdict")
-
-        # bob's phone: the list behind the menu, the same verdict
-        phone = _open(browser, b, phone=True)
-        phone.click("#menu")
-        _item(phone, conv_id).locator("button").click()
-        expect(phone.locator("#sidebar")).not_to_have_class("sidebar open")
         expect(phone.locator("#convo-verdict .decision")).to_have_text("spaces")
         expect(phone.locator("#conv-sub")).to_contain_text("complete")
         expect(phone.locator("#convo-verdict")).to_contain_text("alice, signature checked")
-        expect(phone.locator("#convo-messages .msg")).to_have_count(3)
         _shot(phone, "14-conversation-verdict-phone")
+
+        # without a rule, the initiator decides on the page; bob's peer has the verdict
+        r = a.post("/conversations", {"type": "collab", "to": [b.peer_id], "body": "ship it?"})
+        assert r.status_code == 200, r.text
+        second = r.json()["id"]
+        _item(page, second).locator("button").click()
+        expect(page.locator("#convo-verdict")).to_contain_text("the initiator gives it")
+        page.get_by_label("Decision").fill("ship")
+        page.get_by_label("Summary").fill("no objection")
+        page.get_by_role("button", name="Decide").click()
+        expect(page.locator("#convo-verdict .decision")).to_have_text("ship")
+        expect(page.locator("#convo-verdict")).to_contain_text("no objection")
+        def bobs_verdict() -> Any:
+            return (b.get(f"/conversations/{second}").json().get("verdict") or {}).get("decision")
+
+        _until("bob's peer has the verdict", lambda: bobs_verdict() == "ship")
 
         # back to a DM: the conversation view gives way to the messages
         page.locator("#dms button.conv", has_text="bob").click()

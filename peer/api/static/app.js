@@ -17,7 +17,7 @@ const state = {
   thread: null, // the id of the open thread's first message
 };
 const RENDER_LAST = 500; // messages of one conversation kept on screen
-const convos = new Conversations({ nameOf, onOpen: leaveConv }); // agent conversations
+const convos = new Conversations({ nameOf, onOpen: leaveConv, me: () => state.me?.peer_id });
 
 function isReadMark(m) {
   return m.payload && typeof m.payload === "object" && m.payload.clawmesh
@@ -488,6 +488,7 @@ async function start() {
   wireComposers();
   wireChannels();
   wirePanels();
+  convos.wire();
   await refresh();
   new Stream({ onEvent, onState: setConn }).open();
   const wanted = decodeURIComponent(location.hash.slice(1));

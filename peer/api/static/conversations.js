@@ -18,12 +18,41 @@ export function stateLabel(state) {
 export class Conversations {
   // nameOf(peerId) -> a display name; onOpen() is called before one is shown (the page
   // leaves its channel or DM)
-  constructor({ nameOf, onOpen }) {
+  constructor({ nameOf, onOpen, me }) {
     this.nameOf = nameOf;
     this.onOpen = onOpen;
+    this.me = me; // () -> this peer's id
     this.items = new Map(); // id -> GET /conversations/{id}
     this.current = null; // the id shown
     this.fetching = new Map(); // id -> true when another fetch is wanted after this one
+  }
+
+  // the forms: post (with an optional vote) and, for the initiator, the verdict
+  wire() {
+    const submit = (form, errorId, path, body, reset) => $(form).addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const id = this.current;
+      $(errorId).textContent = "";
+      try {
+        const fresh = await call("POST", `/conversations/${id}/${path}`, body());
+        reset();
+        this.items.set(id, fresh);
+        this.renderList();
+        if (this.current === id) this.renderOne();
+      } catch (exc) {
+        $(errorId).textContent = `Not sent: ${exc.message}`;
+      }
+    });
+    submit("convo-form", "convo-error", "messages", () => {
+      const vote = $("convo-vote").value.trim();
+      return vote ? { body: $("convo-text").value, vote } : { body: $("convo-text").value };
+    }, () => { $("convo-text").value = ""; $("convo-vote").value = ""; });
+    submit("verdict-form", "verdict-error", "verdict",
+      () => ({ decision: $("verdict-decision").value.trim(), summary: $("verdict-summary").value }),
+      () => { $("verdict-decision").value = ""; $("verdict-summary").value = ""; });
+    $("convo-text").addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); $("convo-form").requestSubmit(); }
+    });
   }
 
   async load() {
@@ -117,6 +146,9 @@ export class Conversations {
       ...c.history];
     $("convo-messages").replaceChildren(...posts.map((p) => this.post(p)));
     $("convo-verdict").replaceChildren(...this.verdict(c));
+    const finished = c.state === "complete" || c.state === "timed_out";
+    $("convo-form").hidden = finished;
+    $("verdict-form").hidden = finished || c.initiator !== this.me();
   }
 
   post(p) {
