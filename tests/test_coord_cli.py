@@ -89,3 +89,11 @@ def test_conversation_task_alert_and_dead_letters(pair: Pair) -> None:
     again = cmd(a, "alert", "h1", "cpu", "--to", b.peer_id)
     assert (first["decision"], again["decision"]) == ("new", "suppressed")
     assert cmd(a, "retry-dead")["count"] == 0
+
+
+def test_rally_to_a_skill_nobody_declares(pair: Pair) -> None:
+    args = ["--key-dir", str(pair.a.home / "keys"), "--json"]
+    both = CliRunner().invoke(cli, ["rally", "q", "--skill", "x", "--to", pair.b.peer_id, *args])
+    assert both.exit_code != 0 and "--skill" in both.output
+    none = CliRunner().invoke(cli, ["rally", "q", "--skill", "no-one-does-this", *args])
+    assert none.exit_code != 0 and "no agent declares" in none.output, none.output

@@ -30,6 +30,16 @@ _LABEL_RE = re.compile(r"[a-z0-9][a-z0-9._:+/-]{0,63}")
 Body = Callable[[Request], Awaitable[dict[str, Any]]]
 
 
+def label_value(raw: object, name: str) -> str:
+    """A skill id or tag from a JSON body: lower-cased and checked (ApiError)."""
+    value = raw.strip().lower() if isinstance(raw, str) else ""
+    if _LABEL_RE.fullmatch(value) is None:
+        raise ApiError(
+            400, "invalid", f"{name} must be 1 to 64 of a-z, 0-9 and ._:+/- (got {raw!r:.70})"
+        )
+    return value
+
+
 def label_param(request: Request, name: str) -> str | None:
     """A skill id or tag from the query: lower-cased, checked, or None if absent."""
     raw = request.query_params.get(name)

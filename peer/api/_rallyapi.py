@@ -2,7 +2,9 @@
 
 ``POST /request`` asks one peer and may wait for the answer; ``GET
 /requests/{id}`` gives its state later. ``POST /rally`` asks several peers
-(``to``: peer ids) or a channel, with a ``quorum`` and a ``timeout``;
+(``to``: peer ids), a channel, or the agents declaring a ``skill`` (found
+through the agent directory, see ``peer.node._skillrally``; 404
+``no-agents`` when none is found), with a ``quorum`` and a ``timeout``;
 ``GET /rallies`` lists them, ``GET /rallies/{id}`` shows one (``wait=S``
 waits until it is no longer open), ``POST /rallies/{id}/round`` asks a
 follow-up carrying the last round's answers, ``POST /rallies/{id}/cancel``
@@ -19,10 +21,12 @@ from starlette.responses import JSONResponse, Response
 
 from peer.node._node import Peer
 from peer.node._rallyhost import RallyService
+from peer.node._skillrally import SkillChoice, resolve_skill
 from peer.protocols._rally import MAX_TARGETS, OPEN, STATES, Rally, Round
 from peer.wire._limits import MAX_BODY_BYTES
 from store import StoreError
 
+from ._agents import label_value
 from ._spec import BY_ROUTE, Endpoint
 from ._values import (
     ApiError,
@@ -83,6 +87,8 @@ def rally_json(rally: Rally) -> dict[str, Any]:
         out["channel"] = rally.channel
     else:
         out["to"] = [t.hex() for t in rally.targets]
+    if rally.selector is not None:
+        out["selected_by"] = rally.selector
     if rally.kind == "request":
         first = current["answers"][0] if current["answers"] else None
         out["response"] = first
@@ -146,6 +152,14 @@ def rally_events(
     return rallies.change_count, events
 
 
+def _none_found(choice: SkillChoice) -> str:
+    what = f"skill {choice.skill!r}" + (f" tagged {choice.tag!r}" if choice.tag else "")
+    if choice.found == 0:
+        return f"no agent declares {what} (GET /agents?skill= lists who does)"
+    which = "" if choice.online is None else ("online " if choice.online else "offline ")
+    return f"no {which}agent but this one declares {what}"
+
+
 class RallyEndpoints:
     """The handlers, around one running peer."""
 
@@ -204,8 +218,12 @@ class RallyEndpoints:
     async def rally(self, request: Request) -> Response:
         data = await self._body(request, "/rally")
         body, payload = _question(data)
-        if ("to" in data) == ("channel" in data):
-            raise ApiError(400, "invalid", 'ask "to": [peer ids] or a "channel", one of them')
+        if sum(k in data for k in ("to", "channel", "skill")) != 1:
+            raise ApiError(
+                400, "invalid", 'ask "to": [peer ids], a "channel" or a "skill", one of them'
+            )
+        if "skill" in data:
+            return await self._skill_rally(data, body, payload)
         channel = channel_name(data["channel"]) if "channel" in data else None
         targets = () if channel is not None else self._targets(data.get("to"))
         quorum = _quorum(data, len(targets) or 1)
@@ -214,6 +232,33 @@ class RallyEndpoints:
             quorum=quorum, timeout_s=_timeout(data),
         )
         return await self._answer(rally, _wait(data))
+
+    async def _skill_rally(self, data: dict[str, Any], body: str, payload: Any) -> Response:
+        choice = await self._choose(data)
+        if not choice.chosen:
+            raise ApiError(404, "no-agents", _none_found(choice))
+        quorum = _quorum(data, len(choice.chosen))
+        if quorum is not None and quorum > len(choice.chosen):
+            raise ApiError(409, "too-few-agents", f"quorum {quorum} but only "
+                           f"{len(choice.chosen)} agents found for skill {choice.skill!r}")
+        rally = await self._start(
+            kind="rally", targets=choice.chosen, channel=None, question=body, payload=payload,
+            quorum=quorum, timeout_s=_timeout(data), selector=choice.selector(),
+        )
+        return await self._answer(rally, _wait(data))
+
+    async def _choose(self, data: dict[str, Any]) -> SkillChoice:
+        skill = label_value(data.get("skill"), "skill")
+        tag = None if data.get("tag") is None else label_value(data["tag"], "tag")
+        online = data.get("online")
+        if online is not None and not isinstance(online, bool):
+            raise ApiError(400, "invalid", "online must be true, false or absent")
+        limit = data.get("max", MAX_TARGETS)
+        if type(limit) is not int or not 1 <= limit <= MAX_TARGETS:
+            raise ApiError(400, "invalid", f"max must be 1..{MAX_TARGETS}")
+        if self.peer.options.relay_only:
+            raise ApiError(400, "relay-only", "a relay-only peer has no agent to ask for")
+        return await resolve_skill(self.peer, skill, tag, online, int(limit))
 
     def _find(self, request: Request) -> Rally:
         rally_id = request.path_params.get("id", "")

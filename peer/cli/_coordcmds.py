@@ -36,6 +36,8 @@ def receipts(ctx: Ctx, msg_id: str) -> None:
 def _rally_lines(view: dict[str, Any]) -> str:
     channel = view.get("channel")
     where = f"#{channel}" if channel else f"{len(view.get('to', []))} peers"
+    if view.get("selected_by"):
+        where += f" with skill {view['selected_by'].get('skill')}"
     head = (f"{view['id']} {view['kind']} to {where}: {view['state']}, round {view['round']}, "
             f"quorum {view['quorum']}, deadline {view['deadline']}")
     rows = [[a["from"][:16], "late" if a["late"] else "", a["at"], a["body"][:60]]
@@ -66,20 +68,26 @@ def request(ctx: Ctx, peer_id: str, text: tuple[str, ...], within: float, wait: 
 @click.argument("text", nargs=-1, required=True)
 @click.option("--to", "to", multiple=True, metavar="PEER", help="a peer asked (repeat)")
 @click.option("--channel", "-c", help="ask everyone on this channel instead")
+@click.option("--skill", help="ask the agents declaring this skill instead")
+@click.option("--tag", help="with --skill: only agents with a skill tagged so")
+@click.option("--online/--any", "online", default=None,
+              help="with --skill: only agents online now (default: any)")
 @click.option("--quorum", type=click.IntRange(min=1), help="answers that complete it")
 @_within
 @_wait
 @command
 def rally(
     ctx: Ctx, text: tuple[str, ...], to: tuple[str, ...], channel: str | None,
+    skill: str | None, tag: str | None, online: bool | None,
     quorum: int | None, within: float, wait: float,
 ) -> None:
-    """Ask several peers (--to, repeated) or a --channel; complete on --quorum answers."""
-    if bool(to) == bool(channel):
-        raise click.UsageError("give --to PEER (one or more) or --channel NAME")
+    """Ask several peers (--to, repeated), a --channel or a --skill; complete on --quorum."""
+    if sum((bool(to), bool(channel), bool(skill))) != 1:
+        raise click.UsageError("give --to PEER (one or more), --channel NAME or --skill ID")
     with ctx.client(timeout=20.0 + wait) as mesh:
         view = mesh.rally(" ".join(text), to=list(to) or None, channel=channel, quorum=quorum,
-                          within=within, wait=wait)
+                          within=within, wait=wait, skill=skill, tag=tag,
+                          online=online if skill else None)
     out.emit_json(view) if ctx.json else click.echo(_rally_lines(view))
 
 

@@ -28,10 +28,14 @@ def rally_call(
     payload: Any,
     timeout: float,
     wait: float,
+    skill: str | None = None,
+    tag: str | None = None,
+    online: bool | None = None,
 ) -> Call:
     data: dict[str, Any] = {"body": body, "timeout": timeout, "wait": wait}
     for key, value in (("to", to), ("channel", channel), ("quorum", quorum),
-                       ("payload", payload)):
+                       ("payload", payload), ("skill", skill), ("tag", tag),
+                       ("online", online)):
         if value is not None:
             data[key] = value
     return Call("POST", "/rally", body=data)
@@ -108,11 +112,13 @@ class CoordCalls:
     def rally(
         self: _Sync, body: str, *, to: list[str] | None = None, channel: str | None = None,
         quorum: int | None = None, payload: Any = None, within: float = 30.0,
-        wait: float = 0.0,
+        wait: float = 0.0, skill: str | None = None, tag: str | None = None,
+        online: bool | None = None,
     ) -> dict[str, Any]:
-        """Ask several peers (``to``) or a ``channel``; complete on ``quorum`` answers."""
+        """Ask several peers (``to``), a ``channel``, or the agents declaring ``skill``
+        (optionally ``tag``, ``online``); complete on ``quorum`` answers."""
         call = rally_call(body, to=to, channel=channel, quorum=quorum, payload=payload,
-                          timeout=within, wait=wait)
+                          timeout=within, wait=wait, skill=skill, tag=tag, online=online)
         out: dict[str, Any] = self._do(call, wait=wait)
         return out
 
@@ -238,10 +244,11 @@ class AsyncCoordCalls:
     async def rally(
         self: _Async, body: str, *, to: list[str] | None = None, channel: str | None = None,
         quorum: int | None = None, payload: Any = None, within: float = 30.0,
-        wait: float = 0.0,
+        wait: float = 0.0, skill: str | None = None, tag: str | None = None,
+        online: bool | None = None,
     ) -> dict[str, Any]:
         call = rally_call(body, to=to, channel=channel, quorum=quorum, payload=payload,
-                          timeout=within, wait=wait)
+                          timeout=within, wait=wait, skill=skill, tag=tag, online=online)
         out: dict[str, Any] = await self._do(call, wait=wait)
         return out
 

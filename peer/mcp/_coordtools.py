@@ -74,10 +74,11 @@ def register_rallies(server: MCPServer, client: ClientOf, guarded: Guard) -> Non
         return await guarded(_request(peer_id, question, deadline_seconds, min(wait_seconds, 60)))
 
     async def _rally(question: str, peers: list[str] | None, channel: str | None,
-                     quorum: int | None, within: float, wait: float) -> dict[str, Any]:
+                     skill: str | None, quorum: int | None, within: float,
+                     wait: float) -> dict[str, Any]:
         async with client() as mesh:
             return await mesh.rally(question, to=peers, channel=channel, quorum=quorum,
-                                    within=within, wait=wait)
+                                    within=within, wait=wait, skill=skill)
 
     @server.tool()
     async def start_rally(
@@ -87,12 +88,15 @@ def register_rallies(server: MCPServer, client: ClientOf, guarded: Guard) -> Non
         quorum: int | None = None,
         deadline_seconds: float = 120.0,
         wait_seconds: float = 0.0,
+        skill: str | None = None,
     ) -> dict[str, Any]:
-        """Ask several agents (peer_ids) or everyone on a channel the same question. It
-        completes when quorum agents answered (default: all named), or times out at the
+        """Ask several agents (peer_ids), everyone on a channel, or every other agent
+        declaring a skill (skill; found like find_agents) the same question. It
+        completes when quorum agents answered (default: all asked), or times out at the
         deadline; answers after that are kept, marked late. Follow it with get_rally."""
         return await guarded(
-            _rally(question, peer_ids, channel, quorum, deadline_seconds, min(wait_seconds, 60))
+            _rally(question, peer_ids, channel, skill, quorum, deadline_seconds,
+                   min(wait_seconds, 60))
         )
 
     async def _get(rally_id: str, wait: float) -> dict[str, Any]:

@@ -96,13 +96,15 @@ class RallyService:
         payload: Any,
         quorum: int,
         timeout_s: float,
+        selector: dict[str, Any] | None = None,
     ) -> Rally:
-        """A new rally (or request): written, then asked. ValueError for a bad shape."""
+        """A new rally (or request): written, then asked. ValueError for a bad shape.
+        ``selector`` records how the targets were chosen (a skill rally)."""
         now_ms = self.peer.wall_ms()
         rally = new_rally(
             os.urandom(16), kind=kind, targets=targets, channel=channel, question=question,
             payload=payload, quorum=quorum, deadline_ms=now_ms + int(timeout_s * 1000),
-            now_ms=now_ms,
+            now_ms=now_ms, selector=selector,
         )
         self.rallies.add(rally)
         await self._write([rally.id])

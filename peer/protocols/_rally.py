@@ -116,6 +116,7 @@ class Rally:
     created_ms: int
     rounds: list[Round]
     duplicates: int = 0
+    selector: dict[str, Any] | None = None  # how the targets were chosen (a skill), if so
 
     @property
     def current(self) -> Round:
@@ -182,11 +183,14 @@ class Rally:
         return [Change(self.id, "round", number)]
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id, "kind": self.kind, "targets": list(self.targets),
             "channel": self.channel, "created": self.created_ms, "dups": self.duplicates,
             "rounds": [r.to_record() for r in self.rounds],
         }
+        if self.selector is not None:
+            out["sel"] = self.selector
+        return out
 
     @classmethod
     def from_record(cls, r: dict[str, Any]) -> Rally:
@@ -194,6 +198,7 @@ class Rally:
             bytes(r["id"]), str(r["kind"]), tuple(bytes(t) for t in r["targets"]),
             None if r["channel"] is None else str(r["channel"]), int(r["created"]),
             [Round.from_record(x) for x in r["rounds"]], int(r.get("dups", 0)),
+            dict(r["sel"]) if isinstance(r.get("sel"), dict) else None,
         )
 
 
@@ -208,6 +213,7 @@ def new_rally(
     quorum: int,
     deadline_ms: int,
     now_ms: int,
+    selector: dict[str, Any] | None = None,
 ) -> Rally:
     """A rally in its first round; ValueError for a shape it cannot have."""
     if channel is None and not targets:
@@ -221,7 +227,7 @@ def new_rally(
     if deadline_ms <= now_ms:
         raise ValueError("the deadline has passed")
     first = Round(1, question, payload, quorum, deadline_ms, now_ms)
-    return Rally(rally_id, kind, targets, channel, now_ms, [first])
+    return Rally(rally_id, kind, targets, channel, now_ms, [first], selector=selector)
 
 
 class Rallies:

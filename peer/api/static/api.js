@@ -67,7 +67,7 @@ export class Stream {
       }
       this.onEvent(name, JSON.parse(ev.data));
     };
-    for (const name of ["message", "status", "gap"]) source.addEventListener(name, take(name));
+    for (const name of ["message", "status", "gap", "conversation"]) source.addEventListener(name, take(name));
     source.addEventListener("error", (ev) => {
       if (ev.data) this.onEvent("error", JSON.parse(ev.data)); // the peer said why
       this.retry();

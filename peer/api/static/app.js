@@ -3,6 +3,7 @@
 import { call, upload, Stream, Unauthorised } from "./api.js";
 import { el, short, when, ago, size, attachmentList } from "./render.js";
 import { Composer } from "./composer.js";
+import { Conversations } from "./conversations.js";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -16,6 +17,7 @@ const state = {
   thread: null, // the id of the open thread's first message
 };
 const RENDER_LAST = 500; // messages of one conversation kept on screen
+const convos = new Conversations({ nameOf, onOpen: leaveConv, me: () => state.me?.peer_id });
 
 function isReadMark(m) {
   return m.payload && typeof m.payload === "object" && m.payload.clawmesh
@@ -43,7 +45,7 @@ function setConn(kind, info) {
     reconnecting: `Reconnecting… (attempt ${info.attempt}, next in ${Math.ceil((info.delay || 0) / 1000)} s)`,
     offline: "Offline: no network",
   }[kind];
-  if (kind === "live") { refresh(); if (wasDown) resyncStatuses(); }
+  if (kind === "live") { refresh(); convos.load(); if (wasDown) resyncStatuses(); }
   wasDown = kind !== "live";
 }
 let wasDown = false;
@@ -72,6 +74,8 @@ function onEvent(name, data) {
   else if (name === "status") {
     const m = state.messages.get(data.id);
     if (m && rank(data.status) >= rank(m.status)) { m.status = data.status; updateMessage(m); }
+  } else if (name === "conversation") {
+    convos.onEvent(data);
   } else if (name === "gap") {
     // from the start (after=0) a gap is only history older than what the peer keeps
     if (data.after > 0) notice(`The peer no longer holds ${data.lost} message(s): ${data.message}`);
@@ -250,9 +254,20 @@ function renderSidebar() {
   if (!peers.length) $("dms").append(el("li", { class: "small", text: "No peers seen yet." }));
 }
 
+// an agent conversation opens in the main area: no channel or DM is shown meanwhile
+function leaveConv() {
+  state.conv = null;
+  closeThread();
+  $("sidebar").classList.remove("open");
+  $("menu").setAttribute("aria-expanded", "false");
+  renderSidebar();
+}
+
 function selectConv(conv) {
   state.conv = conv;
   closeThread();
+  convos.close();
+  $("messages").hidden = false;
   const isDm = conv.startsWith("@");
   const id = conv.slice(1);
   $("conv-title").textContent = isDm ? nameOf(id) : conv;
@@ -473,10 +488,12 @@ async function start() {
   wireComposers();
   wireChannels();
   wirePanels();
+  convos.wire();
   await refresh();
   new Stream({ onEvent, onState: setConn }).open();
   const wanted = decodeURIComponent(location.hash.slice(1));
-  if (wanted) selectConv(wanted);
+  if (wanted.startsWith("conversation/")) { await convos.load(); convos.open(wanted.slice(13)); }
+  else if (wanted) selectConv(wanted);
   else if (state.channels.length) selectConv(`#${state.channels[0]}`);
   setInterval(refresh, 10000);
 }
