@@ -6,8 +6,9 @@ not listen and have no DHT, so their only link is to the seed. A uploads the
 file (``POST /blobs``) and sends a message that refers to it; B downloads it
 (``GET /blobs/<id>``: every chunk is fetched over the mesh, through the seed,
 verified and stored as it streams). The baseline is Python's ``http.server``
-serving the same file from disk to an ``httpx`` download on loopback. The peak
-RSS (VmHWM) of A and B is read from /proc after the transfer.
+serving the same file from disk to a plain ``curl`` download on loopback (an
+``httpx`` one where curl is not installed; the row says which). The peak RSS
+(VmHWM) of A and B is read from /proc after the transfer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import http.server
 import os
+import shutil
+import subprocess
 import threading
 import time
 from functools import partial
@@ -72,13 +75,32 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _plain_http(path: Path) -> tuple[float, str, int]:
+def _curl(url: str, out: Path) -> tuple[float, str, int]:
+    """Seconds (curl's own time_total), sha256 and length of a curl download to ``out``."""
+    done = subprocess.run(
+        ["curl", "-sS", "--fail", "-o", str(out), "-w", "%{time_total}", url],
+        capture_output=True, text=True, check=True, timeout=600,
+    )  # fmt: skip
+    digest = hashlib.sha256()
+    with out.open("rb") as f:
+        while piece := f.read(MIB):
+            digest.update(piece)
+    size = out.stat().st_size
+    out.unlink()
+    return float(done.stdout.strip()), digest.hexdigest(), size
+
+
+def _plain_http(path: Path) -> tuple[float, str, int, str]:
+    """The baseline: (seconds, sha256, length, which client)."""
     handler = partial(_Quiet, directory=str(path.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/{path.name}"
     try:
-        return _download(f"http://127.0.0.1:{server.server_address[1]}/{path.name}", {})
+        if shutil.which("curl"):
+            return (*_curl(url, path.with_suffix(".curl")), "curl")
+        return (*_download(url, {}), "httpx")
     finally:
         server.shutdown()
         server.server_close()
@@ -90,11 +112,11 @@ async def run_blob(
     size = mib * MIB
     path = work / "blob.bin"
     digest = await trio.to_thread.run_sync(_write_file, path, size)
-    seconds, got, n = await trio.to_thread.run_sync(_plain_http, path)
+    seconds, got, n, client = await trio.to_thread.run_sync(_plain_http, path)
     assert got == digest and n == size
     rows: list[dict[str, Any]] = [
         {
-            "path": "plain HTTP (http.server -> httpx)",
+            "path": f"plain HTTP (http.server -> {client})",
             "mib": mib,
             "seconds": round(seconds, 2),
             "mib_per_s": round(mib / seconds, 1),
