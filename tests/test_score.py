@@ -172,6 +172,39 @@ def test_a_new_author_earns_its_burst_by_staying_under_the_rate() -> None:
     assert sum(buckets.take(b"quiet", later) for _ in range(100)) == LIMITS.sender_burst
 
 
+def test_an_author_over_its_limit_on_its_own_link_is_muted_everywhere_here() -> None:
+    """Over its limit on its own link, an author is relayed no more for ``over_limit_mute_s``,
+    whoever forwards its messages; then it starts again."""
+    params = replace(LIMITS, link_pub_rate=0.0, over_limit_mute_s=30.0)
+    router = GossipRouter(fake_peer(0), relay=True, params=params, rng=random.Random(3))
+    router.subscribe(TOPIC)
+    relay = fake_peer(1)
+    author = identity("flooder").peer_id
+    for link in (relay, author):
+        router.add_link(link, relay=True, now=0.0)
+    flood = envelopes("flooder", 60)
+    fresh = int(LIMITS.sender_rate * LIMITS.sender_fresh_s)
+    own = [e for e in flood[:40] if delivers(pub(router, author, e, 0.0))]
+    assert len(own) == fresh  # then over: muted
+    assert not delivers(pub(router, relay, flood[40], 10.0))  # its tokens are back, but muted
+    assert router.stats.sender_limited == 40 - fresh + 1
+    later = [e for e in flood[41:] if delivers(pub(router, relay, e, 31.0))]
+    assert len(later) == len(flood[41:])  # the mute is over, the bucket full again
+
+
+def test_a_relay_forwarding_an_author_over_the_limit_does_not_mute_it() -> None:
+    """Only the author's own link mutes it: what relays let through does not."""
+    params = replace(LIMITS, link_pub_rate=0.0)
+    router = GossipRouter(fake_peer(0), relay=True, params=params, rng=random.Random(3))
+    router.subscribe(TOPIC)
+    r1 = fake_peer(1)
+    router.add_link(r1, relay=True, now=0.0)
+    flood = envelopes("busy", 30)
+    for env in flood[:20]:
+        pub(router, r1, env, 0.0)  # 10 pass, 10 over the limit: dropped, nobody muted
+    assert delivers(pub(router, r1, flood[20], 1.0))  # one second later: a token again
+
+
 def test_the_link_pub_limit_drops_frames_beyond_its_burst() -> None:
     params = GossipParams(link_pub_rate=5.0, link_pub_burst=5.0)
     router, (link, *_) = relay_with_links(params, 1)

@@ -85,8 +85,7 @@ class GossipRouter:
         self.relay = relay
         self.params = params or GossipParams()
         self._rng = rng or random.Random()
-        self._keepalive = keepalive
-        self._idle_timeout = idle_timeout
+        self._keepalive, self._idle_timeout = keepalive, idle_timeout
         self._links: dict[bytes, LinkState] = {}
         self._members: set[str] = set()
         self._carriers: dict[str, set[bytes]] = {}  # topic -> links with interest
@@ -296,9 +295,7 @@ class GossipRouter:
             case Graft():
                 return self._on_graft(peer, frame.topic, now)
             case Prune():
-                mesh = self._mesh.get(frame.topic)
-                if mesh is not None:
-                    mesh.discard(peer)
+                self._mesh.get(frame.topic, set()).discard(peer)
                 return []
             case IHave():
                 return self._on_ihave(peer, frame.ids, now)
@@ -328,8 +325,10 @@ class GossipRouter:
         if not self._senders.has(env.sender, now):  # dropped unverified and not remembered:
             self.stats.sender_limited += 1  # a forged copy must not hide the real one
             self.scores.fulfil(mid)  # an IWANT answered with it was a promise kept
-            own = peer == env.sender  # a relay is not charged: its buckets fill at its pace
-            return self._penalize(peer, p.over_limit_penalty, now) if own else []
+            if peer != env.sender:  # a relay is not charged: its buckets fill at its pace
+                return []
+            self._senders.mute(peer, now + p.over_limit_mute_s)  # over it itself: muted here
+            return self._penalize(peer, p.over_limit_penalty, now)
         if self.verify:
             check_signature(env.sender_key, signed, sig)
         if env.ts < wall_ms - p.max_age * 1000:

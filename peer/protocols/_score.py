@@ -10,7 +10,8 @@ Rules kept here (protocol-spec/gossip.md, section 9):
   author limit gives a never-seen author one second of its rate, not its whole
   burst, so that a fresh identity cannot land a burst on the mesh the moment it
   appears (burst credit is earned by staying under the rate); keys in ``full``
-  (our own) start full.
+  (our own) start full. ``mute`` takes a key's tokens away until a time: an
+  author over its limit on its own link is relayed no more for a while.
 * Scores. ``Scoreboard`` keeps one score per peer, outliving its links so that
   a reconnect does not wipe a bad record. A score decays towards 0 with a
   half-life of ``score_half_life`` seconds (computed lazily from ``now``);
@@ -62,6 +63,7 @@ class Buckets:
         self.max_keys = max_keys
         self.initial = burst if initial is None else min(burst, initial)
         self.full = full
+        self._muted: OrderedDict[bytes, float] = OrderedDict()  # key -> until when
         self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()
 
     @classmethod
@@ -102,8 +104,24 @@ class Buckets:
         return True
 
     def has(self, key: bytes, now: float) -> bool:
-        """True if ``key`` has a whole token left (nothing spent)."""
-        return not self.enabled or self._bucket(key, now).tokens >= 1.0
+        """True if ``key`` has a whole token left (nothing spent) and is not muted."""
+        if not self.enabled:
+            return True
+        until = self._muted.get(key)
+        if until is not None:
+            if now < until:
+                return False
+            del self._muted[key]
+        return self._bucket(key, now).tokens >= 1.0
+
+    def mute(self, key: bytes, until: float) -> None:
+        """``key`` has no tokens before ``until`` (at most ``max_keys`` are muted: the
+        oldest mute goes first)."""
+        if self.enabled and key not in self.full:
+            self._muted[key] = until
+            self._muted.move_to_end(key)
+            while len(self._muted) > self.max_keys:
+                self._muted.popitem(last=False)
 
     def charge(self, key: bytes, now: float) -> None:
         """Spend one token even if that leaves the bucket in debt (at most one burst)."""

@@ -68,6 +68,7 @@ class GossipParams:
     duplicate_burst: float = 5000.0
     duplicate_penalty: float = 0.1  # per duplicate beyond that
     over_limit_penalty: float = 1.0  # per pub dropped by a sender or link limit
+    over_limit_mute_s: float = 60.0  # an author over its limit on its own link: none relayed
     broken_promise_penalty: float = 10.0  # per IWANT not answered in time
     iwant_deadline: float = 3.0  # seconds for an IHAVE's promise to be kept
     promises_max: int = 4096
