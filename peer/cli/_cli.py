@@ -41,10 +41,10 @@ from peer.wire._frames import is_topic
 from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy, private_dir
 
-from . import COMMANDS
 from ._cardfile import agent_card
 from ._featureflags import add_feature_flags, megabytes, skills
 from ._lock import DirectoryLocked, lock_directories
+from ._names import COMMANDS
 
 DEFAULT_PEER_PORT = 7433
 DEFAULT_API_PORT = 7432
