@@ -19,6 +19,7 @@ the defaults there, so the test never touches a peer someone else runs.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -168,3 +169,54 @@ def test_every_command_in_skill_md_works(tmp_path: Path) -> None:
         session.stop_all()
     if skipped:
         pytest.skip(f"everything else ran; GET /events is not served yet, so not: {skipped}")
+
+
+# --- the documents name only what exists, and name all of it (no peer needed) ---
+
+README = REPO / "README.md"
+_COMMAND = re.compile(r"python -m peer ([a-z][a-z-]*)")
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_skill_md_names_real_commands_and_covers_working_together() -> None:
+    from peer.cli import COMMANDS
+
+    text = DOC.read_text()
+    named = set(_COMMAND.findall(text))
+    assert named <= COMMANDS, f"SKILL.md names commands that do not exist: {named - COMMANDS}"
+    section = text.split("## Working with other agents", 1)[1].split("\n## ", 1)[0]
+    used = set(_COMMAND.findall(section))
+    assert {"agents", "request", "rally", "rallies", "task", "blob", "schedule"} <= used, used
+    assert "--skill" in section and "--reply-to" in section
+
+
+def test_readme_documents_every_path_flag_and_command() -> None:
+    from peer.api._spec import BY_ROUTE
+    from peer.cli import COMMANDS
+    from peer.cli._cli import build_parser
+
+    text = README.read_text()
+    paths = {path for _, path in BY_ROUTE}
+    table = text.split("Every path of `/openapi.json`, by area:", 1)[1].lstrip().split("\n\n")[0]
+    missing = sorted(p for p in paths if f" {p}`" not in table)
+    assert not missing, f"paths missing from README's endpoint table: {missing}"
+    shown = [a for a in build_parser()._actions if a.help != argparse.SUPPRESS]  # not bench-only
+    flags = {o for a in shown for o in a.option_strings if o.startswith("--")} - {"--help"}
+    undocumented = sorted(f for f in flags if f"`{f}" not in text)
+    assert not undocumented, f"flags missing from README: {undocumented}"
+    epilog = build_parser().epilog or ""
+    assert all(re.search(rf"\b{re.escape(c)}\b", epilog) for c in COMMANDS), epilog
+
+
+def test_readme_links_resolve() -> None:
+    text = README.read_text()
+    prose = FENCE.sub("", text)
+    anchors = {_anchor(h) for h in re.findall(r"^#{1,4} (.+)$", prose, re.M)}
+    links = set(re.findall(r"\]\(#([^)]+)\)", prose))
+    assert links, "README links to none of its sections"
+    assert links <= anchors, f"README links to sections it lacks: {sorted(links - anchors)}"

@@ -10,18 +10,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-# agents working together (peer/cli/_coordcmds.py)
-COORD_COMMANDS = frozenset(
-    {"receipts", "request", "rally", "rallies", "rally-round", "converse", "say", "verdict",
-     "conversations", "task", "retry-dead", "alert"}
-)
+from ._names import COMMANDS, COORD_COMMANDS
 
-# the subcommands beside running a peer (peer/cli/_commands.py and peer/mcp/)
-COMMANDS = frozenset(
-    {"send", "dm", "read", "tail", "peers", "status", "channels", "join", "leave", "ack", "mcp",
-     "agents", "card", "blob", "web", "schedule", "fleet"}
-    | COORD_COMMANDS
-)
+__all__ = ["COMMANDS", "COORD_COMMANDS", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -44,6 +44,7 @@ from store import KeepRules, RetentionPolicy, private_dir
 from ._cardfile import agent_card
 from ._featureflags import add_feature_flags, megabytes, skills
 from ._lock import DirectoryLocked, lock_directories
+from ._names import COMMANDS
 
 DEFAULT_PEER_PORT = 7433
 DEFAULT_API_PORT = 7432
@@ -65,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m peer",
         description="Run a clawmesh peer. With no --bootstrap it starts a new mesh.",
-        epilog="Commands for a running peer: send, dm, read, tail, peers, status, channels, "
-        "join, leave, ack, agents, card, mcp (python -m peer COMMAND --help).",
+        epilog="Commands for a running peer: " + ", ".join(sorted(COMMANDS))
+        + " (python -m peer COMMAND --help).",
     )
     p.add_argument(
         "--bootstrap",
@@ -104,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ocmesh: its agents work unchanged: /status, /peers, /messages and /send "
         "answer loopback callers without the token, content over 4,096 characters is 413 "
-        "(default: every endpoint but /status wants the token)",
+        "(default: only /status, /bootstrap.json, /openapi.json, /metrics, /health, the "
+        "agent cards, the web page and /login, /logout answer without the token)",
     )
     p.add_argument(
         "--name",
