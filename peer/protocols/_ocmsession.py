@@ -85,20 +85,26 @@ class OcmCounters:
 
 
 class KnownKeys:
-    """Sender id -> Ed25519 key, learned from handshakes (bounded)."""
+    """Sender id -> trusted Ed25519 key: an id that is a key names it; any other id
+    keeps the first key learned for it (bounded; never overwritten nor evicted)."""
 
     def __init__(self, limit: int = MAX_KNOWN_KEYS) -> None:
-        self._keys: OrderedDict[str, bytes] = OrderedDict()
+        self._keys: dict[str, bytes] = {}
         self._limit = limit
 
-    def learn(self, peer_id: str, key: bytes) -> None:
+    def learn(self, peer_id: str, key: bytes) -> bool:
+        """Trust ``key`` for ``peer_id`` if nothing else is; False if another key is
+        trusted for it (or the table is full: then it stays untrusted)."""
+        trusted = self.get(peer_id)
+        if trusted is not None:
+            return trusted == key
+        if len(self._keys) >= self._limit:
+            return False
         self._keys[peer_id] = key
-        self._keys.move_to_end(peer_id)
-        while len(self._keys) > self._limit:
-            self._keys.popitem(last=False)
+        return True
 
     def get(self, peer_id: str) -> bytes | None:
-        return self._keys.get(peer_id) or key_of_peer_id(peer_id)
+        return key_of_peer_id(peer_id) or self._keys.get(peer_id)
 
 
 # -- decisions -------------------------------------------------------------------------
@@ -163,6 +169,7 @@ class OcmSession:
         self.keys = keys
         self.counters = counters
         self.hello: Hello | None = None
+        self.trusted_key: bytes | None = None  # the handshake's key, if trusted for its id
         self.subscriptions: set[str] = set()
         self.refusals = 0
         self.closed = False
@@ -238,9 +245,14 @@ class OcmSession:
             raise OcmError(INVALID_MESSAGE, "handshake", "a handshake comes first")
         if frame.peer_id == self.own_id:
             raise OcmError(UNAUTHORIZED, "handshake", "that is this peer's own id")
+        if frame.public_key is not None and not self.keys.learn(frame.peer_id, frame.public_key):
+            if self.keys.get(frame.peer_id) is not None:
+                raise OcmError(UNAUTHORIZED, "key-mismatch",
+                               "another key is already trusted for this peer id")
+            self.trusted_key = None  # the table is full: relayed as unverified
+        else:
+            self.trusted_key = frame.public_key
         self.hello = frame
-        if frame.public_key is not None:
-            self.keys.learn(frame.peer_id, frame.public_key)
         out: list[Decision] = []
         if not self.initiator:
             out.append(Send(self._hello()))
@@ -290,7 +302,7 @@ class OcmSession:
     def _on_message(self, message: OcmMessage) -> list[Decision]:
         assert self.hello is not None
         own = message.sender_id == self.hello.peer_id
-        key = self.hello.public_key if own else self.keys.get(message.sender_id)
+        key = self.trusted_key if own else self.keys.get(message.sender_id)
         if message.signature is not None and key is not None:
             if not message.verifies(key):
                 raise OcmError(INVALID_MESSAGE, "bad-signature", "signature does not verify")
