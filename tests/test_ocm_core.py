@@ -246,3 +246,13 @@ def test_a_full_key_table_trusts_no_new_key_and_evicts_none() -> None:
     s.receive(hello(bob), 0.0)
     [relay] = s.receive(json.dumps(bob.message("lobby", "hi")), 0.0)
     assert isinstance(relay, Relay) and not relay.verified
+
+
+def test_sync_requests_have_their_own_smaller_rate() -> None:
+    # review item 2: each sync_request costs an inbox scan, 50 a second was too many
+    p = OcmTestPeer()
+    s, counters = established(p)
+    ask = json.dumps({"type": "sync_request", "channel_id": "lobby", "limit": 10})
+    answered = [d for _ in range(20) for d in s.receive(ask, 0.0) if isinstance(d, AnswerSync)]
+    assert len(answered) == 8 and counters.refused == {"sync-rate": 12}
+    assert any(isinstance(d, AnswerSync) for d in s.receive(ask, 1.0))

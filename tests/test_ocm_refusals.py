@@ -9,6 +9,8 @@ import json
 import trio
 import trio_websocket
 
+from peer.wire._envelope import Content
+
 from tests._ocm_peer import OcmTestPeer
 from tests._refusals_harness import (
     CHANNEL,
@@ -80,3 +82,31 @@ async def test_an_ocm_message_reaches_both_mesh_agents() -> None:
         assert got.payload["ocm"]["sender_id"] == "plain-peer"
         assert got.payload["ocm"]["verified"] is False
         assert pair.a.ocm is not None and pair.a.ocm.counters.unverified_in == 1
+
+
+async def test_a_sync_answer_is_queued_once_and_queued_bytes_are_bounded() -> None:
+    # review item 2: tiny sync_requests queued ~1 MiB each for a peer that never reads
+    from peer.node._ocmhost import QUEUE_BYTES, OcmLink
+    from peer.protocols._ocmsession import KnownKeys, OcmCounters, OcmSession
+
+    async with serving() as pair:
+        gateway = pair.a.ocm
+        assert gateway is not None
+        for i in range(3):
+            await pair.a.send_message(CHANNEL, Content(body=f"m{i}" + "x" * 1000))
+        session = OcmSession("ab" * 32, b"\x01" * 32, initiator=False, store=True,
+                             keys=KnownKeys(), counters=gateway.counters, now=0.0)
+        session.receive(json.dumps({"type": "handshake", "version": 1, "peer_id": "reader"}),
+                        0.0)
+        link = OcmLink(session, None, "test")  # type: ignore[arg-type]  # no writer runs
+        gateway._answer_sync(link, CHANNEL, None, 100)
+        first = link.queued
+        assert first > 3000 and link.sync_text is not None
+        gateway._answer_sync(link, CHANNEL, None, 100)  # not read yet: refused
+        assert gateway.counters.refused == {"sync-busy": 1}
+        assert link.queued < 2 * first  # only the small error frame was added
+        big = {"type": "ping", "pad": "x" * (QUEUE_BYTES // 4)}
+        for _ in range(4):
+            gateway._send(link, big)
+        assert session.closed and gateway.counters.refused["slow"] == 1
+        assert link.queued <= QUEUE_BYTES

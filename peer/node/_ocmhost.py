@@ -10,14 +10,17 @@ Rules kept here:
 * One task reads a link and performs its decisions in order; relaying a
   message into the mesh waits for the store's commit (back-pressure), so an
   acknowledged OCM message is never lost. Each link has a writer task and a
-  bounded queue (``QUEUE``): a peer that does not read is disconnected.
+  bounded queue (``QUEUE`` frames and ``QUEUE_BYTES`` characters): a peer
+  that does not read is disconnected.
 * Mesh messages reach OCM links through one task that follows the peer's
   inbox (``Peer.messages``): every channel or DM message whose route an OCM
   link subscribed to is sent to it once (ids remembered per link).
 * ``sync_request`` is answered from the inbox: the messages after the given
   id, in order (``limit`` of them, a frame at most ``SYNC_BYTES``, and
   ``has_more`` when more follow); with no id, or one we do not hold, the
-  newest ``limit``.
+  newest ``limit``. One answer per link is outstanding at a time: another
+  ``sync_request`` before the last answer was written is refused
+  (``sync-busy``), so a peer that asks and never reads holds one answer.
 * A link is closed after ``IDLE`` seconds with no frame; a failure in one
   link (bad frame, bug) closes that link only, logged and counted.
 * The gateway only runs on a peer with an inbox (not ``--relay-only``).
@@ -82,6 +85,7 @@ class OcmPeer(PeerCore, Protocol):
     async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None: ...
 
 QUEUE = 256  # frames waiting for one link's writer, at most
+QUEUE_BYTES = 4 * 1024 * 1024  # characters waiting for one link's writer, at most
 IDLE = 300.0  # seconds a link may stay silent
 SYNC_BYTES = 1024 * 1024  # characters of one sync_response, at most
 SEEN = 100_000  # OCM message ids remembered as relayed into the mesh
@@ -101,6 +105,8 @@ class OcmLink:
         self.send, self.receive = trio.open_memory_channel[str | None](QUEUE)
         self.routes: dict[Route, str] = {}  # route -> the channel id this peer uses for it
         self.scope: trio.CancelScope | None = None  # the link's nursery
+        self.queued = 0  # characters waiting in the queue
+        self.sync_text: str | None = None  # the sync_response not yet written, if any
 
 
 class OcmGateway:
@@ -251,21 +257,31 @@ class OcmGateway:
                 if text is None:
                     break
                 await link.ws.send_message(text)
+                link.queued -= len(text)
+                if text is link.sync_text:
+                    link.sync_text = None
                 self.counters.frames_out += 1
         except _WS_GONE:
             pass
         scope.cancel()
 
-    def _send(self, link: OcmLink, frame: dict[str, Any]) -> None:
+    def _send(self, link: OcmLink, frame: dict[str, Any]) -> str | None:
+        """Queue ``frame`` for ``link``; the text queued, or None if the link ended."""
+        text = json.dumps(frame, ensure_ascii=False)
         try:
-            link.send.send_nowait(json.dumps(frame, ensure_ascii=False))
+            if link.queued + len(text) > QUEUE_BYTES:
+                raise trio.WouldBlock
+            link.send.send_nowait(text)
         except trio.WouldBlock:
             self.counters.refuse("slow")
             link.session.closed = True  # it does not read: the link ends at once
             if link.scope is not None:
                 link.scope.cancel()
+            return None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+            return None
+        link.queued += len(text)
+        return text
 
     async def _perform(self, link: OcmLink, decisions: list[Decision]) -> None:
         for decision in decisions:
@@ -370,6 +386,9 @@ class OcmGateway:
         self._send(link, error_frame(INVALID_MESSAGE, reason))
 
     def _answer_sync(self, link: OcmLink, channel_id: str, after: str | None, limit: int) -> None:
+        if link.sync_text is not None:
+            self._refuse(link, "sync-busy", "the last sync_response is not read yet")
+            return
         route = route_of(channel_id, link.session.peer_id)
         held = [ocm for m in self.peer.inbox
                 if (found := _export(m)) is not None and found[0] == route
@@ -390,8 +409,9 @@ class OcmGateway:
             page.append(frame)
             link.session.mark_sent(ocm.message_id)
         self.counters.sync_answered += 1
-        self._send(link, {"type": "sync_response", "channel_id": channel_id, "messages": page,
-                          "has_more": start + len(page) < len(held)})
+        link.sync_text = self._send(link, {
+            "type": "sync_response", "channel_id": channel_id, "messages": page,
+            "has_more": start + len(page) < len(held)})
 
 
 def _export(message: InboxMessage) -> tuple[Route, OcmMessage] | None:

@@ -17,7 +17,8 @@ Rules kept here:
   channel it is one of.
 * Frames are rate-limited per link (a token bucket); each refusal is
   counted by kind in the shared :class:`OcmCounters`, and a link that
-  collects ``MAX_REFUSALS`` refusals is closed.
+  collects ``MAX_REFUSALS`` refusals is closed. ``sync_request`` has its own
+  smaller bucket (``SYNC_RATE``): each one costs the gateway an inbox scan.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from ._ocm import (
 
 FRAME_RATE = 50.0  # frames per second per link, sustained
 FRAME_BURST = 200.0
+SYNC_RATE = 2.0  # sync_requests per second per link, sustained (each scans the inbox)
+SYNC_BURST = 8.0
 MAX_REFUSALS = 20  # refusals on one link before it is closed
 MAX_SUBSCRIPTIONS = 256  # channels one link may subscribe to
 MAX_KNOWN_KEYS = 10_000  # sender keys remembered (least recently learned forgotten)
@@ -175,6 +178,8 @@ class OcmSession:
         self.closed = False
         self._tokens = FRAME_BURST
         self._stamp = now
+        self._sync_tokens = SYNC_BURST
+        self._sync_stamp = now
         self._sent: OrderedDict[str, None] = OrderedDict()
 
     @property
@@ -228,6 +233,15 @@ class OcmSession:
         self._tokens -= 1.0
         return True
 
+    def _take_sync_token(self) -> bool:
+        now = self._stamp  # the frame's time, just set by _take_token
+        self._sync_tokens = min(SYNC_BURST, self._sync_tokens + (now - self._sync_stamp) * SYNC_RATE)
+        self._sync_stamp = now
+        if self._sync_tokens < 1.0:
+            return False
+        self._sync_tokens -= 1.0
+        return True
+
     def _refused(self, exc: OcmError, final: bool = False) -> list[Decision]:
         self.counters.refuse(exc.kind)
         self.refusals += 1
@@ -267,6 +281,8 @@ class OcmSession:
         if isinstance(frame, SyncRequest):
             if not self.allowed(frame.channel_id):
                 raise OcmError(UNAUTHORIZED, "not-a-member", "not your DM channel")
+            if not self._take_sync_token():
+                raise OcmError(INVALID_MESSAGE, "sync-rate", "over the sync_request rate limit")
             return [AnswerSync(frame)]
         if isinstance(frame, SyncResponse):
             out: list[Decision] = []
