@@ -110,3 +110,29 @@ async def test_a_sync_answer_is_queued_once_and_queued_bytes_are_bounded() -> No
             gateway._send(link, big)
         assert session.closed and gateway.counters.refused["slow"] == 1
         assert link.queued <= QUEUE_BYTES
+
+
+async def test_gateway_channels_are_not_the_agents_and_are_left_with_the_last_link() -> None:
+    # review item 3: OCM peers subscribed the agent itself, for good, up to 1,024 channels
+    from peer.node._ocmhost import MAX_LINK_CHANNELS, agent_channels
+
+    async with serving() as pair, raw_client(pair.port) as client:
+        gateway = pair.a.ocm
+        assert gateway is not None
+        p = OcmTestPeer()
+        await p.handshake(client.ws)
+        for i in range(MAX_LINK_CHANNELS + 1):
+            await p.send({"type": "subscribe", "channel_id": f"gw{i}"})
+        await p.send({"type": "subscribe", "channel_id": CHANNEL})  # the agent's own
+        with trio.fail_after(DEADLINE):
+            while gateway.counters.refused.get("too-many") != 1:
+                await trio.sleep(0.01)  # frames are read by another task; no event to wait on
+        assert {"gw0", f"gw{MAX_LINK_CHANNELS - 1}"} <= pair.a.channels
+        assert f"gw{MAX_LINK_CHANNELS}" not in pair.a.channels
+        assert agent_channels(pair.a.channels, gateway) == [CHANNEL]
+        await p.send({"type": "unsubscribe", "channel_id": "gw1"})
+        await client.ws.aclose()
+        with trio.fail_after(DEADLINE):
+            while gateway.statistics()["links"]:
+                await trio.sleep(0.01)
+        assert pair.a.channels == {CHANNEL} and not gateway.held

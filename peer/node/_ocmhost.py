@@ -23,6 +23,14 @@ Rules kept here:
   (``sync-busy``), so a peer that asks and never reads holds one answer.
 * A link is closed after ``IDLE`` seconds with no frame; a failure in one
   link (bad frame, bug) closes that link only, logged and counted.
+* Channels the gateway joins for OCM links (a ``subscribe``, or a message
+  into a channel) are the gateway's, not the agent's: they are left out of
+  the agent's channel list (``agent_channels``) and of the saved
+  subscriptions, held per link (``MAX_LINK_CHANNELS`` each) and left when
+  the last link holding one unsubscribes or goes. A channel the agent
+  joined itself is never left by the gateway; one the agent joins later
+  becomes the agent's (``adopt``); one the agent leaves while links hold it
+  stays the gateway's (``hold``).
 * The gateway only runs on a peer with an inbox (not ``--relay-only``).
 """
 
@@ -80,6 +88,7 @@ class OcmPeer(PeerCore, Protocol):
     def storage(self) -> object | None: ...
     def messages(self, *, after: int | None = None, outgoing: bool = False) -> MessageStream: ...
     def subscribe(self, channel: str) -> None: ...
+    def unsubscribe(self, channel: str) -> None: ...
     async def send_message(self, channel: str, content: Content) -> Envelope: ...
     async def send_direct(self, peer_id: bytes, content: Content) -> Envelope: ...
     async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None: ...
@@ -91,6 +100,7 @@ SYNC_BYTES = 1024 * 1024  # characters of one sync_response, at most
 SEEN = 100_000  # OCM message ids remembered as relayed into the mesh
 MAX_LINKS = 256  # OCM links at most
 MAX_CHANNELS = 1024  # channels the gateway peer joins for OCM peers (and its own), at most
+MAX_LINK_CHANNELS = 32  # channels one OCM link may make the gateway join
 DIAL_BACKOFF = Backoff(base_ms=1_000, cap_ms=30_000)
 _WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -107,6 +117,7 @@ class OcmLink:
         self.scope: trio.CancelScope | None = None  # the link's nursery
         self.queued = 0  # characters waiting in the queue
         self.sync_text: str | None = None  # the sync_response not yet written, if any
+        self.joined: set[str] = set()  # gateway channels this link holds
 
 
 class OcmGateway:
@@ -118,6 +129,23 @@ class OcmGateway:
         self.links: set[OcmLink] = set()
         self.log = peer.log.bind(part="ocm")
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self.held: dict[str, set[OcmLink]] = {}  # the gateway's own channels -> links holding
+
+    def adopt(self, channel: str) -> None:
+        """The agent subscribed to ``channel``: it is the agent's from now on."""
+        for link in self.held.pop(channel, set()):
+            link.joined.discard(channel)
+
+    def hold(self, channel: str) -> bool:
+        """The agent leaves ``channel``: True if OCM links still use it (the gateway
+        keeps it, as its own), False if it may be left."""
+        users = {link for link in self.links if ("ch", channel) in link.routes}
+        if not users:
+            return False
+        self.held[channel] = users
+        for link in users:
+            link.joined.add(channel)
+        return True
 
     def statistics(self) -> dict[str, Any]:
         return {"links": len(self.links), **self.counters.to_json()}
@@ -232,6 +260,8 @@ class OcmGateway:
             log.error("ocm link crashed", error=repr(exc), exc_info=exc)
         finally:
             self.links.discard(link)
+            for channel in list(link.joined):
+                self._leave(channel, link)
             self.counters.links_closed += 1
             with trio.move_on_after(2), contextlib.suppress(*_WS_GONE):
                 await ws.aclose()
@@ -318,10 +348,12 @@ class OcmGateway:
         route = route_of(channel_id, link.session.peer_id)
         if not on:
             link.routes.pop(route, None)
+            if route[0] == "ch":
+                self._leave(route[1], link)
             return
-        if route[0] == "ch" and not self._join(route[1]):
+        if route[0] == "ch" and not self._join(route[1], link):
             link.session.subscriptions.discard(channel_id)
-            self._refuse(link, "too-many", f"this gateway carries {MAX_CHANNELS} channels at most")
+            self._refuse(link, "too-many", "over this gateway's channel limits")
             return
         link.routes[route] = channel_id
         if not link.session.initiator:  # so that an OCM relay sends us this channel
@@ -342,8 +374,8 @@ class OcmGateway:
         try:
             if route[0] == "dm":
                 await self._send_dm(route[1], content)
-            elif not self._join(route[1]):
-                self._refuse(link, "too-many", f"this gateway carries {MAX_CHANNELS} channels")
+            elif not self._join(route[1], link):
+                self._refuse(link, "too-many", "over this gateway's channel limits")
                 return
             else:
                 await self.peer.send_message(route[1], content)
@@ -364,14 +396,34 @@ class OcmGateway:
         if not decision.verified:
             self.counters.unverified_in += 1
 
-    def _join(self, channel: str) -> bool:
-        """Subscribe the gateway peer to ``channel`` (it keeps it for its OCM peers'
-        catch-up); False if that would pass ``MAX_CHANNELS``."""
-        if channel not in self.peer.channels:
+    def _join(self, channel: str, link: OcmLink) -> bool:
+        """Subscribe the gateway peer to ``channel`` for ``link`` (held until the last
+        link holding it leaves); False past ``MAX_LINK_CHANNELS`` or ``MAX_CHANNELS``."""
+        users = self.held.get(channel)
+        if users is None and channel in self.peer.channels:
+            return True  # the agent's own
+        if link in (users or ()):
+            return True
+        if len(link.joined) >= MAX_LINK_CHANNELS:
+            return False
+        if users is None:
             if len(self.peer.channels) >= MAX_CHANNELS:
                 return False
+            users = self.held[channel] = set()
             self.peer.subscribe(channel)
+        users.add(link)
+        link.joined.add(channel)
         return True
+
+    def _leave(self, channel: str, link: OcmLink) -> None:
+        users = self.held.get(channel)
+        link.joined.discard(channel)
+        if users is None:
+            return
+        users.discard(link)
+        if not users:
+            del self.held[channel]
+            self.peer.unsubscribe(channel)
 
     async def _send_dm(self, peer_id: bytes, content: Content) -> None:
         if peer_id == self.peer.peer_id:
@@ -414,6 +466,11 @@ class OcmGateway:
             "has_more": start + len(page) < len(held)})
 
 
+def agent_channels(channels: set[str], gateway: OcmGateway | None) -> list[str]:
+    """The agent's own channels: ``channels`` without those only the gateway holds."""
+    return sorted(channels if gateway is None else channels - gateway.held.keys())
+
+
 def _export(message: InboxMessage) -> tuple[Route, OcmMessage] | None:
     return export(
         kind=message.kind,
@@ -436,4 +493,4 @@ def _renamed(ocm: OcmMessage, channel_id: str) -> OcmMessage:
                       ocm.timestamp, None)
 
 
-__all__ = ["OcmGateway", "mesh_channel"]
+__all__ = ["OcmGateway", "agent_channels", "mesh_channel"]
