@@ -296,9 +296,8 @@ async def test_delete_forgets_a_blob_and_frees_what_only_it_named(mesh: Trio3) -
 
 async def test_a_media_type_unfit_for_a_header_is_served_as_octet_stream(mesh: Trio3) -> None:
     # review item 10: a type from the network (an attachment's) reached Content-Type as is
-    from store._blobs import Manifest
-
     from peer.wire._blobframes import blob_id, chunk_hash
+    from store._blobs import Manifest
 
     data = b"<script>1</script>"
     hashes = chunk_hash(data)

@@ -4,13 +4,15 @@ mesh link beside it keeps serving; an OCM peer reaches agents through it."""
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable
 
+import pytest
 import trio
 import trio_websocket
 
 from peer.wire._envelope import Content
-
 from tests._ocm_peer import OcmTestPeer
 from tests._refusals_harness import (
     CHANNEL,
@@ -29,6 +31,15 @@ async def closed(ws: trio_websocket.WebSocketConnection) -> None:
                 await ws.get_message()
         except trio_websocket.ConnectionClosed:
             return
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    """Poll ``done`` with a deadline: frames are read by another task, with no event."""
+    with trio.fail_after(DEADLINE):
+        for _ in itertools.count():
+            if done():
+                return
+            await trio.sleep(0.01)
 
 
 async def test_binary_after_json_closes_the_ocm_link_only() -> None:
@@ -87,7 +98,7 @@ async def test_an_ocm_message_reaches_both_mesh_agents() -> None:
 async def test_a_sync_answer_is_queued_once_and_queued_bytes_are_bounded() -> None:
     # review item 2: tiny sync_requests queued ~1 MiB each for a peer that never reads
     from peer.node._ocmhost import QUEUE_BYTES, OcmLink
-    from peer.protocols._ocmsession import KnownKeys, OcmCounters, OcmSession
+    from peer.protocols._ocmsession import KnownKeys, OcmSession
 
     async with serving() as pair:
         gateway = pair.a.ocm
@@ -112,10 +123,14 @@ async def test_a_sync_answer_is_queued_once_and_queued_bytes_are_bounded() -> No
         assert link.queued <= QUEUE_BYTES
 
 
-async def test_gateway_channels_are_not_the_agents_and_are_left_with_the_last_link() -> None:
+async def test_gateway_channels_are_not_the_agents_and_are_left_with_the_last_link(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # review item 3: OCM peers subscribed the agent itself, for good, up to 1,024 channels
+    from peer.node import _ocmhost
     from peer.node._ocmhost import MAX_LINK_CHANNELS, agent_channels
 
+    monkeypatch.setattr(_ocmhost, "LINGER", 2.0)  # 900 s: an OCM peer back soon catches up
     async with serving() as pair, raw_client(pair.port) as client:
         gateway = pair.a.ocm
         assert gateway is not None
@@ -124,15 +139,13 @@ async def test_gateway_channels_are_not_the_agents_and_are_left_with_the_last_li
         for i in range(MAX_LINK_CHANNELS + 1):
             await p.send({"type": "subscribe", "channel_id": f"gw{i}"})
         await p.send({"type": "subscribe", "channel_id": CHANNEL})  # the agent's own
-        with trio.fail_after(DEADLINE):
-            while gateway.counters.refused.get("too-many") != 1:
-                await trio.sleep(0.01)  # frames are read by another task; no event to wait on
+        await _until(lambda: gateway.counters.refused.get("too-many") == 1)
         assert {"gw0", f"gw{MAX_LINK_CHANNELS - 1}"} <= pair.a.channels
         assert f"gw{MAX_LINK_CHANNELS}" not in pair.a.channels
         assert agent_channels(pair.a.channels, gateway) == [CHANNEL]
         await p.send({"type": "unsubscribe", "channel_id": "gw1"})
         await client.ws.aclose()
-        with trio.fail_after(DEADLINE):
-            while gateway.statistics()["links"]:
-                await trio.sleep(0.01)
-        assert pair.a.channels == {CHANNEL} and not gateway.held
+        await _until(lambda: not gateway.statistics()["links"])
+        assert "gw2" in pair.a.channels and "gw2" in gateway.lingering  # for LINGER seconds
+        await _until(lambda: not gateway.held)
+        assert pair.a.channels == {CHANNEL} and not gateway.lingering

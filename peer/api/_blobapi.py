@@ -53,7 +53,8 @@ COLLECT_GRACE = 600.0  # seconds a chunk nothing names is kept (an upload may be
 # (at most 19 digits: a byte count, never a number int() would choke on)
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d{1,19})-(\d{1,19})|\*)/(\d{1,19}|\*)")
-_TOKEN = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:[ \t]*;[\x20-\x7e]*)?")  # printable ASCII
+# type/subtype, then parameters in printable ASCII (nothing that breaks a header)
+_TOKEN = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:[ \t]*;[\x20-\x7e]*)?")
 # shown inline by a browser; anything else is offered as a download
 _INLINE = ("image/png", "image/jpeg", "image/gif", "image/webp", "audio/", "video/", "text/plain")
 

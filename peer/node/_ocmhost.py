@@ -26,8 +26,11 @@ Rules kept here:
 * Channels the gateway joins for OCM links (a ``subscribe``, or a message
   into a channel) are the gateway's, not the agent's: they are left out of
   the agent's channel list (``agent_channels``) and of the saved
-  subscriptions, held per link (``MAX_LINK_CHANNELS`` each) and left when
-  the last link holding one unsubscribes or goes. A channel the agent
+  subscriptions, held per link (``MAX_LINK_CHANNELS`` each, and
+  ``MAX_GATEWAY_CHANNELS`` in all) and left ``LINGER`` seconds after the
+  last link holding one unsubscribes or goes (so an OCM peer back within
+  that time catches up by ``sync_request``; a lingering channel is left at
+  once when room is needed). A channel the agent
   joined itself is never left by the gateway; one the agent joins later
   becomes the agent's (``adopt``); one the agent leaves while links hold it
   stays the gateway's (``hold``).
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -101,6 +105,8 @@ SEEN = 100_000  # OCM message ids remembered as relayed into the mesh
 MAX_LINKS = 256  # OCM links at most
 MAX_CHANNELS = 1024  # channels the gateway peer joins for OCM peers (and its own), at most
 MAX_LINK_CHANNELS = 32  # channels one OCM link may make the gateway join
+MAX_GATEWAY_CHANNELS = 256  # channels the gateway holds for OCM links (lingering ones too)
+LINGER = 900.0  # seconds a gateway channel stays joined after its last link left
 DIAL_BACKOFF = Backoff(base_ms=1_000, cap_ms=30_000)
 _WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -130,9 +136,12 @@ class OcmGateway:
         self.log = peer.log.bind(part="ocm")
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.held: dict[str, set[OcmLink]] = {}  # the gateway's own channels -> links holding
+        self.lingering: dict[str, float] = {}  # held by no link: channel -> when it is left
+        self._lingering_changed = trio.Event()
 
     def adopt(self, channel: str) -> None:
         """The agent subscribed to ``channel``: it is the agent's from now on."""
+        self.lingering.pop(channel, None)
         for link in self.held.pop(channel, set()):
             link.joined.discard(channel)
 
@@ -159,6 +168,7 @@ class OcmGateway:
         async with trio.open_nursery() as nursery:
             for spec in self.peer.options.ocm_bootstrap:
                 nursery.start_soon(self.join, spec)
+            nursery.start_soon(self._expire)
             task_status.started()
             async for message in stream:
                 try:
@@ -166,6 +176,21 @@ class OcmGateway:
                 except Exception as exc:  # a bug: logged, the next message goes on
                     self.peer.counters.task_errors += 1
                     self.log.error("ocm fan-out crashed", error=repr(exc), exc_info=exc)
+
+    async def _expire(self) -> None:
+        """Leave lingering gateway channels when their time is up."""
+        while True:
+            with trio.move_on_at(min(self.lingering.values(), default=math.inf)):
+                await self._lingering_changed.wait()
+            self._lingering_changed = trio.Event()
+            now = trio.current_time()
+            for channel in [c for c, at in self.lingering.items() if at <= now]:
+                self._drop(channel)
+
+    def _drop(self, channel: str) -> None:
+        del self.lingering[channel]
+        del self.held[channel]
+        self.peer.unsubscribe(channel)
 
     def _remember(self, message: InboxMessage) -> tuple[Route, OcmMessage] | None:
         found = _export(message)
@@ -407,10 +432,13 @@ class OcmGateway:
         if len(link.joined) >= MAX_LINK_CHANNELS:
             return False
         if users is None:
-            if len(self.peer.channels) >= MAX_CHANNELS:
+            if len(self.held) >= MAX_GATEWAY_CHANNELS and self.lingering:
+                self._drop(min(self.lingering, key=self.lingering.__getitem__))
+            if len(self.held) >= MAX_GATEWAY_CHANNELS or len(self.peer.channels) >= MAX_CHANNELS:
                 return False
             users = self.held[channel] = set()
             self.peer.subscribe(channel)
+        self.lingering.pop(channel, None)
         users.add(link)
         link.joined.add(channel)
         return True
@@ -422,8 +450,8 @@ class OcmGateway:
             return
         users.discard(link)
         if not users:
-            del self.held[channel]
-            self.peer.unsubscribe(channel)
+            self.lingering[channel] = trio.current_time() + LINGER
+            self._lingering_changed.set()
 
     async def _send_dm(self, peer_id: bytes, content: Content) -> None:
         if peer_id == self.peer.peer_id:

@@ -61,8 +61,8 @@ from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
 from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, inbox_entry
 from ._inboxlog import INBOX_LOG, chain_heads, inbox_item, mark_read, read_inbox, with_inbox
-from ._ordering import InboxOrder
 from ._ocmhost import agent_channels
+from ._ordering import InboxOrder
 
 CHANNELS_KEY = "channels"
 PEER_KEY_PREFIX = "peer/"
