@@ -256,3 +256,29 @@ def test_sync_requests_have_their_own_smaller_rate() -> None:
     answered = [d for _ in range(20) for d in s.receive(ask, 0.0) if isinstance(d, AnswerSync)]
     assert len(answered) == 8 and counters.refused == {"sync-rate": 12}
     assert any(isinstance(d, AnswerSync) for d in s.receive(ask, 1.0))
+
+
+def test_relayed_messages_have_a_rate_per_link_and_for_the_gateway() -> None:
+    # review item 14: OCM messages spent the gateway's own author budget unbounded
+    from peer.protocols._ocmsession import MESSAGE_BURST, Bucket
+
+    shared = Bucket(1000.0, 150.0, 0.0)
+    counters = OcmCounters()
+    links = []
+    for _ in range(2):
+        s = OcmSession(OWN, b"\x01" * 32, initiator=False, store=True, keys=KnownKeys(),
+                       counters=counters, now=0.0, shared=shared)
+        p = OcmTestPeer()
+        s.receive(hello(p), 0.0)
+        links.append((s, p))
+    s, p = links[0]
+    relayed = [d for i in range(120)
+               for d in s.receive(json.dumps(p.message("lobby", f"m{i}")), 0.0)
+               if isinstance(d, Relay)]
+    assert len(relayed) == MESSAGE_BURST and counters.refused["message-rate"] == 20
+    assert s.closed  # 20 refusals
+    s, p = links[1]
+    relayed = [d for i in range(100)
+               for d in s.receive(json.dumps(p.message("lobby", f"n{i}")), 0.0)
+               if isinstance(d, Relay)]
+    assert len(relayed) == 50 and counters.refused["gateway-rate"] >= 1

@@ -56,7 +56,10 @@ from peer.protocols._ocm import (
 )
 from peer.protocols._ocmmap import Route, export, mesh_channel, route_of, wrap
 from peer.protocols._ocmsession import (
+    GATEWAY_MESSAGE_BURST,
+    GATEWAY_MESSAGE_RATE,
     AnswerSync,
+    Bucket,
     Close,
     Decision,
     Established,
@@ -132,6 +135,7 @@ class OcmGateway:
         self.own_id = peer.identity.peer_id_hex
         self.counters = OcmCounters()
         self.keys = KnownKeys()
+        self.budget = Bucket(GATEWAY_MESSAGE_RATE, GATEWAY_MESSAGE_BURST, 0.0)
         self.links: set[OcmLink] = set()
         self.log = peer.log.bind(part="ocm")
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -266,6 +270,7 @@ class OcmGateway:
             keys=self.keys,
             counters=self.counters,
             now=trio.current_time(),
+            shared=self.budget,
         )
         link = OcmLink(session, ws, remote)
         self.links.add(link)

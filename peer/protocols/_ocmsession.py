@@ -19,6 +19,11 @@ Rules kept here:
   counted by kind in the shared :class:`OcmCounters`, and a link that
   collects ``MAX_REFUSALS`` refusals is closed. ``sync_request`` has its own
   smaller bucket (``SYNC_RATE``): each one costs the gateway an inbox scan.
+* Messages relayed into the mesh go out signed by the gateway peer and spend
+  its author budget on every relay: each link has its own bucket
+  (``MESSAGE_RATE``) and all links share one (``GATEWAY_MESSAGE_RATE``,
+  passed in), both well below the mesh's author rate, so OCM traffic
+  cannot get the gateway's own agent rate-limited by its neighbours.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ from ._ocm import (
 
 FRAME_RATE = 50.0  # frames per second per link, sustained
 FRAME_BURST = 200.0
+MESSAGE_RATE = 10.0  # OCM messages relayed into the mesh per second per link, sustained
+MESSAGE_BURST = 100.0  # (a sync page fits); the gateway as a whole: GATEWAY_MESSAGE_RATE
+GATEWAY_MESSAGE_RATE = 100.0  # per second over all links: a tenth of the mesh's author rate
+GATEWAY_MESSAGE_BURST = 300.0
 SYNC_RATE = 2.0  # sync_requests per second per link, sustained (each scans the inbox)
 SYNC_BURST = 8.0
 MAX_REFUSALS = 20  # refusals on one link before it is closed
@@ -85,6 +94,21 @@ class OcmCounters:
             "sync_answered": self.sync_answered,
             "refused": dict(sorted(self.refused.items())),
         }
+
+
+class Bucket:
+    """A token bucket in the caller's time (seconds)."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class KnownKeys:
@@ -164,6 +188,7 @@ class OcmSession:
         keys: KnownKeys,
         counters: OcmCounters,
         now: float,
+        shared: Bucket | None = None,
     ) -> None:
         self.own_id = own_id
         self.own_key = own_key
@@ -178,8 +203,9 @@ class OcmSession:
         self.closed = False
         self._tokens = FRAME_BURST
         self._stamp = now
-        self._sync_tokens = SYNC_BURST
-        self._sync_stamp = now
+        self._messages = Bucket(MESSAGE_RATE, MESSAGE_BURST, now)
+        self._shared = shared  # the gateway's bucket over all links, if any
+        self._syncs = Bucket(SYNC_RATE, SYNC_BURST, now)
         self._sent: OrderedDict[str, None] = OrderedDict()
 
     @property
@@ -233,15 +259,6 @@ class OcmSession:
         self._tokens -= 1.0
         return True
 
-    def _take_sync_token(self) -> bool:
-        now = self._stamp  # the frame's time, just set by _take_token
-        self._sync_tokens = min(SYNC_BURST, self._sync_tokens + (now - self._sync_stamp) * SYNC_RATE)
-        self._sync_stamp = now
-        if self._sync_tokens < 1.0:
-            return False
-        self._sync_tokens -= 1.0
-        return True
-
     def _refused(self, exc: OcmError, final: bool = False) -> list[Decision]:
         self.counters.refuse(exc.kind)
         self.refusals += 1
@@ -281,7 +298,7 @@ class OcmSession:
         if isinstance(frame, SyncRequest):
             if not self.allowed(frame.channel_id):
                 raise OcmError(UNAUTHORIZED, "not-a-member", "not your DM channel")
-            if not self._take_sync_token():
+            if not self._syncs.take(self._stamp):
                 raise OcmError(INVALID_MESSAGE, "sync-rate", "over the sync_request rate limit")
             return [AnswerSync(frame)]
         if isinstance(frame, SyncResponse):
@@ -333,5 +350,9 @@ class OcmSession:
         members = dm_members(message.channel_id)
         if members is not None and message.sender_id not in members:
             raise OcmError(UNAUTHORIZED, "not-a-member", "the sender is not in this DM channel")
+        if not self._messages.take(self._stamp):
+            raise OcmError(INVALID_MESSAGE, "message-rate", "over this link's message rate")
+        if self._shared is not None and not self._shared.take(self._stamp):
+            raise OcmError(INVALID_MESSAGE, "gateway-rate", "over the gateway's message rate")
         self.mark_sent(message.message_id)  # never echo it back to this link
         return [Relay(message, verified, key if verified else None)]
