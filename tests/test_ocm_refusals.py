@@ -149,3 +149,29 @@ async def test_gateway_channels_are_not_the_agents_and_are_left_with_the_last_li
         assert "gw2" in pair.a.channels and "gw2" in gateway.lingering  # for LINGER seconds
         await _until(lambda: not gateway.held)
         assert pair.a.channels == {CHANNEL} and not gateway.lingering
+
+
+async def test_the_agent_adopts_or_leaves_a_channel_the_gateway_holds() -> None:
+    import httpx
+
+    from peer.api._api import LocalApi
+    from tests.test_api import TOKEN
+
+    async with serving() as pair, raw_client(pair.port) as client:
+        gateway = pair.a.ocm
+        assert gateway is not None
+        p = OcmTestPeer()
+        await p.handshake(client.ws)
+        await p.send({"type": "subscribe", "channel_id": "shared"})
+        await _until(lambda: "shared" in gateway.held)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=LocalApi(pair.a, TOKEN).app),
+            base_url="http://127.0.0.1", headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as api:
+            assert (await api.get("/channels")).json() == [CHANNEL]
+            r = await api.post("/subscribe", json={"channel": "shared"})
+            assert r.status_code == 200 and "shared" in r.json()["channels"]
+            assert "shared" not in gateway.held  # the agent's now: never left by the gateway
+            r = await api.post("/unsubscribe", json={"channel": "shared"})
+            assert r.status_code == 200 and r.json()["channels"] == [CHANNEL]
+            assert "shared" in pair.a.channels and "shared" in gateway.held  # the link uses it
