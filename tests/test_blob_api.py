@@ -292,3 +292,24 @@ async def test_delete_forgets_a_blob_and_frees_what_only_it_named(mesh: Trio3) -
     assert (await mesh.api_a.get(f"/blobs/{two['id']}")).content == shared
     again = await mesh.api_a.delete(f"/blobs/{one['id']}")
     assert again.status_code == 404 and again.json()["error"]["code"] == "unknown-blob"
+
+
+async def test_a_media_type_unfit_for_a_header_is_served_as_octet_stream(mesh: Trio3) -> None:
+    # review item 10: a type from the network (an attachment's) reached Content-Type as is
+    from peer.wire._blobframes import blob_id, chunk_hash
+    from store._blobs import Manifest
+
+    data = b"<script>1</script>"
+    hashes = chunk_hash(data)
+    store = mesh.a.blobs.store
+    assert store is not None
+    for bad in ("text/html\r\nx-evil: 1", "text/plain; name=caf\u00e9\u2615"):
+        blob = blob_id(len(data) + len(bad), hashes)  # any id: the type is what matters
+        store.put_manifest(Manifest(blob, len(data), hashes, bad, "x"))
+        got = await mesh.api_a.head(f"/blobs/{blob.hex()}")
+        assert got.headers["content-type"] == "application/octet-stream", bad
+        assert "x-evil" not in got.headers and got.headers["content-disposition"].startswith(
+            "attachment")
+    r = await mesh.api_a.post("/blobs", content=b"x",
+                              headers={"Content-Type": "image/png\r\n; a=b"})
+    assert r.status_code == 400

@@ -211,3 +211,74 @@ def test_bootstrap_lists_mark_ocm_entries() -> None:
     ocm, mesh = parse_peer_list(doc)
     assert ocm.ocm and ocm.url == "ws://127.0.0.1:9/" and ocm.peer_id is None
     assert not mesh.ocm and mesh.peer_id == bytes.fromhex("ab" * 32)
+
+
+def test_a_named_id_keeps_its_first_key_and_others_cannot_send_as_it() -> None:
+    # review item 1: whoever connected last used to set the key trusted for "alice"
+    keys, counters = KnownKeys(), OcmCounters()
+    alice, attacker = OcmTestPeer("alice"), OcmTestPeer("alice")
+
+    def link() -> OcmSession:
+        return OcmSession(OWN, b"\x01" * 32, initiator=False, store=True, keys=keys,
+                          counters=counters, now=0.0)
+
+    first = link()
+    assert isinstance(first.receive(hello(alice), 0.0)[-1], Established)
+    out = link().receive(hello(attacker), 0.0)  # another key for "alice": refused
+    assert out[0].frame["code"] == "unauthorized" and isinstance(out[-1], Close)  # type: ignore[union-attr]
+    assert keys.get("alice") == bytes(alice.key.verify_key)  # type: ignore[union-attr]
+    mallory = link()
+    mallory.receive(hello(OcmTestPeer("mallory")), 0.0)
+    out = mallory.receive(json.dumps(attacker.message("lobby", "as alice")), 0.0)
+    assert out[0].frame["code"] == "invalid_message"  # type: ignore[union-attr]
+    [relay] = first.receive(json.dumps(alice.message("lobby", "me")), 0.0)
+    assert isinstance(relay, Relay) and relay.verified
+    assert counters.refused == {"key-mismatch": 1, "bad-signature": 1}
+
+
+def test_a_full_key_table_trusts_no_new_key_and_evicts_none() -> None:
+    keys = KnownKeys(limit=1)
+    assert keys.learn("alice", b"\x02" * 32) and not keys.learn("bob", b"\x03" * 32)
+    assert keys.get("alice") == b"\x02" * 32 and keys.get("bob") is None
+    s = OcmSession(OWN, b"\x01" * 32, initiator=False, store=True, keys=keys,
+                   counters=OcmCounters(), now=0.0)
+    bob = OcmTestPeer("bob")
+    s.receive(hello(bob), 0.0)
+    [relay] = s.receive(json.dumps(bob.message("lobby", "hi")), 0.0)
+    assert isinstance(relay, Relay) and not relay.verified
+
+
+def test_sync_requests_have_their_own_smaller_rate() -> None:
+    # review item 2: each sync_request costs an inbox scan, 50 a second was too many
+    p = OcmTestPeer()
+    s, counters = established(p)
+    ask = json.dumps({"type": "sync_request", "channel_id": "lobby", "limit": 10})
+    answered = [d for _ in range(20) for d in s.receive(ask, 0.0) if isinstance(d, AnswerSync)]
+    assert len(answered) == 8 and counters.refused == {"sync-rate": 12}
+    assert any(isinstance(d, AnswerSync) for d in s.receive(ask, 1.0))
+
+
+def test_relayed_messages_have_a_rate_per_link_and_for_the_gateway() -> None:
+    # review item 14: OCM messages spent the gateway's own author budget unbounded
+    from peer.protocols._ocmsession import MESSAGE_BURST, Bucket
+
+    shared = Bucket(1000.0, 150.0, 0.0)
+    counters = OcmCounters()
+    links = []
+    for _ in range(2):
+        s = OcmSession(OWN, b"\x01" * 32, initiator=False, store=True, keys=KnownKeys(),
+                       counters=counters, now=0.0, shared=shared)
+        p = OcmTestPeer()
+        s.receive(hello(p), 0.0)
+        links.append((s, p))
+    s, p = links[0]
+    relayed = [d for i in range(120)
+               for d in s.receive(json.dumps(p.message("lobby", f"m{i}")), 0.0)
+               if isinstance(d, Relay)]
+    assert len(relayed) == MESSAGE_BURST and counters.refused["message-rate"] == 20
+    assert s.closed  # 20 refusals
+    s, p = links[1]
+    relayed = [d for i in range(100)
+               for d in s.receive(json.dumps(p.message("lobby", f"n{i}")), 0.0)
+               if isinstance(d, Relay)]
+    assert len(relayed) == 50 and counters.refused["gateway-rate"] >= 1

@@ -53,7 +53,8 @@ COLLECT_GRACE = 600.0  # seconds a chunk nothing names is kept (an upload may be
 # (at most 19 digits: a byte count, never a number int() would choke on)
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 _CONTENT_RANGE = re.compile(r"bytes (?:(\d{1,19})-(\d{1,19})|\*)/(\d{1,19}|\*)")
-_TOKEN = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:\s*;.*)?")
+# type/subtype, then parameters in printable ASCII (nothing that breaks a header)
+_TOKEN = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:[ \t]*;[\x20-\x7e]*)?")
 # shown inline by a browser; anything else is offered as a download
 _INLINE = ("image/png", "image/jpeg", "image/gif", "image/webp", "audio/", "video/", "text/plain")
 
@@ -68,6 +69,12 @@ def _media_type(request: Request) -> str:
     if len(raw) > MAX_MEDIA_TYPE or not _TOKEN.fullmatch(raw):
         raise ApiError(400, "invalid", "Content-Type must be a media type (type/subtype)")
     return raw
+
+
+def _safe_type(kind: str) -> str:
+    """A media type from the network, fit for a header (else application/octet-stream)."""
+    ok = len(kind) <= MAX_MEDIA_TYPE and _TOKEN.fullmatch(kind) is not None
+    return kind if ok else "application/octet-stream"
 
 
 def _blob_name(request: Request) -> str:
@@ -388,7 +395,8 @@ class BlobApi:
             "x-content-type-options": "nosniff",
             "content-security-policy": "sandbox; default-src 'none'",
         }
-        inline = manifest.type.startswith(_INLINE)
+        kind = _safe_type(manifest.type)
+        inline = kind.startswith(_INLINE)
         disposition = "inline" if inline else "attachment"
         if manifest.name:
             from urllib.parse import quote
@@ -403,10 +411,10 @@ class BlobApi:
             headers["content-range"] = f"bytes {start}-{end}/{size}"
         headers["content-length"] = str(end - start + 1 if size else 0)
         if request.method == "HEAD" or size == 0:
-            return Response(b"", status_code=status, headers=headers, media_type=manifest.type)
+            return Response(b"", status_code=status, headers=headers, media_type=kind)
         body = partial(self._body, manifest, start, end)
         return StreamingResponse(
-            body(), status_code=status, headers=headers, media_type=manifest.type
+            body(), status_code=status, headers=headers, media_type=kind
         )
 
     async def _body(self, manifest: Manifest, start: int, end: int) -> AsyncGenerator[bytes, None]:

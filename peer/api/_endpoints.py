@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from peer.node._bootstrap import bootstrap_entry
 from peer.node._inbox import PeerInfo
 from peer.node._node import Peer, UnknownPeer
+from peer.node._ocmhost import agent_channels
 from peer.wire import _cbor
 from peer.wire._envelope import Content
 from peer.wire._errors import ProtocolError
@@ -125,7 +126,7 @@ class Endpoints:
             "compat": self.compat,
             "caps": list(peer.caps),
             "relay_only": peer.options.relay_only,
-            "channels": sorted(peer.channels),
+            "channels": agent_channels(peer.channels, peer.ocm),
             "unread": peer.inbox.unread(),
             "webhooks": [] if self.webhooks is None else self.webhooks.statistics(),
             "blobs": peer.blobs.statistics(),
@@ -334,20 +335,27 @@ class Endpoints:
             raise ApiError(400, "relay-only", "a relay-only peer subscribes to nothing")
         name = channel_name(data.get("channel"))
         self.peer.subscribe(name)
+        if self.peer.ocm is not None:
+            self.peer.ocm.adopt(name)  # a channel the gateway held is the agent's now
         if self.peer.storage is not None:
             await self.peer.storage.save_channels()
-        return JSONResponse({"channel": name, "channels": sorted(self.peer.channels)})
+        return JSONResponse({"channel": name, "channels": self._channels()})
 
     async def unsubscribe(self, request: Request) -> Response:
         data = await self.body(request)
         name = channel_name(data.get("channel"))
-        self.peer.unsubscribe(name)
+        if self.peer.ocm is None or not self.peer.ocm.hold(name):  # OCM links still use it
+            self.peer.unsubscribe(name)
         if self.peer.storage is not None:
             await self.peer.storage.save_channels()
-        return JSONResponse({"channel": name, "channels": sorted(self.peer.channels)})
+        return JSONResponse({"channel": name, "channels": self._channels()})
+
+    def _channels(self) -> list[str]:
+        """The agent's channels (not those the OCM gateway holds for its links)."""
+        return agent_channels(self.peer.channels, self.peer.ocm)
 
     async def channels(self, request: Request) -> Response:
-        return JSONResponse(sorted(self.peer.channels))
+        return JSONResponse(self._channels())
 
     async def dht(self, request: Request) -> Response:
         service = self.peer.dht

@@ -8,8 +8,9 @@ kept here:
 
 * Frame handlers are sync: a want is answered from the store at once, or
   forwarded; an answer wakes the fetch or forwarded want that owns its
-  request id. An answer nobody asked for is charged to its link's budget and
-  dropped.
+  request id, and only if it came from the peer that was asked (request ids
+  are random, so a linked peer cannot guess them either). An answer nobody
+  asked for is charged to its link's budget and dropped.
 * A want is refused ``busy`` while the asker's link already has
   ``SERVE_QUEUE`` frames waiting to be written: what a peer can make us queue
   is bounded by that, not by how fast it asks.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from collections.abc import AsyncGenerator
 from functools import partial
 from pathlib import Path
@@ -57,6 +59,7 @@ MAX_ROUTES = 6
 MANIFESTS_CACHED = 16
 UPLOAD_TTL = 7 * 24 * 3600.0  # seconds an unfinished resumable upload is kept
 _RID_LIMIT = 2**32 - 1
+_RIDS = random.SystemRandom()  # request ids: not guessable by a linked peer
 
 
 class BlobPeer(Protocol):
@@ -98,7 +101,6 @@ class BlobHost:
     def __init__(self, peer: BlobPeer) -> None:
         self.peer = peer
         self.store: BlobStore | None = None
-        self._rid = 0
         self.forwarder = Forwarder(self._next_rid)
         self._fetching: dict[int, _Running] = {}  # request id -> fetch that sent it
         self._slots = trio.CapacityLimiter(MAX_FETCHES)
@@ -120,8 +122,11 @@ class BlobHost:
             self.store.close()
 
     def _next_rid(self) -> int:
-        self._rid = self._rid + 1 if self._rid < _RID_LIMIT else 1
-        return self._rid
+        """A fresh request id, unpredictable (a linked peer must not guess ours)."""
+        while True:
+            rid = _RIDS.randrange(1, _RID_LIMIT + 1)
+            if rid not in self._fetching and not self.forwarder.owns(rid):
+                return rid
 
     # -- frames -------------------------------------------------------------------------
 
@@ -129,9 +134,9 @@ class BlobHost:
         if isinstance(frame, BlobWant):
             self._on_want(link, frame, raw)
             return
-        running = self._fetching.pop(frame.r, None)
-        if running is not None:
-            running.core.on_answer(link.peer_id, frame, self.peer.now())
+        running = self._fetching.get(frame.r)
+        if running is not None and running.core.on_answer(link.peer_id, frame, self.peer.now()):
+            del self._fetching[frame.r]  # only the asked peer's answer ends the want
             running.wake.set()
         elif self.forwarder.owns(frame.r):
             self._perform(self.forwarder.answer(link.peer_id, frame))

@@ -10,16 +10,30 @@ Rules kept here:
 * One task reads a link and performs its decisions in order; relaying a
   message into the mesh waits for the store's commit (back-pressure), so an
   acknowledged OCM message is never lost. Each link has a writer task and a
-  bounded queue (``QUEUE``): a peer that does not read is disconnected.
+  bounded queue (``QUEUE`` frames and ``QUEUE_BYTES`` characters): a peer
+  that does not read is disconnected.
 * Mesh messages reach OCM links through one task that follows the peer's
   inbox (``Peer.messages``): every channel or DM message whose route an OCM
   link subscribed to is sent to it once (ids remembered per link).
 * ``sync_request`` is answered from the inbox: the messages after the given
   id, in order (``limit`` of them, a frame at most ``SYNC_BYTES``, and
   ``has_more`` when more follow); with no id, or one we do not hold, the
-  newest ``limit``.
+  newest ``limit``. One answer per link is outstanding at a time: another
+  ``sync_request`` before the last answer was written is refused
+  (``sync-busy``), so a peer that asks and never reads holds one answer.
 * A link is closed after ``IDLE`` seconds with no frame; a failure in one
   link (bad frame, bug) closes that link only, logged and counted.
+* Channels the gateway joins for OCM links (a ``subscribe``, or a message
+  into a channel) are the gateway's, not the agent's: they are left out of
+  the agent's channel list (``agent_channels``) and of the saved
+  subscriptions, held per link (``MAX_LINK_CHANNELS`` each, and
+  ``MAX_GATEWAY_CHANNELS`` in all) and left ``LINGER`` seconds after the
+  last link holding one unsubscribes or goes (so an OCM peer back within
+  that time catches up by ``sync_request``; a lingering channel is left at
+  once when room is needed). A channel the agent
+  joined itself is never left by the gateway; one the agent joins later
+  becomes the agent's (``adopt``); one the agent leaves while links hold it
+  stays the gateway's (``hold``).
 * The gateway only runs on a peer with an inbox (not ``--relay-only``).
 """
 
@@ -27,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -41,7 +56,10 @@ from peer.protocols._ocm import (
 )
 from peer.protocols._ocmmap import Route, export, mesh_channel, route_of, wrap
 from peer.protocols._ocmsession import (
+    GATEWAY_MESSAGE_BURST,
+    GATEWAY_MESSAGE_RATE,
     AnswerSync,
+    Bucket,
     Close,
     Decision,
     Established,
@@ -77,16 +95,21 @@ class OcmPeer(PeerCore, Protocol):
     def storage(self) -> object | None: ...
     def messages(self, *, after: int | None = None, outgoing: bool = False) -> MessageStream: ...
     def subscribe(self, channel: str) -> None: ...
+    def unsubscribe(self, channel: str) -> None: ...
     async def send_message(self, channel: str, content: Content) -> Envelope: ...
     async def send_direct(self, peer_id: bytes, content: Content) -> Envelope: ...
     async def resolve_peer(self, peer_id: bytes) -> PeerInfo | None: ...
 
 QUEUE = 256  # frames waiting for one link's writer, at most
+QUEUE_BYTES = 4 * 1024 * 1024  # characters waiting for one link's writer, at most
 IDLE = 300.0  # seconds a link may stay silent
 SYNC_BYTES = 1024 * 1024  # characters of one sync_response, at most
 SEEN = 100_000  # OCM message ids remembered as relayed into the mesh
 MAX_LINKS = 256  # OCM links at most
 MAX_CHANNELS = 1024  # channels the gateway peer joins for OCM peers (and its own), at most
+MAX_LINK_CHANNELS = 32  # channels one OCM link may make the gateway join
+MAX_GATEWAY_CHANNELS = 256  # channels the gateway holds for OCM links (lingering ones too)
+LINGER = 900.0  # seconds a gateway channel stays joined after its last link left
 DIAL_BACKOFF = Backoff(base_ms=1_000, cap_ms=30_000)
 _WS_GONE = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -101,6 +124,9 @@ class OcmLink:
         self.send, self.receive = trio.open_memory_channel[str | None](QUEUE)
         self.routes: dict[Route, str] = {}  # route -> the channel id this peer uses for it
         self.scope: trio.CancelScope | None = None  # the link's nursery
+        self.queued = 0  # characters waiting in the queue
+        self.sync_text: str | None = None  # the sync_response not yet written, if any
+        self.joined: set[str] = set()  # gateway channels this link holds
 
 
 class OcmGateway:
@@ -109,9 +135,30 @@ class OcmGateway:
         self.own_id = peer.identity.peer_id_hex
         self.counters = OcmCounters()
         self.keys = KnownKeys()
+        self.budget = Bucket(GATEWAY_MESSAGE_RATE, GATEWAY_MESSAGE_BURST, 0.0)
         self.links: set[OcmLink] = set()
         self.log = peer.log.bind(part="ocm")
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self.held: dict[str, set[OcmLink]] = {}  # the gateway's own channels -> links holding
+        self.lingering: dict[str, float] = {}  # held by no link: channel -> when it is left
+        self._lingering_changed = trio.Event()
+
+    def adopt(self, channel: str) -> None:
+        """The agent subscribed to ``channel``: it is the agent's from now on."""
+        self.lingering.pop(channel, None)
+        for link in self.held.pop(channel, set()):
+            link.joined.discard(channel)
+
+    def hold(self, channel: str) -> bool:
+        """The agent leaves ``channel``: True if OCM links still use it (the gateway
+        keeps it, as its own), False if it may be left."""
+        users = {link for link in self.links if ("ch", channel) in link.routes}
+        if not users:
+            return False
+        self.held[channel] = users
+        for link in users:
+            link.joined.add(channel)
+        return True
 
     def statistics(self) -> dict[str, Any]:
         return {"links": len(self.links), **self.counters.to_json()}
@@ -125,6 +172,7 @@ class OcmGateway:
         async with trio.open_nursery() as nursery:
             for spec in self.peer.options.ocm_bootstrap:
                 nursery.start_soon(self.join, spec)
+            nursery.start_soon(self._expire)
             task_status.started()
             async for message in stream:
                 try:
@@ -132,6 +180,21 @@ class OcmGateway:
                 except Exception as exc:  # a bug: logged, the next message goes on
                     self.peer.counters.task_errors += 1
                     self.log.error("ocm fan-out crashed", error=repr(exc), exc_info=exc)
+
+    async def _expire(self) -> None:
+        """Leave lingering gateway channels when their time is up."""
+        while True:
+            with trio.move_on_at(min(self.lingering.values(), default=math.inf)):
+                await self._lingering_changed.wait()
+            self._lingering_changed = trio.Event()
+            now = trio.current_time()
+            for channel in [c for c, at in self.lingering.items() if at <= now]:
+                self._drop(channel)
+
+    def _drop(self, channel: str) -> None:
+        del self.lingering[channel]
+        del self.held[channel]
+        self.peer.unsubscribe(channel)
 
     def _remember(self, message: InboxMessage) -> tuple[Route, OcmMessage] | None:
         found = _export(message)
@@ -207,6 +270,7 @@ class OcmGateway:
             keys=self.keys,
             counters=self.counters,
             now=trio.current_time(),
+            shared=self.budget,
         )
         link = OcmLink(session, ws, remote)
         self.links.add(link)
@@ -226,6 +290,8 @@ class OcmGateway:
             log.error("ocm link crashed", error=repr(exc), exc_info=exc)
         finally:
             self.links.discard(link)
+            for channel in list(link.joined):
+                self._leave(channel, link)
             self.counters.links_closed += 1
             with trio.move_on_after(2), contextlib.suppress(*_WS_GONE):
                 await ws.aclose()
@@ -251,21 +317,31 @@ class OcmGateway:
                 if text is None:
                     break
                 await link.ws.send_message(text)
+                link.queued -= len(text)
+                if text is link.sync_text:
+                    link.sync_text = None
                 self.counters.frames_out += 1
         except _WS_GONE:
             pass
         scope.cancel()
 
-    def _send(self, link: OcmLink, frame: dict[str, Any]) -> None:
+    def _send(self, link: OcmLink, frame: dict[str, Any]) -> str | None:
+        """Queue ``frame`` for ``link``; the text queued, or None if the link ended."""
+        text = json.dumps(frame, ensure_ascii=False)
         try:
-            link.send.send_nowait(json.dumps(frame, ensure_ascii=False))
+            if link.queued + len(text) > QUEUE_BYTES:
+                raise trio.WouldBlock
+            link.send.send_nowait(text)
         except trio.WouldBlock:
             self.counters.refuse("slow")
             link.session.closed = True  # it does not read: the link ends at once
             if link.scope is not None:
                 link.scope.cancel()
+            return None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+            return None
+        link.queued += len(text)
+        return text
 
     async def _perform(self, link: OcmLink, decisions: list[Decision]) -> None:
         for decision in decisions:
@@ -302,10 +378,12 @@ class OcmGateway:
         route = route_of(channel_id, link.session.peer_id)
         if not on:
             link.routes.pop(route, None)
+            if route[0] == "ch":
+                self._leave(route[1], link)
             return
-        if route[0] == "ch" and not self._join(route[1]):
+        if route[0] == "ch" and not self._join(route[1], link):
             link.session.subscriptions.discard(channel_id)
-            self._refuse(link, "too-many", f"this gateway carries {MAX_CHANNELS} channels at most")
+            self._refuse(link, "too-many", "over this gateway's channel limits")
             return
         link.routes[route] = channel_id
         if not link.session.initiator:  # so that an OCM relay sends us this channel
@@ -326,8 +404,8 @@ class OcmGateway:
         try:
             if route[0] == "dm":
                 await self._send_dm(route[1], content)
-            elif not self._join(route[1]):
-                self._refuse(link, "too-many", f"this gateway carries {MAX_CHANNELS} channels")
+            elif not self._join(route[1], link):
+                self._refuse(link, "too-many", "over this gateway's channel limits")
                 return
             else:
                 await self.peer.send_message(route[1], content)
@@ -348,14 +426,37 @@ class OcmGateway:
         if not decision.verified:
             self.counters.unverified_in += 1
 
-    def _join(self, channel: str) -> bool:
-        """Subscribe the gateway peer to ``channel`` (it keeps it for its OCM peers'
-        catch-up); False if that would pass ``MAX_CHANNELS``."""
-        if channel not in self.peer.channels:
-            if len(self.peer.channels) >= MAX_CHANNELS:
+    def _join(self, channel: str, link: OcmLink) -> bool:
+        """Subscribe the gateway peer to ``channel`` for ``link`` (held until the last
+        link holding it leaves); False past ``MAX_LINK_CHANNELS`` or ``MAX_CHANNELS``."""
+        users = self.held.get(channel)
+        if users is None and channel in self.peer.channels:
+            return True  # the agent's own
+        if link in (users or ()):
+            return True
+        if len(link.joined) >= MAX_LINK_CHANNELS:
+            return False
+        if users is None:
+            if len(self.held) >= MAX_GATEWAY_CHANNELS and self.lingering:
+                self._drop(min(self.lingering, key=self.lingering.__getitem__))
+            if len(self.held) >= MAX_GATEWAY_CHANNELS or len(self.peer.channels) >= MAX_CHANNELS:
                 return False
+            users = self.held[channel] = set()
             self.peer.subscribe(channel)
+        self.lingering.pop(channel, None)
+        users.add(link)
+        link.joined.add(channel)
         return True
+
+    def _leave(self, channel: str, link: OcmLink) -> None:
+        users = self.held.get(channel)
+        link.joined.discard(channel)
+        if users is None:
+            return
+        users.discard(link)
+        if not users:
+            self.lingering[channel] = trio.current_time() + LINGER
+            self._lingering_changed.set()
 
     async def _send_dm(self, peer_id: bytes, content: Content) -> None:
         if peer_id == self.peer.peer_id:
@@ -370,6 +471,9 @@ class OcmGateway:
         self._send(link, error_frame(INVALID_MESSAGE, reason))
 
     def _answer_sync(self, link: OcmLink, channel_id: str, after: str | None, limit: int) -> None:
+        if link.sync_text is not None:
+            self._refuse(link, "sync-busy", "the last sync_response is not read yet")
+            return
         route = route_of(channel_id, link.session.peer_id)
         held = [ocm for m in self.peer.inbox
                 if (found := _export(m)) is not None and found[0] == route
@@ -390,8 +494,14 @@ class OcmGateway:
             page.append(frame)
             link.session.mark_sent(ocm.message_id)
         self.counters.sync_answered += 1
-        self._send(link, {"type": "sync_response", "channel_id": channel_id, "messages": page,
-                          "has_more": start + len(page) < len(held)})
+        link.sync_text = self._send(link, {
+            "type": "sync_response", "channel_id": channel_id, "messages": page,
+            "has_more": start + len(page) < len(held)})
+
+
+def agent_channels(channels: set[str], gateway: OcmGateway | None) -> list[str]:
+    """The agent's own channels: ``channels`` without those only the gateway holds."""
+    return sorted(channels if gateway is None else channels - gateway.held.keys())
 
 
 def _export(message: InboxMessage) -> tuple[Route, OcmMessage] | None:
@@ -416,4 +526,4 @@ def _renamed(ocm: OcmMessage, channel_id: str) -> OcmMessage:
                       ocm.timestamp, None)
 
 
-__all__ = ["OcmGateway", "mesh_channel"]
+__all__ = ["OcmGateway", "agent_channels", "mesh_channel"]

@@ -61,6 +61,7 @@ from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
 from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, inbox_entry
 from ._inboxlog import INBOX_LOG, chain_heads, inbox_item, mark_read, read_inbox, with_inbox
+from ._ocmhost import agent_channels
 from ._ordering import InboxOrder
 
 CHANNELS_KEY = "channels"
@@ -230,7 +231,7 @@ class Storage:
         return topic != PRESENCE_TOPIC and self.options.rules.keeps(topic)
 
     async def save_channels(self) -> None:
-        value = _cbor.encode(sorted(self.peer.channels))
+        value = _cbor.encode(agent_channels(self.peer.channels, getattr(self.peer, "ocm", None)))
         await self.service.write(lambda s: s.put_state(CHANNELS_KEY, value))
 
     def _pin(self, topic: str) -> None:

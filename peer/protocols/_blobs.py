@@ -121,15 +121,16 @@ class Fetch:
     def owns(self, rid: int) -> bool:
         return rid in self._pending
 
-    def on_answer(self, peer: bytes, answer: BlobAnswer, now: float) -> None:
-        """An answer to one of our wants (``owns(answer.r)``)."""
+    def on_answer(self, peer: bytes, answer: BlobAnswer, now: float) -> bool:
+        """An answer to one of our wants (``owns(answer.r)``); False if it was not
+        taken (not ours, or from a peer we did not ask: the want stays pending)."""
         pending = self._pending.get(answer.r)
         if pending is None or self.routes[pending.route].peer != peer:
-            return  # not ours, or from a peer we did not ask: ignored
+            return False
         del self._pending[answer.r]
-        if self._accept(pending.item, answer):
-            return
-        self._failed_once(pending)
+        if not self._accept(pending.item, answer):
+            self._failed_once(pending)
+        return True
 
     def _accept(self, item: int | None, answer: BlobAnswer) -> bool:
         if item is None:

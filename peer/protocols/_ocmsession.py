@@ -17,7 +17,13 @@ Rules kept here:
   channel it is one of.
 * Frames are rate-limited per link (a token bucket); each refusal is
   counted by kind in the shared :class:`OcmCounters`, and a link that
-  collects ``MAX_REFUSALS`` refusals is closed.
+  collects ``MAX_REFUSALS`` refusals is closed. ``sync_request`` has its own
+  smaller bucket (``SYNC_RATE``): each one costs the gateway an inbox scan.
+* Messages relayed into the mesh go out signed by the gateway peer and spend
+  its author budget on every relay: each link has its own bucket
+  (``MESSAGE_RATE``) and all links share one (``GATEWAY_MESSAGE_RATE``,
+  passed in), both well below the mesh's author rate, so OCM traffic
+  cannot get the gateway's own agent rate-limited by its neighbours.
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ from ._ocm import (
 
 FRAME_RATE = 50.0  # frames per second per link, sustained
 FRAME_BURST = 200.0
+MESSAGE_RATE = 10.0  # OCM messages relayed into the mesh per second per link, sustained
+MESSAGE_BURST = 100.0  # (a sync page fits); the gateway as a whole: GATEWAY_MESSAGE_RATE
+GATEWAY_MESSAGE_RATE = 100.0  # per second over all links: a tenth of the mesh's author rate
+GATEWAY_MESSAGE_BURST = 300.0
+SYNC_RATE = 2.0  # sync_requests per second per link, sustained (each scans the inbox)
+SYNC_BURST = 8.0
 MAX_REFUSALS = 20  # refusals on one link before it is closed
 MAX_SUBSCRIPTIONS = 256  # channels one link may subscribe to
 MAX_KNOWN_KEYS = 10_000  # sender keys remembered (least recently learned forgotten)
@@ -84,21 +96,42 @@ class OcmCounters:
         }
 
 
+class Bucket:
+    """A token bucket in the caller's time (seconds)."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
 class KnownKeys:
-    """Sender id -> Ed25519 key, learned from handshakes (bounded)."""
+    """Sender id -> trusted Ed25519 key: an id that is a key names it; any other id
+    keeps the first key learned for it (bounded; never overwritten nor evicted)."""
 
     def __init__(self, limit: int = MAX_KNOWN_KEYS) -> None:
-        self._keys: OrderedDict[str, bytes] = OrderedDict()
+        self._keys: dict[str, bytes] = {}
         self._limit = limit
 
-    def learn(self, peer_id: str, key: bytes) -> None:
+    def learn(self, peer_id: str, key: bytes) -> bool:
+        """Trust ``key`` for ``peer_id`` if nothing else is; False if another key is
+        trusted for it (or the table is full: then it stays untrusted)."""
+        trusted = self.get(peer_id)
+        if trusted is not None:
+            return trusted == key
+        if len(self._keys) >= self._limit:
+            return False
         self._keys[peer_id] = key
-        self._keys.move_to_end(peer_id)
-        while len(self._keys) > self._limit:
-            self._keys.popitem(last=False)
+        return True
 
     def get(self, peer_id: str) -> bytes | None:
-        return self._keys.get(peer_id) or key_of_peer_id(peer_id)
+        return key_of_peer_id(peer_id) or self._keys.get(peer_id)
 
 
 # -- decisions -------------------------------------------------------------------------
@@ -155,6 +188,7 @@ class OcmSession:
         keys: KnownKeys,
         counters: OcmCounters,
         now: float,
+        shared: Bucket | None = None,
     ) -> None:
         self.own_id = own_id
         self.own_key = own_key
@@ -163,11 +197,15 @@ class OcmSession:
         self.keys = keys
         self.counters = counters
         self.hello: Hello | None = None
+        self.trusted_key: bytes | None = None  # the handshake's key, if trusted for its id
         self.subscriptions: set[str] = set()
         self.refusals = 0
         self.closed = False
         self._tokens = FRAME_BURST
         self._stamp = now
+        self._messages = Bucket(MESSAGE_RATE, MESSAGE_BURST, now)
+        self._shared = shared  # the gateway's bucket over all links, if any
+        self._syncs = Bucket(SYNC_RATE, SYNC_BURST, now)
         self._sent: OrderedDict[str, None] = OrderedDict()
 
     @property
@@ -238,9 +276,14 @@ class OcmSession:
             raise OcmError(INVALID_MESSAGE, "handshake", "a handshake comes first")
         if frame.peer_id == self.own_id:
             raise OcmError(UNAUTHORIZED, "handshake", "that is this peer's own id")
+        if frame.public_key is not None and not self.keys.learn(frame.peer_id, frame.public_key):
+            if self.keys.get(frame.peer_id) is not None:
+                raise OcmError(UNAUTHORIZED, "key-mismatch",
+                               "another key is already trusted for this peer id")
+            self.trusted_key = None  # the table is full: relayed as unverified
+        else:
+            self.trusted_key = frame.public_key
         self.hello = frame
-        if frame.public_key is not None:
-            self.keys.learn(frame.peer_id, frame.public_key)
         out: list[Decision] = []
         if not self.initiator:
             out.append(Send(self._hello()))
@@ -255,6 +298,8 @@ class OcmSession:
         if isinstance(frame, SyncRequest):
             if not self.allowed(frame.channel_id):
                 raise OcmError(UNAUTHORIZED, "not-a-member", "not your DM channel")
+            if not self._syncs.take(self._stamp):
+                raise OcmError(INVALID_MESSAGE, "sync-rate", "over the sync_request rate limit")
             return [AnswerSync(frame)]
         if isinstance(frame, SyncResponse):
             out: list[Decision] = []
@@ -290,7 +335,7 @@ class OcmSession:
     def _on_message(self, message: OcmMessage) -> list[Decision]:
         assert self.hello is not None
         own = message.sender_id == self.hello.peer_id
-        key = self.hello.public_key if own else self.keys.get(message.sender_id)
+        key = self.trusted_key if own else self.keys.get(message.sender_id)
         if message.signature is not None and key is not None:
             if not message.verifies(key):
                 raise OcmError(INVALID_MESSAGE, "bad-signature", "signature does not verify")
@@ -305,5 +350,9 @@ class OcmSession:
         members = dm_members(message.channel_id)
         if members is not None and message.sender_id not in members:
             raise OcmError(UNAUTHORIZED, "not-a-member", "the sender is not in this DM channel")
+        if not self._messages.take(self._stamp):
+            raise OcmError(INVALID_MESSAGE, "message-rate", "over this link's message rate")
+        if self._shared is not None and not self._shared.take(self._stamp):
+            raise OcmError(INVALID_MESSAGE, "gateway-rate", "over the gateway's message rate")
         self.mark_sent(message.message_id)  # never echo it back to this link
         return [Relay(message, verified, key if verified else None)]
