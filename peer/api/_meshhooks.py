@@ -18,6 +18,7 @@ Rules kept here:
   stored and sent before the 202.
 * A request's ``replyTo`` stays here (its token is the sender's secret). A DM
   answering it (``reply_to`` the DM's id, or ``payload.mesh.correlationId``)
+  and sent by the peer the request went to (any other sender is ignored)
   is POSTed to ``replyTo.url`` as a MESH ``response``: ``ATTEMPTS`` tries,
   2, 4, 8 s apart, at most ``DELIVERIES`` at once; a 4xx other than 408/429
   is final. Pending requests live in memory until their TTL.
@@ -79,6 +80,7 @@ class Pending:
     url: str
     token: str | None
     deadline: float
+    target: bytes  # the mesh peer asked: only its answer is carried back
 
 
 class MeshHooks:
@@ -121,8 +123,11 @@ class MeshHooks:
             wanted = self._by_dm.get(message.reply_to)
         if wanted is None and meta is not None and isinstance(meta.get("correlationId"), str):
             wanted = meta["correlationId"]
-        pending = self.pending.pop(wanted, None) if wanted is not None else None
-        if pending is None or self.peer.wall_time() > pending.deadline:
+        pending = self.pending.get(wanted) if wanted is not None else None
+        if wanted is None or pending is None or message.sender != pending.target:
+            return  # not an answer, or another peer's forgery: the real answer may still come
+        del self.pending[wanted]
+        if self.peer.wall_time() > pending.deadline:
             return
         sender = self._name_of(message.sender)
         env = response_envelope(pending.raw, sender=sender, body=message.body,
@@ -259,7 +264,7 @@ class MeshHooks:
             raise MeshError(503, "store", str(exc)) from None
         if env.type in ("request", "alert") and env.reply_url is not None:
             self.pending[env.id] = Pending(env.shared(), env.reply_url, env.reply_token,
-                                           env.timestamp + env.ttl)
+                                           env.timestamp + env.ttl, target)
             self._by_dm[dm.id] = env.id
             while len(self.pending) > PENDING:
                 self.pending.popitem(last=False)
