@@ -212,7 +212,8 @@ class MeshHooks:
                 delivered = await self._keep_local(env, checked)
             else:
                 delivered = await self._to_mesh(env, target, checked)
-            self.guard.remember(env, now)  # only once carried: a refused POST may be retried
+            # only once carried: a refused POST may be retried
+            self.guard.remember(env, now, signed=key is not None)
             self._seen[env.id] = None
         if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
