@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -37,3 +38,16 @@ def test_only_the_asked_peer_answers_a_request() -> None:
     hooks._maybe_reply(_dm(ASKED, "req-1"))
     assert "req-1" not in hooks.pending
     assert hooks._receive.statistics().current_buffer_used == 1
+
+
+async def test_health_never_walks_the_inbox() -> None:
+    class Inbox:
+        def __iter__(self) -> Any:
+            raise AssertionError("/health walked the inbox")
+
+    hooks = _hooks()
+    hooks.peer.inbox = Inbox()
+    hooks.local.append({"id": "x"})
+    hooks.mesh_received = 2
+    response = await hooks.health(None)  # type: ignore[arg-type]
+    assert json.loads(bytes(response.body)) == {"status": "ok", "agent": "me", "inbox": 3}

@@ -7,8 +7,9 @@
 Rules kept here:
 
 * ``/hooks`` and ``/inbox`` want ``Authorization: Bearer`` with the API token
-  or the ``--mesh-token`` (``LocalApi`` checks it); ``/health`` is open. A sender with a key in
-  ``--mesh-keys`` (``<sender>.key``, MESH's signing-keys layout) must sign,
+  or the ``--mesh-token`` (``LocalApi`` checks it); ``/health`` is open and cheap
+  (its ``inbox`` is a count kept as messages arrive, never a walk of the inbox).
+  A sender with a key in ``--mesh-keys`` (``<sender>.key``, MESH's signing-keys layout) must sign,
   with a nonce; replay rules and TTLs are enforced; envelope ids are
   deduplicated (a retried POST is 202 again, delivered once).
 * A message for this peer's agent (``to`` is its name or peer id, or empty)
@@ -99,6 +100,7 @@ class MeshHooks:
         self._send, self._receive = trio.open_memory_channel[tuple[str, str | None, str]](1024)
         self.log = peer.log.bind(part="mesh-hooks")
         self._lock = trio.Lock()
+        self.mesh_received = 0  # MESH DMs in the inbox, counted: /health never walks it
 
     # -- the service: local inbox load, replies watched and delivered -----------------
 
@@ -108,10 +110,13 @@ class MeshHooks:
                 with contextlib.suppress(ValueError):
                     self.local.append(json.loads(line))
         stream = self.peer.messages(after=self.peer.inbox.last_cursor)
+        self.mesh_received = sum(1 for m in self.peer.inbox if _incoming_mesh(m))  # once
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._deliver_all)
             task_status.started()
             async for message in stream:
+                if _incoming_mesh(message):
+                    self.mesh_received += 1
                 self._maybe_reply(message)
 
     def _maybe_reply(self, message: InboxMessage) -> None:
@@ -293,7 +298,8 @@ class MeshHooks:
         return JSONResponse({"messages": entries, "count": len(entries)})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "agent": self.agent, "inbox": len(self._entries())})
+        return JSONResponse({"status": "ok", "agent": self.agent,
+                             "inbox": len(self.local) + self.mesh_received})
 
     @property
     def agent(self) -> str:
@@ -324,6 +330,10 @@ def _meta_of(env: MeshEnvelope) -> Meta:
         idem=env.id if len(env.id.encode()) <= MAX_IDEM_BYTES else hashlib.sha256(
             env.id.encode()).hexdigest(),
     )
+
+
+def _incoming_mesh(message: InboxMessage) -> bool:
+    return message.kind == "dm" and not message.outgoing and _mesh_of(message) is not None
 
 
 def _mesh_of(message: InboxMessage) -> dict[str, Any] | None:
