@@ -46,7 +46,7 @@ async def test_health_never_walks_the_inbox() -> None:
             raise AssertionError("/health walked the inbox")
 
     hooks = _hooks()
-    hooks.peer.inbox = Inbox()
+    hooks.peer.inbox = Inbox()  # type: ignore[assignment]
     hooks.local.append({"id": "x"})
     hooks.mesh_received = 2
     response = await hooks.health(None)  # type: ignore[arg-type]
