@@ -51,3 +51,32 @@ async def test_health_never_walks_the_inbox() -> None:
     hooks.mesh_received = 2
     response = await hooks.health(None)  # type: ignore[arg-type]
     assert json.loads(bytes(response.body)) == {"status": "ok", "agent": "me", "inbox": 3}
+
+
+def test_reply_addresses_are_public_unless_allowed() -> None:
+    from peer.protocols._meshenv import parse_networks, reply_address_allowed
+    for private in ("127.0.0.1", "169.254.169.254", "10.1.2.3", "192.168.0.1", "::1",
+                    "fe80::1%eth0", "::ffff:127.0.0.1", "224.0.0.1", "0.0.0.0", "100.64.0.1"):
+        assert not reply_address_allowed(private, ()), private
+    assert reply_address_allowed("93.184.216.34", ())
+    allow = parse_networks(["127.0.0.1", "10.0.0.0/8"])
+    assert reply_address_allowed("127.0.0.1", allow) and reply_address_allowed("10.9.9.9", allow)
+    assert not reply_address_allowed("127.0.0.2", allow)
+
+
+async def test_reply_urls_are_checked_and_pinned() -> None:
+    from peer.protocols._meshenv import MeshError, parse_networks
+    hooks = _hooks()
+    for url in ("http://169.254.169.254/latest/meta-data", "http://127.0.0.1:9/hooks/x",
+                "http://localhost:9/x", "http://[::1]/x"):
+        try:
+            await hooks.reply_target(url)
+        except MeshError as exc:
+            assert exc.status == 400 and exc.code == "reply-url"
+        else:
+            raise AssertionError(f"{url} allowed")
+    assert await hooks.reply_target("https://93.184.216.34/hook") == (
+        "https://93.184.216.34/hook", "93.184.216.34", "93.184.216.34")
+    hooks.reply_allow = parse_networks(["127.0.0.0/8"])
+    assert await hooks.reply_target("http://127.0.0.1:9/hooks/x") == (
+        "http://127.0.0.1:9/hooks/x", "127.0.0.1:9", "127.0.0.1")

@@ -36,6 +36,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -52,6 +53,8 @@ from peer.protocols._meshenv import (
     check_envelope,
     iso_now,
     parse_hook_body,
+    parse_networks,
+    reply_address_allowed,
     response_envelope,
     signature_valid,
 )
@@ -88,6 +91,7 @@ class MeshHooks:
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
         self.keys_dir = peer.options.mesh_keys
+        self.reply_allow = parse_networks(getattr(peer.options, "mesh_reply_allow", ()))
         self.guard = ReplayGuard()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.pending: OrderedDict[str, Pending] = OrderedDict()
@@ -161,8 +165,13 @@ class MeshHooks:
             for attempt in range(ATTEMPTS):
                 if attempt:
                     await trio.sleep(2.0 ** attempt)
-                try:
-                    r = await client.post(url, content=body, headers=headers)
+                try:  # resolved and checked each time, and the checked address is used
+                    pinned, host, sni = await self.reply_target(url)
+                    r = await client.post(pinned, content=body, headers={**headers, "Host": host},
+                                          extensions={"sni_hostname": sni})
+                except MeshError as exc:
+                    self.log.warning("mesh reply refused", url=url, error=exc.message)
+                    break
                 except httpx.HTTPError as exc:
                     self.log.info("mesh reply failed", url=url, error=repr(exc))
                     continue
@@ -175,6 +184,30 @@ class MeshHooks:
             self.log.warning("mesh reply not delivered", url=url)
         finally:
             limit.release_on_behalf_of(envelope)
+
+    async def reply_target(self, url: str) -> tuple[str, str, str]:
+        """(``url`` with its host replaced by a checked address, the Host header, the TLS
+        server name); MeshError if the host resolves to an address not allowed
+        (``reply_address_allowed``: public ones, and ``--mesh-reply-allow``)."""
+        parts = urlsplit(url)
+        hostname = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = await trio.socket.getaddrinfo(hostname, port, type=trio.socket.SOCK_STREAM)
+        except OSError as exc:
+            raise MeshError(400, "reply-url", f"replyTo host {hostname!r} does not resolve: "
+                            f"{exc}") from None
+        addresses = [str(info[4][0]) for info in infos]
+        refused = [a for a in addresses if not reply_address_allowed(a, self.reply_allow)]
+        if not addresses or refused:
+            where = (refused or ["no address"])[0]
+            raise MeshError(400, "reply-url", f"replyTo host {hostname!r} is at {where}: "
+                            "not a public address (see --mesh-reply-allow)")
+        address = addresses[0]
+        literal = f"[{address}]" if ":" in address else address
+        netloc = f"{literal}:{parts.port}" if parts.port else literal
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=netloc)), host, hostname
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -205,6 +238,8 @@ class MeshHooks:
         if env.signature is not None and key is None:
             self.log.info("mesh signature unchecked: no key", sender=env.sender)
         checked = "valid" if key is not None else "unchecked"
+        if env.reply_url is not None and env.type in ("request", "alert"):
+            await self.reply_target(env.reply_url)  # refused now, not silently at reply time
         async with self._lock:  # one at a time: a duplicate cannot pass while one is carried
             if env.id in self._seen:  # a sender's retry (same envelope and nonce): carried once
                 self.counters["duplicates"] += 1

@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -284,6 +285,35 @@ class ReplayGuard:
             if seen >= horizon:
                 break
             del self._seen[nonce]
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(specs: tuple[str, ...] | list[str]) -> tuple[IpNetwork, ...]:
+    """``--mesh-reply-allow`` values (an address or a CIDR); ValueError names a bad one."""
+    out = []
+    for spec in specs:
+        try:
+            out.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{spec!r} is not an IP address or CIDR network") from None
+    return tuple(out)
+
+
+def reply_address_allowed(address: str, allow: tuple[IpNetwork, ...]) -> bool:
+    """Whether a replyTo URL may reach ``address``: a public unicast address, or one in
+    ``allow`` (loopback, link-local, private, multicast, reserved are refused by default:
+    a MESH sender must not make this peer POST to its own network)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in net for net in allow):
+        return True
+    return ip.is_global and not ip.is_multicast
 
 
 def iso_now(now: float) -> str:
