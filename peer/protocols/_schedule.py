@@ -42,8 +42,8 @@ MAX_SCHEDULES = 1000  # per peer
 MAX_NAME = 200
 DEFAULT_GRACE_S = 60.0
 MAX_GRACE_S = 86400.0
-MAX_CATCHUP_SCAN = 1000  # cron occurrences counted one by one per schedule, then estimated
-POLL_SCAN_BUDGET = 5000  # cron occurrences counted one by one per poll, all schedules together
+MAX_CATCHUP_SCAN = 256  # cron occurrences counted one by one per schedule, then estimated
+POLL_SCAN_BUDGET = 1000  # cron occurrences counted one by one per poll, all schedules together
 MISSED_POLICIES = ("fire", "skip")
 
 
