@@ -75,7 +75,7 @@ def test_replay_window_nonces_and_ttl() -> None:
     guard = ReplayGuard(window=300, skew=60)
     e = check_envelope(env())
     guard.check(e, NOW + 10, need_nonce=True)
-    guard.remember(e, NOW + 10)
+    guard.remember(e, NOW + 10, signed=True)
     with pytest.raises(MeshError) as caught:
         guard.check(e, NOW + 11, need_nonce=True)
     assert caught.value.status == 409
@@ -92,6 +92,41 @@ def test_replay_window_nonces_and_ttl() -> None:
     # nonces are forgotten after twice the window: the memory stays bounded
     guard.check(check_envelope(env(nonce="n1", timestamp="2026-02-21T21:00:00Z")),
                 NOW + 901, need_nonce=True)
+
+
+def test_far_future_stamps_are_refused_without_a_nonce() -> None:
+    guard = ReplayGuard(window=300, skew=60)
+    future = check_envelope(env(nonce=None, timestamp="9999-12-31T23:59:59-14:00"))
+    with pytest.raises(MeshError) as caught:
+        guard.check(future, NOW, need_nonce=False)
+    assert caught.value.status == 401
+
+
+def test_unsigned_nonces_cannot_evict_a_signed_senders(monkeypatch: pytest.MonkeyPatch) -> None:
+    import peer.protocols._meshenv as meshenv
+    monkeypatch.setattr(meshenv, "MAX_NONCES", 3)
+    guard = ReplayGuard(window=300, skew=60)
+    signed = check_envelope(env(nonce="sig"))
+    guard.check(signed, NOW, need_nonce=True)
+    guard.remember(signed, NOW, signed=True)
+    for i in range(10):  # unsigned floods: their nonces are not kept
+        e = check_envelope(env(nonce=f"u{i}", **{"from": "other"}))
+        guard.check(e, NOW, need_nonce=False)
+        guard.remember(e, NOW, signed=False)
+    with pytest.raises(MeshError) as caught:  # the signed one still cannot be replayed
+        guard.check(signed, NOW + 1, need_nonce=True)
+    assert caught.value.status == 409
+    # nonces are per sender: another signed sender may use the same one
+    guard.check(check_envelope(env(nonce="sig", **{"from": "b"})), NOW, need_nonce=True)
+    for i in range(2):
+        e = check_envelope(env(nonce=f"s{i}"))
+        guard.check(e, NOW, need_nonce=True)
+        guard.remember(e, NOW, signed=True)
+    with pytest.raises(MeshError) as caught:  # full: refused, nothing evicted
+        guard.check(check_envelope(env(nonce="s9")), NOW, need_nonce=True)
+    assert caught.value.status == 503
+    with pytest.raises(MeshError):
+        guard.check(signed, NOW + 2, need_nonce=True)
 
 
 def test_shared_form_keeps_the_reply_token_home() -> None:

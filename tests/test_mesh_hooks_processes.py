@@ -111,7 +111,7 @@ def test_mesh_clients_through_a_peer(tmp_path: Path) -> None:
     keys.mkdir()
     (keys / "hub.key").write_text(HUB_KEY + "\n")
     a = start_peer(tmp_path, "a", "--name", "worker-a", "--mesh-token", HOOK_TOKEN,
-                   "--mesh-keys", str(keys))
+                   "--mesh-keys", str(keys), "--mesh-reply-allow", "127.0.0.1")
     wait_ready(a)
     b = start_peer(tmp_path, "b", "--name", "worker-b", bootstrap=a.ws_url)
     receiver = ReplyReceiver()

@@ -144,3 +144,32 @@ def test_schedules_are_bounded() -> None:
         core.add(new_schedule(f"s{i}", MSG, T0, every=60))
     with pytest.raises(ScheduleError):
         core.add(new_schedule("one-more", MSG, T0, every=60))
+
+
+def test_a_cron_that_never_fires_is_refused() -> None:
+    with pytest.raises(ScheduleError, match="never fires"):
+        new_schedule("b", MSG, T0, cron="0 0 30 2 *")
+
+
+def test_a_day_of_missed_seconds_is_caught_up_at_once() -> None:
+    import time
+    core = Scheduler()
+    core.add(new_schedule("s", MSG, T0, cron="* * * * * *"))
+    later = T0 + 86_400_000 + 500
+    started = time.perf_counter()
+    [firing] = core.poll(later)
+    assert time.perf_counter() - started < 1.0  # was 13 s: every second walked
+    assert firing.send and later - 1000 < firing.occurrence_ms <= later
+    assert abs(firing.count - 86_400) <= 864  # exact up to the scan cap, then estimated
+    assert core.schedules["s"].next_ms is not None and core.schedules["s"].next_ms > later
+    assert core.poll(later) == []  # nothing scanned again
+
+
+def test_missed_cron_minutes_are_counted_exactly_under_skip() -> None:
+    core = Scheduler()
+    core.add(new_schedule("m", MSG, T0, cron="* * * * *", missed="skip", grace=3600))
+    first = core.schedules["m"].next_ms
+    assert first is not None
+    [skipped, fired] = core.poll(first + 10 * 60_000 + 1)
+    assert (skipped.send, skipped.count, fired.send, fired.count) == (False, 10, True, 1)
+    assert skipped.occurrence_ms == first + 9 * 60_000 == fired.occurrence_ms - 60_000

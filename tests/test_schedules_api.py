@@ -50,6 +50,7 @@ async def test_refusals_are_clear(api: httpx.AsyncClient) -> None:
         ({"message": msg}, "invalid"),  # no when
         ({"message": msg, "every": 5, "cron": "* * * * *"}, "invalid"),
         ({"message": msg, "cron": "61 * * * *"}, "invalid"),
+        ({"message": msg, "cron": "0 0 30 2 *"}, "invalid"),  # never fires: was a 500
         ({"message": msg, "cron": "0 9 * * *", "tz": "Nowhere/Else"}, "invalid"),
         ({"message": msg, "every": 0.1}, "invalid"),
         ({"message": {**msg, "time_to_live": 5}, "every": 5}, "unknown-field"),

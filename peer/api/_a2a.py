@@ -29,12 +29,14 @@ Rules kept here:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from peer.node._node import Peer, UnknownPeer
 from peer.protocols._a2atasks import (
@@ -139,12 +141,14 @@ class A2aGateway:
     async def rpc(self, request: Request) -> Response:
         peer_id = _peer_param(request)
         try:
-            body = json.loads(await _read_body(request))
-        except ValueError:
-            return _rpc_error(None, -32700, "not JSON")
+            body = json.loads(await _read_body(request), parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            return _rpc_error(None, -32700, "not JSON (NaN and Infinity are not JSON either)")
         except Exception as exc:  # MeshError from the bounded reader: too large, too slow
             return _rpc_error(None, -32600, str(exc))
         rpc_id = body.get("id") if isinstance(body, dict) else None
+        if not _valid_id(rpc_id):
+            return _rpc_error(None, -32600, "id must be a string, a finite number or null")
         try:
             method, v1, params = self._method(request, body)
             if method in STREAMING:
@@ -176,8 +180,8 @@ class A2aGateway:
     async def _call(self, method: str, v1: bool, params: dict[str, Any],
                     peer_id: bytes) -> Any:
         if method == "send":
+            configuration = _configuration(params)  # checked before anything is sent
             task = await self._send(params, peer_id)
-            configuration = params.get("configuration") or {}
             blocking = not (configuration.get("returnImmediately") is True
                             or configuration.get("blocking") is False)
             if blocking:
@@ -213,7 +217,8 @@ class A2aGateway:
         size = params.get("pageSize")
         size = size if isinstance(size, int) and 0 < size <= 100 else 50
         token = params.get("pageToken")
-        start = int(token) if isinstance(token, str) and token.isdigit() else 0
+        start = int(token) if (isinstance(token, str) and token.isascii() and token.isdigit()
+                               and len(token) <= 9) else 0
         page = tasks[start:start + size]
         more = start + size < len(tasks)
         history = params.get("historyLength")
@@ -274,30 +279,28 @@ class A2aGateway:
                            peer_id: bytes, rpc_id: Any) -> Response:
         if self.streams >= MAX_STREAMS:
             raise RpcError(-32603, f"{MAX_STREAMS} streams are open; retry shortly")
+        if method == "stream":
+            _configuration(params)
         task = await self._send(params, peer_id) if method == "stream" else self._task(
             params, peer_id)
         self.streams += 1
-        return StreamingResponse(self._events(task, v1, rpc_id),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store"})
+        return _CountedStream(self, self._events(task, v1, rpc_id))
 
     async def _events(self, task: Task, v1: bool, rpc_id: Any) -> AsyncIterator[str]:
-        """The task as it is, then each change after it, until a final state."""
-        try:
-            cursor = StreamCursor(task)
-            first = {"task": wire_task(task, v1)} if v1 else wire_task(task, v1)
-            yield _sse(rpc_id, first)
-            while True:
-                for event in cursor.advance(task, v1):
-                    yield _sse(rpc_id, event)
-                if task.final:
-                    return
-                before = self.peer.tasks.change_count
-                await self._wait_changed(HEARTBEAT)
-                if self.peer.tasks.change_count == before:
-                    yield ": keep-alive\n\n"
-        finally:
-            self.streams -= 1
+        """The task as it is, then each change after it, until a final state (the stream
+        slot is released by :class:`_CountedStream`)."""
+        cursor = StreamCursor(task)
+        first = {"task": wire_task(task, v1)} if v1 else wire_task(task, v1)
+        yield _sse(rpc_id, first)
+        while True:
+            for event in cursor.advance(task, v1):
+                yield _sse(rpc_id, event)
+            if task.final:
+                return
+            before = self.peer.tasks.change_count
+            await self._wait_changed(HEARTBEAT)
+            if self.peer.tasks.change_count == before:
+                yield ": keep-alive\n\n"
 
     def statistics(self) -> dict[str, Any]:
         counts: dict[str, int] = {}
@@ -306,6 +309,53 @@ class A2aGateway:
             if task.requester == me:
                 counts[task.state] = counts.get(task.state, 0) + 1
         return {"tasks": sum(counts.values()), "by_state": counts, "streams": self.streams}
+
+
+class _CountedStream(StreamingResponse):
+    """An SSE response that gives its stream slot back however it ends: a client gone
+    before the first event never starts the generator, so its ``finally`` cannot."""
+
+    def __init__(self, gateway: A2aGateway, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-store"})
+        self._gateway: A2aGateway | None = gateway
+        self._events = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+            aclose = getattr(self._events, "aclose", None)
+            if aclose is not None:
+                with trio.CancelScope(shield=True):
+                    await aclose()
+
+    def release(self) -> None:
+        if self._gateway is not None:
+            self._gateway.streams -= 1
+            self._gateway = None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _valid_id(rpc_id: Any) -> bool:
+    if rpc_id is None or (isinstance(rpc_id, int) and not isinstance(rpc_id, bool)):
+        return True
+    if isinstance(rpc_id, float):
+        return math.isfinite(rpc_id)  # 1e400 parses as inf, which JSON cannot carry back
+    return isinstance(rpc_id, str) and len(rpc_id) <= 1024
+
+
+def _configuration(params: dict[str, Any]) -> dict[str, Any]:
+    configuration = params.get("configuration")
+    if configuration is None:
+        return {}
+    if not isinstance(configuration, dict):
+        raise A2aError(INVALID_PARAMS, "configuration must be an object")
+    return configuration
 
 
 def _value(value: Any) -> Any:

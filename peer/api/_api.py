@@ -233,6 +233,11 @@ class LocalApi:
         host = _hostname(conn.headers.get("host", ""))
         if host not in self.allowed_hosts:
             return error_response(403, "host", f"Host {host!r} is not this peer's API address")
+        site = conn.headers.get("sec-fetch-site", "").strip().lower()
+        if site == "cross-site" and spec is not _PAGE:  # a link to the page may still open it
+            return error_response(  # a browser says another site's page sent it, no-cors too
+                403, "origin", "requests from web pages of other sites are refused"
+            )
         origin = conn.headers.get("origin")
         if origin is not None and _hostname(origin) not in self.allowed_hosts:
             return error_response(

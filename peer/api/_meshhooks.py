@@ -7,8 +7,9 @@
 Rules kept here:
 
 * ``/hooks`` and ``/inbox`` want ``Authorization: Bearer`` with the API token
-  or the ``--mesh-token`` (``LocalApi`` checks it); ``/health`` is open. A sender with a key in
-  ``--mesh-keys`` (``<sender>.key``, MESH's signing-keys layout) must sign,
+  or the ``--mesh-token`` (``LocalApi`` checks it); ``/health`` is open and cheap
+  (its ``inbox`` is a count kept as messages arrive, never a walk of the inbox).
+  A sender with a key in ``--mesh-keys`` (``<sender>.key``, MESH's signing-keys layout) must sign,
   with a nonce; replay rules and TTLs are enforced; envelope ids are
   deduplicated (a retried POST is 202 again, delivered once).
 * A message for this peer's agent (``to`` is its name or peer id, or empty)
@@ -18,6 +19,7 @@ Rules kept here:
   stored and sent before the 202.
 * A request's ``replyTo`` stays here (its token is the sender's secret). A DM
   answering it (``reply_to`` the DM's id, or ``payload.mesh.correlationId``)
+  and sent by the peer the request went to (any other sender is ignored)
   is POSTed to ``replyTo.url`` as a MESH ``response``: ``ATTEMPTS`` tries,
   2, 4, 8 s apart, at most ``DELIVERIES`` at once; a 4xx other than 408/429
   is final. Pending requests live in memory until their TTL.
@@ -34,6 +36,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -50,6 +53,8 @@ from peer.protocols._meshenv import (
     check_envelope,
     iso_now,
     parse_hook_body,
+    parse_networks,
+    reply_address_allowed,
     response_envelope,
     signature_valid,
 )
@@ -79,12 +84,14 @@ class Pending:
     url: str
     token: str | None
     deadline: float
+    target: bytes  # the mesh peer asked: only its answer is carried back
 
 
 class MeshHooks:
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
         self.keys_dir = peer.options.mesh_keys
+        self.reply_allow = parse_networks(getattr(peer.options, "mesh_reply_allow", ()))
         self.guard = ReplayGuard()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.pending: OrderedDict[str, Pending] = OrderedDict()
@@ -97,6 +104,7 @@ class MeshHooks:
         self._send, self._receive = trio.open_memory_channel[tuple[str, str | None, str]](1024)
         self.log = peer.log.bind(part="mesh-hooks")
         self._lock = trio.Lock()
+        self.mesh_received = 0  # MESH DMs in the inbox, counted: /health never walks it
 
     # -- the service: local inbox load, replies watched and delivered -----------------
 
@@ -106,10 +114,13 @@ class MeshHooks:
                 with contextlib.suppress(ValueError):
                     self.local.append(json.loads(line))
         stream = self.peer.messages(after=self.peer.inbox.last_cursor)
+        self.mesh_received = sum(1 for m in self.peer.inbox if _incoming_mesh(m))  # once
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._deliver_all)
             task_status.started()
             async for message in stream:
+                if _incoming_mesh(message):
+                    self.mesh_received += 1
                 self._maybe_reply(message)
 
     def _maybe_reply(self, message: InboxMessage) -> None:
@@ -121,8 +132,11 @@ class MeshHooks:
             wanted = self._by_dm.get(message.reply_to)
         if wanted is None and meta is not None and isinstance(meta.get("correlationId"), str):
             wanted = meta["correlationId"]
-        pending = self.pending.pop(wanted, None) if wanted is not None else None
-        if pending is None or self.peer.wall_time() > pending.deadline:
+        pending = self.pending.get(wanted) if wanted is not None else None
+        if wanted is None or pending is None or message.sender != pending.target:
+            return  # not an answer, or another peer's forgery: the real answer may still come
+        del self.pending[wanted]
+        if self.peer.wall_time() > pending.deadline:
             return
         sender = self._name_of(message.sender)
         env = response_envelope(pending.raw, sender=sender, body=message.body,
@@ -151,8 +165,13 @@ class MeshHooks:
             for attempt in range(ATTEMPTS):
                 if attempt:
                     await trio.sleep(2.0 ** attempt)
-                try:
-                    r = await client.post(url, content=body, headers=headers)
+                try:  # resolved and checked each time, and the checked address is used
+                    pinned, host, sni = await self.reply_target(url)
+                    r = await client.post(pinned, content=body, headers={**headers, "Host": host},
+                                          extensions={"sni_hostname": sni})
+                except MeshError as exc:
+                    self.log.warning("mesh reply refused", url=url, error=exc.message)
+                    break
                 except httpx.HTTPError as exc:
                     self.log.info("mesh reply failed", url=url, error=repr(exc))
                     continue
@@ -165,6 +184,30 @@ class MeshHooks:
             self.log.warning("mesh reply not delivered", url=url)
         finally:
             limit.release_on_behalf_of(envelope)
+
+    async def reply_target(self, url: str) -> tuple[str, str, str]:
+        """(``url`` with its host replaced by a checked address, the Host header, the TLS
+        server name); MeshError if the host resolves to an address not allowed
+        (``reply_address_allowed``: public ones, and ``--mesh-reply-allow``)."""
+        parts = urlsplit(url)
+        hostname = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            infos = await trio.socket.getaddrinfo(hostname, port, type=trio.socket.SOCK_STREAM)
+        except OSError as exc:
+            raise MeshError(400, "reply-url", f"replyTo host {hostname!r} does not resolve: "
+                            f"{exc}") from None
+        addresses = [str(info[4][0]) for info in infos]
+        refused = [a for a in addresses if not reply_address_allowed(a, self.reply_allow)]
+        if not addresses or refused:
+            where = (refused or ["no address"])[0]
+            raise MeshError(400, "reply-url", f"replyTo host {hostname!r} is at {where}: "
+                            "not a public address (see --mesh-reply-allow)")
+        address = addresses[0]
+        literal = f"[{address}]" if ":" in address else address
+        netloc = f"{literal}:{parts.port}" if parts.port else literal
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=netloc)), host, hostname
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -195,6 +238,8 @@ class MeshHooks:
         if env.signature is not None and key is None:
             self.log.info("mesh signature unchecked: no key", sender=env.sender)
         checked = "valid" if key is not None else "unchecked"
+        if env.reply_url is not None and env.type in ("request", "alert"):
+            await self.reply_target(env.reply_url)  # refused now, not silently at reply time
         async with self._lock:  # one at a time: a duplicate cannot pass while one is carried
             if env.id in self._seen:  # a sender's retry (same envelope and nonce): carried once
                 self.counters["duplicates"] += 1
@@ -207,7 +252,8 @@ class MeshHooks:
                 delivered = await self._keep_local(env, checked)
             else:
                 delivered = await self._to_mesh(env, target, checked)
-            self.guard.remember(env, now)  # only once carried: a refused POST may be retried
+            # only once carried: a refused POST may be retried
+            self.guard.remember(env, now, signed=key is not None)
             self._seen[env.id] = None
         if len(self._seen) > SEEN_IDS:
             self._seen.popitem(last=False)
@@ -259,7 +305,7 @@ class MeshHooks:
             raise MeshError(503, "store", str(exc)) from None
         if env.type in ("request", "alert") and env.reply_url is not None:
             self.pending[env.id] = Pending(env.shared(), env.reply_url, env.reply_token,
-                                           env.timestamp + env.ttl)
+                                           env.timestamp + env.ttl, target)
             self._by_dm[dm.id] = env.id
             while len(self.pending) > PENDING:
                 self.pending.popitem(last=False)
@@ -287,7 +333,8 @@ class MeshHooks:
         return JSONResponse({"messages": entries, "count": len(entries)})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "agent": self.agent, "inbox": len(self._entries())})
+        return JSONResponse({"status": "ok", "agent": self.agent,
+                             "inbox": len(self.local) + self.mesh_received})
 
     @property
     def agent(self) -> str:
@@ -318,6 +365,10 @@ def _meta_of(env: MeshEnvelope) -> Meta:
         idem=env.id if len(env.id.encode()) <= MAX_IDEM_BYTES else hashlib.sha256(
             env.id.encode()).hexdigest(),
     )
+
+
+def _incoming_mesh(message: InboxMessage) -> bool:
+    return message.kind == "dm" and not message.outgoing and _mesh_of(message) is not None
 
 
 def _mesh_of(message: InboxMessage) -> dict[str, Any] | None:

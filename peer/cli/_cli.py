@@ -42,7 +42,7 @@ from peer.wire._limits import GossipParams
 from store import KeepRules, RetentionPolicy, private_dir
 
 from ._cardfile import agent_card
-from ._featureflags import add_feature_flags, megabytes, skills
+from ._featureflags import add_feature_flags, megabytes, reply_allow, skills
 from ._lock import DirectoryLocked, lock_directories
 from ._names import COMMANDS
 
@@ -443,6 +443,7 @@ async def run_peer(args: argparse.Namespace) -> None:
         skills=skills(args.skill),
         mesh_token=args.mesh_token,
         mesh_keys=args.mesh_keys,
+        mesh_reply_allow=reply_allow(args.mesh_reply_allow),
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from peer.protocols._meshenv import parse_networks
 from peer.protocols._presence import MAX_SKILL_ID, MAX_SKILL_TEXT, MAX_SKILLS, valid_skill_id
 
 
@@ -58,6 +59,14 @@ def add_feature_flags(p: argparse.ArgumentParser) -> None:
         "(HMAC-SHA256) with a nonce",
     )
     p.add_argument(
+        "--mesh-reply-allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a non-public address or network MESH replyTo URLs may reach (repeatable; "
+        "by default only public addresses: no loopback, private or link-local)",
+    )
+    p.add_argument(
         "--ocm-bootstrap",
         action="append",
         default=[],
@@ -85,3 +94,11 @@ def skills(specs: list[str]) -> tuple[tuple[str, str], ...]:
     if len(skills) > MAX_SKILLS:
         raise SystemExit(f"clawmesh: at most {MAX_SKILLS} --skill")
     return tuple(skills)
+
+
+def reply_allow(specs: list[str]) -> tuple[str, ...]:
+    """``--mesh-reply-allow`` values, checked now: a clear error before anything starts."""
+    try:
+        return tuple(str(net) for net in parse_networks(specs))
+    except ValueError as exc:
+        raise SystemExit(f"clawmesh: --mesh-reply-allow: {exc}") from None

@@ -15,6 +15,9 @@ can check it. Rules kept here:
   by the one task, ``run``, which also runs the owner's timers (deadline,
   idle timeout) and publishes computed verdicts.
 * Sends are DMs, stored and retried from the outbox like any other.
+* A remote owner has at most ``MAX_OPEN_PER_OWNER`` unfinished conversations
+  here; remote ones leave ``RESERVED_LOCAL`` of ``MAX_CONVERSATIONS`` to this
+  agent; at the cap the oldest finished are forgotten (``_roomcap``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from peer.protocols._conversations import (
     Conversation,
     new_conversation,
 )
+from peer.protocols._roomcap import make_room
 from peer.wire import _cbor
 from peer.wire._envelope import Content, open_dm, open_envelope
 from peer.wire._errors import ProtocolError
@@ -46,6 +50,8 @@ from ._options import UnknownPeer
 
 CONV_PREFIX = "conv/"
 MAX_CONVERSATIONS = 10_000
+MAX_OPEN_PER_OWNER = 256  # unfinished conversations one remote peer may open here
+RESERVED_LOCAL = 1000  # of MAX_CONVERSATIONS, never taken by other peers' conversations
 TICK_S = 5.0
 MAX_RECORD = 200 * 1024
 MAX_KEPT = 4096  # characters of a post kept with the conversation (all in the inbox)
@@ -128,8 +134,9 @@ class ConversationService:
                     payload: Any, rule: str | None, threshold: float, timeout_s: float,
                     idle_s: float | None) -> Conversation:
         now_ms = self.peer.wall_ms()
-        if len(self.by_id) >= MAX_CONVERSATIONS:
-            raise ValueError(f"at most {MAX_CONVERSATIONS} conversations are kept")
+        if not self._room(self.peer.peer_id):
+            raise ValueError(f"at most {MAX_CONVERSATIONS} conversations are kept "
+                             "and none is finished")
         conv = new_conversation(
             os.urandom(16), type_=type_, owner=self.peer.peer_id, participants=participants,
             subject=subject, rule=rule, threshold=threshold,
@@ -182,6 +189,20 @@ class ConversationService:
         await self._send(conv, conv.participants, f"verdict: {verdict['summary']}",
                          {"verdict": verdict}, "notification")
 
+    def _room(self, owner: bytes) -> bool:
+        """Whether a conversation opened by ``owner`` is taken (``_roomcap``), oldest
+        finished ones forgotten to make room."""
+        take, evict = make_room(
+            self.by_id, me=self.peer.peer_id, requester=owner, owner=lambda c: c.owner,
+            finished=lambda c: c.finished, age=lambda c: c.ended_ms or c.last_ms,
+            cap=MAX_CONVERSATIONS, per_requester=MAX_OPEN_PER_OWNER, reserved=RESERVED_LOCAL)
+        for conv_id in evict:
+            del self.by_id[conv_id]
+            self._dirty[conv_id] = None  # its record is deleted by the writer
+        if evict:
+            self._wake.set()
+        return take
+
     # -- what arrives ------------------------------------------------------------------
 
     def on_dm(self, message: InboxMessage, wire: bytes, now_ms: int) -> None:
@@ -193,7 +214,7 @@ class ConversationService:
         conv = self.by_id.get(meta.conv)
         if conv is None:
             opened = _opening(payload, message.sender) if isinstance(payload, dict) else None
-            if opened is None or opened.id != meta.conv or len(self.by_id) >= MAX_CONVERSATIONS:
+            if opened is None or opened.id != meta.conv or not self._room(opened.owner):
                 return
             self.by_id[opened.id] = conv = opened
             self._record(conv, ["open"])
@@ -297,14 +318,17 @@ class ConversationService:
         for conv_id in ids:
             self._dirty.pop(conv_id, None)
         storage = self.peer.storage
-        records = {CONV_PREFIX + i.hex(): _record_bytes(c)
-                   for i in ids if (c := self.by_id.get(i)) is not None}
+        records = {CONV_PREFIX + i.hex(): (None if c is None else _record_bytes(c))
+                   for i in ids for c in [self.by_id.get(i)]}  # None: evicted
         if storage is None or not records:
             return
 
         def write(s: MessageStore) -> None:
             for key, value in records.items():
-                s.put_state(key, value)
+                if value is None:
+                    s.delete_state(key)
+                else:
+                    s.put_state(key, value)
 
         await storage.service.write(lambda s: s.atomically(write))
 

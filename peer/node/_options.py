@@ -109,6 +109,8 @@ class PeerOptions:
     # /hooks and /inbox (besides the API token), and MESH's signing-keys directory
     mesh_token: str = ""
     mesh_keys: str | None = None
+    # addresses (CIDR) replyTo URLs may reach besides public ones (none by default)
+    mesh_reply_allow: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:

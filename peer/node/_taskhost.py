@@ -8,7 +8,10 @@ requester's ``{"task_cancel": {"id"}}`` cancels it and ``{"task_input":
 {"id"}, "data"}`` answers an ``input-required``. Updates are applied only
 from the task's worker, cancels and inputs only from its requester. Both
 sides keep the record under state key ``task/<id>``, written by the task
-``run`` after every change; the changes feed ``task`` stream events.
+``run`` after every change; the changes feed ``task`` stream events. A remote
+requester has at most ``MAX_OPEN_PER_REQUESTER`` unfinished tasks here and
+remote tasks leave ``RESERVED_LOCAL`` of ``MAX_TASKS`` to this agent; at the
+cap the oldest finished tasks are forgotten (``peer/protocols/_roomcap.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import cbor2
 import trio
 
+from peer.protocols._roomcap import make_room
 from peer.protocols._tasks import CANCELED, Task, TaskError, new_task
 from peer.wire import _cbor
 from peer.wire._envelope import Content
@@ -33,6 +37,8 @@ TASK_PREFIX = "task/"
 MAX_TASKS = 10_000
 MAX_RECORD = 200 * 1024
 MAX_APPLIED = 65_536
+MAX_OPEN_PER_REQUESTER = 256  # unfinished tasks one remote peer may have here
+RESERVED_LOCAL = 1000  # of MAX_TASKS, never taken by other peers' tasks
 
 
 class TaskService:
@@ -63,8 +69,8 @@ class TaskService:
     # -- the agent's side ----------------------------------------------------------------
 
     async def submit(self, worker: bytes, request: str, payload: Any) -> Task:
-        if len(self.by_id) >= MAX_TASKS:
-            raise TaskError(f"at most {MAX_TASKS} tasks are kept")
+        if not self._room(self.peer.peer_id):
+            raise TaskError(f"at most {MAX_TASKS} tasks are kept and none is finished")
         task = new_task(os.urandom(16), requester=self.peer.peer_id, worker=worker,
                         request=request, payload=payload, now_ms=self.peer.wall_ms())
         self.by_id[task.id] = task
@@ -118,7 +124,7 @@ class TaskService:
             self._applied.popitem(last=False)
         task = self.by_id.get(meta.corr)
         if task is None:
-            if "task" in payload and len(self.by_id) < MAX_TASKS and 1 <= len(meta.corr) <= 32:
+            if "task" in payload and 1 <= len(meta.corr) <= 32 and self._room(message.sender):
                 task = new_task(meta.corr, requester=message.sender, worker=self.peer.peer_id,
                                 request=message.body, payload=payload.get("data"),
                                 now_ms=now_ms)
@@ -136,6 +142,23 @@ class TaskService:
             self.peer.log.warning("task update refused", task=task.id.hex()[:16], error=str(exc))
             return
         self._note(task)
+
+    def _room(self, requester: bytes) -> bool:
+        """Whether a task from ``requester`` is taken (``_roomcap``), oldest finished
+        tasks forgotten to make room."""
+        take, evict = make_room(
+            self.by_id, me=self.peer.peer_id, requester=requester,
+            owner=lambda t: t.requester, finished=lambda t: t.final,
+            age=lambda t: t.history[-1].at_ms, cap=MAX_TASKS,
+            per_requester=MAX_OPEN_PER_REQUESTER, reserved=RESERVED_LOCAL)
+        for task_id in evict:
+            del self.by_id[task_id]
+            self._dirty[task_id] = None  # its record is deleted by the writer
+        if evict:
+            self._wake.set()
+        if not take:
+            self.peer.log.info("task refused: no room", requester=requester.hex()[:16])
+        return take
 
     @staticmethod
     def _apply_update(task: Task, update: Any, now_ms: int) -> None:
@@ -183,8 +206,10 @@ class TaskService:
         for task_id in ids:
             self._dirty.pop(task_id, None)
         storage = self.peer.storage
-        records = {}
+        records: dict[str, bytes | None] = {}
         for task_id in ids:
+            if task_id not in self.by_id:
+                records[TASK_PREFIX + task_id.hex()] = None  # evicted
             task = self.by_id.get(task_id)
             if task is not None:
                 raw = cbor2.dumps(task.to_record())
@@ -198,7 +223,10 @@ class TaskService:
 
         def write(s: MessageStore) -> None:
             for key, value in records.items():
-                s.put_state(key, value)
+                if value is None:
+                    s.delete_state(key)
+                else:
+                    s.put_state(key, value)
 
         await storage.service.write(lambda s: s.atomically(write))
 

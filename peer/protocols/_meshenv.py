@@ -14,9 +14,12 @@ Rules kept here:
   HMAC-SHA256, keyed with the pair's shared key, over the envelope without
   its ``signature`` as compact JSON (jq -c: keys in the order received, no
   whitespace, non-ASCII as UTF-8). Compared in constant time.
-* Replay: a message with a nonce (every signed one must have one) must be
-  stamped within ``window`` seconds in the past, or ``skew`` in the future,
-  and its nonce unseen within twice the window; an expired TTL is refused.
+* Replay: no message may be stamped more than ``skew`` in the future; a
+  message with a nonce (every signed one must have one) must be stamped
+  within ``window`` seconds in the past; a signed sender's nonce must be
+  unseen (per sender) within twice the window. At ``MAX_NONCES`` kept, new
+  signed messages are refused (503), never is a nonce evicted early. An
+  expired TTL is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -243,33 +247,36 @@ class ReplayGuard:
     def __init__(self, window: float = REPLAY_WINDOW, skew: float = FUTURE_SKEW) -> None:
         self.window = window
         self.skew = skew
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def check(self, env: MeshEnvelope, now: float, *, need_nonce: bool) -> None:
         """Raise MeshError if ``env`` is expired, stale, from the future or replayed
-        (its nonce is remembered by :meth:`remember`, once it was accepted)."""
+        (its nonce is remembered by :meth:`remember`, once it was accepted).
+        ``need_nonce``: the sender is signed; only signed senders' nonces are kept."""
         age = now - env.timestamp
         if age > env.ttl:
             raise MeshError(410, "expired", f"ttl of {env.ttl} s passed")
+        if age < -self.skew:  # always: a far-future stamp would outlive every window
+            raise MeshError(401, "replay", "timestamp in the future")
         if env.nonce is None:
             if need_nonce:
                 raise MeshError(401, "replay", "a signed message must carry a nonce")
             return
         if age > self.window:
             raise MeshError(401, "replay", f"timestamp older than {self.window:.0f} s")
-        if age < -self.skew:
-            raise MeshError(401, "replay", "timestamp in the future")
+        if not need_nonce:
+            return  # unsigned: anyone may send anything, its nonce proves nothing
         self._forget(now)
-        if env.nonce in self._seen:
+        if (env.sender, env.nonce) in self._seen:
             raise MeshError(409, "replay", "nonce already seen")
+        if len(self._seen) >= MAX_NONCES:  # refused, never evicted: eviction opens a replay
+            raise MeshError(503, "busy", "too many recent nonces; retry later")
 
-    def remember(self, env: MeshEnvelope, now: float) -> None:
-        """``env`` was accepted: its nonce may not come again."""
-        if env.nonce is None:
+    def remember(self, env: MeshEnvelope, now: float, *, signed: bool) -> None:
+        """``env`` was accepted: a signed sender's nonce may not come again."""
+        if env.nonce is None or not signed:
             return
-        self._seen[env.nonce] = now
-        while len(self._seen) > MAX_NONCES:
-            self._seen.popitem(last=False)
+        self._seen[(env.sender, env.nonce)] = now
 
     def _forget(self, now: float) -> None:
         horizon = now - 2 * self.window
@@ -278,6 +285,35 @@ class ReplayGuard:
             if seen >= horizon:
                 break
             del self._seen[nonce]
+
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(specs: tuple[str, ...] | list[str]) -> tuple[IpNetwork, ...]:
+    """``--mesh-reply-allow`` values (an address or a CIDR); ValueError names a bad one."""
+    out = []
+    for spec in specs:
+        try:
+            out.append(ipaddress.ip_network(spec.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{spec!r} is not an IP address or CIDR network") from None
+    return tuple(out)
+
+
+def reply_address_allowed(address: str, allow: tuple[IpNetwork, ...]) -> bool:
+    """Whether a replyTo URL may reach ``address``: a public unicast address, or one in
+    ``allow`` (loopback, link-local, private, multicast, reserved are refused by default:
+    a MESH sender must not make this peer POST to its own network)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if any(ip in net for net in allow):
+        return True
+    return ip.is_global and not ip.is_multicast
 
 
 def iso_now(now: float) -> str:

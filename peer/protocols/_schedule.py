@@ -16,7 +16,12 @@ policy says what happens to them:
   more than ``grace`` seconds late, else it is skipped too.
 
 So every occurrence appears exactly once in the job history, as fired or as
-skipped. The shell records a firing durably before it sends (see
+skipped. A cron's latest missed occurrence is found directly (croniter's
+``get_prev``), never by walking: the missed ones are counted one by one up to
+``MAX_CATCHUP_SCAN`` per schedule and ``POLL_SCAN_BUDGET`` per poll, and
+estimated from the average gap beyond (a per-second cron down for a day
+costs milliseconds, not seconds). A cron that never fires (``0 0 30 2 *``)
+is refused. The shell records a firing durably before it sends (see
 ``peer/api/_schedules.py``); this module only says what is due.
 """
 
@@ -29,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 MIN_EVERY_S = 1.0  # an interval shorter than this is refused
 MAX_EVERY_S = 366 * 86400.0
@@ -37,7 +42,8 @@ MAX_SCHEDULES = 1000  # per peer
 MAX_NAME = 200
 DEFAULT_GRACE_S = 60.0
 MAX_GRACE_S = 86400.0
-MAX_CATCHUP_SCAN = 100_000  # occurrences walked one by one (cron) before giving up on exactness
+MAX_CATCHUP_SCAN = 256  # cron occurrences counted one by one per schedule, then estimated
+POLL_SCAN_BUDGET = 1000  # cron occurrences counted one by one per poll, all schedules together
 MISSED_POLICIES = ("fire", "skip")
 
 
@@ -123,6 +129,10 @@ def check_cron(expr: Any) -> str:
     text = " ".join(fields)
     if len(fields) not in (5, 6) or not croniter.is_valid(text):
         raise ScheduleError(f"invalid cron expression {text!r} (5 fields, or 6 with seconds last)")
+    try:  # valid fields can still never match (Feb 30): croniter says so only when asked
+        croniter(text, datetime(2000, 1, 1, tzinfo=UTC)).get_next(datetime)
+    except (CroniterError, ValueError, OverflowError):
+        raise ScheduleError(f"cron expression {text!r} never fires") from None
     return text
 
 
@@ -170,7 +180,9 @@ def new_schedule(
             s.next_ms = _interval_after(s, now_ms)
     elif cron is not None:
         s.cron = check_cron(cron)
-        s.next_ms = _cron_after(s, max(now_ms, start_ms or 0) - 1)
+        s.next_ms = next_after(s, max(now_ms, start_ms or 0) - 1)
+        if s.next_ms is None:
+            raise ScheduleError(f"cron expression {s.cron!r} never fires after its start")
     else:
         s.next_ms = at_ms
     return s
@@ -196,17 +208,31 @@ def _cron_after(s: Schedule, after_ms: int) -> int:
     return int(nxt.timestamp() * 1000)
 
 
+def _cron_before(s: Schedule, before_ms: int) -> int:
+    """The last occurrence strictly before ``before_ms``."""
+    assert s.cron is not None
+    start = datetime.fromtimestamp(before_ms / 1000, tz=UTC).astimezone(ZoneInfo(s.tz))
+    prev: datetime = croniter(s.cron, start).get_prev(datetime)
+    return int(prev.timestamp() * 1000)
+
+
 def next_after(s: Schedule, after_ms: int) -> int | None:
     """The schedule's first occurrence strictly after ``after_ms`` (None: no more)."""
     if s.at_ms is not None:
         return s.at_ms if s.at_ms > after_ms else None
     if s.every_s is not None:
         return _interval_after(s, after_ms)
-    return _cron_after(s, after_ms)
+    try:
+        return _cron_after(s, after_ms)
+    except (CroniterError, ValueError, OverflowError):
+        return None  # no occurrence croniter can find: the schedule is finished
 
 
-def _due(s: Schedule, now_ms: int) -> tuple[int, int, int]:
-    """(first, latest, count) of the occurrences due at ``now_ms`` (``next_ms`` <= now)."""
+def _due(s: Schedule, now_ms: int, budget: list[int] | None = None) -> tuple[int, int, int]:
+    """(first, latest, count) of the occurrences due at ``now_ms`` (``next_ms`` <= now).
+    A cron's latest is found directly; its count is exact while ``budget[0]`` (steps
+    left this poll, at most ``MAX_CATCHUP_SCAN``) lasts, then estimated from the
+    average gap walked."""
     assert s.next_ms is not None
     first = s.next_ms
     if s.at_ms is not None:
@@ -215,13 +241,18 @@ def _due(s: Schedule, now_ms: int) -> tuple[int, int, int]:
         step = round(s.every_s * 1000)
         count = (now_ms - first) // step + 1
         return first, first + (count - 1) * step, count
-    latest, count = first, 1
-    while count < MAX_CATCHUP_SCAN:
-        nxt = _cron_after(s, latest)
-        if nxt > now_ms:
-            break
-        latest, count = nxt, count + 1
-    return first, latest, count
+    latest = max(first, _cron_before(s, now_ms + 1))
+    budget = budget if budget is not None else [MAX_CATCHUP_SCAN]
+    at, count = first, 1
+    for _ in range(max(1, min(MAX_CATCHUP_SCAN, budget[0]))):
+        if at >= latest:
+            return first, latest, count
+        budget[0] -= 1
+        at, count = _cron_after(s, at), count + 1
+    if at >= latest:
+        return first, latest, count
+    gap = max(1, (at - first) // (count - 1))
+    return first, latest, count + max(1, (latest - at) // gap)
 
 
 # -- the scheduler ----------------------------------------------------------------------
@@ -266,14 +297,15 @@ class Scheduler:
     def poll(self, now_ms: int) -> list[Firing]:
         """The firings and skips due at ``now_ms``; each schedule moves past them."""
         out: list[Firing] = []
+        budget = [POLL_SCAN_BUDGET]
         for s in self:
             if s.paused or s.next_ms is None or s.next_ms > now_ms:
                 continue
-            out.extend(self._decide(s, now_ms))
+            out.extend(self._decide(s, now_ms, budget))
         return out
 
-    def _decide(self, s: Schedule, now_ms: int) -> list[Firing]:
-        first, latest, count = _due(s, now_ms)
+    def _decide(self, s: Schedule, now_ms: int, budget: list[int]) -> list[Firing]:
+        first, latest, count = _due(s, now_ms, budget)
         late = now_ms - latest
         s.next_ms = next_after(s, latest)
         out: list[Firing] = []
@@ -299,12 +331,7 @@ def _before(s: Schedule, occurrence_ms: int, first_ms: int) -> int:
     """The occurrence just before ``occurrence_ms`` (at least ``first_ms``)."""
     if s.every_s is not None:
         return max(first_ms, occurrence_ms - round(s.every_s * 1000))
-    prev = first_ms
-    while True:
-        nxt = _cron_after(s, prev)
-        if nxt >= occurrence_ms:
-            return prev
-        prev = nxt
+    return max(first_ms, _cron_before(s, occurrence_ms))
 
 
 __all__ = [
