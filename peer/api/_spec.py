@@ -284,7 +284,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                    Field("reply_to", "string", "the id of the message this answers"),
                    Field("thread", "string", "the id of the thread's first message"),
                    Field("attachments", "array",
-                         "blobs (POST /blobs) it refers to: [{id, name, type, size}], at most 32"),
+                         "blobs held here (POST /blobs) it refers to: [{id, name?, type?, "
+                         "size?}], at most 32; what is left out comes from the blob"),
                    Field("send_at", "string", "send later: an ISO 8601 time or Unix ms "
                          "(answers 202 with the one-off schedule)"),
                    *_META_B),
