@@ -345,9 +345,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *_RALLY_ENDPOINTS,
     *_CONVERSATION_ENDPOINTS,
     *_TASK_ENDPOINTS,
-    Endpoint("POST", "/dead-letters/retry", "put dead letters back into the outbox",
+    Endpoint("POST", "/dead-letters/retry", "put dead letters back into the outbox (those "
+             "whose ttl has passed stay dead, listed as skipped)",
              body=(Field("ids", "array", "only these message ids (default: all)"),)),
-    Endpoint("POST", "/dead-letters/{id}/retry", "put one dead letter back into the outbox"),
+    Endpoint("POST", "/dead-letters/{id}/retry", "put one dead letter back into the outbox "
+             "(409 expired once its ttl has passed)"),
     Endpoint("POST", "/alerts", "send an alert, deduplicated by host and check",
              body=(Field("host", "string", "where", required=True),
                    Field("check", "string", "what", required=True),

@@ -266,7 +266,12 @@ def retry_dead(ctx: Ctx, ids: tuple[str, ...]) -> None:
     """Put dead letters (these, or all of them) back into the outbox."""
     with ctx.client() as mesh:
         result = mesh.retry_dead_letters(list(ids) or None)
-    out.emit_json(result) if ctx.json else click.echo(f"{result['count']} back in the outbox")
+    if ctx.json:
+        out.emit_json(result)
+        return
+    click.echo(f"{result['count']} back in the outbox")
+    for skipped in result.get("skipped", []):
+        click.echo(f"skipped {skipped['id']}: {skipped['reason']} (its ttl has passed)")
 
 
 @cli.command()

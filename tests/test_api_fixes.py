@@ -1,0 +1,101 @@
+"""Local API behaviours a user found wrong, in process: two peers with stores on a
+memory link, driven through ASGI (dead letters, audit of coordination
+conversations, agent cards, and the smaller refusals)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from peer import Identity, Peer, PeerOptions, memory_link_pair
+from peer.api._api import LocalApi
+
+from .test_api import TOKEN
+
+
+@dataclass
+class Stored:
+    a: Peer
+    b: Peer
+    api_a: LocalApi
+    ca: httpx.AsyncClient
+    cb: httpx.AsyncClient
+    stop_b: trio.CancelScope
+
+
+def _client(api: LocalApi) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api.app),
+                             base_url="http://127.0.0.1",
+                             headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+async def _run_until_cancelled(peer: Peer, scope: trio.CancelScope,
+                               task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    with scope:
+        async with trio.open_nursery() as inner:
+            await inner.start(peer.run)
+            task_status.started()
+            await trio.sleep_forever()
+
+
+@pytest.fixture
+async def stored(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Stored]:
+    def opts(name: str, seed: int) -> PeerOptions:
+        return PeerOptions(channels=("lobby",), seed=seed, dht=False, dm_deadline=1.0,
+                           outbox_retry_initial=0.1, store_path=str(tmp_path / name))
+
+    a = Peer(Identity.generate(), opts("a", 1))
+    b = Peer(Identity.generate(), opts("b", 2))
+    stop_b = trio.CancelScope()
+    await nursery.start(a.run)
+    await nursery.start(_run_until_cancelled, b, stop_b)
+    ta, tb = memory_link_pair()
+    a.start_link(ta, initiator=True)
+    b.start_link(tb, initiator=False)
+    with trio.fail_after(10):
+        while not (a.links and b.links and b.directory.get(a.peer_id)
+                   and a.directory.get(b.peer_id) and a.router.reachable("lobby")):
+            await a.wait_changed()
+    api_a, api_b = LocalApi(a, TOKEN), LocalApi(b, TOKEN)
+    await nursery.start(api_a.ops.run)
+    await nursery.start(api_b.ops.run)
+    async with _client(api_a) as ca, _client(api_b) as cb:
+        yield Stored(a, b, api_a, ca, cb, stop_b)
+
+
+async def _poll(api: httpx.AsyncClient, path: str, ok: Any, **params: str) -> Any:
+    with trio.fail_after(20):
+        while True:
+            got = (await api.get(path, params=params)).json()
+            if ok(got):
+                return got
+            await trio.sleep(0.05)
+
+
+async def test_an_expired_dead_letter_is_not_retried(stored: Stored) -> None:
+    stored.stop_b.cancel()  # b is gone: DMs to it die at their deadline
+    with trio.fail_after(10):
+        while stored.a.links:
+            await stored.a.wait_changed()
+    to = stored.b.peer_id.hex()
+    short = (await stored.ca.post("/send", json={"to": to, "body": "soon stale", "ttl": 0.2}))
+    plain = (await stored.ca.post("/send", json={"to": to, "body": "any time"}))
+    assert short.status_code == plain.status_code == 200, (short.text, plain.text)
+    short_id, plain_id = short.json()["id"], plain.json()["id"]
+    await _poll(stored.ca, "/dead-letters", lambda d: len(d) == 2)
+    one = await stored.ca.post(f"/dead-letters/{short_id}/retry", json={})
+    assert one.status_code == 409 and one.json()["error"]["code"] == "expired", one.text
+    every = await stored.ca.post("/dead-letters/retry", json={})
+    assert every.status_code == 200, every.text
+    assert every.json()["retried"] == [plain_id]
+    assert every.json()["skipped"] == [{"id": short_id, "reason": "expired"}]
+    outbox = {e["id"] for e in (await stored.ca.get("/outbox")).json()}
+    assert short_id not in outbox and plain_id in outbox
+    dead = {d["id"] for d in (await stored.ca.get("/dead-letters")).json()}
+    assert short_id in dead
