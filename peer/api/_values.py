@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from datetime import UTC, datetime
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import HTTPConnection
