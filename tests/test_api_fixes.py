@@ -4,6 +4,7 @@ conversations, agent cards, and the smaller refusals)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +100,28 @@ async def test_an_expired_dead_letter_is_not_retried(stored: Stored) -> None:
     assert short_id not in outbox and plain_id in outbox
     dead = {d["id"] for d in (await stored.ca.get("/dead-letters")).json()}
     assert short_id in dead
+
+
+async def test_the_audit_finds_coordination_conversations(stored: Stored) -> None:
+    to = stored.b.peer_id.hex()
+    conv = await stored.ca.post("/conversations", json={"type": "opinion", "to": [to],
+                                                         "body": "tabs or spaces?"})
+    asked = await stored.ca.post("/request", json={"to": to, "body": "what time is it?"})
+    assert conv.status_code == 200 and asked.status_code == 200, (conv.text, asked.text)
+    plain = await stored.ca.post("/send", json={"channel": "lobby", "body": "root"})
+    reply = await stored.ca.post("/send", json={"channel": "lobby", "body": "in thread",
+                                                "thread": plain.json()["id"]})
+    assert reply.status_code == 200
+    for cid, text in ((conv.json()["id"], "tabs or spaces?"),
+                      (asked.json()["id"], "what time is it?")):
+        for api in (stored.ca, stored.cb):  # the sender's record and the recipient's
+            rows = await _poll(api, "/audit", lambda r: r, conversation=cid)
+            assert text in {r["text"] for r in rows} and {r["conversation"] for r in rows} == {
+                cid}, rows
+        export = await stored.ca.get("/audit/export", params={"conversation": cid})
+        assert text in {json.loads(x)["text"] for x in export.text.splitlines()}
+    # a plain thread is still found by its root
+    rows = await _poll(stored.ca, "/audit", lambda r: r, conversation=plain.json()["id"])
+    assert [r["text"] for r in rows] == ["in thread"]
+    bad = await stored.ca.get("/audit", params={"conversation": "xyz"})
+    assert bad.status_code == 400

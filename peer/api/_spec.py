@@ -89,7 +89,8 @@ _AUDIT_FILTERS = (
     Field("kind", "string", "channel, dm, receipt or state (an outgoing DM's state change)"),
     Field("direction", "string", "in, out or relayed (what a relay-only seed carried)"),
     Field("topic", "string", "a channel name or topic"),
-    Field("conversation", "string", "a thread (or replied-to message) id"),
+    Field("conversation", "string", "a conversation, request, rally or task id "
+          "(a DM's conversation_id), or a thread (or replied-to message) id"),
     Field("since", "string", "from this time (ISO 8601 or Unix ms)"),
     Field("until", "string", "before this time (ISO 8601 or Unix ms)"),
 )
