@@ -16,6 +16,7 @@ import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.api._api import LocalApi
+from peer.cli._cardfile import agent_card
 
 from .test_api import TOKEN
 
@@ -125,3 +126,43 @@ async def test_the_audit_finds_coordination_conversations(stored: Stored) -> Non
     assert [r["text"] for r in rows] == ["in thread"]
     bad = await stored.ca.get("/audit", params={"conversation": "xyz"})
     assert bad.status_code == 400
+
+
+async def test_skill_descriptions_and_the_card_after_put(nursery: trio.Nursery) -> None:
+    flags = (("translate", "Translates text between languages"),)
+    card = agent_card(None, flags, "polyglot")
+    assert card is not None and card["skills"] == [
+        {"id": "translate", "name": "translate",
+         "description": "Translates text between languages"}]
+    a = Peer(Identity.generate(), PeerOptions(channels=("lobby",), seed=1, dht=False,
+                                              card=card, skills=flags))
+    b = Peer(Identity.generate(), PeerOptions(channels=("lobby",), seed=2, dht=False))
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    ta, tb = memory_link_pair()
+    a.start_link(ta, initiator=True)
+    b.start_link(tb, initiator=False)
+
+    def announced() -> Any:
+        info = b.directory.get(a.peer_id)
+        return None if info is None else info.extra.get("skills")
+
+    with trio.fail_after(10):
+        while announced() != flags:
+            await b.wait_changed()
+    async with _client(LocalApi(a, TOKEN)) as ca:
+        [me] = (await ca.get("/agents", params={"skill": "translate"})).json()
+        assert me["card"]["skills"][0]["description"] == "Translates text between languages"
+        a2a = (await ca.get("/.well-known/agent-card.json")).json()
+        assert [(s["id"], s["description"]) for s in a2a["skills"]] == list(flags)
+        # a new card: the A2A card and presence follow it, not the --skill list
+        put = await ca.put("/card", json={"name": "polyglot", "skills": [
+            {"id": "summarize", "name": "Summaries", "description": "Short\nsummaries"}]})
+        assert put.status_code == 200, put.text
+        want = (("summarize", "Short summaries"),)
+        a2a = (await ca.get("/.well-known/agent-card.json")).json()
+        assert [(s["id"], s["description"]) for s in a2a["skills"]] == list(want)
+        with trio.fail_after(10):
+            while announced() != want:
+                await b.wait_changed()
+        assert (await ca.get("/agents", params={"skill": "translate"})).json() == []

@@ -102,11 +102,13 @@ class AgentEndpoints:
             data = await self.body(request)
             try:
                 directory.set_card(data)
+                self.peer.swarm.want_presence()  # announce the card's skills at once
             except RecordError as exc:
                 status = 413 if exc.code is ErrorCode.TOO_LARGE else 400
                 raise ApiError(status, "invalid-card", exc.message) from None
         elif request.method == "DELETE":
             directory.set_card(None)
+            self.peer.swarm.want_presence()
             return JSONResponse({"card": None, "published": False})
         if directory.card is None:
             raise ApiError(404, "no-card", "this agent declares no card: PUT /card to declare one")
