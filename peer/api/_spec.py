@@ -288,7 +288,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                          "blobs held here (POST /blobs) it refers to: [{id, name?, type?, "
                          "size?}], at most 32; what is left out comes from the blob"),
                    Field("send_at", "string", "send later: an ISO 8601 time or Unix ms "
-                         "(answers 202 with the one-off schedule)"),
+                         "(answers 202 with the one-off schedule; over 60 s past: 400)"),
                    *_META_B),
              compat_open=True),
     Endpoint("GET", "/receipts", "the states a DM's recipient signed: stored, delivered, read,"
