@@ -212,6 +212,8 @@ def conversations(
 
 def _task_line(view: dict[str, Any]) -> str:
     progress = "" if view["progress"] is None else f" {view['progress'] * 100:.0f}%"
+    if view["state"] in ("failed", "canceled", "rejected") and progress:
+        progress = f" (at{progress})"  # how far it got
     other = view["worker"] if view["role"] == "requester" else view["requester"]
     return (f"{view['id']} {view['role']} with {other[:16]}: {view['state']}{progress}"
             f" - {view['request'][:60]}")
