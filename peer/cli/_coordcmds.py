@@ -35,7 +35,8 @@ def receipts(ctx: Ctx, msg_id: str) -> None:
 
 def _rally_lines(view: dict[str, Any]) -> str:
     channel = view.get("channel")
-    where = f"#{channel}" if channel else f"{len(view.get('to', []))} peers"
+    count = len(view.get("to", []))
+    where = f"#{channel}" if channel else f"{count} peer{'' if count == 1 else 's'}"
     if view.get("selected_by"):
         where += f" with skill {view['selected_by'].get('skill')}"
     head = (f"{view['id']} {view['kind']} to {where}: {view['state']}, round {view['round']}, "
