@@ -366,7 +366,7 @@ BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}
 ERRORS = {
     "400": "bad input: an unknown field or parameter, a bad value, an unknown peer",
     "401": "no or wrong token",
-    "403": "Host or Origin is not loopback",
+    "403": "Host or Origin is not loopback, or a session cookie not from the page's origin",
     "413": "too large",
     "507": "not stored: the disk quota (blobs) or the store is full",
     "503": "too many requests or streams at once; retry shortly",
