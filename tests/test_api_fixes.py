@@ -15,8 +15,10 @@ import pytest
 import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
+from peer.api._agents import has_feature
 from peer.api._api import LocalApi
 from peer.cli._cardfile import agent_card
+from peer.node._inbox import PeerInfo
 
 from .test_api import TOKEN
 
@@ -153,6 +155,13 @@ async def test_skill_descriptions_and_the_card_after_put(nursery: trio.Nursery) 
     async with _client(LocalApi(a, TOKEN)) as ca:
         [me] = (await ca.get("/agents", params={"skill": "translate"})).json()
         assert me["card"]["skills"][0]["description"] == "Translates text between languages"
+        # skill ids are lower case: a query in other cases is matched lower-cased
+        upper = (await ca.get("/agents", params={"skill": "Translate"})).json()
+        assert [x["peer_id"] for x in upper] == [me["peer_id"]]
+        assert has_feature(a, PeerInfo(a.peer_id, a.identity.public_key, 0), "Translate")
+        assert not has_feature(a, PeerInfo(a.peer_id, a.identity.public_key, 0), "Summarize")
+        bad = await ca.get("/agents", params={"skill": "Trans late"})
+        assert bad.status_code == 400 and "a-z" in bad.json()["error"]["message"]
         a2a = (await ca.get("/.well-known/agent-card.json")).json()
         assert [(s["id"], s["description"]) for s in a2a["skills"]] == list(flags)
         # a new card: the A2A card and presence follow it, not the --skill list
