@@ -226,18 +226,36 @@ async def test_bad_ids_unknown_blobs_and_attachments_are_refused(mesh: Trio3) ->
         assert r.status_code in (400, 404) and "error" in r.json(), path
     r = await mesh.api_b.get("/blobs/" + "ab" * 32)
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown-blob"
-    good = {"id": "ab" * 32, "name": "n", "type": "text/plain", "size": 1}
-    for bad in (
-        [good] * 33,
-        [{**good, "id": "zz"}],
-        [{**good, "size": -1}],
-        [{**good, "x": 1}],
-        "no",
+    held = await _upload(mesh.api_b, b"x" * 700_000, **{"X-Blob-Name": "big.png"})
+    good = {"id": held["id"], "name": "n", "type": "text/plain", "size": 700_000}
+    for bad, says in (
+        ([good] * 33, "at most 32"),
+        ([{**good, "id": "zz"}], "attachment id"),
+        ([{**good, "size": -1}], "attachment size"),
+        ([{**good, "size": 5}], "size 5 ≠ the blob's 700000"),
+        ([{**good, "name": 7}], "attachment name"),
+        ([{**good, "type": ""}], "attachment type"),
+        ([{**good, "x": 1}], "an attachment is"),
+        ("no", "attachments: a list"),
     ):
         r = await mesh.api_b.post(
             "/send", json={"channel": "files", "body": "", "attachments": bad}
         )
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid", bad
+        assert says in r.json()["error"]["message"], (bad, r.text)
+    # a blob this peer does not hold: recipients could never fetch it
+    absent = {"id": "ab" * 32, "name": "n", "type": "text/plain", "size": 3}
+    r = await mesh.api_b.post("/send", json={"channel": "files", "attachments": [absent]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown-blob", r.text
+    # only the id: name, type and size come from the blob; a name given renames it
+    sent = await mesh.api_b.post(
+        "/send", json={"channel": "files", "attachments": [{"id": held["id"]},
+                                                           {"id": held["id"], "name": "r.png"}]}
+    )
+    assert sent.status_code == 200, sent.text
+    got = (await mesh.api_a.get("/messages", params={"channel": "files", "wait": 10})).json()
+    facts = {"id": held["id"], "type": "image/png", "size": 700_000}
+    assert got[-1]["attachments"] == [{**facts, "name": "big.png"}, {**facts, "name": "r.png"}]
     bad_type = await mesh.api_b.post("/blobs", content=b"x", headers={"Content-Type": "not a type"})
     assert bad_type.status_code == 400
 

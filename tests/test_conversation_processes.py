@@ -110,7 +110,9 @@ def test_initiator_sets_the_verdict(mesh: Any, type_: str) -> None:
     assert r.status_code == 200, r.text
     _verdict_everywhere(lead, agents, conv_id, "ship idea 1")
     assert agents[1].post(f"/conversations/{conv_id}/messages",
-                          {"body": "too late"}).status_code == 400
+                          {"body": "too late"}).status_code == 409
+    again = lead.post(f"/conversations/{conv_id}/verdict", {"decision": "no, idea 2"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
     found = lead.get("/conversations", q="launch", agent=agents[2].peer_id, type=type_,
                      status="complete").json()
     assert [c["id"] for c in found] == [conv_id]

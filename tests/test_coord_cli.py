@@ -97,3 +97,12 @@ def test_rally_to_a_skill_nobody_declares(pair: Pair) -> None:
     assert both.exit_code != 0 and "--skill" in both.output
     none = CliRunner().invoke(cli, ["rally", "q", "--skill", "no-one-does-this", *args])
     assert none.exit_code != 0 and "no agent declares" in none.output, none.output
+
+
+def test_rally_lines_count_peers_in_english() -> None:
+    from peer.cli._coordcmds import _rally_lines
+
+    view = {"id": "r1", "kind": "request", "state": "open", "round": 1, "quorum": 1,
+            "deadline": "soon", "answers": []}
+    assert " to 1 peer: " in _rally_lines({**view, "to": ["ab" * 32]})
+    assert " to 2 peers: " in _rally_lines({**view, "to": ["ab" * 32, "cd" * 32]})

@@ -44,6 +44,8 @@ def test_dead_letters_breaker_replay_and_alerts(tmp_path: Path) -> None:
                            if x.get("message_kind") == "alert"]) == 3 else None))
         assert [m["priority"] for m in got] == ["high", "urgent", "normal"]
 
+        # the alerts' receipts are back before bob goes (else they die with the rest)
+        _until("alerts receipted", lambda: not alice.get("/outbox").json(), 60)
         kill_hard(bob)
         ids = [alice.post("/send", {"to": bob.peer_id, "body": f"while away {i}"}).json()["id"]
                for i in range(3)]

@@ -125,6 +125,11 @@ async def test_send_at_is_a_one_off(
     assert plain.status_code == 200 and "id" in plain.json()
     r = await api.post("/send", json={"channel": "lobby", "body": "x", "send_at": "soon"})
     assert r.status_code == 400
+    # long past: refused, never sent at once as if it were now
+    r = await api.post("/send", json={"channel": "lobby", "body": "x",
+                                      "send_at": "2020-01-01T00:00:00Z"})
+    assert r.status_code == 400 and "in the past" in r.json()["error"]["message"], r.text
+    assert len((await api.get("/schedules")).json()) == 2
 
 
 def test_journal_pages(tmp_path: Path) -> None:

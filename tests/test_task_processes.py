@@ -99,7 +99,8 @@ def test_task_lifecycle_progress_input_and_cancel(tmp_path: Path) -> None:
         assert [e["progress"] for e in events if e["id"] == task_id][1:3] == [0.3, 0.6]
         # a worker cannot move a finished task, a requester cannot update one
         bad = work.post(f"/tasks/{task_id}/status", {"state": "working"})
-        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid"
+        assert bad.status_code == 409 and bad.json()["error"]["code"] == "conflict"
+        assert req.post(f"/tasks/{task_id}/cancel", {}).status_code == 409
 
         second = req.post("/tasks", {"to": work.peer_id, "body": "long job"}).json()["id"]
         _until("the worker has the second", lambda: _task(work, second))

@@ -47,6 +47,15 @@ def test_progress_partial_results_input_and_completion() -> None:
     assert task.final and task.artifacts["index"].complete
     with pytest.raises(TaskError):
         task.update(WORKING, 60)  # nothing after a terminal state
+    assert task.progress == 1.0
+    done = _task()
+    done.update(WORKING, 10, progress=0.5)
+    done.update(COMPLETED, 20)  # no progress given: a completed task is still all done
+    assert done.progress == 1.0
+    stopped = _task()
+    stopped.update(WORKING, 10, progress=0.5)
+    stopped.update(CANCELED, 20)
+    assert stopped.progress == 0.5  # how far it got
     assert [s.state for s in task.history] == [SUBMITTED, WORKING, WORKING, INPUT_REQUIRED,
                                                WORKING, COMPLETED]
 

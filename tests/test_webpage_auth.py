@@ -72,20 +72,21 @@ async def test_login_code_works_once_and_the_cookie_opens_the_api(
         assert (await web.get("/channels")).status_code == 200
         # a state-changing request with the cookie must come from the page's own origin
         r = await web.post("/subscribe", json={"channel": "x"})
-        assert r.status_code == 401
+        assert r.status_code == 403 and r.json()["error"]["code"] == "origin", r.text
+        assert "own origin" in r.json()["error"]["message"]
         r = await web.post("/subscribe", json={"channel": "x"}, headers={"origin": ORIGIN})
         assert r.status_code == 200, r.text
         other_port = {"origin": "http://127.0.0.1:9999"}
         assert (
             await web.post("/subscribe", json={"channel": "y"}, headers=other_port)
-        ).status_code == 401
+        ).status_code == 403
         cross = {"origin": ORIGIN, "sec-fetch-site": "same-site"}
         assert (
             await web.post("/subscribe", json={"channel": "y"}, headers=cross)
-        ).status_code == 401
+        ).status_code == 403
         assert (
             await web.get("/channels", headers={"sec-fetch-site": "same-site"})
-        ).status_code == 401
+        ).status_code == 403
 
 
 async def test_a_tampered_or_expired_cookie_is_refused(pair: Pair) -> None:  # noqa: F811

@@ -124,11 +124,14 @@ class A2aGateway:
             "capabilities": {"streaming": True, "pushNotifications": False},
             "defaultInputModes": ["text/plain", "application/json"],
             "defaultOutputModes": ["text/plain", "application/json"],
-            "skills": _skills(self.peer.options.skills if own else (
+            "skills": _skills(self._declared() if own else (
                 info.extra.get("skills", ()) if info is not None else ())),
             "securitySchemes": {"bearer": {"httpAuthSecurityScheme": {"scheme": "bearer"}}},
             "securityRequirements": [{"schemes": {"bearer": {"list": []}}}],
         }
+
+    def _declared(self) -> tuple[tuple[str, str], ...]:
+        return self.peer.agents.declared_skills(self.peer.options.skills)
 
     async def own_card(self, request: Request) -> Response:
         return JSONResponse(self._card_json(request, self.peer.peer_id))

@@ -56,15 +56,18 @@ def label_param(request: Request, name: str) -> str | None:
 async def learn_skill(peer: Peer, feature: str) -> None:
     """Before ``/peers?feature=X``: look skill X up in the DHT (bounded), so the cards
     of the agents declaring it are known; nothing for a capability or a non-label."""
-    if feature in peer.caps or _LABEL_RE.fullmatch(feature) is None or peer.dht is None:
+    skill = feature.strip().lower()
+    if feature in peer.caps or _LABEL_RE.fullmatch(skill) is None or peer.dht is None:
         return
     with trio.move_on_after(LOOKUP_TIMEOUT):
-        await peer.agents.find(feature, None)
+        await peer.agents.find(skill, None)
 
 
 def has_feature(peer: Peer, info: PeerInfo, feature: str) -> bool:
-    """``/peers?feature=X``: the peer advertises capability X, or its card declares skill X."""
-    return feature in info.caps or feature in peer.agents.skills_of(info.peer_id)
+    """``/peers?feature=X``: the peer advertises capability X, or its card declares skill X
+    (skill ids are lower case: X is matched lower-cased, as ``/agents?skill=`` does)."""
+    return feature in info.caps or (
+        feature.strip().lower() in peer.agents.skills_of(info.peer_id))
 
 
 class AgentEndpoints:
@@ -102,11 +105,13 @@ class AgentEndpoints:
             data = await self.body(request)
             try:
                 directory.set_card(data)
+                self.peer.swarm.want_presence()  # announce the card's skills at once
             except RecordError as exc:
                 status = 413 if exc.code is ErrorCode.TOO_LARGE else 400
                 raise ApiError(status, "invalid-card", exc.message) from None
         elif request.method == "DELETE":
             directory.set_card(None)
+            self.peer.swarm.want_presence()
             return JSONResponse({"card": None, "published": False})
         if directory.card is None:
             raise ApiError(404, "no-card", "this agent declares no card: PUT /card to declare one")

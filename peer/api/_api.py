@@ -244,6 +244,14 @@ class LocalApi:
                 403, "origin", "requests from web pages of other origins are refused"
             )
         if not self._authorised(conn, spec):
+            if "authorization" not in conn.headers and self.sessions.signed_in(conn):
+                return error_response(  # a good cookie, from somewhere else than the page
+                    403, "origin",
+                    "signed in by the web page's session, but this request is not from "
+                    "that page: a cookie-only request must come from this API's own origin "
+                    "(a POST or WebSocket carries its Origin header); scripts send "
+                    "Authorization: Bearer <token> instead",
+                )
             return error_response(
                 401,
                 "unauthorised",

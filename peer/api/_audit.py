@@ -75,7 +75,8 @@ def message_record(m: InboxMessage, me: str) -> dict[str, Any]:
     recipients = [f"#{m.channel}"] if m.channel is not None else [
         me if not m.outgoing else (m.peer.hex() if m.peer else "")
     ]
-    conversation = m.thread or m.reply_to
+    # a coordination DM's conversation (request, rally, conversation, task), else the thread
+    conversation = (m.meta.conv if m.meta is not None else None) or m.thread or m.reply_to
     size = len(m.body.encode())
     if m.has_payload:
         size += len(json.dumps(m.payload, default=str).encode())

@@ -4,7 +4,8 @@ matching record, streamed as JSON lines or CSV in bounded memory).
 Filters: ``agent`` (a peer id, as sender or recipient), ``kind`` (``channel``,
 ``dm``, ``receipt``, ``state``), ``direction`` (``in``, ``out``,
 ``relayed``), ``topic``,
-``conversation`` (a thread or replied-to message id), ``since`` and ``until``
+``conversation`` (a coordination conversation, request, rally or task id, or
+a thread or replied-to message id), ``since`` and ``until``
 (ISO 8601 or Unix ms; ``until`` exclusive). ``/audit`` pages with ``after``
 (the ``X-Clawmesh-Next`` header of the previous page).
 """
@@ -26,6 +27,7 @@ from ._values import ApiError, channel_name, hex_id, int_param
 MAX_EXPORTS = 4  # exports streaming at once; more get 503
 KINDS = ("channel", "dm", "receipt", "state")
 DIRECTIONS = ("in", "out", "relayed")
+HEX = frozenset("0123456789abcdef")
 
 
 def _choice(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:
@@ -49,10 +51,18 @@ def audit_filter(request: Request) -> AuditFilter:
         kind=_choice(request, "kind", KINDS),
         direction=_choice(request, "direction", DIRECTIONS),
         topic=topic or None,
-        conversation=hex_id(conversation, "conversation").hex() if conversation else None,
+        conversation=_conversation_id(conversation) if conversation else None,
         since_ms=time_ms(_int_or_text(q["since"]), "since") if q.get("since") else None,
         until_ms=time_ms(_int_or_text(q["until"]), "until") if q.get("until") else None,
     )
+
+
+def _conversation_id(raw: str) -> str:
+    """A conversation id as the records hold it: 1..32 bytes in hex (lowercased)."""
+    value = raw.lower()
+    if not 2 <= len(value) <= 64 or len(value) % 2 or not all(c in HEX for c in value):
+        raise ApiError(400, "invalid", "conversation must be an id: 1..32 bytes in hex")
+    return value
 
 
 def _int_or_text(raw: str) -> int | str:

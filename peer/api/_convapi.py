@@ -174,6 +174,14 @@ class ConversationEndpoints:
             raise ApiError(404, "not-found", "no conversation with this id")
         return conv
 
+    def _open(self, request: Request) -> Conversation:
+        """A conversation still taking posts and a verdict (409 once finished)."""
+        conv = self._find(request)
+        if conv.finished:
+            raise ApiError(409, "conflict", f"the conversation is {conv.state}: it takes no "
+                           "more posts and no other verdict")
+        return conv
+
     async def show(self, request: Request) -> Response:
         conv = self._find(request)
         wait = wait_param(request)
@@ -182,7 +190,7 @@ class ConversationEndpoints:
         return JSONResponse(conversation_json(conv, self.service))
 
     async def post(self, request: Request) -> Response:
-        conv = self._find(request)
+        conv = self._open(request)
         data = await self._json_body(request, BY_ROUTE[("POST", "/conversations/{id}/messages")])
         try:
             await self.service.post(conv, _text(data, "body"), data.get("vote"), _payload(data))
@@ -193,7 +201,7 @@ class ConversationEndpoints:
         return JSONResponse(conversation_json(conv, self.service))
 
     async def verdict(self, request: Request) -> Response:
-        conv = self._find(request)
+        conv = self._open(request)
         data = await self._json_body(request, BY_ROUTE[("POST", "/conversations/{id}/verdict")])
         try:
             await self.service.set_verdict(conv, _text(data, "decision"),

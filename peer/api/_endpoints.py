@@ -213,8 +213,14 @@ class Endpoints:
                 raise ApiError(413, "too-large", f"payload over {MAX_PAYLOAD} bytes as CBOR")
         reply_to = hex_id(data["reply_to"], "reply_to") if data.get("reply_to") else None
         thread = hex_id(data["thread"], "thread") if data.get("thread") else None
-        attachments = parse_attachments(data.get("attachments"))
+        attachments = parse_attachments(data.get("attachments"), self._blob_facts)
         return Content(body, payload, reply_to, thread, attachments)
+
+    def _blob_facts(self, blob: bytes) -> tuple[str, str, int] | None:
+        """A blob held here as ``(name, type, size)`` (what attachments may refer to)."""
+        store = self.peer.blobs.store
+        manifest = None if store is None else store.manifest(blob)
+        return None if manifest is None else (manifest.name, manifest.type, manifest.size)
 
     def _recipient(self, to: Any) -> bytes:
         """A peer id from ``to``: a peer id, or a public key as ``/peers`` lists it."""

@@ -2,8 +2,9 @@
 ``/status``, and deduplicated alerts.
 
 ``POST /dead-letters/retry`` puts every dead letter (or the ``ids`` given)
-back into the outbox with a fresh deadline; ``POST /dead-letters/{id}/retry``
-one. ``POST /alerts`` sends an alert keyed by ``host`` and ``check`` only
+back into the outbox with a fresh deadline, except those whose ``ttl`` has
+passed (listed as ``skipped``); ``POST /dead-letters/{id}/retry`` one (409
+``expired`` for such a one). ``POST /alerts`` sends an alert keyed by ``host`` and ``check`` only
 when MESH's deduplication says so (new, escalate after 3 within the window,
 recovery) and answers the decision; ``GET /alerts`` lists the firing ones.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from peer.node._delivery import Retried
 from peer.node._node import Peer, UnknownPeer
 from peer.protocols._alerts import ESCALATE, RECOVERY
 from peer.wire import _cbor
@@ -67,19 +69,21 @@ class PolicyEndpoints:
             "/alerts": self.alerts,
         }
 
-    async def _retry(self, ids: list[bytes] | None) -> list[bytes]:
+    async def _retry(self, ids: list[bytes] | None) -> Retried:
         storage = self.peer.storage
         if storage is None:
             raise ApiError(400, "no-store", "a peer without a store keeps no dead letters")
         try:
-            revived: list[bytes] = await storage.delivery.retry_dead(ids)
+            return await storage.delivery.retry_dead(ids)
         except StoreError as exc:
             raise ApiError(507, "store", f"not retried: {exc}") from None
-        return revived
 
     @staticmethod
-    def _retried(revived: list[bytes]) -> Response:
-        return JSONResponse({"retried": [i.hex() for i in revived], "count": len(revived)})
+    def _retried(done: Retried) -> Response:
+        return JSONResponse({
+            "retried": [i.hex() for i in done.revived], "count": len(done.revived),
+            "skipped": [{"id": i.hex(), "reason": "expired"} for i in done.expired],
+        })
 
     async def retry_all(self, request: Request) -> Response:
         data = await self._json_body(request, BY_ROUTE[("POST", "/dead-letters/retry")])
@@ -91,10 +95,13 @@ class PolicyEndpoints:
 
     async def retry_one(self, request: Request) -> Response:
         msg_id = hex_id(request.path_params.get("id"), "id")
-        revived = await self._retry([msg_id])
-        if not revived:
+        done = await self._retry([msg_id])
+        if done.expired:
+            raise ApiError(409, "expired", "this DM's ttl has passed: it can never be handed "
+                           "over, so it stays a dead letter")
+        if not done.revived:
             raise ApiError(404, "not-found", "no dead letter with this id")
-        return self._retried(revived)
+        return self._retried(done)
 
     async def alerts(self, request: Request) -> Response:
         dedup = self.peer.coord.alerts

@@ -44,6 +44,9 @@ def time_ms(value: Any, name: str) -> int:
     return ms
 
 
+SEND_AT_SLACK = 60  # seconds send_at may lie in the past (clock skew): sent at once
+
+
 class ScheduleApi:
     """Handlers around one peer's ``ScheduleService``."""
 
@@ -89,6 +92,10 @@ class ScheduleApi:
         if "send_at" not in data:
             return JSONResponse(await self.endpoints.send_data(data))
         at = time_ms(data.pop("send_at"), "send_at")
+        late_s = (self.peer.wall_ms() - at) / 1000
+        if late_s > SEND_AT_SLACK:
+            raise ApiError(400, "invalid", f"send_at is {late_s:.0f} s in the past (more than "
+                           f"{SEND_AT_SLACK} s): leave send_at out to send now")
         message = self.check_message(data)
         s = await self._create(message, at_ms=at)
         return JSONResponse({"scheduled": schedule_json(s)}, status_code=202)

@@ -89,7 +89,8 @@ _AUDIT_FILTERS = (
     Field("kind", "string", "channel, dm, receipt or state (an outgoing DM's state change)"),
     Field("direction", "string", "in, out or relayed (what a relay-only seed carried)"),
     Field("topic", "string", "a channel name or topic"),
-    Field("conversation", "string", "a thread (or replied-to message) id"),
+    Field("conversation", "string", "a conversation, request, rally or task id "
+          "(a DM's conversation_id), or a thread (or replied-to message) id"),
     Field("since", "string", "from this time (ISO 8601 or Unix ms)"),
     Field("until", "string", "before this time (ISO 8601 or Unix ms)"),
 )
@@ -284,9 +285,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                    Field("reply_to", "string", "the id of the message this answers"),
                    Field("thread", "string", "the id of the thread's first message"),
                    Field("attachments", "array",
-                         "blobs (POST /blobs) it refers to: [{id, name, type, size}], at most 32"),
+                         "blobs held here (POST /blobs) it refers to: [{id, name?, type?, "
+                         "size?}], at most 32; what is left out comes from the blob"),
                    Field("send_at", "string", "send later: an ISO 8601 time or Unix ms "
-                         "(answers 202 with the one-off schedule)"),
+                         "(answers 202 with the one-off schedule; over 60 s past: 400)"),
                    *_META_B),
              compat_open=True),
     Endpoint("GET", "/receipts", "the states a DM's recipient signed: stored, delivered, read,"
@@ -344,9 +346,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *_RALLY_ENDPOINTS,
     *_CONVERSATION_ENDPOINTS,
     *_TASK_ENDPOINTS,
-    Endpoint("POST", "/dead-letters/retry", "put dead letters back into the outbox",
+    Endpoint("POST", "/dead-letters/retry", "put dead letters back into the outbox (those "
+             "whose ttl has passed stay dead, listed as skipped)",
              body=(Field("ids", "array", "only these message ids (default: all)"),)),
-    Endpoint("POST", "/dead-letters/{id}/retry", "put one dead letter back into the outbox"),
+    Endpoint("POST", "/dead-letters/{id}/retry", "put one dead letter back into the outbox "
+             "(409 expired once its ttl has passed)"),
     Endpoint("POST", "/alerts", "send an alert, deduplicated by host and check",
              body=(Field("host", "string", "where", required=True),
                    Field("check", "string", "what", required=True),
@@ -362,7 +366,7 @@ BY_ROUTE = {(e.method, e.path): e for e in ENDPOINTS}
 ERRORS = {
     "400": "bad input: an unknown field or parameter, a bad value, an unknown peer",
     "401": "no or wrong token",
-    "403": "Host or Origin is not loopback",
+    "403": "Host or Origin is not loopback, or a session cookie not from the page's origin",
     "413": "too large",
     "507": "not stored: the disk quota (blobs) or the store is full",
     "503": "too many requests or streams at once; retry shortly",

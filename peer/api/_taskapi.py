@@ -119,6 +119,13 @@ class TaskEndpoints:
             raise ApiError(404, "not-found", "no task with this id")
         return task
 
+    def _open(self, request: Request) -> Task:
+        """A task still taking updates (409 once completed, failed or canceled)."""
+        task = self._find(request)
+        if task.final:
+            raise ApiError(409, "conflict", f"the task is {task.state}: it takes no more updates")
+        return task
+
     def _json(self, task: Task) -> Response:
         return JSONResponse(task_json(task, self.peer.peer_id))
 
@@ -155,7 +162,7 @@ class TaskEndpoints:
         return self._json(task)
 
     async def status(self, request: Request) -> Response:
-        task = self._find(request)
+        task = self._open(request)
         data = await self._json_body(request, BY_ROUTE[("POST", "/tasks/{id}/status")])
         progress = data.get("progress")
         if progress is not None and type(progress) not in (int, float):
@@ -171,12 +178,12 @@ class TaskEndpoints:
         return self._json(task)
 
     async def cancel(self, request: Request) -> Response:
-        task = self._find(request)
+        task = self._open(request)
         await self._do(self.peer.tasks.cancel(task))
         return self._json(task)
 
     async def input(self, request: Request) -> Response:
-        task = self._find(request)
+        task = self._open(request)
         data = await self._json_body(request, BY_ROUTE[("POST", "/tasks/{id}/input")])
         await self._do(self.peer.tasks.give_input(
             task, _body(data, "body"), _value(data.get("payload"), "payload")))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,27 +140,46 @@ def message_json(message: InboxMessage) -> dict[str, Any]:
     return item
 
 
-def parse_attachments(value: Any) -> tuple[Attachment, ...]:
-    """``attachments`` of ``POST /send``: ``[{"id", "name", "type", "size"}]``, at most
-    ``MAX_ATTACHMENTS`` (ids from ``POST /blobs``; the blob need not be here)."""
+BlobFacts = Callable[[bytes], "tuple[str, str, int] | None"]
+
+
+def parse_attachments(value: Any, held: BlobFacts) -> tuple[Attachment, ...]:
+    """``attachments`` of ``POST /send``: ``[{"id", "name"?, "type"?, "size"?}]``, at most
+    ``MAX_ATTACHMENTS``. A message may only refer to blobs this peer holds (its author
+    is where carriers fetch from): ``held(id)`` gives the blob's ``(name, type, size)``
+    or None (400 ``unknown-blob``). What is left out is filled from the blob; a name or
+    type given describes it for the recipients; a size must be the blob's."""
     if value is None or value == []:
         return ()
     if not isinstance(value, list) or len(value) > MAX_ATTACHMENTS:
         raise ApiError(400, "invalid", f"attachments: a list of at most {MAX_ATTACHMENTS}")
-    out = []
-    for item in value:
-        if not isinstance(item, dict) or not set(item) <= {"id", "name", "type", "size"}:
-            raise ApiError(400, "invalid", "an attachment is {id, name, type, size}")
-        size, name = item.get("size"), item.get("name", "")
-        kind = item.get("type", "application/octet-stream")
-        if type(size) is not int or not 0 <= size <= MAX_BLOB_SIZE:
-            raise ApiError(400, "invalid", "attachment size: bytes, an integer")
-        if not isinstance(name, str) or len(name.encode()) > MAX_ATTACHMENT_NAME:
-            raise ApiError(400, "invalid", f"attachment name: text of {MAX_ATTACHMENT_NAME} bytes")
-        if not isinstance(kind, str) or not 0 < len(kind.encode()) <= MAX_MEDIA_TYPE:
-            raise ApiError(400, "invalid", "attachment type: a media type")
-        out.append(Attachment(hex_id(item.get("id"), "attachment id"), name, kind, size))
-    return tuple(out)
+    return tuple(_attachment(item, held) for item in value)
+
+
+def _attachment(item: Any, held: BlobFacts) -> Attachment:
+    if not isinstance(item, dict) or not set(item) <= {"id", "name", "type", "size"}:
+        raise ApiError(400, "invalid", "an attachment is {id, name?, type?, size?}")
+    blob = hex_id(item.get("id"), "attachment id")
+    facts = held(blob)
+    if facts is None:
+        raise ApiError(
+            400, "unknown-blob",
+            f"attachment {blob.hex()}: no such blob here (upload it with POST /blobs first)",
+        )
+    name, kind, size = item.get("name", facts[0]), item.get("type", facts[1]), item.get("size")
+    if size is None:
+        size = facts[2]
+    if type(size) is not int or not 0 <= size <= MAX_BLOB_SIZE:
+        raise ApiError(400, "invalid", "attachment size: bytes, an integer")
+    if size != facts[2]:
+        raise ApiError(
+            400, "invalid", f"attachment {blob.hex()}: size {size} ≠ the blob's {facts[2]}"
+        )
+    if not isinstance(name, str) or len(name.encode()) > MAX_ATTACHMENT_NAME:
+        raise ApiError(400, "invalid", f"attachment name: text of {MAX_ATTACHMENT_NAME} bytes")
+    if not isinstance(kind, str) or not 0 < len(kind.encode()) <= MAX_MEDIA_TYPE:
+        raise ApiError(400, "invalid", "attachment type: a media type")
+    return Attachment(blob, name, kind, size)
 
 
 def hex_id(value: Any, name: str) -> bytes:

@@ -434,7 +434,7 @@ async def run_peer(args: argparse.Namespace) -> None:
         mailbox=not args.no_mailbox,
         mailbox_quota=_mailbox_quota(args),
         card=None if args.relay_only else agent_card(
-            args.card, [spec.partition("=")[0] for spec in args.skill], args.name
+            args.card, skills(args.skill), args.name
         ),
         blob_max_bytes=megabytes(args.blob_max_mb, "--blob-max-mb"),
         blob_quota_bytes=megabytes(args.blob_quota_mb, "--blob-quota-mb"),

@@ -35,7 +35,8 @@ def receipts(ctx: Ctx, msg_id: str) -> None:
 
 def _rally_lines(view: dict[str, Any]) -> str:
     channel = view.get("channel")
-    where = f"#{channel}" if channel else f"{len(view.get('to', []))} peers"
+    count = len(view.get("to", []))
+    where = f"#{channel}" if channel else f"{count} peer{'' if count == 1 else 's'}"
     if view.get("selected_by"):
         where += f" with skill {view['selected_by'].get('skill')}"
     head = (f"{view['id']} {view['kind']} to {where}: {view['state']}, round {view['round']}, "
@@ -212,6 +213,8 @@ def conversations(
 
 def _task_line(view: dict[str, Any]) -> str:
     progress = "" if view["progress"] is None else f" {view['progress'] * 100:.0f}%"
+    if view["state"] in ("failed", "canceled", "rejected") and progress:
+        progress = f" (at{progress})"  # how far it got
     other = view["worker"] if view["role"] == "requester" else view["requester"]
     return (f"{view['id']} {view['role']} with {other[:16]}: {view['state']}{progress}"
             f" - {view['request'][:60]}")
@@ -266,7 +269,12 @@ def retry_dead(ctx: Ctx, ids: tuple[str, ...]) -> None:
     """Put dead letters (these, or all of them) back into the outbox."""
     with ctx.client() as mesh:
         result = mesh.retry_dead_letters(list(ids) or None)
-    out.emit_json(result) if ctx.json else click.echo(f"{result['count']} back in the outbox")
+    if ctx.json:
+        out.emit_json(result)
+        return
+    click.echo(f"{result['count']} back in the outbox")
+    for skipped in result.get("skipped", []):
+        click.echo(f"skipped {skipped['id']}: {skipped['reason']} (its ttl has passed)")
 
 
 @cli.command()

@@ -35,6 +35,7 @@ from dht._card import (
     tag_key,
 )
 from dht._cards import CardLimits
+from peer.protocols._presence import MAX_SKILL_TEXT, MAX_SKILLS, valid_skill_id
 from peer.wire._identity import Identity
 
 from ._inbox import Directory, PeerInfo
@@ -100,19 +101,35 @@ def with_defaults(card: dict[str, Any], peer_id: bytes) -> dict[str, Any]:
 
 
 def card_from_skills(
-    name: str, skills: Iterable[str], base: dict[str, Any] | None
+    name: str, skills: Iterable[tuple[str, str]], base: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """A card from ``--card`` (``base``) plus ``--skill`` ids not already in it."""
+    """A card from ``--card`` (``base``) plus ``--skill`` (id, description) pairs whose
+    ids are not already in it (a description given is kept)."""
     card: dict[str, Any] = copy.deepcopy(base) if base is not None else {"name": name or "agent"}
     listed = card.setdefault("skills", [])
     if not isinstance(listed, list):
         return card  # check_card names the problem
     have = {s.get("id") for s in listed if isinstance(s, dict)}
-    for sid in skills:
+    for sid, text in skills:
         if sid not in have:
-            listed.append({"id": sid, "name": sid})
+            listed.append({"id": sid, "name": sid, **({"description": text} if text else {})})
             have.add(sid)
     return card
+
+
+def card_skills(card: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """A card's skills as presence announces them: (id, description), those whose id
+    fits an announcement, the description cut to its limit and made one line."""
+    out = []
+    for skill in card.get("skills") or ():
+        sid = skill.get("id") if isinstance(skill, dict) else None
+        if not isinstance(sid, str) or not valid_skill_id(sid):
+            continue
+        text = skill.get("description")
+        text = text if isinstance(text, str) else ""
+        text = "".join(c if c.isprintable() else " " for c in text)[:MAX_SKILL_TEXT]
+        out.append((sid, text))
+    return tuple(out[:MAX_SKILLS])
 
 
 class AgentDirectory:
@@ -129,6 +146,12 @@ class AgentDirectory:
     @property
     def card(self) -> dict[str, Any] | None:
         return self._card
+
+    def declared_skills(self, flags: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """The skills we announce (presence, our A2A card): the current card's when one
+        is declared (``--card``/``--skill`` at start, ``PUT /card`` since), else the
+        ``--skill`` ``flags`` (none when the card was withdrawn)."""
+        return flags if self._card is None else card_skills(self._card)
 
     def set_card(self, card: dict[str, Any] | None) -> dict[str, Any] | None:
         """Declare (or with None withdraw) our card; RecordError if it is invalid.

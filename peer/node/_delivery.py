@@ -27,9 +27,9 @@ Rules kept here:
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -64,6 +64,14 @@ REACH_TIMEOUT = 10.0
 RETRY_CAP_MS = 300_000
 
 StoreOwn = Callable[[Envelope, InboxMessage | None, bytes | None], Awaitable[None]]
+
+
+class Retried(NamedTuple):
+    """What ``retry_dead`` did: the ids back in the outbox, and those left dead
+    because their ``ttl`` has passed."""
+
+    revived: list[bytes]
+    expired: list[bytes]
 
 
 class ReceiptObserver(Protocol):
@@ -411,42 +419,58 @@ class DeliveryService:
 
     # -- dead letters --------------------------------------------------------------------
 
-    async def retry_dead(self, ids: Sequence[bytes] | None = None) -> list[bytes]:
+    def _expiries(self, ids: Iterable[bytes]) -> dict[bytes, int]:
+        """When those of our DMs ``ids`` that carry a ``ttl`` expire (wall ms)."""
+        out = {}
+        for msg_id in ids:
+            message = self.peer.inbox.get(msg_id)
+            meta = None if message is None else message.meta
+            if meta is not None and meta.expires_ms is not None:
+                out[msg_id] = meta.expires_ms
+        return out
+
+    async def retry_dead(self, ids: Sequence[bytes] | None = None) -> Retried:
         """Put dead letters (``ids``, or all of them) back into the outbox with a fresh
-        deadline; returns the ids revived."""
+        deadline (never past their expiry); those whose ``ttl`` passed stay dead."""
         now_ms = self.peer.wall_ms()
-        deadline_ms = now_ms + self.core.deadline_ms
         wanted = None if ids is None else set(ids)
+        expiries = self._expiries(self.core.dead_ids() if ids is None else ids)
+        expired = {i for i, at in expiries.items() if at <= now_ms}
+
+        def deadline(msg_id: bytes) -> int:
+            return min(now_ms + self.core.deadline_ms, expiries.get(msg_id, 2**63))
 
         def revive(s: MessageStore) -> list[DeadLetter]:
             out = []
             for letter in s.dead_letters(limit=10_000):
                 if wanted is not None and letter.msg_id not in wanted:
                     continue
+                if letter.msg_id in expired:
+                    continue
                 s.dead_letter_remove(letter.msg_id)
                 if s.outbox_add(letter.msg_id, letter.recipient, letter.wire, now_ms,
-                                deadline_ms):
+                                deadline(letter.msg_id)):
                     out.append(letter)
             return out
 
         letters = await self.service.write(lambda s: s.atomically(revive))
         for letter in letters:
             entry = Pending(letter.msg_id, letter.recipient, _seq_of(letter.wire), letter.wire,
-                            0, now_ms, deadline_ms)
+                            0, now_ms, deadline(letter.msg_id))
             self.core.revive(entry)
             self.mailbox.track(entry.msg_id, entry.recipient, entry.wire, "dm",
-                               until_ms=deadline_ms)
+                               until_ms=entry.deadline_ms)
             self.peer.inbox.set_status(letter.msg_id, "pending")
         if letters:
             self.peer.notify_inbox()
             self._wake.set()
-        return [letter.msg_id for letter in letters]
+        return Retried([letter.msg_id for letter in letters], sorted(expired))
 
     async def _replay_loop(self) -> None:
         """A peer with dead letters is back: they go into the outbox again."""
         async for peer_id in self._replay_recv:
             try:
-                revived = await self.retry_dead(self.core.dead_to(peer_id))
+                revived = (await self.retry_dead(self.core.dead_to(peer_id))).revived
                 self.replayed += len(revived)
                 if revived:
                     self.log.info("dead letters replayed", peer=peer_id.hex()[:16],

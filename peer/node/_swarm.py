@@ -74,6 +74,7 @@ from peer.wire._frametypes import (
     Unsub,
 )
 
+from ._agents import AgentDirectory
 from ._blobhost import BlobHost
 from ._dhthost import DhtBridge
 from ._host import PeerCore
@@ -107,6 +108,8 @@ class SwarmPeer(PeerCore, Protocol):
     def caps(self) -> tuple[str, ...]: ...
     @property
     def blobs(self) -> BlobHost: ...
+    @property
+    def agents(self) -> AgentDirectory: ...
     @property
     def presence_extras(self) -> list[Callable[[], dict[str, Any]]]: ...
     @property
@@ -308,7 +311,7 @@ class Swarm:
 
     def _announce_presence(self) -> None:
         base = presence_payload(self.peer.listen_urls, self.peer.caps, self.peer.options.name,
-                                self.peer.options.skills)
+                                self.peer.agents.declared_skills(self.peer.options.skills))
         data = dict(base)
         for extra in self.peer.presence_extras:
             data.update(extra())

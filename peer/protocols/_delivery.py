@@ -267,6 +267,10 @@ class Delivery:
     def has_dead(self, recipient: bytes) -> bool:
         return self._dead_peers.get(recipient, 0) > 0
 
+    def dead_ids(self) -> list[bytes]:
+        """Every dead letter we remember, oldest first."""
+        return list(self._dead)
+
     def dead_to(self, recipient: bytes) -> list[bytes]:
         """The dead letters we remember for ``recipient`` (replayed when it is back)."""
         return [i for i, r in self._dead.items() if r == recipient]

@@ -93,6 +93,9 @@ class Task:
 
     @property
     def progress(self) -> float | None:
+        """The last progress given; a completed task is done: 1.0."""
+        if self.state == COMPLETED:
+            return 1.0
         for status in reversed(self.history):
             if status.progress is not None:
                 return status.progress
