@@ -111,11 +111,12 @@ def test_a2a_sdk_client_reaches_an_agent_two_peers_away(tmp_path: Path) -> None:
         assert result["states"][0] == "TASK_STATE_SUBMITTED"
         assert result["states"][-1] == "TASK_STATE_COMPLETED"
         assert "TASK_STATE_WORKING" in result["states"]
-        assert result["artifacts"] == ["42 ", "records"]
+        # two chunks, or one when both were stored before the stream sent either
+        assert "".join(result["artifacts"]) == "42 records" and result["artifacts"][0]
         assert result["canceled"] == ["TASK_STATE_CANCELED", "TASK_STATE_CANCELED"]
         assert result["resumed"][0] == "TASK_STATE_WORKING"
         assert result["resumed"][-1] == "TASK_STATE_COMPLETED"
-        assert result["resumed_artifacts"] == ["42 ", "records"]
+        assert "".join(result["resumed_artifacts"]) == "42 records"
         assert result["listed"] == ["TASK_STATE_CANCELED", "TASK_STATE_COMPLETED",
                                     "TASK_STATE_COMPLETED"]
         status = near.get("/status").json()["a2a"]
