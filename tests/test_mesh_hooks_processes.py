@@ -177,6 +177,10 @@ def test_mesh_clients_through_a_peer(tmp_path: Path) -> None:
         assert response["payload"]["body"] == "All green"
         assert response["replyContext"] == {"sessionKey": "agent:main:slack:thread:123"}
         assert response["conversationId"] == "conv_abc123"
-        stats = a.get("/status").json()["mesh_hooks"]
+        # the reply is counted once its POST has been answered, just after the receiver saw it
+        deadline = time.monotonic() + 20
+        while (stats := a.get("/status").json()["mesh_hooks"])["replies_sent"] < 1:
+            assert time.monotonic() < deadline, stats
+            time.sleep(0.1)  # polling the API with a deadline
         assert stats["replies_sent"] == 1 and stats["accepted"] == 2 and stats["refused"] >= 5
     receiver.close()
