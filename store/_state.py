@@ -9,6 +9,8 @@ and still succeed when the store is otherwise full.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import lmdb
 
 from ._env import _StoreEnv
@@ -68,6 +70,18 @@ class _State(_StoreEnv):
     def delete_state(self, key: str) -> bool:
         raw = _name_key(key, "state key")
         return self._write(lambda txn: txn.delete(raw, db=self._state), reserve=True)
+
+    def write_states(self, items: Mapping[str, bytes | None]) -> None:
+        """Put each value (``None``: delete the key), all in one commit."""
+
+        def each(store: _State) -> None:
+            for key, value in items.items():
+                if value is None:
+                    store.delete_state(key)
+                else:
+                    store.put_state(key, value)
+
+        self.atomically(each)
 
     def state_items(self, prefix: str = "") -> dict[str, bytes]:
         """Every state entry whose key starts with ``prefix``."""

@@ -369,3 +369,14 @@ def test_atomically_commits_appends_and_state_together(tmp_path: Path) -> None:
     assert s.held([item("lobby", BOB, 1, 20).msg_id]) == set()
     assert s.head("lobby").count == 200
     s.close()
+
+
+def test_write_states_puts_and_deletes_in_one_commit(tmp_path: Path) -> None:
+    s = MessageStore(tmp_path / "s", sync=False)
+    s.write_states({"a/1": b"one", "a/2": b"two"})
+    s.write_states({"a/1": None, "a/3": b"three"})  # None: delete
+    assert s.state_items("a/") == {"a/2": b"two", "a/3": b"three"}
+    with pytest.raises(ValueError):
+        s.write_states({"a/4": b"four", "": b"a bad key"})  # refused: nothing of it kept
+    assert s.state_items("a/") == {"a/2": b"two", "a/3": b"three"}
+    s.close()

@@ -42,7 +42,7 @@ from peer.wire import _cbor
 from peer.wire._envelope import Content, open_dm, open_envelope
 from peer.wire._errors import ProtocolError
 from peer.wire._meta import Meta
-from store import MessageStore, StoreError
+from store import StoreError
 
 from ._coordhost import CoordPeer
 from ._inbox import InboxMessage
@@ -323,14 +323,7 @@ class ConversationService:
         if storage is None or not records:
             return
 
-        def write(s: MessageStore) -> None:
-            for key, value in records.items():
-                if value is None:
-                    s.delete_state(key)
-                else:
-                    s.put_state(key, value)
-
-        await storage.service.write(lambda s: s.atomically(write))
+        await storage.service.write(lambda s: s.write_states(records))
 
 
 __all__ = ["CONV_PREFIX", "ConversationService"]

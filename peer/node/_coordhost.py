@@ -50,7 +50,7 @@ from peer.wire._envelope import Content, Envelope, inbox_topic, open_dm, open_en
 from peer.wire._errors import ProtocolError
 from peer.wire._frametypes import Push
 from peer.wire._meta import Meta
-from store import MessageStore, StoreError
+from store import StoreError
 
 from ._host import StoragePeer
 from ._inbox import Admitted, InboxMessage, inbox_entry
@@ -364,11 +364,7 @@ class Coordination:
         records.update(self._new_keys)
         self._dirty, self._new_keys = {}, {}
 
-        def write(s: MessageStore) -> None:
-            for key, value in records.items():
-                s.put_state(key, value)
-
-        await storage.service.write(lambda s: s.atomically(write))
+        await storage.service.write(lambda s: s.write_states(records))
 
     async def _send_ack(self, sender: bytes, state: str, ids: tuple[bytes, ...]) -> None:
         """A signed ack, as a DM with no inbox entry (retried from the outbox)."""

@@ -199,7 +199,9 @@ class Peer:
                     self.storage.hold_live([inbox_topic(self.peer_id), *stored])
                 channels = [*stored, *channels]
                 self.blobs.open(
-                    blob_dir(self.options.store_path), self.options.blob_quota_bytes, time.time()
+                    blob_dir(self.options.store_path),
+                    self.options.blob_quota_bytes,
+                    self.wall_time(),
                 )
                 stack.callback(self.blobs.close)
             async with trio.open_nursery() as nursery:

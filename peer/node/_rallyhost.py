@@ -30,7 +30,7 @@ from peer.protocols._rally import OPEN, Change, Rallies, Rally, new_rally
 from peer.wire import _cbor
 from peer.wire._envelope import Content
 from peer.wire._meta import Meta
-from store import MessageStore, StoreError
+from store import StoreError
 
 from ._coordhost import CoordPeer, rally_marker
 from ._inbox import InboxMessage
@@ -249,11 +249,7 @@ class RallyService:
         if storage is None or not records:
             return
 
-        def write(s: MessageStore) -> None:
-            for key, value in records.items():
-                s.put_state(key, value)
-
-        await storage.service.write(lambda s: s.atomically(write))
+        await storage.service.write(lambda s: s.write_states(records))
 
     def statistics(self) -> dict[str, int]:
         states: dict[str, int] = {}

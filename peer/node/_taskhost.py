@@ -28,7 +28,7 @@ from peer.protocols._tasks import CANCELED, Task, TaskError, new_task
 from peer.wire import _cbor
 from peer.wire._envelope import Content
 from peer.wire._meta import Meta
-from store import MessageStore, StoreError
+from store import StoreError
 
 from ._coordhost import CoordPeer
 from ._inbox import InboxMessage
@@ -221,14 +221,7 @@ class TaskService:
         if storage is None or not records:
             return
 
-        def write(s: MessageStore) -> None:
-            for key, value in records.items():
-                if value is None:
-                    s.delete_state(key)
-                else:
-                    s.put_state(key, value)
-
-        await storage.service.write(lambda s: s.atomically(write))
+        await storage.service.write(lambda s: s.write_states(records))
 
 
 __all__ = ["TASK_PREFIX", "TaskService"]
