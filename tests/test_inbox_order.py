@@ -212,3 +212,32 @@ async def test_a_walk_cursor_does_not_move_past_what_waits_unstored(tmp_path: Pa
         await store.accept_many([envs[1]], then=moved)  # 2 comes: both go on
         assert await store.service.read(lambda s: s.get_state("cursor-moved")) == b"1"
         assert bodies(b, topic=CHANNEL) == ["m1", "m2", "m3"]
+
+
+async def test_what_the_author_limit_dropped_is_repaired_only_after_the_hold(
+    tmp_path: Path,
+) -> None:
+    """An author over b's limit is dropped live and held back from gap repair for
+    ``over_limit_mute_s``: its gaps are counted, asked for once the hold is over, then
+    repaired from its carrier (what was acknowledged arrives, later)."""
+    from dataclasses import replace
+
+    from peer.wire._limits import GossipParams
+
+    strict = replace(GossipParams(), sender_rate=10.0, sender_burst=20.0, over_limit_mute_s=2.0)
+    opts_b = _options(tmp_path, "b", channels=(CHANNEL,), gossip=strict)
+    ia, ib = Identity.generate(), Identity.generate()
+    async with running(ia, _options(tmp_path, "a", channels=(CHANNEL,))) as a, running(
+        ib, opts_b
+    ) as b:
+        await linked(a, b)
+        await until(a, lambda: a.router.reachable(CHANNEL))
+        for i in range(30):
+            await a.send_message(CHANNEL, Content(body=f"m{i}"))
+        await until(b, lambda: b.router.held_back(a.peer_id, b.now()))
+        filler = storage_of(b).catchup_service.filler
+        deferred = filler.deferred
+        assert not filler.may_repair(CHANNEL, a.peer_id)  # held back: left for later
+        assert filler.deferred == deferred + 1
+        assert len(bodies(b, topic=CHANNEL)) < 30
+        await until(b, lambda: bodies(b, topic=CHANNEL) == [f"m{i}" for i in range(30)])

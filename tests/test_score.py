@@ -159,7 +159,7 @@ def test_a_forged_copy_of_a_limited_authors_message_does_not_hide_the_real_one()
 
 
 def test_a_new_author_earns_its_burst_by_staying_under_the_rate() -> None:
-    """A never-seen author starts with one second of its rate, not the whole burst (a
+    """A never-seen author starts with a quarter second of its rate, not the whole burst (a
     fresh identity cannot land a burst the moment it appears); quiet, it fills up to the
     burst; our own bucket starts full."""
     me = b"m" * 32
@@ -365,3 +365,21 @@ async def test_send_over_the_limit_is_a_json_429(nursery: trio.Nursery) -> None:
         assert r.json()["error"]["code"] == "rate"
         assert "publishing limit" in r.json()["error"]["message"]
     assert [m.body for m in peer.inbox.query()] == ["m0", "m1", "m2"]  # nothing half-sent
+
+
+def test_an_author_dropped_over_its_limit_is_held_back_from_repair_for_a_while() -> None:
+    """Dropped over its limit (from any link), an author is ``held_back`` for
+    ``over_limit_mute_s`` after the last drop: gap repair leaves its gaps for later.
+    An author under its limit never is."""
+    params = replace(LIMITS, link_pub_rate=0.0, over_limit_mute_s=30.0)
+    router, (relay, _) = relay_with_links(params, 2)
+    honest = envelopes("honest", 2)
+    assert all(delivers(pub(router, relay, e, 0.0)) for e in honest)
+    flood = envelopes("flooder", 20)
+    fresh = int(LIMITS.sender_rate * LIMITS.sender_fresh_s)
+    assert sum(bool(delivers(pub(router, relay, e, 0.0))) for e in flood[:10]) == fresh
+    flooder, author = identity("flooder").peer_id, identity("honest").peer_id
+    assert router.held_back(flooder, 0.0) and router.held_back(flooder, 29.9)
+    assert not router.held_back(author, 0.0)
+    assert not router.held_back(flooder, 30.1)  # it stayed away long enough
+    assert not router.held_back(router.me, 0.0)  # never ourselves

@@ -89,8 +89,13 @@ class GapFiller:
         self.deferred = 0  # repairs of a sender left for later: its passes were spent
 
     def may_repair(self, topic: str, sender: bytes) -> bool:
-        """Spend one of the repair passes of ``sender`` in ``topic``, if it has one."""
-        if self.passes.take(topic.encode() + sender, self.peer.now()):
+        """Spend one of the repair passes of ``sender`` in ``topic``, if it has one and
+        the router has not dropped ``sender`` over its limit lately (what the limit
+        dropped is not fetched back at once by another path: it waits, counted)."""
+        now = self.peer.now()
+        if not self.peer.router.held_back(sender, now) and self.passes.take(
+            topic.encode() + sender, now
+        ):
             return True
         self.deferred += 1
         return False

@@ -93,11 +93,9 @@ class GossipRouter:
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._mcache: dict[bytes, tuple[str, bytes]] = {}
         self._windows: deque[list[bytes]] = deque([[]])
-        self._ping_n = 0
+        self._ping_n, self._last_beat = 0, 0.0
         self._next_heartbeat: float | None = None
-        self._last_beat = 0.0
-        self.stats = GossipCounters()
-        p = self.params
+        self.stats, p = GossipCounters(), self.params
         self._senders = Buckets.for_authors(p, me)
         self._link_pubs = Buckets(p.link_pub_rate, p.link_pub_burst, p.score_max_peers)
         self.scores = Scoreboard(p)
@@ -198,6 +196,9 @@ class GossipRouter:
         if not self._senders.has(self.me, now):
             rate = self.params.sender_rate
             raise ProtocolError(ErrorCode.RATE, f"over the publishing limit of {rate:g}/s")
+
+    def held_back(self, sender: bytes, now: float) -> bool:  # dropped over its limit lately
+        return self._senders.held(sender, now)  # (over_limit_mute_s): its repairs wait
 
     def publish(self, env: Envelope, now: float) -> list[Action]:
         """Our own message: remember it, deliver it locally, flood it. It is charged

@@ -12,6 +12,9 @@ Rules kept here (protocol-spec/gossip.md, section 9):
   appears (burst credit is earned by staying under the rate); keys in ``full``
   (our own) start full. ``mute`` takes a key's tokens away until a time: an
   author over its limit on its own link is relayed no more for a while.
+  ``has`` remembers, for ``hold_s`` seconds, every key it found without a
+  token (``held``): gap repair leaves such an author's gaps for later, so
+  what the limit dropped does not come back at once by another path.
 * Scores. ``Scoreboard`` keeps one score per peer, outliving its links so that
   a reconnect does not wipe a bad record. A score decays towards 0 with a
   half-life of ``score_half_life`` seconds (computed lazily from ``now``);
@@ -57,12 +60,15 @@ class Buckets:
         *,
         initial: float | None = None,
         full: frozenset[bytes] = frozenset(),
+        hold_s: float = 0.0,
     ) -> None:
         self.rate = rate
         self.burst = burst
         self.max_keys = max_keys
         self.initial = burst if initial is None else min(burst, initial)
         self.full = full
+        self.hold_s = hold_s
+        self._held: OrderedDict[bytes, float] = OrderedDict()  # key -> until when
         self._muted: OrderedDict[bytes, float] = OrderedDict()  # key -> until when
         self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()
 
@@ -71,8 +77,8 @@ class Buckets:
         """The author limit: a never-seen author starts with ``sender_fresh_s`` seconds
         of its rate, we with our whole burst."""
         fresh = params.sender_rate * params.sender_fresh_s
-        return cls(params.sender_rate, params.sender_burst, params.senders_max,
-                   initial=fresh, full=frozenset([me]))  # fmt: skip
+        return cls(params.sender_rate, params.sender_burst, params.senders_max, initial=fresh,
+                   full=frozenset([me]), hold_s=params.over_limit_mute_s)  # fmt: skip
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -108,11 +114,30 @@ class Buckets:
         if not self.enabled:
             return True
         until = self._muted.get(key)
-        if until is not None:
-            if now < until:
-                return False
+        if until is not None and now >= until:
             del self._muted[key]
-        return self._bucket(key, now).tokens >= 1.0
+            until = None
+        if until is None and self._bucket(key, now).tokens >= 1.0:
+            return True
+        self._hold(key, now + self.hold_s)
+        return False
+
+    def _hold(self, key: bytes, until: float) -> None:
+        if self.hold_s > 0 and key not in self.full:
+            self._held[key] = until
+            self._held.move_to_end(key)
+            while len(self._held) > self.max_keys:
+                self._held.popitem(last=False)
+
+    def held(self, key: bytes, now: float) -> bool:
+        """True if ``has`` found ``key`` without a token in the last ``hold_s`` seconds."""
+        until = self._held.get(key)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self._held[key]
+        return False
 
     def mute(self, key: bytes, until: float) -> None:
         """``key`` has no tokens before ``until`` (at most ``max_keys`` are muted: the

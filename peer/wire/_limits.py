@@ -55,7 +55,7 @@ class GossipParams:
     # honest storms in the acceptance tests reach ~600/s per author: the limit sits above
     sender_rate: float = 1000.0  # new envelopes per second per author, relayed or our own
     sender_burst: float = 10_000.0
-    sender_fresh_s: float = 1.0  # a never-seen author starts with this much of its rate
+    sender_fresh_s: float = 0.25  # a never-seen author starts with this much of its rate
     senders_max: int = 10_000  # author buckets kept (least recently used forgotten)
     link_pub_rate: float = 5000.0  # pub frames per second per link (any author)
     link_pub_burst: float = 20_000.0
