@@ -58,6 +58,7 @@ BATCH = 256
 PAGE = 1000
 MAX_TEXT = 4096  # characters of a message's text kept in its record
 MAX_RELAYED_QUEUE = 10_000  # a seed's carried envelopes waiting to be recorded
+RELAYED_LINGER = 0.05  # seconds a seed gathers carried envelopes before a step writes them
 SWEEP_INTERVAL = 60.0
 SWEEP_BUDGET = 1000
 CSV_COLUMNS = (
@@ -211,7 +212,7 @@ class AuditTrail:
         self.session = secrets.token_hex(4)  # status change numbers start again each run
         # a relay-only seed has no inbox: it records what it carries for others, from a
         # bounded queue (a record the queue has no room for is counted in ``lost``)
-        self.relayed: deque[dict[str, Any]] = deque()
+        self.relayed: deque[tuple[Envelope, int]] = deque()  # (envelope, carried at ms)
         self.relayed_count = 0
         self._wake = trio.Event()
         if peer.options.relay_only:
@@ -219,23 +220,23 @@ class AuditTrail:
         self.log = structlog.get_logger("clawmesh.audit")
 
     def _carried(self, env: Envelope, member: bool) -> None:
+        """The envelope hook, on the relay's hot path: only queue it (the record is
+        built by the next step, with many others)."""
         if len(self.relayed) >= MAX_RELAYED_QUEUE:
             self.lost += 1
             return
-        self.relayed.append(relayed_record(env, self.peer.wall_ms()))
+        self.relayed.append((env, self.peer.wall_ms()))
         self._wake.set()
 
     async def _wait(self) -> None:
-        """Until the inbox changes or a seed carried something."""
-        async with trio.open_nursery() as nursery:
-
-            async def first(wait: Any) -> None:
-                await wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(first, self.peer.wait_inbox_changed)
-            nursery.start_soon(first, self._wake.wait)
+        """Until the inbox changes, or, on a seed (no inbox), until it carried something
+        and ``RELAYED_LINGER`` more, so that one commit takes many records."""
+        if not self.peer.options.relay_only:
+            await self.peer.wait_inbox_changed()
+            return
+        await self._wake.wait()
         self._wake = trio.Event()
+        await trio.sleep(RELAYED_LINGER)  # gathering a batch, not waiting for an event
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         stored = await self.book.get(CURSOR_KEY)
@@ -270,7 +271,8 @@ class AuditTrail:
             return 0
         items: dict[str, bytes | None] = {}
         carried = [self.relayed.popleft() for _ in range(min(BATCH, len(self.relayed)))]
-        for record in carried:
+        for env, carried_ms in carried:
+            record = relayed_record(env, carried_ms)
             self.relayed_count += 1
             items[record_key(record["time_ms"], f"r{self.session}{self.relayed_count:012d}")] = (
                 _dump(record)
