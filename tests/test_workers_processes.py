@@ -96,6 +96,16 @@ async def test_two_workers_are_one_seed(tmp_path: Path) -> None:
         info = seed_info(home)
         assert [w["index"] for w in info["workers"]] == [0, 1]
         assert all(w["ready"] for w in info["workers"])
+        async with httpx.AsyncClient(timeout=10) as client:
+            for w in info["workers"]:  # one seed: same id; each worker linked to the other
+                url = str(w["api_url"]) + "/status"
+
+                async def linked(url: str = url) -> dict[str, Any] | None:
+                    status: dict[str, Any] = (await client.get(url)).json()
+                    return status if status["gossip"].get("siblings") == 1 else None
+
+                status = await until(linked, "the workers are linked")
+                assert status["peer_id"] == info["peer_id"] and status["relay_only"]
         boot = f"ws://127.0.0.1:{port}/#{info['peer_id']}"
         await _exchange(tmp_path, home, boot, info)
         # SIGTERM to the parent: every worker goes, nothing is left behind

@@ -142,6 +142,8 @@ def test_a_message_reaches_every_subscriber_of_every_worker_exactly_once(workers
         assert seed.pubs_in[f"W{i}"] == len(ids)
     assert seed.pubs_in.get("pub", 0) == 0
     assert seed.closes == []
+    assert seed.worker(0).statistics()["siblings"] == workers - 1
+    assert "siblings" not in seed.routers["pub"].statistics()
 
 
 def test_outside_peers_see_the_hops_of_one_seed() -> None:

@@ -3,7 +3,7 @@
 The parent process runs no peer. It holds the key and data directory locks,
 reserves the listen port (a bound, never listening ``SO_REUSEPORT`` socket:
 the port stays ours while a worker restarts), makes a private directory for
-the workers' sibling sockets, and starts N children
+the workers' sibling sockets (``<data-dir>/workers``), and starts N children
 ``python -m peer <the same flags> --worker-index I`` that each listen on that
 port with ``SO_REUSEPORT`` (the kernel spreads connections over them) and link
 to each other (``peer.node._siblings``). Design and figures: bench/README.md,
@@ -94,6 +94,20 @@ def worker_api(api: str, index: int) -> str:
         return api
     host, _, _ = api.rpartition(":")
     return f"{host}:0"
+
+
+def socket_dir(data_dir: Path) -> Path:
+    """A private (0700) directory for the workers' sibling sockets: ``<data-dir>/workers``,
+    or a fresh one under the temporary directory when that path is too long for a Unix
+    socket's name (about 107 bytes)."""
+    here = data_dir.resolve() / "workers"
+    if len(str(here)) + len(f"/{MAX_WORKERS}.sock") < 100:
+        here.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(here, 0o700)
+        for stale in here.glob("*.sock"):
+            stale.unlink(missing_ok=True)
+        return here
+    return Path(tempfile.mkdtemp(prefix="clawmesh-workers-"))
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -215,7 +229,7 @@ def run_workers(argv: Sequence[str], count: int, host: str, port: int, data_dir:
     worker is up."""
     reserved = reserve_port(host, port)
     bound = reserved.getsockname()[1]
-    worker_dir = Path(tempfile.mkdtemp(prefix="clawmesh-workers-"))  # 0700
+    worker_dir = socket_dir(data_dir)
     workers = []
     for i in range(count):
         data = data_dir / f"worker-{i}"
@@ -248,5 +262,9 @@ def run_workers(argv: Sequence[str], count: int, host: str, port: int, data_dir:
         for s, handler in old.items():
             signal.signal(s, handler)
         reserved.close()
-        shutil.rmtree(worker_dir, ignore_errors=True)
+        if worker_dir.parent == data_dir.resolve():
+            for stale in worker_dir.glob("*.sock"):
+                stale.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(worker_dir, ignore_errors=True)
         print("clawmesh: stopped", file=sys.stderr, flush=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from peer.wire._frametypes import AnyFrame
 from peer.wire._limits import MAX_INTEREST_HOPS
+from peer.wire._stats import Statistics, snapshot
 
 from ._gossip import GossipRouter
 from ._gossiptypes import Action, Close, Deliver, Send
@@ -66,6 +67,14 @@ class SiblingRouter(GossipRouter):
             raise ValueError("not a sibling key")
         self.siblings = self.siblings | {key}
         return self.add_link(key, relay=True, now=now)
+
+    def statistics(self, now: float | None = None) -> Statistics:
+        """``GossipRouter.statistics``, and the sibling workers linked (``siblings``) when
+        this is a worker of a seed; ``links`` counts them too."""
+        stats = super().statistics(now)
+        if not self.siblings:
+            return stats
+        return snapshot(**dict(stats), siblings=len(self.siblings))
 
     def remove_link(self, peer: bytes) -> list[Action]:
         if peer in self.siblings:
