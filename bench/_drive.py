@@ -112,7 +112,8 @@ class ActiveWindow:
             return None
         out: dict[str, float] = {}
         for k, v in self.last[1].items():
-            name = k.split("/")[0] + ("-wait" if k.endswith("-wait") else "")
+            wait = k.endswith("-wait")
+            name = k.removesuffix("-wait").split("/")[0] + ("-wait" if wait else "")
             out[name] = out.get(name, 0.0) + 100 * (v - self.first[1][k]) / span
         return out
 

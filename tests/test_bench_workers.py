@@ -20,6 +20,10 @@ def test_workers_are_measured_and_summed_per_server() -> None:
     assert pct is not None
     assert round(pct["server0"]) == 150 and round(pct["server0-wait"]) == 50
     assert round(pct["pub"]) == 50
+    # one process: its names as they were
+    window.first = (0.0, {"server0": 1.0, "server0-wait": 0.0})
+    window.last = (1.0, {"server0": 1.5, "server0-wait": 0.25})
+    assert window.percent() == {"server0": 50.0, "server0-wait": 25.0}
 
 
 def test_the_workers_system_runs_fanout_only() -> None:
