@@ -193,6 +193,8 @@ async def _exchange(tmp: Path, home: Path, boot: str, info: dict[str, Any]) -> N
         # messages flow again to everyone, once
         victim = info["workers"][0]
         os.kill(victim["pid"], signal.SIGKILL)
+        # sent (and acknowledged: stored by its author) while its link is going down
+        await pub.send_message(CHANNEL, peer.Content("m4"))
 
         async def restarted() -> bool:
             now = seed_info(home)["workers"][0]
@@ -204,10 +206,10 @@ async def _exchange(tmp: Path, home: Path, boot: str, info: dict[str, Any]) -> N
             return seed_id in pub.links and pub.router.reachable(CHANNEL)
 
         await until(relinked, "the publisher is linked again")
-        await pub.send_message(CHANNEL, peer.Content("m4"))
+        await pub.send_message(CHANNEL, peer.Content("m5"))
         for s in streams.values():
-            assert await next_bodies(s, 2) == ["m3", "m4"]
-        assert await next_bodies(inbox, 1) == ["m4"]
+            assert await next_bodies(s, 3) == ["m3", "m4", "m5"]
+        assert await next_bodies(inbox, 2) == ["m4", "m5"]
         nursery.cancel_scope.cancel()
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from peer.cli._workers import check_workers
 from peer.node._siblings import frame_record, split_records
 from peer.protocols._gossip import GossipRouter
 from peer.protocols._siblingrouter import (
@@ -201,3 +202,16 @@ def test_records_split_at_any_boundary() -> None:
         assert got == frames and not buffer
     with pytest.raises(ProtocolError):
         split_records(bytearray(frame_record(b"x" * 100)), limit=10)
+
+
+def test_worker_counts_a_seed_cannot_run_are_refused() -> None:
+    check_workers(1, False)
+    check_workers(4, True)
+    for workers, relay_only, listens, why in [
+        (0, True, True, "1 or more"),
+        (65, True, True, "at most 64"),
+        (2, False, True, "for --relay-only seeds"),
+        (2, True, False, "--no-listen"),
+    ]:
+        with pytest.raises(SystemExit, match=why):
+            check_workers(workers, relay_only, listens)

@@ -544,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(bootstrap_entry(identity, urls, caps), indent=2))
         return
     check_bootstrap(_bootstrap_specs(args))
-    check_workers(args.workers, args.relay_only)
+    check_workers(args.workers, args.relay_only, not args.no_listen)
     try:
         identity, created = load_or_create_identity(args.key_dir)
         load_or_create_token(args.key_dir)

@@ -55,7 +55,7 @@ MAX_WORKERS = 64
 _PR_SET_PDEATHSIG = 1
 
 
-def check_workers(workers: int, relay_only: bool) -> None:
+def check_workers(workers: int, relay_only: bool, listens: bool = True) -> None:
     """Refuse a worker count the seed cannot run, with the reason."""
     if workers < 1:
         raise SystemExit("clawmesh: --workers wants 1 or more")
@@ -66,6 +66,8 @@ def check_workers(workers: int, relay_only: bool) -> None:
             "clawmesh: --workers > 1 is for --relay-only seeds (a peer with an agent is one "
             "process: its inbox, outbox and API are one)"
         )
+    if workers > 1 and not listens:
+        raise SystemExit("clawmesh: --workers > 1 share a listener: not with --no-listen")
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
