@@ -119,7 +119,11 @@ class SiblingLink:
                     batch.append(record)
                     size += len(record)
                 self.frames_out += len(batch)
-                await self.stream.send_all(b"".join(batch))
+                try:
+                    await self.stream.send_all(b"".join(batch))
+                except _GONE:
+                    self.close(ErrorCode.SHUTDOWN, "the sibling went")
+                    return
 
 
 class Siblings:
@@ -223,6 +227,10 @@ class Siblings:
                     nursery.start_soon(link.writer)
                     await self._reader(link, buffer)
                     nursery.cancel_scope.cancel()
+        except Exception as exc:  # a bug: this sibling link goes (and is redialled), not the worker
+            self.errors += 1
+            peer.counters.link_errors += 1
+            peer.log.error("sibling link crashed", worker=other, error=repr(exc), exc_info=exc)
         finally:
             self._unregister(link)
             peer.log.info("sibling worker unlinked", worker=other, code=link.close_code)
@@ -246,7 +254,10 @@ class Siblings:
                     return
                 if records:
                     self._handle(link, records)
-            data = await link.stream.receive_some(READ_SIZE)
+            try:
+                data = await link.stream.receive_some(READ_SIZE)
+            except _GONE:
+                return
             if not data:
                 return
             buffer += data
