@@ -442,6 +442,8 @@ def registry() -> dict[str, System]:
                  label="clawmesh, relay stores nothing"),
         Clawmesh("clawmesh-w2", ("--workers", "2"),
                  label="clawmesh seed as 2 worker processes on one port (hub CPU: both)"),
+        Clawmesh("clawmesh-w2-nostore", ("--workers", "2", "--no-store"),
+                 label="clawmesh-w2, workers store nothing (what the second store costs)"),
         Forwarder("ws-raw", "ws", "ws", "raw WebSocket forwarder (framed once, no protocol)"),
         Forwarder("ws-trio", "ws-trio", "ws", "trio-websocket forwarder (no protocol)"),
         Forwarder("tcp-raw", "tcp", "tcp", "raw TCP forwarder (length-prefixed, no protocol)"),

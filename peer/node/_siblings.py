@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 HELLO = b"CMW1"
 SIBLING_QUEUE = 65536  # frames queued for one sibling before it is closed as SLOW
 WRITE_BATCH_BYTES = 1 << 20
-READ_SIZE = 1 << 18
+READ_SIZE = 1 << 16
 REDIAL_MIN, REDIAL_MAX = 0.05, 2.0  # seconds between dials of an absent sibling
 _LEN = struct.Struct(">I")
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
