@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 def _available() -> list[str]:
     names = []
     for name, system in registry().items():
+        if name == "clawmesh-w2-nostore":  # clawmesh-w2 smoke-tests the workers already
+            continue
         if name in ("clawmesh", "ws-raw") or system.unavailable() is None:
             names.append(name)
     return names
