@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="relay-only seeds: run as N worker processes sharing the listen port "
-        "(SO_REUSEPORT), one seed to the outside (README: relay-only seeds; default 1)",
+        "(SO_REUSEPORT), one seed to the outside (README: A seed on every core; default 1)",
     )
     # set by the parent of --workers N for each worker it starts (peer.cli._workers)
     p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
