@@ -31,3 +31,11 @@ def test_the_workers_system_runs_fanout_only() -> None:
     assert w2.scenario_unavailable("fanout") is None
     assert w2.scenario_unavailable("latency")
     assert registry()["clawmesh"].scenario_unavailable("latency") is None
+
+
+async def test_the_sibling_hop_bench_runs() -> None:
+    from bench.sibling_hop import measure
+
+    alone = await measure(200, 4, False)
+    hop = await measure(200, 4, True)  # it waits until worker 1 routed all 200
+    assert alone > 0 and hop > 0
