@@ -103,13 +103,19 @@ class ActiveWindow:
             self.last = self._sample(now)
 
     def percent(self) -> dict[str, float] | None:
-        """% of one core per process over the window; None if it was too short."""
+        """% of one core per process over the window (a seed's workers summed under
+        their server's name); None if it was too short."""
         if self.first is None or self.last is None:
             return None
         span = self.last[0] - self.first[0]
         if span < MIN_WINDOW_S:
             return None
-        return {k: 100 * (v - self.first[1][k]) / span for k, v in self.last[1].items()}
+        out: dict[str, float] = {}
+        for k, v in self.last[1].items():
+            wait = k.endswith("-wait")
+            name = k.removesuffix("-wait").split("/")[0] + ("-wait" if wait else "")
+            out[name] = out.get(name, 0.0) + 100 * (v - self.first[1][k]) / span
+        return out
 
 
 def bound_of(pct: dict[str, float] | None) -> str:
@@ -239,8 +245,7 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
                 await sink.wait_for("warm", WARM_TIMEOUT)
             except ChildFailed as exc:
                 raise ChildFailed(f"warm-up never reached every sink ({exc})") from None
-        measured = {**{f"server{i}": c.pid for i, c in enumerate(dep.servers)},
-                    "pub": pub.pid, **{s.name: s.pid for s in sinks}}
+        measured = {**dep.measured(), "pub": pub.pid, **{s.name: s.pid for s in sinks}}
         cpu0 = {k: cpu_seconds(p) for k, p in measured.items()}
         rss0 = [rss_bytes(p) for p in dep.pids]
         t_go = trio.current_time()

@@ -96,7 +96,7 @@ class Context:
         out: list[System] = []
         for name in self.params.systems:
             system = registry()[name]
-            reason = system.unavailable()
+            reason = system.unavailable() or system.scenario_unavailable(result.name)
             if reason is None:
                 out.append(system)
             else:

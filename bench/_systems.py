@@ -51,10 +51,23 @@ class Deployment:
     status: list[tuple[str, int]] = field(default_factory=list)  # clawmesh: the relays' APIs
     homes: list[Path] = field(default_factory=list)  # clawmesh: each relay's key and data dirs
     specs: list[str] = field(default_factory=list)  # clawmesh: ws://host:port/#peerid per relay
+    # clawmesh --workers N: each server's worker processes (they do its work, not it)
+    workers: list[list[int]] = field(default_factory=list)
 
     @property
     def pids(self) -> list[int]:
+        """The processes that do the servers' work (a seed's workers, not their parent)."""
+        if self.workers:
+            return [pid for pids in self.workers for pid in pids]
         return [s.pid for s in self.servers]
+
+    def measured(self) -> dict[str, int]:
+        """Processes to measure, by name: ``server<i>``, or ``server<i>/w<j>`` for the
+        workers of a seed run with ``--workers`` (their CPU is summed per server)."""
+        if self.workers:
+            return {f"server{i}/w{j}": pid for i, pids in enumerate(self.workers)
+                    for j, pid in enumerate(pids)}  # fmt: skip
+        return {f"server{i}": c.pid for i, c in enumerate(self.servers)}
 
 
 class System:
@@ -73,6 +86,10 @@ class System:
 
     def line_unavailable(self) -> str | None:
         """None if this system can run a line of several relays, else why not."""
+        return None
+
+    def scenario_unavailable(self, scenario: str) -> str | None:
+        """None if this system takes part in ``scenario``, else why not."""
         return None
 
     @contextlib.asynccontextmanager
@@ -152,6 +169,11 @@ class Clawmesh(System):
             return f"the peer has no {' '.join(missing)} flag yet (see bench/README.md)"
         return None
 
+    def scenario_unavailable(self, scenario: str) -> str | None:
+        if "--workers" in self.flags and scenario != "fanout":
+            return "a seed's workers are measured in fan-out only (bench/README.md: Every core)"
+        return None
+
     def version(self) -> str:
         from importlib.metadata import PackageNotFoundError
         from importlib.metadata import version as pkg_version
@@ -174,6 +196,7 @@ class Clawmesh(System):
         apis: list[tuple[str, int]] = []
         homes: list[Path] = []
         specs: list[str] = []
+        workers: list[list[int]] = []
         try:
             previous: str | None = None
             for i in range(relays):
@@ -207,11 +230,15 @@ class Clawmesh(System):
                 url = info["ws_urls"][0]
                 port = int(url.rstrip("/").rsplit(":", 1)[1])
                 ports.append(port)
-                apis.append((HOST, api_port))
+                if info.get("workers"):  # --workers N: each worker has its own API
+                    workers.append([int(w["pid"]) for w in info["workers"]])
+                    apis.extend(_host_port(str(w["api_url"])) for w in info["workers"])
+                else:
+                    apis.append((HOST, api_port))
                 previous = f"ws://{HOST}:{port}/#{info['peer_id']}"
                 specs.append(previous)
             yield Deployment(pub=(HOST, ports[0]), sink=(HOST, ports[-1]), servers=children,
-                             status=apis, homes=homes, specs=specs)
+                             status=apis, homes=homes, specs=specs, workers=workers)
         finally:
             with trio.CancelScope(shield=True):
                 await _stop_all(children)
@@ -243,6 +270,11 @@ class Clawmesh(System):
             await child.stop(grace=5)
             raise
         return child, (HOST, api_port)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return host, int(port)
 
 
 # -- forwarders (the ceilings) --------------------------------------------------------------
@@ -408,6 +440,10 @@ def registry() -> dict[str, System]:
                  label="clawmesh, links not encrypted"),
         Clawmesh("clawmesh-nostore", ("--no-store",),
                  label="clawmesh, relay stores nothing"),
+        Clawmesh("clawmesh-w2", ("--workers", "2"),
+                 label="clawmesh seed as 2 worker processes on one port (hub CPU: both)"),
+        Clawmesh("clawmesh-w2-nostore", ("--workers", "2", "--no-store"),
+                 label="clawmesh-w2, workers store nothing (what the second store costs)"),
         Forwarder("ws-raw", "ws", "ws", "raw WebSocket forwarder (framed once, no protocol)"),
         Forwarder("ws-trio", "ws-trio", "ws", "trio-websocket forwarder (no protocol)"),
         Forwarder("tcp-raw", "tcp", "tcp", "raw TCP forwarder (length-prefixed, no protocol)"),

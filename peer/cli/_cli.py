@@ -45,6 +45,8 @@ from ._cardfile import agent_card
 from ._featureflags import add_feature_flags, megabytes, reply_allow, skills
 from ._lock import DirectoryLocked, lock_directories
 from ._names import COMMANDS
+from ._workerrun import run_seed_workers, run_worker
+from ._workers import check_workers
 
 DEFAULT_PEER_PORT = 7433
 DEFAULT_API_PORT = 7432
@@ -228,6 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="seed node: route for others, no local agent, no subscriptions",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="relay-only seeds: run as N worker processes sharing the listen port "
+        "(SO_REUSEPORT), one seed to the outside (README: A seed on every core; default 1)",
+    )
+    # set by the parent of --workers N for each worker it starts (peer.cli._workers)
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-dir", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--no-relay", action="store_true", help="never forward others' messages")
     p.add_argument(
         "--no-dht",
@@ -414,7 +427,8 @@ def _keep_rules(args: argparse.Namespace) -> KeepRules:
 
 
 async def run_peer(args: argparse.Namespace) -> None:
-    specs = _bootstrap_specs(args)
+    worker = args.worker_index
+    specs = _bootstrap_specs(args) if not worker else []  # only worker 0 dials out
     channels = tuple(c.lstrip("#") for c in args.channel)
     for channel in channels:
         if not is_topic(channel) or "/" in channel:
@@ -444,6 +458,7 @@ async def run_peer(args: argparse.Namespace) -> None:
         mesh_token=args.mesh_token,
         mesh_keys=args.mesh_keys,
         mesh_reply_allow=reply_allow(args.mesh_reply_allow),
+        reuse_port=worker is not None,
     )
     _split_hostport(args.listen, "--listen")  # a clear error before anything starts
     _split_hostport(args.api, "--api")
@@ -462,6 +477,14 @@ async def run_peer(args: argparse.Namespace) -> None:
             webhooks=WebhookSpec(args.webhook, args.webhook_secret, args.webhook_retry),
             compat=args.compat,
         ) as peer:
+            if worker is not None:  # one of a seed's workers: the parent says the rest
+
+                def ready() -> None:
+                    _write_peer_file(args.data_dir, peer, peer.api_url)
+                    if worker == 0:
+                        _write_api_url(args.key_dir, peer.api_url)
+
+                await run_worker(peer, worker, args.workers, args.worker_dir, ready)
             _write_peer_file(args.data_dir, peer, peer.api_url)
             _write_api_url(args.key_dir, peer.api_url)
             print(_banner(peer, args, peer.api_url, specs), flush=True)
@@ -521,17 +544,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(bootstrap_entry(identity, urls, caps), indent=2))
         return
     check_bootstrap(_bootstrap_specs(args))
+    check_workers(args.workers, args.relay_only, not args.no_listen)
     try:
         identity, created = load_or_create_identity(args.key_dir)
         load_or_create_token(args.key_dir)
         private_dir(args.data_dir)
-        locks = lock_directories(args.key_dir, args.data_dir)
+        # a worker's parent holds the key directory's lock; the worker its own data's
+        mine = (args.data_dir,) if args.worker_index is not None else (args.key_dir, args.data_dir)
+        locks = lock_directories(*mine)
     except DirectoryLocked as exc:
         raise SystemExit(f"clawmesh: {exc}") from None
     except (KeyStoreError, OSError) as exc:
         raise SystemExit(f"key directory {args.key_dir}: {exc}") from None
     try:
-        _run(args, identity.peer_id_hex, created)
+        if args.workers > 1 and args.worker_index is None:
+            run_seed_workers(args, list(sys.argv[1:] if argv is None else argv), identity)
+        else:
+            _run(args, identity.peer_id_hex, created)
     finally:
         for fd in locks:
             os.close(fd)

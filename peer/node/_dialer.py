@@ -21,6 +21,7 @@ Rules kept here:
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -284,7 +285,8 @@ class Dialer:
 
     async def serve_websocket(self, host: str, port: int, nursery: trio.Nursery) -> int:
         """Accept WebSocket links on ``host:port``, handled in ``nursery``; returns the port."""
-        bound: int = await nursery.start(serve_ws, self._accept, host, port, nursery)
+        serve = functools.partial(serve_ws, reuse_port=self.options.reuse_port)
+        bound: int = await nursery.start(serve, self._accept, host, port, nursery)
         return bound
 
     async def _accept(self, request: trio_websocket.WebSocketRequest) -> None:

@@ -36,8 +36,8 @@ from typing import Any
 import trio
 
 from dht import Contact, DhtService
-from peer.protocols._gossip import Action, GossipRouter
 from peer.protocols._owntail import TAIL
+from peer.protocols._siblingrouter import Action, GossipRouter, SiblingRouter
 from peer.wire._envelope import (
     PRESENCE_TOPIC,
     Content,
@@ -95,7 +95,7 @@ class Peer:
         self.peer_id = identity.peer_id
         self.log = peer_logger(identity.peer_id_hex)
         self.rng = random.Random(self.options.seed)
-        self.router = GossipRouter(
+        self.router: GossipRouter = SiblingRouter(
             identity.peer_id,
             relay=self.options.relay,
             params=self.options.gossip,

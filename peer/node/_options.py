@@ -111,6 +111,8 @@ class PeerOptions:
     mesh_keys: str | None = None
     # addresses (CIDR) replyTo URLs may reach besides public ones (none by default)
     mesh_reply_allow: tuple[str, ...] = ()
+    # the listener shares its port with the other workers of a seed (SO_REUSEPORT)
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:

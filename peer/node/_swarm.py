@@ -95,6 +95,17 @@ BLOB_FRAMES = BLOB_ANSWERS | {BlobWant}
 FrameHandler = Callable[[Link, Any, bytes], None]
 
 
+class SideLink(Protocol):
+    """A link that is not a peer's (a sibling worker's, ``peer.node._siblings``):
+    the swarm only sends to it and closes it."""
+
+    peer_id: bytes
+
+    def enqueue(self, frame: bytes) -> bool: ...
+
+    def close(self, code: ErrorCode, reason: str) -> None: ...
+
+
 class SwarmPeer(PeerCore, Protocol):
     """What the swarm needs from its peer, besides ``PeerCore``."""
 
@@ -136,6 +147,7 @@ class Swarm:
         self.presence = Presence(presence_interval, PRESENCE_DEBOUNCE)
         self.own_tail = OwnTail()  # ours that may not have left: sent again ahead of the next
         self._timers_changed = trio.Event()
+        self.side_links: dict[bytes, SideLink] = {}  # sibling workers of a seed, by key
         # each frame type has one owner; adding a type adds its class and owner here
         self._frame_owners: dict[type[AnyFrame], FrameHandler] = {
             **dict.fromkeys(GOSSIP_FRAMES, self._on_gossip_frame),
@@ -258,7 +270,9 @@ class Swarm:
     def perform(self, actions: list[Send | Deliver | Close]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                link = self.peer.links.get(action.peer)
+                link: Link | SideLink | None = self.peer.links.get(action.peer)
+                if link is None:
+                    link = self.side_links.get(action.peer)
                 if link is not None and not link.enqueue(action.frame):
                     self.peer.counters.refuse(ErrorCode.SLOW)
                     self.peer.log.warning("link too slow", link=link.peer_id.hex()[:16])
@@ -266,7 +280,7 @@ class Swarm:
             elif isinstance(action, Deliver):
                 self._deliver(action.envelope, action.member)
             else:
-                link = self.peer.links.get(action.peer)
+                link = self.peer.links.get(action.peer) or self.side_links.get(action.peer)
                 if link is not None:
                     self.peer.counters.refuse(action.code)
                     self.peer.log.warning(

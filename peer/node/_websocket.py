@@ -96,9 +96,13 @@ async def serve_ws(
     port: int,
     handler_nursery: trio.Nursery,
     *,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    if reuse_port:  # one of the workers of a seed (peer.cli._workers): the kernel spreads
+        listeners = await reuse_port_listeners(host, port)
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
     server = trio_websocket.WebSocketServer(
         handler,
         listeners,
@@ -112,6 +116,22 @@ async def serve_ws(
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
     await server.run()
+
+
+async def reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    """A listener on ``host:port`` with ``SO_REUSEPORT``: several processes that each
+    open one share the port, and the kernel hands each its share of connections."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+        await sock.bind((host, port))
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return [trio.SocketListener(sock)]
 
 
 def is_loopback(ip: str) -> bool:

@@ -1,0 +1,141 @@
+"""The gossip router of one worker of a multi-process seed, sans-IO.
+
+A relay-only seed run with ``--workers N`` is N processes sharing one
+identity and one listen port; each holds the links the kernel gave it, and
+each is linked to every other one by a *sibling* link (trusted: a Unix
+socket in a private directory, no handshake). ``SiblingRouter`` is the
+``GossipRouter`` with the rules that make N workers one seed to the outside:
+
+* A sibling is a link keyed by ``sibling_key(i)`` (32 bytes that are not a
+  peer id: ``0xff`` and a fixed tag), a relay with interest like any other.
+* Full mesh, split horizon: a message is forwarded to every sibling with
+  interest in its topic (mesh or not, whatever its hops), except when it came
+  from a sibling: that sibling sent it to all the others itself. A topic
+  learnt from a sibling is never advertised to another sibling, and costs no
+  hop (the workers are one seed), so outside peers see the hops a single
+  process would have advertised.
+* A sibling already checked the envelope's signature and charged its author:
+  its ``pub`` frames are not verified again, and no per-link budget, rate
+  limit or score applies to it (it carries the traffic of many links).
+
+With no sibling registered it behaves exactly like ``GossipRouter``.
+"""
+
+from __future__ import annotations
+
+from peer.wire._frametypes import AnyFrame
+from peer.wire._limits import MAX_INTEREST_HOPS
+from peer.wire._stats import Statistics, snapshot
+
+from ._gossip import GossipRouter
+from ._gossiptypes import Action, Close, Deliver, Send
+
+__all__ = [
+    "Action",
+    "Close",
+    "Deliver",
+    "GossipRouter",
+    "Send",
+    "SiblingRouter",
+    "is_sibling",
+    "sibling_key",
+]
+
+_TAG = b"\xffclawmesh-worker"
+MAX_WORKERS = 64
+
+
+def sibling_key(index: int) -> bytes:
+    """The link key of worker ``index``: 32 bytes no Ed25519 peer id can have by chance."""
+    if not 0 <= index < MAX_WORKERS:
+        raise ValueError(f"worker index {index} out of range")
+    return _TAG + bytes(31 - len(_TAG)) + bytes([index])
+
+
+def is_sibling(key: bytes) -> bool:
+    return key.startswith(_TAG) and len(key) == 32
+
+
+class SiblingRouter(GossipRouter):
+    """``GossipRouter`` plus sibling links (see the module header)."""
+
+    siblings: frozenset[bytes] = frozenset()
+
+    def add_sibling(self, key: bytes, now: float) -> list[Action]:
+        """A sibling worker is connected: register it and tell it what we reach."""
+        if not is_sibling(key):
+            raise ValueError("not a sibling key")
+        self.siblings = self.siblings | {key}
+        return self.add_link(key, relay=True, now=now)
+
+    def statistics(self, now: float | None = None) -> Statistics:
+        """``GossipRouter.statistics``, and the sibling workers linked (``siblings``) when
+        this is a worker of a seed; ``links`` counts them too."""
+        stats = super().statistics(now)
+        if not self.siblings:
+            return stats
+        return snapshot(**dict(stats), siblings=len(self.siblings))
+
+    def remove_link(self, peer: bytes) -> list[Action]:
+        if peer in self.siblings:
+            self.siblings = self.siblings - {peer}
+        return super().remove_link(peer)
+
+    def handle_frame(
+        self, peer: bytes, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
+    ) -> list[Action]:
+        if peer not in self.siblings:
+            return super().handle_frame(peer, frame, raw, now, wall_ms)
+        link = self._links.get(peer)
+        if link is None:
+            return []
+        p = self.params
+        link.frame_tokens, link.byte_tokens = p.frame_burst, p.byte_burst + len(raw)
+        self._link_pubs.forget(peer)  # a fresh bucket: never over the per-link limit
+        verify, self.verify = self.verify, False  # checked by the sibling that took it
+        try:
+            return super().handle_frame(peer, frame, raw, now, wall_ms)
+        finally:
+            self.verify = verify
+
+    def _check_graylist(self, peer: bytes, score: float | None, now: float) -> list[Action]:
+        if peer in self.siblings:
+            return []
+        return super()._check_graylist(peer, score, now)
+
+    def _forward_targets(self, route: str, exclude: tuple[bytes, ...]) -> set[bytes]:
+        targets = super()._forward_targets(route, exclude)
+        siblings = self.siblings
+        if not siblings:
+            return targets
+        if exclude and exclude[0] in siblings:
+            return targets - siblings
+        for key in siblings:
+            if key not in exclude and route in self._links[key].interest:
+                targets.add(key)
+        return targets
+
+    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
+        siblings = self.siblings
+        if not siblings:
+            return super()._distance_excluding(topic, excluded)
+        if topic in self._members:
+            return 0
+        if not self.relay:
+            return None
+        to_sibling = excluded in siblings
+        best: int | None = None
+        for p in self._carriers.get(topic, ()):
+            if p == excluded:
+                continue
+            if p in siblings:
+                if to_sibling:
+                    continue  # split horizon between siblings: each hears the others itself
+                hops = self._links[p].interest[topic]  # the same seed: no hop
+            else:
+                hops = self._links[p].interest[topic] + 1
+            if best is None or hops < best:
+                best = hops
+        if best is None or best > MAX_INTEREST_HOPS:
+            return None
+        return best
