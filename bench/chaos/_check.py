@@ -69,12 +69,16 @@ async def settle(cluster: Cluster, acks: list[Ack], bound_s: float) -> float:
         missing = expected_for(node, acks)
         after = 0
         while missing:
-            r = await cluster.client.get(
-                node.api + "/messages",
-                params={"after": str(after), "limit": str(PAGE), "peek": "true",
-                        "wait": str(WAIT_S)},
-                headers=node.headers(), timeout=WAIT_S + 30,
-            )  # fmt: skip
+            try:
+                r = await cluster.client.get(
+                    node.api + "/messages",
+                    params={"after": str(after), "limit": str(PAGE), "peek": "true",
+                            "wait": str(WAIT_S)},
+                    headers=node.headers(), timeout=WAIT_S + 30,
+                )  # fmt: skip
+            except httpx.TransportError:  # not up (a restart that failed is in the errors)
+                await trio.sleep(1.0)  # polling a node that is down, within bound_s
+                continue
             r.raise_for_status()
             after = int(r.headers["X-Clawmesh-Cursor"])
             missing -= {m["id"] for m in r.json()}

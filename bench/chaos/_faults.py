@@ -66,13 +66,15 @@ async def _bounce(cluster: Cluster, node: Node, down: float, log: FaultLog) -> N
     """Kill ``node`` with SIGKILL, keep it down ``down`` seconds, start it again."""
     node.kill()
     log.done += 1
-    await trio.sleep(down)  # the fault's own duration: nothing to wait for
-    with trio.CancelScope(shield=True):
-        try:
-            await cluster.restart(node)
-        except Exception as exc:  # reported in the results; the run goes on
-            log.errors.append(f"{node.name}: {exc!r}"[:500])
-    log.down_s += down
+    try:
+        await trio.sleep(down)  # the fault's own duration: nothing to wait for
+    finally:  # even when the run's time is up (``max_s``): no node is left down
+        with trio.CancelScope(shield=True):
+            try:
+                await cluster.restart(node)
+            except Exception as exc:  # reported in the results; the run goes on
+                log.errors.append(f"{node.name}: {exc!r}"[:500])
+        log.down_s += down
 
 
 async def _killers(

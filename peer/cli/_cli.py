@@ -566,7 +566,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             os.close(fd)
 
 
+# The store's writer and trio's worker threads run some Python; when one holds the GIL
+# as the event loop comes back from a syscall, the loop waits up to this long for it
+# (CPython's default is 5 ms: a relayed message's latency would carry it at every hop).
+GIL_SWITCH_S = 0.0005
+
+
 def _run(args: argparse.Namespace, peer_id: str, created: bool) -> None:
+    sys.setswitchinterval(GIL_SWITCH_S)
     if created:
         structlog.get_logger("clawmesh").info(
             "created a new identity", peer=peer_id[:16], key_dir=str(args.key_dir)
