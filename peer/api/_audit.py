@@ -58,7 +58,7 @@ BATCH = 256
 PAGE = 1000
 MAX_TEXT = 4096  # characters of a message's text kept in its record
 MAX_RELAYED_QUEUE = 10_000  # a seed's carried envelopes waiting to be recorded
-RELAYED_LINGER = 0.05  # seconds a seed gathers carried envelopes before a step writes them
+LINGER = 0.1  # seconds the trail gathers what is new before a step writes it (one commit)
 SWEEP_INTERVAL = 60.0
 SWEEP_BUDGET = 1000
 CSV_COLUMNS = (
@@ -229,14 +229,16 @@ class AuditTrail:
         self._wake.set()
 
     async def _wait(self) -> None:
-        """Until the inbox changes, or, on a seed (no inbox), until it carried something
-        and ``RELAYED_LINGER`` more, so that one commit takes many records."""
-        if not self.peer.options.relay_only:
+        """Until the inbox changes, or, on a seed (no inbox), until it carried something;
+        then ``LINGER`` more, so that one commit takes what came meanwhile (at a few
+        messages a second the trail would otherwise commit once per message, a second
+        commit beside the message's own)."""
+        if self.peer.options.relay_only:
+            await self._wake.wait()
+            self._wake = trio.Event()
+        else:
             await self.peer.wait_inbox_changed()
-            return
-        await self._wake.wait()
-        self._wake = trio.Event()
-        await trio.sleep(RELAYED_LINGER)  # gathering a batch, not waiting for an event
+        await trio.sleep(LINGER)  # gathering a batch, not waiting for an event
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         stored = await self.book.get(CURSOR_KEY)
