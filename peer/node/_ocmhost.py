@@ -54,7 +54,7 @@ from peer.protocols._ocm import (
     OcmMessage,
     error_frame,
 )
-from peer.protocols._ocmmap import Route, export, mesh_channel, route_of, wrap
+from peer.protocols._ocmmap import Route, export, mesh_channel, message_uuid, route_of, wrap
 from peer.protocols._ocmsession import (
     GATEWAY_MESSAGE_BURST,
     GATEWAY_MESSAGE_RATE,
@@ -204,7 +204,21 @@ class OcmGateway:
                 self._seen.popitem(last=False)
         return found
 
+    def _note(self, message: InboxMessage) -> None:
+        """What ``_remember`` records, without building the OCM message when nobody
+        would be sent it: a plain channel message's OCM id is its mesh id as a UUID
+        (what ``export`` gives it); anything with a payload may be a wrapped one."""
+        if message.has_payload:
+            self._remember(message)
+        elif message.kind == "msg" and message.channel is not None:
+            self._seen[message_uuid(message.id)] = None
+            if len(self._seen) > SEEN:
+                self._seen.popitem(last=False)
+
     def _fan_out(self, message: InboxMessage) -> None:
+        if not self.links:  # the common case (a catch-up's messages): only remember ids
+            self._note(message)
+            return
         found = self._remember(message)
         if found is None:
             return

@@ -60,7 +60,7 @@ from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
 from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, inbox_entry
-from ._inboxlog import INBOX_LOG, chain_heads, inbox_item, mark_read, read_inbox, with_inbox
+from ._inboxlog import INBOX_LOG, chain_heads, inbox_item_of, mark_read, read_inbox, with_inbox
 from ._ocmhost import agent_channels
 from ._ordering import InboxOrder
 
@@ -155,7 +155,7 @@ class Storage:
         self.delivery.load(outbox, dead)
         pending_ids = {e.msg_id for e in outbox}
         dead_ids = {d.msg_id for d in dead}
-        messages = await read_inbox(self.service, self.options.inbox_capacity)
+        messages = await read_inbox(self.service, self.options.inbox_capacity, peer, self.counters)
         for message in messages:
             if message.outgoing and message.kind == "dm":
                 message.status = (
@@ -426,7 +426,7 @@ class Storage:
             AppendItem.from_envelope(env, received_ms=now_ms, topic=env.log_topic),
             own=True,
             message=message,
-            inbox=None if message is None else inbox_item(message, payload),
+            inbox=None if message is None else inbox_item_of(env.kind, message, payload),
             outbox=outbox,
         )
 
@@ -450,7 +450,7 @@ class Storage:
             AppendItem.from_envelope(env, received_ms=now_ms, topic=topic),
             pushed=pushed,
             message=message,
-            inbox=None if message is None else inbox_item(message, payload),
+            inbox=None if message is None else inbox_item_of(env.kind, message, payload),
         )
 
     async def _write(
