@@ -2,7 +2,8 @@
 inbox record points to its channel log record instead of copying it.
 
 The fast path (a reference, its entry built from the channel record on read)
-is compared with the general one (the full record, ``inbox_message``); a
+is compared with the general one (the full record, ``inbox_message``), and
+``channel_entry`` with ``inbox_entry``; a
 store written with full records (every store before references) reads the
 same; a reference whose channel record retention removed is left out of the
 inbox, counted and logged; and the OCM gateway's cheap ``_note`` remembers
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.node import _inboxlog, _storage
-from peer.node._inbox import InboxMessage, inbox_entry
+from peer.node._inbox import InboxMessage, channel_entry, inbox_entry
 from peer.node._inboxlog import (
     REF,
     entry_from_log,
@@ -73,6 +74,7 @@ def test_an_entry_built_from_the_log_is_the_full_records_entry(
     env = seal_message(who, topic="general", seq=seq, ts=TS + seq, content=content)
     outgoing = env.sender == ME
     message, payload = inbox_entry(env, env.content(), env.topic, None, outgoing, received)
+    assert channel_entry(env, outgoing, received) == (message, payload)  # Storage's shortcut
     full = inbox_item(message, payload)
     general = inbox_message(7, received, full.wire)
     fast = entry_from_log(env, 7, received, ME)
@@ -126,14 +128,14 @@ async def _fill(tmp: Path, ia: Identity, ib: Identity, count: int) -> list[Inbox
     up, reads a few, sends one itself; returns b's inbox as it was then."""
     async with _running(ia, _options(tmp, "a", channels=("lobby",))) as a:
         async with _running(ib, _options(tmp, "b", channels=("lobby",))):
-            pass  # b notes it follows #lobby, and goes away
+            pass  # b was here, and goes away
         first = None
         for i in range(count):
             payload = encode({"i": i}) if i % 3 == 0 else None
             env = await a.send_message("lobby", Content(body=f"m{i}", payload=payload,
                                                         reply_to=first))
             first = first or env.id
-        async with _running(ib, _options(tmp, "b")) as b:
+        async with _running(ib, _options(tmp, "b", channels=("lobby",))) as b:
             ta, tb = memory_link_pair()
             a.start_link(ta, initiator=True)
             b.start_link(tb, initiator=False)

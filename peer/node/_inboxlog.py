@@ -32,7 +32,7 @@ from peer.wire._meta import Meta, check_meta
 from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, StoreService
 
 from ._host import PeerCore, StorageCounters
-from ._inbox import InboxMessage, inbox_entry
+from ._inbox import InboxMessage, channel_entry
 
 INBOX_LOG = "~inbox"
 _INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
@@ -145,7 +145,7 @@ def referenced(wire: bytes) -> bytes | None:
 def entry_from_log(env: Envelope, cursor: int, received_ms: int, me: bytes) -> InboxMessage:
     """The inbox entry of channel message ``env`` (from its log record), as
     ``Storage`` built it when the message came."""
-    message, _ = inbox_entry(env, env.content(), env.topic, None, env.sender == me, received_ms)
+    message, _ = channel_entry(env, env.sender == me, received_ms)
     message.cursor = cursor
     return message
 

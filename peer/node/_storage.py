@@ -59,7 +59,7 @@ from store import (
 from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
-from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, inbox_entry
+from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, channel_entry
 from ._inboxlog import INBOX_LOG, chain_heads, inbox_item_of, mark_read, read_inbox, with_inbox
 from ._ocmhost import agent_channels
 from ._ordering import InboxOrder
@@ -533,8 +533,7 @@ class Storage:
                 )
                 return None
             return self.admit_dm(env, content, now_ms)
-        content = env.content()
-        return inbox_entry(env, content, env.topic, None, outgoing, now_ms)
+        return channel_entry(env, outgoing, now_ms)  # inbox_entry, from env.fields
 
     # -- own messages ------------------------------------------------------------------
 
