@@ -34,7 +34,8 @@ from peer.node._inboxlog import (
     inbox_message,
     referenced,
 )
-from peer.node._ocmhost import OcmGateway
+from peer.node._ocmhost import OcmGateway, _seen_key
+from peer.protocols._ocmmap import message_uuid
 from peer.wire._blobframes import Attachment
 from peer.wire._cbor import encode
 from peer.wire._envelope import Content, seal_dm, seal_message
@@ -225,3 +226,7 @@ def test_the_ocm_note_remembers_what_export_would(kind: str) -> None:
     fast._fan_out(message)  # no links: only noted
     assert list(fast._seen) == list(full._seen)
     assert kind in ("dm",) or fast._seen  # something was remembered but for a plain DM
+    if kind == "plain":  # an OCM peer echoing it back is known to be on the mesh already
+        echoed = message_uuid(env.id)
+        assert _seen_key(echoed) in fast._seen and _seen_key(echoed.upper()) in fast._seen
+    assert _seen_key("m-1") == "m-1" and _seen_key("x" * 36) == "x" * 36
