@@ -39,7 +39,7 @@ from peer.protocols._ocmmap import message_uuid
 from peer.wire._blobframes import Attachment
 from peer.wire._cbor import encode
 from peer.wire._envelope import Content, seal_dm, seal_message
-from store import MessageStore
+from store import AppendItem, MessageStore
 from tests._catchup_log import ALICE, BOB, TS
 
 ME = BOB.peer_id
@@ -78,8 +78,9 @@ def test_an_entry_built_from_the_log_is_the_full_records_entry(
     assert channel_entry(env, outgoing, received) == (message, payload)  # Storage's shortcut
     full = inbox_item(message, payload)
     general = inbox_message(7, received, full.wire)
-    fast = entry_from_log(env, 7, received, ME)
+    fast = entry_from_log(env.wire, env.id, 7, received, ME)
     assert fast == general
+    assert entry_from_log(env.wire, env.id, 7, received, ME, {}) == general  # peer ids kept
     ref = inbox_item_of("msg", message, payload)
     assert referenced(ref.wire) == env.id and ref.wire.startswith(REF)
     assert ref._replace(wire=b"") == full._replace(wire=b"")  # same id, ts, received
@@ -93,6 +94,17 @@ def test_dms_keep_full_records() -> None:
     item = inbox_item_of("dm", message, payload)
     assert referenced(item.wire) is None
     assert inbox_message(1, TS, item.wire).body == "secret"
+    assert entry_from_log(env.wire, env.id, 1, TS, ME) is None  # not a channel message
+
+
+@pytest.mark.parametrize("wire", [
+    b"", b"\xff", encode([b"\xa0", b"s" * 64]), encode([b"x", b"s"]), encode(5),
+    encode([encode({"kind": "msg"}), b"s" * 64]),  # fields missing
+    encode([encode({"kind": "msg", "from": b"k" * 32, "topic": "general", "ts": 1, "seq": 1,
+                    "attachments": 5}), b"s" * 64]),  # fields of the wrong shape
+])
+def test_a_record_that_is_no_channel_message_gives_no_entry(wire: bytes) -> None:
+    assert entry_from_log(wire, bytes(32), 1, TS, ME) is None
 
 
 # -- peers with stores: what a restart reads --------------------------------------------
@@ -230,3 +242,18 @@ def test_the_ocm_note_remembers_what_export_would(kind: str) -> None:
         echoed = message_uuid(env.id)
         assert _seen_key(echoed) in fast._seen and _seen_key(echoed.upper()) in fast._seen
     assert _seen_key("m-1") == "m-1" and _seen_key("x" * 36) == "x" * 36
+
+
+def test_get_many_is_get_of_each(tmp_path: Path) -> None:
+    envs = [seal_message(ALICE, topic="general", seq=i, ts=TS, content=Content(body=f"{i}"))
+            for i in range(1, 6)]
+    store = MessageStore(str(tmp_path / "s"))
+    try:
+        store.append_batch([AppendItem.from_envelope(e, received_ms=TS) for e in envs[:4]])
+        ids = [envs[4].id, envs[0].id, envs[2].id, envs[0].id, bytes(32)]
+        assert store.get_many(ids) == [store.get(i) for i in ids]
+        assert [m is None for m in store.get_many(ids)] == [True, False, False, False, True]
+        with pytest.raises(ValueError):
+            store.get_many([b"short"])
+    finally:
+        store.close()
