@@ -192,6 +192,7 @@ class RetentionResult:
     deleted: int
     freed_bytes: int
     done: bool  # False: more records are due; call again
+    pinned: int = 0  # 1: stopped at a pinned record (kept, with all after it)
 
 
 @dataclass(frozen=True, slots=True)
