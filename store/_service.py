@@ -314,7 +314,7 @@ class StoreService:
                 if step.done:
                     break
         if deleted:
-            self.log.info("store retention", deleted=deleted, pinned_topics=held)
+            self.log.info("store retention", deleted=deleted, stopped_at_pin=held)
         return deleted
 
     # -- reads -------------------------------------------------------------------

@@ -5,8 +5,10 @@ The fast path (a reference, its entry built from the channel record on read)
 is compared with the general one (the full record, ``inbox_message``), and
 ``channel_entry`` with ``inbox_entry``; a
 store written with full records (every store before references) reads the
-same; a reference whose channel record retention removed is left out of the
-inbox, counted and logged; and the OCM gateway's cheap ``_note`` remembers
+same; channel retention keeps what the inbox refers to (after a sweep and a
+restart the inbox is whole) and frees it once the inbox lets go; a reference
+whose channel record is gone all the same (retention without pins, as before
+them) is left out of the inbox, counted and logged; and the OCM gateway's cheap ``_note`` remembers
 the id ``_remember`` would.
 """
 
@@ -39,7 +41,7 @@ from peer.protocols._ocmmap import message_uuid
 from peer.wire._blobframes import Attachment
 from peer.wire._cbor import encode
 from peer.wire._envelope import Content, seal_dm, seal_message
-from store import AppendItem, MessageStore
+from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, StoreService
 from tests._catchup_log import ALICE, BOB, TS
 
 ME = BOB.peer_id
@@ -201,6 +203,7 @@ async def test_a_store_of_full_records_reads_the_same(tmp_path: Path) -> None:
 
 
 async def test_a_reference_retention_removed_is_left_out_and_counted(tmp_path: Path) -> None:
+    """A channel record removed without pins (a store from before them)."""
     ia, ib = Identity.generate(), Identity.generate()
     before = await _fill(tmp_path, ia, ib, 30)
     store = MessageStore(str(tmp_path / "b"))
@@ -214,6 +217,38 @@ async def test_a_reference_retention_removed_is_left_out_and_counted(tmp_path: P
     assert built.call_count == 31
     assert gone == 10
     assert _json(after) == _json(before[10:])  # the oldest ten, and nothing else
+
+
+async def test_channel_retention_keeps_what_the_inbox_shows(tmp_path: Path) -> None:
+    """A sweep keeping channels for 0 ms, with an inbox of 20: the 11 references
+    the inbox drops free their records at the next sweep; the 20 it holds stay,
+    and a restart reads them all (none gone)."""
+    ia, ib = Identity.generate(), Identity.generate()
+    before = await _fill(tmp_path, ia, ib, 30)  # 31 in lobby and in the inbox
+    sweeps: list[int] = []
+    sweep = StoreService.retention_sweep
+
+    async def counted(self: StoreService, *args: Any, **kwargs: Any) -> int:
+        sweeps.append(await sweep(self, *args, **kwargs))
+        return sweeps[-1]
+
+    nothing = KeepRules(default=RetentionPolicy(max_age_ms=0))
+    with (mock.patch.object(_storage, "RETENTION_INTERVAL", 0),
+          mock.patch.object(StoreService, "retention_sweep", counted)):
+        options = _options(tmp_path, "b", keep_rules=nothing, inbox_capacity=20)
+        async with _running(ib, options) as b:
+            await _until(b, lambda: len(sweeps) >= 3)
+    assert sweeps[:3] == [11, 11, 0]  # the inbox's 11, then their channel records
+    store = MessageStore(str(tmp_path / "b"))
+    try:
+        lobby = [m.msg_id for m in store.read("lobby", limit=100)]
+        assert lobby == [m.id for m in before[11:]]
+        assert store.check() == []
+    finally:
+        store.close()
+    after, gone = await _reopened(tmp_path, ib)
+    assert gone == 0
+    assert _json(after) == _json(before[11:])
 
 
 # -- the OCM gateway's note -------------------------------------------------------------

@@ -12,15 +12,20 @@ log holds its envelope, and ``read_inbox`` builds the entry from it as it
 was built when the message came (``inbox_entry``). Half the bytes and no
 record to encode per message on catch-up's path. DMs (decrypted here) and
 our own messages keep full records, and so does every record of an older
-store: both forms are read. A reference whose channel record retention has
-since removed (or that no longer opens) is left out of the inbox read at
-start, counted (``inbox_gone``) and logged, never shown half-built.
+store: both forms are read. Channel retention keeps a record while the
+inbox still holds a reference to it (``inbox_pins``, the reference's key in
+the id index); once the inbox's own count retention drops the reference, the
+record goes at the next sweep. A reference whose record is gone all the same
+(a store from before pinning, or a record that no longer opens) is left out
+of the inbox read at start, counted (``inbox_gone``) and logged, never shown
+half-built.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import cbor2
@@ -106,9 +111,19 @@ def _meta_of(raw: Any) -> Meta | None:
         return None
 
 
+def inbox_key(msg_id: bytes) -> bytes:
+    """The id (in the store's id index) of message ``msg_id``'s ``~inbox`` record."""
+    return hashlib.sha256(_INBOX_ID_TAG + msg_id).digest()
+
+
+def inbox_pins(topic: str) -> Callable[[bytes], bytes] | None:
+    """``retention_sweep``'s pins: a channel record stays while the inbox refers to it."""
+    return None if topic == INBOX_LOG else inbox_key
+
+
 def inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:
     return AppendItem(
-        msg_id=hashlib.sha256(_INBOX_ID_TAG + message.id).digest(),
+        msg_id=inbox_key(message.id),
         topic=INBOX_LOG,
         sender=_NOBODY,
         sender_seq=0,
@@ -122,7 +137,7 @@ def inbox_ref_item(message: InboxMessage) -> AppendItem:
     """``inbox_item`` of a channel message, as a reference to its channel log record
     (``read_inbox`` builds the same entry from it)."""
     return AppendItem(
-        hashlib.sha256(_INBOX_ID_TAG + message.id).digest(),
+        inbox_key(message.id),
         INBOX_LOG,
         _NOBODY,
         0,
@@ -187,8 +202,9 @@ async def read_inbox(
     """The last ``capacity`` messages of the inbox log, oldest first, read flags set.
 
     References are resolved from the channel logs (``peer``: whose inbox, for
-    ``outgoing``); those that are gone (retention removed the record, or it
-    does not open) are left out, counted in ``counters.inbox_gone`` and logged."""
+    ``outgoing``); those that are gone all the same (removed before retention
+    kept what the inbox refers to, or the record does not open) are left out,
+    counted in ``counters.inbox_gone`` and logged."""
     gone: list[int] = []
     messages = await _read_inbox(service, capacity, _NOBODY if peer is None else peer.peer_id,
                                  gone)
@@ -246,7 +262,9 @@ __all__ = [
     "entry_from_log",
     "inbox_item",
     "inbox_item_of",
+    "inbox_key",
     "inbox_message",
+    "inbox_pins",
     "inbox_record",
     "inbox_ref_item",
     "read_inbox",
@@ -288,3 +306,10 @@ def with_inbox(rules: KeepRules, capacity: int) -> KeepRules:
     return KeepRules(
         default=rules.default, topics={**rules.topics, INBOX_LOG: inbox}, prefixes=rules.prefixes
     )
+
+
+def sweep_rules(
+    rules: KeepRules, capacity: int
+) -> tuple[KeepRules, Callable[[str], Callable[[bytes], bytes] | None]]:
+    """``retention_sweep``'s rules and pins for a peer: ``with_inbox`` and ``inbox_pins``."""
+    return with_inbox(rules, capacity), inbox_pins

@@ -60,7 +60,7 @@ from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
 from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, channel_entry
-from ._inboxlog import INBOX_LOG, chain_heads, inbox_item_of, mark_read, read_inbox, with_inbox
+from ._inboxlog import INBOX_LOG, chain_heads, inbox_item_of, mark_read, read_inbox, sweep_rules
 from ._ocmhost import agent_channels
 from ._ordering import InboxOrder
 
@@ -572,11 +572,11 @@ class Storage:
     # -- retention ---------------------------------------------------------------------
 
     async def _retention_loop(self) -> None:
-        local = with_inbox(self.options.rules, self.options.inbox_capacity)
+        rules, pins = sweep_rules(self.options.rules, self.options.inbox_capacity)
         while True:
             await trio.sleep(RETENTION_INTERVAL)
             try:
-                await self.service.retention_sweep(local, now_ms=self.peer.wall_ms())
+                await self.service.retention_sweep(rules, now_ms=self.peer.wall_ms(), pinned=pins)
             except StoreError as exc:
                 self.log.error("retention failed", error=str(exc))
 
