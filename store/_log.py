@@ -273,6 +273,22 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
 
         return self._read(op)
 
+    def get_many(self, msg_ids: Sequence[bytes]) -> list[StoredMessage | None]:
+        """``get`` of each of ``msg_ids`` in one read transaction (None: not stored, or
+        its record is missing, which ``check`` reports)."""
+        for msg_id in msg_ids:
+            _check_id(msg_id, "msg_id")
+
+        def op(txn: lmdb.Transaction[bytes]) -> list[StoredMessage | None]:
+            out: list[StoredMessage | None] = []
+            for msg_id in msg_ids:
+                key = txn.get(msg_id, db=self._ids)
+                value = None if key is None else txn.get(key, db=self._log)
+                out.append(None if key is None or value is None else _decode_record(key, value))
+            return out
+
+        return self._read(op)
+
     def position(self, msg_id: bytes) -> tuple[str, int] | None:
         """``(topic, seq)`` of a stored message, or None."""
         _check_id(msg_id, "msg_id")

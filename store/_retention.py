@@ -7,11 +7,18 @@ full store can still be trimmed. With each record it deletes its id and
 sender index entries and its read flag, in the same transaction; it leaves
 the ``seen`` ranges, the ``latest`` sender heads and the read watermark alone
 (they record what arrived and what was read, not what is still stored).
+
+A caller may pin records (``pinned``: a record's message id to a key of the
+id index): a record whose key is there is kept, and since only the old end
+is ever trimmed, the topic's retention stops at it for this step (``done``,
+with ``pinned`` set in the result) until whatever holds that key lets go.
+The store does not know what holds it (the peer's inbox, for one).
 Which topics to keep and for how long is decided in ``store._policy``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lmdb
@@ -82,12 +89,17 @@ class _Retention(_StoreEnv):
         max_bytes: int | None = None,
         max_count: int | None = None,
         budget: int = 256,
+        pinned: Callable[[bytes], bytes] | None = None,
     ) -> RetentionResult:
         """Delete at most ``budget`` of the oldest records of ``topic`` that are
         over a limit: older than ``max_age_ms`` (by ``received_ms``), or while
         the topic holds more than ``max_bytes`` of wire bytes or more than
         ``max_count`` records. One short write transaction, and none at all when
         nothing is due, so a sweep over many topics never stops the world.
+
+        ``pinned`` maps a record's message id to an id index key: while that
+        key is stored, the record is kept and deleting stops there (the result
+        is ``done`` with ``pinned == 1``; later records wait behind it).
         """
         tkey = _topic_key(topic)
         if budget < 1:
@@ -100,19 +112,33 @@ class _Retention(_StoreEnv):
         def oldest_of(txn: lmdb.Transaction[bytes], head: _Head) -> StoredMessage | None:
             return self._oldest(txn, topic, tkey, head)
 
-        def due(txn: lmdb.Transaction[bytes]) -> bool:
-            head = _Head.load(txn, self._heads, tkey)
-            return over(head, oldest_of(txn, head))
+        def held(txn: lmdb.Transaction[bytes], oldest: StoredMessage | None) -> bool:
+            return (
+                pinned is not None
+                and oldest is not None
+                and txn.get(pinned(oldest.msg_id), db=self._ids) is not None
+            )
 
-        if not self._read(due):
-            return RetentionResult(0, 0, True)
+        def due(txn: lmdb.Transaction[bytes]) -> RetentionResult | None:
+            head = _Head.load(txn, self._heads, tkey)
+            oldest = oldest_of(txn, head)
+            if not over(head, oldest):
+                return RetentionResult(0, 0, True)
+            return RetentionResult(0, 0, True, pinned=1) if held(txn, oldest) else None
+
+        nothing = self._read(due)
+        if nothing is not None:
+            return nothing
 
         def op(txn: lmdb.Transaction[bytes]) -> RetentionResult:
             head = _Head.load(txn, self._heads, tkey)
-            deleted = freed = 0
+            deleted = freed = stopped = 0
             oldest = oldest_of(txn, head)
             while deleted < budget and over(head, oldest):
                 assert oldest is not None
+                if held(txn, oldest):
+                    stopped = 1
+                    break
                 txn.delete(_log_key(tkey, oldest.seq), db=self._log)
                 txn.delete(_log_key(tkey, oldest.seq), db=self._flags)  # same key layout
                 txn.delete(oldest.msg_id, db=self._ids)
@@ -127,6 +153,7 @@ class _Retention(_StoreEnv):
             if head.count == 0:
                 head.first_seq = head.next_seq
             txn.put(tkey, head.encode(), db=self._heads)
-            return RetentionResult(deleted, freed, not over(head, oldest))
+            done = bool(stopped) or not over(head, oldest)
+            return RetentionResult(deleted, freed, done, pinned=stopped)
 
         return self._write(op, reserve=True)

@@ -258,9 +258,16 @@ class StoreService:
         return cast(T, await self._submit(_Request(fn=fn)))
 
     async def apply_retention(
-        self, topic: str, policy: RetentionPolicy, *, now_ms: int, budget: int = 256
+        self,
+        topic: str,
+        policy: RetentionPolicy,
+        *,
+        now_ms: int,
+        budget: int = 256,
+        pinned: Callable[[bytes], bytes] | None = None,
     ) -> RetentionResult:
-        """One retention step for ``topic`` (at most ``budget`` deletions)."""
+        """One retention step for ``topic`` (at most ``budget`` deletions;
+        ``pinned`` as in :meth:`MessageStore.apply_retention`)."""
         return await self.write(
             functools.partial(
                 MessageStore.apply_retention,
@@ -270,30 +277,44 @@ class StoreService:
                 max_bytes=policy.max_bytes,
                 max_count=policy.max_count,
                 budget=budget,
+                pinned=pinned,
             )
         )
 
-    async def retention_sweep(self, rules: KeepRules, *, now_ms: int, budget: int = 256) -> int:
+    async def retention_sweep(
+        self,
+        rules: KeepRules,
+        *,
+        now_ms: int,
+        budget: int = 256,
+        pinned: Callable[[str], Callable[[bytes], bytes] | None] | None = None,
+    ) -> int:
         """Apply ``rules`` to every stored topic, ``budget`` deletions per step.
 
         Each step is its own short write, queued behind waiting appends, so a
         sweep never stops the world. A topic the rules do not keep is emptied.
+        ``pinned(topic)``: the pin mapping for that topic's records (None: none);
+        a topic stops at its oldest pinned record (logged as ``pinned``).
         Returns the number of records deleted.
         """
-        deleted = 0
+        deleted = held = 0
         for head in await self.read(MessageStore.topics):
             policy = rules.policy_for(head.topic)
             if policy is None:
                 policy = RetentionPolicy(max_count=0)
             if policy.unlimited or head.count == 0:
                 continue
+            pins = None if pinned is None else pinned(head.topic)
             while True:
-                step = await self.apply_retention(head.topic, policy, now_ms=now_ms, budget=budget)
+                step = await self.apply_retention(
+                    head.topic, policy, now_ms=now_ms, budget=budget, pinned=pins
+                )
                 deleted += step.deleted
+                held += step.pinned
                 if step.done:
                     break
         if deleted:
-            self.log.info("store retention", deleted=deleted)
+            self.log.info("store retention", deleted=deleted, stopped_at_pin=held)
         return deleted
 
     # -- reads -------------------------------------------------------------------

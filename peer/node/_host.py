@@ -38,6 +38,7 @@ class StorageCounters:
     pages_served: int = 0
     pages_refused: int = 0
     bad_pages: int = 0
+    inbox_gone: int = 0  # inbox references whose channel record was gone at start
 
 
 class PeerCore(Protocol):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from peer.wire._blobframes import Attachment
+from peer.wire._blobframes import Attachment, check_attachments
 from peer.wire._envelope import Content, Envelope, payload_value
 from peer.wire._meta import Meta, meta_json
 
@@ -363,6 +363,28 @@ def inbox_entry(
         meta=content.meta,
     )
     return message, content.payload
+
+
+def channel_entry(env: Envelope, outgoing: bool, now_ms: int) -> tuple[InboxMessage, bytes | None]:
+    """``inbox_entry(env, env.content(), env.topic, None, outgoing, now_ms)`` for a
+    channel message (``env.kind`` is "msg"), from its fields at once (no ``Content`` in
+    between: it runs for every message a catch-up stores)."""
+    return channel_entry_of(env.fields, env.id, env.sender, outgoing, now_ms)
+
+
+def channel_entry_of(
+    f: dict[str, Any], msg_id: bytes, sender: bytes, outgoing: bool, now_ms: int
+) -> tuple[InboxMessage, bytes | None]:
+    """``channel_entry`` from a channel message's checked fields, its id and its
+    author's peer id."""
+    payload = f.get("payload")
+    message = InboxMessage(
+        0, msg_id, "msg", f["topic"], f["topic"], sender, None, f.get("body", ""),
+        None if payload is None else payload_value(payload), payload is not None,
+        f.get("reply_to"), f.get("thread"), f["ts"], now_ms, outgoing, outgoing, None, f["seq"],
+        check_attachments(f) if "attachments" in f else (), None,
+    )
+    return message, payload
 
 
 Admitted = tuple[InboxMessage | None, bytes | None] | None

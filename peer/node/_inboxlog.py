@@ -5,11 +5,27 @@ included), written in the same commit as the messages they come from, and
 their positions are the API's cursors. Records are plain CBOR (no need for
 the slower canonical form); ids are derived from the message id, so a
 message enters the inbox log once.
+
+A channel message (ours or received) is recorded as a reference (``REF`` and its
+message id, ``inbox_ref_item``) instead of a second full copy: the channel
+log holds its envelope, and ``read_inbox`` builds the entry from it as it
+was built when the message came (``inbox_entry``). Half the bytes and no
+record to encode per message on catch-up's path. DMs (decrypted here) and
+our own messages keep full records, and so does every record of an older
+store: both forms are read. Channel retention keeps a record while the
+inbox still holds a reference to it (``inbox_pins``, the reference's key in
+the id index); once the inbox's own count retention drops the reference, the
+record goes at the next sweep. A reference whose record is gone all the same
+(a store from before pinning, or a record that no longer opens) is left out
+of the inbox read at start, counted (``inbox_gone``) and logged, never shown
+half-built.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import cbor2
@@ -17,14 +33,18 @@ import cbor2
 from peer.wire._blobframes import check_attachments
 from peer.wire._envelope import message_id, payload_value, split_wire
 from peer.wire._errors import ProtocolError
+from peer.wire._identity import peer_id_of
 from peer.wire._meta import Meta, check_meta
 from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, StoreService
 
-from ._inbox import InboxMessage
+from ._host import PeerCore, StorageCounters
+from ._inbox import InboxMessage, channel_entry_of
 
 INBOX_LOG = "~inbox"
 _INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
 _NOBODY = bytes(32)
+REF = b"\xf7ref"  # CBOR "undefined", then "ref": a full record is a CBOR map, never this
+_REF_SIZE = len(REF) + 32
 
 
 def inbox_record(message: InboxMessage, payload: bytes | None) -> bytes:
@@ -91,9 +111,19 @@ def _meta_of(raw: Any) -> Meta | None:
         return None
 
 
+def inbox_key(msg_id: bytes) -> bytes:
+    """The id (in the store's id index) of message ``msg_id``'s ``~inbox`` record."""
+    return hashlib.sha256(_INBOX_ID_TAG + msg_id).digest()
+
+
+def inbox_pins(topic: str) -> Callable[[bytes], bytes] | None:
+    """``retention_sweep``'s pins: a channel record stays while the inbox refers to it."""
+    return None if topic == INBOX_LOG else inbox_key
+
+
 def inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:
     return AppendItem(
-        msg_id=hashlib.sha256(_INBOX_ID_TAG + message.id).digest(),
+        msg_id=inbox_key(message.id),
         topic=INBOX_LOG,
         sender=_NOBODY,
         sender_seq=0,
@@ -103,15 +133,113 @@ def inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:
     )
 
 
-async def read_inbox(service: StoreService, capacity: int) -> list[InboxMessage]:
-    """The last ``capacity`` messages of the inbox log, oldest first, read flags set."""
+def inbox_ref_item(message: InboxMessage) -> AppendItem:
+    """``inbox_item`` of a channel message, as a reference to its channel log record
+    (``read_inbox`` builds the same entry from it)."""
+    return AppendItem(
+        inbox_key(message.id),
+        INBOX_LOG,
+        _NOBODY,
+        0,
+        message.ts,
+        REF + message.id,
+        message.received_ms,
+    )
+
+
+def inbox_item_of(kind: str, message: InboxMessage, payload: bytes | None) -> AppendItem:
+    """The ``~inbox`` record of a message: a reference for a channel message, the
+    full record otherwise (a DM's content is decrypted here only)."""
+    return inbox_ref_item(message) if kind == "msg" else inbox_item(message, payload)
+
+
+def referenced(wire: bytes) -> bytes | None:
+    """The message id a reference record points to (None: a full record)."""
+    return wire[len(REF) :] if len(wire) == _REF_SIZE and wire.startswith(REF) else None
+
+
+def entry_from_log(
+    wire: bytes, msg_id: bytes, cursor: int, received_ms: int, me: bytes,
+    peer_ids: dict[bytes, bytes] | None = None,
+) -> InboxMessage | None:
+    """The inbox entry of the channel message ``wire`` (its log record), as
+    ``Storage`` built it when the message came; None if it is not one.
+
+    Our own disk: the envelope was checked and verified when it was stored,
+    so it is decoded, not checked again (a full ``open_envelope`` costs five
+    times more, for every reference read at start). ``peer_ids``: authors'
+    peer ids by key, kept across calls."""
+    try:
+        signed, _ = cbor2.loads(wire)
+        f = cbor2.loads(signed)
+        if type(f) is not dict or f.get("kind") != "msg":
+            return None
+        key = f["from"]
+        sender = None if peer_ids is None else peer_ids.get(key)
+        if sender is None:
+            sender = peer_id_of(key)
+            if peer_ids is not None and len(peer_ids) < 4096:
+                peer_ids[key] = sender
+        message, _ = channel_entry_of(f, msg_id, sender, sender == me, received_ms)
+    except (cbor2.CBORError, ValueError, TypeError, LookupError, ProtocolError):
+        return None
+    message.cursor = cursor
+    return message
+
+
+def _resolve(s: MessageStore, ids: list[bytes]) -> list[bytes | None]:
+    """The envelopes (wire) of ``ids`` in the channel logs; None where it is gone."""
+    found = s.get_many(ids)
+    return [None if m is None or m.msg_id != i else m.wire for m, i in zip(found, ids, strict=True)]
+
+
+async def read_inbox(
+    service: StoreService,
+    capacity: int,
+    peer: PeerCore | None = None,
+    counters: StorageCounters | None = None,
+) -> list[InboxMessage]:
+    """The last ``capacity`` messages of the inbox log, oldest first, read flags set.
+
+    References are resolved from the channel logs (``peer``: whose inbox, for
+    ``outgoing``); those that are gone all the same (removed before retention
+    kept what the inbox refers to, or the record does not open) are left out,
+    counted in ``counters.inbox_gone`` and logged."""
+    gone: list[int] = []
+    messages = await _read_inbox(service, capacity, _NOBODY if peer is None else peer.peer_id,
+                                 gone)
+    if gone:
+        if counters is not None:
+            counters.inbox_gone += len(gone)
+        if peer is not None:
+            peer.log.warning("inbox entries gone from their channel logs", count=len(gone),
+                             first=gone[0], last=gone[-1])
+    return messages
+
+
+async def _read_inbox(
+    service: StoreService, capacity: int, me: bytes, gone: list[int]
+) -> list[InboxMessage]:
     head = await service.head(INBOX_LOG)
     start = max(head.first_seq - 1, head.next_seq - 1 - capacity)
     watermark, flagged = await service.read(lambda s: s.read_state(INBOX_LOG))
     messages: list[InboxMessage] = []
+    peer_ids: dict[bytes, bytes] = {}
     while records := await service.read_log(INBOX_LOG, after=start, limit=5_000):
+        ids = [ref for r in records if (ref := referenced(r.wire)) is not None]
+        wires = dict(zip(ids, await service.read(functools.partial(_resolve, ids=ids)),
+                         strict=True))
         for record in records:
-            message = inbox_message(record.seq, record.received_ms, record.wire)
+            ref = referenced(record.wire)
+            if ref is None:
+                message = inbox_message(record.seq, record.received_ms, record.wire)
+            else:
+                built = _from_ref(record.seq, record.received_ms, ref, wires.get(ref), me,
+                                  peer_ids)
+                if built is None:
+                    gone.append(record.seq)
+                    continue
+                message = built
             if record.seq <= watermark or record.seq in flagged:
                 message.read = True
             messages.append(message)
@@ -119,7 +247,29 @@ async def read_inbox(service: StoreService, capacity: int) -> list[InboxMessage]
     return messages
 
 
-__all__ = ["INBOX_LOG", "inbox_item", "inbox_message", "inbox_record", "read_inbox"]
+def _from_ref(
+    cursor: int, received_ms: int, ref: bytes, wire: bytes | None, me: bytes,
+    peer_ids: dict[bytes, bytes],
+) -> InboxMessage | None:
+    if wire is None:
+        return None
+    return entry_from_log(wire, ref, cursor, received_ms, me, peer_ids)
+
+
+__all__ = [
+    "INBOX_LOG",
+    "REF",
+    "entry_from_log",
+    "inbox_item",
+    "inbox_item_of",
+    "inbox_key",
+    "inbox_message",
+    "inbox_pins",
+    "inbox_record",
+    "inbox_ref_item",
+    "read_inbox",
+    "referenced",
+]
 
 
 def chain_heads(s: MessageStore, me: bytes) -> dict[str, tuple[int, bytes | None]]:
@@ -156,3 +306,10 @@ def with_inbox(rules: KeepRules, capacity: int) -> KeepRules:
     return KeepRules(
         default=rules.default, topics={**rules.topics, INBOX_LOG: inbox}, prefixes=rules.prefixes
     )
+
+
+def sweep_rules(
+    rules: KeepRules, capacity: int
+) -> tuple[KeepRules, Callable[[str], Callable[[bytes], bytes] | None]]:
+    """``retention_sweep``'s rules and pins for a peer: ``with_inbox`` and ``inbox_pins``."""
+    return with_inbox(rules, capacity), inbox_pins

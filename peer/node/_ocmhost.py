@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import uuid
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -138,7 +139,7 @@ class OcmGateway:
         self.budget = Bucket(GATEWAY_MESSAGE_RATE, GATEWAY_MESSAGE_BURST, 0.0)
         self.links: set[OcmLink] = set()
         self.log = peer.log.bind(part="ocm")
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str | bytes, None] = OrderedDict()  # keys: ``_seen_key``
         self.held: dict[str, set[OcmLink]] = {}  # the gateway's own channels -> links holding
         self.lingering: dict[str, float] = {}  # held by no link: channel -> when it is left
         self._lingering_changed = trio.Event()
@@ -199,12 +200,28 @@ class OcmGateway:
     def _remember(self, message: InboxMessage) -> tuple[Route, OcmMessage] | None:
         found = _export(message)
         if found is not None:
-            self._seen[found[1].message_id] = None
-            if len(self._seen) > SEEN:
-                self._seen.popitem(last=False)
+            self._see(_seen_key(found[1].message_id))
         return found
 
+    def _see(self, key: str | bytes) -> None:
+        self._seen[key] = None
+        if len(self._seen) > SEEN:
+            self._seen.popitem(last=False)
+
+    def _note(self, message: InboxMessage) -> None:
+        """What ``_remember`` records, without building the OCM message when nobody
+        would be sent it: a plain channel message's OCM id is its mesh id as a UUID
+        (what ``export`` gives it; kept as those 16 bytes, ``_seen_key``); anything
+        with a payload may be a wrapped one."""
+        if message.has_payload:
+            self._remember(message)
+        elif message.kind == "msg" and message.channel is not None:
+            self._see(message.id[:16])
+
     def _fan_out(self, message: InboxMessage) -> None:
+        if not self.links:  # the common case (a catch-up's messages): only remember ids
+            self._note(message)
+            return
         found = self._remember(message)
         if found is None:
             return
@@ -391,7 +408,7 @@ class OcmGateway:
 
     async def _relay(self, link: OcmLink, decision: Relay) -> None:
         message = decision.message
-        if message.message_id in self._seen:
+        if _seen_key(message.message_id) in self._seen:
             return  # already on the mesh (through us, or another gateway)
         route = route_of(message.channel_id, message.sender_id)
         value = wrap(message, decision.verified, decision.public_key,
@@ -421,7 +438,7 @@ class OcmGateway:
         except ValueError as exc:
             self._refuse(link, "not-carried", str(exc)[:200])
             return
-        self._seen[message.message_id] = None
+        self._see(_seen_key(message.message_id))
         self.counters.relayed_in += 1
         if not decision.verified:
             self.counters.unverified_in += 1
@@ -517,6 +534,17 @@ def _export(message: InboxMessage) -> tuple[Route, OcmMessage] | None:
         message_id=message.id,
         ts_ms=message.ts,
     )
+
+
+def _seen_key(ocm_id: str) -> str | bytes:
+    """How an OCM message id is remembered: a UUID (what a mesh message's OCM id is,
+    ``message_uuid``) as its 16 bytes, anything else as it is."""
+    if len(ocm_id) == 36 and ocm_id[8] == "-":
+        try:
+            return uuid.UUID(ocm_id).bytes
+        except ValueError:
+            pass
+    return ocm_id
 
 
 def _renamed(ocm: OcmMessage, channel_id: str) -> OcmMessage:

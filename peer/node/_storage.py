@@ -59,8 +59,8 @@ from store import (
 from ._catchuphost import STORE_CAP, CatchUpService, TopicCatchUp
 from ._delivery import DeliveryService
 from ._host import StorageCounters, StoragePeer
-from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, inbox_entry
-from ._inboxlog import INBOX_LOG, chain_heads, inbox_item, mark_read, read_inbox, with_inbox
+from ._inbox import AdmitDm, Admitted, InboxMessage, PeerInfo, admit_plain, channel_entry
+from ._inboxlog import INBOX_LOG, chain_heads, inbox_item_of, mark_read, read_inbox, sweep_rules
 from ._ocmhost import agent_channels
 from ._ordering import InboxOrder
 
@@ -155,7 +155,7 @@ class Storage:
         self.delivery.load(outbox, dead)
         pending_ids = {e.msg_id for e in outbox}
         dead_ids = {d.msg_id for d in dead}
-        messages = await read_inbox(self.service, self.options.inbox_capacity)
+        messages = await read_inbox(self.service, self.options.inbox_capacity, peer, self.counters)
         for message in messages:
             if message.outgoing and message.kind == "dm":
                 message.status = (
@@ -426,7 +426,7 @@ class Storage:
             AppendItem.from_envelope(env, received_ms=now_ms, topic=env.log_topic),
             own=True,
             message=message,
-            inbox=None if message is None else inbox_item(message, payload),
+            inbox=None if message is None else inbox_item_of(env.kind, message, payload),
             outbox=outbox,
         )
 
@@ -450,7 +450,7 @@ class Storage:
             AppendItem.from_envelope(env, received_ms=now_ms, topic=topic),
             pushed=pushed,
             message=message,
-            inbox=None if message is None else inbox_item(message, payload),
+            inbox=None if message is None else inbox_item_of(env.kind, message, payload),
         )
 
     async def _write(
@@ -533,8 +533,7 @@ class Storage:
                 )
                 return None
             return self.admit_dm(env, content, now_ms)
-        content = env.content()
-        return inbox_entry(env, content, env.topic, None, outgoing, now_ms)
+        return channel_entry(env, outgoing, now_ms)  # inbox_entry, from env.fields
 
     # -- own messages ------------------------------------------------------------------
 
@@ -573,11 +572,11 @@ class Storage:
     # -- retention ---------------------------------------------------------------------
 
     async def _retention_loop(self) -> None:
-        local = with_inbox(self.options.rules, self.options.inbox_capacity)
+        rules, pins = sweep_rules(self.options.rules, self.options.inbox_capacity)
         while True:
             await trio.sleep(RETENTION_INTERVAL)
             try:
-                await self.service.retention_sweep(local, now_ms=self.peer.wall_ms())
+                await self.service.retention_sweep(rules, now_ms=self.peer.wall_ms(), pinned=pins)
             except StoreError as exc:
                 self.log.error("retention failed", error=str(exc))
 

@@ -57,8 +57,13 @@ def route_of(channel_id: str, ocm_peer: str | None) -> Route:
 
 
 def message_uuid(message_id: bytes) -> str:
-    """The OCM message id of a mesh message: its first 16 bytes as a UUID."""
-    return str(uuid.UUID(bytes=message_id[:16]))
+    """The OCM message id of a mesh message: its first 16 bytes as a UUID, written as
+    ``str(uuid.UUID(bytes=...))`` writes it (put together here: a few times faster,
+    and it runs for every message the inbox gets)."""
+    h = message_id[:16].hex()
+    if len(h) != 32:
+        return str(uuid.UUID(bytes=message_id[:16]))  # raises as it always did
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def iso_ms(ms: int) -> str:
