@@ -113,6 +113,9 @@ class PeerOptions:
     mesh_reply_allow: tuple[str, ...] = ()
     # the listener shares its port with the other workers of a seed (SO_REUSEPORT)
     reuse_port: bool = False
+    # a burst of envelopes from one link has its signatures checked in a worker
+    # thread while the event loop goes on (peer/node/_checkahead.py)
+    check_ahead: bool = True
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:
