@@ -29,6 +29,8 @@ import trio
 from peer.protocols._checkahead import NO_VOUCHES, Vouch, Vouching, plan, run_checks
 from peer.wire._frametypes import AnyFrame
 
+from ._options import PeerCounters
+
 MIN_CHECKS = 2  # envelopes a burst must hold to be checked in a thread
 MAX_HELD = 1 << 20  # plaintext bytes a link's burst may hold while its checks run, at most
 
@@ -36,13 +38,13 @@ MAX_HELD = 1 << 20  # plaintext bytes a link's burst may hold while its checks r
 class CheckAhead:
     """Runs bursts' checks in threads for one peer's ``router``."""
 
-    def __init__(self, router: Vouching, threads: int | None = None) -> None:
+    def __init__(
+        self, router: Vouching, counters: PeerCounters, threads: int | None = None
+    ) -> None:
         self.router = router
+        self.counters = counters  # checked_ahead_bursts, checked_ahead, checked_ahead_failed
         self.limiter = trio.CapacityLimiter(threads or max(1, (os.cpu_count() or 2) - 1))
         self._busy: set[bytes] = set()
-        self.bursts = 0  # bursts checked in a thread
-        self.checked = 0  # envelopes checked there ...
-        self.failed = 0  # ... of which did not verify (the router refused them)
 
     async def check(self, frames: Sequence[AnyFrame], held: int) -> Vouch:
         """The vouches for ``frames`` (``held`` bytes): none if too few are worth a
@@ -58,9 +60,9 @@ class CheckAhead:
             passed = await trio.to_thread.run_sync(run_checks, checks, limiter=self.limiter)
         finally:
             self._busy.difference_update(mids)
-        self.bursts += 1
-        self.checked += len(checks)
-        self.failed += len(checks) - len(passed)
+        self.counters.checked_ahead_bursts += 1
+        self.counters.checked_ahead += len(checks)
+        self.counters.checked_ahead_failed += len(checks) - len(passed)
         return passed
 
     @contextmanager

@@ -151,7 +151,7 @@ class Swarm:
         self.side_links: dict[bytes, SideLink] = {}  # sibling workers of a seed, by key
         # bursts' signature checks in a worker thread (the link manager uses it)
         on = peer.options.check_ahead and peer.verify
-        self.check_ahead: CheckAhead | None = CheckAhead(peer.router) if on else None
+        self.check_ahead = CheckAhead(peer.router, peer.counters) if on else None
         # each frame type has one owner; adding a type adds its class and owner here
         self._frame_owners: dict[type[AnyFrame], FrameHandler] = {
             **dict.fromkeys(GOSSIP_FRAMES, self._on_gossip_frame),
