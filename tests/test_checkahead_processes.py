@@ -30,12 +30,11 @@ def _held(p: Any) -> list[str]:
 def test_a_seed_checks_a_burst_ahead_and_delivers_it_in_order(tmp_path: Path) -> None:
     seed = start_peer(tmp_path, "seed", "--relay-only", "--no-dht", "--check-ahead", "on")
     with running(seed):
-        wait_ready(seed)
-        join = f"{seed.ws_url}#{seed.peer_id}"
-        a = start_peer(tmp_path, "a", "--no-dht", "--channel", "ahead", bootstrap=join)
-        b = start_peer(tmp_path, "b", "--no-dht", "--channel", "ahead", bootstrap=join)
+        # all three start at once (a seed's address is enough to join it)
+        a = start_peer(tmp_path, "a", "--no-dht", "--channel", "ahead", bootstrap=seed.ws_url)
+        b = start_peer(tmp_path, "b", "--no-dht", "--channel", "ahead", bootstrap=seed.ws_url)
         with running(a, b):
-            for p in (a, b):
+            for p in (seed, a, b):
                 wait_ready(p)
             assert a.post("/send", {"channel": "ahead", "body": "first"}).status_code == 200
             end = time.monotonic() + BOUND_S
