@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 import trio
 
-from peer import Handshake, Identity
+from peer import Handshake, Identity, Peer
 from peer.node._checkahead import CheckAhead
 from peer.node._link import Link
 from peer.node._linkhost import LinkConfig, LinkManager
 from peer.node._logging import peer_logger
-from peer.node._options import PeerCounters, PeerOptions
+from peer.node._options import BenchOnly, PeerCounters, PeerOptions
 from peer.protocols import _checkahead
 from peer.protocols._checkahead import (
     NO_VOUCHES,
@@ -375,3 +375,13 @@ def test_the_router_refuses_a_forgery_whatever_was_vouched() -> None:
     raw = _pub(_forged(env))
     actions = router.handle_frame(peer, decode_frame(raw), raw, 1.0, WALL)
     assert [a.code for a in actions if isinstance(a, Close)] == [ErrorCode.BAD_SIGNATURE]
+
+
+def test_the_option_and_the_bench_switch_turn_it_off() -> None:
+    on = Peer(_identity(b"p1"), PeerOptions())
+    assert isinstance(on.link_manager.check_ahead, CheckAhead)
+    assert on.link_manager.check_ahead.router is on.router
+    off = Peer(_identity(b"p2"), PeerOptions(check_ahead=False))
+    assert off.link_manager.check_ahead is None
+    unverified = Peer(_identity(b"p3"), PeerOptions(), bench=BenchOnly(no_verify=True))
+    assert unverified.link_manager.check_ahead is None  # nothing to check ahead
