@@ -21,7 +21,7 @@ import pytest
 import trio
 
 from peer import Handshake, Identity, Peer
-from peer.node._checkahead import CheckAhead
+from peer.node._checkahead import MIN_CHECKS, CheckAhead
 from peer.node._link import Link
 from peer.node._linkhost import LinkConfig, LinkManager
 from peer.node._logging import peer_logger
@@ -251,6 +251,16 @@ async def test_bursts_route_the_same_and_check_each_envelope_once(
     assert c.fast_on_loop == 1
 
 
+async def test_a_burst_of_fewer_than_min_checks_new_envelopes_goes_to_no_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    envs = [_env(n) for n in range(MIN_CHECKS)]
+    few = [_pub(e.wire) for e in envs[: MIN_CHECKS - 1]]
+    c = await _compare(monkeypatch, [few + [Ping(1).encode()] * 4, [_pub(envs[-1].wire)] * 3])
+    assert _sent(c.fast) == [e.wire for e in envs]
+    assert c.fast.counters.checked_ahead_bursts == 0 and c.fast_on_loop == MIN_CHECKS
+
+
 async def test_already_seen_envelopes_go_to_no_thread(monkeypatch: pytest.MonkeyPatch) -> None:
     envs = [_env(n) for n in range(6)]
     c = await _compare(monkeypatch, [[_pub(e.wire) for e in envs]], seen=tuple(envs[:5]))
@@ -279,16 +289,18 @@ async def test_a_forged_copy_of_a_good_envelope_is_never_vouched_for(
 ) -> None:
     """Same id, bad signature: ahead of the good copy it is refused; behind it, it is a
     duplicate (as on the general path); the good copy's vouch never covers it."""
-    good = [_env(n) for n in range(4)]
+    good = [_env(n) for n in range(5)]
+    rest = [_pub(e.wire) for e in good[2:]]  # enough for a thread
     c = await _compare(
-        monkeypatch, [[_pub(good[0].wire), _pub(_forged(good[1])), _pub(good[1].wire)]]
+        monkeypatch, [[_pub(good[0].wire), _pub(_forged(good[1])), _pub(good[1].wire), *rest]]
     )
     assert _sent(c.fast) == [good[0].wire] and c.fast.close_code == ErrorCode.BAD_SIGNATURE
+    assert c.fast.counters.checked_ahead_bursts == 1 and c.fast_on_loop == 1
     c = await _compare(
-        monkeypatch, [[_pub(good[0].wire), _pub(good[1].wire), _pub(_forged(good[1]))]]
+        monkeypatch, [[_pub(good[0].wire), _pub(good[1].wire), _pub(_forged(good[1])), *rest]]
     )
-    assert _sent(c.fast) == [good[0].wire, good[1].wire] and c.fast.close_code is None
-    assert c.fast_on_loop == 0
+    assert _sent(c.fast) == [e.wire for e in good] and c.fast.close_code is None
+    assert c.fast.counters.checked_ahead_bursts == 1 and c.fast_on_loop == 0
 
 
 async def test_a_record_that_does_not_open_is_refused_after_the_ones_before_it(

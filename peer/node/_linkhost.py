@@ -17,10 +17,11 @@ Rules kept here:
   trio-websocket is still parsing bytes it already read it gets a few turns
   first, so a burst is gathered, but a lone record is never delayed.
 * With check-ahead on (the events' ``check_ahead``, ``peer.node._checkahead``),
-  a burst of two records or more is opened and decoded first, in order; its
-  envelopes' signatures are checked in a worker thread while the loop goes
-  on, then it is routed in order (a record that does not open or decode is
-  refused after the ones before it, as when handled one by one).
+  a burst of two records or more is opened and decoded first, in order; if
+  it holds enough new envelopes, their signatures are checked in a worker
+  thread while the loop goes on; then it is routed in order (a record that
+  does not open or decode is refused after the ones before it, as when
+  handled one by one).
 * A relay holds many idle links, so an idle link keeps only its state: no
   bound logger, and neither the last record read nor the last batch written.
 * A connection refused or failed before its handshake finished (a bad
