@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trio
 
+from bench import check_ahead_cpu
 from peer import Handshake, Identity, Peer
 from peer.node._checkahead import MIN_CHECKS, CheckAhead
 from peer.node._link import Link
@@ -397,3 +398,10 @@ def test_the_option_and_the_bench_switch_turn_it_off() -> None:
     assert off.link_manager.check_ahead is None
     unverified = Peer(_identity(b"p3"), PeerOptions(), bench=BenchOnly(no_verify=True))
     assert unverified.link_manager.check_ahead is None  # nothing to check ahead
+
+
+@pytest.mark.parametrize("on", [False, True])
+async def test_the_cpu_bench_runs(on: bool) -> None:
+    loop_us, process_us, checked = await check_ahead_cpu._run(64, 16, on)
+    assert loop_us > 0 and process_us >= loop_us * 0.5
+    assert checked == (64 if on else 0)
