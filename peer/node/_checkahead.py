@@ -5,8 +5,9 @@ opened (``peer.node._linkhost``) to ``CheckAhead.check`` before routing it.
 Rules kept here (the sans-IO half is ``peer.protocols._checkahead``):
 
 * Only a burst with at least ``MIN_CHECKS`` envelopes worth checking goes to
-  a thread, in one ``trio.to_thread.run_sync`` call: a lone record, the
-  latency path, never waits for a thread; it is routed as always.
+  a thread, in one ``trio.to_thread.run_sync`` call: a lone record (the
+  latency path) and a smaller burst never wait for a thread; they are
+  routed as always.
 * Threads are bounded by one ``CapacityLimiter`` per peer (the cores but
   one, at least one); each link has at most one burst in flight (its reader
   waits for it, holding at most ``MAX_HELD`` bytes), so memory and per-link
