@@ -112,6 +112,11 @@ class PeerCollector(Collector):
         yield counter(
             "clawmesh_handshakes_failed", "handshakes that failed", counters["handshakes_failed"]
         )
+        yield counter(
+            "clawmesh_checked_ahead",
+            "messages whose signatures were checked in a worker thread (a burst)",
+            counters["checked_ahead"],
+        )
         yield gauge("clawmesh_known_peers", "peers known", len(peer.known_peers()))
         yield gauge(
             "clawmesh_online_peers", "peers seen recently", len(peer.known_peers(online=True))

@@ -454,6 +454,7 @@ async def run_peer(args: argparse.Namespace) -> None:
         blob_max_bytes=megabytes(args.blob_max_mb, "--blob-max-mb"),
         blob_quota_bytes=megabytes(args.blob_quota_mb, "--blob-quota-mb"),
         ocm=not args.no_ocm,
+        check_ahead=args.check_ahead == "on",
         ocm_bootstrap=tuple(args.ocm_bootstrap),
         skills=skills(args.skill),
         mesh_token=args.mesh_token,

@@ -40,6 +40,14 @@ def add_feature_flags(p: argparse.ArgumentParser) -> None:
         help="disk all blob chunks may take, uploaded or fetched (default %(default)s)",
     )
     p.add_argument(
+        "--check-ahead",
+        choices=["on", "off"],
+        default="on",
+        help="check the signatures of a burst of messages from one link in a worker thread "
+        "while the event loop goes on (a lone message never waits for a thread; "
+        "default %(default)s)",
+    )
+    p.add_argument(
         "--no-ocm",
         action="store_true",
         help="no OpenClaw Messaging gateway: JSON text frames on the listener are ignored",

@@ -16,6 +16,12 @@ Rules kept here:
   direct writes they cause and flushing them once per link; while
   trio-websocket is still parsing bytes it already read it gets a few turns
   first, so a burst is gathered, but a lone record is never delayed.
+* With check-ahead on (the events' ``check_ahead``, ``peer.node._checkahead``),
+  a burst of two records or more is opened and decoded first, in order; if
+  it holds enough new envelopes, their signatures are checked in a worker
+  thread while the loop goes on; then it is routed in order (a record that
+  does not open or decode is refused after the ones before it, as when
+  handled one by one).
 * A relay holds many idle links, so an idle link keeps only its state: no
   bound logger, and neither the last record read nor the last batch written.
 * A connection refused or failed before its handshake finished (a bad
@@ -45,6 +51,7 @@ from peer.wire._frametypes import AnyFrame, Error
 from peer.wire._handshake import Handshake, HandshakeResult, PeerRefused, SelfConnection
 from peer.wire._identity import Identity
 
+from ._checkahead import CheckAhead
 from ._link import HANDSHAKE_TIMEOUT, Link, Outbox, Tail
 from ._options import PeerCounters, PeerOptions
 from ._transport import Transport, TransportClosed
@@ -101,6 +108,7 @@ class LinkManager:
         self.self_urls: set[str] = set()
         self._changed = trio.Event()
         self.outbox = Outbox()
+        self.check_ahead: CheckAhead | None = getattr(events, "check_ahead", None)
 
     def now(self) -> float:
         return trio.current_time()
@@ -175,7 +183,10 @@ class LinkManager:
                     self._refuse(link, exc, self._link_log(link))
                     break
                 await self._gather_burst(link)
-                self._on_burst(link, record)
+                if self.check_ahead is None:
+                    self._on_burst(link, record)
+                else:
+                    await self._on_checked_burst(link, record, self.check_ahead)
                 del record  # not kept while this task waits: records reach 320 KiB
             # Closing: the writer flushes the error frame, then ends the
             # nursery (or the link's deadline does).
@@ -387,6 +398,54 @@ class LinkManager:
                 self._on_record(link, more)
         finally:
             outbox.flush()
+
+    async def _on_checked_burst(self, link: Link, record: bytes, ahead: CheckAhead) -> None:
+        """``_on_burst`` with the burst's signatures checked in a thread first; a lone
+        record is handled by ``_on_burst`` itself (no thread, no wait)."""
+        more = link.transport.receive_nowait()
+        if more is None:
+            self._on_burst(link, record)
+            return
+        records = [record, more]
+        while len(records) < READ_BURST and (more := link.transport.receive_nowait()) is not None:
+            records.append(more)
+        del record, more
+        opened: list[tuple[AnyFrame, bytes]] = []
+        failure: Exception | None = None
+        for item in records:  # opened in order: the link cipher counts records
+            try:
+                plain = link.cipher.open(item)
+                opened.append((decode_frame(plain), plain))
+            except Exception as exc:  # refused (or a bug) after the frames before it
+                failure = exc
+                break
+        del records
+        held = sum(len(plain) for _, plain in opened)
+        vouched = await ahead.check([frame for frame, _ in opened], held)
+        outbox = self.outbox
+        outbox.hold()
+        try:
+            with ahead.vouching(vouched):
+                for frame, plain in opened:
+                    if link.close_code is not None:
+                        return
+                    self._on_frame(link, frame, plain)
+            if failure is not None and link.close_code is None:
+                self._on_failure(link, failure)
+        finally:
+            outbox.flush()
+
+    def _on_frame(self, link: Link, frame: AnyFrame, plain: bytes) -> None:
+        try:
+            self.events.frame(link, frame, plain)
+        except Exception as exc:
+            self._on_failure(link, exc)
+
+    def _on_failure(self, link: Link, exc: Exception) -> None:
+        if isinstance(exc, ProtocolError):
+            self._refuse(link, exc, self._link_log(link))
+        else:  # a bug: drop this link, keep the peer
+            self._crashed(link, exc)
 
     def _on_record(self, link: Link, record: bytes) -> None:
         """Open, decode and hand on one record; one that is refused closes the link.

@@ -113,6 +113,9 @@ class PeerOptions:
     mesh_reply_allow: tuple[str, ...] = ()
     # the listener shares its port with the other workers of a seed (SO_REUSEPORT)
     reuse_port: bool = False
+    # a burst of envelopes from one link has its signatures checked in a worker
+    # thread while the event loop goes on (peer/node/_checkahead.py)
+    check_ahead: bool = True
 
     def __post_init__(self) -> None:
         if self.keep_rules is None:
@@ -157,6 +160,11 @@ class PeerCounters:
     task_errors: int = 0  # bugs in a peer's timer loops: logged, the loop went on
     upgrade_failures: int = 0  # inbound connections that never became WebSockets
     dm_undecryptable: int = 0
+    # check-ahead (peer/node/_checkahead.py): bursts whose signatures were checked in
+    # a worker thread, the envelopes checked there, and those that did not verify
+    checked_ahead_bursts: int = 0
+    checked_ahead: int = 0
+    checked_ahead_failed: int = 0
 
     def refuse(self, code: ErrorCode) -> None:
         self.refused[code.value] = self.refused.get(code.value, 0) + 1

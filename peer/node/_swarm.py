@@ -76,6 +76,7 @@ from peer.wire._frametypes import (
 
 from ._agents import AgentDirectory
 from ._blobhost import BlobHost
+from ._checkahead import CheckAhead
 from ._dhthost import DhtBridge
 from ._host import PeerCore
 from ._inbox import PeerInfo
@@ -148,6 +149,9 @@ class Swarm:
         self.own_tail = OwnTail()  # ours that may not have left: sent again ahead of the next
         self._timers_changed = trio.Event()
         self.side_links: dict[bytes, SideLink] = {}  # sibling workers of a seed, by key
+        # bursts' signature checks in a worker thread (the link manager uses it)
+        on = peer.options.check_ahead and peer.verify
+        self.check_ahead = CheckAhead(peer.router, peer.counters) if on else None
         # each frame type has one owner; adding a type adds its class and owner here
         self._frame_owners: dict[type[AnyFrame], FrameHandler] = {
             **dict.fromkeys(GOSSIP_FRAMES, self._on_gossip_frame),

@@ -8,7 +8,8 @@ Rules kept here (protocol-spec/gossip.md):
   ``MAX_INTEREST_HOPS``, with split horizon (never back over the link it
   learned it from); a non-relay advertises only its own subscriptions. This
   is what lets a relay-only seed in the middle of a line carry a channel.
-* Forwarding. A message is verified once. Its own author floods it to every
+* Forwarding. A message is verified once (or checked ahead by the shell,
+  ``_checkahead``: ``Vouching``). Its own author floods it to every
   link with interest. A relay forwards the received bytes to its direct
   subscribers (hops 0) and to its transit mesh for the topic: a bounded set
   (``mesh_low``..``mesh_high``) of relays with interest, kept with GRAFT and
@@ -34,7 +35,7 @@ import random
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 
-from peer.wire._envelope import Envelope, check_signature, message_id, open_envelope, split_wire
+from peer.wire._envelope import Envelope, message_id, open_envelope, split_wire
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import (
     AnyFrame,
@@ -58,13 +59,14 @@ from peer.wire._limits import (
 )
 from peer.wire._stats import Statistics, snapshot
 
+from ._checkahead import Vouching
 from ._gossiptypes import Action, Close, Deliver, GossipCounters, LinkState, Send
 from ._score import Buckets, Scoreboard
 
 __all__ = ["Action", "Close", "Deliver", "GossipCounters", "GossipRouter", "Send"]
 
 
-class GossipRouter:
+class GossipRouter(Vouching):
     """Routing state of one peer. ``now`` is monotonic seconds from the shell."""
 
     def __init__(
@@ -119,9 +121,6 @@ class GossipRouter:
     def reachable(self, topic: str) -> bool:
         """True if some link carries ``topic`` (a publish would go somewhere)."""
         return bool(self._carriers.get(topic))
-
-    def seen(self, msg_id: bytes) -> bool:
-        return msg_id in self._seen
 
     def note_seen(self, msg_id: bytes, now: float) -> None:
         """A message that reached us another way (catch-up, a push): drop its gossip copies."""
@@ -331,7 +330,7 @@ class GossipRouter:
             self._senders.mute(peer, now + p.over_limit_mute_s)  # over it itself: muted here
             return self._penalize(peer, p.over_limit_penalty, now)
         if self.verify:
-            check_signature(env.sender_key, signed, sig)
+            self.check_envelope(env.sender_key, mid, signed, sig)
         if env.ts < wall_ms - p.max_age * 1000:
             self.stats.stale += 1
             self._remember(mid, now)  # it can only get older: skip verifying its copies

@@ -1,0 +1,78 @@
+"""Check ahead: a burst's signature checks in a worker thread, while the loop goes on.
+
+The link manager's reader hands a burst of records it already read and
+opened (``peer.node._linkhost``) to ``CheckAhead.check`` before routing it.
+Rules kept here (the sans-IO half is ``peer.protocols._checkahead``):
+
+* Only a burst with at least ``MIN_CHECKS`` envelopes worth checking goes to
+  a thread, in one ``trio.to_thread.run_sync`` call: a lone record (the
+  latency path) and a smaller burst never wait for a thread; they are
+  routed as always.
+* Threads are bounded by one ``CapacityLimiter`` per peer (the cores but
+  one, at least one); each link has at most one burst in flight (its reader
+  waits for it, holding at most ``MAX_HELD`` bytes), so memory and per-link
+  order stay bounded.
+* An id being checked for one link is not checked again for another link's
+  burst meanwhile (``busy``); that copy is left to the router, which by then
+  has usually seen it.
+* ``vouching`` sets the router's ``vouched`` only for the synchronous
+  stretch that routes the burst, and always clears it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import trio
+
+from peer.protocols._checkahead import NO_VOUCHES, Vouch, Vouching, plan, run_checks
+from peer.wire._frametypes import AnyFrame
+
+from ._options import PeerCounters
+
+# envelopes a burst must hold to be checked in a thread: below 4 the hand-off costs the
+# event loop more than the checks it takes off it (python -m bench.check_ahead_cpu)
+MIN_CHECKS = 4
+MAX_HELD = 1 << 20  # plaintext bytes a link's burst may hold while its checks run, at most
+
+
+class CheckAhead:
+    """Runs bursts' checks in threads for one peer's ``router``."""
+
+    def __init__(
+        self, router: Vouching, counters: PeerCounters, threads: int | None = None
+    ) -> None:
+        self.router = router
+        self.counters = counters  # checked_ahead_bursts, checked_ahead, checked_ahead_failed
+        self.limiter = trio.CapacityLimiter(threads or max(1, (os.cpu_count() or 2) - 1))
+        self._busy: set[bytes] = set()
+
+    async def check(self, frames: Sequence[AnyFrame], held: int) -> Vouch:
+        """The vouches for ``frames`` (``held`` bytes): none if too few are worth a
+        thread, or if holding the burst while they run would take over ``MAX_HELD``."""
+        if held > MAX_HELD:
+            return NO_VOUCHES
+        checks = plan(frames, self.router.seen, self._busy)
+        if len(checks) < MIN_CHECKS:
+            return NO_VOUCHES
+        mids = [c.mid for c in checks]
+        self._busy.update(mids)
+        try:
+            passed = await trio.to_thread.run_sync(run_checks, checks, limiter=self.limiter)
+        finally:
+            self._busy.difference_update(mids)
+        self.counters.checked_ahead_bursts += 1
+        self.counters.checked_ahead += len(checks)
+        self.counters.checked_ahead_failed += len(checks) - len(passed)
+        return passed
+
+    @contextmanager
+    def vouching(self, vouched: Vouch) -> Iterator[None]:
+        """The router skips exactly the checks in ``vouched`` while this lasts."""
+        self.router.vouched = vouched
+        try:
+            yield
+        finally:
+            self.router.vouched = NO_VOUCHES
