@@ -124,7 +124,7 @@ def test_relays_forwarding_a_flood_within_their_own_limits_are_not_punished() ->
 def test_an_author_over_its_limit_costs_no_signature_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import peer.protocols._gossip as gossip
+    import peer.protocols._checkahead as checks  # where the router's check is made
     from peer.wire._envelope import check_signature as real
 
     checked: list[bytes] = []
@@ -133,7 +133,7 @@ def test_an_author_over_its_limit_costs_no_signature_check(
         checked.append(signed)
         real(key, signed, sig)
 
-    monkeypatch.setattr(gossip, "check_signature", counting)
+    monkeypatch.setattr(checks, "check_signature", counting)
     params = replace(LIMITS, link_pub_rate=0.0)
     router, (link, *_) = relay_with_links(params, 2)
     flood = envelopes("flooder", 100)
