@@ -39,7 +39,7 @@ import trio
 from ._clients import connect
 from ._conn import HEAD_LEN, Closed, Conn, make_body, now_ns
 from ._genio import cpu_seconds, emit, percentiles, stdin_lines
-from ._sink import sink_main
+from ._sink import CONNECT_CONCURRENCY, sink_main
 
 PACE_EVERY = 64
 BATCH = 64  # messages per write at most: the publisher's syscalls are not what is measured
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="the process ends by then")
     # sink
     p.add_argument("--conns", type=int, default=1)
+    p.add_argument("--connect-concurrency", type=int, default=CONNECT_CONCURRENCY,
+                   help="sink: connections handshaking at once, at most")
     p.add_argument("--max-samples", type=int, default=200_000)
     p.add_argument("--return-samples", action="store_true")
     p.add_argument("--check-every", type=int, default=1000,
