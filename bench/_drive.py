@@ -163,12 +163,13 @@ async def _stop_children(children: list[Child]) -> None:
 
 async def start_sinks(nursery: trio.Nursery, system: System, dep: Deployment, logs: Path,
                       n: int, procs: int, mode: str, lifetime: float,
-                      return_samples: bool = False, check_every: int = 1000) -> list[Child]:
+                      return_samples: bool = False, check_every: int = 1000,
+                      extra: tuple[str, ...] = ()) -> list[Child]:
     sinks: list[Child] = []
     for i, conns in enumerate(split_conns(n, procs)):
         cmd = _gen_cmd("sink", system, dep.sink[0], dep.sink[1], lifetime,
                        "--conns", str(conns), "--mode", mode,
-                       "--check-every", str(check_every))
+                       "--check-every", str(check_every), *extra)
         if return_samples:
             cmd.append("--return-samples")
         sinks.append(await Child.start(nursery, f"{system.name}-sink{i}", cmd, logs))
@@ -210,15 +211,19 @@ async def _feed_credit_until_done(pub: Child, sinks: list[Child], load: Load, wi
 
 
 async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load: Load,
-                   logs: Path) -> dict[str, Any]:
-    """Run one load against ``dep``; returns the measurements (raises ChildFailed)."""
+                   logs: Path, sinks: list[Child] | None = None) -> dict[str, Any]:
+    """Run one load against ``dep``; returns the measurements (raises ChildFailed).
+    ``sinks``: sink processes already started (and holding ``load.n`` connections);
+    they are stopped at the end like those started here."""
     timeout = READY_TIMEOUT + WARM_TIMEOUT + load.duration + 120
     window = window_for(load)
-    children: list[Child] = []
+    children: list[Child] = list(sinks or [])
     try:
-        sinks = await start_sinks(nursery, system, dep, logs, load.n, load.sink_procs,
-                                  load.mode, timeout, load.return_samples, load.check_every)
-        children += sinks
+        if sinks is None:
+            sinks = await start_sinks(nursery, system, dep, logs, load.n, load.sink_procs,
+                                      load.mode, timeout, load.return_samples,
+                                      load.check_every)
+            children += sinks
         pub = await Child.start(
             nursery, f"{system.name}-pub",
             _gen_cmd("pub", system, dep.pub[0], dep.pub[1], timeout,
