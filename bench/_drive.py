@@ -45,6 +45,7 @@ from ._procs import (
 from ._systems import Deployment, System
 
 READY_TIMEOUT = 90.0
+READY_LINKS_PER_S = 10.0  # footprint: one more second to wait for every this many links
 WARM_TIMEOUT = 30.0
 IDLE_END = 5.0  # seconds without a delivery after the last send: the rest is lost
 CHECK_INTERVAL = 0.01
@@ -393,11 +394,12 @@ async def run_footprint(nursery: trio.Nursery, system: System, dep: Deployment, 
     pid = dep.pids[0]
     await trio.sleep(settle)
     rss_before = rss_bytes(pid)
-    timeout = READY_TIMEOUT + 60 + settle * 3
+    ready = READY_TIMEOUT + links / READY_LINKS_PER_S  # a loaded box takes longer for many
+    timeout = ready + 60 + settle * 3
     sinks = await start_sinks(nursery, system, dep, logs, links, sink_procs, "idle", timeout)
     try:
         for sink in sinks:
-            await sink.wait_for("ready", READY_TIMEOUT)
+            await sink.wait_for("ready", ready)
         await trio.sleep(settle)
         rss_with = rss_bytes(pid)
         for sink in sinks:
