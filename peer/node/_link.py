@@ -264,8 +264,14 @@ class Link:
         nursery, writer = self.nursery, self.outbox.writer
         if nursery is None or writer is None or self.writer_on or self.queue.idle:
             return
+        if nursery.cancel_scope.cancel_called:  # the link is ending: nothing more goes out
+            return
+        try:
+            nursery.start_soon(writer, self)
+        except RuntimeError:  # closed to new tasks (its last task just ended): as above
+            self.nursery = None
+            return
         self.writer_on = True
-        nursery.start_soon(writer, self)
 
     def flush_held(self) -> None:
         """Write the records held for the outbox in one go; the rest goes to the writer."""

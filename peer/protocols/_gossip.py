@@ -59,6 +59,7 @@ from peer.wire._limits import (
 from peer.wire._stats import Statistics, snapshot
 
 from ._gossiptypes import Action, Close, Deliver, GossipCounters, LinkState, Send
+from ._interest import Nearest, nearest
 from ._score import Buckets, Scoreboard
 
 __all__ = ["Action", "Close", "Deliver", "GossipCounters", "GossipRouter", "Send"]
@@ -89,6 +90,7 @@ class GossipRouter:
         self._links: dict[bytes, LinkState] = {}
         self._members: set[str] = set()
         self._carriers: dict[str, set[bytes]] = {}  # topic -> links with interest
+        self._told_near: dict[str, Nearest] = {}  # topic -> what every link was last told
         self._mesh: dict[str, set[bytes]] = {}
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._mcache: dict[bytes, tuple[str, bytes]] = {}
@@ -378,7 +380,7 @@ class GossipRouter:
                 link.interest[topic] = hops
                 self._carriers.setdefault(topic, set()).add(peer)
                 changed.add(topic)
-        return self._refresh(changed)
+        return self._refresh(changed, changed=peer)
 
     def _on_unsub(self, peer: bytes, link: LinkState, topics: tuple[str, ...]) -> list[Action]:
         changed: set[str] = set()
@@ -386,7 +388,7 @@ class GossipRouter:
             if link.interest.pop(topic, None) is not None:
                 self._drop_carrier(topic, peer)
                 changed.add(topic)
-        return self._refresh(changed)
+        return self._refresh(changed, changed=peer)
 
     def _on_graft(self, peer: bytes, topic: str, now: float) -> list[Action]:
         # a non-relay keeps no mesh: never create an entry it would not clean up
@@ -431,33 +433,31 @@ class GossipRouter:
             if not carriers:
                 del self._carriers[topic]
 
-    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
-        if topic in self._members:
-            return 0
-        if not self.relay:
-            return None
-        best: int | None = None
-        for p in self._carriers.get(topic, ()):
-            if p == excluded:
-                continue
-            hops = self._links[p].interest[topic] + 1
-            if best is None or hops < best:
-                best = hops
-        if best is None or best > MAX_INTEREST_HOPS:
-            return None
-        return best
+    def _near(self, topic: str) -> Nearest:
+        hops = ((p, self._links[p].interest[topic]) for p in self._carriers.get(topic, ()))
+        return nearest(topic in self._members, self.relay, hops)
 
-    def _refresh(self, topics: Iterable[str], only: bytes | None = None) -> list[Action]:
-        """Re-advertise ``topics`` to every link (or one) where the answer changed."""
+    def _refresh(
+        self, topics: Iterable[str], only: bytes | None = None, changed: bytes | None = None
+    ) -> list[Action]:
+        """Re-advertise ``topics`` to every link (or one) where the answer changed; after
+        ``changed``'s own interest changed, to it alone if no other answer can have."""
         actions: list[Action] = []
+        nears = {topic: self._near(topic) for topic in sorted(topics)}
         peers = [only] if only is not None else list(self._links)
-        topics = sorted(topics)
+        if only is None:
+            if changed is not None and all(self._told_near.get(t) == n for t, n in nears.items()):
+                peers = [changed]  # every other link's answer is what it was told
+            for topic, near in nears.items():  # the answers every link was told last
+                self._told_near[topic] = near
+                if near.best is None and not near.member:
+                    del self._told_near[topic]
         for peer in peers:
             link = self._links[peer]
             subs: list[tuple[str, int]] = []
             unsubs: list[str] = []
-            for topic in topics:
-                hops = self._distance_excluding(topic, peer)
+            for topic, near in nears.items():
+                hops = near.excluding(peer, MAX_INTEREST_HOPS)
                 if link.told.get(topic) == hops:
                     continue
                 if hops is None:
