@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from peer.protocols._gossip import GossipRouter
-from peer.protocols._interest import nearest
+from peer.protocols._interest import nearest, with_carrier
 from peer.wire._frametypes import Sub, Unsub
 from peer.wire._limits import MAX_INTEREST_HOPS
 
@@ -67,3 +67,17 @@ def test_the_router_tells_every_link_what_the_brute_force_says() -> None:
                 carriers = {q: links[q].interest[topic] for q in up if topic in links[q].interest}
                 want = _brute(topic in router._members, True, carriers, p)
                 assert links[p].told.get(topic) == want, (step, p.hex()[:2], topic)
+
+
+def test_adding_a_carrier_in_one_step_matches_the_full_pass() -> None:
+    rng = random.Random(9)
+    peers = [bytes([i]) * 32 for i in range(10)]
+    for _ in range(3000):
+        carriers = {p: rng.randint(0, 4) for p in rng.sample(peers, rng.randint(0, 6))}
+        member = rng.random() < 0.1
+        before = nearest(member, True, carriers.items())
+        new = rng.choice([p for p in peers if p not in carriers])
+        hops = rng.randint(0, 4)
+        carriers[new] = hops
+        assert with_carrier(before, new, hops) == nearest(member, True, carriers.items())
+    assert with_carrier(None, peers[0], 0) is None  # unknown before: worked out in full

@@ -59,7 +59,7 @@ from peer.wire._limits import (
 from peer.wire._stats import Statistics, snapshot
 
 from ._gossiptypes import Action, Close, Deliver, GossipCounters, LinkState, Send
-from ._interest import Nearest, nearest
+from ._interest import Nearest, nearest, remember, with_carrier
 from ._score import Buckets, Scoreboard
 
 __all__ = ["Action", "Close", "Deliver", "GossipCounters", "GossipRouter", "Send"]
@@ -372,14 +372,15 @@ class GossipRouter:
     def _on_sub(
         self, peer: bytes, link: LinkState, entries: tuple[tuple[str, int], ...]
     ) -> list[Action]:
-        changed: set[str] = set()
+        changed: dict[str, Nearest | None] = {}  # topic -> its Nearest now, if known
         for topic, hops in entries:
             if topic not in link.interest and len(link.interest) >= MAX_TOPICS_PER_PEER:
                 raise ProtocolError(ErrorCode.TOO_LARGE, "too many topics from one peer")
             if link.interest.get(topic) != hops:
+                near = self._told_near.get(topic) if topic not in link.interest else None
                 link.interest[topic] = hops
                 self._carriers.setdefault(topic, set()).add(peer)
-                changed.add(topic)
+                changed[topic] = with_carrier(near, peer, hops)
         return self._refresh(changed, changed=peer)
 
     def _on_unsub(self, peer: bytes, link: LinkState, topics: tuple[str, ...]) -> list[Action]:
@@ -440,18 +441,16 @@ class GossipRouter:
     def _refresh(
         self, topics: Iterable[str], only: bytes | None = None, changed: bytes | None = None
     ) -> list[Action]:
-        """Re-advertise ``topics`` to every link (or one) where the answer changed; after
-        ``changed``'s own interest changed, to it alone if no other answer can have."""
+        """Re-advertise ``topics`` to every link (or one) where the answer changed."""
         actions: list[Action] = []
-        nears = {topic: self._near(topic) for topic in sorted(topics)}
+        known = topics if isinstance(topics, dict) else {}  # Nearest already worked out
+        cache = self._told_near if only is not None else {}  # current unless topics changed
+        nears = {t: known.get(t) or cache.get(t) or self._near(t) for t in sorted(topics)}
         peers = [only] if only is not None else list(self._links)
         if only is None:
             if changed is not None and all(self._told_near.get(t) == n for t, n in nears.items()):
                 peers = [changed]  # every other link's answer is what it was told
-            for topic, near in nears.items():  # the answers every link was told last
-                self._told_near[topic] = near
-                if near.best is None and not near.member:
-                    del self._told_near[topic]
+            remember(self._told_near, nears)
         for peer in peers:
             link = self._links[peer]
             subs: list[tuple[str, int]] = []

@@ -52,3 +52,25 @@ def nearest(member: bool, relay: bool, carriers: Iterable[tuple[bytes, int]]) ->
         elif second is None or hops < second:
             second = hops
     return Nearest(False, best, holder, second)
+
+
+def with_carrier(near: Nearest | None, peer: bytes, hops: int) -> Nearest | None:
+    """``near`` once ``peer``, not a carrier before, told us ``hops``: O(1) rather than a
+    pass over every carrier (None if ``near`` is not known: compute it)."""
+    if near is None or near.member:
+        return near
+    best, second, dist = near.best, near.second, hops + 1
+    if best is None or dist < best:
+        return Nearest(False, dist, peer, best)
+    if dist == best:
+        return Nearest(False, best, None, best)
+    return Nearest(False, best, near.holder, dist if second is None else min(second, dist))
+
+
+def remember(told: dict[str, Nearest], nears: dict[str, Nearest]) -> None:
+    """Keep what every link was told per topic; forget topics nobody carries."""
+    for topic, near in nears.items():
+        if near.best is None and not near.member:
+            told.pop(topic, None)
+        else:
+            told[topic] = near
