@@ -68,6 +68,7 @@ class Load:
     return_samples: bool = False
     check_every: int = 1000  # the counting sinks check one message in this many fully
     hub_nice: int = 0  # != 0: the hub's threads get this nice value while measured
+    warmup_interval: float = 0.05  # seconds between warm-up messages (each goes to all n)
 
 
 def renice(pid: int, nice: int) -> str | None:
@@ -230,7 +231,8 @@ async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load:
             _gen_cmd("pub", system, dep.pub[0], dep.pub[1], timeout,
                      "--mode", load.mode, "--size", str(load.size),
                      "--messages", str(load.messages), "--rate", f"{load.rate:g}",
-                     "--duration", f"{load.duration:g}", "--window", str(window)),
+                     "--duration", f"{load.duration:g}", "--window", str(window),
+                     "--warmup-interval", f"{load.warmup_interval:g}"),
             logs,
         )
         children.append(pub)

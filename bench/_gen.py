@@ -72,13 +72,14 @@ class _Publisher:
 
     async def warmup(self) -> None:
         try:
-            for _ in range(int(self.args.timeout / WARMUP_INTERVAL)):
+            interval = self.args.warmup_interval
+            for _ in range(int(self.args.timeout / interval)):
                 if self.warm_stop.is_set():
                     return
                 self.warm_seq += 1
                 body = make_body(b"W", self.warm_seq, now_ns(), self.size + WARM_EXTRA)
                 await self.conn.send(self.conn.prepare(body))
-                with trio.move_on_after(WARMUP_INTERVAL):
+                with trio.move_on_after(interval):
                     await self.warm_stop.wait()
         finally:
             self.warm_done.set()
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--window", type=int, default=4000)
+    p.add_argument("--warmup-interval", type=float, default=WARMUP_INTERVAL,
+                   help="seconds between two warm-up messages (longer for many subscribers)")
     return p
 
 

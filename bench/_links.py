@@ -43,6 +43,8 @@ LINKS_PER_PROC = 500  # links one sink process holds, at most
 IN_FLIGHT = 32  # handshakes in flight over every sink process together
 SAMPLE_S = 1.0  # seconds between two reads of the seed's counters
 PEAK_WINDOW_S = 5.0
+STATUS_TRIES = 3
+WARMUP_DELIVERIES = 10_000.0  # warm-up deliveries per second over all links, at most
 READY_BASE_S = 60.0  # the links' deadline: this plus one second per READY_PER_S links
 READY_PER_S = 10.0
 FANOUT_DELIVERIES = 200_000  # deliveries per fan-out cell: messages = this / N ...
@@ -147,7 +149,9 @@ async def run_links(nursery: trio.Nursery, system: System, dep: Deployment, link
         raise
     pressure = cpu_pressure()
     await trio.sleep(settle)
-    held = await seed_counters(dep)
+    held: dict[str, int] = {}
+    for _ in range(STATUS_TRIES):  # a seed busy with thousands of links may answer late
+        held = held or await seed_counters(dep)
     rss1 = rss_bytes(pid)
     row: dict[str, Any] = {
         "system": system.name,
@@ -166,8 +170,11 @@ async def run_links(nursery: trio.Nursery, system: System, dep: Deployment, link
     }
     progress(f"links {links}: {row['links_held']} held, {row['handshakes_per_s']} handshakes/s, "
              f"{row['per_link_kib']} KiB per link; fan-out of {messages} messages ...")
+    # warm-ups go to every link: at most WARMUP_DELIVERIES/s of them, so that the
+    # sinks (which handle them on their general path) keep answering pings
     load = Load(mode="fanout", n=links, size=size, messages=messages, duration=60.0,
-                sink_procs=procs, check_every=check_every)
+                sink_procs=procs, check_every=check_every,
+                warmup_interval=max(0.05, links / WARMUP_DELIVERIES))
     try:
         fan = await run_load(nursery, system, dep, load, logs, sinks=sinks)
     except ChildFailed as exc:

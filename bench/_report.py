@@ -253,7 +253,7 @@ def _links_table(res: ScenarioResult) -> str:
         rows.append([
             f"{r['links']:,}", str(r["sink_procs"]), _num(r["handshakes_per_s"], 1),
             _num(r["handshakes_peak_per_s"], 1), _num(r["opening_s"], 1),
-            f"{r['links_held']:,}", f"{r['closed_while_opening']}/{r['handshakes_failed']}",
+            _num(r["links_held"]), f"{r['closed_while_opening']}/{r['handshakes_failed']}",
             _num(r["per_link_kib"], 1), _num(r["rss_with_links_kib"] / 1024, 1), *fan,
         ])
     return _table(headers, rows)
