@@ -127,7 +127,7 @@ async def _open_links(sinks: list[Child], dep: Deployment, before: dict[str, int
 
 async def run_links(nursery: trio.Nursery, system: System, dep: Deployment, links: int,
                     logs: Path, settle: float, size: int, check_every: int,
-                    progress: Any) -> dict[str, Any]:
+                    progress: Any, max_messages: int | None = None) -> dict[str, Any]:
     """One cell: N links up in waves, RSS per link, then fan-out to all N."""
     pid = dep.pids[0]
     await trio.sleep(settle)
@@ -135,7 +135,7 @@ async def run_links(nursery: trio.Nursery, system: System, dep: Deployment, link
     before = await seed_counters(dep)
     procs = link_procs(links)
     per_proc = max(1, IN_FLIGHT // procs)
-    messages = fanout_messages(links)
+    messages = min(fanout_messages(links), max_messages or FANOUT_MESSAGES[1])
     lifetime = READY_BASE_S + links / READY_PER_S + 600
     sinks = await start_sinks(nursery, system, dep, logs, links, procs, "fanout", lifetime,
                               check_every=check_every,
@@ -221,7 +221,8 @@ class Links(Scenario):
             try:
                 async with system.deploy(ctx.env(links + 8), 1) as dep:
                     row = await run_links(ctx.nursery, system, dep, links, ctx.logs, p.settle,
-                                          p.latency_size, p.check_every, ctx.progress)
+                                          p.latency_size, p.check_every, ctx.progress,
+                                          p.messages if p.quick else None)
             except ChildFailed as exc:
                 row = {"system": system.name, "links": links, "error": str(exc)[:500]}
                 ctx.progress(f"links {links}: FAILED {exc}")

@@ -38,7 +38,7 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--systems", ",".join(systems),
          "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1. relay fan-out" in proc.stdout
