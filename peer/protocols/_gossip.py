@@ -59,7 +59,7 @@ from peer.wire._limits import (
 from peer.wire._stats import Statistics, snapshot
 
 from ._gossiptypes import Action, Close, Deliver, GossipCounters, LinkState, Send
-from ._interest import Nearest, nearest, remember, with_carrier
+from ._interest import Nearest, nearest, to_tell, with_carrier
 from ._score import Buckets, Scoreboard
 
 __all__ = ["Action", "Close", "Deliver", "GossipCounters", "GossipRouter", "Send"]
@@ -438,25 +438,26 @@ class GossipRouter:
         hops = ((p, self._links[p].interest[topic]) for p in self._carriers.get(topic, ()))
         return nearest(topic in self._members, self.relay, hops)
 
+    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
+        return self._near(topic).excluding(excluded, MAX_INTEREST_HOPS)  # a subclass may refine
+
     def _refresh(
         self, topics: Iterable[str], only: bytes | None = None, changed: bytes | None = None
     ) -> list[Action]:
         """Re-advertise ``topics`` to every link (or one) where the answer changed."""
         actions: list[Action] = []
+        fast = type(self)._distance_excluding is GossipRouter._distance_excluding  # Nearest
         known = topics if isinstance(topics, dict) else {}  # Nearest already worked out
         cache = self._told_near if only is not None else {}  # current unless topics changed
         nears = {t: known.get(t) or cache.get(t) or self._near(t) for t in sorted(topics)}
-        peers = [only] if only is not None else list(self._links)
-        if only is None:
-            if changed is not None and all(self._told_near.get(t) == n for t, n in nears.items()):
-                peers = [changed]  # every other link's answer is what it was told
-            remember(self._told_near, nears)
+        peers = to_tell(self._told_near, nears, list(self._links), only, changed if fast else None)
         for peer in peers:
             link = self._links[peer]
             subs: list[tuple[str, int]] = []
             unsubs: list[str] = []
             for topic, near in nears.items():
-                hops = near.excluding(peer, MAX_INTEREST_HOPS)
+                hops = (near.excluding(peer, MAX_INTEREST_HOPS) if fast
+                        else self._distance_excluding(topic, peer))
                 if link.told.get(topic) == hops:
                     continue
                 if hops is None:

@@ -74,3 +74,19 @@ def remember(told: dict[str, Nearest], nears: dict[str, Nearest]) -> None:
             told.pop(topic, None)
         else:
             told[topic] = near
+
+
+def to_tell(
+    told: dict[str, Nearest],
+    nears: dict[str, Nearest],
+    links: list[bytes],
+    only: bytes | None,
+    changed: bytes | None,
+) -> list[bytes]:
+    """The links to re-tell ``nears`` to: ``only``; or, after a change (then ``told`` is
+    brought up to date), ``changed`` alone if no topic's Nearest moved, else every link."""
+    if only is not None:
+        return [only]
+    unchanged = all(told.get(t) == n for t, n in nears.items())
+    remember(told, nears)
+    return [changed] if changed is not None and unchanged else links
