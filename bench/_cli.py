@@ -18,7 +18,8 @@ import trio
 
 from . import _machine, _report
 from ._procs import cpu_pressure
-from ._scenarios import SCENARIOS, Context, Params, ScenarioResult, run_scenario
+from ._registry import SCENARIOS, run_scenario
+from ._scenarios import Context, Params, ScenarioResult
 from ._systems import BASELINE, registry
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -35,7 +36,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "latency_duration": (3.0, 0.4),
     "latency_size": (300, 300),
     "latency_n": (1, 1),
-    "links": (100, 2),
+    "links": ("100", "2"),
     "sink_procs": (4, 2),
     "check_every": (1000, 16),
     "window": (4000, 4000),
@@ -159,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "footprint): below the relay's per-link budget of 20,000 frames/s "
                    f"(default {DEFAULTS['fill_rate'][0]:g})")
     g = p.add_argument_group("footprint (scenario 5)")
-    g.add_argument("--links", type=int, default=None,
-                   help=f"idle subscribed links (default {DEFAULTS['links'][0]})")
+    g.add_argument("--links", type=_ints, default=None, metavar="LIST",
+                   help="idle subscribed links: footprint takes the first, the links "
+                   f"scenario each (default {DEFAULTS['links'][0]}; quick {DEFAULTS['links'][1]})")
     g.add_argument("--settle", type=float, default=None,
                    help=f"seconds to wait before reading RSS (default {DEFAULTS['settle'][0]})")
     g.add_argument("--store-messages", type=int, default=None,
@@ -199,7 +201,7 @@ def resolve(args: argparse.Namespace) -> Params:
         if value is not None:
             return value
         default = DEFAULTS[name][pick]
-        if name in ("n", "sizes", "relays", "flood_connections"):
+        if name in ("n", "sizes", "relays", "flood_connections", "links"):
             return _ints(default)
         if name == "rates":
             return _floats(default)
@@ -213,7 +215,7 @@ def resolve(args: argparse.Namespace) -> Params:
         systems=systems, n=get("n"), sizes=get("sizes"), messages=get("messages"),
         deliveries=get("deliveries"), duration=get("duration"), rates=get("rates"),
         relays=get("relays"), latency_duration=get("latency_duration"),
-        latency_size=get("latency_size"), latency_n=get("latency_n"), links=get("links"),
+        latency_size=get("latency_size"), latency_n=get("latency_n"), links=get("links")[0],
         sink_procs=get("sink_procs"), window=get("window"), settle=get("settle"),
         dht_nodes=get("dht_nodes"), dht_lookups=get("dht_lookups"),
         dht_latency_ms=get("dht_latency_ms"), dht_dead=get("dht_dead"),
@@ -221,7 +223,7 @@ def resolve(args: argparse.Namespace) -> Params:
         catchup_size=get("catchup_size"), fill_rate=get("fill_rate"),
         flood_connections=get("flood_connections"), flood_frames=get("flood_frames"),
         profile=args.profile_relay, quick=args.quick, check_every=max(1, get("check_every")),
-        hub_nice=args.hub_nice, blob_mib=get("blob_mib"),
+        hub_nice=args.hub_nice, blob_mib=get("blob_mib"), link_counts=get("links"),
     )
 
 

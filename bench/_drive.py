@@ -45,6 +45,7 @@ from ._procs import (
 from ._systems import Deployment, System
 
 READY_TIMEOUT = 90.0
+READY_LINKS_PER_S = 10.0  # footprint: one more second to wait for every this many links
 WARM_TIMEOUT = 30.0
 IDLE_END = 5.0  # seconds without a delivery after the last send: the rest is lost
 CHECK_INTERVAL = 0.01
@@ -67,6 +68,7 @@ class Load:
     return_samples: bool = False
     check_every: int = 1000  # the counting sinks check one message in this many fully
     hub_nice: int = 0  # != 0: the hub's threads get this nice value while measured
+    warmup_interval: float = 0.05  # seconds between warm-up messages (each goes to all n)
 
 
 def renice(pid: int, nice: int) -> str | None:
@@ -169,12 +171,13 @@ async def _stop_children(children: list[Child]) -> None:
 
 async def start_sinks(nursery: trio.Nursery, system: System, dep: Deployment, logs: Path,
                       n: int, procs: int, mode: str, lifetime: float,
-                      return_samples: bool = False, check_every: int = 1000) -> list[Child]:
+                      return_samples: bool = False, check_every: int = 1000,
+                      extra: tuple[str, ...] = ()) -> list[Child]:
     sinks: list[Child] = []
     for i, conns in enumerate(split_conns(n, procs)):
         cmd = _gen_cmd("sink", system, dep.sink[0], dep.sink[1], lifetime,
                        "--conns", str(conns), "--mode", mode,
-                       "--check-every", str(check_every))
+                       "--check-every", str(check_every), *extra)
         if return_samples:
             cmd.append("--return-samples")
         sinks.append(await Child.start(nursery, f"{system.name}-sink{i}", cmd, logs))
@@ -216,21 +219,26 @@ async def _feed_credit_until_done(pub: Child, sinks: list[Child], load: Load, wi
 
 
 async def run_load(nursery: trio.Nursery, system: System, dep: Deployment, load: Load,
-                   logs: Path) -> dict[str, Any]:
-    """Run one load against ``dep``; returns the measurements (raises ChildFailed)."""
+                   logs: Path, sinks: list[Child] | None = None) -> dict[str, Any]:
+    """Run one load against ``dep``; returns the measurements (raises ChildFailed).
+    ``sinks``: sink processes already started (and holding ``load.n`` connections);
+    they are stopped at the end like those started here."""
     timeout = READY_TIMEOUT + WARM_TIMEOUT + load.duration + 120
     window = window_for(load)
-    children: list[Child] = []
+    children: list[Child] = list(sinks or [])
     try:
-        sinks = await start_sinks(nursery, system, dep, logs, load.n, load.sink_procs,
-                                  load.mode, timeout, load.return_samples, load.check_every)
-        children += sinks
+        if sinks is None:
+            sinks = await start_sinks(nursery, system, dep, logs, load.n, load.sink_procs,
+                                      load.mode, timeout, load.return_samples,
+                                      load.check_every)
+            children += sinks
         pub = await Child.start(
             nursery, f"{system.name}-pub",
             _gen_cmd("pub", system, dep.pub[0], dep.pub[1], timeout,
                      "--mode", load.mode, "--size", str(load.size),
                      "--messages", str(load.messages), "--rate", f"{load.rate:g}",
-                     "--duration", f"{load.duration:g}", "--window", str(window)),
+                     "--duration", f"{load.duration:g}", "--window", str(window),
+                     "--warmup-interval", f"{load.warmup_interval:g}"),
             logs,
         )
         children.append(pub)
@@ -393,11 +401,12 @@ async def run_footprint(nursery: trio.Nursery, system: System, dep: Deployment, 
     pid = dep.pids[0]
     await trio.sleep(settle)
     rss_before = rss_bytes(pid)
-    timeout = READY_TIMEOUT + 60 + settle * 3
+    ready = READY_TIMEOUT + links / READY_LINKS_PER_S  # a loaded box takes longer for many
+    timeout = ready + 60 + settle * 3
     sinks = await start_sinks(nursery, system, dep, logs, links, sink_procs, "idle", timeout)
     try:
         for sink in sinks:
-            await sink.wait_for("ready", READY_TIMEOUT)
+            await sink.wait_for("ready", ready)
         await trio.sleep(settle)
         rss_with = rss_bytes(pid)
         for sink in sinks:

@@ -39,7 +39,7 @@ import trio
 from ._clients import connect
 from ._conn import HEAD_LEN, Closed, Conn, make_body, now_ns
 from ._genio import cpu_seconds, emit, percentiles, stdin_lines
-from ._sink import sink_main
+from ._sink import CONNECT_CONCURRENCY, sink_main
 
 PACE_EVERY = 64
 BATCH = 64  # messages per write at most: the publisher's syscalls are not what is measured
@@ -72,13 +72,14 @@ class _Publisher:
 
     async def warmup(self) -> None:
         try:
-            for _ in range(int(self.args.timeout / WARMUP_INTERVAL)):
+            interval = self.args.warmup_interval
+            for _ in range(int(self.args.timeout / interval)):
                 if self.warm_stop.is_set():
                     return
                 self.warm_seq += 1
                 body = make_body(b"W", self.warm_seq, now_ns(), self.size + WARM_EXTRA)
                 await self.conn.send(self.conn.prepare(body))
-                with trio.move_on_after(WARMUP_INTERVAL):
+                with trio.move_on_after(interval):
                     await self.warm_stop.wait()
         finally:
             self.warm_done.set()
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="the process ends by then")
     # sink
     p.add_argument("--conns", type=int, default=1)
+    p.add_argument("--connect-concurrency", type=int, default=CONNECT_CONCURRENCY,
+                   help="sink: connections handshaking at once, at most")
     p.add_argument("--max-samples", type=int, default=200_000)
     p.add_argument("--return-samples", action="store_true")
     p.add_argument("--check-every", type=int, default=1000,
@@ -240,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1000.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--window", type=int, default=4000)
+    p.add_argument("--warmup-interval", type=float, default=WARMUP_INTERVAL,
+                   help="seconds between two warm-up messages (longer for many subscribers)")
     return p
 
 

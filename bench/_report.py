@@ -238,9 +238,30 @@ def _blob_table(res: ScenarioResult) -> str:
     return _table(headers, rows)
 
 
+def _links_table(res: ScenarioResult) -> str:
+    headers = ["links", "sink procs", "handshakes/s", "peak/s", "opening s", "held",
+               "closed/failed", "KiB per link", "RSS MiB", "messages", "delivered",
+               "deliveries/s", "seed CPU"]
+    rows = []
+    for r in res.rows:
+        if not _ok(r):
+            rows.append([str(r.get("links", "")), "FAILED", r["error"][:70], *[""] * 10])
+            continue
+        fan = [DASH] * 4 if "fanout_error" in r else [
+            _num(r["messages"]), f"{r['delivered']:,}/{r['expected']:,}",
+            _num(r["deliveries_per_s"]), f"{r['hub_cpu_pct'] or 0:.0f}%"]
+        rows.append([
+            f"{r['links']:,}", str(r["sink_procs"]), _num(r["handshakes_per_s"], 1),
+            _num(r["handshakes_peak_per_s"], 1), _num(r["opening_s"], 1),
+            _num(r["links_held"]), f"{r['closed_while_opening']}/{r['handshakes_failed']}",
+            _num(r["per_link_kib"], 1), _num(r["rss_with_links_kib"] / 1024, 1), *fan,
+        ])
+    return _table(headers, rows)
+
+
 TABLES = {"fanout": _fanout_table, "latency": _latency_table, "catchup": _catchup_table,
           "footprint": _footprint_table, "dht": _dht_table, "preauth": _preauth_table,
-          "live": _live_table, "blob": _blob_table}
+          "live": _live_table, "blob": _blob_table, "links": _links_table}
 
 
 def render(results: list[ScenarioResult]) -> str:

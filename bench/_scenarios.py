@@ -44,7 +44,7 @@ class Params:
     latency_duration: float
     latency_size: int
     latency_n: int
-    links: int
+    links: int  # footprint: the first of --links; the links scenario: each of link_counts
     sink_procs: int
     window: int
     settle: float
@@ -63,6 +63,7 @@ class Params:
     check_every: int = 1000
     hub_nice: int = 0
     blob_mib: int = 200
+    link_counts: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -575,24 +576,3 @@ class Blob(Scenario):
             "both downloads are checked by SHA-256; the blob is fetched chunk by chunk over "
             "the mesh (verified, stored on B) as B's API streams it")
         return result
-
-
-SCENARIOS: dict[str, Scenario] = {
-    s.name: s
-    for s in (Fanout(), Latency(), CatchUp(), Dht(), Footprint(), Preauth(), Live(), Blob())
-}
-
-
-async def run_scenario(scenario: Scenario, ctx: Context) -> ScenarioResult:
-    reason = scenario.unavailable()
-    if reason is not None:
-        ctx.progress(f"{scenario.name}: not yet available: {reason}")
-        return ScenarioResult(scenario.name, scenario.title, "not-available", reason=reason)
-    started = trio.current_time()
-    try:
-        result = await scenario.run(ctx)
-    except (ChildFailed, OSError) as exc:
-        result = ScenarioResult(scenario.name, scenario.title, "error", reason=str(exc))
-    result.seconds = round(trio.current_time() - started, 1)
-    return result
-

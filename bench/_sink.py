@@ -20,7 +20,13 @@ does the least a correct subscriber can do (the counting sink):
 
 In ``latency`` and ``idle`` mode every message takes the general path and is
 timestamped on arrival, as latency needs. Commands on stdin: ``expect SIZES``
-(fanout), ``stop``. Events on stdout: ``ready``, ``warm``, ``progress``, ``done``.
+(fanout), ``stop``. Events on stdout: ``opened`` (every OPENED_EVERY connections up), ``ready``,
+``warm``, ``progress``, ``done``.
+
+Every connection is read from the moment it has subscribed (the general path
+until the counting path takes over), so its pings are answered while the
+process still opens the others: a relay never closes an early link as silent.
+At most ``--connect-concurrency`` connections handshake at once.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from ._count import CHECK, SKIP, CountError, Event, RecordCounter, Shape
 from ._genio import cpu_seconds, emit, percentiles, stdin_lines
 
 PROGRESS_INTERVAL = 0.01
-CONNECT_CONCURRENCY = 16
+CONNECT_CONCURRENCY = 16  # handshakes in flight per sink process (--connect-concurrency)
+OPENED_EVERY = 100  # connections between two ``opened`` events
 RECV_BYTES = 1024 * 1024
 TICK = 0.001  # seconds to let data pile up between reading rounds (see next_tick)
 IDLE_TICK = 0.008  # at most, while reads stay small
@@ -241,15 +248,42 @@ async def _read_one(live: dict[int, _Counted], fd: int, ready: select.epoll,
 # -- the process ------------------------------------------------------------------------------
 
 
-async def _open_all(args: argparse.Namespace) -> list[Conn] | None:
+async def _keepalive(i: int, conn: Conn, st: SinkState) -> None:
+    """Before the counting path takes over: read, answer pings, count what arrives.
+
+    Only the wait for bytes can be cancelled (when the counting path starts);
+    handling what was read is shielded, so a pong is never cut in half and
+    nothing read is dropped (a partial record stays in the parser for
+    ``take_pending``)."""
+    try:
+        while True:
+            data = await conn._read()
+            with trio.CancelScope(shield=True):
+                now = now_ns()
+                st.arrived(i, st.classify(i, await conn.handle(data), now), now)
+    except Closed as exc:
+        st.errors.append(f"connection {i}: {exc}")
+
+
+async def _open_all(args: argparse.Namespace, st: SinkState, counting: bool,
+                    readers: trio.Nursery) -> list[Conn] | None:
+    """Open and subscribe ``--conns`` connections, at most ``--connect-concurrency`` in
+    flight; each is read from the moment it is up (answering pings), so a link
+    opened early is never silent while later ones handshake."""
     conns: list[Conn | None] = [None] * args.conns
-    limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
+    limiter = trio.CapacityLimiter(max(1, args.connect_concurrency))
+    opened = 0
 
     async def open_one(i: int) -> None:
+        nonlocal opened
         async with limiter:
             conn = await connect(args.proto, args.host, args.port, plaintext=args.plaintext)
             await conn.subscribe(args.topic)
             conns[i] = conn
+            readers.start_soon(_keepalive if counting else _read_conn, i, conn, st)
+            opened += 1
+            if opened % OPENED_EVERY == 0:
+                emit("opened", conns=opened)
 
     failed: list[str] = []
     try:
@@ -285,7 +319,9 @@ async def sink_main(args: argparse.Namespace) -> None:
     with trio.move_on_after(args.timeout):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stdin_lines, commands_send)
-            conns = await _open_all(args)
+            async with trio.open_nursery() as keepalive:  # counting: until it takes over
+                conns = await _open_all(args, st, counting, keepalive if counting else nursery)
+                keepalive.cancel_scope.cancel()
             if conns is None:
                 nursery.cancel_scope.cancel()
                 return
@@ -297,8 +333,6 @@ async def sink_main(args: argparse.Namespace) -> None:
                 nursery.start_soon(_count_loop, items, st)
             else:
                 st.expect_event.set()
-                for i, conn in enumerate(conns):
-                    nursery.start_soon(_read_conn, i, conn, st)
 
             async def report_warm() -> None:
                 await st.warm_event.wait()

@@ -7,7 +7,8 @@ results.json with every scenario, positive delivery counts (counted by the
 counting sinks, a sample checked fully), each fan-out cell's ratio to its
 ceiling and its hub CPU, a returning peer
 that caught up on every message it missed, the relay's stored-message
-footprint, a flood of refused frames that the peer cut short, and the plots.
+footprint, a flood of refused frames that the peer cut short, a seed holding
+links and fanning out to all of them, and the plots.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--systems", ",".join(systems),
          "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "1. relay fan-out" in proc.stdout
@@ -50,7 +51,7 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert doc["machine"]["packages"]["trio"]
     scenarios = doc["scenarios"]
     assert set(scenarios) == {
-        "fanout", "latency", "catchup", "dht", "footprint", "preauth", "live", "blob"
+        "fanout", "latency", "catchup", "dht", "footprint", "preauth", "live", "blob", "links"
     }
 
     fanout = scenarios["fanout"]
@@ -123,6 +124,16 @@ def test_quick_bench_writes_table_json_and_plots(tmp_path: Path) -> None:
     assert blob["status"] == "ok", blob
     assert [r["mib_per_s"] > 0 for r in blob["results"]] == [True, True]
     assert blob["results"][1]["peak_rss_mib"]["B"] > 0
+
+    # links: the seed held every link (none closed as silent), then fanned out to all of them
+    links = scenarios["links"]
+    assert links["status"] == "ok", links
+    for row in links["results"]:
+        assert "error" not in row and "fanout_error" not in row, row
+        assert row["links_held"] == row["links"] == 2, row
+        assert row["closed_while_opening"] == 0 and row["handshakes_failed"] == 0, row
+        assert row["delivered"] == row["expected"] > 0 and row["lost"] == 0, row
+    assert "handshakes/s" in proc.stdout
 
     drawn = ["fanout", "latency", "catchup", "footprint"]
     dht = scenarios["dht"]

@@ -23,13 +23,17 @@ messages in one read writes each subscriber once, not 16 times. ``close``
 moves what a link holds into its queue, ahead of its error frame.
 
 A relay holds one ``Link`` per idle peer for hours, so what an idle link
-keeps is kept small: ``__slots__``, and a ``SendQueue`` that holds no buffer
-while it is empty (a Trio memory channel costs a few KiB per link).
+keeps is kept small: ``__slots__``, a ``SendQueue`` that holds no buffer
+while it is empty (a Trio memory channel costs a few KiB per link), and no
+writer task while nothing is queued: a served link (``nursery`` set, and an
+``Outbox`` that names the writer) starts one when a frame is queued or the
+queue closes (``kick``); it ends when the queue is empty again.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -55,13 +59,15 @@ class Tail:
 
 
 class Outbox:
-    """Shared by the links of one manager: whether direct writes are being held."""
+    """Shared by the links of one manager: whether direct writes are being held, and
+    the writer that a served link starts when it has something queued."""
 
-    __slots__ = ("dirty", "holding")
+    __slots__ = ("dirty", "holding", "writer")
 
-    def __init__(self) -> None:
+    def __init__(self, writer: Callable[[Link], Awaitable[None]] | None = None) -> None:
         self.holding = False
         self.dirty: list[Link] = []  # links holding bytes, in the order they started
+        self.writer = writer
 
     def hold(self) -> None:
         self.holding = True
@@ -169,6 +175,7 @@ class Link:
         "frames_out",
         "held",
         "initiator",
+        "nursery",
         "opened",
         "outbox",
         "peer_id",
@@ -176,6 +183,7 @@ class Link:
         "result",
         "scope",
         "transport",
+        "writer_on",
         "writing",
     )
 
@@ -196,6 +204,9 @@ class Link:
         self.queue = SendQueue(SEND_QUEUE)
         # the cancel scope of the nursery serving the link, once it is served
         self.scope: trio.CancelScope | None = None
+        # the nursery serving the link: its writer task is started there when needed
+        self.nursery: trio.Nursery | None = None
+        self.writer_on = False  # a writer task is running (started by ``kick``)
         self._closed: trio.Event | None = None
         self.close_code: ErrorCode | None = None
         self.close_reason = ""
@@ -234,9 +245,33 @@ class Link:
             tail = self.transport.send_now(self.cipher.seal(frame))
             self.frames_out += 1
             if tail:
-                queue.put(Tail(tail))  # first in line; the writer sends it before the rest
+                self._put(Tail(tail))  # first in line; the writer sends it before the rest
             return True
-        return queue.put(frame)
+        return self._put(frame)
+
+    def _put(self, frame: bytes | Tail) -> bool:
+        ok = self.queue.put(frame)
+        self.kick()
+        return ok
+
+    def kick(self) -> None:
+        """Start the link's writer if something waits for it and none is running.
+
+        An idle link has no writer task (a parked task costs ~1.7 KiB): it is
+        started in the link's nursery when a frame is queued (or the queue is
+        closed) and ends once the queue is empty (``LinkManager._writer``).
+        """
+        nursery, writer = self.nursery, self.outbox.writer
+        if nursery is None or writer is None or self.writer_on or self.queue.idle:
+            return
+        if nursery.cancel_scope.cancel_called:  # the link is ending: nothing more goes out
+            return
+        try:
+            nursery.start_soon(writer, self)
+        except RuntimeError:  # closed to new tasks (its last task just ended): as above
+            self.nursery = None
+            return
+        self.writer_on = True
 
     def flush_held(self) -> None:
         """Write the records held for the outbox in one go; the rest goes to the writer."""
@@ -249,7 +284,7 @@ class Link:
         else:  # cannot happen within one synchronous stretch; kept safe all the same
             tail = self.transport.frame_many(held)
         if tail:
-            self.queue.put(Tail(tail))
+            self._put(Tail(tail))
 
     def close(self, code: ErrorCode, reason: str) -> None:
         """Send an error frame if possible, then end the link within a deadline."""
@@ -263,5 +298,6 @@ class Link:
             self.queue.put(Tail(self.transport.frame_many(held)))
         self.queue.put(Error(code.value, clip_utf8(reason, 200)).encode())
         self.queue.close()
+        self.kick()
         if self.scope is not None:  # None: closed before it was served, and it never will be
             self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_GRACE)

@@ -5,8 +5,10 @@ Rules kept here:
 * ``run_link`` never raises for link trouble: a refused or failed handshake,
   a bad frame or a bug while handling one closes that link, is logged and
   counted, and never reaches the peer's nursery.
-* Each link runs in a child nursery of its own (reader and writer); closing a
-  link is cancelling that nursery, within the deadline ``Link.close`` sets.
+* Each link runs in a child nursery of its own (its reader, and its writer
+  while something is queued: an idle link has no writer task, see
+  ``Link.kick``); closing a link is cancelling that nursery, within the
+  deadline ``Link.close`` sets.
 * Two links to one peer: the one dialled by the lower peer id is kept, which
   both sides compute alike.
 * The writer seals and sends queued frames in batches, one write per batch.
@@ -107,7 +109,7 @@ class LinkManager:
         self.links: dict[bytes, Link] = {}
         self.self_urls: set[str] = set()
         self._changed = trio.Event()
-        self.outbox = Outbox()
+        self.outbox = Outbox(self._writer)
         self.check_ahead: CheckAhead | None = getattr(events, "check_ahead", None)
 
     def now(self) -> float:
@@ -166,31 +168,35 @@ class LinkManager:
                 await transport.aclose()
 
     async def _serve(self, link: Link, on_up: Callable[[], None] | None) -> None:
-        async with trio.open_nursery() as nursery:
-            link.scope = nursery.cancel_scope
-            nursery.start_soon(self._writer, link)
-            self.events.link_up(link)
-            if on_up is not None:
-                on_up()
-            # This task reads the link (inline: one coroutine less per idle link).
-            while link.close_code is None:
-                try:
-                    record = await link.transport.receive()
-                except TransportClosed:
-                    nursery.cancel_scope.cancel()  # nothing more to read or to flush
-                    break
-                except ProtocolError as exc:  # an oversize stream record
-                    self._refuse(link, exc, self._link_log(link))
-                    break
-                await self._gather_burst(link)
-                if self.check_ahead is None:
-                    self._on_burst(link, record)
-                else:
-                    await self._on_checked_burst(link, record, self.check_ahead)
-                del record  # not kept while this task waits: records reach 320 KiB
-            # Closing: the writer flushes the error frame, then ends the
-            # nursery (or the link's deadline does).
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                link.scope = nursery.cancel_scope
+                link.nursery = nursery  # the writer starts there when something is queued
+                link.kick()
+                self.events.link_up(link)
+                if on_up is not None:
+                    on_up()
+                # This task reads the link (inline: one coroutine less per idle link).
+                while link.close_code is None:
+                    try:
+                        record = await link.transport.receive()
+                    except TransportClosed:
+                        nursery.cancel_scope.cancel()  # nothing more to read or to flush
+                        break
+                    except ProtocolError as exc:  # an oversize stream record
+                        self._refuse(link, exc, self._link_log(link))
+                        break
+                    await self._gather_burst(link)
+                    if self.check_ahead is None:
+                        self._on_burst(link, record)
+                    else:
+                        await self._on_checked_burst(link, record, self.check_ahead)
+                    del record  # not kept while this task waits: records reach 320 KiB
+                # Closing: the writer flushes the error frame, then ends the
+                # nursery (or the link's deadline does).
+                await trio.sleep_forever()
+        finally:
+            link.nursery = None  # closed to new tasks: nothing more is written
 
     def _crashed(self, link: Link, exc: BaseException) -> None:
         self.counters.link_errors += 1
@@ -322,6 +328,9 @@ class LinkManager:
     async def _writer(self, link: Link) -> None:
         """Send what is queued for ``link``: each wake-up drains a batch, one write.
 
+        Started by ``Link.kick`` when something is queued, it ends once the
+        queue is empty (an idle link keeps no task); a writer started by
+        other means (``link.writer_on`` False: tests) waits for more instead.
         When the queue has ended (the link is closing) and is flushed, it
         cancels the link's nursery. While it holds frames taken from the queue
         (``link.writing``), ``Link.enqueue`` queues rather than writes directly.
@@ -331,8 +340,15 @@ class LinkManager:
         seal = link.cipher.seal
         queue = link.queue
         send_many = link.transport.send_many
+        lazy = link.writer_on
         try:
-            while (item := await queue.get()) is not None:
+            while True:
+                if lazy and queue.idle:
+                    link.writer_on = False  # in this step: a put after it starts another
+                    return
+                item = await queue.get()
+                if item is None:
+                    break
                 link.writing = True
                 if isinstance(item, Tail):
                     await link.transport.send_raw(item.data)

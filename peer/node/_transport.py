@@ -29,7 +29,9 @@ A relay holds many idle WebSocket links, so once the upgrade is done
 request) is no longer needed and is dropped. ``Connection`` answers every
 call trio-websocket makes on it (``client``, ``state``, ``send``,
 ``receive_data``, ``events``); without the fast path, or if the attribute is
-missing, nothing is dropped.
+missing, nothing is dropped. Its two empty queues (wsproto's events, the
+message channel) are swapped for ones that hold no buffer while empty
+(``peer.node._slim``).
 
 Before the other side has sent one acceptable handshake record a connection
 is unauthenticated, and what it costs is bounded:
@@ -85,6 +87,8 @@ from wsproto.utilities import LocalProtocolError
 
 from peer.wire._frames import RecordBuffer, frame_record
 from peer.wire._limits import MAX_RECORD
+
+from ._slim import slim_websocket
 
 # trio-websocket reads 4 KiB per receive by default: a busy link then costs a
 # system call and a parse pass per few records. Links read up to this much.
@@ -184,6 +188,8 @@ class WebSocketTransport:
         self._raw = _raw_socket(ws) if self._batching and DIRECT_WRITES else None
         if self._batching:
             _drop_upgrade_state(ws)
+            any_ws: Any = ws
+            slim_websocket(ws, any_ws._wsproto)
 
     async def send(self, record: bytes) -> None:
         try:

@@ -61,6 +61,7 @@ from peer.wire._stats import Statistics, snapshot
 
 from ._checkahead import Vouching
 from ._gossiptypes import Action, Close, Deliver, GossipCounters, LinkState, Send
+from ._interest import Nearest, nearest, to_tell, with_carrier
 from ._score import Buckets, Scoreboard
 
 __all__ = ["Action", "Close", "Deliver", "GossipCounters", "GossipRouter", "Send"]
@@ -91,6 +92,7 @@ class GossipRouter(Vouching):
         self._links: dict[bytes, LinkState] = {}
         self._members: set[str] = set()
         self._carriers: dict[str, set[bytes]] = {}  # topic -> links with interest
+        self._told_near: dict[str, Nearest] = {}  # topic -> what every link was last told
         self._mesh: dict[str, set[bytes]] = {}
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._mcache: dict[bytes, tuple[str, bytes]] = {}
@@ -370,15 +372,16 @@ class GossipRouter(Vouching):
     def _on_sub(
         self, peer: bytes, link: LinkState, entries: tuple[tuple[str, int], ...]
     ) -> list[Action]:
-        changed: set[str] = set()
+        changed: dict[str, Nearest | None] = {}  # topic -> its Nearest now, if known
         for topic, hops in entries:
             if topic not in link.interest and len(link.interest) >= MAX_TOPICS_PER_PEER:
                 raise ProtocolError(ErrorCode.TOO_LARGE, "too many topics from one peer")
             if link.interest.get(topic) != hops:
+                near = self._told_near.get(topic) if topic not in link.interest else None
                 link.interest[topic] = hops
                 self._carriers.setdefault(topic, set()).add(peer)
-                changed.add(topic)
-        return self._refresh(changed)
+                changed[topic] = with_carrier(near, peer, hops)
+        return self._refresh(changed, changed=peer)
 
     def _on_unsub(self, peer: bytes, link: LinkState, topics: tuple[str, ...]) -> list[Action]:
         changed: set[str] = set()
@@ -386,7 +389,7 @@ class GossipRouter(Vouching):
             if link.interest.pop(topic, None) is not None:
                 self._drop_carrier(topic, peer)
                 changed.add(topic)
-        return self._refresh(changed)
+        return self._refresh(changed, changed=peer)
 
     def _on_graft(self, peer: bytes, topic: str, now: float) -> list[Action]:
         # a non-relay keeps no mesh: never create an entry it would not clean up
@@ -431,33 +434,30 @@ class GossipRouter(Vouching):
             if not carriers:
                 del self._carriers[topic]
 
-    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
-        if topic in self._members:
-            return 0
-        if not self.relay:
-            return None
-        best: int | None = None
-        for p in self._carriers.get(topic, ()):
-            if p == excluded:
-                continue
-            hops = self._links[p].interest[topic] + 1
-            if best is None or hops < best:
-                best = hops
-        if best is None or best > MAX_INTEREST_HOPS:
-            return None
-        return best
+    def _near(self, topic: str) -> Nearest:
+        hops = ((p, self._links[p].interest[topic]) for p in self._carriers.get(topic, ()))
+        return nearest(topic in self._members, self.relay, hops)
 
-    def _refresh(self, topics: Iterable[str], only: bytes | None = None) -> list[Action]:
+    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
+        return self._near(topic).excluding(excluded, MAX_INTEREST_HOPS)  # a subclass may refine
+
+    def _refresh(
+        self, topics: Iterable[str], only: bytes | None = None, changed: bytes | None = None
+    ) -> list[Action]:
         """Re-advertise ``topics`` to every link (or one) where the answer changed."""
         actions: list[Action] = []
-        peers = [only] if only is not None else list(self._links)
-        topics = sorted(topics)
+        fast = type(self)._distance_excluding is GossipRouter._distance_excluding  # Nearest
+        known = topics if isinstance(topics, dict) else {}  # Nearest already worked out
+        cache = self._told_near if only is not None else {}  # current unless topics changed
+        nears = {t: known.get(t) or cache.get(t) or self._near(t) for t in sorted(topics)}
+        peers = to_tell(self._told_near, nears, list(self._links), only, changed if fast else None)
         for peer in peers:
             link = self._links[peer]
             subs: list[tuple[str, int]] = []
             unsubs: list[str] = []
-            for topic in topics:
-                hops = self._distance_excluding(topic, peer)
+            for topic, near in nears.items():
+                hops = (near.excluding(peer, MAX_INTEREST_HOPS) if fast
+                        else self._distance_excluding(topic, peer))
                 if link.told.get(topic) == hops:
                     continue
                 if hops is None:

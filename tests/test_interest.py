@@ -1,0 +1,83 @@
+"""Split-horizon interest in O(N) (peer/protocols/_interest.py) gives every link the
+answer the pass over every other carrier gives, and the router's skipped links
+(``_refresh(changed=...)``) were told exactly what they would have been."""
+
+from __future__ import annotations
+
+import random
+
+from peer.protocols._gossip import GossipRouter
+from peer.protocols._interest import nearest, with_carrier
+from peer.wire._frametypes import Sub, Unsub
+from peer.wire._limits import MAX_INTEREST_HOPS
+
+
+def _brute(member: bool, relay: bool, carriers: dict[bytes, int], peer: bytes) -> int | None:
+    if member:
+        return 0
+    if not relay:
+        return None
+    others = [hops + 1 for p, hops in carriers.items() if p != peer]
+    best = min(others, default=None)
+    return None if best is None or best > MAX_INTEREST_HOPS else best
+
+
+def test_nearest_matches_the_pass_over_every_other_carrier() -> None:
+    rng = random.Random(5)
+    peers = [bytes([i]) * 32 for i in range(12)]
+    for _ in range(3000):
+        carriers = {
+            p: rng.randint(0, MAX_INTEREST_HOPS + 1) for p in rng.sample(peers, rng.randint(0, 6))
+        }
+        member, relay = rng.random() < 0.1, rng.random() < 0.9
+        near = nearest(member, relay, carriers.items())
+        for peer in peers:
+            assert near.excluding(peer, MAX_INTEREST_HOPS) == _brute(member, relay, carriers, peer)
+
+
+def test_the_router_tells_every_link_what_the_brute_force_says() -> None:
+    rng = random.Random(11)
+    router = GossipRouter(b"\xff" * 32, rng=random.Random(1))
+    peers = [bytes([i]) * 32 for i in range(10)]
+    topics = ["a", "b", "c"]
+    up: set[bytes] = set()
+    for step in range(1500):
+        op = rng.random()
+        peer = rng.choice(peers)
+        if op < 0.15:
+            if peer in up:
+                router.remove_link(peer)
+                up.discard(peer)
+            else:
+                router.add_link(peer, relay=rng.random() < 0.5, now=float(step))
+                up.add(peer)
+        elif op < 0.75 and peer in up:
+            frame = Sub(((rng.choice(topics), rng.randint(0, MAX_INTEREST_HOPS)),))
+            router.handle_frame(peer, frame, frame.encode(), float(step), step)
+        elif op < 0.9 and peer in up:
+            unsub = Unsub((rng.choice(topics),))
+            router.handle_frame(peer, unsub, unsub.encode(), float(step), step)
+        elif op < 0.95:
+            router.subscribe(rng.choice(topics))
+        else:
+            router.unsubscribe(rng.choice(topics))
+        links = router._links
+        for p in up:
+            for topic in topics:
+                carriers = {q: links[q].interest[topic] for q in up if topic in links[q].interest}
+                want = _brute(topic in router._members, True, carriers, p)
+                assert links[p].told.get(topic) == want, (step, p.hex()[:2], topic)
+
+
+def test_adding_a_carrier_in_one_step_matches_the_full_pass() -> None:
+    rng = random.Random(9)
+    peers = [bytes([i]) * 32 for i in range(10)]
+    for _ in range(3000):
+        carriers = {p: rng.randint(0, 4) for p in rng.sample(peers, rng.randint(0, 6))}
+        member = rng.random() < 0.1
+        before = nearest(member, True, carriers.items())
+        new = rng.choice([p for p in peers if p not in carriers])
+        hops = rng.randint(0, 4)
+        carriers[new] = hops
+        assert with_carrier(before, new, hops) == nearest(member, True, carriers.items())
+    assert with_carrier(None, peers[0], 0) is None  # unknown before: worked out in full
