@@ -215,3 +215,28 @@ def test_worker_counts_a_seed_cannot_run_are_refused() -> None:
     ]:
         with pytest.raises(SystemExit, match=why):
             check_workers(workers, relay_only, listens)
+
+
+def test_a_sibling_may_carry_more_topics_than_one_peer_and_is_never_banned() -> None:
+    """A sibling speaks for all its links: more topics than one peer may send are taken,
+    and a frame of it that is refused closes it without a score, so it relinks at once
+    (a ban would split the seed into its workers)."""
+    from peer.wire._frametypes import Sub
+    from peer.wire._limits import MAX_TOPICS_PER_PEER
+
+    router = SiblingRouter(identity("seed").peer_id, params=GossipParams(), rng=random.Random(1))
+    key = sibling_key(1)
+    router.add_sibling(key, 0.0)
+    topics = tuple((f"t{i}", 0) for i in range(MAX_TOPICS_PER_PEER + 10))
+    for start in range(0, len(topics), 200):
+        sub = Sub(topics[start : start + 200])
+        raw = sub.encode()
+        out = router.handle_frame(key, decode_frame(raw), raw, 1.0, WALL0)
+        assert not [a for a in out if isinstance(a, Close)]
+    assert router.reachable("t4100")
+    bad = Pub(b"\x00" * 10).encode()  # an envelope that does not open
+    out = router.handle_frame(key, decode_frame(bad), bad, 2.0, WALL0)
+    assert [a.peer for a in out if isinstance(a, Close)] == [key]
+    router.remove_link(key)
+    again = router.add_sibling(key, 3.0)  # relinked: not refused as banned
+    assert not [a for a in again if isinstance(a, Close)]

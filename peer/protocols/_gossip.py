@@ -83,7 +83,7 @@ class GossipRouter(Vouching):
         observe_all: bool = False,
     ) -> None:
         self.me = me
-        self.verify = verify  # False only for --bench-no-verify
+        self.verify, self.topic_cap = verify, MAX_TOPICS_PER_PEER  # verify: off for benches
         self.observe_all = observe_all  # report relayed envelopes too (a storing seed)
         self.relay = relay
         self.params = params or GossipParams()
@@ -374,7 +374,7 @@ class GossipRouter(Vouching):
     ) -> list[Action]:
         changed: dict[str, Nearest | None] = {}  # topic -> its Nearest now, if known
         for topic, hops in entries:
-            if topic not in link.interest and len(link.interest) >= MAX_TOPICS_PER_PEER:
+            if topic not in link.interest and len(link.interest) >= self.topic_cap:
                 raise ProtocolError(ErrorCode.TOO_LARGE, "too many topics from one peer")
             if link.interest.get(topic) != hops:
                 near = self._told_near.get(topic) if topic not in link.interest else None

@@ -259,6 +259,9 @@ class Scoreboard:
         while len(self._bans) > self.params.ban_max:
             self._bans.popitem(last=False)
 
+    def forget_ban(self, peer: bytes) -> None:
+        self._bans.pop(peer, None)
+
     def banned(self, peer: bytes, now: float) -> bool:
         until = self._bans.get(peer)
         if until is None:

@@ -23,6 +23,7 @@ With no sibling registered it behaves exactly like ``GossipRouter``.
 
 from __future__ import annotations
 
+from peer.wire._errors import ProtocolError
 from peer.wire._frametypes import AnyFrame
 from peer.wire._limits import MAX_INTEREST_HOPS
 from peer.wire._stats import Statistics, snapshot
@@ -43,6 +44,7 @@ __all__ = [
 
 _TAG = b"\xffclawmesh-worker"
 MAX_WORKERS = 64
+SIBLING_TOPIC_FACTOR = 1024  # a sibling's topics: up to this many peers' caps
 
 
 def sibling_key(index: int) -> bytes:
@@ -66,6 +68,7 @@ class SiblingRouter(GossipRouter):
         if not is_sibling(key):
             raise ValueError("not a sibling key")
         self.siblings = self.siblings | {key}
+        self.scores.forget_ban(key)  # never refused: a sibling is part of this seed
         return self.add_link(key, relay=True, now=now)
 
     def statistics(self, now: float | None = None) -> Statistics:
@@ -89,14 +92,21 @@ class SiblingRouter(GossipRouter):
         link = self._links.get(peer)
         if link is None:
             return []
-        p = self.params
-        link.frame_tokens, link.byte_tokens = p.frame_burst, p.byte_burst + len(raw)
         self._link_pubs.forget(peer)  # a fresh bucket: never over the per-link limit
+        link.last_heard, link.ping_sent = now, None  # alive (no frame or byte budget)
+        self.stats.frames_in += 1
+        self.stats.bytes_in += len(raw)
         verify, self.verify = self.verify, False  # checked by the sibling that took it
+        # a sibling speaks for all its links: their topics together may pass one
+        # peer's cap, and a frame it sends is never scored (a ban would split the seed)
+        cap, self.topic_cap = self.topic_cap, self.topic_cap * SIBLING_TOPIC_FACTOR
         try:
-            return super().handle_frame(peer, frame, raw, now, wall_ms)
+            return self._dispatch(peer, link, frame, raw, now, wall_ms)
+        except ProtocolError as exc:
+            self.stats.rejected += 1
+            return [Close(peer, exc.code, exc.message)]
         finally:
-            self.verify = verify
+            self.verify, self.topic_cap = verify, cap
 
     def _check_graylist(self, peer: bytes, score: float | None, now: float) -> list[Action]:
         if peer in self.siblings:
