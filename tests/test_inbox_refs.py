@@ -14,8 +14,6 @@ the id ``_remember`` would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -43,6 +41,7 @@ from peer.wire._cbor import encode
 from peer.wire._envelope import Content, seal_dm, seal_message
 from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, StoreService
 from tests._catchup_log import ALICE, BOB, TS
+from tests.test_offline import running
 
 ME = BOB.peer_id
 
@@ -116,17 +115,6 @@ def _options(tmp: Path, name: str, **extra: Any) -> PeerOptions:
     return PeerOptions(store_path=str(tmp / name), dht=False, **extra)
 
 
-@asynccontextmanager
-async def _running(identity: Identity, options: PeerOptions) -> AsyncIterator[Peer]:
-    peer = Peer(identity, options)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(peer.run)
-        try:
-            yield peer
-        finally:
-            nursery.cancel_scope.cancel()
-
-
 async def _until(peer: Peer, condition: Any) -> None:
     with trio.fail_after(20):
         while not condition():
@@ -141,8 +129,8 @@ def _seen(peer: Peer) -> list[InboxMessage]:
 async def _fill(tmp: Path, ia: Identity, ib: Identity, count: int) -> list[InboxMessage]:
     """b misses ``count`` messages of a (some with payloads and replies), catches
     up, reads a few, sends one itself; returns b's inbox as it was then."""
-    async with _running(ia, _options(tmp, "a", channels=("lobby",))) as a:
-        async with _running(ib, _options(tmp, "b", channels=("lobby",))):
+    async with running(ia, _options(tmp, "a", channels=("lobby",))) as a:
+        async with running(ib, _options(tmp, "b", channels=("lobby",))):
             pass  # b was here, and goes away
         first = None
         for i in range(count):
@@ -150,7 +138,7 @@ async def _fill(tmp: Path, ia: Identity, ib: Identity, count: int) -> list[Inbox
             env = await a.send_message("lobby", Content(body=f"m{i}", payload=payload,
                                                         reply_to=first))
             first = first or env.id
-        async with _running(ib, _options(tmp, "b", channels=("lobby",))) as b:
+        async with running(ib, _options(tmp, "b", channels=("lobby",))) as b:
             ta, tb = memory_link_pair()
             a.start_link(ta, initiator=True)
             b.start_link(tb, initiator=False)
@@ -161,7 +149,7 @@ async def _fill(tmp: Path, ia: Identity, ib: Identity, count: int) -> list[Inbox
 
 
 async def _reopened(tmp: Path, ib: Identity) -> tuple[list[InboxMessage], int]:
-    async with _running(ib, _options(tmp, "b")) as b:
+    async with running(ib, _options(tmp, "b")) as b:
         assert b.storage is not None
         return _seen(b), b.storage.counters.inbox_gone
 
@@ -236,7 +224,7 @@ async def test_channel_retention_keeps_what_the_inbox_shows(tmp_path: Path) -> N
     with (mock.patch.object(_storage, "RETENTION_INTERVAL", 0),
           mock.patch.object(StoreService, "retention_sweep", counted)):
         options = _options(tmp_path, "b", keep_rules=nothing, inbox_capacity=20)
-        async with _running(ib, options) as b:
+        async with running(ib, options) as b:
             await _until(b, lambda: len(sweeps) >= 3)
     assert sweeps[:3] == [11, 11, 0]  # the inbox's 11, then their channel records
     store = MessageStore(str(tmp_path / "b"))
