@@ -23,6 +23,8 @@ With no sibling registered it behaves exactly like ``GossipRouter``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from peer.wire._errors import ProtocolError
 from peer.wire._frametypes import AnyFrame
 from peer.wire._limits import MAX_INTEREST_HOPS
@@ -30,6 +32,7 @@ from peer.wire._stats import Statistics, snapshot
 
 from ._gossip import GossipRouter
 from ._gossiptypes import Action, Close, Deliver, Send
+from ._interest import Nearest, nearest
 
 __all__ = [
     "Action",
@@ -62,11 +65,14 @@ class SiblingRouter(GossipRouter):
     """``GossipRouter`` plus sibling links (see the module header)."""
 
     siblings: frozenset[bytes] = frozenset()
+    _told_sib: dict[str, tuple[Nearest, Nearest]]  # topic -> what the links were last told
 
     def add_sibling(self, key: bytes, now: float) -> list[Action]:
         """A sibling worker is connected: register it and tell it what we reach."""
         if not is_sibling(key):
             raise ValueError("not a sibling key")
+        if not self.siblings:
+            self._told_sib = {}  # answers are worked out anew from the first sibling on
         self.siblings = self.siblings | {key}
         self.scores.forget_ban(key)  # never refused: a sibling is part of this seed
         return self.add_link(key, relay=True, now=now)
@@ -125,27 +131,47 @@ class SiblingRouter(GossipRouter):
                 targets.add(key)
         return targets
 
-    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
+    def _refresh(
+        self, topics: Iterable[str], only: bytes | None = None, changed: bytes | None = None
+    ) -> list[Action]:
+        """``GossipRouter._refresh`` with siblings: a topic heard from a sibling costs no
+        hop, and a sibling is told only what the outside links reach (split horizon).
+
+        Per topic two ``Nearest`` (over every carrier, the siblings' hops as told; over
+        the outside carriers only), so each link's answer is O(1), as without siblings;
+        after a change every link is asked (``GossipRouter`` asks only the one that
+        changed when no topic's ``Nearest`` moved; a change here may move the answer
+        to the siblings alone, so a few more links are asked)."""
         siblings = self.siblings
         if not siblings:
-            return super()._distance_excluding(topic, excluded)
-        if topic in self._members:
-            return 0
-        if not self.relay:
-            return None
-        to_sibling = excluded in siblings
-        best: int | None = None
-        for p in self._carriers.get(topic, ()):
-            if p == excluded:
-                continue
-            if p in siblings:
-                if to_sibling:
-                    continue  # split horizon between siblings: each hears the others itself
-                hops = self._links[p].interest[topic]  # the same seed: no hop
-            else:
-                hops = self._links[p].interest[topic] + 1
-            if best is None or hops < best:
-                best = hops
-        if best is None or best > MAX_INTEREST_HOPS:
-            return None
-        return best
+            return super()._refresh(topics, only, changed)
+        self._told_near.clear()  # the plain router's cache: not kept while siblings exist
+        nears = {t: self._sibling_nears(t, siblings) for t in sorted(topics)}
+        peers = [only] if only is not None else list(self._links)
+        if changed is not None and only is None:
+            moved = any(self._told_sib.get(t) != n for t, n in nears.items())
+            if not moved:
+                peers = [changed, *(s for s in siblings if s != changed)]
+        if only is None:
+            for topic, pair in nears.items():
+                if pair[0].member or pair[0].best is not None:
+                    self._told_sib[topic] = pair
+                else:
+                    self._told_sib.pop(topic, None)  # nobody carries it: forget it
+        actions: list[Action] = []
+        for peer in peers:
+            outside = peer not in siblings
+            answers = (
+                (t, (everyone if outside else out).excluding(peer, MAX_INTEREST_HOPS))
+                for t, (everyone, out) in nears.items()
+            )
+            actions.extend(self._tell(peer, answers))
+        return actions
+
+    def _sibling_nears(self, topic: str, siblings: frozenset[bytes]) -> tuple[Nearest, Nearest]:
+        member, relay = topic in self._members, self.relay
+        carriers = [(p, self._links[p].interest[topic]) for p in self._carriers.get(topic, ())]
+        # nearest() counts one hop per carrier: a sibling's hops are the seed's own
+        everyone = nearest(member, relay, ((p, h - 1 if p in siblings else h) for p, h in carriers))
+        out = nearest(member, relay, ((p, h) for p, h in carriers if p not in siblings))
+        return everyone, out
