@@ -436,8 +436,10 @@ class LinkManager:
                 failure = exc
                 break
         del records
-        held = sum(len(plain) for _, plain in opened)
-        vouched = await ahead.check([frame for frame, _ in opened], held)
+        burst = [(frame, len(plain)) for frame, plain in opened]
+        held = sum(size for _, size in burst)
+        vouched = await ahead.check(link.peer_id, burst, held, self.now())
+        del burst
         outbox = self.outbox
         outbox.hold()
         try:

@@ -40,6 +40,7 @@ Nothing here performs I/O or reads a clock: ``now`` is always passed in.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -140,6 +141,19 @@ class Buckets:
             self._charged.discard(key)
             while len(self._held) > self.max_keys:
                 self._charged.discard(self._held.popitem(last=False)[0])
+
+    def peek(self, key: bytes, now: float) -> float:
+        """The tokens ``key`` could spend at ``now`` (0 while muted), changing nothing:
+        neither the table's order nor a bucket (check-ahead plans with it)."""
+        if not self.enabled:
+            return math.inf
+        until = self._muted.get(key)
+        if until is not None and now < until:
+            return 0.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return self.burst if key in self.full else self.initial
+        return min(self.burst, bucket.tokens + max(0.0, now - bucket.stamp) * self.rate)
 
     def held(self, key: bytes, now: float) -> bool:
         """True while ``key``'s hold lasts (see the module header): ``hold_s`` seconds
