@@ -17,8 +17,10 @@ stored keys (``read``, ``seek_received``). Topics without pins stay one
 contiguous range. A step examines at most ``MAX_SCAN`` records (kept pinned
 ones included) and says where it stopped (``resume``), so a topic held by
 many pins is trimmed in bounded steps that go forward. The store does not
-know what holds a pin (the peer's inbox, for one). Which topics to keep and
-for how long is decided in ``store._policy``.
+know what holds a pin (the peer's inbox, for one). Read flags count unread
+records by seq ranges (``store._readflags``), so they are for topics never
+pinned (the peer's ``~inbox``). Which topics to keep and for how long is
+decided in ``store._policy``.
 """
 
 from __future__ import annotations

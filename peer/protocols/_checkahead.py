@@ -83,7 +83,9 @@ class Foresight:
 
     Built by ``Vouching.foresight`` from the router's state at ``now``; it
     keeps its own copies of the counters it spends, so the router is never
-    changed by planning.
+    changed by planning. Every frame is counted against the link's budget
+    (blob answers too, which the shell does not charge): where it guesses,
+    it guesses towards fewer checks ahead, never more.
     """
 
     def __init__(
