@@ -13,7 +13,7 @@ and goes on trimming the unpinned records behind it, oldest first, as long
 as the topic is over its limit (the pinned ones count towards it). So a
 pinned topic's stored records may have holes: ``first_seq`` is always the
 lowest stored seq and ``count`` the number stored, and readers go by the
-stored keys (``read``, ``seek_received``). Topics without pins stay one
+stored keys (``read``, ``seq_at``). Topics without pins stay one
 contiguous range. A step examines at most ``MAX_SCAN`` records (kept pinned
 ones included) and says where it stopped (``resume``), so a topic held by
 many pins is trimmed in bounded steps that go forward. The store does not
@@ -78,18 +78,6 @@ MAX_SCAN = 4096  # records one retention step examines, at most (kept pinned one
 
 class _Retention(_StoreEnv):
     """``apply_retention``: bounded deletes from the old end of a topic's log."""
-
-    def _oldest(
-        self, txn: lmdb.Transaction[bytes], topic: str, tkey: bytes, head: _Head
-    ) -> StoredMessage | None:
-        """The topic's first stored record, or ``None`` when it is empty."""
-        if head.count == 0:
-            return None
-        key = _log_key(tkey, head.first_seq)
-        value = txn.get(key, db=self._log)
-        if value is None:
-            raise StoreCorrupt(f"{topic}: first record {head.first_seq} is missing")
-        return _decode_record(key, value)
 
     def apply_retention(
         self,
