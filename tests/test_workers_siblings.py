@@ -71,6 +71,7 @@ async def test_siblings_link_and_share_interest(tmp_path: Path) -> None:
         await until(lambda: "news" in pa.router.interest_of(sibling_key(1)))
         assert pa.statistics()["gossip"]["siblings"] == 1
         assert a.status()["siblings"] == [1]
+        assert a.status()["queued_bytes"] == {1: 0}
 
 
 async def test_a_bad_sibling_is_closed_and_the_real_one_relinks(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ Rules kept here:
   first, so a burst is gathered, but a lone record is never delayed.
 * With check-ahead on (the events' ``check_ahead``, ``peer.node._checkahead``),
   a burst of two records or more is opened and decoded first, in order; if
-  it holds enough new envelopes, their signatures are checked in a worker
+  it holds enough new envelopes that the router would check (not dropped
+  before the signature by a limit), their signatures are checked in a worker
   thread while the loop goes on; then it is routed in order (a record that
   does not open or decode is refused after the ones before it, as when
   handled one by one).

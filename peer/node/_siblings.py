@@ -160,6 +160,7 @@ class Siblings:
             "sibling_errors": self.errors,
             "frames_in": {i: link.frames_in for i, link in self.links.items()},
             "frames_out": {i: link.frames_out for i, link in self.links.items()},
+            "queued_bytes": {i: link.queued_bytes for i, link in self.links.items()},
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
