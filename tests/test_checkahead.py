@@ -50,6 +50,7 @@ from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frames import decode_frame
 from peer.wire._frametypes import AnyFrame, Ping, Pub, Sub
 from peer.wire._handshake import HandshakeResult
+from peer.wire._limits import GossipParams
 
 WALL = 1_700_000_000_000
 TOPIC = "general"
@@ -148,10 +149,19 @@ class Outcome:
     counters: PeerCounters
 
 
-async def _run(bursts: list[list[bytes]], ahead: bool, seen: tuple[Envelope, ...] = ()) -> Outcome:
-    """Feed ``bursts`` (plaintext frames) to a link manager, as the reader would."""
+async def _run(
+    bursts: list[list[bytes]],
+    ahead: bool,
+    seen: tuple[Envelope, ...] = (),
+    params: GossipParams | None = None,
+    muted: tuple[bytes, ...] = (),
+) -> Outcome:
+    """Feed ``bursts`` (plaintext frames) to a link manager, as the reader would
+    (the router's clock stands at 1.0, the authors in ``muted`` muted until 100)."""
     ini, res = _results()
-    router = GossipRouter(b"\x01" * 32, params=None)
+    router = GossipRouter(b"\x01" * 32, params=params)
+    for author in muted:
+        router._senders.mute(author, 100.0)
     router.add_link(ini.peer_id, relay=True, now=0.0)
     router.add_link(SUB, relay=False, now=0.0)
     router.handle_frame(SUB, Sub(((TOPIC, 0),)), Sub(((TOPIC, 0),)).encode(), 0.0, WALL)
@@ -161,6 +171,7 @@ async def _run(bursts: list[list[bytes]], ahead: bool, seen: tuple[Envelope, ...
     events = Events(router, CheckAhead(router, counters) if ahead else None)
     config = LinkConfig(_identity(b"ca-i"), PeerOptions(), lambda: (), lambda: [])
     manager = LinkManager(config, events, counters, peer_logger("00" * 32))
+    manager.now = lambda: 1.0  # type: ignore[method-assign]  # the router's clock
     assert (manager.check_ahead is not None) == ahead
     transport = FakeTransport([])
     link = Link(ini, transport, initiator=True, opened=0.0)  # type: ignore[arg-type]
@@ -200,14 +211,17 @@ class Compared:
 
 
 async def _compare(
-    monkeypatch: pytest.MonkeyPatch, bursts: list[list[bytes]], seen: tuple[Envelope, ...] = ()
+    monkeypatch: pytest.MonkeyPatch,
+    bursts: list[list[bytes]],
+    seen: tuple[Envelope, ...] = (),
+    **kw: Any,
 ) -> Compared:
     checks = Checks(monkeypatch)
-    general = await _run(bursts, ahead=False, seen=seen)
+    general = await _run(bursts, ahead=False, seen=seen, **kw)
     general_checks = checks.per_sig
     assert checks.on_loop == sum(general_checks.values())  # the general path: all on the loop
     checks.reset()
-    fast = await _run(bursts, ahead=True, seen=seen)
+    fast = await _run(bursts, ahead=True, seen=seen, **kw)
     assert fast.actions == general.actions
     assert fast.close_code == general.close_code
     assert general.counters.checked_ahead == 0
@@ -346,7 +360,7 @@ def test_plan_takes_each_new_envelope_once_and_nothing_else() -> None:
         Pub(envs[3].wire),  # seen
         Pub(envs[4].wire),  # in flight for another link
     ]
-    checks = plan(frames, seen={envs[3].id}.__contains__, busy=[envs[4].id])
+    checks = plan([(f, 0) for f in frames], seen={envs[3].id}.__contains__, busy=[envs[4].id])
     assert [c.mid for c in checks] == [envs[0].id, envs[1].id, envs[2].id]
     assert all(c.key == AUTHORS[0].public_key for c in checks)
     assert run_checks(checks) == {

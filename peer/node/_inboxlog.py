@@ -14,8 +14,11 @@ record to encode per message on catch-up's path. DMs (decrypted here) and
 our own messages keep full records, and so does every record of an older
 store: both forms are read. Channel retention keeps a record while the
 inbox still holds a reference to it (``inbox_pins``, the reference's key in
-the id index); once the inbox's own count retention drops the reference, the
-record goes at the next sweep. A reference whose record is gone all the same
+the id index), skipping it and trimming the records behind it as usual
+(``store._retention``); once the inbox's own count retention drops the
+reference, the record goes at the next sweep. Only channel logs are pinned:
+a DM's log (its ``inbox/<peer id>`` route) is never held by the inbox, which
+keeps its own full, decrypted copy of every DM. A reference whose record is gone all the same
 (a store from before pinning, or a record that no longer opens) is left out
 of the inbox read at start, counted (``inbox_gone``) and logged, never shown
 half-built.
@@ -31,7 +34,13 @@ from typing import Any
 import cbor2
 
 from peer.wire._blobframes import check_attachments
-from peer.wire._envelope import message_id, payload_value, split_wire
+from peer.wire._envelope import (
+    PRESENCE_TOPIC,
+    inbox_topic,
+    message_id,
+    payload_value,
+    split_wire,
+)
 from peer.wire._errors import ProtocolError
 from peer.wire._identity import peer_id_of
 from peer.wire._meta import Meta, check_meta
@@ -43,6 +52,7 @@ from ._inbox import InboxMessage, channel_entry_of
 INBOX_LOG = "~inbox"
 _INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
 _NOBODY = bytes(32)
+_DM_LOGS = inbox_topic(b"")  # "inbox/": the log topic of every DM and read receipt
 REF = b"\xf7ref"  # CBOR "undefined", then "ref": a full record is a CBOR map, never this
 _REF_SIZE = len(REF) + 32
 
@@ -117,8 +127,11 @@ def inbox_key(msg_id: bytes) -> bytes:
 
 
 def inbox_pins(topic: str) -> Callable[[bytes], bytes] | None:
-    """``retention_sweep``'s pins: a channel record stays while the inbox refers to it."""
-    return None if topic == INBOX_LOG else inbox_key
+    """``retention_sweep``'s pins: a channel record stays while the inbox refers to it;
+    nothing else is pinned (the inbox's own log, and DM logs: the inbox holds DMs whole)."""
+    if topic in (INBOX_LOG, PRESENCE_TOPIC) or topic.startswith(_DM_LOGS):
+        return None
+    return inbox_key
 
 
 def inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:

@@ -5,10 +5,20 @@ burst of records in a worker thread (libsodium releases the GIL) before it
 routes the burst. This module holds the parts that need no I/O. Rules kept
 here:
 
-* ``plan`` picks what is worth checking ahead: each ``pub`` frame whose
-  envelope splits, whose id the router has not seen, and that no other
-  check of this burst (or one in flight) covers. Anything it cannot read
-  is left to the router, which refuses it as usual.
+* ``plan`` picks what is worth checking ahead: only what the router would
+  check itself. With the router's ``Foresight`` for the link (what the
+  shell always passes) it walks the burst as the router will, on copies of
+  the counters that decide before the signature, changing none: the link's
+  frame and byte budget (planning stops at the frame that would close the
+  link), its ``pub`` limit, the seen ids, and the author's limit (muted, or
+  without a whole token once what this burst and the bursts in flight were
+  planned to spend is taken off: ``reserved``). What the router would drop
+  unchecked is never checked ahead, so a hostile link cannot make a relay
+  verify more than it would without check-ahead. Besides those: each
+  envelope whose id no other check of this burst (or one in flight, ``busy``)
+  covers. Anything it cannot read is left to the router, which refuses it
+  as usual; a ``pub`` that does not split ends the plan (the router closes
+  the link there).
 * ``run_checks`` returns the ``Vouch`` entries of the checks that passed:
   message id -> (author key, signature). It only calls libsodium, so it may
   run in a worker thread; it touches no shared state.
@@ -22,7 +32,9 @@ here:
 * The author key is read by a cheap scan of the signed bytes; if the scan is
   fooled (a payload that looks like a ``from`` field), the key differs from
   the one the router decodes, the vouch does not match, and the router
-  checks: a wrong guess costs a second check, never a skipped one.
+  checks: a wrong guess costs a second check, never a skipped one. A fooled
+  scan is planned within the limits of the author it names, so it costs no
+  more checks than envelopes really signed by fresh identities would.
 """
 
 from __future__ import annotations
@@ -35,9 +47,15 @@ from types import MappingProxyType
 from peer.wire._envelope import check_signature, message_id, split_wire
 from peer.wire._errors import ProtocolError
 from peer.wire._frametypes import AnyFrame, Pub
+from peer.wire._identity import peer_id_of
+from peer.wire._limits import GossipParams
+
+from ._gossiptypes import LinkState
+from ._score import Buckets
 
 Vouch = Mapping[bytes, tuple[bytes, bytes]]  # message id -> (author key, signature)
 NO_VOUCHES: Vouch = MappingProxyType({})
+NO_RESERVED: Mapping[bytes, int] = MappingProxyType({})
 _FROM = b"\x64from\x58\x20"  # the text key "from", then a 32-byte byte string header
 
 
@@ -60,24 +78,84 @@ def author_key(signed: bytes) -> bytes | None:
     return signed[start : start + 32]
 
 
+class Foresight:
+    """The router's drops before the signature, foreseen for one link's burst.
+
+    Built by ``Vouching.foresight`` from the router's state at ``now``; it
+    keeps its own copies of the counters it spends, so the router is never
+    changed by planning. Every frame is counted against the link's budget
+    (blob answers too, which the shell does not charge): where it guesses,
+    it guesses towards fewer checks ahead, never more.
+    """
+
+    def __init__(
+        self, router: Vouching, peer: bytes, now: float, reserved: Mapping[bytes, int]
+    ) -> None:
+        p = router.params
+        link = router._links.get(peer)
+        self.open = link is not None and not link.graylisted and router.verify
+        self.frame_tokens = self.byte_tokens = 0.0
+        if link is not None:  # refilled as the router's ``_charge`` will
+            dt = max(0.0, now - link.refilled)
+            self.frame_tokens = min(p.frame_burst, link.frame_tokens + dt * p.frames_per_second)
+            self.byte_tokens = min(p.byte_burst, link.byte_tokens + dt * p.bytes_per_second)
+        self.pub_tokens = router._link_pubs.peek(peer, now)
+        self._senders = router._senders
+        self._now = now
+        self._reserved = reserved
+        self._authors: dict[bytes, float] = {}
+
+    def frame(self, size: int) -> bool:
+        """A frame of ``size`` bytes: False from the one that would close the link on."""
+        self.frame_tokens -= 1
+        self.byte_tokens -= size
+        if self.frame_tokens < 0 or self.byte_tokens < 0:
+            self.open = False
+        return self.open
+
+    def pub(self) -> bool:
+        """A ``pub`` frame: False if the link's ``pub`` limit drops it."""
+        if self.pub_tokens < 1.0:
+            return False
+        self.pub_tokens -= 1.0
+        return True
+
+    def author(self, sender: bytes) -> bool:
+        """A new envelope of ``sender``: False if its limit drops it unchecked."""
+        tokens = self._authors.get(sender)
+        if tokens is None:
+            tokens = self._senders.peek(sender, self._now) - self._reserved.get(sender, 0)
+        if tokens < 1.0:
+            self._authors[sender] = tokens
+            return False
+        self._authors[sender] = tokens - 1.0
+        return True
+
+
 def plan(
-    frames: Iterable[AnyFrame], seen: Callable[[bytes], bool], busy: Iterable[bytes] = ()
+    burst: Iterable[tuple[AnyFrame, int]],
+    seen: Callable[[bytes], bool],
+    busy: Iterable[bytes] = (),
+    ahead: Foresight | None = None,
 ) -> list[Check]:
-    """The checks worth running ahead for ``frames`` (in order, each id once)."""
+    """The checks worth running ahead for ``burst`` (frames and their plaintext sizes,
+    in order; each id once); with ``ahead``, only those the router would make."""
     checks: list[Check] = []
     taken = set(busy)
-    for frame in frames:
-        if type(frame) is not Pub:
+    for frame, size in burst:
+        if ahead is not None and not ahead.frame(size):
+            break  # the router closes the link at this frame
+        if type(frame) is not Pub or (ahead is not None and not ahead.pub()):
             continue
         try:
             signed, sig = split_wire(frame.envelope)
         except ProtocolError:
-            continue  # the router refuses it
+            break  # the router refuses it and closes the link
         mid = message_id(signed)
         if mid in taken or seen(mid):
             continue
         key = author_key(signed)
-        if key is None:
+        if key is None or (ahead is not None and not ahead.author(peer_id_of(key))):
             continue
         taken.add(mid)
         checks.append(Check(mid, key, signed, sig))
@@ -100,10 +178,22 @@ class Vouching:
     """The router's side of check-ahead (``GossipRouter`` inherits it)."""
 
     _seen: OrderedDict[bytes, float]
+    _links: dict[bytes, LinkState]
+    _link_pubs: Buckets
+    _senders: Buckets
+    params: GossipParams
+    verify: bool
     vouched: Vouch = NO_VOUCHES  # set by the shell while it routes one checked burst
 
     def seen(self, msg_id: bytes) -> bool:
         return msg_id in self._seen
+
+    def foresight(
+        self, peer: bytes, now: float, reserved: Mapping[bytes, int] = NO_RESERVED
+    ) -> Foresight:
+        """What this router will drop unchecked from ``peer``'s next frames (``plan``);
+        ``reserved``: envelopes per author already planned in bursts in flight."""
+        return Foresight(self, peer, now, reserved)
 
     def check_envelope(self, key: bytes, mid: bytes, signed: bytes, sig: bytes) -> None:
         """``check_signature``, unless exactly this envelope was checked ahead."""
