@@ -25,14 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from peer.wire._errors import ProtocolError
+from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import AnyFrame
 from peer.wire._limits import MAX_INTEREST_HOPS
 from peer.wire._stats import Statistics, snapshot
 
 from ._gossip import GossipRouter
-from ._gossiptypes import Action, Close, Deliver, Send
-from ._interest import Nearest, nearest
+from ._gossiptypes import Action, Close, Deliver, LinkState, Send
+from ._interest import Nearest, nearest, with_carrier
 
 __all__ = [
     "Action",
@@ -138,15 +138,20 @@ class SiblingRouter(GossipRouter):
         hop, and a sibling is told only what the outside links reach (split horizon).
 
         Per topic two ``Nearest`` (over every carrier, the siblings' hops as told; over
-        the outside carriers only), so each link's answer is O(1), as without siblings;
-        after a change every link is asked (``GossipRouter`` asks only the one that
-        changed when no topic's ``Nearest`` moved; a change here may move the answer
-        to the siblings alone, so a few more links are asked)."""
+        the outside carriers only), kept in ``_told_sib`` and moved in one step for a
+        new carrier (``_on_sub``), so a subscription costs O(1) per link asked, as
+        without siblings; every link is asked only when the first ``Nearest`` moved,
+        else the one that changed and the siblings (whose answer is the second's)."""
         siblings = self.siblings
         if not siblings:
             return super()._refresh(topics, only, changed)
         self._told_near.clear()  # the plain router's cache: not kept while siblings exist
-        nears = {t: self._sibling_nears(t, siblings) for t in sorted(topics)}
+        known = topics if isinstance(topics, dict) else {}  # worked out in one step
+        cache = self._told_sib if only is not None else {}  # current unless topics changed
+        nears = {
+            t: known.get(t) or cache.get(t) or self._sibling_nears(t, siblings)
+            for t in sorted(topics)
+        }
         peers = [only] if only is not None else list(self._links)
         if changed is not None and only is None:
             moved = any(self._told_sib.get(t) != n for t, n in nears.items())
@@ -168,6 +173,25 @@ class SiblingRouter(GossipRouter):
             actions.extend(self._tell(peer, answers))
         return actions
 
+    def _on_sub(
+        self, peer: bytes, link: LinkState, entries: tuple[tuple[str, int], ...]
+    ) -> list[Action]:
+        """``GossipRouter._on_sub``, the new carrier added to both ``Nearest`` in one step."""
+        siblings = self.siblings
+        if not siblings:
+            return super()._on_sub(peer, link, entries)
+        sibling = peer in siblings
+        changed: dict[str, tuple[Nearest, Nearest] | None] = {}
+        for topic, hops in entries:
+            if topic not in link.interest and len(link.interest) >= self.topic_cap:
+                raise ProtocolError(ErrorCode.TOO_LARGE, "too many topics from one peer")
+            if link.interest.get(topic) != hops:
+                pair = self._told_sib.get(topic) if topic not in link.interest else None
+                link.interest[topic] = hops
+                self._carriers.setdefault(topic, set()).add(peer)
+                changed[topic] = None if pair is None else _with_carrier(pair, peer, hops, sibling)
+        return self._refresh(changed, changed=peer)
+
     def _sibling_nears(self, topic: str, siblings: frozenset[bytes]) -> tuple[Nearest, Nearest]:
         member, relay = topic in self._members, self.relay
         carriers = [(p, self._links[p].interest[topic]) for p in self._carriers.get(topic, ())]
@@ -175,3 +199,12 @@ class SiblingRouter(GossipRouter):
         everyone = nearest(member, relay, ((p, h - 1 if p in siblings else h) for p, h in carriers))
         out = nearest(member, relay, ((p, h) for p, h in carriers if p not in siblings))
         return everyone, out
+
+
+def _with_carrier(
+    pair: tuple[Nearest, Nearest], peer: bytes, hops: int, sibling: bool
+) -> tuple[Nearest, Nearest] | None:
+    """``pair`` once ``peer`` (a sibling or not), not a carrier before, told us ``hops``."""
+    everyone = with_carrier(pair[0], peer, hops - 1 if sibling else hops)
+    out = pair[1] if sibling else with_carrier(pair[1], peer, hops)
+    return None if everyone is None or out is None else (everyone, out)
