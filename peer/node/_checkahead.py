@@ -11,8 +11,11 @@ Rules kept here (the sans-IO half is ``peer.protocols._checkahead``):
 * Only what the router would check itself is planned (``plan`` with the
   router's ``Foresight`` for the link: its budget and ``pub`` limit, seen
   ids, muted or over-limit authors), with the author tokens of the bursts
-  in flight taken off (``reserved``), so a hostile link or many of them get
-  no more signatures checked than without check-ahead.
+  in flight taken off (``reserved``), and planning stops at a frame that may
+  end the link; the thread stops at the first failed check, which the router
+  then refuses without checking it again (``Verdicts.refuted``). So a
+  hostile link or many of them get no more signatures checked than without
+  check-ahead.
 * Threads are bounded by one ``CapacityLimiter`` per peer (the cores but
   one, at least one); each link has at most one burst in flight (its reader
   waits for it, holding at most ``MAX_HELD`` bytes), and all links together
@@ -72,12 +75,12 @@ class CheckAhead:
         while they run would take it over ``MAX_HELD`` or all over the in-flight budget."""
         if held > MAX_HELD:
             return NO_VOUCHES
-        if self.in_flight >= MAX_IN_FLIGHT or self.in_flight_bytes + held > MAX_IN_FLIGHT_BYTES:
-            self.counters.checked_ahead_over_budget += 1
-            return NO_VOUCHES
         ahead = self.router.foresight(peer, now, self._reserved)
         checks = plan(burst, self.router.seen, self._busy, ahead)
         if len(checks) < MIN_CHECKS:
+            return NO_VOUCHES
+        if self.in_flight >= MAX_IN_FLIGHT or self.in_flight_bytes + held > MAX_IN_FLIGHT_BYTES:
+            self.counters.checked_ahead_over_budget += 1
             return NO_VOUCHES
         mids = [c.mid for c in checks]
         authors = Counter(peer_id_of(c.key) for c in checks)
@@ -95,9 +98,10 @@ class CheckAhead:
                     del self._reserved[author]
             self.in_flight -= 1
             self.in_flight_bytes -= held
+        failed = 0 if passed.refuted is None else 1  # nothing is checked after it
         self.counters.checked_ahead_bursts += 1
-        self.counters.checked_ahead += len(checks)
-        self.counters.checked_ahead_failed += len(checks) - len(passed)
+        self.counters.checked_ahead += len(passed) + failed
+        self.counters.checked_ahead_failed += failed
         return passed
 
     @contextmanager

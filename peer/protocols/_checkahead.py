@@ -18,10 +18,16 @@ here:
   envelope whose id no other check of this burst (or one in flight, ``busy``)
   covers. Anything it cannot read is left to the router, which refuses it
   as usual; a ``pub`` that does not split ends the plan (the router closes
-  the link there).
+  the link there), and so does any frame but ``pub`` and the plain gossip
+  frames (an ``error``, a stray handshake, catch-up or DHT frame may end
+  the link), and a ``sub`` that may pass the link's topic cap.
 * ``run_checks`` returns the ``Vouch`` entries of the checks that passed:
-  message id -> (author key, signature). It only calls libsodium, so it may
-  run in a worker thread; it touches no shared state.
+  message id -> (author key, signature), in burst order up to the first
+  that fails, which it names (``Verdicts.refuted``) and after which it
+  checks nothing: the router closes the link at that envelope, refusing it
+  without a second check, so a burst of forgeries costs one check, as
+  without check-ahead. It only calls libsodium, so it may run in a worker
+  thread; it touches no shared state.
 * ``Vouching`` is the router's side: ``check_envelope`` skips the check only
   for an envelope whose id, author key and signature are exactly those of a
   passed check (the id is the hash of the signed bytes, so the triple the
@@ -45,8 +51,19 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from peer.wire._envelope import check_signature, message_id, split_wire
-from peer.wire._errors import ProtocolError
-from peer.wire._frametypes import AnyFrame, Pub
+from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._frametypes import (
+    AnyFrame,
+    Graft,
+    IHave,
+    IWant,
+    Ping,
+    Pong,
+    Prune,
+    Pub,
+    Sub,
+    Unsub,
+)
 from peer.wire._identity import peer_id_of
 from peer.wire._limits import GossipParams
 
@@ -56,6 +73,8 @@ from ._score import Buckets
 Vouch = Mapping[bytes, tuple[bytes, bytes]]  # message id -> (author key, signature)
 NO_VOUCHES: Vouch = MappingProxyType({})
 NO_RESERVED: Mapping[bytes, int] = MappingProxyType({})
+# frames the router takes without ending the link (planning stops at any other)
+_PLAIN = frozenset({Graft, IHave, IWant, Ping, Pong, Prune, Sub, Unsub})
 _FROM = b"\x64from\x58\x20"  # the text key "from", then a 32-byte byte string header
 
 
@@ -100,6 +119,8 @@ class Foresight:
             self.frame_tokens = min(p.frame_burst, link.frame_tokens + dt * p.frames_per_second)
             self.byte_tokens = min(p.byte_burst, link.byte_tokens + dt * p.bytes_per_second)
         self.pub_tokens = router._link_pubs.peek(peer, now)
+        # topics the link may still add before a ``sub`` closes it (counted as all new)
+        self.topic_room = 0 if link is None else router.topic_cap - len(link.interest)
         self._senders = router._senders
         self._now = now
         self._reserved = reserved
@@ -112,6 +133,11 @@ class Foresight:
         if self.frame_tokens < 0 or self.byte_tokens < 0:
             self.open = False
         return self.open
+
+    def sub(self, topics: int) -> bool:
+        """A ``sub`` of ``topics`` topics: False if it may pass the link's topic cap."""
+        self.topic_room -= topics
+        return self.topic_room >= 0
 
     def pub(self) -> bool:
         """A ``pub`` frame: False if the link's ``pub`` limit drops it."""
@@ -145,7 +171,13 @@ def plan(
     for frame, size in burst:
         if ahead is not None and not ahead.frame(size):
             break  # the router closes the link at this frame
-        if type(frame) is not Pub or (ahead is not None and not ahead.pub()):
+        if type(frame) is not Pub:
+            if isinstance(frame, Sub) and ahead is not None and not ahead.sub(len(frame.topics)):
+                break  # over the topic cap: the router closes the link here
+            if type(frame) not in _PLAIN:
+                break  # an error, a stray handshake, catch-up or DHT: may end the link
+            continue
+        if ahead is not None and not ahead.pub():
             continue
         try:
             signed, sig = split_wire(frame.envelope)
@@ -162,16 +194,26 @@ def plan(
     return checks
 
 
-def run_checks(checks: Iterable[Check]) -> dict[bytes, tuple[bytes, bytes]]:
-    """The vouches of the checks that pass (thread-safe: libsodium only)."""
-    passed: dict[bytes, tuple[bytes, bytes]] = {}
+class Verdicts(dict[bytes, tuple[bytes, bytes]]):
+    """The vouches of the checks that passed; ``refuted``: the (id, key, signature) of
+    the one that failed, after which nothing was checked (the router closes the link
+    there, so it would check nothing after it either)."""
+
+    refuted: tuple[bytes, bytes, bytes] | None = None
+
+
+def run_checks(checks: Iterable[Check]) -> Verdicts:
+    """The vouches of the checks that pass, in order up to the first that fails
+    (thread-safe: libsodium only)."""
+    verdicts = Verdicts()
     for check in checks:
         try:
             check_signature(check.key, check.signed, check.sig)
         except ProtocolError:
-            continue
-        passed[check.mid] = (check.key, check.sig)
-    return passed
+            verdicts.refuted = (check.mid, check.key, check.sig)
+            break
+        verdicts[check.mid] = (check.key, check.sig)
+    return verdicts
 
 
 class Vouching:
@@ -179,6 +221,7 @@ class Vouching:
 
     _seen: OrderedDict[bytes, float]
     _links: dict[bytes, LinkState]
+    topic_cap: int
     _link_pubs: Buckets
     _senders: Buckets
     params: GossipParams
@@ -196,6 +239,11 @@ class Vouching:
         return Foresight(self, peer, now, reserved)
 
     def check_envelope(self, key: bytes, mid: bytes, signed: bytes, sig: bytes) -> None:
-        """``check_signature``, unless exactly this envelope was checked ahead."""
-        if self.vouched.get(mid) != (key, sig):
-            check_signature(key, signed, sig)
+        """``check_signature``, unless exactly this envelope was checked ahead (passed:
+        nothing to do; failed: refused without checking it twice)."""
+        vouched = self.vouched
+        if vouched.get(mid) == (key, sig):
+            return
+        if getattr(vouched, "refuted", None) == (mid, key, sig):
+            raise ProtocolError(ErrorCode.BAD_SIGNATURE, "envelope signature does not verify")
+        check_signature(key, signed, sig)
