@@ -195,6 +195,7 @@ class RetentionResult:
     freed_bytes: int
     done: bool  # False: more records are due; call again
     pinned: int = 0  # pinned records this step passed over (kept)
+    pinned_bytes: int = 0  # ... and their wire bytes
     resume: int = 0  # not done: the seq to call again ``after``
 
 

@@ -10,7 +10,8 @@ index entries and its read flag, in the same transaction; it leaves the
 A caller may pin records (``pinned``: a record's message id to a key of the
 id index): a record whose key is there is kept, and retention skips over it
 and goes on trimming the unpinned records behind it, oldest first, as long
-as the topic is over its limit (the pinned ones count towards it). So a
+as the records not pinned are over the count or bytes limit (or, for the age
+limit, are too old): pinned records are kept beyond the limits. So a
 pinned topic's stored records may have holes: ``first_seq`` is always the
 lowest stored seq and ``count`` the number stored, and readers go by the
 stored keys (``read``, ``seq_at``). Topics without pins stay one
@@ -58,13 +59,17 @@ class _Limits:
             if limit is not None and limit < 0:
                 raise ValueError(f"{name} must be >= 0")
 
-    def exceeded(self, head: _Head, oldest: StoredMessage | None, now_ms: int) -> bool:
-        """Is the topic over a limit (so its oldest record is due)?"""
+    def exceeded(
+        self, head: _Head, oldest: StoredMessage | None, now_ms: int, kept: tuple[int, int]
+    ) -> bool:
+        """Is the topic over a limit (so its oldest record is due)? ``kept``: the
+        pinned records (count, bytes) passed over so far, which the count and bytes
+        limits leave out (only ``oldest``'s age counts for the age limit)."""
         if head.count == 0:
             return False
-        if self.max_count is not None and head.count > self.max_count:
+        if self.max_count is not None and head.count - kept[0] > self.max_count:
             return True
-        if self.max_bytes is not None and head.total_bytes > self.max_bytes:
+        if self.max_bytes is not None and head.total_bytes - kept[1] > self.max_bytes:
             return True
         return (
             self.max_age_ms is not None
@@ -90,6 +95,7 @@ class _Retention(_StoreEnv):
         budget: int = 256,
         pinned: Callable[[bytes], bytes] | None = None,
         after: int = 0,
+        kept: tuple[int, int] = (0, 0),
     ) -> RetentionResult:
         """Delete at most ``budget`` of the oldest records of ``topic`` that are
         over a limit: older than ``max_age_ms`` (by ``received_ms``), or while
@@ -100,8 +106,12 @@ class _Retention(_StoreEnv):
         ``pinned`` maps a record's message id to an id index key: while that
         key is stored, the record is kept and skipped; the records behind it
         are trimmed all the same (``pinned`` in the result counts the kept
-        ones this step passed). A step that is not ``done`` says where it
-        stopped: call again with ``after=result.resume``.
+        ones this step passed, ``pinned_bytes`` their bytes). The count and
+        bytes limits bound the records not pinned: a topic whose pinned
+        records alone are over them keeps every unpinned one. A step that is
+        not ``done`` says where it stopped: call again with
+        ``after=result.resume`` and ``kept`` the pinned count and bytes passed
+        by the steps before.
         """
         tkey = _topic_key(topic)
         if budget < 1:
@@ -116,13 +126,14 @@ class _Retention(_StoreEnv):
             """From the oldest record after ``after``: delete (or, with ``delete``
             False, only find) the unpinned records due, skipping the pinned."""
             head = _Head.load(txn, self._heads, tkey)
-            deleted = freed = kept = scanned = 0
+            deleted = freed = scanned = 0
+            pins, pin_bytes = kept
             cur = txn.cursor(db=self._log)
             found = head.count > 0 and cur.set_range(_log_key(tkey, max(head.first_seq, after + 1)))
             last, stopped = after, False
             while found and (seq := _seq_in(cur.key(), prefix)) is not None:
                 record = _decode_record(cur.key(), cur.value())
-                if not limits.exceeded(head, record, now_ms):
+                if not limits.exceeded(head, record, now_ms, (pins, pin_bytes)):
                     break
                 if deleted >= budget or scanned >= MAX_SCAN:
                     stopped = True
@@ -130,7 +141,8 @@ class _Retention(_StoreEnv):
                 scanned += 1
                 last = seq
                 if held(txn, record):
-                    kept += 1
+                    pins += 1
+                    pin_bytes += len(record.wire)
                     found = cur.next()
                     continue
                 if not delete:
@@ -144,11 +156,18 @@ class _Retention(_StoreEnv):
             if deleted:
                 head.first_seq = self._lowest(txn, tkey, head)
                 txn.put(tkey, head.encode(), db=self._heads)
-            return RetentionResult(deleted, freed, not stopped, pinned=kept, resume=last)
+            return RetentionResult(
+                deleted,
+                freed,
+                not stopped,
+                pinned=pins - kept[0],
+                pinned_bytes=pin_bytes - kept[1],
+                resume=last,
+            )
 
-        nothing = self._read(lambda txn: walk(txn, delete=False))
-        if nothing.done:
-            return nothing
+        probe = self._read(lambda txn: walk(txn, delete=False))
+        if probe.done or probe.resume != after:
+            return probe  # nothing due (up to where the scan stopped): no write at all
         return self._write(lambda txn: walk(txn, delete=True), reserve=True)
 
     def _forget(self, txn: lmdb.Transaction[bytes], tkey: bytes, record: StoredMessage) -> None:

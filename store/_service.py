@@ -266,9 +266,10 @@ class StoreService:
         budget: int = 256,
         pinned: Callable[[bytes], bytes] | None = None,
         after: int = 0,
+        kept: tuple[int, int] = (0, 0),
     ) -> RetentionResult:
         """One retention step for ``topic`` (at most ``budget`` deletions;
-        ``pinned`` and ``after`` as in :meth:`MessageStore.apply_retention`)."""
+        ``pinned``, ``after`` and ``kept`` as in :meth:`MessageStore.apply_retention`)."""
         return await self.write(
             functools.partial(
                 MessageStore.apply_retention,
@@ -280,6 +281,7 @@ class StoreService:
                 budget=budget,
                 pinned=pinned,
                 after=after,
+                kept=kept,
             )
         )
 
@@ -296,8 +298,8 @@ class StoreService:
         Each step is its own short write, queued behind waiting appends, so a
         sweep never stops the world. A topic the rules do not keep is emptied.
         ``pinned(topic)``: the pin mapping for that topic's records (None: none);
-        pinned records are kept and skipped, the unpinned behind them trimmed
-        (those kept are logged as ``kept_for_pins``).
+        pinned records are kept beyond the limits and skipped, the unpinned behind
+        them trimmed (those kept are logged as ``kept_for_pins``).
         Returns the number of records deleted.
         """
         deleted = held = 0
@@ -308,16 +310,17 @@ class StoreService:
             if policy.unlimited or head.count == 0:
                 continue
             pins = None if pinned is None else pinned(head.topic)
-            after = 0
+            after, kept = 0, (0, 0)
             while True:
                 step = await self.apply_retention(
-                    head.topic, policy, now_ms=now_ms, budget=budget, pinned=pins, after=after
+                    head.topic, policy, now_ms=now_ms, budget=budget, pinned=pins, after=after,
+                    kept=kept,
                 )
                 deleted += step.deleted
                 held += step.pinned
                 if step.done:
                     break
-                after = step.resume
+                after, kept = step.resume, (kept[0] + step.pinned, kept[1] + step.pinned_bytes)
         if deleted:
             self.log.info("store retention", deleted=deleted, kept_for_pins=held)
         return deleted

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -58,7 +59,7 @@ def _seqs(s: MessageStore, topic: str = "lobby") -> list[int]:
 
 @pytest.mark.parametrize("limit", [{"max_age_ms": 0}, {"max_count": 0}, {"max_bytes": 1}])
 def test_a_pinned_oldest_record_is_kept_and_the_ones_behind_it_go(
-    store: MessageStore, limit: dict[str, int]
+    store: MessageStore, limit: dict[str, Any]
 ) -> None:
     items = [item(n) for n in range(1, 11)]
     store.append_batch(items)
@@ -80,19 +81,34 @@ def test_a_pinned_oldest_record_is_kept_and_the_ones_behind_it_go(
     assert store.head("lobby").first_seq == 11
 
 
-def test_pinned_records_are_skipped_and_count_towards_the_limit(store: MessageStore) -> None:
+def test_pinned_records_count_towards_the_limit_of_older_records_only(
+    store: MessageStore,
+) -> None:
     items = [item(n) for n in range(1, 21)]
     store.append_batch(items)
     store.append_batch([holder(items[0], 1), holder(items[6], 2), holder(items[14], 3)])
     result = store.apply_retention("lobby", now_ms=10, max_count=8, pinned=pin_key)
-    # 20 records, 8 kept: the 3 pinned, and the 5 newest of the rest
-    assert (result.deleted, result.done, result.pinned) == (12, True, 2)
-    assert _seqs(store) == [1, 7, 15, 16, 17, 18, 19, 20]
+    # oldest first, while the records from here on are over 8: a pin passed no longer
+    # counts (1 and 7 are kept beyond the limit), one ahead does (15: 7 others stay)
+    assert (result.deleted, result.done, result.pinned) == (10, True, 2)
+    assert _seqs(store) == [1, 7, 13, 14, 15, 16, 17, 18, 19, 20]
     assert store.get(items[6].msg_id) is not None
     assert store.get(items[5].msg_id) is None  # its index entries went with it
     assert store.head("lobby").first_seq == 1 and store.check() == []
     # reads go over the holes
-    assert [m.seq for m in store.read("lobby", after=1, limit=3)] == [7, 15, 16]
+    assert [m.seq for m in store.read("lobby", after=1, limit=3)] == [7, 13, 14]
+
+
+def test_pins_alone_over_the_limit_never_cost_a_newer_record(store: MessageStore) -> None:
+    """The review's case: 5 pinned records over a limit of 5 took every fresh record
+    behind them; now the pinned ones passed are left out of the count."""
+    items = [item(n) for n in range(1, 9)]
+    store.append_batch(items)
+    store.append_batch([holder(items[n], n) for n in range(5)])
+    for limit in ({"max_count": 5}, {"max_bytes": sum(len(i.wire) for i in items[:5])}):
+        result = store.apply_retention("lobby", now_ms=10, pinned=pin_key, **limit)
+        assert result.deleted == 0 and result.done
+        assert _seqs(store) == list(range(1, 9))
 
 
 def test_an_unpinned_oldest_record_moves_first_seq_over_the_holes(store: MessageStore) -> None:
@@ -103,7 +119,7 @@ def test_an_unpinned_oldest_record_moves_first_seq_over_the_holes(store: Message
     assert _seqs(store) == [5, 6, 7, 8, 9, 10] and store.head("lobby").first_seq == 5
     store.append_batch([holder(items[7], 2)])
     step = store.apply_retention("lobby", now_ms=10, max_count=2, pinned=pin_key)
-    assert (step.deleted, step.pinned) == (4, 2) and _seqs(store) == [5, 8]
+    assert (step.deleted, step.pinned) == (2, 2) and _seqs(store) == [5, 8, 9, 10]
     assert store.check() == []
 
 
@@ -176,12 +192,43 @@ async def test_a_sweep_with_pins_trims_behind_them_and_frees_what_was_released(
             await service.append_many([holder(items[9], 1), holder(items[29], 2)])
             first = await service.retention_sweep(rules, now_ms=10, budget=4, pinned=pins)
             lobby = await service.head("lobby")
-            # lobby keeps 4: the pinned 10 and 30 and the 2 newest; holds drops pin 10
-            assert first == 36 + 1
-            assert (lobby.first_seq, lobby.count) == (10, 4)
+            # lobby keeps the pinned 10 and 30 beyond the limit, and the 4 newest;
+            # holds drops pin 10
+            assert first == 34 + 1
+            assert (lobby.first_seq, lobby.count) == (10, 6)
             await service.append_many([items[40]])  # one more: over the limit again
             second = await service.retention_sweep(rules, now_ms=10, budget=4, pinned=pins)
             lobby = await service.head("lobby")
-            assert second == 1  # 10, released, is the oldest unpinned
-            assert (lobby.first_seq, lobby.count) == (30, 4)
+            assert second == 2  # 10, released, and the oldest behind 30
+            assert (lobby.first_seq, lobby.count) == (30, 5)
             assert await service.read(lambda s: s.check()) == []
+
+
+def test_steps_over_pins_with_nothing_due_open_no_write(
+    store: MessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic held by many pins and nothing due: each bounded step only reads (a
+    write transaction that deletes nothing still takes the writer's lock)."""
+    items = [item(n) for n in range(1, 31)]
+    store.append_batch(items)
+    store.append_batch([holder(items[n], n) for n in range(30)])  # every record pinned
+    monkeypatch.setattr(_retention, "MAX_SCAN", 5)
+    writes = 0
+    write = store._write
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_write", counting)
+    after, kept, steps = 0, (0, 0), 0
+    while True:
+        step = store.apply_retention(
+            "lobby", now_ms=10, max_count=0, pinned=pin_key, after=after, kept=kept
+        )
+        steps += 1
+        if step.done:
+            break
+        after, kept = step.resume, (kept[0] + step.pinned, kept[1] + step.pinned_bytes)
+    assert steps == 30 // 5 and writes == 0 and _seqs(store) == list(range(1, 31))
