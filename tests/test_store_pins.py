@@ -105,7 +105,11 @@ def test_pins_alone_over_the_limit_never_cost_a_newer_record(store: MessageStore
     items = [item(n) for n in range(1, 9)]
     store.append_batch(items)
     store.append_batch([holder(items[n], n) for n in range(5)])
-    for limit in ({"max_count": 5}, {"max_bytes": sum(len(i.wire) for i in items[:5])}):
+    limits: list[dict[str, Any]] = [
+        {"max_count": 5},
+        {"max_bytes": sum(len(i.wire) for i in items[:5])},
+    ]
+    for limit in limits:
         result = store.apply_retention("lobby", now_ms=10, pinned=pin_key, **limit)
         assert result.deleted == 0 and result.done
         assert _seqs(store) == list(range(1, 9))
