@@ -132,12 +132,19 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
         heads: dict[bytes, _Head] = {}
         results: list[AppendResult] = []
         sequenced: list[tuple[bytes, bytes, int]] = []  # (sender, topic key, sender_seq)
+        last_new = False  # the item before was stored now (a follower goes with it)
         for item in items:
-            existing = txn.get(item.msg_id, db=self._ids)
-            if existing is not None:
-                topic, seq = _split_log_key(existing)
-                results.append(AppendResult(item.msg_id, topic, seq, duplicate=True))
-                continue
+            if item.follows:
+                if not last_new:
+                    results.append(AppendResult(item.msg_id, item.topic, 0, duplicate=True))
+                    continue
+            else:
+                existing = txn.get(item.msg_id, db=self._ids)
+                last_new = existing is None
+                if existing is not None:
+                    topic, seq = _split_log_key(existing)
+                    results.append(AppendResult(item.msg_id, topic, seq, duplicate=True))
+                    continue
             tkey = tkeys[item.topic]
             head = heads.get(tkey)
             if head is None:

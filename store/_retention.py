@@ -8,17 +8,17 @@ sender index entries and its read flag, in the same transaction; it leaves
 the ``seen`` ranges, the ``latest`` sender heads and the read watermark alone
 (they record what arrived and what was read, not what is still stored).
 
-A caller may pin records (``pinned``: a record's message id to a key of the
-id index): a record whose key is there is kept, and since only the old end
+A caller may pin records (``pinned``: a record to keys of the id index): a
+record one of whose keys is there is kept, and since only the old end
 is ever trimmed, the topic's retention stops at it for this step (``done``,
-with ``pinned`` set in the result) until whatever holds that key lets go.
+with ``pinned`` set in the result) until whatever holds the key lets go.
 The store does not know what holds it (the peer's inbox, for one).
 Which topics to keep and for how long is decided in ``store._policy``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import lmdb
@@ -34,6 +34,9 @@ from ._records import (
     _topic_key,
     _u64,
 )
+
+# A record's pins: the id index keys any of which, stored, keeps it.
+Pin = Callable[[StoredMessage], Iterable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,7 @@ class _Retention(_StoreEnv):
         max_bytes: int | None = None,
         max_count: int | None = None,
         budget: int = 256,
-        pinned: Callable[[bytes], bytes] | None = None,
+        pinned: Pin | None = None,
     ) -> RetentionResult:
         """Delete at most ``budget`` of the oldest records of ``topic`` that are
         over a limit: older than ``max_age_ms`` (by ``received_ms``), or while
@@ -97,9 +100,9 @@ class _Retention(_StoreEnv):
         ``max_count`` records. One short write transaction, and none at all when
         nothing is due, so a sweep over many topics never stops the world.
 
-        ``pinned`` maps a record's message id to an id index key: while that
-        key is stored, the record is kept and deleting stops there (the result
-        is ``done`` with ``pinned == 1``; later records wait behind it).
+        ``pinned`` maps a record to id index keys: while one of those keys is
+        stored, the record is kept and deleting stops there (the result is
+        ``done`` with ``pinned == 1``; later records wait behind it).
         """
         tkey = _topic_key(topic)
         if budget < 1:
@@ -116,7 +119,7 @@ class _Retention(_StoreEnv):
             return (
                 pinned is not None
                 and oldest is not None
-                and txn.get(pinned(oldest.msg_id), db=self._ids) is not None
+                and any(txn.get(key, db=self._ids) is not None for key in pinned(oldest))
             )
 
         def due(txn: lmdb.Transaction[bytes]) -> RetentionResult | None:

@@ -10,7 +10,7 @@ next step deletes what it held.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,9 @@ from store import (
     AppendItem,
     KeepRules,
     MessageStore,
+    Pin,
     RetentionPolicy,
+    StoredMessage,
     open_store_service,
 )
 
@@ -29,6 +31,10 @@ _TAG = b"test-pin"
 
 def pin_key(msg_id: bytes) -> bytes:
     return hashlib.sha256(_TAG + msg_id).digest()
+
+
+def pinned_by_key(m: StoredMessage) -> tuple[bytes]:
+    return (pin_key(m.msg_id),)
 
 
 def item(n: int, topic: str = "lobby", received_ms: int = 0) -> AppendItem:
@@ -61,11 +67,11 @@ def test_a_pinned_oldest_record_is_kept_and_retention_is_done(
     items = [item(n) for n in range(1, 11)]
     store.append_batch(items)
     store.append_batch([holder(items[0], 1)])  # the oldest is pinned
-    result = store.apply_retention("lobby", now_ms=10, pinned=pin_key, **limit)
+    result = store.apply_retention("lobby", now_ms=10, pinned=pinned_by_key, **limit)
     assert (result.deleted, result.done, result.pinned) == (0, True, 1)
     assert _seqs(store) == list(range(1, 11))  # nothing behind it goes either
     # without pins (or pins nobody holds) the same call deletes them all
-    unpinned = store.apply_retention("lobby", now_ms=10, pinned=lambda i: b"\0" * 32, **limit)
+    unpinned = store.apply_retention("lobby", now_ms=10, pinned=lambda m: (b"\0" * 32,), **limit)
     assert (unpinned.deleted, unpinned.done, unpinned.pinned) == (10, True, 0)
     assert _seqs(store) == []
 
@@ -74,7 +80,7 @@ def test_deleting_stops_at_the_oldest_pinned_record(store: MessageStore) -> None
     items = [item(n) for n in range(1, 21)]
     store.append_batch(items)
     store.append_batch([holder(items[6], 1), holder(items[14], 2)])
-    result = store.apply_retention("lobby", now_ms=10, max_count=0, pinned=pin_key)
+    result = store.apply_retention("lobby", now_ms=10, max_count=0, pinned=pinned_by_key)
     assert (result.deleted, result.done, result.pinned) == (6, True, 1)
     assert _seqs(store) == list(range(7, 21))
     assert store.get(items[6].msg_id) is not None
@@ -86,14 +92,15 @@ def test_a_released_pin_lets_the_next_step_delete(store: MessageStore) -> None:
     items = [item(n) for n in range(1, 6)]
     store.append_batch(items)
     store.append_batch([holder(items[0], 1), holder(items[2], 2)])
-    assert store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pin_key).deleted == 0
+    kept = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
+    assert kept.deleted == 0
     # the holder's own retention drops its oldest record: the first pin goes
     assert store.apply_retention("~holds", now_ms=10, max_count=1).deleted == 1
-    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pin_key)
+    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
     assert (result.deleted, result.pinned) == (2, 1)
     assert _seqs(store) == [3, 4, 5]
     assert store.apply_retention("~holds", now_ms=10, max_count=0).deleted == 1
-    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pin_key)
+    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
     assert (result.deleted, result.done, result.pinned) == (3, True, 0)
     assert _seqs(store) == [] and store.check() == []
 
@@ -102,9 +109,9 @@ def test_a_budget_step_that_ends_before_a_pin_is_not_done(store: MessageStore) -
     items = [item(n) for n in range(1, 11)]
     store.append_batch(items)
     store.append_batch([holder(items[7], 1)])
-    first = store.apply_retention("lobby", now_ms=10, max_count=0, budget=4, pinned=pin_key)
+    first = store.apply_retention("lobby", now_ms=10, max_count=0, budget=4, pinned=pinned_by_key)
     assert (first.deleted, first.done, first.pinned) == (4, False, 0)
-    second = store.apply_retention("lobby", now_ms=10, max_count=0, budget=4, pinned=pin_key)
+    second = store.apply_retention("lobby", now_ms=10, max_count=0, budget=4, pinned=pinned_by_key)
     assert (second.deleted, second.done, second.pinned) == (3, True, 1)
     assert _seqs(store) == [8, 9, 10]
 
@@ -114,8 +121,8 @@ async def test_a_sweep_with_pins_ends_and_frees_what_was_released(tmp_path: Path
     rules = KeepRules(topics={"lobby": RetentionPolicy(max_age_ms=0),
                               "~holds": RetentionPolicy(max_count=1)})
 
-    def pins(topic: str) -> Callable[[bytes], bytes] | None:
-        return None if topic == "~holds" else pin_key
+    def pins(topic: str) -> Pin | None:
+        return None if topic == "~holds" else pinned_by_key
 
     with trio.fail_after(30):
         async with open_store_service(str(tmp_path / "s"), sync=False) as service:
