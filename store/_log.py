@@ -134,26 +134,25 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
         sequenced: list[tuple[bytes, bytes, int]] = []  # (sender, topic key, sender_seq)
         last_new = False  # the item before was stored now (a follower goes with it)
         for item in items:
-            if item.follows:
-                if not last_new:
-                    results.append(AppendResult(item.msg_id, item.topic, 0, duplicate=True))
-                    continue
-            else:
-                existing = txn.get(item.msg_id, db=self._ids)
-                last_new = existing is None
-                if existing is not None:
-                    topic, seq = _split_log_key(existing)
-                    results.append(AppendResult(item.msg_id, topic, seq, duplicate=True))
-                    continue
+            if item.follows and not last_new:
+                results.append(AppendResult(item.msg_id, item.topic, 0, duplicate=True))
+                continue
             tkey = tkeys[item.topic]
             head = heads.get(tkey)
             if head is None:
                 head = heads[tkey] = _Head.load(txn, self._heads, tkey)
             seq = head.next_seq
             key = _log_key(tkey, seq)
+            # the id index entry first: one look into the index both finds a
+            # duplicate and, when there is none, puts the entry
+            if not txn.put(item.msg_id, key, overwrite=item.follows, db=self._ids):
+                topic, seq = _split_log_key(txn.get(item.msg_id, b"", db=self._ids))
+                results.append(AppendResult(item.msg_id, topic, seq, duplicate=True))
+                last_new = False
+                continue
+            last_new = not item.follows or last_new
             if not txn.put(key, _encode_record(item), overwrite=False, db=self._log):
                 raise StoreCorrupt(f"log position {item.topic}/{seq} is already taken")
-            txn.put(item.msg_id, key, db=self._ids)
             if item.sender_seq:  # 0: not sequenced (our inbox copies), no sender indexes
                 txn.put(item.sender + _u64(item.sender_seq) + item.msg_id, key, db=self._senders)
                 sequenced.append((item.sender, tkey, item.sender_seq))

@@ -338,10 +338,10 @@ def test_the_plain_message_check_leaves_a_non_map_to_the_checks() -> None:
 
 
 def test_a_plain_page_is_checked_in_full_once() -> None:
-    from peer.wire import _openmany
+    from peer.wire import _envelope, _openmany
 
     envs = _chain(ALICE, 6)
     parts = [split_wire(e.wire) for e in envs]
-    with mock.patch.object(_openmany, "_check_shape", wraps=_openmany._check_shape) as full:
+    with mock.patch.object(_openmany, "_check_shape", wraps=_envelope._check_shape) as full:
         assert list(open_many([e.wire for e in envs], parts)) == envs
     assert full.call_count == 1  # the first; the rest in one expression each

@@ -86,8 +86,8 @@ def test_an_entry_built_from_the_log_is_the_full_records_entry(
     assert entry_from_log(env.wire, env.id, 7, received, ME, {}) == general  # peer ids kept
     ref = inbox_item_of("msg", message, payload)
     assert referenced(ref.wire) == env.id and ref.wire.startswith(REF)
-    same = {"wire": b"", "msg_id": b"", "follows": False}  # same topic, ts, received
-    assert ref._replace(**same) == full._replace(**same)
+    # same topic, ts, received
+    assert ref._replace(wire=b"", msg_id=b"", follows=False) == full._replace(wire=b"", msg_id=b"")
     assert ref.follows and not full.follows  # stored with its channel record, never alone
     assert ref.msg_id == ref_key(env.sender, env.topic, env.seq, env.id)
     assert referenced(full.wire) is None  # a full record is never taken for a reference
