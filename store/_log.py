@@ -112,7 +112,9 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
 
         A message whose id is already stored (earlier, or earlier in this
         batch) is not stored again: its result carries the existing position
-        and ``duplicate=True``. Returns after the commit.
+        and ``duplicate=True``. An item that ``follows`` is stored exactly when
+        the item before it is (not: ``duplicate=True`` at seq 0). Returns
+        after the commit.
         """
         tkeys: dict[str, bytes] = {}
         for item in items:
