@@ -69,6 +69,7 @@ class Load:
     check_every: int = 1000  # the counting sinks check one message in this many fully
     hub_nice: int = 0  # != 0: the hub's threads get this nice value while measured
     warmup_interval: float = 0.05  # seconds between warm-up messages (each goes to all n)
+    idle_end: float = IDLE_END  # seconds without a delivery after the last send: the end
 
 
 def renice(pid: int, nice: int) -> str | None:
@@ -210,9 +211,9 @@ async def _feed_credit_until_done(pub: Child, sinks: list[Child], load: Load, wi
         sent = pub.last.get("sent")
         if sent is not None:
             expected = int(sent["n"]) * load.n
-            if total >= expected or now - last_change > IDLE_END:
+            if total >= expected or now - last_change > load.idle_end:
                 break
-        elif now - last_change > load.duration + IDLE_END + 30:
+        elif now - last_change > load.duration + load.idle_end + 30:
             raise ChildFailed("no progress and the publisher never finished")
         if now > hard_end:
             raise ChildFailed("the run did not finish in time")

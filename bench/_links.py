@@ -44,7 +44,11 @@ IN_FLIGHT = 32  # handshakes in flight over every sink process together
 SAMPLE_S = 1.0  # seconds between two reads of the seed's counters
 PEAK_WINDOW_S = 5.0
 STATUS_TRIES = 3
-WARMUP_DELIVERIES = 10_000.0  # warm-up deliveries per second over all links, at most
+WARMUP_DELIVERIES = 2_500.0  # warm-up deliveries per second over all links, at most (the
+# sinks handle each on their general path: at 10,000/s, 20 sinks starved and went silent)
+# a fan-out ends after links / IDLE_DELIVERIES s with no delivery (at least 5; 20 s at
+# 10,000 links: a loaded box may go 5 s without a sink reporting progress there)
+IDLE_DELIVERIES = 500.0
 READY_BASE_S = 60.0  # the links' deadline: this plus one second per READY_PER_S links
 READY_PER_S = 10.0
 FANOUT_DELIVERIES = 200_000  # deliveries per fan-out cell: messages = this / N ...
@@ -174,7 +178,8 @@ async def run_links(nursery: trio.Nursery, system: System, dep: Deployment, link
     # sinks (which handle them on their general path) keep answering pings
     load = Load(mode="fanout", n=links, size=size, messages=messages, duration=60.0,
                 sink_procs=procs, check_every=check_every,
-                warmup_interval=max(0.05, links / WARMUP_DELIVERIES))
+                warmup_interval=max(0.05, links / WARMUP_DELIVERIES),
+                idle_end=max(5.0, links / IDLE_DELIVERIES))
     try:
         fan = await run_load(nursery, system, dep, load, logs, sinks=sinks)
     except ChildFailed as exc:

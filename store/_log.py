@@ -20,9 +20,12 @@ from worker threads, with a single writer. Rules the log keeps:
 
 * ``append_batch`` writes many messages in one transaction (group commit) and
   deduplicates by message id: a message already stored keeps its position.
-* Per-topic sequence numbers start at 1, are never reused, and a topic's
-  stored records always form one contiguous range ``first_seq .. next_seq-1``:
-  retention only ever removes the oldest records.
+* Per-topic sequence numbers start at 1 and are never reused. A topic's
+  stored records lie in ``first_seq .. next_seq-1``, ``first_seq`` the lowest
+  stored; retention removes the oldest records, so the range is contiguous
+  unless records were pinned (``store._retention``: it skips a pinned record
+  and trims the unpinned ones behind it, leaving holes). Reads go by the
+  stored keys, so holes are simply not there.
 * Everything is bounded: topic and key lengths, record and state value sizes,
   read page sizes, and the number of seen-sequence ranges kept per sender and
   topic.
@@ -411,12 +414,15 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
             if head.count == 0:
                 return head.next_seq - 1
 
+            cur = txn.cursor(db=self._log)
+            prefix = tkey + b"\x00"
+
             def received(seq: int) -> int:
-                key = _log_key(tkey, seq)
-                value = txn.get(key, db=self._log)
-                if value is None:
-                    raise StoreCorrupt(f"{topic}: stored record {seq} is missing")
-                return _decode_record(key, value).received_ms
+                """Of the first stored record at or after ``seq`` (a pinned topic may
+                have holes), or past every u64 if there is none."""
+                if not cur.set_range(_log_key(tkey, seq)) or _seq_in(cur.key(), prefix) is None:
+                    return U64_MAX + 1
+                return _decode_record(cur.key(), cur.value()).received_ms
 
             seqs = range(head.first_seq, head.next_seq)
             return head.first_seq - 1 + bisect_left(seqs, received_ms, key=received)

@@ -183,7 +183,9 @@ class StoredMessage:
 
 @dataclass(frozen=True, slots=True)
 class TopicHead:
-    """A topic's log: records ``first_seq .. next_seq - 1`` are stored."""
+    """A topic's log: ``count`` records are stored in ``first_seq .. next_seq - 1``,
+    ``first_seq`` the lowest (all of them, unless retention kept pinned records and
+    trimmed behind them: ``store._retention``)."""
 
     topic: str
     next_seq: int = 1
@@ -201,7 +203,8 @@ class RetentionResult:
     deleted: int
     freed_bytes: int
     done: bool  # False: more records are due; call again
-    pinned: int = 0  # 1: stopped at a pinned record (kept, with all after it)
+    pinned: int = 0  # pinned records this step passed over (kept)
+    resume: int = 0  # not done: the seq to call again ``after``
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,26 @@
 """Retention: deleting the oldest records of a topic once it is over a limit.
 
-``_Retention`` is a part of :class:`~store._log.MessageStore`. It only ever
-removes a topic's oldest records, so the records left stay one contiguous
-range ``first_seq .. next_seq - 1``, and it writes with ``reserve=True`` so a
-full store can still be trimmed. With each record it deletes its id and
-sender index entries and its read flag, in the same transaction; it leaves
-the ``seen`` ranges, the ``latest`` sender heads and the read watermark alone
+``_Retention`` is a part of :class:`~store._log.MessageStore`. It removes a
+topic's records oldest first, and writes with ``reserve=True`` so a full
+store can still be trimmed. With each record it deletes its id and sender
+index entries and its read flag, in the same transaction; it leaves the
+``seen`` ranges, the ``latest`` sender heads and the read watermark alone
 (they record what arrived and what was read, not what is still stored).
 
 A caller may pin records (``pinned``: a record to keys of the id index): a
-record one of whose keys is there is kept, and since only the old end
-is ever trimmed, the topic's retention stops at it for this step (``done``,
-with ``pinned`` set in the result) until whatever holds the key lets go.
-The store does not know what holds it (the peer's inbox, for one).
-Which topics to keep and for how long is decided in ``store._policy``.
+record one of whose keys is there is kept, and retention skips over it
+and goes on trimming the unpinned records behind it, oldest first, as long
+as the topic is over its limit (the pinned ones count towards it). So a
+pinned topic's stored records may have holes: ``first_seq`` is always the
+lowest stored seq and ``count`` the number stored, and readers go by the
+stored keys (``read``, ``seq_at``). Topics without pins stay one
+contiguous range. A step examines at most ``MAX_SCAN`` records (kept pinned
+ones included) and says where it stopped (``resume``), so a topic held by
+many pins is trimmed in bounded steps that go forward. The store does not
+know what holds a pin (the peer's inbox, for one). Read flags count unread
+records by seq ranges (``store._readflags``), so they are for topics never
+pinned (the peer's ``~inbox``). Which topics to keep and for how long is
+decided in ``store._policy``.
 """
 
 from __future__ import annotations
@@ -31,12 +38,10 @@ from ._records import (
     _decode_record,
     _Head,
     _log_key,
+    _seq_in,
     _topic_key,
     _u64,
 )
-
-# A record's pins: the id index keys any of which, stored, keeps it.
-Pin = Callable[[StoredMessage], Iterable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,20 +73,13 @@ class _Limits:
         )
 
 
+# A record's pins: the id index keys any of which, stored, keeps it.
+Pin = Callable[[StoredMessage], Iterable[bytes]]
+MAX_SCAN = 4096  # records one retention step examines, at most (kept pinned ones included)
+
+
 class _Retention(_StoreEnv):
     """``apply_retention``: bounded deletes from the old end of a topic's log."""
-
-    def _oldest(
-        self, txn: lmdb.Transaction[bytes], topic: str, tkey: bytes, head: _Head
-    ) -> StoredMessage | None:
-        """The topic's first stored record, or ``None`` when it is empty."""
-        if head.count == 0:
-            return None
-        key = _log_key(tkey, head.first_seq)
-        value = txn.get(key, db=self._log)
-        if value is None:
-            raise StoreCorrupt(f"{topic}: first record {head.first_seq} is missing")
-        return _decode_record(key, value)
 
     def apply_retention(
         self,
@@ -93,6 +91,7 @@ class _Retention(_StoreEnv):
         max_count: int | None = None,
         budget: int = 256,
         pinned: Pin | None = None,
+        after: int = 0,
     ) -> RetentionResult:
         """Delete at most ``budget`` of the oldest records of ``topic`` that are
         over a limit: older than ``max_age_ms`` (by ``received_ms``), or while
@@ -101,62 +100,75 @@ class _Retention(_StoreEnv):
         nothing is due, so a sweep over many topics never stops the world.
 
         ``pinned`` maps a record to id index keys: while one of those keys is
-        stored, the record is kept and deleting stops there (the result is
-        ``done`` with ``pinned == 1``; later records wait behind it).
+        stored, the record is kept and skipped; the records behind it
+        are trimmed all the same (``pinned`` in the result counts the kept
+        ones this step passed). A step that is not ``done`` says where it
+        stopped: call again with ``after=result.resume``.
         """
         tkey = _topic_key(topic)
         if budget < 1:
             raise ValueError("budget must be >= 1")
         limits = _Limits(max_age_ms, max_bytes, max_count)
+        prefix = tkey + b"\x00"
 
-        def over(head: _Head, oldest: StoredMessage | None) -> bool:
-            return limits.exceeded(head, oldest, now_ms)
-
-        def oldest_of(txn: lmdb.Transaction[bytes], head: _Head) -> StoredMessage | None:
-            return self._oldest(txn, topic, tkey, head)
-
-        def held(txn: lmdb.Transaction[bytes], oldest: StoredMessage | None) -> bool:
-            return (
-                pinned is not None
-                and oldest is not None
-                and any(txn.get(key, db=self._ids) is not None for key in pinned(oldest))
+        def held(txn: lmdb.Transaction[bytes], record: StoredMessage) -> bool:
+            return pinned is not None and any(
+                txn.get(key, db=self._ids) is not None for key in pinned(record)
             )
 
-        def due(txn: lmdb.Transaction[bytes]) -> RetentionResult | None:
+        def walk(txn: lmdb.Transaction[bytes], delete: bool) -> RetentionResult:
+            """From the oldest record after ``after``: delete (or, with ``delete``
+            False, only find) the unpinned records due, skipping the pinned."""
             head = _Head.load(txn, self._heads, tkey)
-            oldest = oldest_of(txn, head)
-            if not over(head, oldest):
-                return RetentionResult(0, 0, True)
-            return RetentionResult(0, 0, True, pinned=1) if held(txn, oldest) else None
-
-        nothing = self._read(due)
-        if nothing is not None:
-            return nothing
-
-        def op(txn: lmdb.Transaction[bytes]) -> RetentionResult:
-            head = _Head.load(txn, self._heads, tkey)
-            deleted = freed = stopped = 0
-            oldest = oldest_of(txn, head)
-            while deleted < budget and over(head, oldest):
-                assert oldest is not None
-                if held(txn, oldest):
-                    stopped = 1
+            deleted = freed = kept = scanned = 0
+            cur = txn.cursor(db=self._log)
+            found = head.count > 0 and cur.set_range(_log_key(tkey, max(head.first_seq, after + 1)))
+            last, stopped = after, False
+            while found and (seq := _seq_in(cur.key(), prefix)) is not None:
+                record = _decode_record(cur.key(), cur.value())
+                if not limits.exceeded(head, record, now_ms):
                     break
-                txn.delete(_log_key(tkey, oldest.seq), db=self._log)
-                txn.delete(_log_key(tkey, oldest.seq), db=self._flags)  # same key layout
-                txn.delete(oldest.msg_id, db=self._ids)
-                skey = oldest.sender + _u64(oldest.sender_seq) + oldest.msg_id
-                txn.delete(skey, db=self._senders)
+                if deleted >= budget or scanned >= MAX_SCAN:
+                    stopped = True
+                    break
+                scanned += 1
+                last = seq
+                if held(txn, record):
+                    kept += 1
+                    found = cur.next()
+                    continue
+                if not delete:
+                    return RetentionResult(0, 0, False, resume=after)  # something is due
+                found = cur.delete()  # and on to the next record
+                self._forget(txn, tkey, record)
                 head.count -= 1
-                head.total_bytes -= len(oldest.wire)
-                head.first_seq = oldest.seq + 1
+                head.total_bytes -= len(record.wire)
                 deleted += 1
-                freed += len(oldest.wire)
-                oldest = oldest_of(txn, head)
-            if head.count == 0:
-                head.first_seq = head.next_seq
-            txn.put(tkey, head.encode(), db=self._heads)
-            done = bool(stopped) or not over(head, oldest)
-            return RetentionResult(deleted, freed, done, pinned=stopped)
+                freed += len(record.wire)
+            if deleted:
+                head.first_seq = self._lowest(txn, tkey, head)
+                txn.put(tkey, head.encode(), db=self._heads)
+            return RetentionResult(deleted, freed, not stopped, pinned=kept, resume=last)
 
-        return self._write(op, reserve=True)
+        nothing = self._read(lambda txn: walk(txn, delete=False))
+        if nothing.done:
+            return nothing
+        return self._write(lambda txn: walk(txn, delete=True), reserve=True)
+
+    def _forget(self, txn: lmdb.Transaction[bytes], tkey: bytes, record: StoredMessage) -> None:
+        """A deleted record's read flag and index entries (its log entry is gone)."""
+        txn.delete(_log_key(tkey, record.seq), db=self._flags)  # same key layout
+        txn.delete(record.msg_id, db=self._ids)
+        skey = record.sender + _u64(record.sender_seq) + record.msg_id
+        txn.delete(skey, db=self._senders)
+
+    def _lowest(self, txn: lmdb.Transaction[bytes], tkey: bytes, head: _Head) -> int:
+        """The topic's lowest stored seq (``next_seq`` if none is)."""
+        if head.count == 0:
+            return head.next_seq
+        cur = txn.cursor(db=self._log)
+        if cur.set_range(_log_key(tkey, head.first_seq)):
+            seq = _seq_in(cur.key(), tkey + b"\x00")
+            if seq is not None:
+                return seq
+        raise StoreCorrupt(f"{tkey!r}: {head.count} records in the head, none in the log")

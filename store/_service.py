@@ -266,9 +266,10 @@ class StoreService:
         now_ms: int,
         budget: int = 256,
         pinned: Pin | None = None,
+        after: int = 0,
     ) -> RetentionResult:
         """One retention step for ``topic`` (at most ``budget`` deletions;
-        ``pinned`` as in :meth:`MessageStore.apply_retention`)."""
+        ``pinned`` and ``after`` as in :meth:`MessageStore.apply_retention`)."""
         return await self.write(
             functools.partial(
                 MessageStore.apply_retention,
@@ -279,6 +280,7 @@ class StoreService:
                 max_count=policy.max_count,
                 budget=budget,
                 pinned=pinned,
+                after=after,
             )
         )
 
@@ -295,7 +297,8 @@ class StoreService:
         Each step is its own short write, queued behind waiting appends, so a
         sweep never stops the world. A topic the rules do not keep is emptied.
         ``pinned(topic)``: the pin mapping for that topic's records (None: none);
-        a topic stops at its oldest pinned record (logged as ``pinned``).
+        pinned records are kept and skipped, the unpinned behind them trimmed
+        (those kept are logged as ``kept_for_pins``).
         Returns the number of records deleted.
         """
         deleted = held = 0
@@ -306,16 +309,18 @@ class StoreService:
             if policy.unlimited or head.count == 0:
                 continue
             pins = None if pinned is None else pinned(head.topic)
+            after = 0
             while True:
                 step = await self.apply_retention(
-                    head.topic, policy, now_ms=now_ms, budget=budget, pinned=pins
+                    head.topic, policy, now_ms=now_ms, budget=budget, pinned=pins, after=after
                 )
                 deleted += step.deleted
                 held += step.pinned
                 if step.done:
                     break
+                after = step.resume
         if deleted:
-            self.log.info("store retention", deleted=deleted, stopped_at_pin=held)
+            self.log.info("store retention", deleted=deleted, kept_for_pins=held)
         return deleted
 
     # -- reads -------------------------------------------------------------------

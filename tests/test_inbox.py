@@ -185,17 +185,35 @@ def test_directory_tracks_last_seen() -> None:
 def test_directory_capacity_keeps_linked_peers() -> None:
     directory = Directory(capacity=3)
     peers = [bytes([i]) * 32 for i in range(1, 6)]
-    linked = directory.see(peers[0], b"k" * 32, 0)
-    linked.linked = True
-    for i, p in enumerate(peers[1:4], start=1):
+    linked = directory.see(peers[0], b"k" * 32, 0, linking=True)
+    for i, p in enumerate(peers[1:5], start=1):
         directory.see(p, b"k" * 32, i)
-    # the oldest unlinked peer went; the linked one stayed
+    # the oldest unlinked peer went; the linked one stayed (and is not counted)
     assert directory.get(peers[0]) is linked
     assert directory.get(peers[1]) is None
-    assert len(directory) == 3
+    assert len(directory) == 4
     # a peer seen again becomes the most recent, so another one goes next
     directory.see(peers[2], b"k" * 32, 10)
-    directory.see(peers[4], b"k" * 32, 11)
+    directory.see(b"\x09" * 32, b"k" * 32, 11)
     assert directory.get(peers[2]) is not None
     assert directory.get(peers[3]) is None
-    assert [p.peer_id for p in directory] == [peers[0], peers[2], peers[4]]
+    assert {p.peer_id for p in directory} == {peers[0], peers[4], peers[2], b"\x09" * 32}
+    # once unlinked it counts again and, the oldest, goes first
+    directory.unlink(peers[0])
+    directory.see(b"\x0a" * 32, b"k" * 32, 12)
+    assert directory.get(peers[0]) is None
+    assert len(directory) == 3
+
+
+def test_a_seed_with_more_links_than_the_directory_holds_takes_the_next_one() -> None:
+    """A seed at 10,000 links crashed on the 10,001st: the new, not yet linked entry
+    was the only one it could drop, and was dropped under its own feet."""
+    directory = Directory(capacity=3)
+    for i in range(10):
+        info = directory.see(bytes([i]) * 32, b"k" * 32, i, linking=True)
+        assert directory.get(bytes([i]) * 32) is info and info.linked
+    assert len(directory) == 10
+    for i in range(10, 20):  # peers only heard of stay bounded beside them
+        directory.see(bytes([i]) * 32, b"k" * 32, i)
+    assert len(directory) == 13
+    assert all(directory.get(bytes([i]) * 32) is not None for i in range(10))

@@ -383,3 +383,40 @@ def test_an_author_dropped_over_its_limit_is_held_back_from_repair_for_a_while()
     assert not router.held_back(author, 0.0)
     assert not router.held_back(flooder, 30.1)  # it stayed away long enough
     assert not router.held_back(router.me, 0.0)  # never ourselves
+
+
+def test_unchecked_copies_cannot_keep_a_hold_alive() -> None:
+    """A hold is extended only by a drop that follows a checked envelope of its author
+    (or a mute on its own link): copies dropped unchecked, forged ones among them, find
+    the author held but do not push the hold on; its own new envelopes do."""
+    params = replace(LIMITS, link_pub_rate=0.0, over_limit_mute_s=30.0)
+    router = GossipRouter(fake_peer(0), relay=True, params=params, rng=random.Random(3))
+    router.subscribe(TOPIC)
+    relay = fake_peer(1)
+    author = identity("flooder").peer_id
+    for link in (relay, author):
+        router.add_link(link, relay=True, now=0.0)
+    flood = envelopes("flooder", 110)
+    own = [e for e in flood[:20] if delivers(pub(router, author, e, 0.0))]
+    assert 0 < len(own) < 20
+    assert router.held_back(author, 0.0)  # over its limit on its own link: muted, held
+    # forged copies (new ids, bad signatures) through a relay all through the mute:
+    # each is dropped unchecked while the author is muted, and none is refused
+    for t in range(1, 30):
+        forged = _forged(flood[20 + t])
+        assert pub(router, relay, forged, float(t)) == []
+    assert router.held_back(author, 29.9)
+    assert not router.held_back(author, 30.1)  # not extended by what was never checked
+    # the real author over its limit again through the relay: a new hold (to 61) ...
+    assert 0 < sum(bool(delivers(pub(router, relay, e, 31.0))) for e in flood[50:80]) < 30
+    assert router.held_back(author, 60.9) and not router.held_back(author, 61.1)
+    # ... which its checked envelopes, then drops after them, extend (to 80)
+    assert 0 < sum(bool(delivers(pub(router, relay, e, 50.0))) for e in flood[80:110]) < 30
+    assert router.held_back(author, 79.9) and not router.held_back(author, 80.1)
+
+
+def _forged(env: Envelope) -> Envelope:
+    """``env`` with one bit of its signature flipped (its id is unchanged: a new one
+    is made by the caller's choice of ``env``)."""
+    wire = env.wire[:-1] + bytes([env.wire[-1] ^ 1])
+    return replace(env, wire=wire)

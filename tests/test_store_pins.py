@@ -1,6 +1,7 @@
 """Retention with pins (``apply_retention(..., pinned=...)``): a record whose pin
-key is in the id index is kept, and since retention trims only a topic's old
-end, the topic stops there for this step, reported ``done`` with ``pinned``.
+key is in the id index is kept and skipped, and the unpinned records behind it are
+trimmed all the same (oldest first, while the topic is over its limit), leaving
+holes that reads and ``check`` accept.
 
 The pin key here is the id of a record in another topic (as the peer's
 ``~inbox`` references are): deleting that record releases the pin, and the
@@ -23,6 +24,7 @@ from store import (
     Pin,
     RetentionPolicy,
     StoredMessage,
+    _retention,
     open_store_service,
 )
 
@@ -61,30 +63,53 @@ def _seqs(s: MessageStore, topic: str = "lobby") -> list[int]:
 
 
 @pytest.mark.parametrize("limit", [{"max_age_ms": 0}, {"max_count": 0}, {"max_bytes": 1}])
-def test_a_pinned_oldest_record_is_kept_and_retention_is_done(
+def test_a_pinned_oldest_record_is_kept_and_the_ones_behind_it_go(
     store: MessageStore, limit: dict[str, int]
 ) -> None:
     items = [item(n) for n in range(1, 11)]
     store.append_batch(items)
     store.append_batch([holder(items[0], 1)])  # the oldest is pinned
     result = store.apply_retention("lobby", now_ms=10, pinned=pinned_by_key, **limit)
-    assert (result.deleted, result.done, result.pinned) == (0, True, 1)
-    assert _seqs(store) == list(range(1, 11))  # nothing behind it goes either
-    # without pins (or pins nobody holds) the same call deletes them all
+    assert (result.deleted, result.done, result.pinned) == (9, True, 1)
+    assert _seqs(store) == [1]  # it stays; nothing behind it waits for it
+    head = store.head("lobby")
+    assert (head.first_seq, head.next_seq, head.count) == (1, 11, 1)
+    assert head.total_bytes == len(items[0].wire)
+    assert store.check() == []
+    # a step with nothing more to delete writes nothing and is done
+    again = store.apply_retention("lobby", now_ms=10, pinned=pinned_by_key, **limit)
+    assert (again.deleted, again.done, again.pinned) == (0, True, 1)
+    # without pins (or pins nobody holds) the same call deletes it too
     unpinned = store.apply_retention("lobby", now_ms=10, pinned=lambda m: (b"\0" * 32,), **limit)
-    assert (unpinned.deleted, unpinned.done, unpinned.pinned) == (10, True, 0)
-    assert _seqs(store) == []
+    assert (unpinned.deleted, unpinned.done, unpinned.pinned) == (1, True, 0)
+    assert _seqs(store) == [] and store.check() == []
+    assert store.head("lobby").first_seq == 11
 
 
-def test_deleting_stops_at_the_oldest_pinned_record(store: MessageStore) -> None:
+def test_pinned_records_are_skipped_and_count_towards_the_limit(store: MessageStore) -> None:
     items = [item(n) for n in range(1, 21)]
     store.append_batch(items)
-    store.append_batch([holder(items[6], 1), holder(items[14], 2)])
-    result = store.apply_retention("lobby", now_ms=10, max_count=0, pinned=pinned_by_key)
-    assert (result.deleted, result.done, result.pinned) == (6, True, 1)
-    assert _seqs(store) == list(range(7, 21))
+    store.append_batch([holder(items[0], 1), holder(items[6], 2), holder(items[14], 3)])
+    result = store.apply_retention("lobby", now_ms=10, max_count=8, pinned=pinned_by_key)
+    # 20 records, 8 kept: the 3 pinned, and the 5 newest of the rest
+    assert (result.deleted, result.done, result.pinned) == (12, True, 2)
+    assert _seqs(store) == [1, 7, 15, 16, 17, 18, 19, 20]
     assert store.get(items[6].msg_id) is not None
     assert store.get(items[5].msg_id) is None  # its index entries went with it
+    assert store.head("lobby").first_seq == 1 and store.check() == []
+    # reads go over the holes
+    assert [m.seq for m in store.read("lobby", after=1, limit=3)] == [7, 15, 16]
+
+
+def test_an_unpinned_oldest_record_moves_first_seq_over_the_holes(store: MessageStore) -> None:
+    items = [item(n) for n in range(1, 11)]
+    store.append_batch(items)
+    store.append_batch([holder(items[4], 1)])
+    assert store.apply_retention("lobby", now_ms=10, max_count=6, pinned=pinned_by_key).deleted == 4
+    assert _seqs(store) == [5, 6, 7, 8, 9, 10] and store.head("lobby").first_seq == 5
+    store.append_batch([holder(items[7], 2)])
+    step = store.apply_retention("lobby", now_ms=10, max_count=2, pinned=pinned_by_key)
+    assert (step.deleted, step.pinned) == (4, 2) and _seqs(store) == [5, 8]
     assert store.check() == []
 
 
@@ -92,49 +117,77 @@ def test_a_released_pin_lets_the_next_step_delete(store: MessageStore) -> None:
     items = [item(n) for n in range(1, 6)]
     store.append_batch(items)
     store.append_batch([holder(items[0], 1), holder(items[2], 2)])
-    kept = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
-    assert kept.deleted == 0
+    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
+    assert (result.deleted, result.pinned) == (3, 2)
+    assert _seqs(store) == [1, 3]
     # the holder's own retention drops its oldest record: the first pin goes
     assert store.apply_retention("~holds", now_ms=10, max_count=1).deleted == 1
     result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
-    assert (result.deleted, result.pinned) == (2, 1)
-    assert _seqs(store) == [3, 4, 5]
+    assert (result.deleted, result.pinned) == (1, 1)
+    assert _seqs(store) == [3] and store.head("lobby").first_seq == 3
     assert store.apply_retention("~holds", now_ms=10, max_count=0).deleted == 1
     result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
-    assert (result.deleted, result.done, result.pinned) == (3, True, 0)
+    assert (result.deleted, result.done, result.pinned) == (1, True, 0)
     assert _seqs(store) == [] and store.check() == []
 
 
-def test_a_budget_step_that_ends_before_a_pin_is_not_done(store: MessageStore) -> None:
-    items = [item(n) for n in range(1, 11)]
+def test_an_age_limit_stops_at_the_first_young_record_behind_pins(store: MessageStore) -> None:
+    items = [item(n, received_ms=n) for n in range(1, 11)]
     store.append_batch(items)
-    store.append_batch([holder(items[7], 1)])
+    store.append_batch([holder(items[1], 1)])
+    result = store.apply_retention("lobby", now_ms=16, max_age_ms=10, pinned=pinned_by_key)
+    assert (result.deleted, result.done, result.pinned) == (4, True, 1)  # 1, 3, 4, 5
+    assert _seqs(store) == [2, 6, 7, 8, 9, 10]
+    # "since" a time goes over the holes: after 2 for 3..6, then by the record
+    assert [store.seq_at("lobby", ms) for ms in (0, 2, 3, 6, 7, 100)] == [1, 1, 2, 2, 6, 10]
+    assert store.check() == []
+
+
+def test_budget_steps_resume_where_they_stopped(
+    store: MessageStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = [item(n) for n in range(1, 31)]
+    store.append_batch(items)
+    store.append_batch([holder(items[n], n) for n in range(0, 12)])  # 1..12 pinned
+    monkeypatch.setattr(_retention, "MAX_SCAN", 5)
     first = store.apply_retention("lobby", now_ms=10, max_count=0, budget=4, pinned=pinned_by_key)
-    assert (first.deleted, first.done, first.pinned) == (4, False, 0)
-    second = store.apply_retention("lobby", now_ms=10, max_count=0, budget=4, pinned=pinned_by_key)
-    assert (second.deleted, second.done, second.pinned) == (3, True, 1)
-    assert _seqs(store) == [8, 9, 10]
+    assert (first.deleted, first.done, first.pinned, first.resume) == (0, False, 5, 5)
+    steps, after, deleted = 1, first.resume, 0
+    while True:
+        step = store.apply_retention(
+            "lobby", now_ms=10, max_count=0, budget=4, pinned=pinned_by_key, after=after
+        )
+        steps, deleted, after = steps + 1, deleted + step.deleted, step.resume
+        if step.done:
+            break
+        assert step.resume > 0
+    assert deleted == 18 and _seqs(store) == list(range(1, 13))
+    assert steps <= 2 + 12 // 5 + 18 // 4 + 1  # each step went forward
+    assert store.check() == []
 
 
-async def test_a_sweep_with_pins_ends_and_frees_what_was_released(tmp_path: Path) -> None:
-    items = [item(n) for n in range(1, 41)]
-    rules = KeepRules(topics={"lobby": RetentionPolicy(max_age_ms=0),
-                              "~holds": RetentionPolicy(max_count=1)})
+async def test_a_sweep_with_pins_trims_behind_them_and_frees_what_was_released(
+    tmp_path: Path,
+) -> None:
+    items = [item(n) for n in range(1, 42)]
+    rules = KeepRules(topics={"lobby": RetentionPolicy(max_count=4),
+                              "~holds": RetentionPolicy(max_count=1)})  # fmt: skip
 
     def pins(topic: str) -> Pin | None:
         return None if topic == "~holds" else pinned_by_key
 
     with trio.fail_after(30):
         async with open_store_service(str(tmp_path / "s"), sync=False) as service:
-            await service.append_many(items)
+            await service.append_many(items[:40])
             await service.append_many([holder(items[9], 1), holder(items[29], 2)])
             first = await service.retention_sweep(rules, now_ms=10, budget=4, pinned=pins)
             lobby = await service.head("lobby")
-            assert first == 9 + 1  # lobby up to the first pin; holds drops that pin
-            assert (lobby.first_seq, lobby.count) == (10, 31)
+            # lobby keeps 4: the pinned 10 and 30 and the 2 newest; holds drops pin 10
+            assert first == 36 + 1
+            assert (lobby.first_seq, lobby.count) == (10, 4)
+            await service.append_many([items[40]])  # one more: over the limit again
             second = await service.retention_sweep(rules, now_ms=10, budget=4, pinned=pins)
             lobby = await service.head("lobby")
-            assert second == 20  # up to the pin still held
-            assert (lobby.first_seq, lobby.count) == (30, 11)
-            # no pins: the sweep empties the topic
-            assert await service.retention_sweep(rules, now_ms=10) == 11
+            assert second == 1  # 10, released, is the oldest unpinned
+            assert (lobby.first_seq, lobby.count) == (30, 4)
+            assert await service.read(lambda s: s.check()) == []

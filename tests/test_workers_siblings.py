@@ -9,12 +9,24 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+import trio.testing
 
 import peer
 from peer.node._node import Peer
-from peer.node._siblings import HELLO, Siblings, socket_path
+from peer.node._siblings import (
+    HELLO,
+    SIBLING_QUEUE,
+    SIBLING_QUEUE_BYTES,
+    SiblingLink,
+    Siblings,
+    socket_path,
+)
+from peer.protocols._gossiptypes import Send
 from peer.protocols._siblingrouter import sibling_key
+from peer.wire._errors import ErrorCode
 from peer.wire._frametypes import CuReq
+from peer.wire._identity import Identity
+from peer.wire._limits import MAX_RECORD
 
 
 @asynccontextmanager
@@ -59,6 +71,7 @@ async def test_siblings_link_and_share_interest(tmp_path: Path) -> None:
         await until(lambda: "news" in pa.router.interest_of(sibling_key(1)))
         assert pa.statistics()["gossip"]["siblings"] == 1
         assert a.status()["siblings"] == [1]
+        assert a.status()["queued_bytes"] == {1: 0}
 
 
 async def test_a_bad_sibling_is_closed_and_the_real_one_relinks(tmp_path: Path) -> None:
@@ -101,3 +114,40 @@ def _record(frame: bytes) -> bytes:
 
 def _not_gossip() -> bytes:
     return CuReq(1, "news").encode()
+
+
+def test_a_sibling_queue_is_bounded_in_bytes_and_a_full_one_is_closed_as_slow() -> None:
+    """Large frames fill the queue's bytes long before its frame count: the send that
+    would go over is refused, and the swarm closes the sibling link as ``SLOW``."""
+    stream_a, _stream_b = trio.testing.memory_stream_pair()
+    link = SiblingLink(1, stream_a)  # no writer: nothing leaves the queue
+    big = b"\x00" * (MAX_RECORD - 16)
+    fit = SIBLING_QUEUE_BYTES // (len(big) + 4)
+    assert fit < SIBLING_QUEUE  # the byte bound comes first for such frames
+    for _ in range(fit):
+        assert link.enqueue(big)
+    assert link.queued_bytes == fit * (len(big) + 4) <= SIBLING_QUEUE_BYTES
+    assert not link.enqueue(big)  # over the byte bound: refused, nothing queued
+    assert link.queued_bytes == fit * (len(big) + 4)
+    host = Peer(Identity.from_seed(b"\x05" * 32), peer.PeerOptions(relay_only=True, dht=False))
+    host.swarm.side_links[link.peer_id] = link
+    refused = host.counters.refused.get(ErrorCode.SLOW.value, 0)
+    host.perform([Send(link.peer_id, big)])
+    assert link.close_code is ErrorCode.SLOW
+    assert host.counters.refused.get(ErrorCode.SLOW.value, 0) == refused + 1
+
+
+async def test_the_writer_gives_the_queue_bytes_back() -> None:
+    stream_a, stream_b = trio.testing.memory_stream_pair()
+    link = SiblingLink(1, stream_a)
+    for n in range(10):
+        assert link.enqueue(bytes([n]) * 1000)
+    assert link.queued_bytes == 10 * 1004
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.writer)
+        got = bytearray()
+        with trio.fail_after(5):
+            while len(got) < 10 * 1004:
+                got += await stream_b.receive_some()
+        assert link.queued_bytes == 0 and link.frames_out == 10
+        nursery.cancel_scope.cancel()

@@ -117,6 +117,11 @@ class PeerCollector(Collector):
             "messages whose signatures were checked in a worker thread (a burst)",
             counters["checked_ahead"],
         )
+        yield counter(
+            "clawmesh_checked_ahead_over_budget",
+            "bursts routed on the event loop: the checks in flight were at their bound",
+            counters["checked_ahead_over_budget"],
+        )
         yield gauge("clawmesh_known_peers", "peers known", len(peer.known_peers()))
         yield gauge(
             "clawmesh_online_peers", "peers seen recently", len(peer.known_peers(online=True))

@@ -297,11 +297,18 @@ class PeerInfo:
 
 
 class Directory:
-    """Peers we know of, from links, presence announcements and messages."""
+    """Peers we know of, from links, presence announcements and messages.
+
+    ``capacity`` bounds the peers we only heard of; linked peers are never
+    dropped (``--max-links`` bounds them), so a seed holding more links than the
+    capacity still takes the next one. Dropping the oldest unheard-of peer is
+    O(1) amortised: a linked peer met at the front is moved to the back.
+    """
 
     def __init__(self, capacity: int = 10_000) -> None:
         self._peers: OrderedDict[bytes, PeerInfo] = OrderedDict()
         self._capacity = capacity
+        self._linked = 0  # how many of _peers are linked
         self.on_new: Callable[[PeerInfo], None] | None = None  # a persistent peer keeps keys
 
     def __len__(self) -> int:
@@ -313,21 +320,40 @@ class Directory:
     def get(self, peer_id: bytes) -> PeerInfo | None:
         return self._peers.get(peer_id)
 
-    def see(self, peer_id: bytes, public_key: bytes, now_ms: int) -> PeerInfo:
+    def see(
+        self, peer_id: bytes, public_key: bytes, now_ms: int, *, linking: bool = False
+    ) -> PeerInfo:
+        """The peer's entry, made the most recent (``linking``: it is linked now)."""
         info = self._peers.get(peer_id)
         if info is None:
             info = PeerInfo(peer_id, public_key, now_ms)
             self._peers[peer_id] = info
             if self.on_new is not None:
                 self.on_new(info)
-            while len(self._peers) > self._capacity:
-                victim = next((p for p, i in self._peers.items() if not i.linked), None)
-                if victim is None:
-                    break
-                del self._peers[victim]
+        else:
+            self._peers.move_to_end(peer_id)
+        if linking and not info.linked:
+            info.linked = True
+            self._linked += 1
         info.last_seen_ms = max(info.last_seen_ms, now_ms)
-        self._peers.move_to_end(peer_id)
+        self._trim()
         return info
+
+    def unlink(self, peer_id: bytes) -> None:
+        """The peer's link is gone: its entry may be dropped again."""
+        info = self._peers.get(peer_id)
+        if info is not None and info.linked:
+            info.linked = False
+            self._linked -= 1
+
+    def _trim(self) -> None:
+        peers = self._peers
+        while len(peers) - self._linked > self._capacity:
+            oldest, info = next(iter(peers.items()))
+            if info.linked:
+                peers.move_to_end(oldest)  # linked: as recent as a peer can be
+            else:
+                del peers[oldest]
 
 
 def inbox_entry(

@@ -14,8 +14,11 @@ record to encode per message on catch-up's path. DMs (decrypted here) and
 our own messages keep full records, and so does every record of an older
 store: both forms are read. Channel retention keeps a record while the
 inbox still holds a reference to it (``inbox_pins``, the reference's key in
-the id index); once the inbox's own count retention drops the reference, the
-record goes at the next sweep. A reference whose record is gone all the same
+the id index), skipping it and trimming the records behind it as usual
+(``store._retention``); once the inbox's own count retention drops the
+reference, the record goes at the next sweep. Only channel logs are pinned:
+a DM's log (its ``inbox/<peer id>`` route) is never held by the inbox, which
+keeps its own full, decrypted copy of every DM. A reference whose record is gone all the same
 (a store from before pinning, or a record that no longer opens) is left out
 of the inbox read at start, counted (``inbox_gone``) and logged, never shown
 half-built.
@@ -32,7 +35,13 @@ from typing import Any
 import cbor2
 
 from peer.wire._blobframes import check_attachments
-from peer.wire._envelope import message_id, payload_value, split_wire
+from peer.wire._envelope import (
+    PRESENCE_TOPIC,
+    inbox_topic,
+    message_id,
+    payload_value,
+    split_wire,
+)
 from peer.wire._errors import ProtocolError
 from peer.wire._identity import peer_id_of
 from peer.wire._meta import Meta, check_meta
@@ -54,6 +63,7 @@ _INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
 _REF_ID_TAG = b"clawmesh/inbox-ref/v1"
 _U64 = struct.Struct(">Q")
 _NOBODY = bytes(32)
+_DM_LOGS = inbox_topic(b"")  # "inbox/": the log topic of every DM and read receipt
 REF = b"\xf7ref"  # CBOR "undefined", then "ref": a full record is a CBOR map, never this
 _REF_SIZE = len(REF) + 32
 
@@ -147,8 +157,11 @@ def ref_key(sender: bytes, topic: str, seq: int, msg_id: bytes) -> bytes:
 
 def inbox_pins(topic: str) -> Pin | None:
     """``retention_sweep``'s pins: a channel record stays while the inbox refers to it
-    (by either key a reference has had)."""
-    return None if topic == INBOX_LOG else _ref_keys
+    (by either key a reference has had); nothing else is pinned (the inbox's own
+    log, and DM logs: the inbox holds DMs whole)."""
+    if topic in (INBOX_LOG, PRESENCE_TOPIC) or topic.startswith(_DM_LOGS):
+        return None
+    return _ref_keys
 
 
 def _ref_keys(m: StoredMessage) -> tuple[bytes, bytes]:

@@ -20,7 +20,8 @@ Rules kept here:
   first, so a burst is gathered, but a lone record is never delayed.
 * With check-ahead on (the events' ``check_ahead``, ``peer.node._checkahead``),
   a burst of two records or more is opened and decoded first, in order; if
-  it holds enough new envelopes, their signatures are checked in a worker
+  it holds enough new envelopes that the router would check (not dropped
+  before the signature by a limit), their signatures are checked in a worker
   thread while the loop goes on; then it is routed in order (a record that
   does not open or decode is refused after the ones before it, as when
   handled one by one).
@@ -436,8 +437,10 @@ class LinkManager:
                 failure = exc
                 break
         del records
-        held = sum(len(plain) for _, plain in opened)
-        vouched = await ahead.check([frame for frame, _ in opened], held)
+        burst = [(frame, len(plain)) for frame, plain in opened]
+        held = sum(size for _, size in burst)
+        vouched = await ahead.check(link.peer_id, burst, held, self.now())
+        del burst
         outbox = self.outbox
         outbox.hold()
         try:

@@ -161,10 +161,12 @@ class PeerCounters:
     upgrade_failures: int = 0  # inbound connections that never became WebSockets
     dm_undecryptable: int = 0
     # check-ahead (peer/node/_checkahead.py): bursts whose signatures were checked in
-    # a worker thread, the envelopes checked there, and those that did not verify
+    # a worker thread, the envelopes checked there, and those that did not verify;
+    # bursts routed on the loop because all links' bursts in flight were at the bound
     checked_ahead_bursts: int = 0
     checked_ahead: int = 0
     checked_ahead_failed: int = 0
+    checked_ahead_over_budget: int = 0
 
     def refuse(self, code: ErrorCode) -> None:
         self.refused[code.value] = self.refused.get(code.value, 0) + 1

@@ -15,9 +15,15 @@ Rules kept here:
 * Only gossip frames are accepted from a sibling; a frame that does not
   decode, an oversize length or anything else closes that sibling link (it
   is dialled again), never the worker.
-* A sibling's sends are queued (bounded: ``SIBLING_QUEUE`` frames) and
-  written in batches by one writer task; a sibling that falls that far behind
-  is closed as ``SLOW`` like any link, and relinked.
+* A sibling's sends are queued (bounded: ``SIBLING_QUEUE`` frames and
+  ``SIBLING_QUEUE_BYTES`` bytes, whichever comes first) and written in
+  batches by one writer task; a sibling that falls that far behind is closed
+  as ``SLOW`` like any link, and relinked: no frame is dropped from a queue
+  that stays up. What the closed queue held is lost to that sibling only as
+  a relay hop: the sibling re-learns interest when it relinks, and what it
+  missed comes back as for any link that went (gossip IHAVE/IWANT, and the
+  subscribers' own gap repair and catch-up), so nothing acknowledged is
+  lost (acknowledged means stored by the accepting worker).
 * A burst of frames read together is handled in one synchronous stretch with
   the direct writes it causes held and flushed once per link, as for links.
 """
@@ -46,6 +52,7 @@ if TYPE_CHECKING:
 
 HELLO = b"CMW1"
 SIBLING_QUEUE = 65536  # frames queued for one sibling before it is closed as SLOW
+SIBLING_QUEUE_BYTES = 32 << 20  # ... or bytes (a record's 4-byte length included)
 WRITE_BATCH_BYTES = 1 << 20
 READ_SIZE = 1 << 16
 REDIAL_MIN, REDIAL_MAX = 0.05, 2.0  # seconds between dials of an absent sibling
@@ -90,14 +97,20 @@ class SiblingLink:
         self.frames_in = 0
         self.frames_out = 0
         self._queue: deque[bytes] = deque()
+        self.queued_bytes = 0  # bytes in ``_queue``
         self._wake = trio.Event()
 
     def enqueue(self, frame: bytes) -> bool:
+        """Queue ``frame``; False (nothing queued) if that would take the queue over
+        ``SIBLING_QUEUE`` frames or ``SIBLING_QUEUE_BYTES`` bytes: the caller closes
+        the link as ``SLOW``."""
         if self.close_code is not None:
             return True  # going: dropped, as for a closing link
-        if len(self._queue) >= SIBLING_QUEUE:
+        size = len(frame) + _LEN.size
+        if len(self._queue) >= SIBLING_QUEUE or self.queued_bytes + size > SIBLING_QUEUE_BYTES:
             return False
         self._queue.append(frame_record(frame))
+        self.queued_bytes += size
         self._wake.set()
         return True
 
@@ -118,6 +131,7 @@ class SiblingLink:
                     record = queue.popleft()
                     batch.append(record)
                     size += len(record)
+                self.queued_bytes -= size
                 self.frames_out += len(batch)
                 try:
                     await self.stream.send_all(b"".join(batch))
@@ -146,6 +160,7 @@ class Siblings:
             "sibling_errors": self.errors,
             "frames_in": {i: link.frames_in for i, link in self.links.items()},
             "frames_out": {i: link.frames_out for i, link in self.links.items()},
+            "queued_bytes": {i: link.queued_bytes for i, link in self.links.items()},
         }
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -173,8 +173,8 @@ class Swarm:
 
     def link_up(self, link: Link) -> None:
         result = link.result
-        info = self.peer.directory.see(link.peer_id, result.public_key, self.peer.wall_ms())
-        info.linked = True
+        directory = self.peer.directory
+        info = directory.see(link.peer_id, result.public_key, self.peer.wall_ms(), linking=True)
         info.times_linked += 1
         info.listen, info.caps, info.agent = result.listen, result.caps, result.agent
         info.remote = link.transport.remote
@@ -186,9 +186,7 @@ class Swarm:
         self.peer.notify_changed()
 
     def link_down(self, link: Link) -> None:
-        info = self.peer.directory.get(link.peer_id)
-        if info is not None:
-            info.linked = False
+        self.peer.directory.unlink(link.peer_id)
         self.perform(self.peer.router.remove_link(link.peer_id))
         if self.peer.bridge is not None:
             self.peer.bridge.link_down(link.peer_id)

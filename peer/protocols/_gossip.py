@@ -438,39 +438,38 @@ class GossipRouter(Vouching):
         hops = ((p, self._links[p].interest[topic]) for p in self._carriers.get(topic, ()))
         return nearest(topic in self._members, self.relay, hops)
 
-    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
-        return self._near(topic).excluding(excluded, MAX_INTEREST_HOPS)  # a subclass may refine
-
     def _refresh(
         self, topics: Iterable[str], only: bytes | None = None, changed: bytes | None = None
     ) -> list[Action]:
         """Re-advertise ``topics`` to every link (or one) where the answer changed."""
-        actions: list[Action] = []
-        fast = type(self)._distance_excluding is GossipRouter._distance_excluding  # Nearest
         known = topics if isinstance(topics, dict) else {}  # Nearest already worked out
         cache = self._told_near if only is not None else {}  # current unless topics changed
         nears = {t: known.get(t) or cache.get(t) or self._near(t) for t in sorted(topics)}
-        peers = to_tell(self._told_near, nears, list(self._links), only, changed if fast else None)
-        for peer in peers:
-            link = self._links[peer]
-            subs: list[tuple[str, int]] = []
-            unsubs: list[str] = []
-            for topic, near in nears.items():
-                hops = (near.excluding(peer, MAX_INTEREST_HOPS) if fast
-                        else self._distance_excluding(topic, peer))
-                if link.told.get(topic) == hops:
-                    continue
-                if hops is None:
-                    del link.told[topic]
-                    unsubs.append(topic)
-                else:
-                    link.told[topic] = hops
-                    subs.append((topic, hops))
-            for i in range(0, len(subs), MAX_TOPICS_PER_FRAME):
-                actions.append(Send(peer, Sub(tuple(subs[i : i + MAX_TOPICS_PER_FRAME])).encode()))
-            for i in range(0, len(unsubs), MAX_TOPICS_PER_FRAME):
-                chunk = tuple(unsubs[i : i + MAX_TOPICS_PER_FRAME])
-                actions.append(Send(peer, Unsub(chunk).encode()))
+        actions: list[Action] = []
+        for peer in to_tell(self._told_near, nears, list(self._links), only, changed):
+            answers = ((t, near.excluding(peer, MAX_INTEREST_HOPS)) for t, near in nears.items())
+            actions.extend(self._tell(peer, answers))
+        return actions
+
+    def _tell(self, peer: bytes, answers: Iterable[tuple[str, int | None]]) -> list[Action]:
+        """``sub``/``unsub`` frames for the answers (topic, hops) ``peer`` was not told."""
+        actions: list[Action] = []
+        link = self._links[peer]
+        subs: list[tuple[str, int]] = []
+        unsubs: list[str] = []
+        for topic, hops in answers:
+            if link.told.get(topic) == hops:
+                continue
+            if hops is None:
+                del link.told[topic]
+                unsubs.append(topic)
+            else:
+                link.told[topic] = hops
+                subs.append((topic, hops))
+        for i in range(0, len(subs), MAX_TOPICS_PER_FRAME):
+            actions.append(Send(peer, Sub(tuple(subs[i : i + MAX_TOPICS_PER_FRAME])).encode()))
+        for i in range(0, len(unsubs), MAX_TOPICS_PER_FRAME):
+            actions.append(Send(peer, Unsub(tuple(unsubs[i : i + MAX_TOPICS_PER_FRAME])).encode()))
         return actions
 
     # -- caches ----------------------------------------------------------------

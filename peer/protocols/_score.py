@@ -14,7 +14,15 @@ Rules kept here (protocol-spec/gossip.md, section 9):
   author over its limit on its own link is relayed no more for a while.
   ``has`` remembers, for ``hold_s`` seconds, every key it found without a
   token (``held``): gap repair leaves such an author's gaps for later, so
-  what the limit dropped does not come back at once by another path.
+  what the limit dropped does not come back at once by another path. What
+  ``has`` drops is unchecked (forged copies among it), so a drop starts a
+  hold only for a key not held already (its bucket emptied by its own
+  checked envelopes: ``charge`` comes after the signature check), and
+  extends one (to ``hold_s`` from then) only if the key was charged since
+  the hold was set or last extended. A ``mute`` (its own authenticated
+  link over its limit) holds it to the mute's end at least. Unchecked
+  copies alone cannot keep a hold alive: it ends ``hold_s`` after the last
+  drop that followed a checked envelope of its author (or its last mute).
 * Scores. ``Scoreboard`` keeps one score per peer, outliving its links so that
   a reconnect does not wipe a bad record. A score decays towards 0 with a
   half-life of ``score_half_life`` seconds (computed lazily from ``now``);
@@ -32,6 +40,7 @@ Nothing here performs I/O or reads a clock: ``now`` is always passed in.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -69,6 +78,7 @@ class Buckets:
         self.full = full
         self.hold_s = hold_s
         self._held: OrderedDict[bytes, float] = OrderedDict()  # key -> until when
+        self._charged: set[bytes] = set()  # held keys charged since their hold was set
         self._muted: OrderedDict[bytes, float] = OrderedDict()  # key -> until when
         self._buckets: OrderedDict[bytes, Bucket] = OrderedDict()
 
@@ -119,40 +129,62 @@ class Buckets:
             until = None
         if until is None and self._bucket(key, now).tokens >= 1.0:
             return True
-        self._hold(key, now + self.hold_s)
+        # an unchecked drop: it starts a hold, but extends one only after a checked envelope
+        if not self.held(key, now) or key in self._charged:
+            self._hold(key, now + self.hold_s)
         return False
 
     def _hold(self, key: bytes, until: float) -> None:
         if self.hold_s > 0 and key not in self.full:
-            self._held[key] = until
+            self._held[key] = max(until, self._held.get(key, until))
             self._held.move_to_end(key)
+            self._charged.discard(key)
             while len(self._held) > self.max_keys:
-                self._held.popitem(last=False)
+                self._charged.discard(self._held.popitem(last=False)[0])
+
+    def peek(self, key: bytes, now: float) -> float:
+        """The tokens ``key`` could spend at ``now`` (0 while muted), changing nothing:
+        neither the table's order nor a bucket (check-ahead plans with it)."""
+        if not self.enabled:
+            return math.inf
+        until = self._muted.get(key)
+        if until is not None and now < until:
+            return 0.0
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return self.burst if key in self.full else self.initial
+        return min(self.burst, bucket.tokens + max(0.0, now - bucket.stamp) * self.rate)
 
     def held(self, key: bytes, now: float) -> bool:
-        """True if ``has`` found ``key`` without a token in the last ``hold_s`` seconds."""
+        """True while ``key``'s hold lasts (see the module header): ``hold_s`` seconds
+        from a drop that started or extended it, or to the end of a mute."""
         until = self._held.get(key)
         if until is None:
             return False
         if now < until:
             return True
         del self._held[key]
+        self._charged.discard(key)
         return False
 
     def mute(self, key: bytes, until: float) -> None:
-        """``key`` has no tokens before ``until`` (at most ``max_keys`` are muted: the
-        oldest mute goes first)."""
+        """``key`` has no tokens before ``until`` and is held until then at least (at
+        most ``max_keys`` are muted: the oldest mute goes first)."""
         if self.enabled and key not in self.full:
             self._muted[key] = until
             self._muted.move_to_end(key)
             while len(self._muted) > self.max_keys:
                 self._muted.popitem(last=False)
+            self._hold(key, until)
 
     def charge(self, key: bytes, now: float) -> None:
-        """Spend one token even if that leaves the bucket in debt (at most one burst)."""
+        """Spend one token even if that leaves the bucket in debt (at most one burst);
+        called for checked envelopes only, so it may extend ``key``'s hold."""
         if self.enabled:
             bucket = self._bucket(key, now)
             bucket.tokens = max(-self.burst, bucket.tokens - 1.0)
+            if key in self._held:
+                self._charged.add(key)
 
     def forget(self, key: bytes) -> None:
         self._buckets.pop(key, None)

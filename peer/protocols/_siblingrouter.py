@@ -23,13 +23,16 @@ With no sibling registered it behaves exactly like ``GossipRouter``.
 
 from __future__ import annotations
 
-from peer.wire._errors import ProtocolError
+from collections.abc import Iterable
+
+from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import AnyFrame
 from peer.wire._limits import MAX_INTEREST_HOPS
 from peer.wire._stats import Statistics, snapshot
 
 from ._gossip import GossipRouter
-from ._gossiptypes import Action, Close, Deliver, Send
+from ._gossiptypes import Action, Close, Deliver, LinkState, Send
+from ._interest import Nearest, nearest, with_carrier
 
 __all__ = [
     "Action",
@@ -62,11 +65,14 @@ class SiblingRouter(GossipRouter):
     """``GossipRouter`` plus sibling links (see the module header)."""
 
     siblings: frozenset[bytes] = frozenset()
+    _told_sib: dict[str, tuple[Nearest, Nearest]]  # topic -> what the links were last told
 
     def add_sibling(self, key: bytes, now: float) -> list[Action]:
         """A sibling worker is connected: register it and tell it what we reach."""
         if not is_sibling(key):
             raise ValueError("not a sibling key")
+        if not self.siblings:
+            self._told_sib = {}  # answers are worked out anew from the first sibling on
         self.siblings = self.siblings | {key}
         self.scores.forget_ban(key)  # never refused: a sibling is part of this seed
         return self.add_link(key, relay=True, now=now)
@@ -125,27 +131,80 @@ class SiblingRouter(GossipRouter):
                 targets.add(key)
         return targets
 
-    def _distance_excluding(self, topic: str, excluded: bytes) -> int | None:
+    def _refresh(
+        self, topics: Iterable[str], only: bytes | None = None, changed: bytes | None = None
+    ) -> list[Action]:
+        """``GossipRouter._refresh`` with siblings: a topic heard from a sibling costs no
+        hop, and a sibling is told only what the outside links reach (split horizon).
+
+        Per topic two ``Nearest`` (over every carrier, the siblings' hops as told; over
+        the outside carriers only), kept in ``_told_sib`` and moved in one step for a
+        new carrier (``_on_sub``), so a subscription costs O(1) per link asked, as
+        without siblings; every link is asked only when the first ``Nearest`` moved,
+        else the one that changed and the siblings (whose answer is the second's)."""
         siblings = self.siblings
         if not siblings:
-            return super()._distance_excluding(topic, excluded)
-        if topic in self._members:
-            return 0
-        if not self.relay:
-            return None
-        to_sibling = excluded in siblings
-        best: int | None = None
-        for p in self._carriers.get(topic, ()):
-            if p == excluded:
-                continue
-            if p in siblings:
-                if to_sibling:
-                    continue  # split horizon between siblings: each hears the others itself
-                hops = self._links[p].interest[topic]  # the same seed: no hop
-            else:
-                hops = self._links[p].interest[topic] + 1
-            if best is None or hops < best:
-                best = hops
-        if best is None or best > MAX_INTEREST_HOPS:
-            return None
-        return best
+            return super()._refresh(topics, only, changed)
+        self._told_near.clear()  # the plain router's cache: not kept while siblings exist
+        known = topics if isinstance(topics, dict) else {}  # worked out in one step
+        cache = self._told_sib if only is not None else {}  # current unless topics changed
+        nears = {
+            t: known.get(t) or cache.get(t) or self._sibling_nears(t, siblings)
+            for t in sorted(topics)
+        }
+        peers = [only] if only is not None else list(self._links)
+        if changed is not None and only is None:
+            moved = any(self._told_sib.get(t) != n for t, n in nears.items())
+            if not moved:
+                peers = [changed, *(s for s in siblings if s != changed)]
+        if only is None:
+            for topic, pair in nears.items():
+                if pair[0].member or pair[0].best is not None:
+                    self._told_sib[topic] = pair
+                else:
+                    self._told_sib.pop(topic, None)  # nobody carries it: forget it
+        actions: list[Action] = []
+        for peer in peers:
+            outside = peer not in siblings
+            answers = (
+                (t, (everyone if outside else out).excluding(peer, MAX_INTEREST_HOPS))
+                for t, (everyone, out) in nears.items()
+            )
+            actions.extend(self._tell(peer, answers))
+        return actions
+
+    def _on_sub(
+        self, peer: bytes, link: LinkState, entries: tuple[tuple[str, int], ...]
+    ) -> list[Action]:
+        """``GossipRouter._on_sub``, the new carrier added to both ``Nearest`` in one step."""
+        siblings = self.siblings
+        if not siblings:
+            return super()._on_sub(peer, link, entries)
+        sibling = peer in siblings
+        changed: dict[str, tuple[Nearest, Nearest] | None] = {}
+        for topic, hops in entries:
+            if topic not in link.interest and len(link.interest) >= self.topic_cap:
+                raise ProtocolError(ErrorCode.TOO_LARGE, "too many topics from one peer")
+            if link.interest.get(topic) != hops:
+                pair = self._told_sib.get(topic) if topic not in link.interest else None
+                link.interest[topic] = hops
+                self._carriers.setdefault(topic, set()).add(peer)
+                changed[topic] = None if pair is None else _with_carrier(pair, peer, hops, sibling)
+        return self._refresh(changed, changed=peer)
+
+    def _sibling_nears(self, topic: str, siblings: frozenset[bytes]) -> tuple[Nearest, Nearest]:
+        member, relay = topic in self._members, self.relay
+        carriers = [(p, self._links[p].interest[topic]) for p in self._carriers.get(topic, ())]
+        # nearest() counts one hop per carrier: a sibling's hops are the seed's own
+        everyone = nearest(member, relay, ((p, h - 1 if p in siblings else h) for p, h in carriers))
+        out = nearest(member, relay, ((p, h) for p, h in carriers if p not in siblings))
+        return everyone, out
+
+
+def _with_carrier(
+    pair: tuple[Nearest, Nearest], peer: bytes, hops: int, sibling: bool
+) -> tuple[Nearest, Nearest] | None:
+    """``pair`` once ``peer`` (a sibling or not), not a carrier before, told us ``hops``."""
+    everyone = with_carrier(pair[0], peer, hops - 1 if sibling else hops)
+    out = pair[1] if sibling else with_carrier(pair[1], peer, hops)
+    return None if everyone is None or out is None else (everyone, out)
