@@ -6,7 +6,9 @@ peer in that channel on a memory link to it; the clock runs from the link to
 the peer's N-th stored message. Printed per run: wall time, msg/s, the
 process's CPU per message (every thread, the seed's page reads included), the
 main (Trio) thread's share, CPU spent in Python's garbage collector, and the
-commits. Both peers and their worker threads share the process, so this is a
+commits. What start-up made is frozen out of the collector's way
+(``gc.freeze()``, as ``python -m peer`` does). Both peers and their worker
+threads share the process, so this is a
 figure to compare before/after in the same sitting (the real-process
 scenario is ``python -m bench --scenarios catchup``, which counts the
 returning peer alone); on a loaded machine compare the lowest of a few runs.
@@ -102,8 +104,10 @@ def main(argv: list[str]) -> None:
         try:
             _seed_store(home / "seed", n)
             gc.collect()
+            gc.freeze()  # as ``python -m peer`` does before it starts the peer
             print(f"run {i + 1}: {trio.run(_run, home, n, gc_clock)}", flush=True)
         finally:
+            gc.unfreeze()
             shutil.rmtree(home, ignore_errors=True)
 
 

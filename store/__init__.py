@@ -30,6 +30,7 @@ from ._log import (
     merge_ranges,
 )
 from ._policy import Backoff, KeepRules, RetentionPolicy
+from ._retention import Pin
 from ._service import ServiceStatistics, StoreService, open_store_service
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "KeepRules",
     "MessageStore",
     "OutboxEntry",
+    "Pin",
     "RetentionPolicy",
     "RetentionResult",
     "ServiceStatistics",

@@ -115,7 +115,9 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
 
         A message whose id is already stored (earlier, or earlier in this
         batch) is not stored again: its result carries the existing position
-        and ``duplicate=True``. Returns after the commit.
+        and ``duplicate=True``. An item that ``follows`` is stored exactly when
+        the item before it is (not: ``duplicate=True`` at seq 0). Returns
+        after the commit.
         """
         tkeys: dict[str, bytes] = {}
         for item in items:
@@ -135,30 +137,38 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
         heads: dict[bytes, _Head] = {}
         results: list[AppendResult] = []
         sequenced: list[tuple[bytes, bytes, int]] = []  # (sender, topic key, sender_seq)
+        last_new = False  # the item before was stored now (a follower goes with it)
+        put, ids, log, senders = txn.put, self._ids, self._log, self._senders
         for item in items:
-            existing = txn.get(item.msg_id, db=self._ids)
-            if existing is not None:
-                topic, seq = _split_log_key(existing)
-                results.append(AppendResult(item.msg_id, topic, seq, duplicate=True))
+            msg_id, topic, follows = item.msg_id, item.topic, item.follows
+            if follows and not last_new:
+                results.append(AppendResult(msg_id, topic, 0, True))
                 continue
-            tkey = tkeys[item.topic]
+            tkey = tkeys[topic]
             head = heads.get(tkey)
             if head is None:
                 head = heads[tkey] = _Head.load(txn, self._heads, tkey)
             seq = head.next_seq
             key = _log_key(tkey, seq)
-            if not txn.put(key, _encode_record(item), overwrite=False, db=self._log):
-                raise StoreCorrupt(f"log position {item.topic}/{seq} is already taken")
-            txn.put(item.msg_id, key, db=self._ids)
+            # the id index entry first: one look into the index both finds a
+            # duplicate and, when there is none, puts the entry
+            if not put(msg_id, key, overwrite=follows, db=ids):
+                where, at = _split_log_key(txn.get(msg_id, b"", db=ids))
+                results.append(AppendResult(msg_id, where, at, True))
+                last_new = False
+                continue
+            last_new = last_new or not follows
+            if not put(key, _encode_record(item), overwrite=False, db=log):
+                raise StoreCorrupt(f"log position {topic}/{seq} is already taken")
             if item.sender_seq:  # 0: not sequenced (our inbox copies), no sender indexes
-                txn.put(item.sender + _u64(item.sender_seq) + item.msg_id, key, db=self._senders)
+                put(item.sender + _u64(item.sender_seq) + msg_id, key, db=senders)
                 sequenced.append((item.sender, tkey, item.sender_seq))
             if head.count == 0:
                 head.first_seq = seq
             head.next_seq = seq + 1
             head.count += 1
             head.total_bytes += len(item.wire)
-            results.append(AppendResult(item.msg_id, item.topic, seq, duplicate=False))
+            results.append(AppendResult(msg_id, topic, seq, False))
         for sender, tkey, lo, hi in _runs(sequenced):  # a page from one author: one run
             self._mark_seen(txn, sender, tkey, lo, hi)
             self._raise_latest(txn, tkey, sender, hi)

@@ -96,7 +96,15 @@ class AppendItem(NamedTuple):
 
     A named tuple rather than a frozen dataclass: two are made per message
     on catch-up's path, and a frozen dataclass costs several times more to
-    build."""
+    build.
+
+    ``follows``: this item goes with the one before it in the batch (the
+    peer's ``~inbox`` reference to the channel record before it). It is
+    stored exactly when that one is new (a duplicate's follower is not
+    stored: its result is a duplicate at seq 0), so its own ``msg_id`` is
+    not looked up first; it still gets its id index entry (a caller
+    picks a key that sorts next to its neighbours', so the index grows at a
+    few places per commit instead of at one random place per message)."""
 
     msg_id: bytes
     topic: str
@@ -105,6 +113,7 @@ class AppendItem(NamedTuple):
     ts: int
     wire: bytes
     received_ms: int
+    follows: bool = False
 
     @classmethod
     def from_envelope(

@@ -7,8 +7,8 @@ index entries and its read flag, in the same transaction; it leaves the
 ``seen`` ranges, the ``latest`` sender heads and the read watermark alone
 (they record what arrived and what was read, not what is still stored).
 
-A caller may pin records (``pinned``: a record's message id to a key of the
-id index): a record whose key is there is kept, and retention skips over it
+A caller may pin records (``pinned``: a record to keys of the id index): a
+record one of whose keys is there is kept, and retention skips over it
 and goes on trimming the unpinned records behind it, oldest first, as long
 as the records not pinned are over the count or bytes limit (or, for the age
 limit, are too old): pinned records are kept beyond the limits. So a
@@ -26,7 +26,7 @@ decided in ``store._policy``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import lmdb
@@ -78,6 +78,8 @@ class _Limits:
         )
 
 
+# A record's pins: the id index keys any of which, stored, keeps it.
+Pin = Callable[[StoredMessage], Iterable[bytes]]
 MAX_SCAN = 4096  # records one retention step examines, at most (kept pinned ones included)
 
 
@@ -93,7 +95,7 @@ class _Retention(_StoreEnv):
         max_bytes: int | None = None,
         max_count: int | None = None,
         budget: int = 256,
-        pinned: Callable[[bytes], bytes] | None = None,
+        pinned: Pin | None = None,
         after: int = 0,
         kept: tuple[int, int] = (0, 0),
     ) -> RetentionResult:
@@ -103,8 +105,8 @@ class _Retention(_StoreEnv):
         ``max_count`` records. One short write transaction, and none at all when
         nothing is due, so a sweep over many topics never stops the world.
 
-        ``pinned`` maps a record's message id to an id index key: while that
-        key is stored, the record is kept and skipped; the records behind it
+        ``pinned`` maps a record to id index keys: while one of those keys is
+        stored, the record is kept and skipped; the records behind it
         are trimmed all the same (``pinned`` in the result counts the kept
         ones this step passed, ``pinned_bytes`` their bytes). The count and
         bytes limits bound the records not pinned: a topic whose pinned
@@ -120,7 +122,9 @@ class _Retention(_StoreEnv):
         prefix = tkey + b"\x00"
 
         def held(txn: lmdb.Transaction[bytes], record: StoredMessage) -> bool:
-            return pinned is not None and txn.get(pinned(record.msg_id), db=self._ids) is not None
+            return pinned is not None and any(
+                txn.get(key, db=self._ids) is not None for key in pinned(record)
+            )
 
         def walk(txn: lmdb.Transaction[bytes], delete: bool) -> RetentionResult:
             """From the oldest record after ``after``: delete (or, with ``delete``

@@ -45,6 +45,7 @@ from ._log import (
     TopicHead,
 )
 from ._policy import KeepRules, RetentionPolicy
+from ._retention import Pin
 
 T = TypeVar("T")
 
@@ -264,7 +265,7 @@ class StoreService:
         *,
         now_ms: int,
         budget: int = 256,
-        pinned: Callable[[bytes], bytes] | None = None,
+        pinned: Pin | None = None,
         after: int = 0,
         kept: tuple[int, int] = (0, 0),
     ) -> RetentionResult:
@@ -291,7 +292,7 @@ class StoreService:
         *,
         now_ms: int,
         budget: int = 256,
-        pinned: Callable[[str], Callable[[bytes], bytes] | None] | None = None,
+        pinned: Callable[[str], Pin | None] | None = None,
     ) -> int:
         """Apply ``rules`` to every stored topic, ``budget`` deletions per step.
 

@@ -300,3 +300,48 @@ def test_open_many_is_open_envelope_on_small_pages(count: int) -> None:
     assert list(open_many([e.wire for e in envs], parts, ids)) == list(
         _general([e.wire for e in envs], parts)
     )
+
+
+def _plain_variants() -> list[dict[str, Any]]:
+    """A plain message's fields, and each way ``_plain_msg`` must leave it to the checks."""
+    base = cbor2.loads(split_wire(_chain(ALICE, 2)[1].wire)[0])
+    out: list[dict[str, Any]] = [base]
+    for key, value in [("v", 2), ("v", True), ("kind", "dm"), ("kind", ["msg"]),
+                       ("from", b"\x01" * 31), ("from", "x" * 32), ("seq", -1), ("seq", True),
+                       ("seq", 2**64), ("seq", 1), ("ts", 2**64), ("ts", 1.5),
+                       ("prev", b"\x01" * 31), ("prev", None), ("topic", "other"),
+                       ("topic", "a/b"), ("topic", b"general"), ("body", b"x"),
+                       ("body", "é" * 40_000), ("body", "x" * 70_000), ("zz", 1),
+                       ("payload", encode(1)), ("reply_to", b"\x01" * 32), ("meta", {})]:
+        out.append({**base, key: value})
+    out.append({k: v for k, v in base.items() if k != "body"})
+    out.append({k: v for k, v in base.items() if k != "prev"})
+    return out
+
+
+@pytest.mark.parametrize("fields", _plain_variants())
+def test_the_plain_message_check_accepts_what_the_checks_accept(fields: dict[str, Any]) -> None:
+    """Behind a message that passed every check (so the fast check may run), each
+    variant opens, or fails with the same error, as ``open_envelope`` has it."""
+    first = _chain(ALICE, 1)[0].wire
+    wires = [first, _resigned(cbor2.dumps(fields, canonical=True))]
+    parts = [split_wire(w) for w in wires]
+    assert _run(open_many(wires, parts)) == _run(_general(wires, parts))
+
+
+def test_the_plain_message_check_leaves_a_non_map_to_the_checks() -> None:
+    first = _chain(ALICE, 1)[0].wire
+    wires = [first, _resigned(cbor2.dumps([1, 2]))]
+    parts = [split_wire(w) for w in wires]
+    assert _run(open_many(wires, parts))[1] is not None
+    assert _run(open_many(wires, parts)) == _run(_general(wires, parts))
+
+
+def test_a_plain_page_is_checked_in_full_once() -> None:
+    from peer.wire import _envelope, _openmany
+
+    envs = _chain(ALICE, 6)
+    parts = [split_wire(e.wire) for e in envs]
+    with mock.patch.object(_openmany, "_check_shape", wraps=_envelope._check_shape) as full:
+        assert list(open_many([e.wire for e in envs], parts)) == envs
+    assert full.call_count == 1  # the first; the rest in one expression each

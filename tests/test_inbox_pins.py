@@ -13,9 +13,16 @@ from pathlib import Path
 
 import trio
 
-from peer.node._inboxlog import INBOX_LOG, inbox_key, inbox_pins, sweep_rules
+from peer.node._inboxlog import INBOX_LOG, inbox_key, inbox_pins, ref_key, sweep_rules
 from peer.wire._envelope import PRESENCE_TOPIC, inbox_topic
-from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, open_store_service
+from store import (
+    AppendItem,
+    KeepRules,
+    MessageStore,
+    RetentionPolicy,
+    StoredMessage,
+    open_store_service,
+)
 
 DM_LOG = inbox_topic(b"\x07" * 32)
 
@@ -31,8 +38,12 @@ def _inbox_copy(of: AppendItem, n: int) -> AppendItem:
 
 
 def test_only_channel_logs_are_pinned() -> None:
-    assert inbox_pins("lobby") is inbox_key
-    assert inbox_pins("team/dev") is inbox_key
+    for topic in ("lobby", "team/dev"):
+        pins = inbox_pins(topic)
+        assert pins is not None
+        m = StoredMessage(topic, 3, b"\x01" * 32, b"\x05" * 32, 3, 1000, 0, b"w")
+        # a reference's key now, and the one references had before ``ref_key``
+        assert list(pins(m)) == [ref_key(m.sender, topic, 3, m.msg_id), inbox_key(m.msg_id)]
     assert inbox_pins(DM_LOG) is None  # the inbox keeps its own copy of a DM
     assert inbox_pins(INBOX_LOG) is None
     assert inbox_pins(PRESENCE_TOPIC) is None

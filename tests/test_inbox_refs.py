@@ -31,7 +31,9 @@ from peer.node._inboxlog import (
     entry_from_log,
     inbox_item,
     inbox_item_of,
+    inbox_key,
     inbox_message,
+    ref_key,
     referenced,
 )
 from peer.node._ocmhost import OcmGateway, _seen_key
@@ -84,7 +86,10 @@ def test_an_entry_built_from_the_log_is_the_full_records_entry(
     assert entry_from_log(env.wire, env.id, 7, received, ME, {}) == general  # peer ids kept
     ref = inbox_item_of("msg", message, payload)
     assert referenced(ref.wire) == env.id and ref.wire.startswith(REF)
-    assert ref._replace(wire=b"") == full._replace(wire=b"")  # same id, ts, received
+    # same topic, ts, received
+    assert ref._replace(wire=b"", msg_id=b"", follows=False) == full._replace(wire=b"", msg_id=b"")
+    assert ref.follows and not full.follows  # stored with its channel record, never alone
+    assert ref.msg_id == ref_key(env.sender, env.topic, env.seq, env.id)
     assert referenced(full.wire) is None  # a full record is never taken for a reference
 
 
@@ -237,6 +242,41 @@ async def test_channel_retention_keeps_what_the_inbox_shows(tmp_path: Path) -> N
     after, gone = await _reopened(tmp_path, ib)
     assert gone == 0
     assert _json(after) == _json(before[11:])
+
+
+async def test_references_of_an_older_store_still_pin_their_records(tmp_path: Path) -> None:
+    """References written before ``ref_key`` are in the id index by ``inbox_key``:
+    channel retention keeps their records all the same."""
+    ia, ib = Identity.generate(), Identity.generate()
+    with mock.patch.object(_inboxlog, "ref_key", lambda s, t, q, i: inbox_key(i)):
+        before = await _fill(tmp_path, ia, ib, 10)
+    store = MessageStore(str(tmp_path / "b"))
+    try:
+        assert store.position(inbox_key(before[0].id)) is not None  # the old key
+        pins = _inboxlog.inbox_pins("lobby")
+        kept = store.apply_retention("lobby", now_ms=2**62, max_age_ms=0, pinned=pins)
+        assert (kept.deleted, kept.pinned) == (0, 11)  # each one the inbox shows
+        swept = store.apply_retention("lobby", now_ms=2**62, max_age_ms=0)
+        assert swept.deleted == 11  # without pins, all of them go
+    finally:
+        store.close()
+
+
+async def test_new_references_pin_by_their_own_key(tmp_path: Path) -> None:
+    ia, ib = Identity.generate(), Identity.generate()
+    before = await _fill(tmp_path, ia, ib, 10)
+    store = MessageStore(str(tmp_path / "b"))
+    try:
+        first = store.read("lobby", limit=1)[0]
+        assert first.msg_id == before[0].id
+        key = ref_key(first.sender, "lobby", first.sender_seq, first.msg_id)
+        assert store.position(key) == ("~inbox", 1)
+        assert store.position(inbox_key(first.msg_id)) is None  # no second, random entry
+        pins = _inboxlog.inbox_pins("lobby")
+        kept = store.apply_retention("lobby", now_ms=2**62, max_age_ms=0, pinned=pins)
+        assert (kept.deleted, kept.pinned) == (0, 11)  # each one the inbox shows
+    finally:
+        store.close()
 
 
 # -- the OCM gateway's note -------------------------------------------------------------

@@ -11,7 +11,7 @@ next step deletes what it held.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from store import (
     AppendItem,
     KeepRules,
     MessageStore,
+    Pin,
     RetentionPolicy,
+    StoredMessage,
     _retention,
     open_store_service,
 )
@@ -32,6 +34,10 @@ _TAG = b"test-pin"
 
 def pin_key(msg_id: bytes) -> bytes:
     return hashlib.sha256(_TAG + msg_id).digest()
+
+
+def pinned_by_key(m: StoredMessage) -> tuple[bytes]:
+    return (pin_key(m.msg_id),)
 
 
 def item(n: int, topic: str = "lobby", received_ms: int = 0) -> AppendItem:
@@ -64,7 +70,7 @@ def test_a_pinned_oldest_record_is_kept_and_the_ones_behind_it_go(
     items = [item(n) for n in range(1, 11)]
     store.append_batch(items)
     store.append_batch([holder(items[0], 1)])  # the oldest is pinned
-    result = store.apply_retention("lobby", now_ms=10, pinned=pin_key, **limit)
+    result = store.apply_retention("lobby", now_ms=10, pinned=pinned_by_key, **limit)
     assert (result.deleted, result.done, result.pinned) == (9, True, 1)
     assert _seqs(store) == [1]  # it stays; nothing behind it waits for it
     head = store.head("lobby")
@@ -72,10 +78,10 @@ def test_a_pinned_oldest_record_is_kept_and_the_ones_behind_it_go(
     assert head.total_bytes == len(items[0].wire)
     assert store.check() == []
     # a step with nothing more to delete writes nothing and is done
-    again = store.apply_retention("lobby", now_ms=10, pinned=pin_key, **limit)
+    again = store.apply_retention("lobby", now_ms=10, pinned=pinned_by_key, **limit)
     assert (again.deleted, again.done, again.pinned) == (0, True, 1)
     # without pins (or pins nobody holds) the same call deletes it too
-    unpinned = store.apply_retention("lobby", now_ms=10, pinned=lambda i: b"\0" * 32, **limit)
+    unpinned = store.apply_retention("lobby", now_ms=10, pinned=lambda m: (b"\0" * 32,), **limit)
     assert (unpinned.deleted, unpinned.done, unpinned.pinned) == (1, True, 0)
     assert _seqs(store) == [] and store.check() == []
     assert store.head("lobby").first_seq == 11
@@ -87,7 +93,7 @@ def test_pinned_records_count_towards_the_limit_of_older_records_only(
     items = [item(n) for n in range(1, 21)]
     store.append_batch(items)
     store.append_batch([holder(items[0], 1), holder(items[6], 2), holder(items[14], 3)])
-    result = store.apply_retention("lobby", now_ms=10, max_count=8, pinned=pin_key)
+    result = store.apply_retention("lobby", now_ms=10, max_count=8, pinned=pinned_by_key)
     # oldest first, while the records from here on are over 8: a pin passed no longer
     # counts (1 and 7 are kept beyond the limit), one ahead does (15: 7 others stay)
     assert (result.deleted, result.done, result.pinned) == (10, True, 2)
@@ -110,7 +116,7 @@ def test_pins_alone_over_the_limit_never_cost_a_newer_record(store: MessageStore
         {"max_bytes": sum(len(i.wire) for i in items[:5])},
     ]
     for limit in limits:
-        result = store.apply_retention("lobby", now_ms=10, pinned=pin_key, **limit)
+        result = store.apply_retention("lobby", now_ms=10, pinned=pinned_by_key, **limit)
         assert result.deleted == 0 and result.done
         assert _seqs(store) == list(range(1, 9))
 
@@ -119,10 +125,10 @@ def test_an_unpinned_oldest_record_moves_first_seq_over_the_holes(store: Message
     items = [item(n) for n in range(1, 11)]
     store.append_batch(items)
     store.append_batch([holder(items[4], 1)])
-    assert store.apply_retention("lobby", now_ms=10, max_count=6, pinned=pin_key).deleted == 4
+    assert store.apply_retention("lobby", now_ms=10, max_count=6, pinned=pinned_by_key).deleted == 4
     assert _seqs(store) == [5, 6, 7, 8, 9, 10] and store.head("lobby").first_seq == 5
     store.append_batch([holder(items[7], 2)])
-    step = store.apply_retention("lobby", now_ms=10, max_count=2, pinned=pin_key)
+    step = store.apply_retention("lobby", now_ms=10, max_count=2, pinned=pinned_by_key)
     assert (step.deleted, step.pinned) == (2, 2) and _seqs(store) == [5, 8, 9, 10]
     assert store.check() == []
 
@@ -131,16 +137,16 @@ def test_a_released_pin_lets_the_next_step_delete(store: MessageStore) -> None:
     items = [item(n) for n in range(1, 6)]
     store.append_batch(items)
     store.append_batch([holder(items[0], 1), holder(items[2], 2)])
-    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pin_key)
+    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
     assert (result.deleted, result.pinned) == (3, 2)
     assert _seqs(store) == [1, 3]
     # the holder's own retention drops its oldest record: the first pin goes
     assert store.apply_retention("~holds", now_ms=10, max_count=1).deleted == 1
-    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pin_key)
+    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
     assert (result.deleted, result.pinned) == (1, 1)
     assert _seqs(store) == [3] and store.head("lobby").first_seq == 3
     assert store.apply_retention("~holds", now_ms=10, max_count=0).deleted == 1
-    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pin_key)
+    result = store.apply_retention("lobby", now_ms=10, max_age_ms=0, pinned=pinned_by_key)
     assert (result.deleted, result.done, result.pinned) == (1, True, 0)
     assert _seqs(store) == [] and store.check() == []
 
@@ -149,7 +155,7 @@ def test_an_age_limit_stops_at_the_first_young_record_behind_pins(store: Message
     items = [item(n, received_ms=n) for n in range(1, 11)]
     store.append_batch(items)
     store.append_batch([holder(items[1], 1)])
-    result = store.apply_retention("lobby", now_ms=16, max_age_ms=10, pinned=pin_key)
+    result = store.apply_retention("lobby", now_ms=16, max_age_ms=10, pinned=pinned_by_key)
     assert (result.deleted, result.done, result.pinned) == (4, True, 1)  # 1, 3, 4, 5
     assert _seqs(store) == [2, 6, 7, 8, 9, 10]
     # "since" a time goes over the holes: after 2 for 3..6, then by the record
@@ -164,12 +170,12 @@ def test_budget_steps_resume_where_they_stopped(
     store.append_batch(items)
     store.append_batch([holder(items[n], n) for n in range(0, 12)])  # 1..12 pinned
     monkeypatch.setattr(_retention, "MAX_SCAN", 5)
-    first = store.apply_retention("lobby", now_ms=10, max_count=0, budget=4, pinned=pin_key)
+    first = store.apply_retention("lobby", now_ms=10, max_count=0, budget=4, pinned=pinned_by_key)
     assert (first.deleted, first.done, first.pinned, first.resume) == (0, False, 5, 5)
     steps, after, deleted = 1, first.resume, 0
     while True:
         step = store.apply_retention(
-            "lobby", now_ms=10, max_count=0, budget=4, pinned=pin_key, after=after
+            "lobby", now_ms=10, max_count=0, budget=4, pinned=pinned_by_key, after=after
         )
         steps, deleted, after = steps + 1, deleted + step.deleted, step.resume
         if step.done:
@@ -187,8 +193,8 @@ async def test_a_sweep_with_pins_trims_behind_them_and_frees_what_was_released(
     rules = KeepRules(topics={"lobby": RetentionPolicy(max_count=4),
                               "~holds": RetentionPolicy(max_count=1)})  # fmt: skip
 
-    def pins(topic: str) -> Callable[[bytes], bytes] | None:
-        return None if topic == "~holds" else pin_key
+    def pins(topic: str) -> Pin | None:
+        return None if topic == "~holds" else pinned_by_key
 
     with trio.fail_after(30):
         async with open_store_service(str(tmp_path / "s"), sync=False) as service:
@@ -229,7 +235,7 @@ def test_steps_over_pins_with_nothing_due_open_no_write(
     after, kept, steps = 0, (0, 0), 0
     while True:
         step = store.apply_retention(
-            "lobby", now_ms=10, max_count=0, pinned=pin_key, after=after, kept=kept
+            "lobby", now_ms=10, max_count=0, pinned=pinned_by_key, after=after, kept=kept
         )
         steps += 1
         if step.done:

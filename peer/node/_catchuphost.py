@@ -73,6 +73,7 @@ from peer.wire._frametypes import Heads
 from peer.wire._limits import MAX_PAGE_HEADS
 from store import MessageStore, StoreError, StoreService
 
+from ._bulkgc import bulk_gc
 from ._earlycheck import EarlyChecks
 from ._gapfill import MAX_FILL_PAGES, Budget, GapFiller, Waiter
 from ._host import StorageCounters, StoragePeer
@@ -329,7 +330,8 @@ class CatchUpService:
                 case ReadCursor():
                     await self._read_cursor(command)
                 case CheckAndStore():
-                    await self._check_and_store(command)
+                    with bulk_gc():  # a page's objects live until its commit
+                        await self._check_and_store(command)
                 case Received(walk, carrier, request, page):
                     check = functools.partial(self._check, carrier, request, page)
                     await self.early.run(walk, page.r, check)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -44,13 +45,23 @@ from peer.wire._envelope import (
 from peer.wire._errors import ProtocolError
 from peer.wire._identity import peer_id_of
 from peer.wire._meta import Meta, check_meta
-from store import AppendItem, KeepRules, MessageStore, RetentionPolicy, StoreService
+from store import (
+    AppendItem,
+    KeepRules,
+    MessageStore,
+    Pin,
+    RetentionPolicy,
+    StoredMessage,
+    StoreService,
+)
 
 from ._host import PeerCore, StorageCounters
 from ._inbox import InboxMessage, channel_entry_of
 
 INBOX_LOG = "~inbox"
 _INBOX_ID_TAG = b"clawmesh/local-inbox/v1"
+_REF_ID_TAG = b"clawmesh/inbox-ref/v1"
+_U64 = struct.Struct(">Q")
 _NOBODY = bytes(32)
 _DM_LOGS = inbox_topic(b"")  # "inbox/": the log topic of every DM and read receipt
 REF = b"\xf7ref"  # CBOR "undefined", then "ref": a full record is a CBOR map, never this
@@ -122,16 +133,39 @@ def _meta_of(raw: Any) -> Meta | None:
 
 
 def inbox_key(msg_id: bytes) -> bytes:
-    """The id (in the store's id index) of message ``msg_id``'s ``~inbox`` record."""
+    """The id (in the store's id index) of message ``msg_id``'s full ``~inbox``
+    record (and of a reference, in stores written before ``ref_key``)."""
     return hashlib.sha256(_INBOX_ID_TAG + msg_id).digest()
 
 
-def inbox_pins(topic: str) -> Callable[[bytes], bytes] | None:
-    """``retention_sweep``'s pins: a channel record stays while the inbox refers to it;
-    nothing else is pinned (the inbox's own log, and DM logs: the inbox holds DMs whole)."""
+@functools.lru_cache(maxsize=4096)
+def _lane_prefix(sender: bytes, topic: str) -> bytes:
+    return hashlib.sha256(_REF_ID_TAG + sender + topic.encode()).digest()[:16]
+
+
+def ref_key(sender: bytes, topic: str, seq: int, msg_id: bytes) -> bytes:
+    """The id index key of a reference to the channel message ``msg_id`` (``seq`` of
+    ``sender`` in ``topic``): 16 bytes naming the (sender, topic) lane, the seq, 8
+    bytes of the id. A sender's references in a topic sort in seq order, so a
+    catch-up page's go into the index at one place instead of one random place
+    each (a commit rewrites far fewer of its pages); the id's bytes keep a forked
+    sender's two messages at one seq apart. Not derived from the id alone, so the
+    reference's id entry is never looked up before it is written: it follows its
+    channel record (``AppendItem.follows``)."""
+    return _lane_prefix(sender, topic) + _U64.pack(seq) + msg_id[:8]
+
+
+def inbox_pins(topic: str) -> Pin | None:
+    """``retention_sweep``'s pins: a channel record stays while the inbox refers to it
+    (by either key a reference has had); nothing else is pinned (the inbox's own
+    log, and DM logs: the inbox holds DMs whole)."""
     if topic in (INBOX_LOG, PRESENCE_TOPIC) or topic.startswith(_DM_LOGS):
         return None
-    return inbox_key
+    return _ref_keys
+
+
+def _ref_keys(m: StoredMessage) -> tuple[bytes, bytes]:
+    return ref_key(m.sender, m.topic, m.sender_seq, m.msg_id), inbox_key(m.msg_id)
 
 
 def inbox_item(message: InboxMessage, payload: bytes | None) -> AppendItem:
@@ -150,13 +184,14 @@ def inbox_ref_item(message: InboxMessage) -> AppendItem:
     """``inbox_item`` of a channel message, as a reference to its channel log record
     (``read_inbox`` builds the same entry from it)."""
     return AppendItem(
-        inbox_key(message.id),
+        ref_key(message.sender, message.topic, message.seq, message.id),
         INBOX_LOG,
         _NOBODY,
         0,
         message.ts,
         REF + message.id,
         message.received_ms,
+        True,  # stored with its channel record, never without (``follows``)
     )
 
 
@@ -281,6 +316,7 @@ __all__ = [
     "inbox_record",
     "inbox_ref_item",
     "read_inbox",
+    "ref_key",
     "referenced",
 ]
 
@@ -323,6 +359,6 @@ def with_inbox(rules: KeepRules, capacity: int) -> KeepRules:
 
 def sweep_rules(
     rules: KeepRules, capacity: int
-) -> tuple[KeepRules, Callable[[str], Callable[[bytes], bytes] | None]]:
+) -> tuple[KeepRules, Callable[[str], Pin | None]]:
     """``retention_sweep``'s rules and pins for a peer: ``with_inbox`` and ``inbox_pins``."""
     return with_inbox(rules, capacity), inbox_pins

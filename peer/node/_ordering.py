@@ -126,10 +126,54 @@ class InboxOrder:
         for i, batch in enumerate(batches):
             out = self._passed(expired) if i == 0 else []
             walk = walks is not None and walks[i]
-            for item in batch:
-                self._place(item, walk, now, out)
+            self._place_all(batch, walk, now, out)
             batch[:] = out
         return [not self.walk_pending(topic) for topic in topics]
+
+    def _place_all(self, batch: list[Item], walk: bool, now: float, out: list[Item]) -> None:
+        """``_place`` each item of ``batch`` in turn; a run of one sender's next
+        messages in seq order (a catch-up page) moves its lane in one step."""
+        i, n = 0, len(batch)
+        while i < n:
+            j = self._run_end(batch, i)
+            if j - i > 1 and self._take_run(batch, i, j, out):
+                i = j
+                continue
+            self._place(batch[i], walk, now, out)
+            i += 1
+
+    def _run_end(self, batch: list[Item], i: int) -> int:
+        """The end of the run of messages ``_take_run`` may take from ``batch[i]``:
+        same kind (ordered), topic and sender, seqs one apart, all our concern."""
+        first = batch[i]
+        env = first[0]
+        if env.kind not in ORDERED or not self.concerns(first):
+            return i + 1
+        kind, topic, sender, seq = env.kind, env.log_topic, env.sender, env.seq
+        j, n = i + 1, len(batch)
+        while j < n:
+            e, member, _ = batch[j]
+            seq += 1
+            if not (member and e.seq == seq and e.sender == sender and e.kind == kind
+                    and e.log_topic == topic):
+                break
+            j += 1
+        return j
+
+    def _take_run(self, batch: list[Item], i: int, j: int, out: list[Item]) -> bool:
+        """What ``_place`` does to each of ``batch[i:j]`` when each is its lane's next
+        message: in one step (False, nothing done, when the first is not)."""
+        env = batch[i][0]
+        key = (env.log_topic, env.sender)
+        if key in self._probes or not self.order.next_run(key, env.seq, j - i):
+            return False  # a lookback probe decides message by message
+        run = batch[i:j]
+        out += run
+        walked = self._walked.get(env.log_topic)
+        if walked:
+            for e, _, _ in run:
+                walked.discard(e.id)
+        return True
 
     def _place(self, item: Item, walk: bool, now: float, out: list[Item]) -> None:
         """Offer one item to its sender's lane; what may go on now goes to ``out``."""

@@ -172,6 +172,16 @@ class SenderOrder(Generic[T]):
             self._dues.clear()
         return True
 
+    def next_run(self, key: Key, first: int, count: int) -> bool:
+        """``next_in_order`` for ``count`` consecutive seqs from ``first`` at once (a
+        catch-up page of one author): the lane moves on exactly as that many
+        ``next_in_order`` calls, each True, would move it; False (nothing changed)
+        unless the first of them would be True."""
+        if count < 1 or not self.next_in_order(key, first):
+            return False
+        self._lanes[key].top = first + count - 1
+        return True
+
     def next_deadline(self) -> float | None:
         """When the first held message stops waiting (None: nothing held)."""
         return self._earliest()[0] if self.held else None

@@ -19,7 +19,10 @@ signatures are the caller's (catch-up checks one per author run,
   ``open_envelope``, which says exactly what is wrong.
 * The field checks are ``open_envelope``'s own functions; the message id is
   the caller's when it has it, and a sender's peer id is hashed once per
-  page.
+  page. A plain channel message (a text body, in a topic an earlier message
+  of the page passed the checks with) is checked in one expression
+  (``_plain_msg``) that accepts only what those functions accept; anything
+  else goes through them.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from ._envelope import (
     open_envelope,
 )
 from ._identity import peer_id_of
-from ._limits import MAX_FRAME_ITEMS
+from ._limits import MAX_BODY_BYTES, MAX_FRAME_ITEMS
 
 
 def _array_head(n: int) -> bytes:
@@ -66,6 +69,32 @@ def _decode_all(signed: Sequence[bytes]) -> list[Any] | None:
     return None
 
 
+_PLAIN_KEYS = frozenset({"v", "kind", "topic", "from", "seq", "ts", "prev", "body"})
+_U64_MAX = 2**64 - 1
+_BODY_CHARS = MAX_BODY_BYTES // 4  # this many characters are within the bound in UTF-8
+
+
+def _plain_msg(f: Any, topic: str) -> bool:
+    """``fields`` are a channel message in ``topic`` (one that passed every check)
+    with a text body and nothing else that needs a check of its own (no payload,
+    reply, thread, attachments): what ``_check_shape``, ``_check_log_fields`` and
+    ``_check_msg`` accept, decided in one expression. False: those decide."""
+    if type(f) is not dict:
+        return False
+    prev = f.get("prev")
+    seq, ts, key, body = f.get("seq"), f.get("ts"), f.get("from"), f.get("body")
+    return (
+        f.keys() <= _PLAIN_KEYS
+        and f.get("kind") == "msg" and type(f.get("v")) is int and f["v"] == 1
+        and type(key) is bytes and len(key) == 32
+        and type(seq) is int and 0 <= seq <= _U64_MAX
+        and type(ts) is int and 0 <= ts <= _U64_MAX
+        and ("prev" not in f or (type(prev) is bytes and len(prev) == 32 and seq >= 2))
+        and type(f.get("topic")) is str and f["topic"] == topic
+        and type(body) is str and len(body) <= _BODY_CHARS
+    )
+
+
 def open_many(
     wires: Sequence[bytes],
     parts: Sequence[tuple[bytes, bytes]],
@@ -81,10 +110,16 @@ def open_many(
             yield open_envelope(wire, signed=signed, sig=sig, verify=False)
         return
     peers: dict[bytes, bytes] = {}
+    topic_ok = None  # a channel topic that passed the full checks on this page
     for i, fields in enumerate(decoded):
-        kind = _check_shape(fields)
-        key, topic = _check_log_fields(fields)
-        _KIND_CHECKS[kind](fields, key, topic)
+        if topic_ok is not None and _plain_msg(fields, topic_ok):
+            key = fields["from"]
+        else:
+            kind = _check_shape(fields)
+            key, topic = _check_log_fields(fields)
+            _KIND_CHECKS[kind](fields, key, topic)
+            if kind == "msg":
+                topic_ok = topic
         sender = peers.get(key)
         if sender is None:
             sender = peers[key] = peer_id_of(key)
