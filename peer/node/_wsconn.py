@@ -15,7 +15,8 @@ Rules kept here:
   the bytes already read, with no I/O. What is held is one message
   (``MESSAGE_LIMIT``) plus one read, at most; an idle link holds no buffer.
 * Pings are answered (by the reader, under the write lock, so a pong never
-  lands inside another frame); pongs and text messages are dropped by
+  lands inside another frame; while another task is writing, that task sends
+  the pong after its write, and the reader does not wait for it); pongs and text messages are dropped by
   ``receive`` (text is still checked to be UTF-8); ``get_message`` gives text
   too, for the OCM gateway, which speaks JSON text on the same listener.
 * A frame against the RFC (``WsFrameError``) closes the connection with its
@@ -104,6 +105,7 @@ class WsConnection:
         "_first",
         "_held",
         "_lot",
+        "_pong",
         "_reader",
         "_sock",
         "_state",
@@ -126,6 +128,7 @@ class WsConnection:
         self._state = _OPEN
         self._busy = False  # a write is under way (the write lock)
         self._lot: trio.lowlevel.ParkingLot | None = None  # writers waiting for it
+        self._pong: bytes | None = None  # a pong for the writer under way to send next
         self._first: bytes | None = None  # a record read before (the listener's peek)
         self._held: tuple[int, bytes] | WsFrameError | None = None  # met by receive_nowait
         self.close_code: int | None = None
@@ -200,6 +203,9 @@ class WsConnection:
         done = False
         try:
             await self._stream.send_all(data)
+            while self._pong is not None:  # the reader met a ping while we wrote
+                pong, self._pong = self._pong, None
+                await self._stream.send_all(self.frame(pong, OP_PONG))
             done = True
         except _GONE as exc:
             self._gone(str(exc) or "the connection broke")
@@ -304,7 +310,11 @@ class WsConnection:
             except UnicodeDecodeError:
                 await self._fail(WsFrameError(CLOSE_BAD_DATA, "a text message that is not UTF-8"))
         if opcode == OP_PING:
-            if self._state == _OPEN:
+            if self._state != _OPEN:
+                pass
+            elif self._busy:  # the writer sends it after its write: the reader goes on
+                self._pong = payload
+            else:
                 with contextlib.suppress(WsClosed):
                     await self._write(self.frame(payload, OP_PONG))
         elif opcode == OP_CLOSE:
@@ -420,11 +430,27 @@ async def accept_upgrade(stream: trio.abc.Stream, remote: str) -> WsConnection:
             raise UpgradeRefused(400 if "ended" in str(exc) else 431, str(exc)) from None
         request = parse_request(head)
     except UpgradeRefused as refused:
-        with contextlib.suppress(*_GONE):
-            await stream.send_all(refusal(refused.status, refused.body, refused.headers))
+        await _answer_and_linger(stream, refusal(refused.status, refused.body, refused.headers))
         raise
     await stream.send_all(accept_response(request))
     return WsConnection(stream, client=False, remote=remote, leftover=rest)
+
+
+REFUSAL_LINGER = 1.0  # seconds a refused client has to read the answer, at most
+_LINGER_BYTES = 64 * 1024  # what is read (and dropped) meanwhile, at most
+
+
+async def _answer_and_linger(stream: trio.abc.Stream, answer: bytes) -> None:
+    """Send an HTTP refusal and end our side, then drop what the client still sends
+    for a moment: closing with unread bytes would reset the connection, and the
+    client could lose the answer."""
+    with trio.move_on_after(REFUSAL_LINGER), contextlib.suppress(*_GONE, OSError):
+        await stream.send_all(answer)
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
+        dropped = 0
+        while dropped < _LINGER_BYTES and (chunk := await stream.receive_some(16384)):
+            dropped += len(chunk)
 
 
 async def open_client(stream: trio.abc.Stream, host: str, resource: str, url: str) -> WsConnection:
