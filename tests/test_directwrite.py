@@ -99,7 +99,7 @@ def _frames(rng: random.Random, count: int) -> list[bytes]:
 class Counting:
     """Counts direct writes and tails, to prove the path under test ran."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: type = WebSocketTransport) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: Any = WebSocketTransport) -> None:
         self.direct = 0
         self.tails = 0
         send_now = cls.send_now

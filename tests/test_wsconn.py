@@ -19,7 +19,7 @@ import ssl
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
@@ -108,7 +108,7 @@ async def _client_against_trio_websocket(
                     await ws.ping(b"ping from the server")  # our reader answers it
                 await ws.send_message(message)
         except trio_websocket.ConnectionClosed as exc:
-            closes.append(exc.reason.code)
+            closes.append(exc.reason.code if exc.reason else None)
             done.set()
 
     async def run(conn: Any) -> int:
@@ -140,7 +140,8 @@ async def _serve_tls(handler: Any, host: str, port: int, nursery: trio.Nursery,
     listeners = await trio.open_ssl_over_tcp_listeners(port, context, host=host)
     server = trio_websocket.WebSocketServer(handler, listeners, handler_nursery=nursery,
                                             max_message_size=1 << 20)
-    task_status.started(listeners[0].transport_listener.socket.getsockname()[1])
+    tcp = cast(trio.SocketListener, listeners[0].transport_listener)
+    task_status.started(tcp.socket.getsockname()[1])
     await server.run()
 
 

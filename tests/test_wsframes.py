@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import random
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -101,10 +102,10 @@ def test_wsproto_reads_what_we_write_on_both_sides() -> None:
     payloads = [b"", b"a", b"b" * 125, b"c" * 126, b"d" * 65_536]
     as_client = Connection(ConnectionType.SERVER)  # reads what our client writes
     as_client.receive_data(b"".join(encode_frame(OP_BINARY, p, KEY) for p in payloads))
-    assert [e.data for e in as_client.events()] == payloads
+    assert [cast(BytesMessage, e).data for e in as_client.events()] == payloads
     as_server = Connection(ConnectionType.CLIENT)
     as_server.receive_data(b"".join(encode_frame(OP_BINARY, p) for p in payloads))
-    assert [e.data for e in as_server.events()] == payloads
+    assert [cast(BytesMessage, e).data for e in as_server.events()] == payloads
 
 
 def test_server_frames_are_the_bytes_the_old_transport_wrote() -> None:

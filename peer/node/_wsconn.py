@@ -16,9 +16,10 @@ Rules kept here:
   (``MESSAGE_LIMIT``) plus one read, at most; an idle link holds no buffer.
 * Pings are answered (by the reader, under the write lock, so a pong never
   lands inside another frame; while another task is writing, that task sends
-  the pong after its write, and the reader does not wait for it); pongs and text messages are dropped by
-  ``receive`` (text is still checked to be UTF-8); ``get_message`` gives text
-  too, for the OCM gateway, which speaks JSON text on the same listener.
+  the pong after its write, and the reader does not wait for it); pongs and
+  text messages are dropped by ``receive`` (text is still checked to be
+  UTF-8); ``get_message`` gives text too, for the OCM gateway, which speaks
+  JSON text on the same listener.
 * A frame against the RFC (``WsFrameError``) closes the connection with its
   code (1002, 1007, 1009): the close frame is sent within ``CLOSE_TIMEOUT``,
   then the stream is closed without waiting for an answer; the caller gets
