@@ -25,7 +25,7 @@ import pytest
 import trio
 import trio_websocket
 
-from peer.node import _websocket, _wsconn
+from peer.node import _dialer, _websocket, _wsconn
 from peer.node._websocket import dial_websocket, serve_ws
 from peer.node._wsconn import WsClosed, WsConnection
 from peer.wire._wsframes import (
@@ -363,3 +363,18 @@ def test_real_peers_link_over_our_websocket_and_shrug_off_a_bad_frame(tmp_path: 
     finally:
         stop(pair.b)
         stop(pair.a)
+
+
+async def test_too_many_connections_from_one_address_get_503(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past ``max_links_per_ip`` (loopback counted here as any address) the upgrade
+    is refused with 503 before it is read; the links already there stay."""
+    async with serving() as pair:
+        monkeypatch.setattr(_dialer, "is_loopback", lambda ip: False)
+        monkeypatch.setattr(pair.a.dialer.options, "max_links_per_ip", 1)
+        # b's link holds the one connection allowed from 127.0.0.1
+        reply = await _http_exchange(pair.port, client_request("h", "/", new_key(b"k" * 16)))
+        assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply
+        monkeypatch.setattr(pair.a.dialer.options, "max_links_per_ip", 0)  # off again
+        await assert_still_serving(pair)

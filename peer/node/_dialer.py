@@ -32,7 +32,7 @@ import trio_websocket
 
 from dht import Contact
 from peer.wire._errors import ErrorCode
-from peer.wire._wsupgrade import UpgradeRefused, refusal
+from peer.wire._wsupgrade import UpgradeRefused
 from store import Backoff
 
 from . import _websocket
@@ -42,7 +42,7 @@ from ._linkhost import LinkManager
 from ._options import PeerCounters, PeerOptions
 from ._transport import WebSocketTransport
 from ._websocket import describe_remote, dial_websocket, is_loopback, serve_own, serve_ws
-from ._wsconn import WsConnection, accept_upgrade
+from ._wsconn import WsConnection, accept_upgrade, refuse_upgrade
 
 BOOTSTRAP_BACKOFF = Backoff(base_ms=1_000, cap_ms=60_000)
 FLAP_LIMIT = 5
@@ -305,8 +305,8 @@ class Dialer:
             remote = _peer_name(stream)
             ip = remote.rsplit(":", 1)[0]
             if not self._room_for(ip):
-                with contextlib.suppress(Exception):
-                    await stream.send_all(refusal(503, "too many connections from your address"))
+                await refuse_upgrade(stream, UpgradeRefused(503, "too many connections from "
+                                                            "your address"))
                 return
             self._inbound_per_ip[ip] = self._inbound_per_ip.get(ip, 0) + 1
             try:
@@ -315,6 +315,9 @@ class Dialer:
                 self._inbound_per_ip[ip] -= 1
                 if not self._inbound_per_ip[ip]:
                     del self._inbound_per_ip[ip]
+        except Exception as exc:  # a bug: never let one connection end the listener
+            self.counters.link_errors += 1
+            self.log.error("connection crashed", error=repr(exc), exc_info=exc)
         finally:
             await trio.aclose_forcefully(stream)
 

@@ -431,7 +431,7 @@ async def accept_upgrade(stream: trio.abc.Stream, remote: str) -> WsConnection:
             raise UpgradeRefused(400 if "ended" in str(exc) else 431, str(exc)) from None
         request = parse_request(head)
     except UpgradeRefused as refused:
-        await _answer_and_linger(stream, refusal(refused.status, refused.body, refused.headers))
+        await refuse_upgrade(stream, refused)
         raise
     await stream.send_all(accept_response(request))
     return WsConnection(stream, client=False, remote=remote, leftover=rest)
@@ -441,10 +441,11 @@ REFUSAL_LINGER = 1.0  # seconds a refused client has to read the answer, at most
 _LINGER_BYTES = 64 * 1024  # what is read (and dropped) meanwhile, at most
 
 
-async def _answer_and_linger(stream: trio.abc.Stream, answer: bytes) -> None:
+async def refuse_upgrade(stream: trio.abc.Stream, refused: UpgradeRefused) -> None:
     """Send an HTTP refusal and end our side, then drop what the client still sends
     for a moment: closing with unread bytes would reset the connection, and the
     client could lose the answer."""
+    answer = refusal(refused.status, refused.body, refused.headers)
     with trio.move_on_after(REFUSAL_LINGER), contextlib.suppress(*_GONE, OSError):
         await stream.send_all(answer)
         if isinstance(stream, trio.SocketStream):
