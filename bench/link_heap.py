@@ -8,10 +8,12 @@ one sink process of the harness (``python -m bench._gen sink --mode idle``,
 as the footprint scenario uses) opens ``--links`` subscribed links to it and
 holds them. The traced heap is read (after a full collection) before the
 links and once all are up and the seed has settled; the difference over the
-link count is the heap per idle link. The largest differences by allocation
-site are printed too (``Snapshot.compare_to``), to say what is left. RSS is
-not reported: tracemalloc's own bookkeeping inflates it (the footprint
-scenario measures RSS without it).
+link count is the heap per idle link (the least of ``READINGS`` readings a
+second apart: a link caught answering a ping holds a little more). The
+largest differences by allocation site are printed too
+(``Snapshot.compare_to``), to say what is left. RSS is not reported:
+tracemalloc's own bookkeeping inflates it (the footprint scenario measures
+RSS without it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from peer import Identity, Peer, PeerOptions
 from peer.node import _websocket
 
 SETTLE_S = 5.0
+READINGS = 5  # heap readings 1 s apart once the links are up; the least is reported
 
 
 async def _links_up(peer: Peer, links: int, deadline: float) -> None:
@@ -52,12 +55,17 @@ async def measure(links: int, top: int) -> dict[str, object]:
                "--port", str(port), "--conns", str(links), "--mode", "idle",
                "--timeout", str(120 + links / 10)]
         async with trio.open_nursery() as sinks:
-            proc = await sinks.start(functools.partial(trio.run_process, cmd,
-                                                       stdout=subprocess.DEVNULL, check=False))
+            run = functools.partial(trio.run_process, cmd, stdin=subprocess.PIPE,  # held open:
+                                    stdout=subprocess.DEVNULL, check=False)  # EOF stops it
+            proc = await sinks.start(run)
             await _links_up(peer, links, 60 + links / 10)
             await trio.sleep(SETTLE_S)
-            gc.collect()
-            with_bytes = tracemalloc.get_traced_memory()[0]
+            readings = []
+            for _ in range(READINGS):  # the least: links caught mid-ping hold a bit more
+                gc.collect()
+                readings.append(tracemalloc.get_traced_memory()[0])
+                await trio.sleep(1.0)
+            with_bytes = min(readings)
             after = tracemalloc.take_snapshot()
             proc.terminate()
         nursery.cancel_scope.cancel()
