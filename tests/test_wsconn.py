@@ -24,7 +24,9 @@ from typing import Any, cast
 import pytest
 import trio
 import trio_websocket
+from structlog.testing import capture_logs
 
+from peer import Identity, Peer, PeerOptions
 from peer.node import _dialer, _websocket, _wsconn
 from peer.node._websocket import dial_websocket, serve_ws
 from peer.node._wsconn import WsClosed, WsConnection
@@ -39,7 +41,17 @@ from peer.wire._wsframes import (
 )
 from peer.wire._wsupgrade import UpgradeRefused, client_request, new_key
 
-from ._refusals_harness import Snapshot, assert_still_serving, serving
+from ._refusals_harness import (
+    CHANNEL,
+    LogWatch,
+    Pair,
+    Snapshot,
+    WatchedRouter,
+    assert_still_serving,
+    interest,
+    serving,
+    wait_linked,
+)
 from ._wspair import own_pair, own_server
 
 DEADLINE = 10
@@ -378,3 +390,44 @@ async def test_too_many_connections_from_one_address_get_503(
         assert reply.startswith(b"HTTP/1.1 503") and b"too many connections" in reply
         monkeypatch.setattr(pair.a.dialer.options, "max_links_per_ip", 0)  # off again
         await assert_still_serving(pair)
+
+
+@pytest.mark.parametrize(
+    ("own_listener", "own_dialer"), [(True, False), (False, True)],
+    ids=["old-dials-new", "new-dials-old"],
+)
+async def test_peers_on_either_websocket_link_and_talk(
+    monkeypatch: pytest.MonkeyPatch, own_listener: bool, own_dialer: bool
+) -> None:
+    """A peer of an earlier release (links on trio-websocket, ``OWN_WEBSOCKET`` off)
+    and one on our own WebSocket link both ways round and exchange messages."""
+    watch = LogWatch()
+    with capture_logs(processors=[watch]), trio.fail_after(DEADLINE * 2):
+        a = Peer(Identity.generate(), PeerOptions(channels=(CHANNEL,), seed=1))
+        b = Peer(Identity.generate(), PeerOptions(channels=(CHANNEL,), seed=2))
+        a.router, b.router = WatchedRouter(a), WatchedRouter(b)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            monkeypatch.setattr(_websocket, "OWN_WEBSOCKET", own_listener)
+            port = await a.serve_websocket("127.0.0.1", 0)
+            monkeypatch.setattr(_websocket, "OWN_WEBSOCKET", own_dialer)  # read when b dials
+            b.nursery.start_soon(b.dial_forever, f"ws://127.0.0.1:{port}", a.peer_id)
+            await wait_linked(a, b.peer_id)
+            await wait_linked(b, a.peer_id)
+            assert isinstance(a.links[b.peer_id].transport, WsConnection) == own_listener
+            assert isinstance(b.links[a.peer_id].transport, WsConnection) == own_dialer
+            await a.router.wait_until(lambda: interest(a, b).get(CHANNEL) == 0)
+            await b.router.wait_until(lambda: interest(b, a).get(CHANNEL) == 0)
+            pair = Pair(a, b, port, watch, a.links[b.peer_id], b.links[a.peer_id])
+            await assert_still_serving(pair)
+            nursery.cancel_scope.cancel()
+
+
+async def test_links_run_on_our_own_websocket_by_default() -> None:
+    assert _websocket.OWN_WEBSOCKET
+    async with serving() as pair:
+        for link in (pair.a_to_b, pair.b_to_a):
+            transport = getattr(link, "transport", None)
+            assert isinstance(transport, WsConnection)
+        assert pair.a.links[pair.b.peer_id].transport.is_client is False  # type: ignore[attr-defined]
