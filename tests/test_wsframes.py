@@ -249,3 +249,14 @@ def test_bad_requests_are_refused_with_a_status(head: bytes, status: int) -> Non
     with pytest.raises(UpgradeRefused) as info:
         parse_request(head + b"\r\n")
     assert info.value.status == status and info.value.body
+
+
+def test_a_reader_waiting_for_a_frame_keeps_only_that_frame() -> None:
+    reader = FrameReader(server=True, limit=100_000)
+    big, small = _frame(OP_BINARY, b"b" * 50_000), _frame(OP_BINARY, b"s" * 10)
+    reader.feed(big + small[:3])
+    assert reader.next() == (OP_BINARY, b"b" * 50_000)
+    assert reader.next() is None
+    assert len(reader._buf) == 3 and reader.pending() == 3
+    reader.feed(small[3:])
+    assert reader.next() == (OP_BINARY, b"s" * 10) and reader.pending() == 0

@@ -21,7 +21,8 @@ the RFC raises ``WsFrameError`` with the close code to send:
 
 What the reader holds is bounded by the caller: bytes fed and not parsed are
 at most one message (``limit``) plus the last read. An idle reader holds no
-buffer (the empty ``bytes``).
+buffer (the empty ``bytes``), and one waiting for the rest of a frame holds
+that frame's bytes only.
 
 ``encode_frame`` writes one final frame: unmasked for a server, masked with
 the four bytes given for a client (RFC 6455 section 5.3: the caller draws
@@ -158,6 +159,8 @@ class FrameReader:
         while True:
             frame = self._frame()
             if frame is None:
+                if self._pos:  # keep only the partial frame, not what was parsed before it
+                    self._buf, self._pos = bytearray(memoryview(self._buf)[self._pos :]), 0
                 return None
             fin, opcode, payload = frame
             if opcode >= OP_CLOSE or (fin and opcode != OP_CONT):
