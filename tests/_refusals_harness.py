@@ -244,6 +244,17 @@ class RawClient:
             if isinstance(frame, Error):
                 return frame.code
 
+    async def send_refused(self, record: bytes) -> trio_websocket.CloseReason:
+        """Send a record the other side closes for; returns the close reason. The
+        close may come while the record is still being sent (our own WebSocket
+        refuses an oversize message on its frame header)."""
+        try:
+            await self.send(record)
+        except trio_websocket.ConnectionClosed as exc:
+            assert isinstance(exc.reason, trio_websocket.CloseReason)
+            return exc.reason
+        return await self.expect_closed()
+
     async def expect_closed(self) -> trio_websocket.CloseReason:
         """Everything after the error is the close; returns the close reason."""
         with pytest.raises(trio_websocket.ConnectionClosed) as info:

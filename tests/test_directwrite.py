@@ -31,10 +31,13 @@ from peer.node._link import Link, Outbox, Tail
 from peer.node._linkhost import LinkManager
 from peer.node._transport import WebSocketTransport
 from peer.node._websocket import serve_ws
+from peer.node._wsconn import WsConnection
 from peer.wire._errors import ErrorCode
 from peer.wire._frames import decode_frame
 from peer.wire._frametypes import Error
 from peer.wire._handshake import HandshakeResult
+
+from ._wspair import own_pair
 
 DEADLINE = 20
 SIZES = (1, 60, 125, 126, 300, 4_000, 65_535, 65_536, 70_000, 200_000)
@@ -53,8 +56,13 @@ def _results() -> tuple[HandshakeResult, HandshakeResult]:
 
 
 @asynccontextmanager
-async def _ws_pair() -> AsyncIterator[tuple[WebSocketTransport, WebSocketTransport]]:
-    """(client, server) transports over a real loopback WebSocket."""
+async def _ws_pair(own: bool = False) -> AsyncIterator[tuple[Any, Any]]:
+    """(client, server) transports over a real loopback WebSocket (``own``: our own
+    WebSocket, peer/node/_wsconn.py; else trio-websocket's under ``WebSocketTransport``)."""
+    if own:
+        async with own_pair() as pair:
+            yield pair
+        return
     accepted: list[WebSocketTransport] = []
     ready = trio.Event()
 
@@ -91,38 +99,40 @@ def _frames(rng: random.Random, count: int) -> list[bytes]:
 class Counting:
     """Counts direct writes and tails, to prove the path under test ran."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: Any = WebSocketTransport) -> None:
         self.direct = 0
         self.tails = 0
-        send_now = WebSocketTransport.send_now
-        send_now_many = WebSocketTransport.send_now_many
+        send_now = cls.send_now
+        send_now_many = cls.send_now_many
 
-        def one(transport: WebSocketTransport, record: bytes) -> bytes:
+        def one(transport: Any, record: bytes) -> bytes:
             self.direct += 1
             return self._tail(send_now(transport, record))
 
-        def many(transport: WebSocketTransport, records: list[bytes]) -> bytes:
+        def many(transport: Any, records: list[bytes]) -> bytes:
             self.direct += len(records)
             return self._tail(send_now_many(transport, records))
 
-        monkeypatch.setattr(WebSocketTransport, "send_now", one)
-        monkeypatch.setattr(WebSocketTransport, "send_now_many", many)
+        monkeypatch.setattr(cls, "send_now", one)
+        monkeypatch.setattr(cls, "send_now_many", many)
 
     def _tail(self, tail: bytes) -> bytes:
         self.tails += bool(tail)
         return tail
 
 
-async def _send_and_receive(seed: int, sender_is_server: bool, count: int) -> list[bytes]:
+async def _send_and_receive(
+    seed: int, sender_is_server: bool, count: int, own: bool = False
+) -> list[bytes]:
     """Send ``count`` random frames in a random mix of ways; what the other end opens."""
     rng = random.Random(seed)
     frames = _frames(rng, count)
     ini, res = _results()
     got: list[bytes] = []
     with trio.fail_after(DEADLINE):
-        async with _ws_pair() as (client, server):
+        async with _ws_pair(own) as (client, server):
             sender, receiver = (server, client) if sender_is_server else (client, server)
-            raw = getattr(sender, "_raw", None)
+            raw = getattr(sender, "_raw", None) or getattr(sender, "_sock", None)
             if raw is not None:
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             outbox = Outbox()
@@ -159,18 +169,19 @@ async def _send_and_receive(seed: int, sender_is_server: bool, count: int) -> li
     return got
 
 
+@pytest.mark.parametrize("own", [True, False], ids=["own", "trio-websocket"])
 @pytest.mark.parametrize("sender_is_server", [True, False], ids=["server", "client"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_direct_writes_match_the_writer_path(
-    monkeypatch: pytest.MonkeyPatch, seed: int, sender_is_server: bool
+    monkeypatch: pytest.MonkeyPatch, seed: int, sender_is_server: bool, own: bool
 ) -> None:
-    counting = Counting(monkeypatch)
-    fast = await _send_and_receive(seed, sender_is_server, 120)
+    counting = Counting(monkeypatch, WsConnection if own else WebSocketTransport)
+    fast = await _send_and_receive(seed, sender_is_server, 120, own)
     assert counting.direct > 0, "the direct path never ran"
     assert counting.tails > 0, "no write was short: the tail path never ran"
     monkeypatch.setattr(_transport, "DIRECT_WRITES", False)
     before = counting.direct
-    general = await _send_and_receive(seed, sender_is_server, 120)
+    general = await _send_and_receive(seed, sender_is_server, 120, own)
     assert counting.direct == before  # the general path: every frame through the writer
     assert general == fast
 
@@ -218,12 +229,16 @@ async def test_a_direct_write_waits_for_what_the_writer_holds() -> None:
     assert got == [b"direct", b"queued", b"behind"]
 
 
-async def test_a_burst_already_read_is_handed_out_whole_and_in_order() -> None:
+@pytest.mark.parametrize("own", [True, False], ids=["own", "trio-websocket"])
+async def test_a_burst_already_read_is_handed_out_whole_and_in_order(own: bool) -> None:
     """``receive_nowait`` and ``backlog`` (what the reader gathers a burst with) agree
-    with ``receive``: every record once, in order, and the backlog is seen."""
+    with ``receive``: every record once, in order, and the backlog is seen (our own
+    WebSocket parses on demand: ``receive_nowait`` hands out what was read, and there
+    is never a backlog to wait for)."""
     records = [bytes([n]) * 300 for n in range(40)]
+    nowait = 0
     with trio.fail_after(DEADLINE):
-        async with _ws_pair() as (client, server):
+        async with _ws_pair(own) as (client, server):
             await client.send_many(records)
             got = [await server.receive()]
             backlog_seen = False
@@ -234,7 +249,10 @@ async def test_a_burst_already_read_is_handed_out_whole_and_in_order() -> None:
                 if record is None:
                     assert queued == 0
                     record = await server.receive()
+                else:
+                    nowait += 1
                 got.append(record)
             assert server.receive_nowait() is None and server.backlog() == (0, False)
     assert got == records
-    assert backlog_seen
+    assert nowait > 0
+    assert backlog_seen or own

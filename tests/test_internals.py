@@ -34,7 +34,7 @@ import trio_websocket
 from wsproto import WSConnection
 
 from peer import ErrorCode, Identity, ProtocolError
-from peer.node import _transport
+from peer.node import _transport, _websocket
 from peer.node._transport import TransportClosed, WebSocketTransport
 from peer.node._websocket import serve_ws
 from peer.wire import _handshake
@@ -261,7 +261,9 @@ def test_cipher_fallback_is_byte_for_byte_the_fast_path(monkeypatch: pytest.Monk
 
 async def test_peers_link_and_talk_with_both_fallbacks(monkeypatch: pytest.MonkeyPatch) -> None:
     """End to end: two peers over a real WebSocket, the handshake and the link
-    cipher without nacl._sodium, records without trio-websocket's internals."""
+    cipher without nacl._sodium, records without trio-websocket's internals
+    (links on trio-websocket: the old path, ``OWN_WEBSOCKET`` off)."""
+    monkeypatch.setattr(_websocket, "OWN_WEBSOCKET", False)
     monkeypatch.setattr(_transport, "FAST_PATH", False)
     monkeypatch.setattr(_handshake, "_lib", None)
     counter = SendCounter(monkeypatch)
@@ -274,7 +276,9 @@ async def test_the_listener_works_when_upgrade_headers_cannot_be_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The listener empties trio-websocket's list of upgrade headers; where
-    ``headers`` is an immutable copy instead, it leaves it and links work."""
+    ``headers`` is an immutable copy instead, it leaves it and links work
+    (links on trio-websocket: the old path, ``OWN_WEBSOCKET`` off)."""
+    monkeypatch.setattr(_websocket, "OWN_WEBSOCKET", False)
     seen: list[object] = []
     real = trio_websocket.WebSocketRequest.headers
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import os
 
+import pytest
 import trio_websocket
 
 from peer import (
@@ -31,6 +32,7 @@ from peer import (
     decode_frame,
     encode_frame,
 )
+from peer.node import _websocket
 from peer.wire._limits import (
     MAX_ENVELOPE,
     MAX_FRAME_ITEMS,
@@ -125,8 +127,10 @@ async def test_oversize_handshake_record() -> None:
         await assert_still_serving(pair)
 
 
-async def test_a_served_link_keeps_no_upgrade_headers() -> None:
-    """trio-websocket keeps each upgrade request for the link's life; the peer empties it."""
+async def test_a_served_link_keeps_no_upgrade_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """trio-websocket keeps each upgrade request for the link's life; the peer empties it
+    (links on trio-websocket: the old path; our own keeps no request at all)."""
+    monkeypatch.setattr(_websocket, "OWN_WEBSOCKET", False)
     async with serving() as pair:
         requests = [o for o in gc.get_objects() if isinstance(o, trio_websocket.WebSocketRequest)]
         assert requests, "the served link's request is gone: nothing to check"
@@ -135,12 +139,11 @@ async def test_a_served_link_keeps_no_upgrade_headers() -> None:
 
 
 async def test_websocket_message_over_the_record_limit() -> None:
-    """trio-websocket itself closes with 1009 before the peer sees the record."""
+    """The WebSocket itself closes with 1009 before the peer sees the record."""
     async with serving() as pair:
         before = Snapshot.of(pair.a)
         async with raw_client(pair.port) as client:
-            await client.send(b"\x00" * (MAX_RECORD + 2048))
-            reason = await client.expect_closed()
+            reason = await client.send_refused(b"\x00" * (MAX_RECORD + 2048))
             assert reason.code == 1009
             assert reason.name == "MESSAGE_TOO_BIG"
         entry = await pair.logs.wait_for("handshake did not finish", pair.a)
@@ -152,8 +155,7 @@ async def test_websocket_message_over_the_record_limit() -> None:
 
 async def test_websocket_message_over_the_record_limit_on_a_link() -> None:
     async with serving() as pair, attacker_link(pair) as (attacker, client):
-        await client.send(b"\x00" * (MAX_RECORD + 2048))
-        reason = await client.expect_closed()
+        reason = await client.send_refused(b"\x00" * (MAX_RECORD + 2048))
         assert reason.code == 1009
         await wait_linked(pair.a, attacker.peer_id, linked=False)
         entry = await pair.logs.wait_for("link down", pair.a, link=attacker.peer_id.hex()[:16])

@@ -32,14 +32,17 @@ import trio_websocket
 
 from dht import Contact
 from peer.wire._errors import ErrorCode
+from peer.wire._wsupgrade import UpgradeRefused
 from store import Backoff
 
+from . import _websocket
 from ._bootstrap import BootstrapError, BootstrapPeer, fetch_bootstrap, parse_peer_address
 from ._link import HANDSHAKE_TIMEOUT
 from ._linkhost import LinkManager
 from ._options import PeerCounters, PeerOptions
 from ._transport import WebSocketTransport
-from ._websocket import describe_remote, dial_websocket, is_loopback, serve_ws
+from ._websocket import describe_remote, dial_websocket, is_loopback, serve_own, serve_ws
+from ._wsconn import WsConnection, accept_upgrade, refuse_upgrade
 
 BOOTSTRAP_BACKOFF = Backoff(base_ms=1_000, cap_ms=60_000)
 FLAP_LIMIT = 5
@@ -263,7 +266,7 @@ class Dialer:
             await self.connect(contact)
 
     async def _first_record(
-        self, ws: trio_websocket.WebSocketConnection, remote: str
+        self, ws: trio_websocket.WebSocketConnection | WsConnection, remote: str
     ) -> bytes | None:
         """The first binary record of an inbound link; None if it was text (handed to
         the OCM gateway, which serves it) or never came (the connection is aborted)."""
@@ -276,7 +279,10 @@ class Dialer:
                 self.counters.handshakes_failed += 1
                 self.log.info("handshake did not finish", remote=remote, initiator=False,
                               reason=str(first) or type(first).__name__)
-                await WebSocketTransport(ws, remote).abort()
+                if isinstance(ws, WsConnection):
+                    await ws.abort()
+                else:
+                    await WebSocketTransport(ws, remote).abort()
                 return None
             if self.ocm_handler is not None:
                 await self.ocm_handler(ws, remote, first)
@@ -285,9 +291,61 @@ class Dialer:
 
     async def serve_websocket(self, host: str, port: int, nursery: trio.Nursery) -> int:
         """Accept WebSocket links on ``host:port``, handled in ``nursery``; returns the port."""
+        if _websocket.OWN_WEBSOCKET:  # our own upgrade and connection (peer.node._wsconn)
+            own = functools.partial(serve_own, reuse_port=self.options.reuse_port)
+            port = await nursery.start(own, self._accept_stream, host, port, nursery)
+            return port
         serve = functools.partial(serve_ws, reuse_port=self.options.reuse_port)
         bound: int = await nursery.start(serve, self._accept, host, port, nursery)
         return bound
+
+    async def _accept_stream(self, stream: trio.SocketStream) -> None:
+        """An inbound TCP connection: the upgrade, then a link or the OCM gateway."""
+        try:
+            remote = _peer_name(stream)
+            ip = remote.rsplit(":", 1)[0]
+            if not self._room_for(ip):
+                await refuse_upgrade(stream, UpgradeRefused(503, "too many connections from "
+                                                            "your address"))
+                return
+            self._inbound_per_ip[ip] = self._inbound_per_ip.get(ip, 0) + 1
+            try:
+                await self._upgrade_and_serve(stream, remote)
+            finally:
+                self._inbound_per_ip[ip] -= 1
+                if not self._inbound_per_ip[ip]:
+                    del self._inbound_per_ip[ip]
+        except Exception as exc:  # a bug: never let one connection end the listener
+            self.counters.link_errors += 1
+            self.log.error("connection crashed", error=repr(exc), exc_info=exc)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _upgrade_and_serve(self, stream: trio.SocketStream, remote: str) -> None:
+        try:
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                conn = await accept_upgrade(stream, remote)
+        except (UpgradeRefused, trio.TooSlowError, OSError, *_STREAM_GONE) as exc:
+            self.counters.upgrade_failures += 1  # a scanner, a client that went: not our bug
+            self.log.info("websocket upgrade failed", remote=remote, error=repr(exc))
+            return
+        try:
+            first = await self._first_record(conn, remote)
+            if first is not None:
+                conn.unread(first)
+                await self.links.run_link(conn, False, None)
+        except Exception as exc:  # never let one connection end the listener
+            self.counters.link_errors += 1
+            self.log.error("link crashed", remote=remote, error=repr(exc), exc_info=exc)
+
+    def _room_for(self, ip: str) -> bool:
+        """Whether one more inbound connection from ``ip`` is allowed (counted if not)."""
+        limit = self.options.max_links_per_ip
+        if limit and not is_loopback(ip) and self._inbound_per_ip.get(ip, 0) >= limit:
+            self.counters.refuse(ErrorCode.TOO_LARGE)
+            self.log.warning("too many connections from one address", remote=ip)
+            return False
+        return True
 
     async def _accept(self, request: trio_websocket.WebSocketRequest) -> None:
         remote = describe_remote(request)
@@ -320,7 +378,9 @@ class Dialer:
                 del self._inbound_per_ip[ip]
 
 
-async def _peek(ws: trio_websocket.WebSocketConnection, deadline: float) -> str | bytes | Exception:
+async def _peek(
+    ws: trio_websocket.WebSocketConnection | WsConnection, deadline: float
+) -> str | bytes | Exception:
     """The next message of a connection, before ``deadline`` (or why none came)."""
     with trio.move_on_at(deadline):
         try:
@@ -329,6 +389,17 @@ async def _peek(ws: trio_websocket.WebSocketConnection, deadline: float) -> str 
         except (trio_websocket.ConnectionClosed, trio.BrokenResourceError) as exc:
             return exc
     return trio.TooSlowError("no first record in time")
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        name = stream.socket.getpeername()
+    except OSError:
+        return "unknown:0"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
+
+
+_STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 def _drop_headers(request: trio_websocket.WebSocketRequest) -> None:

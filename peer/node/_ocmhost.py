@@ -18,9 +18,10 @@ Rules kept here:
 * ``sync_request`` is answered from the inbox: the messages after the given
   id, in order (``limit`` of them, a frame at most ``SYNC_BYTES``, and
   ``has_more`` when more follow); with no id, or one we do not hold, the
-  newest ``limit``. One answer per link is outstanding at a time: another
-  ``sync_request`` before the last answer was written is refused
-  (``sync-busy``), so a peer that asks and never reads holds one answer.
+  newest ``limit``. One answer per link waits for the writer at a time:
+  another ``sync_request`` before the writer took the last answer is refused
+  (``sync-busy``), so a peer that asks and never reads holds two answers at
+  most (one being written, one waiting).
 * A link is closed after ``IDLE`` seconds with no frame; a failure in one
   link (bad frame, bug) closes that link only, logged and counted.
 * Channels the gateway joins for OCM links (a ``subscribe``, or a message
@@ -333,10 +334,10 @@ class OcmGateway:
             async for text in link.receive:
                 if text is None:
                     break
+                if text is link.sync_text:  # being written: the next may be asked for
+                    link.sync_text = None  # (a peer that answers fast must not find it busy)
                 await link.ws.send_message(text)
                 link.queued -= len(text)
-                if text is link.sync_text:
-                    link.sync_text = None
                 self.counters.frames_out += 1
         except _WS_GONE:
             pass

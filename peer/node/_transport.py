@@ -6,6 +6,12 @@ messages are ignored, leaving them to JSON-speaking tools); ``StreamTransport``
 length-prefixes records on any ``trio.abc.Stream`` (TCP, or the memory
 streams the in-process tests use).
 
+Links use neither by default: ``peer.node._wsconn.WsConnection`` (our own
+WebSocket, no trio-websocket under it) is their transport while
+``peer.node._websocket.OWN_WEBSOCKET`` is on. ``WebSocketTransport`` is the
+trio-websocket path, kept for one release behind that switch; the constants
+and ``DIRECT_WRITES`` here apply to both.
+
 ``send_many`` writes several records with one write to the socket: a relay
 fanning a message out to a busy link drains its queue in batches rather
 than paying a system call (and trio-websocket's lock) per record. For

@@ -9,6 +9,11 @@ Rules kept here:
 * ``serve_ws`` runs a listener whose connection handlers live in the nursery
   the caller gives (the peer's), and reports the bound port when started.
 * Nothing here knows the protocol: it hands a ``Transport`` to a callback.
+* With ``OWN_WEBSOCKET`` (the default) links run on our own WebSocket
+  (``peer.node._wsconn``): ``dial_websocket`` does the client upgrade itself and
+  ``serve_own`` hands the accepted TCP streams to a handler that upgrades them
+  (``accept_upgrade``). False: trio-websocket does both, as in earlier releases
+  (kept for one release; tests run both).
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ import trio
 import trio.testing
 import trio_websocket
 
+from peer.wire._wsupgrade import UpgradeFailed
+
 from ._link import HANDSHAKE_TIMEOUT
 from ._transport import MESSAGE_LIMIT, RECEIVE_BUFFER, StreamTransport, WebSocketTransport
+from ._wsconn import WsConnection, open_client
 
 T = TypeVar("T")
+OWN_WEBSOCKET = True  # links on our own WebSocket; False: on trio-websocket (see the header)
 
 
 _DIAL_TROUBLE = (
@@ -35,12 +44,13 @@ _DIAL_TROUBLE = (
     trio_websocket.HandshakeError,
     trio_websocket.ConnectionClosed,
     trio.BrokenResourceError,
+    UpgradeFailed,
 )
 
 
 async def dial_websocket(
     url: str,
-    run: Callable[[WebSocketTransport], Awaitable[T | None]],
+    run: Callable[[WebSocketTransport | WsConnection], Awaitable[T | None]],
     log: Any,
     on_bug: Callable[[BaseException], None] | None = None,
 ) -> T | None:
@@ -55,11 +65,18 @@ async def dial_websocket(
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     stream: trio.abc.Stream | None = None
     result: T | None = None
+    own: WsConnection | None = None
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             stream = await trio.open_tcp_stream(host, parts.port or (443 if secure else 80))
             if secure:
                 stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=host)
+            if OWN_WEBSOCKET:
+                own = await open_client(stream, _host_header(parts.hostname or "", parts.port),
+                                        resource, url)
+        if own is not None:
+            result = await run(own)
+            return result
         async with trio.open_nursery() as nursery:
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 ws = await trio_websocket.wrap_client_stream(
@@ -88,6 +105,30 @@ async def dial_websocket(
             with trio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await stream.aclose()
     return result
+
+
+def _host_header(host: str, port: int | None) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return name if port is None else f"{name}:{port}"
+
+
+async def serve_own(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    host: str,
+    port: int,
+    handler_nursery: trio.Nursery,
+    *,
+    reuse_port: bool = False,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept TCP connections on ``host:port`` for ``handler`` (which upgrades them
+    itself, ``peer.node._wsconn.accept_upgrade``), in ``handler_nursery``."""
+    if reuse_port:
+        listeners = await reuse_port_listeners(host, port)
+    else:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
 
 
 async def serve_ws(
