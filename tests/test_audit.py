@@ -18,9 +18,9 @@ import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.api._api import LocalApi
-from peer.api._audit import CSV_COLUMNS, PREFIX, record_key
+from peer.api._audit import BATCH, CSV_COLUMNS, PREFIX, YIELD_EVERY, record_key
 from peer.api._serve import serve_api
-from peer.wire._envelope import Content
+from peer.wire._envelope import Content, seal_message
 from store import MessageStore, _journal
 
 TOKEN = "test-token-0123456789"
@@ -265,3 +265,37 @@ async def test_a_seed_audits_what_it_carries_without_dm_text(
     sealed = by_id[dm.id.hex()]
     assert sealed["text"] is None and sealed["recipients"] == [b.identity.peer_id_hex]
     assert sealed["sender"] == a.identity.peer_id_hex and sealed["size"] > 0
+
+
+async def test_a_big_step_lets_the_event_loop_carry_messages_meanwhile(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A seed's step of 256 carried envelopes built every record in one go (~2-3 ms of
+    the event loop), so a message it carried meanwhile waited: the tail of the relay's
+    latency. It now yields every ``YIELD_EVERY`` records, and loses none of them."""
+    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
+                                                 store_path=str(tmp_path / "seed")))
+    await nursery.start(seed.run)
+    trail = LocalApi(seed, TOKEN).ops.audit
+    author = Identity.generate()
+    envs = [seal_message(author, topic="t", content=Content(f"m{n}"), seq=n + 1, ts=1000)
+            for n in range(BATCH)]
+    trail.relayed.extend((e, 2000 + n) for n, e in enumerate(envs))
+    rounds, at_put, put = 0, -1, trail.book.put
+
+    async def ticker() -> None:
+        nonlocal rounds
+        while True:
+            await trio.lowlevel.checkpoint()
+            rounds += 1
+
+    async def counting_put(items: dict[str, bytes | None], **kw: Any) -> None:
+        nonlocal at_put
+        at_put = rounds  # how often the loop ran other tasks while the records were built
+        await put(items, **kw)
+
+    monkeypatch.setattr(trail.book, "put", counting_put)
+    nursery.start_soon(ticker)
+    assert await trail.step() == BATCH
+    assert at_put >= BATCH // YIELD_EVERY // 2  # one step in one go: 0 or 1
+    assert not trail.relayed and trail.statistics()["written"] == BATCH
