@@ -14,9 +14,11 @@ Rules kept here:
   lazily: one message per call, and ``receive_nowait`` parses the next from
   the bytes already read, with no I/O. What is held is one message
   (``MESSAGE_LIMIT``) plus one read, at most; an idle link holds no buffer.
-* Pings are answered (by the reader, under the write lock, so a pong never
-  lands inside another frame; while another task is writing, that task sends
-  the pong after its write, and the reader does not wait for it); pongs and
+* Pings are answered (by the reader, once what it read is parsed, the latest
+  ping only, so a flood of pings costs one write per read; under the write
+  lock, so a pong never lands inside another frame; while another task is
+  writing, or the rest of a half-sent direct write is owed, the writer sends
+  the pong after it, and the reader does not wait); pongs and
   text messages are dropped by ``receive`` (text is still checked to be
   UTF-8); ``get_message`` gives text too, for the OCM gateway, which speaks
   JSON text on the same listener.
@@ -106,6 +108,7 @@ class WsConnection:
         "_first",
         "_held",
         "_lot",
+        "_owed",
         "_pong",
         "_reader",
         "_sock",
@@ -130,6 +133,9 @@ class WsConnection:
         self._busy = False  # a write is under way (the write lock)
         self._lot: trio.lowlevel.ParkingLot | None = None  # writers waiting for it
         self._pong: bytes | None = None  # a pong for the writer under way to send next
+        # the rest of a frame a direct write left half-sent: the link's writer sends it
+        # (``send_raw``) before anything else may go (a pong or close frame waits for it)
+        self._owed: bytes | None = None
         self._first: bytes | None = None  # a record read before (the listener's peek)
         self._held: tuple[int, bytes] | WsFrameError | None = None  # met by receive_nowait
         self.close_code: int | None = None
@@ -172,12 +178,16 @@ class WsConnection:
             await self.send_raw(self.frame(message))
 
     async def send_raw(self, data: bytes) -> None:
-        if self._state != _OPEN:
+        tail = data is self._owed
+        if self._state != _OPEN and not (tail and self._state == _CLOSING):
             raise WsClosed(self.close_code or CLOSE_ABNORMAL, "the WebSocket is closing")
-        await self._write(data)
+        await self._write(data, tail=tail)
 
     def ready(self) -> bool:
-        return self._sock is not None and self._state == _OPEN and not self._busy
+        return (
+            self._sock is not None and self._state == _OPEN and not self._busy
+            and self._owed is None
+        )
 
     def send_now(self, record: bytes) -> bytes:
         return self._write_now(self.frame(record))
@@ -191,11 +201,17 @@ class WsConnection:
             sent = self._sock.send(data)
         except OSError:  # would block, or broken: the writer's write sends it or finds out
             return data
-        return data[sent:] if sent < len(data) else b""
+        if sent >= len(data):
+            return b""
+        tail = data[sent:]
+        if sent:
+            self._owed = tail  # a frame cut in two: nothing else goes before its rest
+        return tail
 
-    async def _write(self, data: bytes) -> None:
-        """Write ``data`` under the write lock (whole frames never interleave)."""
-        while self._busy:
+    async def _write(self, data: bytes, *, tail: bool = False) -> None:
+        """Write ``data`` under the write lock (whole frames never interleave); while a
+        direct write's half-sent frame is owed, only its rest (``tail``) may go."""
+        while self._busy or (self._owed is not None and not tail):
             lot = self._lot
             if lot is None:
                 lot = self._lot = trio.lowlevel.ParkingLot()
@@ -204,6 +220,8 @@ class WsConnection:
         done = False
         try:
             await self._stream.send_all(data)
+            if tail:
+                self._owed = None
             while self._pong is not None:  # the reader met a ping while we wrote
                 pong, self._pong = self._pong, None
                 await self._stream.send_all(self.frame(pong, OP_PONG))
@@ -293,6 +311,8 @@ class WsConnection:
                 await self._fail(exc)
             if event is not None:
                 return event
+            if self._pong is not None:
+                await self._answer_ping()
             try:
                 data = await self._stream.receive_some(RECEIVE_BUFFER)
             except _GONE as exc:
@@ -310,24 +330,30 @@ class WsConnection:
                 return payload.decode()
             except UnicodeDecodeError:
                 await self._fail(WsFrameError(CLOSE_BAD_DATA, "a text message that is not UTF-8"))
-        if opcode == OP_PING:
-            if self._state != _OPEN:
-                pass
-            elif self._busy:  # the writer sends it after its write: the reader goes on
-                self._pong = payload
-            else:
-                with contextlib.suppress(WsClosed):
-                    await self._write(self.frame(payload, OP_PONG))
+        if opcode == OP_PING and self._state == _OPEN:
+            # answered once what was read is parsed, or after the write under way: the
+            # latest ping only (RFC 6455 5.5.3), so a flood of pings costs one write
+            self._pong = payload
         elif opcode == OP_CLOSE:
             await self._closed_by_other(payload)
         return None
+
+    async def _answer_ping(self) -> None:
+        """Send the pong owed, unless a write is under way (it sends it) or a half-sent
+        frame is owed (its rest goes first, then the pong)."""
+        if self._busy or self._owed is not None or self._state != _OPEN:
+            return
+        pong, self._pong = self._pong, None
+        if pong is not None:
+            with contextlib.suppress(WsClosed):
+                await self._write(self.frame(pong, OP_PONG))
 
     async def _closed_by_other(self, payload: bytes) -> NoReturn:
         try:
             code, reason = parse_close(payload)
         except WsFrameError as exc:
             await self._fail(exc)
-        if self._state == _OPEN:  # answer with the same code, then close
+        if self._state == _OPEN and self._owed is None:  # answer with the same code
             self._state = _CLOSING
             answer = b"" if code == CLOSE_NO_STATUS else payload[:2]
             with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(WsClosed):
@@ -339,7 +365,7 @@ class WsConnection:
     async def _fail(self, exc: WsFrameError) -> NoReturn:
         """Close for a broken rule: the close frame goes (bounded), the stream closes."""
         self._reader.drop()
-        if self._state == _OPEN:
+        if self._state == _OPEN and self._owed is None:  # else no close frame can go
             self._state = _CLOSING
             with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(WsClosed):
                 await self._write(self.frame(close_payload(exc.code, exc.reason), OP_CLOSE))
@@ -366,21 +392,23 @@ class WsConnection:
         if self._state == _CLOSED:
             await trio.aclose_forcefully(self._stream)
             return
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            if self._state == _OPEN:
-                self._state = _CLOSING
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                if self._state == _OPEN:
+                    self._state = _CLOSING
+                    with contextlib.suppress(WsClosed):  # after an owed tail, if it goes
+                        await self._write(self.frame(close_payload(code, reason), OP_CLOSE))
+                self._held = None
+                self._first = None
                 with contextlib.suppress(WsClosed):
-                    await self._write(self.frame(close_payload(code, reason), OP_CLOSE))
-            self._held = None
-            self._first = None
-            with contextlib.suppress(WsClosed):
-                while True:  # what comes before its close frame is dropped
-                    opcode, payload = await self._event()
-                    if opcode == OP_CLOSE:
-                        await self._closed_by_other(payload)
-        self._gone("closed", code)
-        self._reader.drop()
-        await trio.aclose_forcefully(self._stream)
+                    while True:  # what comes before its close frame is dropped
+                        opcode, payload = await self._event()
+                        if opcode == OP_CLOSE:
+                            await self._closed_by_other(payload)
+        finally:  # cancelled or not, the stream is closed
+            self._gone("closed", code)
+            self._reader.drop()
+            await trio.aclose_forcefully(self._stream)
 
     async def abort(self) -> None:
         """Close at once: nothing more is read or parsed, no close handshake."""

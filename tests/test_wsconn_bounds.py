@@ -1,0 +1,136 @@
+"""Our WebSocket under the cases a review found: a pong never lands inside the rest of
+a half-sent direct write, a message held in fragments costs about its limit however it
+is cut, a flood of pings costs one write per read, and ``aclose`` closes the stream even
+when it is called in a cancelled scope."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+import trio
+
+from peer.node._wsconn import WsConnection
+from peer.wire._wsframes import (
+    CLOSE_TOO_BIG,
+    OP_BINARY,
+    OP_PING,
+    OP_PONG,
+    FrameReader,
+    WsFrameError,
+    encode_frame,
+)
+
+MASK = b"\x11\x22\x33\x44"
+
+
+def _pair(small: bool = False) -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    sa, sb = trio.socket.socketpair()
+    if small:
+        sa.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sb.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sa, sb
+
+
+def _events(data: bytes) -> list[tuple[int | str, int]]:
+    reader = FrameReader(server=False, limit=4 << 20)
+    reader.feed(data)
+    out: list[tuple[int | str, int]] = []
+    try:
+        while (event := reader.next()) is not None:
+            out.append((event[0], len(event[1])))
+    except WsFrameError as exc:
+        out.append(("error", exc.code))
+    return out
+
+
+async def test_a_pong_waits_for_the_rest_of_a_half_sent_frame() -> None:
+    sa, sb = _pair(small=True)
+    server = WsConnection(trio.SocketStream(sa), client=False, remote="x")
+    client = trio.SocketStream(sb)
+    record = bytes(range(256)) * 4096  # 1 MiB: the kernel takes part of it
+    assert server.ready()
+    tail = server.send_now(record)
+    assert tail and not server.ready()  # the rest is owed: no direct write meanwhile
+    got = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.receive)
+        await client.send_all(encode_frame(OP_PING, b"p", MASK))
+        with trio.fail_after(10):
+            while server._pong is None:  # the reader met the ping
+                await trio.sleep(0.01)
+
+        async def drain() -> None:
+            while data := await client.receive_some(65536):
+                got.extend(data)
+                if len(got) >= len(record) + 10 + 3:
+                    return
+
+        nursery.start_soon(drain)
+        await server.send_raw(tail)  # what the link's writer does with the Tail
+        assert server.ready()
+        with trio.fail_after(10):
+            while len(got) < len(record) + 10 + 3:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert _events(bytes(got)) == [(OP_BINARY, len(record)), (OP_PONG, 1)]
+    await server.abort()
+    await client.aclose()
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_a_message_in_tiny_fragments_is_refused_near_its_limit(size: int) -> None:
+    limit = 64 * 1024
+    reader = FrameReader(server=True, limit=limit)
+    reader.feed(bytes([0x02, 0x80 | size]) + MASK + b"x" * size)  # binary, not final
+    assert reader.next() is None
+    fragment = bytes([0x00, 0x80 | size]) + MASK + b"x" * size  # continuation
+    with pytest.raises(WsFrameError) as refused:
+        for _ in range(limit):
+            reader.feed(fragment * 64)
+            assert reader.next() is None
+            parts = reader._parts or []
+            held = sys.getsizeof(parts) + sum(sys.getsizeof(p) for p in parts)
+            assert held < 2 * limit
+    assert refused.value.code == CLOSE_TOO_BIG
+
+
+async def test_a_flood_of_pings_costs_a_write_per_read_not_per_ping() -> None:
+    sa, sb = _pair()
+    server = WsConnection(trio.SocketStream(sa), client=False, remote="x")
+    client = trio.SocketStream(sb)
+    writes = 0
+    send_all = server._stream.send_all
+
+    async def counting(data: bytes) -> None:
+        nonlocal writes
+        writes += 1
+        await send_all(data)
+
+    server._stream.send_all = counting  # type: ignore[method-assign]
+    flood = encode_frame(OP_PING, b"", MASK) * 20_000 + encode_frame(OP_BINARY, b"end", MASK)
+    async with trio.open_nursery() as nursery:
+
+        async def drain() -> None:
+            while await client.receive_some(1 << 16):
+                pass
+
+        nursery.start_soon(drain)
+        await client.send_all(flood)
+        with trio.fail_after(10):
+            assert await server.get_message() == b"end"
+        nursery.cancel_scope.cancel()
+    assert writes < 100  # one pong per read at most (it was one per ping: 20,000)
+    await server.abort()
+    await client.aclose()
+
+
+async def test_aclose_in_a_cancelled_scope_still_closes_the_stream() -> None:
+    sa, sb = _pair()
+    server = WsConnection(trio.SocketStream(sa), client=False, remote="x")
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await server.aclose()
+    assert sa.fileno() == -1
+    sb.close()
