@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import trio
+import trio.testing
 
 from peer.node._wsconn import WsConnection
 from peer.wire._wsframes import (
@@ -58,21 +59,22 @@ async def test_a_pong_waits_for_the_rest_of_a_half_sent_frame() -> None:
         nursery.start_soon(server.receive)
         await client.send_all(encode_frame(OP_PING, b"p", MASK))
         with trio.fail_after(10):
-            while server._pong is None:  # the reader met the ping
-                await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()  # the reader met the ping
+        assert server._pong == b"p"  # owed after the rest of the frame
+        drained = trio.Event()
 
         async def drain() -> None:
             while data := await client.receive_some(65536):
                 got.extend(data)
                 if len(got) >= len(record) + 10 + 3:
+                    drained.set()
                     return
 
         nursery.start_soon(drain)
         await server.send_raw(tail)  # what the link's writer does with the Tail
         assert server.ready()
         with trio.fail_after(10):
-            while len(got) < len(record) + 10 + 3:
-                await trio.sleep(0.01)
+            await drained.wait()
         nursery.cancel_scope.cancel()
     assert _events(bytes(got)) == [(OP_BINARY, len(record)), (OP_PONG, 1)]
     await server.abort()
@@ -103,12 +105,12 @@ async def test_a_flood_of_pings_costs_a_write_per_read_not_per_ping() -> None:
     writes = 0
     send_all = server._stream.send_all
 
-    async def counting(data: bytes) -> None:
+    async def counting(data: bytes | bytearray | memoryview) -> None:
         nonlocal writes
         writes += 1
         await send_all(data)
 
-    server._stream.send_all = counting  # type: ignore[method-assign]
+    server._stream.send_all = counting  # type: ignore[method-assign,assignment]
     flood = encode_frame(OP_PING, b"", MASK) * 20_000 + encode_frame(OP_BINARY, b"end", MASK)
     async with trio.open_nursery() as nursery:
 
