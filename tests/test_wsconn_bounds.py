@@ -110,7 +110,7 @@ async def test_a_flood_of_pings_costs_a_write_per_read_not_per_ping() -> None:
         writes += 1
         await send_all(data)
 
-    server._stream.send_all = counting  # type: ignore[method-assign,assignment]
+    server._stream.send_all = counting  # type: ignore[method-assign]
     flood = encode_frame(OP_PING, b"", MASK) * 20_000 + encode_frame(OP_BINARY, b"end", MASK)
     async with trio.open_nursery() as nursery:
 
