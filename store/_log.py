@@ -152,7 +152,7 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
             key = _log_key(tkey, seq)
             # the id index entry first: one look into the index both finds a
             # duplicate and, when there is none, puts the entry
-            if not put(msg_id, key, overwrite=follows, db=ids):
+            if not put(msg_id, key, overwrite=False, db=ids):
                 where, at = _split_log_key(txn.get(msg_id, b"", db=ids))
                 results.append(AppendResult(msg_id, where, at, True))
                 last_new = False

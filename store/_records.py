@@ -101,10 +101,12 @@ class AppendItem(NamedTuple):
     ``follows``: this item goes with the one before it in the batch (the
     peer's ``~inbox`` reference to the channel record before it). It is
     stored exactly when that one is new (a duplicate's follower is not
-    stored: its result is a duplicate at seq 0), so its own ``msg_id`` is
-    not looked up first; it still gets its id index entry (a caller
-    picks a key that sorts next to its neighbours', so the index grows at a
-    few places per commit instead of at one random place per message)."""
+    stored: its result is a duplicate at seq 0, and neither is one after
+    a follower that was not new), and its id index entry is put without
+    overwriting one another record owns (a taken key: a duplicate); a
+    caller picks a key that sorts next to its neighbours', so the index
+    grows at a few places per commit instead of at one random place per
+    message."""
 
     msg_id: bytes
     topic: str

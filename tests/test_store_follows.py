@@ -1,6 +1,6 @@
 """``AppendItem.follows``: an item stored with the one before it in its batch
 (the peer's ``~inbox`` reference to a channel record), exactly when that one
-is new, and without looking its own id up first."""
+is new, with one look into the id index (which never overwrites an entry)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,21 @@ def test_a_follower_is_what_the_general_path_stores(tmp_path: Path) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_follower_never_takes_an_index_entry_another_record_owns(
+    store: MessageStore,
+) -> None:
+    """Two references with one key (a reference's key keeps 8 bytes of the id: a
+    sender forking at one seq could search for a collision): the second is refused as a
+    duplicate, not written over the first's index entry."""
+    def ref(of: AppendItem) -> AppendItem:
+        return AppendItem(b"K" * 32, "~refs", bytes(32), 0, of.ts, b"ref" + of.msg_id,
+                          of.received_ms, True)
+
+    first, second = _item(1), _item(2)
+    store.append_batch([first, ref(first)])
+    results = store.append_batch([second, ref(second)])
+    assert results[1].duplicate
+    assert [m.seq for m in store.read("~refs", after=0, limit=10)] == [1]
+    assert store.check() == []

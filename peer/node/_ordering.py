@@ -139,8 +139,9 @@ class InboxOrder:
             if j - i > 1 and self._take_run(batch, i, j, out):
                 i = j
                 continue
-            self._place(batch[i], walk, now, out)
-            i += 1
+            for item in batch[i:j]:  # refused whole: one by one (never scanned again)
+                self._place(item, walk, now, out)
+            i = j
 
     def _run_end(self, batch: list[Item], i: int) -> int:
         """The end of the run of messages ``_take_run`` may take from ``batch[i]``:
