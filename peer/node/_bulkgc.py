@@ -17,8 +17,11 @@ back when no walk is storing. Rules kept here:
   alone, and so is a threshold already above ours.
 * Not applied to everything all the time: a young collection of 10,000
   objects pauses the thread it runs in for a few milliseconds, which the
-  relay's latency would pay; during a catch-up the walked topics' live
-  messages wait for the walk anyway.
+  relay's latency would pay. The threshold is the process's, and a block
+  spans awaits, so while a catch-up stores pages every other topic relayed
+  meanwhile pays those pauses too (the walked topics' live messages wait for
+  the walk anyway): a peer catching up trades a few ms of latency on its
+  other traffic for ~2-4 µs less CPU per message caught up.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from ._linkhost import LinkManager
 from ._options import PeerCounters, PeerOptions
 from ._transport import WebSocketTransport
 from ._websocket import describe_remote, dial_websocket, is_loopback, serve_own, serve_ws
-from ._wsconn import WsConnection, accept_upgrade, refuse_upgrade
+from ._wsconn import OVER_LIMIT_LINGER, WsConnection, accept_upgrade, refuse_upgrade
 
 BOOTSTRAP_BACKOFF = Backoff(base_ms=1_000, cap_ms=60_000)
 FLAP_LIMIT = 5
@@ -305,8 +305,8 @@ class Dialer:
             remote = _peer_name(stream)
             ip = remote.rsplit(":", 1)[0]
             if not self._room_for(ip):
-                await refuse_upgrade(stream, UpgradeRefused(503, "too many connections from "
-                                                            "your address"))
+                refused = UpgradeRefused(503, "too many connections from your address")
+                await refuse_upgrade(stream, refused, linger=OVER_LIMIT_LINGER)
                 return
             self._inbound_per_ip[ip] = self._inbound_per_ip.get(ip, 0) + 1
             try:

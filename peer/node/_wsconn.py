@@ -466,15 +466,20 @@ async def accept_upgrade(stream: trio.abc.Stream, remote: str) -> WsConnection:
 
 
 REFUSAL_LINGER = 1.0  # seconds a refused client has to read the answer, at most
+OVER_LIMIT_LINGER = 0.05  # ... when its address is already over its connection limit
 _LINGER_BYTES = 64 * 1024  # what is read (and dropped) meanwhile, at most
 
 
-async def refuse_upgrade(stream: trio.abc.Stream, refused: UpgradeRefused) -> None:
+async def refuse_upgrade(
+    stream: trio.abc.Stream, refused: UpgradeRefused, *, linger: float = REFUSAL_LINGER
+) -> None:
     """Send an HTTP refusal and end our side, then drop what the client still sends
-    for a moment: closing with unread bytes would reset the connection, and the
-    client could lose the answer."""
+    for ``linger`` seconds at most: closing with unread bytes would reset the
+    connection, and the client could lose the answer. An address already over its
+    connection limit is given a far shorter linger, so its refused connections,
+    which no limit counts, cannot pile up."""
     answer = refusal(refused.status, refused.body, refused.headers)
-    with trio.move_on_after(REFUSAL_LINGER), contextlib.suppress(*_GONE, OSError):
+    with trio.move_on_after(linger), contextlib.suppress(*_GONE, OSError):
         await stream.send_all(answer)
         if isinstance(stream, trio.SocketStream):
             await stream.send_eof()
