@@ -216,13 +216,17 @@ class WsConnection:
             if lot is None:
                 lot = self._lot = trio.lowlevel.ParkingLot()
             await lot.park()
+        if self._state == _CLOSED:  # a write was cut mid-frame meanwhile: nothing may follow
+            raise WsClosed(self.close_code or CLOSE_ABNORMAL, self.close_reason)
+        if tail and self._owed is None:  # ``aclose`` sent the rest itself meanwhile
+            return
         self._busy = True
         done = False
         try:
             await self._stream.send_all(data)
             if tail:
                 self._owed = None
-            while self._pong is not None:  # the reader met a ping while we wrote
+            while self._pong is not None and self._state == _OPEN:  # met while we wrote
                 pong, self._pong = self._pong, None
                 await self._stream.send_all(self.frame(pong, OP_PONG))
             done = True
@@ -231,15 +235,19 @@ class WsConnection:
             raise WsClosed(CLOSE_ABNORMAL, self.close_reason) from None
         finally:
             self._busy = False
-            if not done and self._state != _CLOSED:  # cut mid-frame: nothing more can go
-                self._state = _CLOSED
-                self.close_code = self.close_code or CLOSE_ABNORMAL
+            if not done:  # cut mid-frame: nothing more can go, nor is anything owed
+                if self._state != _CLOSED:
+                    self._state = _CLOSED
+                    self.close_code = self.close_code or CLOSE_ABNORMAL
+                self._owed = None
             lot = self._lot
             if lot is not None:
-                if lot:
+                if not lot:
+                    self._lot = None
+                elif done:
                     lot.unpark()
                 else:
-                    self._lot = None
+                    lot.unpark_all()  # each finds the connection closed
 
     # -- reading --------------------------------------------------------------------
 
@@ -355,6 +363,7 @@ class WsConnection:
             await self._fail(exc)
         if self._state == _OPEN and self._owed is None:  # answer with the same code
             self._state = _CLOSING
+            self._pong = None  # nothing goes after our close frame
             answer = b"" if code == CLOSE_NO_STATUS else payload[:2]
             with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(WsClosed):
                 await self._write(self.frame(answer, OP_CLOSE))
@@ -367,6 +376,7 @@ class WsConnection:
         self._reader.drop()
         if self._state == _OPEN and self._owed is None:  # else no close frame can go
             self._state = _CLOSING
+            self._pong = None  # nothing goes after our close frame
             with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(WsClosed):
                 await self._write(self.frame(close_payload(exc.code, exc.reason), OP_CLOSE))
         self._gone(exc.reason, exc.code)
@@ -396,7 +406,10 @@ class WsConnection:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 if self._state == _OPEN:
                     self._state = _CLOSING
-                    with contextlib.suppress(WsClosed):  # after an owed tail, if it goes
+                    self._pong = None  # nothing goes after our close frame
+                    with contextlib.suppress(WsClosed):
+                        if self._owed is not None:  # the rest of a half-sent frame first
+                            await self._write(self._owed, tail=True)
                         await self._write(self.frame(close_payload(code, reason), OP_CLOSE))
                 self._held = None
                 self._first = None

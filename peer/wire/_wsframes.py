@@ -121,9 +121,9 @@ def _sendable_close_code(code: int) -> bool:
     return 1000 <= code <= 1014 and code not in (1004, 1005, 1006)
 
 
-# what each fragment of a message held costs against the message limit besides its
-# payload (its bytes object and list slot), so 1-byte or empty fragments cannot make a
-# message held in parts cost many times the limit
+# what a fragment of a message held costs against the message limit at least (its
+# bytes object and list slot), so 1-byte or empty fragments cannot make a message held
+# in parts cost many times the limit; a fragment larger than this counts its payload
 FRAGMENT_COST = 64
 
 
@@ -172,13 +172,13 @@ class FrameReader:
             if opcode >= OP_CLOSE or (fin and opcode != OP_CONT):
                 return opcode, payload
             if opcode != OP_CONT:  # the first fragment of a message
-                size = len(payload) + FRAGMENT_COST
+                size = max(len(payload), FRAGMENT_COST)
                 self._parts, self._part_op, self._size = [payload], opcode, size
                 continue
             parts = self._parts
             assert parts is not None  # checked with the header
             parts.append(payload)
-            self._size += len(payload) + FRAGMENT_COST
+            self._size += max(len(payload), FRAGMENT_COST)
             if fin:
                 self._parts, self._size = None, 0
                 return self._part_op, b"".join(parts)
@@ -238,7 +238,8 @@ class FrameReader:
                 raise WsFrameError(CLOSE_PROTOCOL, "a new message inside a fragmented one")
             if size >> 63:
                 raise WsFrameError(CLOSE_PROTOCOL, "a 64-bit length with its top bit set")
-            if self._size + size + (FRAGMENT_COST if self._parts is not None else 0) > self._limit:
+            charged = max(size, FRAGMENT_COST) if self._parts is not None else size
+            if self._size + charged > self._limit:
                 raise WsFrameError(CLOSE_TOO_BIG, f"a message over {self._limit} bytes")
         if masked != self._server:
             if self._server:
