@@ -46,14 +46,19 @@ def _cut_put(p: PeerProcess, url: str, data: bytes, sent: int) -> None:
 
 
 def _offset_after_cut(p: PeerProcess, url: str) -> int:
-    """The upload's offset once the cut request has been wound up (no longer busy)."""
+    """The upload's offset once the cut request has been wound up (no longer busy, and
+    past 0: on a loaded machine the first ask can come before the peer has even begun
+    to read the cut request, which then reads as an upload with nothing stored yet)."""
     end = time.monotonic() + 20
     while True:
         r = p.client.put(p.api + url, headers={**p.headers(), "Content-Range": "bytes */*"})
         if r.status_code != 409:
             assert r.status_code == 200, r.text
-            return int(r.json()["offset"])
+            offset = int(r.json()["offset"])
+            if offset > 0:
+                return offset
         assert time.monotonic() < end, "the cut upload never wound up"
+        time.sleep(0.05)
 
 
 def _peak_rss_mib(p: PeerProcess) -> float:
