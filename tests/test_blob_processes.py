@@ -58,7 +58,6 @@ def _offset_after_cut(p: PeerProcess, url: str) -> int:
             if offset > 0:
                 return offset
         assert time.monotonic() < end, "the cut upload never wound up"
-        time.sleep(0.05)
 
 
 def _peak_rss_mib(p: PeerProcess) -> float:

@@ -372,16 +372,19 @@ class GossipRouter(Vouching):
     def _on_sub(
         self, peer: bytes, link: LinkState, entries: tuple[tuple[str, int], ...]
     ) -> list[Action]:
-        changed: dict[str, Nearest | None] = {}  # topic -> its Nearest now, if known
+        changed: dict[str, object] = {}  # topic -> its Nearest now, if known (_moved)
         for topic, hops in entries:
             if topic not in link.interest and len(link.interest) >= self.topic_cap:
                 raise ProtocolError(ErrorCode.TOO_LARGE, "too many topics from one peer")
             if link.interest.get(topic) != hops:
-                near = self._told_near.get(topic) if topic not in link.interest else None
+                moved = self._moved(topic, peer, hops) if topic not in link.interest else None
                 link.interest[topic] = hops
                 self._carriers.setdefault(topic, set()).add(peer)
-                changed[topic] = with_carrier(near, peer, hops)
+                changed[topic] = moved
         return self._refresh(changed, changed=peer)
+
+    def _moved(self, topic: str, peer: bytes, hops: int) -> object:  # a subclass: its own
+        return with_carrier(self._told_near.get(topic), peer, hops)  # (new carrier, 1 step)
 
     def _on_unsub(self, peer: bytes, link: LinkState, topics: tuple[str, ...]) -> list[Action]:
         changed: set[str] = set()
@@ -428,8 +431,7 @@ class GossipRouter(Vouching):
     # -- interest --------------------------------------------------------------
 
     def _drop_carrier(self, topic: str, peer: bytes) -> None:
-        carriers = self._carriers.get(topic)
-        if carriers is not None:
+        if (carriers := self._carriers.get(topic)) is not None:
             carriers.discard(peer)
             if not carriers:
                 del self._carriers[topic]

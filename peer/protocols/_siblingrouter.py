@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from peer.wire._errors import ErrorCode, ProtocolError
+from peer.wire._errors import ProtocolError
 from peer.wire._frametypes import AnyFrame
 from peer.wire._limits import MAX_INTEREST_HOPS
 from peer.wire._stats import Statistics, snapshot
 
 from ._gossip import GossipRouter
-from ._gossiptypes import Action, Close, Deliver, LinkState, Send
+from ._gossiptypes import Action, Close, Deliver, Send
 from ._interest import Nearest, nearest, with_carrier
 
 __all__ = [
@@ -173,24 +173,12 @@ class SiblingRouter(GossipRouter):
             actions.extend(self._tell(peer, answers))
         return actions
 
-    def _on_sub(
-        self, peer: bytes, link: LinkState, entries: tuple[tuple[str, int], ...]
-    ) -> list[Action]:
-        """``GossipRouter._on_sub``, the new carrier added to both ``Nearest`` in one step."""
-        siblings = self.siblings
-        if not siblings:
-            return super()._on_sub(peer, link, entries)
-        sibling = peer in siblings
-        changed: dict[str, tuple[Nearest, Nearest] | None] = {}
-        for topic, hops in entries:
-            if topic not in link.interest and len(link.interest) >= self.topic_cap:
-                raise ProtocolError(ErrorCode.TOO_LARGE, "too many topics from one peer")
-            if link.interest.get(topic) != hops:
-                pair = self._told_sib.get(topic) if topic not in link.interest else None
-                link.interest[topic] = hops
-                self._carriers.setdefault(topic, set()).add(peer)
-                changed[topic] = None if pair is None else _with_carrier(pair, peer, hops, sibling)
-        return self._refresh(changed, changed=peer)
+    def _moved(self, topic: str, peer: bytes, hops: int) -> object:
+        """``GossipRouter._moved`` for both ``Nearest`` of a topic with siblings."""
+        if not self.siblings:
+            return super()._moved(topic, peer, hops)
+        pair = self._told_sib.get(topic)
+        return None if pair is None else _with_carrier(pair, peer, hops, peer in self.siblings)
 
     def _sibling_nears(self, topic: str, siblings: frozenset[bytes]) -> tuple[Nearest, Nearest]:
         member, relay = topic in self._members, self.relay
