@@ -253,18 +253,15 @@ class WsConnection:
 
     async def receive(self) -> bytes:
         """The next binary message (text and control frames are dealt with here)."""
-        first = self._first
-        if first is not None:
-            self._first = None
-            return first
-        while True:
-            opcode, payload = await self._event()
-            if opcode == OP_BINARY:
-                return payload
-            await self._other(opcode, payload)
+        message = await self._message(text=False)
+        assert isinstance(message, bytes)
+        return message
 
     async def get_message(self) -> bytes | str:
         """The next binary or text message."""
+        return await self._message(text=True)
+
+    async def _message(self, *, text: bool) -> bytes | str:
         first = self._first
         if first is not None:
             self._first = None
@@ -273,9 +270,9 @@ class WsConnection:
             opcode, payload = await self._event()
             if opcode == OP_BINARY:
                 return payload
-            text = await self._other(opcode, payload)
-            if text is not None:
-                return text
+            got = await self._other(opcode, payload)
+            if text and got is not None:
+                return got
 
     def receive_nowait(self) -> bytes | None:
         first = self._first
