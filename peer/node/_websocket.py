@@ -123,10 +123,7 @@ async def serve_own(
 ) -> None:
     """Accept TCP connections on ``host:port`` for ``handler`` (which upgrades them
     itself, ``peer.node._wsconn.accept_upgrade``), in ``handler_nursery``."""
-    if reuse_port:
-        listeners = await reuse_port_listeners(host, port)
-    else:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await _listeners(host, port, reuse_port)
     task_status.started(listeners[0].socket.getsockname()[1])
     await trio.serve_listeners(handler, listeners, handler_nursery=handler_nursery)
 
@@ -140,10 +137,7 @@ async def serve_ws(
     reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    if reuse_port:  # one of the workers of a seed (peer.cli._workers): the kernel spreads
-        listeners = await reuse_port_listeners(host, port)
-    else:
-        listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await _listeners(host, port, reuse_port)
     server = trio_websocket.WebSocketServer(
         handler,
         listeners,
@@ -157,6 +151,12 @@ async def serve_ws(
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
     await server.run()
+
+
+async def _listeners(host: str, port: int, reuse_port: bool) -> list[trio.SocketListener]:
+    if reuse_port:  # one of the workers of a seed (peer.cli._workers): the kernel spreads
+        return await reuse_port_listeners(host, port)
+    return await trio.open_tcp_listeners(port, host=host)
 
 
 async def reuse_port_listeners(host: str, port: int) -> list[trio.SocketListener]:
