@@ -3,13 +3,15 @@
 A second peer on the same key directory is refused (and a ``kill -9``-ed
 peer leaves no stale lock), an API port clash and a bootstrap spec that can
 never work stop start-up, and the join command a first node prints works
-when pasted as is, outside the virtualenv and the checkout.
+when pasted as is, outside the virtualenv and the checkout. SIGINT and SIGTERM
+stop a peer with links and API requests in flight cleanly (exit 0).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +67,24 @@ def test_kill_9_leaves_no_stale_lock(tmp_path: Path) -> None:
     with running(again):
         wait_ready(again)
         assert again.peer_id == peer_id
+
+
+def test_sigint_and_sigterm_stop_a_busy_peer_cleanly(tmp_path: Path) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        a = start_peer(tmp_path, f"a{sig}")
+        with running(a):
+            wait_ready(a)
+            b = start_peer(tmp_path, f"b{sig}", bootstrap=a.ws_url)
+            with running(b):
+                wait_ready(b)
+                assert a.get("/peers", min="1", wait="20").json()  # a link is up
+                with httpx.stream("GET", a.api + "/events", headers=a.headers(),
+                                  timeout=30) as events:  # an API stream held open
+                    assert events.status_code == 200
+                    a.proc.send_signal(sig)
+                    assert a.proc.wait(timeout=20) == 0, a.log_text()
+        log = a.log_text()
+        assert "clawmesh: stopped" in log and "Traceback" not in log, log
 
 
 def test_an_api_port_clash_is_one_line(tmp_path: Path) -> None:

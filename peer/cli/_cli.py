@@ -46,6 +46,7 @@ from ._cardfile import agent_card
 from ._featureflags import add_feature_flags, megabytes, reply_allow, skills
 from ._lock import DirectoryLocked, lock_directories
 from ._names import COMMANDS
+from ._signals import run_until_signal
 from ._workerrun import run_seed_workers, run_worker
 from ._workers import check_workers
 
@@ -585,10 +586,10 @@ def _run(args: argparse.Namespace, peer_id: str, created: bool) -> None:
     # (measured: about half the collector's time on catch-up, bench/README.md)
     gc.freeze()
     try:
-        trio.run(run_peer, args)
+        if trio.run(run_until_signal, lambda: run_peer(args)) is not None:
+            print("\nclawmesh: stopped", file=sys.stderr)
     except (KeyboardInterrupt, BaseExceptionGroup) as exc:
-        # Errors raised inside the peer's nurseries arrive wrapped in groups
-        leaf: BaseException = exc
+        leaf: BaseException = exc  # errors inside the peer's nurseries come in groups
         while isinstance(leaf, BaseExceptionGroup):
             leaf = leaf.exceptions[0]
         if isinstance(leaf, KeyboardInterrupt):
