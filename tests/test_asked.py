@@ -129,3 +129,39 @@ def test_check_ahead_plans_the_answers_it_asked_for_beyond_the_authors_tokens() 
     burst = [(Pub(e.wire), 100) for e in envs]
     checks = plan(burst, router.seen, (), router.foresight(author, 0.1))
     assert [c.mid for c in checks] == [e.id for e in envs[: 6 + FRESH]]
+
+
+def test_answers_about_an_author_held_back_for_flooding_meet_its_limit_unpunished() -> None:
+    """An author dropped over its limit lately (a flood) is limited by IWANT too, so what
+    relays let through of its flood does not come back in that way; a drop among answers
+    still mutes nobody and charges no link (we asked)."""
+    router = GossipRouter(fake_peer(0), relay=True, params=LIMITS, rng=random.Random(3))
+    router.subscribe(TOPIC)
+    author, relay = identity("flooder").peer_id, fake_peer(1)
+    for link in (author, relay):
+        router.add_link(link, relay=True, now=0.0)
+    flood = envelopes("flooder", 20)
+    taken = [e for e in flood[:5] if delivers(pub(router, relay, e, 0.0))]
+    assert len(taken) == FRESH and router.held_back(author, 0.0)  # held; a relay: no mute
+    asked = flood[5:15]
+    feed(router, author, "ihave", topic=TOPIC, ids=tuple(e.id for e in asked), now=0.0)
+    assert not any(delivers(pub(router, author, e, 0.0)) for e in asked)  # held: limited
+    assert router.stats.sender_limited == 5 - FRESH + len(asked)
+    assert router.scores.score(author, 0.0) == 0.0  # its link not charged
+    later = envelopes("flooder", 1, first=21)[0]
+    assert delivers(pub(router, author, later, 1.0))  # nor the author muted: tokens back
+
+
+def test_check_ahead_plans_no_answer_about_an_author_held_back() -> None:
+    router = GossipRouter(fake_peer(0), relay=True, params=LIMITS, rng=random.Random(3))
+    router.subscribe(TOPIC)
+    author, relay = identity("author").peer_id, fake_peer(1)
+    for link in (author, relay):
+        router.add_link(link, relay=True, now=0.0)
+    envs = envelopes("author", 10)
+    for e in envs[:5]:
+        pub(router, relay, e, 0.0)
+    assert router.held_back(author, 0.0)
+    feed(router, author, "ihave", topic=TOPIC, ids=tuple(e.id for e in envs[5:]), now=0.0)
+    burst = [(Pub(e.wire), 100) for e in envs[5:]]
+    assert plan(burst, router.seen, (), router.foresight(author, 0.0)) == []

@@ -24,6 +24,11 @@ Rules kept here (protocol-spec/gossip.md, sections 5 and 9):
   limit, ids we chose to ask for, each taken once; everything else about
   them (the link's ``pub`` limit, seen ids, the signature, the age) is
   checked as for any envelope.
+* Except for an author held back (``Buckets.held``: something of it was
+  dropped over its limit lately, a flooder): answers then meet its limit
+  as any envelope does (so what honest relays let through of a flood does
+  not come back in by IWANT), but a drop among them still never mutes the
+  author nor charges the link: we asked.
 
 Nothing here performs I/O or reads a clock: ``now`` is passed in.
 """

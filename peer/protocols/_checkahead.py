@@ -13,9 +13,9 @@ here:
   link), its ``pub`` limit, the seen ids, and the author's limit (muted, or
   without a whole token once what this burst and the bursts in flight were
   planned to spend is taken off: ``reserved``; an answer to our IWANT over
-  this link is not looked at by it, ``_asked``). What the router would drop
-  unchecked is never checked ahead, so a hostile link cannot make a relay
-  verify more than it would without check-ahead. Besides those: each
+  this link is not looked at by it unless the author is held back, ``_asked``).
+  What the router would drop unchecked is never checked ahead, so a hostile
+  link cannot make a relay verify more than it would without check-ahead. Besides those: each
   envelope whose id no other check of this burst (or one in flight, ``busy``)
   covers. Anything it cannot read is left to the router, which refuses it
   as usual; a ``pub`` that does not split ends the plan (the router closes
@@ -151,8 +151,12 @@ class Foresight:
 
     def author(self, sender: bytes, mid: bytes = b"") -> bool:
         """A new envelope of ``sender`` (id ``mid``): False if its limit drops it
-        unchecked (an answer we asked this link for passes, and spends nothing)."""
-        if mid and self._asked.asked(self._peer, mid, self._now):
+        unchecked (an answer we asked this link for passes, spending nothing, unless
+        its author is held back)."""
+        now = self._now
+        if mid and self._asked.asked(self._peer, mid, now) and not self._senders.holding(
+            sender, now
+        ):
             return True
         tokens = self._authors.get(sender)
         if tokens is None:

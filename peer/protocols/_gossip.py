@@ -325,12 +325,13 @@ class GossipRouter(Vouching, Asking):
             self.stats.duplicates += 1
             return self._check_graylist(peer, self.scores.duplicate(peer, now), now)
         env = open_envelope(wire, signed=signed, sig=sig, verify=False)
-        asked = self._asked.answered(peer, mid, now)  # we asked: not the author's doing
-        if not asked and not self._senders.has(env.sender, now):  # dropped unverified:
+        asked = self._asked.answered(peer, mid, now)  # we asked: not the author's doing,
+        free = asked and not self._senders.held(env.sender, now)  # unless it flooded lately
+        if not free and not self._senders.has(env.sender, now):  # dropped unverified:
             self.stats.sender_limited += 1  # a forged copy must not hide the real one
             self.scores.fulfil(mid)  # an IWANT answered with it was a promise kept
-            if peer != env.sender:  # a relay is not charged: its buckets fill at its pace
-                return []
+            if peer != env.sender or asked:  # a relay is not charged: its buckets fill at
+                return []  # its pace; an answer we asked for is not its link's doing
             self._senders.mute(peer, now + p.over_limit_mute_s)  # over it itself: muted here
             return self._penalize(peer, p.over_limit_penalty, now)
         if self.verify:
@@ -344,7 +345,7 @@ class GossipRouter(Vouching, Asking):
             return []
         self._remember(mid, now)
         self.scores.fulfil(mid)
-        if not asked:
+        if not free:
             self._senders.charge(env.sender, now)
         self.stats.received += 1
         route = env.route
