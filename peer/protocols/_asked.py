@@ -94,6 +94,8 @@ class AskBook:
 
     def answered(self, peer: bytes, mid: bytes, now: float) -> bool:
         """``asked``, and from now on not any more: an id's answer is taken once."""
+        if not self._asked:  # the relay's hot path, nothing asked: no key to build
+            return False
         until = self._asked.pop((peer, mid), None)
         return until is not None and now < until
 
