@@ -128,6 +128,25 @@ def wait_ready(p: PeerProcess, deadline_s: float = 30.0) -> None:
             raise AssertionError(f"{p.name} exited:\n{p.log_text()}")
 
 
+def restart_peer(
+    tmp: Path, name: str, *extra: str, bootstrap: str | None, ports: tuple[int, int]
+) -> PeerProcess:
+    """``start_peer`` again where it was (``ports``), and ``wait_ready``; on free ports
+    instead if one of them was taken meanwhile: a port ``free_port`` gave is one of the
+    machine's ephemeral ports, so once its peer is gone any outgoing connection on the
+    machine may get it (seen on a shared machine: "Address already in use")."""
+    p = start_peer(tmp, name, *extra, bootstrap=bootstrap, ports=ports)
+    try:
+        wait_ready(p)
+    except AssertionError as exc:
+        stop(p)
+        if "Address already in use" not in str(exc):
+            raise
+        p = start_peer(tmp, name, *extra, bootstrap=bootstrap)
+        wait_ready(p)
+    return p
+
+
 def kill_hard(p: PeerProcess) -> None:
     """``kill -9``: no shutdown at all."""
     p.proc.kill()
