@@ -26,7 +26,7 @@ from peer.wire._envelope import (
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frames import decode_frame
 from peer.wire._frametypes import Pub, Sub
-from peer.wire._limits import GossipParams
+from peer.wire._limits import MAX_ENVELOPE, MAX_RECORD, GossipParams
 from tests._gossip_net import WALL0, identity
 from tests.test_workers_router import TOPIC, Seed
 
@@ -42,6 +42,13 @@ def _envelopes() -> list[Envelope]:
         seal_receipt(bob, recipient=alice.peer_id, ids=[b"\x05" * 32], seq=1, ts=WALL0),
         seal_presence(alice, payload=b"\xa0", seq=3, ts=WALL0),
     ]
+
+
+def test_the_checked_record_of_the_largest_envelope_fits_a_sibling_record() -> None:
+    """The sibling reader refuses records over ``MAX_RECORD`` (closing the link): the
+    id and marker a checked record adds must fit beside the largest ``pub`` frame."""
+    largest = Pub(b"\x00" * MAX_ENVELOPE).encode()
+    assert len(checked_record(b"\x00" * 32, largest)) <= MAX_RECORD
 
 
 def test_open_checked_gives_what_the_strict_open_gives() -> None:

@@ -20,6 +20,9 @@ Rules kept here:
 * Trusted is not careless: a record that is not what a sibling sends (too
   short, not a ``pub`` frame, an envelope without its fields) raises
   ``ProtocolError``, so a bug closes the sibling link, never the worker.
+* A checked record is 33 bytes longer than its frame; a ``pub`` frame that
+  was forwarded holds an envelope of at most ``MAX_ENVELOPE``, so the record
+  stays within the sibling reader's ``MAX_RECORD`` (a test keeps it so).
 * :func:`open_checked` gives the same ``Envelope`` as ``open_envelope`` for
   an envelope that passed it (tests compare them); it does not re-encode,
   re-hash the id or walk the fields.
