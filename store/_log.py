@@ -13,6 +13,7 @@ composes the other parts:
 * ``store._state``: reader cursors and opaque peer state.
 * ``store._readflags``: which records of a local inbox log have been read.
 * ``store._outbox``: the DM outbox and dead letters.
+* ``store._held``: which messages of a topic are stored, by their seen ranges.
 * ``store._records``: the value types, limits and the database layout.
 
 The interface imports no trio; the Trio shell (``store._service``) calls it
@@ -43,6 +44,7 @@ import lmdb
 from . import _check
 from ._env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
 from ._errors import StoreClosed, StoreCorrupt, StoreError, StoreFull
+from ._held import _Held
 from ._outbox import _Outbox
 from ._readflags import _ReadFlags
 from ._records import (
@@ -98,7 +100,7 @@ __all__ = [
 ]
 
 
-class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
+class MessageStore(_Retention, _State, _ReadFlags, _Outbox, _Held):
     """Per-topic append logs, indexes, cursors, peer state, read flags and a DM outbox.
 
     Thread-safe: reads may run concurrently in any threads; writes serialize

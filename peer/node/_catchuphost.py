@@ -471,7 +471,9 @@ class CatchUpService:
         try:
             store = self.service.store
             return await trio.to_thread.run_sync(
-                lambda: check_page(request, page, verify=verify, known=store.held)
+                lambda: check_page(
+                    request, page, verify=verify, known=store.held, stored=store.held_in
+                )
             )
         except ProtocolError as exc:
             self.counters.bad_pages += 1
