@@ -176,3 +176,20 @@ def test_a_good_page_never_asks_the_id_index(store: MessageStore) -> None:
     with pytest.raises(ProtocolError):
         check_page(request, page, known=counted, stored=store.held_in)
     assert len(asked) == 1
+
+
+def test_a_lane_whose_page_overlapped_is_checked_ids_first() -> None:
+    from peer.node._overlap import Overlaps
+
+    lanes = Overlaps(max_lanes=2)
+    assert lanes.opens_whole(b"c1", TOPIC)
+    lanes.checked(b"c1", TOPIC, messages=512, fresh=512)
+    assert lanes.opens_whole(b"c1", TOPIC) and len(lanes) == 0
+    lanes.checked(b"c1", TOPIC, messages=512, fresh=100)  # a second carrier's page
+    assert not lanes.opens_whole(b"c1", TOPIC)
+    assert lanes.opens_whole(b"c1", "random") and lanes.opens_whole(b"c2", TOPIC)
+    lanes.checked(b"c1", TOPIC, messages=512, fresh=512)  # past the overlap
+    assert lanes.opens_whole(b"c1", TOPIC)
+    for carrier in (b"c1", b"c2", b"c3"):  # bounded: past the limit all are forgotten
+        lanes.checked(carrier, TOPIC, messages=2, fresh=0)
+    assert len(lanes) == 1 and not lanes.opens_whole(b"c3", TOPIC)
