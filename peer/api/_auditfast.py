@@ -23,7 +23,7 @@ module writes the same bytes from a template. Rules kept here:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 
 from peer.wire._envelope import Envelope
 
