@@ -115,7 +115,12 @@ def test_a_subscribers_only_topic_is_remembered_until_a_transit_relay_subscribes
     assert "a" in router._no_transit
     calls: list[str] = []
     fill = router._fill_mesh
-    router._fill_mesh = lambda t, now: calls.append(t) or fill(t, now)  # type: ignore[method-assign]
+
+    def counted(topic: str, now: float) -> list[Action]:
+        calls.append(topic)
+        return fill(topic, now)
+
+    router._fill_mesh = counted  # type: ignore[method-assign]
     feed(router, publisher, "pub", e=_ENVS[3].wire, wall_ms=_WALL)
     assert calls == []  # remembered: no scan
     feed(router, relay, "sub", topics=[["a", 2]])  # a transit relay
