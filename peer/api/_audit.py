@@ -19,6 +19,9 @@ Rules this module keeps:
   is sealed to others). A seed's records wait in a bounded queue between the
   envelope hook and the next commit: a crash may lose those few (nothing
   was acknowledged for them), a full queue counts them in ``lost``.
+* A seed steps again at once only after a full batch; otherwise it waits
+  for ``LINGER`` (``_wait``), so its records take about one commit per
+  ``LINGER`` rather than one per commit's duration (a commit's fsync each).
 * Keys are ``ops/audit/<received ms, 15 digits>-<kind><number>``, so the
   trail is in time order and a time range is a key range.
 * Reading never holds more than one page (``PAGE`` records) in memory: the
@@ -261,8 +264,8 @@ class AuditTrail:
                     self.log.error("audit step crashed", error=repr(exc), exc_info=exc)
                     await trio.sleep(1.0)
                     continue
-                if not wrote:
-                    await self._wait()
+                if not wrote or (self.peer.options.relay_only and wrote < BATCH):
+                    await self._wait()  # a seed: one commit per LINGER unless batches fill
 
     async def step(self) -> int:
         """Record what is new in the inbox (and DM state changes); how many records."""
