@@ -325,7 +325,7 @@ class GossipRouter(Vouching, MeshFill):
         if mid in self._seen:
             self.stats.duplicates += 1
             return self._check_graylist(peer, self.scores.duplicate(peer, now), now)
-        env = open_envelope(wire, signed=signed, sig=sig, verify=False)
+        env = open_envelope(wire, signed=signed, sig=sig, verify=False, mid=mid)
         if not self._senders.has(env.sender, now):  # dropped unverified and not remembered:
             self.stats.sender_limited += 1  # a forged copy must not hide the real one
             self.scores.fulfil(mid)  # an IWANT answered with it was a promise kept
