@@ -51,8 +51,8 @@ def test_a_busy_seed_carries_and_audits_every_message_once(tmp_path: Path) -> No
             os.kill(seed.proc.pid, signal.SIGSTOP)
             try:
                 for i in range(COUNT):
-                    r = a.post("/send", {"channel": "pass", "body": f"m{i} \"é\"\n"})
-                    assert r.status_code == 200, r.text
+                    sent = a.post("/send", {"channel": "pass", "body": f"m{i} \"é\"\n"})
+                    assert sent.status_code == 200, sent.text
             finally:
                 os.kill(seed.proc.pid, signal.SIGCONT)
             want = ["first"] + [f"m{i} \"é\"\n" for i in range(COUNT)]
