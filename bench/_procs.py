@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,11 +32,35 @@ class ChildFailed(Exception):
     """A child exited, reported an error, or did not answer in time."""
 
 
+_LOWEST_PORT = 10_000
+_port_rng = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback port free now, drawn from below the kernel's ephemeral range: a
+    port the kernel hands out (``bind(0)``) may go to any outgoing connection of the
+    machine once its listener is gone, and a peer restarted on its old ports (as the
+    chaos harness and the tests do) then fails with "Address already in use"."""
+    top = _ephemeral_low()
+    for _ in range(200 if top - _LOWEST_PORT >= 1000 else 0):
+        port = _port_rng.randrange(_LOWEST_PORT, top)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no such range here
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        bound: int = s.getsockname()[1]
+        return bound
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768  # Linux's default
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,4 +1,4 @@
-"""CPU of one hop between a seed's workers: ``python -m bench.sibling_hop [N] [BURST]``.
+"""CPU of one hop between a seed's workers: ``python -m bench.sibling_hop [N] [BURST] [store]``.
 
 Two relay-only peers in this process are linked as workers 0 and 1 of a
 seed (``peer.node._siblings``, a real Unix socket). N pre-signed 300-byte
@@ -10,7 +10,9 @@ process's CPU per message with worker 1 interested (routing on worker 0, the
 sibling write, read, decode and routing on worker 1) and without (worker 0's
 routing alone), signature checks off on both so that the hop is what
 differs. ``process_time`` counts only this process, so the figure holds on
-a busy machine; the wall clock does not.
+a busy machine; the wall clock does not. With ``store`` both workers keep
+what they relay in their own store (as a storing seed does), and the clock
+stops once every message is committed (the store's thread counts too).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ async def _until(check: object) -> None:
             await trio.sleep(0.001)
 
 
-async def measure(n: int, burst: int, hop: bool) -> float:
+async def measure(n: int, burst: int, hop: bool, store: bool = False) -> float:
     """CPU microseconds per message, this process (see the module header)."""
     frames = _frames(n)
     gossip = dataclasses.replace(peer.PeerOptions().gossip, sender_rate=0, link_pub_rate=0)
@@ -62,8 +64,9 @@ async def measure(n: int, burst: int, hop: bool) -> float:
             tempfile.TemporaryDirectory() as home:  # fmt: skip
         keys = Path(home) / "seed"
         async with (
-            peer.open_peer(keys, options=options, store=False) as a,
-            peer.open_peer(keys, options=options, store=False, listen=None) as b,
+            peer.open_peer(keys, options=options, store=store, data_dir=Path(home) / "w0") as a,
+            peer.open_peer(keys, options=options, store=store, data_dir=Path(home) / "w1",
+                           listen=None) as b,  # fmt: skip
             trio.open_nursery() as nursery,
         ):
             sa, sb = Siblings(a, 0, 2, Path(sockets)), Siblings(b, 1, 2, Path(sockets))
@@ -92,17 +95,27 @@ async def measure(n: int, burst: int, hop: bool) -> float:
                 await trio.lowlevel.checkpoint()
             if hop:
                 await _until(lambda: b.router.stats.received - base >= n)
+            if store:
+                holders = (a, b) if hop else (a,)
+                await _until(lambda: all(_stored(p) >= n for p in holders))
             spent = time.process_time() - start
             nursery.cancel_scope.cancel()
     return 1e6 * spent / n
 
 
+def _stored(p: peer.Peer) -> int:
+    return 0 if p.storage is None else p.storage.counters.stored
+
+
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20_000
     burst = int(sys.argv[2]) if len(sys.argv) > 2 else 4
-    alone = trio.run(measure, n, burst, False)
-    hop = trio.run(measure, n, burst, True)
-    print(f"{n} messages of 300 B in bursts of {burst}, signature checks off, CPU per message:")
+    store = len(sys.argv) > 3 and sys.argv[3] == "store"
+    alone = trio.run(measure, n, burst, False, store)
+    hop = trio.run(measure, n, burst, True, store)
+    kept = ", each worker storing" if store else ""
+    print(f"{n} messages of 300 B in bursts of {burst}, signature checks off{kept}, "
+          "CPU per message:")  # fmt: skip
     print(f"  worker 0 routing alone:           {alone:7.1f} us")
     print(f"  with the hop to worker 1:         {hop:7.1f} us  (the hop: {hop - alone:.1f} us)")
 

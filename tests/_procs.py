@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ from typing import Any
 
 import httpx
 
+from bench._procs import free_port as free_port  # one rule for tests and the bench
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -126,6 +120,25 @@ def wait_ready(p: PeerProcess, deadline_s: float = 30.0) -> None:
                 raise
         if p.proc.poll() is not None:
             raise AssertionError(f"{p.name} exited:\n{p.log_text()}")
+
+
+def restart_peer(
+    tmp: Path, name: str, *extra: str, bootstrap: str | None, ports: tuple[int, int]
+) -> PeerProcess:
+    """``start_peer`` again where it was (``ports``), and ``wait_ready``; on free ports
+    instead if one of them was taken meanwhile: a port ``free_port`` gave is one of the
+    machine's ephemeral ports, so once its peer is gone any outgoing connection on the
+    machine may get it (seen on a shared machine: "Address already in use")."""
+    p = start_peer(tmp, name, *extra, bootstrap=bootstrap, ports=ports)
+    try:
+        wait_ready(p)
+    except AssertionError as exc:
+        stop(p)
+        if "Address already in use" not in str(exc):
+            raise
+        p = start_peer(tmp, name, *extra, bootstrap=bootstrap)
+        wait_ready(p)
+    return p
 
 
 def kill_hard(p: PeerProcess) -> None:

@@ -38,4 +38,5 @@ async def test_the_sibling_hop_bench_runs() -> None:
 
     alone = await measure(200, 4, False)
     hop = await measure(200, 4, True)  # it waits until worker 1 routed all 200
-    assert alone > 0 and hop > 0
+    stored = await measure(100, 4, True, True)  # ... and both workers stored all 100
+    assert alone > 0 and hop > 0 and stored > 0

@@ -58,6 +58,14 @@ def test_a_second_peer_on_the_same_key_directory_is_refused(tmp_path: Path) -> N
         assert first.get("/status").status_code == 200  # the first one never noticed
 
 
+def test_test_ports_come_from_outside_the_ephemeral_range() -> None:
+    # a peer restarted on its old ports must find them free: the kernel gives ports of
+    # its ephemeral range to outgoing connections, so ours come from below it
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {free_port() for _ in range(20)}
+    assert all(10_000 <= port < low for port in ports) and len(ports) > 1
+
+
 def test_kill_9_leaves_no_stale_lock(tmp_path: Path) -> None:
     first = start_peer(tmp_path, "a")
     wait_ready(first)

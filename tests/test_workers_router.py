@@ -24,6 +24,7 @@ from peer.protocols._siblingrouter import (
     is_sibling,
     sibling_key,
 )
+from peer.wire._checked import split_checked
 from peer.wire._envelope import Content, Envelope, seal_message
 from peer.wire._errors import ProtocolError
 from peer.wire._frames import decode_frame
@@ -45,6 +46,7 @@ class Seed:
     queue: deque[tuple[str, bytes, bytes]] = field(default_factory=deque)
     delivered: dict[str, list[bytes]] = field(default_factory=dict)
     pubs_in: dict[str, int] = field(default_factory=dict)
+    checked_in: dict[str, int] = field(default_factory=dict)  # checked records taken
     closes: list[Close] = field(default_factory=list)
     seq: int = 0
 
@@ -98,6 +100,14 @@ class Seed:
             assert steps < 10_000, "the network does not quiesce"
             owner, key, raw = self.queue.popleft()
             dst, as_seen = self.wires[(owner, key)]
+            checked = split_checked(raw)
+            if checked is not None:  # a sibling's checked record (as _siblings reads it)
+                self.checked_in[dst] = self.checked_in.get(dst, 0) + 1
+                self.pubs_in[dst] = self.pubs_in.get(dst, 0) + 1
+                router = self.routers[dst]
+                assert isinstance(router, SiblingRouter)
+                self.apply(dst, router.handle_checked(as_seen, *checked, 0.0, WALL0))
+                continue
             frame = decode_frame(raw)
             if isinstance(frame, Pub):
                 self.pubs_in[dst] = self.pubs_in.get(dst, 0) + 1

@@ -155,6 +155,9 @@ def test_the_limit_counts_every_fragment_and_is_checked_on_the_header() -> None:
         (_frame(OP_BINARY, b"x", fin=False) + _frame(OP_TEXT, b"y"), 1002),  # new inside
         (_frame(OP_BINARY, b"x", mask=None), 1002),  # a client frame must be masked
         (bytes([0x82, 0xFF]) + (1 << 63).to_bytes(8, "big"), 1002),  # top bit of length
+        (bytes([0x82, 0xFE]) + (5).to_bytes(2, "big") + b"\0" * 9, 1002),  # not shortest
+        (bytes([0x82, 0xFF]) + (200).to_bytes(8, "big") + b"\0" * 204, 1002),
+        (bytes([0x82, 0xFF]) + (0xFFFF).to_bytes(8, "big"), 1002),
     ],
 )
 def test_broken_rules_are_refused_with_their_code(data: bytes, code: int) -> None:
@@ -226,6 +229,8 @@ def test_a_request_is_accepted_and_the_answer_checks() -> None:
         check_response(b"HTTP/1.1 400 Bad Request\r\n\r\n", key)
     with pytest.raises(UpgradeFailed):
         check_response(answer[:-2] + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n", key)
+    with pytest.raises(UpgradeFailed, match="subprotocol"):
+        check_response(answer[:-2] + b"Sec-WebSocket-Protocol: chat\r\n\r\n", key)
 
 
 GOOD = (b"GET /x HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n"
@@ -242,6 +247,9 @@ GOOD = (b"GET /x HTTP/1.1\r\nHost: h\r\nUpgrade: WebSocket\r\nConnection: keep-a
         (GOOD.replace(b"Version: 13", b"Version: 8"), 426),
         (GOOD.replace(base64.b64encode(b"0" * 16), b"short"), 400),
         (GOOD + b"bad header line\r\n", 400),
+        (GOOD.replace(b"Host: h\r\n", b""), 400),  # HTTP/1.1 requires a Host
+        (GOOD.replace(b"Host: h\r\n", b"Host: \r\n"), 400),
+        (GOOD + b"Host: other\r\n", 400),  # two of them
     ],
 )
 def test_bad_requests_are_refused_with_a_status(head: bytes, status: int) -> None:

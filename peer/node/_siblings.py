@@ -5,14 +5,19 @@ directory only the seed's user can enter, made by the parent) and dials every
 worker with a lower index, again and again while it is away; so every pair
 of workers has one link, whichever of them restarts. The link is trusted:
 after a hello (``HELLO`` and the dialling worker's index) it carries the
-plaintext gossip frames of the link protocol, each behind a 4-byte
-big-endian length. No handshake, no encryption, no budget: what a sibling
-sends was checked by the worker that took it off the network
-(``peer.protocols._siblingrouter`` has the routing rules).
+plaintext gossip frames of the link protocol, and checked records (a
+message this worker took off the network and opened, with its id:
+``peer.wire._checked``), each behind a 4-byte big-endian length. No
+handshake, no encryption, no budget: what a sibling sends was checked by
+the worker that took it off the network (``peer.protocols._siblingrouter``
+has the routing rules). The hello names the record format (``CMW2``: checked
+records), so a worker of another version is refused, not misread.
 
 Rules kept here:
 
-* Only gossip frames are accepted from a sibling; a frame that does not
+* Only gossip frames and checked records are accepted from a sibling (a
+  checked record from any other link is refused by the router, and a
+  network link's records never reach ``handle_checked``); a frame that does not
   decode, an oversize length or anything else closes that sibling link (it
   is dialled again), never the worker.
 * A sibling's sends are queued (bounded: ``SIBLING_QUEUE`` frames and
@@ -40,6 +45,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from peer.protocols._siblingrouter import SiblingRouter, sibling_key
+from peer.wire._checked import split_checked
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frames import decode_frame
 from peer.wire._frametypes import Error, Sub, Unsub
@@ -50,7 +56,7 @@ from ._swarm import GOSSIP_FRAMES
 if TYPE_CHECKING:
     from ._node import Peer
 
-HELLO = b"CMW1"
+HELLO = b"CMW2"  # CMW1 had no checked records
 SIBLING_QUEUE = 65536  # frames queued for one sibling before it is closed as SLOW
 SIBLING_QUEUE_BYTES = 32 << 20  # ... or bytes (a record's 4-byte length included)
 WRITE_BATCH_BYTES = 1 << 20
@@ -279,13 +285,21 @@ class Siblings:
 
     def _handle(self, link: SiblingLink, records: list[bytes]) -> None:
         peer = self.peer
+        router = peer.router
+        assert isinstance(router, SiblingRouter)
         outbox = peer.link_manager.outbox
         outbox.hold()
         try:
+            now, wall = peer.now(), peer.wall_ms()  # one read's records: one instant
             for raw in records:
                 if link.close_code is not None:
                     return
                 try:
+                    checked = split_checked(raw)
+                    if checked is not None:
+                        link.frames_in += 1
+                        peer.perform(router.handle_checked(link.peer_id, *checked, now, wall))
+                        continue
                     frame = decode_frame(raw)
                     if type(frame) not in GOSSIP_FRAMES or isinstance(frame, Error):
                         raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.TYPE!r} from a sibling")
@@ -293,8 +307,7 @@ class Siblings:
                     self._refused(link, exc)
                     return
                 link.frames_in += 1
-                now, wall = peer.now(), peer.wall_ms()
-                peer.perform(peer.router.handle_frame(link.peer_id, frame, raw, now, wall))
+                peer.perform(router.handle_frame(link.peer_id, frame, raw, now, wall))
                 if isinstance(frame, Sub | Unsub):
                     peer.notify_changed()
         finally:

@@ -12,9 +12,10 @@ here:
   frame and byte budget (planning stops at the frame that would close the
   link), its ``pub`` limit, the seen ids, and the author's limit (muted, or
   without a whole token once what this burst and the bursts in flight were
-  planned to spend is taken off: ``reserved``). What the router would drop
-  unchecked is never checked ahead, so a hostile link cannot make a relay
-  verify more than it would without check-ahead. Besides those: each
+  planned to spend is taken off: ``reserved``; an answer to our IWANT over
+  this link is not looked at by it unless the author is held back, ``_asked``).
+  What the router would drop unchecked is never checked ahead, so a hostile
+  link cannot make a relay verify more than it would without check-ahead. Besides those: each
   envelope whose id no other check of this burst (or one in flight, ``busy``)
   covers. Anything it cannot read is left to the router, which refuses it
   as usual; a ``pub`` that does not split ends the plan (the router closes
@@ -67,6 +68,7 @@ from peer.wire._frametypes import (
 from peer.wire._identity import peer_id_of
 from peer.wire._limits import GossipParams
 
+from ._asked import AskBook
 from ._gossiptypes import LinkState
 from ._score import Buckets
 
@@ -122,6 +124,7 @@ class Foresight:
         # topics the link may still add before a ``sub`` closes it (counted as all new)
         self.topic_room = 0 if link is None else router.topic_cap - len(link.interest)
         self._senders = router._senders
+        self._asked, self._peer = router._asked, peer
         self._now = now
         self._reserved = reserved
         self._authors: dict[bytes, float] = {}
@@ -146,8 +149,15 @@ class Foresight:
         self.pub_tokens -= 1.0
         return True
 
-    def author(self, sender: bytes) -> bool:
-        """A new envelope of ``sender``: False if its limit drops it unchecked."""
+    def author(self, sender: bytes, mid: bytes = b"") -> bool:
+        """A new envelope of ``sender`` (id ``mid``): False if its limit drops it
+        unchecked (an answer we asked this link for passes, spending nothing, unless
+        its author is held back)."""
+        now = self._now
+        if mid and self._asked.asked(self._peer, mid, now) and not self._senders.holding(
+            sender, now
+        ):
+            return True
         tokens = self._authors.get(sender)
         if tokens is None:
             tokens = self._senders.peek(sender, self._now) - self._reserved.get(sender, 0)
@@ -187,7 +197,7 @@ def plan(
         if mid in taken or seen(mid):
             continue
         key = author_key(signed)
-        if key is None or (ahead is not None and not ahead.author(peer_id_of(key))):
+        if key is None or (ahead is not None and not ahead.author(peer_id_of(key), mid)):
             continue
         taken.add(mid)
         checks.append(Check(mid, key, signed, sig))
@@ -224,6 +234,7 @@ class Vouching:
     topic_cap: int
     _link_pubs: Buckets
     _senders: Buckets
+    _asked: AskBook
     params: GossipParams
     verify: bool
     vouched: Vouch = NO_VOUCHES  # set by the shell while it routes one checked burst

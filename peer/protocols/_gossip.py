@@ -21,9 +21,9 @@ Rules kept here (protocol-spec/gossip.md):
 * Budgets. Each link has a frame and byte budget; overrunning it, sending a
   frame that does not parse, or an envelope that does not verify closes it.
 * Spam (``_score.py``). New envelopes are limited per author (checked before
-  the signature; only the author's own link is penalised) and ``pub`` frames
-  per link; our own too (``check_publish``). A decaying score per peer:
-  below thresholds no IHAVE, no mesh, then closed and banned.
+  the signature; only the author's own link is penalised; not what we asked
+  for, ``_asked.py``) and ``pub`` frames per link; our own too (``check_publish``).
+  A decaying score per peer: below thresholds no IHAVE, no mesh, closed, banned.
 
 Nothing here performs I/O: every method returns a list of actions (``Send``,
 ``Deliver``, ``Close``) for the Trio shell to carry out, in order.
@@ -59,6 +59,7 @@ from peer.wire._limits import (
 )
 from peer.wire._stats import Statistics, snapshot
 
+from ._asked import AskBook, Asking
 from ._checkahead import Vouching
 from ._gossiptypes import Action, Close, Deliver, GossipCounters, LinkState, Send
 from ._interest import Nearest, nearest, to_tell, with_carrier
@@ -68,7 +69,7 @@ from ._score import Buckets, Scoreboard
 __all__ = ["Action", "Close", "Deliver", "GossipCounters", "GossipRouter", "Send"]
 
 
-class GossipRouter(Vouching, MeshFill):
+class GossipRouter(Vouching, Asking, MeshFill):
     """Routing state of one peer. ``now`` is monotonic seconds from the shell."""
 
     def __init__(
@@ -104,7 +105,7 @@ class GossipRouter(Vouching, MeshFill):
         self.stats, p = GossipCounters(), self.params
         self._senders = Buckets.for_authors(p, me)
         self._link_pubs = Buckets(p.link_pub_rate, p.link_pub_burst, p.score_max_peers)
-        self.scores = Scoreboard(p)
+        self.scores, self._asked = Scoreboard(p), AskBook.of(p)
         self._prune, self._graylist = p.prune_threshold, p.graylist_threshold
 
     # -- queries ---------------------------------------------------------------
@@ -326,11 +327,13 @@ class GossipRouter(Vouching, MeshFill):
             self.stats.duplicates += 1
             return self._check_graylist(peer, self.scores.duplicate(peer, now), now)
         env = open_envelope(wire, signed=signed, sig=sig, verify=False, mid=mid)
-        if not self._senders.has(env.sender, now):  # dropped unverified and not remembered:
+        asked = self._asked.answered(peer, mid, now)  # we asked: not the author's doing,
+        free = asked and not self._senders.held(env.sender, now)  # unless it flooded lately
+        if not free and not self._senders.has(env.sender, now):  # dropped unverified:
             self.stats.sender_limited += 1  # a forged copy must not hide the real one
             self.scores.fulfil(mid)  # an IWANT answered with it was a promise kept
-            if peer != env.sender:  # a relay is not charged: its buckets fill at its pace
-                return []
+            if peer != env.sender or asked:  # a relay is not charged: its buckets fill at
+                return []  # its pace; an answer we asked for is not its link's doing
             self._senders.mute(peer, now + p.over_limit_mute_s)  # over it itself: muted here
             return self._penalize(peer, p.over_limit_penalty, now)
         if self.verify:
@@ -344,7 +347,8 @@ class GossipRouter(Vouching, MeshFill):
             return []
         self._remember(mid, now)
         self.scores.fulfil(mid)
-        self._senders.charge(env.sender, now)
+        if not free:
+            self._senders.charge(env.sender, now)
         self.stats.received += 1
         route = env.route
         self._cache(mid, route, raw)
@@ -408,16 +412,6 @@ class GossipRouter(Vouching, MeshFill):
             return [Send(peer, Prune(topic).encode())]
         mesh.add(peer)
         return []
-
-    def _on_ihave(self, peer: bytes, ids: tuple[bytes, ...], now: float) -> list[Action]:
-        if not self._score_ok(peer, "gossip", now):
-            return []
-        wanted = tuple(i for i in ids if i not in self._seen)
-        if not wanted:
-            return []
-        self.scores.promise(peer, self._rng.choice(wanted), now)  # one id, as gossipsub
-        self.stats.iwant_sent += 1
-        return [Send(peer, IWant(wanted).encode())]
 
     def _on_iwant(self, peer: bytes, link: LinkState, ids: tuple[bytes, ...]) -> list[Action]:
         actions: list[Action] = []

@@ -167,6 +167,11 @@ class Buckets:
         self._charged.discard(key)
         return False
 
+    def holding(self, key: bytes, now: float) -> bool:
+        """``held``, changing nothing (an expired hold is not forgotten: check-ahead)."""
+        until = self._held.get(key)
+        return until is not None and now < until
+
     def mute(self, key: bytes, until: float) -> None:
         """``key`` has no tokens before ``until`` and is held until then at least (at
         most ``max_keys`` are muted: the oldest mute goes first)."""

@@ -17,6 +17,15 @@ socket in a private directory, no handshake). ``SiblingRouter`` is the
 * A sibling already checked the envelope's signature and charged its author:
   its ``pub`` frames are not verified again, and no per-link budget, rate
   limit or score applies to it (it carries the traffic of many links).
+* Checked hand-off: a message this worker took off a peer's link and opened
+  strictly goes to its siblings as a *checked record* (``peer.wire._checked``:
+  the message id and the ``pub`` frame), which ``handle_checked`` routes
+  without opening the envelope strictly, hashing its id or re-running the
+  first worker's decisions (author limits, age); only the seen-id dedup, the
+  store and the forwarding to this worker's links remain. ``handle_checked``
+  takes it from a sibling link only: from any other link it is refused and
+  the link closed. Frames from the message cache (IWANT answers) and our own
+  messages still go to siblings as plain frames, routed as above.
 
 With no sibling registered it behaves exactly like ``GossipRouter``.
 """
@@ -25,7 +34,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from peer.wire._errors import ProtocolError
+from peer.wire._checked import checked_record, open_checked
+from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frametypes import AnyFrame
 from peer.wire._limits import MAX_INTEREST_HOPS
 from peer.wire._stats import Statistics, snapshot
@@ -66,6 +76,8 @@ class SiblingRouter(GossipRouter):
 
     siblings: frozenset[bytes] = frozenset()
     _told_sib: dict[str, tuple[Nearest, Nearest]]  # topic -> what the links were last told
+    _to_siblings: list[bytes] | None = None  # siblings the message being routed goes to
+    _cached: tuple[bytes, bytes] | None = None  # (id, frame) of the message last cached
 
     def add_sibling(self, key: bytes, now: float) -> list[Action]:
         """A sibling worker is connected: register it and tell it what we reach."""
@@ -94,7 +106,11 @@ class SiblingRouter(GossipRouter):
         self, peer: bytes, frame: AnyFrame, raw: bytes, now: float, wall_ms: int
     ) -> list[Action]:
         if peer not in self.siblings:
-            return super().handle_frame(peer, frame, raw, now, wall_ms)
+            self._to_siblings = None
+            actions = super().handle_frame(peer, frame, raw, now, wall_ms)
+            if self._to_siblings is not None:
+                actions.extend(self._checked_sends(raw))
+            return actions
         link = self._links.get(peer)
         if link is None:
             return []
@@ -114,6 +130,60 @@ class SiblingRouter(GossipRouter):
         finally:
             self.verify, self.topic_cap = verify, cap
 
+    def _checked_sends(self, raw: bytes) -> list[Action]:
+        """The sends to siblings that ``_forward_targets`` held back for the message
+        just routed: as a checked record (or its plain frame, should the message
+        cached last not be that one)."""
+        to, self._to_siblings = self._to_siblings or [], None
+        cached = self._cached
+        record = checked_record(cached[0], raw) if cached and cached[1] is raw else raw
+        self.stats.forwarded += len(to)
+        return [Send(key, record) for key in to]
+
+    def handle_checked(
+        self, peer: bytes, mid: bytes, frame: bytes, now: float, wall_ms: int
+    ) -> list[Action]:
+        """A checked record (message id ``mid``, ``pub`` frame ``frame``) from the link
+        ``peer``: routed as the frame would be (see the header), if ``peer`` is a
+        sibling; from any other link it is refused and the link closed."""
+        link = self._links.get(peer)
+        if peer not in self.siblings or link is None:
+            self.stats.rejected += 1
+            return [Close(peer, ErrorCode.UNEXPECTED, "a checked record from a non-sibling")]
+        link.last_heard, link.ping_sent = now, None
+        self.stats.frames_in += 1
+        self.stats.bytes_in += len(frame)
+        if mid in self._seen:
+            self.stats.duplicates += 1
+            return []
+        try:
+            env = open_checked(mid, frame)
+        except ProtocolError as exc:
+            self.stats.rejected += 1
+            return [Close(peer, exc.code, exc.message)]
+        self._remember(mid, now)
+        self.scores.fulfil(mid)
+        self._senders.charge(env.sender, now)  # as if it came here: one seed, one bucket
+        self.stats.received += 1
+        route = env.route
+        self._cache(mid, route, frame)
+        actions: list[Action] = []
+        if route in self._members:
+            self.stats.delivered += 1
+            actions.append(Deliver(env))
+        elif self.observe_all and env.kind != "presence":
+            actions.append(Deliver(env, member=False))
+        if self.relay:
+            actions.extend(self._fill_on_pub(route, now))  # as a pub: see ``_meshfill``
+            targets = self._forward_targets(route, exclude=(peer, env.sender))
+            actions.extend(Send(target, frame) for target in targets)
+            self.stats.forwarded += len(targets)
+        return actions
+
+    def _cache(self, mid: bytes, route: str, frame: bytes) -> None:
+        self._cached = (mid, frame)
+        super()._cache(mid, route, frame)
+
     def _check_graylist(self, peer: bytes, score: float | None, now: float) -> list[Action]:
         if peer in self.siblings:
             return []
@@ -124,11 +194,13 @@ class SiblingRouter(GossipRouter):
         siblings = self.siblings
         if not siblings:
             return targets
+        targets.difference_update(siblings)  # a sibling in the mesh: sent to below
         if exclude and exclude[0] in siblings:
-            return targets - siblings
-        for key in siblings:
-            if key not in exclude and route in self._links[key].interest:
-                targets.add(key)
+            return targets
+        # held back for ``handle_frame``, which sends them the checked record
+        self._to_siblings = [
+            key for key in siblings if key not in exclude and route in self._links[key].interest
+        ]
         return targets
 
     def _refresh(

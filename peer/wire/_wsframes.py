@@ -11,7 +11,8 @@ the RFC raises ``WsFrameError`` with the close code to send:
 * reserved bits set (no extension is ever negotiated), a reserved opcode, a
   control frame longer than 125 bytes or fragmented, a continuation with no
   message to continue, a new message inside a fragmented one, a 64-bit
-  length with its top bit set, a client frame not masked (the server side
+  length with its top bit set, a length not in its shortest form (section
+  5.2: "the minimal number of bytes MUST be used"), a client frame not masked (the server side
   requires masks) or a masked server frame (the client side refuses them),
   a close payload of one byte or with a code no endpoint may send: 1002;
 * a message (all its fragments) over the reader's ``limit``: 1009, as soon as
@@ -196,11 +197,15 @@ class FrameReader:
                 return None
             size = int.from_bytes(buf[pos + 2 : pos + 4], "big")
             head = 4
+            if size < 126:
+                raise WsFrameError(CLOSE_PROTOCOL, "a 16-bit length for under 126 bytes")
         elif size == 127:
             if avail < 10:
                 return None
             size = int.from_bytes(buf[pos + 2 : pos + 10], "big")
             head = 10
+            if size <= 0xFFFF:
+                raise WsFrameError(CLOSE_PROTOCOL, "a 64-bit length for under 64 KiB")
         fin = bool(first & 0x80)
         opcode = first & 0x0F
         self._check(first, opcode, fin, size, bool(second & 0x80))

@@ -5,7 +5,8 @@ The server side reads one request head of at most ``HEAD_LIMIT`` bytes
 why not with an ``UpgradeRefused`` that carries the HTTP status and a plain
 body for the answer (``refusal``):
 
-* not ``GET`` or not HTTP/1.1 and later, or a malformed line: 400;
+* not ``GET`` or not HTTP/1.1 and later, a malformed line, no ``Host`` or
+  more than one: 400;
 * no ``Upgrade: websocket`` or no ``Connection: upgrade`` token: 400 (the
   answer names what to upgrade to);
 * ``Sec-WebSocket-Version`` other than 13: 426 with the version we speak;
@@ -15,7 +16,8 @@ The answer to an accepted request (``accept_response``) agrees to no
 extension and no subprotocol, so every frame is plain RFC 6455. The client
 side writes a request (``client_request``, with a random key the caller
 draws) and checks the answer (``check_response``): 101, the upgrade
-headers, and ``Sec-WebSocket-Accept`` for its key, no extension.
+headers, and ``Sec-WebSocket-Accept`` for its key, no extension and no
+subprotocol (we offer neither).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def parse_request(head: bytes) -> UpgradeRequest:
     if not parts[2].startswith(b"HTTP/1.") or parts[2] == b"HTTP/1.0":
         raise UpgradeRefused(400, "a WebSocket upgrade needs HTTP/1.1")
     fields = _headers(lines[1:])
+    if not fields.get("host") or "," in fields["host"]:
+        raise UpgradeRefused(400, "an HTTP/1.1 request needs one Host header")
     upgrade = (("Upgrade", "websocket"), ("Connection", "Upgrade"))
     if "websocket" not in _tokens(fields.get("upgrade", "")):
         raise UpgradeRefused(400, "this port speaks WebSocket only (Upgrade: websocket)", upgrade)
@@ -104,7 +108,7 @@ def parse_request(head: bytes) -> UpgradeRequest:
             raise ValueError("not 16 bytes")
     except (ValueError, binascii.Error):
         raise UpgradeRefused(400, "Sec-WebSocket-Key must be 16 bytes in base64") from None
-    return UpgradeRequest(parts[1].decode("latin-1"), key, fields.get("host", ""))
+    return UpgradeRequest(parts[1].decode("latin-1"), key, fields["host"])
 
 
 def accept_response(request: UpgradeRequest) -> bytes:
@@ -157,3 +161,5 @@ def check_response(head: bytes, key: bytes) -> None:
         raise UpgradeFailed("a wrong Sec-WebSocket-Accept")
     if fields.get("sec-websocket-extensions"):
         raise UpgradeFailed("the server chose an extension we did not offer")
+    if fields.get("sec-websocket-protocol"):
+        raise UpgradeFailed("the server chose a subprotocol we did not offer")

@@ -1,0 +1,132 @@
+"""Gossip repair, the asking side, sans-IO: what we ask for with IWANT, and its answers.
+
+Rules kept here (protocol-spec/gossip.md, sections 5 and 9):
+
+* An IHAVE from a link whose score is at least ``gossip_threshold`` is
+  answered with an IWANT for the ids we have not seen, at most
+  ``iwant_per_heartbeat`` ids per link per heartbeat (as many as a link
+  serves us in one: asking for more would only be refused); one of them
+  becomes a promise (``Scoreboard``).
+* Every id asked for is remembered with the link it was asked of, for
+  ``iwant_deadline`` seconds; at most ``MAX_ASKED`` at once (with that many
+  waiting, nothing more is asked until some are answered or expire).
+* An envelope that answers our IWANT, over the link we asked, was sent
+  because we asked: it is neither looked at by nor charged to its author's
+  limit, so it never mutes its author nor penalises the link, and it does
+  not leave the author in debt for its live messages. Without this, a peer
+  that (re)started next to a busy author asked that author's link for a
+  heartbeat window of ids at once, found the answers over the quarter second
+  of rate a never-seen author starts with, muted the author, charged the
+  link for each of its honest messages that followed and banned it for
+  ``ban_seconds``: cut off from its only neighbour, it caught up nothing
+  for five minutes. The price is bounded and ours to choose: at most
+  ``iwant_per_heartbeat`` envelopes per link per heartbeat pass an author's
+  limit, ids we chose to ask for, each taken once; everything else about
+  them (the link's ``pub`` limit, seen ids, the signature, the age) is
+  checked as for any envelope.
+* Except for an author held back (``Buckets.held``: something of it was
+  dropped over its limit lately, a flooder): answers then meet its limit
+  as any envelope does (so what honest relays let through of a flood does
+  not come back in by IWANT), but a drop among them still never mutes the
+  author nor charges the link: we asked.
+
+Nothing here performs I/O or reads a clock: ``now`` is passed in.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+
+from peer.wire._frametypes import IWant
+from peer.wire._limits import GossipParams
+
+from ._gossiptypes import Action, GossipCounters, Send
+from ._score import Scoreboard
+
+MAX_ASKED = 65_536  # ids asked for and not yet answered, across all links
+_MAX_WINDOWS = 4096  # links whose current window is kept (stale ones pruned past this)
+
+
+class AskBook:
+    """The ids asked of each link and not answered yet, and each link's asking budget."""
+
+    def __init__(
+        self, per_link: int, window: float, deadline: float, max_ids: int = MAX_ASKED
+    ) -> None:
+        self.per_link, self.window, self.deadline, self.max_ids = (
+            per_link, window, deadline, max_ids
+        )
+        self._asked: OrderedDict[tuple[bytes, bytes], float] = OrderedDict()  # -> until
+        self._windows: dict[bytes, tuple[float, int]] = {}  # link -> (start, ids asked)
+
+    @classmethod
+    def of(cls, params: GossipParams) -> AskBook:
+        return cls(params.iwant_per_heartbeat, params.heartbeat, params.iwant_deadline)
+
+    def __len__(self) -> int:
+        return len(self._asked)
+
+    def ask(self, peer: bytes, ids: tuple[bytes, ...], now: float) -> tuple[bytes, ...]:
+        """The first of ``ids`` that may be asked of ``peer`` now (within its budget for
+        this window and the table's bound), remembered as asked."""
+        self._expire(now)
+        start, used = self._windows.get(peer, (now, 0))
+        if now - start >= self.window or now < start:
+            start, used = now, 0
+        room = min(self.per_link - used, self.max_ids - len(self._asked))
+        asked = ids[: max(0, room)]
+        until = now + self.deadline
+        for mid in asked:
+            self._asked[(peer, mid)] = until
+            self._asked.move_to_end((peer, mid))
+        if len(self._windows) >= _MAX_WINDOWS and peer not in self._windows:
+            self._windows = {
+                p: w for p, w in self._windows.items() if 0 <= now - w[0] < self.window
+            }
+        self._windows[peer] = (start, used + len(asked))
+        return asked
+
+    def asked(self, peer: bytes, mid: bytes, now: float) -> bool:
+        """``mid`` was asked of ``peer`` and is not answered or expired (nothing changes)."""
+        until = self._asked.get((peer, mid))
+        return until is not None and now < until
+
+    def answered(self, peer: bytes, mid: bytes, now: float) -> bool:
+        """``asked``, and from now on not any more: an id's answer is taken once."""
+        if not self._asked:  # the relay's hot path, nothing asked: no key to build
+            return False
+        until = self._asked.pop((peer, mid), None)
+        return until is not None and now < until
+
+    def _expire(self, now: float) -> None:
+        asked = self._asked
+        while asked:
+            key, until = next(iter(asked.items()))
+            if until > now:
+                break
+            del asked[key]
+
+
+class Asking:
+    """The router's asking side (``GossipRouter`` inherits it)."""
+
+    _seen: OrderedDict[bytes, float]
+    _rng: random.Random
+    _asked: AskBook
+    params: GossipParams
+    scores: Scoreboard
+    stats: GossipCounters
+
+    def _on_ihave(self, peer: bytes, ids: tuple[bytes, ...], now: float) -> list[Action]:
+        if self.scores.score(peer, now) < self.params.gossip_threshold:
+            return []
+        wanted = self._asked.ask(peer, tuple(i for i in ids if i not in self._seen), now)
+        if not wanted:
+            return []
+        self.scores.promise(peer, self._rng.choice(wanted), now)  # one id, as gossipsub
+        self.stats.iwant_sent += 1
+        return [Send(peer, IWant(wanted).encode())]
+
+
+__all__ = ["MAX_ASKED", "AskBook", "Asking"]
