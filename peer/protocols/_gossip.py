@@ -106,6 +106,7 @@ class GossipRouter(Vouching, Asking, MeshFill):
         self._senders = Buckets.for_authors(p, me)
         self._link_pubs = Buckets(p.link_pub_rate, p.link_pub_burst, p.score_max_peers)
         self.scores, self._asked = Scoreboard(p), AskBook.of(p)
+        self._took_free = False  # the last pub taken was an answer free of its limit
         self._prune, self._graylist = p.prune_threshold, p.graylist_threshold
 
     # -- queries ---------------------------------------------------------------
@@ -329,6 +330,7 @@ class GossipRouter(Vouching, Asking, MeshFill):
         env = open_envelope(wire, signed=signed, sig=sig, verify=False, mid=mid)
         asked = self._asked.answered(peer, mid, now)  # we asked: not the author's doing,
         free = asked and not self._senders.held(env.sender, now)  # unless it flooded lately
+        self._took_free = free  # what a sibling worker is told (``_siblingrouter``)
         if not free and not self._senders.has(env.sender, now):  # dropped unverified:
             self.stats.sender_limited += 1  # a forged copy must not hide the real one
             self.scores.fulfil(mid)  # an IWANT answered with it was a promise kept
