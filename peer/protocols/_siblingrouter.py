@@ -180,7 +180,7 @@ class SiblingRouter(GossipRouter):
         elif self.observe_all and env.kind != "presence":
             actions.append(Deliver(env, member=False))
         if self.relay:
-            actions.extend(self._fill_mesh(route, now))
+            actions.extend(self._fill_on_pub(route, now))  # as a pub: see ``_meshfill``
             targets = self._forward_targets(route, exclude=(peer, env.sender))
             actions.extend(Send(target, frame) for target in targets)
             self.stats.forwarded += len(targets)
