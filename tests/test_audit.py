@@ -18,7 +18,7 @@ import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.api._api import LocalApi
-from peer.api._audit import BATCH, CSV_COLUMNS, PREFIX, YIELD_EVERY, record_key
+from peer.api._audit import BATCH, CSV_COLUMNS, LINGER, PREFIX, YIELD_EVERY, record_key
 from peer.api._serve import serve_api
 from peer.wire._envelope import Content, seal_message
 from store import MessageStore, _journal
@@ -299,3 +299,44 @@ async def test_a_big_step_lets_the_event_loop_carry_messages_meanwhile(
     assert await trail.step() == BATCH
     assert at_put >= BATCH // YIELD_EVERY // 2  # one step in one go: 0 or 1
     assert not trail.relayed and trail.statistics()["written"] == BATCH
+
+
+async def test_a_seed_commits_its_records_once_per_linger_not_once_per_commit(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A seed carrying a steady stream stepped again as soon as a step's commit
+    returned, so each commit held what came during the last one (a few ms): dozens
+    of commits a second, each with its fsync. It now waits ``LINGER`` after a step
+    that did not fill a batch, and every record is still written, once."""
+    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
+                                                 store_path=str(tmp_path / "seed")))
+    await nursery.start(seed.run)
+    trail = LocalApi(seed, TOKEN).ops.audit
+    puts, put, all_put = [], trail.book.put, trio.Event()
+    total = 400
+
+    async def counting_put(items: dict[str, bytes | None], **kw: Any) -> None:
+        puts.append(len(items) - 1)  # records, besides the cursor
+        await put(items, **kw)
+        if sum(puts) >= total:
+            all_put.set()
+
+    monkeypatch.setattr(trail.book, "put", counting_put)
+    await nursery.start(trail.run)
+    author = Identity.generate()
+    envs = [seal_message(author, topic="t", content=Content(f"m{n}"), seq=n + 1, ts=1000)
+            for n in range(total)]
+    start = trio.current_time()
+    for n, env in enumerate(envs):  # a steady stream, as a seed carries them
+        trail._carried(env, True)
+        if n % 2:
+            await trio.sleep(0.001)  # pacing the stream, not waiting for an event
+    elapsed = trio.current_time() - start
+    with trio.fail_after(10):
+        await all_put.wait()
+    assert sum(puts) == total and trail.statistics()["written"] == total
+    # about one commit per LINGER, plus a few at the edges; before: one per commit
+    assert len(puts) <= elapsed / LINGER + 4, (puts, elapsed)
+    assert seed.storage is not None  # every record under its own key, none twice
+    count = await seed.storage.service.read(lambda s: _journal.count(s, PREFIX))
+    assert count == total

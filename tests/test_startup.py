@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests._procs import REPO, free_port, kill_hard, running, start_peer, wait_ready
 
@@ -62,6 +63,8 @@ def test_test_ports_come_from_outside_the_ephemeral_range() -> None:
     # a peer restarted on its old ports must find them free: the kernel gives ports of
     # its ephemeral range to outgoing connections, so ours come from below it
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    if low < 11_000:
+        pytest.skip(f"the ephemeral range starts at {low}: no room below it")
     ports = {free_port() for _ in range(20)}
     assert all(10_000 <= port < low for port in ports) and len(ports) > 1
 

@@ -13,7 +13,7 @@ import trio
 import peer
 from peer.protocols._siblingrouter import Close, Deliver, Send, SiblingRouter, sibling_key
 from peer.wire._blobframes import Attachment
-from peer.wire._checked import CHECKED, checked_record, open_checked, split_checked
+from peer.wire._checked import CHECKED, CHECKED_FREE, checked_record, open_checked, split_checked
 from peer.wire._envelope import (
     Content,
     Envelope,
@@ -25,7 +25,7 @@ from peer.wire._envelope import (
 )
 from peer.wire._errors import ErrorCode, ProtocolError
 from peer.wire._frames import decode_frame
-from peer.wire._frametypes import Pub, Sub
+from peer.wire._frametypes import IHave, IWant, Pub, Sub
 from peer.wire._limits import MAX_ENVELOPE, MAX_RECORD, GossipParams
 from tests._gossip_net import WALL0, identity
 from tests.test_workers_router import TOPIC, Seed
@@ -56,8 +56,9 @@ def test_open_checked_gives_what_the_strict_open_gives() -> None:
         frame = Pub(env.wire).encode()
         record = checked_record(env.id, frame)
         assert record[:1] == CHECKED
-        mid, got_frame = split_checked(record) or (b"", b"")
-        assert (mid, got_frame) == (env.id, frame)
+        mid, got_frame, free = split_checked(record) or (b"", b"", True)
+        assert (mid, got_frame, free) == (env.id, frame, False)
+        assert split_checked(checked_record(env.id, frame, free=True)) == (env.id, frame, True)
         assert open_checked(mid, got_frame) == open_envelope(env.wire) == env
     assert split_checked(frame) is None  # a plain frame is not a checked record
     with pytest.raises(ProtocolError):
@@ -91,7 +92,7 @@ def test_a_checked_record_is_routed_as_the_plain_frame_would_be(observe_all: boo
     key = sibling_key(0)
     for env in _envelopes() * 2:  # the second time: duplicates
         frame = Pub(env.wire).encode()
-        got = fast.handle_checked(key, env.id, frame, 1.0, WALL0)
+        got = fast.handle_checked(key, env.id, frame, False, 1.0, WALL0)
         want = general.handle_frame(key, decode_frame(frame), frame, 1.0, WALL0)
         assert _summary(got) == _summary(want)
     for name in ("received", "delivered", "forwarded", "duplicates", "rejected"):
@@ -112,7 +113,7 @@ def test_a_checked_record_from_a_link_that_is_no_sibling_is_refused() -> None:
     outside = identity("s1").peer_id
     env = _envelopes()[0]
     frame = Pub(env.wire).encode()
-    out = w.handle_checked(outside, env.id, frame, 1.0, WALL0)
+    out = w.handle_checked(outside, env.id, frame, False, 1.0, WALL0)
     assert out == [Close(outside, ErrorCode.UNEXPECTED, "a checked record from a non-sibling")]
     assert w.stats.rejected == 1 and w.stats.received == 0
     # and it left nothing behind: the real message, when it comes, is taken
@@ -120,11 +121,88 @@ def test_a_checked_record_from_a_link_that_is_no_sibling_is_refused() -> None:
     assert any(isinstance(a, Deliver) for a in taken)
     # a sibling that is gone is no sibling either
     w.remove_link(sibling_key(0))
-    out = w.handle_checked(sibling_key(0), env.id, frame, 1.0, WALL0)
+    out = w.handle_checked(sibling_key(0), env.id, frame, False, 1.0, WALL0)
     assert [type(a) for a in out] == [Close]
     # a checked record never decodes as a frame: a network link's reader refuses it
     with pytest.raises(ProtocolError):
         decode_frame(checked_record(env.id, frame))
+
+
+def _limited_worker(observe_all: bool = True) -> tuple[SiblingRouter, bytes]:
+    """A worker whose authors may send 3 messages at one instant, with alice
+    (an author) linked to it directly."""
+    params = GossipParams(sender_rate=12.0, sender_burst=3.0)  # a new author: 0.25 s of it
+    w = SiblingRouter(identity("seed").peer_id, params=params, rng=random.Random(3),
+                      observe_all=observe_all)  # fmt: skip
+    w.add_sibling(sibling_key(0), 0.0)
+    alice = identity("alice").peer_id
+    w.add_link(alice, relay=False, now=0.0)
+    w.add_link(identity("r1").peer_id, relay=True, now=0.0)
+    return w, alice
+
+
+def _pub(seq: int, author: str = "alice") -> tuple[Envelope, bytes]:
+    env = seal_message(identity(author), topic=TOPIC, content=Content(f"m{seq}"), seq=seq,
+                       ts=WALL0)  # fmt: skip
+    return env, Pub(env.wire).encode()
+
+
+def _taken(actions: list[Send | Deliver | Close]) -> bool:
+    return any(isinstance(a, Deliver) for a in actions)
+
+
+@pytest.mark.parametrize("free", [True, False])
+def test_a_sibling_charges_an_author_only_for_what_the_first_worker_charged(free: bool) -> None:
+    """Answers to worker 0's own IWANT were free of their author's limit there: worker
+    1 takes them free too, so the author's own next message on its own link at worker
+    1 is taken (charged ones use up its 3 and that message is dropped, the author
+    muted, as one process would have done)."""
+    w, alice = _limited_worker()
+    for seq in range(1, 6):
+        _, frame = _pub(seq)
+        env = _pub(seq)[0]
+        assert _taken(w.handle_checked(sibling_key(0), env.id, frame, free, 1.0, WALL0))
+    env, frame = _pub(6)
+    out = w.handle_frame(alice, decode_frame(frame), frame, 1.0, WALL0)
+    assert _taken(out) is free
+    assert w.stats.sender_limited == (0 if free else 1)
+
+
+def test_a_flooder_held_here_meets_its_limit_through_a_siblings_free_answers() -> None:
+    """A flooder held back at this worker (something of it dropped over its limit
+    lately) does not come back in as answers its sibling asked for: they meet the
+    limit here, dropped once it is spent, and the relay is not charged for them."""
+    w, _ = _limited_worker()
+    relay = identity("r1").peer_id
+    pushed = [_pub(seq, "flood") for seq in range(1, 7)]
+    took = [_taken(w.handle_frame(relay, decode_frame(f), f, 1.0, WALL0)) for _, f in pushed]
+    assert took == [True] * 3 + [False] * 3  # over its 3: held back here
+    answers = [_pub(seq, "flood") for seq in range(7, 12)]
+    took = [_taken(w.handle_checked(sibling_key(0), e.id, f, True, 1.0, WALL0))
+            for e, f in answers]  # fmt: skip
+    assert took == [False] * 5
+    assert not [a for a in w.handle_frame(relay, decode_frame(pushed[0][1]), pushed[0][1],
+                                          1.0, WALL0) if isinstance(a, Close)]  # fmt: skip
+
+
+def test_the_first_worker_marks_what_it_took_free() -> None:
+    """An answer to this worker's own IWANT goes to its sibling marked free; a message
+    pushed unasked goes marked charged."""
+    w = _worker(observe_all=False)
+    sib, relay = sibling_key(0), identity("r1").peer_id
+    want = Sub(((TOPIC, 1),))
+    w.handle_frame(sib, want, want.encode(), 0.0, WALL0)
+    asked, _ = _pub(1)
+    ihave = IHave(TOPIC, (asked.id,))
+    sent = w.handle_frame(relay, ihave, ihave.encode(), 1.0, WALL0)
+    assert [a.frame for a in sent if isinstance(a, Send)] == [IWant((asked.id,)).encode()]
+    for env, mark in ((asked, CHECKED_FREE), (_pub(2)[0], CHECKED)):
+        frame = Pub(env.wire).encode()
+        out = w.handle_frame(relay, decode_frame(frame), frame, 1.0, WALL0)
+        to_sib = [a.frame for a in out if isinstance(a, Send) and a.peer == sib]
+        assert [f for f in to_sib if f[:1] in (CHECKED, CHECKED_FREE)] == [
+            checked_record(env.id, frame, free=mark == CHECKED_FREE)
+        ]
 
 
 def test_siblings_get_checked_records_and_deliver_exactly_once() -> None:

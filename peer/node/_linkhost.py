@@ -62,7 +62,10 @@ from ._transport import Transport, TransportClosed
 WRITE_BATCH = 256  # records a writer sends with one write, at most
 WRITE_BATCH_BYTES = 1024 * 1024  # ... and bytes (one oversize record still goes alone)
 WRITE_YIELDS = 8  # scheduler turns a writer waits for more frames while they keep coming
-READ_BURST = 16  # records handled in one synchronous stretch, their writes held and flushed once
+# records handled in one synchronous stretch, their writes held and flushed once: 32 (was 16)
+# halves the thread hand-offs of check-ahead and the sends per link of a busy relay
+# (bench/README.md, "N = 10 pass"); a lone record is never held for it
+READ_BURST = 32
 REFUSAL_SEND = 1.0  # seconds to send the error frame that refuses a handshake, at most
 _LINK_GONE = (TransportClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 

@@ -296,18 +296,20 @@ class Siblings:
                     return
                 try:
                     checked = split_checked(raw)
-                    if checked is not None:
-                        link.frames_in += 1
-                        peer.perform(router.handle_checked(link.peer_id, *checked, now, wall))
-                        continue
-                    frame = decode_frame(raw)
-                    if type(frame) not in GOSSIP_FRAMES or isinstance(frame, Error):
+                    frame = decode_frame(raw) if checked is None else None
+                    if frame is not None and (
+                        type(frame) not in GOSSIP_FRAMES or isinstance(frame, Error)
+                    ):
                         raise ProtocolError(ErrorCode.UNEXPECTED, f"{frame.TYPE!r} from a sibling")
                 except ProtocolError as exc:
                     self._refused(link, exc)
                     return
                 link.frames_in += 1
-                peer.perform(router.handle_frame(link.peer_id, frame, raw, now, wall))
+                if frame is None:
+                    assert checked is not None
+                    peer.perform(router.handle_checked(link.peer_id, *checked, now, wall))
+                else:
+                    peer.perform(router.handle_frame(link.peer_id, frame, raw, now, wall))
                 if isinstance(frame, Sub | Unsub):
                     peer.notify_changed()
         finally:

@@ -8,8 +8,12 @@ Rules kept here (protocol-spec/gossip.md, sections 5 and 9):
   serves us in one: asking for more would only be refused); one of them
   becomes a promise (``Scoreboard``).
 * Every id asked for is remembered with the link it was asked of, for
-  ``iwant_deadline`` seconds; at most ``MAX_ASKED`` at once (with that many
-  waiting, nothing more is asked until some are answered or expire).
+  ``iwant_deadline`` seconds; at most ``MAX_ASKED`` at once: past that the
+  oldest are forgotten (their answers then meet the author's limit as any
+  envelope does), so links that ask us to want more than we can hold never
+  stop us asking an honest link. A link's budget window restarts after
+  ``WINDOW_SLACK`` of a heartbeat, so an IHAVE round a little early is not
+  left unasked.
 * An envelope that answers our IWANT, over the link we asked, was sent
   because we asked: it is neither looked at by nor charged to its author's
   limit, so it never mutes its author nor penalises the link, and it does
@@ -23,7 +27,10 @@ Rules kept here (protocol-spec/gossip.md, sections 5 and 9):
   ``iwant_per_heartbeat`` envelopes per link per heartbeat pass an author's
   limit, ids we chose to ask for, each taken once; everything else about
   them (the link's ``pub`` limit, seen ids, the signature, the age) is
-  checked as for any envelope.
+  checked as for any envelope. The bound is per link: an author that
+  announces its own messages by IHAVE on top of pushing them, or relays
+  that collude with it, can get up to that many more per link and heartbeat
+  past its limit here before it is held back (below).
 * Except for an author held back (``Buckets.held``: something of it was
   dropped over its limit lately, a flooder): answers then meet its limit
   as any envelope does (so what honest relays let through of a flood does
@@ -45,6 +52,10 @@ from ._gossiptypes import Action, GossipCounters, Send
 from ._score import Scoreboard
 
 MAX_ASKED = 65_536  # ids asked for and not yet answered, across all links
+# A link's asking window restarts a little before a heartbeat has passed: its IHAVE
+# rounds come a heartbeat apart give or take the network's jitter, and one that came
+# early would otherwise find the window still spent and be asked nothing.
+WINDOW_SLACK = 0.9
 _MAX_WINDOWS = 4096  # links whose current window is kept (stale ones pruned past this)
 
 
@@ -72,14 +83,16 @@ class AskBook:
         this window and the table's bound), remembered as asked."""
         self._expire(now)
         start, used = self._windows.get(peer, (now, 0))
-        if now - start >= self.window or now < start:
+        if now - start >= self.window * WINDOW_SLACK or now < start:
             start, used = now, 0
-        room = min(self.per_link - used, self.max_ids - len(self._asked))
-        asked = ids[: max(0, room)]
+        asked = ids[: max(0, min(self.per_link - used, self.max_ids))]
         until = now + self.deadline
+        table = self._asked
         for mid in asked:
-            self._asked[(peer, mid)] = until
-            self._asked.move_to_end((peer, mid))
+            table[(peer, mid)] = until
+            table.move_to_end((peer, mid))
+        while len(table) > self.max_ids:  # full: the oldest asks lose their free pass
+            table.popitem(last=False)
         if len(self._windows) >= _MAX_WINDOWS and peer not in self._windows:
             self._windows = {
                 p: w for p, w in self._windows.items() if 0 <= now - w[0] < self.window

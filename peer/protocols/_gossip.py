@@ -63,12 +63,13 @@ from ._asked import AskBook, Asking
 from ._checkahead import Vouching
 from ._gossiptypes import Action, Close, Deliver, GossipCounters, LinkState, Send
 from ._interest import Nearest, nearest, to_tell, with_carrier
+from ._meshfill import MeshFill
 from ._score import Buckets, Scoreboard
 
 __all__ = ["Action", "Close", "Deliver", "GossipCounters", "GossipRouter", "Send"]
 
 
-class GossipRouter(Vouching, Asking):
+class GossipRouter(Vouching, Asking, MeshFill):
     """Routing state of one peer. ``now`` is monotonic seconds from the shell."""
 
     def __init__(
@@ -95,6 +96,7 @@ class GossipRouter(Vouching, Asking):
         self._carriers: dict[str, set[bytes]] = {}  # topic -> links with interest
         self._told_near: dict[str, Nearest] = {}  # topic -> what every link was last told
         self._mesh: dict[str, set[bytes]] = {}
+        self._no_transit: set[str] = set()  # topics with no transit relay (``MeshFill``)
         self._seen: OrderedDict[bytes, float] = OrderedDict()
         self._mcache: dict[bytes, tuple[str, bytes]] = {}
         self._windows: deque[list[bytes]] = deque([[]])
@@ -104,6 +106,7 @@ class GossipRouter(Vouching, Asking):
         self._senders = Buckets.for_authors(p, me)
         self._link_pubs = Buckets(p.link_pub_rate, p.link_pub_burst, p.score_max_peers)
         self.scores, self._asked = Scoreboard(p), AskBook.of(p)
+        self._took_free = False  # the last pub taken was an answer free of its limit
         self._prune, self._graylist = p.prune_threshold, p.graylist_threshold
 
     # -- queries ---------------------------------------------------------------
@@ -324,9 +327,10 @@ class GossipRouter(Vouching, Asking):
         if mid in self._seen:
             self.stats.duplicates += 1
             return self._check_graylist(peer, self.scores.duplicate(peer, now), now)
-        env = open_envelope(wire, signed=signed, sig=sig, verify=False)
+        env = open_envelope(wire, signed=signed, sig=sig, verify=False, mid=mid)
         asked = self._asked.answered(peer, mid, now)  # we asked: not the author's doing,
         free = asked and not self._senders.held(env.sender, now)  # unless it flooded lately
+        self._took_free = free  # what a sibling worker is told (``_siblingrouter``)
         if not free and not self._senders.has(env.sender, now):  # dropped unverified:
             self.stats.sender_limited += 1  # a forged copy must not hide the real one
             self.scores.fulfil(mid)  # an IWANT answered with it was a promise kept
@@ -359,7 +363,7 @@ class GossipRouter(Vouching, Asking):
             actions.append(Deliver(env, member=False))
         if self.relay:
             # before the heartbeat built this topic's mesh? graft now, not at gossip repair
-            actions.extend(self._fill_mesh(route, now))
+            actions.extend(self._fill_on_pub(route, now))
             targets = self._forward_targets(route, exclude=(peer, env.sender))
             actions.extend(Send(target, raw) for target in targets)
             self.stats.forwarded += len(targets)
@@ -383,6 +387,7 @@ class GossipRouter(Vouching, Asking):
             if link.interest.get(topic) != hops:
                 moved = self._moved(topic, peer, hops) if topic not in link.interest else None
                 link.interest[topic] = hops
+                self._interest_changed(topic)
                 self._carriers.setdefault(topic, set()).add(peer)
                 changed[topic] = moved
         return self._refresh(changed, changed=peer)
@@ -535,10 +540,6 @@ class GossipRouter(Vouching, Asking):
                     actions.append(Send(peer, Prune(topic).encode()))
         return actions
 
-    def _transit_candidates(self, topic: str, now: float) -> list[bytes]:
-        relays = (p for p in self._carriers.get(topic, ()) if self._links[p].interest[topic] > 0)
-        return sorted(p for p in relays if self._score_ok(p, "prune", now))
-
     def _maintain_mesh(self, now: float) -> list[Action]:
         if not self.relay:
             return []
@@ -556,20 +557,6 @@ class GossipRouter(Vouching, Asking):
                 actions.extend(self._fill_mesh(topic, now))
             if not mesh and topic not in self._carriers:
                 del self._mesh[topic]
-        return actions
-
-    def _fill_mesh(self, topic: str, now: float) -> list[Action]:
-        """Graft transit relays into ``topic``'s mesh while it is below ``mesh_low``."""
-        p = self.params
-        mesh = self._mesh.setdefault(topic, set())
-        if len(mesh) >= p.mesh_low:
-            return []
-        candidates = [q for q in self._transit_candidates(topic, now) if q not in mesh]
-        actions: list[Action] = []
-        for q in self._rng.sample(candidates, min(len(candidates), p.mesh_degree - len(mesh))):
-            mesh.add(q)
-            self.stats.grafts += 1
-            actions.append(Send(q, Graft(topic).encode()))
         return actions
 
     def _gossip(self, now: float) -> list[Action]:

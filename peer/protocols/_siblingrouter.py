@@ -136,16 +136,20 @@ class SiblingRouter(GossipRouter):
         cached last not be that one)."""
         to, self._to_siblings = self._to_siblings or [], None
         cached = self._cached
-        record = checked_record(cached[0], raw) if cached and cached[1] is raw else raw
+        if cached and cached[1] is raw:
+            record = checked_record(cached[0], raw, self._took_free)
+        else:
+            record = raw
         self.stats.forwarded += len(to)
         return [Send(key, record) for key in to]
 
     def handle_checked(
-        self, peer: bytes, mid: bytes, frame: bytes, now: float, wall_ms: int
+        self, peer: bytes, mid: bytes, frame: bytes, free: bool, now: float, wall_ms: int
     ) -> list[Action]:
-        """A checked record (message id ``mid``, ``pub`` frame ``frame``) from the link
-        ``peer``: routed as the frame would be (see the header), if ``peer`` is a
-        sibling; from any other link it is refused and the link closed."""
+        """A checked record (message id ``mid``, ``pub`` frame ``frame``, ``free`` of
+        its author's limit at the sibling) from the link ``peer``: routed as the frame
+        would be (see the header), if ``peer`` is a sibling; from any other link it is
+        refused and the link closed."""
         link = self._links.get(peer)
         if peer not in self.siblings or link is None:
             self.stats.rejected += 1
@@ -161,9 +165,11 @@ class SiblingRouter(GossipRouter):
         except ProtocolError as exc:
             self.stats.rejected += 1
             return [Close(peer, exc.code, exc.message)]
+        if not self._author_takes(env.sender, free, now):
+            self.stats.sender_limited += 1  # a flooder held here: as for an IWANT answer
+            return []
         self._remember(mid, now)
         self.scores.fulfil(mid)
-        self._senders.charge(env.sender, now)  # as if it came here: one seed, one bucket
         self.stats.received += 1
         route = env.route
         self._cache(mid, route, frame)
@@ -174,11 +180,25 @@ class SiblingRouter(GossipRouter):
         elif self.observe_all and env.kind != "presence":
             actions.append(Deliver(env, member=False))
         if self.relay:
-            actions.extend(self._fill_mesh(route, now))
+            actions.extend(self._fill_on_pub(route, now))  # as a pub: see ``_meshfill``
             targets = self._forward_targets(route, exclude=(peer, env.sender))
             actions.extend(Send(target, frame) for target in targets)
             self.stats.forwarded += len(targets)
         return actions
+
+    def _author_takes(self, sender: bytes, free: bool, now: float) -> bool:
+        """Whether a checked message of ``sender`` is taken here, charged as it was at
+        the sibling (one seed, one bucket): one it charged is charged here too (never
+        dropped: the sibling took it within the limit); one it took free (an answer to
+        its IWANT) is free here as well, unless ``sender`` is held back here for
+        flooding: then it meets the limit, as an answer would (never muting it)."""
+        senders = self._senders
+        if free and not senders.held(sender, now):
+            return True
+        if free and not senders.has(sender, now):
+            return False
+        senders.charge(sender, now)
+        return True
 
     def _cache(self, mid: bytes, route: str, frame: bytes) -> None:
         self._cached = (mid, frame)

@@ -6,8 +6,10 @@ The worker that took it opened the envelope strictly (canonical CBOR, every
 field, the signature) and computed its id; a sibling that opens it again
 spends what the first one did for nothing. So on the sibling link only (a
 Unix socket in the seed's private directory, never the network) such a
-message travels as a *checked record*: ``CHECKED`` (one byte that no frame
-can start with: a CBOR integer 0), its 32-byte message id, then the exact
+message travels as a *checked record*: one byte that no frame can start with
+(a CBOR integer: ``CHECKED``, 0, when the first worker charged the message to
+its author's limit; ``CHECKED_FREE``, 1, when it took it free of that limit,
+as an answer to its own IWANT), its 32-byte message id, then the exact
 ``pub`` frame the worker forwards. The receiver builds the ``Envelope`` from
 those bytes without the strict checks (:func:`open_checked`).
 
@@ -38,23 +40,25 @@ from ._frametypes import Pub
 from ._identity import peer_id_of
 
 CHECKED = b"\x00"  # never the first byte of a frame (every frame is a CBOR map)
+CHECKED_FREE = b"\x01"  # the same, taken free of its author's limit
 _ID = 32
 
 
-def checked_record(mid: bytes, frame: bytes) -> bytes:
+def checked_record(mid: bytes, frame: bytes, free: bool = False) -> bytes:
     """The sibling record of the ``pub`` ``frame`` whose envelope (id ``mid``) was
-    opened strictly by this worker."""
-    return CHECKED + mid + frame
+    opened strictly by this worker (``free``: not charged to its author's limit)."""
+    return (CHECKED_FREE if free else CHECKED) + mid + frame
 
 
-def split_checked(record: bytes) -> tuple[bytes, bytes] | None:
-    """``(message id, pub frame)`` of a checked record; None if ``record`` is not one
-    (a plain frame); ``ProtocolError`` if it is one but too short."""
-    if record[:1] != CHECKED:
+def split_checked(record: bytes) -> tuple[bytes, bytes, bool] | None:
+    """``(message id, pub frame, free)`` of a checked record; None if ``record`` is
+    not one (a plain frame); ``ProtocolError`` if it is one but too short."""
+    first = record[:1]
+    if first != CHECKED and first != CHECKED_FREE:
         return None
     if len(record) <= 1 + _ID:
         raise ProtocolError(ErrorCode.MALFORMED, "a checked record without its frame")
-    return record[1 : 1 + _ID], record[1 + _ID :]
+    return record[1 : 1 + _ID], record[1 + _ID :], first == CHECKED_FREE
 
 
 def open_checked(mid: bytes, frame: bytes) -> Envelope:

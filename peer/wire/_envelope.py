@@ -293,10 +293,10 @@ def open_dm(identity: Identity, env: Envelope) -> Content:
     return _check_content(m)
 
 
-def _envelope(signed: bytes, fields: Map, wire: bytes) -> Envelope:
+def _envelope(signed: bytes, fields: Map, wire: bytes, mid: bytes | None = None) -> Envelope:
     key = fields["from"]
     return Envelope(
-        id=message_id(signed),
+        id=message_id(signed) if mid is None else mid,
         kind=fields["kind"],
         topic=fields["topic"],
         sender_key=key,
@@ -340,22 +340,29 @@ def split_wire_general(wire: bytes) -> tuple[bytes, bytes]:
 
 
 def open_envelope(
-    wire: bytes, *, signed: bytes | None = None, sig: bytes | None = None, verify: bool = True
+    wire: bytes,
+    *,
+    signed: bytes | None = None,
+    sig: bytes | None = None,
+    verify: bool = True,
+    mid: bytes | None = None,
 ) -> Envelope:
     """Decode, validate and verify an envelope; ProtocolError if anything is off.
 
     ``verify=False`` skips only the signature check (``--bench-no-verify``:
-    benchmarks, never production).
+    benchmarks, never production). ``mid``: ``message_id(signed)``, if the
+    caller has it already (with ``signed`` and ``sig``, which it was computed
+    from; a relay computes it before its seen-cache lookup).
     """
     if signed is None or sig is None:
-        signed, sig = split_wire(wire)
+        signed, sig, mid = *split_wire(wire), None
     fields = _cbor.decode(signed, max_items=MAX_FRAME_ITEMS)
     kind = _check_shape(fields)
     key, topic = _check_log_fields(fields)
     _KIND_CHECKS[kind](fields, key, topic)
     if verify:
         check_signature(key, signed, sig)
-    return _envelope(signed, fields, wire)
+    return _envelope(signed, fields, wire, mid)
 
 
 def _check_shape(fields: object) -> str:
