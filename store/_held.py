@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import lmdb
 
 from ._env import _StoreEnv
-from ._records import _U64, _check_id, _check_u64, _topic_key
+from ._records import _U64, MAX_ID_BYTES, U64_MAX, _check_id, _check_u64, _topic_key
 
 
 class _Held(_StoreEnv):
@@ -35,9 +35,14 @@ class _Held(_StoreEnv):
         seq of 0 (not sequenced) is always looked up by its id."""
         tkey = _topic_key(topic)
         for sender, seq, msg_id in messages:
-            _check_id(sender, "sender")
-            _check_u64(seq, "sender_seq")
-            _check_id(msg_id, "msg_id")
+            if not (  # the common case in one expression; the checks one by one say why not
+                type(sender) is bytes and len(sender) == MAX_ID_BYTES
+                and type(msg_id) is bytes and len(msg_id) == MAX_ID_BYTES
+                and type(seq) is int and 0 <= seq <= U64_MAX
+            ):
+                _check_id(sender, "sender")
+                _check_u64(seq, "sender_seq")
+                _check_id(msg_id, "msg_id")
 
         def read(txn: lmdb.Transaction[bytes]) -> set[bytes]:
             lanes: dict[bytes, tuple[list[int], list[int]]] = {}
