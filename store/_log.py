@@ -13,6 +13,7 @@ composes the other parts:
 * ``store._state``: reader cursors and opaque peer state.
 * ``store._readflags``: which records of a local inbox log have been read.
 * ``store._outbox``: the DM outbox and dead letters.
+* ``store._held``: which messages of a topic are stored, by their seen ranges.
 * ``store._records``: the value types, limits and the database layout.
 
 The interface imports no trio; the Trio shell (``store._service``) calls it
@@ -36,13 +37,14 @@ The names ``store`` exports are re-exported from here.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import lmdb
 
 from . import _check
 from ._env import DEFAULT_MAP_SIZE, DEFAULT_MAX_MAP_SIZE
 from ._errors import StoreClosed, StoreCorrupt, StoreError, StoreFull
+from ._held import _Held
 from ._outbox import _Outbox
 from ._readflags import _ReadFlags
 from ._records import (
@@ -98,7 +100,7 @@ __all__ = [
 ]
 
 
-class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
+class MessageStore(_Retention, _State, _ReadFlags, _Outbox, _Held):
     """Per-topic append logs, indexes, cursors, peer state, read flags and a DM outbox.
 
     Thread-safe: reads may run concurrently in any threads; writes serialize
@@ -138,7 +140,16 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
         results: list[AppendResult] = []
         sequenced: list[tuple[bytes, bytes, int]] = []  # (sender, topic key, sender_seq)
         last_new = False  # the item before was stored now (a follower goes with it)
-        put, ids, log, senders = txn.put, self._ids, self._log, self._senders
+        # A cursor per place the batch writes to: LMDB skips the descent from the
+        # root when a key falls on the page its cursor is on, so a topic's log
+        # (growing at its end), the sender index (a page is one author's run)
+        # and the followers' id keys (next to each other) are written along
+        # their pages; a message's own id goes to a random place, on a cursor
+        # of its own so it does not move the followers'.
+        id_put = txn.cursor(db=self._ids).put
+        follower_put = txn.cursor(db=self._ids).put
+        sender_put = txn.cursor(db=self._senders).put
+        log_puts: dict[bytes, Callable[..., bool]] = {}
         for item in items:
             msg_id, topic, follows = item.msg_id, item.topic, item.follows
             if follows and not last_new:
@@ -148,20 +159,21 @@ class MessageStore(_Retention, _State, _ReadFlags, _Outbox):
             head = heads.get(tkey)
             if head is None:
                 head = heads[tkey] = _Head.load(txn, self._heads, tkey)
+                log_puts[tkey] = txn.cursor(db=self._log).put
             seq = head.next_seq
             key = _log_key(tkey, seq)
             # the id index entry first: one look into the index both finds a
             # duplicate and, when there is none, puts the entry
-            if not put(msg_id, key, overwrite=False, db=ids):
-                where, at = _split_log_key(txn.get(msg_id, b"", db=ids))
+            if not (follower_put if follows else id_put)(msg_id, key, overwrite=False):
+                where, at = _split_log_key(txn.get(msg_id, b"", db=self._ids))
                 results.append(AppendResult(msg_id, where, at, True))
                 last_new = False
                 continue
             last_new = last_new or not follows
-            if not put(key, _encode_record(item), overwrite=False, db=log):
+            if not log_puts[tkey](key, _encode_record(item), overwrite=False):
                 raise StoreCorrupt(f"log position {topic}/{seq} is already taken")
             if item.sender_seq:  # 0: not sequenced (our inbox copies), no sender indexes
-                put(item.sender + _u64(item.sender_seq) + msg_id, key, db=senders)
+                sender_put(item.sender + _u64(item.sender_seq) + msg_id, key)
                 sequenced.append((item.sender, tkey, item.sender_seq))
             if head.count == 0:
                 head.first_seq = seq

@@ -77,6 +77,7 @@ from ._bulkgc import bulk_gc
 from ._earlycheck import EarlyChecks
 from ._gapfill import MAX_FILL_PAGES, Budget, GapFiller, Waiter
 from ._host import StorageCounters, StoragePeer
+from ._overlap import Overlaps
 
 ALIVE_KEY = "alive"
 ALIVE_INTERVAL = 10.0
@@ -164,6 +165,7 @@ class CatchUpService:
         self._gaps: dict[tuple[str, bytes], tuple[int, int]] = {}  # being fetched: the seqs
         self._recounting: set[tuple[str, bytes]] = set()
         self.early = EarlyChecks()
+        self.overlaps = Overlaps()  # how each carrier's next page is checked
         self.filler = GapFiller(
             peer, service, self.core, log, feed=self._feed, check=self._check, store=accept_many
         )
@@ -470,9 +472,12 @@ class CatchUpService:
         verify = self.verify
         try:
             store = self.service.store
-            return await trio.to_thread.run_sync(
-                lambda: check_page(request, page, verify=verify, known=store.held)
+            stored = store.held_in if self.overlaps.opens_whole(carrier, request.topic) else None
+            checked = await trio.to_thread.run_sync(
+                lambda: check_page(request, page, verify=verify, known=store.held, stored=stored)
             )
+            self.overlaps.checked(carrier, request.topic, len(page.messages), len(checked))
+            return checked
         except ProtocolError as exc:
             self.counters.bad_pages += 1
             self.log.warning("bad catch-up page", carrier=carrier.hex()[:16], reason=exc.message)

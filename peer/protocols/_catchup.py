@@ -27,7 +27,8 @@ Rules kept here:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import contextlib
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
 from peer.wire._envelope import (
@@ -46,6 +47,10 @@ NOT_CARRIED = "not-carried"
 FORBIDDEN = "forbidden"
 BUSY = "busy"
 ERRORS = frozenset({NOT_CARRIED, FORBIDDEN, BUSY})
+
+
+Stored = Callable[[str, list[tuple[bytes, int, bytes]]], Collection[bytes]]
+"""``MessageStore.held_in``: which of (sender, seq, id), all of one topic, are stored."""
 
 
 class _Head(Protocol):
@@ -136,6 +141,7 @@ def check_page(
     *,
     verify: bool = True,
     known: Callable[[list[bytes]], Collection[bytes]] | None = None,
+    stored: Stored | None = None,
 ) -> list[Envelope]:
     """The envelopes of ``page``, each verified and inside what was asked, in
     (sender, sequence) order within the page.
@@ -144,6 +150,11 @@ def check_page(
     ``request`` or holds anything that does not belong to it. ``known`` is
     given the ids of the page at once and returns those already stored;
     their envelopes are left out unverified: a message is verified once.
+    ``stored`` (``MessageStore.held_in``), when given, is asked instead once
+    every envelope of the page has opened, by topic, sender and seq (no look
+    into the id index for a seq never seen); a page that fails any check that
+    way is checked again the general way, with ``known``, so what is refused,
+    and what is left out unchecked, is exactly what ``known`` alone gives.
     """
     if page.r != request.r or page.topic != request.topic:
         raise ProtocolError(ErrorCode.UNEXPECTED, "page does not answer the request")
@@ -157,11 +168,42 @@ def check_page(
         raise ProtocolError(ErrorCode.MALFORMED, "page cursor does not advance")
     split = [split_wire(wire) for wire in page.messages]
     ids = [message_id(signed) for signed, _ in split]
+    if stored is not None and ids:
+        with contextlib.suppress(ProtocolError):  # the general path says what is wrong
+            return _check_opened(request, page, split, ids, stored, verify)
     held = known(ids) if known is not None and ids else ()
     fresh = [i for i in range(len(split)) if ids[i] not in held] if held else range(len(split))
     parts = [split[i] for i in fresh]
-    opened: list[tuple[Envelope, bytes, bytes]] = []
     envelopes = open_many([page.messages[i] for i in fresh], parts, [ids[i] for i in fresh])
+    return _accepted(request, envelopes, parts, verify)
+
+
+def _check_opened(
+    request: PageRequest,
+    page: Page,
+    split: list[tuple[bytes, bytes]],
+    ids: list[bytes],
+    stored: Stored,
+    verify: bool,
+) -> list[Envelope]:
+    """``check_page`` with every envelope opened first, then what is stored left out."""
+    envelopes = list(open_many(page.messages, split, ids))
+    held = stored(request.topic, [(env.sender, env.seq, env.id) for env in envelopes])
+    if held:
+        fresh = [i for i, env in enumerate(envelopes) if env.id not in held]
+        envelopes = [envelopes[i] for i in fresh]
+        split = [split[i] for i in fresh]
+    return _accepted(request, envelopes, split, verify)
+
+
+def _accepted(
+    request: PageRequest,
+    envelopes: Iterable[Envelope],
+    parts: Sequence[tuple[bytes, bytes]],
+    verify: bool,
+) -> list[Envelope]:
+    """The checks of each envelope not stored yet, their authorship, the page order."""
+    opened: list[tuple[Envelope, bytes, bytes]] = []
     for env, (signed, sig) in zip(envelopes, parts, strict=True):
         if env.kind == "presence" or env.log_topic != request.topic:
             raise ProtocolError(ErrorCode.MALFORMED, "page holds a message of another topic")

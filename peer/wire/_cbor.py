@@ -158,6 +158,9 @@ def bstr_at(data: bytes, pos: int) -> tuple[int, int] | None:
 
 
 _PLAIN = frozenset({int, bytes, str, bool, float, type(None)})
+# plain values that leave a shape as it is: a container holding only these needs
+# no look at each of them (one pass in C over their types instead)
+_SCALARS = frozenset({int, bytes, str, bool, type(None)})
 
 
 def _loads(data: bytes) -> Any:
@@ -198,9 +201,12 @@ def _shape(obj: Any) -> Any:
         if kind is dict:
             if shape is _PLAIN_SORTED and not _text_keys_in_order(tuple(item)):
                 shape = _PLAIN_OTHER
-            stack.extend(item.values())
+            values = item.values()
+            if not _SCALARS.issuperset(map(type, values)):  # else nothing to look into
+                stack.extend(values)
         elif kind is list:
-            stack.extend(item)
+            if not _SCALARS.issuperset(map(type, item)):
+                stack.extend(item)
         elif kind is float:
             shape = _PLAIN_OTHER
         elif kind not in _PLAIN:
