@@ -17,8 +17,10 @@ import httpx
 import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
+from peer.api import _audit
 from peer.api._api import LocalApi
 from peer.api._audit import BATCH, CSV_COLUMNS, LINGER, PREFIX, YIELD_EVERY, record_key
+from peer.api._auditfast import relayed_json
 from peer.api._serve import serve_api
 from peer.wire._envelope import Content, seal_message
 from store import MessageStore, _journal
@@ -313,11 +315,14 @@ async def test_a_seed_commits_its_records_once_per_linger_not_once_per_commit(
     await nursery.start(seed.run)
     trail = LocalApi(seed, TOKEN).ops.audit
     puts, put, all_put = [], trail.book.put, trio.Event()
+    spans: list[tuple[float, float]] = []  # each put's start and end
     total = 400
 
     async def counting_put(items: dict[str, bytes | None], **kw: Any) -> None:
         puts.append(len(items) - 1)  # records, besides the cursor
+        start = trio.current_time()
         await put(items, **kw)
+        spans.append((start, trio.current_time()))
         if sum(puts) >= total:
             all_put.set()
 
@@ -337,6 +342,59 @@ async def test_a_seed_commits_its_records_once_per_linger_not_once_per_commit(
     assert sum(puts) == total and trail.statistics()["written"] == total
     # about one commit per LINGER, plus a few at the edges; before: one per commit
     assert len(puts) <= elapsed / LINGER + 4, (puts, elapsed)
+    for n in range(len(puts) - 1):  # after a step short of a batch: LINGER before the next
+        if puts[n] < BATCH:
+            assert spans[n + 1][0] - spans[n][1] >= LINGER * 0.9, (n, puts, spans)
     assert seed.storage is not None  # every record under its own key, none twice
     count = await seed.storage.service.read(lambda s: _journal.count(s, PREFIX))
     assert count == total
+
+
+async def test_a_record_that_cannot_be_built_is_lost_counted_not_blocking_the_trail(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A bug in one record's building put the whole batch back and failed again every
+    second: nothing more was ever written. Now that record is counted lost."""
+    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
+                                                 store_path=str(tmp_path / "seed")))
+    await nursery.start(seed.run)
+    trail = LocalApi(seed, TOKEN).ops.audit
+    author = Identity.generate()
+    envs = [seal_message(author, topic="t", content=Content(f"m{n}"), seq=n + 1, ts=1000)
+            for n in range(50)]
+    bad = envs[7].id
+
+    def failing(env: Any, carried_ms: int, max_text: int) -> bytes | None:
+        if env.id == bad:
+            raise TypeError("a bug")
+        return relayed_json(env, carried_ms, max_text)
+
+    monkeypatch.setattr(_audit, "relayed_json", failing)
+    monkeypatch.setattr(_audit, "relayed_record", lambda env, ms: 1 / 0)  # no way around it
+    trail.relayed.extend((e, 2000 + n) for n, e in enumerate(envs))
+    assert await trail.step() == 49
+    assert trail.statistics()["lost"] == 1 and not trail.relayed
+
+
+async def test_what_a_seed_queued_is_written_when_it_stops(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A seed holds up to LINGER of what it carried before a step writes it: a stop
+    writes it (or counts it lost), it does not vanish."""
+    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
+                                                 store_path=str(tmp_path / "seed")))
+    await nursery.start(seed.run)
+    trail = LocalApi(seed, TOKEN).ops.audit
+    author = Identity.generate()
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as inner:
+            await inner.start(trail.run)
+            for n in range(50):
+                trail._carried(seal_message(author, topic="t", content=Content(f"m{n}"),
+                                            seq=n + 1, ts=1000), True)  # fmt: skip
+            scope.cancel()  # before LINGER has passed
+    stats = trail.statistics()
+    assert stats["written"] == 50 and stats["lost"] == 0 and not trail.relayed
+    assert seed.storage is not None
+    count = await seed.storage.service.read(lambda s: _journal.count(s, PREFIX))
+    assert count == 50

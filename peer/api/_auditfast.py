@@ -62,6 +62,8 @@ def relayed_json(env: Envelope, now_ms: int, max_text: int) -> bytes | None:
     time, sent = iso_ms(now_ms), iso_ms(env.ts)
     if time is None or sent is None or type(env.seq) is not int:
         return None
+    if type(kind) is not str or type(env.topic) is not str:
+        return None  # not what an opened envelope holds: the general path decides
     if kind == "msg":
         recipients = "[" + encode_basestring("#" + env.topic) + "]"
         body = fields.get("body")

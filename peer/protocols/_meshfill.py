@@ -53,6 +53,9 @@ class MeshFill:
     def _fill_on_pub(self, topic: str, now: float) -> list[Action]:
         """``_fill_mesh(topic, now)``, skipping the scan for a topic known to have no
         transit relay."""
+        mesh = self._mesh.get(topic)
+        if mesh is not None and len(mesh) >= self.params.mesh_low:
+            return []  # full enough: ``_fill_mesh`` would do nothing (no scan either)
         if topic not in self._no_transit:
             links = self._links
             if any(links[p].interest[topic] > 0 for p in self._carriers.get(topic, ())):
