@@ -107,6 +107,18 @@ def test_asking_is_bounded_per_link_per_heartbeat_and_in_all() -> None:
     assert book.ask(b, ids[9:], 3.6) == ids[9:] and len(book) <= 5
 
 
+def test_a_full_table_takes_from_the_link_with_the_most_asks_not_an_honest_one() -> None:
+    book = AskBook(per_link=4, window=1.0, deadline=3.0, max_ids=6)
+    honest, hostile = b"h" * 32, b"x" * 32
+    mine = tuple(bytes([i]) * 32 for i in range(2))
+    junk = tuple(bytes([100 + i]) * 32 for i in range(40))
+    assert book.ask(honest, mine, 0.0) == mine  # the oldest asks in the table
+    for n in range(5):  # IHAVE after IHAVE of ids nobody has
+        assert book.ask(hostile, junk[4 * n : 4 * n + 4], float(n)) == junk[4 * n : 4 * n + 4]
+        assert len(book) <= 6
+    assert book.answered(honest, mine[0], 2.5) and book.answered(honest, mine[1], 2.5)
+
+
 def test_an_ihave_longer_than_a_links_budget_is_asked_for_in_part() -> None:
     params = replace(LIMITS, iwant_per_heartbeat=4)
     router = GossipRouter(fake_peer(0), relay=True, params=params, rng=random.Random(3))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from peer import Identity, Peer, PeerOptions, memory_link_pair
@@ -23,7 +24,7 @@ from peer.api._audit import BATCH, CSV_COLUMNS, LINGER, PREFIX, YIELD_EVERY, rec
 from peer.api._auditfast import relayed_json
 from peer.api._serve import serve_api
 from peer.wire._envelope import Content, seal_message
-from store import MessageStore, _journal
+from store import MessageStore, StoreError, _journal
 
 TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -371,9 +372,21 @@ async def test_a_record_that_cannot_be_built_is_lost_counted_not_blocking_the_tr
 
     monkeypatch.setattr(_audit, "relayed_json", failing)
     monkeypatch.setattr(_audit, "relayed_record", lambda env, ms: 1 / 0)  # no way around it
+    put, failures = trail.book.put, [2]
+
+    async def full_disk_twice(items: dict[str, bytes | None], **kw: Any) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise StoreError("disk full")
+        await put(items, **kw)
+
+    monkeypatch.setattr(trail.book, "put", full_disk_twice)
     trail.relayed.extend((e, 2000 + n) for n, e in enumerate(envs))
+    for _ in range(2):  # the store refuses: the batch waits, the bad record is not retried
+        with pytest.raises(StoreError):
+            await trail.step()
     assert await trail.step() == 49
-    assert trail.statistics()["lost"] == 1 and not trail.relayed
+    assert trail.statistics()["lost"] == 1 and not trail.relayed  # lost once, not per try
 
 
 async def test_what_a_seed_queued_is_written_when_it_stops(
@@ -398,3 +411,42 @@ async def test_what_a_seed_queued_is_written_when_it_stops(
     assert seed.storage is not None
     count = await seed.storage.service.read(lambda s: _journal.count(s, PREFIX))
     assert count == 50
+
+
+async def test_a_stop_while_a_step_waits_for_its_commit_writes_nothing_twice(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """Once a step's batch is with the store's writer it commits whatever happens: a
+    stop arriving then must not put the batch back for the last step to write again."""
+    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
+                                                 store_path=str(tmp_path / "seed")))
+    await nursery.start(seed.run)
+    trail = LocalApi(seed, TOKEN).ops.audit
+    assert seed.storage is not None
+    service = seed.storage.service
+    handed = service._send
+    author = Identity.generate()
+    with trio.CancelScope() as scope:
+
+        class StopOnceHanded:  # the writer has the batch, then the stop comes
+            async def send(self, request: Any) -> None:
+                await handed.send(request)
+                scope.cancel()
+
+            def statistics(self) -> Any:
+                return handed.statistics()
+
+        async with trio.open_nursery() as inner:
+            await inner.start(trail.run)
+            monkeypatch.setattr(service, "_send", StopOnceHanded())
+            for n in range(20):
+                trail._carried(seal_message(author, topic="t", content=Content(f"m{n}"),
+                                            seq=n + 1, ts=1000), True)  # fmt: skip
+            await trio.sleep_forever()
+    monkeypatch.setattr(service, "_send", handed)
+    count = await service.read(lambda s: _journal.count(s, PREFIX))
+    stats = trail.statistics()
+    assert count == 20 and stats["written"] == 20 and stats["lost"] == 0
+    trail._carried(seal_message(author, topic="t", content=Content("late"), seq=99, ts=1000),
+                   True)  # fmt: skip
+    assert trail.statistics()["lost"] == 1 and not trail.relayed  # after the stop: counted

@@ -68,9 +68,10 @@ def test_the_same_stop_arriving_twice_does_not_cut_the_close_short() -> None:
 
 def test_a_later_second_signal_stops_at_once() -> None:
     proc = _child(close_s=60.0, grace=60, same_stop=0.0)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.stdout is not None and proc.stdout.readline() == "closing\n"
     proc.send_signal(signal.SIGINT)
+    assert proc.stdout is not None and proc.stdout.readline() == "closing\n"
+    proc.send_signal(signal.SIGTERM)  # another signal: the same stop (a parent's)
+    proc.send_signal(signal.SIGINT)  # the first one again: stop now
     code, out, err = _finish(proc)
     assert code == 128 + signal.SIGINT and "clawmesh: stopped at once" in err
     assert "stopped by" not in out

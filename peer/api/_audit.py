@@ -223,6 +223,7 @@ class AuditTrail:
         self.relayed: deque[tuple[Envelope, int]] = deque()  # (envelope, carried at ms)
         self.relayed_count = 0
         self._wake = trio.Event()
+        self._stopped = False  # after the last step: what is carried is counted lost
         if peer.options.relay_only:
             peer.envelope_hooks.append(self._carried)
         self.log = structlog.get_logger("clawmesh.audit")
@@ -230,8 +231,8 @@ class AuditTrail:
     def _carried(self, env: Envelope, member: bool) -> None:
         """The envelope hook, on the relay's hot path: only queue it (the record is
         built by the next step, with many others)."""
-        if len(self.relayed) >= MAX_RELAYED_QUEUE:
-            self.lost += 1
+        if len(self.relayed) >= MAX_RELAYED_QUEUE or self._stopped:
+            self.lost += 1  # no room, or the trail has stopped: counted, not silent
             return
         self.relayed.append((env, self.peer.wall_ms()))
         self._wake.set()
@@ -261,9 +262,11 @@ class AuditTrail:
         """At a stop: one more step, bounded, for what was queued meanwhile (a seed
         holds up to ``LINGER`` of its traffic); what still could not be written is
         counted in ``lost``, never dropped silently."""
+        self._stopped = True
+        inbox = self.peer.inbox
         with trio.CancelScope(shield=True, deadline=trio.current_time() + LAST_STEP_S):
-            try:
-                while self.relayed:
+            try:  # carried envelopes, and DM state changes (kept in memory only)
+                while self.relayed or inbox.status_since(self.status_seen):
                     await self.step()
             except Exception as exc:
                 self.log.info("audit records not written at the stop", error=repr(exc))
@@ -301,13 +304,18 @@ class AuditTrail:
         if not batch and not changes and not self.relayed:
             return 0
         carried = [self.relayed.popleft() for _ in range(min(BATCH, len(self.relayed)))]
+        unbuilt: set[int] = set()  # indexes in ``carried`` of records lost (counted)
         try:
-            items = await self._records(carried, batch, changes)
+            items = await self._records(carried, batch, changes, unbuilt)
             cursor = batch[-1].cursor if batch else self.cursor
             items[CURSOR_KEY] = str(cursor).encode()
-            await self.book.put(items)
+            # once handed to the store's writer the batch commits (or fails) whatever we
+            # do: a stop waits for the answer, so the last step never writes it again
+            with trio.CancelScope(shield=True):
+                await self.book.put(items)
         except BaseException:
-            self.relayed.extendleft(reversed(carried))  # tried again with the next step
+            again = [c for n, c in enumerate(carried) if n not in unbuilt]
+            self.relayed.extendleft(reversed(again))  # tried again with the next step
             raise
         self.cursor = cursor
         if changes:
@@ -320,6 +328,7 @@ class AuditTrail:
         carried: list[tuple[Envelope, int]],
         batch: list[InboxMessage],
         changes: list[StatusChange],
+        unbuilt: set[int],
     ) -> dict[str, bytes | None]:
         """The records of one step, by key; a checkpoint every ``YIELD_EVERY`` (a relay's
         event loop carries messages meanwhile)."""
@@ -331,6 +340,7 @@ class AuditTrail:
                 data = relayed_json(env, carried_ms, MAX_TEXT)  # the same bytes, cheaper
                 items[key] = _dump(relayed_record(env, carried_ms)) if data is None else data
             except Exception as exc:
+                unbuilt.add(n - 1)
                 self._not_built(exc)
             if n % YIELD_EVERY == 0:
                 await trio.lowlevel.checkpoint()

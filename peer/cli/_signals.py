@@ -8,10 +8,11 @@ nurseries were not written for (seen once in CI: "Nursery stack corrupted" and e
 cancels the peer, which closes as on any other cancellation (links, store, API in
 order). The close is bounded:
 
-* a stop signal ``SAME_STOP_S`` or more after the first (a person pressing Ctrl-C
-  again) ends the process at once; one sooner is the same stop arriving twice (a
-  terminal's Ctrl-C reaches a seed's workers and their parent, which then sends them
-  SIGTERM; systemd signals the whole group) and is ignored;
+* the first signal again, ``SAME_STOP_S`` or more after it (a person pressing
+  Ctrl-C again), ends the process at once; another signal, or the same one sooner,
+  is the same stop arriving twice (a terminal's Ctrl-C reaches a seed's workers and
+  their parent, which then sends them SIGTERM; systemd signals the whole group) and
+  is ignored;
 * a close still running ``STOP_GRACE_S`` after the first signal ends the process at
   once (an API client that stopped reading holds Hypercorn's shielded write).
 
@@ -51,7 +52,7 @@ async def run_until_signal(
                     first = trio.current_time()
                     body.cancel()
                     nursery.start_soon(_deadline, grace, signum)
-                elif trio.current_time() - first >= same_stop:
+                elif signum == got[0] and trio.current_time() - first >= same_stop:
                     _exit_now("stopped at once", signum)
 
         async with trio.open_nursery() as nursery:

@@ -47,7 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-STOP_GRACE = 10.0  # seconds workers have to exit on SIGTERM before SIGKILL
+from ._signals import STOP_GRACE_S
+
+# seconds workers have to exit on SIGTERM before SIGKILL: longer than a worker gives
+# its own close (``peer.cli._signals``), so a slow close ends the worker's way
+STOP_GRACE = STOP_GRACE_S + 5.0
 READY_TIMEOUT = 60.0
 RESTART_MIN, RESTART_MAX = 0.2, 10.0
 STABLE_AFTER = 30.0  # a worker that ran this long restarts at once again next time

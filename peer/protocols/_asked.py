@@ -9,9 +9,10 @@ Rules kept here (protocol-spec/gossip.md, sections 5 and 9):
   becomes a promise (``Scoreboard``).
 * Every id asked for is remembered with the link it was asked of, for
   ``iwant_deadline`` seconds; at most ``MAX_ASKED`` at once: past that the
-  oldest are forgotten (their answers then meet the author's limit as any
-  envelope does), so links that ask us to want more than we can hold never
-  stop us asking an honest link. A link's budget window restarts after
+  link with the most asks waiting loses its oldest (their answers then meet
+  the author's limit as any envelope does), so links that make us want more
+  than we can hold neither stop us asking an honest link nor take the free
+  pass of what we asked it for. A link's budget window restarts after
   ``WINDOW_SLACK`` of a heartbeat, so an IHAVE round a little early is not
   left unasked.
 * An envelope that answers our IWANT, over the link we asked, was sent
@@ -68,7 +69,10 @@ class AskBook:
         self.per_link, self.window, self.deadline, self.max_ids = (
             per_link, window, deadline, max_ids
         )
-        self._asked: OrderedDict[tuple[bytes, bytes], float] = OrderedDict()  # -> until
+        # link -> id -> until, oldest first; expired entries go when their link is
+        # next asked or answered, or when the table is full
+        self._asked: dict[bytes, OrderedDict[bytes, float]] = {}
+        self._total = 0
         self._windows: dict[bytes, tuple[float, int]] = {}  # link -> (start, ids asked)
 
     @classmethod
@@ -76,23 +80,26 @@ class AskBook:
         return cls(params.iwant_per_heartbeat, params.heartbeat, params.iwant_deadline)
 
     def __len__(self) -> int:
-        return len(self._asked)
+        return self._total
 
     def ask(self, peer: bytes, ids: tuple[bytes, ...], now: float) -> tuple[bytes, ...]:
         """The first of ``ids`` that may be asked of ``peer`` now (within its budget for
-        this window and the table's bound), remembered as asked."""
-        self._expire(now)
+        this window), remembered as asked."""
         start, used = self._windows.get(peer, (now, 0))
         if now - start >= self.window * WINDOW_SLACK or now < start:
             start, used = now, 0
         asked = ids[: max(0, min(self.per_link - used, self.max_ids))]
-        until = now + self.deadline
-        table = self._asked
-        for mid in asked:
-            table[(peer, mid)] = until
-            table.move_to_end((peer, mid))
-        while len(table) > self.max_ids:  # full: the oldest asks lose their free pass
-            table.popitem(last=False)
+        if asked:
+            mine = self._asked.setdefault(peer, OrderedDict())
+            self._expire(peer, mine, now)
+            until = now + self.deadline
+            for mid in asked:
+                if mid not in mine:
+                    self._total += 1
+                mine[mid] = until
+                mine.move_to_end(mid)
+            if self._total > self.max_ids:
+                self._evict(self._total - self.max_ids)
         if len(self._windows) >= _MAX_WINDOWS and peer not in self._windows:
             self._windows = {
                 p: w for p, w in self._windows.items() if 0 <= now - w[0] < self.window
@@ -102,23 +109,44 @@ class AskBook:
 
     def asked(self, peer: bytes, mid: bytes, now: float) -> bool:
         """``mid`` was asked of ``peer`` and is not answered or expired (nothing changes)."""
-        until = self._asked.get((peer, mid))
+        mine = self._asked.get(peer)
+        until = None if mine is None else mine.get(mid)
         return until is not None and now < until
 
     def answered(self, peer: bytes, mid: bytes, now: float) -> bool:
         """``asked``, and from now on not any more: an id's answer is taken once."""
-        if not self._asked:  # the relay's hot path, nothing asked: no key to build
+        if not self._total:  # the relay's hot path, nothing asked: nothing to look up
             return False
-        until = self._asked.pop((peer, mid), None)
-        return until is not None and now < until
+        mine = self._asked.get(peer)
+        until = None if mine is None else mine.pop(mid, None)
+        if until is None:
+            return False
+        self._total -= 1
+        if not mine:
+            del self._asked[peer]
+        return now < until
 
-    def _expire(self, now: float) -> None:
-        asked = self._asked
-        while asked:
-            key, until = next(iter(asked.items()))
+    def _expire(self, peer: bytes, mine: OrderedDict[bytes, float], now: float) -> None:
+        while mine:
+            mid, until = next(iter(mine.items()))
             if until > now:
-                break
-            del asked[key]
+                return
+            del mine[mid]
+            self._total -= 1
+
+    def _evict(self, excess: int) -> None:
+        """Full: the link with the most asks waiting loses its oldest, ``excess`` of
+        them (then the next largest), so links that make us want a lot cannot take
+        the free pass of what we asked an honest link for."""
+        while excess > 0 and self._asked:
+            big = max(self._asked, key=lambda p: len(self._asked[p]))
+            entries = self._asked[big]
+            for _ in range(min(excess, len(entries))):
+                entries.popitem(last=False)
+                self._total -= 1
+                excess -= 1
+            if not entries:
+                del self._asked[big]
 
 
 class Asking:
