@@ -25,6 +25,15 @@ LIMITS = GossipParams(sender_rate=10.0, sender_burst=20.0, link_pub_rate=0.0)
 FRESH = int(LIMITS.sender_rate * LIMITS.sender_fresh_s)  # 2 tokens for a new author
 
 
+def _router(params: GossipParams, *links: bytes) -> GossipRouter:
+    """A relay subscribed to ``TOPIC``, linked (as relays) to ``links``."""
+    router = GossipRouter(fake_peer(0), relay=True, params=params, rng=random.Random(3))
+    router.subscribe(TOPIC)
+    for link in links:
+        router.add_link(link, relay=True, now=0.0)
+    return router
+
+
 def _ids(frames: list[AnyFrame]) -> list[tuple[bytes, ...]]:
     """The ids of each IWANT among ``frames``."""
     return [f.ids for f in frames if isinstance(f, IWant)]
@@ -70,11 +79,9 @@ def test_only_what_we_asked_that_link_for_passes_the_author_limit() -> None:
     the limit as before, and over it on its own link the author is muted."""
     params = replace(LIMITS, sender_rate=1.0, sender_fresh_s=4.0, iwant_deadline=0.05)
     fresh = 4  # tokens a new author starts with; refills at 1/s (0.06 over this test)
-    router = GossipRouter(fake_peer(0), relay=True, params=params, rng=random.Random(3))
-    router.subscribe(TOPIC)
     author, other = identity("author").peer_id, fake_peer(1)
+    router = _router(params, author, other)
     for link in (author, other):
-        router.add_link(link, relay=True, now=0.0)
         feed(router, link, "sub", topics=[[TOPIC, 0]])
     envs = envelopes("author", 30)
     asked, late, pushed = envs[:10], envs[10:12], envs[12:]
@@ -121,10 +128,8 @@ def test_a_full_table_takes_from_the_link_with_the_most_asks_not_an_honest_one()
 
 def test_an_ihave_longer_than_a_links_budget_is_asked_for_in_part() -> None:
     params = replace(LIMITS, iwant_per_heartbeat=4)
-    router = GossipRouter(fake_peer(0), relay=True, params=params, rng=random.Random(3))
-    router.subscribe(TOPIC)
     link = fake_peer(1)
-    router.add_link(link, relay=True, now=0.0)
+    router = _router(params, link)
     ids = tuple(bytes([i]) * 32 for i in range(10))
     first = sends(feed(router, link, "ihave", topic=TOPIC, ids=ids, now=0.0), "iwant")
     assert _ids([f for _, f in first]) == [ids[:4]]
@@ -134,10 +139,8 @@ def test_an_ihave_longer_than_a_links_budget_is_asked_for_in_part() -> None:
 
 
 def test_check_ahead_plans_the_answers_it_asked_for_beyond_the_authors_tokens() -> None:
-    router = GossipRouter(fake_peer(0), relay=True, params=LIMITS, rng=random.Random(3))
-    router.subscribe(TOPIC)
     author = identity("author").peer_id
-    router.add_link(author, relay=True, now=0.0)
+    router = _router(LIMITS, author)
     envs = envelopes("author", 10)
     feed(router, author, "ihave", topic=TOPIC, ids=tuple(e.id for e in envs[:6]), now=0.0)
     burst = [(Pub(e.wire), 100) for e in envs]
@@ -149,11 +152,8 @@ def test_answers_about_an_author_held_back_for_flooding_meet_its_limit_unpunishe
     """An author dropped over its limit lately (a flood) is limited by IWANT too, so what
     relays let through of its flood does not come back in that way; a drop among answers
     still mutes nobody and charges no link (we asked)."""
-    router = GossipRouter(fake_peer(0), relay=True, params=LIMITS, rng=random.Random(3))
-    router.subscribe(TOPIC)
     author, relay = identity("flooder").peer_id, fake_peer(1)
-    for link in (author, relay):
-        router.add_link(link, relay=True, now=0.0)
+    router = _router(LIMITS, author, relay)
     flood = envelopes("flooder", 20)
     taken = [e for e in flood[:5] if delivers(pub(router, relay, e, 0.0))]
     assert len(taken) == FRESH and router.held_back(author, 0.0)  # held; a relay: no mute
@@ -167,11 +167,8 @@ def test_answers_about_an_author_held_back_for_flooding_meet_its_limit_unpunishe
 
 
 def test_check_ahead_plans_no_answer_about_an_author_held_back() -> None:
-    router = GossipRouter(fake_peer(0), relay=True, params=LIMITS, rng=random.Random(3))
-    router.subscribe(TOPIC)
     author, relay = identity("author").peer_id, fake_peer(1)
-    for link in (author, relay):
-        router.add_link(link, relay=True, now=0.0)
+    router = _router(LIMITS, author, relay)
     envs = envelopes("author", 10)
     for e in envs[:5]:
         pub(router, relay, e, 0.0)

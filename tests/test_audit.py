@@ -20,7 +20,15 @@ import trio
 from peer import Identity, Peer, PeerOptions, memory_link_pair
 from peer.api import _audit
 from peer.api._api import LocalApi
-from peer.api._audit import BATCH, CSV_COLUMNS, LINGER, PREFIX, YIELD_EVERY, record_key
+from peer.api._audit import (
+    BATCH,
+    CSV_COLUMNS,
+    LINGER,
+    PREFIX,
+    YIELD_EVERY,
+    AuditTrail,
+    record_key,
+)
 from peer.api._auditfast import relayed_json
 from peer.api._serve import serve_api
 from peer.wire._envelope import Content, seal_message
@@ -43,6 +51,14 @@ async def _wait(api: httpx.AsyncClient, n: int, **params: str) -> list[dict[str,
             if len(rows) >= n:
                 return rows
             await trio.sleep(0.05)
+
+
+async def _seed_trail(nursery: trio.Nursery, tmp_path: Path) -> tuple[Peer, AuditTrail]:
+    """A running relay-only seed with a store, and its audit trail (not started)."""
+    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
+                                                 store_path=str(tmp_path / "seed")))
+    await nursery.start(seed.run)
+    return seed, LocalApi(seed, TOKEN).ops.audit
 
 
 async def test_traffic_is_audited(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -276,10 +292,7 @@ async def test_a_big_step_lets_the_event_loop_carry_messages_meanwhile(
     """A seed's step of 256 carried envelopes built every record in one go (~2-3 ms of
     the event loop), so a message it carried meanwhile waited: the tail of the relay's
     latency. It now yields every ``YIELD_EVERY`` records, and loses none of them."""
-    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
-                                                 store_path=str(tmp_path / "seed")))
-    await nursery.start(seed.run)
-    trail = LocalApi(seed, TOKEN).ops.audit
+    _seed, trail = await _seed_trail(nursery, tmp_path)
     author = Identity.generate()
     envs = [seal_message(author, topic="t", content=Content(f"m{n}"), seq=n + 1, ts=1000)
             for n in range(BATCH)]
@@ -311,10 +324,7 @@ async def test_a_seed_commits_its_records_once_per_linger_not_once_per_commit(
     returned, so each commit held what came during the last one (a few ms): dozens
     of commits a second, each with its fsync. It now waits ``LINGER`` after a step
     that did not fill a batch, and every record is still written, once."""
-    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
-                                                 store_path=str(tmp_path / "seed")))
-    await nursery.start(seed.run)
-    trail = LocalApi(seed, TOKEN).ops.audit
+    seed, trail = await _seed_trail(nursery, tmp_path)
     puts, put, all_put = [], trail.book.put, trio.Event()
     spans: list[tuple[float, float]] = []  # each put's start and end
     total = 400
@@ -356,10 +366,7 @@ async def test_a_record_that_cannot_be_built_is_lost_counted_not_blocking_the_tr
 ) -> None:
     """A bug in one record's building put the whole batch back and failed again every
     second: nothing more was ever written. Now that record is counted lost."""
-    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
-                                                 store_path=str(tmp_path / "seed")))
-    await nursery.start(seed.run)
-    trail = LocalApi(seed, TOKEN).ops.audit
+    _seed, trail = await _seed_trail(nursery, tmp_path)
     author = Identity.generate()
     envs = [seal_message(author, topic="t", content=Content(f"m{n}"), seq=n + 1, ts=1000)
             for n in range(50)]
@@ -394,10 +401,7 @@ async def test_what_a_seed_queued_is_written_when_it_stops(
 ) -> None:
     """A seed holds up to LINGER of what it carried before a step writes it: a stop
     writes it (or counts it lost), it does not vanish."""
-    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
-                                                 store_path=str(tmp_path / "seed")))
-    await nursery.start(seed.run)
-    trail = LocalApi(seed, TOKEN).ops.audit
+    seed, trail = await _seed_trail(nursery, tmp_path)
     author = Identity.generate()
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as inner:
@@ -418,10 +422,7 @@ async def test_a_stop_while_a_step_waits_for_its_commit_writes_nothing_twice(
 ) -> None:
     """Once a step's batch is with the store's writer it commits whatever happens: a
     stop arriving then must not put the batch back for the last step to write again."""
-    seed = Peer(Identity.generate(), PeerOptions(relay_only=True, seed=9, dht=False,
-                                                 store_path=str(tmp_path / "seed")))
-    await nursery.start(seed.run)
-    trail = LocalApi(seed, TOKEN).ops.audit
+    seed, trail = await _seed_trail(nursery, tmp_path)
     assert seed.storage is not None
     service = seed.storage.service
     handed = service._send

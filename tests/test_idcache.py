@@ -16,11 +16,13 @@ from peer.wire._identity import PEER_ID_TAG, Identity, peer_id_of
 
 
 def test_peer_id_of_is_the_hash_cached_or_not_and_the_cache_is_bounded() -> None:
-    keys = [os.urandom(32) for _ in range(_identity._PEER_IDS_MAX + 50)]
+    bound = _identity._recent_peer_id.cache_info().maxsize
+    assert bound is not None
+    keys = [os.urandom(32) for _ in range(bound + 50)]
     for _ in range(2):  # computed, then (for the recent ones) remembered
         for key in keys:
             assert peer_id_of(key) == hashlib.sha256(PEER_ID_TAG + key).digest()
-    assert 0 < len(_identity._PEER_IDS) <= _identity._PEER_IDS_MAX
+    assert 0 < _identity._recent_peer_id.cache_info().currsize <= bound
     raw = bytearray(keys[0])  # not hashable: computed, not remembered
     assert peer_id_of(raw) == hashlib.sha256(PEER_ID_TAG + keys[0]).digest()  # type: ignore[arg-type]
 

@@ -33,11 +33,10 @@ Rules kept here:
 from __future__ import annotations
 
 from ._cbor import _loads
-from ._envelope import Envelope, split_wire
+from ._envelope import Envelope, _envelope, split_wire
 from ._errors import ErrorCode, ProtocolError
 from ._frames import decode_frame
 from ._frametypes import Pub
-from ._identity import peer_id_of
 
 CHECKED = b"\x00"  # never the first byte of a frame (every frame is a CBOR map)
 CHECKED_FREE = b"\x01"  # the same, taken free of its author's limit
@@ -69,19 +68,7 @@ def open_checked(mid: bytes, frame: bytes) -> Envelope:
     wire = pub.envelope
     signed, _ = split_wire(wire)
     try:
-        fields = _loads(signed)
-        key = fields["from"]
-        return Envelope(
-            id=mid,
-            kind=fields["kind"],
-            topic=fields["topic"],
-            sender_key=key,
-            sender=peer_id_of(key),
-            seq=fields["seq"],
-            ts=fields["ts"],
-            fields=fields,
-            wire=wire,
-        )
+        return _envelope(signed, _loads(signed), wire, mid)
     except Exception as exc:  # not what a sibling sends: its link goes, not the worker
         why = f"a checked envelope does not open: {exc!r:.80}"
         raise ProtocolError(ErrorCode.MALFORMED, why) from None

@@ -8,6 +8,7 @@ private key (see ``_handshake``). Node ids in the DHT are the same 256 bits.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -24,22 +25,17 @@ PUBLIC_KEY_LEN = 32
 SIGNATURE_LEN = 64
 
 
-_PEER_IDS: dict[bytes, bytes] = {}  # public key -> peer id, for the authors seen lately
-_PEER_IDS_MAX = 4096  # ... at most (cleared when full: it is only a cache)
-
-
 def peer_id_of(public_key: bytes) -> bytes:
     """The 32-byte peer id of an Ed25519 public key (remembered for recent keys: a
     relay asks for the same few authors' ids several times per message)."""
-    if type(public_key) is not bytes:
-        return hashlib.sha256(PEER_ID_TAG + public_key).digest()
-    peer_id = _PEER_IDS.get(public_key)
-    if peer_id is None:
-        peer_id = hashlib.sha256(PEER_ID_TAG + public_key).digest()
-        if len(_PEER_IDS) >= _PEER_IDS_MAX:
-            _PEER_IDS.clear()
-        _PEER_IDS[public_key] = peer_id
-    return peer_id
+    if type(public_key) is bytes:
+        return _recent_peer_id(public_key)
+    return hashlib.sha256(PEER_ID_TAG + public_key).digest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _recent_peer_id(public_key: bytes) -> bytes:
+    return hashlib.sha256(PEER_ID_TAG + public_key).digest()
 
 
 def parse_peer_id(text: str) -> bytes:
